@@ -1,0 +1,2 @@
+//! Transform codec benchmarks.
+fn main() {}

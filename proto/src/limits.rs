@@ -1,0 +1,45 @@
+//! Every limit on what a peer may send, with its unit and the reason for its value.
+//! Breaking one ends that peer's session with [`crate::msg::CloseReason::ProtocolViolation`] or
+//! refuses the one change (`Refused`), and never affects any other session.
+
+/// Largest reliable frame, in bytes, after the 4-byte length prefix. A big blueprint with an
+/// inline script fits; anything larger belongs in an asset store, not the world protocol.
+pub const FRAME_BYTES_MAX: usize = 1024 * 1024;
+
+/// Largest snapshot frame, in bytes (server to client only): a world of thousands of entities
+/// and blueprints. Clients accept up to this on the world stream for the `Snapshot` message.
+pub const SNAPSHOT_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// Longest display name, in bytes (UTF-8).
+pub const NAME_BYTES_MAX: usize = 64;
+/// Longest id (blueprint id), in bytes.
+pub const ID_BYTES_MAX: usize = 64;
+/// Longest chat message, in bytes (UTF-8). Chat is for people; longer text is abuse.
+pub const CHAT_BYTES_MAX: usize = 2000;
+/// Chat messages the world keeps (and sends in the snapshot), as the reference does.
+pub const CHAT_HISTORY_LEN: usize = 50;
+/// Longest auth token, in bytes.
+pub const TOKEN_BYTES_MAX: usize = 2048;
+/// Most arguments in one command.
+pub const COMMAND_ARGS_MAX: usize = 16;
+/// Longest command argument, in bytes.
+pub const COMMAND_ARG_BYTES_MAX: usize = 256;
+/// Most named fields on one entity.
+pub const ENTITY_PROPS_MAX: usize = 64;
+/// Longest entity event name, in bytes.
+pub const EVENT_NAME_BYTES_MAX: usize = 64;
+/// Largest entity event payload, in bytes: events are signals, not transfers.
+pub const EVENT_DATA_BYTES_MAX: usize = 16 * 1024;
+/// Events a client holds while waiting for the blueprint version they need.
+pub const HELD_EVENTS_MAX: usize = 1024;
+/// Longest setting or URL string, in bytes.
+pub const TEXT_BYTES_MAX: usize = 4096;
+/// Inbound reliable messages a server queues per session between ticks; more is flooding.
+pub const INBOX_MESSAGES_MAX: usize = 1024;
+/// Largest datagram the protocol ever produces or accepts, in bytes. The actual size of every
+/// send comes from the connection's current `max_datagram_size()`; this only bounds parsing.
+pub const DATAGRAM_BYTES_MAX: usize = 1500;
+/// Entities a world may hold: bounds memory and the snapshot.
+pub const ENTITIES_MAX: usize = 100_000;
+/// Blueprints a world may hold.
+pub const BLUEPRINTS_MAX: usize = 10_000;

@@ -1,0 +1,1 @@
+//! Client prediction, server reconciliation, clock sync and interpolation.

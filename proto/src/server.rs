@@ -1,0 +1,1 @@
+//! The authoritative world core.

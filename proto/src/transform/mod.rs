@@ -1,0 +1,1 @@
+//! Entity transforms over datagrams: quantization, delta compression, priorities, interest.

@@ -1,0 +1,2 @@
+//! `neonet-relay`: the standalone server.
+fn main() {}

@@ -1,0 +1,8 @@
+//! # neonet: drivers for the sans-IO engine
+//!
+//! QUIC transport (quinn + rustls/ring), the relay server runtime, the native client facade,
+//! redb persistence, certificates, config and metrics. All world logic lives in
+//! [`neonet_proto`]; this crate only moves bytes and time in and out of it.
+#![warn(missing_docs)]
+
+pub use neonet_proto as proto;

@@ -1,0 +1,2 @@
+//! `neonet-load`: the load tool.
+fn main() {}

@@ -414,9 +414,12 @@ impl ClientMsg {
     pub fn channel(&self) -> Channel {
         use ClientMsg::*;
         match self {
-            Hello { .. } | Ping { .. } | ModifyRank { .. } | Kick { .. } | Mute { .. } | Goodbye => {
-                Channel::Control
-            }
+            Hello { .. }
+            | Ping { .. }
+            | ModifyRank { .. }
+            | Kick { .. }
+            | Mute { .. }
+            | Goodbye => Channel::Control,
             Command { .. } | Chat { .. } => Channel::Chat,
             EntityEvent { .. } => Channel::Events,
             BlueprintAdd { .. }

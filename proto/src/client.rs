@@ -1,1 +1,741 @@
-//! One participant's core.
+//! One participant's core: the handshake, a mirror of the world, and the changes it sends.
+//!
+//! Driven like [`crate::server::ServerCore`]: `handle_frame`/`handle_datagram`/
+//! `handle_timeout` in, `poll_transmit`/`poll_event` out. The mirror holds what the server
+//! said; the client never applies its own changes locally before the server relays or
+//! acknowledges them, so the mirror is always the server's order of events.
+//!
+//! Entity events that name a blueprint version newer than the mirror's are held (at most
+//! [`HELD_EVENTS_MAX`]) until that version arrives, as the reference engine does.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+use crate::codec::{self, DecodeError};
+use crate::limits::*;
+use crate::msg::*;
+use crate::time::Time;
+use crate::types::*;
+
+/// How often the client pings for RTT and clock offset.
+pub const PING_INTERVAL: Duration = Duration::from_millis(1000);
+
+/// Client configuration.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// Display name to join with.
+    pub name: String,
+    /// Token from an earlier session, to come back as the same user.
+    pub token: Option<String>,
+}
+
+/// Where the client is in its life.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClientState {
+    /// Hello sent, waiting for `Welcome` and `Snapshot`.
+    Joining,
+    /// In the world.
+    Joined,
+    /// Closed; no more input is taken.
+    Closed {
+        /// Why.
+        reason: CloseReason,
+        /// Detail.
+        detail: String,
+    },
+}
+
+/// Something the game should know about.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ClientEvent {
+    /// The snapshot arrived: the world is loaded and the player exists (the `enter` event).
+    Joined {
+        /// Own player entity.
+        player: EntityId,
+        /// Own user.
+        user: UserId,
+    },
+    /// An entity appeared.
+    EntityAdded(EntityId),
+    /// An entity's fields changed.
+    EntityModified(EntityId),
+    /// An entity is gone for good.
+    EntityRemoved(EntityId),
+    /// An entity event (released once its blueprint version is known).
+    EntityEvent {
+        /// The entity.
+        entity: EntityId,
+        /// Event name.
+        name: String,
+        /// Payload.
+        data: Bytes,
+        /// The sending player.
+        from: Option<EntityId>,
+    },
+    /// A blueprint was added.
+    BlueprintAdded(BlueprintId),
+    /// A blueprint changed (or was sent back after a lost conflict).
+    BlueprintModified {
+        /// Which.
+        id: BlueprintId,
+        /// Version now.
+        version: u32,
+    },
+    /// A chat message.
+    Chat(ChatMessage),
+    /// Chat was cleared.
+    ChatCleared,
+    /// A setting changed.
+    SettingsModified(Setting),
+    /// Spawn moved.
+    SpawnModified(Spawn),
+    /// A user's rank changed.
+    RankModified {
+        /// The user.
+        user: UserId,
+        /// New effective rank.
+        rank: Rank,
+    },
+    /// A player was muted or unmuted.
+    Muted {
+        /// The player.
+        player: EntityId,
+        /// Muted or not.
+        muted: bool,
+    },
+    /// Own player was teleported.
+    Teleported {
+        /// Destination.
+        position: Vec3,
+        /// Facing, radians.
+        rotation_y: f32,
+    },
+    /// Own player was pushed.
+    Pushed {
+        /// Impulse, m/s.
+        force: Vec3,
+    },
+    /// A change was acknowledged (durably, when the server persists).
+    Acked(ReqId),
+    /// A change was refused.
+    Refused {
+        /// The change.
+        req: ReqId,
+        /// Why.
+        reason: Refusal,
+    },
+    /// A pong: round-trip time measured.
+    Rtt(Duration),
+    /// The session ended.
+    Disconnected {
+        /// Why.
+        reason: CloseReason,
+        /// Detail.
+        detail: String,
+    },
+}
+
+/// Something to send.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ClientTransmit {
+    /// A reliable frame (length prefix included) on a channel's stream.
+    Frame {
+        /// Which stream.
+        channel: Channel,
+        /// The encoded frame.
+        frame: Vec<u8>,
+    },
+    /// An unreliable datagram.
+    Datagram(Vec<u8>),
+}
+
+/// Errors the server's input can cause; each closes the session.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClientError {
+    /// The server's bytes could not be decoded.
+    #[error("undecodable message from server: {0}")]
+    Decode(#[from] DecodeError),
+    /// The server broke the protocol's order (a message before the snapshot, say).
+    #[error("server broke the protocol: {0}")]
+    Protocol(String),
+}
+
+/// The client's mirror of the world.
+#[derive(Clone, Debug, Default)]
+pub struct ClientWorld {
+    /// Settings.
+    pub settings: Settings,
+    /// Spawn.
+    pub spawn: Spawn,
+    /// Blueprints.
+    pub blueprints: BTreeMap<BlueprintId, Blueprint>,
+    /// Entities.
+    pub entities: BTreeMap<EntityId, Entity>,
+    /// Chat, oldest first, last [`CHAT_HISTORY_LEN`].
+    pub chat: VecDeque<ChatMessage>,
+}
+
+impl ClientWorld {
+    /// The player entities' display names, by entity.
+    pub fn player_names(&self) -> Vec<(EntityId, String)> {
+        self.entities
+            .values()
+            .filter(|e| e.kind == EntityKind::Player)
+            .map(|e| {
+                let name = e
+                    .props
+                    .iter()
+                    .find(|(k, _)| k == "name")
+                    .map(|(_, v)| String::from_utf8_lossy(&v.0).into_owned())
+                    .unwrap_or_default();
+                (e.id, name)
+            })
+            .collect()
+    }
+}
+
+#[derive(Clone, Debug)]
+struct HeldEvent {
+    entity: EntityId,
+    version: u32,
+    name: String,
+    data: Bytes,
+    from: Option<EntityId>,
+}
+
+/// One participant's core. See the module documentation.
+#[derive(Debug)]
+pub struct ClientCore {
+    config: ClientConfig,
+    state: ClientState,
+    world: ClientWorld,
+    session: Option<SessionId>,
+    player: Option<EntityId>,
+    user: Option<UserId>,
+    rank: Rank,
+    token: Option<String>,
+    tick_hz: u16,
+    next_req: u32,
+    next_ping: Time,
+    rtt: Option<Duration>,
+    held: VecDeque<HeldEvent>,
+    transmits: VecDeque<ClientTransmit>,
+    events: VecDeque<ClientEvent>,
+}
+
+impl ClientCore {
+    /// A client that will join as `config.name`; `Hello` is queued at once.
+    pub fn new(config: ClientConfig, now: Time) -> ClientCore {
+        let mut c = ClientCore {
+            token: config.token.clone(),
+            config,
+            state: ClientState::Joining,
+            world: ClientWorld::default(),
+            session: None,
+            player: None,
+            user: None,
+            rank: Rank::Visitor,
+            tick_hz: crate::time::TICK_HZ_DEFAULT,
+            next_req: 1,
+            next_ping: now,
+            rtt: None,
+            held: VecDeque::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+        };
+        let hello = ClientMsg::Hello {
+            protocol_version: PROTOCOL_VERSION,
+            name: c.config.name.clone(),
+            token: c.config.token.clone(),
+        };
+        c.send(&hello);
+        c
+    }
+
+    /// A client whose `Hello` claims another protocol version (tests of version refusal only).
+    #[doc(hidden)]
+    pub fn with_protocol_version(config: ClientConfig, now: Time, version: u16) -> ClientCore {
+        let mut c = ClientCore::new(config, now);
+        c.transmits.clear();
+        let hello = ClientMsg::Hello {
+            protocol_version: version,
+            name: c.config.name.clone(),
+            token: c.config.token.clone(),
+        };
+        c.send(&hello);
+        c
+    }
+
+    // ---- getters ----
+
+    /// Where the client is.
+    pub fn state(&self) -> &ClientState {
+        &self.state
+    }
+
+    /// The world mirror.
+    pub fn world(&self) -> &ClientWorld {
+        &self.world
+    }
+
+    /// Own player entity, once joined.
+    pub fn player(&self) -> Option<EntityId> {
+        self.player
+    }
+
+    /// Own user, once joined.
+    pub fn user(&self) -> Option<UserId> {
+        self.user
+    }
+
+    /// Own session, once welcomed.
+    pub fn session(&self) -> Option<SessionId> {
+        self.session
+    }
+
+    /// Own effective rank.
+    pub fn rank(&self) -> Rank {
+        self.rank
+    }
+
+    /// The auth token to come back as the same user.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
+    /// The server's tick rate, Hz.
+    pub fn tick_hz(&self) -> u16 {
+        self.tick_hz
+    }
+
+    /// Latest round-trip time measured.
+    pub fn rtt(&self) -> Option<Duration> {
+        self.rtt
+    }
+
+    // ---- inputs ----
+
+    /// A complete frame body (without its length prefix) arrived on `channel`.
+    pub fn handle_frame(
+        &mut self,
+        _channel: Channel,
+        body: &[u8],
+        now: Time,
+    ) -> Result<(), ClientError> {
+        if matches!(self.state, ClientState::Closed { .. }) {
+            return Ok(());
+        }
+        let msg = match codec::decode_server(body) {
+            Ok(m) => m,
+            Err(e) => {
+                self.close(CloseReason::ProtocolViolation, e.to_string());
+                return Err(e.into());
+            }
+        };
+        self.handle_msg(msg, now)
+    }
+
+    /// A datagram arrived (entity transforms; decoded by the transform layer).
+    pub fn handle_datagram(&mut self, data: &[u8], _now: Time) {
+        let _ = data;
+    }
+
+    /// The transport closed without a `Close` message (idle timeout, reset).
+    pub fn handle_disconnect(&mut self, detail: String) {
+        self.close(CloseReason::Timeout, detail);
+    }
+
+    /// Sends pings when due.
+    pub fn handle_timeout(&mut self, now: Time) {
+        if self.state != ClientState::Joined {
+            return;
+        }
+        if now >= self.next_ping {
+            self.next_ping = now + PING_INTERVAL;
+            self.send(&ClientMsg::Ping {
+                client_time_us: now.as_micros(),
+            });
+        }
+    }
+
+    // ---- outputs ----
+
+    /// The next thing to send.
+    pub fn poll_transmit(&mut self) -> Option<ClientTransmit> {
+        self.transmits.pop_front()
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<ClientEvent> {
+        self.events.pop_front()
+    }
+
+    /// When `handle_timeout` must be called next.
+    pub fn poll_timeout(&self) -> Option<Time> {
+        (self.state == ClientState::Joined).then_some(self.next_ping)
+    }
+
+    // ---- commands ----
+
+    fn req(&mut self) -> ReqId {
+        let r = ReqId(self.next_req);
+        self.next_req = self.next_req.wrapping_add(1);
+        r
+    }
+
+    /// Says something in chat.
+    pub fn send_chat(&mut self, body: impl Into<String>) -> ReqId {
+        let req = self.req();
+        self.send(&ClientMsg::Chat {
+            req,
+            body: body.into(),
+        });
+        req
+    }
+
+    /// Runs a slash command (`["chat", "clear"]`).
+    pub fn send_command(&mut self, args: Vec<String>) -> ReqId {
+        let req = self.req();
+        self.send(&ClientMsg::Command { req, args });
+        req
+    }
+
+    /// Adds a blueprint.
+    pub fn add_blueprint(&mut self, blueprint: Blueprint) -> ReqId {
+        let req = self.req();
+        self.send(&ClientMsg::BlueprintAdd { req, blueprint });
+        req
+    }
+
+    /// Modifies a blueprint at the next version after the one this client knows.
+    pub fn modify_blueprint(&mut self, id: BlueprintId, patch: BlueprintPatch) -> ReqId {
+        let version = self.world.blueprints.get(&id).map_or(1, |b| b.version + 1);
+        self.modify_blueprint_at(id, version, patch)
+    }
+
+    /// Modifies a blueprint claiming an explicit version.
+    pub fn modify_blueprint_at(
+        &mut self,
+        id: BlueprintId,
+        version: u32,
+        patch: BlueprintPatch,
+    ) -> ReqId {
+        let req = self.req();
+        self.send(&ClientMsg::BlueprintModify {
+            req,
+            id,
+            version,
+            patch,
+        });
+        req
+    }
+
+    /// Places an app.
+    pub fn add_entity(
+        &mut self,
+        blueprint: BlueprintId,
+        transform: Transform,
+        props: Vec<(String, Bytes)>,
+    ) -> ReqId {
+        let req = self.req();
+        self.send(&ClientMsg::EntityAdd {
+            req,
+            blueprint,
+            transform,
+            props,
+        });
+        req
+    }
+
+    /// Modifies an entity's fields.
+    pub fn modify_entity(&mut self, id: EntityId, patch: EntityPatch) -> ReqId {
+        let req = self.req();
+        self.send(&ClientMsg::EntityModify { req, id, patch });
+        req
+    }
+
+    /// Removes an app.
+    pub fn remove_entity(&mut self, id: EntityId) -> ReqId {
+        let req = self.req();
+        self.send(&ClientMsg::EntityRemove { req, id });
+        req
+    }
+
+    /// Fires an event on an entity, to everyone else or to one player.
+    pub fn send_entity_event(
+        &mut self,
+        entity: EntityId,
+        name: impl Into<String>,
+        data: Bytes,
+        to: Option<EntityId>,
+    ) {
+        let blueprint_version = self
+            .world
+            .entities
+            .get(&entity)
+            .and_then(|e| e.blueprint.as_ref())
+            .and_then(|b| self.world.blueprints.get(b))
+            .map_or(0, |b| b.version);
+        self.send(&ClientMsg::EntityEvent {
+            entity,
+            blueprint_version,
+            name: name.into(),
+            data,
+            to,
+        });
+    }
+
+    /// Changes a setting.
+    pub fn modify_setting(&mut self, setting: Setting) -> ReqId {
+        let req = self.req();
+        self.send(&ClientMsg::SettingsModify { req, setting });
+        req
+    }
+
+    /// Sends any message (for tools and tests that need one not covered above).
+    pub fn send_raw(&mut self, msg: &ClientMsg) {
+        self.send(msg);
+    }
+
+    /// Says goodbye; the server closes the session.
+    pub fn leave(&mut self) {
+        self.send(&ClientMsg::Goodbye);
+    }
+
+    // ---- internals ----
+
+    fn send(&mut self, msg: &ClientMsg) {
+        if matches!(self.state, ClientState::Closed { .. }) {
+            return;
+        }
+        self.transmits.push_back(ClientTransmit::Frame {
+            channel: msg.channel(),
+            frame: codec::encode_frame(msg),
+        });
+    }
+
+    fn close(&mut self, reason: CloseReason, detail: String) {
+        if matches!(self.state, ClientState::Closed { .. }) {
+            return;
+        }
+        self.state = ClientState::Closed {
+            reason,
+            detail: detail.clone(),
+        };
+        self.transmits.clear();
+        self.events
+            .push_back(ClientEvent::Disconnected { reason, detail });
+    }
+
+    fn protocol(&mut self, what: &str) -> Result<(), ClientError> {
+        self.close(CloseReason::ProtocolViolation, what.to_string());
+        Err(ClientError::Protocol(what.to_string()))
+    }
+
+    fn handle_msg(&mut self, msg: ServerMsg, now: Time) -> Result<(), ClientError> {
+        let joined = self.state == ClientState::Joined;
+        match msg {
+            ServerMsg::Welcome {
+                protocol_version,
+                session,
+                tick_hz,
+            } => {
+                if protocol_version != PROTOCOL_VERSION {
+                    self.close(
+                        CloseReason::VersionMismatch,
+                        format!("server speaks protocol version {protocol_version}"),
+                    );
+                    return Ok(());
+                }
+                self.session = Some(session);
+                self.tick_hz = tick_hz;
+            }
+            ServerMsg::Snapshot(s) => {
+                if self.session.is_none() || joined {
+                    return self.protocol("snapshot out of order");
+                }
+                let s = *s;
+                self.player = Some(s.player);
+                self.user = Some(s.user);
+                self.rank = s.rank;
+                self.token = Some(s.auth_token);
+                self.world = ClientWorld {
+                    settings: s.settings,
+                    spawn: s.spawn,
+                    blueprints: s
+                        .blueprints
+                        .into_iter()
+                        .map(|b| (b.id.clone(), b))
+                        .collect(),
+                    entities: s.entities.into_iter().map(|e| (e.id, e)).collect(),
+                    chat: s.chat.into_iter().collect(),
+                };
+                self.state = ClientState::Joined;
+                self.next_ping = now;
+                self.events.push_back(ClientEvent::Joined {
+                    player: s.player,
+                    user: s.user,
+                });
+            }
+            ServerMsg::Close { reason, detail } => self.close(reason, detail),
+            ServerMsg::Pong { client_time_us, .. } => {
+                let rtt = Duration::from_micros(now.as_micros().saturating_sub(client_time_us));
+                self.rtt = Some(rtt);
+                self.events.push_back(ClientEvent::Rtt(rtt));
+            }
+            ServerMsg::Ack { req } => self.events.push_back(ClientEvent::Acked(req)),
+            ServerMsg::Refused { req, reason } => {
+                self.events.push_back(ClientEvent::Refused { req, reason })
+            }
+            other if !joined => {
+                return self.protocol(&format!("{} before the snapshot", other.name()));
+            }
+            ServerMsg::ChatAdded(m) => {
+                self.world.chat.push_back(m.clone());
+                while self.world.chat.len() > CHAT_HISTORY_LEN {
+                    self.world.chat.pop_front();
+                }
+                self.events.push_back(ClientEvent::Chat(m));
+            }
+            ServerMsg::ChatCleared => {
+                self.world.chat.clear();
+                self.events.push_back(ClientEvent::ChatCleared);
+            }
+            ServerMsg::BlueprintAdded(b) => {
+                let id = b.id.clone();
+                self.world.blueprints.insert(id.clone(), b);
+                self.events.push_back(ClientEvent::BlueprintAdded(id));
+                self.release_held();
+            }
+            ServerMsg::BlueprintModified { id, version, patch } => {
+                let b = self
+                    .world
+                    .blueprints
+                    .entry(id.clone())
+                    .or_insert_with(|| Blueprint {
+                        id: id.clone(),
+                        ..Default::default()
+                    });
+                patch.apply(b);
+                b.version = version;
+                self.events
+                    .push_back(ClientEvent::BlueprintModified { id, version });
+                self.release_held();
+            }
+            ServerMsg::EntityAdded(e) => {
+                let id = e.id;
+                self.world.entities.insert(id, e);
+                self.events.push_back(ClientEvent::EntityAdded(id));
+            }
+            ServerMsg::EntityModified { id, patch } => {
+                if let Some(e) = self.world.entities.get_mut(&id) {
+                    for k in &patch.unset {
+                        e.props.retain(|(pk, _)| pk != k);
+                    }
+                    for (k, v) in patch.set {
+                        match e.props.iter_mut().find(|(pk, _)| *pk == k) {
+                            Some(slot) => slot.1 = v,
+                            None => e.props.push((k, v)),
+                        }
+                    }
+                    if let Some(t) = patch.transform {
+                        e.transform = t;
+                    }
+                    self.events.push_back(ClientEvent::EntityModified(id));
+                }
+            }
+            ServerMsg::EntityRemoved(id) => {
+                if self.world.entities.remove(&id).is_some() {
+                    self.events.push_back(ClientEvent::EntityRemoved(id));
+                }
+                self.held.retain(|h| h.entity != id);
+            }
+            ServerMsg::EntityEvent {
+                entity,
+                blueprint_version,
+                name,
+                data,
+                from,
+            } => {
+                let ev = HeldEvent {
+                    entity,
+                    version: blueprint_version,
+                    name,
+                    data,
+                    from,
+                };
+                if self.event_ready(&ev) {
+                    self.emit_event(ev);
+                } else {
+                    if self.held.len() >= HELD_EVENTS_MAX {
+                        self.held.pop_front();
+                    }
+                    self.held.push_back(ev);
+                }
+            }
+            ServerMsg::PlayerTeleport {
+                position,
+                rotation_y,
+            } => {
+                if let Some(e) = self.player.and_then(|p| self.world.entities.get_mut(&p)) {
+                    e.transform.position = position;
+                }
+                self.events.push_back(ClientEvent::Teleported {
+                    position,
+                    rotation_y,
+                });
+            }
+            ServerMsg::PlayerPush { force } => self.events.push_back(ClientEvent::Pushed { force }),
+            ServerMsg::SettingsModified(s) => {
+                s.apply(&mut self.world.settings);
+                self.events.push_back(ClientEvent::SettingsModified(s));
+            }
+            ServerMsg::SpawnModified(s) => {
+                self.world.spawn = s;
+                self.events.push_back(ClientEvent::SpawnModified(s));
+            }
+            ServerMsg::RankModified { user, rank } => {
+                if Some(user) == self.user {
+                    self.rank = rank;
+                }
+                self.events
+                    .push_back(ClientEvent::RankModified { user, rank });
+            }
+            ServerMsg::Muted { player, muted } => {
+                self.events.push_back(ClientEvent::Muted { player, muted })
+            }
+        }
+        Ok(())
+    }
+
+    fn event_ready(&self, ev: &HeldEvent) -> bool {
+        let have = self
+            .world
+            .entities
+            .get(&ev.entity)
+            .and_then(|e| e.blueprint.as_ref())
+            .and_then(|b| self.world.blueprints.get(b))
+            .map_or(0, |b| b.version);
+        ev.version <= have
+    }
+
+    fn emit_event(&mut self, ev: HeldEvent) {
+        self.events.push_back(ClientEvent::EntityEvent {
+            entity: ev.entity,
+            name: ev.name,
+            data: ev.data,
+            from: ev.from,
+        });
+    }
+
+    fn release_held(&mut self) {
+        let held = std::mem::take(&mut self.held);
+        for ev in held {
+            if self.event_ready(&ev) {
+                self.emit_event(ev);
+            } else {
+                self.held.push_back(ev);
+            }
+        }
+    }
+}

@@ -1,1 +1,1388 @@
-//! The authoritative world core.
+//! The authoritative world core: sessions, the world, authorization, relaying and the tick.
+//!
+//! `ServerCore` owns all world state. It never does I/O: a driver feeds it connections, frames
+//! and datagrams with `handle_*(…, now)` and carries out what `poll_transmit`, `poll_event` and
+//! `poll_effect` return. It is transport-agnostic: a QUIC connection, a WebSocket or a simulated
+//! link are all a [`ConnId`] to it.
+//!
+//! ## Methods, grouped as quinn-proto groups them
+//! - getters: [`ServerCore::world`], [`ServerCore::sessions`], [`ServerCore::tick`];
+//! - inputs: [`handle_connect`](ServerCore::handle_connect),
+//!   [`handle_frame`](ServerCore::handle_frame), [`handle_datagram`](ServerCore::handle_datagram),
+//!   [`handle_disconnect`](ServerCore::handle_disconnect),
+//!   [`handle_timeout`](ServerCore::handle_timeout), [`handle_durable`](ServerCore::handle_durable);
+//! - outputs, drained after every input until `None`: [`poll_transmit`](ServerCore::poll_transmit),
+//!   [`poll_event`](ServerCore::poll_event), [`poll_effect`](ServerCore::poll_effect), then
+//!   [`poll_timeout`](ServerCore::poll_timeout) for when to call `handle_timeout` next.
+//!
+//! ## Sessions and connections
+//! A [`SessionId`] is one join of one user; a [`ConnId`] is one transport connection. The two are
+//! kept apart so a session can outlive its connection (resume, QUIC migration). One session per
+//! user: a second join of the same user **replaces** the first, which is closed with
+//! [`CloseReason::DuplicateUser`]. Newer wins because the usual cause is a client reconnecting
+//! before the server noticed its old connection die; refusing would lock that user out until the
+//! idle timeout.
+//!
+//! ## Authorization
+//! Every message from a joined session goes through one function, `authorize`, before it can
+//! change anything: rank rules, ownership and limits. A refusal is answered with `Refused` for
+//! the change's id; a broken limit on a message without one closes that session only.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::codec::{self, DecodeError};
+use crate::limits::*;
+use crate::msg::*;
+use crate::time::{Tick, TickClock, Time};
+use crate::types::*;
+
+/// A transport connection, numbered by the driver. Unique for the server's lifetime.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ConnId(pub u64);
+
+/// Which transport a connection uses (for logs, metrics and per-transport rules).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TransportKind {
+    /// QUIC (quinn): reliable streams per channel plus unreliable datagrams.
+    Quic,
+    /// The WebSocket bridge: one ordered reliable stream, no datagrams.
+    WebSocket,
+    /// The simulated network.
+    Sim,
+}
+
+/// Verifies and issues auth tokens. The core asks; the driver decides how (the relay signs
+/// tokens with a server secret).
+pub trait Authenticator: Send {
+    /// The user a token names, or `None` if it is invalid.
+    fn verify(&self, token: &str) -> Option<UserId>;
+    /// A token naming `user`.
+    fn issue(&self, user: UserId) -> String;
+}
+
+/// Tokens that are the user id in plain text. For tests and the simulated network only: anyone
+/// can forge them.
+#[derive(Debug, Default, Clone)]
+pub struct InsecureTokens;
+
+impl Authenticator for InsecureTokens {
+    fn verify(&self, token: &str) -> Option<UserId> {
+        token.strip_prefix("user:")?.parse().ok().map(UserId)
+    }
+    fn issue(&self, user: UserId) -> String {
+        format!("user:{}", user.0)
+    }
+}
+
+/// Server configuration. Defaults are the relay's.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Tick rate, Hz (10–120, default 30).
+    pub tick_hz: u16,
+    /// Unix time in milliseconds at `Time::ZERO`, so chat timestamps are wall-clock times.
+    pub unix_ms_at_zero: u64,
+    /// Acks wait for [`ServerCore::handle_durable`] (with persistence) instead of going out at
+    /// once.
+    pub durable_acks: bool,
+    /// A returning user spawns where they left instead of at the spawn point.
+    pub spawn_at_last_position: bool,
+    /// Interval between pings the server expects; a connection silent for
+    /// `idle_timeout` is closed with `Timeout`.
+    pub idle_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            tick_hz: crate::time::TICK_HZ_DEFAULT,
+            unix_ms_at_zero: 0,
+            durable_acks: false,
+            spawn_at_last_position: true,
+            idle_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The persistent world: what a store loads at start and the core keeps current.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct World {
+    /// Settings.
+    pub settings: Settings,
+    /// Spawn point.
+    pub spawn: Spawn,
+    /// Blueprints by id.
+    pub blueprints: BTreeMap<BlueprintId, Blueprint>,
+    /// Entities by id (apps persist; players exist while their session does).
+    pub entities: BTreeMap<EntityId, Entity>,
+    /// Last [`CHAT_HISTORY_LEN`] chat messages, oldest first.
+    pub chat: VecDeque<ChatMessage>,
+    /// Known users.
+    pub users: BTreeMap<UserId, User>,
+    /// Next entity id to allocate.
+    pub next_entity_id: u32,
+    /// Next user id to allocate.
+    pub next_user_id: u64,
+    /// Next chat message id.
+    pub next_chat_id: u64,
+}
+
+impl World {
+    /// The effective rank of a user: at least the world's default rank.
+    pub fn effective_rank(&self, user: UserId) -> Rank {
+        let stored = self.users.get(&user).map(|u| u.rank).unwrap_or_default();
+        stored.max(self.settings.default_rank)
+    }
+}
+
+/// A change the store must make durable. Emitted by the core as an [`Effect`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum Change {
+    /// Insert or replace a blueprint.
+    PutBlueprint(Blueprint),
+    /// Insert or replace an app entity.
+    PutEntity(Entity),
+    /// Delete an app entity.
+    DeleteEntity(EntityId),
+    /// Replace the settings.
+    PutSettings(Settings),
+    /// Replace the spawn point.
+    PutSpawn(Spawn),
+    /// Insert or replace a user.
+    PutUser(User),
+    /// Append a chat message (the store keeps the last [`CHAT_HISTORY_LEN`]).
+    AppendChat(ChatMessage),
+    /// Clear chat history.
+    ClearChat,
+}
+
+/// Identifies a change waiting to be made durable before its sender is acknowledged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AckToken {
+    /// The session that made the change.
+    pub session: SessionId,
+    /// The change's id.
+    pub req: ReqId,
+}
+
+/// A persistence effect: a change and, if its sender is waiting, the token to acknowledge.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Effect {
+    /// What to store.
+    pub change: Change,
+    /// Acknowledge this once durable (`None` for changes nobody waits on).
+    pub ack: Option<AckToken>,
+}
+
+/// What the driver must send.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Transmit {
+    /// A reliable frame (length prefix included) on a channel's stream. Broadcasts share one
+    /// encoded buffer.
+    Frame {
+        /// To whom.
+        conn: ConnId,
+        /// Which stream.
+        channel: Channel,
+        /// The encoded frame.
+        frame: Arc<[u8]>,
+    },
+    /// An unreliable datagram, already sized to the connection's `max_datagram_size`.
+    Datagram {
+        /// To whom.
+        conn: ConnId,
+        /// The bytes.
+        data: Vec<u8>,
+    },
+    /// Close the connection after flushing what was queued before (a `Close` frame was sent).
+    Close {
+        /// Which connection.
+        conn: ConnId,
+        /// Why.
+        reason: CloseReason,
+    },
+}
+
+/// Something that happened, for the driver's logs, metrics and persistence bookkeeping.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ServerEvent {
+    /// A session joined (the `enter` event).
+    Joined {
+        /// The session.
+        session: SessionId,
+        /// Its connection.
+        conn: ConnId,
+        /// Its user.
+        user: UserId,
+        /// Its player entity.
+        player: EntityId,
+        /// Display name.
+        name: String,
+    },
+    /// A session ended.
+    Left {
+        /// The session.
+        session: SessionId,
+        /// Why.
+        reason: CloseReason,
+    },
+    /// A connection was refused or closed for misbehaving.
+    PeerError {
+        /// The connection.
+        conn: ConnId,
+        /// Why it was closed.
+        reason: CloseReason,
+        /// Detail for logs.
+        detail: String,
+    },
+    /// A message was refused.
+    Refused {
+        /// The session.
+        session: SessionId,
+        /// Which message.
+        msg: &'static str,
+        /// Why.
+        reason: Refusal,
+    },
+}
+
+/// A joined session, as the core sees it.
+#[derive(Clone, Debug)]
+pub struct Session {
+    /// Its id.
+    pub id: SessionId,
+    /// The user.
+    pub user: UserId,
+    /// Display name.
+    pub name: String,
+    /// The current connection (`None` while disconnected and resumable).
+    pub conn: Option<ConnId>,
+    /// The player entity.
+    pub player: EntityId,
+    /// When it joined.
+    pub joined_at: Time,
+}
+
+#[derive(Debug)]
+struct Conn {
+    transport: TransportKind,
+    session: Option<SessionId>,
+    closed: bool,
+    last_heard: Time,
+    max_datagram_size: usize,
+}
+
+/// The authoritative world core. See the module documentation.
+pub struct ServerCore {
+    config: ServerConfig,
+    auth: Box<dyn Authenticator>,
+    world: World,
+    clock: TickClock,
+    now: Time,
+    conns: BTreeMap<ConnId, Conn>,
+    sessions: BTreeMap<SessionId, Session>,
+    by_user: BTreeMap<UserId, SessionId>,
+    next_session: u64,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<ServerEvent>,
+    effects: VecDeque<Effect>,
+    storage_ok: bool,
+}
+
+impl std::fmt::Debug for ServerCore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerCore")
+            .field("tick", &self.clock.tick())
+            .field("sessions", &self.sessions.len())
+            .field("conns", &self.conns.len())
+            .finish()
+    }
+}
+
+impl ServerCore {
+    /// A core hosting `world` (loaded from the store, or `World::default()`), starting at `now`.
+    pub fn new(
+        config: ServerConfig,
+        world: World,
+        auth: Box<dyn Authenticator>,
+        now: Time,
+    ) -> ServerCore {
+        let mut world = world;
+        world.next_entity_id = world
+            .next_entity_id
+            .max(world.entities.keys().last().map_or(1, |e| e.0 + 1));
+        world.next_user_id = world
+            .next_user_id
+            .max(world.users.keys().last().map_or(1, |u| u.0 + 1));
+        world.next_chat_id = world
+            .next_chat_id
+            .max(world.chat.back().map_or(1, |c| c.id + 1));
+        // Players never outlive a restart: their sessions are gone.
+        world.entities.retain(|_, e| e.kind != EntityKind::Player);
+        ServerCore {
+            clock: TickClock::new(config.tick_hz, now),
+            config,
+            auth,
+            world,
+            now,
+            conns: BTreeMap::new(),
+            sessions: BTreeMap::new(),
+            by_user: BTreeMap::new(),
+            next_session: 1,
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            effects: VecDeque::new(),
+            storage_ok: true,
+        }
+    }
+
+    // ---- getters ----
+
+    /// The world as it is now.
+    pub fn world(&self) -> &World {
+        &self.world
+    }
+
+    /// Joined sessions.
+    pub fn sessions(&self) -> impl Iterator<Item = &Session> {
+        self.sessions.values()
+    }
+
+    /// The session a connection belongs to, if joined.
+    pub fn session_of(&self, conn: ConnId) -> Option<&Session> {
+        let sid = self.conns.get(&conn)?.session?;
+        self.sessions.get(&sid)
+    }
+
+    /// The next tick to run.
+    pub fn tick(&self) -> Tick {
+        self.clock.tick()
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ServerConfig {
+        &self.config
+    }
+
+    /// The transport of an open connection.
+    pub fn transport(&self, conn: ConnId) -> Option<TransportKind> {
+        self.conns.get(&conn).map(|c| c.transport)
+    }
+
+    /// Number of open connections (joined or not).
+    pub fn connection_count(&self) -> usize {
+        self.conns.len()
+    }
+
+    // ---- inputs ----
+
+    /// A transport connection opened. It must send `Hello` first.
+    pub fn handle_connect(&mut self, conn: ConnId, transport: TransportKind, now: Time) {
+        self.now = now;
+        self.conns.insert(
+            conn,
+            Conn {
+                transport,
+                session: None,
+                closed: false,
+                last_heard: now,
+                max_datagram_size: 1200,
+            },
+        );
+    }
+
+    /// The connection's path allows datagrams up to `bytes` now (quinn's `max_datagram_size()`,
+    /// which changes with path MTU discovery). Call before every tick.
+    pub fn handle_max_datagram_size(&mut self, conn: ConnId, bytes: usize) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.max_datagram_size = bytes.min(DATAGRAM_BYTES_MAX);
+        }
+    }
+
+    /// A complete frame body (without its length prefix) arrived on `channel`.
+    pub fn handle_frame(&mut self, conn: ConnId, channel: Channel, body: &[u8], now: Time) {
+        self.now = now;
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if c.closed {
+            return;
+        }
+        c.last_heard = now;
+        let session = c.session;
+        let msg = match codec::decode_client(body) {
+            Ok(m) => m,
+            Err(e) => return self.protocol_error(conn, &e),
+        };
+        if msg.channel() != channel {
+            return self.close_conn(
+                conn,
+                CloseReason::ProtocolViolation,
+                format!("{} sent on the {:?} channel", msg.name(), channel),
+            );
+        }
+        match session {
+            None => self.handle_hello(conn, msg),
+            Some(sid) => self.handle_session_msg(sid, conn, msg),
+        }
+    }
+
+    /// A stream-level decoding error (oversize frame, truncated stream) on `conn`.
+    pub fn handle_stream_error(&mut self, conn: ConnId, error: &DecodeError, now: Time) {
+        self.now = now;
+        self.protocol_error(conn, error);
+    }
+
+    /// An unreliable datagram arrived.
+    pub fn handle_datagram(&mut self, conn: ConnId, data: &[u8], now: Time) {
+        self.now = now;
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        c.last_heard = now;
+        if data.len() > DATAGRAM_BYTES_MAX {
+            return self.close_conn(
+                conn,
+                CloseReason::ProtocolViolation,
+                "datagram over the size limit".into(),
+            );
+        }
+        // Upstream inputs and owned transforms are decoded by the transform and prediction
+        // layers (see `tick`); until a session has joined, datagrams are ignored.
+    }
+
+    /// The transport connection closed (by the peer, a timeout or the driver).
+    pub fn handle_disconnect(&mut self, conn: ConnId, now: Time) {
+        self.now = now;
+        if let Some(c) = self.conns.remove(&conn) {
+            if let Some(sid) = c.session {
+                self.end_session(sid, CloseReason::ClientLeft);
+            }
+        }
+    }
+
+    /// Changes up to these tokens are durable (`ok`) or could not be stored (`!ok`): the senders
+    /// get `Ack` or `Refused(Storage)`.
+    pub fn handle_durable(&mut self, tokens: &[AckToken], ok: bool) {
+        self.storage_ok = ok;
+        for t in tokens {
+            let Some(conn) = self.sessions.get(&t.session).and_then(|s| s.conn) else {
+                continue;
+            };
+            let msg = if ok {
+                ServerMsg::Ack { req: t.req }
+            } else {
+                ServerMsg::Refused {
+                    req: t.req,
+                    reason: Refusal::Storage,
+                }
+            };
+            self.send(conn, &msg);
+        }
+    }
+
+    /// The store recovered (or failed) outside any batch.
+    pub fn handle_storage_health(&mut self, ok: bool) {
+        self.storage_ok = ok;
+    }
+
+    /// Runs every tick due at `now` and closes idle connections. Safe to call early.
+    pub fn handle_timeout(&mut self, now: Time) {
+        self.now = now;
+        while let Some(tick) = self.clock.poll_tick(now) {
+            self.run_tick(tick);
+        }
+        let idle = self.config.idle_timeout;
+        let stale: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| !c.closed && now.saturating_since(c.last_heard) > idle)
+            .map(|(id, _)| *id)
+            .collect();
+        for conn in stale {
+            self.close_conn(conn, CloseReason::Timeout, "no traffic".into());
+        }
+    }
+
+    /// Closes every session with `ServerShutdown` (graceful shutdown).
+    pub fn shutdown(&mut self) {
+        let conns: Vec<ConnId> = self.conns.keys().copied().collect();
+        for conn in conns {
+            self.close_conn(
+                conn,
+                CloseReason::ServerShutdown,
+                "server shutting down".into(),
+            );
+        }
+    }
+
+    // ---- outputs ----
+
+    /// The next thing to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<ServerEvent> {
+        self.events.pop_front()
+    }
+
+    /// The next persistence effect.
+    pub fn poll_effect(&mut self) -> Option<Effect> {
+        self.effects.pop_front()
+    }
+
+    /// When `handle_timeout` must be called next.
+    pub fn poll_timeout(&self) -> Option<Time> {
+        Some(self.clock.next_at())
+    }
+
+    // ---- internals ----
+
+    fn run_tick(&mut self, _tick: Tick) {}
+
+    fn send(&mut self, conn: ConnId, msg: &ServerMsg) {
+        let frame: Arc<[u8]> = codec::encode_frame(msg).into();
+        self.transmits.push_back(Transmit::Frame {
+            conn,
+            channel: msg.channel(),
+            frame,
+        });
+    }
+
+    /// Sends `msg` to every joined session except `except`, encoding it once.
+    fn broadcast(&mut self, msg: &ServerMsg, except: Option<SessionId>) {
+        let frame: Arc<[u8]> = codec::encode_frame(msg).into();
+        let channel = msg.channel();
+        for s in self.sessions.values() {
+            if Some(s.id) == except {
+                continue;
+            }
+            if let Some(conn) = s.conn {
+                self.transmits.push_back(Transmit::Frame {
+                    conn,
+                    channel,
+                    frame: frame.clone(),
+                });
+            }
+        }
+    }
+
+    fn protocol_error(&mut self, conn: ConnId, e: &DecodeError) {
+        self.close_conn(conn, CloseReason::ProtocolViolation, e.to_string());
+    }
+
+    fn close_conn(&mut self, conn: ConnId, reason: CloseReason, detail: String) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if c.closed {
+            return;
+        }
+        c.closed = true;
+        let session = c.session.take();
+        self.send(
+            conn,
+            &ServerMsg::Close {
+                reason,
+                detail: detail.clone(),
+            },
+        );
+        self.transmits.push_back(Transmit::Close { conn, reason });
+        if matches!(
+            reason,
+            CloseReason::ProtocolViolation
+                | CloseReason::VersionMismatch
+                | CloseReason::AuthFailed
+                | CloseReason::Flooding
+        ) {
+            self.events.push_back(ServerEvent::PeerError {
+                conn,
+                reason,
+                detail,
+            });
+        }
+        if let Some(sid) = session {
+            self.end_session(sid, reason);
+        }
+    }
+
+    fn end_session(&mut self, sid: SessionId, reason: CloseReason) {
+        let Some(s) = self.sessions.remove(&sid) else {
+            return;
+        };
+        if self.by_user.get(&s.user) == Some(&sid) {
+            self.by_user.remove(&s.user);
+        }
+        if let Some(conn) = s.conn {
+            if let Some(c) = self.conns.get_mut(&conn) {
+                c.session = None;
+            }
+        }
+        if let Some(player) = self.world.entities.remove(&s.player) {
+            if let Some(u) = self.world.users.get_mut(&s.user) {
+                u.last_position = Some(player.transform.position);
+                let u = u.clone();
+                self.effects.push_back(Effect {
+                    change: Change::PutUser(u),
+                    ack: None,
+                });
+            }
+            self.broadcast(&ServerMsg::EntityRemoved(s.player), None);
+        }
+        self.events.push_back(ServerEvent::Left {
+            session: sid,
+            reason,
+        });
+    }
+
+    fn handle_hello(&mut self, conn: ConnId, msg: ClientMsg) {
+        let ClientMsg::Hello {
+            protocol_version,
+            name,
+            token,
+        } = msg
+        else {
+            return self.close_conn(
+                conn,
+                CloseReason::ProtocolViolation,
+                format!("expected hello, got {}", msg.name()),
+            );
+        };
+        if protocol_version != PROTOCOL_VERSION {
+            return self.close_conn(
+                conn,
+                CloseReason::VersionMismatch,
+                format!(
+                    "client speaks protocol version {protocol_version}, this server speaks {PROTOCOL_VERSION}"
+                ),
+            );
+        }
+        let name = name.trim().to_string();
+        if name.is_empty() || name.len() > NAME_BYTES_MAX || name.chars().any(char::is_control) {
+            return self.close_conn(
+                conn,
+                CloseReason::ProtocolViolation,
+                format!("name must be 1 to {NAME_BYTES_MAX} bytes without control characters"),
+            );
+        }
+        if token.as_ref().is_some_and(|t| t.len() > TOKEN_BYTES_MAX) {
+            return self.close_conn(conn, CloseReason::AuthFailed, "token too long".into());
+        }
+        // Player limit: sessions that would be replaced do not count.
+        let limit = self.world.settings.player_limit as usize;
+        let user = match &token {
+            Some(t) => match self.auth.verify(t) {
+                Some(u) if self.world.users.contains_key(&u) => Some(u),
+                _ => {
+                    return self.close_conn(
+                        conn,
+                        CloseReason::AuthFailed,
+                        "token not valid for this world".into(),
+                    )
+                }
+            },
+            None => None,
+        };
+        let replacing = user.and_then(|u| self.by_user.get(&u).copied());
+        if limit > 0 && self.sessions.len() - usize::from(replacing.is_some()) >= limit {
+            return self.close_conn(
+                conn,
+                CloseReason::PlayerLimit,
+                format!("the world is full ({limit} players)"),
+            );
+        }
+        let user = match user {
+            Some(u) => {
+                if self.world.users[&u].banned {
+                    return self.close_conn(conn, CloseReason::AuthFailed, "banned".into());
+                }
+                u
+            }
+            None => {
+                let u = UserId(self.world.next_user_id);
+                self.world.next_user_id += 1;
+                let rec = User {
+                    id: u,
+                    name: name.clone(),
+                    rank: Rank::Visitor,
+                    muted: false,
+                    banned: false,
+                    last_position: None,
+                };
+                self.world.users.insert(u, rec.clone());
+                self.effects.push_back(Effect {
+                    change: Change::PutUser(rec),
+                    ack: None,
+                });
+                u
+            }
+        };
+        if let Some(old) = replacing {
+            if let Some(old_conn) = self.sessions.get(&old).and_then(|s| s.conn) {
+                self.close_conn(
+                    old_conn,
+                    CloseReason::DuplicateUser,
+                    "you joined again elsewhere".into(),
+                );
+            }
+            self.end_session(old, CloseReason::DuplicateUser);
+        }
+        if let Some(u) = self.world.users.get_mut(&user) {
+            u.name = name.clone();
+        }
+        if self.world.entities.len() >= ENTITIES_MAX {
+            return self.close_conn(conn, CloseReason::PlayerLimit, "world entity limit".into());
+        }
+
+        let sid = SessionId(self.next_session);
+        self.next_session += 1;
+        let player = EntityId(self.world.next_entity_id);
+        self.world.next_entity_id += 1;
+        let rank = self.world.effective_rank(user);
+        let spawn = self.world.spawn;
+        let position = if self.config.spawn_at_last_position {
+            self.world.users[&user]
+                .last_position
+                .unwrap_or(spawn.position)
+        } else {
+            spawn.position
+        };
+        let entity = Entity {
+            id: player,
+            kind: EntityKind::Player,
+            owner: Some(sid),
+            user: Some(user),
+            blueprint: None,
+            transform: Transform {
+                position,
+                rotation: spawn.rotation,
+                scale: None,
+            },
+            props: vec![
+                ("name".into(), Bytes::from(name.as_str())),
+                ("rank".into(), Bytes(vec![rank as u8])),
+            ],
+        };
+        self.world.entities.insert(player, entity.clone());
+        self.sessions.insert(
+            sid,
+            Session {
+                id: sid,
+                user,
+                name: name.clone(),
+                conn: Some(conn),
+                player,
+                joined_at: self.now,
+            },
+        );
+        self.by_user.insert(user, sid);
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.session = Some(sid);
+        }
+        self.broadcast(&ServerMsg::EntityAdded(entity), Some(sid));
+        self.send(
+            conn,
+            &ServerMsg::Welcome {
+                protocol_version: PROTOCOL_VERSION,
+                session: sid,
+                tick_hz: self.config.tick_hz,
+            },
+        );
+        let snapshot = Snapshot {
+            player,
+            user,
+            rank,
+            server_tick: self.clock.tick().0,
+            server_time_us: self.now.as_micros(),
+            settings: self.world.settings.clone(),
+            spawn: self.world.spawn,
+            chat: self.world.chat.iter().cloned().collect(),
+            blueprints: self.world.blueprints.values().cloned().collect(),
+            entities: self.world.entities.values().cloned().collect(),
+            auth_token: self.auth.issue(user),
+        };
+        self.send(conn, &ServerMsg::Snapshot(Box::new(snapshot)));
+        self.events.push_back(ServerEvent::Joined {
+            session: sid,
+            conn,
+            user,
+            player,
+            name,
+        });
+    }
+
+    fn rank_of(&self, sid: SessionId) -> Rank {
+        self.sessions
+            .get(&sid)
+            .map_or(Rank::Visitor, |s| self.world.effective_rank(s.user))
+    }
+
+    fn player_session(&self, player: EntityId) -> Option<&Session> {
+        let e = self.world.entities.get(&player)?;
+        if e.kind != EntityKind::Player {
+            return None;
+        }
+        self.sessions.get(&e.owner?)
+    }
+
+    /// The one authorization point: may session `sid` do `msg`? Rank rules, ownership and
+    /// limits. Nothing changes before this says yes.
+    fn authorize(&self, sid: SessionId, msg: &ClientMsg) -> Result<(), Refusal> {
+        use ClientMsg::*;
+        let rank = self.rank_of(sid);
+        let builder = rank >= Rank::Builder;
+        let need = |ok: bool| if ok { Ok(()) } else { Err(Refusal::Rank) };
+        let text_ok = |s: &str, max: usize| s.len() <= max;
+        let opt_ok = |s: &Option<String>| s.as_ref().is_none_or(|s| s.len() <= TEXT_BYTES_MAX);
+        let props_ok = |p: &[(String, Bytes)]| {
+            p.len() <= ENTITY_PROPS_MAX
+                && p.iter()
+                    .all(|(k, v)| k.len() <= ID_BYTES_MAX && v.0.len() <= EVENT_DATA_BYTES_MAX)
+        };
+        let finite = |v: &[f32]| v.iter().all(|x| x.is_finite());
+        let transform_ok = |t: &Transform| {
+            finite(&t.position) && finite(&t.rotation) && t.scale.as_ref().is_none_or(|s| finite(s))
+        };
+        let blueprint_ok = |b: &Blueprint| {
+            !b.id.0.is_empty()
+                && b.id.0.len() <= ID_BYTES_MAX
+                && text_ok(&b.name, TEXT_BYTES_MAX)
+                && text_ok(&b.author, TEXT_BYTES_MAX)
+                && text_ok(&b.desc, TEXT_BYTES_MAX)
+                && opt_ok(&b.model)
+                && opt_ok(&b.script)
+                && opt_ok(&b.image)
+        };
+        let outranks = |target: EntityId| -> Result<(), Refusal> {
+            let t = self.player_session(target).ok_or(Refusal::NotFound)?;
+            if rank > self.world.effective_rank(t.user) {
+                Ok(())
+            } else {
+                Err(Refusal::Rank)
+            }
+        };
+        match msg {
+            Hello { .. } => Err(Refusal::Invalid),
+            Ping { .. } | Goodbye => Ok(()),
+            Command { args, .. } => {
+                if args.is_empty()
+                    || args.len() > COMMAND_ARGS_MAX
+                    || args.iter().any(|a| a.len() > COMMAND_ARG_BYTES_MAX)
+                {
+                    Err(Refusal::Invalid)
+                } else {
+                    Ok(())
+                }
+            }
+            Chat { body, .. } => {
+                if body.trim().is_empty() || body.len() > CHAT_BYTES_MAX {
+                    return Err(Refusal::Invalid);
+                }
+                let user = self.sessions.get(&sid).map(|s| s.user);
+                if user
+                    .and_then(|u| self.world.users.get(&u))
+                    .is_some_and(|u| u.muted)
+                {
+                    return Err(Refusal::Muted);
+                }
+                Ok(())
+            }
+            BlueprintAdd { blueprint, .. } => {
+                need(builder)?;
+                if !blueprint_ok(blueprint) || blueprint.props.0.len() > FRAME_BYTES_MAX / 2 {
+                    return Err(Refusal::Invalid);
+                }
+                if self.world.blueprints.contains_key(&blueprint.id) {
+                    return Err(Refusal::Exists);
+                }
+                if self.world.blueprints.len() >= BLUEPRINTS_MAX {
+                    return Err(Refusal::WorldFull);
+                }
+                Ok(())
+            }
+            BlueprintModify { id, patch, .. } => {
+                need(builder)?;
+                let current = self.world.blueprints.get(id).ok_or(Refusal::NotFound)?;
+                let mut b = current.clone();
+                patch.apply(&mut b);
+                if !blueprint_ok(&b) {
+                    return Err(Refusal::Invalid);
+                }
+                Ok(())
+            }
+            EntityAdd {
+                blueprint,
+                transform,
+                props,
+                ..
+            } => {
+                need(builder)?;
+                if !self.world.blueprints.contains_key(blueprint) {
+                    return Err(Refusal::NotFound);
+                }
+                if !transform_ok(transform) || !props_ok(props) {
+                    return Err(Refusal::Invalid);
+                }
+                if self.world.entities.len() >= ENTITIES_MAX {
+                    return Err(Refusal::WorldFull);
+                }
+                Ok(())
+            }
+            EntityModify { id, patch, .. } => {
+                let e = self.world.entities.get(id).ok_or(Refusal::NotFound)?;
+                if !builder && e.owner != Some(sid) {
+                    return Err(Refusal::NotOwner);
+                }
+                if !props_ok(&patch.set)
+                    || patch.unset.len() > ENTITY_PROPS_MAX
+                    || patch.transform.as_ref().is_some_and(|t| !transform_ok(t))
+                    || e.props.len() + patch.set.len() > 2 * ENTITY_PROPS_MAX
+                {
+                    return Err(Refusal::Invalid);
+                }
+                Ok(())
+            }
+            EntityRemove { id, .. } => {
+                need(builder)?;
+                let e = self.world.entities.get(id).ok_or(Refusal::NotFound)?;
+                if e.kind == EntityKind::Player {
+                    return Err(Refusal::Invalid);
+                }
+                Ok(())
+            }
+            EntityEvent {
+                entity,
+                name,
+                data,
+                to,
+                ..
+            } => {
+                if !self.world.entities.contains_key(entity) {
+                    return Err(Refusal::NotFound);
+                }
+                if name.len() > EVENT_NAME_BYTES_MAX || data.0.len() > EVENT_DATA_BYTES_MAX {
+                    return Err(Refusal::Invalid);
+                }
+                if let Some(to) = to {
+                    self.player_session(*to).ok_or(Refusal::NotFound)?;
+                }
+                Ok(())
+            }
+            PlayerTeleport {
+                target, position, ..
+            } => {
+                self.player_session(*target).ok_or(Refusal::NotFound)?;
+                let own = self.sessions.get(&sid).map(|s| s.player) == Some(*target);
+                need(own || builder)?;
+                if !finite(position) {
+                    return Err(Refusal::Invalid);
+                }
+                Ok(())
+            }
+            PlayerPush { target, force } => {
+                self.player_session(*target).ok_or(Refusal::NotFound)?;
+                let own = self.sessions.get(&sid).map(|s| s.player) == Some(*target);
+                need(own || builder)?;
+                if !finite(force) {
+                    return Err(Refusal::Invalid);
+                }
+                Ok(())
+            }
+            SettingsModify { setting, .. } => {
+                need(builder)?;
+                let ok = match setting {
+                    Setting::Title(s) | Setting::Desc(s) => s.len() <= TEXT_BYTES_MAX,
+                    Setting::Image(s) | Setting::Avatar(s) => opt_ok(s),
+                    // Raising the default rank above builder would make everyone admin.
+                    Setting::DefaultRank(r) => *r <= Rank::Builder || rank == Rank::Admin,
+                    _ => true,
+                };
+                if ok {
+                    Ok(())
+                } else {
+                    Err(Refusal::Invalid)
+                }
+            }
+            SpawnModify { .. } => need(builder),
+            ModifyRank { user, .. } => {
+                need(rank >= Rank::Admin)?;
+                if !self.world.users.contains_key(user) {
+                    return Err(Refusal::NotFound);
+                }
+                Ok(())
+            }
+            Kick { target, .. } | Mute { target, .. } => outranks(*target),
+        }
+    }
+
+    fn refuse(&mut self, sid: SessionId, conn: ConnId, msg: &ClientMsg, reason: Refusal) {
+        if let Some(req) = msg.req() {
+            self.send(conn, &ServerMsg::Refused { req, reason });
+        }
+        self.events.push_back(ServerEvent::Refused {
+            session: sid,
+            msg: msg.name(),
+            reason,
+        });
+    }
+
+    /// Records a durable change and acknowledges its sender now or once it is durable.
+    fn commit(&mut self, sid: SessionId, conn: ConnId, req: Option<ReqId>, change: Change) {
+        let ack = req.map(|req| AckToken { session: sid, req });
+        if self.config.durable_acks {
+            self.effects.push_back(Effect { change, ack });
+        } else {
+            self.effects.push_back(Effect { change, ack: None });
+            if let Some(req) = req {
+                self.send(conn, &ServerMsg::Ack { req });
+            }
+        }
+    }
+
+    fn ack_now(&mut self, conn: ConnId, req: ReqId) {
+        self.send(conn, &ServerMsg::Ack { req });
+    }
+
+    fn handle_session_msg(&mut self, sid: SessionId, conn: ConnId, msg: ClientMsg) {
+        if let Err(reason) = self.authorize(sid, &msg) {
+            if matches!(msg, ClientMsg::Hello { .. }) {
+                return self.close_conn(
+                    conn,
+                    CloseReason::ProtocolViolation,
+                    "hello sent twice".into(),
+                );
+            }
+            if msg.req().is_none() && reason == Refusal::Invalid {
+                return self.close_conn(
+                    conn,
+                    CloseReason::ProtocolViolation,
+                    format!("{} breaks a limit", msg.name()),
+                );
+            }
+            return self.refuse(sid, conn, &msg, reason);
+        }
+        if self.config.durable_acks && !self.storage_ok && msg.req().is_some() {
+            if !matches!(msg, ClientMsg::Command { .. } | ClientMsg::Kick { .. }) {
+                return self.refuse(sid, conn, &msg, Refusal::Storage);
+            }
+        }
+        let (user, player, name) = match self.sessions.get(&sid) {
+            Some(s) => (s.user, s.player, s.name.clone()),
+            None => return,
+        };
+        match msg {
+            ClientMsg::Hello { .. } => {}
+            ClientMsg::Ping { client_time_us } => {
+                let pong = ServerMsg::Pong {
+                    client_time_us,
+                    server_time_us: self.now.as_micros(),
+                    server_tick: self.clock.tick().0,
+                };
+                self.send(conn, &pong);
+            }
+            ClientMsg::Goodbye => {
+                self.close_conn(conn, CloseReason::ClientLeft, "goodbye".into());
+            }
+            ClientMsg::Chat { req, body } => {
+                let m = ChatMessage {
+                    id: self.world.next_chat_id,
+                    from_user: Some(user),
+                    from_name: name,
+                    from_entity: Some(player),
+                    body,
+                    created_at_ms: self.config.unix_ms_at_zero + self.now.as_micros() / 1000,
+                };
+                self.world.next_chat_id += 1;
+                self.push_chat(m.clone());
+                self.broadcast(&ServerMsg::ChatAdded(m.clone()), None);
+                self.commit(sid, conn, Some(req), Change::AppendChat(m));
+            }
+            ClientMsg::Command { req, args } => self.handle_command(sid, conn, req, args),
+            ClientMsg::BlueprintAdd { req, blueprint } => {
+                self.world
+                    .blueprints
+                    .insert(blueprint.id.clone(), blueprint.clone());
+                self.broadcast(&ServerMsg::BlueprintAdded(blueprint.clone()), Some(sid));
+                self.commit(sid, conn, Some(req), Change::PutBlueprint(blueprint));
+            }
+            ClientMsg::BlueprintModify {
+                req,
+                id,
+                version,
+                patch,
+            } => {
+                let Some(current) = self.world.blueprints.get_mut(&id) else {
+                    return;
+                };
+                if version <= current.version {
+                    // Optimistic concurrency: the sender loses and gets the current blueprint.
+                    let full = ServerMsg::BlueprintModified {
+                        id,
+                        version: current.version,
+                        patch: BlueprintPatch::full(current),
+                    };
+                    self.send(conn, &full);
+                    return self.refuse(
+                        sid,
+                        conn,
+                        &ClientMsg::BlueprintModify {
+                            req,
+                            id: BlueprintId(String::new()),
+                            version,
+                            patch: BlueprintPatch::default(),
+                        },
+                        Refusal::Conflict,
+                    );
+                }
+                patch.apply(current);
+                current.version = version;
+                let stored = current.clone();
+                self.broadcast(
+                    &ServerMsg::BlueprintModified { id, version, patch },
+                    Some(sid),
+                );
+                self.commit(sid, conn, Some(req), Change::PutBlueprint(stored));
+            }
+            ClientMsg::EntityAdd {
+                req,
+                blueprint,
+                transform,
+                props,
+            } => {
+                let id = EntityId(self.world.next_entity_id);
+                self.world.next_entity_id += 1;
+                let e = Entity {
+                    id,
+                    kind: EntityKind::App,
+                    owner: None,
+                    user: None,
+                    blueprint: Some(blueprint),
+                    transform,
+                    props,
+                };
+                self.world.entities.insert(id, e.clone());
+                // Everyone, the sender included: it learns the id the server allocated.
+                self.broadcast(&ServerMsg::EntityAdded(e.clone()), None);
+                self.commit(sid, conn, Some(req), Change::PutEntity(e));
+            }
+            ClientMsg::EntityModify { req, id, patch } => {
+                let Some(e) = self.world.entities.get_mut(&id) else {
+                    return;
+                };
+                for k in &patch.unset {
+                    e.props.retain(|(pk, _)| pk != k);
+                }
+                for (k, v) in &patch.set {
+                    match e.props.iter_mut().find(|(pk, _)| pk == k) {
+                        Some(slot) => slot.1 = v.clone(),
+                        None => e.props.push((k.clone(), v.clone())),
+                    }
+                }
+                if let Some(t) = patch.transform {
+                    e.transform = t;
+                }
+                let stored = e.clone();
+                self.broadcast(&ServerMsg::EntityModified { id, patch }, Some(sid));
+                if stored.kind == EntityKind::App {
+                    self.commit(sid, conn, Some(req), Change::PutEntity(stored));
+                } else {
+                    self.ack_now(conn, req);
+                }
+            }
+            ClientMsg::EntityRemove { req, id } => {
+                self.world.entities.remove(&id);
+                self.broadcast(&ServerMsg::EntityRemoved(id), None);
+                self.commit(sid, conn, Some(req), Change::DeleteEntity(id));
+            }
+            ClientMsg::EntityEvent {
+                entity,
+                blueprint_version,
+                name,
+                data,
+                to,
+            } => {
+                let ev = ServerMsg::EntityEvent {
+                    entity,
+                    blueprint_version,
+                    name,
+                    data,
+                    from: Some(player),
+                };
+                match to {
+                    Some(to) => {
+                        if let Some(c) = self.player_session(to).and_then(|s| s.conn) {
+                            self.send(c, &ev);
+                        }
+                    }
+                    None => self.broadcast(&ev, Some(sid)),
+                }
+            }
+            ClientMsg::PlayerTeleport {
+                target,
+                position,
+                rotation_y,
+            } => {
+                if let Some(e) = self.world.entities.get_mut(&target) {
+                    e.transform.position = position;
+                }
+                if let Some(c) = self.player_session(target).and_then(|s| s.conn) {
+                    self.send(
+                        c,
+                        &ServerMsg::PlayerTeleport {
+                            position,
+                            rotation_y,
+                        },
+                    );
+                }
+            }
+            ClientMsg::PlayerPush { target, force } => {
+                if let Some(c) = self.player_session(target).and_then(|s| s.conn) {
+                    self.send(c, &ServerMsg::PlayerPush { force });
+                }
+            }
+            ClientMsg::SettingsModify { req, setting } => {
+                setting.apply(&mut self.world.settings);
+                self.broadcast(&ServerMsg::SettingsModified(setting), None);
+                let s = self.world.settings.clone();
+                self.commit(sid, conn, Some(req), Change::PutSettings(s));
+            }
+            ClientMsg::SpawnModify { req, set } => {
+                self.set_spawn(sid, conn, req, set, player);
+            }
+            ClientMsg::ModifyRank { req, user, rank } => {
+                let Some(u) = self.world.users.get_mut(&user) else {
+                    return;
+                };
+                u.rank = rank;
+                let rec = u.clone();
+                let effective = self.world.effective_rank(user);
+                self.broadcast(
+                    &ServerMsg::RankModified {
+                        user,
+                        rank: effective,
+                    },
+                    None,
+                );
+                self.commit(sid, conn, Some(req), Change::PutUser(rec));
+            }
+            ClientMsg::Kick { req, target } => {
+                if let Some(c) = self.player_session(target).and_then(|s| s.conn) {
+                    self.close_conn(c, CloseReason::Moderation, format!("kicked by {name}"));
+                }
+                self.ack_now(conn, req);
+            }
+            ClientMsg::Mute { req, target, muted } => {
+                let Some(u) = self.player_session(target).map(|s| s.user) else {
+                    return;
+                };
+                let rec = match self.world.users.get_mut(&u) {
+                    Some(rec) => {
+                        rec.muted = muted;
+                        rec.clone()
+                    }
+                    None => return,
+                };
+                self.broadcast(
+                    &ServerMsg::Muted {
+                        player: target,
+                        muted,
+                    },
+                    None,
+                );
+                self.commit(sid, conn, Some(req), Change::PutUser(rec));
+            }
+        }
+    }
+
+    fn set_spawn(&mut self, sid: SessionId, conn: ConnId, req: ReqId, set: bool, player: EntityId) {
+        let spawn = if set {
+            let t = self
+                .world
+                .entities
+                .get(&player)
+                .map(|e| e.transform)
+                .unwrap_or_default();
+            Spawn {
+                position: t.position,
+                rotation: t.rotation,
+            }
+        } else {
+            Spawn::default()
+        };
+        self.world.spawn = spawn;
+        self.broadcast(&ServerMsg::SpawnModified(spawn), None);
+        self.commit(sid, conn, Some(req), Change::PutSpawn(spawn));
+    }
+
+    fn push_chat(&mut self, m: ChatMessage) {
+        self.world.chat.push_back(m);
+        while self.world.chat.len() > CHAT_HISTORY_LEN {
+            self.world.chat.pop_front();
+        }
+    }
+
+    fn handle_command(&mut self, sid: SessionId, conn: ConnId, req: ReqId, args: Vec<String>) {
+        let rank = self.rank_of(sid);
+        let player = self.sessions.get(&sid).map(|s| s.player);
+        let refuse = |core: &mut Self, reason| {
+            core.send(conn, &ServerMsg::Refused { req, reason });
+        };
+        match args
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .as_slice()
+        {
+            ["chat", "clear"] => {
+                if rank < Rank::Builder {
+                    return refuse(self, Refusal::Rank);
+                }
+                self.world.chat.clear();
+                self.broadcast(&ServerMsg::ChatCleared, None);
+                self.commit(sid, conn, Some(req), Change::ClearChat);
+            }
+            ["spawn", op @ ("set" | "clear")] => {
+                if rank < Rank::Builder {
+                    return refuse(self, Refusal::Rank);
+                }
+                if let Some(p) = player {
+                    self.set_spawn(sid, conn, req, *op == "set", p);
+                }
+            }
+            ["name", new] => {
+                let new = new.trim();
+                if new.is_empty() || new.len() > NAME_BYTES_MAX || new.chars().any(char::is_control)
+                {
+                    return refuse(self, Refusal::Invalid);
+                }
+                let new = new.to_string();
+                let Some(s) = self.sessions.get_mut(&sid) else {
+                    return;
+                };
+                s.name = new.clone();
+                let (user, player) = (s.user, s.player);
+                let patch = EntityPatch {
+                    set: vec![("name".into(), Bytes::from(new.as_str()))],
+                    ..Default::default()
+                };
+                if let Some(e) = self.world.entities.get_mut(&player) {
+                    e.props.retain(|(k, _)| k != "name");
+                    e.props.push(("name".into(), Bytes::from(new.as_str())));
+                }
+                self.broadcast(&ServerMsg::EntityModified { id: player, patch }, None);
+                let rec = self.world.users.get_mut(&user).map(|u| {
+                    u.name = new;
+                    u.clone()
+                });
+                match rec {
+                    Some(rec) => self.commit(sid, conn, Some(req), Change::PutUser(rec)),
+                    None => self.ack_now(conn, req),
+                }
+            }
+            _ => refuse(self, Refusal::UnknownCommand),
+        }
+    }
+}

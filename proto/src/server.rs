@@ -442,7 +442,7 @@ impl ServerCore {
         };
         c.last_heard = now;
         if data.len() > DATAGRAM_BYTES_MAX {
-            return self.close_conn(
+            self.close_conn(
                 conn,
                 CloseReason::ProtocolViolation,
                 "datagram over the size limit".into(),
@@ -1064,10 +1064,12 @@ impl ServerCore {
             }
             return self.refuse(sid, conn, &msg, reason);
         }
-        if self.config.durable_acks && !self.storage_ok && msg.req().is_some() {
-            if !matches!(msg, ClientMsg::Command { .. } | ClientMsg::Kick { .. }) {
-                return self.refuse(sid, conn, &msg, Refusal::Storage);
-            }
+        if self.config.durable_acks
+            && !self.storage_ok
+            && msg.req().is_some()
+            && !matches!(msg, ClientMsg::Command { .. } | ClientMsg::Kick { .. })
+        {
+            return self.refuse(sid, conn, &msg, Refusal::Storage);
         }
         let (user, player, name) = match self.sessions.get(&sid) {
             Some(s) => (s.user, s.player, s.name.clone()),

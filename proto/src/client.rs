@@ -20,6 +20,9 @@ use crate::types::*;
 /// How often the client pings for RTT and clock offset.
 pub const PING_INTERVAL: Duration = Duration::from_millis(1000);
 
+/// Messages from other channels a joining client holds until the snapshot arrives.
+pub const EARLY_MESSAGES_MAX: usize = 4096;
+
 /// Client configuration.
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
@@ -219,6 +222,7 @@ pub struct ClientCore {
     next_ping: Time,
     rtt: Option<Duration>,
     held: VecDeque<HeldEvent>,
+    early: VecDeque<ServerMsg>,
     transmits: VecDeque<ClientTransmit>,
     events: VecDeque<ClientEvent>,
 }
@@ -240,6 +244,7 @@ impl ClientCore {
             next_ping: now,
             rtt: None,
             held: VecDeque::new(),
+            early: VecDeque::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
         };
@@ -318,7 +323,7 @@ impl ClientCore {
     /// A complete frame body (without its length prefix) arrived on `channel`.
     pub fn handle_frame(
         &mut self,
-        _channel: Channel,
+        channel: Channel,
         body: &[u8],
         now: Time,
     ) -> Result<(), ClientError> {
@@ -332,7 +337,29 @@ impl ClientCore {
                 return Err(e.into());
             }
         };
-        self.handle_msg(msg, now)
+        if msg.channel() != channel {
+            return self.protocol(&format!("{} on the {channel:?} channel", msg.name()));
+        }
+        // Channels are not ordered with each other: chat or a rank change may overtake the
+        // snapshot on the world stream. Hold them (bounded) and apply them after it.
+        if self.state == ClientState::Joining
+            && msg.channel() != Channel::World
+            && !matches!(msg, ServerMsg::Close { .. } | ServerMsg::Pong { .. })
+        {
+            if self.early.len() >= EARLY_MESSAGES_MAX {
+                return self.protocol("too many messages before the snapshot");
+            }
+            self.early.push_back(msg);
+            return Ok(());
+        }
+        let was_joining = self.state == ClientState::Joining;
+        self.handle_msg(msg, now)?;
+        if was_joining && self.state == ClientState::Joined {
+            while let Some(m) = self.early.pop_front() {
+                self.handle_msg(m, now)?;
+            }
+        }
+        Ok(())
     }
 
     /// A datagram arrived (entity transforms; decoded by the transform layer).

@@ -21,10 +21,11 @@ pub const ALPN: &[u8] = b"neonet/1";
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[repr(u8)]
 pub enum Channel {
-    /// Handshake, ping/pong, acks and refusals, kick, close, moderation, rank.
+    /// Hello, ping/pong, acks and refusals, kick, close, moderation, rank.
     Control = 0,
-    /// Snapshot, blueprints, entity lifecycle and modification, settings, spawn, player
-    /// teleport/push. One stream so a client never sees an entity before its blueprint.
+    /// Welcome, snapshot, blueprints, entity lifecycle and modification, settings, spawn, player
+    /// teleport/push. One stream so a client never sees an entity before its blueprint, nor
+    /// anything before the snapshot it builds on.
     World = 1,
     /// Chat and commands.
     Chat = 2,
@@ -485,8 +486,7 @@ impl ServerMsg {
     pub fn channel(&self) -> Channel {
         use ServerMsg::*;
         match self {
-            Welcome { .. }
-            | Pong { .. }
+            Pong { .. }
             | Ack { .. }
             | Refused { .. }
             | RankModified { .. }
@@ -494,7 +494,8 @@ impl ServerMsg {
             | Close { .. } => Channel::Control,
             ChatAdded(_) | ChatCleared => Channel::Chat,
             EntityEvent { .. } => Channel::Events,
-            Snapshot(_)
+            Welcome { .. }
+            | Snapshot(_)
             | BlueprintAdded(_)
             | BlueprintModified { .. }
             | EntityAdded(_)

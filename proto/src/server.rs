@@ -23,6 +23,11 @@
 //! before the server noticed its old connection die; refusing would lock that user out until the
 //! idle timeout.
 //!
+//! ## Relaying
+//! Accepted changes are relayed to every session, the sender included: clients never apply
+//! their own changes before the server orders them, so every mirror sees one order. Entity
+//! events go to everyone but the sender, or to one player.
+//!
 //! ## Authorization
 //! Every message from a joined session goes through one function, `authorize`, before it can
 //! change anything: rank rules, ownership and limits. A refusal is answered with `Refused` for
@@ -1107,7 +1112,7 @@ impl ServerCore {
                 self.world
                     .blueprints
                     .insert(blueprint.id.clone(), blueprint.clone());
-                self.broadcast(&ServerMsg::BlueprintAdded(blueprint.clone()), Some(sid));
+                self.broadcast(&ServerMsg::BlueprintAdded(blueprint.clone()), None);
                 self.commit(sid, conn, Some(req), Change::PutBlueprint(blueprint));
             }
             ClientMsg::BlueprintModify {
@@ -1142,10 +1147,7 @@ impl ServerCore {
                 patch.apply(current);
                 current.version = version;
                 let stored = current.clone();
-                self.broadcast(
-                    &ServerMsg::BlueprintModified { id, version, patch },
-                    Some(sid),
-                );
+                self.broadcast(&ServerMsg::BlueprintModified { id, version, patch }, None);
                 self.commit(sid, conn, Some(req), Change::PutBlueprint(stored));
             }
             ClientMsg::EntityAdd {
@@ -1187,7 +1189,7 @@ impl ServerCore {
                     e.transform = t;
                 }
                 let stored = e.clone();
-                self.broadcast(&ServerMsg::EntityModified { id, patch }, Some(sid));
+                self.broadcast(&ServerMsg::EntityModified { id, patch }, None);
                 if stored.kind == EntityKind::App {
                     self.commit(sid, conn, Some(req), Change::PutEntity(stored));
                 } else {

@@ -1,1 +1,603 @@
-//! The deterministic simulated network.
+//! The deterministic simulated network: one [`ServerCore`] and many [`ClientCore`]s over links
+//! with latency, jitter, loss (independent and in bursts), duplication, reordering, partitions
+//! and an MTU, all in virtual time. Thousands of ticks run in milliseconds, and the same seed
+//! always gives the same [`Trace`].
+//!
+//! ## What is modelled
+//! - **Reliable frames** behave like QUIC streams: never lost, never duplicated, ordered within a
+//!   channel (head-of-line blocking included) and not across channels. A packet "lost" on the
+//!   link costs its frame a retransmission timeout (1.5 × the link's round trip) per loss; a
+//!   partition holds frames until it ends.
+//! - **Datagrams** are lost, duplicated, reordered and delayed as configured, and dropped when
+//!   larger than the link's MTU. The server is told each connection's `max_datagram_size` = MTU.
+//! - A `Transmit::Close` from the server disconnects that client after the frames queued before
+//!   it have arrived.
+//!
+//! ## Reproducing a failure
+//! [`run_seeds`] runs a scenario for many seeds and prints the failing seed; set `NEONET_SEED`
+//! to run only that seed again.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+use std::time::Duration;
+
+use crate::client::{ClientConfig, ClientCore, ClientEvent, ClientTransmit};
+use crate::msg::Channel;
+use crate::rng::Rng;
+use crate::server::{
+    Authenticator, ConnId, ServerConfig, ServerCore, ServerEvent, Transmit, World,
+};
+use crate::time::Time;
+
+/// Most deliveries in flight at once across the whole simulation: a runaway scenario fails
+/// loudly instead of eating memory.
+pub const IN_FLIGHT_MAX: usize = 10_000_000;
+
+/// Impairments of one direction of a link.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LinkConfig {
+    /// One-way base latency.
+    pub latency: Duration,
+    /// Extra delay, uniform in `[0, jitter]`, per packet.
+    pub jitter: Duration,
+    /// Independent loss probability per packet, 0..1.
+    pub loss: f64,
+    /// Burst loss (Gilbert–Elliott): probability per packet of entering a burst, 0..1.
+    pub burst_enter: f64,
+    /// Probability per packet of leaving a burst (mean burst length = 1 / this), 0..1.
+    pub burst_exit: f64,
+    /// Probability a datagram is delivered twice, 0..1.
+    pub duplicate: f64,
+    /// Probability a datagram is held back by an extra `reorder_delay`, 0..1.
+    pub reorder: f64,
+    /// How long a reordered datagram is held back.
+    pub reorder_delay: Duration,
+    /// Largest datagram the path carries, bytes.
+    pub mtu: usize,
+}
+
+impl Default for LinkConfig {
+    fn default() -> Self {
+        LinkConfig {
+            latency: Duration::from_millis(25),
+            jitter: Duration::ZERO,
+            loss: 0.0,
+            burst_enter: 0.0,
+            burst_exit: 1.0,
+            duplicate: 0.0,
+            reorder: 0.0,
+            reorder_delay: Duration::from_millis(10),
+            mtu: 1200,
+        }
+    }
+}
+
+impl LinkConfig {
+    /// A link with one-way `latency` and nothing else wrong.
+    pub fn with_latency(latency: Duration) -> LinkConfig {
+        LinkConfig {
+            latency,
+            ..Default::default()
+        }
+    }
+
+    /// A bad link: 20% loss, reordering, duplication, jitter.
+    pub fn hostile() -> LinkConfig {
+        LinkConfig {
+            latency: Duration::from_millis(40),
+            jitter: Duration::from_millis(20),
+            loss: 0.2,
+            burst_enter: 0.02,
+            burst_exit: 0.3,
+            duplicate: 0.05,
+            reorder: 0.1,
+            reorder_delay: Duration::from_millis(30),
+            mtu: 1200,
+        }
+    }
+}
+
+/// One direction's state: its config, burst state and partition windows.
+#[derive(Clone, Debug)]
+struct Link {
+    config: LinkConfig,
+    in_burst: bool,
+    partitions: Vec<(Time, Time)>,
+    /// Per channel, the time the last reliable frame was delivered (head-of-line order).
+    last_reliable: [Time; 4],
+}
+
+impl Link {
+    fn new(config: LinkConfig) -> Link {
+        Link {
+            config,
+            in_burst: false,
+            partitions: Vec::new(),
+            last_reliable: [Time::ZERO; 4],
+        }
+    }
+
+    fn partitioned_until(&self, t: Time) -> Option<Time> {
+        self.partitions
+            .iter()
+            .find(|(a, b)| *a <= t && t < *b)
+            .map(|(_, b)| *b)
+    }
+
+    fn lost(&mut self, rng: &mut Rng) -> bool {
+        let c = &self.config;
+        if self.in_burst {
+            if rng.chance(c.burst_exit) {
+                self.in_burst = false;
+            }
+        } else if rng.chance(c.burst_enter) {
+            self.in_burst = true;
+        }
+        self.in_burst || rng.chance(c.loss)
+    }
+
+    fn delay(&self, rng: &mut Rng) -> Duration {
+        let j = self.config.jitter.as_micros() as u64;
+        let extra = if j == 0 { 0 } else { rng.below(j + 1) };
+        self.config.latency + Duration::from_micros(extra)
+    }
+
+    /// When a reliable frame sent at `now` on `channel` arrives.
+    fn reliable_arrival(&mut self, channel: Channel, now: Time, rng: &mut Rng) -> Time {
+        let rto = (self.config.latency * 2 + self.config.jitter) * 3 / 2;
+        let mut send = now;
+        // Bounded: after 64 losses in a row the frame goes through (the link is ~dead anyway).
+        for _ in 0..64 {
+            if let Some(end) = self.partitioned_until(send) {
+                send = end;
+                continue;
+            }
+            if self.lost(rng) {
+                send += rto.max(Duration::from_millis(1));
+                continue;
+            }
+            break;
+        }
+        let t = send + self.delay(rng);
+        let slot = &mut self.last_reliable[channel as usize];
+        let t = t.max(*slot);
+        *slot = t;
+        t
+    }
+
+    /// When copies of a datagram sent at `now` arrive (empty if lost).
+    fn datagram_arrivals(&mut self, len: usize, now: Time, rng: &mut Rng) -> Vec<Time> {
+        if len > self.config.mtu || self.partitioned_until(now).is_some() || self.lost(rng) {
+            return Vec::new();
+        }
+        let mut out = vec![now + self.delay(rng)];
+        if rng.chance(self.config.duplicate) {
+            out.push(now + self.delay(rng));
+        }
+        if rng.chance(self.config.reorder) {
+            out[0] += self.config.reorder_delay;
+        }
+        out
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Delivery {
+    ToServerFrame(usize, Channel, Vec<u8>),
+    ToServerDatagram(usize, Vec<u8>),
+    ToClientFrame(usize, Channel, Vec<u8>),
+    ToClientDatagram(usize, Vec<u8>),
+    ToClientClose(usize),
+    ToServerDisconnect(usize),
+}
+
+/// A simulated client: its core, its links and what it has seen.
+#[derive(Debug)]
+pub struct SimClient {
+    /// The client core.
+    pub core: ClientCore,
+    /// Its connection id at the server.
+    pub conn: ConnId,
+    up: Link,
+    down: Link,
+    /// Events the client produced, in order (drained by the harness each step).
+    pub events: Vec<ClientEvent>,
+    /// Whether the transport is still up.
+    pub connected: bool,
+}
+
+/// What happened during a run, in order: the determinism witness.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Trace {
+    /// One line per event: time, who, what.
+    pub lines: Vec<String>,
+}
+
+impl Trace {
+    /// A 64-bit FNV-1a hash of all lines (for compact comparison).
+    pub fn hash(&self) -> u64 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for l in &self.lines {
+            for b in l.bytes().chain([b'\n']) {
+                h ^= b as u64;
+                h = h.wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+        h
+    }
+}
+
+/// Counters of what the links did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SimStats {
+    /// Datagrams handed to links.
+    pub datagrams_sent: u64,
+    /// Datagrams delivered (duplicates count twice).
+    pub datagrams_delivered: u64,
+    /// Datagram bytes handed to links, server → clients.
+    pub datagram_bytes_down: u64,
+    /// Datagram bytes handed to links, clients → server.
+    pub datagram_bytes_up: u64,
+    /// Reliable frames handed to links.
+    pub frames_sent: u64,
+    /// Reliable frame bytes, server → clients.
+    pub frame_bytes_down: u64,
+}
+
+/// The whole simulation: server, clients, links, virtual clock, seeded randomness.
+pub struct Sim {
+    /// The server core.
+    pub server: ServerCore,
+    /// The clients, by index.
+    pub clients: Vec<SimClient>,
+    /// Events the server produced, in order.
+    pub server_events: Vec<ServerEvent>,
+    /// What the links did.
+    pub stats: SimStats,
+    now: Time,
+    rng: Rng,
+    seq: u64,
+    queue: BinaryHeap<Reverse<(Time, u64, usize)>>,
+    payloads: BTreeMap<usize, Delivery>,
+    next_slot: usize,
+    conn_to_client: BTreeMap<ConnId, usize>,
+    trace: Trace,
+    record_trace: bool,
+}
+
+impl std::fmt::Debug for Sim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sim")
+            .field("now", &self.now)
+            .field("clients", &self.clients.len())
+            .field("in_flight", &self.queue.len())
+            .finish()
+    }
+}
+
+impl Sim {
+    /// A simulation seeded with `seed`, hosting `world` with `config` and `auth`.
+    pub fn new(seed: u64, config: ServerConfig, world: World, auth: Box<dyn Authenticator>) -> Sim {
+        Sim {
+            server: ServerCore::new(config, world, auth, Time::ZERO),
+            clients: Vec::new(),
+            server_events: Vec::new(),
+            stats: SimStats::default(),
+            now: Time::ZERO,
+            rng: Rng::new(seed),
+            seq: 0,
+            queue: BinaryHeap::new(),
+            payloads: BTreeMap::new(),
+            next_slot: 0,
+            conn_to_client: BTreeMap::new(),
+            trace: Trace::default(),
+            record_trace: true,
+        }
+    }
+
+    /// Stops recording the trace (long load runs).
+    pub fn without_trace(mut self) -> Sim {
+        self.record_trace = false;
+        self
+    }
+
+    /// Virtual time now.
+    pub fn now(&self) -> Time {
+        self.now
+    }
+
+    /// The trace so far.
+    pub fn trace(&self) -> &Trace {
+        &self.trace
+    }
+
+    /// Connects a new client over links with the given impairments; returns its index.
+    pub fn add_client(&mut self, config: ClientConfig, up: LinkConfig, down: LinkConfig) -> usize {
+        let idx = self.clients.len();
+        let conn = ConnId(idx as u64 + 1);
+        let mtu = down.mtu;
+        self.server
+            .handle_connect(conn, crate::server::TransportKind::Sim, self.now);
+        self.server.handle_max_datagram_size(conn, mtu);
+        self.clients.push(SimClient {
+            core: ClientCore::new(config, self.now),
+            conn,
+            up: Link::new(up),
+            down: Link::new(down),
+            events: Vec::new(),
+            connected: true,
+        });
+        self.conn_to_client.insert(conn, idx);
+        self.note(format!("c{idx} connect"));
+        self.flush_client(idx);
+        idx
+    }
+
+    /// Cuts both directions of client `idx`'s link from now for `duration`.
+    pub fn partition(&mut self, idx: usize, duration: Duration) {
+        let w = (self.now, self.now + duration);
+        self.clients[idx].up.partitions.push(w);
+        self.clients[idx].down.partitions.push(w);
+        self.note(format!("c{idx} partition {}ms", duration.as_millis()));
+    }
+
+    /// Changes client `idx`'s link impairments (both directions).
+    pub fn set_link(&mut self, idx: usize, up: LinkConfig, down: LinkConfig) {
+        self.clients[idx].up.config = up;
+        self.clients[idx].down.config = down;
+    }
+
+    /// The client's transport drops (as if its process died): the server notices after
+    /// the uplink latency.
+    pub fn disconnect(&mut self, idx: usize) {
+        if !self.clients[idx].connected {
+            return;
+        }
+        self.clients[idx].connected = false;
+        let at = self.now + self.clients[idx].up.config.latency;
+        self.schedule(at, Delivery::ToServerDisconnect(idx));
+        self.note(format!("c{idx} disconnect"));
+    }
+
+    /// Lets client `idx` act (call its commands), then sends what it queued.
+    pub fn with_client<R>(&mut self, idx: usize, f: impl FnOnce(&mut ClientCore) -> R) -> R {
+        let r = f(&mut self.clients[idx].core);
+        self.flush_client(idx);
+        r
+    }
+
+    /// Runs the simulation for `duration` of virtual time.
+    pub fn run_for(&mut self, duration: Duration) {
+        let end = self.now + duration;
+        self.run_until(end);
+    }
+
+    /// Runs until virtual time `end`, processing every delivery and timer in order.
+    pub fn run_until(&mut self, end: Time) {
+        loop {
+            let next_delivery = self.queue.peek().map(|Reverse((t, _, _))| *t);
+            let mut next_timer = self.server.poll_timeout();
+            for c in &self.clients {
+                if c.connected {
+                    if let Some(t) = c.core.poll_timeout() {
+                        next_timer = Some(next_timer.map_or(t, |n: Time| n.min(t)));
+                    }
+                }
+            }
+            let next = match (next_delivery, next_timer) {
+                (Some(a), Some(b)) => a.min(b),
+                (a, b) => a.or(b).unwrap_or(end),
+            };
+            if next > end {
+                self.now = end;
+                return;
+            }
+            self.now = self.now.max(next);
+            if next_delivery == Some(next) {
+                let Reverse((_, _, slot)) = self.queue.pop().expect("peeked");
+                if let Some(d) = self.payloads.remove(&slot) {
+                    self.deliver(d);
+                }
+            } else {
+                self.server.handle_timeout(self.now);
+                self.flush_server();
+                for idx in 0..self.clients.len() {
+                    if self.clients[idx].connected
+                        && self.clients[idx]
+                            .core
+                            .poll_timeout()
+                            .is_some_and(|t| t <= self.now)
+                    {
+                        self.clients[idx].core.handle_timeout(self.now);
+                        self.flush_client(idx);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs until `pred` holds (checked after each step) or `limit` of virtual time passes;
+    /// returns whether it held.
+    pub fn run_until_true(&mut self, limit: Duration, mut pred: impl FnMut(&Sim) -> bool) -> bool {
+        let end = self.now + limit;
+        while self.now < end {
+            if pred(self) {
+                return true;
+            }
+            self.run_for(Duration::from_millis(5));
+        }
+        pred(self)
+    }
+
+    fn note(&mut self, line: String) {
+        if self.record_trace {
+            self.trace
+                .lines
+                .push(format!("{:>10} {}", self.now.as_micros(), line));
+        }
+    }
+
+    fn schedule(&mut self, at: Time, d: Delivery) {
+        assert!(self.queue.len() < IN_FLIGHT_MAX, "simulation overflow");
+        let slot = self.next_slot;
+        self.next_slot += 1;
+        self.payloads.insert(slot, d);
+        self.seq += 1;
+        self.queue.push(Reverse((at, self.seq, slot)));
+    }
+
+    fn deliver(&mut self, d: Delivery) {
+        let now = self.now;
+        match d {
+            Delivery::ToServerFrame(idx, ch, frame) => {
+                let conn = self.clients[idx].conn;
+                // Frames carry their 4-byte prefix; the core takes the body.
+                self.server.handle_frame(conn, ch, &frame[4..], now);
+                self.flush_server();
+            }
+            Delivery::ToServerDatagram(idx, data) => {
+                self.stats.datagrams_delivered += 1;
+                let conn = self.clients[idx].conn;
+                self.server.handle_datagram(conn, &data, now);
+                self.flush_server();
+            }
+            Delivery::ToServerDisconnect(idx) => {
+                let conn = self.clients[idx].conn;
+                self.server.handle_disconnect(conn, now);
+                self.flush_server();
+            }
+            Delivery::ToClientFrame(idx, ch, frame) => {
+                if !self.clients[idx].connected {
+                    return;
+                }
+                let _ = self.clients[idx].core.handle_frame(ch, &frame[4..], now);
+                self.flush_client(idx);
+            }
+            Delivery::ToClientDatagram(idx, data) => {
+                if !self.clients[idx].connected {
+                    return;
+                }
+                self.stats.datagrams_delivered += 1;
+                self.clients[idx].core.handle_datagram(&data, now);
+                self.flush_client(idx);
+            }
+            Delivery::ToClientClose(idx) => {
+                if self.clients[idx].connected {
+                    self.clients[idx].connected = false;
+                    self.clients[idx]
+                        .core
+                        .handle_disconnect("connection closed by server".into());
+                    self.flush_client(idx);
+                }
+            }
+        }
+    }
+
+    fn flush_server(&mut self) {
+        while let Some(ev) = self.server.poll_event() {
+            self.note(format!("server {ev:?}"));
+            self.server_events.push(ev);
+        }
+        while let Some(t) = self.server.poll_transmit() {
+            match t {
+                Transmit::Frame {
+                    conn,
+                    channel,
+                    frame,
+                } => {
+                    let Some(&idx) = self.conn_to_client.get(&conn) else {
+                        continue;
+                    };
+                    if !self.clients[idx].connected {
+                        continue;
+                    }
+                    self.stats.frames_sent += 1;
+                    self.stats.frame_bytes_down += frame.len() as u64;
+                    let at =
+                        self.clients[idx]
+                            .down
+                            .reliable_arrival(channel, self.now, &mut self.rng);
+                    self.schedule(at, Delivery::ToClientFrame(idx, channel, frame.to_vec()));
+                }
+                Transmit::Datagram { conn, data } => {
+                    let Some(&idx) = self.conn_to_client.get(&conn) else {
+                        continue;
+                    };
+                    self.stats.datagrams_sent += 1;
+                    self.stats.datagram_bytes_down += data.len() as u64;
+                    let arrivals = self.clients[idx].down.datagram_arrivals(
+                        data.len(),
+                        self.now,
+                        &mut self.rng,
+                    );
+                    for at in arrivals {
+                        self.schedule(at, Delivery::ToClientDatagram(idx, data.clone()));
+                    }
+                }
+                Transmit::Close { conn, .. } => {
+                    let Some(&idx) = self.conn_to_client.get(&conn) else {
+                        continue;
+                    };
+                    // After everything queued on the control channel.
+                    let at = self.clients[idx].down.last_reliable[Channel::Control as usize]
+                        .max(self.now)
+                        + Duration::from_micros(1);
+                    self.schedule(at, Delivery::ToClientClose(idx));
+                    let up_at = at + self.clients[idx].up.config.latency;
+                    self.schedule(up_at, Delivery::ToServerDisconnect(idx));
+                }
+            }
+        }
+    }
+
+    fn flush_client(&mut self, idx: usize) {
+        while let Some(ev) = self.clients[idx].core.poll_event() {
+            self.note(format!("c{idx} {ev:?}"));
+            self.clients[idx].events.push(ev);
+        }
+        while let Some(t) = self.clients[idx].core.poll_transmit() {
+            if !self.clients[idx].connected {
+                continue;
+            }
+            match t {
+                ClientTransmit::Frame { channel, frame } => {
+                    let at =
+                        self.clients[idx]
+                            .up
+                            .reliable_arrival(channel, self.now, &mut self.rng);
+                    self.schedule(at, Delivery::ToServerFrame(idx, channel, frame));
+                }
+                ClientTransmit::Datagram(data) => {
+                    self.stats.datagrams_sent += 1;
+                    self.stats.datagram_bytes_up += data.len() as u64;
+                    let arrivals =
+                        self.clients[idx]
+                            .up
+                            .datagram_arrivals(data.len(), self.now, &mut self.rng);
+                    for at in arrivals {
+                        self.schedule(at, Delivery::ToServerDatagram(idx, data.clone()));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Runs `scenario` once per seed, printing the seed of a failure before re-raising it. With the
+/// environment variable `NEONET_SEED` set, runs only that seed.
+pub fn run_seeds(seeds: std::ops::Range<u64>, scenario: impl Fn(u64)) {
+    let only = std::env::var("NEONET_SEED")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok());
+    let seeds: Vec<u64> = match only {
+        Some(s) => vec![s],
+        None => seeds.collect(),
+    };
+    for seed in seeds {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| scenario(seed)));
+        if let Err(e) = r {
+            eprintln!("simulation failed with seed {seed}: rerun with NEONET_SEED={seed}");
+            std::panic::resume_unwind(e);
+        }
+    }
+}

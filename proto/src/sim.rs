@@ -182,13 +182,14 @@ impl Link {
 }
 
 #[derive(Clone, Debug)]
+/// Something in flight, named by its destination.
 enum Delivery {
-    ToServerFrame(usize, Channel, Vec<u8>),
-    ToServerDatagram(usize, Vec<u8>),
-    ToClientFrame(usize, Channel, Vec<u8>),
-    ToClientDatagram(usize, Vec<u8>),
-    ToClientClose(usize),
-    ToServerDisconnect(usize),
+    ServerFrame(usize, Channel, Vec<u8>),
+    ServerDatagram(usize, Vec<u8>),
+    ClientFrame(usize, Channel, Vec<u8>),
+    ClientDatagram(usize, Vec<u8>),
+    ClientClose(usize),
+    ServerDisconnect(usize),
 }
 
 /// A simulated client: its core, its links and what it has seen.
@@ -355,7 +356,7 @@ impl Sim {
         }
         self.clients[idx].connected = false;
         let at = self.now + self.clients[idx].up.config.latency;
-        self.schedule(at, Delivery::ToServerDisconnect(idx));
+        self.schedule(at, Delivery::ServerDisconnect(idx));
         self.note(format!("c{idx} disconnect"));
     }
 
@@ -449,31 +450,31 @@ impl Sim {
     fn deliver(&mut self, d: Delivery) {
         let now = self.now;
         match d {
-            Delivery::ToServerFrame(idx, ch, frame) => {
+            Delivery::ServerFrame(idx, ch, frame) => {
                 let conn = self.clients[idx].conn;
                 // Frames carry their 4-byte prefix; the core takes the body.
                 self.server.handle_frame(conn, ch, &frame[4..], now);
                 self.flush_server();
             }
-            Delivery::ToServerDatagram(idx, data) => {
+            Delivery::ServerDatagram(idx, data) => {
                 self.stats.datagrams_delivered += 1;
                 let conn = self.clients[idx].conn;
                 self.server.handle_datagram(conn, &data, now);
                 self.flush_server();
             }
-            Delivery::ToServerDisconnect(idx) => {
+            Delivery::ServerDisconnect(idx) => {
                 let conn = self.clients[idx].conn;
                 self.server.handle_disconnect(conn, now);
                 self.flush_server();
             }
-            Delivery::ToClientFrame(idx, ch, frame) => {
+            Delivery::ClientFrame(idx, ch, frame) => {
                 if !self.clients[idx].connected {
                     return;
                 }
                 let _ = self.clients[idx].core.handle_frame(ch, &frame[4..], now);
                 self.flush_client(idx);
             }
-            Delivery::ToClientDatagram(idx, data) => {
+            Delivery::ClientDatagram(idx, data) => {
                 if !self.clients[idx].connected {
                     return;
                 }
@@ -481,7 +482,7 @@ impl Sim {
                 self.clients[idx].core.handle_datagram(&data, now);
                 self.flush_client(idx);
             }
-            Delivery::ToClientClose(idx) => {
+            Delivery::ClientClose(idx) => {
                 if self.clients[idx].connected {
                     self.clients[idx].connected = false;
                     self.clients[idx]
@@ -517,7 +518,7 @@ impl Sim {
                         self.clients[idx]
                             .down
                             .reliable_arrival(channel, self.now, &mut self.rng);
-                    self.schedule(at, Delivery::ToClientFrame(idx, channel, frame.to_vec()));
+                    self.schedule(at, Delivery::ClientFrame(idx, channel, frame.to_vec()));
                 }
                 Transmit::Datagram { conn, data } => {
                     let Some(&idx) = self.conn_to_client.get(&conn) else {
@@ -531,7 +532,7 @@ impl Sim {
                         &mut self.rng,
                     );
                     for at in arrivals {
-                        self.schedule(at, Delivery::ToClientDatagram(idx, data.clone()));
+                        self.schedule(at, Delivery::ClientDatagram(idx, data.clone()));
                     }
                 }
                 Transmit::Close { conn, .. } => {
@@ -542,9 +543,9 @@ impl Sim {
                     let at = self.clients[idx].down.last_reliable[Channel::Control as usize]
                         .max(self.now)
                         + Duration::from_micros(1);
-                    self.schedule(at, Delivery::ToClientClose(idx));
+                    self.schedule(at, Delivery::ClientClose(idx));
                     let up_at = at + self.clients[idx].up.config.latency;
-                    self.schedule(up_at, Delivery::ToServerDisconnect(idx));
+                    self.schedule(up_at, Delivery::ServerDisconnect(idx));
                 }
             }
         }
@@ -565,7 +566,7 @@ impl Sim {
                         self.clients[idx]
                             .up
                             .reliable_arrival(channel, self.now, &mut self.rng);
-                    self.schedule(at, Delivery::ToServerFrame(idx, channel, frame));
+                    self.schedule(at, Delivery::ServerFrame(idx, channel, frame));
                 }
                 ClientTransmit::Datagram(data) => {
                     self.stats.datagrams_sent += 1;
@@ -575,7 +576,7 @@ impl Sim {
                             .up
                             .datagram_arrivals(data.len(), self.now, &mut self.rng);
                     for at in arrivals {
-                        self.schedule(at, Delivery::ToServerDatagram(idx, data.clone()));
+                        self.schedule(at, Delivery::ServerDatagram(idx, data.clone()));
                     }
                 }
             }

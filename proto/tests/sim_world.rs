@@ -210,11 +210,10 @@ fn concurrent_blueprint_edits_have_one_winner_and_everyone_converges() {
         let a_won = server_bp.name == "A";
         let (loser, lreq) = if a_won { (b, rb) } else { (a, ra) };
         assert!(
-            s.clients[loser].events.iter().any(|e| *e
-                == ClientEvent::Refused {
-                    req: lreq,
-                    reason: Refusal::Conflict
-                }),
+            s.clients[loser].events.contains(&ClientEvent::Refused {
+                req: lreq,
+                reason: Refusal::Conflict
+            }),
             "seed {seed}: loser not told"
         );
         for i in [a, b, v] {

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Runs neonet's whole test suite on a fresh machine: installs what the browser test needs
+# (Debian's Chromium, the Node packages of tests/browser) when missing, then every Rust test:
+# unit tests, simulated-network scenarios, real QUIC loopback tests, crash tests and the
+# headless-browser test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ -x .ci/install-browser ]; then
+  bash .ci/install-browser
+fi
+# Two test threads: the machine has two cores and the real-socket tests start relays.
+cargo test --workspace --all-targets -- --test-threads=2

@@ -1,1 +1,4 @@
 //! Client prediction, server reconciliation, clock sync and interpolation.
+pub mod movement;
+pub mod server;
+pub mod wire;

@@ -2,3 +2,4 @@
 pub mod movement;
 pub mod server;
 pub mod wire;
+pub mod predictor;

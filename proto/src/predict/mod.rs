@@ -3,3 +3,4 @@ pub mod movement;
 pub mod server;
 pub mod wire;
 pub mod predictor;
+pub mod clock;

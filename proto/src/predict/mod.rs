@@ -4,3 +4,4 @@ pub mod server;
 pub mod wire;
 pub mod predictor;
 pub mod clock;
+pub mod interp;

@@ -5,3 +5,4 @@ pub mod wire;
 pub mod predictor;
 pub mod clock;
 pub mod interp;
+pub mod bench;

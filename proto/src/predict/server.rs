@@ -16,9 +16,11 @@ pub const INPUT_AHEAD_TICKS_MAX: u64 = 64;
 pub enum InputArrival {
     /// Stored for its tick.
     Buffered,
-    /// Its tick was already stored (a redundant copy): ignored.
+    /// Its tick was already stored or applied (a redundant copy): ignored.
     Duplicate,
-    /// Its tick has already been simulated: too late, dropped.
+    /// Its tick has already been simulated with a repeated input: too late, dropped. (Copies of
+    /// inputs that were applied are [`InputArrival::Duplicate`], and inputs older than the
+    /// 64-tick memory of what was applied are counted here too.)
     Late,
     /// More than [`INPUT_AHEAD_TICKS_MAX`] ticks ahead: dropped.
     TooEarly,
@@ -29,9 +31,10 @@ pub enum InputArrival {
 pub struct InputBufferStats {
     /// Inputs stored for a future tick.
     pub buffered: u64,
-    /// Redundant copies ignored.
+    /// Redundant copies ignored (the normal fate of the redundancy).
     pub duplicates: u64,
-    /// Inputs that came after their tick ran.
+    /// Inputs that came after their tick ran with a repeated input: the client's lead is too
+    /// small or the input was delayed by more than the jitter margin.
     pub late: u64,
     /// Inputs dropped for being too far ahead.
     pub too_early: u64,
@@ -51,6 +54,8 @@ pub struct InputBuffer<I> {
     next_tick: Tick,
     last_input: I,
     last_applied: Option<Tick>,
+    /// Bit `i` set: the client's own input was applied at tick `next_tick - 1 - i`.
+    applied_mask: u64,
     stats: InputBufferStats,
 }
 
@@ -62,16 +67,24 @@ impl<I: Clone + Default> InputBuffer<I> {
             next_tick,
             last_input: I::default(),
             last_applied: None,
+            applied_mask: 0,
             stats: InputBufferStats::default(),
         }
     }
 
     /// Stores a received input meant for `tick`.
     pub fn insert(&mut self, tick: Tick, input: I) -> InputArrival {
-        let r = if tick < self.next_tick {
-            self.stats.late += 1;
-            InputArrival::Late
-        } else if tick.0 - self.next_tick.0 >= INPUT_AHEAD_TICKS_MAX {
+        if tick < self.next_tick {
+            let age = self.next_tick.0 - 1 - tick.0;
+            return if age < 64 && self.applied_mask & (1 << age) != 0 {
+                self.stats.duplicates += 1;
+                InputArrival::Duplicate
+            } else {
+                self.stats.late += 1;
+                InputArrival::Late
+            };
+        }
+        if tick.0 - self.next_tick.0 >= INPUT_AHEAD_TICKS_MAX {
             self.stats.too_early += 1;
             InputArrival::TooEarly
         } else if self.pending.contains_key(&tick.0) {
@@ -81,8 +94,7 @@ impl<I: Clone + Default> InputBuffer<I> {
             self.pending.insert(tick.0, input);
             self.stats.buffered += 1;
             InputArrival::Buffered
-        };
-        r
+        }
     }
 
     /// Stores consecutive inputs starting at `first` (a decoded datagram). Returns how many were
@@ -111,9 +123,20 @@ impl<I: Clone + Default> InputBuffer<I> {
             }
             self.pending.pop_first();
         }
-        self.next_tick = tick.next().max(self.next_tick);
+        if tick >= self.next_tick {
+            let shift = tick.0 + 1 - self.next_tick.0;
+            self.applied_mask = if shift >= 64 {
+                0
+            } else {
+                self.applied_mask << shift
+            };
+            self.next_tick = tick.next();
+        }
         match self.pending.remove(&tick.0) {
             Some(input) => {
+                if tick.next() == self.next_tick {
+                    self.applied_mask |= 1;
+                }
                 self.last_input = input.clone();
                 self.last_applied = Some(tick);
                 self.stats.applied += 1;
@@ -342,8 +365,12 @@ mod tests {
         assert_eq!(b.take(Tick(10)), (10, true));
         assert_eq!(b.take(Tick(11)), (10, false)); // repeated
         assert_eq!(b.last_applied(), Some(Tick(10)));
+        assert_eq!(b.insert(Tick(11), 11), InputArrival::Late);
         assert_eq!(b.take(Tick(12)), (12, true));
-        assert_eq!(b.insert(Tick(12), 1), InputArrival::Late);
+        assert_eq!(b.insert(Tick(12), 1), InputArrival::Duplicate);
+        assert_eq!(b.insert(Tick(10), 1), InputArrival::Duplicate);
+        assert_eq!(b.insert(Tick(11), 1), InputArrival::Late);
+        assert_eq!(b.stats().late, 3);
         assert_eq!(b.last_applied(), Some(Tick(12)));
         // Flooding with future ticks never holds more than the limit.
         for t in 0..10_000 {

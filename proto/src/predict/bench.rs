@@ -17,12 +17,10 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::rc::Rc;
 
-use super::clock::{ClientTickClock, ClockSync, PingSample};
-use super::interp::Interpolation;
-use super::movement::{distance, CharacterInput, CharacterState, KinematicCharacter, Movement};
-use super::predictor::{Authoritative, Predictor, PredictorConfig, Reconciliation};
-use super::server::InputBuffer;
-use super::wire::{decode_inputs, decode_own_state, encode_inputs, encode_own_state, OwnState};
+use super::client::PredictedClient;
+use super::movement::{distance, CharacterConfig, CharacterInput, KinematicCharacter};
+use super::predictor::Reconciliation;
+use super::server::PlayerMotion;
 use crate::rng::Rng;
 use crate::time::{Tick, TickClock, Time};
 use crate::types::{EntityId, Transform, Vec3};
@@ -163,8 +161,7 @@ impl<T> Link<T> {
 
     fn send(&mut self, now_us: u64, msg: T, cfg: &BenchConfig) {
         let now_s = now_us as f64 / 1e6;
-        if cfg.partitions.iter().any(|&(a, b)| now_s >= a && now_s < b)
-            || self.rng.chance(cfg.loss)
+        if cfg.partitions.iter().any(|&(a, b)| now_s >= a && now_s < b) || self.rng.chance(cfg.loss)
         {
             return;
         }
@@ -230,18 +227,11 @@ impl Bot {
 
 struct Client {
     clock_offset_us: u64,
-    sync: ClockSync,
-    tick_clock: ClientTickClock,
-    predictor: Predictor<KinematicCharacter>,
+    core: PredictedClient,
+    observer: bool,
     bot: Bot,
     up: Link<Up>,
     down: Link<Down>,
-    interp: Option<Interpolation>,
-}
-
-struct ServerPlayer {
-    state: CharacterState,
-    inputs: InputBuffer<CharacterInput>,
 }
 
 fn percentile(v: &mut [f64], p: f64) -> f64 {
@@ -272,23 +262,26 @@ pub fn bench_run(
 
 /// Runs a scenario (see [`BenchConfig`]). Deterministic.
 pub fn run_bench(cfg: &BenchConfig) -> PredictionReport {
-    let hz = cfg.hz.clamp(crate::time::TICK_HZ_MIN, crate::time::TICK_HZ_MAX);
-    let dt = 1.0 / hz as f32;
+    let hz = cfg
+        .hz
+        .clamp(crate::time::TICK_HZ_MIN, crate::time::TICK_HZ_MAX);
     let model = KinematicCharacter::default();
     let mut rng = Rng::new(cfg.seed);
     let players = cfg.players.max(1);
-    let mut server: Vec<ServerPlayer> = (0..players)
-        .map(|i| ServerPlayer {
-            state: model.spawn([(i % 32) as f32 * 3.0 - 48.0, 0.0, (i / 32) as f32 * 3.0], 0),
-            inputs: InputBuffer::new(Tick(0)),
+    let mut server: Vec<PlayerMotion> = (0..players)
+        .map(|i| {
+            let spawn = model.spawn(
+                [(i % 32) as f32 * 3.0 - 48.0, 0.0, (i / 32) as f32 * 3.0],
+                0,
+            );
+            PlayerMotion::new(model, spawn, hz, Tick(0))
         })
         .collect();
     let mut clients: Vec<Client> = (0..players)
         .map(|i| Client {
             clock_offset_us: rng.below(10_000_000),
-            sync: ClockSync::new(hz),
-            tick_clock: ClientTickClock::new(hz),
-            predictor: Predictor::new(model, dt, PredictorConfig::default()),
+            core: PredictedClient::new(hz, CharacterConfig::default(), 1),
+            observer: i < OBSERVERS_MAX,
             bot: Bot {
                 rng: rng.fork(),
                 input: CharacterInput::default(),
@@ -296,7 +289,6 @@ pub fn run_bench(cfg: &BenchConfig) -> PredictionReport {
             },
             up: Link::new(rng.fork()),
             down: Link::new(rng.fork()),
-            interp: (i < OBSERVERS_MAX.min(players)).then(|| Interpolation::new(hz, 1)),
         })
         .collect();
     let mut server_clock = TickClock::new(hz, Time::ZERO);
@@ -323,9 +315,7 @@ pub fn run_bench(cfg: &BenchConfig) -> PredictionReport {
             while let Some(m) = c.up.poll(now_us) {
                 match m {
                     Up::Inputs(b) => {
-                        if let Ok(batch) = decode_inputs(&b) {
-                            server[p].inputs.insert_batch(batch.first_tick, &batch.inputs);
-                        }
+                        let _ = server[p].handle_input_datagram(&b);
                     }
                     Up::Ping(client_time_us) => {
                         let pong = Down::Pong {
@@ -344,29 +334,25 @@ pub fn run_bench(cfg: &BenchConfig) -> PredictionReport {
             let mut snap = Vec::with_capacity(players);
             let mut positions = Vec::with_capacity(players);
             for (p, sp) in server.iter_mut().enumerate() {
-                let (input, _) = sp.inputs.take(tick);
-                sp.state = model.step(&sp.state, &input, dt);
-                positions.push(sp.state.position);
-                snap.push((EntityId(p as u32), model.transform(&sp.state)));
+                positions.push(sp.tick(tick).position);
+                snap.push((EntityId(p as u32), sp.transform()));
             }
             truth.push_back((tick.0, positions));
             if truth.len() > TRUTH_TICKS_MAX {
                 truth.pop_front();
             }
             if repeated_at_warmup.is_none() && now_us >= warmup_us {
-                repeated_at_warmup = Some(server.iter().map(|s| s.inputs.stats().repeated).sum::<u64>());
+                repeated_at_warmup =
+                    Some(server.iter().map(|s| s.input_stats().repeated).sum::<u64>());
             }
             let snap = Rc::new(snap);
             for (p, c) in clients.iter_mut().enumerate() {
-                let own = OwnState {
-                    server_tick: tick,
-                    last_input_tick: server[p].inputs.last_applied(),
-                    teleport_seq: 0,
-                    state: server[p].state,
-                };
-                c.down.send(now_us, Down::Own(encode_own_state(&own)), cfg);
-                if c.interp.is_some() {
-                    c.down.send(now_us, Down::Snapshot(tick.0, snap.clone()), cfg);
+                if let Some(blob) = server[p].own_state_blob() {
+                    c.down.send(now_us, Down::Own(blob), cfg);
+                }
+                if c.observer {
+                    c.down
+                        .send(now_us, Down::Snapshot(tick.0, snap.clone()), cfg);
                 }
             }
         }
@@ -376,10 +362,9 @@ pub fn run_bench(cfg: &BenchConfig) -> PredictionReport {
             while let Some(m) = c.down.poll(now_us) {
                 match m {
                     Down::Own(b) => {
-                        let Ok(own) = decode_own_state(&b) else {
+                        let Ok(r) = c.core.handle_own_state(&b) else {
                             continue;
                         };
-                        let r = c.predictor.reconcile(&Authoritative::from(own));
                         let counted = now_us >= warmup_us;
                         match r {
                             Reconciliation::Matched if counted => pred_errors.push(0.0),
@@ -400,34 +385,26 @@ pub fn run_bench(cfg: &BenchConfig) -> PredictionReport {
                         client_time_us,
                         server_time_us,
                         server_tick,
-                    } => c.sync.handle_sample(PingSample {
-                        client_send: Time(client_time_us),
-                        server_time_us,
-                        server_tick: Tick(server_tick),
-                        client_recv: local,
-                    }),
+                    } => c
+                        .core
+                        .handle_pong(client_time_us, server_time_us, server_tick, local),
                     Down::Snapshot(tick, snap) => {
-                        if let Some(ip) = c.interp.as_mut() {
-                            ip.on_packet(local, Tick(tick));
-                            for (id, tr) in snap.iter() {
-                                if id.0 as usize != p {
-                                    ip.push(*id, Tick(tick), *tr, false);
-                                }
+                        c.core.handle_transforms_datagram(local, Tick(tick));
+                        for (id, tr) in snap.iter() {
+                            if id.0 as usize != p {
+                                c.core.handle_entity_transform(*id, Tick(tick), *tr, false);
                             }
                         }
                     }
                 }
             }
-            if c.sync.ping_due(local) {
-                c.sync.on_ping_sent(local);
-                c.up.send(now_us, Up::Ping(local.as_micros()), cfg);
+            if let Some(t) = c.core.poll_ping(local) {
+                c.up.send(now_us, Up::Ping(t), cfg);
             }
-            while let Some(t) = c.tick_clock.poll_tick(local, &c.sync) {
+            while let Some(t) = c.core.poll_tick(local) {
                 let input = c.bot.input(t.0, hz);
-                if c.predictor.step(t, input) {
-                    if let Some((first, inputs)) = c.predictor.unacked_inputs() {
-                        c.up.send(now_us, Up::Inputs(encode_inputs(first, &inputs)), cfg);
-                    }
+                if let Some(payload) = c.core.apply_input(t, input) {
+                    c.up.send(now_us, Up::Inputs(payload), cfg);
                 }
             }
         }
@@ -435,17 +412,13 @@ pub fn run_bench(cfg: &BenchConfig) -> PredictionReport {
         if now_us >= next_frame_us {
             next_frame_us += frame_us;
             for (p, c) in clients.iter_mut().enumerate() {
-                c.predictor.advance_visual(frame_us as f32 / 1e6);
                 let local = Time(now_us + c.clock_offset_us);
-                let Some(ip) = c.interp.as_mut() else {
-                    continue;
-                };
-                let Some(at) = ip.begin_frame(local) else {
+                let Some(at) = c.core.begin_frame(local, frame_us as f32 / 1e6) else {
                     continue;
                 };
                 let counted = now_us >= warmup_us;
                 if counted {
-                    delay_sum_ms += ip.delay_ms();
+                    delay_sum_ms += c.core.interpolation_delay_ms();
                     delay_n += 1;
                 }
                 // The server's truth at fractional tick `at`.
@@ -460,14 +433,15 @@ pub fn run_bench(cfg: &BenchConfig) -> PredictionReport {
                     if q == p {
                         continue;
                     }
-                    let Some(s) = ip.sample(EntityId(q as u32), at) else {
+                    let before = c.core.interpolation_stats().underruns;
+                    let Some(s) = c.core.entity_transform(EntityId(q as u32), at) else {
                         continue;
                     };
                     if !counted {
                         continue;
                     }
                     frames += 1;
-                    if s.underrun {
+                    if c.core.interpolation_stats().underruns > before {
                         underruns += 1;
                     }
                     let t = [
@@ -475,7 +449,7 @@ pub fn run_bench(cfg: &BenchConfig) -> PredictionReport {
                         a[q][1] + (b[q][1] - a[q][1]) * frac,
                         a[q][2] + (b[q][2] - a[q][2]) * frac,
                     ];
-                    interp_errors.push(distance(s.transform.position, t) as f64);
+                    interp_errors.push(distance(s.position, t) as f64);
                 }
             }
         }
@@ -483,14 +457,10 @@ pub fn run_bench(cfg: &BenchConfig) -> PredictionReport {
     }
 
     let measured_s = (cfg.seconds - WARMUP_S).max(1e-9);
-    let streams = clients
-        .iter()
-        .filter(|c| c.interp.is_some())
-        .count()
-        .max(1) as f64
+    let streams = clients.iter().filter(|c| c.observer).count().max(1) as f64
         * (players.saturating_sub(1)).max(1) as f64;
-    let inputs_late = server.iter().map(|s| s.inputs.stats().late).sum();
-    let repeated_total: u64 = server.iter().map(|s| s.inputs.stats().repeated).sum();
+    let inputs_late = server.iter().map(|s| s.input_stats().late).sum();
+    let repeated_total: u64 = server.iter().map(|s| s.input_stats().repeated).sum();
     PredictionReport {
         prediction_corrections_per_s: corrections as f64 / measured_s / players as f64,
         prediction_corrections: corrections,
@@ -512,7 +482,7 @@ pub fn run_bench(cfg: &BenchConfig) -> PredictionReport {
         },
         inputs_late,
         inputs_repeated: repeated_total - repeated_at_warmup.unwrap_or(0),
-        clock_jumps: clients.iter().map(|c| c.tick_clock.jumps()).sum(),
+        clock_jumps: clients.iter().map(|c| c.core.tick_clock().jumps()).sum(),
     }
 }
 

@@ -122,6 +122,12 @@ impl ClockSync {
         }
     }
 
+    /// When the next ping is due (client time): now if none was sent yet.
+    pub fn next_ping_at(&self) -> Time {
+        self.last_ping
+            .map_or(Time::ZERO, |t| t + self.ping_interval())
+    }
+
     /// Records that a ping went out at `now`.
     pub fn on_ping_sent(&mut self, now: Time) {
         self.last_ping = Some(now);
@@ -298,7 +304,8 @@ impl ClientTickClock {
             self.next_at_us = now_us + (-err - 1.0) * self.period_us;
             return None;
         }
-        let adjust = (err * TICK_RATE_GAIN_PER_TICK).clamp(-TICK_RATE_ADJUST_MAX, TICK_RATE_ADJUST_MAX);
+        let adjust =
+            (err * TICK_RATE_GAIN_PER_TICK).clamp(-TICK_RATE_ADJUST_MAX, TICK_RATE_ADJUST_MAX);
         self.next_at_us += self.period_us * (1.0 - adjust);
         // A late driver catches up at most a few ticks at once, like the server's clock.
         let behind_limit = now_us - self.period_us * crate::time::TICK_CATCH_UP_MAX as f64;
@@ -378,12 +385,25 @@ mod tests {
 
     #[test]
     fn clock_estimate_follows_an_rtt_change() {
-        let (c, trace) = drive(2, -2_000_000, |t| if t < 3_000 { 60 } else { 200 }, 10, 0.0, 8_000);
-        let before: Vec<_> = trace.iter().filter(|x| x.0 > 2_000 && x.0 < 3_000).collect();
+        let (c, trace) = drive(
+            2,
+            -2_000_000,
+            |t| if t < 3_000 { 60 } else { 200 },
+            10,
+            0.0,
+            8_000,
+        );
+        let before: Vec<_> = trace
+            .iter()
+            .filter(|x| x.0 > 2_000 && x.0 < 3_000)
+            .collect();
         assert!(before.iter().all(|x| x.2 < 80_000), "{before:?}");
         // Within 2.5 s of the change the typical RTT reflects it.
         let after: Vec<_> = trace.iter().filter(|x| x.0 > 5_500).collect();
-        assert!(after.iter().all(|x| x.2 >= 200_000 && x.2 < 230_000), "{after:?}");
+        assert!(
+            after.iter().all(|x| x.2 >= 200_000 && x.2 < 230_000),
+            "{after:?}"
+        );
         // A symmetric change does not disturb the offset.
         assert!(after.iter().all(|x| x.1.abs() < 10_000.0));
         assert!(c.lead_ticks() > 200_000.0 / 2.0 / c.period_us());

@@ -408,7 +408,10 @@ mod tests {
             let tick = ms * 60 / 1000;
             if last_tick != Some(tick) && tick % every == 0 {
                 last_tick = Some(tick);
-                pending.push((now + Duration::from_millis(40 + r.below(jitter_ms + 1)), tick));
+                pending.push((
+                    now + Duration::from_millis(40 + r.below(jitter_ms + 1)),
+                    tick,
+                ));
             }
             pending.sort();
             while pending.first().is_some_and(|p| p.0 <= now) {
@@ -432,10 +435,22 @@ mod tests {
         let jittery = run(1, 30, 1);
         // ≈ 3 intervals each: 50 ms at 60 Hz, 200 ms at 15 Hz.
         assert!((fast.delay_ms() - 50.0).abs() < 10.0, "{}", fast.delay_ms());
-        assert!((slow.delay_ms() - 200.0).abs() < 25.0, "{}", slow.delay_ms());
+        assert!(
+            (slow.delay_ms() - 200.0).abs() < 25.0,
+            "{}",
+            slow.delay_ms()
+        );
         // Jitter adds about its spread.
-        assert!(jittery.delay_ms() > fast.delay_ms() + 15.0, "{}", jittery.delay_ms());
-        assert!(jittery.delay_ms() < fast.delay_ms() + 45.0, "{}", jittery.delay_ms());
+        assert!(
+            jittery.delay_ms() > fast.delay_ms() + 15.0,
+            "{}",
+            jittery.delay_ms()
+        );
+        assert!(
+            jittery.delay_ms() < fast.delay_ms() + 45.0,
+            "{}",
+            jittery.delay_ms()
+        );
         for ip in [&fast, &slow, &jittery] {
             let s = ip.stats();
             assert!(s.underruns * 100 <= s.frames, "{s:?}");

@@ -1,8 +1,9 @@
 //! Client prediction, server reconciliation, clock sync and interpolation.
-pub mod movement;
-pub mod server;
-pub mod wire;
-pub mod predictor;
+pub mod bench;
+pub mod client;
 pub mod clock;
 pub mod interp;
-pub mod bench;
+pub mod movement;
+pub mod predictor;
+pub mod server;
+pub mod wire;

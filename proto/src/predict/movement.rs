@@ -234,7 +234,11 @@ impl Movement for KinematicCharacter {
     fn step(&self, state: &CharacterState, input: &CharacterInput, dt: f32) -> CharacterState {
         let c = &self.config;
         // Inputs come from the peer: clamp the one out-of-range axis value (-128) and bad dt.
-        let dt = if dt.is_finite() { dt.clamp(0.0, 1.0) } else { 0.0 };
+        let dt = if dt.is_finite() {
+            dt.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
         let mut mx = input.move_x.max(-AXIS_MAX) as f32 / AXIS_MAX as f32;
         let mut mz = input.move_z.max(-AXIS_MAX) as f32 / AXIS_MAX as f32;
         let len2 = mx * mx + mz * mz;
@@ -376,10 +380,7 @@ mod tests {
         }
         assert!((s.velocity[2] - 4.0).abs() < 0.01, "{s:?}");
         assert!(s.position[2] > 3.0 && s.position[2] < 4.0, "{s:?}");
-        let jump = CharacterInput {
-            jump: true,
-            ..fwd
-        };
+        let jump = CharacterInput { jump: true, ..fwd };
         s = m.step(&s, &jump, 1.0 / 30.0);
         assert!(!s.grounded && s.position[1] > 0.0);
         let mut peak: f32 = 0.0;

@@ -231,7 +231,11 @@ impl<M: Movement> Predictor<M> {
         let first = self.history.get(skip)?.tick;
         Some((
             first,
-            self.history.iter().skip(skip).map(|e| e.input.clone()).collect(),
+            self.history
+                .iter()
+                .skip(skip)
+                .map(|e| e.input.clone())
+                .collect(),
         ))
     }
 
@@ -419,7 +423,10 @@ mod tests {
             teleport_seq: 0,
             state: srv,
         });
-        assert!(matches!(r, Reconciliation::Corrected { replayed: 7, .. }), "{r:?}");
+        assert!(
+            matches!(r, Reconciliation::Corrected { replayed: 7, .. }),
+            "{r:?}"
+        );
         for t in 14..=20u64 {
             srv = m.step(&srv, &fwd((t * 1000) as u16), dt);
         }
@@ -480,10 +487,7 @@ mod tests {
             p.step(Tick(t), fwd(0));
         }
         assert_eq!(p.history_len(), PREDICTION_HISTORY_MAX);
-        assert_eq!(
-            p.unacked_inputs().unwrap().1.len(),
-            INPUTS_PER_PACKET_MAX
-        );
+        assert_eq!(p.unacked_inputs().unwrap().1.len(), INPUTS_PER_PACKET_MAX);
         // A huge forward jump of the client's tick does not loop or grow.
         p.step(Tick(u64::MAX / 2), fwd(0));
         assert!(p.history_len() <= PREDICTION_HISTORY_MAX);

@@ -3,6 +3,8 @@
 
 use std::collections::BTreeMap;
 
+use super::movement::{CharacterInput, CharacterState, KinematicCharacter, Movement};
+use super::wire::{decode_inputs, encode_own_state, OwnState, WireError};
 use crate::time::{Tick, Time};
 use crate::types::{Transform, Vec3};
 
@@ -86,14 +88,18 @@ impl<I: Clone + Default> InputBuffer<I> {
         }
         if tick.0 - self.next_tick.0 >= INPUT_AHEAD_TICKS_MAX {
             self.stats.too_early += 1;
-            InputArrival::TooEarly
-        } else if self.pending.contains_key(&tick.0) {
-            self.stats.duplicates += 1;
-            InputArrival::Duplicate
-        } else {
-            self.pending.insert(tick.0, input);
-            self.stats.buffered += 1;
-            InputArrival::Buffered
+            return InputArrival::TooEarly;
+        }
+        match self.pending.entry(tick.0) {
+            std::collections::btree_map::Entry::Occupied(_) => {
+                self.stats.duplicates += 1;
+                InputArrival::Duplicate
+            }
+            std::collections::btree_map::Entry::Vacant(v) => {
+                v.insert(input);
+                self.stats.buffered += 1;
+                InputArrival::Buffered
+            }
         }
     }
 
@@ -313,7 +319,12 @@ impl MoveValidator {
     }
 
     fn check(&self, t: &Transform, now: Time) -> Result<(f32, f32), MoveRejection> {
-        if !t.position.iter().chain(t.rotation.iter()).all(|x| x.is_finite()) {
+        if !t
+            .position
+            .iter()
+            .chain(t.rotation.iter())
+            .all(|x| x.is_finite())
+        {
             return Err(MoveRejection::NotFinite);
         }
         let c = &self.config;
@@ -341,6 +352,87 @@ impl MoveValidator {
             });
         }
         Ok((h, v))
+    }
+}
+
+/// One player's server-authoritative movement: its input buffer, its state and its teleport
+/// counter, with the wire encodings. The server core keeps one per player and, every tick, calls
+/// [`PlayerMotion::tick`] then sends [`PlayerMotion::own_state_blob`] to that player.
+#[derive(Clone, Debug)]
+pub struct PlayerMotion {
+    model: KinematicCharacter,
+    dt: f32,
+    state: CharacterState,
+    tick: Option<Tick>,
+    inputs: InputBuffer<CharacterInput>,
+    teleport_seq: u8,
+}
+
+impl PlayerMotion {
+    /// A player at `state` (see [`KinematicCharacter::spawn`]) on a server ticking at `tick_hz`,
+    /// whose next tick is `next_tick`.
+    pub fn new(
+        model: KinematicCharacter,
+        state: CharacterState,
+        tick_hz: u16,
+        next_tick: Tick,
+    ) -> Self {
+        PlayerMotion {
+            model,
+            dt: 1.0 / tick_hz.max(1) as f32,
+            state: model.quantize(&state),
+            tick: None,
+            inputs: InputBuffer::new(next_tick),
+            teleport_seq: 0,
+        }
+    }
+
+    /// Handles an input datagram payload from this player (see [`super::wire`]). Returns how many
+    /// inputs were newly buffered; an error means the payload was malformed (the peer's fault).
+    pub fn handle_input_datagram(&mut self, payload: &[u8]) -> Result<usize, WireError> {
+        let b = decode_inputs(payload)?;
+        Ok(self.inputs.insert_batch(b.first_tick, &b.inputs))
+    }
+
+    /// Runs server tick `tick`: applies this tick's input (or repeats the last) and returns the
+    /// new state.
+    pub fn tick(&mut self, tick: Tick) -> &CharacterState {
+        let (input, _) = self.inputs.take(tick);
+        self.state = self.model.step(&self.state, &input, self.dt);
+        self.tick = Some(tick);
+        &self.state
+    }
+
+    /// Places the player (spawn point, portal, moderation): clients snap to it.
+    pub fn teleport(&mut self, state: CharacterState) {
+        self.state = self.model.quantize(&state);
+        self.teleport_seq = self.teleport_seq.wrapping_add(1);
+    }
+
+    /// The current state.
+    pub fn state(&self) -> &CharacterState {
+        &self.state
+    }
+
+    /// The current transform, for the transform datagrams everyone else receives.
+    pub fn transform(&self) -> Transform {
+        self.model.transform(&self.state)
+    }
+
+    /// The own-state blob for this player ([`super::wire::OWN_STATE_BYTES`] bytes), describing the
+    /// state after the latest [`PlayerMotion::tick`]. `None` before the first tick.
+    pub fn own_state_blob(&self) -> Option<Vec<u8>> {
+        Some(encode_own_state(&OwnState {
+            server_tick: self.tick?,
+            last_input_tick: self.inputs.last_applied(),
+            teleport_seq: self.teleport_seq,
+            state: self.state,
+        }))
+    }
+
+    /// Input buffer counters.
+    pub fn input_stats(&self) -> InputBufferStats {
+        self.inputs.stats()
     }
 }
 

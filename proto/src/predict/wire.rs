@@ -120,7 +120,7 @@ pub fn encode_inputs(first_tick: Tick, inputs: &[CharacterInput]) -> Vec<u8> {
         out.push(i.move_x as u8);
         out.push(i.move_z as u8);
         out.extend_from_slice(&i.yaw.to_le_bytes());
-        out.push(u8::from(i.run) * BUTTON_RUN | u8::from(i.jump) * BUTTON_JUMP);
+        out.push((u8::from(i.run) * BUTTON_RUN) | (u8::from(i.jump) * BUTTON_JUMP));
     }
     out
 }
@@ -334,7 +334,9 @@ mod tests {
             assert!(decode_inputs(&bytes[..cut]).is_err());
         }
         assert_eq!(
-            decode_inputs(&[1, 255, 255, 255, 255, 255, 255, 255, 255, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+            decode_inputs(&[
+                1, 255, 255, 255, 255, 255, 255, 255, 255, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0
+            ]),
             Err(WireError::TickOverflow)
         );
     }

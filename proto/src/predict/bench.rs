@@ -60,6 +60,8 @@ pub struct BenchConfig {
     pub partitions: Vec<(f64, f64)>,
     /// A new round-trip time from a given second: (at s, rtt ms).
     pub rtt_change: Option<(f64, f64)>,
+    /// At this second the server teleports player 0 by 50 m along +X.
+    pub teleport_at_s: Option<f64>,
 }
 
 impl BenchConfig {
@@ -83,6 +85,7 @@ impl BenchConfig {
             seed,
             partitions: Vec::new(),
             rtt_change: None,
+            teleport_at_s: None,
         }
     }
 }
@@ -119,6 +122,10 @@ pub struct PredictionReport {
     pub inputs_repeated: u64,
     /// Client tick clock jumps and pauses, all clients.
     pub clock_jumps: u64,
+    /// Server teleports the clients applied (snapped to).
+    pub teleports: u64,
+    /// Corrections shown as snaps rather than smoothed, all clients.
+    pub snaps: u64,
 }
 
 struct Pending<T> {
@@ -331,6 +338,14 @@ pub fn run_bench(cfg: &BenchConfig) -> PredictionReport {
         // 2. Server ticks.
         while let Some(tick) = server_clock.poll_tick(now) {
             server_tick = Some(tick);
+            if let Some(at) = cfg.teleport_at_s {
+                let at_tick = (at * hz as f64) as u64;
+                if tick.0 == at_tick {
+                    let mut s = *server[0].state();
+                    s.position[0] += 50.0;
+                    server[0].teleport(s);
+                }
+            }
             let mut snap = Vec::with_capacity(players);
             let mut positions = Vec::with_capacity(players);
             for (p, sp) in server.iter_mut().enumerate() {
@@ -483,6 +498,14 @@ pub fn run_bench(cfg: &BenchConfig) -> PredictionReport {
         inputs_late,
         inputs_repeated: repeated_total - repeated_at_warmup.unwrap_or(0),
         clock_jumps: clients.iter().map(|c| c.core.tick_clock().jumps()).sum(),
+        teleports: clients
+            .iter()
+            .map(|c| c.core.correction_stats().teleports)
+            .sum(),
+        snaps: clients
+            .iter()
+            .map(|c| c.core.correction_stats().snaps)
+            .sum(),
     }
 }
 
@@ -537,6 +560,17 @@ mod tests {
     }
 
     #[test]
+    fn server_teleport_snaps_the_client_without_later_corrections() {
+        let mut cfg = BenchConfig::new(3, 30, 5.0, 0.0, 100.0, 10.0, 51);
+        cfg.teleport_at_s = Some(2.5);
+        let r = run_bench(&cfg);
+        print("teleport", &cfg, &r);
+        assert_eq!(r.teleports, 1);
+        assert!(r.snaps >= 1);
+        assert_eq!(r.prediction_corrections, 0, "{:?}", r.corrections_by_second);
+    }
+
+    #[test]
     fn bench_is_deterministic_for_a_seed() {
         let a = bench_run(4, 30, 3.0, 0.05, 80.0, 20.0, 5);
         let b = bench_run(4, 30, 3.0, 0.05, 80.0, 20.0, 5);
@@ -551,5 +585,39 @@ mod tests {
         print("rtt_change", &cfg, &r);
         let late: u64 = r.corrections_by_second[6..].iter().sum();
         assert_eq!(late, 0, "{:?}", r.corrections_by_second);
+    }
+
+    /// The figures for the issue's targets at crowd scale. Run with
+    /// `cargo test -p neonet-proto --release predict::bench::tests::report_figures -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "long: prints the figures for the notes"]
+    fn report_figures() {
+        for (name, loss, rtt, jitter) in [
+            ("0% loss, constant 100 ms RTT", 0.0, 100.0, 0.0),
+            ("0% loss, 100 ms RTT, 20 ms jitter", 0.0, 100.0, 20.0),
+            ("5% loss, 100 ms RTT, 20 ms jitter", 0.05, 100.0, 20.0),
+            ("10% loss, 200 ms RTT, 40 ms jitter", 0.10, 200.0, 40.0),
+        ] {
+            for hz in [30u16, 60] {
+                let r = bench_run(100, hz, 30.0, loss, rtt, jitter, 7);
+                eprintln!(
+                    "{name} @ {hz} Hz, 100 players, 30 s, seed 7:\n  corrections/s/client {:.4} \
+                     (total {}), prediction_error_p99_m {:.4}, max {:.3}, interpolation_delay_ms \
+                     {:.1} (limit {:.1}), interpolation_error_p99_m {:.4}, underruns_per_s {:.4}, \
+                     underrun fraction {:.5}, late inputs {}, repeated {}",
+                    r.prediction_corrections_per_s,
+                    r.prediction_corrections,
+                    r.prediction_error_p99_m,
+                    r.prediction_error_max_m,
+                    r.interpolation_delay_ms,
+                    3.5 * r.send_interval_ms + jitter,
+                    r.interpolation_error_p99_m,
+                    r.underruns_per_s,
+                    r.underrun_frame_fraction,
+                    r.inputs_late,
+                    r.inputs_repeated,
+                );
+            }
+        }
     }
 }

@@ -116,7 +116,8 @@ pub struct PredictionReport {
     pub underruns_per_s: f64,
     /// Fraction of entity-frames that were underruns.
     pub underrun_frame_fraction: f64,
-    /// Inputs that reached the server after their tick ran, all clients.
+    /// Inputs that reached the server after their tick ran, all clients (after warm-up; the
+    /// start always has a few, while the clock sync converges).
     pub inputs_late: u64,
     /// Ticks at which the server had no input and repeated the previous one (after warm-up).
     pub inputs_repeated: u64,
@@ -357,8 +358,9 @@ pub fn run_bench(cfg: &BenchConfig) -> PredictionReport {
                 truth.pop_front();
             }
             if repeated_at_warmup.is_none() && now_us >= warmup_us {
+                let stats = server.iter().map(|s| s.input_stats());
                 repeated_at_warmup =
-                    Some(server.iter().map(|s| s.input_stats().repeated).sum::<u64>());
+                    Some(stats.fold((0, 0), |(r, l), s| (r + s.repeated, l + s.late)));
             }
             let snap = Rc::new(snap);
             for (p, c) in clients.iter_mut().enumerate() {
@@ -474,7 +476,8 @@ pub fn run_bench(cfg: &BenchConfig) -> PredictionReport {
     let measured_s = (cfg.seconds - WARMUP_S).max(1e-9);
     let streams = clients.iter().filter(|c| c.observer).count().max(1) as f64
         * (players.saturating_sub(1)).max(1) as f64;
-    let inputs_late = server.iter().map(|s| s.input_stats().late).sum();
+    let (repeated_warmup, late_warmup) = repeated_at_warmup.unwrap_or((0, 0));
+    let inputs_late = server.iter().map(|s| s.input_stats().late).sum::<u64>() - late_warmup;
     let repeated_total: u64 = server.iter().map(|s| s.input_stats().repeated).sum();
     PredictionReport {
         prediction_corrections_per_s: corrections as f64 / measured_s / players as f64,
@@ -496,7 +499,7 @@ pub fn run_bench(cfg: &BenchConfig) -> PredictionReport {
             0.0
         },
         inputs_late,
-        inputs_repeated: repeated_total - repeated_at_warmup.unwrap_or(0),
+        inputs_repeated: repeated_total - repeated_warmup,
         clock_jumps: clients.iter().map(|c| c.core.tick_clock().jumps()).sum(),
         teleports: clients
             .iter()

@@ -49,6 +49,9 @@ pub const TICK_RATE_GAIN_PER_TICK: f64 = 0.05;
 /// Error beyond which the client's tick jumps (forward) or pauses (backward) instead of slewing,
 /// ticks: at 10% slew, eight ticks would take over two seconds to close.
 pub const TICK_JUMP_THRESHOLD_TICKS: f64 = 8.0;
+/// Largest tick the client clock will target: 2^52, exactly representable in `f64` and, at
+/// 120 Hz, over a million years away, so no server value can overflow tick arithmetic.
+pub const TICK_TARGET_MAX: f64 = (1u64 << 52) as f64;
 /// Largest accepted round trip, microseconds. Longer samples (a pong stuck for seconds, or a
 /// hostile echo) are discarded.
 pub const RTT_SAMPLE_MAX_US: u64 = 5_000_000;
@@ -78,6 +81,8 @@ struct Sample {
 pub struct ClockSync {
     period_us: f64,
     window: VecDeque<Sample>,
+    /// The window's round trips, sorted (kept so queries every tick do not sort).
+    rtt_sorted: Vec<u64>,
     samples_total: u64,
     offset_us: f64,
     /// A server time and the tick that was running then (the latest pong's).
@@ -92,6 +97,7 @@ impl ClockSync {
         ClockSync {
             period_us: 1_000_000.0 / tick_hz.max(1) as f64,
             window: VecDeque::with_capacity(CLOCK_WINDOW_SAMPLES),
+            rtt_sorted: Vec::with_capacity(CLOCK_WINDOW_SAMPLES),
             samples_total: 0,
             offset_us: 0.0,
             anchor: None,
@@ -148,6 +154,9 @@ impl ClockSync {
             self.window.pop_front();
         }
         self.window.push_back(Sample { rtt_us, offset_us });
+        self.rtt_sorted.clear();
+        self.rtt_sorted.extend(self.window.iter().map(|x| x.rtt_us));
+        self.rtt_sorted.sort_unstable();
         self.samples_total += 1;
         // Keep the newest anchor: the server's tick timeline is exact on the server's clock.
         if self.anchor.map_or(true, |(t, _)| s.server_time_us >= t) {
@@ -181,13 +190,12 @@ impl ClockSync {
     }
 
     fn rtt_quantile_us(&self, q_num: usize, q_den: usize) -> Option<u64> {
-        if self.window.is_empty() {
+        let n = self.window.len();
+        if n == 0 {
             return None;
         }
-        let mut v: Vec<u64> = self.window.iter().map(|s| s.rtt_us).collect();
-        v.sort_unstable();
-        let i = ((v.len() - 1) * q_num) / q_den;
-        Some(v[i])
+        let i = ((n - 1) * q_num) / q_den;
+        Some(self.rtt_sorted[i])
     }
 
     /// Smallest round trip in the window, microseconds.
@@ -279,10 +287,16 @@ impl ClientTickClock {
 
     /// If a client tick is due at `now`, returns its number. Call in a loop until `None`.
     pub fn poll_tick(&mut self, now: Time, sync: &ClockSync) -> Option<Tick> {
+        // The target derives from the server's pongs: keep it finite and far from u64::MAX so a
+        // wild value can never overflow tick arithmetic.
         let target = sync.target_tick_f64(now)?;
+        if !target.is_finite() {
+            return None;
+        }
+        let target = target.clamp(0.0, TICK_TARGET_MAX);
         let now_us = now.as_micros() as f64;
         let Some(next) = self.next_tick else {
-            let t = Tick(target.max(0.0).floor() as u64);
+            let t = Tick(target.floor() as u64);
             self.next_tick = Some(t.next());
             self.next_at_us = now_us + self.period_us;
             return Some(t);
@@ -407,6 +421,22 @@ mod tests {
         // A symmetric change does not disturb the offset.
         assert!(after.iter().all(|x| x.1.abs() < 10_000.0));
         assert!(c.lead_ticks() > 200_000.0 / 2.0 / c.period_us());
+    }
+
+    #[test]
+    fn wild_server_tick_in_a_pong_does_not_panic_the_client_clock() {
+        let mut sync = ClockSync::new(30);
+        sync.handle_sample(PingSample {
+            client_send: Time(0),
+            server_time_us: u64::MAX,
+            server_tick: Tick(u64::MAX),
+            client_recv: Time(10),
+        });
+        let mut clock = ClientTickClock::new(30);
+        for ms in 0..100 {
+            while clock.poll_tick(Time::from_millis(ms), &sync).is_some() {}
+        }
+        assert!(clock.next_tick().unwrap().0 <= TICK_TARGET_MAX as u64 + 10);
     }
 
     #[test]

@@ -16,8 +16,9 @@
 //! The client's tick ([`ClientTickClock`]) targets `server tick now + lead`, the lead being the
 //! time an input needs to reach the server in the slow case (half the 7/8-quantile round trip,
 //! plus half the round-trip spread as jitter margin) plus [`LEAD_MARGIN_TICKS`]. It converges by
-//! running up to [`TICK_RATE_ADJUST_MAX`] faster or slower, and jumps only when more than
-//! [`TICK_JUMP_THRESHOLD_TICKS`] off.
+//! running up to [`TICK_RATE_ADJUST_MAX`] faster or slower, and jumps only when far off: forward
+//! beyond [`TICK_JUMP_AHEAD_TICKS`] (too little lead makes every input late), backward (a pause)
+//! beyond [`TICK_JUMP_THRESHOLD_TICKS`].
 
 use core::time::Duration;
 use std::collections::VecDeque;
@@ -46,8 +47,13 @@ pub const LEAD_MARGIN_TICKS: f64 = 1.0;
 pub const TICK_RATE_ADJUST_MAX: f64 = 0.10;
 /// Period change per tick of error, as a fraction (an error of one tick changes the rate by 5%).
 pub const TICK_RATE_GAIN_PER_TICK: f64 = 0.05;
-/// Error beyond which the client's tick jumps (forward) or pauses (backward) instead of slewing,
-/// ticks: at 10% slew, eight ticks would take over two seconds to close.
+/// Lead shortfall beyond which the client's tick jumps forward instead of slewing, ticks. While
+/// the client is behind its target its inputs arrive late and each one costs a correction, so
+/// closing a 3-tick gap at 10% slew (30 ticks of late inputs) is worse than one small jump.
+pub const TICK_JUMP_AHEAD_TICKS: f64 = 3.0;
+/// Excess lead beyond which the client's tick pauses instead of slewing, ticks: too much lead
+/// only adds latency, so only a large excess (at 10% slew, over two seconds to close) is worth
+/// a visible pause.
 pub const TICK_JUMP_THRESHOLD_TICKS: f64 = 8.0;
 /// Largest tick the client clock will target: 2^52, exactly representable in `f64` and, at
 /// 120 Hz, over a million years away, so no server value can overflow tick arithmetic.
@@ -305,7 +311,7 @@ impl ClientTickClock {
             return None;
         }
         let err = target - next.0 as f64;
-        if err > TICK_JUMP_THRESHOLD_TICKS {
+        if err > TICK_JUMP_AHEAD_TICKS {
             self.jumps += 1;
             let t = Tick(target.floor() as u64);
             self.next_tick = Some(t.next());

@@ -5,10 +5,10 @@
 //! of each client: independent loss, one-way delay `rtt/2 − jitter/2 + uniform(0, jitter)`,
 //! scheduled partitions and loss bursts) in 1 ms steps of virtual time. Every client is a bot
 //! that changes direction every 0.5–2 s, runs sometimes and jumps now and then; it predicts with
-//! [`Predictor`], syncs its clock with [`ClockSync`] and [`ClientTickClock`], and sends its
-//! unacknowledged inputs every tick. The server buffers them per player ([`InputBuffer`]),
+//! [`Predictor`](super::Predictor), syncs its clock with [`ClockSync`](super::ClockSync) and [`ClientTickClock`](super::ClientTickClock), and sends its
+//! unacknowledged inputs every tick. The server buffers them per player ([`InputBuffer`](super::InputBuffer)),
 //! simulates every tick, and sends each client its own state blob and a snapshot of everyone.
-//! Up to [`OBSERVERS_MAX`] clients also interpolate everyone else ([`Interpolation`]) and compare
+//! Up to [`OBSERVERS_MAX`] clients also interpolate everyone else ([`Interpolation`](super::Interpolation)) and compare
 //! what they render with the server's truth at the same server instant.
 //!
 //! Everything is seeded: the same arguments give the same report.
@@ -28,7 +28,8 @@ use crate::types::{EntityId, Transform, Vec3};
 /// Clients that interpolate everyone else: interpolation is O(players²), and a few observers
 /// measure it as well as all would.
 pub const OBSERVERS_MAX: usize = 4;
-/// Render frames per second of the observing clients.
+/// Render frames per second of the observing clients (the common display rate; the delay and
+/// underrun figures are per frame, so this is the rate they are sampled at).
 pub const RENDER_FPS: u32 = 60;
 /// Seconds at the start excluded from the figures: the clock sync converges and the first
 /// states arrive.

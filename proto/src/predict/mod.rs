@@ -21,7 +21,7 @@
 //! - [`interp`]: [`interp::Interpolation`]: per-entity sample buffers rendered at an adaptive
 //!   delay (≈ 3 send intervals + jitter), lerp and slerp, teleport snap, bounded extrapolation.
 //! - [`client`]: [`client::PredictedClient`], the one type a client drives.
-//! - [`bench`]: [`bench::bench_run`], the crowd simulation the load tool reports from.
+//! - [`bench`](mod@bench): [`bench::bench_run`], the crowd simulation the load tool reports from.
 //!
 //! ## Per tick, server-authoritative mode
 //! Server, for each player's [`server::PlayerMotion`]: on an input datagram,

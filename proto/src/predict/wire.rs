@@ -60,8 +60,11 @@ const _: () = assert!(
 );
 const _: () = assert!(OWN_STATE_BYTES <= OWN_STATE_BYTES_MAX);
 
+/// Button bit of [`CharacterInput::run`].
 const BUTTON_RUN: u8 = 1;
+/// Button bit of [`CharacterInput::jump`].
 const BUTTON_JUMP: u8 = 2;
+/// Flag bit of [`CharacterState::grounded`] in the own-state blob.
 const FLAG_GROUNDED: u8 = 1;
 
 /// Why an input payload or state blob from a peer could not be decoded. Every variant is the

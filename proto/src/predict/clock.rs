@@ -165,7 +165,7 @@ impl ClockSync {
         self.rtt_sorted.sort_unstable();
         self.samples_total += 1;
         // Keep the newest anchor: the server's tick timeline is exact on the server's clock.
-        if self.anchor.map_or(true, |(t, _)| s.server_time_us >= t) {
+        if self.anchor.is_none_or(|(t, _)| s.server_time_us >= t) {
             self.anchor = Some((s.server_time_us, s.server_tick));
         }
         let best = self

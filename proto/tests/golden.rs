@@ -21,11 +21,11 @@ use neonet_proto::types::*;
 // Hex helpers. Expected values may contain spaces (ignored) to separate the frame header and
 // fields for the reader.
 
-fn hex(bytes: &[u8]) -> String {
+pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn unhex(s: &str) -> Vec<u8> {
+pub fn unhex(s: &str) -> Vec<u8> {
     let digits: Vec<u8> = s.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
     assert!(digits.len() % 2 == 0, "odd number of hex digits in {s:?}");
     digits
@@ -235,7 +235,7 @@ fn server_tag(m: &ServerMsg) -> u32 {
 }
 
 /// One message per variant, in tag order, with its pinned frame (header, space, body).
-fn client_cases() -> Vec<(ClientMsg, &'static str)> {
+pub fn client_cases() -> Vec<(ClientMsg, &'static str)> {
     vec![
         (
             ClientMsg::Hello {
@@ -372,7 +372,7 @@ fn client_cases() -> Vec<(ClientMsg, &'static str)> {
 }
 
 /// One message per variant, in tag order, with its pinned frame.
-fn server_cases() -> Vec<(ServerMsg, &'static str)> {
+pub fn server_cases() -> Vec<(ServerMsg, &'static str)> {
     vec![
         (
             ServerMsg::Welcome {

@@ -839,3 +839,193 @@ fn blueprint_added_body_is_tag_then_blueprint() {
     assert_eq!(body[0], 5);
     assert_eq!(&body[1..], codec::encode(&chat_message()).as_slice());
 }
+
+// ---------------------------------------------------------------------------------------------
+// PROTOCOL.md agrees with the code: its worked examples are these bytes, and its tag tables
+// name the variants in wire order.
+
+const PROTOCOL_MD: &str = include_str!("../PROTOCOL.md");
+
+/// The variant name of a value, from its `Debug` form (`Hello { .. }` → `Hello`).
+fn variant_name(debug: String) -> String {
+    debug
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric())
+        .collect()
+}
+
+#[test]
+fn protocol_md_worked_examples_match_the_encoder() {
+    let examples: Vec<(String, Vec<u8>)> = vec![
+        (
+            "Hello".into(),
+            codec::encode_frame(&ClientMsg::Hello {
+                protocol_version: 1,
+                name: "ana".into(),
+                token: Some("user:7".into()),
+            }),
+        ),
+        (
+            "Chat".into(),
+            codec::encode_frame(&ClientMsg::Chat {
+                req: ReqId(2),
+                body: "hi".into(),
+            }),
+        ),
+        (
+            "Welcome".into(),
+            codec::encode_frame(&ServerMsg::Welcome {
+                protocol_version: 1,
+                session: SessionId(2),
+                tick_hz: 30,
+            }),
+        ),
+        (
+            "ChatAdded".into(),
+            codec::encode_frame(&ServerMsg::ChatAdded(chat_message())),
+        ),
+        (
+            "PlayerTeleport".into(),
+            codec::encode_frame(&ClientMsg::PlayerTeleport {
+                target: EntityId(1),
+                position: [10.0, 0.0, -5.5],
+                rotation_y: std::f32::consts::PI,
+            }),
+        ),
+    ];
+    for (what, frame) in examples {
+        let line = format!("\n{}\n", frame_hex(&frame));
+        assert!(
+            PROTOCOL_MD.contains(&line),
+            "PROTOCOL.md lacks the {what} example {}",
+            line.trim()
+        );
+    }
+    // The Hello and Chat examples are also the golden cases.
+    assert_eq!(client_cases()[0].1, "0e000000 000103616e610106757365723a37");
+    assert_eq!(client_cases()[3].1, "05000000 0302026869");
+}
+
+#[test]
+fn protocol_md_message_tables_match_the_tags() {
+    for (i, (m, _)) in client_cases().iter().enumerate() {
+        let row = format!("| {i} | `{}` |", variant_name(format!("{m:?}")));
+        assert!(PROTOCOL_MD.contains(&row), "PROTOCOL.md lacks row {row}");
+    }
+    for (i, (m, _)) in server_cases().iter().enumerate() {
+        let row = format!("| {i} | `{}` |", variant_name(format!("{m:?}")));
+        assert!(PROTOCOL_MD.contains(&row), "PROTOCOL.md lacks row {row}");
+    }
+}
+
+#[test]
+fn protocol_md_enum_tables_match_the_tags() {
+    let refusals = [
+        Refusal::Rank,
+        Refusal::NotOwner,
+        Refusal::NotFound,
+        Refusal::Exists,
+        Refusal::Conflict,
+        Refusal::Invalid,
+        Refusal::Muted,
+        Refusal::RateLimited,
+        Refusal::Storage,
+        Refusal::UnknownCommand,
+        Refusal::WorldFull,
+    ];
+    let closes = [
+        CloseReason::PlayerLimit,
+        CloseReason::DuplicateUser,
+        CloseReason::Moderation,
+        CloseReason::ProtocolViolation,
+        CloseReason::VersionMismatch,
+        CloseReason::AuthFailed,
+        CloseReason::ServerShutdown,
+        CloseReason::Timeout,
+        CloseReason::ClientLeft,
+        CloseReason::Flooding,
+    ];
+    let settings = [
+        Setting::Title(String::new()),
+        Setting::Desc(String::new()),
+        Setting::Image(None),
+        Setting::Avatar(None),
+        Setting::CustomAvatars(false),
+        Setting::DefaultRank(Rank::Visitor),
+        Setting::PlayerLimit(0),
+        Setting::Ao(false),
+        Setting::Movement(MovementAuthority::Server),
+    ];
+    let mut rows: Vec<(Vec<u8>, String)> = Vec::new();
+    rows.extend(
+        refusals
+            .iter()
+            .map(|v| (codec::encode(v), format!("{v:?}"))),
+    );
+    rows.extend(closes.iter().map(|v| (codec::encode(v), format!("{v:?}"))));
+    rows.extend(
+        settings
+            .iter()
+            .map(|v| (codec::encode(v), format!("{v:?}"))),
+    );
+    for (bytes, debug) in rows {
+        let row = format!("| {} | {} |", bytes[0], variant_name(debug));
+        assert!(PROTOCOL_MD.contains(&row), "PROTOCOL.md lacks row {row}");
+    }
+    // Rank, EntityKind and MovementAuthority are described in prose.
+    for s in [
+        "`0` Visitor",
+        "`1` Builder",
+        "`2` Admin",
+        "`0` Player",
+        "`1` App",
+        "`0` Server",
+        "`1` Client",
+    ] {
+        assert!(PROTOCOL_MD.contains(s), "PROTOCOL.md lacks {s}");
+    }
+    // The variant counts quoted in the decoding-errors section.
+    let counts =
+        format!("{CLIENT_MSG_VARIANTS} for `ClientMsg`, {SERVER_MSG_VARIANTS} for `ServerMsg`");
+    assert!(PROTOCOL_MD.contains(&counts), "PROTOCOL.md lacks {counts}");
+}
+
+#[test]
+fn protocol_md_limits_match_limits_rs() {
+    use neonet_proto::limits::*;
+    let grouped = |n: usize| {
+        // 1048576 → "1 048 576", as the document writes numbers.
+        let s = n.to_string();
+        let mut out = String::new();
+        for (i, c) in s.chars().enumerate() {
+            if i > 0 && (s.len() - i) % 3 == 0 && s.len() > 4 {
+                out.push(' ');
+            }
+            out.push(c);
+        }
+        out
+    };
+    for (name, value) in [
+        ("FRAME_BYTES_MAX", FRAME_BYTES_MAX),
+        ("SNAPSHOT_BYTES_MAX", SNAPSHOT_BYTES_MAX),
+        ("NAME_BYTES_MAX", NAME_BYTES_MAX),
+        ("ID_BYTES_MAX", ID_BYTES_MAX),
+        ("CHAT_BYTES_MAX", CHAT_BYTES_MAX),
+        ("CHAT_HISTORY_LEN", CHAT_HISTORY_LEN),
+        ("TOKEN_BYTES_MAX", TOKEN_BYTES_MAX),
+        ("COMMAND_ARGS_MAX", COMMAND_ARGS_MAX),
+        ("COMMAND_ARG_BYTES_MAX", COMMAND_ARG_BYTES_MAX),
+        ("ENTITY_PROPS_MAX", ENTITY_PROPS_MAX),
+        ("EVENT_NAME_BYTES_MAX", EVENT_NAME_BYTES_MAX),
+        ("EVENT_DATA_BYTES_MAX", EVENT_DATA_BYTES_MAX),
+        ("HELD_EVENTS_MAX", HELD_EVENTS_MAX),
+        ("TEXT_BYTES_MAX", TEXT_BYTES_MAX),
+        ("INBOX_MESSAGES_MAX", INBOX_MESSAGES_MAX),
+        ("DATAGRAM_BYTES_MAX", DATAGRAM_BYTES_MAX),
+        ("ENTITIES_MAX", ENTITIES_MAX),
+        ("BLUEPRINTS_MAX", BLUEPRINTS_MAX),
+    ] {
+        let row = format!("| `{name}` | {} |", grouped(value));
+        assert!(PROTOCOL_MD.contains(&row), "PROTOCOL.md lacks row {row}");
+    }
+}

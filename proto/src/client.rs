@@ -653,6 +653,7 @@ impl ClientCore {
                 let id = e.id;
                 self.world.entities.insert(id, e);
                 self.events.push_back(ClientEvent::EntityAdded(id));
+                self.release_held();
             }
             ServerMsg::EntityModified { id, patch } => {
                 if let Some(e) = self.world.entities.get_mut(&id) {

@@ -59,6 +59,9 @@ pub fn encode_frame<T: Serialize>(msg: &T) -> Vec<u8> {
 fn read_varint_u32(bytes: &[u8]) -> Result<u32, DecodeError> {
     let mut v: u32 = 0;
     for (i, b) in bytes.iter().take(5).enumerate() {
+        if i == 4 && *b > 0x0f {
+            return Err(DecodeError::Malformed("tag varint overflows u32".into()));
+        }
         v |= ((b & 0x7f) as u32) << (7 * i);
         if b & 0x80 == 0 {
             return Ok(v);
@@ -99,6 +102,9 @@ pub fn decode_server(bytes: &[u8]) -> Result<ServerMsg, DecodeError> {
 #[derive(Debug)]
 pub struct FrameDecoder {
     buf: Vec<u8>,
+    /// Bytes of `buf` already returned as frames; compacted lazily so that taking many small
+    /// frames from one large push costs linear time, not quadratic.
+    start: usize,
     max: usize,
 }
 
@@ -107,6 +113,7 @@ impl FrameDecoder {
     pub fn new(max: usize) -> FrameDecoder {
         FrameDecoder {
             buf: Vec::new(),
+            start: 0,
             max,
         }
     }
@@ -116,37 +123,47 @@ impl FrameDecoder {
         FrameDecoder::new(FRAME_BYTES_MAX)
     }
 
-    /// Appends received bytes.
+    /// Appends received bytes. Callers take frames out after every push, so the buffer holds
+    /// at most one partial frame (bounded by the limit) plus one push.
     pub fn push(&mut self, bytes: &[u8]) {
+        if self.start > 0 && self.start * 2 >= self.buf.len() {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
         self.buf.extend_from_slice(bytes);
     }
 
     /// Bytes buffered and not yet returned as frames.
     pub fn buffered(&self) -> usize {
-        self.buf.len()
+        self.buf.len() - self.start
     }
 
     /// The next complete frame body, `Ok(None)` if more bytes are needed, or an error if the
     /// declared length is over the limit (the stream cannot be resynchronized: close it).
     pub fn next_frame(&mut self) -> Result<Option<Vec<u8>>, DecodeError> {
-        if self.buf.len() < FRAME_HEADER_BYTES {
+        let avail = &self.buf[self.start..];
+        if avail.len() < FRAME_HEADER_BYTES {
             return Ok(None);
         }
-        let len = u32::from_le_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as usize;
+        let len = u32::from_le_bytes([avail[0], avail[1], avail[2], avail[3]]) as usize;
         if len > self.max {
             return Err(DecodeError::Oversize { len, max: self.max });
         }
-        if self.buf.len() < FRAME_HEADER_BYTES + len {
+        if avail.len() < FRAME_HEADER_BYTES + len {
             return Ok(None);
         }
-        let body = self.buf[FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + len].to_vec();
-        self.buf.drain(..FRAME_HEADER_BYTES + len);
+        let body = avail[FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + len].to_vec();
+        self.start += FRAME_HEADER_BYTES + len;
+        if self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        }
         Ok(Some(body))
     }
 
     /// Called at end of stream: an error if a partial frame remains.
     pub fn finish(&self) -> Result<(), DecodeError> {
-        if self.buf.is_empty() {
+        if self.buffered() == 0 {
             Ok(())
         } else {
             Err(DecodeError::Truncated)

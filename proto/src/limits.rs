@@ -6,6 +6,19 @@
 /// inline script fits; anything larger belongs in an asset store, not the world protocol.
 pub const FRAME_BYTES_MAX: usize = 1024 * 1024;
 
+/// Largest frame a client may send on the control, chat and events channels, in bytes. Only
+/// the world channel carries big payloads (blueprints); a smaller limit elsewhere bounds the
+/// memory a decoded message can take (postcard expands a list of empty strings ~30×).
+pub const SMALL_FRAME_BYTES_MAX: usize = 64 * 1024;
+
+/// The largest frame a server accepts from a client on `channel`, in bytes.
+pub fn client_frame_bytes_max(channel: crate::msg::Channel) -> usize {
+    match channel {
+        crate::msg::Channel::World => FRAME_BYTES_MAX,
+        _ => SMALL_FRAME_BYTES_MAX,
+    }
+}
+
 /// Largest snapshot frame, in bytes (server to client only): a world of thousands of entities
 /// and blueprints. Clients accept up to this on the world stream for the `Snapshot` message.
 pub const SNAPSHOT_BYTES_MAX: usize = 64 * 1024 * 1024;

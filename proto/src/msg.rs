@@ -4,7 +4,7 @@
 //!
 //! Encoding is postcard (varint integers, length-prefixed strings, enum tags as varints). The
 //! variant order is the wire tag: **append new variants at the end only**; the golden tests in
-//! `codec.rs` pin every encoding so a change is a deliberate act.
+//! `proto/tests/golden.rs` pin every encoding so a change is a deliberate act.
 
 use serde::{Deserialize, Serialize};
 
@@ -364,7 +364,8 @@ pub enum Refusal {
     /// Too many changes too fast.
     #[error("rate limited")]
     RateLimited,
-    /// The change could not be made durable (disk error); nothing was applied.
+    /// The change could not be made durable (disk error). It is not acknowledged and may be
+    /// lost on restart; while the store is failing, new changes are refused up front.
     #[error("storage unavailable")]
     Storage,
     /// Unknown command.

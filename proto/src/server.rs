@@ -43,6 +43,9 @@ use crate::msg::*;
 use crate::time::{Tick, TickClock, Time};
 use crate::types::*;
 
+/// Player entity fields only the server sets: clients cannot spoof another name or rank.
+pub const PLAYER_RESERVED_PROPS: [&str; 2] = ["name", "rank"];
+
 /// A transport connection, numbered by the driver. Unique for the server's lifetime.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ConnId(pub u64);
@@ -941,12 +944,25 @@ impl ServerCore {
                 if !builder && e.owner != Some(sid) {
                     return Err(Refusal::NotOwner);
                 }
+                let added = patch
+                    .set
+                    .iter()
+                    .filter(|(k, _)| !e.props.iter().any(|(pk, _)| pk == k))
+                    .count();
                 if !props_ok(&patch.set)
                     || patch.unset.len() > ENTITY_PROPS_MAX
                     || patch.transform.as_ref().is_some_and(|t| !transform_ok(t))
-                    || e.props.len() + patch.set.len() > 2 * ENTITY_PROPS_MAX
+                    || e.props.len() + added > ENTITY_PROPS_MAX
                 {
                     return Err(Refusal::Invalid);
+                }
+                // A player's name and rank are the server's to set (`/name`, `ModifyRank`).
+                let reserved = |k: &String| PLAYER_RESERVED_PROPS.contains(&k.as_str());
+                if e.kind == EntityKind::Player
+                    && (patch.set.iter().any(|(k, _)| reserved(k))
+                        || patch.unset.iter().any(reserved))
+                {
+                    return Err(Refusal::Rank);
                 }
                 Ok(())
             }
@@ -977,12 +993,14 @@ impl ServerCore {
                 Ok(())
             }
             PlayerTeleport {
-                target, position, ..
+                target,
+                position,
+                rotation_y,
             } => {
                 self.player_session(*target).ok_or(Refusal::NotFound)?;
                 let own = self.sessions.get(&sid).map(|s| s.player) == Some(*target);
                 need(own || builder)?;
-                if !finite(position) {
+                if !finite(position) || !rotation_y.is_finite() {
                     return Err(Refusal::Invalid);
                 }
                 Ok(())

@@ -637,7 +637,7 @@ fn channels_of_every_message() {
     assert_eq!(
         server,
         [
-            Control, // Welcome
+            World,   // Welcome
             World,   // Snapshot
             Control, // Pong
             Control, // Ack

@@ -2,7 +2,7 @@
 //!
 //! | route          | answer                                                           |
 //! |----------------|------------------------------------------------------------------|
-//! | `GET /`        | the live network view (`web/index.html`, `app.css`, `app.js`)    |
+//! | `GET /`        | the live network view (`web/index.html`, `app.css`, `app.js`, icon) |
 //! | `GET /metrics` | Prometheus text exposition of [`Metrics`]                        |
 //! | `GET /health`  | `200 {"status":"ok"}`                                            |
 //! | `GET /status`  | JSON [`Status`]; `?since=N` keeps only trail samples `seq >= N`  |
@@ -52,6 +52,9 @@ const APP_JS: &str = include_str!("../web/app.js");
 /// The live view's style sheet.
 const APP_CSS: &str = include_str!("../web/app.css");
 
+/// The live view's icon (also answered at `/favicon.ico`, which browsers ask for unbidden).
+const FAVICON_SVG: &str = include_str!("../web/favicon.svg");
+
 /// Prometheus text exposition format content type.
 const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -66,6 +69,8 @@ pub fn router(metrics: Arc<Metrics>) -> Router {
         .route("/index.html", get(index))
         .route("/app.js", get(app_js))
         .route("/app.css", get(app_css))
+        .route("/favicon.svg", get(favicon))
+        .route("/favicon.ico", get(favicon))
         .route("/metrics", get(prometheus))
         .route("/health", get(health))
         .route("/status", get(status))
@@ -117,6 +122,10 @@ async fn app_js() -> Response {
 
 async fn app_css() -> Response {
     with_type(APP_CSS, "text/css; charset=utf-8")
+}
+
+async fn favicon() -> Response {
+    with_type(FAVICON_SVG, "image/svg+xml")
 }
 
 async fn prometheus(State(metrics): State<Arc<Metrics>>) -> Response {

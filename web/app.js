@@ -25,6 +25,10 @@
   const USER_ROWS_MAX = 64;
   /** A trail-only node (a session not in the users list) fades after this long unseen, ms. */
   const NODE_TTL_MS = 3000;
+  /** Ring distance between nodes needed to print RTT and rate under each name, px. */
+  const LABEL_DETAIL_SPACING_PX = 70;
+  /** Ring distance needed per printed name; closer nodes are named every k-th, px. */
+  const LABEL_NAME_SPACING_PX = 46;
   /** Tail length of a particle, as a fraction of its path. */
   const TAIL = 0.24;
   /** Segments drawn per tail. */
@@ -411,11 +415,17 @@
     ctx.textBaseline = 'middle';
     const all = [...state.nodes.values()].filter((n) => n.shown);
     if (state.overflow.count > 0) all.push(state.overflow);
-    for (const n of all) {
+    // Room per node along the ring decides how much text fits: both lines, the name only,
+    // or the name of every k-th node.
+    const spacing = (Math.PI * (w * 0.4 + h * 0.38)) / Math.max(1, all.length);
+    const detail = spacing >= LABEL_DETAIL_SPACING_PX;
+    const every = Math.max(1, Math.ceil(LABEL_NAME_SPACING_PX / spacing));
+    all.forEach((n, i) => {
       // Ease toward the layout position so joins and leaves glide.
       n.x += (n.tx - n.x) * 0.12;
       n.y += (n.ty - n.y) * 0.12;
       drawNode(ctx, n, n === state.overflow ? '#9d5cff' : '#ff2bd6');
+      if (n !== state.overflow && i % every !== 0) return;
       // Labels go outward: beside nodes on the flanks, above or below those near the axis.
       let lx;
       let ly;
@@ -432,10 +442,10 @@
       ctx.fillStyle = '#e6f7ff';
       ctx.fillText(n.label.slice(0, 18), lx, ly);
       ctx.fillStyle = '#6f8aa8';
-      if (n !== state.overflow) {
+      if (n !== state.overflow && detail) {
         ctx.fillText(`${fixed(n.rtt, 0)} ms · ${fixed(n.kbps, 0)} kb/s`, lx, ly + 13);
       }
-    }
+    });
   }
 
   function drawHub(ctx, cx, cy, now) {

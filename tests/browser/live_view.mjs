@@ -187,7 +187,10 @@ async function main() {
     rmSync(userDataDir, { recursive: true, force: true });
   }
   if (problems.length > 0) {
-    console.error(`live_view: FAILED\n  ${problems.join('\n  ')}`);
+    const counts = new Map();
+    for (const p of problems) counts.set(p, (counts.get(p) ?? 0) + 1);
+    const lines = [...counts].map(([p, n]) => (n > 1 ? `${p} (×${n})` : p));
+    console.error(`live_view: FAILED\n  ${lines.join('\n  ')}`);
     process.exit(1);
   }
   console.error('live_view: ok');

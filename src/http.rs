@@ -7,6 +7,25 @@
 //! | `GET /health`  | `200 {"status":"ok"}`                                            |
 //! | `GET /status`  | JSON [`Status`]; `?since=N` keeps only trail samples `seq >= N`  |
 //!
+//! # Running it beside the relay
+//! ```no_run
+//! # async fn run() -> std::io::Result<()> {
+//! use std::sync::Arc;
+//! use neonet::metrics::{Metrics, MetricsConfig};
+//!
+//! let metrics = Arc::new(Metrics::new(MetricsConfig::default()));
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+//! let server = tokio::spawn(neonet::http::serve(listener, metrics.clone(), async {
+//!     let _ = stopped.await;
+//! }));
+//! // ... run the relay, calling metrics.record_*() ...
+//! let _ = stop.send(());
+//! server.await.expect("http task")?;
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Why axum
 //! axum is hyper with routing, typed extractors (`Query`), JSON responses and graceful shutdown
 //! already written and widely exercised; plain hyper would need the same accept loop,

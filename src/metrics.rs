@@ -30,6 +30,41 @@
 //!   tick, so the relay may call it for every entity update it sends: a skipped call costs one
 //!   relaxed `fetch_add` and one load.
 //!
+//! # Wiring it into the relay
+//! ```
+//! use std::time::{Duration, Instant};
+//! use neonet::metrics::{EntityBytesBatch, Metrics, MetricsConfig, UserReport};
+//!
+//! let metrics = Metrics::new(MetricsConfig { tick_period: Duration::from_millis(33) });
+//! metrics.connection_opened(); // on accept; connection_closed() when it ends
+//! metrics.record_join(); // on a successful join
+//! let mut batch = EntityBytesBatch::new(); // owned by the tick loop
+//!
+//! // One tick:
+//! let started = Instant::now();
+//! metrics.record_datagram_in(24); // per datagram received
+//! metrics.record_message_in("Input"); // per decoded message: ClientMsg::name()
+//! // Per datagram sent, and per entity update inside it:
+//! metrics.record_datagram_out(40);
+//! metrics.record_trail(7, 1, 40); // entity 7's update went to session 1
+//! batch.add(7, 40);
+//! metrics.merge_entity_bytes(&mut batch); // once per tick
+//! metrics.set_entity_count(1);
+//! metrics.record_tick(started.elapsed());
+//!
+//! // A few times a second, from the connections' stats:
+//! metrics.publish_users([UserReport {
+//!     session_id: 1,
+//!     name: "ada".into(),
+//!     addr: "127.0.0.1:4000".parse().unwrap(),
+//!     rtt_ms: 12.0,
+//!     bytes_in: 24,
+//!     bytes_out: 40,
+//! }]);
+//! assert_eq!(metrics.status().bandwidth.datagrams_out, 1);
+//! assert!(metrics.render_prometheus().contains("neonet_datagrams_out_total 1"));
+//! ```
+//!
 //! # Bounds
 //! Everything kept here has a named limit: [`TICK_WINDOW_LEN`] recent tick durations,
 //! [`TRAIL_RING_LEN`] trail samples, [`neonet_proto::limits::ENTITIES_MAX`] tracked entities,

@@ -6,3 +6,5 @@
 #![warn(missing_docs)]
 
 pub use neonet_proto as proto;
+pub mod http;
+pub mod metrics;

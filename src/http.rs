@@ -1,0 +1,258 @@
+//! The relay's operator HTTP server: metrics, health, status and the live network view.
+//!
+//! | route          | answer                                                           |
+//! |----------------|------------------------------------------------------------------|
+//! | `GET /`        | the live network view (`web/index.html`, `app.css`, `app.js`, icon) |
+//! | `GET /metrics` | Prometheus text exposition of [`Metrics`]                        |
+//! | `GET /health`  | `200 {"status":"ok"}`                                            |
+//! | `GET /status`  | JSON [`Status`]; `?since=N` keeps only trail samples `seq >= N`  |
+//!
+//! # Running it beside the relay
+//! ```no_run
+//! # async fn run() -> std::io::Result<()> {
+//! use std::sync::Arc;
+//! use neonet::metrics::{Metrics, MetricsConfig};
+//!
+//! let metrics = Arc::new(Metrics::new(MetricsConfig::default()));
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+//! let server = tokio::spawn(neonet::http::serve(listener, metrics.clone(), async {
+//!     let _ = stopped.await;
+//! }));
+//! // ... run the relay, calling metrics.record_*() ...
+//! let _ = stop.send(());
+//! server.await.expect("http task")?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Why axum
+//! axum is hyper with routing, typed extractors (`Query`), JSON responses and graceful shutdown
+//! already written and widely exercised; plain hyper would need the same accept loop,
+//! connection builder and router written by hand. Built with `default-features = false` and
+//! only `tokio`, `http1`, `json` and `query`: no HTTP/2, no WebSocket, no tracing layer.
+//!
+//! # Limits
+//! At most [`HTTP_CONNECTIONS_MAX`] connections are served at once; further ones wait in the
+//! kernel's accept backlog until one closes. Every response is built from bounded data (see
+//! [`crate::metrics`]). There is no header-read timeout, so a slow client can hold one of those
+//! connections: this port is for operators and must not face the public internet.
+//!
+//! The page and its assets are compiled in with `include_str!` and load nothing from elsewhere
+//! (the closed network has no CDN); a `Content-Security-Policy` of `'self'` enforces that.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::get;
+use axum::Router;
+use serde::Deserialize;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::metrics::{Metrics, Status};
+
+/// Connections served at once. The view polls over one keep-alive connection per browser tab,
+/// and a scraper uses one more; 64 leaves room for a room full of operators while bounding the
+/// relay's memory and file descriptors spent on this port.
+pub const HTTP_CONNECTIONS_MAX: usize = 64;
+
+/// The live view page.
+const INDEX_HTML: &str = include_str!("../web/index.html");
+/// The live view's script.
+const APP_JS: &str = include_str!("../web/app.js");
+/// The live view's style sheet.
+const APP_CSS: &str = include_str!("../web/app.css");
+
+/// The live view's icon (also answered at `/favicon.ico`, which browsers ask for unbidden).
+const FAVICON_SVG: &str = include_str!("../web/favicon.svg");
+
+/// Prometheus text exposition format content type.
+const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Everything loads from this origin only; inline styles are allowed for canvas-free bits.
+const CSP: &str = "default-src 'self'; img-src 'self' data:; style-src 'self'; \
+                   script-src 'self'; connect-src 'self'; frame-ancestors 'none'";
+
+/// The router with every route, for embedding in another server or for tests.
+pub fn router(metrics: Arc<Metrics>) -> Router {
+    Router::new()
+        .route("/", get(index))
+        .route("/index.html", get(index))
+        .route("/app.js", get(app_js))
+        .route("/app.css", get(app_css))
+        .route("/favicon.svg", get(favicon))
+        .route("/favicon.ico", get(favicon))
+        .route("/metrics", get(prometheus))
+        .route("/health", get(health))
+        .route("/status", get(status))
+        .with_state(metrics)
+}
+
+/// Serves the operator HTTP routes on `listener` until `shutdown` completes, then finishes the
+/// requests in flight and returns.
+///
+/// # Errors
+/// Only what the underlying server returns; accept errors (such as running out of file
+/// descriptors) are retried after a pause, not returned.
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let listener = LimitedListener {
+        inner: listener,
+        permits: Arc::new(Semaphore::new(HTTP_CONNECTIONS_MAX)),
+    };
+    axum::serve(listener, router(metrics))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+fn with_type(body: &'static str, content_type: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static(CSP),
+            ),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn index() -> Response {
+    with_type(INDEX_HTML, "text/html; charset=utf-8")
+}
+
+async fn app_js() -> Response {
+    with_type(APP_JS, "text/javascript; charset=utf-8")
+}
+
+async fn app_css() -> Response {
+    with_type(APP_CSS, "text/css; charset=utf-8")
+}
+
+async fn favicon() -> Response {
+    with_type(FAVICON_SVG, "image/svg+xml")
+}
+
+async fn prometheus(State(metrics): State<Arc<Metrics>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(PROMETHEUS_CONTENT_TYPE),
+        )],
+        metrics.render_prometheus(),
+    )
+        .into_response()
+}
+
+async fn health() -> Response {
+    (StatusCode::OK, Json(serde_json::json!({ "status": "ok" }))).into_response()
+}
+
+/// Query of `GET /status`.
+#[derive(Debug, Default, Deserialize)]
+struct StatusQuery {
+    /// Only trail samples with `seq >= since`.
+    since: Option<u64>,
+}
+
+async fn status(State(metrics): State<Arc<Metrics>>, Query(q): Query<StatusQuery>) -> Response {
+    let status: Status = metrics.status_since(q.since.unwrap_or(0));
+    (
+        [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],
+        Json(status),
+    )
+        .into_response()
+}
+
+/// A TCP listener that holds a semaphore permit for each connection it hands out.
+struct LimitedListener {
+    inner: TcpListener,
+    permits: Arc<Semaphore>,
+}
+
+impl axum::serve::Listener for LimitedListener {
+    type Io = LimitedStream;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        // The semaphore is never closed, so acquiring only waits.
+        let permit = loop {
+            if let Ok(p) = self.permits.clone().acquire_owned().await {
+                break p;
+            }
+        };
+        let (stream, addr) = axum::serve::Listener::accept(&mut self.inner).await;
+        let _ = stream.set_nodelay(true);
+        (
+            LimitedStream {
+                stream,
+                _permit: permit,
+            },
+            addr,
+        )
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
+}
+
+/// A connection counted against [`HTTP_CONNECTIONS_MAX`] until dropped.
+struct LimitedStream {
+    stream: TcpStream,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl AsyncRead for LimitedStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for LimitedStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}

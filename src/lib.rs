@@ -6,3 +6,4 @@
 #![warn(missing_docs)]
 
 pub use neonet_proto as proto;
+pub mod proxy;

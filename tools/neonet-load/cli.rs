@@ -16,7 +16,7 @@ pub const MAX_HZ: u32 = 1000;
 /// neonet's load tool: load a relay with simulated clients, simulate a network in memory, or
 /// impair real UDP traffic.
 #[derive(Parser, Debug)]
-#[command(name = "neonet-load", version, about, long_about = None)]
+#[command(name = "neonet-load", version)]
 pub struct Cli {
     /// Log filter (tracing `EnvFilter` syntax: `info`, `neonet=debug,warn`, ...). Logs go to
     /// stderr.

@@ -142,6 +142,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
     let mut refresh = tokio::time::interval(PROGRESS_INTERVAL);
     let mut next_client = 0u32;
     loop {
+        if next_client == args.clients && tasks.is_empty() {
+            // Every client has already ended (they all failed): nothing left to measure.
+            break;
+        }
         let next_join = (next_client < args.clients).then(|| {
             start
                 + args
@@ -210,9 +214,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
         seed,
     };
     let report = aggregate.report(setup, args.clients, measured_for);
-    report
-        .write_table(&mut std::io::stdout().lock())
-        .context("printing the report")?;
+    let json_to_stdout = args.json.as_deref() == Some(std::path::Path::new("-"));
+    if json_to_stdout {
+        // Keep stdout pure JSON.
+        report.write_table(&mut std::io::stderr().lock())
+    } else {
+        report.write_table(&mut std::io::stdout().lock())
+    }
+    .context("printing the report")?;
     if let Some(path) = &args.json {
         report.write_json(path)?;
     }

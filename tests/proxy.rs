@@ -335,3 +335,48 @@ async fn invalid_config_and_missing_runtime_are_errors() {
         .unwrap();
     assert!(outside.is_err());
 }
+
+/// `neonet-load proxy` as a process: it logs its listen address, relays, and takes its flags.
+#[tokio::test]
+async fn the_proxy_subcommand_relays() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    /// Kills the child even when an assertion fails, so no process outlives the test.
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    let echo = Echo::start().await;
+    let mut child = Kill(
+        Command::new(env!("CARGO_BIN_EXE_neonet-load"))
+            .args(["--log", "info", "proxy", "--listen", "127.0.0.1:0"])
+            .args(["--upstream", &echo.addr.to_string()])
+            .args(["--loss", "0", "--delay-ms", "1", "--jitter-ms", "1"])
+            .args(["--dup", "0", "--reorder", "0", "--seed", "1"])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stderr = child.0.stderr.take().unwrap();
+    // The first log line names the bound address; read it off the blocking pipe on a thread.
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        BufReader::new(stderr).read_line(&mut line).map(|_| line)
+    });
+    let line = timeout(WAIT_LIMIT, line).await.unwrap().unwrap().unwrap();
+    let addr: SocketAddr = line
+        .split_whitespace()
+        .find_map(|field| field.strip_prefix("listen="))
+        .unwrap_or_else(|| panic!("no listen address in {line:?}"))
+        .parse()
+        .unwrap();
+    let socket = client().await;
+    send_numbered(&socket, addr, 20).await;
+    assert_eq!(receive(&socket, 20).await, (0..20).collect::<Vec<u32>>());
+    drop(child);
+}

@@ -380,3 +380,43 @@ async fn the_proxy_subcommand_relays() {
     assert_eq!(receive(&socket, 20).await, (0..20).collect::<Vec<u32>>());
     drop(child);
 }
+
+/// Sends 200 datagrams through a lossy, duplicating proxy; returns what came back and the
+/// settled counters.
+async fn lossy_run(seed: u64) -> (Vec<u32>, ProxyStats) {
+    let echo = Echo::start().await;
+    let mut cfg = config(echo.addr);
+    cfg.loss = 0.3;
+    cfg.dup = 0.2;
+    cfg.seed = seed;
+    let proxy = Proxy::start(cfg).unwrap();
+    let socket = client().await;
+    send_numbered(&socket, proxy.local_addr(), 200).await;
+    // Everything sent has been decided once the upstream direction's counters add up, and the
+    // replies once the client direction's do.
+    let settled = |d: &neonet::proxy::DirectionStats| {
+        d.packets_out + d.send_failed + d.dropped + d.overflowed == d.packets_in + d.duplicated
+    };
+    let stats = stats_until(&proxy, |s| {
+        s.to_upstream.packets_in == 200
+            && settled(&s.to_upstream)
+            && s.to_client.packets_in == s.to_upstream.packets_out
+            && settled(&s.to_client)
+    })
+    .await;
+    let got = receive(&socket, stats.to_client.packets_out as usize).await;
+    proxy.shutdown().await;
+    (got, stats)
+}
+
+#[tokio::test]
+async fn the_same_seed_gives_the_same_losses() {
+    let (got_a, stats_a) = lossy_run(42).await;
+    let (got_b, stats_b) = lossy_run(42).await;
+    assert_eq!(stats_a.to_client.packets_out as usize, got_a.len());
+    assert!(stats_a.to_upstream.dropped > 0 && stats_a.to_upstream.duplicated > 0);
+    assert_eq!(got_a, got_b, "seed 42 gave two different traces");
+    assert_eq!(stats_a, stats_b);
+    let (got_c, _) = lossy_run(43).await;
+    assert_ne!(got_a, got_c, "seeds 42 and 43 gave the same trace");
+}

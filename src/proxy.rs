@@ -86,6 +86,10 @@ pub const FLOW_SOCKET_BUFFER_BYTES: usize = 1024 * 1024;
 /// continuously; a full channel means that task is starved, and further datagrams are dropped.
 const FLOW_CHANNEL_CAPACITY: usize = 256;
 
+/// Most datagrams the listening task takes from its socket per wake-up: 64, enough to amortize
+/// the wake-up over a burst while still checking for shutdown and sweeps between bursts.
+const RECV_BATCH: usize = 64;
+
 /// Longest interval between sweeps for idle flows: 1 s (a sweep is O(flows)).
 const SWEEP_INTERVAL_MAX: Duration = Duration::from_secs(1);
 
@@ -183,7 +187,7 @@ impl Default for ProxyLimits {
 ///
 /// Once traffic has settled: `packets_out + send_failed = packets_in - dropped - overflowed +
 /// duplicated`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct DirectionStats {
     /// Datagrams received in this direction.
     pub packets_in: u64,
@@ -200,7 +204,7 @@ pub struct DirectionStats {
 }
 
 /// A snapshot of the proxy's counters; see [`ProxyHandle::stats`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ProxyStats {
     /// Client → upstream traffic.
     pub to_upstream: DirectionStats,
@@ -603,7 +607,16 @@ impl Listener {
                 // Resolves when the handle sends or is dropped: either way, stop.
                 _ = shutdown.changed() => break,
                 received = listen.recv_from(&mut buf) => match received {
-                    Ok((len, from)) => self.on_datagram(&buf[..len], from),
+                    Ok((len, from)) => {
+                        self.on_datagram(&buf[..len], from);
+                        // Drain what else is waiting without another trip through `select!`.
+                        for _ in 1..RECV_BATCH {
+                            let Ok((len, from)) = listen.try_recv_from(&mut buf) else {
+                                break;
+                            };
+                            self.on_datagram(&buf[..len], from);
+                        }
+                    }
                     // Unconnected UDP receive errors are transient (ICMP reports); keep going.
                     Err(e) => tracing::trace!(error = %e, "proxy receive error"),
                 },

@@ -169,6 +169,8 @@ pub struct Report {
     pub disconnects: u64,
     /// Up to [`MAX_REPORTED_ERRORS`] distinct error messages.
     pub first_errors: Vec<String>,
+    /// The impairment proxy's counters, when clients went through it.
+    pub proxy: Option<neonet::proxy::ProxyStats>,
     /// Fields left empty on purpose, with why: a missing figure is never shown as a zero.
     pub not_measured: Vec<NotMeasured>,
 }
@@ -247,6 +249,21 @@ impl Report {
         let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
         for (key, value) in rows {
             writeln!(out, "  {key:<width$}  {value}")?;
+        }
+        if let Some(p) = &self.proxy {
+            writeln!(
+                out,
+                "  proxy: to relay {} in, {} dropped, {} duplicated, {} overflowed; \
+                 to clients {} in, {} dropped, {} duplicated, {} overflowed",
+                p.to_upstream.packets_in,
+                p.to_upstream.dropped,
+                p.to_upstream.duplicated,
+                p.to_upstream.overflowed,
+                p.to_client.packets_in,
+                p.to_client.dropped,
+                p.to_client.duplicated,
+                p.to_client.overflowed,
+            )?;
         }
         for note in &self.not_measured {
             writeln!(out, "  ({}: {})", note.field, note.reason)?;

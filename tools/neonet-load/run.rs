@@ -196,11 +196,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
         }
     }
     progress.finish_and_clear();
-    if let Some(proxy) = proxy {
-        let stats = proxy.stats();
-        tracing::info!(?stats, "proxy counters");
-        proxy.shutdown().await;
-    }
+    let proxy_stats = match proxy {
+        Some(proxy) => {
+            let stats = proxy.stats();
+            proxy.shutdown().await;
+            Some(stats)
+        }
+        None => None,
+    };
 
     let setup = RunSetup {
         addr: target.to_string(),
@@ -213,7 +216,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
         via_proxy: args.via_proxy,
         seed,
     };
-    let report = aggregate.report(setup, args.clients, measured_for);
+    let mut report = aggregate.report(setup, args.clients, measured_for);
+    report.proxy = proxy_stats;
     let json_to_stdout = args.json.as_deref() == Some(std::path::Path::new("-"));
     if json_to_stdout {
         // Keep stdout pure JSON.
@@ -465,6 +469,7 @@ impl Aggregate {
             errors: self.errors,
             disconnects: self.disconnects,
             first_errors: self.first_errors,
+            proxy: None,
             not_measured,
         }
     }

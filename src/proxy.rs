@@ -86,7 +86,7 @@ pub const FLOW_SOCKET_BUFFER_BYTES: usize = 1024 * 1024;
 /// continuously; a full channel means that task is starved, and further datagrams are dropped.
 const FLOW_CHANNEL_CAPACITY: usize = 256;
 
-/// Most datagrams the listening task takes from its socket per wake-up: 64, enough to amortize
+/// Most datagrams a task takes from a socket or channel per wake-up: 64, enough to amortize
 /// the wake-up over a burst while still checking for shutdown and sweeps between bursts.
 const RECV_BATCH: usize = 64;
 
@@ -760,15 +760,23 @@ impl Flow {
             tokio::select! {
                 from_client = self.rx.recv() => match from_client {
                     Some(data) => {
-                        let len = data.len();
-                        let admitted = self.to_upstream.admit(Instant::now(), data);
-                        count_admit(&self.shared, &self.shared.to_upstream, admitted, len);
+                        self.on_client(data);
+                        for _ in 1..RECV_BATCH {
+                            let Ok(data) = self.rx.try_recv() else { break };
+                            self.on_client(data);
+                        }
                     }
                     // The listener dropped this flow: idle, or the proxy is stopping.
                     None => break,
                 },
                 from_upstream = self.upstream.recv(&mut buf) => match from_upstream {
-                    Ok(len) => self.on_upstream(&buf[..len]),
+                    Ok(len) => {
+                        self.on_upstream(&buf[..len]);
+                        for _ in 1..RECV_BATCH {
+                            let Ok(len) = self.upstream.try_recv(&mut buf) else { break };
+                            self.on_upstream(&buf[..len]);
+                        }
+                    }
                     // ICMP port unreachable from a closed upstream port: keep the flow.
                     Err(e) => tracing::trace!(client = %self.client, error = %e, "proxy upstream receive error"),
                 },
@@ -784,6 +792,12 @@ impl Flow {
             self.shared.release(data.len());
         }
         self.shared.flows_active.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    fn on_client(&mut self, data: Vec<u8>) {
+        let len = data.len();
+        let admitted = self.to_upstream.admit(Instant::now(), data);
+        count_admit(&self.shared, &self.shared.to_upstream, admitted, len);
     }
 
     fn on_upstream(&mut self, data: &[u8]) {

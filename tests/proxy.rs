@@ -420,3 +420,55 @@ async fn the_same_seed_gives_the_same_losses() {
     let (got_c, _) = lossy_run(43).await;
     assert_ne!(got_a, got_c, "seeds 42 and 43 gave the same trace");
 }
+
+/// `neonet-load run` writes its report, with the impairment proxy's counters, and exits
+/// non-zero when clients fail (here: nothing but a UDP echo listens at the address).
+#[tokio::test]
+async fn the_run_subcommand_reports_failed_clients_with_a_nonzero_exit() {
+    let echo = Echo::start().await;
+    let dir = std::env::temp_dir().join(format!("neonet-load-run-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("report.json");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_neonet-load"))
+        .args(["--log", "warn", "run", "--addr", &echo.addr.to_string()])
+        .args([
+            "--clients",
+            "2",
+            "--ramp",
+            "0s",
+            "--duration",
+            "1s",
+            "--seed",
+            "1",
+        ])
+        .args(["--via-proxy", "--loss", "0.5", "--json"])
+        .arg(&json)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + WAIT_LIMIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("neonet-load run did not finish");
+        }
+        sleep(Duration::from_millis(20)).await;
+    };
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut stdout).unwrap();
+    assert_eq!(status.code(), Some(1), "{stdout}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(report["clients_target"], 2);
+    assert_eq!(report["clients_connected"], 0);
+    assert_eq!(report["clients_failed"], 2);
+    assert!(report["acked_changes_per_s"].is_null());
+    assert!(report["proxy"]["to_upstream"].is_object());
+    assert!(stdout.contains("clients_failed"), "{stdout}");
+}

@@ -30,9 +30,11 @@
 //! datagram size ([`MAX_DATAGRAM_BYTES`]) are bounded; whatever breaks a limit is dropped and
 //! counted as `overflowed`. Flows idle for [`FLOW_IDLE_TIMEOUT`] are closed.
 //!
-//! ## Shutdown
-//! [`ProxyHandle::shutdown`] stops the proxy and waits until its sockets are closed; dropping the
-//! handle stops it too, without waiting.
+//! ## Running it
+//! [`Proxy::start`] runs the proxy on the caller's Tokio runtime and returns a [`ProxyHandle`]:
+//! [`ProxyHandle::shutdown`] stops it and waits until its sockets are closed; dropping the
+//! handle stops it too, without waiting. [`Proxy::start_on_thread`] runs it on a thread of its
+//! own instead, for blocking callers, and returns a [`ProxyThread`] that stops it when dropped.
 
 use std::cmp::Ordering as CmpOrdering;
 use std::collections::{BinaryHeap, HashMap};
@@ -306,6 +308,103 @@ impl Drop for ProxyHandle {
     fn drop(&mut self) {
         // Dropping the sender wakes the listener task, which closes every flow and its socket.
         self.shutdown_tx.take();
+    }
+}
+
+impl Proxy {
+    /// Starts the proxy on a thread of its own with a single-threaded Tokio runtime, for
+    /// callers without a runtime (blocking clients, synchronous tests) and for load runs
+    /// where the proxy must not compete with client tasks for the same runtime.
+    pub fn start_on_thread(config: ProxyConfig, limits: ProxyLimits) -> io::Result<ProxyThread> {
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("neonet-proxy".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(e) => {
+                        let _ = started_tx.send(Err(e));
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    match Proxy::start_with_limits(config, limits) {
+                        Ok(handle) => {
+                            let _ = started_tx.send(Ok((handle.local_addr, handle.shared.clone())));
+                            // Stop when told to, or when the `ProxyThread` is dropped.
+                            let _ = stop_rx.await;
+                            handle.shutdown().await;
+                        }
+                        Err(e) => {
+                            let _ = started_tx.send(Err(e));
+                        }
+                    }
+                });
+            })?;
+        match started_rx.recv() {
+            Ok(Ok((local_addr, shared))) => Ok(ProxyThread {
+                local_addr,
+                shared,
+                stop_tx: Some(stop_tx),
+                thread: Some(thread),
+            }),
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                Err(e)
+            }
+            Err(_) => {
+                let _ = thread.join();
+                Err(io::Error::other("the proxy thread ended before starting"))
+            }
+        }
+    }
+}
+
+/// A proxy running on its own thread (see [`Proxy::start_on_thread`]). Dropping it stops the
+/// proxy and waits for the thread, like [`ProxyThread::shutdown`].
+#[derive(Debug)]
+pub struct ProxyThread {
+    local_addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop_tx: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ProxyThread {
+    /// The address clients should send to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// A snapshot of the counters; see [`ProxyHandle::stats`].
+    pub fn stats(&self) -> ProxyStats {
+        self.shared.snapshot()
+    }
+
+    /// Stops the proxy and waits until its thread has closed every socket and ended. Blocks:
+    /// call it outside async code, or from `spawn_blocking`.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        if let Some(stop) = self.stop_tx.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            // A panic on the proxy thread has already been reported by the panic hook.
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for ProxyThread {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 

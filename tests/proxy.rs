@@ -472,3 +472,50 @@ async fn the_run_subcommand_reports_failed_clients_with_a_nonzero_exit() {
     assert!(report["proxy"]["to_upstream"].is_object());
     assert!(stdout.contains("clients_failed"), "{stdout}");
 }
+
+/// Without any runtime: the proxy on its own thread, blocking sockets on both ends.
+#[test]
+fn a_proxy_on_its_own_thread_serves_blocking_callers() {
+    let echo = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let echo_addr = echo.local_addr().unwrap();
+    echo.set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop_echo = stop.clone();
+    let echo_thread = std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while !stop_echo.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Ok((len, from)) = echo.recv_from(&mut buf) {
+                let _ = echo.send_to(&buf[..len], from);
+            }
+        }
+    });
+
+    let mut cfg = config(echo_addr);
+    cfg.delay_ms = 5;
+    let proxy = Proxy::start_on_thread(cfg, ProxyLimits::default()).unwrap();
+    let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    client.set_read_timeout(Some(WAIT_LIMIT)).unwrap();
+    for i in 0..10u32 {
+        client.send_to(&payload(i), proxy.local_addr()).unwrap();
+    }
+    let mut buf = [0u8; 64];
+    for i in 0..10u32 {
+        let (len, _) = client
+            .recv_from(&mut buf)
+            .expect("no reply through the proxy thread");
+        assert_eq!(&buf[..len], &payload(i));
+    }
+    assert_eq!(proxy.stats().to_upstream.packets_in, 10);
+    let addr = proxy.local_addr();
+    proxy.shutdown();
+    std::net::UdpSocket::bind(addr).expect("port still taken after shutdown");
+
+    // Bad settings come back as an error from the caller's thread.
+    let mut bad = config(echo_addr);
+    bad.reorder = 2.0;
+    assert!(Proxy::start_on_thread(bad, ProxyLimits::default()).is_err());
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    echo_thread.join().unwrap();
+}

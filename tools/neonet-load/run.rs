@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
-use neonet::proxy::{Proxy, ProxyConfig, ProxyHandle};
+use neonet::proxy::{Proxy, ProxyConfig, ProxyLimits, ProxyThread};
 use neonet_proto::rng::Rng;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -117,7 +117,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
     } else {
         None
     };
-    let target = proxy.as_ref().map_or(relay_addr, ProxyHandle::local_addr);
+    let target = proxy.as_ref().map_or(relay_addr, ProxyThread::local_addr);
     tracing::info!(
         relay = %relay_addr,
         %target,
@@ -199,7 +199,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
     let proxy_stats = match proxy {
         Some(proxy) => {
             let stats = proxy.stats();
-            proxy.shutdown().await;
+            tokio::task::spawn_blocking(move || proxy.shutdown())
+                .await
+                .context("stopping the impairment proxy")?;
             Some(stats)
         }
         None => None,
@@ -288,7 +290,9 @@ async fn resolve(addr: &str) -> anyhow::Result<SocketAddr> {
         .with_context(|| format!("{addr} resolved to no address"))
 }
 
-fn start_proxy(args: &RunArgs, upstream: SocketAddr, seed: u64) -> anyhow::Result<ProxyHandle> {
+/// Starts the impairment proxy on a thread of its own, so that the client tasks filling this
+/// process's runtime do not delay it (its delays would be measured as the network's).
+fn start_proxy(args: &RunArgs, upstream: SocketAddr, seed: u64) -> anyhow::Result<ProxyThread> {
     let listen: SocketAddr = match upstream {
         SocketAddr::V4(_) => "127.0.0.1:0",
         SocketAddr::V6(_) => "[::1]:0",
@@ -296,7 +300,7 @@ fn start_proxy(args: &RunArgs, upstream: SocketAddr, seed: u64) -> anyhow::Resul
     .parse()
     .context("loopback address")?;
     let imp = &args.impairment;
-    let proxy = Proxy::start(ProxyConfig {
+    let config = ProxyConfig {
         listen,
         upstream,
         loss: imp.loss,
@@ -305,8 +309,9 @@ fn start_proxy(args: &RunArgs, upstream: SocketAddr, seed: u64) -> anyhow::Resul
         dup: imp.dup,
         reorder: imp.reorder,
         seed,
-    })
-    .context("starting the impairment proxy")?;
+    };
+    let proxy = Proxy::start_on_thread(config, ProxyLimits::default())
+        .context("starting the impairment proxy")?;
     tracing::info!(proxy = %proxy.local_addr(), ?imp, "clients go through the impairment proxy");
     Ok(proxy)
 }

@@ -1,2 +1,71 @@
 //! `neonet-load`: the load tool.
-fn main() {}
+//!
+//! - `neonet-load run`: N simulated clients against a relay over real sockets, with a progress
+//!   bar, a report table and optional JSON ([`run`]);
+//! - `neonet-load sim`: entity replication over the in-memory simulated network ([`sim`]);
+//! - `neonet-load proxy`: the UDP impairment proxy as a process ([`proxy_cmd`]).
+//!
+//! Exit status: 0 on success; 1 on an error or when any `run` client failed unexpectedly;
+//! 2 on a usage error.
+
+mod behaviour;
+mod cli;
+mod proxy_cmd;
+mod report;
+mod run;
+mod sim;
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match init_tracing(&cli.log).and_then(|()| dispatch(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(filter: &str) -> anyhow::Result<()> {
+    let filter = EnvFilter::try_new(filter).with_context(|| format!("bad --log {filter:?}"))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    Ok(())
+}
+
+fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Sim(args) => sim::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Proxy(args) => {
+            runtime()?.block_on(proxy_cmd::run(args))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run(args) => {
+            let report = runtime()?.block_on(run::run(args))?;
+            Ok(if report.succeeded() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")
+}

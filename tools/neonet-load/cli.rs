@@ -1,0 +1,348 @@
+//! Command-line interface: the `proxy`, `sim` and `run` subcommands.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Most simulated clients one `run` starts: 20,000. Each needs its own UDP socket (one shared
+/// socket overflows, see numbers.md) and so one ephemeral port; Linux offers about 28,000.
+pub const MAX_CLIENTS: u32 = 20_000;
+
+/// Highest client frame or simulation tick rate accepted, in Hz: 1000. Faster than any display,
+/// and the tokio timer only resolves milliseconds.
+pub const MAX_HZ: u32 = 1000;
+
+/// neonet's load tool: load a relay with simulated clients, simulate a network in memory, or
+/// impair real UDP traffic.
+#[derive(Parser, Debug)]
+#[command(name = "neonet-load", version)]
+pub struct Cli {
+    /// Log filter (tracing `EnvFilter` syntax: `info`, `neonet=debug,warn`, ...). Logs go to
+    /// stderr.
+    #[arg(long, global = true, env = "RUST_LOG", default_value = "info")]
+    pub log: String,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Relay UDP between clients and an upstream server, losing, delaying, jittering,
+    /// duplicating and reordering datagrams per client flow. Runs until Ctrl-C.
+    Proxy(ProxyArgs),
+    /// Measure entity replication over the deterministic in-memory network.
+    Sim(SimArgs),
+    /// Load a relay with simulated clients over real sockets and report what they saw.
+    Run(RunArgs),
+}
+
+/// Impairment flags, shared by `proxy` and `run --via-proxy`.
+#[derive(Args, Debug, Clone, PartialEq)]
+pub struct ImpairmentArgs {
+    /// Probability in [0, 1] that a datagram is lost, per direction.
+    #[arg(long, value_name = "F", default_value_t = 0.0, value_parser = parse_probability)]
+    pub loss: f64,
+    /// One-way delay added in each direction, in milliseconds.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub delay_ms: u64,
+    /// Uniform jitter on the delay, ± milliseconds (never reorders on its own).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub jitter_ms: u64,
+    /// Probability in [0, 1] that a datagram is sent twice, per direction.
+    #[arg(long, value_name = "F", default_value_t = 0.0, value_parser = parse_probability)]
+    pub dup: f64,
+    /// Probability in [0, 1] that a datagram is swapped with the next one of its direction.
+    #[arg(long, value_name = "F", default_value_t = 0.0, value_parser = parse_probability)]
+    pub reorder: f64,
+}
+
+impl ImpairmentArgs {
+    /// True when any flag asks for impairment.
+    pub fn is_impaired(&self) -> bool {
+        self.loss > 0.0
+            || self.delay_ms > 0
+            || self.jitter_ms > 0
+            || self.dup > 0.0
+            || self.reorder > 0.0
+    }
+}
+
+/// `neonet-load proxy`.
+#[derive(Args, Debug, Clone)]
+pub struct ProxyArgs {
+    /// Address to listen on for clients, e.g. 127.0.0.1:4434.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: std::net::SocketAddr,
+    /// Address of the server to relay to, e.g. 127.0.0.1:4433.
+    #[arg(long, value_name = "ADDR")]
+    pub upstream: std::net::SocketAddr,
+    /// What to do to the traffic.
+    #[command(flatten)]
+    pub impairment: ImpairmentArgs,
+    /// Seed of every random decision; printed at start when left to the clock.
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
+}
+
+/// Which world `sim` replicates.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scenario {
+    /// Physics cubes (Glenn Fiedler's snapshot compression benchmark: 901 cubes).
+    Cubes,
+    /// Walking avatars.
+    Crowd,
+}
+
+/// `neonet-load sim`.
+#[derive(Args, Debug, Clone)]
+pub struct SimArgs {
+    /// The world to replicate.
+    #[arg(long, value_enum, default_value_t = Scenario::Cubes)]
+    pub scenario: Scenario,
+    /// Moving entities in the world.
+    #[arg(long, value_name = "N", default_value_t = 901)]
+    pub entities: u32,
+    /// Simulated clients.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub clients: u32,
+    /// Server tick and send rate, in Hz.
+    #[arg(long, value_name = "N", default_value_t = 60,
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_HZ)))]
+    pub hz: u32,
+    /// Simulated seconds to run.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub seconds: u64,
+    /// Probability in [0, 1] that a datagram is lost, per direction.
+    #[arg(long, value_name = "F", default_value_t = 0.0, value_parser = parse_probability)]
+    pub loss: f64,
+    /// Round-trip time of the simulated network, in milliseconds.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub rtt_ms: u64,
+    /// Uniform jitter on each one-way delay, ± milliseconds.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub jitter_ms: u64,
+    /// Seed of the simulation; the same seed gives the same run.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub seed: u64,
+    /// Print the results as JSON on stdout instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// How simulated clients move in `run`.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MoveMode {
+    /// Walk between random waypoints at walking speed, pausing now and then.
+    Walk,
+    /// Stand still (only receive).
+    Still,
+}
+
+/// `neonet-load run`.
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Relay to load, HOST:PORT. Required unless --spawn-relay.
+    #[arg(
+        long,
+        value_name = "HOST:PORT",
+        required_unless_present = "spawn_relay"
+    )]
+    pub addr: Option<String>,
+    /// Start a relay in this process on a free loopback port and load it.
+    #[arg(long, conflicts_with = "addr")]
+    pub spawn_relay: bool,
+    /// Simulated clients, each on its own UDP socket.
+    #[arg(long, value_name = "N", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_CLIENTS)))]
+    pub clients: u32,
+    /// How long to measure once the ramp is over (e.g. 30s, 2m).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Spread the clients' joins evenly over this time (e.g. 5s; 0s joins all at once).
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub ramp: Duration,
+    /// Client frame rate (input send rate), in Hz.
+    #[arg(long, value_name = "N", default_value_t = 30,
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_HZ)))]
+    pub hz: u32,
+    /// How clients move.
+    #[arg(long = "move", value_name = "MODE", value_enum, default_value_t = MoveMode::Walk)]
+    pub movement: MoveMode,
+    /// Chat messages each client sends per second, on average (Poisson).
+    #[arg(long, value_name = "R", default_value_t = 0.0, value_parser = parse_rate)]
+    pub chat_per_s: f64,
+    /// Blueprint edits each client makes per second, on average (Poisson).
+    #[arg(long, value_name = "R", default_value_t = 0.0, value_parser = parse_rate)]
+    pub edits_per_s: f64,
+    /// Also write the report as JSON to FILE (`-` for stdout).
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Send every client through an in-process impairment proxy (see the impairment flags).
+    #[arg(long)]
+    pub via_proxy: bool,
+    /// Impairment applied by the proxy; only with --via-proxy.
+    #[command(flatten)]
+    pub impairment: ImpairmentArgs,
+    /// Seed of client behaviour and of the proxy; printed at start when left to the clock.
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
+}
+
+/// Parses a probability in `[0, 1]`.
+fn parse_probability(s: &str) -> Result<f64, String> {
+    let p: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if (0.0..=1.0).contains(&p) {
+        Ok(p)
+    } else {
+        Err(format!("{p} is not a probability in [0, 1]"))
+    }
+}
+
+/// Parses a finite, non-negative rate per second.
+fn parse_rate(s: &str) -> Result<f64, String> {
+    let r: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if r.is_finite() && r >= 0.0 {
+        Ok(r)
+    } else {
+        Err(format!("{r} is not a non-negative rate"))
+    }
+}
+
+/// A seed from the clock, for runs that did not ask for one (it is printed so a run can be
+/// repeated).
+pub fn clock_seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn proxy_flags_parse() {
+        let cli = Cli::try_parse_from([
+            "neonet-load",
+            "proxy",
+            "--listen",
+            "127.0.0.1:4434",
+            "--upstream",
+            "127.0.0.1:4433",
+            "--loss",
+            "0.05",
+            "--delay-ms",
+            "40",
+            "--jitter-ms",
+            "5",
+            "--dup",
+            "0.01",
+            "--reorder",
+            "0.02",
+            "--seed",
+            "7",
+        ])
+        .unwrap();
+        let Command::Proxy(args) = cli.command else {
+            panic!("not proxy")
+        };
+        assert_eq!(args.impairment.loss, 0.05);
+        assert_eq!(args.impairment.delay_ms, 40);
+        assert_eq!(args.seed, Some(7));
+        assert!(Cli::try_parse_from([
+            "neonet-load",
+            "proxy",
+            "--listen",
+            "127.0.0.1:1",
+            "--upstream",
+            "127.0.0.1:2",
+            "--loss",
+            "1.5",
+        ])
+        .is_err());
+    }
+
+    #[test]
+    fn run_flags_parse() {
+        let cli = Cli::try_parse_from([
+            "neonet-load",
+            "run",
+            "--addr",
+            "localhost:4433",
+            "--clients",
+            "1000",
+            "--duration",
+            "1m",
+            "--ramp",
+            "500ms",
+            "--move",
+            "still",
+            "--chat-per-s",
+            "0.2",
+            "--json",
+            "out.json",
+            "--via-proxy",
+            "--loss",
+            "0.01",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(args.duration, Duration::from_secs(60));
+        assert_eq!(args.ramp, Duration::from_millis(500));
+        assert_eq!(args.movement, MoveMode::Still);
+        assert_eq!(args.hz, 30);
+        assert!(args.via_proxy && args.impairment.is_impaired());
+        // Either an address or --spawn-relay, never both, never neither.
+        assert!(Cli::try_parse_from(["neonet-load", "run"]).is_err());
+        assert!(
+            Cli::try_parse_from(["neonet-load", "run", "--addr", "a:1", "--spawn-relay"]).is_err()
+        );
+        assert!(Cli::try_parse_from(["neonet-load", "run", "--spawn-relay"]).is_ok());
+    }
+
+    #[test]
+    fn sim_flags_parse() {
+        let cli = Cli::try_parse_from([
+            "neonet-load",
+            "sim",
+            "--scenario",
+            "crowd",
+            "--entities",
+            "100",
+            "--clients",
+            "4",
+            "--hz",
+            "30",
+            "--seconds",
+            "5",
+            "--loss",
+            "0.1",
+            "--rtt-ms",
+            "80",
+            "--jitter-ms",
+            "10",
+            "--seed",
+            "3",
+            "--json",
+        ])
+        .unwrap();
+        let Command::Sim(args) = cli.command else {
+            panic!("not sim")
+        };
+        assert_eq!(args.scenario, Scenario::Crowd);
+        assert!(args.json);
+    }
+}

@@ -1,0 +1,356 @@
+//! What `run` measures: latency recorders, the final report, its table and its JSON.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+/// Highest latency a recorder tells apart, in microseconds: one hour. Anything slower is
+/// recorded as one hour (a run that slow has failed anyway).
+const LATENCY_MAX_US: u64 = 3_600_000_000;
+
+/// Significant decimal digits kept by the recorders: 3, so every percentile is within 0.1%.
+const LATENCY_SIGFIG: u8 = 3;
+
+/// Distinct error messages kept for the report: 10; the `errors` count still counts them all.
+pub const MAX_REPORTED_ERRORS: usize = 10;
+
+/// A latency histogram, recorded in microseconds and reported in milliseconds.
+#[derive(Clone, Debug)]
+pub struct LatencyRecorder {
+    histogram: Histogram<u64>,
+}
+
+impl Default for LatencyRecorder {
+    fn default() -> LatencyRecorder {
+        LatencyRecorder::new()
+    }
+}
+
+impl LatencyRecorder {
+    /// An empty recorder.
+    pub fn new() -> LatencyRecorder {
+        LatencyRecorder {
+            // The bounds are constants known to be valid (1 ≤ low, high ≥ 2 × low, sigfig ≤ 5).
+            histogram: Histogram::new_with_bounds(1, LATENCY_MAX_US, LATENCY_SIGFIG)
+                .expect("constant histogram bounds are valid"),
+        }
+    }
+
+    /// Records one sample; out-of-range samples are clamped.
+    pub fn record(&mut self, latency: Duration) {
+        let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        self.histogram
+            .saturating_record(us.clamp(1, LATENCY_MAX_US));
+    }
+
+    /// Adds every sample of `other`.
+    pub fn merge(&mut self, other: &LatencyRecorder) {
+        // Both share the same bounds, so addition cannot fail; ignore rather than panic anyway.
+        let _ = self.histogram.add(&other.histogram);
+    }
+
+    /// Samples recorded.
+    pub fn count(&self) -> u64 {
+        self.histogram.len()
+    }
+
+    /// The `q` quantile in milliseconds, or `None` without samples.
+    pub fn quantile_ms(&self, q: f64) -> Option<f64> {
+        if self.histogram.is_empty() {
+            return None;
+        }
+        Some(self.histogram.value_at_quantile(q) as f64 / 1000.0)
+    }
+
+    /// p50 and p99.
+    pub fn p50_p99(&self) -> P50P99 {
+        P50P99 {
+            p50: self.quantile_ms(0.50),
+            p99: self.quantile_ms(0.99),
+        }
+    }
+
+    /// p50, p99 and p99.9.
+    pub fn p50_p99_p999(&self) -> P50P99P999 {
+        P50P99P999 {
+            p50: self.quantile_ms(0.50),
+            p99: self.quantile_ms(0.99),
+            p999: self.quantile_ms(0.999),
+        }
+    }
+}
+
+/// Median and 99th percentile in milliseconds; `null` in JSON when there were no samples.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct P50P99 {
+    /// Median.
+    pub p50: Option<f64>,
+    /// 99th percentile.
+    pub p99: Option<f64>,
+}
+
+/// Median, 99th and 99.9th percentiles in milliseconds; `null` in JSON without samples.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct P50P99P999 {
+    /// Median.
+    pub p50: Option<f64>,
+    /// 99th percentile.
+    pub p99: Option<f64>,
+    /// 99.9th percentile.
+    pub p999: Option<f64>,
+}
+
+/// Average traffic per connected client, in kbit/s.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct InOut {
+    /// Relay → client.
+    #[serde(rename = "in")]
+    pub in_: f64,
+    /// Client → relay.
+    pub out: f64,
+}
+
+/// How the run was set up, echoed in the report so a JSON file stands on its own.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct RunSetup {
+    /// Relay address loaded (the proxy's when `via_proxy`).
+    pub addr: String,
+    /// Measured duration after the ramp, in seconds.
+    pub duration_s: f64,
+    /// Ramp, in seconds.
+    pub ramp_s: f64,
+    /// Client frame rate, in Hz.
+    pub hz: u32,
+    /// `walk` or `still`.
+    pub movement: String,
+    /// Chat messages per client per second.
+    pub chat_per_s: f64,
+    /// Blueprint edits per client per second.
+    pub edits_per_s: f64,
+    /// Whether clients went through the impairment proxy.
+    pub via_proxy: bool,
+    /// Seed of client behaviour and of the proxy.
+    pub seed: u64,
+}
+
+/// The result of `neonet-load run`: every figure the load issue asks for.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Report {
+    /// How the run was set up.
+    pub setup: RunSetup,
+    /// Clients asked for.
+    pub clients_target: u32,
+    /// Clients that joined.
+    pub clients_connected: u32,
+    /// Clients that failed unexpectedly (could not join, errored, or were disconnected).
+    pub clients_failed: u32,
+    /// Connect + join time, p50/p99, ms.
+    pub join_ms: P50P99,
+    /// Server tick time → client receive, on the synced clock, p50/p99/p99.9, ms.
+    pub update_latency_ms: P50P99P999,
+    /// Entity updates received (the samples behind `update_latency_ms`), all clients together.
+    pub updates_received: u64,
+    /// Average traffic per connected client, kbit/s.
+    pub kbps_per_client: InOut,
+    /// Datagrams the clients detected as lost.
+    pub datagrams_lost: u64,
+    /// Changes acknowledged as durable per second, across clients; `None` until persistence
+    /// acknowledgements exist (see `not_measured`).
+    pub acked_changes_per_s: Option<f64>,
+    /// Change sent → durable acknowledgement, p50/p99, ms; `None` until measured.
+    pub ack_latency_ms: Option<P50P99>,
+    /// Errors seen, all clients together.
+    pub errors: u64,
+    /// Unexpected disconnects.
+    pub disconnects: u64,
+    /// Up to [`MAX_REPORTED_ERRORS`] distinct error messages.
+    pub first_errors: Vec<String>,
+    /// The impairment proxy's counters, when clients went through it.
+    pub proxy: Option<neonet::proxy::ProxyStats>,
+    /// Fields left empty on purpose, with why: a missing figure is never shown as a zero.
+    pub not_measured: Vec<NotMeasured>,
+}
+
+/// A report field that this run could not measure.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct NotMeasured {
+    /// The field's name.
+    pub field: &'static str,
+    /// Why.
+    pub reason: &'static str,
+}
+
+impl Report {
+    /// True when every client that was asked for joined and none failed: the exit status.
+    pub fn succeeded(&self) -> bool {
+        self.clients_failed == 0 && self.clients_connected == self.clients_target
+    }
+
+    /// Writes the human table.
+    pub fn write_table(&self, out: &mut impl Write) -> std::io::Result<()> {
+        let s = &self.setup;
+        writeln!(
+            out,
+            "neonet-load run: {} · {} clients · {:.0}s (+{:.0}s ramp) · {} Hz · move {} · seed {}{}",
+            s.addr,
+            self.clients_target,
+            s.duration_s,
+            s.ramp_s,
+            s.hz,
+            s.movement,
+            s.seed,
+            if s.via_proxy { " · via proxy" } else { "" }
+        )?;
+        let rows: Vec<(&str, String)> = vec![
+            ("clients_target", self.clients_target.to_string()),
+            ("clients_connected", self.clients_connected.to_string()),
+            ("clients_failed", self.clients_failed.to_string()),
+            (
+                "join_ms p50 / p99",
+                fmt_ms(&[self.join_ms.p50, self.join_ms.p99]),
+            ),
+            (
+                "update_latency_ms p50 / p99 / p999",
+                fmt_ms(&[
+                    self.update_latency_ms.p50,
+                    self.update_latency_ms.p99,
+                    self.update_latency_ms.p999,
+                ]),
+            ),
+            ("updates_received", self.updates_received.to_string()),
+            (
+                "kbps_per_client in / out",
+                format!(
+                    "{:.1} / {:.1}",
+                    self.kbps_per_client.in_, self.kbps_per_client.out
+                ),
+            ),
+            ("datagrams_lost", self.datagrams_lost.to_string()),
+            (
+                "acked_changes_per_s",
+                self.acked_changes_per_s
+                    .map(|v| format!("{v:.1}"))
+                    .unwrap_or_else(|| "not measured".into()),
+            ),
+            (
+                "ack_latency_ms p50 / p99",
+                self.ack_latency_ms
+                    .as_ref()
+                    .map(|p| fmt_ms(&[p.p50, p.p99]))
+                    .unwrap_or_else(|| "not measured".into()),
+            ),
+            ("errors", self.errors.to_string()),
+            ("disconnects", self.disconnects.to_string()),
+        ];
+        let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+        for (key, value) in rows {
+            writeln!(out, "  {key:<width$}  {value}")?;
+        }
+        if let Some(p) = &self.proxy {
+            writeln!(
+                out,
+                "  proxy: to relay {} in, {} dropped, {} duplicated, {} overflowed; \
+                 to clients {} in, {} dropped, {} duplicated, {} overflowed",
+                p.to_upstream.packets_in,
+                p.to_upstream.dropped,
+                p.to_upstream.duplicated,
+                p.to_upstream.overflowed,
+                p.to_client.packets_in,
+                p.to_client.dropped,
+                p.to_client.duplicated,
+                p.to_client.overflowed,
+            )?;
+        }
+        for note in &self.not_measured {
+            writeln!(out, "  ({}: {})", note.field, note.reason)?;
+        }
+        if !self.first_errors.is_empty() {
+            writeln!(out, "  first errors:")?;
+            for e in &self.first_errors {
+                writeln!(out, "    {e}")?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the JSON report to `path`, or to stdout when `path` is `-`.
+    pub fn write_json(&self, path: &Path) -> anyhow::Result<()> {
+        let json = serde_json::to_string_pretty(self)?;
+        if path == Path::new("-") {
+            println!("{json}");
+        } else {
+            std::fs::write(path, json + "\n")
+                .with_context(|| format!("writing the JSON report to {}", path.display()))?;
+        }
+        Ok(())
+    }
+}
+
+/// `a / b / c` in milliseconds, `–` for a figure without samples.
+fn fmt_ms(values: &[Option<f64>]) -> String {
+    values
+        .iter()
+        .map(|v| v.map(|v| format!("{v:.2}")).unwrap_or_else(|| "–".into()))
+        .collect::<Vec<_>>()
+        .join(" / ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recorder_reports_milliseconds() {
+        let mut r = LatencyRecorder::new();
+        assert_eq!(r.quantile_ms(0.5), None);
+        for ms in 1..=100 {
+            r.record(Duration::from_millis(ms));
+        }
+        let p = r.p50_p99_p999();
+        assert!((p.p50.unwrap() - 50.0).abs() < 0.1, "{p:?}");
+        assert!((p.p99.unwrap() - 99.0).abs() < 0.1, "{p:?}");
+        let mut total = LatencyRecorder::new();
+        total.merge(&r);
+        total.merge(&r);
+        assert_eq!(total.count(), 200);
+    }
+
+    #[test]
+    fn json_says_not_measured_rather_than_zero() {
+        let report = Report {
+            clients_target: 2,
+            not_measured: vec![NotMeasured {
+                field: "acked_changes_per_s",
+                reason: "needs persistence",
+            }],
+            ..Report::default()
+        };
+        let v: serde_json::Value = serde_json::to_value(&report).unwrap();
+        for key in [
+            "clients_target",
+            "clients_connected",
+            "join_ms",
+            "update_latency_ms",
+            "kbps_per_client",
+            "datagrams_lost",
+            "acked_changes_per_s",
+            "ack_latency_ms",
+            "errors",
+            "disconnects",
+        ] {
+            assert!(v.get(key).is_some(), "missing {key}");
+        }
+        assert!(v["acked_changes_per_s"].is_null());
+        assert!(v["ack_latency_ms"].is_null());
+        assert!(v["kbps_per_client"].get("in").is_some());
+        assert!(v["update_latency_ms"].get("p999").is_some());
+        assert!(!report.succeeded());
+        let mut table = Vec::new();
+        report.write_table(&mut table).unwrap();
+        assert!(String::from_utf8(table).unwrap().contains("not measured"));
+    }
+}

@@ -1,0 +1,539 @@
+//! `neonet-load run`: N simulated clients against a relay over real sockets.
+//!
+//! The run has three parts, kept apart so the per-client driver can be written against the
+//! client library without touching the rest:
+//! - orchestration ([`run`]): resolve or spawn the relay, optionally put the impairment proxy in
+//!   front of it, start clients evenly over the ramp, stop them after the duration or on Ctrl-C,
+//!   show a progress bar;
+//! - the per-client driver ([`client_task`]): connect, move, chat, edit, measure;
+//! - aggregation ([`Aggregate`]): merge every client's [`ClientOutcome`] into the [`Report`].
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use neonet::proxy::{Proxy, ProxyConfig, ProxyLimits, ProxyThread};
+use neonet_proto::rng::Rng;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::behaviour::ClientScript;
+use crate::cli::{clock_seed, MoveMode, RunArgs};
+use crate::report::{InOut, LatencyRecorder, NotMeasured, Report, RunSetup, MAX_REPORTED_ERRORS};
+
+/// How long clients get to leave cleanly once told to stop: 5 s. Those still running after it
+/// are aborted and counted as failed.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// How often the progress bar refreshes: 250 ms.
+const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Why the acknowledgement figures are empty while no client measures them.
+const ACKS_NOT_MEASURED: &str =
+    "not measured: durable change acknowledgements arrive with persistence";
+
+/// Figures every client adds to while it runs, for the progress bar.
+#[derive(Debug, Default)]
+pub struct LiveCounters {
+    /// Clients joined and not yet gone.
+    pub connected: AtomicU64,
+    /// Clients that failed so far.
+    pub failed: AtomicU64,
+    /// Errors so far.
+    pub errors: AtomicU64,
+    /// Bytes received by all clients so far.
+    pub bytes_in: AtomicU64,
+    /// Bytes sent by all clients so far.
+    pub bytes_out: AtomicU64,
+}
+
+/// What one client is asked to do.
+#[derive(Clone, Debug)]
+pub struct ClientPlan {
+    /// Index of the client, 0-based.
+    pub id: u32,
+    /// Where to connect (the proxy when running through it).
+    pub addr: SocketAddr,
+    /// Frame (input send) rate, Hz.
+    pub hz: u32,
+    /// How the client moves.
+    pub movement: MoveMode,
+    /// Chat messages per second, on average.
+    pub chat_per_s: f64,
+    /// Blueprint edits per second, on average.
+    pub edits_per_s: f64,
+    /// Seed of this client's behaviour (derived from the run's seed and `id`).
+    pub seed: u64,
+}
+
+/// What one client measured, returned when it stops.
+#[derive(Clone, Debug, Default)]
+pub struct ClientOutcome {
+    /// Connect + join time, when it joined.
+    pub joined_after: Option<Duration>,
+    /// Time spent joined, the denominator of its bandwidth.
+    pub connected_for: Duration,
+    /// Server tick time → receive time, on the synced clock, per entity update.
+    pub update_latency: LatencyRecorder,
+    /// Change sent → durable acknowledgement; `None` while the client cannot measure it.
+    pub ack_latency: Option<LatencyRecorder>,
+    /// Changes acknowledged as durable.
+    pub acked_changes: u64,
+    /// Bytes received.
+    pub bytes_in: u64,
+    /// Bytes sent.
+    pub bytes_out: u64,
+    /// Datagrams detected as lost (gaps in sequence numbers).
+    pub datagrams_lost: u64,
+    /// Errors the client survived (it fails instead on fatal ones).
+    pub errors: Vec<String>,
+    /// The relay or the network ended the session before the client was told to stop.
+    pub disconnected: bool,
+}
+
+/// Runs the load and returns the report (already printed, and written as JSON if asked).
+pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
+    if args.impairment.is_impaired() && !args.via_proxy {
+        anyhow::bail!("--loss, --delay-ms, --jitter-ms, --dup and --reorder need --via-proxy");
+    }
+    let seed = args.seed.unwrap_or_else(clock_seed);
+
+    let (relay_addr, _relay) = if args.spawn_relay {
+        let relay = spawn_relay().await?;
+        (relay.addr, Some(relay))
+    } else {
+        let addr = args
+            .addr
+            .as_deref()
+            .context("--addr or --spawn-relay is required")?;
+        (resolve(addr).await?, None)
+    };
+    let proxy = if args.via_proxy {
+        Some(start_proxy(&args, relay_addr, seed)?)
+    } else {
+        None
+    };
+    let target = proxy.as_ref().map_or(relay_addr, ProxyThread::local_addr);
+    tracing::info!(
+        relay = %relay_addr,
+        %target,
+        clients = args.clients,
+        duration = %humantime::format_duration(args.duration),
+        ramp = %humantime::format_duration(args.ramp),
+        hz = args.hz,
+        seed,
+        "starting load"
+    );
+
+    let live = Arc::new(LiveCounters::default());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let progress = progress_bar(&args);
+    let mut aggregate = Aggregate::default();
+    let mut tasks = JoinSet::new();
+    let mut seeds = Rng::new(seed);
+    let start = Instant::now();
+    let end = start + args.ramp + args.duration;
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    let mut refresh = tokio::time::interval(PROGRESS_INTERVAL);
+    let mut next_client = 0u32;
+    loop {
+        if next_client == args.clients && tasks.is_empty() {
+            // Every client has already ended (they all failed): nothing left to measure.
+            break;
+        }
+        let next_join = (next_client < args.clients).then(|| {
+            start
+                + args
+                    .ramp
+                    .mul_f64(f64::from(next_client) / f64::from(args.clients))
+        });
+        tokio::select! {
+            _ = tokio::time::sleep_until(next_join.unwrap_or(end)), if next_join.is_some() => {
+                let plan = ClientPlan {
+                    id: next_client,
+                    addr: target,
+                    hz: args.hz,
+                    movement: args.movement,
+                    chat_per_s: args.chat_per_s,
+                    edits_per_s: args.edits_per_s,
+                    seed: seeds.next_u64(),
+                };
+                tasks.spawn(client_task(plan, live.clone(), stop_rx.clone()));
+                next_client += 1;
+            }
+            _ = tokio::time::sleep_until(end) => break,
+            signal = &mut ctrl_c => {
+                signal.context("listening for Ctrl-C")?;
+                progress.println("interrupted: stopping clients");
+                break;
+            }
+            Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
+                aggregate.add(joined, &live);
+            }
+            _ = refresh.tick() => update_progress(&progress, start, &live, args.clients),
+        }
+    }
+    let measured_for = start.elapsed().saturating_sub(args.ramp);
+
+    // Stop: clients see the signal, leave and return what they measured.
+    let _ = stop_tx.send(true);
+    let grace_end = Instant::now() + STOP_GRACE;
+    while !tasks.is_empty() {
+        match tokio::time::timeout_at(grace_end, tasks.join_next()).await {
+            Ok(Some(joined)) => aggregate.add(joined, &live),
+            Ok(None) => break,
+            Err(_) => {
+                let stuck = tasks.len();
+                tasks.abort_all();
+                aggregate.fail_n(stuck, "did not stop within the grace period");
+                break;
+            }
+        }
+    }
+    progress.finish_and_clear();
+    let proxy_stats = match proxy {
+        Some(proxy) => {
+            let stats = proxy.stats();
+            tokio::task::spawn_blocking(move || proxy.shutdown())
+                .await
+                .context("stopping the impairment proxy")?;
+            Some(stats)
+        }
+        None => None,
+    };
+
+    let setup = RunSetup {
+        addr: target.to_string(),
+        duration_s: measured_for.as_secs_f64(),
+        ramp_s: args.ramp.as_secs_f64(),
+        hz: args.hz,
+        movement: format!("{:?}", args.movement).to_lowercase(),
+        chat_per_s: args.chat_per_s,
+        edits_per_s: args.edits_per_s,
+        via_proxy: args.via_proxy,
+        seed,
+    };
+    let mut report = aggregate.report(setup, args.clients, measured_for);
+    report.proxy = proxy_stats;
+    let json_to_stdout = args.json.as_deref() == Some(std::path::Path::new("-"));
+    if json_to_stdout {
+        // Keep stdout pure JSON.
+        report.write_table(&mut std::io::stderr().lock())
+    } else {
+        report.write_table(&mut std::io::stdout().lock())
+    }
+    .context("printing the report")?;
+    if let Some(path) = &args.json {
+        report.write_json(path)?;
+    }
+    Ok(report)
+}
+
+/// One simulated client, from connect until `stop` turns true.
+///
+/// Not written yet: it needs the native client facade (`neonet::client::Client`, non-async,
+/// `connect(addr, options)`, then per frame `poll_event()` until empty and `send_*`). The plan:
+/// 1. connect on its own UDP socket, timing connect + join into `joined_after`; bump
+///    `live.connected`;
+/// 2. every `1 / hz` s (a tokio interval; the facade never blocks): drain `poll_event()`,
+///    recording `update_latency` (receive time on the synced clock − the update's server tick
+///    time), bytes and sequence gaps (`datagrams_lost`); then send this frame's input from a
+///    [`crate::behaviour::Walker`] (`--move walk`) and the chats and edits due from
+///    [`crate::behaviour::PoissonTimer`]s (together, a [`ClientScript`] seeded from `plan.seed`);
+/// 3. when `stop` turns true, leave cleanly and return the outcome; a session the relay or the
+///    network ended before that sets `disconnected` (an unexpected failure).
+async fn client_task(
+    plan: ClientPlan,
+    live: Arc<LiveCounters>,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<ClientOutcome> {
+    // The script is ready; only the connection is missing.
+    let _script = ClientScript::new(
+        plan.seed,
+        plan.movement == MoveMode::Walk,
+        plan.chat_per_s,
+        plan.edits_per_s,
+    );
+    let _frame_interval = Duration::from_secs_f64(1.0 / f64::from(plan.hz));
+    let _ = (live, stop);
+    anyhow::bail!(
+        "client {} → {}: client library not yet available",
+        plan.id,
+        plan.addr
+    )
+}
+
+/// A relay started by `--spawn-relay`, stopped when dropped.
+struct SpawnedRelay {
+    addr: SocketAddr,
+}
+
+/// Starts a relay on a free loopback port.
+///
+/// Not written yet: it needs the relay runtime. It will start it in this process (so one
+/// `run` is self-contained on a fresh clone) with its own runtime threads, and return its
+/// address.
+async fn spawn_relay() -> anyhow::Result<SpawnedRelay> {
+    anyhow::bail!("--spawn-relay: the relay runtime is not yet available; pass --addr instead")
+}
+
+async fn resolve(addr: &str) -> anyhow::Result<SocketAddr> {
+    tokio::net::lookup_host(addr)
+        .await
+        .with_context(|| format!("resolving {addr}"))?
+        .next()
+        .with_context(|| format!("{addr} resolved to no address"))
+}
+
+/// Starts the impairment proxy on a thread of its own, so that the client tasks filling this
+/// process's runtime do not delay it (its delays would be measured as the network's).
+fn start_proxy(args: &RunArgs, upstream: SocketAddr, seed: u64) -> anyhow::Result<ProxyThread> {
+    let listen: SocketAddr = match upstream {
+        SocketAddr::V4(_) => "127.0.0.1:0",
+        SocketAddr::V6(_) => "[::1]:0",
+    }
+    .parse()
+    .context("loopback address")?;
+    let imp = &args.impairment;
+    let config = ProxyConfig {
+        listen,
+        upstream,
+        loss: imp.loss,
+        delay_ms: imp.delay_ms,
+        jitter_ms: imp.jitter_ms,
+        dup: imp.dup,
+        reorder: imp.reorder,
+        seed,
+    };
+    let proxy = Proxy::start_on_thread(config, ProxyLimits::default())
+        .context("starting the impairment proxy")?;
+    tracing::info!(proxy = %proxy.local_addr(), ?imp, "clients go through the impairment proxy");
+    Ok(proxy)
+}
+
+fn progress_bar(args: &RunArgs) -> ProgressBar {
+    let total_s = (args.ramp + args.duration).as_secs().max(1);
+    let bar = ProgressBar::new(total_s);
+    // The template is a constant; fall back to the default style if it ever fails to parse.
+    if let Ok(style) = ProgressStyle::with_template(
+        "{spinner} [{elapsed_precise}] {bar:30.cyan/blue} {pos}/{len}s {msg}",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar
+}
+
+fn update_progress(bar: &ProgressBar, start: Instant, live: &LiveCounters, target: u32) {
+    let elapsed = start.elapsed();
+    bar.set_position(elapsed.as_secs());
+    let connected = live.connected.load(Ordering::Relaxed);
+    let secs = elapsed.as_secs_f64().max(1e-3);
+    let per_client = |bytes: u64| {
+        if connected == 0 {
+            0.0
+        } else {
+            bytes as f64 * 8.0 / 1000.0 / secs / connected as f64
+        }
+    };
+    bar.set_message(format!(
+        "connected {connected}/{target} · failed {} · errors {} · kbps/client in {:.1} out {:.1}",
+        live.failed.load(Ordering::Relaxed),
+        live.errors.load(Ordering::Relaxed),
+        per_client(live.bytes_in.load(Ordering::Relaxed)),
+        per_client(live.bytes_out.load(Ordering::Relaxed)),
+    ));
+}
+
+/// Every client's outcome merged.
+#[derive(Debug, Default)]
+struct Aggregate {
+    connected: u32,
+    failed: u32,
+    join: LatencyRecorder,
+    update_latency: LatencyRecorder,
+    ack_latency: Option<LatencyRecorder>,
+    acked_changes: u64,
+    /// Sum over connected clients of their average kbit/s.
+    kbps_in_sum: f64,
+    kbps_out_sum: f64,
+    datagrams_lost: u64,
+    errors: u64,
+    disconnects: u64,
+    first_errors: Vec<String>,
+}
+
+impl Aggregate {
+    fn add(
+        &mut self,
+        joined: Result<anyhow::Result<ClientOutcome>, tokio::task::JoinError>,
+        live: &LiveCounters,
+    ) {
+        let outcome = match joined {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(e)) => {
+                live.failed.fetch_add(1, Ordering::Relaxed);
+                live.errors.fetch_add(1, Ordering::Relaxed);
+                return self.fail(format!("{e:#}"));
+            }
+            Err(e) => {
+                live.failed.fetch_add(1, Ordering::Relaxed);
+                live.errors.fetch_add(1, Ordering::Relaxed);
+                return self.fail(format!("client task: {e}"));
+            }
+        };
+        if let Some(join) = outcome.joined_after {
+            self.connected += 1;
+            self.join.record(join);
+            let secs = outcome.connected_for.as_secs_f64();
+            if secs > 0.0 {
+                self.kbps_in_sum += outcome.bytes_in as f64 * 8.0 / 1000.0 / secs;
+                self.kbps_out_sum += outcome.bytes_out as f64 * 8.0 / 1000.0 / secs;
+            }
+        }
+        self.update_latency.merge(&outcome.update_latency);
+        if let Some(acks) = &outcome.ack_latency {
+            self.ack_latency
+                .get_or_insert_with(LatencyRecorder::new)
+                .merge(acks);
+            self.acked_changes += outcome.acked_changes;
+        }
+        self.datagrams_lost += outcome.datagrams_lost;
+        self.errors += outcome.errors.len() as u64;
+        for e in outcome.errors {
+            self.note_error(e);
+        }
+        if outcome.disconnected {
+            self.disconnects += 1;
+            self.failed += 1;
+        }
+    }
+
+    fn fail(&mut self, error: String) {
+        self.failed += 1;
+        self.errors += 1;
+        self.note_error(error);
+    }
+
+    fn fail_n(&mut self, n: usize, error: &str) {
+        for _ in 0..n {
+            self.fail(error.to_string());
+        }
+    }
+
+    fn note_error(&mut self, error: String) {
+        if self.first_errors.len() < MAX_REPORTED_ERRORS && !self.first_errors.contains(&error) {
+            self.first_errors.push(error);
+        }
+    }
+
+    fn report(self, setup: RunSetup, target: u32, measured_for: Duration) -> Report {
+        let per_client = |sum: f64| {
+            if self.connected == 0 {
+                0.0
+            } else {
+                sum / f64::from(self.connected)
+            }
+        };
+        let mut not_measured = Vec::new();
+        let (acked_changes_per_s, ack_latency_ms) = match &self.ack_latency {
+            Some(acks) => {
+                let secs = measured_for.as_secs_f64();
+                let rate = (secs > 0.0).then(|| self.acked_changes as f64 / secs);
+                (rate, Some(acks.p50_p99()))
+            }
+            None => {
+                for field in ["acked_changes_per_s", "ack_latency_ms"] {
+                    not_measured.push(NotMeasured {
+                        field,
+                        reason: ACKS_NOT_MEASURED,
+                    });
+                }
+                (None, None)
+            }
+        };
+        Report {
+            setup,
+            clients_target: target,
+            clients_connected: self.connected,
+            clients_failed: self.failed,
+            join_ms: self.join.p50_p99(),
+            update_latency_ms: self.update_latency.p50_p99_p999(),
+            updates_received: self.update_latency.count(),
+            kbps_per_client: InOut {
+                in_: per_client(self.kbps_in_sum),
+                out: per_client(self.kbps_out_sum),
+            },
+            datagrams_lost: self.datagrams_lost,
+            acked_changes_per_s,
+            ack_latency_ms,
+            errors: self.errors,
+            disconnects: self.disconnects,
+            first_errors: self.first_errors,
+            proxy: None,
+            not_measured,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn joined(ms: u64) -> ClientOutcome {
+        let mut update_latency = LatencyRecorder::new();
+        update_latency.record(Duration::from_millis(10));
+        ClientOutcome {
+            joined_after: Some(Duration::from_millis(ms)),
+            connected_for: Duration::from_secs(10),
+            update_latency,
+            bytes_in: 125_000, // 100 kbit/s over 10 s
+            bytes_out: 12_500,
+            ..ClientOutcome::default()
+        }
+    }
+
+    #[test]
+    fn aggregate_counts_failures_and_averages_bandwidth() {
+        let live = LiveCounters::default();
+        let mut agg = Aggregate::default();
+        agg.add(Ok(Ok(joined(5))), &live);
+        agg.add(Ok(Ok(joined(7))), &live);
+        agg.add(Ok(Err(anyhow::anyhow!("refused"))), &live);
+        let mut dropped = joined(6);
+        dropped.disconnected = true;
+        agg.add(Ok(Ok(dropped)), &live);
+        let report = agg.report(RunSetup::default(), 4, Duration::from_secs(10));
+        assert_eq!(report.clients_connected, 3);
+        assert_eq!(report.clients_failed, 2);
+        assert_eq!(report.disconnects, 1);
+        assert_eq!(report.errors, 1);
+        assert_eq!(report.first_errors, vec!["refused".to_string()]);
+        assert!((report.kbps_per_client.in_ - 100.0).abs() < 1e-9);
+        assert!((report.kbps_per_client.out - 10.0).abs() < 1e-9);
+        assert!(report.acked_changes_per_s.is_none() && report.ack_latency_ms.is_none());
+        assert_eq!(report.not_measured.len(), 2);
+        assert!(!report.succeeded());
+    }
+
+    #[test]
+    fn acks_are_reported_once_measured() {
+        let live = LiveCounters::default();
+        let mut agg = Aggregate::default();
+        let mut c = joined(5);
+        let mut acks = LatencyRecorder::new();
+        acks.record(Duration::from_millis(3));
+        c.ack_latency = Some(acks);
+        c.acked_changes = 50;
+        agg.add(Ok(Ok(c)), &live);
+        let report = agg.report(RunSetup::default(), 1, Duration::from_secs(10));
+        assert_eq!(report.acked_changes_per_s, Some(5.0));
+        assert!(report.ack_latency_ms.is_some());
+        assert!(report.not_measured.is_empty());
+        assert!(report.succeeded());
+    }
+}

@@ -1,0 +1,749 @@
+//! [`ClientReplicator`]: the server's transform sender for one client.
+//!
+//! Per tick: update interest, grow the priority of every entity that needs sending, then fill
+//! datagrams highest priority first up to the client's byte budget and the connection's current
+//! datagram size. Memory is bounded: one [`Tracked`] per world entity, [`SENT_HISTORY_LEN`]
+//! remembered datagrams, scratch buffers reused across ticks.
+
+use super::bits::{bit_width, BitWriter};
+use super::quant::{QTransform, Quantizer};
+use super::record::{write_absolute, write_delta, Sample, AGE_EG_K};
+use super::seq::{AckHeader, Seq, ACK_WINDOW};
+use super::{
+    varint_len, write_varint, ConfigError, TransformConfig, TransformError, BASELINE_AGE_MAX_TICKS,
+    DATAGRAM_BYTES_MIN, KIND_SERVER_STATE, OWN_BLOB_BYTES_MAX, RECEIVER_BASELINES_PER_ENTITY,
+    RECORDS_PER_DATAGRAM_MAX, SENT_HISTORY_LEN,
+};
+use crate::limits::DATAGRAM_BYTES_MAX;
+use crate::time::{Tick, Time};
+use crate::types::{EntityId, SessionId, Transform, Vec3};
+
+/// Exp-Golomb order of entity index gaps: consecutive ids cost 1 bit.
+pub(crate) const INDEX_EG_K: u32 = 0;
+/// Round-trip estimate before the first ack, microseconds: a typical internet RTT, so resends
+/// of unacknowledged values start neither at once nor after seconds.
+const RTT_INITIAL_US: u64 = 200_000;
+/// Candidates that did not fit, in a row, after which a datagram is considered full.
+const FIT_ATTEMPTS_MAX: usize = 16;
+/// Header bytes besides the tick varint and the blob: kind 1 + seq 2 + flags 1 + common age
+/// varint ≤ 2 (ages ≤ 240) + record count varint ≤ 2 (≤ 1024).
+const HEADER_FIXED_BYTES: usize = 8;
+
+/// One entity's current state, quantized once per tick and shared by every client's replicator.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct EntitySample {
+    /// The entity.
+    pub id: EntityId,
+    /// Its quantized transform this tick.
+    pub q: QTransform,
+    /// Its position, metres (for interest and distance priority).
+    pub position: Vec3,
+    /// Per-entity priority weight (1 = normal; higher for important entities, 0 = only when
+    /// nothing else needs the budget).
+    pub weight: f32,
+    /// The session that owns it, if any: owners already predict it, so it weighs less for them.
+    pub owner: Option<SessionId>,
+}
+
+impl EntitySample {
+    /// A sample of `t` with weight 1 and no owner.
+    pub fn new(id: EntityId, t: &Transform, qz: &Quantizer) -> EntitySample {
+        EntitySample {
+            id,
+            q: qz.quantize(t),
+            position: t.position,
+            weight: 1.0,
+            owner: None,
+        }
+    }
+}
+
+/// The inputs of one [`ClientReplicator::write_tick`] call.
+#[derive(Clone, Copy, Debug)]
+pub struct TickInput<'a> {
+    /// The server tick being sent.
+    pub tick: Tick,
+    /// Now.
+    pub now: Time,
+    /// The client's viewpoint (its player's position), `None` for no interest limit.
+    pub viewer: Option<Vec3>,
+    /// Every entity of the world this tick, sorted by strictly ascending id.
+    pub entities: &'a [EntitySample],
+    /// The connection's current `max_datagram_size()`, bytes (asked again at every call).
+    pub max_datagram_size: usize,
+    /// The client's own-player authoritative state, ≤ [`OWN_BLOB_BYTES_MAX`] bytes, carried
+    /// byte-aligned in the tick's first datagram.
+    pub own_blob: Option<&'a [u8]>,
+}
+
+/// What one [`ClientReplicator::write_tick`] produced.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TickSummary {
+    /// Datagrams written.
+    pub datagrams: usize,
+    /// Their total size, bytes.
+    pub bytes: usize,
+    /// Entity updates (delta or absolute) written.
+    pub updates: usize,
+    /// Of those, absolute (no usable baseline).
+    pub absolute: usize,
+    /// Left-interest notices written.
+    pub left_notices: usize,
+    /// Candidates left for a later tick by the budget or datagram size.
+    pub deferred: usize,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Baseline {
+    sample: Sample,
+    send_index: u32,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct LastSent {
+    q: QTransform,
+    send_index: u32,
+    at: Time,
+    acked: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LeftState {
+    None,
+    Pending { sent_at: Option<Time> },
+}
+
+/// Per-client state of one entity.
+#[derive(Clone, Copy, Debug)]
+struct Tracked {
+    id: EntityId,
+    priority: f32,
+    in_interest: bool,
+    /// Bumped when the entity leaves interest: records of an older epoch are ignored on ack.
+    epoch: u32,
+    /// Sends in this epoch (the next send's index).
+    sends: u32,
+    baseline: Option<Baseline>,
+    last_sent: Option<LastSent>,
+    left: LeftState,
+}
+
+impl Tracked {
+    fn new(id: EntityId) -> Tracked {
+        Tracked {
+            id,
+            priority: 0.0,
+            in_interest: false,
+            epoch: 0,
+            sends: 0,
+            baseline: None,
+            last_sent: None,
+            left: LeftState::None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum SentRecord {
+    Update {
+        id: EntityId,
+        epoch: u32,
+        send_index: u32,
+        sample: Sample,
+    },
+    Left {
+        id: EntityId,
+        epoch: u32,
+    },
+}
+
+#[derive(Clone, Debug, Default)]
+struct SentDatagram {
+    seq_full: u64,
+    valid: bool,
+    acked: bool,
+    sent_at: Time,
+    records: Vec<SentRecord>,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum CandKind {
+    Update,
+    Left,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Coded {
+    Delta { age: u64 },
+    Absolute,
+    Left,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Cand {
+    slot: usize,
+    priority: f32,
+    kind: CandKind,
+    placed: bool,
+    /// Body bits in the scratch writer, once computed.
+    body: Option<(usize, usize, Coded)>,
+}
+
+/// The server's transform sender for one client. See the [module docs](super) for the format.
+///
+/// Drive it with [`ClientReplicator::write_tick`] once per server tick (after quantizing the
+/// world once into [`EntitySample`]s) and [`ClientReplicator::handle_ack`] for every ack header
+/// the client sends; hand each datagram written to the connection's unreliable datagram send.
+#[derive(Clone, Debug)]
+pub struct ClientReplicator {
+    config: TransformConfig,
+    qz: Quantizer,
+    session: Option<SessionId>,
+    own_entity: Option<EntityId>,
+    budget_bits_per_s: u32,
+    tracked: Vec<Tracked>,
+    tracked_next: Vec<Tracked>,
+    history: Vec<SentDatagram>,
+    next_seq: u64,
+    carry: i64,
+    srtt_us: Option<u64>,
+    cands: Vec<Cand>,
+    body: BitWriter,
+    out_bits: BitWriter,
+    chosen: Vec<(EntityId, usize)>,
+    age_counts: Vec<u16>,
+}
+
+impl ClientReplicator {
+    /// A replicator for one client. `session` is the client's session (for ownership weights).
+    pub fn new(config: TransformConfig, session: Option<SessionId>) -> Result<Self, ConfigError> {
+        let qz = Quantizer::new(&config)?;
+        Ok(ClientReplicator {
+            budget_bits_per_s: config.budget_bits_per_s,
+            config,
+            qz,
+            session,
+            own_entity: None,
+            tracked: Vec::new(),
+            tracked_next: Vec::new(),
+            history: vec![SentDatagram::default(); SENT_HISTORY_LEN],
+            next_seq: 0,
+            carry: 0,
+            srtt_us: None,
+            cands: Vec::new(),
+            body: BitWriter::new(),
+            out_bits: BitWriter::new(),
+            chosen: Vec::new(),
+            age_counts: vec![0; BASELINE_AGE_MAX_TICKS as usize + 1],
+        })
+    }
+
+    /// The quantizer (same config as the client's receiver).
+    pub fn quantizer(&self) -> &Quantizer {
+        &self.qz
+    }
+
+    /// Excludes the client's own player from the stream (it rides in the own blob instead).
+    pub fn set_own_entity(&mut self, id: Option<EntityId>) {
+        self.own_entity = id;
+    }
+
+    /// Overrides this client's budget, bits per second (clamped to the configured minimum).
+    pub fn set_budget_bits_per_s(&mut self, bits_per_s: u32) {
+        self.budget_bits_per_s = bits_per_s.max(super::config::BUDGET_BITS_PER_S_MIN);
+    }
+
+    /// Smoothed round-trip estimate from acks, if any ack arrived yet.
+    pub fn rtt_estimate_us(&self) -> Option<u64> {
+        self.srtt_us
+    }
+
+    /// Whether the entity is currently in this client's interest.
+    pub fn in_interest(&self, id: EntityId) -> bool {
+        self.find(id).is_some_and(|i| self.tracked[i].in_interest)
+    }
+
+    /// Bytes this client may be sent per tick (budget / tick rate, before carry).
+    pub fn budget_bytes_per_tick(&self) -> usize {
+        (self.budget_bits_per_s as usize / 8) / self.config.tick_hz.max(1) as usize
+    }
+
+    fn find(&self, id: EntityId) -> Option<usize> {
+        self.tracked.binary_search_by_key(&id, |t| t.id).ok()
+    }
+
+    fn resend_after_us(&self) -> u64 {
+        let rtt = self.srtt_us.unwrap_or(RTT_INITIAL_US);
+        rtt + rtt / 4 + 1_000_000 / self.config.tick_hz.max(1) as u64
+    }
+
+    /// Processes an ack header from the client. Unknown, repeated or out-of-window sequences are
+    /// ignored (a peer cannot make this fail or grow). Returns how many datagrams were newly
+    /// acknowledged.
+    pub fn handle_ack(&mut self, ack: &AckHeader, now: Time) -> usize {
+        if ack.received == 0 || self.next_seq == 0 {
+            return 0;
+        }
+        let last_full = self.next_seq - 1;
+        let behind_latest = Seq(last_full as u16).diff(ack.latest);
+        if behind_latest < 0 {
+            return 0; // acks a datagram never sent
+        }
+        let mut newly = 0;
+        for i in 0..ACK_WINDOW as u64 {
+            if ack.received >> i & 1 == 0 {
+                continue;
+            }
+            let back = behind_latest as u64 + i;
+            if back >= SENT_HISTORY_LEN as u64 || back > last_full {
+                break;
+            }
+            let full = last_full - back;
+            let slot = (full % SENT_HISTORY_LEN as u64) as usize;
+            let d = &mut self.history[slot];
+            if !d.valid || d.acked || d.seq_full != full {
+                continue;
+            }
+            d.acked = true;
+            newly += 1;
+            if i == 0 {
+                let sample = now.saturating_since(d.sent_at).as_micros() as u64;
+                self.srtt_us = Some(match self.srtt_us {
+                    None => sample,
+                    Some(s) => (s * 7 + sample) / 8,
+                });
+            }
+            for r in &d.records {
+                match *r {
+                    SentRecord::Update {
+                        id,
+                        epoch,
+                        send_index,
+                        sample,
+                    } => {
+                        let Ok(ti) = self.tracked.binary_search_by_key(&id, |t| t.id) else {
+                            continue;
+                        };
+                        let t = &mut self.tracked[ti];
+                        if t.epoch != epoch {
+                            continue;
+                        }
+                        if baseline_older(&t.baseline, sample.tick) {
+                            t.baseline = Some(Baseline { sample, send_index });
+                        }
+                        if let Some(ls) = &mut t.last_sent {
+                            if ls.send_index == send_index {
+                                ls.acked = true;
+                            }
+                        }
+                    }
+                    SentRecord::Left { id, epoch } => {
+                        let Ok(ti) = self.tracked.binary_search_by_key(&id, |t| t.id) else {
+                            continue;
+                        };
+                        let t = &mut self.tracked[ti];
+                        if t.epoch == epoch && matches!(t.left, LeftState::Pending { .. }) {
+                            t.left = LeftState::None;
+                        }
+                    }
+                }
+            }
+        }
+        newly
+    }
+
+    /// Writes this tick's datagrams for the client into `out` (appending; each `Vec<u8>` is one
+    /// datagram, at most `input.max_datagram_size` bytes). Returns what was written.
+    ///
+    /// Errors only on caller mistakes: a datagram size below [`DATAGRAM_BYTES_MIN`], an own
+    /// blob above [`OWN_BLOB_BYTES_MAX`], or entities not sorted by id.
+    pub fn write_tick(
+        &mut self,
+        input: &TickInput,
+        out: &mut Vec<Vec<u8>>,
+    ) -> Result<TickSummary, TransformError> {
+        if input.max_datagram_size < DATAGRAM_BYTES_MIN {
+            return Err(TransformError::DatagramTooSmall(input.max_datagram_size));
+        }
+        if let Some(b) = input.own_blob {
+            if b.len() > OWN_BLOB_BYTES_MAX {
+                return Err(TransformError::BlobTooLarge {
+                    len: b.len(),
+                    max: OWN_BLOB_BYTES_MAX,
+                });
+            }
+        }
+        if input.entities.windows(2).any(|w| w[0].id >= w[1].id) {
+            return Err(TransformError::UnsortedEntities);
+        }
+        self.merge(input.entities);
+        self.collect_candidates(input);
+        self.pack(input, out)
+    }
+
+    /// Aligns `tracked` with this tick's entity list (both sorted by id).
+    fn merge(&mut self, entities: &[EntitySample]) {
+        let same = self.tracked.len() == entities.len()
+            && self.tracked.iter().zip(entities).all(|(t, e)| t.id == e.id);
+        if same {
+            return;
+        }
+        self.tracked_next.clear();
+        let mut old = self.tracked.iter().peekable();
+        for e in entities {
+            while old.peek().is_some_and(|t| t.id < e.id) {
+                old.next(); // removed from the world: the reliable stream tells the client
+            }
+            match old.peek() {
+                Some(t) if t.id == e.id => {
+                    self.tracked_next.push(**t);
+                    old.next();
+                }
+                _ => self.tracked_next.push(Tracked::new(e.id)),
+            }
+        }
+        std::mem::swap(&mut self.tracked, &mut self.tracked_next);
+    }
+
+    fn collect_candidates(&mut self, input: &TickInput) {
+        self.cands.clear();
+        self.body.clear();
+        let resend_us = self.resend_after_us();
+        let w = self.config.weights;
+        let r = self.config.interest_radius_m;
+        let r_out = r + self.config.interest_hysteresis_m;
+        for (slot, (t, e)) in self.tracked.iter_mut().zip(input.entities).enumerate() {
+            if Some(e.id) == self.own_entity {
+                t.priority = 0.0;
+                continue;
+            }
+            let dist = match input.viewer {
+                None => 0.0,
+                Some(v) => {
+                    let d2: f32 = (0..3).map(|a| (e.position[a] - v[a]).powi(2)).sum();
+                    d2.sqrt()
+                }
+            };
+            let dist = if dist.is_finite() { dist } else { f32::MAX };
+            if !t.in_interest && (input.viewer.is_none() || dist <= r) {
+                t.in_interest = true;
+                t.left = LeftState::None;
+            } else if t.in_interest && input.viewer.is_some() && dist > r_out {
+                t.in_interest = false;
+                let known = t.last_sent.is_some() || t.baseline.is_some();
+                t.epoch = t.epoch.wrapping_add(1);
+                t.sends = 0;
+                t.baseline = None;
+                t.last_sent = None;
+                t.priority = 0.0;
+                if known {
+                    t.left = LeftState::Pending { sent_at: None };
+                }
+            }
+            if t.in_interest {
+                let (need, moving) = match &t.last_sent {
+                    None => (true, true),
+                    Some(ls) if ls.q != e.q => (true, true),
+                    Some(ls) if ls.acked => (false, false),
+                    Some(ls) => (
+                        input.now.saturating_since(ls.at).as_micros() as u64 >= resend_us,
+                        false,
+                    ),
+                };
+                if !need {
+                    t.priority = 0.0;
+                    continue;
+                }
+                let mut weight = w.base * e.weight.max(0.0) / (1.0 + dist / w.distance_half_m);
+                if moving {
+                    weight *= w.moving;
+                }
+                if e.owner.is_some() && e.owner == self.session {
+                    weight *= w.owned_by_viewer;
+                }
+                if weight.is_finite() {
+                    t.priority += weight;
+                }
+                self.cands.push(Cand {
+                    slot,
+                    priority: t.priority,
+                    kind: CandKind::Update,
+                    placed: false,
+                    body: None,
+                });
+            } else if let LeftState::Pending { sent_at } = t.left {
+                if due(sent_at, input.now, resend_us) {
+                    t.priority += w.left_notice;
+                    self.cands.push(Cand {
+                        slot,
+                        priority: t.priority,
+                        kind: CandKind::Left,
+                        placed: false,
+                        body: None,
+                    });
+                }
+            }
+        }
+        let tracked = &self.tracked;
+        self.cands.sort_unstable_by(|a, b| {
+            b.priority
+                .total_cmp(&a.priority)
+                .then(tracked[a.slot].id.cmp(&tracked[b.slot].id))
+        });
+    }
+
+    /// Encodes candidate `ci`'s body into the scratch writer (once) and returns its worst-case
+    /// record bits without the index.
+    fn body_bits(&mut self, ci: usize, tick: Tick, entities: &[EntitySample]) -> (usize, Coded) {
+        if let Some((_, len, coded)) = self.cands[ci].body {
+            return (record_bits(len, coded), coded);
+        }
+        let c = self.cands[ci];
+        let start = self.body.len_bits();
+        let coded = match c.kind {
+            CandKind::Left => Coded::Left,
+            CandKind::Update => {
+                let t = &self.tracked[c.slot];
+                let q = entities[c.slot].q;
+                match usable_baseline(t, tick) {
+                    Some(b) => {
+                        write_delta(&mut self.body, &self.qz, &q, tick, &b.sample);
+                        Coded::Delta {
+                            age: tick.0 - b.sample.tick.0,
+                        }
+                    }
+                    None => {
+                        write_absolute(&mut self.body, &self.qz, &q);
+                        Coded::Absolute
+                    }
+                }
+            }
+        };
+        let len = self.body.len_bits() - start;
+        self.cands[ci].body = Some((start, len, coded));
+        (record_bits(len, coded), coded)
+    }
+
+    fn pack(
+        &mut self,
+        input: &TickInput,
+        out: &mut Vec<Vec<u8>>,
+    ) -> Result<TickSummary, TransformError> {
+        let mut summary = TickSummary::default();
+        let per_tick = self.budget_bytes_per_tick() as i64;
+        let allowance = per_tick + self.carry;
+        let mut sent: i64 = 0;
+        let mut blob = input.own_blob;
+        let max_size = input.max_datagram_size.min(DATAGRAM_BYTES_MAX);
+        let mut remaining = self.cands.len();
+        loop {
+            let header = HEADER_FIXED_BYTES
+                + varint_len(input.tick.0)
+                + blob.map_or(0, |b| 1 + b.len());
+            let left_in_budget = (allowance - sent).max(0) as usize;
+            let room = if blob.is_some() {
+                max_size.min(left_in_budget.max(header))
+            } else {
+                max_size.min(left_in_budget)
+            };
+            if blob.is_none() && (remaining == 0 || room <= header) {
+                break;
+            }
+            let bits_avail = room.saturating_sub(header) * 8;
+            self.chosen.clear();
+            let mut used = 0usize;
+            let mut misses = 0;
+            for ci in 0..self.cands.len() {
+                if self.cands[ci].placed {
+                    continue;
+                }
+                if self.chosen.len() >= RECORDS_PER_DATAGRAM_MAX || misses >= FIT_ATTEMPTS_MAX {
+                    break;
+                }
+                let (bits, _) = self.body_bits(ci, input.tick, input.entities);
+                let id = self.tracked[self.cands[ci].slot].id;
+                let pos = self.chosen.partition_point(|&(i, _)| i < id);
+                let prev = pos.checked_sub(1).map(|p| self.chosen[p].0);
+                let next = self.chosen.get(pos).map(|c| c.0);
+                let index_bits = gap_bits(prev, id) as isize
+                    + next.map_or(0, |n| gap_bits(Some(id), n) as isize)
+                    - next.map_or(0, |n| gap_bits(prev, n) as isize);
+                let total = (bits as isize + index_bits).max(0) as usize;
+                if used + total > bits_avail {
+                    misses += 1;
+                    continue;
+                }
+                used += total;
+                self.chosen.insert(pos, (id, ci));
+                self.cands[ci].placed = true;
+                remaining -= 1;
+            }
+            if self.chosen.is_empty() && blob.is_none() {
+                break;
+            }
+            let dgram = self.write_datagram(input, blob, &mut summary);
+            debug_assert!(dgram.len() <= room, "{} > {room}", dgram.len());
+            sent += dgram.len() as i64;
+            summary.datagrams += 1;
+            summary.bytes += dgram.len();
+            out.push(dgram);
+            blob = None;
+        }
+        summary.deferred = remaining;
+        self.carry = (allowance - sent).clamp(-per_tick, per_tick / 2);
+        Ok(summary)
+    }
+
+    fn write_datagram(
+        &mut self,
+        input: &TickInput,
+        blob: Option<&[u8]>,
+        summary: &mut TickSummary,
+    ) -> Vec<u8> {
+        // The most frequent delta age among the records becomes the datagram's common age.
+        self.age_counts.fill(0);
+        let mut common = 0u64;
+        let mut best = 0u16;
+        for &(_, ci) in &self.chosen {
+            if let Some((_, _, Coded::Delta { age })) = self.cands[ci].body {
+                let n = &mut self.age_counts[age as usize];
+                *n += 1;
+                if *n > best {
+                    best = *n;
+                    common = age;
+                }
+            }
+        }
+        let seq_full = self.next_seq;
+        self.next_seq += 1;
+        let mut buf = Vec::with_capacity(input.max_datagram_size.min(DATAGRAM_BYTES_MAX));
+        buf.push(KIND_SERVER_STATE);
+        buf.extend_from_slice(&(seq_full as u16).to_le_bytes());
+        write_varint(&mut buf, input.tick.0);
+        buf.push(blob.is_some() as u8);
+        if let Some(b) = blob {
+            buf.push(b.len() as u8);
+            buf.extend_from_slice(b);
+        }
+        write_varint(&mut buf, common);
+        write_varint(&mut buf, self.chosen.len() as u64);
+
+        let slot = (seq_full % SENT_HISTORY_LEN as u64) as usize;
+        let mut records = std::mem::take(&mut self.history[slot].records);
+        records.clear();
+        self.out_bits.clear();
+        let mut prev: Option<EntityId> = None;
+        for &(id, ci) in &self.chosen {
+            let gap = match prev {
+                None => id.0 as u64,
+                Some(p) => (id.0 - p.0 - 1) as u64,
+            };
+            prev = Some(id);
+            self.out_bits.write_eg(gap, INDEX_EG_K);
+            let c = self.cands[ci];
+            let Some((start, len, coded)) = c.body else {
+                continue; // unreachable: every chosen candidate has its body computed
+            };
+            match coded {
+                Coded::Delta { age } => {
+                    self.out_bits.write_bool(true);
+                    if age == common {
+                        self.out_bits.write_bool(true);
+                    } else {
+                        self.out_bits.write_bool(false);
+                        self.out_bits.write_eg(age - 1, AGE_EG_K);
+                    }
+                }
+                Coded::Absolute => self.out_bits.write(0b10, 2),
+                Coded::Left => self.out_bits.write(0b00, 2),
+            }
+            self.out_bits.append_bits(&self.body, start, len);
+            let t = &mut self.tracked[c.slot];
+            t.priority = 0.0;
+            match coded {
+                Coded::Left => {
+                    t.left = LeftState::Pending {
+                        sent_at: Some(input.now),
+                    };
+                    records.push(SentRecord::Left { id, epoch: t.epoch });
+                    summary.left_notices += 1;
+                }
+                Coded::Delta { .. } | Coded::Absolute => {
+                    let q = input.entities[c.slot].q;
+                    let sample = match (coded, usable_baseline(t, input.tick)) {
+                        (Coded::Delta { .. }, Some(b)) => Sample::from_base(input.tick, q, &b.sample),
+                        _ => Sample::absolute(input.tick, q),
+                    };
+                    let send_index = t.sends;
+                    t.sends = t.sends.wrapping_add(1);
+                    t.last_sent = Some(LastSent {
+                        q,
+                        send_index,
+                        at: input.now,
+                        acked: false,
+                    });
+                    records.push(SentRecord::Update {
+                        id,
+                        epoch: t.epoch,
+                        send_index,
+                        sample,
+                    });
+                    summary.updates += 1;
+                    if matches!(coded, Coded::Absolute) {
+                        summary.absolute += 1;
+                    }
+                }
+            }
+        }
+        self.out_bits.copy_to(&mut buf);
+        self.history[slot] = SentDatagram {
+            seq_full,
+            valid: true,
+            acked: false,
+            sent_at: input.now,
+            records,
+        };
+        buf
+    }
+}
+
+/// The baseline a delta for `t` at `tick` may use: acknowledged, not too old, and still among
+/// the receiver's [`RECEIVER_BASELINES_PER_ENTITY`] newest values.
+fn usable_baseline(t: &Tracked, tick: Tick) -> Option<Baseline> {
+    let b = t.baseline?;
+    let age = tick.0.checked_sub(b.sample.tick.0)?;
+    let sends_since = t.sends.wrapping_sub(b.send_index) as usize;
+    (age >= 1 && age <= BASELINE_AGE_MAX_TICKS && sends_since <= RECEIVER_BASELINES_PER_ENTITY)
+        .then_some(b)
+}
+
+/// Worst-case record bits without the index (a delta naming its age explicitly; naming the
+/// datagram's common age instead only makes it shorter).
+fn record_bits(body: usize, coded: Coded) -> usize {
+    match coded {
+        Coded::Delta { age } => 2 + eg_bits(age - 1, AGE_EG_K) + body,
+        Coded::Absolute | Coded::Left => 2 + body,
+    }
+}
+
+fn eg_bits(v: u64, k: u32) -> usize {
+    (2 * bit_width(v + (1 << k)) - k - 1) as usize
+}
+
+fn gap_bits(prev: Option<EntityId>, id: EntityId) -> usize {
+    let gap = match prev {
+        None => id.0 as u64,
+        Some(p) => (id.0 - p.0 - 1) as u64,
+    };
+    eg_bits(gap, INDEX_EG_K)
+}
+
+/// Whether `tick` is newer than the baseline (or there is none).
+fn baseline_older(b: &Option<Baseline>, tick: Tick) -> bool {
+    b.map_or(true, |b| b.sample.tick < tick)
+}
+
+/// Whether a notice last sent at `sent_at` is due again.
+fn due(sent_at: Option<Time>, now: Time, after_us: u64) -> bool {
+    sent_at.map_or(true, |t| now.saturating_since(t).as_micros() as u64 >= after_us)
+}

@@ -1,0 +1,1 @@
+//! Deterministic motion scenarios and the in-process bandwidth runner.

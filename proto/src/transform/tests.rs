@@ -1,0 +1,1 @@
+//! Behaviour tests of the transform stream: replicator and receiver together.

@@ -248,6 +248,11 @@ impl ClientReplicator {
         self.own_entity = id;
     }
 
+    /// The entity excluded as the client's own player, if any.
+    pub fn own_entity_id(&self) -> Option<EntityId> {
+        self.own_entity
+    }
+
     /// Overrides this client's budget, bits per second (clamped to the configured minimum).
     pub fn set_budget_bits_per_s(&mut self, bits_per_s: u32) {
         self.budget_bits_per_s = bits_per_s.max(super::config::BUDGET_BITS_PER_S_MIN);

@@ -93,9 +93,10 @@ pub const SENT_HISTORY_LEN: usize = 256;
 /// Values the receiver keeps per entity as delta baselines: 16 sends cover 250 ms of round trip
 /// at 60 Hz with every tick carrying the entity; beyond that the server falls back to absolute.
 pub const RECEIVER_BASELINES_PER_ENTITY: usize = 16;
-/// Oldest baseline a delta may name, in ticks (4 s at 60 Hz): older than that, absolute values
-/// cost about the same, and the bound keeps ages small on the wire.
-pub const BASELINE_AGE_MAX_TICKS: u64 = 240;
+/// Oldest baseline a delta may name, in ticks (4.5 min at 60 Hz): a cube asleep for minutes
+/// wakes with a delta against its resting value (≈ 20 bits of age instead of 90 bits of
+/// absolute value); the bound keeps the common-age varint within 2 bytes.
+pub const BASELINE_AGE_MAX_TICKS: u64 = 16_383;
 /// Smallest datagram the writer will build, bytes: header (≤ 18) + own blob (≤ 65) + a record.
 pub const DATAGRAM_BYTES_MIN: usize = 96;
 

@@ -25,8 +25,10 @@ pub(crate) const INDEX_EG_K: u32 = 0;
 const RTT_INITIAL_US: u64 = 200_000;
 /// Candidates that did not fit, in a row, after which a datagram is considered full.
 const FIT_ATTEMPTS_MAX: usize = 16;
+/// Ages below this may become a datagram's common age: round trips of up to 4 s at 60 Hz.
+const COMMON_AGE_CANDIDATES_MAX: usize = 256;
 /// Header bytes besides the tick varint and the blob: kind 1 + seq 2 + flags 1 + common age
-/// varint ≤ 2 (ages ≤ 240) + record count varint ≤ 2 (≤ 1024).
+/// varint ≤ 2 (ages < 256) + record count varint ≤ 2 (≤ 1024).
 const HEADER_FIXED_BYTES: usize = 8;
 
 /// One entity's current state, quantized once per tick and shared by every client's replicator.
@@ -234,7 +236,7 @@ impl ClientReplicator {
             body: BitWriter::new(),
             out_bits: BitWriter::new(),
             chosen: Vec::new(),
-            age_counts: vec![0; BASELINE_AGE_MAX_TICKS as usize + 1],
+            age_counts: vec![0; COMMON_AGE_CANDIDATES_MAX],
         })
     }
 
@@ -611,7 +613,9 @@ impl ClientReplicator {
         let mut best = 0u16;
         for &(_, ci) in &self.chosen {
             if let Some((_, _, Coded::Delta { age })) = self.cands[ci].body {
-                let n = &mut self.age_counts[age as usize];
+                let Some(n) = self.age_counts.get_mut(age as usize) else {
+                    continue; // rare old baselines never become the common age
+                };
                 *n += 1;
                 if *n > best {
                     best = *n;

@@ -126,7 +126,9 @@ pub enum ConfigError {
         axis: usize,
     },
     /// Position precision outside the accepted range.
-    #[error("position_steps_per_m {0} outside {POSITION_STEPS_PER_M_MIN}..={POSITION_STEPS_PER_M_MAX}")]
+    #[error(
+        "position_steps_per_m {0} outside {POSITION_STEPS_PER_M_MIN}..={POSITION_STEPS_PER_M_MAX}"
+    )]
     PositionPrecision(u32),
     /// The bounds at this precision need more than [`POSITION_AXIS_BITS_MAX`] bits on an axis.
     #[error("axis {axis} needs {bits} bits at this precision (max {POSITION_AXIS_BITS_MAX})")]
@@ -258,7 +260,10 @@ mod tests {
             bounds_max: [1e5; 3],
             ..Default::default()
         };
-        assert!(matches!(c.validate(), Err(ConfigError::PositionRange { .. })));
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::PositionRange { .. })
+        ));
         let c = TransformConfig {
             budget_bits_per_s: 10,
             ..Default::default()

@@ -191,7 +191,9 @@ impl Quantizer {
     /// The unit quaternion a quantized rotation stands for.
     pub fn dequantize_rotation(&self, r: QRot) -> Quat {
         let step = 2.0 * SQRT1_2 / self.rot_max as f64;
-        let small = r.comps.map(|c| c.min(self.rot_max as u16) as f64 * step - SQRT1_2);
+        let small = r
+            .comps
+            .map(|c| c.min(self.rot_max as u16) as f64 * step - SQRT1_2);
         let sum: f64 = small.iter().map(|c| c * c).sum();
         let big = (1.0 - sum).max(0.0).sqrt();
         let largest = (r.largest as usize).min(3);
@@ -211,7 +213,11 @@ impl Quantizer {
 
     /// Quantizes a scale, clamping each axis into `0..=SCALE_MAX`.
     pub fn quantize_scale(&self, s: Vec3) -> [u16; 3] {
-        s.map(|v| (v as f64 * self.scale_steps).round().clamp(0.0, self.scale_max_q as f64) as u16)
+        s.map(|v| {
+            (v as f64 * self.scale_steps)
+                .round()
+                .clamp(0.0, self.scale_max_q as f64) as u16
+        })
     }
 
     /// The scale a quantized one stands for.
@@ -255,11 +261,16 @@ mod tests {
         let c = TransformConfig::default();
         let mut rng = Rng::new(11);
         for _ in 0..20_000 {
-            let p = [0, 1, 2].map(|a| rng.range_f64(c.bounds_min[a] as f64, c.bounds_max[a] as f64 - 0.01) as f32);
+            let p = [0, 1, 2].map(|a| {
+                rng.range_f64(c.bounds_min[a] as f64, c.bounds_max[a] as f64 - 0.01) as f32
+            });
             let qp = q.quantize_position(p);
             let back = q.dequantize_position(qp);
             for a in 0..3 {
-                assert!((back[a] - p[a]).abs() <= 0.5 / 512.0 + 1e-4, "{p:?} -> {back:?}");
+                assert!(
+                    (back[a] - p[a]).abs() <= 0.5 / 512.0 + 1e-4,
+                    "{p:?} -> {back:?}"
+                );
             }
             assert_eq!(q.quantize_position(back), qp);
         }

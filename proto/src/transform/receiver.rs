@@ -9,8 +9,7 @@ use super::replicator::INDEX_EG_K;
 use super::seq::{AckHeader, AckTracker, Arrival, Seq};
 use super::{
     read_varint, ConfigError, TransformConfig, TransformError, BASELINE_AGE_MAX_TICKS,
-    KIND_SERVER_STATE, OWN_BLOB_BYTES_MAX, RECEIVER_BASELINES_PER_ENTITY,
-    RECORDS_PER_DATAGRAM_MAX,
+    KIND_SERVER_STATE, OWN_BLOB_BYTES_MAX, RECEIVER_BASELINES_PER_ENTITY, RECORDS_PER_DATAGRAM_MAX,
 };
 use crate::limits::{DATAGRAM_BYTES_MAX, ENTITIES_MAX};
 use crate::time::{Tick, Time};
@@ -44,9 +43,13 @@ pub struct ReceivedTick {
     pub left: Vec<EntityId>,
     /// Records older than what was already held for their entity (ignored).
     pub stale: usize,
-    /// Records whose baseline this receiver no longer holds (skipped). When non-zero the
-    /// datagram is not acknowledged, so the server never deltas against its values.
+    /// Records newer than what was held whose baseline this receiver does not hold (skipped;
+    /// a correct server never causes this).
     pub undecodable: usize,
+    /// Whether the datagram will be acknowledged. A datagram with any record this receiver
+    /// could not store (undecodable, or stale with its baseline gone) is applied in part but
+    /// not acknowledged, so the server never deltas against a value the receiver lacks.
+    pub acked: bool,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -66,12 +69,7 @@ impl Replica {
             self.ring.push(s);
             return;
         }
-        let Some((oldest, _)) = self
-            .ring
-            .iter()
-            .enumerate()
-            .min_by_key(|(_, r)| r.tick)
-        else {
+        let Some((oldest, _)) = self.ring.iter().enumerate().min_by_key(|(_, r)| r.tick) else {
             return;
         };
         if self.ring[oldest].tick < s.tick {
@@ -144,9 +142,9 @@ impl ReplicaReceiver {
 
     /// Every entity in interest with its latest tick and transform, ascending by id.
     pub fn iter(&self) -> impl Iterator<Item = (EntityId, Tick, Transform)> + '_ {
-        self.entities.iter().filter_map(|(id, r)| {
-            r.latest.map(|(t, q)| (*id, t, self.qz.dequantize(&q)))
-        })
+        self.entities
+            .iter()
+            .filter_map(|(id, r)| r.latest.map(|(t, q)| (*id, t, self.qz.dequantize(&q))))
     }
 
     /// Entities tracked (in interest or remembered as having left).
@@ -181,6 +179,7 @@ impl ReplicaReceiver {
             left: Vec::new(),
             stale: 0,
             undecodable: 0,
+            acked: false,
         };
         match self.acks.classify(seq) {
             Arrival::Duplicate => {
@@ -194,13 +193,14 @@ impl ReplicaReceiver {
             Arrival::New => {}
         }
         rt.own_blob = blob.map(|b| b.to_vec());
+        rt.acked = true;
         self.newest_tick = self.newest_tick.max(Some(tick));
         let parsed = std::mem::take(&mut self.parsed);
         for p in &parsed {
             self.apply(p, tick, &mut rt);
         }
         self.parsed = parsed;
-        if rt.undecodable == 0 {
+        if rt.acked {
             self.acks.record(seq);
         }
         Ok(rt)
@@ -212,6 +212,7 @@ impl ReplicaReceiver {
         };
         if !self.entities.contains_key(&id) && self.entities.len() >= ENTITIES_MAX {
             rt.undecodable += 1;
+            rt.acked = false;
             return;
         }
         let r = self.entities.entry(id).or_default();
@@ -231,17 +232,24 @@ impl ReplicaReceiver {
             Parsed::Absolute(_, q) => r.insert(Sample::absolute(tick, q)),
             Parsed::Delta(_, age, body) => {
                 let base_tick = Tick(tick.0 - age);
-                let Some(base) = r.ring.iter().find(|s| s.tick == base_tick).copied() else {
-                    rt.undecodable += 1;
+                let decoded = r
+                    .ring
+                    .iter()
+                    .find(|s| s.tick == base_tick)
+                    .and_then(|base| Some((base, body.apply(&self.qz, tick, base).ok()?)));
+                let Some((base, q)) = decoded else {
+                    // Not stored: this datagram must not be acknowledged (the server would
+                    // promote the value to a baseline this receiver lacks).
+                    rt.acked = false;
+                    if newer {
+                        rt.undecodable += 1;
+                    } else {
+                        rt.stale += 1; // e.g. overtaken by a left notice that cleared its baseline
+                    }
                     return;
                 };
-                match body.apply(&self.qz, tick, &base) {
-                    Ok(q) => r.insert(Sample::from_base(tick, q, &base)),
-                    Err(_) => {
-                        rt.undecodable += 1;
-                        return;
-                    }
-                }
+                let s = Sample::from_base(tick, q, base);
+                r.insert(s);
             }
         }
         if newer {
@@ -255,7 +263,10 @@ impl ReplicaReceiver {
     }
 
     /// Parses the whole datagram into `self.parsed` before anything is applied.
-    fn parse<'a>(&mut self, bytes: &'a [u8]) -> Result<(Seq, Tick, Option<&'a [u8]>), TransformError> {
+    fn parse<'a>(
+        &mut self,
+        bytes: &'a [u8],
+    ) -> Result<(Seq, Tick, Option<&'a [u8]>), TransformError> {
         self.parsed.clear();
         let kind = *bytes.first().ok_or(TransformError::Empty)?;
         if kind != KIND_SERVER_STATE {

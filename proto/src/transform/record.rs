@@ -206,7 +206,10 @@ pub(crate) fn write_absolute(w: &mut BitWriter, qz: &Quantizer, q: &QTransform) 
 }
 
 /// Reads an absolute body and checks its ranges.
-pub(crate) fn read_absolute(r: &mut BitReader, qz: &Quantizer) -> Result<QTransform, TransformError> {
+pub(crate) fn read_absolute(
+    r: &mut BitReader,
+    qz: &Quantizer,
+) -> Result<QTransform, TransformError> {
     let bits = qz.position_bits();
     let mut pos = [0u32; 3];
     for a in 0..3 {
@@ -227,7 +230,13 @@ pub(crate) fn read_absolute(r: &mut BitReader, qz: &Quantizer) -> Result<QTransf
 
 /// Writes a delta body of `cur` at `tick` against `base`, choosing plain or predicted residuals,
 /// whichever is shorter.
-pub(crate) fn write_delta(w: &mut BitWriter, qz: &Quantizer, cur: &QTransform, tick: Tick, base: &Sample) {
+pub(crate) fn write_delta(
+    w: &mut BitWriter,
+    qz: &Quantizer,
+    cur: &QTransform,
+    tick: Tick,
+    base: &Sample,
+) {
     let plain_pos = [0, 1, 2].map(|a| cur.pos[a] as i64 - base.q.pos[a] as i64);
     let same_largest = cur.rot.largest == base.q.rot.largest;
     let plain_rot = [0, 1, 2].map(|a| cur.rot.comps[a] as i64 - base.q.rot.comps[a] as i64);
@@ -300,11 +309,19 @@ pub(crate) fn read_delta(r: &mut BitReader, qz: &Quantizer) -> Result<DeltaBody,
 impl DeltaBody {
     /// The value this body encodes at `tick` against `base`; out-of-range results are the
     /// sender's fault and come back as errors.
-    pub fn apply(&self, qz: &Quantizer, tick: Tick, base: &Sample) -> Result<QTransform, TransformError> {
+    pub fn apply(
+        &self,
+        qz: &Quantizer,
+        tick: Tick,
+        base: &Sample,
+    ) -> Result<QTransform, TransformError> {
         let (pp, pr) = if self.predicted {
             base.predict(tick, qz)
         } else {
-            (base.q.pos.map(|v| v as i64), base.q.rot.comps.map(|v| v as i64))
+            (
+                base.q.pos.map(|v| v as i64),
+                base.q.rot.comps.map(|v| v as i64),
+            )
         };
         let res = self.pos.unwrap_or([0; 3]);
         let mut pos = [0u32; 3];

@@ -275,6 +275,20 @@ impl ClientReplicator {
         (self.budget_bits_per_s as usize / 8) / self.config.tick_hz.max(1) as usize
     }
 
+    /// Most unused budget carried into later ticks, bytes: half a tick's worth, but at least
+    /// [`DATAGRAM_BYTES_MIN`] so a budget smaller than one datagram per tick still sends one
+    /// datagram every few ticks. Over any run of ticks the bytes sent never exceed
+    /// ticks × [`ClientReplicator::budget_bytes_per_tick`] + this (own blobs aside).
+    pub fn budget_carry_max_bytes(&self) -> usize {
+        (self.budget_bytes_per_tick() / 2).max(DATAGRAM_BYTES_MIN)
+    }
+
+    /// Starts sequence numbers further on (tests of wrap-around).
+    #[cfg(test)]
+    pub(crate) fn skip_seqs(&mut self, n: u64) {
+        self.next_seq += n;
+    }
+
     fn find(&self, id: EntityId) -> Option<usize> {
         self.tracked.binary_search_by_key(&id, |t| t.id).ok()
     }
@@ -544,9 +558,8 @@ impl ClientReplicator {
         let max_size = input.max_datagram_size.min(DATAGRAM_BYTES_MAX);
         let mut remaining = self.cands.len();
         loop {
-            let header = HEADER_FIXED_BYTES
-                + varint_len(input.tick.0)
-                + blob.map_or(0, |b| 1 + b.len());
+            let header =
+                HEADER_FIXED_BYTES + varint_len(input.tick.0) + blob.map_or(0, |b| 1 + b.len());
             let left_in_budget = (allowance - sent).max(0) as usize;
             let room = if blob.is_some() {
                 max_size.min(left_in_budget.max(header))
@@ -597,7 +610,7 @@ impl ClientReplicator {
             blob = None;
         }
         summary.deferred = remaining;
-        self.carry = (allowance - sent).clamp(-per_tick, per_tick / 2);
+        self.carry = (allowance - sent).clamp(-per_tick, self.budget_carry_max_bytes() as i64);
         Ok(summary)
     }
 
@@ -680,7 +693,9 @@ impl ClientReplicator {
                 Coded::Delta { .. } | Coded::Absolute => {
                     let q = input.entities[c.slot].q;
                     let sample = match (coded, usable_baseline(t, input.tick)) {
-                        (Coded::Delta { .. }, Some(b)) => Sample::from_base(input.tick, q, &b.sample),
+                        (Coded::Delta { .. }, Some(b)) => {
+                            Sample::from_base(input.tick, q, &b.sample)
+                        }
                         _ => Sample::absolute(input.tick, q),
                     };
                     let send_index = t.sends;
@@ -754,5 +769,7 @@ fn baseline_older(b: &Option<Baseline>, tick: Tick) -> bool {
 
 /// Whether a notice last sent at `sent_at` is due again.
 fn due(sent_at: Option<Time>, now: Time, after_us: u64) -> bool {
-    sent_at.map_or(true, |t| now.saturating_since(t).as_micros() as u64 >= after_us)
+    sent_at.map_or(true, |t| {
+        now.saturating_since(t).as_micros() as u64 >= after_us
+    })
 }

@@ -14,7 +14,7 @@
 use std::collections::BinaryHeap;
 
 use super::{
-    encode_client_datagram, decode_client_datagram, ClientReplicator, EntitySample, Quantizer,
+    decode_client_datagram, encode_client_datagram, ClientReplicator, EntitySample, Quantizer,
     ReplicaReceiver, Seq, TickInput, TransformConfig,
 };
 use crate::rng::Rng;
@@ -178,7 +178,11 @@ impl MotionGen {
                 if d > CUBES_IMPULSE_RADIUS_M {
                     continue;
                 }
-                let (ux, uz) = if d > 1e-6 { (dx / d, dz / d) } else { (1.0, 0.0) };
+                let (ux, uz) = if d > 1e-6 {
+                    (dx / d, dz / d)
+                } else {
+                    (1.0, 0.0)
+                };
                 let push = self.rng.range_f64(1.5, 4.0);
                 b.v[0] += ux * push;
                 b.v[2] += uz * push;
@@ -473,7 +477,8 @@ const BENCH_DATAGRAM_BYTES: usize = 1162;
 
 /// Runs a scenario in process and measures it. Deterministic for given parameters.
 pub fn bench_run(p: &BenchParams) -> TransformReport {
-    let hz = p.hz.clamp(crate::time::TICK_HZ_MIN, crate::time::TICK_HZ_MAX);
+    let hz =
+        p.hz.clamp(crate::time::TICK_HZ_MIN, crate::time::TICK_HZ_MAX);
     let config = TransformConfig {
         tick_hz: hz,
         ..TransformConfig::default()
@@ -499,7 +504,9 @@ pub fn bench_run(p: &BenchParams) -> TransformReport {
     };
     let clients = p.clients.max(1);
     let mut servers: Vec<ClientReplicator> = (0..clients)
-        .map(|_| ClientReplicator::new(config.clone(), None).unwrap_or_else(|_| unreachable_config()))
+        .map(|_| {
+            ClientReplicator::new(config.clone(), None).unwrap_or_else(|_| unreachable_config())
+        })
         .collect();
     let mut receivers: Vec<ReplicaReceiver> = (0..clients)
         .map(|_| ReplicaReceiver::new(&config).unwrap_or_else(|_| unreachable_config()))
@@ -518,7 +525,8 @@ pub fn bench_run(p: &BenchParams) -> TransformReport {
     let mut samples: Vec<EntitySample> = Vec::with_capacity(p.entities);
     let mut out = Vec::new();
     let mut up_buf = Vec::new();
-    let (mut down_bytes, mut up_bytes, mut updates, mut absolute, mut datagrams) = (0u64, 0u64, 0u64, 0u64, 0u64);
+    let (mut down_bytes, mut up_bytes, mut updates, mut absolute, mut datagrams) =
+        (0u64, 0u64, 0u64, 0u64, 0u64);
     let mut baseline_bytes = 0u64;
     let mut moving_sum = 0u64;
     let mut undecodable = 0usize;
@@ -533,7 +541,10 @@ pub fn bench_run(p: &BenchParams) -> TransformReport {
         gen.step(dt);
         moving_sum += gen.moving() as u64;
         samples.clear();
-        samples.extend(gen.transforms().map(|(id, t)| EntitySample::new(id, &t, &qz)));
+        samples.extend(
+            gen.transforms()
+                .map(|(id, t)| EntitySample::new(id, &t, &qz)),
+        );
         for (c, server) in servers.iter_mut().enumerate() {
             let viewer = match p.scenario {
                 Scenario::Crowd => samples.get(c).map(|s| s.position),
@@ -573,7 +584,9 @@ pub fn bench_run(p: &BenchParams) -> TransformReport {
         }
         for (c, r) in receivers.iter().enumerate() {
             up_seq[c] = up_seq[c].next();
-            if encode_client_datagram(&qz, &r.ack_header(), up_seq[c], &[], &[], &mut up_buf).is_ok() {
+            if encode_client_datagram(&qz, &r.ack_header(), up_seq[c], &[], &[], &mut up_buf)
+                .is_ok()
+            {
                 up_bytes += up_buf.len() as u64;
                 up.send(now_us, c, up_buf.clone());
             }
@@ -588,7 +601,10 @@ pub fn bench_run(p: &BenchParams) -> TransformReport {
             if let Some((_, q)) = r.latest_quantized(s.id) {
                 let a = qz.dequantize_position(q.pos);
                 let b = qz.dequantize_position(s.q.pos);
-                let d = (0..3).map(|i| (a[i] as f64 - b[i] as f64).powi(2)).sum::<f64>().sqrt();
+                let d = (0..3)
+                    .map(|i| (a[i] as f64 - b[i] as f64).powi(2))
+                    .sum::<f64>()
+                    .sqrt();
                 err_max = err_max.max(d);
             }
         }

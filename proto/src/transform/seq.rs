@@ -52,9 +52,8 @@ pub struct AckHeader {
 impl AckHeader {
     /// The sequences this header acknowledges, newest first.
     pub fn acked(&self) -> impl Iterator<Item = Seq> + '_ {
-        (0..ACK_WINDOW).filter_map(move |i| {
-            (self.received >> i & 1 == 1).then(|| self.latest.minus(i))
-        })
+        (0..ACK_WINDOW)
+            .filter_map(move |i| (self.received >> i & 1 == 1).then(|| self.latest.minus(i)))
     }
 
     /// Appends the 10-byte encoding.

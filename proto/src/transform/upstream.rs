@@ -70,7 +70,10 @@ pub fn encode_client_datagram(
 }
 
 /// Decodes a client datagram, checking every limit and every transform's bounds.
-pub fn decode_client_datagram(qz: &Quantizer, bytes: &[u8]) -> Result<ClientDatagram, TransformError> {
+pub fn decode_client_datagram(
+    qz: &Quantizer,
+    bytes: &[u8],
+) -> Result<ClientDatagram, TransformError> {
     let kind = *bytes.first().ok_or(TransformError::Empty)?;
     if kind != KIND_CLIENT_STATE {
         return Err(TransformError::UnknownKind(kind));

@@ -195,14 +195,15 @@ impl TransformConfig {
         }
         let w = &self.weights;
         let ok = |v: f32| v.is_finite() && v >= 0.0;
-        if !ok(self.interest_radius_m)
-            || !ok(self.interest_hysteresis_m)
-            || !ok(w.base)
-            || !(w.distance_half_m.is_finite() && w.distance_half_m > 0.0)
-            || !ok(w.moving)
-            || !ok(w.owned_by_viewer)
-            || !ok(w.left_notice)
-        {
+        let all_ok = ok(self.interest_radius_m)
+            && ok(self.interest_hysteresis_m)
+            && ok(w.base)
+            && w.distance_half_m.is_finite()
+            && w.distance_half_m > 0.0
+            && ok(w.moving)
+            && ok(w.owned_by_viewer)
+            && ok(w.left_notice);
+        if !all_ok {
             return Err(ConfigError::Interest);
         }
         Ok(())

@@ -55,6 +55,10 @@
 //! layout. Everything is bounded: count ≤ [`RECORDS_PER_DATAGRAM_MAX`], size ≤
 //! [`crate::limits::DATAGRAM_BYTES_MAX`], blob ≤ [`OWN_BLOB_BYTES_MAX`].
 
+// Axis loops (`for a in 0..3`) index several parallel `[_; 3]` arrays at once; iterator
+// chains would hide that they are the same axis.
+#![allow(clippy::needless_range_loop)]
+
 pub mod bits;
 pub mod config;
 pub mod quant;

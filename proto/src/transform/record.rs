@@ -442,8 +442,10 @@ mod tests {
     #[test]
     fn constant_velocity_motion_predicts_to_a_near_zero_residual() {
         let qz = Quantizer::new(&TransformConfig::default()).unwrap();
-        let mut q = QTransform::default();
-        q.pos = [500_000, 1000, 500_000];
+        let q = QTransform {
+            pos: [500_000, 1000, 500_000],
+            ..Default::default()
+        };
         let a = Sample::absolute(Tick(10), q);
         let mut qb = q;
         qb.pos[0] += 400;

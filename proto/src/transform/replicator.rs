@@ -737,7 +737,7 @@ fn usable_baseline(t: &Tracked, tick: Tick) -> Option<Baseline> {
     let b = t.baseline?;
     let age = tick.0.checked_sub(b.sample.tick.0)?;
     let sends_since = t.sends.wrapping_sub(b.send_index) as usize;
-    (age >= 1 && age <= BASELINE_AGE_MAX_TICKS && sends_since <= RECEIVER_BASELINES_PER_ENTITY)
+    ((1..=BASELINE_AGE_MAX_TICKS).contains(&age) && sends_since <= RECEIVER_BASELINES_PER_ENTITY)
         .then_some(b)
 }
 

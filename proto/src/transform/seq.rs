@@ -53,7 +53,8 @@ impl AckHeader {
     /// The sequences this header acknowledges, newest first.
     pub fn acked(&self) -> impl Iterator<Item = Seq> + '_ {
         (0..ACK_WINDOW)
-            .filter_map(move |i| (self.received >> i & 1 == 1).then(|| self.latest.minus(i)))
+            .filter(move |&i| self.received >> i & 1 == 1)
+            .map(move |i| self.latest.minus(i))
     }
 
     /// Appends the 10-byte encoding.

@@ -54,12 +54,24 @@ const CROWD_JUMP_M_S: f64 = 4.5;
 const CROWD_AREA_PER_PLAYER_M2: f64 = 100.0;
 
 /// Which motion to generate.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Scenario {
     /// Rigid bodies mostly at rest, groups knocked into motion periodically.
     Cubes,
     /// Players walking continuously.
     Crowd,
+}
+
+impl Scenario {
+    /// Parses `cubes` or `crowd` (the load tool's `--scenario` values).
+    pub fn parse(s: &str) -> Option<Scenario> {
+        match s {
+            "cubes" => Some(Scenario::Cubes),
+            "crowd" => Some(Scenario::Crowd),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -328,7 +340,7 @@ pub fn baseline_msgpack_bytes(id: EntityId, _t: &Transform) -> usize {
 }
 
 /// Parameters of one [`bench_run`].
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
 pub struct BenchParams {
     /// Motion to generate.
     pub scenario: Scenario,
@@ -383,8 +395,8 @@ impl BenchParams {
     }
 }
 
-/// What [`bench_run`] measured.
-#[derive(Clone, Debug, PartialEq)]
+/// What [`bench_run`] measured (serializable for the load tool's `--json`).
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct TransformReport {
     /// The parameters.
     pub params: BenchParams,

@@ -22,6 +22,9 @@ use crate::time::Tick;
 const WIDTH_EG_K: u32 = 1;
 /// Exp-Golomb order for baseline ages in ticks: ages of 1–4 ticks take 3 bits, up to 12 take 5.
 pub(crate) const AGE_EG_K: u32 = 2;
+/// Furthest a prediction extrapolates, in motion intervals: past that the motion is stale and
+/// the residual would only grow.
+const PREDICT_INTERVALS_MAX: u64 = 8;
 /// Widest residual accepted, bits: a full position axis plus sign.
 const RESIDUAL_WIDTH_MAX: u64 = 32;
 
@@ -73,7 +76,9 @@ impl Sample {
         Sample { tick, q, motion: m }
     }
 
-    /// Predicted position and rotation components at `tick`, extrapolating this sample's motion.
+    /// Predicted position and rotation components at `tick`, extrapolating this sample's motion
+    /// (at most [`PREDICT_INTERVALS_MAX`] motion intervals ahead). Fixed-point with 16
+    /// fractional bits and one division, identical on both sides.
     fn predict(&self, tick: Tick, qz: &Quantizer) -> ([i64; 3], [i64; 3]) {
         let mut pos = self.q.pos.map(|v| v as i64);
         let mut rot = self.q.rot.comps.map(|v| v as i64);
@@ -81,17 +86,22 @@ impl Sample {
         if m.dt == 0 {
             return (pos, rot);
         }
-        let ahead = tick.0.saturating_sub(self.tick.0).min(1 << 20) as i64;
-        let dt = m.dt as i64;
+        let dt = m.dt as u64;
+        let ahead = tick
+            .0
+            .saturating_sub(self.tick.0)
+            .min(dt * PREDICT_INTERVALS_MAX);
+        // ratio < 2^(16 + 3); |dpos| < 2^31: the product stays below 2^50.
+        let ratio = ((ahead << 16) / dt) as i64;
         let max = qz.position_max();
         for a in 0..3 {
-            let d = (m.dpos[a] as i64 * ahead).div_euclid(dt);
+            let d = (m.dpos[a] as i64 * ratio) >> 16;
             pos[a] = (pos[a] + d).clamp(0, max[a] as i64);
         }
         if m.rot_valid {
             let rmax = qz.rotation_max() as i64;
             for a in 0..3 {
-                let d = (m.drot[a] as i64 * ahead).div_euclid(dt);
+                let d = (m.drot[a] as i64 * ratio) >> 16;
                 rot[a] = (rot[a] + d).clamp(0, rmax);
             }
         }

@@ -149,12 +149,15 @@ impl Tracked {
 enum SentRecord {
     Update {
         id: EntityId,
+        /// Where the entity was in `tracked` when sent (checked, then searched if it moved).
+        slot: u32,
         epoch: u32,
         send_index: u32,
         sample: Sample,
     },
     Left {
         id: EntityId,
+        slot: u32,
         epoch: u32,
     },
 }
@@ -338,11 +341,12 @@ impl ClientReplicator {
                 match *r {
                     SentRecord::Update {
                         id,
+                        slot,
                         epoch,
                         send_index,
                         sample,
                     } => {
-                        let Ok(ti) = self.tracked.binary_search_by_key(&id, |t| t.id) else {
+                        let Some(ti) = locate(&self.tracked, id, slot) else {
                             continue;
                         };
                         let t = &mut self.tracked[ti];
@@ -358,8 +362,8 @@ impl ClientReplicator {
                             }
                         }
                     }
-                    SentRecord::Left { id, epoch } => {
-                        let Ok(ti) = self.tracked.binary_search_by_key(&id, |t| t.id) else {
+                    SentRecord::Left { id, slot, epoch } => {
+                        let Some(ti) = locate(&self.tracked, id, slot) else {
                             continue;
                         };
                         let t = &mut self.tracked[ti];
@@ -505,12 +509,31 @@ impl ClientReplicator {
                 }
             }
         }
-        let tracked = &self.tracked;
-        self.cands.sort_unstable_by(|a, b| {
-            b.priority
-                .total_cmp(&a.priority)
-                .then(tracked[a.slot].id.cmp(&tracked[b.slot].id))
-        });
+    }
+
+    /// Whether every candidate fits in one datagram of `bits_avail` bits; if so, fills
+    /// `chosen` with all of them (candidates are collected in id order).
+    fn all_fit(&mut self, tick: Tick, entities: &[EntitySample], bits_avail: usize) -> bool {
+        if self.cands.len() > RECORDS_PER_DATAGRAM_MAX {
+            return false;
+        }
+        let mut used = 0;
+        let mut prev = None;
+        for ci in 0..self.cands.len() {
+            let (bits, _) = self.body_bits(ci, tick, entities);
+            let id = self.tracked[self.cands[ci].slot].id;
+            used += bits + gap_bits(prev, id);
+            prev = Some(id);
+            if used > bits_avail {
+                return false;
+            }
+        }
+        self.chosen.clear();
+        for (ci, c) in self.cands.iter_mut().enumerate() {
+            c.placed = true;
+            self.chosen.push((self.tracked[c.slot].id, ci));
+        }
+        true
     }
 
     /// Encodes candidate `ci`'s body into the scratch writer (once) and returns its worst-case
@@ -557,6 +580,33 @@ impl ClientReplicator {
         let mut blob = input.own_blob;
         let max_size = input.max_datagram_size.min(DATAGRAM_BYTES_MAX);
         let mut remaining = self.cands.len();
+        // Fast path: everything fits in the first datagram, so priority order does not matter.
+        let header =
+            HEADER_FIXED_BYTES + varint_len(input.tick.0) + blob.map_or(0, |b| 1 + b.len());
+        let room = max_size.min(((allowance).max(0) as usize).max(if blob.is_some() {
+            header
+        } else {
+            0
+        }));
+        if remaining > 0
+            && room > header
+            && self.all_fit(input.tick, input.entities, (room - header) * 8)
+        {
+            let dgram = self.write_datagram(input, blob, &mut summary);
+            debug_assert!(dgram.len() <= room, "{} > {room}", dgram.len());
+            summary.datagrams = 1;
+            summary.bytes = dgram.len();
+            out.push(dgram);
+            self.carry = (allowance - summary.bytes as i64)
+                .clamp(-per_tick, self.budget_carry_max_bytes() as i64);
+            return Ok(summary);
+        }
+        let tracked = &self.tracked;
+        self.cands.sort_unstable_by(|a, b| {
+            b.priority
+                .total_cmp(&a.priority)
+                .then(tracked[a.slot].id.cmp(&tracked[b.slot].id))
+        });
         loop {
             let header =
                 HEADER_FIXED_BYTES + varint_len(input.tick.0) + blob.map_or(0, |b| 1 + b.len());
@@ -687,7 +737,11 @@ impl ClientReplicator {
                     t.left = LeftState::Pending {
                         sent_at: Some(input.now),
                     };
-                    records.push(SentRecord::Left { id, epoch: t.epoch });
+                    records.push(SentRecord::Left {
+                        id,
+                        slot: c.slot as u32,
+                        epoch: t.epoch,
+                    });
                     summary.left_notices += 1;
                 }
                 Coded::Delta { .. } | Coded::Absolute => {
@@ -708,6 +762,7 @@ impl ClientReplicator {
                     });
                     records.push(SentRecord::Update {
                         id,
+                        slot: c.slot as u32,
                         epoch: t.epoch,
                         send_index,
                         sample,
@@ -760,6 +815,14 @@ fn gap_bits(prev: Option<EntityId>, id: EntityId) -> usize {
         Some(p) => (id.0 - p.0 - 1) as u64,
     };
     eg_bits(gap, INDEX_EG_K)
+}
+
+/// The index of `id` in `tracked`: `slot` if it is still there, else a binary search.
+fn locate(tracked: &[Tracked], id: EntityId, slot: u32) -> Option<usize> {
+    match tracked.get(slot as usize) {
+        Some(t) if t.id == id => Some(slot as usize),
+        _ => tracked.binary_search_by_key(&id, |t| t.id).ok(),
+    }
 }
 
 /// Whether `tick` is newer than the baseline (or there is none).

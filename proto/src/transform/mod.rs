@@ -63,7 +63,7 @@ pub mod bits;
 pub mod config;
 pub mod quant;
 mod receiver;
-pub(crate) mod record;
+pub mod record;
 mod replicator;
 pub mod scenario;
 pub mod seq;

@@ -10,11 +10,22 @@ use super::TransformError;
 /// this protocol, so a longer prefix is garbage.
 const EG_PREFIX_MAX: u32 = 40;
 
-/// Writes bits into 64-bit words, least significant bit first.
+/// Writes bits into 64-bit words, least significant bit first. Full words go to a vector; the
+/// partial last word stays in a register-sized accumulator.
 #[derive(Clone, Debug, Default)]
 pub struct BitWriter {
     words: Vec<u64>,
-    len_bits: usize,
+    acc: u64,
+    acc_bits: u32,
+}
+
+#[inline]
+fn low_mask(n: u32) -> u64 {
+    if n >= 64 {
+        u64::MAX
+    } else {
+        (1u64 << n) - 1
+    }
 }
 
 impl BitWriter {
@@ -24,34 +35,36 @@ impl BitWriter {
     }
 
     /// Bits written so far.
+    #[inline]
     pub fn len_bits(&self) -> usize {
-        self.len_bits
+        self.words.len() * 64 + self.acc_bits as usize
     }
 
     /// Bytes the written bits occupy once padded to a byte.
     pub fn len_bytes(&self) -> usize {
-        self.len_bits.div_ceil(8)
+        self.len_bits().div_ceil(8)
     }
 
     /// Forgets everything written, keeping the allocation.
     pub fn clear(&mut self) {
         self.words.clear();
-        self.len_bits = 0;
+        self.acc = 0;
+        self.acc_bits = 0;
     }
 
     /// Drops every bit at or after `len_bits` (rollback to an earlier [`BitWriter::len_bits`]).
     pub fn truncate(&mut self, len_bits: usize) {
-        if len_bits >= self.len_bits {
+        if len_bits >= self.len_bits() {
             return;
         }
-        self.len_bits = len_bits;
-        self.words.truncate(len_bits.div_ceil(64));
-        let rem = len_bits % 64;
-        if rem != 0 {
-            if let Some(last) = self.words.last_mut() {
-                *last &= (1u64 << rem) - 1;
-            }
+        let w = len_bits / 64;
+        let r = (len_bits % 64) as u32;
+        if w < self.words.len() {
+            self.acc = self.words[w];
+            self.words.truncate(w);
         }
+        self.acc &= low_mask(r);
+        self.acc_bits = r;
     }
 
     /// Writes the low `n` bits of `value` (`n` ≤ 64; higher bits of `value` are ignored).
@@ -61,21 +74,17 @@ impl BitWriter {
         if n == 0 {
             return;
         }
-        let value = if n == 64 {
-            value
+        let value = value & low_mask(n);
+        let fill = self.acc_bits;
+        self.acc |= value << fill;
+        let total = fill + n;
+        if total >= 64 {
+            self.words.push(self.acc);
+            self.acc = if fill == 0 { 0 } else { value >> (64 - fill) };
+            self.acc_bits = total - 64;
         } else {
-            value & ((1u64 << n) - 1)
-        };
-        let word = self.len_bits / 64;
-        let off = (self.len_bits % 64) as u32;
-        if word == self.words.len() {
-            self.words.push(0);
+            self.acc_bits = total;
         }
-        self.words[word] |= value << off;
-        if off + n > 64 {
-            self.words.push(value >> (64 - off));
-        }
-        self.len_bits += n as usize;
     }
 
     /// Writes one bit.
@@ -85,16 +94,28 @@ impl BitWriter {
     }
 
     /// Writes `v` as an order-`k` Exp-Golomb code: short for small values, unbounded above.
+    /// Laid out as the zero count in unary (zeros, then a one), then the low `nbits - 1` bits
+    /// of `v + 2^k`.
     #[inline]
     pub fn write_eg(&mut self, v: u64, k: u32) {
         let q = v + (1u64 << k);
         let nbits = 64 - q.leading_zeros();
         let zeros = nbits - k - 1;
-        // Zeros then `q` most significant bit first would need a bit reversal; instead write the
-        // zero count in unary (zeros, then a one) and then the low `nbits - 1` bits of `q`.
-        self.write(0, zeros);
-        self.write(1, 1);
-        self.write(q, nbits - 1);
+        let total = zeros + nbits;
+        if total <= 64 {
+            let low = q & low_mask(nbits - 1);
+            let code = (1u64 << zeros)
+                | if zeros + 1 < 64 {
+                    low << (zeros + 1)
+                } else {
+                    0
+                };
+            self.write(code, total);
+        } else {
+            self.write(0, zeros);
+            self.write(1, 1);
+            self.write(q, nbits - 1);
+        }
     }
 
     /// Copies `len` bits starting at bit `start` of `src` to the end of this writer.
@@ -102,41 +123,40 @@ impl BitWriter {
         let mut pos = start;
         let end = start + len;
         while pos < end {
-            let n = (end - pos).min(57) as u32;
+            let n = (end - pos).min(64) as u32;
             self.write(src.peek(pos, n), n);
             pos += n as usize;
         }
     }
 
+    #[inline]
+    fn word(&self, i: usize) -> u64 {
+        match self.words.get(i) {
+            Some(w) => *w,
+            None if i == self.words.len() => self.acc,
+            None => 0,
+        }
+    }
+
     fn peek(&self, pos: usize, n: u32) -> u64 {
-        let word = pos / 64;
+        let i = pos / 64;
         let off = (pos % 64) as u32;
-        let lo = self.words.get(word).copied().unwrap_or(0) >> off;
-        let v = if off + n > 64 {
-            lo | (self.words.get(word + 1).copied().unwrap_or(0) << (64 - off))
+        let lo = self.word(i) >> off;
+        let v = if off != 0 && off + n > 64 {
+            lo | (self.word(i + 1) << (64 - off))
         } else {
             lo
         };
-        if n == 64 {
-            v
-        } else {
-            v & ((1u64 << n) - 1)
-        }
+        v & low_mask(n)
     }
 
     /// Appends the written bits, zero-padded to a whole byte, to `out`.
     pub fn copy_to(&self, out: &mut Vec<u8>) {
-        let n = self.len_bytes();
-        let mut left = n;
         for w in &self.words {
-            let bytes = w.to_le_bytes();
-            let take = left.min(8);
-            out.extend_from_slice(&bytes[..take]);
-            left -= take;
-            if left == 0 {
-                break;
-            }
+            out.extend_from_slice(&w.to_le_bytes());
         }
+        let tail = (self.acc_bits as usize).div_ceil(8);
+        out.extend_from_slice(&self.acc.to_le_bytes()[..tail]);
     }
 }
 
@@ -271,6 +291,54 @@ mod tests {
         assert_eq!(r.read(4).unwrap(), 0b1011);
         assert_eq!(r.read(2).unwrap(), 0b01);
         assert_eq!(r.read(48).unwrap(), 0x1234_5678_9ABC);
+    }
+
+    #[test]
+    fn truncate_and_copy_match_a_writer_that_stopped_there() {
+        let mut rng = Rng::new(8);
+        for _ in 0..500 {
+            let items: Vec<(u64, u32)> = (0..rng.below(40))
+                .map(|_| (rng.next_u64(), rng.below(65) as u32))
+                .collect();
+            let mut full = BitWriter::new();
+            let mut marks = vec![0];
+            for &(v, n) in &items {
+                full.write(v, n);
+                marks.push(full.len_bits());
+            }
+            let cut = rng.below(items.len() as u64 + 1) as usize;
+            let mut short = BitWriter::new();
+            for &(v, n) in &items[..cut] {
+                short.write(v, n);
+            }
+            let mut copy = BitWriter::new();
+            copy.write(1, 3);
+            copy.append_bits(&full, 0, marks[cut]);
+            full.truncate(marks[cut]);
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            full.copy_to(&mut a);
+            short.copy_to(&mut b);
+            assert_eq!(a, b);
+            assert_eq!(full.len_bits(), short.len_bits());
+            full.write(0x5, 3);
+            short.write(0x5, 3);
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            full.copy_to(&mut a);
+            short.copy_to(&mut b);
+            assert_eq!(a, b);
+            let mut c = Vec::new();
+            copy.copy_to(&mut c);
+            let mut r = BitReader::new(&c);
+            assert_eq!(r.read(3).unwrap(), 1);
+            for &(v, n) in &items[..cut] {
+                let got = if n > 32 {
+                    r.read(32).unwrap() | r.read(n - 32).unwrap() << 32
+                } else {
+                    r.read(n).unwrap()
+                };
+                assert_eq!(got, v & if n == 64 { u64::MAX } else { (1 << n) - 1 });
+            }
+        }
     }
 
     #[test]

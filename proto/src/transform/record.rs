@@ -125,33 +125,40 @@ enum RotDelta {
     Absolute(QRot),
 }
 
-fn triple_cost(r: &[i64; 3]) -> u32 {
-    let m = r.iter().map(|&v| zigzag(v)).max().unwrap_or(0);
-    if m == 0 {
+/// Zigzag values of a residual triple and the bit width of the largest (OR has the same width
+/// as the maximum).
+#[inline]
+fn zig3(r: &[i64; 3]) -> ([u64; 3], u32) {
+    let z = r.map(zigzag);
+    (z, bit_width(z[0] | z[1] | z[2]))
+}
+
+/// Bits of a residual triple of width `w` (after its presence bit's position).
+#[inline]
+fn triple_cost(w: u32) -> u32 {
+    if w == 0 {
         1
     } else {
-        let w = bit_width(m) as u64;
-        1 + eg_len(w - 1, WIDTH_EG_K) + 3 * w as u32
+        1 + eg_len(w as u64 - 1, WIDTH_EG_K) + 3 * w
     }
 }
 
+#[inline]
 fn eg_len(v: u64, k: u32) -> u32 {
     let q = v + (1 << k);
     2 * bit_width(q) - k - 1
 }
 
-fn write_triple(w: &mut BitWriter, r: &[i64; 3]) {
-    let z = r.map(zigzag);
-    let m = z.iter().copied().max().unwrap_or(0);
-    if m == 0 {
-        w.write_bool(false);
-        return;
-    }
-    let width = bit_width(m);
-    w.write_bool(true);
+/// Writes width and three values (no presence bit).
+#[inline]
+fn write_triple_tail(w: &mut BitWriter, z: &[u64; 3], width: u32) {
     w.write_eg(width as u64 - 1, WIDTH_EG_K);
-    for v in z {
-        w.write(v, width);
+    if 3 * width <= 64 {
+        w.write(z[0] | z[1] << width | z[2] << (2 * width), 3 * width);
+    } else {
+        for v in z {
+            w.write(*v, width);
+        }
     }
 }
 
@@ -247,36 +254,37 @@ pub(crate) fn write_delta(
     tick: Tick,
     base: &Sample,
 ) {
-    let plain_pos = [0, 1, 2].map(|a| cur.pos[a] as i64 - base.q.pos[a] as i64);
     let same_largest = cur.rot.largest == base.q.rot.largest;
+    let plain_pos = [0, 1, 2].map(|a| cur.pos[a] as i64 - base.q.pos[a] as i64);
     let plain_rot = [0, 1, 2].map(|a| cur.rot.comps[a] as i64 - base.q.rot.comps[a] as i64);
-    let (mut pos, mut rot, mut predicted) = (plain_pos, plain_rot, false);
+    let (mut pz, mut pw) = zig3(&plain_pos);
+    let (mut rz, mut rw) = zig3(&plain_rot);
+    let mut predicted = false;
     if base.motion.dt != 0 {
         let (pp, pr) = base.predict(tick, qz);
-        let pred_pos = [0, 1, 2].map(|a| cur.pos[a] as i64 - pp[a]);
-        let pred_rot = [0, 1, 2].map(|a| cur.rot.comps[a] as i64 - pr[a]);
-        let rc = |r: &[i64; 3]| if same_largest { triple_cost(r) } else { 0 };
-        if triple_cost(&pred_pos) + rc(&pred_rot) < triple_cost(&plain_pos) + rc(&plain_rot) {
-            pos = pred_pos;
-            rot = pred_rot;
+        let (qpz, qpw) = zig3(&[0, 1, 2].map(|a| cur.pos[a] as i64 - pp[a]));
+        let (qrz, qrw) = zig3(&[0, 1, 2].map(|a| cur.rot.comps[a] as i64 - pr[a]));
+        let rc = |w: u32| if same_largest { triple_cost(w) } else { 0 };
+        if triple_cost(qpw) + rc(qrw) < triple_cost(pw) + rc(rw) {
+            (pz, pw, rz, rw) = (qpz, qpw, qrz, qrw);
             predicted = true;
         }
     }
     w.write_bool(predicted);
-    write_triple(w, &pos);
+    if pw == 0 {
+        w.write_bool(false);
+    } else {
+        w.write_bool(true);
+        write_triple_tail(w, &pz, pw);
+    }
     if !same_largest {
         w.write(0b01, 2); // `1` changed, then `0` absolute
         write_rot_abs(w, qz, &cur.rot);
-    } else if rot == [0; 3] {
+    } else if rw == 0 {
         w.write_bool(false);
     } else {
         w.write(0b11, 2);
-        let z = rot.map(zigzag);
-        let width = bit_width(z.iter().copied().max().unwrap_or(0));
-        w.write_eg(width as u64 - 1, WIDTH_EG_K);
-        for v in z {
-            w.write(v, width);
-        }
+        write_triple_tail(w, &rz, rw);
     }
     if qz.scale_enabled() {
         if cur.scale == base.q.scale {

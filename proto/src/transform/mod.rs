@@ -71,7 +71,7 @@ mod upstream;
 
 pub use config::{ConfigError, PriorityWeights, TransformConfig};
 pub use quant::{QRot, QTransform, Quantizer};
-pub use receiver::{Freshness, ReceivedTick, ReplicaReceiver};
+pub use receiver::{Freshness, ReceivedTick, ReplicaReceiver, FORGOTTEN_MAX};
 pub use replicator::{ClientReplicator, EntitySample, TickInput, TickSummary};
 pub use seq::{AckHeader, AckTracker, Arrival, Seq};
 pub use upstream::{decode_client_datagram, encode_client_datagram, ClientDatagram};

@@ -1,6 +1,6 @@
 //! [`ReplicaReceiver`]: the client's side of the transform stream.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use super::bits::BitReader;
 use super::quant::{QTransform, Quantizer};
@@ -43,14 +43,18 @@ pub struct ReceivedTick {
     pub left: Vec<EntityId>,
     /// Records older than what was already held for their entity (ignored).
     pub stale: usize,
-    /// Records newer than what was held whose baseline this receiver does not hold (skipped;
-    /// a correct server never causes this).
+    /// Records newer than what was held whose baseline this receiver does not hold (skipped).
+    /// Happens only for datagrams racing a [`ReplicaReceiver::forget_at`] of their entity.
     pub undecodable: usize,
     /// Whether the datagram will be acknowledged. A datagram with any record this receiver
     /// could not store (undecodable, or stale with its baseline gone) is applied in part but
     /// not acknowledged, so the server never deltas against a value the receiver lacks.
     pub acked: bool,
 }
+
+/// Removals a receiver remembers to ignore late records of removed entities: more than the
+/// entities removed during one round trip in any world we expect; older records are long stale.
+pub const FORGOTTEN_MAX: usize = 1024;
 
 #[derive(Clone, Debug, Default)]
 struct Replica {
@@ -99,6 +103,7 @@ pub struct ReplicaReceiver {
     entities: BTreeMap<EntityId, Replica>,
     parsed: Vec<Parsed>,
     newest_tick: Option<Tick>,
+    forgotten: VecDeque<(EntityId, Tick)>,
 }
 
 impl ReplicaReceiver {
@@ -110,6 +115,7 @@ impl ReplicaReceiver {
             entities: BTreeMap::new(),
             parsed: Vec::new(),
             newest_tick: None,
+            forgotten: VecDeque::new(),
         })
     }
 
@@ -157,9 +163,23 @@ impl ReplicaReceiver {
         self.entities.is_empty()
     }
 
-    /// Forgets an entity (it was removed from the world).
+    /// Forgets an entity removed from the world, as of the newest tick received. Prefer
+    /// [`ReplicaReceiver::forget_at`] with the server tick of the removal when it is known.
     pub fn forget(&mut self, id: EntityId) {
+        let at = self.newest_tick.unwrap_or_default();
+        self.forget_at(id, at);
+    }
+
+    /// Forgets an entity the server removed at tick `removed_at`: records of it from datagrams
+    /// of that tick or earlier still in flight are ignored (they would otherwise bring back a
+    /// ghost). The last [`FORGOTTEN_MAX`] removals are remembered; a delta for a forgotten
+    /// entity from a later tick counts as [`ReceivedTick::undecodable`] and is skipped.
+    pub fn forget_at(&mut self, id: EntityId, removed_at: Tick) {
         self.entities.remove(&id);
+        if self.forgotten.len() >= FORGOTTEN_MAX {
+            self.forgotten.pop_front();
+        }
+        self.forgotten.push_back((id, removed_at));
     }
 
     /// Decodes and applies one server datagram. Garbage gives an error and changes nothing;
@@ -210,6 +230,12 @@ impl ReplicaReceiver {
         let id = match *p {
             Parsed::Left(id) | Parsed::Absolute(id, _) | Parsed::Delta(id, _, _) => id,
         };
+        if !self.entities.contains_key(&id)
+            && self.forgotten.iter().any(|&(f, at)| f == id && tick <= at)
+        {
+            rt.stale += 1;
+            return;
+        }
         if !self.entities.contains_key(&id) && self.entities.len() >= ENTITIES_MAX {
             rt.undecodable += 1;
             rt.acked = false;

@@ -121,7 +121,9 @@ struct Tracked {
     id: EntityId,
     priority: f32,
     in_interest: bool,
-    /// Bumped when the entity leaves interest: records of an older epoch are ignored on ack.
+    /// A number unique within this replicator, renewed when the entity leaves interest or is
+    /// re-added to the world: acks of records from an older epoch are ignored, so a baseline
+    /// the client may have dropped is never used again.
     epoch: u32,
     /// Sends in this epoch (the next send's index).
     sends: u32,
@@ -131,12 +133,12 @@ struct Tracked {
 }
 
 impl Tracked {
-    fn new(id: EntityId) -> Tracked {
+    fn new(id: EntityId, epoch: u32) -> Tracked {
         Tracked {
             id,
             priority: 0.0,
             in_interest: false,
-            epoch: 0,
+            epoch,
             sends: 0,
             baseline: None,
             last_sent: None,
@@ -210,6 +212,7 @@ pub struct ClientReplicator {
     tracked_next: Vec<Tracked>,
     history: Vec<SentDatagram>,
     next_seq: u64,
+    next_epoch: u32,
     carry: i64,
     srtt_us: Option<u64>,
     cands: Vec<Cand>,
@@ -233,6 +236,7 @@ impl ClientReplicator {
             tracked_next: Vec::new(),
             history: vec![SentDatagram::default(); SENT_HISTORY_LEN],
             next_seq: 0,
+            next_epoch: 0,
             carry: 0,
             srtt_us: None,
             cands: Vec::new(),
@@ -424,7 +428,10 @@ impl ClientReplicator {
                     self.tracked_next.push(**t);
                     old.next();
                 }
-                _ => self.tracked_next.push(Tracked::new(e.id)),
+                _ => {
+                    self.next_epoch = self.next_epoch.wrapping_add(1);
+                    self.tracked_next.push(Tracked::new(e.id, self.next_epoch));
+                }
             }
         }
         std::mem::swap(&mut self.tracked, &mut self.tracked_next);
@@ -456,7 +463,8 @@ impl ClientReplicator {
             } else if t.in_interest && input.viewer.is_some() && dist > r_out {
                 t.in_interest = false;
                 let known = t.last_sent.is_some() || t.baseline.is_some();
-                t.epoch = t.epoch.wrapping_add(1);
+                self.next_epoch = self.next_epoch.wrapping_add(1);
+                t.epoch = self.next_epoch;
                 t.sends = 0;
                 t.baseline = None;
                 t.last_sent = None;

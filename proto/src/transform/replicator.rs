@@ -219,6 +219,7 @@ pub struct ClientReplicator {
     body: BitWriter,
     out_bits: BitWriter,
     chosen: Vec<(EntityId, usize)>,
+    bases: Vec<Option<Baseline>>,
     age_counts: Vec<u16>,
 }
 
@@ -243,6 +244,7 @@ impl ClientReplicator {
             body: BitWriter::new(),
             out_bits: BitWriter::new(),
             chosen: Vec::new(),
+            bases: Vec::new(),
             age_counts: vec![0; COMMON_AGE_CANDIDATES_MAX],
         })
     }
@@ -519,31 +521,6 @@ impl ClientReplicator {
         }
     }
 
-    /// Whether every candidate fits in one datagram of `bits_avail` bits; if so, fills
-    /// `chosen` with all of them (candidates are collected in id order).
-    fn all_fit(&mut self, tick: Tick, entities: &[EntitySample], bits_avail: usize) -> bool {
-        if self.cands.len() > RECORDS_PER_DATAGRAM_MAX {
-            return false;
-        }
-        let mut used = 0;
-        let mut prev = None;
-        for ci in 0..self.cands.len() {
-            let (bits, _) = self.body_bits(ci, tick, entities);
-            let id = self.tracked[self.cands[ci].slot].id;
-            used += bits + gap_bits(prev, id);
-            prev = Some(id);
-            if used > bits_avail {
-                return false;
-            }
-        }
-        self.chosen.clear();
-        for (ci, c) in self.cands.iter_mut().enumerate() {
-            c.placed = true;
-            self.chosen.push((self.tracked[c.slot].id, ci));
-        }
-        true
-    }
-
     /// Encodes candidate `ci`'s body into the scratch writer (once) and returns its worst-case
     /// record bits without the index.
     fn body_bits(&mut self, ci: usize, tick: Tick, entities: &[EntitySample]) -> (usize, Coded) {
@@ -591,23 +568,20 @@ impl ClientReplicator {
         // Fast path: everything fits in the first datagram, so priority order does not matter.
         let header =
             HEADER_FIXED_BYTES + varint_len(input.tick.0) + blob.map_or(0, |b| 1 + b.len());
-        let room = max_size.min(((allowance).max(0) as usize).max(if blob.is_some() {
-            header
-        } else {
-            0
-        }));
-        if remaining > 0
-            && room > header
-            && self.all_fit(input.tick, input.entities, (room - header) * 8)
-        {
-            let dgram = self.write_datagram(input, blob, &mut summary);
-            debug_assert!(dgram.len() <= room, "{} > {room}", dgram.len());
-            summary.datagrams = 1;
-            summary.bytes = dgram.len();
-            out.push(dgram);
-            self.carry = (allowance - summary.bytes as i64)
-                .clamp(-per_tick, self.budget_carry_max_bytes() as i64);
-            return Ok(summary);
+        let room =
+            max_size.min((allowance.max(0) as usize).max(if blob.is_some() { header } else { 0 }));
+        if room > header {
+            if let Some(dgram) =
+                self.try_single_datagram(input, blob, (room - header) * 8, &mut summary)
+            {
+                debug_assert!(dgram.len() <= room, "{} > {room}", dgram.len());
+                summary.datagrams = 1;
+                summary.bytes = dgram.len();
+                out.push(dgram);
+                self.carry = (allowance - summary.bytes as i64)
+                    .clamp(-per_tick, self.budget_carry_max_bytes() as i64);
+                return Ok(summary);
+            }
         }
         let tracked = &self.tracked;
         self.cands.sort_unstable_by(|a, b| {
@@ -684,16 +658,42 @@ impl ClientReplicator {
         let mut best = 0u16;
         for &(_, ci) in &self.chosen {
             if let Some((_, _, Coded::Delta { age })) = self.cands[ci].body {
-                let Some(n) = self.age_counts.get_mut(age as usize) else {
-                    continue; // rare old baselines never become the common age
-                };
-                *n += 1;
-                if *n > best {
-                    best = *n;
-                    common = age;
-                }
+                count_age(&mut self.age_counts, age, &mut common, &mut best);
             }
         }
+        self.out_bits.clear();
+        let mut prev: Option<EntityId> = None;
+        for &(id, ci) in &self.chosen {
+            self.out_bits.write_eg(gap(prev, id), INDEX_EG_K);
+            prev = Some(id);
+            let Some((start, len, coded)) = self.cands[ci].body else {
+                continue; // unreachable: every chosen candidate has its body computed
+            };
+            write_kind(&mut self.out_bits, coded, common);
+            self.out_bits.append_bits(&self.body, start, len);
+        }
+        let (seq_full, buf, slot, mut records) =
+            self.begin_datagram(input, blob, common, self.chosen.len());
+        for &(id, ci) in &self.chosen {
+            let c = self.cands[ci];
+            let coded = c.body.map_or(Coded::Left, |b| b.2);
+            let t = &mut self.tracked[c.slot];
+            let base = usable_baseline(t, input.tick);
+            commit_record(t, c.slot, id, coded, base, input, &mut records, summary);
+        }
+        self.finish_datagram(input, seq_full, slot, records);
+        buf
+    }
+
+    /// Writes the header and the packed records; returns the sequence, the buffer, the history
+    /// slot and its (cleared) record list.
+    fn begin_datagram(
+        &mut self,
+        input: &TickInput,
+        blob: Option<&[u8]>,
+        common: u64,
+        count: usize,
+    ) -> (u64, Vec<u8>, usize, Vec<SentRecord>) {
         let seq_full = self.next_seq;
         self.next_seq += 1;
         let mut buf = Vec::with_capacity(input.max_datagram_size.min(DATAGRAM_BYTES_MAX));
@@ -706,83 +706,21 @@ impl ClientReplicator {
             buf.extend_from_slice(b);
         }
         write_varint(&mut buf, common);
-        write_varint(&mut buf, self.chosen.len() as u64);
-
+        write_varint(&mut buf, count as u64);
+        self.out_bits.copy_to(&mut buf);
         let slot = (seq_full % SENT_HISTORY_LEN as u64) as usize;
         let mut records = std::mem::take(&mut self.history[slot].records);
         records.clear();
-        self.out_bits.clear();
-        let mut prev: Option<EntityId> = None;
-        for &(id, ci) in &self.chosen {
-            let gap = match prev {
-                None => id.0 as u64,
-                Some(p) => (id.0 - p.0 - 1) as u64,
-            };
-            prev = Some(id);
-            self.out_bits.write_eg(gap, INDEX_EG_K);
-            let c = self.cands[ci];
-            let Some((start, len, coded)) = c.body else {
-                continue; // unreachable: every chosen candidate has its body computed
-            };
-            match coded {
-                Coded::Delta { age } => {
-                    self.out_bits.write_bool(true);
-                    if age == common {
-                        self.out_bits.write_bool(true);
-                    } else {
-                        self.out_bits.write_bool(false);
-                        self.out_bits.write_eg(age - 1, AGE_EG_K);
-                    }
-                }
-                Coded::Absolute => self.out_bits.write(0b10, 2),
-                Coded::Left => self.out_bits.write(0b00, 2),
-            }
-            self.out_bits.append_bits(&self.body, start, len);
-            let t = &mut self.tracked[c.slot];
-            t.priority = 0.0;
-            match coded {
-                Coded::Left => {
-                    t.left = LeftState::Pending {
-                        sent_at: Some(input.now),
-                    };
-                    records.push(SentRecord::Left {
-                        id,
-                        slot: c.slot as u32,
-                        epoch: t.epoch,
-                    });
-                    summary.left_notices += 1;
-                }
-                Coded::Delta { .. } | Coded::Absolute => {
-                    let q = input.entities[c.slot].q;
-                    let sample = match (coded, usable_baseline(t, input.tick)) {
-                        (Coded::Delta { .. }, Some(b)) => {
-                            Sample::from_base(input.tick, q, &b.sample)
-                        }
-                        _ => Sample::absolute(input.tick, q),
-                    };
-                    let send_index = t.sends;
-                    t.sends = t.sends.wrapping_add(1);
-                    t.last_sent = Some(LastSent {
-                        q,
-                        send_index,
-                        at: input.now,
-                        acked: false,
-                    });
-                    records.push(SentRecord::Update {
-                        id,
-                        slot: c.slot as u32,
-                        epoch: t.epoch,
-                        send_index,
-                        sample,
-                    });
-                    summary.updates += 1;
-                    if matches!(coded, Coded::Absolute) {
-                        summary.absolute += 1;
-                    }
-                }
-            }
-        }
-        self.out_bits.copy_to(&mut buf);
+        (seq_full, buf, slot, records)
+    }
+
+    fn finish_datagram(
+        &mut self,
+        input: &TickInput,
+        seq_full: u64,
+        slot: usize,
+        records: Vec<SentRecord>,
+    ) {
         self.history[slot] = SentDatagram {
             seq_full,
             valid: true,
@@ -790,7 +728,174 @@ impl ClientReplicator {
             sent_at: input.now,
             records,
         };
-        buf
+    }
+
+    /// Fast path: every candidate, in id order, written straight into one datagram. Returns
+    /// `None` (and leaves all state as it was) if they do not fit in `bits_avail` bits.
+    fn try_single_datagram(
+        &mut self,
+        input: &TickInput,
+        blob: Option<&[u8]>,
+        bits_avail: usize,
+        summary: &mut TickSummary,
+    ) -> Option<Vec<u8>> {
+        let n = self.cands.len();
+        if n == 0 || n > RECORDS_PER_DATAGRAM_MAX {
+            return None;
+        }
+        self.age_counts.fill(0);
+        let mut common = 0u64;
+        let mut best = 0u16;
+        self.bases.clear();
+        for c in &self.cands {
+            let b = match c.kind {
+                CandKind::Update => usable_baseline(&self.tracked[c.slot], input.tick),
+                CandKind::Left => None,
+            };
+            if let Some(b) = &b {
+                count_age(
+                    &mut self.age_counts,
+                    input.tick.0 - b.sample.tick.0,
+                    &mut common,
+                    &mut best,
+                );
+            }
+            self.bases.push(b);
+        }
+        self.out_bits.clear();
+        let mut prev: Option<EntityId> = None;
+        for (c, base) in self.cands.iter().zip(&self.bases) {
+            let id = self.tracked[c.slot].id;
+            self.out_bits.write_eg(gap(prev, id), INDEX_EG_K);
+            prev = Some(id);
+            let q = &input.entities[c.slot].q;
+            match (c.kind, base) {
+                (CandKind::Left, _) => write_kind(&mut self.out_bits, Coded::Left, common),
+                (CandKind::Update, Some(b)) => {
+                    let age = input.tick.0 - b.sample.tick.0;
+                    write_kind(&mut self.out_bits, Coded::Delta { age }, common);
+                    write_delta(&mut self.out_bits, &self.qz, q, input.tick, &b.sample);
+                }
+                (CandKind::Update, None) => {
+                    write_kind(&mut self.out_bits, Coded::Absolute, common);
+                    write_absolute(&mut self.out_bits, &self.qz, q);
+                }
+            }
+            if self.out_bits.len_bits() > bits_avail {
+                return None;
+            }
+        }
+        let (seq_full, buf, slot, mut records) = self.begin_datagram(input, blob, common, n);
+        for (ci, c) in self.cands.iter_mut().enumerate() {
+            c.placed = true;
+            let t = &mut self.tracked[c.slot];
+            let base = self.bases[ci];
+            let coded = match (c.kind, &base) {
+                (CandKind::Left, _) => Coded::Left,
+                (CandKind::Update, Some(b)) => Coded::Delta {
+                    age: input.tick.0 - b.sample.tick.0,
+                },
+                (CandKind::Update, None) => Coded::Absolute,
+            };
+            let id = t.id;
+            commit_record(t, c.slot, id, coded, base, input, &mut records, summary);
+        }
+        self.finish_datagram(input, seq_full, slot, records);
+        Some(buf)
+    }
+}
+
+/// Counts one delta age towards the datagram's common age (the most frequent one).
+#[inline]
+fn count_age(counts: &mut [u16], age: u64, common: &mut u64, best: &mut u16) {
+    let Some(n) = counts.get_mut(age as usize) else {
+        return; // rare old baselines never become the common age
+    };
+    *n += 1;
+    if *n > *best {
+        *best = *n;
+        *common = age;
+    }
+}
+
+/// The Exp-Golomb value of the gap from `prev` to `id` (ids strictly ascending).
+#[inline]
+fn gap(prev: Option<EntityId>, id: EntityId) -> u64 {
+    match prev {
+        None => id.0 as u64,
+        Some(p) => (id.0 - p.0 - 1) as u64,
+    }
+}
+
+/// Writes a record's kind code and, for deltas, its baseline reference.
+#[inline]
+fn write_kind(w: &mut BitWriter, coded: Coded, common: u64) {
+    match coded {
+        Coded::Delta { age } => {
+            if age == common {
+                w.write(0b11, 2);
+            } else {
+                w.write(0b01, 2);
+                w.write_eg(age - 1, AGE_EG_K);
+            }
+        }
+        Coded::Absolute => w.write(0b10, 2),
+        Coded::Left => w.write(0b00, 2),
+    }
+}
+
+/// Updates an entity's state for a record just written and remembers it for acks.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn commit_record(
+    t: &mut Tracked,
+    slot: usize,
+    id: EntityId,
+    coded: Coded,
+    base: Option<Baseline>,
+    input: &TickInput,
+    records: &mut Vec<SentRecord>,
+    summary: &mut TickSummary,
+) {
+    t.priority = 0.0;
+    match coded {
+        Coded::Left => {
+            t.left = LeftState::Pending {
+                sent_at: Some(input.now),
+            };
+            records.push(SentRecord::Left {
+                id,
+                slot: slot as u32,
+                epoch: t.epoch,
+            });
+            summary.left_notices += 1;
+        }
+        Coded::Delta { .. } | Coded::Absolute => {
+            let q = input.entities[slot].q;
+            let sample = match (coded, base) {
+                (Coded::Delta { .. }, Some(b)) => Sample::from_base(input.tick, q, &b.sample),
+                _ => Sample::absolute(input.tick, q),
+            };
+            let send_index = t.sends;
+            t.sends = t.sends.wrapping_add(1);
+            t.last_sent = Some(LastSent {
+                q,
+                send_index,
+                at: input.now,
+                acked: false,
+            });
+            records.push(SentRecord::Update {
+                id,
+                slot: slot as u32,
+                epoch: t.epoch,
+                send_index,
+                sample,
+            });
+            summary.updates += 1;
+            if matches!(coded, Coded::Absolute) {
+                summary.absolute += 1;
+            }
+        }
     }
 }
 
@@ -818,11 +923,7 @@ fn eg_bits(v: u64, k: u32) -> usize {
 }
 
 fn gap_bits(prev: Option<EntityId>, id: EntityId) -> usize {
-    let gap = match prev {
-        None => id.0 as u64,
-        Some(p) => (id.0 - p.0 - 1) as u64,
-    };
-    eg_bits(gap, INDEX_EG_K)
+    eg_bits(gap(prev, id), INDEX_EG_K)
 }
 
 /// The index of `id` in `tracked`: `slot` if it is still there, else a binary search.

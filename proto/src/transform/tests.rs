@@ -716,6 +716,21 @@ fn target_figures() {
             },
         ),
         ("crowd", BenchParams::crowd()),
+        (
+            "crowd, 100 clients",
+            BenchParams {
+                clients: 100,
+                ..BenchParams::crowd()
+            },
+        ),
+        (
+            "cubes 20% loss, 30 ms jitter",
+            BenchParams {
+                loss: 0.2,
+                jitter_ms: 30,
+                ..BenchParams::cubes()
+            },
+        ),
     ] {
         p.seconds = 60.0;
         let r = bench_run(&p);

@@ -138,6 +138,9 @@ pub enum TransformError {
     /// A transform lies outside the configured world bounds or quantization ranges.
     #[error("transform outside the configured bounds")]
     OutOfBounds,
+    /// The caller wrote a tick that is not after the previous one written.
+    #[error("tick {0:?} is not after the last tick written")]
+    TickNotAfterLast(crate::time::Tick),
     /// The caller passed entities not sorted by strictly ascending id.
     #[error("entity samples must be sorted by strictly ascending id")]
     UnsortedEntities,

@@ -213,6 +213,7 @@ pub struct ClientReplicator {
     history: Vec<SentDatagram>,
     next_seq: u64,
     next_epoch: u32,
+    last_tick: Option<Tick>,
     carry: i64,
     srtt_us: Option<u64>,
     cands: Vec<Cand>,
@@ -238,6 +239,7 @@ impl ClientReplicator {
             history: vec![SentDatagram::default(); SENT_HISTORY_LEN],
             next_seq: 0,
             next_epoch: 0,
+            last_tick: None,
             carry: 0,
             srtt_us: None,
             cands: Vec::new(),
@@ -387,7 +389,8 @@ impl ClientReplicator {
     /// datagram, at most `input.max_datagram_size` bytes). Returns what was written.
     ///
     /// Errors only on caller mistakes: a datagram size below [`DATAGRAM_BYTES_MIN`], an own
-    /// blob above [`OWN_BLOB_BYTES_MAX`], or entities not sorted by id.
+    /// blob above [`OWN_BLOB_BYTES_MAX`], entities not sorted by id, or a tick not after the
+    /// previous call's (an entity is sent at most once per tick: receivers key values by tick).
     pub fn write_tick(
         &mut self,
         input: &TickInput,
@@ -407,6 +410,10 @@ impl ClientReplicator {
         if input.entities.windows(2).any(|w| w[0].id >= w[1].id) {
             return Err(TransformError::UnsortedEntities);
         }
+        if self.last_tick.is_some_and(|t| input.tick <= t) {
+            return Err(TransformError::TickNotAfterLast(input.tick));
+        }
+        self.last_tick = Some(input.tick);
         self.merge(input.entities);
         self.collect_candidates(input);
         self.pack(input, out)

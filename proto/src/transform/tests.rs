@@ -403,6 +403,11 @@ fn several_datagrams_per_tick_and_own_blob_rides_first() {
         ..input
     };
     assert!(server.write_tick(&bad, &mut out).is_err());
+    // The same tick twice would send an entity twice under one tick.
+    assert_eq!(
+        server.write_tick(&input, &mut out),
+        Err(TransformError::TickNotAfterLast(Tick(1)))
+    );
 }
 
 #[test]

@@ -227,23 +227,30 @@ fn delta_stream_is_bit_exact_and_converges_under_loss_reordering_and_duplication
         let mut world = World::new(seed, 40, 50.0);
         let mut rng = Rng::new(seed);
         let ticks = 400;
+        let mut converged_at = None;
         for tick in 0..ticks + 200 {
             world.step(tick < ticks);
             let max = 96 + rng.below(1300) as usize;
             let samples = world.samples(&pair.qz);
             pair.tick(tick, &samples, None, max);
+            let same = samples
+                .iter()
+                .all(|s| pair.client.latest_quantized(s.id).map(|(_, q)| q) == Some(s.q));
+            if tick >= ticks && same && converged_at.is_none() {
+                converged_at = Some(tick - ticks);
+            }
+            if !same {
+                converged_at = None;
+            }
         }
-        // Motion stopped 200 ticks ago: the client holds the server's final state exactly.
-        let samples = world.samples(&pair.qz);
-        for s in &samples {
-            let got = pair.client.latest_quantized(s.id).map(|(_, q)| q);
-            assert_eq!(
-                got,
-                Some(s.q),
-                "seed {seed} loss {loss}: entity {:?} did not converge",
-                s.id
-            );
-        }
+        // Motion stopped 200 ticks ago: the client holds the server's final state exactly, and
+        // got there within a bounded time (resends wait about one RTT estimate, so a value
+        // lost k times in a row costs k RTTs: at 35% loss, 60 ticks is a generous bound).
+        let after = converged_at.unwrap_or(u64::MAX);
+        assert!(
+            after <= 60,
+            "seed {seed} loss {loss}: converged {after} ticks after motion stopped"
+        );
     }
 }
 

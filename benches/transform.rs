@@ -43,8 +43,11 @@ impl World {
         self.gen.step(1.0 / 30.0);
         let qz = &self.qz;
         self.samples.clear();
-        self.samples
-            .extend(self.gen.transforms().map(|(id, t)| EntitySample::new(id, &t, qz)));
+        self.samples.extend(
+            self.gen
+                .transforms()
+                .map(|(id, t)| EntitySample::new(id, &t, qz)),
+        );
     }
 }
 
@@ -125,8 +128,7 @@ fn bench_one_entity(c: &mut Criterion) {
 fn bench_client(c: &mut Criterion) {
     for n in [100usize, 1000] {
         let mut world = World::new(n);
-        let mut server =
-            ClientReplicator::new(TransformConfig::default(), None).expect("config");
+        let mut server = ClientReplicator::new(TransformConfig::default(), None).expect("config");
         let mut out = Vec::new();
         let mut tick = 0;
         for _ in 0..30 {

@@ -376,12 +376,12 @@ trait TickBefore {
 
 impl TickBefore for Option<(Tick, QTransform)> {
     fn is_none_or_tick_before(&self, tick: Tick) -> bool {
-        self.map_or(true, |(t, _)| t < tick)
+        !matches!(self, Some((t, _)) if *t >= tick)
     }
 }
 
 impl TickBefore for Option<Tick> {
     fn is_none_or_tick_before(&self, tick: Tick) -> bool {
-        self.map_or(true, |t| t < tick)
+        !matches!(self, Some(t) if *t >= tick)
     }
 }

@@ -943,12 +943,13 @@ fn locate(tracked: &[Tracked], id: EntityId, slot: u32) -> Option<usize> {
 
 /// Whether `tick` is newer than the baseline (or there is none).
 fn baseline_older(b: &Option<Baseline>, tick: Tick) -> bool {
-    b.map_or(true, |b| b.sample.tick < tick)
+    !matches!(b, Some(b) if b.sample.tick >= tick)
 }
 
 /// Whether a notice last sent at `sent_at` is due again.
 fn due(sent_at: Option<Time>, now: Time, after_us: u64) -> bool {
-    sent_at.map_or(true, |t| {
-        now.saturating_since(t).as_micros() as u64 >= after_us
-    })
+    match sent_at {
+        None => true,
+        Some(t) => now.saturating_since(t).as_micros() as u64 >= after_us,
+    }
 }

@@ -22,6 +22,9 @@ use crate::time::Tick;
 const WIDTH_EG_K: u32 = 1;
 /// Exp-Golomb order for baseline ages in ticks: ages of 1–4 ticks take 3 bits, up to 12 take 5.
 pub(crate) const AGE_EG_K: u32 = 2;
+/// A predicted residual at most this wide (bits per component) is used without comparing it to
+/// the plain delta: the comparison costs more time than the bit or two it could save.
+const PREDICTED_GOOD_ENOUGH_BITS: u32 = 2;
 /// Furthest a prediction extrapolates, in motion intervals: past that the motion is stale and
 /// the residual would only grow.
 const PREDICT_INTERVALS_MAX: u64 = 8;
@@ -255,21 +258,30 @@ pub(crate) fn write_delta(
     base: &Sample,
 ) {
     let same_largest = cur.rot.largest == base.q.rot.largest;
-    let plain_pos = [0, 1, 2].map(|a| cur.pos[a] as i64 - base.q.pos[a] as i64);
-    let plain_rot = [0, 1, 2].map(|a| cur.rot.comps[a] as i64 - base.q.rot.comps[a] as i64);
-    let (mut pz, mut pw) = zig3(&plain_pos);
-    let (mut rz, mut rw) = zig3(&plain_rot);
-    let mut predicted = false;
-    if base.motion.dt != 0 {
+    let plain = || {
+        let pos = [0, 1, 2].map(|a| cur.pos[a] as i64 - base.q.pos[a] as i64);
+        let rot = [0, 1, 2].map(|a| cur.rot.comps[a] as i64 - base.q.rot.comps[a] as i64);
+        (zig3(&pos), zig3(&rot))
+    };
+    let rc = |w: u32| if same_largest { triple_cost(w) } else { 0 };
+    let (((pz, pw), (rz, rw)), predicted) = if base.motion.dt == 0 {
+        (plain(), false)
+    } else {
         let (pp, pr) = base.predict(tick, qz);
-        let (qpz, qpw) = zig3(&[0, 1, 2].map(|a| cur.pos[a] as i64 - pp[a]));
-        let (qrz, qrw) = zig3(&[0, 1, 2].map(|a| cur.rot.comps[a] as i64 - pr[a]));
-        let rc = |w: u32| if same_largest { triple_cost(w) } else { 0 };
-        if triple_cost(qpw) + rc(qrw) < triple_cost(pw) + rc(rw) {
-            (pz, pw, rz, rw) = (qpz, qpw, qrz, qrw);
-            predicted = true;
+        let pred_pos = zig3(&[0, 1, 2].map(|a| cur.pos[a] as i64 - pp[a]));
+        let pred_rot = zig3(&[0, 1, 2].map(|a| cur.rot.comps[a] as i64 - pr[a]));
+        if pred_pos.1 <= PREDICTED_GOOD_ENOUGH_BITS && pred_rot.1 <= PREDICTED_GOOD_ENOUGH_BITS {
+            // A residual this small leaves the plain delta at most a few bits to win.
+            ((pred_pos, pred_rot), true)
+        } else {
+            let ((qpz, qpw), (qrz, qrw)) = plain();
+            if triple_cost(pred_pos.1) + rc(pred_rot.1) < triple_cost(qpw) + rc(qrw) {
+                ((pred_pos, pred_rot), true)
+            } else {
+                (((qpz, qpw), (qrz, qrw)), false)
+            }
         }
-    }
+    };
     w.write_bool(predicted);
     if pw == 0 {
         w.write_bool(false);

@@ -220,7 +220,8 @@ pub struct ClientReplicator {
     body: BitWriter,
     out_bits: BitWriter,
     chosen: Vec<(EntityId, usize)>,
-    bases: Vec<Option<Baseline>>,
+    /// Per candidate: the baseline age a delta would use, 0 for none (fast-path scratch).
+    ages: Vec<u64>,
     age_counts: Vec<u16>,
 }
 
@@ -246,7 +247,7 @@ impl ClientReplicator {
             body: BitWriter::new(),
             out_bits: BitWriter::new(),
             chosen: Vec::new(),
-            bases: Vec::new(),
+            ages: Vec::new(),
             age_counts: vec![0; COMMON_AGE_CANDIDATES_MAX],
         })
     }
@@ -681,12 +682,17 @@ impl ClientReplicator {
         }
         let (seq_full, buf, slot, mut records) =
             self.begin_datagram(input, blob, common, self.chosen.len());
-        for &(id, ci) in &self.chosen {
+        for &(_, ci) in &self.chosen {
             let c = self.cands[ci];
             let coded = c.body.map_or(Coded::Left, |b| b.2);
-            let t = &mut self.tracked[c.slot];
-            let base = usable_baseline(t, input.tick);
-            commit_record(t, c.slot, id, coded, base, input, &mut records, summary);
+            commit_record(
+                &mut self.tracked[c.slot],
+                c.slot,
+                coded,
+                input,
+                &mut records,
+                summary,
+            );
         }
         self.finish_datagram(input, seq_full, slot, records);
         buf
@@ -753,37 +759,32 @@ impl ClientReplicator {
         self.age_counts.fill(0);
         let mut common = 0u64;
         let mut best = 0u16;
-        self.bases.clear();
+        self.ages.clear();
         for c in &self.cands {
-            let b = match c.kind {
-                CandKind::Update => usable_baseline(&self.tracked[c.slot], input.tick),
-                CandKind::Left => None,
+            let age = match c.kind {
+                CandKind::Update => usable_baseline(&self.tracked[c.slot], input.tick)
+                    .map_or(0, |b| input.tick.0 - b.sample.tick.0),
+                CandKind::Left => 0,
             };
-            if let Some(b) = &b {
-                count_age(
-                    &mut self.age_counts,
-                    input.tick.0 - b.sample.tick.0,
-                    &mut common,
-                    &mut best,
-                );
+            if age != 0 {
+                count_age(&mut self.age_counts, age, &mut common, &mut best);
             }
-            self.bases.push(b);
+            self.ages.push(age);
         }
         self.out_bits.clear();
         let mut prev: Option<EntityId> = None;
-        for (c, base) in self.cands.iter().zip(&self.bases) {
-            let id = self.tracked[c.slot].id;
-            self.out_bits.write_eg(gap(prev, id), INDEX_EG_K);
-            prev = Some(id);
+        for (c, &age) in self.cands.iter().zip(&self.ages) {
+            let t = &self.tracked[c.slot];
+            self.out_bits.write_eg(gap(prev, t.id), INDEX_EG_K);
+            prev = Some(t.id);
             let q = &input.entities[c.slot].q;
-            match (c.kind, base) {
+            match (c.kind, &t.baseline) {
                 (CandKind::Left, _) => write_kind(&mut self.out_bits, Coded::Left, common),
-                (CandKind::Update, Some(b)) => {
-                    let age = input.tick.0 - b.sample.tick.0;
+                (CandKind::Update, Some(b)) if age != 0 => {
                     write_kind(&mut self.out_bits, Coded::Delta { age }, common);
                     write_delta(&mut self.out_bits, &self.qz, q, input.tick, &b.sample);
                 }
-                (CandKind::Update, None) => {
+                (CandKind::Update, _) => {
                     write_kind(&mut self.out_bits, Coded::Absolute, common);
                     write_absolute(&mut self.out_bits, &self.qz, q);
                 }
@@ -793,19 +794,21 @@ impl ClientReplicator {
             }
         }
         let (seq_full, buf, slot, mut records) = self.begin_datagram(input, blob, common, n);
-        for (ci, c) in self.cands.iter_mut().enumerate() {
+        for (c, &age) in self.cands.iter_mut().zip(&self.ages) {
             c.placed = true;
-            let t = &mut self.tracked[c.slot];
-            let base = self.bases[ci];
-            let coded = match (c.kind, &base) {
-                (CandKind::Left, _) => Coded::Left,
-                (CandKind::Update, Some(b)) => Coded::Delta {
-                    age: input.tick.0 - b.sample.tick.0,
-                },
-                (CandKind::Update, None) => Coded::Absolute,
+            let coded = match c.kind {
+                CandKind::Left => Coded::Left,
+                CandKind::Update if age != 0 => Coded::Delta { age },
+                CandKind::Update => Coded::Absolute,
             };
-            let id = t.id;
-            commit_record(t, c.slot, id, coded, base, input, &mut records, summary);
+            commit_record(
+                &mut self.tracked[c.slot],
+                c.slot,
+                coded,
+                input,
+                &mut records,
+                summary,
+            );
         }
         self.finish_datagram(input, seq_full, slot, records);
         Some(buf)
@@ -851,20 +854,19 @@ fn write_kind(w: &mut BitWriter, coded: Coded, common: u64) {
     }
 }
 
-/// Updates an entity's state for a record just written and remembers it for acks.
-#[allow(clippy::too_many_arguments)]
+/// Updates an entity's state for a record just written and remembers it for acks. A delta was
+/// coded against `t`'s current baseline.
 #[inline]
 fn commit_record(
     t: &mut Tracked,
     slot: usize,
-    id: EntityId,
     coded: Coded,
-    base: Option<Baseline>,
     input: &TickInput,
     records: &mut Vec<SentRecord>,
     summary: &mut TickSummary,
 ) {
     t.priority = 0.0;
+    let id = t.id;
     match coded {
         Coded::Left => {
             t.left = LeftState::Pending {
@@ -879,7 +881,7 @@ fn commit_record(
         }
         Coded::Delta { .. } | Coded::Absolute => {
             let q = input.entities[slot].q;
-            let sample = match (coded, base) {
+            let sample = match (coded, &t.baseline) {
                 (Coded::Delta { .. }, Some(b)) => Sample::from_base(input.tick, q, &b.sample),
                 _ => Sample::absolute(input.tick, q),
             };
@@ -908,8 +910,8 @@ fn commit_record(
 
 /// The baseline a delta for `t` at `tick` may use: acknowledged, not too old, and still among
 /// the receiver's [`RECEIVER_BASELINES_PER_ENTITY`] newest values.
-fn usable_baseline(t: &Tracked, tick: Tick) -> Option<Baseline> {
-    let b = t.baseline?;
+fn usable_baseline(t: &Tracked, tick: Tick) -> Option<&Baseline> {
+    let b = t.baseline.as_ref()?;
     let age = tick.0.checked_sub(b.sample.tick.0)?;
     let sends_since = t.sends.wrapping_sub(b.send_index) as usize;
     ((1..=BASELINE_AGE_MAX_TICKS).contains(&age) && sends_since <= RECEIVER_BASELINES_PER_ENTITY)

@@ -1,2 +1,192 @@
-//! Transform codec benchmarks.
-fn main() {}
+//! Transform codec benchmarks: one entity delta (encode, decode), one client's datagrams for a
+//! tick with 100 and 1,000 relevant moving entities, and a whole server tick of 100 clients ×
+//! 1,000 entities. Motion comes from the crowd scenario (every entity moves every tick); the
+//! motion step and quantization happen outside the timed section (the server quantizes once per
+//! tick for all clients).
+//!
+//! Run: `cargo bench --bench transform` (add `-- --quick` for a short run).
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use neonet_proto::time::{Tick, Time};
+use neonet_proto::transform::scenario::{MotionGen, Scenario};
+use neonet_proto::transform::{
+    AckHeader, ClientReplicator, EntitySample, Quantizer, ReplicaReceiver, Seq, TickInput,
+    TransformConfig,
+};
+
+const TICK_US: u64 = 33_333;
+const MAX_DATAGRAM: usize = 1162;
+
+/// A world of `n` crowd players stepped once per tick, quantized into samples.
+struct World {
+    gen: MotionGen,
+    qz: Quantizer,
+    samples: Vec<EntitySample>,
+}
+
+impl World {
+    fn new(n: usize) -> World {
+        let qz = Quantizer::new(&TransformConfig::default()).expect("default config");
+        let mut w = World {
+            gen: MotionGen::new(Scenario::Crowd, n, 7),
+            qz,
+            samples: Vec::new(),
+        };
+        w.step();
+        w
+    }
+
+    fn step(&mut self) {
+        self.gen.step(1.0 / 30.0);
+        let qz = &self.qz;
+        self.samples.clear();
+        self.samples.extend(
+            self.gen
+                .transforms()
+                .map(|(id, t)| EntitySample::new(id, &t, qz)),
+        );
+    }
+}
+
+/// Acknowledges the datagram just written (the newest sequence) and all before it.
+fn ack_all(out: &[Vec<u8>]) -> Option<AckHeader> {
+    let last = out.last()?;
+    Some(AckHeader {
+        latest: Seq(u16::from_le_bytes([last[1], last[2]])),
+        received: u64::MAX,
+    })
+}
+
+fn client_tick(
+    server: &mut ClientReplicator,
+    world: &World,
+    tick: u64,
+    viewer: Option<[f32; 3]>,
+    out: &mut Vec<Vec<u8>>,
+) {
+    out.clear();
+    let input = TickInput {
+        tick: Tick(tick),
+        now: Time(tick * TICK_US),
+        viewer,
+        entities: &world.samples,
+        max_datagram_size: MAX_DATAGRAM,
+        own_blob: None,
+    };
+    black_box(server.write_tick(&input, out).expect("valid input"));
+    // The client's ack arrives 3 ticks later in reality; acking at once keeps the benchmark in
+    // the steady delta state and costs the same.
+    if let Some(ack) = ack_all(out) {
+        server.handle_ack(&ack, Time(tick * TICK_US));
+    }
+}
+
+fn bench_one_entity(c: &mut Criterion) {
+    let mut world = World::new(1);
+    let config = TransformConfig::default();
+    let mut server = ClientReplicator::new(config.clone(), None).expect("config");
+    let mut client = ReplicaReceiver::new(&config).expect("config");
+    let mut out = Vec::new();
+    let mut tick = 0;
+    for _ in 0..10 {
+        world.step();
+        client_tick(&mut server, &world, tick, None, &mut out);
+        for d in &out {
+            client.handle_datagram(d, Time(0)).expect("valid");
+        }
+        tick += 1;
+    }
+    c.bench_function("delta/encode_one_entity", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                world.step();
+                let start = Instant::now();
+                client_tick(&mut server, &world, tick, None, &mut out);
+                total += start.elapsed();
+                tick += 1;
+            }
+            total
+        })
+    });
+    // Decode: the receiver as it was before the last datagram, fed that datagram.
+    world.step();
+    client_tick(&mut server, &world, tick, None, &mut out);
+    let dgram = out[0].clone();
+    c.bench_function("delta/decode_one_entity", |b| {
+        b.iter_batched(
+            || client.clone(),
+            |mut r| black_box(r.handle_datagram(&dgram, Time(0)).expect("valid")),
+            BatchSize::SmallInput,
+        )
+    });
+}
+
+fn bench_client(c: &mut Criterion) {
+    for n in [100usize, 1000] {
+        let mut world = World::new(n);
+        let mut server = ClientReplicator::new(TransformConfig::default(), None).expect("config");
+        let mut out = Vec::new();
+        let mut tick = 0;
+        for _ in 0..30 {
+            world.step();
+            client_tick(&mut server, &world, tick, Some([0.0; 3]), &mut out);
+            tick += 1;
+        }
+        c.bench_function(&format!("client_tick/{n}_moving_entities"), |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    world.step();
+                    let start = Instant::now();
+                    client_tick(&mut server, &world, tick, Some([0.0; 3]), &mut out);
+                    total += start.elapsed();
+                    tick += 1;
+                }
+                total
+            })
+        });
+    }
+}
+
+fn bench_server(c: &mut Criterion) {
+    let clients = 100;
+    let mut world = World::new(1000);
+    let mut servers: Vec<ClientReplicator> = (0..clients)
+        .map(|_| ClientReplicator::new(TransformConfig::default(), None).expect("config"))
+        .collect();
+    let mut out = Vec::new();
+    let mut tick = 0;
+    let viewers = |w: &World, c: usize| Some(w.samples[c * 10].position);
+    for _ in 0..10 {
+        world.step();
+        for (i, s) in servers.iter_mut().enumerate() {
+            client_tick(s, &world, tick, viewers(&world, i), &mut out);
+        }
+        tick += 1;
+    }
+    let mut group = c.benchmark_group("server_tick");
+    group.sample_size(10);
+    group.bench_function("100_clients_x_1000_entities", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                world.step();
+                let start = Instant::now();
+                for (i, s) in servers.iter_mut().enumerate() {
+                    client_tick(s, &world, tick, viewers(&world, i), &mut out);
+                }
+                total += start.elapsed();
+                tick += 1;
+            }
+            total
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench_one_entity, bench_client, bench_server);
+criterion_main!(benches);

@@ -1,0 +1,957 @@
+//! [`ClientReplicator`]: the server's transform sender for one client.
+//!
+//! Per tick: update interest, grow the priority of every entity that needs sending, then fill
+//! datagrams highest priority first up to the client's byte budget and the connection's current
+//! datagram size. Memory is bounded: one [`Tracked`] per world entity, [`SENT_HISTORY_LEN`]
+//! remembered datagrams, scratch buffers reused across ticks.
+
+use super::bits::{bit_width, BitWriter};
+use super::quant::{QTransform, Quantizer};
+use super::record::{write_absolute, write_delta, Sample, AGE_EG_K};
+use super::seq::{AckHeader, Seq, ACK_WINDOW};
+use super::{
+    varint_len, write_varint, ConfigError, TransformConfig, TransformError, BASELINE_AGE_MAX_TICKS,
+    DATAGRAM_BYTES_MIN, KIND_SERVER_STATE, OWN_BLOB_BYTES_MAX, RECEIVER_BASELINES_PER_ENTITY,
+    RECORDS_PER_DATAGRAM_MAX, SENT_HISTORY_LEN,
+};
+use crate::limits::DATAGRAM_BYTES_MAX;
+use crate::time::{Tick, Time};
+use crate::types::{EntityId, SessionId, Transform, Vec3};
+
+/// Exp-Golomb order of entity index gaps: consecutive ids cost 1 bit.
+pub(crate) const INDEX_EG_K: u32 = 0;
+/// Round-trip estimate before the first ack, microseconds: a typical internet RTT, so resends
+/// of unacknowledged values start neither at once nor after seconds.
+const RTT_INITIAL_US: u64 = 200_000;
+/// Candidates that did not fit, in a row, after which a datagram is considered full.
+const FIT_ATTEMPTS_MAX: usize = 16;
+/// Ages below this may become a datagram's common age: round trips of up to 4 s at 60 Hz.
+const COMMON_AGE_CANDIDATES_MAX: usize = 256;
+/// Header bytes besides the tick varint and the blob: kind 1 + seq 2 + flags 1 + common age
+/// varint ≤ 2 (ages < 256) + record count varint ≤ 2 (≤ 1024).
+const HEADER_FIXED_BYTES: usize = 8;
+
+/// One entity's current state, quantized once per tick and shared by every client's replicator.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct EntitySample {
+    /// The entity.
+    pub id: EntityId,
+    /// Its quantized transform this tick.
+    pub q: QTransform,
+    /// Its position, metres (for interest and distance priority).
+    pub position: Vec3,
+    /// Per-entity priority weight (1 = normal; higher for important entities, 0 = only when
+    /// nothing else needs the budget).
+    pub weight: f32,
+    /// The session that owns it, if any: owners already predict it, so it weighs less for them.
+    pub owner: Option<SessionId>,
+}
+
+impl EntitySample {
+    /// A sample of `t` with weight 1 and no owner.
+    pub fn new(id: EntityId, t: &Transform, qz: &Quantizer) -> EntitySample {
+        EntitySample {
+            id,
+            q: qz.quantize(t),
+            position: t.position,
+            weight: 1.0,
+            owner: None,
+        }
+    }
+}
+
+/// The inputs of one [`ClientReplicator::write_tick`] call.
+#[derive(Clone, Copy, Debug)]
+pub struct TickInput<'a> {
+    /// The server tick being sent.
+    pub tick: Tick,
+    /// Now.
+    pub now: Time,
+    /// The client's viewpoint (its player's position), `None` for no interest limit.
+    pub viewer: Option<Vec3>,
+    /// Every entity of the world this tick, sorted by strictly ascending id.
+    pub entities: &'a [EntitySample],
+    /// The connection's current `max_datagram_size()`, bytes (asked again at every call).
+    pub max_datagram_size: usize,
+    /// The client's own-player authoritative state, ≤ [`OWN_BLOB_BYTES_MAX`] bytes, carried
+    /// byte-aligned in the tick's first datagram.
+    pub own_blob: Option<&'a [u8]>,
+}
+
+/// What one [`ClientReplicator::write_tick`] produced.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TickSummary {
+    /// Datagrams written.
+    pub datagrams: usize,
+    /// Their total size, bytes.
+    pub bytes: usize,
+    /// Entity updates (delta or absolute) written.
+    pub updates: usize,
+    /// Of those, absolute (no usable baseline).
+    pub absolute: usize,
+    /// Left-interest notices written.
+    pub left_notices: usize,
+    /// Candidates left for a later tick by the budget or datagram size.
+    pub deferred: usize,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Baseline {
+    sample: Sample,
+    send_index: u32,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct LastSent {
+    q: QTransform,
+    send_index: u32,
+    at: Time,
+    acked: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LeftState {
+    None,
+    Pending { sent_at: Option<Time> },
+}
+
+/// Per-client state of one entity.
+#[derive(Clone, Copy, Debug)]
+struct Tracked {
+    id: EntityId,
+    priority: f32,
+    in_interest: bool,
+    /// A number unique within this replicator, renewed when the entity leaves interest or is
+    /// re-added to the world: acks of records from an older epoch are ignored, so a baseline
+    /// the client may have dropped is never used again.
+    epoch: u32,
+    /// Sends in this epoch (the next send's index).
+    sends: u32,
+    baseline: Option<Baseline>,
+    last_sent: Option<LastSent>,
+    left: LeftState,
+}
+
+impl Tracked {
+    fn new(id: EntityId, epoch: u32) -> Tracked {
+        Tracked {
+            id,
+            priority: 0.0,
+            in_interest: false,
+            epoch,
+            sends: 0,
+            baseline: None,
+            last_sent: None,
+            left: LeftState::None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum SentRecord {
+    Update {
+        id: EntityId,
+        /// Where the entity was in `tracked` when sent (checked, then searched if it moved).
+        slot: u32,
+        epoch: u32,
+        send_index: u32,
+        sample: Sample,
+    },
+    Left {
+        id: EntityId,
+        slot: u32,
+        epoch: u32,
+    },
+}
+
+#[derive(Clone, Debug, Default)]
+struct SentDatagram {
+    seq_full: u64,
+    valid: bool,
+    acked: bool,
+    sent_at: Time,
+    records: Vec<SentRecord>,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum CandKind {
+    Update,
+    Left,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Coded {
+    Delta { age: u64 },
+    Absolute,
+    Left,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Cand {
+    slot: usize,
+    priority: f32,
+    kind: CandKind,
+    placed: bool,
+    /// Body bits in the scratch writer, once computed.
+    body: Option<(usize, usize, Coded)>,
+}
+
+/// The server's transform sender for one client. See the [module docs](super) for the format.
+///
+/// Drive it with [`ClientReplicator::write_tick`] once per server tick (after quantizing the
+/// world once into [`EntitySample`]s) and [`ClientReplicator::handle_ack`] for every ack header
+/// the client sends; hand each datagram written to the connection's unreliable datagram send.
+#[derive(Clone, Debug)]
+pub struct ClientReplicator {
+    config: TransformConfig,
+    qz: Quantizer,
+    session: Option<SessionId>,
+    own_entity: Option<EntityId>,
+    budget_bits_per_s: u32,
+    tracked: Vec<Tracked>,
+    tracked_next: Vec<Tracked>,
+    history: Vec<SentDatagram>,
+    next_seq: u64,
+    next_epoch: u32,
+    last_tick: Option<Tick>,
+    carry: i64,
+    srtt_us: Option<u64>,
+    cands: Vec<Cand>,
+    body: BitWriter,
+    out_bits: BitWriter,
+    chosen: Vec<(EntityId, usize)>,
+    /// Per candidate: the baseline age a delta would use, 0 for none (fast-path scratch).
+    ages: Vec<u64>,
+    age_counts: Vec<u16>,
+}
+
+impl ClientReplicator {
+    /// A replicator for one client. `session` is the client's session (for ownership weights).
+    pub fn new(config: TransformConfig, session: Option<SessionId>) -> Result<Self, ConfigError> {
+        let qz = Quantizer::new(&config)?;
+        Ok(ClientReplicator {
+            budget_bits_per_s: config.budget_bits_per_s,
+            config,
+            qz,
+            session,
+            own_entity: None,
+            tracked: Vec::new(),
+            tracked_next: Vec::new(),
+            history: vec![SentDatagram::default(); SENT_HISTORY_LEN],
+            next_seq: 0,
+            next_epoch: 0,
+            last_tick: None,
+            carry: 0,
+            srtt_us: None,
+            cands: Vec::new(),
+            body: BitWriter::new(),
+            out_bits: BitWriter::new(),
+            chosen: Vec::new(),
+            ages: Vec::new(),
+            age_counts: vec![0; COMMON_AGE_CANDIDATES_MAX],
+        })
+    }
+
+    /// The quantizer (same config as the client's receiver).
+    pub fn quantizer(&self) -> &Quantizer {
+        &self.qz
+    }
+
+    /// Excludes the client's own player from the stream (it rides in the own blob instead).
+    pub fn set_own_entity(&mut self, id: Option<EntityId>) {
+        self.own_entity = id;
+    }
+
+    /// The entity excluded as the client's own player, if any.
+    pub fn own_entity_id(&self) -> Option<EntityId> {
+        self.own_entity
+    }
+
+    /// Overrides this client's budget, bits per second (clamped to the configured minimum).
+    pub fn set_budget_bits_per_s(&mut self, bits_per_s: u32) {
+        self.budget_bits_per_s = bits_per_s.max(super::config::BUDGET_BITS_PER_S_MIN);
+    }
+
+    /// Smoothed round-trip estimate from acks, if any ack arrived yet.
+    pub fn rtt_estimate_us(&self) -> Option<u64> {
+        self.srtt_us
+    }
+
+    /// Whether the entity is currently in this client's interest.
+    pub fn in_interest(&self, id: EntityId) -> bool {
+        self.find(id).is_some_and(|i| self.tracked[i].in_interest)
+    }
+
+    /// Bytes this client may be sent per tick (budget / tick rate, before carry).
+    pub fn budget_bytes_per_tick(&self) -> usize {
+        (self.budget_bits_per_s as usize / 8) / self.config.tick_hz.max(1) as usize
+    }
+
+    /// Most unused budget carried into later ticks, bytes: half a tick's worth, but at least
+    /// [`DATAGRAM_BYTES_MIN`] so a budget smaller than one datagram per tick still sends one
+    /// datagram every few ticks. Over any run of ticks the bytes sent never exceed
+    /// ticks × [`ClientReplicator::budget_bytes_per_tick`] + this (own blobs aside).
+    pub fn budget_carry_max_bytes(&self) -> usize {
+        (self.budget_bytes_per_tick() / 2).max(DATAGRAM_BYTES_MIN)
+    }
+
+    /// Starts sequence numbers further on (tests of wrap-around).
+    #[cfg(test)]
+    pub(crate) fn skip_seqs(&mut self, n: u64) {
+        self.next_seq += n;
+    }
+
+    fn find(&self, id: EntityId) -> Option<usize> {
+        self.tracked.binary_search_by_key(&id, |t| t.id).ok()
+    }
+
+    fn resend_after_us(&self) -> u64 {
+        let rtt = self.srtt_us.unwrap_or(RTT_INITIAL_US);
+        rtt + rtt / 4 + 1_000_000 / self.config.tick_hz.max(1) as u64
+    }
+
+    /// Processes an ack header from the client. Unknown, repeated or out-of-window sequences are
+    /// ignored (a peer cannot make this fail or grow). Returns how many datagrams were newly
+    /// acknowledged.
+    pub fn handle_ack(&mut self, ack: &AckHeader, now: Time) -> usize {
+        if ack.received == 0 || self.next_seq == 0 {
+            return 0;
+        }
+        let last_full = self.next_seq - 1;
+        let behind_latest = Seq(last_full as u16).diff(ack.latest);
+        if behind_latest < 0 {
+            return 0; // acks a datagram never sent
+        }
+        let mut newly = 0;
+        for i in 0..ACK_WINDOW as u64 {
+            if ack.received >> i & 1 == 0 {
+                continue;
+            }
+            let back = behind_latest as u64 + i;
+            if back >= SENT_HISTORY_LEN as u64 || back > last_full {
+                break;
+            }
+            let full = last_full - back;
+            let slot = (full % SENT_HISTORY_LEN as u64) as usize;
+            let d = &mut self.history[slot];
+            if !d.valid || d.acked || d.seq_full != full {
+                continue;
+            }
+            d.acked = true;
+            newly += 1;
+            if i == 0 {
+                let sample = now.saturating_since(d.sent_at).as_micros() as u64;
+                self.srtt_us = Some(match self.srtt_us {
+                    None => sample,
+                    Some(s) => (s * 7 + sample) / 8,
+                });
+            }
+            for r in &d.records {
+                match *r {
+                    SentRecord::Update {
+                        id,
+                        slot,
+                        epoch,
+                        send_index,
+                        sample,
+                    } => {
+                        let Some(ti) = locate(&self.tracked, id, slot) else {
+                            continue;
+                        };
+                        let t = &mut self.tracked[ti];
+                        if t.epoch != epoch {
+                            continue;
+                        }
+                        if baseline_older(&t.baseline, sample.tick) {
+                            t.baseline = Some(Baseline { sample, send_index });
+                        }
+                        if let Some(ls) = &mut t.last_sent {
+                            if ls.send_index == send_index {
+                                ls.acked = true;
+                            }
+                        }
+                    }
+                    SentRecord::Left { id, slot, epoch } => {
+                        let Some(ti) = locate(&self.tracked, id, slot) else {
+                            continue;
+                        };
+                        let t = &mut self.tracked[ti];
+                        if t.epoch == epoch && matches!(t.left, LeftState::Pending { .. }) {
+                            t.left = LeftState::None;
+                        }
+                    }
+                }
+            }
+        }
+        newly
+    }
+
+    /// Writes this tick's datagrams for the client into `out` (appending; each `Vec<u8>` is one
+    /// datagram, at most `input.max_datagram_size` bytes). Returns what was written.
+    ///
+    /// Errors only on caller mistakes: a datagram size below [`DATAGRAM_BYTES_MIN`], an own
+    /// blob above [`OWN_BLOB_BYTES_MAX`], entities not sorted by id, or a tick not after the
+    /// previous call's (an entity is sent at most once per tick: receivers key values by tick).
+    pub fn write_tick(
+        &mut self,
+        input: &TickInput,
+        out: &mut Vec<Vec<u8>>,
+    ) -> Result<TickSummary, TransformError> {
+        if input.max_datagram_size < DATAGRAM_BYTES_MIN {
+            return Err(TransformError::DatagramTooSmall(input.max_datagram_size));
+        }
+        if let Some(b) = input.own_blob {
+            if b.len() > OWN_BLOB_BYTES_MAX {
+                return Err(TransformError::BlobTooLarge {
+                    len: b.len(),
+                    max: OWN_BLOB_BYTES_MAX,
+                });
+            }
+        }
+        if input.entities.windows(2).any(|w| w[0].id >= w[1].id) {
+            return Err(TransformError::UnsortedEntities);
+        }
+        if self.last_tick.is_some_and(|t| input.tick <= t) {
+            return Err(TransformError::TickNotAfterLast(input.tick));
+        }
+        self.last_tick = Some(input.tick);
+        self.merge(input.entities);
+        self.collect_candidates(input);
+        self.pack(input, out)
+    }
+
+    /// Aligns `tracked` with this tick's entity list (both sorted by id).
+    fn merge(&mut self, entities: &[EntitySample]) {
+        let same = self.tracked.len() == entities.len()
+            && self.tracked.iter().zip(entities).all(|(t, e)| t.id == e.id);
+        if same {
+            return;
+        }
+        self.tracked_next.clear();
+        let mut old = self.tracked.iter().peekable();
+        for e in entities {
+            while old.peek().is_some_and(|t| t.id < e.id) {
+                old.next(); // removed from the world: the reliable stream tells the client
+            }
+            match old.peek() {
+                Some(t) if t.id == e.id => {
+                    self.tracked_next.push(**t);
+                    old.next();
+                }
+                _ => {
+                    self.next_epoch = self.next_epoch.wrapping_add(1);
+                    self.tracked_next.push(Tracked::new(e.id, self.next_epoch));
+                }
+            }
+        }
+        std::mem::swap(&mut self.tracked, &mut self.tracked_next);
+    }
+
+    fn collect_candidates(&mut self, input: &TickInput) {
+        self.cands.clear();
+        self.body.clear();
+        let resend_us = self.resend_after_us();
+        let w = self.config.weights;
+        let r = self.config.interest_radius_m;
+        let r_out = r + self.config.interest_hysteresis_m;
+        for (slot, (t, e)) in self.tracked.iter_mut().zip(input.entities).enumerate() {
+            if Some(e.id) == self.own_entity {
+                t.priority = 0.0;
+                continue;
+            }
+            let dist = match input.viewer {
+                None => 0.0,
+                Some(v) => {
+                    let d2: f32 = (0..3).map(|a| (e.position[a] - v[a]).powi(2)).sum();
+                    d2.sqrt()
+                }
+            };
+            let dist = if dist.is_finite() { dist } else { f32::MAX };
+            if !t.in_interest && (input.viewer.is_none() || dist <= r) {
+                t.in_interest = true;
+                t.left = LeftState::None;
+            } else if t.in_interest && input.viewer.is_some() && dist > r_out {
+                t.in_interest = false;
+                let known = t.last_sent.is_some() || t.baseline.is_some();
+                self.next_epoch = self.next_epoch.wrapping_add(1);
+                t.epoch = self.next_epoch;
+                t.sends = 0;
+                t.baseline = None;
+                t.last_sent = None;
+                t.priority = 0.0;
+                if known {
+                    t.left = LeftState::Pending { sent_at: None };
+                }
+            }
+            if t.in_interest {
+                let (need, moving) = match &t.last_sent {
+                    None => (true, true),
+                    Some(ls) if ls.q != e.q => (true, true),
+                    Some(ls) if ls.acked => (false, false),
+                    Some(ls) => (
+                        input.now.saturating_since(ls.at).as_micros() as u64 >= resend_us,
+                        false,
+                    ),
+                };
+                if !need {
+                    t.priority = 0.0;
+                    continue;
+                }
+                let mut weight = w.base * e.weight.max(0.0) / (1.0 + dist / w.distance_half_m);
+                if moving {
+                    weight *= w.moving;
+                }
+                if e.owner.is_some() && e.owner == self.session {
+                    weight *= w.owned_by_viewer;
+                }
+                if weight.is_finite() {
+                    t.priority += weight;
+                }
+                self.cands.push(Cand {
+                    slot,
+                    priority: t.priority,
+                    kind: CandKind::Update,
+                    placed: false,
+                    body: None,
+                });
+            } else if let LeftState::Pending { sent_at } = t.left {
+                if due(sent_at, input.now, resend_us) {
+                    t.priority += w.left_notice;
+                    self.cands.push(Cand {
+                        slot,
+                        priority: t.priority,
+                        kind: CandKind::Left,
+                        placed: false,
+                        body: None,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Encodes candidate `ci`'s body into the scratch writer (once) and returns its worst-case
+    /// record bits without the index.
+    fn body_bits(&mut self, ci: usize, tick: Tick, entities: &[EntitySample]) -> (usize, Coded) {
+        if let Some((_, len, coded)) = self.cands[ci].body {
+            return (record_bits(len, coded), coded);
+        }
+        let c = self.cands[ci];
+        let start = self.body.len_bits();
+        let coded = match c.kind {
+            CandKind::Left => Coded::Left,
+            CandKind::Update => {
+                let t = &self.tracked[c.slot];
+                let q = entities[c.slot].q;
+                match usable_baseline(t, tick) {
+                    Some(b) => {
+                        write_delta(&mut self.body, &self.qz, &q, tick, &b.sample);
+                        Coded::Delta {
+                            age: tick.0 - b.sample.tick.0,
+                        }
+                    }
+                    None => {
+                        write_absolute(&mut self.body, &self.qz, &q);
+                        Coded::Absolute
+                    }
+                }
+            }
+        };
+        let len = self.body.len_bits() - start;
+        self.cands[ci].body = Some((start, len, coded));
+        (record_bits(len, coded), coded)
+    }
+
+    fn pack(
+        &mut self,
+        input: &TickInput,
+        out: &mut Vec<Vec<u8>>,
+    ) -> Result<TickSummary, TransformError> {
+        let mut summary = TickSummary::default();
+        let per_tick = self.budget_bytes_per_tick() as i64;
+        let allowance = per_tick + self.carry;
+        let mut sent: i64 = 0;
+        let mut blob = input.own_blob;
+        let max_size = input.max_datagram_size.min(DATAGRAM_BYTES_MAX);
+        let mut remaining = self.cands.len();
+        // Fast path: everything fits in the first datagram, so priority order does not matter.
+        let header =
+            HEADER_FIXED_BYTES + varint_len(input.tick.0) + blob.map_or(0, |b| 1 + b.len());
+        let room =
+            max_size.min((allowance.max(0) as usize).max(if blob.is_some() { header } else { 0 }));
+        if room > header {
+            if let Some(dgram) =
+                self.try_single_datagram(input, blob, (room - header) * 8, &mut summary)
+            {
+                debug_assert!(dgram.len() <= room, "{} > {room}", dgram.len());
+                summary.datagrams = 1;
+                summary.bytes = dgram.len();
+                out.push(dgram);
+                self.carry = (allowance - summary.bytes as i64)
+                    .clamp(-per_tick, self.budget_carry_max_bytes() as i64);
+                return Ok(summary);
+            }
+        }
+        let tracked = &self.tracked;
+        self.cands.sort_unstable_by(|a, b| {
+            b.priority
+                .total_cmp(&a.priority)
+                .then(tracked[a.slot].id.cmp(&tracked[b.slot].id))
+        });
+        loop {
+            let header =
+                HEADER_FIXED_BYTES + varint_len(input.tick.0) + blob.map_or(0, |b| 1 + b.len());
+            let left_in_budget = (allowance - sent).max(0) as usize;
+            let room = if blob.is_some() {
+                max_size.min(left_in_budget.max(header))
+            } else {
+                max_size.min(left_in_budget)
+            };
+            if blob.is_none() && (remaining == 0 || room <= header) {
+                break;
+            }
+            let bits_avail = room.saturating_sub(header) * 8;
+            self.chosen.clear();
+            let mut used = 0usize;
+            let mut misses = 0;
+            for ci in 0..self.cands.len() {
+                if self.cands[ci].placed {
+                    continue;
+                }
+                if self.chosen.len() >= RECORDS_PER_DATAGRAM_MAX || misses >= FIT_ATTEMPTS_MAX {
+                    break;
+                }
+                let (bits, _) = self.body_bits(ci, input.tick, input.entities);
+                let id = self.tracked[self.cands[ci].slot].id;
+                let pos = self.chosen.partition_point(|&(i, _)| i < id);
+                let prev = pos.checked_sub(1).map(|p| self.chosen[p].0);
+                let next = self.chosen.get(pos).map(|c| c.0);
+                let index_bits = gap_bits(prev, id) as isize
+                    + next.map_or(0, |n| gap_bits(Some(id), n) as isize)
+                    - next.map_or(0, |n| gap_bits(prev, n) as isize);
+                let total = (bits as isize + index_bits).max(0) as usize;
+                if used + total > bits_avail {
+                    misses += 1;
+                    continue;
+                }
+                used += total;
+                self.chosen.insert(pos, (id, ci));
+                self.cands[ci].placed = true;
+                remaining -= 1;
+            }
+            if self.chosen.is_empty() && blob.is_none() {
+                break;
+            }
+            let dgram = self.write_datagram(input, blob, &mut summary);
+            debug_assert!(dgram.len() <= room, "{} > {room}", dgram.len());
+            sent += dgram.len() as i64;
+            summary.datagrams += 1;
+            summary.bytes += dgram.len();
+            out.push(dgram);
+            blob = None;
+        }
+        summary.deferred = remaining;
+        self.carry = (allowance - sent).clamp(-per_tick, self.budget_carry_max_bytes() as i64);
+        Ok(summary)
+    }
+
+    fn write_datagram(
+        &mut self,
+        input: &TickInput,
+        blob: Option<&[u8]>,
+        summary: &mut TickSummary,
+    ) -> Vec<u8> {
+        // The most frequent delta age among the records becomes the datagram's common age.
+        self.age_counts.fill(0);
+        let mut common = 0u64;
+        let mut best = 0u16;
+        for &(_, ci) in &self.chosen {
+            if let Some((_, _, Coded::Delta { age })) = self.cands[ci].body {
+                count_age(&mut self.age_counts, age, &mut common, &mut best);
+            }
+        }
+        self.out_bits.clear();
+        let mut prev: Option<EntityId> = None;
+        for &(id, ci) in &self.chosen {
+            self.out_bits.write_eg(gap(prev, id), INDEX_EG_K);
+            prev = Some(id);
+            let Some((start, len, coded)) = self.cands[ci].body else {
+                continue; // unreachable: every chosen candidate has its body computed
+            };
+            write_kind(&mut self.out_bits, coded, common);
+            self.out_bits.append_bits(&self.body, start, len);
+        }
+        let (seq_full, buf, slot, mut records) =
+            self.begin_datagram(input, blob, common, self.chosen.len());
+        for &(_, ci) in &self.chosen {
+            let c = self.cands[ci];
+            let coded = c.body.map_or(Coded::Left, |b| b.2);
+            commit_record(
+                &mut self.tracked[c.slot],
+                c.slot,
+                coded,
+                input,
+                &mut records,
+                summary,
+            );
+        }
+        self.finish_datagram(input, seq_full, slot, records);
+        buf
+    }
+
+    /// Writes the header and the packed records; returns the sequence, the buffer, the history
+    /// slot and its (cleared) record list.
+    fn begin_datagram(
+        &mut self,
+        input: &TickInput,
+        blob: Option<&[u8]>,
+        common: u64,
+        count: usize,
+    ) -> (u64, Vec<u8>, usize, Vec<SentRecord>) {
+        let seq_full = self.next_seq;
+        self.next_seq += 1;
+        let mut buf = Vec::with_capacity(input.max_datagram_size.min(DATAGRAM_BYTES_MAX));
+        buf.push(KIND_SERVER_STATE);
+        buf.extend_from_slice(&(seq_full as u16).to_le_bytes());
+        write_varint(&mut buf, input.tick.0);
+        buf.push(blob.is_some() as u8);
+        if let Some(b) = blob {
+            buf.push(b.len() as u8);
+            buf.extend_from_slice(b);
+        }
+        write_varint(&mut buf, common);
+        write_varint(&mut buf, count as u64);
+        self.out_bits.copy_to(&mut buf);
+        let slot = (seq_full % SENT_HISTORY_LEN as u64) as usize;
+        let mut records = std::mem::take(&mut self.history[slot].records);
+        records.clear();
+        (seq_full, buf, slot, records)
+    }
+
+    fn finish_datagram(
+        &mut self,
+        input: &TickInput,
+        seq_full: u64,
+        slot: usize,
+        records: Vec<SentRecord>,
+    ) {
+        self.history[slot] = SentDatagram {
+            seq_full,
+            valid: true,
+            acked: false,
+            sent_at: input.now,
+            records,
+        };
+    }
+
+    /// Fast path: every candidate, in id order, written straight into one datagram. Returns
+    /// `None` (and leaves all state as it was) if they do not fit in `bits_avail` bits.
+    fn try_single_datagram(
+        &mut self,
+        input: &TickInput,
+        blob: Option<&[u8]>,
+        bits_avail: usize,
+        summary: &mut TickSummary,
+    ) -> Option<Vec<u8>> {
+        let n = self.cands.len();
+        if n == 0 || n > RECORDS_PER_DATAGRAM_MAX {
+            return None;
+        }
+        self.age_counts.fill(0);
+        let mut common = 0u64;
+        let mut best = 0u16;
+        self.ages.clear();
+        for c in &self.cands {
+            let age = match c.kind {
+                CandKind::Update => usable_baseline(&self.tracked[c.slot], input.tick)
+                    .map_or(0, |b| input.tick.0 - b.sample.tick.0),
+                CandKind::Left => 0,
+            };
+            if age != 0 {
+                count_age(&mut self.age_counts, age, &mut common, &mut best);
+            }
+            self.ages.push(age);
+        }
+        self.out_bits.clear();
+        let mut prev: Option<EntityId> = None;
+        for (c, &age) in self.cands.iter().zip(&self.ages) {
+            let t = &self.tracked[c.slot];
+            self.out_bits.write_eg(gap(prev, t.id), INDEX_EG_K);
+            prev = Some(t.id);
+            let q = &input.entities[c.slot].q;
+            match (c.kind, &t.baseline) {
+                (CandKind::Left, _) => write_kind(&mut self.out_bits, Coded::Left, common),
+                (CandKind::Update, Some(b)) if age != 0 => {
+                    write_kind(&mut self.out_bits, Coded::Delta { age }, common);
+                    write_delta(&mut self.out_bits, &self.qz, q, input.tick, &b.sample);
+                }
+                (CandKind::Update, _) => {
+                    write_kind(&mut self.out_bits, Coded::Absolute, common);
+                    write_absolute(&mut self.out_bits, &self.qz, q);
+                }
+            }
+            if self.out_bits.len_bits() > bits_avail {
+                return None;
+            }
+        }
+        let (seq_full, buf, slot, mut records) = self.begin_datagram(input, blob, common, n);
+        for (c, &age) in self.cands.iter_mut().zip(&self.ages) {
+            c.placed = true;
+            let coded = match c.kind {
+                CandKind::Left => Coded::Left,
+                CandKind::Update if age != 0 => Coded::Delta { age },
+                CandKind::Update => Coded::Absolute,
+            };
+            commit_record(
+                &mut self.tracked[c.slot],
+                c.slot,
+                coded,
+                input,
+                &mut records,
+                summary,
+            );
+        }
+        self.finish_datagram(input, seq_full, slot, records);
+        Some(buf)
+    }
+}
+
+/// Counts one delta age towards the datagram's common age (the most frequent one).
+#[inline]
+fn count_age(counts: &mut [u16], age: u64, common: &mut u64, best: &mut u16) {
+    let Some(n) = counts.get_mut(age as usize) else {
+        return; // rare old baselines never become the common age
+    };
+    *n += 1;
+    if *n > *best {
+        *best = *n;
+        *common = age;
+    }
+}
+
+/// The Exp-Golomb value of the gap from `prev` to `id` (ids strictly ascending).
+#[inline]
+fn gap(prev: Option<EntityId>, id: EntityId) -> u64 {
+    match prev {
+        None => id.0 as u64,
+        Some(p) => (id.0 - p.0 - 1) as u64,
+    }
+}
+
+/// Writes a record's kind code and, for deltas, its baseline reference.
+#[inline]
+fn write_kind(w: &mut BitWriter, coded: Coded, common: u64) {
+    match coded {
+        Coded::Delta { age } => {
+            if age == common {
+                w.write(0b11, 2);
+            } else {
+                w.write(0b01, 2);
+                w.write_eg(age - 1, AGE_EG_K);
+            }
+        }
+        Coded::Absolute => w.write(0b10, 2),
+        Coded::Left => w.write(0b00, 2),
+    }
+}
+
+/// Updates an entity's state for a record just written and remembers it for acks. A delta was
+/// coded against `t`'s current baseline.
+#[inline]
+fn commit_record(
+    t: &mut Tracked,
+    slot: usize,
+    coded: Coded,
+    input: &TickInput,
+    records: &mut Vec<SentRecord>,
+    summary: &mut TickSummary,
+) {
+    t.priority = 0.0;
+    let id = t.id;
+    match coded {
+        Coded::Left => {
+            t.left = LeftState::Pending {
+                sent_at: Some(input.now),
+            };
+            records.push(SentRecord::Left {
+                id,
+                slot: slot as u32,
+                epoch: t.epoch,
+            });
+            summary.left_notices += 1;
+        }
+        Coded::Delta { .. } | Coded::Absolute => {
+            let q = input.entities[slot].q;
+            let sample = match (coded, &t.baseline) {
+                (Coded::Delta { .. }, Some(b)) => Sample::from_base(input.tick, q, &b.sample),
+                _ => Sample::absolute(input.tick, q),
+            };
+            let send_index = t.sends;
+            t.sends = t.sends.wrapping_add(1);
+            t.last_sent = Some(LastSent {
+                q,
+                send_index,
+                at: input.now,
+                acked: false,
+            });
+            records.push(SentRecord::Update {
+                id,
+                slot: slot as u32,
+                epoch: t.epoch,
+                send_index,
+                sample,
+            });
+            summary.updates += 1;
+            if matches!(coded, Coded::Absolute) {
+                summary.absolute += 1;
+            }
+        }
+    }
+}
+
+/// The baseline a delta for `t` at `tick` may use: acknowledged, not too old, and still among
+/// the receiver's [`RECEIVER_BASELINES_PER_ENTITY`] newest values.
+fn usable_baseline(t: &Tracked, tick: Tick) -> Option<&Baseline> {
+    let b = t.baseline.as_ref()?;
+    let age = tick.0.checked_sub(b.sample.tick.0)?;
+    let sends_since = t.sends.wrapping_sub(b.send_index) as usize;
+    ((1..=BASELINE_AGE_MAX_TICKS).contains(&age) && sends_since <= RECEIVER_BASELINES_PER_ENTITY)
+        .then_some(b)
+}
+
+/// Worst-case record bits without the index (a delta naming its age explicitly; naming the
+/// datagram's common age instead only makes it shorter).
+fn record_bits(body: usize, coded: Coded) -> usize {
+    match coded {
+        Coded::Delta { age } => 2 + eg_bits(age - 1, AGE_EG_K) + body,
+        Coded::Absolute | Coded::Left => 2 + body,
+    }
+}
+
+fn eg_bits(v: u64, k: u32) -> usize {
+    (2 * bit_width(v + (1 << k)) - k - 1) as usize
+}
+
+fn gap_bits(prev: Option<EntityId>, id: EntityId) -> usize {
+    eg_bits(gap(prev, id), INDEX_EG_K)
+}
+
+/// The index of `id` in `tracked`: `slot` if it is still there, else a binary search.
+fn locate(tracked: &[Tracked], id: EntityId, slot: u32) -> Option<usize> {
+    match tracked.get(slot as usize) {
+        Some(t) if t.id == id => Some(slot as usize),
+        _ => tracked.binary_search_by_key(&id, |t| t.id).ok(),
+    }
+}
+
+/// Whether `tick` is newer than the baseline (or there is none).
+fn baseline_older(b: &Option<Baseline>, tick: Tick) -> bool {
+    !matches!(b, Some(b) if b.sample.tick >= tick)
+}
+
+/// Whether a notice last sent at `sent_at` is due again.
+fn due(sent_at: Option<Time>, now: Time, after_us: u64) -> bool {
+    match sent_at {
+        None => true,
+        Some(t) => now.saturating_since(t).as_micros() as u64 >= after_us,
+    }
+}

@@ -1,0 +1,647 @@
+//! Deterministic motion scenarios and the in-process bandwidth runner the load tool calls.
+//!
+//! - [`Scenario::Cubes`]: Fiedler's scene, rigid cubes on a grid, mostly asleep; every
+//!   [`CUBES_IMPULSE_INTERVAL_S`] a group around a random point is knocked into the air, tumbles,
+//!   lands, slides and goes back to sleep (exact rest: the quantized value stops changing).
+//! - [`Scenario::Crowd`]: players walking or running continuously, turning towards new headings
+//!   and now and then jumping.
+//!
+//! [`bench_run`] drives a [`ClientReplicator`] per client and a [`ReplicaReceiver`] per client
+//! over a simple seeded link (fixed one-way delay, uniform jitter, independent loss, both
+//! directions), and reports bandwidth and bytes per update against the reference engine's
+//! msgpack encoding ([`baseline_msgpack_bytes`]).
+
+use std::collections::BinaryHeap;
+
+use super::{
+    decode_client_datagram, encode_client_datagram, ClientReplicator, EntitySample, Quantizer,
+    ReplicaReceiver, Seq, TickInput, TransformConfig,
+};
+use crate::rng::Rng;
+use crate::time::{Tick, Time};
+use crate::types::{EntityId, Transform};
+
+/// Gravity, m/s².
+const GRAVITY: f64 = 9.81;
+/// Half a cube's edge, metres: cubes are 1 m, resting centres sit 0.5 m above the ground.
+const CUBE_HALF_M: f64 = 0.5;
+/// Spacing of the cube grid, metres.
+const CUBE_SPACING_M: f64 = 2.0;
+/// Seconds between impulses in the cube scene.
+pub const CUBES_IMPULSE_INTERVAL_S: f64 = 1.0;
+/// Radius of an impulse, metres: on a 2 m grid it wakes about 20 cubes.
+const CUBES_IMPULSE_RADIUS_M: f64 = 5.0;
+/// Ground bounce restitution (fraction of vertical speed kept).
+const CUBES_RESTITUTION: f64 = 0.3;
+/// Ground friction on linear speed, 1/s (exponential decay rate while touching the ground).
+const CUBES_FRICTION_PER_S: f64 = 4.0;
+/// Ground damping of angular speed, 1/s.
+const CUBES_ANGULAR_DAMPING_PER_S: f64 = 5.0;
+/// Below this linear (m/s) and angular (rad/s) speed on the ground, a cube sleeps.
+const CUBES_SLEEP_SPEED: f64 = 0.08;
+
+/// Walking speed, m/s.
+const CROWD_WALK_M_S: f64 = 1.4;
+/// Running speed, m/s.
+const CROWD_RUN_M_S: f64 = 4.5;
+/// Fastest turn, rad/s.
+const CROWD_TURN_RAD_S: f64 = 3.0;
+/// Chance per second that a grounded player jumps.
+const CROWD_JUMP_PER_S: f64 = 0.15;
+/// Jump take-off speed, m/s (≈ 1 m high).
+const CROWD_JUMP_M_S: f64 = 4.5;
+/// Area per player, m² (a 100-player crowd walks a 100 m square).
+const CROWD_AREA_PER_PLAYER_M2: f64 = 100.0;
+
+/// Which motion to generate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scenario {
+    /// Rigid bodies mostly at rest, groups knocked into motion periodically.
+    Cubes,
+    /// Players walking continuously.
+    Crowd,
+}
+
+impl Scenario {
+    /// Parses `cubes` or `crowd` (the load tool's `--scenario` values).
+    pub fn parse(s: &str) -> Option<Scenario> {
+        match s {
+            "cubes" => Some(Scenario::Cubes),
+            "crowd" => Some(Scenario::Crowd),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Body {
+    p: [f64; 3],
+    v: [f64; 3],
+    q: [f64; 4],
+    w: [f64; 3],
+    awake: bool,
+    // crowd
+    heading: f64,
+    target_heading: f64,
+    speed: f64,
+    next_turn_s: f64,
+}
+
+/// A deterministic motion generator: the same seed gives the same transforms on every machine.
+#[derive(Clone, Debug)]
+pub struct MotionGen {
+    scenario: Scenario,
+    rng: Rng,
+    bodies: Vec<Body>,
+    time_s: f64,
+    next_impulse_s: f64,
+    half_extent_m: f64,
+}
+
+impl MotionGen {
+    /// `entities` bodies of `scenario`, laid out from `seed`.
+    pub fn new(scenario: Scenario, entities: usize, seed: u64) -> MotionGen {
+        let mut rng = Rng::new(seed);
+        let mut bodies = Vec::with_capacity(entities);
+        let half_extent_m = match scenario {
+            Scenario::Cubes => {
+                let side = (entities as f64).sqrt().ceil().max(1.0);
+                side * CUBE_SPACING_M / 2.0
+            }
+            Scenario::Crowd => (entities as f64 * CROWD_AREA_PER_PLAYER_M2).sqrt() / 2.0,
+        };
+        for i in 0..entities {
+            let b = match scenario {
+                Scenario::Cubes => {
+                    let side = (2.0 * half_extent_m / CUBE_SPACING_M) as usize;
+                    let (gx, gz) = (i % side.max(1), i / side.max(1));
+                    let yaw = rng.range_f64(0.0, std::f64::consts::TAU);
+                    Body {
+                        p: [
+                            gx as f64 * CUBE_SPACING_M - half_extent_m + 1.0,
+                            CUBE_HALF_M,
+                            gz as f64 * CUBE_SPACING_M - half_extent_m + 1.0,
+                        ],
+                        v: [0.0; 3],
+                        q: [0.0, (yaw / 2.0).sin(), 0.0, (yaw / 2.0).cos()],
+                        w: [0.0; 3],
+                        awake: false,
+                        heading: 0.0,
+                        target_heading: 0.0,
+                        speed: 0.0,
+                        next_turn_s: 0.0,
+                    }
+                }
+                Scenario::Crowd => {
+                    let h = rng.range_f64(-std::f64::consts::PI, std::f64::consts::PI);
+                    Body {
+                        p: [
+                            rng.range_f64(-half_extent_m, half_extent_m),
+                            0.0,
+                            rng.range_f64(-half_extent_m, half_extent_m),
+                        ],
+                        v: [0.0; 3],
+                        q: yaw_quat(h),
+                        w: [0.0; 3],
+                        awake: true,
+                        heading: h,
+                        target_heading: h,
+                        speed: CROWD_WALK_M_S,
+                        next_turn_s: rng.range_f64(0.5, 4.0),
+                    }
+                }
+            };
+            bodies.push(b);
+        }
+        MotionGen {
+            scenario,
+            rng,
+            bodies,
+            time_s: 0.0,
+            next_impulse_s: 0.5,
+            half_extent_m,
+        }
+    }
+
+    /// Bodies currently moving.
+    pub fn moving(&self) -> usize {
+        self.bodies.iter().filter(|b| b.awake).count()
+    }
+
+    /// Advances the motion by `dt_s` seconds.
+    pub fn step(&mut self, dt_s: f64) {
+        self.time_s += dt_s;
+        match self.scenario {
+            Scenario::Cubes => self.step_cubes(dt_s),
+            Scenario::Crowd => self.step_crowd(dt_s),
+        }
+    }
+
+    fn step_cubes(&mut self, dt: f64) {
+        if self.time_s >= self.next_impulse_s && !self.bodies.is_empty() {
+            self.next_impulse_s += CUBES_IMPULSE_INTERVAL_S;
+            let c = self.rng.below(self.bodies.len() as u64) as usize;
+            let centre = self.bodies[c].p;
+            for b in &mut self.bodies {
+                let dx = b.p[0] - centre[0];
+                let dz = b.p[2] - centre[2];
+                let d = (dx * dx + dz * dz).sqrt();
+                if d > CUBES_IMPULSE_RADIUS_M {
+                    continue;
+                }
+                let (ux, uz) = if d > 1e-6 {
+                    (dx / d, dz / d)
+                } else {
+                    (1.0, 0.0)
+                };
+                let push = self.rng.range_f64(1.5, 4.0);
+                b.v[0] += ux * push;
+                b.v[2] += uz * push;
+                b.v[1] += self.rng.range_f64(3.0, 6.0);
+                for a in 0..3 {
+                    b.w[a] += self.rng.range_f64(-6.0, 6.0);
+                }
+                b.awake = true;
+            }
+        }
+        let lim = self.half_extent_m;
+        for b in &mut self.bodies {
+            if !b.awake {
+                continue;
+            }
+            b.v[1] -= GRAVITY * dt;
+            for a in 0..3 {
+                b.p[a] += b.v[a] * dt;
+            }
+            b.q = integrate(b.q, b.w, dt);
+            for a in [0, 2] {
+                if b.p[a].abs() > lim {
+                    b.p[a] = b.p[a].clamp(-lim, lim);
+                    b.v[a] = -b.v[a] * 0.5;
+                }
+            }
+            if b.p[1] <= CUBE_HALF_M {
+                b.p[1] = CUBE_HALF_M;
+                if b.v[1] < 0.0 {
+                    b.v[1] = -b.v[1] * CUBES_RESTITUTION;
+                    if b.v[1] < 0.5 {
+                        b.v[1] = 0.0;
+                    }
+                }
+                let f = (-CUBES_FRICTION_PER_S * dt).exp();
+                b.v[0] *= f;
+                b.v[2] *= f;
+                let fw = (-CUBES_ANGULAR_DAMPING_PER_S * dt).exp();
+                for a in 0..3 {
+                    b.w[a] *= fw;
+                }
+                let speed = norm3(b.v);
+                if b.v[1] == 0.0 && speed < CUBES_SLEEP_SPEED && norm3(b.w) < CUBES_SLEEP_SPEED {
+                    b.v = [0.0; 3];
+                    b.w = [0.0; 3];
+                    b.awake = false;
+                }
+            }
+        }
+    }
+
+    fn step_crowd(&mut self, dt: f64) {
+        let lim = self.half_extent_m;
+        let t = self.time_s;
+        for b in &mut self.bodies {
+            if t >= b.next_turn_s {
+                b.next_turn_s = t + self.rng.range_f64(1.0, 4.0);
+                b.target_heading = b.heading + self.rng.range_f64(-2.0, 2.0);
+                b.speed = if self.rng.chance(0.3) {
+                    CROWD_RUN_M_S
+                } else {
+                    CROWD_WALK_M_S
+                };
+            }
+            // Steer back towards the middle near the edge.
+            if b.p[0].abs() > lim * 0.9 || b.p[2].abs() > lim * 0.9 {
+                b.target_heading = (-b.p[0]).atan2(-b.p[2]);
+            }
+            let mut diff = b.target_heading - b.heading;
+            diff = (diff + std::f64::consts::PI).rem_euclid(std::f64::consts::TAU)
+                - std::f64::consts::PI;
+            let max = CROWD_TURN_RAD_S * dt;
+            b.heading += diff.clamp(-max, max);
+            b.p[0] += b.heading.sin() * b.speed * dt;
+            b.p[2] += b.heading.cos() * b.speed * dt;
+            if b.p[1] <= 0.0 && self.rng.chance(CROWD_JUMP_PER_S * dt) {
+                b.v[1] = CROWD_JUMP_M_S;
+            }
+            b.v[1] -= GRAVITY * dt;
+            b.p[1] += b.v[1] * dt;
+            if b.p[1] <= 0.0 {
+                b.p[1] = 0.0;
+                b.v[1] = 0.0;
+            }
+            b.q = yaw_quat(b.heading);
+        }
+    }
+
+    /// The current transforms, entity ids 1..=N in order.
+    pub fn transforms(&self) -> impl Iterator<Item = (EntityId, Transform)> + '_ {
+        self.bodies.iter().enumerate().map(|(i, b)| {
+            (
+                EntityId(i as u32 + 1),
+                Transform {
+                    position: b.p.map(|v| v as f32),
+                    rotation: b.q.map(|v| v as f32),
+                    scale: None,
+                },
+            )
+        })
+    }
+}
+
+fn yaw_quat(h: f64) -> [f64; 4] {
+    [0.0, (h / 2.0).sin(), 0.0, (h / 2.0).cos()]
+}
+
+fn norm3(v: [f64; 3]) -> f64 {
+    (v[0] * v[0] + v[1] * v[1] + v[2] * v[2]).sqrt()
+}
+
+/// q' = q + ½ (0, ω) ⊗ q dt, normalized.
+fn integrate(q: [f64; 4], w: [f64; 3], dt: f64) -> [f64; 4] {
+    let [x, y, z, s] = q;
+    let [wx, wy, wz] = w;
+    let h = 0.5 * dt;
+    let d = [
+        h * (wx * s + wy * z - wz * y),
+        h * (wy * s + wz * x - wx * z),
+        h * (wz * s + wx * y - wy * x),
+        h * (-wx * x - wy * y - wz * z),
+    ];
+    let r = [x + d[0], y + d[1], z + d[2], s + d[3]];
+    let n = (r.iter().map(|c| c * c).sum::<f64>()).sqrt();
+    r.map(|c| c / n)
+}
+
+/// Bytes the reference engine spends on one transform update: a msgpack map
+/// `{id, position: [f64; 3], quaternion: [f64; 4]}` (floats always as 9-byte float64).
+/// Computed by hand (it is arithmetic) so the runner needs no msgpack dependency.
+pub fn baseline_msgpack_bytes(id: EntityId, _t: &Transform) -> usize {
+    let uint = |v: u32| match v {
+        0..=127 => 1,
+        128..=255 => 2,
+        256..=65_535 => 3,
+        _ => 5,
+    };
+    let key = |s: &str| 1 + s.len(); // fixstr
+    1 // fixmap of 3
+        + key("id") + uint(id.0)
+        + key("position") + 1 + 3 * 9
+        + key("quaternion") + 1 + 4 * 9
+}
+
+/// Parameters of one [`bench_run`].
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct BenchParams {
+    /// Motion to generate.
+    pub scenario: Scenario,
+    /// Entities in the world.
+    pub entities: usize,
+    /// Clients, each with its own replicator, receiver and link.
+    pub clients: usize,
+    /// Server tick rate, Hz (clients send one ack datagram per tick too).
+    pub hz: u16,
+    /// Simulated seconds.
+    pub seconds: f64,
+    /// Probability each datagram (either direction) is lost.
+    pub loss: f64,
+    /// Round-trip time, milliseconds (half each way).
+    pub rtt_ms: u64,
+    /// Extra uniform random delay per datagram, 0..=this, milliseconds (reorders).
+    pub jitter_ms: u64,
+    /// Seed of the motion and the link.
+    pub seed: u64,
+}
+
+impl BenchParams {
+    /// The cube target run: 901 cubes, 60 Hz, 1 client, 100 ms RTT, no loss, 60 s.
+    pub fn cubes() -> BenchParams {
+        BenchParams {
+            scenario: Scenario::Cubes,
+            entities: 901,
+            clients: 1,
+            hz: 60,
+            seconds: 60.0,
+            loss: 0.0,
+            rtt_ms: 100,
+            jitter_ms: 0,
+            seed: 1,
+        }
+    }
+
+    /// The crowd target run: 100 players, 30 Hz, 100 clients would be the full world;
+    /// one client's view is measured (all clients see the same crowd).
+    pub fn crowd() -> BenchParams {
+        BenchParams {
+            scenario: Scenario::Crowd,
+            entities: 100,
+            clients: 1,
+            hz: 30,
+            seconds: 60.0,
+            loss: 0.0,
+            rtt_ms: 100,
+            jitter_ms: 0,
+            seed: 1,
+        }
+    }
+}
+
+/// What [`bench_run`] measured (serializable for the load tool's `--json`).
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct TransformReport {
+    /// The parameters.
+    pub params: BenchParams,
+    /// Mean server → client transform bandwidth per client, kbit/s (datagram payloads).
+    pub kbps_per_client: f64,
+    /// Mean bytes per entity update (all datagram bytes / updates of changed entities).
+    pub bytes_per_entity_update: f64,
+    /// Entity updates sent per second per client.
+    pub updates_per_s: f64,
+    /// Mean bytes the reference engine's msgpack encoding spends on the same updates.
+    pub baseline_bytes_per_entity_update: f64,
+    /// `baseline_bytes_per_entity_update / bytes_per_entity_update`.
+    pub ratio_vs_baseline: f64,
+    /// Mean client → server bandwidth per client (acks only here), kbit/s.
+    pub upstream_kbps_per_client: f64,
+    /// Datagrams per second per client.
+    pub datagrams_per_s: f64,
+    /// Fraction of updates sent as absolute values (no usable baseline).
+    pub absolute_fraction: f64,
+    /// Mean number of moving entities per tick.
+    pub moving_mean: f64,
+    /// Largest distance, metres, between a client's latest view and the server's quantized
+    /// state at the end, over entities the client has (a convergence sanity check).
+    pub final_error_m_max: f64,
+    /// Records receivers could not decode (should be 0).
+    pub undecodable: usize,
+}
+
+#[derive(PartialEq, Eq)]
+struct InFlight {
+    at_us: u64,
+    order: u64,
+    client: usize,
+    bytes: Vec<u8>,
+}
+
+impl Ord for InFlight {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        // BinaryHeap is a max-heap: invert for earliest first.
+        (o.at_us, o.order).cmp(&(self.at_us, self.order))
+    }
+}
+
+impl PartialOrd for InFlight {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+
+/// A simple seeded one-direction link: independent loss, fixed delay plus uniform jitter.
+struct Link {
+    rng: Rng,
+    loss: f64,
+    delay_us: u64,
+    jitter_us: u64,
+    queue: BinaryHeap<InFlight>,
+    order: u64,
+}
+
+impl Link {
+    fn send(&mut self, now_us: u64, client: usize, bytes: Vec<u8>) {
+        if self.rng.chance(self.loss) {
+            return;
+        }
+        let jitter = if self.jitter_us > 0 {
+            self.rng.below(self.jitter_us + 1)
+        } else {
+            0
+        };
+        self.order += 1;
+        self.queue.push(InFlight {
+            at_us: now_us + self.delay_us + jitter,
+            order: self.order,
+            client,
+            bytes,
+        });
+    }
+
+    fn poll(&mut self, now_us: u64) -> Option<InFlight> {
+        if self.queue.peek().is_some_and(|f| f.at_us <= now_us) {
+            self.queue.pop()
+        } else {
+            None
+        }
+    }
+}
+
+/// Largest datagram the runner passes as `max_datagram_size`: quinn's size at connect.
+const BENCH_DATAGRAM_BYTES: usize = 1162;
+
+/// Runs a scenario in process and measures it. Deterministic for given parameters.
+pub fn bench_run(p: &BenchParams) -> TransformReport {
+    let hz =
+        p.hz.clamp(crate::time::TICK_HZ_MIN, crate::time::TICK_HZ_MAX);
+    let config = TransformConfig {
+        tick_hz: hz,
+        ..TransformConfig::default()
+    };
+    let qz = Quantizer::new(&config).unwrap_or_else(|_| unreachable_config());
+    let mut gen = MotionGen::new(p.scenario, p.entities, p.seed);
+    let mut root = Rng::new(p.seed ^ 0x5EED_11AC);
+    let mut down = Link {
+        rng: root.fork(),
+        loss: p.loss,
+        delay_us: p.rtt_ms * 500,
+        jitter_us: p.jitter_ms * 1000,
+        queue: BinaryHeap::new(),
+        order: 0,
+    };
+    let mut up = Link {
+        rng: root.fork(),
+        loss: p.loss,
+        delay_us: p.rtt_ms * 500,
+        jitter_us: p.jitter_ms * 1000,
+        queue: BinaryHeap::new(),
+        order: 0,
+    };
+    let clients = p.clients.max(1);
+    let mut servers: Vec<ClientReplicator> = (0..clients)
+        .map(|_| {
+            ClientReplicator::new(config.clone(), None).unwrap_or_else(|_| unreachable_config())
+        })
+        .collect();
+    let mut receivers: Vec<ReplicaReceiver> = (0..clients)
+        .map(|_| ReplicaReceiver::new(&config).unwrap_or_else(|_| unreachable_config()))
+        .collect();
+    let mut up_seq = vec![Seq(0); clients];
+    if p.scenario == Scenario::Crowd {
+        for (i, s) in servers.iter_mut().enumerate() {
+            if i < p.entities {
+                s.set_own_entity(Some(EntityId(i as u32 + 1)));
+            }
+        }
+    }
+    let period_us = 1_000_000 / hz as u64;
+    let ticks = (p.seconds.max(0.0) * hz as f64).round() as u64;
+    let dt = 1.0 / hz as f64;
+    let mut samples: Vec<EntitySample> = Vec::with_capacity(p.entities);
+    let mut out = Vec::new();
+    let mut up_buf = Vec::new();
+    let (mut down_bytes, mut up_bytes, mut updates, mut absolute, mut datagrams) =
+        (0u64, 0u64, 0u64, 0u64, 0u64);
+    let mut baseline_bytes = 0u64;
+    let mut moving_sum = 0u64;
+    let mut undecodable = 0usize;
+    for tick in 0..ticks {
+        let now_us = tick * period_us;
+        let now = Time(now_us);
+        while let Some(f) = up.poll(now_us) {
+            if let Ok(d) = decode_client_datagram(&qz, &f.bytes) {
+                servers[f.client].handle_ack(&d.ack, now);
+            }
+        }
+        gen.step(dt);
+        moving_sum += gen.moving() as u64;
+        samples.clear();
+        samples.extend(
+            gen.transforms()
+                .map(|(id, t)| EntitySample::new(id, &t, &qz)),
+        );
+        for (c, server) in servers.iter_mut().enumerate() {
+            let viewer = match p.scenario {
+                Scenario::Crowd => samples.get(c).map(|s| s.position),
+                Scenario::Cubes => Some([0.0, 1.7, 0.0]),
+            };
+            out.clear();
+            let input = TickInput {
+                tick: Tick(tick),
+                now,
+                viewer,
+                entities: &samples,
+                max_datagram_size: BENCH_DATAGRAM_BYTES,
+                own_blob: None,
+            };
+            let Ok(s) = server.write_tick(&input, &mut out) else {
+                continue;
+            };
+            updates += s.updates as u64;
+            absolute += s.absolute as u64;
+            datagrams += s.datagrams as u64;
+            down_bytes += s.bytes as u64;
+            if s.updates > 0 {
+                // Every sample has the same msgpack size bar its id's width; charge each update
+                // the size of a mid-range id's.
+                let mid = samples.len() / 2;
+                let (id, t) = (samples[mid].id, qz.dequantize(&samples[mid].q));
+                baseline_bytes += (s.updates * baseline_msgpack_bytes(id, &t)) as u64;
+            }
+            for d in out.drain(..) {
+                down.send(now_us, c, d);
+            }
+        }
+        while let Some(f) = down.poll(now_us + period_us - 1) {
+            if let Ok(r) = receivers[f.client].handle_datagram(&f.bytes, now) {
+                undecodable += r.undecodable;
+            }
+        }
+        for (c, r) in receivers.iter().enumerate() {
+            up_seq[c] = up_seq[c].next();
+            if encode_client_datagram(&qz, &r.ack_header(), up_seq[c], &[], &[], &mut up_buf)
+                .is_ok()
+            {
+                up_bytes += up_buf.len() as u64;
+                up.send(now_us, c, up_buf.clone());
+            }
+        }
+    }
+    let mut err_max = 0.0f64;
+    for (c, r) in receivers.iter().enumerate() {
+        for s in &samples {
+            if Some(s.id) == servers[c].own_entity_id() {
+                continue;
+            }
+            if let Some((_, q)) = r.latest_quantized(s.id) {
+                let a = qz.dequantize_position(q.pos);
+                let b = qz.dequantize_position(s.q.pos);
+                let d = (0..3)
+                    .map(|i| (a[i] as f64 - b[i] as f64).powi(2))
+                    .sum::<f64>()
+                    .sqrt();
+                err_max = err_max.max(d);
+            }
+        }
+    }
+    let secs = (ticks.max(1)) as f64 / hz as f64;
+    let per_client = clients as f64;
+    let bpu = down_bytes as f64 / (updates.max(1)) as f64;
+    let base = baseline_bytes as f64 / (updates.max(1)) as f64;
+    TransformReport {
+        params: *p,
+        kbps_per_client: down_bytes as f64 * 8.0 / 1000.0 / secs / per_client,
+        bytes_per_entity_update: bpu,
+        updates_per_s: updates as f64 / secs / per_client,
+        baseline_bytes_per_entity_update: base,
+        ratio_vs_baseline: base / bpu.max(1e-9),
+        upstream_kbps_per_client: up_bytes as f64 * 8.0 / 1000.0 / secs / per_client,
+        datagrams_per_s: datagrams as f64 / secs / per_client,
+        absolute_fraction: absolute as f64 / (updates.max(1)) as f64,
+        moving_mean: moving_sum as f64 / ticks.max(1) as f64,
+        final_error_m_max: err_max,
+        undecodable,
+    }
+}
+
+#[cold]
+fn unreachable_config() -> ! {
+    panic!("the default transform config with a clamped tick rate is valid")
+}

@@ -1,0 +1,800 @@
+//! Behaviour tests of the transform stream: replicator, receiver and upstream together, over a
+//! small seeded lossy, reordering, duplicating link. Every failure prints its seed.
+
+use std::collections::HashMap;
+
+use super::scenario::{bench_run, BenchParams};
+use super::*;
+use crate::rng::Rng;
+use crate::time::{Tick, Time};
+use crate::types::{EntityId, Transform, Vec3};
+
+const TICK_US: u64 = 33_333;
+
+/// A random world: entities that sit, drift, jump, teleport and rotate.
+struct World {
+    rng: Rng,
+    t: Vec<Transform>,
+    vel: Vec<Vec3>,
+    ids: Vec<EntityId>,
+}
+
+impl World {
+    fn new(seed: u64, n: usize, spread_m: f64) -> World {
+        let mut rng = Rng::new(seed);
+        let mut t = Vec::new();
+        let mut vel = Vec::new();
+        let mut ids = Vec::new();
+        let mut next_id = rng.below(50) as u32;
+        for _ in 0..n {
+            let span = if rng.chance(0.1) { 5000 } else { 3 };
+            next_id += 1 + rng.below(span) as u32;
+            ids.push(EntityId(next_id));
+            t.push(Transform {
+                position: [0; 3].map(|_| rng.range_f64(-spread_m, spread_m) as f32),
+                rotation: [0; 4].map(|_| rng.range_f64(-1.0, 1.0) as f32),
+                scale: None,
+            });
+            vel.push([0; 3].map(|_| rng.range_f64(-0.3, 0.3) as f32));
+        }
+        World { rng, t, vel, ids }
+    }
+
+    fn step(&mut self, moving: bool) {
+        if !moving {
+            return;
+        }
+        for i in 0..self.t.len() {
+            let r = self.rng.f64();
+            let t = &mut self.t[i];
+            if r < 0.3 {
+                continue; // at rest this tick
+            } else if r < 0.32 {
+                t.position = [0; 3].map(|_| self.rng.range_f64(-1100.0, 1100.0) as f32);
+            } else {
+                for a in 0..3 {
+                    t.position[a] += self.vel[i][a];
+                }
+                if self.rng.chance(0.2) {
+                    self.vel[i] = [0; 3].map(|_| self.rng.range_f64(-0.5, 0.5) as f32);
+                }
+            }
+            if self.rng.chance(0.3) {
+                for c in &mut t.rotation {
+                    *c += self.rng.range_f64(-0.05, 0.05) as f32;
+                }
+            }
+            if self.rng.chance(0.01) {
+                t.rotation = [0; 4].map(|_| self.rng.range_f64(-1.0, 1.0) as f32);
+            }
+        }
+    }
+
+    fn samples(&self, qz: &Quantizer) -> Vec<EntitySample> {
+        self.ids
+            .iter()
+            .zip(&self.t)
+            .map(|(id, t)| EntitySample::new(*id, t, qz))
+            .collect()
+    }
+}
+
+/// One direction of a lossy link that also duplicates and reorders.
+struct Net {
+    rng: Rng,
+    loss: f64,
+    dup: f64,
+    delay_ticks: u64,
+    jitter_ticks: u64,
+    queue: Vec<(u64, Vec<u8>)>,
+}
+
+impl Net {
+    fn new(seed: u64, loss: f64) -> Net {
+        Net {
+            rng: Rng::new(seed),
+            loss,
+            dup: loss / 2.0,
+            delay_ticks: 2,
+            jitter_ticks: 3,
+            queue: Vec::new(),
+        }
+    }
+
+    fn send(&mut self, tick: u64, d: Vec<u8>) {
+        let copies = if self.rng.chance(self.dup) { 2 } else { 1 };
+        for _ in 0..copies {
+            if self.rng.chance(self.loss) {
+                continue;
+            }
+            let at = tick + self.delay_ticks + self.rng.below(self.jitter_ticks + 1);
+            self.queue.push((at, d.clone()));
+        }
+    }
+
+    fn due(&mut self, tick: u64) -> Vec<Vec<u8>> {
+        let (now, later): (Vec<_>, Vec<_>) = self.queue.drain(..).partition(|(at, _)| *at <= tick);
+        self.queue = later;
+        let mut now: Vec<_> = now.into_iter().map(|(_, d)| d).collect();
+        // Shuffle what arrives in one tick.
+        for i in (1..now.len()).rev() {
+            let j = self.rng.below(i as u64 + 1) as usize;
+            now.swap(i, j);
+        }
+        now
+    }
+}
+
+struct Pair {
+    server: ClientReplicator,
+    client: ReplicaReceiver,
+    down: Net,
+    up: Net,
+    qz: Quantizer,
+    /// Every value the server sent-able at each tick: (id, tick) → quantized.
+    truth: HashMap<(EntityId, u64), QTransform>,
+    up_seq: Seq,
+    /// Until this tick, undecodable records are tolerated (updates racing a `forget`).
+    undecodable_ok_until: u64,
+}
+
+impl Pair {
+    fn new(config: &TransformConfig, seed: u64, loss: f64) -> Pair {
+        Pair {
+            server: ClientReplicator::new(config.clone(), None).unwrap(),
+            client: ReplicaReceiver::new(config).unwrap(),
+            down: Net::new(seed ^ 1, loss),
+            up: Net::new(seed ^ 2, loss),
+            qz: Quantizer::new(config).unwrap(),
+            truth: HashMap::new(),
+            up_seq: Seq(0),
+            undecodable_ok_until: 0,
+        }
+    }
+
+    /// One tick: acks in, write, deliver, check every applied value is bit-exact, ack out.
+    fn tick(
+        &mut self,
+        tick: u64,
+        samples: &[EntitySample],
+        viewer: Option<Vec3>,
+        max: usize,
+    ) -> TickSummary {
+        let now = Time(tick * TICK_US);
+        for d in self.up.due(tick) {
+            let cd = decode_client_datagram(&self.qz, &d).unwrap();
+            self.server.handle_ack(&cd.ack, now);
+        }
+        for s in samples {
+            self.truth.insert((s.id, tick), s.q);
+        }
+        let mut out = Vec::new();
+        let input = TickInput {
+            tick: Tick(tick),
+            now,
+            viewer,
+            entities: samples,
+            max_datagram_size: max,
+            own_blob: None,
+        };
+        let summary = self.server.write_tick(&input, &mut out).unwrap();
+        for d in out {
+            assert!(d.len() <= max);
+            self.down.send(tick, d);
+        }
+        for d in self.down.due(tick) {
+            let r = self.client.handle_datagram(&d, now).unwrap();
+            if tick >= self.undecodable_ok_until {
+                assert_eq!(r.undecodable, 0, "a baseline the server used was missing");
+            }
+            for id in &r.updated {
+                let (t, q) = self.client.latest_quantized(*id).unwrap();
+                assert_eq!(
+                    self.truth.get(&(*id, t.0)),
+                    Some(&q),
+                    "entity {id:?} at tick {t:?}"
+                );
+            }
+        }
+        let mut buf = Vec::new();
+        self.up_seq = self.up_seq.next();
+        encode_client_datagram(
+            &self.qz,
+            &self.client.ack_header(),
+            self.up_seq,
+            &[],
+            &[],
+            &mut buf,
+        )
+        .unwrap();
+        self.up.send(tick, buf);
+        summary
+    }
+}
+
+#[test]
+fn delta_stream_is_bit_exact_and_converges_under_loss_reordering_and_duplication() {
+    for seed in 0..12u64 {
+        let loss = [0.0, 0.05, 0.2, 0.35][seed as usize % 4];
+        let config = TransformConfig {
+            scale_enabled: seed % 3 == 0,
+            ..Default::default()
+        };
+        let mut pair = Pair::new(&config, seed, loss);
+        if seed % 2 == 1 {
+            pair.server.skip_seqs(65_536 - 100); // cross the u16 wrap mid-run
+        }
+        let mut world = World::new(seed, 40, 50.0);
+        let mut rng = Rng::new(seed);
+        let ticks = 400;
+        let mut converged_at = None;
+        for tick in 0..ticks + 200 {
+            world.step(tick < ticks);
+            let max = 96 + rng.below(1300) as usize;
+            let samples = world.samples(&pair.qz);
+            pair.tick(tick, &samples, None, max);
+            let same = samples
+                .iter()
+                .all(|s| pair.client.latest_quantized(s.id).map(|(_, q)| q) == Some(s.q));
+            if tick >= ticks && same && converged_at.is_none() {
+                converged_at = Some(tick - ticks);
+            }
+            if !same {
+                converged_at = None;
+            }
+        }
+        // Motion stopped 200 ticks ago: the client holds the server's final state exactly, and
+        // got there within a bounded time (resends wait about one RTT estimate, so a value
+        // lost k times in a row costs k RTTs: at 35% loss, 60 ticks is a generous bound).
+        let after = converged_at.unwrap_or(u64::MAX);
+        assert!(
+            after <= 60,
+            "seed {seed} loss {loss}: converged {after} ticks after motion stopped"
+        );
+    }
+}
+
+#[test]
+fn client_behind_a_two_second_partition_recovers() {
+    let config = TransformConfig::default();
+    let mut pair = Pair::new(&config, 77, 0.05);
+    let mut world = World::new(77, 30, 30.0);
+    for tick in 0..400u64 {
+        world.step(tick < 300);
+        let partitioned = (100..160).contains(&tick);
+        pair.down.loss = if partitioned { 1.0 } else { 0.05 };
+        pair.up.loss = pair.down.loss;
+        let samples = world.samples(&pair.qz);
+        pair.tick(tick, &samples, None, 1200);
+    }
+    for s in world.samples(&pair.qz) {
+        assert_eq!(
+            pair.client.latest_quantized(s.id).map(|(_, q)| q),
+            Some(s.q)
+        );
+    }
+}
+
+#[test]
+fn unchanged_entities_cost_nothing_once_acknowledged() {
+    let config = TransformConfig::default();
+    let mut pair = Pair::new(&config, 5, 0.0);
+    let world = World::new(5, 50, 20.0);
+    let samples = world.samples(&pair.qz);
+    let mut last = TickSummary::default();
+    for tick in 0..60 {
+        last = pair.tick(tick, &samples, None, 1200);
+    }
+    assert_eq!(last.datagrams, 0, "a world at rest sends nothing");
+    assert_eq!(last.bytes, 0);
+}
+
+#[test]
+fn stale_and_duplicate_datagrams_are_ignored() {
+    let config = TransformConfig::default();
+    let mut server = ClientReplicator::new(config.clone(), None).unwrap();
+    let mut client = ReplicaReceiver::new(&config).unwrap();
+    let qz = Quantizer::new(&config).unwrap();
+    let id = EntityId(3);
+    let mut sent = Vec::new();
+    for tick in 0..3u64 {
+        let t = Transform {
+            position: [tick as f32, 0.0, 0.0],
+            ..Default::default()
+        };
+        let samples = [EntitySample::new(id, &t, &qz)];
+        let mut out = Vec::new();
+        let input = TickInput {
+            tick: Tick(tick),
+            now: Time(tick * TICK_US),
+            viewer: None,
+            entities: &samples,
+            max_datagram_size: 1200,
+            own_blob: None,
+        };
+        server.write_tick(&input, &mut out).unwrap();
+        assert_eq!(out.len(), 1);
+        sent.push(out.remove(0));
+    }
+    // Newest first, then an older one, then a duplicate.
+    let r = client.handle_datagram(&sent[2], Time(0)).unwrap();
+    assert_eq!(r.updated, vec![id]);
+    let r = client.handle_datagram(&sent[1], Time(0)).unwrap();
+    assert_eq!(r.freshness, Freshness::Applied);
+    assert!(r.updated.is_empty());
+    assert_eq!(r.stale, 1);
+    let r = client.handle_datagram(&sent[2], Time(0)).unwrap();
+    assert_eq!(r.freshness, Freshness::Duplicate);
+    assert!(r.updated.is_empty());
+    let (tick, t) = client.latest(id).unwrap();
+    assert_eq!(tick, Tick(2));
+    assert_eq!(t.position[0], 2.0);
+}
+
+#[test]
+fn budget_and_datagram_size_are_never_exceeded() {
+    for seed in 0..6u64 {
+        let config = TransformConfig {
+            budget_bits_per_s: [8_000, 64_000, 256_000][seed as usize % 3],
+            tick_hz: 60,
+            ..Default::default()
+        };
+        let mut pair = Pair::new(&config, seed, 0.1);
+        let mut world = World::new(seed, 600, 200.0);
+        let mut rng = Rng::new(seed);
+        let per_tick = config.budget_bytes_per_tick();
+        let carry = pair.server.budget_carry_max_bytes();
+        let mut total = 0usize;
+        let ticks = 300u64;
+        for tick in 0..ticks {
+            world.step(true);
+            let max = 96 + rng.below(1400) as usize;
+            let samples = world.samples(&pair.qz);
+            let s = pair.tick(tick, &samples, None, max);
+            total += s.bytes;
+            // Over any prefix: at most the budget plus the carry.
+            assert!(
+                total <= (tick as usize + 1) * per_tick + carry,
+                "seed {seed} tick {tick}: {total} bytes"
+            );
+        }
+        assert!(
+            total * 10 >= ticks as usize * per_tick * 7,
+            "seed {seed}: budget underused"
+        );
+    }
+}
+
+#[test]
+fn several_datagrams_per_tick_and_own_blob_rides_first() {
+    let config = TransformConfig {
+        budget_bits_per_s: 2_000_000,
+        ..Default::default()
+    };
+    let mut server = ClientReplicator::new(config.clone(), None).unwrap();
+    let mut client = ReplicaReceiver::new(&config).unwrap();
+    let world = World::new(9, 300, 100.0);
+    let samples = world.samples(server.quantizer());
+    let blob = [7u8; OWN_BLOB_BYTES_MAX];
+    let mut out = Vec::new();
+    let input = TickInput {
+        tick: Tick(1),
+        now: Time(0),
+        viewer: None,
+        entities: &samples,
+        max_datagram_size: 300,
+        own_blob: Some(&blob),
+    };
+    let s = server.write_tick(&input, &mut out).unwrap();
+    assert!(s.datagrams > 3, "{s:?}");
+    assert!(out.iter().all(|d| d.len() <= 300));
+    let mut updated = 0;
+    for (i, d) in out.iter().enumerate() {
+        let r = client.handle_datagram(d, Time(0)).unwrap();
+        assert_eq!(r.own_blob.is_some(), i == 0);
+        if i == 0 {
+            assert_eq!(r.own_blob.as_deref(), Some(&blob[..]));
+        }
+        updated += r.updated.len();
+    }
+    assert_eq!(updated, s.updates);
+    // Too small a datagram or too big a blob is the caller's error.
+    let small = TickInput {
+        max_datagram_size: 50,
+        ..input
+    };
+    assert!(server.write_tick(&small, &mut out).is_err());
+    let big = [0u8; 65];
+    let bad = TickInput {
+        own_blob: Some(&big),
+        ..input
+    };
+    assert!(server.write_tick(&bad, &mut out).is_err());
+    // The same tick twice would send an entity twice under one tick.
+    assert_eq!(
+        server.write_tick(&input, &mut out),
+        Err(TransformError::TickNotAfterLast(Tick(1)))
+    );
+}
+
+#[test]
+fn interest_radius_is_respected_and_leaving_is_notified() {
+    let config = TransformConfig {
+        interest_radius_m: 20.0,
+        interest_hysteresis_m: 2.0,
+        ..Default::default()
+    };
+    let mut pair = Pair::new(&config, 3, 0.1);
+    let qz = pair.qz.clone();
+    // Entities on a line x = 0..100 m; the viewer walks from x = -50 to 150 and back.
+    let ids: Vec<EntityId> = (1..=50).map(EntityId).collect();
+    let pos = |i: usize| [i as f32 * 2.0, 0.0, 0.0];
+    let mut lefts = 0;
+    let mut tick = 0u64;
+    for leg in 0..2 {
+        for step in 0..400u64 {
+            let x = if leg == 0 {
+                -50.0 + step as f32 * 0.5
+            } else {
+                150.0 - step as f32 * 0.5
+            };
+            let viewer = [x, 0.0, 0.0];
+            let samples: Vec<EntitySample> = ids
+                .iter()
+                .enumerate()
+                .map(|(i, id)| {
+                    let t = Transform {
+                        position: pos(i),
+                        rotation: [0.0, 0.0, (tick as f32 * 0.01).sin(), 1.0],
+                        scale: None,
+                    };
+                    EntitySample::new(*id, &t, &qz)
+                })
+                .collect();
+            pair.tick(tick, &samples, Some(viewer), 1200);
+            for (i, id) in ids.iter().enumerate() {
+                let d = (pos(i)[0] - x).abs();
+                if d > 22.0 {
+                    assert!(!pair.server.in_interest(*id), "{id:?} at {d} m");
+                }
+                if d <= 20.0 {
+                    assert!(pair.server.in_interest(*id));
+                }
+            }
+            tick += 1;
+        }
+        // Settle, then check the client's view: nothing beyond the radius (a left notice was
+        // received for each one it had), everything inside present.
+        let x = if leg == 0 { 150.0 } else { -50.0 };
+        for _ in 0..60 {
+            let samples: Vec<EntitySample> = ids
+                .iter()
+                .enumerate()
+                .map(|(i, id)| {
+                    EntitySample::new(
+                        *id,
+                        &Transform {
+                            position: pos(i),
+                            ..Default::default()
+                        },
+                        &qz,
+                    )
+                })
+                .collect();
+            pair.tick(tick, &samples, Some([x, 0.0, 0.0]), 1200);
+            tick += 1;
+        }
+        for (i, id) in ids.iter().enumerate() {
+            let d = (pos(i)[0] - x).abs();
+            let has = pair.client.latest(*id).is_some();
+            assert_eq!(has, d <= 22.0, "leg {leg} {id:?} at {d} m");
+        }
+        lefts += pair.client.len() - pair.client.iter().count();
+    }
+    assert!(lefts > 0);
+}
+
+#[test]
+fn left_notice_then_reentry_restores_the_entity() {
+    let config = TransformConfig {
+        interest_radius_m: 10.0,
+        interest_hysteresis_m: 0.0,
+        ..Default::default()
+    };
+    let mut server = ClientReplicator::new(config.clone(), None).unwrap();
+    let mut client = ReplicaReceiver::new(&config).unwrap();
+    let qz = server.quantizer().clone();
+    let id = EntityId(42);
+    let mut left_seen = false;
+    for tick in 0..40u64 {
+        let x = if (10..20).contains(&tick) { 50.0 } else { 1.0 };
+        let s = [EntitySample::new(
+            id,
+            &Transform {
+                position: [x, 0.0, 0.0],
+                ..Default::default()
+            },
+            &qz,
+        )];
+        let mut out = Vec::new();
+        let input = TickInput {
+            tick: Tick(tick),
+            now: Time(tick * TICK_US),
+            viewer: Some([0.0; 3]),
+            entities: &s,
+            max_datagram_size: 1200,
+            own_blob: None,
+        };
+        server.write_tick(&input, &mut out).unwrap();
+        for d in out {
+            let r = client.handle_datagram(&d, Time(0)).unwrap();
+            if !r.left.is_empty() {
+                assert_eq!(r.left, vec![id]);
+                left_seen = true;
+                assert!(client.latest(id).is_none());
+            }
+        }
+        server.handle_ack(&client.ack_header(), Time(tick * TICK_US));
+        if tick == 15 {
+            assert!(client.latest(id).is_none());
+        }
+    }
+    assert!(left_seen);
+    assert_eq!(client.latest(id).unwrap().1.position[0], 1.0);
+}
+
+#[test]
+fn garbage_datagrams_give_errors_never_panics() {
+    let config = TransformConfig {
+        scale_enabled: true,
+        ..Default::default()
+    };
+    let mut pair = Pair::new(&config, 4, 0.0);
+    let mut world = World::new(4, 50, 50.0);
+    let mut valid = Vec::new();
+    for tick in 0..20 {
+        world.step(true);
+        let samples = world.samples(&pair.qz);
+        let mut out = Vec::new();
+        let input = TickInput {
+            tick: Tick(tick),
+            now: Time(0),
+            viewer: None,
+            entities: &samples,
+            max_datagram_size: 1200,
+            own_blob: Some(&[1, 2, 3]),
+        };
+        pair.server.write_tick(&input, &mut out).unwrap();
+        valid.extend(out);
+    }
+    let mut up = Vec::new();
+    let owned = [(EntityId(9), pair.qz.quantize(&Transform::default()))];
+    encode_client_datagram(
+        &pair.qz,
+        &AckHeader::default(),
+        Seq(1),
+        &[5; 40],
+        &owned,
+        &mut up,
+    )
+    .unwrap();
+    valid.push(up);
+    let mut rng = Rng::new(99);
+    for i in 0..30_000 {
+        let mut d = if i % 3 == 0 {
+            let n = rng.below(1600) as usize;
+            let mut d: Vec<u8> = (0..n).map(|_| rng.next_u64() as u8).collect();
+            if let Some(b) = d.first_mut() {
+                *b = [KIND_SERVER_STATE, KIND_CLIENT_STATE, 0][rng.below(3) as usize];
+            }
+            d
+        } else {
+            valid[rng.below(valid.len() as u64) as usize].clone()
+        };
+        for _ in 0..rng.below(4) {
+            if d.is_empty() {
+                break;
+            }
+            let at = rng.below(d.len() as u64) as usize;
+            d[at] ^= 1 << rng.below(8);
+        }
+        if rng.chance(0.3) {
+            d.truncate(rng.below(d.len() as u64 + 1) as usize);
+        }
+        let _ = pair.client.handle_datagram(&d, Time(0));
+        let _ = decode_client_datagram(&pair.qz, &d);
+    }
+    // The receiver still works afterwards (its entity table stayed bounded).
+    assert!(pair.client.len() <= crate::limits::ENTITIES_MAX);
+}
+
+#[test]
+fn client_datagram_round_trips_and_out_of_bounds_transforms_are_refused() {
+    let config = TransformConfig {
+        bounds_min: [-1000.0, -64.0, -1000.0],
+        bounds_max: [1000.0, 448.0, 1000.0],
+        ..Default::default()
+    };
+    let qz = Quantizer::new(&config).unwrap();
+    let mut rng = Rng::new(8);
+    for _ in 0..500 {
+        let n = rng.below(OWNED_PER_DATAGRAM_MAX as u64 + 1) as usize;
+        let owned: Vec<(EntityId, QTransform)> = (0..n)
+            .map(|_| {
+                let t = Transform {
+                    position: [0; 3].map(|_| rng.range_f64(-2000.0, 2000.0) as f32),
+                    rotation: [0; 4].map(|_| rng.range_f64(-1.0, 1.0) as f32),
+                    scale: None,
+                };
+                (EntityId(rng.next_u64() as u32), qz.quantize(&t))
+            })
+            .collect();
+        let blob: Vec<u8> = (0..rng.below(257)).map(|_| rng.next_u64() as u8).collect();
+        let ack = AckHeader {
+            latest: Seq(rng.next_u64() as u16),
+            received: rng.next_u64(),
+        };
+        let mut buf = Vec::new();
+        encode_client_datagram(&qz, &ack, Seq(7), &blob, &owned, &mut buf).unwrap();
+        assert!(buf.len() <= crate::limits::DATAGRAM_BYTES_MAX);
+        let d = decode_client_datagram(&qz, &buf).unwrap();
+        assert_eq!(d.ack, ack);
+        assert_eq!(d.seq, Seq(7));
+        assert_eq!(d.input_blob, blob);
+        assert_eq!(d.owned, owned);
+    }
+    // A client using wider bounds (same bit widths) sends a position past this server's bounds.
+    let wide = Quantizer::new(&TransformConfig {
+        bounds_min: [-1024.0, -64.0, -1024.0],
+        bounds_max: [1024.0, 448.0, 1024.0],
+        ..Default::default()
+    })
+    .unwrap();
+    let far = wide.quantize(&Transform {
+        position: [1020.0, 0.0, 0.0],
+        ..Default::default()
+    });
+    let mut buf = Vec::new();
+    encode_client_datagram(
+        &wide,
+        &AckHeader::default(),
+        Seq(1),
+        &[],
+        &[(EntityId(1), far)],
+        &mut buf,
+    )
+    .unwrap();
+    assert_eq!(
+        decode_client_datagram(&qz, &buf),
+        Err(TransformError::OutOfBounds)
+    );
+    // Limits.
+    assert!(
+        encode_client_datagram(&qz, &AckHeader::default(), Seq(1), &[0; 257], &[], &mut buf)
+            .is_err()
+    );
+}
+
+#[test]
+fn bench_runner_meets_targets_on_short_runs() {
+    let mut p = BenchParams::cubes();
+    p.seconds = 4.0;
+    let r = bench_run(&p);
+    assert_eq!(r.undecodable, 0);
+    assert!(r.kbps_per_client > 0.0 && r.updates_per_s > 0.0);
+    let mut p = BenchParams::crowd();
+    p.seconds = 4.0;
+    let r = bench_run(&p);
+    assert_eq!(r.undecodable, 0);
+    assert!(r.bytes_per_entity_update <= 6.0, "{r:?}");
+    assert!(r.ratio_vs_baseline >= 10.0, "{r:?}");
+}
+
+#[test]
+fn msgpack_baseline_size_matches_rmp_serde() {
+    #[derive(serde::Serialize)]
+    struct Ref {
+        id: u32,
+        position: [f64; 3],
+        quaternion: [f64; 4],
+    }
+    for id in [1u32, 200, 901, 70_000] {
+        let t = Transform::default();
+        let r = Ref {
+            id,
+            position: t.position.map(|v| v as f64),
+            quaternion: t.rotation.map(|v| v as f64),
+        };
+        let bytes = rmp_serde::to_vec_named(&r).unwrap();
+        assert_eq!(
+            scenario::baseline_msgpack_bytes(EntityId(id), &t),
+            bytes.len()
+        );
+    }
+}
+
+/// The target runs at full length: `cargo test -p neonet-proto --release -- --ignored
+/// --nocapture target_figures`.
+#[test]
+#[ignore]
+fn target_figures() {
+    for (name, mut p) in [
+        ("cubes 0% loss", BenchParams::cubes()),
+        (
+            "cubes 5% loss",
+            BenchParams {
+                loss: 0.05,
+                ..BenchParams::cubes()
+            },
+        ),
+        ("crowd", BenchParams::crowd()),
+        (
+            "crowd, 100 clients",
+            BenchParams {
+                clients: 100,
+                ..BenchParams::crowd()
+            },
+        ),
+        (
+            "cubes 20% loss, 30 ms jitter",
+            BenchParams {
+                loss: 0.2,
+                jitter_ms: 30,
+                ..BenchParams::cubes()
+            },
+        ),
+    ] {
+        p.seconds = 60.0;
+        let r = bench_run(&p);
+        eprintln!("{name}: {r:#?}");
+    }
+}
+
+#[test]
+fn entity_removed_and_re_added_never_deltas_against_what_the_client_forgot() {
+    let config = TransformConfig::default();
+    let mut pair = Pair::new(&config, 31, 0.0);
+    let qz = pair.qz.clone();
+    let id = EntityId(5);
+    let sample = |x: f32| {
+        EntitySample::new(
+            id,
+            &Transform {
+                position: [x, 0.0, 0.0],
+                ..Default::default()
+            },
+            &qz,
+        )
+    };
+    let mut tick = 0u64;
+    for _ in 0..20 {
+        pair.tick(tick, &[sample(tick as f32 * 0.1)], None, 1200);
+        tick += 1;
+    }
+    // Removed from the world (the reliable stream tells the client, which forgets it)...
+    pair.tick(tick, &[], None, 1200);
+    pair.client.forget_at(id, Tick(tick));
+    tick += 1;
+    // Datagrams already in flight (≤ 5 ticks of delay) may carry deltas the client can no
+    // longer decode; after that, nothing may reference a value from before the removal.
+    pair.undecodable_ok_until = tick + 6;
+    // ...and back at once, while acks of its old values are still in flight.
+    for _ in 0..30 {
+        pair.tick(tick, &[sample(7.0 + tick as f32 * 0.1)], None, 1200);
+        tick += 1;
+    }
+    for _ in 0..10 {
+        pair.tick(tick, &[sample(42.0)], None, 1200);
+        tick += 1;
+    }
+    assert_eq!(pair.client.latest(id).unwrap().1.position[0], 42.0);
+    // Removed for good: late datagrams from before the removal do not bring back a ghost.
+    pair.tick(tick, &[], None, 1200);
+    pair.client.forget_at(id, Tick(tick));
+    tick += 1;
+    for _ in 0..20 {
+        pair.tick(tick, &[], None, 1200);
+        tick += 1;
+    }
+    assert!(pair.client.latest(id).is_none());
+}

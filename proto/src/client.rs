@@ -14,7 +14,13 @@ use std::time::Duration;
 use crate::codec::{self, DecodeError};
 use crate::limits::*;
 use crate::msg::*;
-use crate::time::Time;
+use crate::predict::interp::InterpolationStats;
+use crate::predict::{CharacterInput, CorrectionStats, PredictedClient};
+use crate::time::{Tick, Time};
+use crate::transform::{
+    encode_client_datagram, Freshness, QTransform, Quantizer, ReplicaReceiver, Seq,
+    KIND_SERVER_STATE,
+};
 use crate::types::*;
 
 /// How often the client pings for RTT and clock offset.
@@ -129,6 +135,9 @@ pub enum ClientEvent {
     },
     /// A pong: round-trip time measured.
     Rtt(Duration),
+    /// An entity left this client's area of interest: it still exists, but no more updates
+    /// come until it re-enters.
+    LeftInterest(EntityId),
     /// The session ended.
     Disconnected {
         /// Why.
@@ -206,6 +215,34 @@ struct HeldEvent {
     from: Option<EntityId>,
 }
 
+/// The unreliable side of a joined client: transform reception, prediction, clock sync,
+/// interpolation and the upstream datagram. Built from the server's `Welcome`.
+struct Stream {
+    receiver: ReplicaReceiver,
+    quantizer: Quantizer,
+    predicted: PredictedClient,
+    up_seq: Seq,
+    /// A server datagram arrived since the last upstream datagram: acknowledge it soon.
+    ack_due: bool,
+    /// When the last upstream datagram went out.
+    last_up: Time,
+    period: Duration,
+    /// Client-authoritative mode: the game's own player transform, sent every client tick.
+    own_transform: Option<Transform>,
+    buf: Vec<u8>,
+    /// Datagrams dropped as undecodable.
+    rejected: u64,
+}
+
+impl std::fmt::Debug for Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stream")
+            .field("up_seq", &self.up_seq)
+            .field("rejected", &self.rejected)
+            .finish()
+    }
+}
+
 /// One participant's core. See the module documentation.
 #[derive(Debug)]
 pub struct ClientCore {
@@ -223,6 +260,8 @@ pub struct ClientCore {
     rtt: Option<Duration>,
     held: VecDeque<HeldEvent>,
     early: VecDeque<ServerMsg>,
+    stream: Option<Box<Stream>>,
+    input: CharacterInput,
     transmits: VecDeque<ClientTransmit>,
     events: VecDeque<ClientEvent>,
 }
@@ -245,6 +284,8 @@ impl ClientCore {
             rtt: None,
             held: VecDeque::new(),
             early: VecDeque::new(),
+            stream: None,
+            input: CharacterInput::default(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
         };
@@ -362,9 +403,51 @@ impl ClientCore {
         Ok(())
     }
 
-    /// A datagram arrived (entity transforms; decoded by the transform layer).
-    pub fn handle_datagram(&mut self, data: &[u8], _now: Time) {
-        let _ = data;
+    /// A datagram arrived: entity transforms and, in it, this player's authoritative state.
+    /// Undecodable, stale and duplicate datagrams are counted and ignored.
+    pub fn handle_datagram(&mut self, data: &[u8], now: Time) {
+        if self.state != ClientState::Joined {
+            return;
+        }
+        let Some(st) = self.stream.as_deref_mut() else {
+            return;
+        };
+        if data.first() != Some(&KIND_SERVER_STATE) {
+            st.rejected += 1;
+            return;
+        }
+        let rt = match st.receiver.handle_datagram(data, now) {
+            Ok(rt) => rt,
+            Err(_) => {
+                st.rejected += 1;
+                return;
+            }
+        };
+        st.ack_due = true;
+        if rt.freshness != Freshness::Applied {
+            return;
+        }
+        if let Some(blob) = &rt.own_blob {
+            if st.predicted.handle_own_state(blob).is_err() {
+                st.rejected += 1;
+            }
+        }
+        st.predicted.handle_transforms_datagram(now, rt.tick);
+        for id in &rt.updated {
+            let Some((tick, t)) = st.receiver.latest(*id) else {
+                continue;
+            };
+            if Some(*id) != self.player {
+                st.predicted.handle_entity_transform(*id, tick, t, false);
+            }
+            if let Some(e) = self.world.entities.get_mut(id) {
+                e.transform = t;
+            }
+        }
+        for id in rt.left {
+            st.predicted.remove_entity(id);
+            self.events.push_back(ClientEvent::LeftInterest(id));
+        }
     }
 
     /// The transport closed without a `Close` message (idle timeout, reset).
@@ -372,17 +455,118 @@ impl ClientCore {
         self.close(CloseReason::Timeout, detail);
     }
 
-    /// Sends pings when due.
+    /// Runs what is due at `now`: pings (clock sync), prediction ticks with their input
+    /// datagrams, and acknowledgements of received transform datagrams.
     pub fn handle_timeout(&mut self, now: Time) {
         if self.state != ClientState::Joined {
             return;
         }
-        if now >= self.next_ping {
-            self.next_ping = now + PING_INTERVAL;
-            self.send(&ClientMsg::Ping {
-                client_time_us: now.as_micros(),
-            });
+        let Some(mut st) = self.stream.take() else {
+            if now >= self.next_ping {
+                self.next_ping = now + PING_INTERVAL;
+                self.send(&ClientMsg::Ping {
+                    client_time_us: now.as_micros(),
+                });
+            }
+            return;
+        };
+        if let Some(t) = st.predicted.poll_ping(now) {
+            self.send(&ClientMsg::Ping { client_time_us: t });
         }
+        let client_auth = self.world.settings.movement == MovementAuthority::Client;
+        while let Some(tick) = st.predicted.poll_tick(now) {
+            let inputs = if client_auth {
+                None
+            } else {
+                st.predicted.apply_input(tick, self.input)
+            };
+            self.send_upstream(&mut st, inputs.as_deref().unwrap_or(&[]), now, tick);
+        }
+        if st.ack_due && now >= st.last_up + st.period {
+            self.send_upstream(&mut st, &[], now, Tick::default());
+        }
+        self.stream = Some(st);
+    }
+
+    fn send_upstream(&mut self, st: &mut Stream, inputs: &[u8], now: Time, _tick: Tick) {
+        let mut owned: Vec<(EntityId, QTransform)> = Vec::new();
+        if let (Some(t), Some(p)) = (st.own_transform, self.player) {
+            if self.world.settings.movement == MovementAuthority::Client {
+                owned.push((p, st.quantizer.quantize(&t)));
+            }
+        }
+        st.up_seq = Seq(st.up_seq.0.wrapping_add(1));
+        let ack = st.receiver.ack_header();
+        if encode_client_datagram(&st.quantizer, &ack, st.up_seq, inputs, &owned, &mut st.buf)
+            .is_ok()
+        {
+            self.transmits
+                .push_back(ClientTransmit::Datagram(st.buf.clone()));
+        }
+        st.ack_due = false;
+        st.last_up = now;
+    }
+
+    // ---- movement: input, prediction, interpolation ----
+
+    /// Sets the input the local player moves with from the next client tick on (held until
+    /// changed).
+    pub fn set_input(&mut self, input: CharacterInput) {
+        self.input = input;
+    }
+
+    /// In client-authoritative worlds, the player's transform as the game simulates it; sent
+    /// every client tick and validated by the server.
+    pub fn set_player_transform(&mut self, t: Transform) {
+        if let Some(st) = &mut self.stream {
+            st.own_transform = Some(t);
+        }
+    }
+
+    /// Starts a render frame `dt_s` seconds after the previous one; returns the (fractional)
+    /// server tick remote entities are rendered at.
+    pub fn begin_frame(&mut self, now: Time, dt_s: f32) -> Option<f64> {
+        self.stream.as_mut()?.predicted.begin_frame(now, dt_s)
+    }
+
+    /// The local player's predicted transform to render at `now`.
+    pub fn player_transform(&self, now: Time) -> Option<Transform> {
+        self.stream.as_ref()?.predicted.player_transform(now)
+    }
+
+    /// A remote entity's interpolated transform at render tick `at` (from `begin_frame`).
+    pub fn entity_transform(&mut self, id: EntityId, at: f64) -> Option<Transform> {
+        self.stream.as_mut()?.predicted.entity_transform(id, at)
+    }
+
+    /// A remote entity's latest authoritative transform and the server tick it is from.
+    pub fn latest_transform(&self, id: EntityId) -> Option<(Tick, Transform)> {
+        self.stream.as_ref()?.receiver.latest(id)
+    }
+
+    /// Prediction correction statistics.
+    pub fn correction_stats(&self) -> Option<CorrectionStats> {
+        Some(self.stream.as_ref()?.predicted.correction_stats())
+    }
+
+    /// Interpolation counters (frames, underruns).
+    pub fn interpolation_stats(&self) -> Option<InterpolationStats> {
+        Some(self.stream.as_ref()?.predicted.interpolation_stats())
+    }
+
+    /// The render delay for remote entities, milliseconds.
+    pub fn interpolation_delay_ms(&self) -> Option<f64> {
+        Some(self.stream.as_ref()?.predicted.interpolation_delay_ms())
+    }
+
+    /// The prediction/clock-sync state, for games that want the details.
+    pub fn predicted(&self) -> Option<&PredictedClient> {
+        self.stream.as_ref().map(|s| &s.predicted)
+    }
+
+    /// Datagrams dropped as undecodable.
+    pub fn datagrams_rejected(&self) -> u64 {
+        self.stream.as_ref().map_or(0, |s| s.rejected)
     }
 
     // ---- outputs ----
@@ -399,7 +583,20 @@ impl ClientCore {
 
     /// When `handle_timeout` must be called next.
     pub fn poll_timeout(&self) -> Option<Time> {
-        (self.state == ClientState::Joined).then_some(self.next_ping)
+        if self.state != ClientState::Joined {
+            return None;
+        }
+        match &self.stream {
+            None => Some(self.next_ping),
+            Some(st) => {
+                let t = st.predicted.poll_timeout();
+                Some(if st.ack_due {
+                    t.min(st.last_up + st.period)
+                } else {
+                    t
+                })
+            }
+        }
     }
 
     // ---- commands ----
@@ -566,6 +763,8 @@ impl ClientCore {
                 protocol_version,
                 session,
                 tick_hz,
+                transform,
+                character,
             } => {
                 if protocol_version != PROTOCOL_VERSION {
                     self.close(
@@ -574,8 +773,26 @@ impl ClientCore {
                     );
                     return Ok(());
                 }
+                let (receiver, quantizer) =
+                    match (ReplicaReceiver::new(&transform), Quantizer::new(&transform)) {
+                        (Ok(r), Ok(q)) => (r, q),
+                        _ => return self.protocol("invalid transform configuration in welcome"),
+                    };
                 self.session = Some(session);
                 self.tick_hz = tick_hz;
+                let period = Duration::from_micros(1_000_000 / u64::from(tick_hz.max(1)));
+                self.stream = Some(Box::new(Stream {
+                    receiver,
+                    quantizer,
+                    predicted: PredictedClient::new(tick_hz, character, 1),
+                    up_seq: Seq(0),
+                    ack_due: false,
+                    last_up: now,
+                    period,
+                    own_transform: None,
+                    buf: Vec::new(),
+                    rejected: 0,
+                }));
             }
             ServerMsg::Snapshot(s) => {
                 if self.session.is_none() || joined {
@@ -605,7 +822,15 @@ impl ClientCore {
                 });
             }
             ServerMsg::Close { reason, detail } => self.close(reason, detail),
-            ServerMsg::Pong { client_time_us, .. } => {
+            ServerMsg::Pong {
+                client_time_us,
+                server_time_us,
+                server_tick,
+            } => {
+                if let Some(st) = &mut self.stream {
+                    st.predicted
+                        .handle_pong(client_time_us, server_time_us, server_tick, now);
+                }
                 let rtt = Duration::from_micros(now.as_micros().saturating_sub(client_time_us));
                 self.rtt = Some(rtt);
                 self.events.push_back(ClientEvent::Rtt(rtt));
@@ -673,6 +898,11 @@ impl ClientCore {
                 }
             }
             ServerMsg::EntityRemoved(id) => {
+                if let Some(st) = &mut self.stream {
+                    let at = st.receiver.newest_tick().unwrap_or_default();
+                    st.receiver.forget_at(id, at);
+                    st.predicted.remove_entity(id);
+                }
                 if self.world.entities.remove(&id).is_some() {
                     self.events.push_back(ClientEvent::EntityRemoved(id));
                 }

@@ -207,6 +207,11 @@ pub enum ServerMsg {
         session: SessionId,
         /// Fixed server tick rate, Hz.
         tick_hz: u16,
+        /// The transform codec's configuration (bounds, precision): the client quantizes and
+        /// decodes with exactly this.
+        transform: Box<crate::transform::TransformConfig>,
+        /// The movement model's tunables, for client prediction.
+        character: crate::predict::CharacterConfig,
     },
     /// The whole world, sent once after `Welcome`.
     Snapshot(Box<Snapshot>),

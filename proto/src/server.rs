@@ -40,7 +40,14 @@ use std::time::Duration;
 use crate::codec::{self, DecodeError};
 use crate::limits::*;
 use crate::msg::*;
+use crate::predict::{
+    CharacterConfig, KinematicCharacter, MoveValidator, PlayerMotion, ValidatorConfig,
+};
 use crate::time::{Tick, TickClock, Time};
+use crate::transform::{
+    decode_client_datagram, ClientReplicator, EntitySample, Quantizer, Seq, TickInput,
+    TransformConfig, TransformError,
+};
 use crate::types::*;
 
 /// Player entity fields only the server sets: clients cannot spoof another name or rank.
@@ -96,9 +103,14 @@ pub struct ServerConfig {
     pub durable_acks: bool,
     /// A returning user spawns where they left instead of at the spawn point.
     pub spawn_at_last_position: bool,
-    /// Interval between pings the server expects; a connection silent for
-    /// `idle_timeout` is closed with `Timeout`.
+    /// A connection silent for this long is closed with `Timeout` (the transport's own idle
+    /// timeout usually fires first; this one covers transports without one).
     pub idle_timeout: Duration,
+    /// Transform codec: world bounds, precision, per-client budget, interest radius. Its
+    /// `tick_hz` is overwritten by `tick_hz` above.
+    pub transform: TransformConfig,
+    /// The built-in movement model's tunables (server-authoritative movement and validation).
+    pub character: CharacterConfig,
 }
 
 impl Default for ServerConfig {
@@ -109,6 +121,13 @@ impl Default for ServerConfig {
             durable_acks: false,
             spawn_at_last_position: true,
             idle_timeout: Duration::from_secs(30),
+            transform: TransformConfig::default(),
+            character: CharacterConfig {
+                // Keep players inside what the transform codec can represent.
+                bounds_min: crate::transform::config::BOUNDS_MIN_DEFAULT_M,
+                bounds_max: crate::transform::config::BOUNDS_MAX_DEFAULT_M,
+                ..CharacterConfig::default()
+            },
         }
     }
 }
@@ -244,6 +263,20 @@ pub enum ServerEvent {
         /// Detail for logs.
         detail: String,
     },
+    /// A datagram was dropped because it could not be decoded or broke a limit. Datagrams are
+    /// unreliable, so this never closes the connection by itself.
+    DatagramRejected {
+        /// The connection.
+        conn: ConnId,
+        /// Why.
+        error: TransformError,
+    },
+    /// A client-authoritative move was refused (too fast, out of bounds): the player is held
+    /// at its last accepted position.
+    MoveRejected {
+        /// The session.
+        session: SessionId,
+    },
     /// A message was refused.
     Refused {
         /// The session.
@@ -270,6 +303,21 @@ pub struct Session {
     pub player: EntityId,
     /// When it joined.
     pub joined_at: Time,
+    /// Transform replication towards this session's client.
+    replicator: ClientReplicator,
+    /// Server-authoritative movement of its player.
+    motion: PlayerMotion,
+    /// Validation of its player's moves in client-authoritative mode.
+    validator: MoveValidator,
+    /// Newest upstream datagram sequence applied (older owned transforms are ignored).
+    up_seq: Option<Seq>,
+}
+
+impl Session {
+    /// The replicator's round-trip estimate, if any acks arrived.
+    pub fn rtt_estimate_us(&self) -> Option<u64> {
+        self.replicator.rtt_estimate_us()
+    }
 }
 
 #[derive(Debug)]
@@ -296,6 +344,26 @@ pub struct ServerCore {
     events: VecDeque<ServerEvent>,
     effects: VecDeque<Effect>,
     storage_ok: bool,
+    quantizer: Quantizer,
+    model: KinematicCharacter,
+    /// Reused every tick: one quantized sample per entity, shared by every client's replicator.
+    samples: Vec<EntitySample>,
+    /// Reused every tick: datagrams written for one client.
+    datagrams: Vec<Vec<u8>>,
+    stats: TickStats,
+}
+
+/// What the last tick did, for metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TickStats {
+    /// The tick.
+    pub tick: Tick,
+    /// Transform datagrams written.
+    pub datagrams: usize,
+    /// Their bytes.
+    pub bytes: usize,
+    /// Entity updates written (summed over clients).
+    pub updates: usize,
 }
 
 impl std::fmt::Debug for ServerCore {
@@ -316,6 +384,19 @@ impl ServerCore {
         auth: Box<dyn Authenticator>,
         now: Time,
     ) -> ServerCore {
+        let mut config = config;
+        config.tick_hz = config
+            .tick_hz
+            .clamp(crate::time::TICK_HZ_MIN, crate::time::TICK_HZ_MAX);
+        config.transform.tick_hz = config.tick_hz;
+        if config.transform.validate().is_err() {
+            config.transform = TransformConfig {
+                tick_hz: config.tick_hz,
+                ..TransformConfig::default()
+            };
+        }
+        let quantizer = Quantizer::new(&config.transform).expect("validated transform config");
+        let model = KinematicCharacter::new(config.character);
         let mut world = world;
         world.next_entity_id = world
             .next_entity_id
@@ -342,7 +423,22 @@ impl ServerCore {
             events: VecDeque::new(),
             effects: VecDeque::new(),
             storage_ok: true,
+            quantizer,
+            model,
+            samples: Vec::new(),
+            datagrams: Vec::new(),
+            stats: TickStats::default(),
         }
+    }
+
+    /// What the last tick sent.
+    pub fn last_tick_stats(&self) -> TickStats {
+        self.stats
+    }
+
+    /// The quantizer every transform goes through.
+    pub fn quantizer(&self) -> &Quantizer {
+        &self.quantizer
     }
 
     // ---- getters ----
@@ -456,8 +552,63 @@ impl ServerCore {
                 "datagram over the size limit".into(),
             );
         }
-        // Upstream inputs and owned transforms are decoded by the transform and prediction
-        // layers (see `tick`); until a session has joined, datagrams are ignored.
+        let Some(sid) = self.conns.get(&conn).and_then(|c| c.session) else {
+            return; // Not joined yet: nothing to apply it to.
+        };
+        let d = match decode_client_datagram(&self.quantizer, data) {
+            Ok(d) => d,
+            Err(error) => {
+                self.events
+                    .push_back(ServerEvent::DatagramRejected { conn, error });
+                return;
+            }
+        };
+        let client_auth = self.world.settings.movement == MovementAuthority::Client;
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        s.replicator.handle_ack(&d.ack, now);
+        if !client_auth
+            && !d.input_blob.is_empty()
+            && s.motion.handle_input_datagram(&d.input_blob).is_err()
+        {
+            let error = TransformError::Malformed("undecodable input blob");
+            self.events
+                .push_back(ServerEvent::DatagramRejected { conn, error });
+        }
+        // Owned transforms: only from the newest datagram, only for entities this session owns.
+        let fresh = s.up_seq.is_none_or(|old| d.seq.is_newer_than(old));
+        if !fresh || d.owned.is_empty() {
+            return;
+        }
+        s.up_seq = Some(d.seq);
+        let player = s.player;
+        let mut rejected = false;
+        for (id, q) in &d.owned {
+            let t = self.quantizer.dequantize(q);
+            let Some(e) = self.world.entities.get_mut(id) else {
+                continue;
+            };
+            if e.owner != Some(sid) {
+                continue;
+            }
+            if *id == player {
+                if !client_auth {
+                    continue; // The server simulates this player; its own transform is ignored.
+                }
+                let s = self.sessions.get_mut(&sid).expect("looked up above");
+                if s.validator.validate(&t, now).is_err() {
+                    rejected = true;
+                    e.transform = s.validator.accepted();
+                    continue;
+                }
+            }
+            e.transform = t;
+        }
+        if rejected {
+            self.events
+                .push_back(ServerEvent::MoveRejected { session: sid });
+        }
     }
 
     /// The transport connection closed (by the peer, a timeout or the driver).
@@ -549,7 +700,69 @@ impl ServerCore {
 
     // ---- internals ----
 
-    fn run_tick(&mut self, _tick: Tick) {}
+    /// One server tick: move server-authoritative players by their inputs, then write every
+    /// client's transform datagrams (interest, priority, budget, delta compression).
+    fn run_tick(&mut self, tick: Tick) {
+        let server_auth = self.world.settings.movement == MovementAuthority::Server;
+        if server_auth {
+            for s in self.sessions.values_mut() {
+                s.motion.tick(tick);
+                if let Some(e) = self.world.entities.get_mut(&s.player) {
+                    e.transform = s.motion.transform();
+                }
+            }
+        }
+        self.samples.clear();
+        for e in self.world.entities.values() {
+            let mut sample = EntitySample::new(e.id, &e.transform, &self.quantizer);
+            sample.owner = e.owner;
+            self.samples.push(sample);
+        }
+        let mut stats = TickStats {
+            tick,
+            ..TickStats::default()
+        };
+        let now = self.now;
+        for s in self.sessions.values_mut() {
+            let Some(conn) = s.conn else { continue };
+            let Some(c) = self.conns.get(&conn) else {
+                continue;
+            };
+            if c.closed {
+                continue;
+            }
+            let viewer = self
+                .world
+                .entities
+                .get(&s.player)
+                .map(|e| e.transform.position);
+            let blob = if server_auth {
+                s.motion.own_state_blob()
+            } else {
+                None
+            };
+            let input = TickInput {
+                tick,
+                now,
+                viewer,
+                entities: &self.samples,
+                max_datagram_size: c.max_datagram_size,
+                own_blob: blob.as_deref(),
+            };
+            match s.replicator.write_tick(&input, &mut self.datagrams) {
+                Ok(sum) => stats.updates += sum.updates,
+                Err(error) => self
+                    .events
+                    .push_back(ServerEvent::DatagramRejected { conn, error }),
+            }
+            for data in self.datagrams.drain(..) {
+                stats.datagrams += 1;
+                stats.bytes += data.len();
+                self.transmits.push_back(Transmit::Datagram { conn, data });
+            }
+        }
+        self.stats = stats;
+    }
 
     fn send(&mut self, conn: ConnId, msg: &ServerMsg) {
         let frame: Arc<[u8]> = codec::encode_frame(msg).into();
@@ -775,6 +988,26 @@ impl ServerCore {
             ],
         };
         self.world.entities.insert(player, entity.clone());
+        let mut replicator = ClientReplicator::new(self.config.transform.clone(), Some(sid))
+            .expect("validated transform config");
+        replicator.set_own_entity(Some(player));
+        let spawn_state = self.model.spawn(position, yaw_of(spawn.rotation));
+        // The player starts where the movement model puts it (on the ground, quantized).
+        let spawned = self.model_transform(&spawn_state);
+        if let Some(e) = self.world.entities.get_mut(&player) {
+            e.transform = spawned;
+        }
+        let motion = PlayerMotion::new(
+            self.model,
+            spawn_state,
+            self.config.tick_hz,
+            self.clock.tick(),
+        );
+        let validator = MoveValidator::new(
+            ValidatorConfig::for_character(&self.config.character),
+            self.world.entities[&player].transform,
+            self.now,
+        );
         self.sessions.insert(
             sid,
             Session {
@@ -784,12 +1017,17 @@ impl ServerCore {
                 conn: Some(conn),
                 player,
                 joined_at: self.now,
+                replicator,
+                motion,
+                validator,
+                up_seq: None,
             },
         );
         self.by_user.insert(user, sid);
         if let Some(c) = self.conns.get_mut(&conn) {
             c.session = Some(sid);
         }
+        let entity = self.world.entities[&player].clone();
         self.broadcast(&ServerMsg::EntityAdded(entity), Some(sid));
         self.send(
             conn,
@@ -797,6 +1035,8 @@ impl ServerCore {
                 protocol_version: PROTOCOL_VERSION,
                 session: sid,
                 tick_hz: self.config.tick_hz,
+                transform: Box::new(self.config.transform.clone()),
+                character: self.config.character,
             },
         );
         let snapshot = Snapshot {
@@ -820,6 +1060,11 @@ impl ServerCore {
             player,
             name,
         });
+    }
+
+    fn model_transform(&self, state: &crate::predict::CharacterState) -> Transform {
+        use crate::predict::Movement;
+        self.model.transform(state)
     }
 
     fn rank_of(&self, sid: SessionId) -> Rank {
@@ -1247,8 +1492,18 @@ impl ServerCore {
                 position,
                 rotation_y,
             } => {
-                if let Some(e) = self.world.entities.get_mut(&target) {
-                    e.transform.position = position;
+                let yaw = yaw_from_radians(rotation_y);
+                if let Some(owner) = self.player_session(target).map(|s| s.id) {
+                    let state = self.model.spawn(position, yaw);
+                    let t = self.model_transform(&state);
+                    let now = self.now;
+                    if let Some(s) = self.sessions.get_mut(&owner) {
+                        s.motion.teleport(state);
+                        s.validator.teleport(t, now);
+                    }
+                    if let Some(e) = self.world.entities.get_mut(&target) {
+                        e.transform = t;
+                    }
                 }
                 if let Some(c) = self.player_session(target).and_then(|s| s.conn) {
                     self.send(
@@ -1407,4 +1662,21 @@ impl ServerCore {
             _ => refuse(self, Refusal::UnknownCommand),
         }
     }
+}
+
+/// The yaw (u16 turns, as the movement model stores it) of a rotation about +Y.
+fn yaw_of(q: Quat) -> u16 {
+    let [x, y, z, w] = q;
+    let siny = 2.0 * (w * y + z * x);
+    let cosy = 1.0 - 2.0 * (x * x + y * y);
+    yaw_from_radians(siny.atan2(cosy))
+}
+
+/// Radians about +Y to the movement model's u16 yaw (65536 steps per turn).
+fn yaw_from_radians(r: f32) -> u16 {
+    if !r.is_finite() {
+        return 0;
+    }
+    let turns = r / std::f32::consts::TAU;
+    ((turns - turns.floor()) * 65536.0) as u32 as u16
 }

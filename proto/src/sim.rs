@@ -33,6 +33,9 @@ use crate::time::Time;
 /// loudly instead of eating memory.
 pub const IN_FLIGHT_MAX: usize = 10_000_000;
 
+/// Most steps the simulation takes without virtual time moving before it declares a spin.
+pub const SAME_TIME_STEPS_MAX: u32 = 1_000_000;
+
 /// Impairments of one direction of a link.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LinkConfig {
@@ -375,6 +378,10 @@ impl Sim {
 
     /// Runs until virtual time `end`, processing every delivery and timer in order.
     pub fn run_until(&mut self, end: Time) {
+        // A core whose poll_timeout stays at `now` after handle_timeout(now) would spin here
+        // forever: fail loudly instead.
+        let mut same_time_steps = 0u32;
+        let mut last = self.now;
         loop {
             let next_delivery = self.queue.peek().map(|Reverse((t, _, _))| *t);
             let mut next_timer = self.server.poll_timeout();
@@ -394,6 +401,17 @@ impl Sim {
                 return;
             }
             self.now = self.now.max(next);
+            if self.now == last {
+                same_time_steps += 1;
+                assert!(
+                    same_time_steps < SAME_TIME_STEPS_MAX,
+                    "a core keeps asking to be woken at {:?} without progress",
+                    self.now
+                );
+            } else {
+                same_time_steps = 0;
+                last = self.now;
+            }
             if next_delivery == Some(next) {
                 let Reverse((_, _, slot)) = self.queue.pop().expect("peeked");
                 if let Some(d) = self.payloads.remove(&slot) {

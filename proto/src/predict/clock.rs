@@ -282,7 +282,8 @@ impl ClientTickClock {
 
     /// When the next tick is due (client time).
     pub fn next_at(&self) -> Time {
-        Time(self.next_at_us.max(0.0) as u64)
+        // Rounded up: a wake-up at the floor would find the tick not yet due and spin.
+        Time(self.next_at_us.max(0.0).ceil() as u64)
     }
 
     /// Fraction of the current tick elapsed at `now`, for rendering between ticks (0..=1).

@@ -136,8 +136,9 @@ pub struct CharacterState {
     pub grounded: bool,
 }
 
-/// Tunables of [`KinematicCharacter`]. Defaults are a typical third-person walker.
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// Tunables of [`KinematicCharacter`]. Defaults are a typical third-person walker. The server
+/// sends them in `Welcome`, so client prediction runs the same model.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct CharacterConfig {
     /// Walking speed, m/s (default 4: a brisk human walk-jog in games).
     pub walk_speed_mps: f32,

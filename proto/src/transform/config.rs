@@ -45,7 +45,7 @@ pub const INTEREST_RADIUS_DEFAULT_M: f32 = 256.0;
 pub const INTEREST_HYSTERESIS_DEFAULT_M: f32 = 8.0;
 
 /// How much each relevance factor raises an entity's send priority per tick.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct PriorityWeights {
     /// Added per tick to a changed entity at distance 0, before the per-entity weight.
     pub base: f32,
@@ -71,8 +71,9 @@ impl Default for PriorityWeights {
     }
 }
 
-/// Configuration of the transform codec and the per-client replicator.
-#[derive(Clone, Debug, PartialEq)]
+/// Configuration of the transform codec and the per-client replicator. The server sends it in
+/// `Welcome`, so both sides quantize identically.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TransformConfig {
     /// Lowest world corner, metres. Positions are clamped into the bounds.
     pub bounds_min: Vec3,

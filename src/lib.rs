@@ -6,6 +6,10 @@
 #![warn(missing_docs)]
 
 pub use neonet_proto as proto;
+
+pub mod auth;
+pub mod config;
 pub mod http;
 pub mod metrics;
 pub mod proxy;
+pub mod tls;

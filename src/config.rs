@@ -84,7 +84,8 @@ pub struct RelayConfig {
     pub key_path: Option<PathBuf>,
     /// Server tick rate, Hz (10–120). Default 30.
     pub tick_hz: u16,
-    /// Most joined players, 0 for unlimited. Default 0. Overrides the world's stored setting.
+    /// Most joined players. Default 0, which keeps the world's own setting (unlimited in a new
+    /// world); a positive value overrides it at start.
     pub player_limit: u32,
     /// Most simultaneous QUIC connections, joined or not. Default [`CONNECTIONS_MAX_DEFAULT`].
     pub connections_max: usize,

@@ -13,3 +13,5 @@ pub mod http;
 pub mod metrics;
 pub mod proxy;
 pub mod tls;
+pub mod quic;
+pub mod relay;

@@ -15,3 +15,4 @@ pub mod proxy;
 pub mod tls;
 pub mod quic;
 pub mod relay;
+pub mod client;

@@ -80,11 +80,19 @@ fn two_clients_join_chat_edit_a_blueprint_and_leave() {
             },
         )
     });
-    expect(&bob, "the conflict", |e| {
-        *e == ClientEvent::Refused {
-            req: bob_req,
-            reason: Refusal::Conflict,
+    // The refusal (control stream) and the current blueprint (world stream) travel on
+    // different streams: wait for both, in either order.
+    let (mut refused, mut current) = (false, false);
+    expect(&bob, "the conflict and the current blueprint", |e| {
+        match e {
+            ClientEvent::Refused { req, reason } if *req == bob_req => {
+                assert_eq!(*reason, Refusal::Conflict);
+                refused = true;
+            }
+            ClientEvent::BlueprintModified { id: i, version: 2 } if *i == id => current = true,
+            _ => {}
         }
+        refused && current
     });
     let b = bob.with_world(|w| w.blueprints[&id].clone());
     assert_eq!((b.name.as_str(), b.version), ("Ada's crate", 2));

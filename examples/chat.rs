@@ -99,11 +99,7 @@ fn main() -> anyhow::Result<()> {
     .with_context(|| format!("connecting to {}", args.addr))?;
 
     let me = client.player();
-    let mut names: HashMap<EntityId, String> = client
-        .world()
-        .player_names()
-        .into_iter()
-        .collect();
+    let mut names: HashMap<EntityId, String> = client.world().player_names().into_iter().collect();
     let others: Vec<&str> = names
         .iter()
         .filter(|(id, _)| Some(**id) != me)

@@ -243,7 +243,10 @@ fn closed_error(state: &ClientState) -> Option<ClientError> {
 impl Client {
     /// Connects to a relay at `addr` (`"127.0.0.1:4433"`, `"host:4433"` or a `SocketAddr`) and
     /// joins. Blocks for at most `options.connect_timeout`.
-    pub fn connect(addr: impl ToSocketAddrs, options: ClientOptions) -> Result<Client, ConnectError> {
+    pub fn connect(
+        addr: impl ToSocketAddrs,
+        options: ClientOptions,
+    ) -> Result<Client, ConnectError> {
         let shown = || {
             addr.to_socket_addrs()
                 .ok()
@@ -319,8 +322,8 @@ impl Client {
                     };
                     let _ = setup_tx.send(Ok(conn.clone()));
                     run(bg, conn).await;
-                    let _ = tokio::time::timeout(quic::CLOSE_FLUSH_TIMEOUT, endpoint.wait_idle())
-                        .await;
+                    let _ =
+                        tokio::time::timeout(quic::CLOSE_FLUSH_TIMEOUT, endpoint.wait_idle()).await;
                 });
             })
             .map_err(ConnectError::Runtime)?;
@@ -666,7 +669,11 @@ impl PreJoin {
 
 /// Sends what the core queued. `Err` if a channel's queue overflowed (the server reads too
 /// slowly).
-fn flush(inner: &Inner, conn: &Connection, writers: &ChannelWriters) -> Result<(), quic::QueueFull> {
+fn flush(
+    inner: &Inner,
+    conn: &Connection,
+    writers: &ChannelWriters,
+) -> Result<(), quic::QueueFull> {
     let out: Vec<ClientTransmit> = {
         let mut core = inner.lock();
         std::iter::from_fn(|| core.poll_transmit()).collect()
@@ -710,7 +717,10 @@ async fn run(inner: Arc<Inner>, conn: Connection) {
         if let Err(e) = flush(&inner, &conn, &writers) {
             let now = inner.now();
             close_core(&mut inner.lock(), CloseReason::Timeout, e.to_string(), now);
-            conn.close(quinn::VarInt::from_u32(quic::CLOSE_CODE_OVERFLOW), b"send queue full");
+            conn.close(
+                quinn::VarInt::from_u32(quic::CLOSE_CODE_OVERFLOW),
+                b"send queue full",
+            );
         }
         let (closed, timeout) = {
             let core = inner.lock();
@@ -776,7 +786,10 @@ async fn run(inner: Arc<Inner>, conn: Connection) {
             ClientState::Closed { reason, detail } => {
                 (quic::close_code(*reason), quic::close_text(*reason, detail))
             }
-            _ => (quinn::VarInt::from_u32(quic::CLOSE_CODE_LOCAL), String::new()),
+            _ => (
+                quinn::VarInt::from_u32(quic::CLOSE_CODE_LOCAL),
+                String::new(),
+            ),
         };
         writers.finish().await;
         let _ = tokio::time::timeout(quic::CLOSE_FLUSH_TIMEOUT, conn.closed()).await;

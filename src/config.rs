@@ -161,7 +161,9 @@ impl RelayConfig {
             ));
         }
         if self.connections_max == 0 {
-            return Err(ConfigError::Invalid("connections_max must be at least 1".into()));
+            return Err(ConfigError::Invalid(
+                "connections_max must be at least 1".into(),
+            ));
         }
         // Quinn encodes the idle timeout as a QUIC varint of milliseconds; keep it sane.
         if !(1_000..=3_600_000).contains(&self.idle_timeout_ms) {

@@ -8,11 +8,11 @@
 pub use neonet_proto as proto;
 
 pub mod auth;
+pub mod client;
 pub mod config;
 pub mod http;
 pub mod metrics;
 pub mod proxy;
-pub mod tls;
 pub mod quic;
 pub mod relay;
-pub mod client;
+pub mod tls;

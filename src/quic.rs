@@ -65,10 +65,7 @@ pub const CLOSE_CODE_LOCAL: u32 = 0;
 
 /// The application error code a connection is closed with for `reason` (1 + its index).
 pub fn close_code(reason: CloseReason) -> VarInt {
-    let i = CLOSE_REASONS
-        .iter()
-        .position(|r| *r == reason)
-        .unwrap_or(0);
+    let i = CLOSE_REASONS.iter().position(|r| *r == reason).unwrap_or(0);
     VarInt::from_u32(1 + i as u32)
 }
 
@@ -142,8 +139,8 @@ pub fn bind_udp(
 ) -> Result<(std::net::UdpSocket, SocketBuffers), TransportError> {
     use socket2::{Domain, Protocol, Socket, Type};
     let err = |source| TransportError::Socket { addr, source };
-    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
-        .map_err(err)?;
+    let socket =
+        Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(err)?;
     if addr.is_ipv6() {
         // Dual stack on `[::]`, so one relay serves IPv4 and IPv6.
         let _ = socket.set_only_v6(false);

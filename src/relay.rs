@@ -161,10 +161,14 @@ impl std::fmt::Debug for Inbound {
                 channel,
                 body,
             } => write!(f, "Frame({conn:?}, {channel:?}, {} bytes)", body.len()),
-            Inbound::Datagram { conn, data } => write!(f, "Datagram({conn:?}, {} bytes)", data.len()),
+            Inbound::Datagram { conn, data } => {
+                write!(f, "Datagram({conn:?}, {} bytes)", data.len())
+            }
             Inbound::StreamError { conn, error } => write!(f, "StreamError({conn:?}, {error})"),
             Inbound::Disconnect { conn } => write!(f, "Disconnect({conn:?})"),
-            Inbound::Durable { tokens, ok } => write!(f, "Durable({} tokens, ok={ok})", tokens.len()),
+            Inbound::Durable { tokens, ok } => {
+                write!(f, "Durable({} tokens, ok={ok})", tokens.len())
+            }
         }
     }
 }
@@ -525,8 +529,9 @@ impl Link for QuicLink {
                 if self.closing.swap(true, Ordering::Relaxed) {
                     return;
                 }
-                let detail =
-                    std::mem::take(&mut *self.close_detail.lock().unwrap_or_else(|e| e.into_inner()));
+                let detail = std::mem::take(
+                    &mut *self.close_detail.lock().unwrap_or_else(|e| e.into_inner()),
+                );
                 let text = quic::close_text(reason, &detail);
                 let writers = self.writers.clone();
                 let conn = self.conn.clone();

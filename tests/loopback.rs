@@ -13,14 +13,23 @@ fn two_clients_join_chat_edit_a_blueprint_and_leave() {
     let relay = TestRelay::start();
     let ada = relay.client("ada");
     let ada_player = ada.player().expect("ada has a player");
-    expect(&ada, "ada's join", |e| matches!(e, ClientEvent::Joined { .. }));
+    expect(&ada, "ada's join", |e| {
+        matches!(e, ClientEvent::Joined { .. })
+    });
 
     let bob = relay.client("bob");
     let bob_player = bob.player().expect("bob has a player");
     // Bob's snapshot lists ada; ada sees bob arrive.
-    let names: Vec<String> = bob.world().player_names().into_iter().map(|(_, n)| n).collect();
+    let names: Vec<String> = bob
+        .world()
+        .player_names()
+        .into_iter()
+        .map(|(_, n)| n)
+        .collect();
     assert!(names.contains(&"ada".to_string()), "bob sees {names:?}");
-    expect(&ada, "bob's arrival", |e| *e == ClientEvent::EntityAdded(bob_player));
+    expect(&ada, "bob's arrival", |e| {
+        *e == ClientEvent::EntityAdded(bob_player)
+    });
     assert!(ada
         .world()
         .player_names()
@@ -32,12 +41,17 @@ fn two_clients_join_chat_edit_a_blueprint_and_leave() {
     else {
         unreachable!()
     };
-    assert_eq!((m.body.as_str(), m.from_name.as_str()), ("hello ada", "bob"));
+    assert_eq!(
+        (m.body.as_str(), m.from_name.as_str()),
+        ("hello ada", "bob")
+    );
     assert_eq!(m.from_entity, Some(bob_player));
     ada.send_chat("hi bob").unwrap();
-    let ClientEvent::Chat(m) = expect(&bob, "ada's chat", |e| {
-        matches!(e, ClientEvent::Chat(m) if m.body == "hi bob")
-    }) else {
+    let ClientEvent::Chat(m) = expect(
+        &bob,
+        "ada's chat",
+        |e| matches!(e, ClientEvent::Chat(m) if m.body == "hi bob"),
+    ) else {
         unreachable!()
     };
     assert_eq!(m.from_entity, Some(ada_player));
@@ -52,7 +66,9 @@ fn two_clients_join_chat_edit_a_blueprint_and_leave() {
             ..Blueprint::default()
         })
         .unwrap();
-    expect(&bob, "the blueprint", |e| *e == ClientEvent::BlueprintAdded(id.clone()));
+    expect(&bob, "the blueprint", |e| {
+        *e == ClientEvent::BlueprintAdded(id.clone())
+    });
     expect(&ada, "the add's ack", |e| *e == ClientEvent::Acked(add));
 
     // Ada modifies it to version 2; bob, not having seen that yet, also claims version 2 and
@@ -99,7 +115,9 @@ fn two_clients_join_chat_edit_a_blueprint_and_leave() {
 
     // Bob leaves; ada sees his player removed.
     bob.close();
-    expect(&ada, "bob's departure", |e| *e == ClientEvent::EntityRemoved(bob_player));
+    expect(&ada, "bob's departure", |e| {
+        *e == ClientEvent::EntityRemoved(bob_player)
+    });
     ada.close();
     relay.shutdown();
 }
@@ -133,7 +151,13 @@ fn a_token_brings_back_the_same_user() {
     )
     .unwrap_err();
     assert!(
-        matches!(err, ConnectError::Refused { reason: CloseReason::AuthFailed, .. }),
+        matches!(
+            err,
+            ConnectError::Refused {
+                reason: CloseReason::AuthFailed,
+                ..
+            }
+        ),
         "{err}"
     );
 }
@@ -177,7 +201,13 @@ fn shutdown_tells_clients_why() {
         .wait_for(WAIT, |e| matches!(e, ClientEvent::Disconnected { .. }))
         .unwrap();
     assert!(
-        matches!(ev, ClientEvent::Disconnected { reason: CloseReason::ServerShutdown, .. }),
+        matches!(
+            ev,
+            ClientEvent::Disconnected {
+                reason: CloseReason::ServerShutdown,
+                ..
+            }
+        ),
         "{ev:?}"
     );
 }

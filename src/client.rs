@@ -49,7 +49,7 @@ use bytes::Bytes;
 use quinn::{Connection, ConnectionError};
 use tokio::sync::{mpsc, Notify};
 
-use neonet_proto::client::{ClientConfig, ClientCore, ClientState, ClientTransmit, ClientWorld};
+use neonet_proto::client::{ClientConfig, ClientTransmit};
 use neonet_proto::codec;
 use neonet_proto::limits::{FRAME_BYTES_MAX, SNAPSHOT_BYTES_MAX};
 use neonet_proto::msg::{Channel, CloseReason, ServerMsg};
@@ -62,7 +62,7 @@ use neonet_proto::Time;
 use crate::quic::{self, ChannelWriters, StreamEvent, TransportError};
 use crate::tls::Trust;
 
-pub use neonet_proto::client::ClientEvent;
+pub use neonet_proto::client::{ClientCore, ClientEvent, ClientState, ClientWorld};
 
 /// Frames from other channels held while waiting for the snapshot. More before the snapshot
 /// means a broken or hostile server.

@@ -577,6 +577,16 @@ impl CoreTask {
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => break,
+                // Before input, so a steady stream of messages can never starve the tick.
+                _ = tokio::time::sleep_until(deadline.into()) => {
+                    for (conn, link) in &self.links {
+                        if let Some(bytes) = link.max_datagram_size() {
+                            self.core.handle_max_datagram_size(*conn, bytes);
+                        }
+                    }
+                    let now = self.now();
+                    self.core.handle_timeout(now);
+                }
                 m = rx.recv() => {
                     let Some(m) = m else { break };
                     self.handle(m);
@@ -586,15 +596,6 @@ impl CoreTask {
                             Err(_) => break,
                         }
                     }
-                }
-                _ = tokio::time::sleep_until(deadline.into()) => {
-                    for (conn, link) in &self.links {
-                        if let Some(bytes) = link.max_datagram_size() {
-                            self.core.handle_max_datagram_size(*conn, bytes);
-                        }
-                    }
-                    let now = self.now();
-                    self.core.handle_timeout(now);
                 }
             }
             self.drain();

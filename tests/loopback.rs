@@ -211,3 +211,76 @@ fn shutdown_tells_clients_why() {
         "{ev:?}"
     );
 }
+
+#[test]
+fn the_player_limit_refuses_with_a_reason() {
+    let relay =
+        TestRelay::start_config(|c| c.player_limit = 1, neonet::relay::RelayHooks::default());
+    let ada = relay.client("ada");
+    let err = Client::connect(relay.addr, relay.options("bob")).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ConnectError::Refused {
+                reason: CloseReason::PlayerLimit,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    ada.close();
+}
+
+#[test]
+fn the_connection_limit_refuses_extra_connections() {
+    let relay = TestRelay::start_config(
+        |c| c.connections_max = 1,
+        neonet::relay::RelayHooks::default(),
+    );
+    let ada = relay.client("ada");
+    let err = Client::connect(relay.addr, relay.options("bob")).unwrap_err();
+    assert!(matches!(err, ConnectError::Handshake(_)), "{err}");
+    ada.send_chat("still fine").unwrap();
+    expect(&ada, "own chat", |e| matches!(e, ClientEvent::Chat(_)));
+}
+
+#[test]
+fn effects_reach_the_sink() {
+    use neonet::proto::server::Change;
+    use std::sync::{Arc, Mutex};
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    let relay = TestRelay::start_with(neonet::relay::RelayHooks {
+        effects: Some(Box::new(move |e| sink.lock().unwrap().push(e.change))),
+        ..Default::default()
+    });
+    let ada = relay.client("ada");
+    ada.send_chat("remember me").unwrap();
+    expect(&ada, "own chat", |e| matches!(e, ClientEvent::Chat(_)));
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let found = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|c| matches!(c, Change::AppendChat(m) if m.body == "remember me"));
+        if found {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no AppendChat effect");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn datagrams_are_sized_by_the_path() {
+    let relay = TestRelay::start();
+    let ada = relay.client("ada");
+    let max = ada.max_datagram_size().expect("datagrams are on");
+    ada.send_datagram(vec![0u8; 16]).unwrap();
+    let err = ada.send_datagram(vec![0u8; max + 1]).unwrap_err();
+    assert!(
+        matches!(err, neonet::client::ClientError::DatagramTooLarge { .. }),
+        "{err}"
+    );
+}

@@ -40,6 +40,11 @@ impl TestRelay {
 
     /// A relay with explicit hooks.
     pub fn start_with(hooks: RelayHooks) -> TestRelay {
+        Self::start_config(|_| {}, hooks)
+    }
+
+    /// A relay with explicit hooks and configuration changes.
+    pub fn start_config(configure: impl FnOnce(&mut RelayConfig), hooks: RelayHooks) -> TestRelay {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(
                 tracing_subscriber::EnvFilter::try_from_default_env()
@@ -53,7 +58,8 @@ impl TestRelay {
             .enable_all()
             .build()
             .expect("runtime");
-        let config = RelayConfig::for_tests(dir.path());
+        let mut config = RelayConfig::for_tests(dir.path());
+        configure(&mut config);
         let handle = rt
             .block_on(Relay::start_with(config, hooks))
             .expect("relay starts");

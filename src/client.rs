@@ -713,6 +713,7 @@ async fn run(inner: Arc<Inner>, conn: Connection) {
     let mut prejoin = PreJoin::default();
     let mut leave_deadline: Option<Instant> = None;
     let mut connection_gone = false;
+    let mut streams_done = false;
     loop {
         if let Err(e) = flush(&inner, &conn, &writers) {
             let now = inner.now();
@@ -743,7 +744,7 @@ async fn run(inner: Arc<Inner>, conn: Connection) {
             deadline = deadline.min(d);
         }
         tokio::select! {
-            ev = rx.recv() => {
+            ev = rx.recv(), if !streams_done => {
                 let now = inner.now();
                 let mut core = inner.lock();
                 match ev {
@@ -760,7 +761,8 @@ async fn run(inner: Arc<Inner>, conn: Connection) {
                         format!("server stream: {e}"),
                         now,
                     ),
-                    None => {}
+                    // Every reader ended: the connection is ending; `closed()` says why.
+                    None => streams_done = true,
                 }
             }
             _ = inner.wake.notified() => {}
@@ -797,4 +799,66 @@ async fn run(inner: Arc<Inner>, conn: Connection) {
     }
     streams.abort();
     datagrams.abort();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use neonet_proto::msg::Snapshot;
+    use neonet_proto::types::{ChatMessage, EntityId, Rank, SessionId, UserId};
+
+    fn body(msg: &ServerMsg) -> Vec<u8> {
+        codec::encode(msg)
+    }
+
+    /// Streams are ordered only within a channel: chat can overtake the snapshot, and the
+    /// snapshot can overtake the welcome. The hold buffer hands them to the core in a valid order.
+    #[test]
+    fn frames_that_overtake_the_snapshot_are_held_then_applied() {
+        let mut core = ClientCore::new(
+            ClientConfig {
+                name: "ada".into(),
+                token: None,
+            },
+            Time::ZERO,
+        );
+        let mut pre = PreJoin::default();
+        let chat = ServerMsg::ChatAdded(ChatMessage {
+            id: 1,
+            from_user: Some(UserId(2)),
+            from_name: "bob".into(),
+            from_entity: Some(EntityId(2)),
+            body: "early".into(),
+            created_at_ms: 0,
+        });
+        let snapshot = ServerMsg::Snapshot(Box::new(Snapshot {
+            player: EntityId(1),
+            user: UserId(1),
+            rank: Rank::Visitor,
+            server_tick: 0,
+            server_time_us: 0,
+            settings: Default::default(),
+            spawn: Default::default(),
+            chat: vec![],
+            blueprints: vec![],
+            entities: vec![],
+            auth_token: "t".into(),
+        }));
+        let welcome = ServerMsg::Welcome {
+            protocol_version: neonet_proto::msg::PROTOCOL_VERSION,
+            session: SessionId(1),
+            tick_hz: 30,
+        };
+        pre.deliver(&mut core, Channel::Chat, body(&chat), Time::ZERO);
+        pre.deliver(&mut core, Channel::World, body(&snapshot), Time::ZERO);
+        assert_eq!(core.state(), &ClientState::Joining);
+        pre.deliver(&mut core, Channel::Control, body(&welcome), Time::ZERO);
+        assert_eq!(core.state(), &ClientState::Joined);
+        assert!(matches!(
+            core.poll_event(),
+            Some(ClientEvent::Joined { .. })
+        ));
+        assert!(matches!(core.poll_event(), Some(ClientEvent::Chat(m)) if m.body == "early"));
+        assert!(pre.held.is_empty());
+    }
 }

@@ -80,6 +80,12 @@ pub enum TlsError {
     /// A fingerprint string is not 32 bytes of hex.
     #[error("a SHA-256 fingerprint is 64 hex digits (colons allowed): {0:?}")]
     BadFingerprint(String),
+    /// The default trust found no development certificate to pin.
+    #[error(
+        "no development certificate at {0}: run where the relay runs (it creates certs/), or pin \
+         the relay's certificate with --cert FILE or --cert-sha256 HEX"
+    )]
+    NoDevCert(PathBuf),
     /// The configuration cannot be used for QUIC (no TLS 1.3 cipher suite, say).
     #[error("QUIC crypto configuration: {0}")]
     Quic(String),
@@ -289,6 +295,14 @@ pub enum Trust {
     DangerAcceptAnyCert,
 }
 
+impl Trust {
+    /// [`Trust::DangerAcceptAnyCert`]: accept any certificate. The server is not authenticated;
+    /// anyone on the path can impersonate it. For experiments only.
+    pub fn danger_accept_any_cert() -> Trust {
+        Trust::DangerAcceptAnyCert
+    }
+}
+
 impl Default for Trust {
     fn default() -> Self {
         Trust::DevCertDir(PathBuf::from(DEFAULT_CERT_DIR))
@@ -307,6 +321,9 @@ pub fn client_crypto(trust: &Trust) -> Result<rustls::ClientConfig, TlsError> {
     let mut cfg = match trust {
         Trust::DevCertDir(dir) => {
             let path = dir.join(CERT_DER_FILE);
+            if !path.is_file() {
+                return Err(TlsError::NoDevCert(path));
+            }
             let certs = read_certs(&path)?;
             builder
                 .dangerous()

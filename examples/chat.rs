@@ -87,6 +87,7 @@ fn main() -> anyhow::Result<()> {
         .clone()
         .or_else(|| std::env::var("USER").ok())
         .unwrap_or_else(|| "player".into());
+    eprintln!("* connecting to {} as {name}…", args.addr);
     let client = Client::connect(
         args.addr.as_str(),
         ClientOptions {

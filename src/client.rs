@@ -807,6 +807,12 @@ mod tests {
     use neonet_proto::msg::Snapshot;
     use neonet_proto::types::{ChatMessage, EntityId, Rank, SessionId, UserId};
 
+    #[test]
+    fn a_client_can_be_shared_across_threads() {
+        fn shareable<T: Send + Sync>() {}
+        shareable::<Client>();
+    }
+
     fn body(msg: &ServerMsg) -> Vec<u8> {
         codec::encode(msg)
     }

@@ -198,7 +198,12 @@ pub struct RelayHooks {
     pub durable_acks: bool,
     /// Token checking; `None` uses [`HmacTokens`] with the secret in the data folder.
     pub authenticator: Option<Box<dyn Authenticator>>,
+    /// Sees every core event after it is logged (metrics, tests); `None` for none.
+    pub events: Option<EventSink>,
 }
+
+/// Sees every [`ServerEvent`] the core emits, in order.
+pub type EventSink = Box<dyn FnMut(&ServerEvent) + Send>;
 
 impl std::fmt::Debug for RelayHooks {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -206,6 +211,7 @@ impl std::fmt::Debug for RelayHooks {
             .field("effects", &self.effects.is_some())
             .field("durable_acks", &self.durable_acks)
             .field("authenticator", &self.authenticator.is_some())
+            .field("events", &self.events.is_some())
             .finish()
     }
 }
@@ -215,7 +221,8 @@ impl std::fmt::Debug for RelayHooks {
 pub struct Relay;
 
 impl Relay {
-    /// Starts a relay with no persistence. Must be called inside a multi-threaded tokio runtime.
+    /// Starts a relay with no persistence. Must be called inside a tokio runtime (with the
+    /// `time` and `net` drivers enabled); it keeps running on that runtime.
     pub async fn start(config: RelayConfig) -> Result<RelayHandle, RelayError> {
         Self::start_with(config, RelayHooks::default()).await
     }
@@ -296,6 +303,7 @@ impl Relay {
                 start: Instant::now(),
                 links: HashMap::new(),
                 effects: hooks.effects,
+                events: hooks.events,
             }
             .run(inbound_rx, shutdown_rx.clone()),
         );
@@ -556,6 +564,7 @@ struct CoreTask {
     start: Instant,
     links: HashMap<ConnId, Arc<dyn Link>>,
     effects: Option<EffectSink>,
+    events: Option<EventSink>,
 }
 
 impl CoreTask {
@@ -649,6 +658,9 @@ impl CoreTask {
         }
         while let Some(e) = self.core.poll_event() {
             log_event(&e);
+            if let Some(sink) = self.events.as_mut() {
+                sink(&e);
+            }
         }
         while let Some(e) = self.core.poll_effect() {
             if let Some(sink) = self.effects.as_mut() {

@@ -35,11 +35,9 @@
 //!   [`ClientOptions::connect_timeout`].
 //! - Nothing the server sends can panic the client; a server breaking the protocol ends the
 //!   session with a `Disconnected` event.
-//! - Reliable messages arrive in order within a channel. Messages on other channels that arrive
-//!   before the snapshot are held (at most [`PREJOIN_HELD_MAX`]) and applied right after it, so
-//!   the world mirror is never ahead of the snapshot.
+//! - Reliable messages arrive in order within a channel. Streams are not ordered with each
+//!   other; the core holds messages that overtake the snapshot and applies them after it.
 
-use std::collections::VecDeque;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -64,9 +62,6 @@ use crate::tls::Trust;
 
 pub use neonet_proto::client::{ClientCore, ClientEvent, ClientState, ClientWorld};
 
-/// Frames from other channels held while waiting for the snapshot. More before the snapshot
-/// means a broken or hostile server.
-pub const PREJOIN_HELD_MAX: usize = 4096;
 /// Frames queued from the stream readers to the client's task. Full: readers wait and QUIC flow
 /// control slows the server.
 pub const INBOUND_QUEUE_LEN: usize = 4096;
@@ -625,48 +620,6 @@ fn close_core(core: &mut ClientCore, reason: CloseReason, detail: String, now: T
     let _ = core.handle_frame(Channel::Control, &body, now);
 }
 
-/// Holds frames that arrived on other streams before the core can take them (see the module
-/// documentation), and hands them over in arrival order per channel.
-#[derive(Default)]
-struct PreJoin {
-    held: VecDeque<(Channel, Vec<u8>)>,
-}
-
-impl PreJoin {
-    fn ready(core: &ClientCore, channel: Channel) -> bool {
-        match core.state() {
-            ClientState::Joining => {
-                channel == Channel::Control
-                    || (channel == Channel::World && core.session().is_some())
-            }
-            _ => true,
-        }
-    }
-
-    fn deliver(&mut self, core: &mut ClientCore, channel: Channel, body: Vec<u8>, now: Time) {
-        if !Self::ready(core, channel) {
-            if self.held.len() >= PREJOIN_HELD_MAX {
-                self.held.clear();
-                close_core(
-                    core,
-                    CloseReason::ProtocolViolation,
-                    "too many messages before the snapshot".into(),
-                    now,
-                );
-            } else {
-                self.held.push_back((channel, body));
-            }
-            return;
-        }
-        let _ = core.handle_frame(channel, &body, now);
-        while let Some(i) = self.held.iter().position(|(c, _)| Self::ready(core, *c)) {
-            if let Some((c, b)) = self.held.remove(i) {
-                let _ = core.handle_frame(c, &b, now);
-            }
-        }
-    }
-}
-
 /// Sends what the core queued. `Err` if a channel's queue overflowed (the server reads too
 /// slowly).
 fn flush(
@@ -710,7 +663,6 @@ async fn run(inner: Arc<Inner>, conn: Connection) {
         })
     };
     let writers = ChannelWriters::spawn(&conn);
-    let mut prejoin = PreJoin::default();
     let mut leave_deadline: Option<Instant> = None;
     let mut connection_gone = false;
     let mut streams_done = false;
@@ -747,22 +699,29 @@ async fn run(inner: Arc<Inner>, conn: Connection) {
             ev = rx.recv(), if !streams_done => {
                 let now = inner.now();
                 let mut core = inner.lock();
-                match ev {
-                    Some(StreamEvent::Frame { channel, body }) => {
-                        prejoin.deliver(&mut core, channel, body, now);
-                        // Take whatever else is ready without re-entering select.
-                        while let Ok(StreamEvent::Frame { channel, body }) = rx.try_recv() {
-                            prejoin.deliver(&mut core, channel, body, now);
+                let mut next = ev;
+                loop {
+                    match next {
+                        Some(StreamEvent::Frame { channel, body }) => {
+                            let _ = core.handle_frame(channel, &body, now);
+                        }
+                        Some(StreamEvent::Error(e)) => close_core(
+                            &mut core,
+                            CloseReason::ProtocolViolation,
+                            format!("server stream: {e}"),
+                            now,
+                        ),
+                        // Every reader ended: the connection is ending; `closed()` says why.
+                        None => {
+                            streams_done = true;
+                            break;
                         }
                     }
-                    Some(StreamEvent::Error(e)) => close_core(
-                        &mut core,
-                        CloseReason::ProtocolViolation,
-                        format!("server stream: {e}"),
-                        now,
-                    ),
-                    // Every reader ended: the connection is ending; `closed()` says why.
-                    None => streams_done = true,
+                    // Take whatever else is ready without re-entering select.
+                    match rx.try_recv() {
+                        Ok(ev) => next = Some(ev),
+                        Err(_) => break,
+                    }
                 }
             }
             _ = inner.wake.notified() => {}
@@ -804,8 +763,6 @@ async fn run(inner: Arc<Inner>, conn: Connection) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use neonet_proto::msg::Snapshot;
-    use neonet_proto::types::{ChatMessage, EntityId, Rank, SessionId, UserId};
 
     #[test]
     fn a_client_can_be_shared_across_threads() {
@@ -813,14 +770,10 @@ mod tests {
         shareable::<Client>();
     }
 
-    fn body(msg: &ServerMsg) -> Vec<u8> {
-        codec::encode(msg)
-    }
-
-    /// Streams are ordered only within a channel: chat can overtake the snapshot, and the
-    /// snapshot can overtake the welcome. The hold buffer hands them to the core in a valid order.
     #[test]
-    fn frames_that_overtake_the_snapshot_are_held_then_applied() {
+    fn close_reasons_survive_the_connection_close() {
+        let (reason, _) = close_of(&ConnectionError::TimedOut);
+        assert_eq!(reason, CloseReason::Timeout);
         let mut core = ClientCore::new(
             ClientConfig {
                 name: "ada".into(),
@@ -828,43 +781,18 @@ mod tests {
             },
             Time::ZERO,
         );
-        let mut pre = PreJoin::default();
-        let chat = ServerMsg::ChatAdded(ChatMessage {
-            id: 1,
-            from_user: Some(UserId(2)),
-            from_name: "bob".into(),
-            from_entity: Some(EntityId(2)),
-            body: "early".into(),
-            created_at_ms: 0,
-        });
-        let snapshot = ServerMsg::Snapshot(Box::new(Snapshot {
-            player: EntityId(1),
-            user: UserId(1),
-            rank: Rank::Visitor,
-            server_tick: 0,
-            server_time_us: 0,
-            settings: Default::default(),
-            spawn: Default::default(),
-            chat: vec![],
-            blueprints: vec![],
-            entities: vec![],
-            auth_token: "t".into(),
-        }));
-        let welcome = ServerMsg::Welcome {
-            protocol_version: neonet_proto::msg::PROTOCOL_VERSION,
-            session: SessionId(1),
-            tick_hz: 30,
-        };
-        pre.deliver(&mut core, Channel::Chat, body(&chat), Time::ZERO);
-        pre.deliver(&mut core, Channel::World, body(&snapshot), Time::ZERO);
-        assert_eq!(core.state(), &ClientState::Joining);
-        pre.deliver(&mut core, Channel::Control, body(&welcome), Time::ZERO);
-        assert_eq!(core.state(), &ClientState::Joined);
-        assert!(matches!(
-            core.poll_event(),
-            Some(ClientEvent::Joined { .. })
-        ));
-        assert!(matches!(core.poll_event(), Some(ClientEvent::Chat(m)) if m.body == "early"));
-        assert!(pre.held.is_empty());
+        close_core(
+            &mut core,
+            CloseReason::Moderation,
+            "kicked".into(),
+            Time::ZERO,
+        );
+        assert_eq!(
+            core.state(),
+            &ClientState::Closed {
+                reason: CloseReason::Moderation,
+                detail: "kicked".into()
+            }
+        );
     }
 }

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{expect, TestRelay, WAIT};
+use common::{expect, expect_all, TestRelay, WAIT};
 use neonet::client::{Client, ClientEvent, ClientOptions, ConnectError};
 use neonet::proto::msg::{CloseReason, Refusal};
 use neonet::proto::types::{Blueprint, BlueprintId, BlueprintPatch};
@@ -69,23 +69,35 @@ fn two_clients_join_chat_edit_a_blueprint_and_leave() {
     expect(&bob, "the blueprint", |e| {
         *e == ClientEvent::BlueprintAdded(id.clone())
     });
-    expect(&ada, "the add's ack", |e| *e == ClientEvent::Acked(add));
+    // The ack (control stream) and the relayed blueprint (world stream) may come in either order.
+    expect_all(
+        &ada,
+        "the add's ack and own blueprint relayed back",
+        &mut [&mut |e| *e == ClientEvent::Acked(add), &mut |e| {
+            *e == ClientEvent::BlueprintAdded(id.clone())
+        }],
+    );
 
     // Ada modifies it to version 2; bob, not having seen that yet, also claims version 2 and
     // loses: refused with Conflict, and the current blueprint comes back.
-    // (The sender's own mirror does not hold a blueprint it added: the core relays
-    // `BlueprintAdded` to the others only, so ada names the version explicitly.)
-    let req = ada.with_core(|core| {
-        core.modify_blueprint_at(
+    let req = ada
+        .modify_blueprint(
             id.clone(),
-            2,
             BlueprintPatch {
                 name: Some("Ada's crate".into()),
                 ..BlueprintPatch::default()
             },
         )
-    });
-    expect(&ada, "ada's ack", |e| *e == ClientEvent::Acked(req));
+        .unwrap();
+    let v2 = ClientEvent::BlueprintModified {
+        id: id.clone(),
+        version: 2,
+    };
+    expect_all(
+        &ada,
+        "ada's ack and own modification relayed back",
+        &mut [&mut |e| *e == ClientEvent::Acked(req), &mut |e| *e == v2],
+    );
     let bob_req = bob.with_core(|core| {
         core.modify_blueprint_at(
             id.clone(),
@@ -112,6 +124,8 @@ fn two_clients_join_chat_edit_a_blueprint_and_leave() {
     });
     let b = bob.with_world(|w| w.blueprints[&id].clone());
     assert_eq!((b.name.as_str(), b.version), ("Ada's crate", 2));
+    let a = ada.with_world(|w| w.blueprints[&id].clone());
+    assert_eq!(a, b, "both mirrors hold the same blueprint");
 
     // Bob leaves; ada sees his player removed.
     bob.close();

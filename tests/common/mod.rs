@@ -115,3 +115,21 @@ pub fn expect(client: &Client, what: &str, pred: impl FnMut(&ClientEvent) -> boo
         Err(e) => panic!("waiting for {what}: {e}"),
     }
 }
+
+/// Waits until every predicate has matched some event, in any order (messages on different
+/// channels travel on different streams and may arrive in either order).
+pub fn expect_all(client: &Client, what: &str, preds: &mut [&mut dyn FnMut(&ClientEvent) -> bool]) {
+    let mut done = vec![false; preds.len()];
+    let r = client.wait_for(WAIT, |e| {
+        for (i, p) in preds.iter_mut().enumerate() {
+            if !done[i] && p(e) {
+                done[i] = true;
+                break;
+            }
+        }
+        done.iter().all(|d| *d)
+    });
+    if let Err(e) = r {
+        panic!("waiting for {what}: {e}");
+    }
+}

@@ -48,6 +48,7 @@ use neonet_proto::Time;
 
 use crate::auth::{AuthError, HmacTokens};
 use crate::config::{ConfigError, RelayConfig};
+use crate::metrics::{Metrics, UserReport};
 use crate::quic::{self, ChannelWriters, StreamEvent, TransportError};
 use crate::tls::{self, Fingerprint, TlsError};
 
@@ -100,6 +101,14 @@ pub trait Link: Send + Sync + 'static {
     fn transmit(&self, transmit: Transmit);
     /// The largest datagram the connection's path carries now, `None` if it has no datagrams.
     fn max_datagram_size(&self) -> Option<usize>;
+    /// The peer's address, for the status page.
+    fn remote_addr(&self) -> Option<SocketAddr> {
+        None
+    }
+    /// The smoothed round-trip time, for the status page.
+    fn rtt(&self) -> Option<Duration> {
+        None
+    }
 }
 
 /// Input to the core task, from any transport or the persistence layer.
@@ -198,8 +207,11 @@ pub struct RelayHooks {
     pub durable_acks: bool,
     /// Token checking; `None` uses [`HmacTokens`] with the secret in the data folder.
     pub authenticator: Option<Box<dyn Authenticator>>,
-    /// Sees every core event after it is logged (metrics, tests); `None` for none.
+    /// Sees every core event after it is logged (tests, tools); `None` for none.
     pub events: Option<EventSink>,
+    /// Where to count connections, joins, ticks, traffic and users (served by
+    /// [`crate::http`]); `None` for no metrics.
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 /// Sees every [`ServerEvent`] the core emits, in order.
@@ -212,6 +224,7 @@ impl std::fmt::Debug for RelayHooks {
             .field("durable_acks", &self.durable_acks)
             .field("authenticator", &self.authenticator.is_some())
             .field("events", &self.events.is_some())
+            .field("metrics", &self.metrics.is_some())
             .finish()
     }
 }
@@ -304,6 +317,8 @@ impl Relay {
                 links: HashMap::new(),
                 effects: hooks.effects,
                 events: hooks.events,
+                metrics: hooks.metrics.clone(),
+                next_users_report: Instant::now(),
             }
             .run(inbound_rx, shutdown_rx.clone()),
         );
@@ -313,6 +328,7 @@ impl Relay {
             conn_ids.clone(),
             inbound_tx.clone(),
             shutdown_rx,
+            hooks.metrics,
         ));
         Ok(RelayHandle {
             endpoint,
@@ -391,6 +407,7 @@ async fn accept_loop(
     conn_ids: Arc<ConnIds>,
     inbound: mpsc::Sender<Inbound>,
     mut shutdown: watch::Receiver<bool>,
+    metrics: Option<Arc<Metrics>>,
 ) {
     loop {
         let incoming = tokio::select! {
@@ -407,6 +424,7 @@ async fn accept_loop(
         };
         let conn_ids = conn_ids.clone();
         let inbound = inbound.clone();
+        let metrics = metrics.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let peer = incoming.remote_address();
@@ -421,7 +439,13 @@ async fn accept_loop(
                     return;
                 }
             };
+            if let Some(m) = &metrics {
+                m.connection_opened();
+            }
             serve_connection(conn_ids.next(), conn, inbound).await;
+            if let Some(m) = &metrics {
+                m.connection_closed();
+            }
         });
     }
 }
@@ -554,17 +578,38 @@ impl Link for QuicLink {
     fn max_datagram_size(&self) -> Option<usize> {
         self.conn.max_datagram_size()
     }
+
+    fn remote_addr(&self) -> Option<SocketAddr> {
+        Some(self.conn.remote_address())
+    }
+
+    fn rtt(&self) -> Option<Duration> {
+        Some(self.conn.rtt())
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
 // The core task
 
+/// Interval between user reports to the metrics (what `/status` shows).
+pub const USERS_REPORT_INTERVAL: Duration = Duration::from_millis(250);
+
+struct LinkEntry {
+    link: Arc<dyn Link>,
+    /// Stream and datagram bytes received on this connection.
+    bytes_in: u64,
+    /// Stream and datagram bytes sent on this connection.
+    bytes_out: u64,
+}
+
 struct CoreTask {
     core: ServerCore,
     start: Instant,
-    links: HashMap<ConnId, Arc<dyn Link>>,
+    links: HashMap<ConnId, LinkEntry>,
     effects: Option<EffectSink>,
     events: Option<EventSink>,
+    metrics: Option<Arc<Metrics>>,
+    next_users_report: Instant,
 }
 
 impl CoreTask {
@@ -588,13 +633,7 @@ impl CoreTask {
                 _ = shutdown.changed() => break,
                 // Before input, so a steady stream of messages can never starve the tick.
                 _ = tokio::time::sleep_until(deadline.into()) => {
-                    for (conn, link) in &self.links {
-                        if let Some(bytes) = link.max_datagram_size() {
-                            self.core.handle_max_datagram_size(*conn, bytes);
-                        }
-                    }
-                    let now = self.now();
-                    self.core.handle_timeout(now);
+                    self.timeout();
                 }
                 m = rx.recv() => {
                     let Some(m) = m else { break };
@@ -617,6 +656,60 @@ impl CoreTask {
         self.drain();
     }
 
+    /// Runs the ticks that are due (and idle checks), with fresh datagram sizes.
+    fn timeout(&mut self) {
+        for (conn, entry) in &self.links {
+            if let Some(bytes) = entry.link.max_datagram_size() {
+                self.core.handle_max_datagram_size(*conn, bytes);
+            }
+        }
+        let tick = self.core.tick();
+        let started = Instant::now();
+        let now = self.now();
+        self.core.handle_timeout(now);
+        let Some(m) = &self.metrics else { return };
+        let ticks = self.core.tick().0.saturating_sub(tick.0);
+        if ticks > 0 {
+            let each = started.elapsed() / ticks as u32;
+            for _ in 0..ticks {
+                m.record_tick(each);
+            }
+            m.set_entity_count(self.core.world().entities.len());
+        }
+        if started >= self.next_users_report {
+            self.next_users_report = started + USERS_REPORT_INTERVAL;
+            let users: Vec<UserReport> = self
+                .core
+                .sessions()
+                .filter_map(|s| {
+                    let entry = self.links.get(&s.conn?)?;
+                    Some(UserReport {
+                        session_id: s.id.0,
+                        name: s.name.clone(),
+                        addr: entry.link.remote_addr()?,
+                        rtt_ms: entry.link.rtt().map_or(0.0, |d| d.as_secs_f64() * 1e3),
+                        bytes_in: entry.bytes_in,
+                        bytes_out: entry.bytes_out,
+                    })
+                })
+                .collect();
+            m.publish_users(users);
+        }
+    }
+
+    fn count_in(&mut self, conn: ConnId, bytes: usize, datagram: bool) {
+        if let Some(e) = self.links.get_mut(&conn) {
+            e.bytes_in += bytes as u64;
+        }
+        if let Some(m) = &self.metrics {
+            if datagram {
+                m.record_datagram_in(bytes);
+            } else {
+                m.record_stream_in(bytes);
+            }
+        }
+    }
+
     fn handle(&mut self, m: Inbound) {
         let now = self.now();
         match m {
@@ -625,15 +718,28 @@ impl CoreTask {
                 transport,
                 link,
             } => {
-                self.links.insert(conn, link);
+                self.links.insert(
+                    conn,
+                    LinkEntry {
+                        link,
+                        bytes_in: 0,
+                        bytes_out: 0,
+                    },
+                );
                 self.core.handle_connect(conn, transport, now);
             }
             Inbound::Frame {
                 conn,
                 channel,
                 body,
-            } => self.core.handle_frame(conn, channel, &body, now),
-            Inbound::Datagram { conn, data } => self.core.handle_datagram(conn, &data, now),
+            } => {
+                self.count_in(conn, codec::FRAME_HEADER_BYTES + body.len(), false);
+                self.core.handle_frame(conn, channel, &body, now)
+            }
+            Inbound::Datagram { conn, data } => {
+                self.count_in(conn, data.len(), true);
+                self.core.handle_datagram(conn, &data, now)
+            }
             Inbound::StreamError { conn, error } => {
                 self.core.handle_stream_error(conn, &error, now)
             }
@@ -652,12 +758,29 @@ impl CoreTask {
                 | Transmit::Datagram { conn, .. }
                 | Transmit::Close { conn, .. } => *conn,
             };
-            if let Some(link) = self.links.get(&conn) {
-                link.transmit(t);
+            let Some(entry) = self.links.get_mut(&conn) else {
+                continue;
+            };
+            let (bytes, datagram) = match &t {
+                Transmit::Frame { frame, .. } => (frame.len(), false),
+                Transmit::Datagram { data, .. } => (data.len(), true),
+                Transmit::Close { .. } => (0, false),
+            };
+            entry.bytes_out += bytes as u64;
+            if let Some(m) = &self.metrics {
+                if datagram {
+                    m.record_datagram_out(bytes);
+                } else if bytes > 0 {
+                    m.record_stream_out(bytes);
+                }
             }
+            entry.link.transmit(t);
         }
         while let Some(e) = self.core.poll_event() {
             log_event(&e);
+            if let (ServerEvent::Joined { .. }, Some(m)) = (&e, &self.metrics) {
+                m.record_join();
+            }
             if let Some(sink) = self.events.as_mut() {
                 sink(&e);
             }

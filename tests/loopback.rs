@@ -298,3 +298,28 @@ fn datagrams_are_sized_by_the_path() {
         "{err}"
     );
 }
+
+#[test]
+fn metrics_count_connections_joins_and_users() {
+    use neonet::metrics::{Metrics, MetricsConfig};
+    use std::sync::Arc;
+    let metrics = Arc::new(Metrics::new(MetricsConfig::default()));
+    let relay = TestRelay::start_with(neonet::relay::RelayHooks {
+        metrics: Some(metrics.clone()),
+        ..Default::default()
+    });
+    let ada = relay.client("ada");
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let s = metrics.status();
+        if s.connections == 1 && s.joins == 1 && s.users.iter().any(|u| u.name == "ada") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "metrics never showed ada: {s:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    ada.close();
+}

@@ -4,15 +4,20 @@
 //! `./certs/` (a self-signed development certificate, reused later) and `./data/` in the working
 //! directory, prints its address and certificate fingerprint, and shuts down cleanly on Ctrl-C or
 //! SIGTERM. Flags override an optional TOML file (`--config FILE`), which overrides defaults.
+//! The status page and Prometheus metrics are served on `http_listen` (default
+//! `http://127.0.0.1:4480`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
 
 use neonet::config::RelayConfig;
-use neonet::relay::Relay;
+use neonet::metrics::{Metrics, MetricsConfig};
+use neonet::relay::{Relay, RelayHooks};
 
 /// neonet relay: hosts a world for QUIC clients.
 #[derive(Debug, Parser)]
@@ -103,7 +108,31 @@ async fn run(config: RelayConfig) -> anyhow::Result<()> {
         tick_hz = config.tick_hz,
         "starting neonet-relay"
     );
-    let relay = Relay::start(config).await?;
+    let metrics = Arc::new(Metrics::new(MetricsConfig {
+        tick_period: Duration::from_secs(1) / u32::from(config.tick_hz),
+    }));
+    let http = match config.http_listen {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the HTTP server to {addr}"))?;
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            println!("status and metrics on http://{}", listener.local_addr()?);
+            let task = tokio::spawn(neonet::http::serve(listener, metrics.clone(), async {
+                let _ = stopped.await;
+            }));
+            Some((stop, task))
+        }
+        None => None,
+    };
+    let relay = Relay::start_with(
+        config,
+        RelayHooks {
+            metrics: Some(metrics),
+            ..RelayHooks::default()
+        },
+    )
+    .await?;
     println!("neonet-relay listening on udp {}", relay.local_addr());
     println!("certificate sha-256: {}", relay.cert_fingerprint());
     println!(
@@ -114,6 +143,10 @@ async fn run(config: RelayConfig) -> anyhow::Result<()> {
     wait_for_signal().await?;
     tracing::info!("signal received: shutting down");
     relay.shutdown().await?;
+    if let Some((stop, task)) = http {
+        let _ = stop.send(());
+        task.await.context("the HTTP task")??;
+    }
     Ok(())
 }
 

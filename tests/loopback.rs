@@ -323,3 +323,85 @@ fn metrics_count_connections_joins_and_users() {
     }
     ada.close();
 }
+
+/// The binary with no configuration: creates `certs/` and `data/` in its working folder, prints
+/// its address and fingerprint, serves a client that trusts `./certs/` by default, and exits
+/// cleanly on SIGTERM.
+#[cfg(unix)]
+#[test]
+fn the_relay_binary_starts_with_no_configuration_and_stops_on_sigterm() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_neonet-relay"))
+        .args(["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+        .current_dir(dir.path())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the relay binary runs");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut addr = None;
+    let mut fingerprint = None;
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Some(a) = line.strip_prefix("neonet-relay listening on udp ") {
+            addr = Some(a.trim().parse::<std::net::SocketAddr>().unwrap());
+        }
+        if let Some(f) = line.strip_prefix("certificate sha-256: ") {
+            fingerprint = Some(f.trim().parse::<neonet::tls::Fingerprint>().unwrap());
+            break;
+        }
+    }
+    let (addr, fingerprint) = (
+        addr.expect("address printed"),
+        fingerprint.expect("fingerprint"),
+    );
+    assert!(dir.path().join("certs/cert.der").is_file());
+    assert!(dir.path().join("data").is_dir());
+    let client = Client::connect(
+        addr,
+        ClientOptions {
+            trust: Trust::DevCertDir(dir.path().join("certs")),
+            connect_timeout: WAIT,
+            ..ClientOptions::named("ada")
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        fingerprint,
+        neonet::tls::Fingerprint::of(&std::fs::read(dir.path().join("certs/cert.der")).unwrap())
+    );
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let ev = client
+        .wait_for(WAIT, |e| matches!(e, ClientEvent::Disconnected { .. }))
+        .unwrap();
+    assert!(
+        matches!(
+            ev,
+            ClientEvent::Disconnected {
+                reason: CloseReason::ServerShutdown,
+                ..
+            }
+        ),
+        "{ev:?}"
+    );
+    let deadline = std::time::Instant::now() + WAIT;
+    let exit = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the relay did not exit"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(exit.success(), "{exit:?}");
+}

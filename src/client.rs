@@ -65,6 +65,9 @@ pub use neonet_proto::client::{ClientCore, ClientEvent, ClientState, ClientWorld
 /// Frames queued from the stream readers to the client's task. Full: readers wait and QUIC flow
 /// control slows the server.
 pub const INBOUND_QUEUE_LEN: usize = 4096;
+/// Frames handled per lock of the core, so a fast server cannot keep the game's frame loop
+/// waiting on the lock.
+pub const INBOUND_BATCH_MAX: usize = 64;
 /// Default bound on connecting and joining.
 pub const CONNECT_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
 
@@ -700,7 +703,7 @@ async fn run(inner: Arc<Inner>, conn: Connection) {
                 let now = inner.now();
                 let mut core = inner.lock();
                 let mut next = ev;
-                loop {
+                for _ in 0..INBOUND_BATCH_MAX {
                     match next {
                         Some(StreamEvent::Frame { channel, body }) => {
                             let _ = core.handle_frame(channel, &body, now);

@@ -405,3 +405,49 @@ fn the_relay_binary_starts_with_no_configuration_and_stops_on_sigterm() {
     };
     assert!(exit.success(), "{exit:?}");
 }
+
+#[test]
+fn a_configured_certificate_is_used_instead_of_the_development_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let ck = rcgen::generate_simple_self_signed(vec!["relay.test".to_string()]).unwrap();
+    let (cert, key) = (dir.path().join("real.pem"), dir.path().join("real.key"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
+    let relay = TestRelay::start_config(
+        |c| {
+            c.cert_path = Some(cert.clone());
+            c.key_path = Some(key.clone());
+        },
+        neonet::relay::RelayHooks::default(),
+    );
+    assert_eq!(
+        relay.fingerprint,
+        neonet::tls::Fingerprint::of(ck.cert.der())
+    );
+    assert!(
+        !relay.dir.path().join("certs").exists(),
+        "no development certificate made"
+    );
+    // Ordinary WebPKI verification with the certificate as the root and its name.
+    let c = Client::connect(
+        relay.addr,
+        ClientOptions {
+            trust: Trust::Roots(vec![ck.cert.der().clone()]),
+            server_name: "relay.test".into(),
+            ..relay.options("ada")
+        },
+    )
+    .unwrap();
+    c.close();
+    // The wrong name fails verification.
+    let err = Client::connect(
+        relay.addr,
+        ClientOptions {
+            trust: Trust::Roots(vec![ck.cert.der().clone()]),
+            server_name: "other.test".into(),
+            ..relay.options("ada")
+        },
+    )
+    .unwrap_err();
+    assert!(matches!(err, ConnectError::Handshake(_)), "{err}");
+}

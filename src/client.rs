@@ -193,8 +193,10 @@ pub enum WaitError {
 
 struct Inner {
     core: Mutex<ClientCore>,
-    /// Signalled whenever the background thread changed the core (events may be waiting).
+    /// Signalled whenever the background changed the core (events may be waiting).
     changed: Condvar,
+    /// The same, for async waiters.
+    changed_async: Notify,
     /// Wakes the background thread to send what the core queued.
     wake: Notify,
     /// `close()` was called: leave, and stop after a bounded wait.
@@ -210,13 +212,18 @@ impl Inner {
     fn now(&self) -> Time {
         Time(self.start.elapsed().as_micros() as u64)
     }
+
+    fn notify_changed(&self) {
+        self.changed.notify_all();
+        self.changed_async.notify_waiters();
+    }
 }
 
 /// A connection to a relay. See the module documentation.
 pub struct Client {
     inner: Arc<Inner>,
     conn: Connection,
-    thread: Option<std::thread::JoinHandle<()>>,
+    background: Background,
 }
 
 impl std::fmt::Debug for Client {
@@ -238,46 +245,97 @@ fn closed_error(state: &ClientState) -> Option<ClientError> {
     }
 }
 
+/// What joining ended with.
+fn join_outcome(state: &ClientState) -> Option<Result<(), ConnectError>> {
+    match state {
+        ClientState::Joined => Some(Ok(())),
+        ClientState::Closed { reason, detail } => Some(Err(ConnectError::Refused {
+            reason: *reason,
+            detail: detail.clone(),
+        })),
+        ClientState::Joining => None,
+    }
+}
+
+/// Everything `connect` needs before the network: the address, the quinn configuration and the
+/// shared state with its fresh core.
+struct Prepared {
+    remote: SocketAddr,
+    quinn_config: quinn::ClientConfig,
+    server_name: String,
+    timeout: Duration,
+    inner: Arc<Inner>,
+}
+
+fn prepare(addr: impl ToSocketAddrs, options: &ClientOptions) -> Result<Prepared, ConnectError> {
+    let shown = || {
+        addr.to_socket_addrs()
+            .ok()
+            .and_then(|mut a| a.next())
+            .map_or_else(|| "address".to_string(), |a| a.to_string())
+    };
+    let remote: SocketAddr = addr
+        .to_socket_addrs()
+        .map_err(|source| ConnectError::Resolve {
+            addr: shown(),
+            source,
+        })?
+        .next()
+        .ok_or_else(|| ConnectError::NoAddress(shown()))?;
+    let quinn_config = quic::client_config(&options.trust, options.idle_timeout)?;
+    let inner = Arc::new(Inner {
+        core: Mutex::new(ClientCore::new(
+            ClientConfig {
+                name: options.name.clone(),
+                token: options.token.clone(),
+            },
+            Time::ZERO,
+        )),
+        changed: Condvar::new(),
+        changed_async: Notify::new(),
+        wake: Notify::new(),
+        closing: AtomicBool::new(false),
+        start: Instant::now(),
+    });
+    Ok(Prepared {
+        remote,
+        quinn_config,
+        server_name: options.server_name.clone(),
+        timeout: options.connect_timeout,
+        inner,
+    })
+}
+
+/// The QUIC handshake, on the current tokio runtime.
+async fn handshake(p: &Prepared) -> Result<(quinn::Endpoint, Connection), ConnectError> {
+    let endpoint = quic::client_endpoint(p.remote)?;
+    let connecting = endpoint.connect_with(p.quinn_config.clone(), p.remote, &p.server_name)?;
+    match tokio::time::timeout(p.timeout, connecting).await {
+        Ok(Ok(conn)) => Ok((endpoint, conn)),
+        Ok(Err(e)) => Err(e.into()),
+        Err(_) => Err(ConnectError::Timeout(p.timeout)),
+    }
+}
+
+/// The session until it ends, then a bounded wait for the endpoint to finish closing.
+async fn run_to_end(inner: Arc<Inner>, endpoint: quinn::Endpoint, conn: Connection) {
+    run(inner, conn).await;
+    let _ = tokio::time::timeout(quic::CLOSE_FLUSH_TIMEOUT, endpoint.wait_idle()).await;
+}
+
 impl Client {
     /// Connects to a relay at `addr` (`"127.0.0.1:4433"`, `"host:4433"` or a `SocketAddr`) and
-    /// joins. Blocks for at most `options.connect_timeout`.
+    /// joins, with the network on a background thread of its own. Blocks for at most
+    /// `options.connect_timeout`. Do not call it from async code: see [`Client::connect_async`].
     pub fn connect(
         addr: impl ToSocketAddrs,
         options: ClientOptions,
     ) -> Result<Client, ConnectError> {
-        let shown = || {
-            addr.to_socket_addrs()
-                .ok()
-                .and_then(|mut a| a.next())
-                .map_or_else(|| "address".to_string(), |a| a.to_string())
-        };
-        let remote: SocketAddr = addr
-            .to_socket_addrs()
-            .map_err(|source| ConnectError::Resolve {
-                addr: shown(),
-                source,
-            })?
-            .next()
-            .ok_or_else(|| ConnectError::NoAddress(shown()))?;
-        let quinn_config = quic::client_config(&options.trust, options.idle_timeout)?;
-        let start = Instant::now();
-        let inner = Arc::new(Inner {
-            core: Mutex::new(ClientCore::new(
-                ClientConfig {
-                    name: options.name.clone(),
-                    token: options.token.clone(),
-                },
-                Time::ZERO,
-            )),
-            changed: Condvar::new(),
-            wake: Notify::new(),
-            closing: AtomicBool::new(false),
-            start,
-        });
+        let p = prepare(addr, &options)?;
         let (setup_tx, setup_rx) = std::sync::mpsc::channel::<Result<Connection, ConnectError>>();
-        let bg = inner.clone();
-        let server_name = options.server_name.clone();
-        let timeout = options.connect_timeout;
+        let bg = p.inner.clone();
+        let inner = p.inner.clone();
+        let timeout = p.timeout;
         let thread = std::thread::Builder::new()
             .name("neonet-client".into())
             .spawn(move || {
@@ -292,36 +350,15 @@ impl Client {
                     }
                 };
                 rt.block_on(async move {
-                    let endpoint = match quic::client_endpoint(remote) {
-                        Ok(e) => e,
+                    match handshake(&p).await {
+                        Ok((endpoint, conn)) => {
+                            let _ = setup_tx.send(Ok(conn.clone()));
+                            run_to_end(bg, endpoint, conn).await;
+                        }
                         Err(e) => {
-                            let _ = setup_tx.send(Err(e.into()));
-                            return;
+                            let _ = setup_tx.send(Err(e));
                         }
-                    };
-                    let connecting = match endpoint.connect_with(quinn_config, remote, &server_name)
-                    {
-                        Ok(c) => c,
-                        Err(e) => {
-                            let _ = setup_tx.send(Err(e.into()));
-                            return;
-                        }
-                    };
-                    let conn = match tokio::time::timeout(timeout, connecting).await {
-                        Ok(Ok(c)) => c,
-                        Ok(Err(e)) => {
-                            let _ = setup_tx.send(Err(e.into()));
-                            return;
-                        }
-                        Err(_) => {
-                            let _ = setup_tx.send(Err(ConnectError::Timeout(timeout)));
-                            return;
-                        }
-                    };
-                    let _ = setup_tx.send(Ok(conn.clone()));
-                    run(bg, conn).await;
-                    let _ =
-                        tokio::time::timeout(quic::CLOSE_FLUSH_TIMEOUT, endpoint.wait_idle()).await;
+                    }
                 });
             })
             .map_err(ConnectError::Runtime)?;
@@ -336,23 +373,15 @@ impl Client {
         let client = Client {
             inner,
             conn,
-            thread: Some(thread),
+            background: Background::Thread(Some(thread)),
         };
         // Wait for the join (or its refusal) within what is left of the timeout.
-        let deadline = start + timeout;
+        let deadline = client.inner.start + timeout;
         let mut core = client.inner.lock();
         loop {
-            match core.state() {
-                ClientState::Joined => break,
-                ClientState::Closed { reason, detail } => {
-                    let err = ConnectError::Refused {
-                        reason: *reason,
-                        detail: detail.clone(),
-                    };
-                    drop(core);
-                    return Err(err);
-                }
-                ClientState::Joining => {}
+            if let Some(outcome) = join_outcome(core.state()) {
+                drop(core);
+                return outcome.map(|()| client);
             }
             let now = Instant::now();
             if now >= deadline {
@@ -366,8 +395,39 @@ impl Client {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
-        drop(core);
-        Ok(client)
+    }
+
+    /// Like [`Client::connect`], for async callers (a load tool running many clients on one
+    /// runtime): the network runs as a task on the current tokio runtime instead of a thread,
+    /// each client still on its own UDP socket. The per-frame methods stay non-blocking. End it
+    /// with [`Client::close_async`]; dropping it leaves without waiting.
+    pub async fn connect_async(
+        addr: SocketAddr,
+        options: ClientOptions,
+    ) -> Result<Client, ConnectError> {
+        let p = prepare(addr, &options)?;
+        let (endpoint, conn) = handshake(&p).await?;
+        let inner = p.inner.clone();
+        let task = tokio::spawn(run_to_end(inner.clone(), endpoint, conn.clone()));
+        let client = Client {
+            inner,
+            conn,
+            background: Background::Task(Some(task)),
+        };
+        let deadline = tokio::time::Instant::from_std(client.inner.start + p.timeout);
+        let shared = client.inner.clone();
+        loop {
+            let changed = shared.changed_async.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let outcome = join_outcome(shared.lock().state());
+            if let Some(outcome) = outcome {
+                return outcome.map(|()| client);
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return Err(ConnectError::Timeout(p.timeout));
+            }
+        }
     }
 
     // ---- per frame ----
@@ -569,20 +629,56 @@ impl Client {
         self.shutdown();
     }
 
-    fn shutdown(&mut self) {
-        let Some(thread) = self.thread.take() else {
+    /// Leaves like [`Client::close`], awaiting the background task (from
+    /// [`Client::connect_async`]) instead of blocking a thread.
+    pub async fn close_async(mut self) {
+        self.begin_leaving();
+        match &mut self.background {
+            Background::Task(task) => {
+                if let Some(task) = task.take() {
+                    let _ = task.await;
+                }
+            }
+            Background::Thread(thread) => {
+                if let Some(thread) = thread.take() {
+                    let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+                }
+            }
+        }
+    }
+
+    /// Says goodbye and tells the background to stop after a bounded wait.
+    fn begin_leaving(&self) {
+        if self.inner.closing.swap(true, Ordering::AcqRel) {
             return;
-        };
+        }
         {
             let mut core = self.inner.lock();
             if core.state() != &ClientState::Joining || core.session().is_some() {
                 core.leave();
             }
         }
-        self.inner.closing.store(true, Ordering::Release);
         self.inner.wake.notify_one();
-        let _ = thread.join();
     }
+
+    fn shutdown(&mut self) {
+        self.begin_leaving();
+        // A thread is joined (bounded: it stops soon after `closing`); a task finishes on its
+        // own runtime, since blocking here could be blocking that runtime.
+        if let Background::Thread(thread) = &mut self.background {
+            if let Some(thread) = thread.take() {
+                let _ = thread.join();
+            }
+        }
+    }
+}
+
+/// Where a client's network runs.
+enum Background {
+    /// Its own thread and runtime ([`Client::connect`]).
+    Thread(Option<std::thread::JoinHandle<()>>),
+    /// A task on the caller's runtime ([`Client::connect_async`]).
+    Task(Option<tokio::task::JoinHandle<()>>),
 }
 
 impl Drop for Client {
@@ -661,7 +757,7 @@ async fn run(inner: Arc<Inner>, conn: Connection) {
             while let Ok(d) = conn.read_datagram().await {
                 let now = inner.now();
                 inner.lock().handle_datagram(&d, now);
-                inner.changed.notify_all();
+                inner.notify_changed();
             }
         })
     };
@@ -685,7 +781,7 @@ async fn run(inner: Arc<Inner>, conn: Connection) {
                 core.poll_timeout(),
             )
         };
-        inner.changed.notify_all();
+        inner.notify_changed();
         if closed {
             break;
         }
@@ -743,7 +839,7 @@ async fn run(inner: Arc<Inner>, conn: Connection) {
             }
         }
     }
-    inner.changed.notify_all();
+    inner.notify_changed();
     if !connection_gone {
         // The server usually closes right after its Close message; close ourselves if not.
         let (code, text) = match inner.lock().state() {

@@ -451,3 +451,35 @@ fn a_configured_certificate_is_used_instead_of_the_development_one() {
     .unwrap_err();
     assert!(matches!(err, ConnectError::Handshake(_)), "{err}");
 }
+
+/// Many clients as tasks on one runtime (as the load tool runs them): all join, and a chat
+/// reaches every one of them.
+#[test]
+fn async_clients_share_one_runtime() {
+    let relay = TestRelay::start();
+    let addr = relay.addr;
+    let options: Vec<ClientOptions> = (0..20).map(|i| relay.options(&format!("bot{i}"))).collect();
+    relay.runtime().block_on(async move {
+        let mut clients = Vec::new();
+        for o in options {
+            clients.push(Client::connect_async(addr, o).await.expect("joins"));
+        }
+        clients[0].send_chat("hello bots").unwrap();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let mut heard = vec![false; clients.len()];
+        while !heard.iter().all(|h| *h) {
+            for (i, c) in clients.iter().enumerate() {
+                while let Some(e) = c.poll_event() {
+                    if matches!(e, ClientEvent::Chat(ref m) if m.body == "hello bots") {
+                        heard[i] = true;
+                    }
+                }
+            }
+            assert!(tokio::time::Instant::now() < deadline, "heard: {heard:?}");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        for c in clients {
+            c.close_async().await;
+        }
+    });
+}

@@ -3,7 +3,9 @@
 //! A background thread runs a single-threaded tokio runtime with the quinn connection. The core
 //! lives behind a mutex shared with that thread: the game calls [`Client`] methods from its frame
 //! loop (each takes the lock briefly and never waits for the network), the background thread
-//! feeds the core what arrives and sends what the core queues.
+//! feeds the core what arrives and sends what the core queues. Async programs that run many
+//! clients (the load tool) use [`Client::connect_async`] instead: the same background work runs
+//! as a task on their runtime, each client still on its own UDP socket.
 //!
 //! ```no_run
 //! use std::time::Duration;

@@ -18,6 +18,15 @@
 //! The persistence layer plugs in through [`RelayHooks::effects`] (changes to store) and
 //! [`Inbound::Durable`] (what is now stored).
 //!
+//! ## Limits and fairness
+//! Every queue is bounded: the shared inbound queue ([`INBOUND_QUEUE_LEN`]), each connection's
+//! per-channel send queues ([`crate::quic::CHANNEL_QUEUE_FRAMES`]), datagram buffers, decoders
+//! (the frame limit). A full inbound queue holds readers back (tokio's queue admits waiting
+//! senders in FIFO order, so a flooding peer gets its turn like everyone else, and QUIC flow
+//! control slows it down); a peer whose send queue overflows because it does not read is closed
+//! ([`crate::quic::CLOSE_CODE_OVERFLOW`]). Rate limits per message kind belong to the core's
+//! authorization point.
+//!
 //! ## Shutdown
 //! [`RelayHandle::shutdown`]: stop accepting, `ServerCore::shutdown` (every session gets `Close`
 //! with `ServerShutdown`), flush each connection and close it, then wait for the endpoint to go

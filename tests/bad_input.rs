@@ -229,3 +229,45 @@ fn a_client_without_the_alpn_is_refused() {
     }
     still_chatting(&good, 1);
 }
+
+/// A client that floods pings and never reads the answers: its reads are throttled by the
+/// bounded queues, and once its own send queue overflows it is closed, while a well-behaved
+/// client keeps chatting throughout.
+#[test]
+fn a_flooding_client_that_never_reads_is_cut_off_and_others_carry_on() {
+    let relay = TestRelay::start();
+    let good = relay.client("good");
+    let addr = relay.addr;
+    let mut pings = hello(PROTOCOL_VERSION, "flood");
+    for t in 0..300_000u64 {
+        pings.extend_from_slice(&codec::encode_frame(&ClientMsg::Ping { client_time_us: t }));
+    }
+    let rt = relay.runtime();
+    let conn = rt.block_on(raw_connect(addr, &relay, &[ALPN])).unwrap();
+    let flood = {
+        let conn = conn.clone();
+        rt.spawn(async move {
+            let mut s = conn.open_uni().await.unwrap();
+            let _ = s.write_all(&[Channel::Control as u8]).await;
+            let _ = s.write_all(&pings).await;
+        })
+    };
+    for n in 0..3 {
+        still_chatting(&good, n);
+    }
+    let why = rt
+        .block_on(async { tokio::time::timeout(WAIT * 3, conn.closed()).await })
+        .expect("the flooder is cut off");
+    match why {
+        ConnectionError::ApplicationClosed(c) => {
+            assert_eq!(c.error_code.into_inner(), quic::CLOSE_CODE_OVERFLOW as u64);
+            assert!(
+                String::from_utf8_lossy(&c.reason).contains("send queue full"),
+                "{c:?}"
+            );
+        }
+        other => panic!("expected an application close, got {other}"),
+    }
+    flood.abort();
+    still_chatting(&good, 9);
+}

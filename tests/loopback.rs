@@ -483,3 +483,38 @@ fn async_clients_share_one_runtime() {
         }
     });
 }
+
+#[test]
+fn joining_again_replaces_the_old_session() {
+    let relay = TestRelay::start();
+    let first = relay.client("ada");
+    let token = first.token();
+    let second = Client::connect(
+        relay.addr,
+        ClientOptions {
+            token,
+            ..relay.options("ada")
+        },
+    )
+    .unwrap();
+    assert_eq!(second.user(), first.user());
+    let ev = first
+        .wait_for(WAIT, |e| matches!(e, ClientEvent::Disconnected { .. }))
+        .unwrap();
+    assert!(
+        matches!(
+            ev,
+            ClientEvent::Disconnected {
+                reason: CloseReason::DuplicateUser,
+                ..
+            }
+        ),
+        "{ev:?}"
+    );
+    assert!(matches!(
+        first.send_chat("still here?"),
+        Err(neonet::client::ClientError::Closed { .. })
+    ));
+    second.send_chat("I am the one").unwrap();
+    expect(&second, "own chat", |e| matches!(e, ClientEvent::Chat(_)));
+}

@@ -128,7 +128,7 @@ pub enum ConnectError {
     /// The address resolved to nothing.
     #[error("{0} resolves to no address")]
     NoAddress(String),
-    /// The socket or TLS configuration could not be set up (a missing `./certs/cert.der`, say).
+    /// The socket or TLS configuration could not be set up (a missing `./certs/dev-cert.der`, say).
     #[error(transparent)]
     Transport(#[from] TransportError),
     /// quinn refused to start the connection (a bad server name, say).

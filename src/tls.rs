@@ -2,8 +2,8 @@
 //!
 //! ## Server identity
 //! On first start the relay generates a self-signed development certificate with rcgen into its
-//! certificate folder (`./certs/` by default): [`CERT_DER_FILE`], [`CERT_PEM_FILE`] and
-//! [`KEY_PEM_FILE`] (mode 0600). Later starts reuse it, so its SHA-256 [`Fingerprint`], printed at
+//! certificate folder (`./certs/` by default): [`CERT_DER_FILE`], [`KEY_DER_FILE`] (mode 0600)
+//! and, for other tools, [`CERT_PEM_FILE`]. Later starts reuse it, so its SHA-256 [`Fingerprint`], printed at
 //! start, stays the same. A real certificate chain and key (PEM) can be configured instead with
 //! [`load_cert_and_key`].
 //!
@@ -38,12 +38,12 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 
 use neonet_proto::msg::ALPN;
 
-/// The development certificate, DER encoded, in the certificate folder.
-pub const CERT_DER_FILE: &str = "cert.der";
+/// The development certificate, DER encoded, in the certificate folder (what clients pin).
+pub const CERT_DER_FILE: &str = "dev-cert.der";
 /// The development certificate, PEM encoded (for other tools), in the certificate folder.
-pub const CERT_PEM_FILE: &str = "cert.pem";
-/// The development certificate's private key, PKCS#8 PEM, mode 0600, in the certificate folder.
-pub const KEY_PEM_FILE: &str = "key.pem";
+pub const CERT_PEM_FILE: &str = "dev-cert.pem";
+/// The development certificate's private key, PKCS#8 DER, mode 0600, in the certificate folder.
+pub const KEY_DER_FILE: &str = "dev-key.der";
 /// Names the development certificate is valid for. Clients default to the first as server name.
 pub const DEV_CERT_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
 /// The server name clients send by default (matches the development certificate).
@@ -172,10 +172,11 @@ pub struct ServerIdentity {
 /// If only some of the files exist, all are regenerated: a half-written identity is not one.
 pub fn load_or_generate_dev_cert(dir: &Path) -> Result<ServerIdentity, TlsError> {
     let cert_path = dir.join(CERT_DER_FILE);
-    let key_path = dir.join(KEY_PEM_FILE);
+    let key_path = dir.join(KEY_DER_FILE);
     if cert_path.is_file() && key_path.is_file() {
         let cert = fs::read(&cert_path).map_err(io_err(&cert_path))?;
-        let key = read_key(&key_path)?;
+        let key = fs::read(&key_path).map_err(io_err(&key_path))?;
+        let key = PrivateKeyDer::Pkcs8(key.into());
         let fingerprint = Fingerprint::of(&cert);
         return Ok(ServerIdentity {
             chain: vec![CertificateDer::from(cert)],
@@ -189,7 +190,7 @@ pub fn load_or_generate_dev_cert(dir: &Path) -> Result<ServerIdentity, TlsError>
     let ck = rcgen::generate_simple_self_signed(names)?;
     let cert_der = ck.cert.der().to_vec();
     // Key first, so a crash between the writes leaves no certificate without its key.
-    write_private(&key_path, ck.key_pair.serialize_pem().as_bytes())?;
+    write_private(&key_path, &ck.key_pair.serialize_der())?;
     write_file(&dir.join(CERT_PEM_FILE), ck.cert.pem().as_bytes())?;
     write_file(&cert_path, &cert_der)?;
     let key = PrivateKeyDer::Pkcs8(ck.key_pair.serialize_der().into());
@@ -460,7 +461,7 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = fs::metadata(dir.path().join(KEY_PEM_FILE))
+            let mode = fs::metadata(dir.path().join(KEY_DER_FILE))
                 .unwrap()
                 .permissions()
                 .mode();

@@ -182,7 +182,7 @@ fn trust_modes_accept_the_right_certificate_and_refuse_others() {
     let certs = relay.dir.path().join("certs");
     for trust in [
         Trust::DevCertDir(certs.clone()),
-        Trust::CertFile(certs.join("cert.pem")),
+        Trust::CertFile(certs.join("dev-cert.pem")),
         Trust::DangerAcceptAnyCert,
     ] {
         let c = Client::connect(
@@ -359,7 +359,7 @@ fn the_relay_binary_starts_with_no_configuration_and_stops_on_sigterm() {
         addr.expect("address printed"),
         fingerprint.expect("fingerprint"),
     );
-    assert!(dir.path().join("certs/cert.der").is_file());
+    assert!(dir.path().join("certs/dev-cert.der").is_file());
     assert!(dir.path().join("data").is_dir());
     let client = Client::connect(
         addr,
@@ -372,7 +372,9 @@ fn the_relay_binary_starts_with_no_configuration_and_stops_on_sigterm() {
     .unwrap();
     assert_eq!(
         fingerprint,
-        neonet::tls::Fingerprint::of(&std::fs::read(dir.path().join("certs/cert.der")).unwrap())
+        neonet::tls::Fingerprint::of(
+            &std::fs::read(dir.path().join("certs/dev-cert.der")).unwrap()
+        )
     );
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])

@@ -70,8 +70,9 @@ pub struct RelayConfig {
     /// UDP address QUIC listens on. Default `0.0.0.0:4433` ([`DEFAULT_PORT`]); port 0 picks a
     /// free port (see `RelayHandle::local_addr`).
     pub listen: SocketAddr,
-    /// TCP address of the metrics/status HTTP server, `None` for none. Default
-    /// `127.0.0.1:4480` ([`DEFAULT_HTTP_PORT`]). Carried for the HTTP server; QUIC ignores it.
+    /// TCP address of the metrics/status HTTP server ([`crate::http`]), `None` for none
+    /// (`--no-http`). Default `127.0.0.1:4480` ([`DEFAULT_HTTP_PORT`]): loopback only, since the
+    /// page is for operators.
     pub http_listen: Option<SocketAddr>,
     /// Folder for the world's data and the token secret. Default `./data`. Created if absent.
     pub data_dir: PathBuf,

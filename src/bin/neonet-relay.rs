@@ -21,7 +21,10 @@ use neonet::relay::{Relay, RelayHooks};
 
 /// neonet relay: hosts a world for QUIC clients.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(
+    version,
+    about = "neonet relay: hosts a persistent world for QUIC clients"
+)]
 struct Args {
     /// TOML configuration file (every key optional; flags win).
     #[arg(long, value_name = "FILE")]
@@ -30,8 +33,11 @@ struct Args {
     #[arg(long, value_name = "ADDR")]
     listen: Option<SocketAddr>,
     /// TCP address of the metrics/status HTTP server [default: 127.0.0.1:4480].
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", conflicts_with = "no_http")]
     http_listen: Option<SocketAddr>,
+    /// Serve no metrics/status HTTP.
+    #[arg(long)]
+    no_http: bool,
     /// Data folder [default: ./data].
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
@@ -67,6 +73,9 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(v) = args.http_listen {
         config.http_listen = Some(v);
+    }
+    if args.no_http {
+        config.http_listen = None;
     }
     if let Some(v) = args.data_dir {
         config.data_dir = v;

@@ -99,7 +99,9 @@ fn main() -> anyhow::Result<()> {
         _ => config.log_level.clone(),
     };
     config.log_level = filter.clone();
+    // Logs on stderr; stdout carries only the address and fingerprint lines, for scripts.
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&filter).context("--log-level")?)
         .init();
     config.validate()?;

@@ -159,6 +159,11 @@ pub enum Inbound {
         /// Which.
         conn: ConnId,
     },
+    /// The store recovered (`ok`) or failed outside any batch of changes.
+    StorageHealth {
+        /// Whether the store works.
+        ok: bool,
+    },
     /// The persistence layer made changes durable (`ok`) or failed to (`!ok`).
     Durable {
         /// The acknowledgements now due.
@@ -187,6 +192,7 @@ impl std::fmt::Debug for Inbound {
             Inbound::Durable { tokens, ok } => {
                 write!(f, "Durable({} tokens, ok={ok})", tokens.len())
             }
+            Inbound::StorageHealth { ok } => write!(f, "StorageHealth(ok={ok})"),
         }
     }
 }
@@ -757,6 +763,7 @@ impl CoreTask {
                 self.core.handle_disconnect(conn, now);
             }
             Inbound::Durable { tokens, ok } => self.core.handle_durable(&tokens, ok),
+            Inbound::StorageHealth { ok } => self.core.handle_storage_health(ok),
         }
     }
 

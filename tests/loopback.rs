@@ -520,3 +520,45 @@ fn joining_again_replaces_the_old_session() {
     second.send_chat("I am the one").unwrap();
     expect(&second, "own chat", |e| matches!(e, ClientEvent::Chat(_)));
 }
+
+/// With durable acknowledgements, a change is acknowledged only after the store says so
+/// through `Inbound::Durable`.
+#[test]
+fn durable_acks_wait_for_the_store() {
+    use neonet::proto::server::Change;
+    use neonet::relay::{Inbound, RelayHooks};
+    let (tx, rx) = std::sync::mpsc::channel();
+    let relay = TestRelay::start_with(RelayHooks {
+        effects: Some(Box::new(move |e| {
+            let _ = tx.send(e);
+        })),
+        durable_acks: true,
+        ..Default::default()
+    });
+    let ada = relay.client("ada");
+    let req = ada.send_chat("keep this").unwrap();
+    let effect = loop {
+        let e = rx.recv_timeout(WAIT).expect("the chat's effect");
+        if matches!(e.change, Change::AppendChat(_)) {
+            break e;
+        }
+    };
+    let token = effect.ack.expect("the sender waits for this change");
+    assert_eq!(token.req, req);
+    // The chat is relayed at once; its ack is held until the store confirms it.
+    let mut early = Vec::new();
+    expect(&ada, "own chat", |e| {
+        early.push(e.clone());
+        matches!(e, ClientEvent::Chat(_))
+    });
+    assert!(!early.contains(&ClientEvent::Acked(req)), "{early:?}");
+    relay
+        .handle()
+        .inbound()
+        .blocking_send(Inbound::Durable {
+            tokens: vec![token],
+            ok: true,
+        })
+        .unwrap();
+    expect(&ada, "the durable ack", |e| *e == ClientEvent::Acked(req));
+}

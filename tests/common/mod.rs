@@ -87,6 +87,11 @@ impl TestRelay {
         Client::connect(self.addr, self.options(name)).expect("client connects and joins")
     }
 
+    /// The running relay.
+    pub fn handle(&self) -> &RelayHandle {
+        self.handle.as_ref().expect("running")
+    }
+
     /// The runtime the relay runs on (for raw quinn clients).
     pub fn runtime(&self) -> &tokio::runtime::Runtime {
         &self.rt

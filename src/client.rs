@@ -354,7 +354,11 @@ impl Client {
                 rt.block_on(async move {
                     match handshake(&p).await {
                         Ok((endpoint, conn)) => {
-                            let _ = setup_tx.send(Ok(conn.clone()));
+                            if setup_tx.send(Ok(conn.clone())).is_err() {
+                                // `connect` gave up waiting: nobody will use this connection.
+                                conn.close(quic::close_code(CloseReason::ClientLeft), b"");
+                                return;
+                            }
                             run_to_end(bg, endpoint, conn).await;
                         }
                         Err(e) => {

@@ -42,6 +42,9 @@ pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(5);
 /// kind of machine (numbers.md); 8 MiB holds ≈ 7,000 full-size packets. The kernel may grant
 /// less (`net.core.rmem_max`); the relay logs what it got.
 pub const SOCKET_BUFFER_BYTES: usize = 8 * 1024 * 1024;
+/// Requested socket buffers of a client, bytes: one connection, but a snapshot arrives as a
+/// burst of packets.
+pub const CLIENT_SOCKET_BUFFER_BYTES: usize = 2 * 1024 * 1024;
 /// Datagrams buffered for the application per connection, bytes (quinn drops the oldest beyond).
 pub const DATAGRAM_RECEIVE_BUFFER_BYTES: usize = 1024 * 1024;
 /// Datagrams queued for sending per connection, bytes (quinn drops the oldest beyond).
@@ -145,9 +148,12 @@ pub fn bind_udp(
         // Dual stack on `[::]`, so one relay serves IPv4 and IPv6.
         let _ = socket.set_only_v6(false);
     }
-    // Best effort: unprivileged processes are capped by net.core.{r,w}mem_max.
-    let _ = socket.set_recv_buffer_size(buffer_bytes);
-    let _ = socket.set_send_buffer_size(buffer_bytes);
+    // Best effort: unprivileged processes are capped by net.core.{r,w}mem_max. Zero keeps the
+    // system default (asking for 0 would get the kernel's minimum).
+    if buffer_bytes > 0 {
+        let _ = socket.set_recv_buffer_size(buffer_bytes);
+        let _ = socket.set_send_buffer_size(buffer_bytes);
+    }
     socket.set_nonblocking(true).map_err(err)?;
     socket.bind(&addr.into()).map_err(err)?;
     let buffers = SocketBuffers {
@@ -213,8 +219,7 @@ pub fn client_endpoint(server: SocketAddr) -> Result<Endpoint, TransportError> {
     } else {
         (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
     };
-    // A client's socket carries one connection: default buffers are plenty.
-    let (socket, _) = bind_udp(bind, 0)?;
+    let (socket, _) = bind_udp(bind, CLIENT_SOCKET_BUFFER_BYTES)?;
     Endpoint::new(
         EndpointConfig::default(),
         None,

@@ -562,3 +562,34 @@ fn durable_acks_wait_for_the_store() {
         .unwrap();
     expect(&ada, "the durable ack", |e| *e == ClientEvent::Acked(req));
 }
+
+/// A large blueprint travels on the world stream, reaches the others and a newcomer's snapshot,
+/// and chat keeps flowing beside it.
+#[test]
+fn a_large_blueprint_reaches_everyone() {
+    use neonet::proto::types::Bytes as PropBytes;
+    let relay = TestRelay::start();
+    let ada = relay.client("ada");
+    let bob = relay.client("bob");
+    let id = BlueprintId("big".into());
+    let props = PropBytes((0..500_000u32).map(|i| (i % 251) as u8).collect());
+    ada.add_blueprint(Blueprint {
+        id: id.clone(),
+        version: 1,
+        props: props.clone(),
+        ..Blueprint::default()
+    })
+    .unwrap();
+    ada.send_chat("sent a big one").unwrap();
+    expect_all(
+        &bob,
+        "the big blueprint and the chat",
+        &mut [
+            &mut |e| *e == ClientEvent::BlueprintAdded(id.clone()),
+            &mut |e| matches!(e, ClientEvent::Chat(m) if m.body == "sent a big one"),
+        ],
+    );
+    assert_eq!(bob.with_world(|w| w.blueprints[&id].props.clone()), props);
+    let cy = relay.client("cy");
+    assert_eq!(cy.with_world(|w| w.blueprints[&id].props.clone()), props);
+}

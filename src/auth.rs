@@ -20,8 +20,8 @@ use neonet_proto::types::UserId;
 
 /// File holding the token secret in the data folder.
 pub const SECRET_FILE: &str = "token.secret";
-/// Bytes of the token secret: the HMAC-SHA256 block-size recommendation's lower bound (the
-/// output size), more than enough against brute force.
+/// Bytes of the token secret: SHA-256's output size, the minimum key length RFC 2104
+/// recommends for HMAC; far beyond brute force.
 pub const SECRET_BYTES: usize = 32;
 /// Version prefix of tokens, so the format can change deliberately.
 const TOKEN_PREFIX: &str = "v1";

@@ -32,9 +32,19 @@ async fn raw_connect(
     relay: &TestRelay,
     alpn: &[&[u8]],
 ) -> Result<Connection, ConnectionError> {
+    raw_connect_with(addr, relay, alpn, quinn::TransportConfig::default()).await
+}
+
+async fn raw_connect_with(
+    addr: SocketAddr,
+    relay: &TestRelay,
+    alpn: &[&[u8]],
+    transport: quinn::TransportConfig,
+) -> Result<Connection, ConnectionError> {
     let mut crypto = tls::client_crypto(&Trust::Sha256(relay.fingerprint)).unwrap();
     crypto.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
-    let cfg = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(crypto).unwrap()));
+    let mut cfg = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(crypto).unwrap()));
+    cfg.transport_config(Arc::new(transport));
     let endpoint = quic::client_endpoint(addr).unwrap();
     endpoint.connect_with(cfg, addr, "localhost").unwrap().await
 }
@@ -243,7 +253,15 @@ fn a_flooding_client_that_never_reads_is_cut_off_and_others_carry_on() {
         pings.extend_from_slice(&codec::encode_frame(&ClientMsg::Ping { client_time_us: t }));
     }
     let rt = relay.runtime();
-    let conn = rt.block_on(raw_connect(addr, &relay, &[ALPN])).unwrap();
+    // Small receive windows: the relay can have little unread data in flight to it, so its
+    // pongs pile up in its own bounded send queue (and the flooder's quinn never has to buffer
+    // megabytes it does not read).
+    let mut transport = quinn::TransportConfig::default();
+    transport.stream_receive_window(quinn::VarInt::from_u32(16 * 1024));
+    transport.receive_window(quinn::VarInt::from_u32(64 * 1024));
+    let conn = rt
+        .block_on(raw_connect_with(addr, &relay, &[ALPN], transport))
+        .unwrap();
     let flood = {
         let conn = conn.clone();
         rt.spawn(async move {

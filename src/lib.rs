@@ -6,6 +6,13 @@
 #![warn(missing_docs)]
 
 pub use neonet_proto as proto;
+
+pub mod auth;
+pub mod client;
+pub mod config;
 pub mod http;
 pub mod metrics;
 pub mod proxy;
+pub mod quic;
+pub mod relay;
+pub mod tls;

@@ -1,2 +1,178 @@
 //! `neonet-relay`: the standalone server.
-fn main() {}
+//!
+//! Zero configuration: `cargo run --bin neonet-relay` listens on UDP `0.0.0.0:4433`, creates
+//! `./certs/` (a self-signed development certificate, reused later) and `./data/` in the working
+//! directory, prints its address and certificate fingerprint, and shuts down cleanly on Ctrl-C or
+//! SIGTERM. Flags override an optional TOML file (`--config FILE`), which overrides defaults.
+//! The status page and Prometheus metrics are served on `http_listen` (default
+//! `http://127.0.0.1:4480`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+
+use neonet::config::RelayConfig;
+use neonet::metrics::{Metrics, MetricsConfig};
+use neonet::relay::{Relay, RelayHooks};
+
+/// neonet relay: hosts a world for QUIC clients.
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    about = "neonet relay: hosts a persistent world for QUIC clients"
+)]
+struct Args {
+    /// TOML configuration file (every key optional; flags win).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// UDP address to listen on [default: 0.0.0.0:4433].
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// TCP address of the metrics/status HTTP server [default: 127.0.0.1:4480].
+    #[arg(long, value_name = "ADDR", conflicts_with = "no_http")]
+    http_listen: Option<SocketAddr>,
+    /// Serve no metrics/status HTTP.
+    #[arg(long)]
+    no_http: bool,
+    /// Data folder [default: ./data].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Development certificate folder [default: ./certs].
+    #[arg(long, value_name = "DIR")]
+    cert_dir: Option<PathBuf>,
+    /// A real certificate chain (PEM), instead of the development certificate.
+    #[arg(long, value_name = "FILE", requires = "key")]
+    cert: Option<PathBuf>,
+    /// The private key (PEM) of --cert.
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    key: Option<PathBuf>,
+    /// Server tick rate, Hz (10-120) [default: 30].
+    #[arg(long, value_name = "HZ")]
+    tick_hz: Option<u16>,
+    /// Most joined players; 0 keeps the world's setting [default: 0].
+    #[arg(long, value_name = "N")]
+    player_limit: Option<u32>,
+    /// Log filter, e.g. `info` or `neonet=debug` [default: RUST_LOG, else info].
+    #[arg(long, value_name = "FILTER")]
+    log_level: Option<String>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let mut config = match &args.config {
+        Some(path) => RelayConfig::from_toml_file(path)?,
+        None => RelayConfig::default(),
+    };
+    let file_has_log_level = args.config.is_some() && config.log_level != "info";
+    if let Some(v) = args.listen {
+        config.listen = v;
+    }
+    if let Some(v) = args.http_listen {
+        config.http_listen = Some(v);
+    }
+    if args.no_http {
+        config.http_listen = None;
+    }
+    if let Some(v) = args.data_dir {
+        config.data_dir = v;
+    }
+    if let Some(v) = args.cert_dir {
+        config.cert_dir = v;
+    }
+    if let (Some(c), Some(k)) = (args.cert, args.key) {
+        config.cert_path = Some(c);
+        config.key_path = Some(k);
+    }
+    if let Some(v) = args.tick_hz {
+        config.tick_hz = v;
+    }
+    if let Some(v) = args.player_limit {
+        config.player_limit = v;
+    }
+    let filter = match (&args.log_level, std::env::var("RUST_LOG")) {
+        (Some(flag), _) => flag.clone(),
+        (None, Ok(env)) if !file_has_log_level => env,
+        _ => config.log_level.clone(),
+    };
+    config.log_level = filter.clone();
+    // Logs on stderr; stdout carries only the address and fingerprint lines, for scripts.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&filter).context("--log-level")?)
+        .init();
+    config.validate()?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    runtime.block_on(run(config))
+}
+
+async fn run(config: RelayConfig) -> anyhow::Result<()> {
+    tracing::info!(
+        data_dir = %config.data_dir.display(),
+        tick_hz = config.tick_hz,
+        "starting neonet-relay"
+    );
+    let metrics = Arc::new(Metrics::new(MetricsConfig {
+        tick_period: Duration::from_secs(1) / u32::from(config.tick_hz),
+    }));
+    let http = match config.http_listen {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the HTTP server to {addr}"))?;
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            println!("status and metrics on http://{}", listener.local_addr()?);
+            let task = tokio::spawn(neonet::http::serve(listener, metrics.clone(), async {
+                let _ = stopped.await;
+            }));
+            Some((stop, task))
+        }
+        None => None,
+    };
+    let relay = Relay::start_with(
+        config,
+        RelayHooks {
+            metrics: Some(metrics),
+            ..RelayHooks::default()
+        },
+    )
+    .await?;
+    println!("neonet-relay listening on udp {}", relay.local_addr());
+    println!("certificate sha-256: {}", relay.cert_fingerprint());
+    println!(
+        "connect with: cargo run --example chat -- {}   (from another folder add --cert-sha256 {})",
+        relay.local_addr(),
+        relay.cert_fingerprint()
+    );
+    wait_for_signal().await?;
+    tracing::info!("signal received: shutting down");
+    relay.shutdown().await?;
+    if let Some((stop, task)) = http {
+        let _ = stop.send(());
+        task.await.context("the HTTP task")??;
+    }
+    Ok(())
+}
+
+#[cfg(unix)]
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+async fn wait_for_signal() -> anyhow::Result<()> {
+    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")
+}

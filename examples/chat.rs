@@ -1,0 +1,211 @@
+//! A terminal chat client.
+//!
+//! ```text
+//! cargo run --bin neonet-relay                 # in one terminal
+//! cargo run --example chat -- --name ada       # in two others (same folder: no flags needed)
+//! cargo run --example chat -- 10.0.0.5:4433 --cert-sha256 <fingerprint the relay printed>
+//! ```
+//!
+//! Joins, lists who is there, prints chat, joins and leaves as they happen, and sends each line
+//! typed (or piped) on stdin. A line starting with `/` is a command (`/name ada`, `/chat clear`);
+//! `/quit` leaves. When stdin ends (a pipe), it waits for its messages to be acknowledged, then
+//! leaves, unless `--stay` is given.
+
+use std::collections::HashMap;
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+
+use neonet::client::{Client, ClientEvent, ClientOptions};
+use neonet::proto::types::{EntityId, EntityKind};
+use neonet::tls::{Fingerprint, Trust};
+
+/// neonet terminal chat.
+#[derive(Debug, Parser)]
+struct Args {
+    /// Relay address.
+    #[arg(default_value_t = format!("127.0.0.1:{}", neonet::config::DEFAULT_PORT))]
+    addr: String,
+    /// Display name [default: $USER, else "player"].
+    #[arg(long)]
+    name: Option<String>,
+    /// Pin the relay's certificate from this file (PEM or DER).
+    #[arg(long, value_name = "FILE", conflicts_with = "cert_sha256")]
+    cert: Option<PathBuf>,
+    /// Pin the relay's certificate by its SHA-256 fingerprint (as the relay prints it).
+    #[arg(long, value_name = "HEX")]
+    cert_sha256: Option<String>,
+    /// Development certificate folder to trust when neither --cert nor --cert-sha256 is given.
+    #[arg(long, value_name = "DIR", default_value = "certs")]
+    cert_dir: PathBuf,
+    /// Accept any certificate: the relay is NOT authenticated.
+    #[arg(long)]
+    danger_accept_any_cert: bool,
+    /// TLS server name.
+    #[arg(long, default_value = "localhost")]
+    server_name: String,
+    /// Keep running after stdin ends.
+    #[arg(long)]
+    stay: bool,
+}
+
+/// How long to wait for our last messages to be acknowledged after stdin ends.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Frame period of the event loop.
+const FRAME: Duration = Duration::from_millis(10);
+
+fn player_name(client: &Client, id: EntityId) -> Option<String> {
+    client.with_world(|w| {
+        let e = w.entities.get(&id)?;
+        (e.kind == EntityKind::Player).then(|| {
+            e.props
+                .iter()
+                .find(|(k, _)| k == "name")
+                .map(|(_, v)| String::from_utf8_lossy(&v.0).into_owned())
+                .unwrap_or_default()
+        })
+    })
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let trust = if args.danger_accept_any_cert {
+        Trust::DangerAcceptAnyCert
+    } else if let Some(hex) = &args.cert_sha256 {
+        Trust::Sha256(hex.parse::<Fingerprint>()?)
+    } else if let Some(path) = &args.cert {
+        Trust::CertFile(path.clone())
+    } else {
+        Trust::DevCertDir(args.cert_dir.clone())
+    };
+    let name = args
+        .name
+        .clone()
+        .or_else(|| std::env::var("USER").ok())
+        .unwrap_or_else(|| "player".into());
+    eprintln!("* connecting to {} as {name}…", args.addr);
+    let client = Client::connect(
+        args.addr.as_str(),
+        ClientOptions {
+            name: name.clone(),
+            trust,
+            server_name: args.server_name.clone(),
+            ..ClientOptions::default()
+        },
+    )
+    .with_context(|| format!("connecting to {}", args.addr))?;
+
+    let me = client.player();
+    let mut names: HashMap<EntityId, String> = client.world().player_names().into_iter().collect();
+    let others: Vec<&str> = names
+        .iter()
+        .filter(|(id, _)| Some(**id) != me)
+        .map(|(_, n)| n.as_str())
+        .collect();
+    println!("* connected to {} as {name}", client.remote_addr());
+    if others.is_empty() {
+        println!("* nobody else is here");
+    } else {
+        println!("* here: {}", others.join(", "));
+    }
+    for m in client.world().chat {
+        println!("<{}> {}", m.from_name, m.body);
+    }
+    std::io::stdout().flush().ok();
+
+    let (lines_tx, lines_rx) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines() {
+            let Ok(line) = line else { break };
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+
+    let mut pending = std::collections::BTreeSet::new();
+    let mut eof_at: Option<Instant> = None;
+    loop {
+        while let Some(ev) = client.poll_event() {
+            match ev {
+                ClientEvent::Joined { .. } => {}
+                ClientEvent::Chat(m) => println!("<{}> {}", m.from_name, m.body),
+                ClientEvent::ChatCleared => println!("* chat cleared"),
+                ClientEvent::EntityAdded(id) => {
+                    if let Some(n) = player_name(&client, id) {
+                        println!("* {n} joined");
+                        names.insert(id, n);
+                    }
+                }
+                ClientEvent::EntityModified(id) => {
+                    if let Some(n) = player_name(&client, id) {
+                        if names.get(&id) != Some(&n) {
+                            println!("* {} is now {n}", names.get(&id).map_or("?", |s| s));
+                            names.insert(id, n);
+                        }
+                    }
+                }
+                ClientEvent::EntityRemoved(id) => {
+                    if let Some(n) = names.remove(&id) {
+                        println!("* {n} left");
+                    }
+                }
+                ClientEvent::Acked(req) => {
+                    pending.remove(&req);
+                }
+                ClientEvent::Refused { req, reason } => {
+                    pending.remove(&req);
+                    println!("* refused: {reason}");
+                }
+                ClientEvent::Disconnected { reason, detail } => {
+                    println!("* disconnected: {reason} ({detail})");
+                    return Ok(());
+                }
+                _ => {}
+            }
+        }
+        std::io::stdout().flush().ok();
+        loop {
+            match lines_rx.try_recv() {
+                Ok(line) => {
+                    let line = line.trim();
+                    if line.is_empty() {
+                        continue;
+                    }
+                    if line == "/quit" {
+                        client.close();
+                        return Ok(());
+                    }
+                    let req = match line.strip_prefix('/') {
+                        Some(cmd) => client
+                            .send_command(cmd.split_whitespace().map(str::to_string).collect()),
+                        None => client.send_chat(line),
+                    };
+                    match req {
+                        Ok(req) => {
+                            pending.insert(req);
+                        }
+                        Err(e) => println!("* {e}"),
+                    }
+                }
+                Err(mpsc::TryRecvError::Empty) => break,
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    if args.stay {
+                        break;
+                    }
+                    let at = *eof_at.get_or_insert_with(Instant::now);
+                    if pending.is_empty() || at.elapsed() > DRAIN_TIMEOUT {
+                        client.close();
+                        return Ok(());
+                    }
+                    break;
+                }
+            }
+        }
+        std::thread::sleep(FRAME);
+    }
+}

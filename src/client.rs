@@ -1,0 +1,903 @@
+//! The native client: a non-async facade over [`ClientCore`] for game loops.
+//!
+//! A background thread runs a single-threaded tokio runtime with the quinn connection. The core
+//! lives behind a mutex shared with that thread: the game calls [`Client`] methods from its frame
+//! loop (each takes the lock briefly and never waits for the network), the background thread
+//! feeds the core what arrives and sends what the core queues. Async programs that run many
+//! clients (the load tool) use [`Client::connect_async`] instead: the same background work runs
+//! as a task on their runtime, each client still on its own UDP socket.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use neonet::client::{Client, ClientEvent, ClientOptions};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let client = Client::connect("127.0.0.1:4433", ClientOptions::named("ada"))?;
+//! client.send_chat("hello")?;
+//! loop {
+//!     // once per frame: take events, then send
+//!     while let Some(event) = client.poll_event() {
+//!         match event {
+//!             ClientEvent::Chat(m) => println!("<{}> {}", m.from_name, m.body),
+//!             ClientEvent::Disconnected { reason, detail } => {
+//!                 println!("disconnected: {reason} ({detail})");
+//!                 return Ok(());
+//!             }
+//!             _ => {}
+//!         }
+//!     }
+//!     std::thread::sleep(Duration::from_millis(16));
+//! }
+//! # }
+//! ```
+//!
+//! ## Guarantees
+//! - [`Client::connect`] returns once the client has joined (the `Joined` event is then waiting
+//!   in [`Client::poll_event`]) or with a typed [`ConnectError`]; it never waits longer than
+//!   [`ClientOptions::connect_timeout`].
+//! - Nothing the server sends can panic the client; a server breaking the protocol ends the
+//!   session with a `Disconnected` event.
+//! - Reliable messages arrive in order within a channel. Streams are not ordered with each
+//!   other; the core holds messages that overtake the snapshot and applies them after it.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use quinn::{Connection, ConnectionError};
+use tokio::sync::{mpsc, Notify};
+
+use neonet_proto::client::{ClientConfig, ClientTransmit};
+use neonet_proto::codec;
+use neonet_proto::limits::{FRAME_BYTES_MAX, SNAPSHOT_BYTES_MAX};
+use neonet_proto::msg::{Channel, CloseReason, ServerMsg};
+use neonet_proto::types::{
+    Blueprint, BlueprintId, BlueprintPatch, Bytes as PropBytes, EntityId, EntityPatch, Rank, ReqId,
+    Transform, UserId,
+};
+use neonet_proto::Time;
+
+use crate::quic::{self, ChannelWriters, StreamEvent, TransportError};
+use crate::tls::Trust;
+
+pub use neonet_proto::client::{ClientCore, ClientEvent, ClientState, ClientWorld};
+
+/// Frames queued from the stream readers to the client's task. Full: readers wait and QUIC flow
+/// control slows the server.
+pub const INBOUND_QUEUE_LEN: usize = 4096;
+/// Frames handled per lock of the core, so a fast server cannot keep the game's frame loop
+/// waiting on the lock.
+pub const INBOUND_BATCH_MAX: usize = 64;
+/// Default bound on connecting and joining.
+pub const CONNECT_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
+
+/// How to connect.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// Display name to join with (1–64 bytes, no control characters).
+    pub name: String,
+    /// A token from an earlier session ([`Client::token`]) to come back as the same user.
+    pub token: Option<String>,
+    /// How to authenticate the relay. Default: the development certificate in `./certs/`.
+    pub trust: Trust,
+    /// TLS server name. Default `localhost` (the development certificate's name).
+    pub server_name: String,
+    /// Bound on the QUIC handshake plus the join. Default 10 s.
+    pub connect_timeout: Duration,
+    /// QUIC idle timeout. Default [`crate::config::IDLE_TIMEOUT_MS_DEFAULT`].
+    pub idle_timeout: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            name: "player".into(),
+            token: None,
+            trust: Trust::default(),
+            server_name: crate::tls::DEFAULT_SERVER_NAME.into(),
+            connect_timeout: CONNECT_TIMEOUT_DEFAULT,
+            idle_timeout: Duration::from_millis(crate::config::IDLE_TIMEOUT_MS_DEFAULT),
+        }
+    }
+}
+
+impl ClientOptions {
+    /// Default options with a display name.
+    pub fn named(name: impl Into<String>) -> ClientOptions {
+        ClientOptions {
+            name: name.into(),
+            ..ClientOptions::default()
+        }
+    }
+}
+
+/// Why [`Client::connect`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The address could not be resolved.
+    #[error("resolving {addr}: {source}")]
+    Resolve {
+        /// The address given.
+        addr: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The address resolved to nothing.
+    #[error("{0} resolves to no address")]
+    NoAddress(String),
+    /// The socket or TLS configuration could not be set up (a missing `./certs/dev-cert.der`, say).
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// quinn refused to start the connection (a bad server name, say).
+    #[error("starting the connection: {0}")]
+    Connect(#[from] quinn::ConnectError),
+    /// The handshake failed: unreachable, certificate not trusted, ALPN mismatch.
+    #[error("QUIC handshake: {0}")]
+    Handshake(#[from] ConnectionError),
+    /// No handshake or no join within the timeout.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    /// The server closed the session before the join completed.
+    #[error("refused by the server: {reason} ({detail})")]
+    Refused {
+        /// Why.
+        reason: CloseReason,
+        /// Detail from the server.
+        detail: String,
+    },
+    /// The background thread or its runtime could not start.
+    #[error("starting the network thread: {0}")]
+    Runtime(#[source] std::io::Error),
+}
+
+/// Why a call on a connected [`Client`] failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ClientError {
+    /// The session has ended; nothing more can be sent.
+    #[error("disconnected: {reason} ({detail})")]
+    Closed {
+        /// Why.
+        reason: CloseReason,
+        /// Detail.
+        detail: String,
+    },
+    /// A datagram larger than the path allows now.
+    #[error("datagram of {len} bytes exceeds the path's {max}-byte limit")]
+    DatagramTooLarge {
+        /// Its size, bytes.
+        len: usize,
+        /// The limit now, bytes.
+        max: usize,
+    },
+    /// The connection does not carry datagrams (the peer disabled them).
+    #[error("the connection does not carry datagrams")]
+    DatagramsUnsupported,
+}
+
+/// Why [`Client::wait_for`] returned without a match.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum WaitError {
+    /// Nothing matched within the timeout.
+    #[error("timed out")]
+    Timeout,
+    /// The session ended and no queued event matched.
+    #[error("disconnected: {reason} ({detail})")]
+    Closed {
+        /// Why.
+        reason: CloseReason,
+        /// Detail.
+        detail: String,
+    },
+}
+
+struct Inner {
+    core: Mutex<ClientCore>,
+    /// Signalled whenever the background changed the core (events may be waiting).
+    changed: Condvar,
+    /// The same, for async waiters.
+    changed_async: Notify,
+    /// Wakes the background thread to send what the core queued.
+    wake: Notify,
+    /// `close()` was called: leave, and stop after a bounded wait.
+    closing: AtomicBool,
+    start: Instant,
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, ClientCore> {
+        self.core.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn now(&self) -> Time {
+        Time(self.start.elapsed().as_micros() as u64)
+    }
+
+    fn notify_changed(&self) {
+        self.changed.notify_all();
+        self.changed_async.notify_waiters();
+    }
+}
+
+/// A connection to a relay. See the module documentation.
+pub struct Client {
+    inner: Arc<Inner>,
+    conn: Connection,
+    background: Background,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("remote", &self.conn.remote_address())
+            .field("state", self.inner.lock().state())
+            .finish()
+    }
+}
+
+fn closed_error(state: &ClientState) -> Option<ClientError> {
+    match state {
+        ClientState::Closed { reason, detail } => Some(ClientError::Closed {
+            reason: *reason,
+            detail: detail.clone(),
+        }),
+        _ => None,
+    }
+}
+
+/// What joining ended with.
+fn join_outcome(state: &ClientState) -> Option<Result<(), ConnectError>> {
+    match state {
+        ClientState::Joined => Some(Ok(())),
+        ClientState::Closed { reason, detail } => Some(Err(ConnectError::Refused {
+            reason: *reason,
+            detail: detail.clone(),
+        })),
+        ClientState::Joining => None,
+    }
+}
+
+/// Everything `connect` needs before the network: the address, the quinn configuration and the
+/// shared state with its fresh core.
+struct Prepared {
+    remote: SocketAddr,
+    quinn_config: quinn::ClientConfig,
+    server_name: String,
+    timeout: Duration,
+    inner: Arc<Inner>,
+}
+
+fn prepare(addr: impl ToSocketAddrs, options: &ClientOptions) -> Result<Prepared, ConnectError> {
+    let shown = || {
+        addr.to_socket_addrs()
+            .ok()
+            .and_then(|mut a| a.next())
+            .map_or_else(|| "address".to_string(), |a| a.to_string())
+    };
+    let remote: SocketAddr = addr
+        .to_socket_addrs()
+        .map_err(|source| ConnectError::Resolve {
+            addr: shown(),
+            source,
+        })?
+        .next()
+        .ok_or_else(|| ConnectError::NoAddress(shown()))?;
+    let quinn_config = quic::client_config(&options.trust, options.idle_timeout)?;
+    let inner = Arc::new(Inner {
+        core: Mutex::new(ClientCore::new(
+            ClientConfig {
+                name: options.name.clone(),
+                token: options.token.clone(),
+            },
+            Time::ZERO,
+        )),
+        changed: Condvar::new(),
+        changed_async: Notify::new(),
+        wake: Notify::new(),
+        closing: AtomicBool::new(false),
+        start: Instant::now(),
+    });
+    Ok(Prepared {
+        remote,
+        quinn_config,
+        server_name: options.server_name.clone(),
+        timeout: options.connect_timeout,
+        inner,
+    })
+}
+
+/// The QUIC handshake, on the current tokio runtime.
+async fn handshake(p: &Prepared) -> Result<(quinn::Endpoint, Connection), ConnectError> {
+    let endpoint = quic::client_endpoint(p.remote)?;
+    let connecting = endpoint.connect_with(p.quinn_config.clone(), p.remote, &p.server_name)?;
+    match tokio::time::timeout(p.timeout, connecting).await {
+        Ok(Ok(conn)) => Ok((endpoint, conn)),
+        Ok(Err(e)) => Err(e.into()),
+        Err(_) => Err(ConnectError::Timeout(p.timeout)),
+    }
+}
+
+/// The session until it ends, then a bounded wait for the endpoint to finish closing.
+async fn run_to_end(inner: Arc<Inner>, endpoint: quinn::Endpoint, conn: Connection) {
+    run(inner, conn).await;
+    let _ = tokio::time::timeout(quic::CLOSE_FLUSH_TIMEOUT, endpoint.wait_idle()).await;
+}
+
+impl Client {
+    /// Connects to a relay at `addr` (`"127.0.0.1:4433"`, `"host:4433"` or a `SocketAddr`) and
+    /// joins, with the network on a background thread of its own. Blocks for at most
+    /// `options.connect_timeout`. Do not call it from async code: see [`Client::connect_async`].
+    pub fn connect(
+        addr: impl ToSocketAddrs,
+        options: ClientOptions,
+    ) -> Result<Client, ConnectError> {
+        let p = prepare(addr, &options)?;
+        let (setup_tx, setup_rx) = std::sync::mpsc::channel::<Result<Connection, ConnectError>>();
+        let bg = p.inner.clone();
+        let inner = p.inner.clone();
+        let timeout = p.timeout;
+        let thread = std::thread::Builder::new()
+            .name("neonet-client".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = setup_tx.send(Err(ConnectError::Runtime(e)));
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    match handshake(&p).await {
+                        Ok((endpoint, conn)) => {
+                            if setup_tx.send(Ok(conn.clone())).is_err() {
+                                // `connect` gave up waiting: nobody will use this connection.
+                                conn.close(quic::close_code(CloseReason::ClientLeft), b"");
+                                return;
+                            }
+                            run_to_end(bg, endpoint, conn).await;
+                        }
+                        Err(e) => {
+                            let _ = setup_tx.send(Err(e));
+                        }
+                    }
+                });
+            })
+            .map_err(ConnectError::Runtime)?;
+        let conn = match setup_rx.recv_timeout(timeout + Duration::from_secs(1)) {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                return Err(e);
+            }
+            Err(_) => return Err(ConnectError::Timeout(timeout)),
+        };
+        let client = Client {
+            inner,
+            conn,
+            background: Background::Thread(Some(thread)),
+        };
+        // Wait for the join (or its refusal) within what is left of the timeout.
+        let deadline = client.inner.start + timeout;
+        let mut core = client.inner.lock();
+        loop {
+            if let Some(outcome) = join_outcome(core.state()) {
+                drop(core);
+                return outcome.map(|()| client);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                drop(core);
+                return Err(ConnectError::Timeout(timeout));
+            }
+            core = client
+                .inner
+                .changed
+                .wait_timeout(core, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Like [`Client::connect`], for async callers (a load tool running many clients on one
+    /// runtime): the network runs as a task on the current tokio runtime instead of a thread,
+    /// each client still on its own UDP socket. The per-frame methods stay non-blocking. End it
+    /// with [`Client::close_async`]; dropping it leaves without waiting.
+    pub async fn connect_async(
+        addr: SocketAddr,
+        options: ClientOptions,
+    ) -> Result<Client, ConnectError> {
+        let p = prepare(addr, &options)?;
+        let (endpoint, conn) = handshake(&p).await?;
+        let inner = p.inner.clone();
+        let task = tokio::spawn(run_to_end(inner.clone(), endpoint, conn.clone()));
+        let client = Client {
+            inner,
+            conn,
+            background: Background::Task(Some(task)),
+        };
+        let deadline = tokio::time::Instant::from_std(client.inner.start + p.timeout);
+        let shared = client.inner.clone();
+        loop {
+            let changed = shared.changed_async.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let outcome = join_outcome(shared.lock().state());
+            if let Some(outcome) = outcome {
+                return outcome.map(|()| client);
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return Err(ConnectError::Timeout(p.timeout));
+            }
+        }
+    }
+
+    // ---- per frame ----
+
+    /// The next event, if any. Call every frame until `None`.
+    pub fn poll_event(&self) -> Option<ClientEvent> {
+        self.inner.lock().poll_event()
+    }
+
+    /// Blocks until an event matching `pred` arrives (events before it are consumed), the
+    /// session ends, or `timeout` passes. For tests and tools; games use [`Client::poll_event`].
+    pub fn wait_for(
+        &self,
+        timeout: Duration,
+        mut pred: impl FnMut(&ClientEvent) -> bool,
+    ) -> Result<ClientEvent, WaitError> {
+        let deadline = Instant::now() + timeout;
+        let mut core = self.inner.lock();
+        loop {
+            while let Some(ev) = core.poll_event() {
+                if pred(&ev) {
+                    return Ok(ev);
+                }
+            }
+            if let ClientState::Closed { reason, detail } = core.state() {
+                return Err(WaitError::Closed {
+                    reason: *reason,
+                    detail: detail.clone(),
+                });
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(WaitError::Timeout);
+            }
+            core = self
+                .inner
+                .changed
+                .wait_timeout(core, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    fn send<R>(&self, f: impl FnOnce(&mut ClientCore) -> R) -> Result<R, ClientError> {
+        let r = {
+            let mut core = self.inner.lock();
+            if let Some(e) = closed_error(core.state()) {
+                return Err(e);
+            }
+            f(&mut core)
+        };
+        self.inner.wake.notify_one();
+        Ok(r)
+    }
+
+    /// Says something in chat. The server stamps the sender; it comes back as a `Chat` event.
+    pub fn send_chat(&self, body: impl Into<String>) -> Result<ReqId, ClientError> {
+        self.send(|c| c.send_chat(body))
+    }
+
+    /// Runs a command, name first (`["chat", "clear"]`, `["name", "ada"]`).
+    pub fn send_command(&self, args: Vec<String>) -> Result<ReqId, ClientError> {
+        self.send(|c| c.send_command(args))
+    }
+
+    /// Adds a blueprint (builder rank).
+    pub fn add_blueprint(&self, blueprint: Blueprint) -> Result<ReqId, ClientError> {
+        self.send(|c| c.add_blueprint(blueprint))
+    }
+
+    /// Modifies a blueprint at the version after the one this client knows. If someone else got
+    /// there first, the change is refused (`Conflict`) and the current blueprint comes back as
+    /// `BlueprintModified`.
+    pub fn modify_blueprint(
+        &self,
+        id: BlueprintId,
+        patch: BlueprintPatch,
+    ) -> Result<ReqId, ClientError> {
+        self.send(|c| c.modify_blueprint(id, patch))
+    }
+
+    /// Places an app (builder rank); its id arrives with `EntityAdded`.
+    pub fn add_entity(
+        &self,
+        blueprint: BlueprintId,
+        transform: Transform,
+        props: Vec<(String, PropBytes)>,
+    ) -> Result<ReqId, ClientError> {
+        self.send(|c| c.add_entity(blueprint, transform, props))
+    }
+
+    /// Modifies an entity's fields (its owner, or builder rank).
+    pub fn modify_entity(&self, id: EntityId, patch: EntityPatch) -> Result<ReqId, ClientError> {
+        self.send(|c| c.modify_entity(id, patch))
+    }
+
+    /// Removes an app (builder rank).
+    pub fn remove_entity(&self, id: EntityId) -> Result<ReqId, ClientError> {
+        self.send(|c| c.remove_entity(id))
+    }
+
+    /// Fires an event on an entity, to everyone else or to one player.
+    pub fn send_entity_event(
+        &self,
+        entity: EntityId,
+        name: impl Into<String>,
+        data: PropBytes,
+        to: Option<EntityId>,
+    ) -> Result<(), ClientError> {
+        self.send(|c| c.send_entity_event(entity, name, data, to))
+    }
+
+    /// Sends an unreliable datagram now (not through the core). It must fit
+    /// [`Client::max_datagram_size`], which changes with path MTU discovery.
+    pub fn send_datagram(&self, data: impl Into<Bytes>) -> Result<(), ClientError> {
+        if let Some(e) = closed_error(self.inner.lock().state()) {
+            return Err(e);
+        }
+        let data = data.into();
+        let len = data.len();
+        self.conn.send_datagram(data).map_err(|e| match e {
+            quinn::SendDatagramError::TooLarge => ClientError::DatagramTooLarge {
+                len,
+                max: self.conn.max_datagram_size().unwrap_or(0),
+            },
+            quinn::SendDatagramError::UnsupportedByPeer | quinn::SendDatagramError::Disabled => {
+                ClientError::DatagramsUnsupported
+            }
+            quinn::SendDatagramError::ConnectionLost(e) => ClientError::Closed {
+                reason: CloseReason::Timeout,
+                detail: e.to_string(),
+            },
+        })
+    }
+
+    /// The largest datagram the path carries now, `None` if datagrams are unsupported.
+    pub fn max_datagram_size(&self) -> Option<usize> {
+        self.conn.max_datagram_size()
+    }
+
+    // ---- state ----
+
+    /// A copy of the world mirror. See [`Client::with_world`] to avoid the copy.
+    pub fn world(&self) -> ClientWorld {
+        self.inner.lock().world().clone()
+    }
+
+    /// Runs `f` on the world mirror, holding the lock (keep `f` short).
+    pub fn with_world<R>(&self, f: impl FnOnce(&ClientWorld) -> R) -> R {
+        f(self.inner.lock().world())
+    }
+
+    /// Runs `f` on the core itself (for the transform and prediction layers), then sends what it
+    /// queued. Holds the lock: keep `f` short.
+    pub fn with_core<R>(&self, f: impl FnOnce(&mut ClientCore) -> R) -> R {
+        let r = f(&mut self.inner.lock());
+        self.inner.wake.notify_one();
+        r
+    }
+
+    /// Own player entity.
+    pub fn player(&self) -> Option<EntityId> {
+        self.inner.lock().player()
+    }
+
+    /// Own user.
+    pub fn user(&self) -> Option<UserId> {
+        self.inner.lock().user()
+    }
+
+    /// Own effective rank.
+    pub fn rank(&self) -> Rank {
+        self.inner.lock().rank()
+    }
+
+    /// The token to come back as the same user ([`ClientOptions::token`]).
+    pub fn token(&self) -> Option<String> {
+        self.inner.lock().token().map(str::to_string)
+    }
+
+    /// Where the session is.
+    pub fn state(&self) -> ClientState {
+        self.inner.lock().state().clone()
+    }
+
+    /// Latest measured round-trip time.
+    pub fn rtt(&self) -> Option<Duration> {
+        self.inner.lock().rtt()
+    }
+
+    /// The relay's address.
+    pub fn remote_addr(&self) -> SocketAddr {
+        self.conn.remote_address()
+    }
+
+    /// Leaves: says goodbye, waits (bounded) for the server to close, and stops the network
+    /// thread. Dropping a `Client` does the same.
+    pub fn close(mut self) {
+        self.shutdown();
+    }
+
+    /// Leaves like [`Client::close`], awaiting the background task (from
+    /// [`Client::connect_async`]) instead of blocking a thread.
+    pub async fn close_async(mut self) {
+        self.begin_leaving();
+        match &mut self.background {
+            Background::Task(task) => {
+                if let Some(task) = task.take() {
+                    let _ = task.await;
+                }
+            }
+            Background::Thread(thread) => {
+                if let Some(thread) = thread.take() {
+                    let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+                }
+            }
+        }
+    }
+
+    /// Says goodbye and tells the background to stop after a bounded wait.
+    fn begin_leaving(&self) {
+        if self.inner.closing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        {
+            let mut core = self.inner.lock();
+            if core.state() != &ClientState::Joining || core.session().is_some() {
+                core.leave();
+            }
+        }
+        self.inner.wake.notify_one();
+    }
+
+    fn shutdown(&mut self) {
+        self.begin_leaving();
+        // A thread is joined (bounded: it stops soon after `closing`); a task finishes on its
+        // own runtime, since blocking here could be blocking that runtime.
+        if let Background::Thread(thread) = &mut self.background {
+            if let Some(thread) = thread.take() {
+                let _ = thread.join();
+            }
+        }
+    }
+}
+
+/// Where a client's network runs.
+enum Background {
+    /// Its own thread and runtime ([`Client::connect`]).
+    Thread(Option<std::thread::JoinHandle<()>>),
+    /// A task on the caller's runtime ([`Client::connect_async`]).
+    Task(Option<tokio::task::JoinHandle<()>>),
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn server_frame_limit(channel: Channel) -> usize {
+    match channel {
+        Channel::World => SNAPSHOT_BYTES_MAX,
+        _ => FRAME_BYTES_MAX,
+    }
+}
+
+/// Maps how a connection ended to a close reason and detail.
+fn close_of(e: &ConnectionError) -> (CloseReason, String) {
+    match e {
+        ConnectionError::ApplicationClosed(c) => {
+            let text = String::from_utf8_lossy(&c.reason).into_owned();
+            match quic::close_reason_of(c.error_code.into_inner()) {
+                Some(r) => (r, text),
+                None => (CloseReason::ProtocolViolation, text),
+            }
+        }
+        ConnectionError::TimedOut => (
+            CloseReason::Timeout,
+            "no answer from the server (idle timeout)".into(),
+        ),
+        ConnectionError::LocallyClosed => (CloseReason::ClientLeft, "closed locally".into()),
+        other => (CloseReason::Timeout, other.to_string()),
+    }
+}
+
+/// Ends the core's session with `reason` as if the server had said so (no-op if already closed).
+fn close_core(core: &mut ClientCore, reason: CloseReason, detail: String, now: Time) {
+    let body = codec::encode(&ServerMsg::Close { reason, detail });
+    let _ = core.handle_frame(Channel::Control, &body, now);
+}
+
+/// Sends what the core queued. `Err` if a channel's queue overflowed (the server reads too
+/// slowly).
+fn flush(
+    inner: &Inner,
+    conn: &Connection,
+    writers: &ChannelWriters,
+) -> Result<(), quic::QueueFull> {
+    let out: Vec<ClientTransmit> = {
+        let mut core = inner.lock();
+        std::iter::from_fn(|| core.poll_transmit()).collect()
+    };
+    for t in out {
+        match t {
+            ClientTransmit::Frame { channel, frame } => writers.try_send(channel, frame.into())?,
+            ClientTransmit::Datagram(d) => {
+                let _ = conn.send_datagram(Bytes::from(d));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The background task: feed the core, send its output, until the session ends.
+async fn run(inner: Arc<Inner>, conn: Connection) {
+    let (tx, mut rx) = mpsc::channel::<StreamEvent>(INBOUND_QUEUE_LEN);
+    let streams = tokio::spawn(quic::accept_streams(
+        conn.clone(),
+        server_frame_limit,
+        tx,
+        |e| e,
+    ));
+    let datagrams = {
+        let conn = conn.clone();
+        let inner = inner.clone();
+        tokio::spawn(async move {
+            while let Ok(d) = conn.read_datagram().await {
+                let now = inner.now();
+                inner.lock().handle_datagram(&d, now);
+                inner.notify_changed();
+            }
+        })
+    };
+    let writers = ChannelWriters::spawn(&conn);
+    let mut leave_deadline: Option<Instant> = None;
+    let mut connection_gone = false;
+    let mut streams_done = false;
+    loop {
+        if let Err(e) = flush(&inner, &conn, &writers) {
+            let now = inner.now();
+            close_core(&mut inner.lock(), CloseReason::Timeout, e.to_string(), now);
+            conn.close(
+                quinn::VarInt::from_u32(quic::CLOSE_CODE_OVERFLOW),
+                b"send queue full",
+            );
+        }
+        let (closed, timeout) = {
+            let core = inner.lock();
+            (
+                matches!(core.state(), ClientState::Closed { .. }),
+                core.poll_timeout(),
+            )
+        };
+        inner.notify_changed();
+        if closed {
+            break;
+        }
+        if inner.closing.load(Ordering::Acquire) && leave_deadline.is_none() {
+            leave_deadline = Some(Instant::now() + quic::CLOSE_FLUSH_TIMEOUT);
+        }
+        let mut deadline = timeout
+            .map(|t| inner.start + Duration::from_micros(t.0))
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+        if let Some(d) = leave_deadline {
+            deadline = deadline.min(d);
+        }
+        tokio::select! {
+            ev = rx.recv(), if !streams_done => {
+                let now = inner.now();
+                let mut core = inner.lock();
+                let mut next = ev;
+                for _ in 0..INBOUND_BATCH_MAX {
+                    match next {
+                        Some(StreamEvent::Frame { channel, body }) => {
+                            let _ = core.handle_frame(channel, &body, now);
+                        }
+                        Some(StreamEvent::Error(e)) => close_core(
+                            &mut core,
+                            CloseReason::ProtocolViolation,
+                            format!("server stream: {e}"),
+                            now,
+                        ),
+                        // Every reader ended: the connection is ending; `closed()` says why.
+                        None => {
+                            streams_done = true;
+                            break;
+                        }
+                    }
+                    // Take whatever else is ready without re-entering select.
+                    match rx.try_recv() {
+                        Ok(ev) => next = Some(ev),
+                        Err(_) => break,
+                    }
+                }
+            }
+            _ = inner.wake.notified() => {}
+            _ = tokio::time::sleep_until(deadline.into()) => {
+                let now = inner.now();
+                inner.lock().handle_timeout(now);
+                if leave_deadline.is_some_and(|d| Instant::now() >= d) {
+                    close_core(&mut inner.lock(), CloseReason::ClientLeft, "left".into(), now);
+                }
+            }
+            why = conn.closed() => {
+                let (reason, detail) = close_of(&why);
+                let now = inner.now();
+                close_core(&mut inner.lock(), reason, detail, now);
+                connection_gone = true;
+            }
+        }
+    }
+    inner.notify_changed();
+    if !connection_gone {
+        // The server usually closes right after its Close message; close ourselves if not.
+        let (code, text) = match inner.lock().state() {
+            ClientState::Closed { reason, detail } => {
+                (quic::close_code(*reason), quic::close_text(*reason, detail))
+            }
+            _ => (
+                quinn::VarInt::from_u32(quic::CLOSE_CODE_LOCAL),
+                String::new(),
+            ),
+        };
+        writers.finish().await;
+        let _ = tokio::time::timeout(quic::CLOSE_FLUSH_TIMEOUT, conn.closed()).await;
+        conn.close(code, text.as_bytes());
+    }
+    streams.abort();
+    datagrams.abort();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_can_be_shared_across_threads() {
+        fn shareable<T: Send + Sync>() {}
+        shareable::<Client>();
+    }
+
+    #[test]
+    fn close_reasons_survive_the_connection_close() {
+        let (reason, _) = close_of(&ConnectionError::TimedOut);
+        assert_eq!(reason, CloseReason::Timeout);
+        let mut core = ClientCore::new(
+            ClientConfig {
+                name: "ada".into(),
+                token: None,
+            },
+            Time::ZERO,
+        );
+        close_core(
+            &mut core,
+            CloseReason::Moderation,
+            "kicked".into(),
+            Time::ZERO,
+        );
+        assert_eq!(
+            core.state(),
+            &ClientState::Closed {
+                reason: CloseReason::Moderation,
+                detail: "kicked".into()
+            }
+        );
+    }
+}

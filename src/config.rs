@@ -1,0 +1,197 @@
+//! The relay's configuration: documented defaults and units, loadable from TOML.
+//!
+//! Precedence in `neonet-relay`: built-in defaults < the TOML file (`--config FILE`) < flags.
+//! Every field is optional in the file; unknown keys are an error (a typo should not be silently
+//! ignored). Relative paths are relative to the working directory.
+//!
+//! ```toml
+//! listen = "0.0.0.0:4433"
+//! http_listen = "127.0.0.1:4480"
+//! data_dir = "data"
+//! cert_dir = "certs"
+//! tick_hz = 30
+//! player_limit = 0
+//! log_level = "info"
+//! ```
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use neonet_proto::time::{TICK_HZ_DEFAULT, TICK_HZ_MAX, TICK_HZ_MIN};
+
+/// The relay's default UDP port for QUIC. 4433 is the customary QUIC/HTTP-3 development port and
+/// needs no privileges.
+pub const DEFAULT_PORT: u16 = 4433;
+/// The default TCP port of the metrics/status HTTP server (on loopback only by default).
+pub const DEFAULT_HTTP_PORT: u16 = 4480;
+/// The default data folder, relative to the working directory.
+pub const DEFAULT_DATA_DIR: &str = "data";
+/// Default most simultaneous transport connections (joined or not). Each costs a few tasks and
+/// buffers; a player limit is a separate, world-level setting.
+pub const CONNECTIONS_MAX_DEFAULT: usize = 4096;
+/// Default QUIC idle timeout, ms: a connection silent this long is gone. Clients ping every
+/// second and QUIC keep-alives run every [`crate::quic::KEEP_ALIVE_INTERVAL`], so only a dead
+/// peer or path reaches it.
+pub const IDLE_TIMEOUT_MS_DEFAULT: u64 = 30_000;
+
+/// Why a configuration is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this struct.
+    #[error("parsing {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: Box<toml::de::Error>,
+    },
+    /// A value is out of range or inconsistent.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// The relay's configuration. See the module documentation for precedence.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RelayConfig {
+    /// UDP address QUIC listens on. Default `0.0.0.0:4433` ([`DEFAULT_PORT`]); port 0 picks a
+    /// free port (see `RelayHandle::local_addr`).
+    pub listen: SocketAddr,
+    /// TCP address of the metrics/status HTTP server ([`crate::http`]), `None` for none
+    /// (`--no-http`). Default `127.0.0.1:4480` ([`DEFAULT_HTTP_PORT`]): loopback only, since the
+    /// page is for operators.
+    pub http_listen: Option<SocketAddr>,
+    /// Folder for the world's data and the token secret. Default `./data`. Created if absent.
+    pub data_dir: PathBuf,
+    /// Folder of the generated development certificate. Default `./certs`. Created if absent.
+    /// Ignored when `cert_path` and `key_path` are set.
+    pub cert_dir: PathBuf,
+    /// A real certificate chain (PEM, or one DER certificate). Needs `key_path`.
+    pub cert_path: Option<PathBuf>,
+    /// The private key (PEM) of `cert_path`.
+    pub key_path: Option<PathBuf>,
+    /// Server tick rate, Hz (10–120). Default 30.
+    pub tick_hz: u16,
+    /// Most joined players. Default 0, which keeps the world's own setting (unlimited in a new
+    /// world); a positive value overrides it at start.
+    pub player_limit: u32,
+    /// Most simultaneous QUIC connections, joined or not. Default [`CONNECTIONS_MAX_DEFAULT`].
+    pub connections_max: usize,
+    /// QUIC idle timeout, milliseconds. Default [`IDLE_TIMEOUT_MS_DEFAULT`].
+    pub idle_timeout_ms: u64,
+    /// Log filter (tracing `EnvFilter` syntax: `info`, `neonet=debug`). Default `info`;
+    /// `RUST_LOG` wins when set and no flag is given.
+    pub log_level: String,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), DEFAULT_PORT),
+            http_listen: Some(SocketAddr::new(
+                IpAddr::V4(Ipv4Addr::LOCALHOST),
+                DEFAULT_HTTP_PORT,
+            )),
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            cert_dir: PathBuf::from(crate::tls::DEFAULT_CERT_DIR),
+            cert_path: None,
+            key_path: None,
+            tick_hz: TICK_HZ_DEFAULT,
+            player_limit: 0,
+            connections_max: CONNECTIONS_MAX_DEFAULT,
+            idle_timeout_ms: IDLE_TIMEOUT_MS_DEFAULT,
+            log_level: "info".into(),
+        }
+    }
+}
+
+impl RelayConfig {
+    /// Reads a TOML file; fields it omits keep their defaults.
+    pub fn from_toml_file(path: &Path) -> Result<RelayConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source: Box::new(source),
+        })
+    }
+
+    /// A configuration for tests: listens on `127.0.0.1:0`, keeps certificates and data under
+    /// `dir`, no HTTP server.
+    pub fn for_tests(dir: &Path) -> RelayConfig {
+        RelayConfig {
+            listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
+            http_listen: None,
+            data_dir: dir.join(DEFAULT_DATA_DIR),
+            cert_dir: dir.join(crate::tls::DEFAULT_CERT_DIR),
+            ..RelayConfig::default()
+        }
+    }
+
+    /// The QUIC idle timeout.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
+
+    /// Checks ranges and consistency.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(TICK_HZ_MIN..=TICK_HZ_MAX).contains(&self.tick_hz) {
+            return Err(ConfigError::Invalid(format!(
+                "tick_hz must be {TICK_HZ_MIN} to {TICK_HZ_MAX}, not {}",
+                self.tick_hz
+            )));
+        }
+        if self.cert_path.is_some() != self.key_path.is_some() {
+            return Err(ConfigError::Invalid(
+                "cert_path and key_path must be given together".into(),
+            ));
+        }
+        if self.connections_max == 0 {
+            return Err(ConfigError::Invalid(
+                "connections_max must be at least 1".into(),
+            ));
+        }
+        // Quinn encodes the idle timeout as a QUIC varint of milliseconds; keep it sane.
+        if !(1_000..=3_600_000).contains(&self.idle_timeout_ms) {
+            return Err(ConfigError::Invalid(
+                "idle_timeout_ms must be 1000 to 3600000".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_toml_overrides_fields() {
+        RelayConfig::default().validate().unwrap();
+        let c: RelayConfig = toml::from_str("tick_hz = 60\nlisten = \"127.0.0.1:9000\"").unwrap();
+        assert_eq!(c.tick_hz, 60);
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.data_dir, PathBuf::from("data"));
+        assert!(toml::from_str::<RelayConfig>("tick_hzz = 60").is_err());
+        let bad = RelayConfig {
+            tick_hz: 500,
+            ..RelayConfig::default()
+        };
+        assert!(bad.validate().is_err());
+    }
+}

@@ -1,0 +1,842 @@
+//! The relay server runtime: a QUIC accept loop, per-connection parse-and-forward tasks, and one
+//! task that owns the [`ServerCore`].
+//!
+//! ## Shape (mini-redis style)
+//! - The **accept loop** takes connections while fewer than `connections_max` are open (a
+//!   semaphore permit per connection); beyond that it refuses them at once.
+//! - Each **connection task** completes the handshake, announces the connection to the core
+//!   ([`Inbound::Connect`] with its [`Link`]), then only parses: a [`FrameDecoder`] per stream
+//!   and datagrams, forwarded as [`Inbound`] messages over one **bounded** queue. When the
+//!   connection ends it sends [`Inbound::Disconnect`].
+//! - The **core task** owns the core and is the only place world state changes. It consumes
+//!   [`Inbound`], runs `handle_timeout` at `poll_timeout()`, refreshes every connection's
+//!   `max_datagram_size` before each tick, and drains outputs: transmits to each connection's
+//!   [`Link`] (which never blocks), events to the log, effects to the optional effect sink.
+//!
+//! [`Inbound`] and [`Link`] know nothing of QUIC: a WebSocket bridge feeds the same queue
+//! ([`RelayHandle::inbound`]) with its own links and connection ids ([`RelayHandle::conn_ids`]).
+//! The persistence layer plugs in through [`RelayHooks::effects`] (changes to store) and
+//! [`Inbound::Durable`] (what is now stored).
+//!
+//! ## Limits and fairness
+//! Every queue is bounded: the shared inbound queue ([`INBOUND_QUEUE_LEN`]), each connection's
+//! per-channel send queues ([`crate::quic::CHANNEL_QUEUE_FRAMES`]), datagram buffers, decoders
+//! (the frame limit). A full inbound queue holds readers back (tokio's queue admits waiting
+//! senders in FIFO order, so a flooding peer gets its turn like everyone else, and QUIC flow
+//! control slows it down); a peer whose send queue overflows because it does not read is closed
+//! ([`crate::quic::CLOSE_CODE_OVERFLOW`]). Rate limits per message kind belong to the core's
+//! authorization point.
+//!
+//! ## Shutdown
+//! [`RelayHandle::shutdown`]: stop accepting, `ServerCore::shutdown` (every session gets `Close`
+//! with `ServerShutdown`), flush each connection and close it, then wait for the endpoint to go
+//! idle, bounded by [`SHUTDOWN_TIMEOUT`].
+//!
+//! [`FrameDecoder`]: neonet_proto::codec::FrameDecoder
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use quinn::{Connection, Endpoint};
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::task::JoinHandle;
+
+use neonet_proto::codec::{self, DecodeError};
+use neonet_proto::limits::FRAME_BYTES_MAX;
+use neonet_proto::msg::{Channel, ServerMsg};
+use neonet_proto::server::{
+    AckToken, Authenticator, ConnId, Effect, ServerConfig, ServerCore, ServerEvent, Transmit,
+    TransportKind, World,
+};
+use neonet_proto::Time;
+
+use crate::auth::{AuthError, HmacTokens};
+use crate::config::{ConfigError, RelayConfig};
+use crate::metrics::{Metrics, UserReport};
+use crate::quic::{self, ChannelWriters, StreamEvent, TransportError};
+use crate::tls::{self, Fingerprint, TlsError};
+
+/// Capacity of the queue from connection tasks to the core task, messages. Full means the core
+/// is behind: readers wait, and QUIC flow control slows the peers.
+pub const INBOUND_QUEUE_LEN: usize = 8192;
+/// Messages the core task takes from its queue before draining outputs, so one burst cannot
+/// delay a due tick indefinitely.
+pub const INBOUND_BATCH_MAX: usize = 256;
+/// Longest a QUIC handshake may take before the attempt is dropped.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a shutdown waits for connections to flush and close.
+pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Why the relay could not start (or stop cleanly).
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Certificates could not be loaded or generated.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The token secret could not be loaded or created.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    /// The socket or QUIC endpoint could not be set up.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// A folder could not be created.
+    #[error("creating {path}: {source}")]
+    Io {
+        /// The folder.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The core task panicked (a bug).
+    #[error("the core task failed: {0}")]
+    CoreTask(String),
+}
+
+/// The outbound side of one connection, whatever its transport. The core task calls it; it must
+/// never block. If it cannot keep up, it closes its connection and the transport reports
+/// [`Inbound::Disconnect`].
+pub trait Link: Send + Sync + 'static {
+    /// Sends (or queues) one transmit for this connection. `Transmit::Close` flushes what was
+    /// queued before it, then closes.
+    fn transmit(&self, transmit: Transmit);
+    /// The largest datagram the connection's path carries now, `None` if it has no datagrams.
+    fn max_datagram_size(&self) -> Option<usize>;
+    /// The peer's address, for the status page.
+    fn remote_addr(&self) -> Option<SocketAddr> {
+        None
+    }
+    /// The smoothed round-trip time, for the status page.
+    fn rtt(&self) -> Option<Duration> {
+        None
+    }
+}
+
+/// Input to the core task, from any transport or the persistence layer.
+pub enum Inbound {
+    /// A connection opened; it must send `Hello` first.
+    Connect {
+        /// Its id, from [`RelayHandle::conn_ids`].
+        conn: ConnId,
+        /// Its transport.
+        transport: TransportKind,
+        /// Where its transmits go.
+        link: Arc<dyn Link>,
+    },
+    /// A complete frame body arrived on a channel.
+    Frame {
+        /// From whom.
+        conn: ConnId,
+        /// Which channel.
+        channel: Channel,
+        /// The body, without its length prefix.
+        body: Vec<u8>,
+    },
+    /// A datagram arrived.
+    Datagram {
+        /// From whom.
+        conn: ConnId,
+        /// The bytes.
+        data: Bytes,
+    },
+    /// A stream broke the framing rules.
+    StreamError {
+        /// Whose.
+        conn: ConnId,
+        /// What was wrong.
+        error: DecodeError,
+    },
+    /// The connection closed.
+    Disconnect {
+        /// Which.
+        conn: ConnId,
+    },
+    /// The store recovered (`ok`) or failed outside any batch of changes.
+    StorageHealth {
+        /// Whether the store works.
+        ok: bool,
+    },
+    /// The persistence layer made changes durable (`ok`) or failed to (`!ok`).
+    Durable {
+        /// The acknowledgements now due.
+        tokens: Vec<AckToken>,
+        /// Whether the store succeeded.
+        ok: bool,
+    },
+}
+
+impl std::fmt::Debug for Inbound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Inbound::Connect {
+                conn, transport, ..
+            } => write!(f, "Connect({conn:?}, {transport:?})"),
+            Inbound::Frame {
+                conn,
+                channel,
+                body,
+            } => write!(f, "Frame({conn:?}, {channel:?}, {} bytes)", body.len()),
+            Inbound::Datagram { conn, data } => {
+                write!(f, "Datagram({conn:?}, {} bytes)", data.len())
+            }
+            Inbound::StreamError { conn, error } => write!(f, "StreamError({conn:?}, {error})"),
+            Inbound::Disconnect { conn } => write!(f, "Disconnect({conn:?})"),
+            Inbound::Durable { tokens, ok } => {
+                write!(f, "Durable({} tokens, ok={ok})", tokens.len())
+            }
+            Inbound::StorageHealth { ok } => write!(f, "StorageHealth(ok={ok})"),
+        }
+    }
+}
+
+/// Allocates connection ids, unique for the relay's lifetime across all transports.
+#[derive(Debug, Default)]
+pub struct ConnIds(AtomicU64);
+
+impl ConnIds {
+    /// The next unused id.
+    pub fn next(&self) -> ConnId {
+        ConnId(self.0.fetch_add(1, Ordering::Relaxed) + 1)
+    }
+}
+
+/// Receives every persistence effect the core emits, in order.
+pub type EffectSink = Box<dyn FnMut(Effect) + Send>;
+
+/// Optional plug-ins: the loaded world, the effect sink, the authenticator.
+#[derive(Default)]
+pub struct RelayHooks {
+    /// The world to host (loaded by the store); `World::default()` for a fresh one.
+    pub world: World,
+    /// Where persistence effects go; `None` drops them (no persistence).
+    pub effects: Option<EffectSink>,
+    /// Hold acknowledgements until [`Inbound::Durable`] says the change is stored.
+    pub durable_acks: bool,
+    /// Token checking; `None` uses [`HmacTokens`] with the secret in the data folder.
+    pub authenticator: Option<Box<dyn Authenticator>>,
+    /// Sees every core event after it is logged (tests, tools); `None` for none.
+    pub events: Option<EventSink>,
+    /// Where to count connections, joins, ticks, traffic and users (served by
+    /// [`crate::http`]); `None` for no metrics.
+    pub metrics: Option<Arc<Metrics>>,
+}
+
+/// Sees every [`ServerEvent`] the core emits, in order.
+pub type EventSink = Box<dyn FnMut(&ServerEvent) + Send>;
+
+impl std::fmt::Debug for RelayHooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayHooks")
+            .field("effects", &self.effects.is_some())
+            .field("durable_acks", &self.durable_acks)
+            .field("authenticator", &self.authenticator.is_some())
+            .field("events", &self.events.is_some())
+            .field("metrics", &self.metrics.is_some())
+            .finish()
+    }
+}
+
+/// The relay. See the module documentation.
+#[derive(Debug)]
+pub struct Relay;
+
+impl Relay {
+    /// Starts a relay with no persistence. Must be called inside a tokio runtime (with the
+    /// `time` and `net` drivers enabled); it keeps running on that runtime.
+    pub async fn start(config: RelayConfig) -> Result<RelayHandle, RelayError> {
+        Self::start_with(config, RelayHooks::default()).await
+    }
+
+    /// Starts a relay with hooks (a loaded world, an effect sink, an authenticator).
+    pub async fn start_with(
+        config: RelayConfig,
+        hooks: RelayHooks,
+    ) -> Result<RelayHandle, RelayError> {
+        config.validate()?;
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| RelayError::Io {
+            path: config.data_dir.clone(),
+            source,
+        })?;
+        let identity = match (&config.cert_path, &config.key_path) {
+            (Some(c), Some(k)) => {
+                let id = tls::load_cert_and_key(c, k)?;
+                tracing::info!(cert = %c.display(), "using the configured certificate");
+                id
+            }
+            _ => {
+                let id = tls::load_or_generate_dev_cert(&config.cert_dir)?;
+                if id.generated {
+                    tracing::info!(dir = %config.cert_dir.display(), "generated a self-signed development certificate");
+                } else {
+                    tracing::info!(dir = %config.cert_dir.display(), "reusing the development certificate");
+                }
+                id
+            }
+        };
+        let auth: Box<dyn Authenticator> = match hooks.authenticator {
+            Some(a) => a,
+            None => Box::new(HmacTokens::load_or_create(&config.data_dir)?),
+        };
+        let (endpoint, buffers) =
+            quic::server_endpoint(config.listen, &identity, config.idle_timeout())?;
+        let local_addr = endpoint
+            .local_addr()
+            .map_err(|source| TransportError::Socket {
+                addr: config.listen,
+                source,
+            })?;
+        if buffers.recv_bytes < quic::SOCKET_BUFFER_BYTES {
+            tracing::warn!(
+                granted = buffers.recv_bytes,
+                wanted = quic::SOCKET_BUFFER_BYTES,
+                "the kernel capped the UDP receive buffer (raise net.core.rmem_max for many clients)"
+            );
+        }
+        tracing::info!(addr = %local_addr, fingerprint = %identity.fingerprint, "listening for QUIC");
+
+        let mut world = hooks.world;
+        if config.player_limit > 0 {
+            world.settings.player_limit = config.player_limit;
+        }
+        let unix_ms_at_zero = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let core = ServerCore::new(
+            ServerConfig {
+                tick_hz: config.tick_hz,
+                unix_ms_at_zero,
+                durable_acks: hooks.durable_acks,
+                idle_timeout: config.idle_timeout(),
+                ..ServerConfig::default()
+            },
+            world,
+            auth,
+            Time::ZERO,
+        );
+
+        let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE_LEN);
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let conn_ids = Arc::new(ConnIds::default());
+        let core_task = tokio::spawn(
+            CoreTask {
+                core,
+                start: Instant::now(),
+                links: HashMap::new(),
+                effects: hooks.effects,
+                events: hooks.events,
+                metrics: hooks.metrics.clone(),
+                next_users_report: Instant::now(),
+            }
+            .run(inbound_rx, shutdown_rx.clone()),
+        );
+        let accept_task = tokio::spawn(accept_loop(
+            endpoint.clone(),
+            Arc::new(Semaphore::new(config.connections_max)),
+            conn_ids.clone(),
+            inbound_tx.clone(),
+            shutdown_rx,
+            hooks.metrics,
+        ));
+        Ok(RelayHandle {
+            endpoint,
+            local_addr,
+            fingerprint: identity.fingerprint,
+            inbound: inbound_tx,
+            conn_ids,
+            shutdown: shutdown_tx,
+            core_task,
+            accept_task,
+        })
+    }
+}
+
+/// A running relay.
+#[derive(Debug)]
+pub struct RelayHandle {
+    endpoint: Endpoint,
+    local_addr: SocketAddr,
+    fingerprint: Fingerprint,
+    inbound: mpsc::Sender<Inbound>,
+    conn_ids: Arc<ConnIds>,
+    shutdown: watch::Sender<bool>,
+    core_task: JoinHandle<()>,
+    accept_task: JoinHandle<()>,
+}
+
+impl RelayHandle {
+    /// The UDP address QUIC listens on (with the real port when configured with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// SHA-256 of the certificate the relay presents.
+    pub fn cert_fingerprint(&self) -> Fingerprint {
+        self.fingerprint
+    }
+
+    /// The core task's input queue, for other transports and the persistence layer.
+    pub fn inbound(&self) -> mpsc::Sender<Inbound> {
+        self.inbound.clone()
+    }
+
+    /// The connection id allocator other transports must use.
+    pub fn conn_ids(&self) -> Arc<ConnIds> {
+        self.conn_ids.clone()
+    }
+
+    /// Stops accepting, closes every session with `ServerShutdown`, flushes and closes the
+    /// connections, and waits for the endpoint to go idle (bounded by [`SHUTDOWN_TIMEOUT`]).
+    pub async fn shutdown(self) -> Result<(), RelayError> {
+        let _ = self.shutdown.send(true);
+        self.endpoint.set_server_config(None);
+        let _ = self.accept_task.await;
+        let core = self.core_task.await;
+        let idle = tokio::time::timeout(SHUTDOWN_TIMEOUT, self.endpoint.wait_idle()).await;
+        if idle.is_err() {
+            tracing::warn!("connections did not close in time; closing the endpoint");
+            self.endpoint.close(
+                quic::close_code(neonet_proto::msg::CloseReason::ServerShutdown),
+                b"server shutting down",
+            );
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+        }
+        tracing::info!("relay stopped");
+        core.map_err(|e| RelayError::CoreTask(e.to_string()))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Accepting and parsing
+
+async fn accept_loop(
+    endpoint: Endpoint,
+    permits: Arc<Semaphore>,
+    conn_ids: Arc<ConnIds>,
+    inbound: mpsc::Sender<Inbound>,
+    mut shutdown: watch::Receiver<bool>,
+    metrics: Option<Arc<Metrics>>,
+) {
+    loop {
+        let incoming = tokio::select! {
+            _ = shutdown.changed() => return,
+            i = endpoint.accept() => match i {
+                Some(i) => i,
+                None => return,
+            },
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tracing::warn!(peer = %incoming.remote_address(), "connection limit reached; refusing");
+            incoming.refuse();
+            continue;
+        };
+        let conn_ids = conn_ids.clone();
+        let inbound = inbound.clone();
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let peer = incoming.remote_address();
+            let conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => {
+                    tracing::info!(%peer, error = %e, "handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::info!(%peer, "handshake timed out");
+                    return;
+                }
+            };
+            if let Some(m) = &metrics {
+                m.connection_opened();
+            }
+            serve_connection(conn_ids.next(), conn, inbound).await;
+            if let Some(m) = &metrics {
+                m.connection_closed();
+            }
+        });
+    }
+}
+
+fn client_frame_limit(_: Channel) -> usize {
+    FRAME_BYTES_MAX
+}
+
+/// One connection: announce it, parse and forward until it ends, then report the end.
+async fn serve_connection(id: ConnId, conn: Connection, inbound: mpsc::Sender<Inbound>) {
+    tracing::debug!(conn = id.0, peer = %conn.remote_address(), "connected");
+    let link = Arc::new(QuicLink::new(conn.clone()));
+    if inbound
+        .send(Inbound::Connect {
+            conn: id,
+            transport: TransportKind::Quic,
+            link,
+        })
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let streams = tokio::spawn(quic::accept_streams(
+        conn.clone(),
+        client_frame_limit,
+        inbound.clone(),
+        move |ev| match ev {
+            StreamEvent::Frame { channel, body } => Inbound::Frame {
+                conn: id,
+                channel,
+                body,
+            },
+            StreamEvent::Error(error) => Inbound::StreamError { conn: id, error },
+        },
+    ));
+    let datagrams = {
+        let conn = conn.clone();
+        let inbound = inbound.clone();
+        tokio::spawn(async move {
+            while let Ok(data) = conn.read_datagram().await {
+                // Unreliable by nature: when the core is behind, drop rather than wait.
+                let _ = inbound.try_send(Inbound::Datagram { conn: id, data });
+            }
+        })
+    };
+    let why = conn.closed().await;
+    tracing::debug!(conn = id.0, reason = %why, "connection closed");
+    streams.abort();
+    datagrams.abort();
+    let _ = inbound.send(Inbound::Disconnect { conn: id }).await;
+}
+
+/// The QUIC [`Link`]: per-channel writers, datagrams straight to quinn, flush-then-close.
+struct QuicLink {
+    conn: Connection,
+    writers: Arc<ChannelWriters>,
+    closing: AtomicBool,
+    close_detail: Mutex<String>,
+}
+
+impl QuicLink {
+    fn new(conn: Connection) -> QuicLink {
+        QuicLink {
+            writers: Arc::new(ChannelWriters::spawn(&conn)),
+            conn,
+            closing: AtomicBool::new(false),
+            close_detail: Mutex::new(String::new()),
+        }
+    }
+}
+
+/// The first byte of an encoded `ServerMsg::Close` (its postcard variant tag).
+fn close_tag() -> u8 {
+    static TAG: OnceLock<u8> = OnceLock::new();
+    *TAG.get_or_init(|| {
+        codec::encode(&ServerMsg::Close {
+            reason: neonet_proto::msg::CloseReason::ClientLeft,
+            detail: String::new(),
+        })[0]
+    })
+}
+
+impl Link for QuicLink {
+    fn transmit(&self, transmit: Transmit) {
+        match transmit {
+            Transmit::Frame { channel, frame, .. } => {
+                if channel == Channel::Control
+                    && frame.get(codec::FRAME_HEADER_BYTES) == Some(&close_tag())
+                {
+                    if let Ok(ServerMsg::Close { detail, .. }) =
+                        codec::decode_server(&frame[codec::FRAME_HEADER_BYTES..])
+                    {
+                        *self.close_detail.lock().unwrap_or_else(|e| e.into_inner()) = detail;
+                    }
+                }
+                if let Err(e) = self.writers.try_send(channel, frame) {
+                    if !self.closing.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(peer = %self.conn.remote_address(), "{e}: closing the slow peer");
+                        self.conn.close(
+                            quinn::VarInt::from_u32(quic::CLOSE_CODE_OVERFLOW),
+                            b"send queue full: reading too slowly",
+                        );
+                    }
+                }
+            }
+            Transmit::Datagram { data, .. } => {
+                if let Err(e) = self.conn.send_datagram(Bytes::from(data)) {
+                    tracing::trace!(error = %e, "datagram not sent");
+                }
+            }
+            Transmit::Close { reason, .. } => {
+                if self.closing.swap(true, Ordering::Relaxed) {
+                    return;
+                }
+                let detail = std::mem::take(
+                    &mut *self.close_detail.lock().unwrap_or_else(|e| e.into_inner()),
+                );
+                let text = quic::close_text(reason, &detail);
+                let writers = self.writers.clone();
+                let conn = self.conn.clone();
+                tokio::spawn(async move {
+                    writers.finish().await;
+                    conn.close(quic::close_code(reason), text.as_bytes());
+                });
+            }
+        }
+    }
+
+    fn max_datagram_size(&self) -> Option<usize> {
+        self.conn.max_datagram_size()
+    }
+
+    fn remote_addr(&self) -> Option<SocketAddr> {
+        Some(self.conn.remote_address())
+    }
+
+    fn rtt(&self) -> Option<Duration> {
+        Some(self.conn.rtt())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The core task
+
+/// Interval between user reports to the metrics (what `/status` shows).
+pub const USERS_REPORT_INTERVAL: Duration = Duration::from_millis(250);
+
+struct LinkEntry {
+    link: Arc<dyn Link>,
+    /// Stream and datagram bytes received on this connection.
+    bytes_in: u64,
+    /// Stream and datagram bytes sent on this connection.
+    bytes_out: u64,
+}
+
+struct CoreTask {
+    core: ServerCore,
+    start: Instant,
+    links: HashMap<ConnId, LinkEntry>,
+    effects: Option<EffectSink>,
+    events: Option<EventSink>,
+    metrics: Option<Arc<Metrics>>,
+    next_users_report: Instant,
+}
+
+impl CoreTask {
+    fn now(&self) -> Time {
+        Time(self.start.elapsed().as_micros() as u64)
+    }
+
+    fn instant(&self, t: Time) -> Instant {
+        self.start + Duration::from_micros(t.0)
+    }
+
+    async fn run(mut self, mut rx: mpsc::Receiver<Inbound>, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            let deadline = self
+                .core
+                .poll_timeout()
+                .map(|t| self.instant(t))
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => break,
+                // Before input, so a steady stream of messages can never starve the tick.
+                _ = tokio::time::sleep_until(deadline.into()) => {
+                    self.timeout();
+                }
+                m = rx.recv() => {
+                    let Some(m) = m else { break };
+                    self.handle(m);
+                    for _ in 1..INBOUND_BATCH_MAX {
+                        match rx.try_recv() {
+                            Ok(m) => self.handle(m),
+                            Err(_) => break,
+                        }
+                    }
+                }
+            }
+            self.drain();
+        }
+        tracing::info!(
+            sessions = self.core.sessions().count(),
+            "shutting down: closing every session"
+        );
+        self.core.shutdown();
+        self.drain();
+    }
+
+    /// Runs the ticks that are due (and idle checks), with fresh datagram sizes.
+    fn timeout(&mut self) {
+        for (conn, entry) in &self.links {
+            if let Some(bytes) = entry.link.max_datagram_size() {
+                self.core.handle_max_datagram_size(*conn, bytes);
+            }
+        }
+        let tick = self.core.tick();
+        let started = Instant::now();
+        let now = self.now();
+        self.core.handle_timeout(now);
+        let Some(m) = &self.metrics else { return };
+        let ticks = self.core.tick().0.saturating_sub(tick.0);
+        if ticks > 0 {
+            let each = started.elapsed() / ticks as u32;
+            for _ in 0..ticks {
+                m.record_tick(each);
+            }
+            m.set_entity_count(self.core.world().entities.len());
+        }
+        if started >= self.next_users_report {
+            self.next_users_report = started + USERS_REPORT_INTERVAL;
+            let users: Vec<UserReport> = self
+                .core
+                .sessions()
+                .filter_map(|s| {
+                    let entry = self.links.get(&s.conn?)?;
+                    Some(UserReport {
+                        session_id: s.id.0,
+                        name: s.name.clone(),
+                        addr: entry.link.remote_addr()?,
+                        rtt_ms: entry.link.rtt().map_or(0.0, |d| d.as_secs_f64() * 1e3),
+                        bytes_in: entry.bytes_in,
+                        bytes_out: entry.bytes_out,
+                    })
+                })
+                .collect();
+            m.publish_users(users);
+        }
+    }
+
+    fn count_in(&mut self, conn: ConnId, bytes: usize, datagram: bool) {
+        if let Some(e) = self.links.get_mut(&conn) {
+            e.bytes_in += bytes as u64;
+        }
+        if let Some(m) = &self.metrics {
+            if datagram {
+                m.record_datagram_in(bytes);
+            } else {
+                m.record_stream_in(bytes);
+            }
+        }
+    }
+
+    fn handle(&mut self, m: Inbound) {
+        let now = self.now();
+        match m {
+            Inbound::Connect {
+                conn,
+                transport,
+                link,
+            } => {
+                self.links.insert(
+                    conn,
+                    LinkEntry {
+                        link,
+                        bytes_in: 0,
+                        bytes_out: 0,
+                    },
+                );
+                self.core.handle_connect(conn, transport, now);
+            }
+            Inbound::Frame {
+                conn,
+                channel,
+                body,
+            } => {
+                self.count_in(conn, codec::FRAME_HEADER_BYTES + body.len(), false);
+                self.core.handle_frame(conn, channel, &body, now)
+            }
+            Inbound::Datagram { conn, data } => {
+                self.count_in(conn, data.len(), true);
+                self.core.handle_datagram(conn, &data, now)
+            }
+            Inbound::StreamError { conn, error } => {
+                self.core.handle_stream_error(conn, &error, now)
+            }
+            Inbound::Disconnect { conn } => {
+                self.links.remove(&conn);
+                self.core.handle_disconnect(conn, now);
+            }
+            Inbound::Durable { tokens, ok } => self.core.handle_durable(&tokens, ok),
+            Inbound::StorageHealth { ok } => self.core.handle_storage_health(ok),
+        }
+    }
+
+    fn drain(&mut self) {
+        while let Some(t) = self.core.poll_transmit() {
+            let conn = match &t {
+                Transmit::Frame { conn, .. }
+                | Transmit::Datagram { conn, .. }
+                | Transmit::Close { conn, .. } => *conn,
+            };
+            let Some(entry) = self.links.get_mut(&conn) else {
+                continue;
+            };
+            let (bytes, datagram) = match &t {
+                Transmit::Frame { frame, .. } => (frame.len(), false),
+                Transmit::Datagram { data, .. } => (data.len(), true),
+                Transmit::Close { .. } => (0, false),
+            };
+            entry.bytes_out += bytes as u64;
+            if let Some(m) = &self.metrics {
+                if datagram {
+                    m.record_datagram_out(bytes);
+                } else if bytes > 0 {
+                    m.record_stream_out(bytes);
+                }
+            }
+            entry.link.transmit(t);
+        }
+        while let Some(e) = self.core.poll_event() {
+            log_event(&e);
+            if let (ServerEvent::Joined { .. }, Some(m)) = (&e, &self.metrics) {
+                m.record_join();
+            }
+            if let Some(sink) = self.events.as_mut() {
+                sink(&e);
+            }
+        }
+        while let Some(e) = self.core.poll_effect() {
+            if let Some(sink) = self.effects.as_mut() {
+                sink(e);
+            }
+        }
+    }
+}
+
+fn log_event(e: &ServerEvent) {
+    match e {
+        ServerEvent::Joined {
+            session,
+            conn,
+            user,
+            player,
+            name,
+        } => tracing::info!(
+            session = session.0,
+            conn = conn.0,
+            user = user.0,
+            player = player.0,
+            %name,
+            "joined"
+        ),
+        ServerEvent::Left { session, reason } => {
+            tracing::info!(session = session.0, %reason, "left")
+        }
+        ServerEvent::PeerError {
+            conn,
+            reason,
+            detail,
+        } => tracing::warn!(conn = conn.0, %reason, %detail, "closed a misbehaving peer"),
+        ServerEvent::Refused {
+            session,
+            msg,
+            reason,
+        } => tracing::debug!(session = session.0, msg, %reason, "refused"),
+    }
+}

@@ -1,0 +1,140 @@
+//! Helpers for real-socket tests: a relay on `127.0.0.1:0` in a temporary folder, run on its own
+//! tokio runtime so tests can use the blocking client from plain `#[test]` functions.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use neonet::client::{Client, ClientEvent, ClientOptions};
+use neonet::config::RelayConfig;
+use neonet::proto::server::World;
+use neonet::proto::types::Rank;
+use neonet::relay::{Relay, RelayHandle, RelayHooks};
+use neonet::tls::{Fingerprint, Trust};
+
+/// Bound on every wait in these tests. Generous: it only matters when something is broken.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A relay running in a temporary folder.
+pub struct TestRelay {
+    rt: tokio::runtime::Runtime,
+    handle: Option<RelayHandle>,
+    /// Where certificates and data live; removed on drop.
+    pub dir: tempfile::TempDir,
+    /// The relay's address.
+    pub addr: SocketAddr,
+    /// Its certificate's fingerprint.
+    pub fingerprint: Fingerprint,
+}
+
+impl TestRelay {
+    /// A relay hosting a fresh world where everyone is a builder (so tests can edit blueprints).
+    pub fn start() -> TestRelay {
+        let mut world = World::default();
+        world.settings.default_rank = Rank::Builder;
+        Self::start_with(RelayHooks {
+            world,
+            ..RelayHooks::default()
+        })
+    }
+
+    /// A relay with explicit hooks.
+    pub fn start_with(hooks: RelayHooks) -> TestRelay {
+        Self::start_config(|_| {}, hooks)
+    }
+
+    /// A relay with explicit hooks and configuration changes.
+    pub fn start_config(configure: impl FnOnce(&mut RelayConfig), hooks: RelayHooks) -> TestRelay {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "warn".into()),
+            )
+            .with_test_writer()
+            .try_init();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let mut config = RelayConfig::for_tests(dir.path());
+        configure(&mut config);
+        let handle = rt
+            .block_on(Relay::start_with(config, hooks))
+            .expect("relay starts");
+        TestRelay {
+            addr: handle.local_addr(),
+            fingerprint: handle.cert_fingerprint(),
+            handle: Some(handle),
+            rt,
+            dir,
+        }
+    }
+
+    /// Client options trusting this relay by fingerprint.
+    pub fn options(&self, name: &str) -> ClientOptions {
+        ClientOptions {
+            name: name.into(),
+            trust: Trust::Sha256(self.fingerprint),
+            connect_timeout: WAIT,
+            ..ClientOptions::default()
+        }
+    }
+
+    /// A joined client.
+    pub fn client(&self, name: &str) -> Client {
+        Client::connect(self.addr, self.options(name)).expect("client connects and joins")
+    }
+
+    /// The running relay.
+    pub fn handle(&self) -> &RelayHandle {
+        self.handle.as_ref().expect("running")
+    }
+
+    /// The runtime the relay runs on (for raw quinn clients).
+    pub fn runtime(&self) -> &tokio::runtime::Runtime {
+        &self.rt
+    }
+
+    /// Shuts the relay down cleanly.
+    pub fn shutdown(mut self) {
+        if let Some(h) = self.handle.take() {
+            self.rt.block_on(h.shutdown()).expect("clean shutdown");
+        }
+    }
+}
+
+impl Drop for TestRelay {
+    fn drop(&mut self) {
+        if let Some(h) = self.handle.take() {
+            let _ = self.rt.block_on(h.shutdown());
+        }
+    }
+}
+
+/// Waits for an event matching `pred`, failing the test with `what` if none comes.
+pub fn expect(client: &Client, what: &str, pred: impl FnMut(&ClientEvent) -> bool) -> ClientEvent {
+    match client.wait_for(WAIT, pred) {
+        Ok(ev) => ev,
+        Err(e) => panic!("waiting for {what}: {e}"),
+    }
+}
+
+/// Waits until every predicate has matched some event, in any order (messages on different
+/// channels travel on different streams and may arrive in either order).
+pub fn expect_all(client: &Client, what: &str, preds: &mut [&mut dyn FnMut(&ClientEvent) -> bool]) {
+    let mut done = vec![false; preds.len()];
+    let r = client.wait_for(WAIT, |e| {
+        for (i, p) in preds.iter_mut().enumerate() {
+            if !done[i] && p(e) {
+                done[i] = true;
+                break;
+            }
+        }
+        done.iter().all(|d| *d)
+    });
+    if let Err(e) = r {
+        panic!("waiting for {what}: {e}");
+    }
+}

@@ -9,3 +9,4 @@ pub use neonet_proto as proto;
 pub mod http;
 pub mod metrics;
 pub mod proxy;
+pub mod store;

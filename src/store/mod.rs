@@ -56,7 +56,7 @@ pub use error::{StoreError, SubmitError};
 pub use schema::SCHEMA_VERSION;
 
 use error::AtPath;
-use writer::Shared;
+use writer::{OnCommit, Opener, Shared};
 
 /// Chat messages kept on disk: the same history the world keeps in memory and sends in the
 /// snapshot ([`neonet_proto::limits::CHAT_HISTORY_LEN`]), so a restart shows the same chat.
@@ -186,10 +186,28 @@ impl Store {
             });
         }
         let path = data_dir.join(DB_FILE_NAME);
-        let db = open_db(&path)?;
+        let opener_path = path.clone();
+        Store::open_with(
+            path,
+            Box::new(move || open_db(&opener_path)),
+            config,
+            Box::new(on_commit),
+        )
+    }
+
+    /// [`Store::open`] over a database made by `opener`, which is also used to reopen it after
+    /// a disk error (tests pass a storage backend that fails on demand). `path` names the
+    /// database in errors.
+    pub(crate) fn open_with(
+        path: PathBuf,
+        opener: Opener,
+        config: StoreConfig,
+        on_commit: OnCommit,
+    ) -> Result<(Store, LoadedWorld), StoreError> {
+        let db = opener()?;
         let world = prepare(&path, &db)?;
         let queue_max = config.queue_max;
-        let (shared, thread) = writer::spawn(path.clone(), db, config, Box::new(on_commit))?;
+        let (shared, thread) = writer::spawn(path.clone(), db, opener, config, on_commit)?;
         Ok((
             Store {
                 shared,
@@ -293,3 +311,6 @@ fn prepare(path: &Path, db: &redb::Database) -> Result<LoadedWorld, StoreError> 
     txn.commit().at(path)?;
     Ok(world)
 }
+
+#[cfg(test)]
+mod tests;

@@ -19,10 +19,13 @@ use neonet_proto::types::{Entity, EntityId};
 
 use super::error::AtPath;
 use super::schema::Tables;
-use super::{open_db, AckToken, Change, Commit, StoreConfig, StoreError, StoreStats, SubmitError};
+use super::{AckToken, Change, Commit, StoreConfig, StoreError, StoreStats, SubmitError};
 
 /// The commit callback.
 pub(crate) type OnCommit = Box<dyn FnMut(Commit) + Send>;
+
+/// Opens the database; called at start and again after a disk error.
+pub(crate) type Opener = Box<dyn Fn() -> Result<redb::Database, StoreError> + Send>;
 
 /// A queued change.
 struct Pending {
@@ -181,6 +184,7 @@ impl Drop for ClosedOnExit {
 pub(crate) fn spawn(
     path: PathBuf,
     db: redb::Database,
+    opener: Opener,
     config: StoreConfig,
     on_commit: OnCommit,
 ) -> Result<(Arc<Shared>, JoinHandle<()>), StoreError> {
@@ -202,6 +206,7 @@ pub(crate) fn spawn(
                 shared: &guard.0,
                 path,
                 db: Some(db),
+                opener,
                 config,
                 on_commit,
                 seq: 0,
@@ -233,6 +238,7 @@ struct Writer<'a> {
     path: PathBuf,
     /// `None` after a disk error: reopened before the next batch.
     db: Option<redb::Database>,
+    opener: Opener,
     config: StoreConfig,
     on_commit: OnCommit,
     seq: u64,
@@ -369,7 +375,7 @@ impl Writer<'_> {
             Some(db) => db,
             None => {
                 tracing::warn!(path = %path.display(), "reopening the world database after a disk error");
-                self.db.insert(open_db(path)?)
+                self.db.insert((self.opener)()?)
             }
         };
         let result = (|| {

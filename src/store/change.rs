@@ -41,7 +41,10 @@ pub enum Change {
     /// The chat history was cleared.
     ClearChat,
     /// The id counters moved on. Stored so that ids are never reused after a restart, even
-    /// for things that were deleted.
+    /// for things that were deleted. Counters only grow: each field is raised to at least the
+    /// given value, never lowered. The store also raises them itself past every entity, user
+    /// and chat id it writes (in the same transaction), so this is only needed for ids handed
+    /// out without a persisted change (a player entity, say).
     SetNextIds(NextIds),
 }
 

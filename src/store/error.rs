@@ -145,6 +145,13 @@ impl StoreError {
         let path = path.to_path_buf();
         match e.into() {
             redb::Error::DatabaseAlreadyOpen => StoreError::AlreadyOpen { path },
+            // redb reports a bad header (not a redb file) as `InvalidData`.
+            redb::Error::Io(source) if source.kind() == io::ErrorKind::InvalidData => {
+                StoreError::Corrupt {
+                    path,
+                    detail: format!("not a readable redb database ({source})"),
+                }
+            }
             redb::Error::Io(source) => StoreError::Disk { path, source },
             redb::Error::PreviousIo => StoreError::NeedsReopen { path },
             redb::Error::Corrupted(detail) => StoreError::Corrupt { path, detail },

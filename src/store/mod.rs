@@ -207,7 +207,7 @@ impl Store {
         let db = opener()?;
         let world = prepare(&path, &db)?;
         let queue_max = config.queue_max;
-        let (shared, thread) = writer::spawn(path.clone(), db, opener, config, on_commit)?;
+        let (shared, thread) = writer::spawn(path.clone(), db, opener, world.next_ids, config, on_commit)?;
         Ok((
             Store {
                 shared,

@@ -258,6 +258,14 @@ impl<'txn> Tables<'txn> {
         Ok(())
     }
 
+    /// Writes the id counters.
+    pub(crate) fn put_next_ids(&mut self, path: &Path, ids: &NextIds) -> Result<(), StoreError> {
+        self.meta
+            .insert(KEY_NEXT_IDS, enc("meta", ids)?.as_slice())
+            .at(path)?;
+        Ok(())
+    }
+
     /// Applies one change.
     pub(crate) fn apply(&mut self, path: &Path, change: &Change) -> Result<(), StoreError> {
         match change {
@@ -301,12 +309,34 @@ impl<'txn> Tables<'txn> {
             Change::ClearChat => {
                 self.chat.retain(|_, _| false).at(path)?;
             }
-            Change::SetNextIds(ids) => {
-                self.meta
-                    .insert(KEY_NEXT_IDS, enc("meta", ids)?.as_slice())
-                    .at(path)?;
-            }
+            // Counters are raised by the writer for every change (see `raise_ids`) and written
+            // once per transaction by `put_next_ids`.
+            Change::SetNextIds(_) => {}
         }
         Ok(())
+    }
+}
+
+/// Raises `ids` so that they stay above every id `change` uses. Counters only ever grow, so a
+/// crash can never hand out an id again, whatever order the core sends
+/// [`Change::SetNextIds`] in.
+pub(crate) fn raise_ids(ids: &mut NextIds, change: &Change) {
+    match change {
+        Change::PutEntity(e) | Change::PutEntityState(e) => {
+            ids.entity = ids.entity.max(e.id.0.saturating_add(1));
+        }
+        Change::DeleteEntity(id) => ids.entity = ids.entity.max(id.0.saturating_add(1)),
+        Change::PutUser(u) => ids.user = ids.user.max(u.id.0.saturating_add(1)),
+        Change::AppendChat(m) => ids.chat = ids.chat.max(m.id.saturating_add(1)),
+        Change::SetNextIds(n) => {
+            ids.entity = ids.entity.max(n.entity);
+            ids.user = ids.user.max(n.user);
+            ids.chat = ids.chat.max(n.chat);
+        }
+        Change::PutBlueprint(_)
+        | Change::DeleteBlueprint(_)
+        | Change::PutSettings(_)
+        | Change::PutSpawn(_)
+        | Change::ClearChat => {}
     }
 }

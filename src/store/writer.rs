@@ -18,8 +18,8 @@ use std::time::Instant;
 use neonet_proto::types::{Entity, EntityId};
 
 use super::error::AtPath;
-use super::schema::Tables;
-use super::{AckToken, Change, Commit, StoreConfig, StoreError, StoreStats, SubmitError};
+use super::schema::{raise_ids, Tables};
+use super::{AckToken, Change, NextIds, Commit, StoreConfig, StoreError, StoreStats, SubmitError};
 
 /// The commit callback.
 pub(crate) type OnCommit = Box<dyn FnMut(Commit) + Send>;
@@ -185,6 +185,7 @@ pub(crate) fn spawn(
     path: PathBuf,
     db: redb::Database,
     opener: Opener,
+    next_ids: NextIds,
     config: StoreConfig,
     on_commit: OnCommit,
 ) -> Result<(Arc<Shared>, JoinHandle<()>), StoreError> {
@@ -207,6 +208,7 @@ pub(crate) fn spawn(
                 path,
                 db: Some(db),
                 opener,
+                next_ids,
                 config,
                 on_commit,
                 seq: 0,
@@ -239,6 +241,8 @@ struct Writer<'a> {
     /// `None` after a disk error: reopened before the next batch.
     db: Option<redb::Database>,
     opener: Opener,
+    /// The id counters as durably stored.
+    next_ids: NextIds,
     config: StoreConfig,
     on_commit: OnCommit,
     seq: u64,
@@ -378,20 +382,29 @@ impl Writer<'_> {
                 self.db.insert((self.opener)()?)
             }
         };
+        let mut ids = self.next_ids;
         let result = (|| {
             let txn = db.begin_write().at(path)?;
             {
                 let mut tables = Tables::open(path, &txn)?;
                 for p in changes {
                     tables.apply(path, &p.change)?;
+                    raise_ids(&mut ids, &p.change);
                 }
                 for e in dirty.values() {
                     tables.put_entity(path, e)?;
+                    ids.entity = ids.entity.max(e.id.0.saturating_add(1));
+                }
+                if ids != self.next_ids {
+                    tables.put_next_ids(path, &ids)?;
                 }
             }
             // Default durability is `Immediate`: commit returns after the fsync.
             txn.commit().at(path)
         })();
+        if result.is_ok() {
+            self.next_ids = ids;
+        }
         if let Err(e) = &result {
             if e.needs_reopen() {
                 self.db = None;

@@ -741,6 +741,7 @@ fn crash_test_acknowledged_changes_survive_kill_9() {
     let exe = std::env::current_exe().unwrap();
     let mut acked_puts = BTreeSet::new();
     let mut acked_deletes = BTreeSet::new();
+    let mut checked_exclusive = false;
 
     for round in 0..rounds {
         let mut child = Command::new(&exe)
@@ -759,25 +760,36 @@ fn crash_test_acknowledged_changes_survive_kill_9() {
             std::thread::spawn(move || {
                 for line in BufReader::new(stdout).lines() {
                     let Ok(line) = line else { break };
-                    first_ack.store(1, Ordering::SeqCst);
+                    if line.ends_with(" .") {
+                        first_ack.store(1, Ordering::SeqCst);
+                    }
                     lines.lock().unwrap().push(line);
                 }
             })
         };
+        // Half the rounds kill at a random moment from the child's start (landing in process
+        // start, database creation or repair, or the first commits); the others at a random
+        // moment after the first acknowledgement, in the steady stream of commits.
+        let early = rng.next_u64() % 2 == 0;
+        let delay_ms = if early {
+            rng.next_u64() % 40
+        } else {
+            rng.next_u64() % 300
+        };
         let start = Instant::now();
-        while first_ack.load(Ordering::SeqCst) == 0 {
+        while !early && first_ack.load(Ordering::SeqCst) == 0 {
             assert!(
                 start.elapsed() < Duration::from_secs(60),
                 "seed {seed} round {round}: the child acknowledged nothing"
             );
             std::thread::sleep(Duration::from_millis(2));
         }
-        if round == 0 {
+        if !early && !checked_exclusive {
             // Another process holds the folder: a second open is refused.
             let err = Store::open(dir.path(), StoreConfig::default(), |_| {}).unwrap_err();
             assert!(matches!(err, StoreError::AlreadyOpen { .. }), "{err:?}");
+            checked_exclusive = true;
         }
-        let delay_ms = rng.next_u64() % 300;
         std::thread::sleep(Duration::from_millis(delay_ms));
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
@@ -824,12 +836,17 @@ fn crash_test_acknowledged_changes_survive_kill_9() {
             assert!(world.next_ids.entity > *max, "seed {seed}: ids reused");
         }
         eprintln!(
-            "round {round}: killed after {delay_ms} ms, {new_acks} new acks, {} entities on disk",
+            "round {round}: killed {delay_ms} ms after {}, {new_acks} new acks, {} entities on disk",
+            if early { "start" } else { "the first ack" },
             present.len()
         );
         store.shutdown().unwrap();
     }
-    assert!(!acked_puts.is_empty());
+    assert!(
+        !acked_puts.is_empty(),
+        "seed {seed}: no round acknowledged anything"
+    );
+    assert!(checked_exclusive || rounds < 4);
 }
 
 // ---------------------------------------------------------------------------------------------

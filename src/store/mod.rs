@@ -186,13 +186,21 @@ impl Store {
             });
         }
         let path = data_dir.join(DB_FILE_NAME);
+        let created = if path.exists() {
+            false
+        } else {
+            create_fresh(data_dir, &path)?
+        };
         let opener_path = path.clone();
-        Store::open_with(
+        let (store, mut world) = Store::open_with(
             path,
             Box::new(move || open_db(&opener_path)),
             config,
             Box::new(on_commit),
-        )
+        )?;
+        world.created |= created;
+        remove_stale_creations(data_dir);
+        Ok((store, world))
     }
 
     /// [`Store::open`] over a database made by `opener`, which is also used to reopen it after
@@ -207,7 +215,8 @@ impl Store {
         let db = opener()?;
         let world = prepare(&path, &db)?;
         let queue_max = config.queue_max;
-        let (shared, thread) = writer::spawn(path.clone(), db, opener, world.next_ids, config, on_commit)?;
+        let (shared, thread) =
+            writer::spawn(path.clone(), db, opener, world.next_ids, config, on_commit)?;
         Ok((
             Store {
                 shared,
@@ -277,9 +286,74 @@ impl Drop for Store {
     }
 }
 
-/// Opens or creates the database file.
+/// Opens the existing database file. Never creates one: a missing file while running (deleted
+/// behind our back) is an error, not a silently empty world.
 pub(crate) fn open_db(path: &Path) -> Result<redb::Database, StoreError> {
-    redb::Builder::new().create(path).at(path)
+    redb::Builder::new().open(path).at(path)
+}
+
+/// Prefix of the temporary file a new database is built in, followed by the creating process id.
+const CREATING_PREFIX: &str = "world.redb.creating-";
+
+/// Creates the database for a first start, crash-safely: it is built and initialized under a
+/// temporary name, then hard-linked to `path`.
+///
+/// redb initializes a new file in place and writes its magic number last; a crash in between
+/// leaves a non-empty file without the magic number, which redb then refuses to open for ever.
+/// Building aside and linking means `path` is either absent or a complete, initialized database.
+/// `hard_link` never replaces an existing file, so two relays racing on a fresh folder cannot
+/// swap the file under each other: the loser opens the winner's file and gets
+/// [`StoreError::AlreadyOpen`]. Returns whether this call created the database.
+fn create_fresh(data_dir: &Path, path: &Path) -> Result<bool, StoreError> {
+    let tmp = data_dir.join(format!("{CREATING_PREFIX}{}", std::process::id()));
+    let disk = |source| StoreError::Disk {
+        path: tmp.clone(),
+        source,
+    };
+    match std::fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(disk(e)),
+    }
+    {
+        let db = redb::Builder::new().create(&tmp).at(&tmp)?;
+        let txn = db.begin_write().at(&tmp)?;
+        schema::init(&tmp, &txn)?;
+        txn.commit().at(&tmp)?;
+    }
+    let linked = std::fs::hard_link(&tmp, path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => {}
+        // Another relay created it first.
+        Err(_) if path.exists() => return Ok(false),
+        Err(e) => return Err(disk(e)),
+    }
+    // Make the new directory entry durable too.
+    std::fs::File::open(data_dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|source| StoreError::DataDir {
+            path: data_dir.to_path_buf(),
+            source,
+        })?;
+    Ok(true)
+}
+
+/// Removes temporary files left by a first start that crashed before linking. Called while
+/// holding the database, so no other relay of this folder is creating one.
+fn remove_stale_creations(data_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(data_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with(CREATING_PREFIX))
+        {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// Brings the database to the current schema (creating or migrating it) and loads the world,

@@ -19,7 +19,7 @@ use neonet_proto::types::{Entity, EntityId};
 
 use super::error::AtPath;
 use super::schema::{raise_ids, Tables};
-use super::{AckToken, Change, NextIds, Commit, StoreConfig, StoreError, StoreStats, SubmitError};
+use super::{AckToken, Change, Commit, NextIds, StoreConfig, StoreError, StoreStats, SubmitError};
 
 /// The commit callback.
 pub(crate) type OnCommit = Box<dyn FnMut(Commit) + Send>;

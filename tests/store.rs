@@ -853,16 +853,23 @@ fn crash_test_acknowledged_changes_survive_kill_9() {
 // Throughput and acknowledgement latency. Not a test: a measurement, run on demand with
 //   cargo test --release --test store -- --ignored --nocapture measure_throughput
 
-/// Submitters in the measurement: one per simulated client.
+/// Submitters in the client-shaped measurement: one per simulated client, each sending every
+/// [`MEASURE_CLIENT_PERIOD`].
 const MEASURE_SUBMITTERS: u64 = 100;
+/// How often each simulated client sends its edits.
+const MEASURE_CLIENT_PERIOD: Duration = Duration::from_millis(10);
+/// The relay-shaped measurement: one submitter (the tick thread) sending a tick's worth of
+/// changes every 1/60 s.
+const MEASURE_TICK_PERIOD: Duration = Duration::from_micros(16_667);
 /// How long each measurement runs.
 const MEASURE_DURATION: Duration = Duration::from_secs(5);
 /// Distinct entities edited (updates of existing rows, like builders moving apps).
 const MEASURE_ENTITIES: u64 = 10_000;
 
-/// Runs `MEASURE_SUBMITTERS` threads submitting `rate_per_s` changes/s in total (0: as fast as
-/// the queue takes them) and prints acknowledged changes/s and ack latency percentiles.
-fn measure(rate_per_s: u64) {
+/// Runs `submitters` threads submitting `rate_per_s` changes/s in total (0: as fast as the queue
+/// takes them), each in bursts every `period`, and prints acknowledged changes/s and ack latency
+/// percentiles.
+fn measure(rate_per_s: u64, submitters: u64, period: Duration) {
     let dir = tempfile::tempdir().unwrap();
     let start = Instant::now();
     let submitted_at: Arc<Vec<AtomicU64>> =
@@ -870,14 +877,22 @@ fn measure(rate_per_s: u64) {
     let hist = Arc::new(Mutex::new(
         hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap(),
     ));
+    let commit_hist = Arc::new(Mutex::new(
+        hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap(),
+    ));
     let acked = Arc::new(AtomicU64::new(0));
     let (store, _) = {
         let submitted_at = submitted_at.clone();
         let hist = hist.clone();
+        let commit_hist = commit_hist.clone();
         let acked = acked.clone();
         Store::open(dir.path(), StoreConfig::default(), move |c: Commit| {
             assert!(c.is_durable());
             let now = start.elapsed().as_micros() as u64;
+            let _ = commit_hist
+                .lock()
+                .unwrap()
+                .record((c.commit_latency.as_micros() as u64).max(1));
             let mut h = hist.lock().unwrap();
             for a in &c.acks {
                 let at = submitted_at[a.0 as usize].load(Ordering::Relaxed);
@@ -896,24 +911,25 @@ fn measure(rate_per_s: u64) {
     store.flush().unwrap();
     let base_commits = store.stats().commits;
     hist.lock().unwrap().reset();
+    commit_hist.lock().unwrap().reset();
     acked.store(0, Ordering::SeqCst);
 
     let store = Arc::new(store);
     let next_token = Arc::new(AtomicU64::new(0));
     let refused = Arc::new(AtomicU64::new(0));
     let t0 = Instant::now();
-    let handles: Vec<_> = (0..MEASURE_SUBMITTERS)
+    let handles: Vec<_> = (0..submitters)
         .map(|s| {
             let store = store.clone();
             let next_token = next_token.clone();
             let submitted_at = submitted_at.clone();
             let refused = refused.clone();
             std::thread::spawn(move || {
-                let tick = Duration::from_millis(10);
+                let tick = period;
                 let per_tick = if rate_per_s == 0 {
                     u64::MAX
                 } else {
-                    (rate_per_s * tick.as_millis() as u64 / 1000 / MEASURE_SUBMITTERS).max(1)
+                    (rate_per_s * tick.as_micros() as u64 / 1_000_000 / submitters).max(1)
                 };
                 let mut next = t0 + tick * (s as u32 % 10) / 10;
                 let mut i = 0u64;
@@ -958,8 +974,10 @@ fn measure(rate_per_s: u64) {
     let n = acked.load(Ordering::SeqCst);
     let commits = stats.commits - base_commits;
     let h = hist.lock().unwrap();
+    let ch = commit_hist.lock().unwrap();
     println!(
-        "target {:>6}/s: {:>7.0} acked changes/s, {} commits ({:.1} changes/commit), ack latency p50 {:.2} ms p99 {:.2} ms max {:.2} ms, refused (queue full) {}",
+        "{submitters:>3} submitters every {:>4.1} ms, target {:>6}/s: {:>7.0} acked changes/s, {} commits ({:.1} changes/commit), ack latency p50 {:.2} ms p99 {:.2} ms max {:.2} ms, commit (apply+fsync) p50 {:.2} ms p99 {:.2} ms max {:.2} ms, refused (queue full) {}",
+        period.as_secs_f64() * 1000.0,
         if rate_per_s == 0 { "max".to_string() } else { rate_per_s.to_string() },
         n as f64 / elapsed.as_secs_f64(),
         commits,
@@ -967,6 +985,9 @@ fn measure(rate_per_s: u64) {
         h.value_at_quantile(0.50) as f64 / 1000.0,
         h.value_at_quantile(0.99) as f64 / 1000.0,
         h.max() as f64 / 1000.0,
+        ch.value_at_quantile(0.50) as f64 / 1000.0,
+        ch.value_at_quantile(0.99) as f64 / 1000.0,
+        ch.max() as f64 / 1000.0,
         refused.load(Ordering::SeqCst),
     );
 }
@@ -974,7 +995,10 @@ fn measure(rate_per_s: u64) {
 #[test]
 #[ignore = "a measurement: run with --release -- --ignored --nocapture"]
 fn measure_throughput() {
-    for rate in [5_000, 20_000, 40_000, 0] {
-        measure(rate);
+    for rate in [20_000, 40_000, 0] {
+        measure(rate, MEASURE_SUBMITTERS, MEASURE_CLIENT_PERIOD);
+    }
+    for rate in [20_000, 40_000] {
+        measure(rate, 1, MEASURE_TICK_PERIOD);
     }
 }

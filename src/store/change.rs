@@ -25,9 +25,10 @@ pub enum Change {
     PutEntity(Entity),
     /// A persistent entity was removed. Supersedes any value of it marked dirty before it.
     DeleteEntity(EntityId),
-    /// Fast-changing entity state (an app's transform while moving, app state): goes to the
-    /// dirty set, exactly like [`super::Store::mark_dirty`], and is written at the next dirty
-    /// flush. An [`AckToken`] given with it is reported with that flush's commit.
+    /// Fast-changing entity state (an app's transform while moving, app state). Without an
+    /// [`AckToken`] it goes to the dirty set, exactly like [`super::Store::mark_dirty`], and is
+    /// written at the next dirty flush. With a token it is written through the queue like
+    /// [`Change::PutEntity`]: an acknowledgement needs durability now, not at the next flush.
     PutEntityState(Entity),
     /// The world settings changed.
     PutSettings(Settings),

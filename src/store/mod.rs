@@ -315,11 +315,27 @@ fn create_fresh(data_dir: &Path, path: &Path) -> Result<bool, StoreError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(disk(e)),
     }
-    {
+    let built = (|| {
         let db = redb::Builder::new().create(&tmp).at(&tmp)?;
         let txn = db.begin_write().at(&tmp)?;
         schema::init(&tmp, &txn)?;
-        txn.commit().at(&tmp)?;
+        txn.commit().at(&tmp)
+    })();
+    match built {
+        Ok(()) => {}
+        // Not being able to create a file here is a data folder problem (permissions, a
+        // read-only or full file system): say so.
+        Err(StoreError::Disk { source, .. }) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(StoreError::DataDir {
+                path: data_dir.to_path_buf(),
+                source,
+            });
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
     }
     let linked = std::fs::hard_link(&tmp, path);
     let _ = std::fs::remove_file(&tmp);

@@ -27,8 +27,16 @@
 //!   second relay on the same data folder gets [`StoreError::AlreadyOpen`]. No separate lock
 //!   file is needed; the only gap is the moment the writer reopens the file after a disk error.
 //!
+//! - **Crash-safe first start.** A new database is built and initialized under a temporary name
+//!   and hard-linked into place, so `world.redb` is either absent or complete (redb alone leaves
+//!   an unopenable file if killed while creating one).
+//! - **Ids are never reused.** The stored id counters ([`NextIds`]) only grow, and the writer
+//!   raises them past every entity, user and chat id in the same transaction that writes it.
+//!
 //! ## What a crash loses
 //! - Changes submitted but not yet reported durable: their senders were never acknowledged.
+//!   Such a change may or may not be on disk after the restart (its commit may have completed
+//!   just before the crash): "unacknowledged" means "unknown", never "absent".
 //! - Dirty state (moving apps' transforms, app state given to [`Store::mark_dirty`]) since the
 //!   last dirty flush: at most [`StoreConfig::dirty_flush_interval`] of it. A graceful
 //!   [`Store::shutdown`] (or drop) flushes it.
@@ -82,12 +90,12 @@ pub const BATCH_MAX_DEFAULT: usize = 4_096;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoreConfig {
     /// How often the dirty set (fast-changing entity state) is written. Default
-    /// [`DIRTY_FLUSH_INTERVAL_DEFAULT`].
+    /// [`DIRTY_FLUSH_INTERVAL_DEFAULT`]; kept between 1 ms and one day.
     pub dirty_flush_interval: Duration,
     /// Most changes waiting for the writer; [`Store::submit`] refuses beyond it. Default
-    /// [`QUEUE_MAX_DEFAULT`].
+    /// [`QUEUE_MAX_DEFAULT`]; at least 1.
     pub queue_max: usize,
-    /// Most changes in one write transaction. Default [`BATCH_MAX_DEFAULT`].
+    /// Most changes in one write transaction. Default [`BATCH_MAX_DEFAULT`]; at least 1.
     pub batch_max: usize,
 }
 
@@ -214,7 +222,7 @@ impl Store {
     ) -> Result<(Store, LoadedWorld), StoreError> {
         let db = opener()?;
         let world = prepare(&path, &db)?;
-        let queue_max = config.queue_max;
+        let queue_max = config.queue_max.max(1);
         let (shared, thread) =
             writer::spawn(path.clone(), db, opener, world.next_ids, config, on_commit)?;
         Ok((

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use neonet_proto::types::{Entity, EntityId};
 
@@ -222,6 +222,11 @@ pub(crate) fn spawn(
     Ok((shared, thread))
 }
 
+/// Shortest dirty flush interval: 1 ms, so that a zero interval cannot spin the writer.
+const DIRTY_FLUSH_INTERVAL_MIN: Duration = Duration::from_millis(1);
+/// Longest dirty flush interval: one day, so that deadlines never overflow `Instant`.
+const DIRTY_FLUSH_INTERVAL_MAX: Duration = Duration::from_secs(86_400);
+
 /// One unit of work taken from the queue.
 struct Batch {
     changes: Vec<Pending>,
@@ -250,6 +255,10 @@ struct Writer<'a> {
 
 impl Writer<'_> {
     fn run(mut self) {
+        self.config.dirty_flush_interval = self
+            .config
+            .dirty_flush_interval
+            .clamp(DIRTY_FLUSH_INTERVAL_MIN, DIRTY_FLUSH_INTERVAL_MAX);
         let mut next_flush = Instant::now() + self.config.dirty_flush_interval;
         loop {
             let batch = self.take(&mut next_flush);

@@ -124,9 +124,9 @@ impl StoreError {
     pub fn is_disk_full(&self) -> bool {
         match self {
             StoreError::Disk { source, .. } | StoreError::DataDir { source, .. } => {
-                // ENOSPC = 28, EDQUOT = 122 on Linux. `io::ErrorKind::StorageFull` needs Rust 1.83,
-                // above the crate's rust-version.
-                matches!(source.raw_os_error(), Some(28) | Some(122))
+                // `StorageFull` is ENOSPC; EDQUOT (122 on Linux) has no stable kind in Rust 1.85.
+                source.kind() == io::ErrorKind::StorageFull
+                    || (cfg!(target_os = "linux") && source.raw_os_error() == Some(122))
             }
             _ => false,
         }

@@ -13,12 +13,20 @@ use std::time::{Duration, Instant};
 use neonet::proto::rng::Rng;
 use neonet::proto::types::{
     Blueprint, BlueprintFlags, BlueprintId, Bytes, ChatMessage, Entity, EntityId, EntityKind,
-    MovementAuthority, Rank, SessionId, Settings, Spawn, Transform, User, UserId,
+    MovementAuthority, Rank, ReqId, SessionId, Settings, Spawn, Transform, User, UserId,
 };
 use neonet::store::{
     AckToken, Change, Commit, LoadedWorld, NextIds, Store, StoreConfig, StoreError, SubmitError,
     CHAT_HISTORY_MAX, DB_FILE_NAME, SCHEMA_VERSION,
 };
+
+/// A token naming `n` (in the session field; tests have no sessions).
+fn tok(n: u64) -> AckToken {
+    AckToken {
+        session: SessionId(n),
+        req: ReqId(0),
+    }
+}
 
 fn app(id: u32, x: f32) -> Entity {
     Entity {
@@ -148,7 +156,7 @@ fn restart_keeps_everything() {
         }),
     ];
     for (i, c) in changes.into_iter().enumerate() {
-        store.submit(c, Some(AckToken(i as u64))).unwrap();
+        store.submit(c, Some(tok(i as u64))).unwrap();
     }
     // Fast-changing state goes through the dirty set; the last value wins.
     for x in 0..10 {
@@ -286,7 +294,7 @@ fn dirty_state_is_flushed_on_its_interval_and_never_overrides_newer_changes() {
     store.mark_dirty(app(4, 2.0));
     // Entity state with a token is written through like a put.
     store
-        .submit(Change::PutEntityState(app(5, 5.0)), Some(AckToken(5)))
+        .submit(Change::PutEntityState(app(5, 5.0)), Some(tok(5)))
         .unwrap();
     // Without a token it is dirty state.
     store
@@ -331,7 +339,7 @@ fn group_commit_batches_many_changes_into_few_commits() {
     })
     .unwrap();
     store
-        .submit(Change::PutEntity(app(0, 0.0)), Some(AckToken(0)))
+        .submit(Change::PutEntity(app(0, 0.0)), Some(tok(0)))
         .unwrap();
     entered_rx.recv().unwrap();
     let store = Arc::new(store);
@@ -344,10 +352,7 @@ fn group_commit_batches_many_changes_into_few_commits() {
                 for i in 0..per_thread {
                     let id = 1 + t * per_thread + i;
                     store
-                        .submit(
-                            Change::PutEntity(app(id, i as f32)),
-                            Some(AckToken(id as u64)),
-                        )
+                        .submit(Change::PutEntity(app(id, i as f32)), Some(tok(id as u64)))
                         .unwrap();
                 }
             })
@@ -371,7 +376,7 @@ fn group_commit_batches_many_changes_into_few_commits() {
     assert!(commits.iter().all(|c| c.changes <= batch_max));
     let mut acked: Vec<u64> = commits
         .iter()
-        .flat_map(|c| c.acks.iter().map(|a| a.0))
+        .flat_map(|c| c.acks.iter().map(|a| a.session.0))
         .collect();
     assert_eq!(acked.len() as u64, total, "every token reported once");
     acked.sort_unstable();
@@ -385,11 +390,11 @@ fn a_lone_change_is_committed_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let (store, _, rx) = open_with_commits(dir.path(), StoreConfig::default());
     store
-        .submit(Change::PutUser(user(1, None)), Some(AckToken(9)))
+        .submit(Change::PutUser(user(1, None)), Some(tok(9)))
         .unwrap();
     let c = rx.recv_timeout(Duration::from_secs(10)).unwrap();
     assert!(c.is_durable());
-    assert_eq!((c.acks, c.changes), (vec![AckToken(9)], 1));
+    assert_eq!((c.acks, c.changes), (vec![tok(9)], 1));
     assert_eq!(store.stats().commits, 1);
 }
 
@@ -403,7 +408,7 @@ fn a_full_queue_refuses_instead_of_growing() {
     let (store, _) = Store::open(dir.path(), config, |_| {}).unwrap();
     let mut refused = 0;
     for i in 0..10_000 {
-        match store.submit(Change::PutEntity(app(i, 0.0)), Some(AckToken(i as u64))) {
+        match store.submit(Change::PutEntity(app(i, 0.0)), Some(tok(i as u64))) {
             Ok(()) => {}
             Err(SubmitError::Full) => refused += 1,
             Err(e) => panic!("{e}"),
@@ -661,8 +666,8 @@ const ROUNDS_ENV: &str = "NEONET_CRASH_ROUNDS";
 const CRASH_ROUNDS_DEFAULT: u32 = 8;
 /// Submitting threads in the child.
 const CHILD_THREADS: u32 = 4;
-/// A token's top bit marks a delete; the rest is the entity id.
-const DELETE_BIT: u64 = 1 << 63;
+/// A token's session field carries the entity id; this request id marks a delete.
+const DELETE_REQ: ReqId = ReqId(1);
 
 /// The child's body. A no-op unless run by `crash_test_acknowledged_changes_survive_kill_9`.
 #[test]
@@ -674,11 +679,8 @@ fn crash_child() {
         if c.is_durable() && !c.acks.is_empty() {
             let mut out = String::new();
             for a in &c.acks {
-                let (op, id) = if a.0 & DELETE_BIT != 0 {
-                    ('D', a.0 & !DELETE_BIT)
-                } else {
-                    ('P', a.0)
-                };
+                let op = if a.req == DELETE_REQ { 'D' } else { 'P' };
+                let id = a.session.0;
                 // The trailing '.' marks a complete line: a kill mid-write leaves none.
                 out.push_str(&format!("{op} {id} .\n"));
             }
@@ -702,7 +704,7 @@ fn crash_child() {
                     let id = next_id.fetch_add(1, Ordering::Relaxed) as u32;
                     loop {
                         let change = Change::PutEntity(app(id, i as f32));
-                        match store.submit(change, Some(AckToken(id as u64))) {
+                        match store.submit(change, Some(tok(id as u64))) {
                             Ok(()) => break,
                             Err(SubmitError::Full) => std::thread::sleep(Duration::from_millis(1)),
                             Err(SubmitError::Closed) => return,
@@ -711,7 +713,10 @@ fn crash_child() {
                     }
                     // Entities with ids divisible by 3 are deleted one step after their put.
                     if let Some(old) = to_delete.take() {
-                        let token = AckToken(old as u64 | DELETE_BIT);
+                        let token = AckToken {
+                            session: SessionId(old as u64),
+                            req: DELETE_REQ,
+                        };
                         let _ = store.submit(Change::DeleteEntity(EntityId(old)), Some(token));
                     }
                     if id % 3 == 0 {
@@ -913,7 +918,7 @@ fn measure(rate_per_s: u64, submitters: u64, period: Duration) {
                 .record((c.commit_latency.as_micros() as u64).max(1));
             let mut h = hist.lock().unwrap();
             for a in &c.acks {
-                let at = submitted_at[a.0 as usize].load(Ordering::Relaxed);
+                let at = submitted_at[a.session.0 as usize].load(Ordering::Relaxed);
                 let _ = h.record(now.saturating_sub(at).max(1));
             }
             acked.fetch_add(c.acks.len() as u64, Ordering::Relaxed);
@@ -962,9 +967,7 @@ fn measure(rate_per_s: u64, submitters: u64, period: Duration) {
                             .store(start.elapsed().as_micros() as u64, Ordering::Relaxed);
                         let id = ((s * 7919 + i) % MEASURE_ENTITIES) as u32;
                         i += 1;
-                        match store
-                            .submit(Change::PutEntity(app(id, i as f32)), Some(AckToken(token)))
-                        {
+                        match store.submit(Change::PutEntity(app(id, i as f32)), Some(tok(token))) {
                             Ok(()) => sent += 1,
                             Err(SubmitError::Full) => {
                                 refused.fetch_add(1, Ordering::Relaxed);
@@ -1021,4 +1024,45 @@ fn measure_throughput() {
     for rate in [20_000, 40_000] {
         measure(rate, 1, MEASURE_TICK_PERIOD);
     }
+}
+
+#[test]
+fn core_effects_in_core_world_out() {
+    use neonet::proto::server::{Change as CoreChange, Effect, World};
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _, rx) = open_with_commits(dir.path(), StoreConfig::default());
+    let effects = [
+        Effect {
+            change: CoreChange::PutEntity(app(4, 1.0)),
+            ack: Some(tok(1)),
+        },
+        Effect {
+            change: CoreChange::PutUser(user(2, Some([1.0, 0.0, 1.0]))),
+            ack: None,
+        },
+        Effect {
+            change: CoreChange::AppendChat(chat(7)),
+            ack: Some(tok(2)),
+        },
+    ];
+    for e in effects {
+        store.submit_effect(e).unwrap();
+    }
+    store.shutdown().unwrap();
+    // The tokens come back as the core's own, ready for `ServerCore::handle_durable`.
+    let acks: Vec<_> = rx.try_iter().flat_map(|c| c.acks).collect();
+    assert_eq!(acks, vec![tok(1), tok(2)]);
+
+    let (_store, loaded) = open(dir.path());
+    let world = World::from(loaded);
+    assert_eq!(world.entities.get(&EntityId(4)), Some(&app(4, 1.0)));
+    assert_eq!(
+        world.users.get(&UserId(2)).and_then(|u| u.last_position),
+        Some([1.0, 0.0, 1.0])
+    );
+    assert_eq!(world.chat.back(), Some(&chat(7)));
+    assert_eq!(
+        (world.next_entity_id, world.next_user_id, world.next_chat_id),
+        (5, 3, 8)
+    );
 }

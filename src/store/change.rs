@@ -8,9 +8,13 @@ use neonet_proto::types::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::StoreError;
+use super::{AckToken, StoreError};
 
 /// One persistence effect: what changed in the world, as plain data.
+///
+/// A superset of the core's [`neonet_proto::server::Change`] (which converts with `From`): it
+/// adds what the store offers beyond the core's current needs (blueprint removal, entity state
+/// for the dirty set, id counters).
 ///
 /// Each variant carries the whole new value (not a patch), so applying a change never needs to
 /// read the old one and a later change of the same thing simply replaces it.
@@ -61,12 +65,6 @@ pub struct NextIds {
     pub chat: u64,
 }
 
-/// An opaque token the caller attaches to a change it must acknowledge. The store hands it back
-/// in [`Commit::acks`] once the transaction holding the change is durable (or has failed). The
-/// relay maps it to the (session, request id) that asked.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct AckToken(pub u64);
-
 /// The report of one write transaction, given to the commit callback.
 #[derive(Clone, Debug)]
 pub struct Commit {
@@ -93,5 +91,21 @@ impl Commit {
     /// Whether the transaction is durable.
     pub fn is_durable(&self) -> bool {
         self.outcome.is_ok()
+    }
+}
+
+impl From<neonet_proto::server::Change> for Change {
+    fn from(c: neonet_proto::server::Change) -> Change {
+        use neonet_proto::server::Change as Core;
+        match c {
+            Core::PutBlueprint(b) => Change::PutBlueprint(b),
+            Core::PutEntity(e) => Change::PutEntity(e),
+            Core::DeleteEntity(id) => Change::DeleteEntity(id),
+            Core::PutSettings(s) => Change::PutSettings(s),
+            Core::PutSpawn(s) => Change::PutSpawn(s),
+            Core::PutUser(u) => Change::PutUser(u),
+            Core::AppendChat(m) => Change::AppendChat(m),
+            Core::ClearChat => Change::ClearChat,
+        }
     }
 }

@@ -59,8 +59,12 @@ use std::time::Duration;
 
 use neonet_proto::types::{Blueprint, ChatMessage, Entity, Settings, Spawn, User};
 
-pub use change::{AckToken, Change, Commit, NextIds};
+pub use change::{Change, Commit, NextIds};
 pub use error::{StoreError, SubmitError};
+/// The token of a change whose sender waits for its acknowledgement: the core's own
+/// ([`neonet_proto::server::AckToken`], the session and its request id), handed back in
+/// [`Commit::acks`] so the driver can pass them straight to `ServerCore::handle_durable`.
+pub use neonet_proto::server::AckToken;
 pub use schema::SCHEMA_VERSION;
 
 use error::AtPath;
@@ -130,6 +134,27 @@ pub struct LoadedWorld {
     pub created: bool,
     /// The schema version the database was migrated from by this open, if it was.
     pub migrated_from: Option<u32>,
+}
+
+impl From<LoadedWorld> for neonet_proto::server::World {
+    /// The core's view of the loaded world (`ServerCore::new` takes it).
+    fn from(w: LoadedWorld) -> Self {
+        neonet_proto::server::World {
+            settings: w.settings,
+            spawn: w.spawn,
+            blueprints: w
+                .blueprints
+                .into_iter()
+                .map(|b| (b.id.clone(), b))
+                .collect(),
+            entities: w.entities.into_iter().map(|e| (e.id, e)).collect(),
+            chat: w.chat.into_iter().collect(),
+            users: w.users.into_iter().map(|u| (u.id, u)).collect(),
+            next_entity_id: w.next_ids.entity,
+            next_user_id: w.next_ids.user,
+            next_chat_id: w.next_ids.chat,
+        }
+    }
 }
 
 /// Counters of the writer's work since open.
@@ -249,6 +274,11 @@ impl Store {
     /// [`SubmitError::Closed`] when the writer has stopped; the caller then refuses the change.
     pub fn submit(&self, change: Change, ack: Option<AckToken>) -> Result<(), SubmitError> {
         self.shared.submit(change, ack, self.queue_max)
+    }
+
+    /// [`Store::submit`] for an effect polled from the core (`ServerCore::poll_effect`).
+    pub fn submit_effect(&self, effect: neonet_proto::server::Effect) -> Result<(), SubmitError> {
+        self.submit(effect.change.into(), effect.ack)
     }
 
     /// Records fast-changing state of a persistent entity (transform while moving, app state).

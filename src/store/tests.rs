@@ -76,6 +76,13 @@ fn full_disk_opener(path: &Path, full: Arc<AtomicBool>) -> Opener {
     })
 }
 
+fn tok(n: u64) -> AckToken {
+    AckToken {
+        session: neonet_proto::types::SessionId(n),
+        req: neonet_proto::types::ReqId(0),
+    }
+}
+
 fn app(id: u32) -> Entity {
     Entity {
         id: EntityId(id),
@@ -106,32 +113,32 @@ fn disk_full_refuses_the_batch_then_recovers() {
     assert!(world.created);
 
     store
-        .submit(Change::PutEntity(app(1)), Some(AckToken(1)))
+        .submit(Change::PutEntity(app(1)), Some(tok(1)))
         .unwrap();
     store.flush().unwrap();
     let c = rx.recv().unwrap();
     assert!(c.is_durable());
-    assert_eq!(c.acks, vec![AckToken(1)]);
+    assert_eq!(c.acks, vec![tok(1)]);
 
     full.store(true, Ordering::SeqCst);
     store
-        .submit(Change::PutEntity(app(2)), Some(AckToken(2)))
+        .submit(Change::PutEntity(app(2)), Some(tok(2)))
         .unwrap();
     store.flush().unwrap();
     let c = rx.recv().unwrap();
-    assert_eq!(c.acks, vec![AckToken(2)]);
+    assert_eq!(c.acks, vec![tok(2)]);
     let err = c.outcome.expect_err("a full disk must fail the commit");
     assert!(err.is_disk_full(), "{err}");
     assert!(err.to_string().contains("disk error"), "{err}");
 
     full.store(false, Ordering::SeqCst);
     store
-        .submit(Change::PutEntity(app(3)), Some(AckToken(3)))
+        .submit(Change::PutEntity(app(3)), Some(tok(3)))
         .unwrap();
     store.flush().unwrap();
     let c = rx.recv().unwrap();
     assert!(c.is_durable(), "{:?}", c.outcome);
-    assert_eq!(c.acks, vec![AckToken(3)]);
+    assert_eq!(c.acks, vec![tok(3)]);
     let stats = store.shutdown().unwrap();
     assert_eq!(stats.failed_commits, 1);
 

@@ -892,7 +892,7 @@ const MEASURE_ENTITIES: u64 = 10_000;
 /// Runs `submitters` threads submitting `rate_per_s` changes/s in total (0: as fast as the queue
 /// takes them), each in bursts every `period`, and prints acknowledged changes/s and ack latency
 /// percentiles.
-fn measure(rate_per_s: u64, submitters: u64, period: Duration) {
+fn measure(rate_per_s: u64, submitters: u64, period: Duration, two_phase_commit: bool) {
     let dir = tempfile::tempdir().unwrap();
     let start = Instant::now();
     let submitted_at: Arc<Vec<AtomicU64>> =
@@ -909,7 +909,11 @@ fn measure(rate_per_s: u64, submitters: u64, period: Duration) {
         let hist = hist.clone();
         let commit_hist = commit_hist.clone();
         let acked = acked.clone();
-        Store::open(dir.path(), StoreConfig::default(), move |c: Commit| {
+        let config = StoreConfig {
+            two_phase_commit,
+            ..StoreConfig::default()
+        };
+        Store::open(dir.path(), config, move |c: Commit| {
             assert!(c.is_durable());
             let now = start.elapsed().as_micros() as u64;
             let _ = commit_hist
@@ -997,7 +1001,8 @@ fn measure(rate_per_s: u64, submitters: u64, period: Duration) {
     let h = hist.lock().unwrap();
     let ch = commit_hist.lock().unwrap();
     println!(
-        "{submitters:>3} submitters every {:>4.1} ms, target {:>6}/s: {:>7.0} acked changes/s, {} commits ({:.1} changes/commit), ack latency p50 {:.2} ms p99 {:.2} ms max {:.2} ms, commit (apply+fsync) p50 {:.2} ms p99 {:.2} ms max {:.2} ms, refused (queue full) {}",
+        "{}, {submitters:>3} submitters every {:>4.1} ms, target {:>6}/s: {:>7.0} acked changes/s, {} commits ({:.1} changes/commit), ack latency p50 {:.2} ms p99 {:.2} ms max {:.2} ms, commit (apply+fsync) p50 {:.2} ms p99 {:.2} ms max {:.2} ms, refused (queue full) {}",
+        if two_phase_commit { "2PC" } else { "1PC" },
         period.as_secs_f64() * 1000.0,
         if rate_per_s == 0 { "max".to_string() } else { rate_per_s.to_string() },
         n as f64 / elapsed.as_secs_f64(),
@@ -1018,12 +1023,17 @@ fn measure(rate_per_s: u64, submitters: u64, period: Duration) {
 fn measure_throughput() {
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!("load average before: {}", load.trim());
-    for rate in [20_000, 40_000, 0] {
-        measure(rate, MEASURE_SUBMITTERS, MEASURE_CLIENT_PERIOD);
+    // Interleaved repetitions: the machine is shared, so one run says little on its own.
+    for _ in 0..3 {
+        for two_phase in [true, false] {
+            measure(20_000, MEASURE_SUBMITTERS, MEASURE_CLIENT_PERIOD, two_phase);
+            measure(20_000, 1, MEASURE_TICK_PERIOD, two_phase);
+        }
     }
-    for rate in [20_000, 40_000] {
-        measure(rate, 1, MEASURE_TICK_PERIOD);
-    }
+    measure(40_000, MEASURE_SUBMITTERS, MEASURE_CLIENT_PERIOD, true);
+    measure(0, MEASURE_SUBMITTERS, MEASURE_CLIENT_PERIOD, true);
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!("load average after: {}", load.trim());
 }
 
 #[test]

@@ -392,8 +392,10 @@ impl Writer<'_> {
             }
         };
         let mut ids = self.next_ids;
+        let two_phase = self.config.two_phase_commit;
         let result = (|| {
-            let txn = db.begin_write().at(path)?;
+            let mut txn = db.begin_write().at(path)?;
+            txn.set_two_phase_commit(two_phase);
             {
                 let mut tables = Tables::open(path, &txn)?;
                 for p in changes {

@@ -18,11 +18,15 @@
 //!   changes per second grows with the batch. Under light load a batch is one change and the
 //!   latency is one commit; no change waits for a timer.
 //! - **A failed commit is reported, never hidden.** On a disk error every token of the batch is
-//!   reported with `outcome: Err` (the relay refuses them with `Refusal::Storage`), the database
-//!   is reopened before the next batch (redb refuses all writes after an I/O error until then),
-//!   and later changes are tried again. The failed batch's acknowledged changes are not retried:
-//!   their senders were told they failed. Dirty entities of a failed flush go back into the dirty
-//!   set unless something newer replaced them.
+//!   reported with `outcome: Err` (the relay refuses them with `Refusal::Storage`) and the
+//!   store keeps running: it reopens the database (redb refuses all writes after an I/O error
+//!   until then) and retries with a backoff (50 ms doubling to 2 s, so a dead disk is not
+//!   hammered). The failed batch's changes are retried *without* their tokens: their senders
+//!   were told "refused", but the core has already applied them to the world everyone sees, so
+//!   the disk must converge to it. The first commit that succeeds (`outcome: Ok`, possibly with
+//!   no tokens) is the signal that storage is healthy again. While it backs off, changes queue up
+//!   to [`StoreConfig::queue_max`] and then [`Store::submit`] refuses. Deterministic failures
+//!   (a value that cannot be encoded) are reported and not retried.
 //! - **One writer per world.** redb holds an exclusive `flock` on `world.redb` while it is open
 //!   (per open file description, so it also refuses a second [`Store`] in the same process). A
 //!   second relay on the same data folder gets [`StoreError::AlreadyOpen`]. No separate lock

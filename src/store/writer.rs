@@ -212,6 +212,8 @@ pub(crate) fn spawn(
                 config,
                 on_commit,
                 seq: 0,
+                retry_at: None,
+                backoff: Duration::ZERO,
             }
             .run();
         })
@@ -226,6 +228,13 @@ pub(crate) fn spawn(
 const DIRTY_FLUSH_INTERVAL_MIN: Duration = Duration::from_millis(1);
 /// Longest dirty flush interval: one day, so that deadlines never overflow `Instant`.
 const DIRTY_FLUSH_INTERVAL_MAX: Duration = Duration::from_secs(86_400);
+
+/// First wait before retrying after a disk error: 50 ms, long enough not to spin on a dead
+/// disk, short enough that a brief hiccup costs little.
+const RETRY_BACKOFF_MIN: Duration = Duration::from_millis(50);
+/// Longest wait between retries: 2 s, doubling from [`RETRY_BACKOFF_MIN`]. Bounds how long
+/// after the disk recovers the store notices.
+const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 /// One unit of work taken from the queue.
 struct Batch {
@@ -251,6 +260,10 @@ struct Writer<'a> {
     config: StoreConfig,
     on_commit: OnCommit,
     seq: u64,
+    /// After a disk error: no batch is taken before this instant (except at shutdown).
+    retry_at: Option<Instant>,
+    /// The current wait between retries, zero when healthy.
+    backoff: Duration,
 }
 
 impl Writer<'_> {
@@ -285,6 +298,16 @@ impl Writer<'_> {
         let mut q = self.shared.lock();
         loop {
             let now = Instant::now();
+            if let Some(retry_at) = self.retry_at.filter(|t| *t > now && !q.shutdown) {
+                // Backing off after a disk error: let the queue fill (up to its bound).
+                q = self
+                    .shared
+                    .wake
+                    .wait_timeout(q, retry_at - now)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+                continue;
+            }
             let flush_due = now >= *next_flush;
             let flush_wanted = q.flush_requested > q.flush_done;
             if !q.changes.is_empty()
@@ -343,34 +366,44 @@ impl Writer<'_> {
             .min()
             .unwrap_or(start);
         let acks: Vec<AckToken> = changes.iter().filter_map(|p| p.ack).collect();
+        let n_changes = changes.len();
+        let n_dirty = dirty.len();
         match &result {
             Ok(()) => {
+                self.retry_at = None;
+                self.backoff = Duration::ZERO;
                 self.shared.commits.fetch_add(1, Ordering::Relaxed);
                 self.shared
                     .changes
-                    .fetch_add(changes.len() as u64, Ordering::Relaxed);
+                    .fetch_add(n_changes as u64, Ordering::Relaxed);
                 self.shared
                     .dirty_entities
-                    .fetch_add(dirty.len() as u64, Ordering::Relaxed);
+                    .fetch_add(n_dirty as u64, Ordering::Relaxed);
             }
             Err(e) => {
                 self.shared.failed_commits.fetch_add(1, Ordering::Relaxed);
+                let retry = e.needs_reopen() && !self.shared.lock().shutdown;
                 tracing::error!(
                     error = %e,
-                    changes = changes.len(),
+                    changes = n_changes,
                     acks = acks.len(),
-                    dirty = dirty.len(),
-                    "world database commit failed; its changes are refused"
+                    dirty = n_dirty,
+                    retry,
+                    "world database commit failed; its acknowledgements are refused"
                 );
-                self.requeue_dirty(&dirty, dirty_since);
+                if retry {
+                    self.backoff = (self.backoff * 2).clamp(RETRY_BACKOFF_MIN, RETRY_BACKOFF_MAX);
+                    self.retry_at = Some(Instant::now() + self.backoff);
+                    self.requeue(changes, &dirty, dirty_since);
+                }
             }
         }
         let commit = Commit {
             seq: self.seq,
             acks,
             outcome: result.map_err(Arc::new),
-            changes: changes.len(),
-            dirty_entities: dirty.len(),
+            changes: n_changes,
+            dirty_entities: n_dirty,
             commit_latency: end - start,
             oldest_wait: end - oldest,
         };
@@ -424,30 +457,46 @@ impl Writer<'_> {
         result
     }
 
-    /// After a failed flush, puts its dirty values back unless something newer replaced them
-    /// meanwhile: a newer dirty value, or a queued put or delete of the same entity.
-    fn requeue_dirty(&self, dirty: &BTreeMap<EntityId, Entity>, since: Option<Instant>) {
-        if dirty.is_empty() {
-            return;
-        }
+    /// After a failed commit with a disk error, puts its changes back at the front of the
+    /// queue, without their tokens (their senders were already refused), and its dirty values
+    /// back into the dirty set unless something newer replaced them meanwhile (a newer dirty
+    /// value, or a queued put or delete of the same entity).
+    ///
+    /// Why retry changes whose senders were refused: the core has already applied them to the
+    /// world everyone sees, so the disk must converge to it once the disk works again.
+    /// Deterministic failures (a value that cannot be encoded) are not retried: they would fail
+    /// for ever.
+    fn requeue(
+        &self,
+        changes: Vec<Pending>,
+        dirty: &BTreeMap<EntityId, Entity>,
+        since: Option<Instant>,
+    ) {
         let mut q = self.shared.lock();
-        let superseded: std::collections::HashSet<EntityId> = q
-            .changes
-            .iter()
-            .filter_map(|p| match &p.change {
-                Change::PutEntity(e) => Some(e.id),
-                Change::DeleteEntity(id) => Some(*id),
-                _ => None,
-            })
-            .collect();
-        for (id, e) in dirty {
-            if !superseded.contains(id) {
-                q.dirty.entry(*id).or_insert_with(|| e.clone());
+        if !dirty.is_empty() {
+            // Only changes queued after the batch was taken are newer than its dirty values.
+            let superseded: std::collections::HashSet<EntityId> = q
+                .changes
+                .iter()
+                .filter_map(|p| match &p.change {
+                    Change::PutEntity(e) => Some(e.id),
+                    Change::DeleteEntity(id) => Some(*id),
+                    _ => None,
+                })
+                .collect();
+            for (id, e) in dirty {
+                if !superseded.contains(id) {
+                    q.dirty.entry(*id).or_insert_with(|| e.clone());
+                }
             }
+            q.dirty_since = match (q.dirty_since, since) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
         }
-        q.dirty_since = match (q.dirty_since, since) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        for mut p in changes.into_iter().rev() {
+            p.ack = None;
+            q.changes.push_front(p);
+        }
     }
 }

@@ -115,7 +115,8 @@ impl Shared {
             submitted: Instant::now(),
         });
         drop(q);
-        // The writer only sleeps on an empty queue, so only the first push needs to wake it.
+        // The writer sleeps with a non-empty queue only while backing off after a disk error
+        // (it wakes on its own then), so only the first push needs to wake it.
         if was_empty {
             self.wake.notify_one();
         }

@@ -16,3 +16,4 @@ pub mod proxy;
 pub mod quic;
 pub mod relay;
 pub mod tls;
+pub mod store;

@@ -838,5 +838,11 @@ fn log_event(e: &ServerEvent) {
             msg,
             reason,
         } => tracing::debug!(session = session.0, msg, %reason, "refused"),
+        ServerEvent::DatagramRejected { conn, error } => {
+            tracing::debug!(conn = conn.0, %error, "dropped a datagram")
+        }
+        ServerEvent::MoveRejected { session } => {
+            tracing::debug!(session = session.0, "refused a client-authoritative move")
+        }
     }
 }

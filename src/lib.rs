@@ -15,5 +15,5 @@ pub mod metrics;
 pub mod proxy;
 pub mod quic;
 pub mod relay;
-pub mod tls;
 pub mod store;
+pub mod tls;

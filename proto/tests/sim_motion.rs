@@ -1,0 +1,255 @@
+//! Motion over the simulated network, end to end through both cores: server-authoritative
+//! movement from inputs, transform datagrams (delta, priority, budget, interest), prediction
+//! and reconciliation, clock sync, client-authoritative validation.
+
+use std::time::Duration;
+
+use neonet_proto::client::{ClientConfig, ClientEvent};
+use neonet_proto::msg::ClientMsg;
+use neonet_proto::predict::CharacterInput;
+use neonet_proto::server::{InsecureTokens, ServerConfig, ServerEvent, World};
+use neonet_proto::sim::{run_seeds, LinkConfig, Sim};
+use neonet_proto::types::*;
+
+fn cfg(name: &str) -> ClientConfig {
+    ClientConfig {
+        name: name.into(),
+        token: None,
+    }
+}
+
+fn walk(yaw: u16) -> CharacterInput {
+    CharacterInput {
+        move_z: 127,
+        yaw,
+        ..Default::default()
+    }
+}
+
+fn sim_with(seed: u64, world: World, n: usize, link: LinkConfig) -> Sim {
+    let mut s = Sim::new(
+        seed,
+        ServerConfig::default(),
+        world,
+        Box::new(InsecureTokens),
+    );
+    for i in 0..n {
+        s.add_client(cfg(&format!("p{i}")), link.clone(), link.clone());
+    }
+    assert!(
+        s.run_until_true(Duration::from_secs(20), |s| s
+            .clients
+            .iter()
+            .all(|c| c.core.player().is_some())),
+        "seed {seed}: not everyone joined"
+    );
+    s
+}
+
+fn server_transform(s: &Sim, id: EntityId) -> Transform {
+    let t = s.server.world().entities[&id].transform;
+    let q = s.server.quantizer();
+    q.dequantize(&q.quantize(&t))
+}
+
+#[test]
+fn under_loss_reordering_and_duplication_every_view_converges_after_motion_stops() {
+    run_seeds(0..4, |seed| {
+        let mut link = LinkConfig::hostile();
+        link.loss = 0.2;
+        let mut s = sim_with(seed, World::default(), 4, link);
+        for i in 0..4 {
+            s.with_client(i, |c| c.set_input(walk(i as u16 * 16_000)));
+        }
+        s.run_for(Duration::from_secs(3));
+        for i in 0..4 {
+            s.with_client(i, |c| c.set_input(CharacterInput::default()));
+        }
+        // Motion stops (players decelerate within a few ticks); views must converge.
+        s.run_for(Duration::from_secs(3));
+        let players: Vec<EntityId> = (0..4)
+            .map(|i| s.clients[i].core.player().unwrap())
+            .collect();
+        for (i, c) in s.clients.iter().enumerate() {
+            for &p in &players {
+                if Some(p) == c.core.player() {
+                    continue;
+                }
+                let (_, seen) = c
+                    .core
+                    .latest_transform(p)
+                    .unwrap_or_else(|| panic!("seed {seed}: client {i} never saw {p:?}"));
+                assert_eq!(
+                    seen,
+                    server_transform(&s, p),
+                    "seed {seed}: client {i} on {p:?}"
+                );
+            }
+        }
+        // They really moved.
+        let moved = s.server.world().entities[&players[0]].transform.position;
+        assert!(
+            moved[2].abs() + moved[0].abs() > 5.0,
+            "seed {seed}: {moved:?}"
+        );
+    });
+}
+
+#[test]
+fn without_loss_prediction_never_corrects_after_the_first_second() {
+    run_seeds(0..4, |seed| {
+        let link = LinkConfig::with_latency(Duration::from_millis(50));
+        let mut s = sim_with(seed, World::default(), 3, link);
+        s.run_for(Duration::from_secs(1));
+        let before: Vec<u64> = (0..3)
+            .map(|i| s.clients[i].core.correction_stats().unwrap().corrections)
+            .collect();
+        for step in 0..40u16 {
+            for i in 0..3 {
+                let input = CharacterInput {
+                    move_z: 127,
+                    move_x: if step % 7 == 0 { 60 } else { 0 },
+                    yaw: step.wrapping_mul(3000).wrapping_add(i as u16 * 9000),
+                    run: step % 3 == 0,
+                    jump: step % 11 == 0,
+                };
+                s.with_client(i, |c| c.set_input(input));
+            }
+            s.run_for(Duration::from_millis(100));
+        }
+        for i in 0..3 {
+            let st = s.clients[i].core.correction_stats().unwrap();
+            assert!(
+                st.checked > 50,
+                "seed {seed}: client {i} compared nothing: {st:?}"
+            );
+            assert_eq!(st.corrections, before[i], "seed {seed}: client {i}: {st:?}");
+        }
+    });
+}
+
+#[test]
+fn a_client_behind_a_two_second_partition_recovers() {
+    run_seeds(0..4, |seed| {
+        let link = LinkConfig::with_latency(Duration::from_millis(30));
+        let mut s = sim_with(seed, World::default(), 2, link);
+        s.with_client(1, |c| c.set_input(walk(0)));
+        s.run_for(Duration::from_secs(1));
+        s.partition(0, Duration::from_secs(2));
+        s.run_for(Duration::from_secs(2));
+        s.with_client(1, |c| c.set_input(CharacterInput::default()));
+        s.run_for(Duration::from_secs(2));
+        let p1 = s.clients[1].core.player().unwrap();
+        let (_, seen) = s.clients[0].core.latest_transform(p1).expect("seen");
+        assert_eq!(seen, server_transform(&s, p1), "seed {seed}");
+    });
+}
+
+#[test]
+fn the_interest_radius_is_respected_and_leaving_it_is_announced() {
+    let link = LinkConfig::with_latency(Duration::from_millis(20));
+    let mut s = sim_with(9, World::default(), 2, link);
+    s.run_for(Duration::from_secs(1));
+    let p1 = s.clients[1].core.player().unwrap();
+    assert!(s.clients[0].core.latest_transform(p1).is_some());
+    // Client 1 teleports itself 600 m away: beyond the 256 m radius of client 0.
+    s.with_client(1, |c| {
+        c.send_raw(&ClientMsg::PlayerTeleport {
+            target: p1,
+            position: [600.0, 0.0, 0.0],
+            rotation_y: 0.0,
+        })
+    });
+    s.run_for(Duration::from_secs(1));
+    assert!(
+        s.clients[0].events.contains(&ClientEvent::LeftInterest(p1)),
+        "no left-interest notice"
+    );
+    s.with_client(1, |c| c.set_input(walk(0)));
+    s.run_for(Duration::from_secs(2));
+    if let Some((_, seen)) = s.clients[0].core.latest_transform(p1) {
+        assert!(seen.position[0] < 300.0, "a far entity was sent: {seen:?}");
+    }
+    // The entity still exists for client 0: out of interest is not removed.
+    assert!(s.clients[0].core.world().entities.contains_key(&p1));
+}
+
+#[test]
+fn a_teleport_snaps_the_predicted_player() {
+    let link = LinkConfig::with_latency(Duration::from_millis(40));
+    let mut s = sim_with(2, World::default(), 1, link);
+    s.run_for(Duration::from_secs(1));
+    let p = s.clients[0].core.player().unwrap();
+    s.with_client(0, |c| {
+        c.send_raw(&ClientMsg::PlayerTeleport {
+            target: p,
+            position: [50.0, 0.0, 50.0],
+            rotation_y: 0.0,
+        })
+    });
+    s.run_for(Duration::from_secs(1));
+    let st = s.clients[0].core.correction_stats().unwrap();
+    assert!(st.teleports >= 1 && st.snaps >= 1, "{st:?}");
+    let t = s.clients[0].core.player_transform(s.now()).unwrap();
+    assert!(
+        (t.position[0] - 50.0).abs() < 0.01 && (t.position[2] - 50.0).abs() < 0.01,
+        "{t:?}"
+    );
+}
+
+#[test]
+fn client_authoritative_mode_rejects_a_speed_hack() {
+    let mut world = World::default();
+    world.settings.movement = MovementAuthority::Client;
+    let link = LinkConfig::with_latency(Duration::from_millis(20));
+    let mut s = sim_with(4, world, 2, link);
+    s.run_for(Duration::from_secs(1));
+    let p0 = s.clients[0].core.player().unwrap();
+    // An honest walk is accepted...
+    for step in 1..=20 {
+        let t = Transform {
+            position: [0.0, 0.0, step as f32 * 0.1],
+            ..Default::default()
+        };
+        s.with_client(0, |c| c.set_player_transform(t));
+        s.run_for(Duration::from_millis(50));
+    }
+    let honest = s.server.world().entities[&p0].transform.position;
+    assert!(
+        (honest[2] - 2.0).abs() < 0.05,
+        "honest walk refused: {honest:?}"
+    );
+    // ...a jump of 100 m in 50 ms is not.
+    s.with_client(0, |c| {
+        c.set_player_transform(Transform {
+            position: [0.0, 0.0, 102.0],
+            ..Default::default()
+        })
+    });
+    s.run_for(Duration::from_millis(500));
+    let after = s.server.world().entities[&p0].transform.position;
+    assert!(after[2] < 3.0, "speed hack accepted: {after:?}");
+    assert!(s
+        .server_events
+        .iter()
+        .any(|e| matches!(e, ServerEvent::MoveRejected { .. })));
+}
+
+#[test]
+fn transform_datagrams_stay_within_the_bandwidth_budget() {
+    let link = LinkConfig::with_latency(Duration::from_millis(30));
+    let mut s = sim_with(6, World::default(), 30, link);
+    for i in 0..30 {
+        s.with_client(i, |c| c.set_input(walk(i as u16 * 2000)));
+    }
+    s.run_for(Duration::from_secs(1));
+    let start = s.stats.datagram_bytes_down;
+    s.run_for(Duration::from_secs(5));
+    let per_client_bps = (s.stats.datagram_bytes_down - start) as f64 * 8.0 / 5.0 / 30.0;
+    let budget = ServerConfig::default().transform.budget_bits_per_s as f64;
+    assert!(per_client_bps > 0.0);
+    assert!(
+        per_client_bps <= budget * 1.02,
+        "{per_client_bps} bit/s over {budget}"
+    );
+}

@@ -63,6 +63,7 @@ use crate::quic::{self, ChannelWriters, StreamEvent, TransportError};
 use crate::tls::Trust;
 
 pub use neonet_proto::client::{ClientCore, ClientEvent, ClientState, ClientWorld};
+pub use neonet_proto::predict::{CharacterInput, CorrectionStats};
 
 /// Frames queued from the stream readers to the client's task. Full: readers wait and QUIC flow
 /// control slows the server.
@@ -592,6 +593,50 @@ impl Client {
         let r = f(&mut self.inner.lock());
         self.inner.wake.notify_one();
         r
+    }
+
+    // ---- movement ----
+
+    /// Sets the input the local player moves with (held until changed). Sampled every client
+    /// tick, predicted at once and sent redundantly to the server.
+    pub fn set_input(&self, input: CharacterInput) {
+        self.inner.lock().set_input(input);
+    }
+
+    /// The local player's predicted transform to render now. `None` until the first
+    /// authoritative state arrived.
+    pub fn player_transform(&self) -> Option<neonet_proto::types::Transform> {
+        let now = self.inner.now();
+        self.inner.lock().player_transform(now)
+    }
+
+    /// Starts a render frame `dt_s` seconds after the previous one; returns the server tick
+    /// (fractional) to render remote entities at with [`Client::entity_transform`].
+    pub fn begin_frame(&self, dt_s: f32) -> Option<f64> {
+        let now = self.inner.now();
+        self.inner.lock().begin_frame(now, dt_s)
+    }
+
+    /// A remote entity's interpolated transform at render tick `at` (from `begin_frame`).
+    pub fn entity_transform(
+        &self,
+        id: EntityId,
+        at: f64,
+    ) -> Option<neonet_proto::types::Transform> {
+        self.inner.lock().entity_transform(id, at)
+    }
+
+    /// A remote entity's latest authoritative transform and its server tick.
+    pub fn latest_transform(
+        &self,
+        id: EntityId,
+    ) -> Option<(neonet_proto::time::Tick, neonet_proto::types::Transform)> {
+        self.inner.lock().latest_transform(id)
+    }
+
+    /// Prediction correction statistics, once moving.
+    pub fn correction_stats(&self) -> Option<CorrectionStats> {
+        self.inner.lock().correction_stats()
     }
 
     /// Own player entity.

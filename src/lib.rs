@@ -7,6 +7,11 @@
 
 pub use neonet_proto as proto;
 
+/// The README's code examples, compiled as doctests so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 pub mod auth;
 pub mod client;
 pub mod config;

@@ -148,7 +148,7 @@ async fn run(config: RelayConfig) -> anyhow::Result<()> {
     println!("certificate sha-256: {}", relay.cert_fingerprint());
     println!(
         "connect with: cargo run --example chat -- {}   (from another folder add --cert-sha256 {})",
-        relay.local_addr(),
+        dialable(relay.local_addr()),
         relay.cert_fingerprint()
     );
     wait_for_signal().await?;
@@ -175,4 +175,17 @@ async fn wait_for_signal() -> anyhow::Result<()> {
 #[cfg(not(unix))]
 async fn wait_for_signal() -> anyhow::Result<()> {
     tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")
+}
+
+/// The address a local client dials: an unspecified listen address (`0.0.0.0`, `::`) becomes
+/// loopback.
+fn dialable(addr: std::net::SocketAddr) -> std::net::SocketAddr {
+    let mut a = addr;
+    if a.ip().is_unspecified() {
+        a.set_ip(match a {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    a
 }

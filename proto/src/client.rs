@@ -19,7 +19,7 @@ use crate::predict::{CharacterInput, CorrectionStats, PredictedClient};
 use crate::time::{Tick, Time};
 use crate::transform::{
     encode_client_datagram, Freshness, QTransform, Quantizer, ReplicaReceiver, Seq,
-    KIND_SERVER_STATE,
+    KIND_SERVER_STATE, OWNED_PER_DATAGRAM_MAX,
 };
 use crate::types::*;
 
@@ -229,6 +229,8 @@ struct Stream {
     period: Duration,
     /// Client-authoritative mode: the game's own player transform, sent every client tick.
     own_transform: Option<Transform>,
+    /// Apps this client is moving (it set their `mover`), sent every client tick.
+    moving: BTreeMap<EntityId, Transform>,
     buf: Vec<u8>,
     /// Datagrams dropped as undecodable.
     rejected: u64,
@@ -495,6 +497,9 @@ impl ClientCore {
                 owned.push((p, st.quantizer.quantize(&t)));
             }
         }
+        for (id, t) in st.moving.iter().take(OWNED_PER_DATAGRAM_MAX - owned.len()) {
+            owned.push((*id, st.quantizer.quantize(t)));
+        }
         st.up_seq = Seq(st.up_seq.0.wrapping_add(1));
         let ack = st.receiver.ack_header();
         if encode_client_datagram(&st.quantizer, &ack, st.up_seq, inputs, &owned, &mut st.buf)
@@ -520,6 +525,42 @@ impl ClientCore {
     pub fn set_player_transform(&mut self, t: Transform) {
         if let Some(st) = &mut self.stream {
             st.own_transform = Some(t);
+        }
+    }
+
+    /// Starts moving an app (builder, or its owner): from now on its transform streams from
+    /// [`ClientCore::set_entity_transform`] through datagrams instead of reliable changes.
+    pub fn start_moving(&mut self, id: EntityId) -> ReqId {
+        self.modify_entity(
+            id,
+            EntityPatch {
+                set: vec![(crate::server::MOVER_PROP.into(), Bytes::default())],
+                ..Default::default()
+            },
+        )
+    }
+
+    /// Stops moving an app: it stays (and is saved) where it is.
+    pub fn stop_moving(&mut self, id: EntityId) -> ReqId {
+        let last = self.stream.as_mut().and_then(|st| st.moving.remove(&id));
+        self.modify_entity(
+            id,
+            EntityPatch {
+                unset: vec![crate::server::MOVER_PROP.into()],
+                transform: last,
+                ..Default::default()
+            },
+        )
+    }
+
+    /// The transform of an app this client is moving (see [`ClientCore::start_moving`]); sent
+    /// every client tick until [`ClientCore::stop_moving`]. At most
+    /// [`OWNED_PER_DATAGRAM_MAX`] apps at once.
+    pub fn set_entity_transform(&mut self, id: EntityId, t: Transform) {
+        if let Some(st) = &mut self.stream {
+            if st.moving.len() < OWNED_PER_DATAGRAM_MAX || st.moving.contains_key(&id) {
+                st.moving.insert(id, t);
+            }
         }
     }
 
@@ -790,6 +831,7 @@ impl ClientCore {
                     last_up: now,
                     period,
                     own_transform: None,
+                    moving: BTreeMap::new(),
                     buf: Vec::new(),
                     rejected: 0,
                 }));
@@ -902,6 +944,7 @@ impl ClientCore {
                     let at = st.receiver.newest_tick().unwrap_or_default();
                     st.receiver.forget_at(id, at);
                     st.predicted.remove_entity(id);
+                    st.moving.remove(&id);
                 }
                 if self.world.entities.remove(&id).is_some() {
                     self.events.push_back(ClientEvent::EntityRemoved(id));

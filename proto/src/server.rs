@@ -50,6 +50,9 @@ use crate::transform::{
 };
 use crate::types::*;
 
+/// The app prop naming the session moving it (see `EntityModify`).
+pub const MOVER_PROP: &str = "mover";
+
 /// Player entity fields only the server sets: clients cannot spoof another name or rank.
 pub const PLAYER_RESERVED_PROPS: [&str; 2] = ["name", "rank"];
 
@@ -842,6 +845,31 @@ impl ServerCore {
                 c.session = None;
             }
         }
+        // Apps this session was moving are released where they are, and saved.
+        let moved: Vec<EntityId> = self
+            .world
+            .entities
+            .values()
+            .filter(|e| e.kind == EntityKind::App && e.owner == Some(sid))
+            .map(|e| e.id)
+            .collect();
+        for id in moved {
+            if let Some(e) = self.world.entities.get_mut(&id) {
+                e.owner = None;
+                e.props.retain(|(k, _)| k != MOVER_PROP);
+                let stored = e.clone();
+                let patch = EntityPatch {
+                    unset: vec![MOVER_PROP.into()],
+                    transform: Some(stored.transform),
+                    ..Default::default()
+                };
+                self.broadcast(&ServerMsg::EntityModified { id, patch }, Some(sid));
+                self.effects.push_back(Effect {
+                    change: Change::PutEntity(stored),
+                    ack: None,
+                });
+            }
+        }
         if let Some(player) = self.world.entities.remove(&s.player) {
             if let Some(u) = self.world.users.get_mut(&s.user) {
                 u.last_position = Some(player.transform.position);
@@ -1435,10 +1463,21 @@ impl ServerCore {
                 self.broadcast(&ServerMsg::EntityAdded(e.clone()), None);
                 self.commit(sid, conn, Some(req), Change::PutEntity(e));
             }
-            ClientMsg::EntityModify { req, id, patch } => {
+            ClientMsg::EntityModify { req, id, mut patch } => {
                 let Some(e) = self.world.entities.get_mut(&id) else {
                     return;
                 };
+                // The reference engine's `mover`: setting it on an app makes the sender its
+                // owner (its transform then streams from the sender's datagrams); unsetting it
+                // releases the app. The server stamps the value: the mover's session id.
+                if e.kind == EntityKind::App {
+                    if let Some(slot) = patch.set.iter_mut().find(|(k, _)| k == MOVER_PROP) {
+                        slot.1 = Bytes(sid.0.to_le_bytes().to_vec());
+                        e.owner = Some(sid);
+                    } else if patch.unset.iter().any(|k| k == MOVER_PROP) {
+                        e.owner = None;
+                    }
+                }
                 for k in &patch.unset {
                     e.props.retain(|(pk, _)| pk != k);
                 }

@@ -253,3 +253,62 @@ fn transform_datagrams_stay_within_the_bandwidth_budget() {
         "{per_client_bps} bit/s over {budget}"
     );
 }
+
+#[test]
+fn a_builder_moves_an_app_through_datagrams_and_others_see_it() {
+    let mut world = World::default();
+    world.settings.default_rank = Rank::Builder;
+    let bp = Blueprint {
+        id: BlueprintId("crate".into()),
+        version: 1,
+        ..Default::default()
+    };
+    world.blueprints.insert(bp.id.clone(), bp);
+    let link = LinkConfig::with_latency(Duration::from_millis(20));
+    let mut s = sim_with(8, world, 2, link);
+    s.with_client(0, |c| {
+        c.add_entity(BlueprintId("crate".into()), Transform::default(), vec![])
+    });
+    s.run_for(Duration::from_secs(1));
+    let app = *s
+        .server
+        .world()
+        .entities
+        .iter()
+        .find(|(_, e)| e.kind == EntityKind::App)
+        .unwrap()
+        .0;
+    s.with_client(0, |c| c.start_moving(app));
+    s.run_for(Duration::from_millis(300));
+    for step in 1..=20 {
+        let t = Transform {
+            position: [step as f32 * 0.25, 1.0, 0.0],
+            ..Default::default()
+        };
+        s.with_client(0, |c| c.set_entity_transform(app, t));
+        s.run_for(Duration::from_millis(50));
+    }
+    s.run_for(Duration::from_millis(300));
+    let (_, seen) = s.clients[1]
+        .core
+        .latest_transform(app)
+        .expect("seen moving");
+    assert!((seen.position[0] - 5.0).abs() < 0.01, "{seen:?}");
+    // Someone who is not moving it cannot move it.
+    s.with_client(1, |c| {
+        c.set_entity_transform(
+            app,
+            Transform {
+                position: [-50.0, 0.0, 0.0],
+                ..Default::default()
+            },
+        )
+    });
+    s.run_for(Duration::from_millis(300));
+    assert!(s.server.world().entities[&app].transform.position[0] > 0.0);
+    s.with_client(0, |c| c.stop_moving(app));
+    s.run_for(Duration::from_millis(300));
+    let e = &s.server.world().entities[&app];
+    assert_eq!(e.owner, None);
+    assert!((e.transform.position[0] - 5.0).abs() < 0.01);
+}

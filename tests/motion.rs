@@ -85,3 +85,45 @@ fn a_client_predicts_its_own_movement_against_the_relay() {
     assert!(stopped_at.position[2] > 2.0);
     c.close();
 }
+
+#[test]
+fn through_a_lossy_jittery_proxy_a_client_still_sees_movement_and_chat() {
+    use neonet::proxy::{Proxy, ProxyConfig, ProxyLimits};
+    let relay = TestRelay::start();
+    let proxy = Proxy::start_on_thread(
+        ProxyConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            upstream: relay.addr,
+            loss: 0.1,
+            delay_ms: 20,
+            jitter_ms: 10,
+            dup: 0.05,
+            reorder: 0.05,
+            seed: 11,
+        },
+        ProxyLimits::default(),
+    )
+    .expect("proxy starts");
+    let mover = Client::connect(relay.addr, relay.options("mover")).expect("joins");
+    let far = Client::connect(proxy.local_addr(), relay.options("far")).expect("joins via proxy");
+    let pm = mover.player().unwrap();
+    mover.set_input(walk_forward());
+    assert!(
+        wait_until(|| far
+            .latest_transform(pm)
+            .is_some_and(|(_, t)| t.position[2] > 2.0)),
+        "the client behind the proxy never saw the mover move"
+    );
+    mover.send_chat("over the lossy link").unwrap();
+    assert!(wait_until(|| far.with_world(|w| w
+        .chat
+        .iter()
+        .any(|m| m.body == "over the lossy link"))));
+    let stats = proxy.stats();
+    assert!(
+        stats.to_client.dropped + stats.to_upstream.dropped > 0,
+        "the proxy dropped nothing: {stats:?}"
+    );
+    mover.close();
+    far.close();
+}

@@ -554,6 +554,7 @@ impl ServerCore {
                 CloseReason::ProtocolViolation,
                 "datagram over the size limit".into(),
             );
+            return;
         }
         let Some(sid) = self.conns.get(&conn).and_then(|c| c.session) else {
             return; // Not joined yet: nothing to apply it to.
@@ -609,6 +610,18 @@ impl ServerCore {
             e.transform = t;
         }
         if rejected {
+            // Tell the client where it is held, so it stops simulating from a refused place.
+            let held = self.world.entities.get(&player).map(|e| e.transform);
+            if let Some(t) = held {
+                let rotation_y = (yaw_of(t.rotation) as f32 / 65536.0) * std::f32::consts::TAU;
+                self.send(
+                    conn,
+                    &ServerMsg::PlayerTeleport {
+                        position: t.position,
+                        rotation_y,
+                    },
+                );
+            }
             self.events
                 .push_back(ServerEvent::MoveRejected { session: sid });
         }

@@ -233,6 +233,11 @@ fn client_authoritative_mode_rejects_a_speed_hack() {
         .server_events
         .iter()
         .any(|e| matches!(e, ServerEvent::MoveRejected { .. })));
+    // The cheater is told where it is held.
+    assert!(s.clients[0]
+        .events
+        .iter()
+        .any(|e| matches!(e, ClientEvent::Teleported { position, .. } if position[2] < 3.0)));
 }
 
 #[test]

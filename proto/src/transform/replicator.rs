@@ -189,6 +189,8 @@ enum Coded {
 #[derive(Clone, Copy, Debug)]
 struct Cand {
     slot: usize,
+    /// The entity (for the priority order's tie-break without a lookup).
+    id: EntityId,
     priority: f32,
     kind: CandKind,
     placed: bool,
@@ -509,6 +511,7 @@ impl ClientReplicator {
                 }
                 self.cands.push(Cand {
                     slot,
+                    id: t.id,
                     priority: t.priority,
                     kind: CandKind::Update,
                     placed: false,
@@ -519,6 +522,7 @@ impl ClientReplicator {
                     t.priority += w.left_notice;
                     self.cands.push(Cand {
                         slot,
+                        id: t.id,
                         priority: t.priority,
                         kind: CandKind::Left,
                         placed: false,
@@ -591,12 +595,11 @@ impl ClientReplicator {
                 return Ok(summary);
             }
         }
-        let tracked = &self.tracked;
-        self.cands.sort_unstable_by(|a, b| {
-            b.priority
-                .total_cmp(&a.priority)
-                .then(tracked[a.slot].id.cmp(&tracked[b.slot].id))
-        });
+        // Candidates in priority order, sorted lazily: the budget usually stops the packer long
+        // before the end, so only a prefix is ever ordered (a strict total order, so the prefix
+        // is exactly that of a full sort).
+        let mut sorted = 0usize;
+        let mut chunk = (allowance.max(0) as usize * 8 / 24 + FIT_ATTEMPTS_MAX).max(32);
         loop {
             let header =
                 HEADER_FIXED_BYTES + varint_len(input.tick.0) + blob.map_or(0, |b| 1 + b.len());
@@ -614,6 +617,10 @@ impl ClientReplicator {
             let mut used = 0usize;
             let mut misses = 0;
             for ci in 0..self.cands.len() {
+                if ci >= sorted {
+                    sorted = sort_prefix(&mut self.cands, sorted, chunk);
+                    chunk *= 2;
+                }
                 if self.cands[ci].placed {
                     continue;
                 }
@@ -812,6 +819,28 @@ impl ClientReplicator {
         }
         self.finish_datagram(input, seq_full, slot, records);
         Some(buf)
+    }
+}
+
+/// Priority order: highest first, ties by ascending id (ids are unique: a strict total order).
+#[inline]
+fn by_priority(a: &Cand, b: &Cand) -> std::cmp::Ordering {
+    b.priority
+        .total_cmp(&a.priority)
+        .then_with(|| a.id.cmp(&b.id))
+}
+
+/// Orders the next `chunk` candidates after the first `sorted` (already in order, and all
+/// before the rest): returns the new length of the ordered prefix.
+fn sort_prefix(cands: &mut [Cand], sorted: usize, chunk: usize) -> usize {
+    let rest = &mut cands[sorted..];
+    if rest.len() > chunk {
+        let (head, _, _) = rest.select_nth_unstable_by(chunk, by_priority);
+        head.sort_unstable_by(by_priority);
+        sorted + chunk
+    } else {
+        rest.sort_unstable_by(by_priority);
+        cands.len()
     }
 }
 

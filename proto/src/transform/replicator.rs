@@ -189,8 +189,6 @@ enum Coded {
 #[derive(Clone, Copy, Debug)]
 struct Cand {
     slot: usize,
-    /// The entity (for the priority order's tie-break without a lookup).
-    id: EntityId,
     priority: f32,
     kind: CandKind,
     placed: bool,
@@ -219,6 +217,8 @@ pub struct ClientReplicator {
     carry: i64,
     srtt_us: Option<u64>,
     cands: Vec<Cand>,
+    /// Candidates' [`order_key`]s, ordered lazily by the packer.
+    order: Vec<u64>,
     body: BitWriter,
     out_bits: BitWriter,
     chosen: Vec<(EntityId, usize)>,
@@ -246,6 +246,7 @@ impl ClientReplicator {
             carry: 0,
             srtt_us: None,
             cands: Vec::new(),
+            order: Vec::new(),
             body: BitWriter::new(),
             out_bits: BitWriter::new(),
             chosen: Vec::new(),
@@ -511,7 +512,6 @@ impl ClientReplicator {
                 }
                 self.cands.push(Cand {
                     slot,
-                    id: t.id,
                     priority: t.priority,
                     kind: CandKind::Update,
                     placed: false,
@@ -522,7 +522,6 @@ impl ClientReplicator {
                     t.priority += w.left_notice;
                     self.cands.push(Cand {
                         slot,
-                        id: t.id,
                         priority: t.priority,
                         kind: CandKind::Left,
                         placed: false,
@@ -600,6 +599,13 @@ impl ClientReplicator {
         // is exactly that of a full sort).
         let mut sorted = 0usize;
         let mut chunk = (allowance.max(0) as usize * 8 / 24 + FIT_ATTEMPTS_MAX).max(32);
+        self.order.clear();
+        self.order.extend(
+            self.cands
+                .iter()
+                .enumerate()
+                .map(|(ci, c)| order_key(c.priority, ci)),
+        );
         loop {
             let header =
                 HEADER_FIXED_BYTES + varint_len(input.tick.0) + blob.map_or(0, |b| 1 + b.len());
@@ -616,11 +622,12 @@ impl ClientReplicator {
             self.chosen.clear();
             let mut used = 0usize;
             let mut misses = 0;
-            for ci in 0..self.cands.len() {
-                if ci >= sorted {
-                    sorted = sort_prefix(&mut self.cands, sorted, chunk);
+            for k in 0..self.order.len() {
+                if k >= sorted {
+                    sorted = sort_prefix(&mut self.order, sorted, chunk);
                     chunk *= 2;
                 }
+                let ci = self.order[k] as u32 as usize;
                 if self.cands[ci].placed {
                     continue;
                 }
@@ -778,28 +785,36 @@ impl ClientReplicator {
             }
             self.ages.push(age);
         }
-        self.out_bits.clear();
+        // Written into the body scratch (empty until now), each body's range remembered: if the
+        // records do not fit, the packer reuses the bodies instead of encoding them again.
+        debug_assert_eq!(self.body.len_bits(), 0);
         let mut prev: Option<EntityId> = None;
-        for (c, &age) in self.cands.iter().zip(&self.ages) {
+        for (c, &age) in self.cands.iter_mut().zip(&self.ages) {
             let t = &self.tracked[c.slot];
-            self.out_bits.write_eg(gap(prev, t.id), INDEX_EG_K);
+            let w = &mut self.body;
+            w.write_eg(gap(prev, t.id), INDEX_EG_K);
             prev = Some(t.id);
             let q = &input.entities[c.slot].q;
-            match (c.kind, &t.baseline) {
-                (CandKind::Left, _) => write_kind(&mut self.out_bits, Coded::Left, common),
-                (CandKind::Update, Some(b)) if age != 0 => {
-                    write_kind(&mut self.out_bits, Coded::Delta { age }, common);
-                    write_delta(&mut self.out_bits, &self.qz, q, input.tick, &b.sample);
+            let coded = match (c.kind, &t.baseline) {
+                (CandKind::Left, _) => Coded::Left,
+                (CandKind::Update, Some(_)) if age != 0 => Coded::Delta { age },
+                (CandKind::Update, _) => Coded::Absolute,
+            };
+            write_kind(w, coded, common);
+            let start = w.len_bits();
+            match (coded, &t.baseline) {
+                (Coded::Delta { .. }, Some(b)) => {
+                    write_delta(w, &self.qz, q, input.tick, &b.sample)
                 }
-                (CandKind::Update, _) => {
-                    write_kind(&mut self.out_bits, Coded::Absolute, common);
-                    write_absolute(&mut self.out_bits, &self.qz, q);
-                }
+                (Coded::Absolute, _) => write_absolute(w, &self.qz, q),
+                _ => {}
             }
-            if self.out_bits.len_bits() > bits_avail {
+            c.body = Some((start, w.len_bits() - start, coded));
+            if w.len_bits() > bits_avail {
                 return None;
             }
         }
+        std::mem::swap(&mut self.body, &mut self.out_bits);
         let (seq_full, buf, slot, mut records) = self.begin_datagram(input, blob, common, n);
         for (c, &age) in self.cands.iter_mut().zip(&self.ages) {
             c.placed = true;
@@ -822,25 +837,28 @@ impl ClientReplicator {
     }
 }
 
-/// Priority order: highest first, ties by ascending id (ids are unique: a strict total order).
+/// A candidate's place in the priority order as one integer: priority descending (as
+/// `f32::total_cmp`), then candidate index ascending, which is entity id ascending (candidates
+/// are collected in id order). Keys are unique, so the order is strict.
 #[inline]
-fn by_priority(a: &Cand, b: &Cand) -> std::cmp::Ordering {
-    b.priority
-        .total_cmp(&a.priority)
-        .then_with(|| a.id.cmp(&b.id))
+fn order_key(priority: f32, ci: usize) -> u64 {
+    let b = priority.to_bits() as i32;
+    let total = b ^ (((b >> 31) as u32) >> 1) as i32; // `total_cmp`'s key
+    let ascending = (total as u32) ^ 0x8000_0000;
+    ((!ascending as u64) << 32) | ci as u64
 }
 
-/// Orders the next `chunk` candidates after the first `sorted` (already in order, and all
-/// before the rest): returns the new length of the ordered prefix.
-fn sort_prefix(cands: &mut [Cand], sorted: usize, chunk: usize) -> usize {
-    let rest = &mut cands[sorted..];
+/// Orders the next `chunk` keys after the first `sorted` (already in order, and all before the
+/// rest): returns the new length of the ordered prefix.
+fn sort_prefix(keys: &mut [u64], sorted: usize, chunk: usize) -> usize {
+    let rest = &mut keys[sorted..];
     if rest.len() > chunk {
-        let (head, _, _) = rest.select_nth_unstable_by(chunk, by_priority);
-        head.sort_unstable_by(by_priority);
+        let (head, _, _) = rest.select_nth_unstable(chunk);
+        head.sort_unstable();
         sorted + chunk
     } else {
-        rest.sort_unstable_by(by_priority);
-        cands.len()
+        rest.sort_unstable();
+        keys.len()
     }
 }
 

@@ -160,6 +160,84 @@ impl BitWriter {
     }
 }
 
+/// A run of writes to a [`BitWriter`] gathered in a 128-bit register: the writer's partial
+/// word is loaded once, full words are pushed as they fill, and the rest is stored back by
+/// [`BitRun::finish`]. The bits are exactly those the same [`BitWriter::write`] calls give.
+pub(crate) struct BitRun<'a> {
+    w: &'a mut BitWriter,
+    acc: u128,
+    n: u32,
+}
+
+impl<'a> BitRun<'a> {
+    /// Starts a run at the end of `w`.
+    #[inline]
+    pub(crate) fn new(w: &'a mut BitWriter) -> BitRun<'a> {
+        BitRun {
+            acc: w.acc as u128,
+            n: w.acc_bits,
+            w,
+        }
+    }
+
+    /// Writes the low `n` bits of `value` (`n` ≤ 64), like [`BitWriter::write`].
+    #[inline(always)]
+    pub(crate) fn write(&mut self, value: u64, n: u32) {
+        debug_assert!(n <= 64);
+        self.write_fitting(value & low_mask(n), n);
+    }
+
+    /// Writes `value`, which must fit in `n` ≤ 64 bits.
+    #[inline(always)]
+    pub(crate) fn write_fitting(&mut self, value: u64, n: u32) {
+        debug_assert!(n <= 64 && (n == 64 || value >> n == 0));
+        self.acc |= (value as u128) << self.n;
+        self.n += n;
+        if self.n >= 64 {
+            self.w.words.push(self.acc as u64);
+            self.acc >>= 64;
+            self.n -= 64;
+        }
+    }
+
+    /// Writes one bit.
+    #[inline(always)]
+    pub(crate) fn write_bool(&mut self, b: bool) {
+        self.write_fitting(b as u64, 1);
+    }
+
+    /// Writes an order-`k` Exp-Golomb code, like [`BitWriter::write_eg`].
+    #[inline(always)]
+    pub(crate) fn write_eg(&mut self, v: u64, k: u32) {
+        let q = v + (1u64 << k);
+        let nbits = 64 - q.leading_zeros();
+        let zeros = nbits - k - 1;
+        let total = zeros + nbits;
+        if total <= 64 {
+            // The zero run, its terminating one, then `q` below its top bit.
+            let low = q ^ (1u64 << (nbits - 1));
+            self.write_fitting(((low << 1) | 1) << zeros, total);
+        } else {
+            self.write_fitting(0, zeros);
+            self.write_fitting(1, 1);
+            self.write(q, nbits - 1);
+        }
+    }
+
+    /// Bits written so far by the writer, this run included.
+    #[inline]
+    pub(crate) fn len_bits(&self) -> usize {
+        self.w.words.len() * 64 + self.n as usize
+    }
+
+    /// Stores the partial word back into the writer.
+    #[inline(always)]
+    pub(crate) fn finish(self) {
+        self.w.acc = self.acc as u64;
+        self.w.acc_bits = self.n;
+    }
+}
+
 /// Reads bits written by a [`BitWriter`]. Every read past the end is a
 /// [`TransformError::Truncated`], never a panic.
 #[derive(Clone, Debug)]

@@ -5,9 +5,11 @@
 //! datagram size. Memory is bounded: one [`Tracked`] per world entity, [`SENT_HISTORY_LEN`]
 //! remembered datagrams, scratch buffers reused across ticks.
 
-use super::bits::{bit_width, BitWriter};
+use super::bits::{bit_width, BitRun, BitWriter};
 use super::quant::{QTransform, Quantizer};
-use super::record::{write_absolute, write_delta, Sample, AGE_EG_K};
+use super::record::{
+    write_absolute, write_absolute_run, write_delta, write_delta_run, Sample, AGE_EG_K,
+};
 use super::seq::{AckHeader, Seq, ACK_WINDOW};
 use super::{
     varint_len, write_varint, ConfigError, TransformConfig, TransformError, BASELINE_AGE_MAX_TICKS,
@@ -789,9 +791,9 @@ impl ClientReplicator {
         // records do not fit, the packer reuses the bodies instead of encoding them again.
         debug_assert_eq!(self.body.len_bits(), 0);
         let mut prev: Option<EntityId> = None;
+        let mut w = BitRun::new(&mut self.body);
         for (c, &age) in self.cands.iter_mut().zip(&self.ages) {
             let t = &self.tracked[c.slot];
-            let w = &mut self.body;
             w.write_eg(gap(prev, t.id), INDEX_EG_K);
             prev = Some(t.id);
             let q = &input.entities[c.slot].q;
@@ -800,20 +802,23 @@ impl ClientReplicator {
                 (CandKind::Update, Some(_)) if age != 0 => Coded::Delta { age },
                 (CandKind::Update, _) => Coded::Absolute,
             };
-            write_kind(w, coded, common);
+            write_kind_run(&mut w, coded, common);
             let start = w.len_bits();
             match (coded, &t.baseline) {
                 (Coded::Delta { .. }, Some(b)) => {
-                    write_delta(w, &self.qz, q, input.tick, &b.sample)
+                    write_delta_run(&mut w, &self.qz, q, input.tick, &b.sample)
                 }
-                (Coded::Absolute, _) => write_absolute(w, &self.qz, q),
+                (Coded::Absolute, _) => write_absolute_run(&mut w, &self.qz, q),
                 _ => {}
             }
-            c.body = Some((start, w.len_bits() - start, coded));
-            if w.len_bits() > bits_avail {
+            let end = w.len_bits();
+            c.body = Some((start, end - start, coded));
+            if end > bits_avail {
+                w.finish();
                 return None;
             }
         }
+        w.finish();
         std::mem::swap(&mut self.body, &mut self.out_bits);
         let (seq_full, buf, slot, mut records) = self.begin_datagram(input, blob, common, n);
         for (c, &age) in self.cands.iter_mut().zip(&self.ages) {
@@ -898,6 +903,23 @@ fn write_kind(w: &mut BitWriter, coded: Coded, common: u64) {
         }
         Coded::Absolute => w.write(0b10, 2),
         Coded::Left => w.write(0b00, 2),
+    }
+}
+
+/// [`write_kind`] into a run.
+#[inline(always)]
+fn write_kind_run(w: &mut BitRun, coded: Coded, common: u64) {
+    match coded {
+        Coded::Delta { age } => {
+            if age == common {
+                w.write_fitting(0b11, 2);
+            } else {
+                w.write_fitting(0b01, 2);
+                w.write_eg(age - 1, AGE_EG_K);
+            }
+        }
+        Coded::Absolute => w.write_fitting(0b10, 2),
+        Coded::Left => w.write_fitting(0b00, 2),
     }
 }
 

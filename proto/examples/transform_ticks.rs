@@ -1,0 +1,117 @@
+//! Runs the transform benches' scenes for a fixed number of ticks, for instruction counts under
+//! callgrind (steady under load, unlike wall time). Only `timed` is the measured section:
+//!
+//! ```text
+//! cargo build --release -p neonet-proto --example transform_ticks
+//! valgrind --tool=callgrind --toggle-collect='transform_ticks::timed' \
+//!     target/release/examples/transform_ticks client100 200
+//! ```
+//! Instructions per tick = the reported `Ir` / ticks. Scenes: `client100`, `client1000`
+//! (one client, crowd at the origin) and `server` (100 clients × 1,000 entities).
+
+use std::hint::black_box;
+
+use neonet_proto::time::{Tick, Time};
+use neonet_proto::transform::scenario::{MotionGen, Scenario};
+use neonet_proto::transform::{
+    AckHeader, ClientReplicator, EntitySample, Quantizer, Seq, TickInput, TransformConfig,
+};
+
+const TICK_US: u64 = 33_333;
+const MAX_DATAGRAM: usize = 1162;
+
+struct World {
+    gen: MotionGen,
+    qz: Quantizer,
+    samples: Vec<EntitySample>,
+}
+
+impl World {
+    fn new(n: usize) -> World {
+        let qz = Quantizer::new(&TransformConfig::default()).expect("default config");
+        let mut w = World {
+            gen: MotionGen::new(Scenario::Crowd, n, 7),
+            qz,
+            samples: Vec::new(),
+        };
+        w.step();
+        w
+    }
+
+    fn step(&mut self) {
+        self.gen.step(1.0 / 30.0);
+        let qz = &self.qz;
+        self.samples.clear();
+        self.samples.extend(
+            self.gen
+                .transforms()
+                .map(|(id, t)| EntitySample::new(id, &t, qz)),
+        );
+    }
+}
+
+#[inline(never)]
+fn timed(
+    servers: &mut [ClientReplicator],
+    world: &World,
+    tick: u64,
+    viewer: impl Fn(usize) -> Option<[f32; 3]>,
+    out: &mut Vec<Vec<u8>>,
+) -> usize {
+    let mut bytes = 0;
+    for (i, server) in servers.iter_mut().enumerate() {
+        out.clear();
+        let input = TickInput {
+            tick: Tick(tick),
+            now: Time(tick * TICK_US),
+            viewer: viewer(i),
+            entities: &world.samples,
+            max_datagram_size: MAX_DATAGRAM,
+            own_blob: None,
+        };
+        bytes += black_box(server.write_tick(&input, out).expect("valid input")).bytes;
+        if let Some(last) = out.last() {
+            let ack = AckHeader {
+                latest: Seq(u16::from_le_bytes([last[1], last[2]])),
+                received: u64::MAX,
+            };
+            server.handle_ack(&ack, Time(tick * TICK_US));
+        }
+    }
+    bytes
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let scene = args.next().unwrap_or_else(|| "client100".into());
+    let ticks: u64 = args.next().map_or(200, |s| s.parse().expect("ticks"));
+    let (entities, clients, warmup) = match scene.as_str() {
+        "client100" => (100, 1, 30),
+        "client1000" => (1000, 1, 30),
+        "server" => (1000, 100, 10),
+        _ => panic!("scene: client100 | client1000 | server"),
+    };
+    let mut world = World::new(entities);
+    let mut servers: Vec<ClientReplicator> = (0..clients)
+        .map(|_| ClientReplicator::new(TransformConfig::default(), None).expect("config"))
+        .collect();
+    let server_scene = clients > 1;
+    let mut out = Vec::new();
+    let mut bytes = 0;
+    for tick in 0..warmup + ticks {
+        world.step();
+        let w = &world;
+        let viewer = |c: usize| {
+            if server_scene {
+                Some(w.samples[c * 10].position)
+            } else {
+                Some([0.0; 3])
+            }
+        };
+        let b = timed(&mut servers, w, tick, viewer, &mut out);
+        if tick >= warmup {
+            bytes += b;
+        }
+    }
+    println!("{scene}: {ticks} ticks, {bytes} bytes");
+}

@@ -160,12 +160,12 @@ impl BitWriter {
     }
 }
 
-/// A run of writes to a [`BitWriter`] gathered in a 128-bit register: the writer's partial
+/// A run of writes to a [`BitWriter`] gathered in a register: the writer's partial
 /// word is loaded once, full words are pushed as they fill, and the rest is stored back by
 /// [`BitRun::finish`]. The bits are exactly those the same [`BitWriter::write`] calls give.
 pub(crate) struct BitRun<'a> {
     w: &'a mut BitWriter,
-    acc: u128,
+    acc: u64,
     n: u32,
 }
 
@@ -174,7 +174,7 @@ impl<'a> BitRun<'a> {
     #[inline]
     pub(crate) fn new(w: &'a mut BitWriter) -> BitRun<'a> {
         BitRun {
-            acc: w.acc as u128,
+            acc: w.acc,
             n: w.acc_bits,
             w,
         }
@@ -191,11 +191,13 @@ impl<'a> BitRun<'a> {
     #[inline(always)]
     pub(crate) fn write_fitting(&mut self, value: u64, n: u32) {
         debug_assert!(n <= 64 && (n == 64 || value >> n == 0));
-        self.acc |= (value as u128) << self.n;
-        self.n += n;
+        let fill = self.n;
+        self.acc |= value << fill; // fill < 64
+        self.n = fill + n;
         if self.n >= 64 {
-            self.w.words.push(self.acc as u64);
-            self.acc >>= 64;
+            self.w.words.push(self.acc);
+            // The bits of `value` that did not fit (none when it filled the word exactly).
+            self.acc = ((value as u128) >> (64 - fill)) as u64;
             self.n -= 64;
         }
     }
@@ -233,7 +235,7 @@ impl<'a> BitRun<'a> {
     /// Stores the partial word back into the writer.
     #[inline(always)]
     pub(crate) fn finish(self) {
-        self.w.acc = self.acc as u64;
+        self.w.acc = self.acc;
         self.w.acc_bits = self.n;
     }
 }
@@ -416,6 +418,37 @@ mod tests {
                 };
                 assert_eq!(got, v & if n == 64 { u64::MAX } else { (1 << n) - 1 });
             }
+        }
+    }
+
+    #[test]
+    fn a_bit_run_writes_exactly_what_the_writer_writes() {
+        let mut rng = Rng::new(9);
+        for _ in 0..300 {
+            let (mut a, mut b) = (BitWriter::new(), BitWriter::new());
+            for _ in 0..rng.below(60) {
+                let mut run = BitRun::new(&mut b);
+                for _ in 0..rng.below(8) {
+                    let n = rng.below(65) as u32;
+                    let v = rng.next_u64();
+                    let eg = (rng.next_u64() >> rng.below(64)).min(1 << 39);
+                    let k = rng.below(6) as u32;
+                    a.write(v, n);
+                    run.write(v, n);
+                    a.write_eg(eg, k);
+                    run.write_eg(eg, k);
+                    assert_eq!(run.len_bits(), a.len_bits());
+                }
+                run.finish();
+                let v = rng.next_u64();
+                a.write(v, 5);
+                b.write(v, 5);
+            }
+            let (mut x, mut y) = (Vec::new(), Vec::new());
+            a.copy_to(&mut x);
+            b.copy_to(&mut y);
+            assert_eq!(x, y);
+            assert_eq!(a.len_bits(), b.len_bits());
         }
     }
 

@@ -6,7 +6,8 @@
 //! valgrind --tool=callgrind --toggle-collect='transform_ticks::timed' \
 //!     target/release/examples/transform_ticks client100 200
 //! ```
-//! Instructions per tick = the reported `Ir` / ticks. Scenes: `client100`, `client1000`
+//! Instructions per tick = the reported `Ir` / ticks. Run natively it prints the wall time per
+//! measured tick (noisy on a loaded machine: compare builds by alternating runs). Scenes: `client100`, `client1000`
 //! (one client, crowd at the origin), `server` (100 clients × 1,000 entities after the bench's
 //! 10 warm-up ticks: still mostly first contacts) and `server-steady` (after 60).
 
@@ -124,6 +125,7 @@ fn main() {
     let server_scene = clients > 1;
     let mut out = Vec::new();
     let mut bytes = 0;
+    let mut spent = std::time::Duration::ZERO;
     for tick in 0..warmup + ticks {
         world.step();
         let w = &world;
@@ -135,10 +137,15 @@ fn main() {
             }
         };
         if tick >= warmup {
+            let start = std::time::Instant::now();
             bytes += timed(&mut servers, w, tick, viewer, &mut out);
+            spent += start.elapsed();
         } else {
             warm(&mut servers, w, tick, viewer, &mut out);
         }
     }
-    println!("{scene}: {ticks} ticks, {bytes} bytes");
+    println!(
+        "{scene}: {ticks} ticks, {bytes} bytes, {:.2} µs per tick",
+        spent.as_secs_f64() * 1e6 / ticks as f64
+    );
 }

@@ -740,6 +740,7 @@ impl ClientReplicator {
         let slot = (seq_full % SENT_HISTORY_LEN as u64) as usize;
         let mut records = std::mem::take(&mut self.history[slot].records);
         records.clear();
+        records.reserve(count);
         (seq_full, buf, slot, records)
     }
 

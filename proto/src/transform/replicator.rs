@@ -223,7 +223,12 @@ pub struct ClientReplicator {
     order: Vec<u64>,
     body: BitWriter,
     out_bits: BitWriter,
+    /// The datagram being filled: (id, candidate) in id order, built from `picked`.
     chosen: Vec<(EntityId, usize)>,
+    /// The slots chosen for the datagram being filled.
+    picked: SlotSet,
+    /// Per slot: its candidate's index, valid where `picked` holds the slot.
+    slot_cand: Vec<u32>,
     /// Per candidate: the baseline age a delta would use, 0 for none (fast-path scratch).
     ages: Vec<u64>,
     age_counts: Vec<u16>,
@@ -252,6 +257,8 @@ impl ClientReplicator {
             body: BitWriter::new(),
             out_bits: BitWriter::new(),
             chosen: Vec::new(),
+            picked: SlotSet::default(),
+            slot_cand: Vec::new(),
             ages: Vec::new(),
             age_counts: vec![0; COMMON_AGE_CANDIDATES_MAX],
         })
@@ -599,6 +606,7 @@ impl ClientReplicator {
         // Candidates in priority order, sorted lazily: the budget usually stops the packer long
         // before the end, so only a prefix is ever ordered (a strict total order, so the prefix
         // is exactly that of a full sort).
+        self.slot_cand.resize(self.tracked.len(), 0);
         let mut sorted = 0usize;
         let mut chunk = (allowance.max(0) as usize * 8 / 24 + FIT_ATTEMPTS_MAX).max(32);
         self.order.clear();
@@ -621,7 +629,7 @@ impl ClientReplicator {
                 break;
             }
             let bits_avail = room.saturating_sub(header) * 8;
-            self.chosen.clear();
+            self.picked.reset(self.tracked.len());
             let mut used = 0usize;
             let mut misses = 0;
             for k in 0..self.order.len() {
@@ -633,14 +641,16 @@ impl ClientReplicator {
                 if self.cands[ci].placed {
                     continue;
                 }
-                if self.chosen.len() >= RECORDS_PER_DATAGRAM_MAX || misses >= FIT_ATTEMPTS_MAX {
+                if self.picked.len >= RECORDS_PER_DATAGRAM_MAX || misses >= FIT_ATTEMPTS_MAX {
                     break;
                 }
                 let (bits, _) = self.body_bits(ci, input.tick, input.entities);
-                let id = self.tracked[self.cands[ci].slot].id;
-                let pos = self.chosen.partition_point(|&(i, _)| i < id);
-                let prev = pos.checked_sub(1).map(|p| self.chosen[p].0);
-                let next = self.chosen.get(pos).map(|c| c.0);
+                let slot = self.cands[ci].slot;
+                let id = self.tracked[slot].id;
+                // Slot order is id order: the neighbours in the datagram are the nearest
+                // chosen slots.
+                let prev = self.picked.prev(slot).map(|p| self.tracked[p].id);
+                let next = self.picked.next(slot).map(|n| self.tracked[n].id);
                 let index_bits = gap_bits(prev, id) as isize
                     + next.map_or(0, |n| gap_bits(Some(id), n) as isize)
                     - next.map_or(0, |n| gap_bits(prev, n) as isize);
@@ -650,12 +660,18 @@ impl ClientReplicator {
                     continue;
                 }
                 used += total;
-                self.chosen.insert(pos, (id, ci));
+                self.picked.insert(slot);
+                self.slot_cand[slot] = ci as u32;
                 self.cands[ci].placed = true;
                 remaining -= 1;
             }
-            if self.chosen.is_empty() && blob.is_none() {
+            if self.picked.len == 0 && blob.is_none() {
                 break;
+            }
+            self.chosen.clear();
+            for slot in self.picked.iter() {
+                self.chosen
+                    .push((self.tracked[slot].id, self.slot_cand[slot] as usize));
             }
             let dgram = self.write_datagram(input, blob, &mut summary);
             debug_assert!(dgram.len() <= room, "{} > {room}", dgram.len());
@@ -843,6 +859,76 @@ impl ClientReplicator {
     }
 }
 
+/// A set of slots as a bitset, with nearest-member queries (slot order is id order, so the
+/// nearest chosen slots are a record's neighbours in the datagram).
+#[derive(Clone, Debug, Default)]
+struct SlotSet {
+    words: Vec<u64>,
+    len: usize,
+}
+
+impl SlotSet {
+    /// Empties the set for slots `0..slots`.
+    fn reset(&mut self, slots: usize) {
+        self.words.clear();
+        self.words.resize(slots.div_ceil(64), 0);
+        self.len = 0;
+    }
+
+    /// Adds `slot` (not yet a member).
+    #[inline]
+    fn insert(&mut self, slot: usize) {
+        self.words[slot / 64] |= 1u64 << (slot % 64);
+        self.len += 1;
+    }
+
+    /// The largest member below `slot`.
+    #[inline]
+    fn prev(&self, slot: usize) -> Option<usize> {
+        let mut w = slot / 64;
+        let mut bits = self.words[w] & ((1u64 << (slot % 64)) - 1);
+        loop {
+            if bits != 0 {
+                return Some(w * 64 + 63 - bits.leading_zeros() as usize);
+            }
+            if w == 0 {
+                return None;
+            }
+            w -= 1;
+            bits = self.words[w];
+        }
+    }
+
+    /// The smallest member above `slot`.
+    #[inline]
+    fn next(&self, slot: usize) -> Option<usize> {
+        let mut w = slot / 64;
+        let mut bits = self.words[w] & (u64::MAX << (slot % 64)) & !(1u64 << (slot % 64));
+        loop {
+            if bits != 0 {
+                return Some(w * 64 + bits.trailing_zeros() as usize);
+            }
+            w += 1;
+            bits = *self.words.get(w)?;
+        }
+    }
+
+    /// The members, ascending.
+    fn iter(&self) -> impl Iterator<Item = usize> + '_ {
+        self.words.iter().enumerate().flat_map(|(w, &word)| {
+            let mut bits = word;
+            std::iter::from_fn(move || {
+                if bits == 0 {
+                    return None;
+                }
+                let b = bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                Some(w * 64 + b)
+            })
+        })
+    }
+}
+
 /// A candidate's place in the priority order as one integer: priority descending (as
 /// `f32::total_cmp`), then candidate index ascending, which is entity id ascending (candidates
 /// are collected in id order). Keys are unique, so the order is strict.
@@ -1023,5 +1109,33 @@ fn due(sent_at: Option<Time>, now: Time, after_us: u64) -> bool {
     match sent_at {
         None => true,
         Some(t) => now.saturating_since(t).as_micros() as u64 >= after_us,
+    }
+}
+
+#[cfg(test)]
+mod slot_set_tests {
+    use super::SlotSet;
+    use crate::rng::Rng;
+    use std::collections::BTreeSet;
+
+    #[test]
+    fn slot_set_neighbours_match_an_ordered_set() {
+        let mut rng = Rng::new(4);
+        let mut set = SlotSet::default();
+        for _ in 0..200 {
+            let n = 1 + rng.below(300) as usize;
+            set.reset(n);
+            let mut model = BTreeSet::new();
+            for _ in 0..rng.below(n as u64 + 1) {
+                let s = rng.below(n as u64) as usize;
+                assert_eq!(set.prev(s), model.range(..s).next_back().copied());
+                assert_eq!(set.next(s), model.range(s + 1..).next().copied());
+                if model.insert(s) {
+                    set.insert(s);
+                }
+                assert_eq!(set.len, model.len());
+            }
+            assert!(set.iter().eq(model.iter().copied()));
+        }
     }
 }

@@ -138,6 +138,7 @@ impl BitWriter {
         }
     }
 
+    #[inline]
     fn peek(&self, pos: usize, n: u32) -> u64 {
         let i = pos / 64;
         let off = (pos % 64) as u32;
@@ -223,6 +224,18 @@ impl<'a> BitRun<'a> {
             self.write_fitting(0, zeros);
             self.write_fitting(1, 1);
             self.write(q, nbits - 1);
+        }
+    }
+
+    /// Copies `len` bits starting at bit `start` of `src`, like [`BitWriter::append_bits`].
+    #[inline]
+    pub(crate) fn append_bits(&mut self, src: &BitWriter, start: usize, len: usize) {
+        let mut pos = start;
+        let end = start + len;
+        while pos < end {
+            let n = (end - pos).min(64) as u32;
+            self.write_fitting(src.peek(pos, n), n);
+            pos += n as usize;
         }
     }
 

@@ -703,15 +703,17 @@ impl ClientReplicator {
         }
         self.out_bits.clear();
         let mut prev: Option<EntityId> = None;
+        let mut w = BitRun::new(&mut self.out_bits);
         for &(id, ci) in &self.chosen {
-            self.out_bits.write_eg(gap(prev, id), INDEX_EG_K);
+            w.write_eg(gap(prev, id), INDEX_EG_K);
             prev = Some(id);
             let Some((start, len, coded)) = self.cands[ci].body else {
                 continue; // unreachable: every chosen candidate has its body computed
             };
-            write_kind(&mut self.out_bits, coded, common);
-            self.out_bits.append_bits(&self.body, start, len);
+            write_kind(&mut w, coded, common);
+            w.append_bits(&self.body, start, len);
         }
+        w.finish();
         let (seq_full, buf, slot, mut records) =
             self.begin_datagram(input, blob, common, self.chosen.len());
         for &(_, ci) in &self.chosen {
@@ -819,7 +821,7 @@ impl ClientReplicator {
                 (CandKind::Update, Some(_)) if age != 0 => Coded::Delta { age },
                 (CandKind::Update, _) => Coded::Absolute,
             };
-            write_kind_run(&mut w, coded, common);
+            write_kind(&mut w, coded, common);
             let start = w.len_bits();
             match (coded, &t.baseline) {
                 (Coded::Delta { .. }, Some(b)) => {
@@ -977,25 +979,8 @@ fn gap(prev: Option<EntityId>, id: EntityId) -> u64 {
 }
 
 /// Writes a record's kind code and, for deltas, its baseline reference.
-#[inline]
-fn write_kind(w: &mut BitWriter, coded: Coded, common: u64) {
-    match coded {
-        Coded::Delta { age } => {
-            if age == common {
-                w.write(0b11, 2);
-            } else {
-                w.write(0b01, 2);
-                w.write_eg(age - 1, AGE_EG_K);
-            }
-        }
-        Coded::Absolute => w.write(0b10, 2),
-        Coded::Left => w.write(0b00, 2),
-    }
-}
-
-/// [`write_kind`] into a run.
 #[inline(always)]
-fn write_kind_run(w: &mut BitRun, coded: Coded, common: u64) {
+fn write_kind(w: &mut BitRun, coded: Coded, common: u64) {
     match coded {
         Coded::Delta { age } => {
             if age == common {

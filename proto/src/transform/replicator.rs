@@ -193,6 +193,8 @@ struct Cand {
     slot: usize,
     priority: f32,
     kind: CandKind,
+    /// For an update: the age of the baseline a delta uses, 0 for none (absolute).
+    age: u64,
     placed: bool,
     /// Body bits in the scratch writer, once computed.
     body: Option<(usize, usize, Coded)>,
@@ -229,8 +231,6 @@ pub struct ClientReplicator {
     picked: SlotSet,
     /// Per slot: its candidate's index, valid where `picked` holds the slot.
     slot_cand: Vec<u32>,
-    /// Per candidate: the baseline age a delta would use, 0 for none (fast-path scratch).
-    ages: Vec<u64>,
     age_counts: Vec<u16>,
 }
 
@@ -259,7 +259,6 @@ impl ClientReplicator {
             chosen: Vec::new(),
             picked: SlotSet::default(),
             slot_cand: Vec::new(),
-            ages: Vec::new(),
             age_counts: vec![0; COMMON_AGE_CANDIDATES_MAX],
         })
     }
@@ -519,10 +518,13 @@ impl ClientReplicator {
                 if weight.is_finite() {
                     t.priority += weight;
                 }
+                let age =
+                    usable_baseline(t, input.tick).map_or(0, |b| input.tick.0 - b.sample.tick.0);
                 self.cands.push(Cand {
                     slot,
                     priority: t.priority,
                     kind: CandKind::Update,
+                    age,
                     placed: false,
                     body: None,
                 });
@@ -533,6 +535,7 @@ impl ClientReplicator {
                         slot,
                         priority: t.priority,
                         kind: CandKind::Left,
+                        age: 0,
                         placed: false,
                         body: None,
                     });
@@ -794,24 +797,18 @@ impl ClientReplicator {
         self.age_counts.fill(0);
         let mut common = 0u64;
         let mut best = 0u16;
-        self.ages.clear();
         for c in &self.cands {
-            let age = match c.kind {
-                CandKind::Update => usable_baseline(&self.tracked[c.slot], input.tick)
-                    .map_or(0, |b| input.tick.0 - b.sample.tick.0),
-                CandKind::Left => 0,
-            };
-            if age != 0 {
-                count_age(&mut self.age_counts, age, &mut common, &mut best);
+            if c.age != 0 {
+                count_age(&mut self.age_counts, c.age, &mut common, &mut best);
             }
-            self.ages.push(age);
         }
         // Written into the body scratch (empty until now), each body's range remembered: if the
         // records do not fit, the packer reuses the bodies instead of encoding them again.
         debug_assert_eq!(self.body.len_bits(), 0);
         let mut prev: Option<EntityId> = None;
         let mut w = BitRun::new(&mut self.body);
-        for (c, &age) in self.cands.iter_mut().zip(&self.ages) {
+        for c in self.cands.iter_mut() {
+            let age = c.age;
             let t = &self.tracked[c.slot];
             w.write_eg(gap(prev, t.id), INDEX_EG_K);
             prev = Some(t.id);
@@ -840,7 +837,8 @@ impl ClientReplicator {
         w.finish();
         std::mem::swap(&mut self.body, &mut self.out_bits);
         let (seq_full, buf, slot, mut records) = self.begin_datagram(input, blob, common, n);
-        for (c, &age) in self.cands.iter_mut().zip(&self.ages) {
+        for c in self.cands.iter_mut() {
+            let age = c.age;
             c.placed = true;
             let coded = match c.kind {
                 CandKind::Left => Coded::Left,

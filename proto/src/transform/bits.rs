@@ -138,6 +138,7 @@ impl BitWriter {
         }
     }
 
+    #[inline]
     fn peek(&self, pos: usize, n: u32) -> u64 {
         let i = pos / 64;
         let off = (pos % 64) as u32;
@@ -157,6 +158,98 @@ impl BitWriter {
         }
         let tail = (self.acc_bits as usize).div_ceil(8);
         out.extend_from_slice(&self.acc.to_le_bytes()[..tail]);
+    }
+}
+
+/// A run of writes to a [`BitWriter`] gathered in a register: the writer's partial
+/// word is loaded once, full words are pushed as they fill, and the rest is stored back by
+/// [`BitRun::finish`]. The bits are exactly those the same [`BitWriter::write`] calls give.
+pub(crate) struct BitRun<'a> {
+    w: &'a mut BitWriter,
+    acc: u64,
+    n: u32,
+}
+
+impl<'a> BitRun<'a> {
+    /// Starts a run at the end of `w`.
+    #[inline]
+    pub(crate) fn new(w: &'a mut BitWriter) -> BitRun<'a> {
+        BitRun {
+            acc: w.acc,
+            n: w.acc_bits,
+            w,
+        }
+    }
+
+    /// Writes the low `n` bits of `value` (`n` ≤ 64), like [`BitWriter::write`].
+    #[inline(always)]
+    pub(crate) fn write(&mut self, value: u64, n: u32) {
+        debug_assert!(n <= 64);
+        self.write_fitting(value & low_mask(n), n);
+    }
+
+    /// Writes `value`, which must fit in `n` ≤ 64 bits.
+    #[inline(always)]
+    pub(crate) fn write_fitting(&mut self, value: u64, n: u32) {
+        debug_assert!(n <= 64 && (n == 64 || value >> n == 0));
+        let fill = self.n;
+        self.acc |= value << fill; // fill < 64
+        self.n = fill + n;
+        if self.n >= 64 {
+            self.w.words.push(self.acc);
+            // The bits of `value` that did not fit (none when it filled the word exactly).
+            self.acc = ((value as u128) >> (64 - fill)) as u64;
+            self.n -= 64;
+        }
+    }
+
+    /// Writes one bit.
+    #[inline(always)]
+    pub(crate) fn write_bool(&mut self, b: bool) {
+        self.write_fitting(b as u64, 1);
+    }
+
+    /// Writes an order-`k` Exp-Golomb code, like [`BitWriter::write_eg`].
+    #[inline(always)]
+    pub(crate) fn write_eg(&mut self, v: u64, k: u32) {
+        let q = v + (1u64 << k);
+        let nbits = 64 - q.leading_zeros();
+        let zeros = nbits - k - 1;
+        let total = zeros + nbits;
+        if total <= 64 {
+            // The zero run, its terminating one, then `q` below its top bit.
+            let low = q ^ (1u64 << (nbits - 1));
+            self.write_fitting(((low << 1) | 1) << zeros, total);
+        } else {
+            self.write_fitting(0, zeros);
+            self.write_fitting(1, 1);
+            self.write(q, nbits - 1);
+        }
+    }
+
+    /// Copies `len` bits starting at bit `start` of `src`, like [`BitWriter::append_bits`].
+    #[inline]
+    pub(crate) fn append_bits(&mut self, src: &BitWriter, start: usize, len: usize) {
+        let mut pos = start;
+        let end = start + len;
+        while pos < end {
+            let n = (end - pos).min(64) as u32;
+            self.write_fitting(src.peek(pos, n), n);
+            pos += n as usize;
+        }
+    }
+
+    /// Bits written so far by the writer, this run included.
+    #[inline]
+    pub(crate) fn len_bits(&self) -> usize {
+        self.w.words.len() * 64 + self.n as usize
+    }
+
+    /// Stores the partial word back into the writer.
+    #[inline(always)]
+    pub(crate) fn finish(self) {
+        self.w.acc = self.acc;
+        self.w.acc_bits = self.n;
     }
 }
 
@@ -338,6 +431,37 @@ mod tests {
                 };
                 assert_eq!(got, v & if n == 64 { u64::MAX } else { (1 << n) - 1 });
             }
+        }
+    }
+
+    #[test]
+    fn a_bit_run_writes_exactly_what_the_writer_writes() {
+        let mut rng = Rng::new(9);
+        for _ in 0..300 {
+            let (mut a, mut b) = (BitWriter::new(), BitWriter::new());
+            for _ in 0..rng.below(60) {
+                let mut run = BitRun::new(&mut b);
+                for _ in 0..rng.below(8) {
+                    let n = rng.below(65) as u32;
+                    let v = rng.next_u64();
+                    let eg = (rng.next_u64() >> rng.below(64)).min(1 << 39);
+                    let k = rng.below(6) as u32;
+                    a.write(v, n);
+                    run.write(v, n);
+                    a.write_eg(eg, k);
+                    run.write_eg(eg, k);
+                    assert_eq!(run.len_bits(), a.len_bits());
+                }
+                run.finish();
+                let v = rng.next_u64();
+                a.write(v, 5);
+                b.write(v, 5);
+            }
+            let (mut x, mut y) = (Vec::new(), Vec::new());
+            a.copy_to(&mut x);
+            b.copy_to(&mut y);
+            assert_eq!(x, y);
+            assert_eq!(a.len_bits(), b.len_bits());
         }
     }
 

@@ -183,4 +183,6 @@ pub(crate) fn read_varint(bytes: &[u8], pos: &mut usize) -> Result<u64, Transfor
 }
 
 #[cfg(test)]
+mod golden_tests;
+#[cfg(test)]
 mod tests;

@@ -13,7 +13,7 @@
 //! Widths are Exp-Golomb (order 1) of `width − 1`: a residual of ±1 costs 2 + 3 × 2 bits for
 //! the three axes, a 10-bit move 6 + 3 × 10. That is the "small and large delta forms".
 
-use super::bits::{bit_width, unzigzag, zigzag, BitReader, BitWriter};
+use super::bits::{bit_width, unzigzag, zigzag, BitReader, BitRun, BitWriter};
 use super::quant::{QRot, QTransform, Quantizer};
 use super::TransformError;
 use crate::time::Tick;
@@ -94,8 +94,13 @@ impl Sample {
             .0
             .saturating_sub(self.tick.0)
             .min(dt * PREDICT_INTERVALS_MAX);
-        // ratio < 2^(16 + 3); |dpos| < 2^31: the product stays below 2^50.
-        let ratio = ((ahead << 16) / dt) as i64;
+        // ratio < 2^(16 + 3); |dpos| < 2^31: the product stays below 2^50. One interval ahead
+        // (the steady state) is exactly 1.0, without the division.
+        let ratio = if ahead == dt {
+            1 << 16
+        } else {
+            ((ahead << 16) / dt) as i64
+        };
         let max = qz.position_max();
         for a in 0..3 {
             let d = (m.dpos[a] as i64 * ratio) >> 16;
@@ -152,15 +157,15 @@ fn eg_len(v: u64, k: u32) -> u32 {
     2 * bit_width(q) - k - 1
 }
 
-/// Writes width and three values (no presence bit).
-#[inline]
-fn write_triple_tail(w: &mut BitWriter, z: &[u64; 3], width: u32) {
+/// Writes width and three values (no presence bit). Each value fits in `width` bits.
+#[inline(always)]
+fn write_triple_tail(w: &mut BitRun, z: &[u64; 3], width: u32) {
     w.write_eg(width as u64 - 1, WIDTH_EG_K);
     if 3 * width <= 64 {
-        w.write(z[0] | z[1] << width | z[2] << (2 * width), 3 * width);
+        w.write_fitting(z[0] | z[1] << width | z[2] << (2 * width), 3 * width);
     } else {
         for v in z {
-            w.write(*v, width);
+            w.write_fitting(*v, width);
         }
     }
 }
@@ -177,7 +182,8 @@ fn read_triple_tail(r: &mut BitReader) -> Result<[i64; 3], TransformError> {
     Ok(out)
 }
 
-fn write_rot_abs(w: &mut BitWriter, qz: &Quantizer, r: &QRot) {
+#[inline]
+fn write_rot_abs(w: &mut BitRun, qz: &Quantizer, r: &QRot) {
     w.write(r.largest as u64, 2);
     for c in r.comps {
         w.write(c as u64, qz.rotation_bits());
@@ -193,7 +199,7 @@ fn read_rot_abs(r: &mut BitReader, qz: &Quantizer) -> Result<QRot, TransformErro
     Ok(QRot { largest, comps })
 }
 
-fn write_scale_abs(w: &mut BitWriter, qz: &Quantizer, s: &Option<[u16; 3]>) {
+fn write_scale_abs(w: &mut BitRun, qz: &Quantizer, s: &Option<[u16; 3]>) {
     w.write_bool(s.is_some());
     if let Some(s) = s {
         for v in s {
@@ -215,6 +221,14 @@ fn read_scale_abs(r: &mut BitReader, qz: &Quantizer) -> Result<Option<[u16; 3]>,
 
 /// Writes an absolute body (after the kind code).
 pub(crate) fn write_absolute(w: &mut BitWriter, qz: &Quantizer, q: &QTransform) {
+    let mut run = BitRun::new(w);
+    write_absolute_run(&mut run, qz, q);
+    run.finish();
+}
+
+/// [`write_absolute`] into a run.
+#[inline]
+pub(crate) fn write_absolute_run(w: &mut BitRun, qz: &Quantizer, q: &QTransform) {
     let bits = qz.position_bits();
     for a in 0..3 {
         w.write(q.pos[a] as u64, bits[a]);
@@ -257,6 +271,20 @@ pub(crate) fn write_delta(
     tick: Tick,
     base: &Sample,
 ) {
+    let mut run = BitRun::new(w);
+    write_delta_run(&mut run, qz, cur, tick, base);
+    run.finish();
+}
+
+/// [`write_delta`] into a run.
+#[inline]
+pub(crate) fn write_delta_run(
+    w: &mut BitRun,
+    qz: &Quantizer,
+    cur: &QTransform,
+    tick: Tick,
+    base: &Sample,
+) {
     let same_largest = cur.rot.largest == base.q.rot.largest;
     let plain = || {
         let pos = [0, 1, 2].map(|a| cur.pos[a] as i64 - base.q.pos[a] as i64);
@@ -282,11 +310,10 @@ pub(crate) fn write_delta(
             }
         }
     };
-    w.write_bool(predicted);
     if pw == 0 {
-        w.write_bool(false);
+        w.write_fitting(predicted as u64, 2); // prediction bit, then `0`: position unchanged
     } else {
-        w.write_bool(true);
+        w.write_fitting(predicted as u64 | 0b10, 2);
         write_triple_tail(w, &pz, pw);
     }
     if !same_largest {

@@ -5,9 +5,11 @@
 //! datagram size. Memory is bounded: one [`Tracked`] per world entity, [`SENT_HISTORY_LEN`]
 //! remembered datagrams, scratch buffers reused across ticks.
 
-use super::bits::{bit_width, BitWriter};
+use super::bits::{bit_width, BitRun, BitWriter};
 use super::quant::{QTransform, Quantizer};
-use super::record::{write_absolute, write_delta, Sample, AGE_EG_K};
+use super::record::{
+    write_absolute, write_absolute_run, write_delta, write_delta_run, Sample, AGE_EG_K,
+};
 use super::seq::{AckHeader, Seq, ACK_WINDOW};
 use super::{
     varint_len, write_varint, ConfigError, TransformConfig, TransformError, BASELINE_AGE_MAX_TICKS,
@@ -191,6 +193,8 @@ struct Cand {
     slot: usize,
     priority: f32,
     kind: CandKind,
+    /// For an update: the age of the baseline a delta uses, 0 for none (absolute).
+    age: u64,
     placed: bool,
     /// Body bits in the scratch writer, once computed.
     body: Option<(usize, usize, Coded)>,
@@ -217,11 +221,16 @@ pub struct ClientReplicator {
     carry: i64,
     srtt_us: Option<u64>,
     cands: Vec<Cand>,
+    /// Candidates' [`order_key`]s, ordered lazily by the packer.
+    order: Vec<u64>,
     body: BitWriter,
     out_bits: BitWriter,
+    /// The datagram being filled: (id, candidate) in id order, built from `picked`.
     chosen: Vec<(EntityId, usize)>,
-    /// Per candidate: the baseline age a delta would use, 0 for none (fast-path scratch).
-    ages: Vec<u64>,
+    /// The slots chosen for the datagram being filled.
+    picked: SlotSet,
+    /// Per slot: its candidate's index, valid where `picked` holds the slot.
+    slot_cand: Vec<u32>,
     age_counts: Vec<u16>,
 }
 
@@ -244,10 +253,12 @@ impl ClientReplicator {
             carry: 0,
             srtt_us: None,
             cands: Vec::new(),
+            order: Vec::new(),
             body: BitWriter::new(),
             out_bits: BitWriter::new(),
             chosen: Vec::new(),
-            ages: Vec::new(),
+            picked: SlotSet::default(),
+            slot_cand: Vec::new(),
             age_counts: vec![0; COMMON_AGE_CANDIDATES_MAX],
         })
     }
@@ -507,10 +518,13 @@ impl ClientReplicator {
                 if weight.is_finite() {
                     t.priority += weight;
                 }
+                let age =
+                    usable_baseline(t, input.tick).map_or(0, |b| input.tick.0 - b.sample.tick.0);
                 self.cands.push(Cand {
                     slot,
                     priority: t.priority,
                     kind: CandKind::Update,
+                    age,
                     placed: false,
                     body: None,
                 });
@@ -521,6 +535,7 @@ impl ClientReplicator {
                         slot,
                         priority: t.priority,
                         kind: CandKind::Left,
+                        age: 0,
                         placed: false,
                         body: None,
                     });
@@ -591,12 +606,19 @@ impl ClientReplicator {
                 return Ok(summary);
             }
         }
-        let tracked = &self.tracked;
-        self.cands.sort_unstable_by(|a, b| {
-            b.priority
-                .total_cmp(&a.priority)
-                .then(tracked[a.slot].id.cmp(&tracked[b.slot].id))
-        });
+        // Candidates in priority order, sorted lazily: the budget usually stops the packer long
+        // before the end, so only a prefix is ever ordered (a strict total order, so the prefix
+        // is exactly that of a full sort).
+        self.slot_cand.resize(self.tracked.len(), 0);
+        let mut sorted = 0usize;
+        let mut chunk = (allowance.max(0) as usize * 8 / 24 + FIT_ATTEMPTS_MAX).max(32);
+        self.order.clear();
+        self.order.extend(
+            self.cands
+                .iter()
+                .enumerate()
+                .map(|(ci, c)| order_key(c.priority, ci)),
+        );
         loop {
             let header =
                 HEADER_FIXED_BYTES + varint_len(input.tick.0) + blob.map_or(0, |b| 1 + b.len());
@@ -610,21 +632,28 @@ impl ClientReplicator {
                 break;
             }
             let bits_avail = room.saturating_sub(header) * 8;
-            self.chosen.clear();
+            self.picked.reset(self.tracked.len());
             let mut used = 0usize;
             let mut misses = 0;
-            for ci in 0..self.cands.len() {
+            for k in 0..self.order.len() {
+                if k >= sorted {
+                    sorted = sort_prefix(&mut self.order, sorted, chunk);
+                    chunk *= 2;
+                }
+                let ci = self.order[k] as u32 as usize;
                 if self.cands[ci].placed {
                     continue;
                 }
-                if self.chosen.len() >= RECORDS_PER_DATAGRAM_MAX || misses >= FIT_ATTEMPTS_MAX {
+                if self.picked.len >= RECORDS_PER_DATAGRAM_MAX || misses >= FIT_ATTEMPTS_MAX {
                     break;
                 }
                 let (bits, _) = self.body_bits(ci, input.tick, input.entities);
-                let id = self.tracked[self.cands[ci].slot].id;
-                let pos = self.chosen.partition_point(|&(i, _)| i < id);
-                let prev = pos.checked_sub(1).map(|p| self.chosen[p].0);
-                let next = self.chosen.get(pos).map(|c| c.0);
+                let slot = self.cands[ci].slot;
+                let id = self.tracked[slot].id;
+                // Slot order is id order: the neighbours in the datagram are the nearest
+                // chosen slots.
+                let prev = self.picked.prev(slot).map(|p| self.tracked[p].id);
+                let next = self.picked.next(slot).map(|n| self.tracked[n].id);
                 let index_bits = gap_bits(prev, id) as isize
                     + next.map_or(0, |n| gap_bits(Some(id), n) as isize)
                     - next.map_or(0, |n| gap_bits(prev, n) as isize);
@@ -634,12 +663,18 @@ impl ClientReplicator {
                     continue;
                 }
                 used += total;
-                self.chosen.insert(pos, (id, ci));
+                self.picked.insert(slot);
+                self.slot_cand[slot] = ci as u32;
                 self.cands[ci].placed = true;
                 remaining -= 1;
             }
-            if self.chosen.is_empty() && blob.is_none() {
+            if self.picked.len == 0 && blob.is_none() {
                 break;
+            }
+            self.chosen.clear();
+            for slot in self.picked.iter() {
+                self.chosen
+                    .push((self.tracked[slot].id, self.slot_cand[slot] as usize));
             }
             let dgram = self.write_datagram(input, blob, &mut summary);
             debug_assert!(dgram.len() <= room, "{} > {room}", dgram.len());
@@ -671,15 +706,17 @@ impl ClientReplicator {
         }
         self.out_bits.clear();
         let mut prev: Option<EntityId> = None;
+        let mut w = BitRun::new(&mut self.out_bits);
         for &(id, ci) in &self.chosen {
-            self.out_bits.write_eg(gap(prev, id), INDEX_EG_K);
+            w.write_eg(gap(prev, id), INDEX_EG_K);
             prev = Some(id);
             let Some((start, len, coded)) = self.cands[ci].body else {
                 continue; // unreachable: every chosen candidate has its body computed
             };
-            write_kind(&mut self.out_bits, coded, common);
-            self.out_bits.append_bits(&self.body, start, len);
+            write_kind(&mut w, coded, common);
+            w.append_bits(&self.body, start, len);
         }
+        w.finish();
         let (seq_full, buf, slot, mut records) =
             self.begin_datagram(input, blob, common, self.chosen.len());
         for &(_, ci) in &self.chosen {
@@ -724,6 +761,7 @@ impl ClientReplicator {
         let slot = (seq_full % SENT_HISTORY_LEN as u64) as usize;
         let mut records = std::mem::take(&mut self.history[slot].records);
         records.clear();
+        records.reserve(count);
         (seq_full, buf, slot, records)
     }
 
@@ -759,42 +797,48 @@ impl ClientReplicator {
         self.age_counts.fill(0);
         let mut common = 0u64;
         let mut best = 0u16;
-        self.ages.clear();
         for c in &self.cands {
-            let age = match c.kind {
-                CandKind::Update => usable_baseline(&self.tracked[c.slot], input.tick)
-                    .map_or(0, |b| input.tick.0 - b.sample.tick.0),
-                CandKind::Left => 0,
-            };
-            if age != 0 {
-                count_age(&mut self.age_counts, age, &mut common, &mut best);
+            if c.age != 0 {
+                count_age(&mut self.age_counts, c.age, &mut common, &mut best);
             }
-            self.ages.push(age);
         }
-        self.out_bits.clear();
+        // Written into the body scratch (empty until now), each body's range remembered: if the
+        // records do not fit, the packer reuses the bodies instead of encoding them again.
+        debug_assert_eq!(self.body.len_bits(), 0);
         let mut prev: Option<EntityId> = None;
-        for (c, &age) in self.cands.iter().zip(&self.ages) {
+        let mut w = BitRun::new(&mut self.body);
+        for c in self.cands.iter_mut() {
+            let age = c.age;
             let t = &self.tracked[c.slot];
-            self.out_bits.write_eg(gap(prev, t.id), INDEX_EG_K);
+            w.write_eg(gap(prev, t.id), INDEX_EG_K);
             prev = Some(t.id);
             let q = &input.entities[c.slot].q;
-            match (c.kind, &t.baseline) {
-                (CandKind::Left, _) => write_kind(&mut self.out_bits, Coded::Left, common),
-                (CandKind::Update, Some(b)) if age != 0 => {
-                    write_kind(&mut self.out_bits, Coded::Delta { age }, common);
-                    write_delta(&mut self.out_bits, &self.qz, q, input.tick, &b.sample);
+            let coded = match (c.kind, &t.baseline) {
+                (CandKind::Left, _) => Coded::Left,
+                (CandKind::Update, Some(_)) if age != 0 => Coded::Delta { age },
+                (CandKind::Update, _) => Coded::Absolute,
+            };
+            write_kind(&mut w, coded, common);
+            let start = w.len_bits();
+            match (coded, &t.baseline) {
+                (Coded::Delta { .. }, Some(b)) => {
+                    write_delta_run(&mut w, &self.qz, q, input.tick, &b.sample)
                 }
-                (CandKind::Update, _) => {
-                    write_kind(&mut self.out_bits, Coded::Absolute, common);
-                    write_absolute(&mut self.out_bits, &self.qz, q);
-                }
+                (Coded::Absolute, _) => write_absolute_run(&mut w, &self.qz, q),
+                _ => {}
             }
-            if self.out_bits.len_bits() > bits_avail {
+            let end = w.len_bits();
+            c.body = Some((start, end - start, coded));
+            if end > bits_avail {
+                w.finish();
                 return None;
             }
         }
+        w.finish();
+        std::mem::swap(&mut self.body, &mut self.out_bits);
         let (seq_full, buf, slot, mut records) = self.begin_datagram(input, blob, common, n);
-        for (c, &age) in self.cands.iter_mut().zip(&self.ages) {
+        for c in self.cands.iter_mut() {
+            let age = c.age;
             c.placed = true;
             let coded = match c.kind {
                 CandKind::Left => Coded::Left,
@@ -812,6 +856,101 @@ impl ClientReplicator {
         }
         self.finish_datagram(input, seq_full, slot, records);
         Some(buf)
+    }
+}
+
+/// A set of slots as a bitset, with nearest-member queries (slot order is id order, so the
+/// nearest chosen slots are a record's neighbours in the datagram).
+#[derive(Clone, Debug, Default)]
+struct SlotSet {
+    words: Vec<u64>,
+    len: usize,
+}
+
+impl SlotSet {
+    /// Empties the set for slots `0..slots`.
+    fn reset(&mut self, slots: usize) {
+        self.words.clear();
+        self.words.resize(slots.div_ceil(64), 0);
+        self.len = 0;
+    }
+
+    /// Adds `slot` (not yet a member).
+    #[inline]
+    fn insert(&mut self, slot: usize) {
+        self.words[slot / 64] |= 1u64 << (slot % 64);
+        self.len += 1;
+    }
+
+    /// The largest member below `slot`.
+    #[inline]
+    fn prev(&self, slot: usize) -> Option<usize> {
+        let mut w = slot / 64;
+        let mut bits = self.words[w] & ((1u64 << (slot % 64)) - 1);
+        loop {
+            if bits != 0 {
+                return Some(w * 64 + 63 - bits.leading_zeros() as usize);
+            }
+            if w == 0 {
+                return None;
+            }
+            w -= 1;
+            bits = self.words[w];
+        }
+    }
+
+    /// The smallest member above `slot`.
+    #[inline]
+    fn next(&self, slot: usize) -> Option<usize> {
+        let mut w = slot / 64;
+        let mut bits = self.words[w] & (u64::MAX << (slot % 64)) & !(1u64 << (slot % 64));
+        loop {
+            if bits != 0 {
+                return Some(w * 64 + bits.trailing_zeros() as usize);
+            }
+            w += 1;
+            bits = *self.words.get(w)?;
+        }
+    }
+
+    /// The members, ascending.
+    fn iter(&self) -> impl Iterator<Item = usize> + '_ {
+        self.words.iter().enumerate().flat_map(|(w, &word)| {
+            let mut bits = word;
+            std::iter::from_fn(move || {
+                if bits == 0 {
+                    return None;
+                }
+                let b = bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                Some(w * 64 + b)
+            })
+        })
+    }
+}
+
+/// A candidate's place in the priority order as one integer: priority descending (as
+/// `f32::total_cmp`), then candidate index ascending, which is entity id ascending (candidates
+/// are collected in id order). Keys are unique, so the order is strict.
+#[inline]
+fn order_key(priority: f32, ci: usize) -> u64 {
+    let b = priority.to_bits() as i32;
+    let total = b ^ (((b >> 31) as u32) >> 1) as i32; // `total_cmp`'s key
+    let ascending = (total as u32) ^ 0x8000_0000;
+    ((!ascending as u64) << 32) | ci as u64
+}
+
+/// Orders the next `chunk` keys after the first `sorted` (already in order, and all before the
+/// rest): returns the new length of the ordered prefix.
+fn sort_prefix(keys: &mut [u64], sorted: usize, chunk: usize) -> usize {
+    let rest = &mut keys[sorted..];
+    if rest.len() > chunk {
+        let (head, _, _) = rest.select_nth_unstable(chunk);
+        head.sort_unstable();
+        sorted + chunk
+    } else {
+        rest.sort_unstable();
+        keys.len()
     }
 }
 
@@ -838,19 +977,19 @@ fn gap(prev: Option<EntityId>, id: EntityId) -> u64 {
 }
 
 /// Writes a record's kind code and, for deltas, its baseline reference.
-#[inline]
-fn write_kind(w: &mut BitWriter, coded: Coded, common: u64) {
+#[inline(always)]
+fn write_kind(w: &mut BitRun, coded: Coded, common: u64) {
     match coded {
         Coded::Delta { age } => {
             if age == common {
-                w.write(0b11, 2);
+                w.write_fitting(0b11, 2);
             } else {
-                w.write(0b01, 2);
+                w.write_fitting(0b01, 2);
                 w.write_eg(age - 1, AGE_EG_K);
             }
         }
-        Coded::Absolute => w.write(0b10, 2),
-        Coded::Left => w.write(0b00, 2),
+        Coded::Absolute => w.write_fitting(0b10, 2),
+        Coded::Left => w.write_fitting(0b00, 2),
     }
 }
 
@@ -953,5 +1092,33 @@ fn due(sent_at: Option<Time>, now: Time, after_us: u64) -> bool {
     match sent_at {
         None => true,
         Some(t) => now.saturating_since(t).as_micros() as u64 >= after_us,
+    }
+}
+
+#[cfg(test)]
+mod slot_set_tests {
+    use super::SlotSet;
+    use crate::rng::Rng;
+    use std::collections::BTreeSet;
+
+    #[test]
+    fn slot_set_neighbours_match_an_ordered_set() {
+        let mut rng = Rng::new(4);
+        let mut set = SlotSet::default();
+        for _ in 0..200 {
+            let n = 1 + rng.below(300) as usize;
+            set.reset(n);
+            let mut model = BTreeSet::new();
+            for _ in 0..rng.below(n as u64 + 1) {
+                let s = rng.below(n as u64) as usize;
+                assert_eq!(set.prev(s), model.range(..s).next_back().copied());
+                assert_eq!(set.next(s), model.range(s + 1..).next().copied());
+                if model.insert(s) {
+                    set.insert(s);
+                }
+                assert_eq!(set.len, model.len());
+            }
+            assert!(set.iter().eq(model.iter().copied()));
+        }
     }
 }

@@ -353,6 +353,8 @@ pub struct ServerCore {
     samples: Vec<EntitySample>,
     /// Reused every tick: datagrams written for one client.
     datagrams: Vec<Vec<u8>>,
+    /// The last tick's entity updates: (to whom, which entity, estimated bytes).
+    tick_updates: Vec<(SessionId, EntityId, u32)>,
     stats: TickStats,
 }
 
@@ -430,6 +432,7 @@ impl ServerCore {
             model,
             samples: Vec::new(),
             datagrams: Vec::new(),
+            tick_updates: Vec::new(),
             stats: TickStats::default(),
         }
     }
@@ -437,6 +440,13 @@ impl ServerCore {
     /// What the last tick sent.
     pub fn last_tick_stats(&self) -> TickStats {
         self.stats
+    }
+
+    /// Every entity update the last tick sent: to which session, which entity, and its share
+    /// of the datagram bytes (each client's bytes spread evenly over its updates). For
+    /// bandwidth attribution and the operator's live view.
+    pub fn last_tick_updates(&self) -> &[(SessionId, EntityId, u32)] {
+        &self.tick_updates
     }
 
     /// The quantizer every transform goes through.
@@ -739,6 +749,7 @@ impl ServerCore {
             ..TickStats::default()
         };
         let now = self.now;
+        self.tick_updates.clear();
         for s in self.sessions.values_mut() {
             let Some(conn) = s.conn else { continue };
             let Some(c) = self.conns.get(&conn) else {
@@ -766,7 +777,13 @@ impl ServerCore {
                 own_blob: blob.as_deref(),
             };
             match s.replicator.write_tick(&input, &mut self.datagrams) {
-                Ok(sum) => stats.updates += sum.updates,
+                Ok(sum) => {
+                    stats.updates += sum.updates;
+                    let each = (sum.bytes / sum.updates.max(1)) as u32;
+                    let sid = s.id;
+                    self.tick_updates
+                        .extend(s.replicator.last_tick_updates().map(|id| (sid, id, each)));
+                }
                 Err(error) => self
                     .events
                     .push_back(ServerEvent::DatagramRejected { conn, error }),

@@ -216,6 +216,9 @@ pub struct ClientReplicator {
     tracked_next: Vec<Tracked>,
     history: Vec<SentDatagram>,
     next_seq: u64,
+    /// The first sequence number the last `write_tick` used (its datagrams are
+    /// `tick_first_seq..next_seq`).
+    tick_first_seq: u64,
     next_epoch: u32,
     last_tick: Option<Tick>,
     carry: i64,
@@ -248,6 +251,7 @@ impl ClientReplicator {
             tracked_next: Vec::new(),
             history: vec![SentDatagram::default(); SENT_HISTORY_LEN],
             next_seq: 0,
+            tick_first_seq: 0,
             next_epoch: 0,
             last_tick: None,
             carry: 0,
@@ -304,6 +308,18 @@ impl ClientReplicator {
     /// ticks × [`ClientReplicator::budget_bytes_per_tick`] + this (own blobs aside).
     pub fn budget_carry_max_bytes(&self) -> usize {
         (self.budget_bytes_per_tick() / 2).max(DATAGRAM_BYTES_MIN)
+    }
+
+    /// The entities the last [`ClientReplicator::write_tick`] sent updates for, in datagram
+    /// order (for bandwidth attribution and operator views). One pass over that tick's records.
+    pub fn last_tick_updates(&self) -> impl Iterator<Item = EntityId> + '_ {
+        (self.tick_first_seq..self.next_seq).flat_map(move |s| {
+            let d = &self.history[(s % SENT_HISTORY_LEN as u64) as usize];
+            d.records.iter().filter_map(|r| match r {
+                SentRecord::Update { id, .. } => Some(*id),
+                SentRecord::Left { .. } => None,
+            })
+        })
     }
 
     /// Starts sequence numbers further on (tests of wrap-around).
@@ -426,6 +442,7 @@ impl ClientReplicator {
             return Err(TransformError::TickNotAfterLast(input.tick));
         }
         self.last_tick = Some(input.tick);
+        self.tick_first_seq = self.next_seq;
         self.merge(input.entities);
         self.collect_candidates(input);
         self.pack(input, out)

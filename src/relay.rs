@@ -57,7 +57,7 @@ use neonet_proto::Time;
 
 use crate::auth::{AuthError, HmacTokens};
 use crate::config::{ConfigError, RelayConfig};
-use crate::metrics::{Metrics, UserReport};
+use crate::metrics::{EntityBytesBatch, Metrics, UserReport};
 use crate::quic::{self, ChannelWriters, StreamEvent, TransportError};
 use crate::tls::{self, Fingerprint, TlsError};
 
@@ -690,6 +690,13 @@ impl CoreTask {
                 m.record_tick(each);
             }
             m.set_entity_count(self.core.world().entities.len());
+            // Which entities cost the bytes, and the live view's packet trails.
+            let mut batch = EntityBytesBatch::new();
+            for &(session, entity, bytes) in self.core.last_tick_updates() {
+                batch.add(entity.0, bytes as usize);
+                m.record_trail(entity.0, session.0, bytes as usize);
+            }
+            m.merge_entity_bytes(&mut batch);
         }
         if started >= self.next_users_report {
             self.next_users_report = started + USERS_REPORT_INTERVAL;

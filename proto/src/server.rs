@@ -114,6 +114,12 @@ pub struct ServerConfig {
     pub transform: TransformConfig,
     /// The built-in movement model's tunables (server-authoritative movement and validation).
     pub character: CharacterConfig,
+    /// Reliable messages a session may send per second, sustained (token bucket refill).
+    pub messages_per_s: u32,
+    /// Reliable messages a session may send in a burst (token bucket size). Past it, changes
+    /// are refused with `RateLimited`; a session that keeps sending past it for another whole
+    /// burst is closed with `Flooding`.
+    pub message_burst: u32,
 }
 
 impl Default for ServerConfig {
@@ -124,6 +130,9 @@ impl Default for ServerConfig {
             durable_acks: false,
             spawn_at_last_position: true,
             idle_timeout: Duration::from_secs(30),
+            // Ten times a busy editor's pace; the load tool's 200 changes/s per client fits.
+            messages_per_s: 1000,
+            message_burst: 2000,
             transform: TransformConfig::default(),
             character: CharacterConfig {
                 // Keep players inside what the transform codec can represent.
@@ -291,6 +300,16 @@ pub enum ServerEvent {
     },
 }
 
+/// What the rate limit says about one message.
+enum Limit {
+    /// Within the limit.
+    Pass,
+    /// Over the burst: refuse it.
+    Refuse,
+    /// Over the burst for another whole burst: the peer is flooding.
+    Close,
+}
+
 /// A joined session, as the core sees it.
 #[derive(Clone, Debug)]
 pub struct Session {
@@ -314,6 +333,10 @@ pub struct Session {
     validator: MoveValidator,
     /// Newest upstream datagram sequence applied (older owned transforms are ignored).
     up_seq: Option<Seq>,
+    /// Rate limit: tokens left, when last refilled, and messages refused in a row.
+    tokens: f64,
+    refilled_at: Time,
+    over_limit: u32,
 }
 
 impl Session {
@@ -1079,6 +1102,9 @@ impl ServerCore {
                 motion,
                 validator,
                 up_seq: None,
+                tokens: f64::from(self.config.message_burst),
+                refilled_at: self.now,
+                over_limit: 0,
             },
         );
         self.by_user.insert(user, sid);
@@ -1372,7 +1398,49 @@ impl ServerCore {
         self.send(conn, &ServerMsg::Ack { req });
     }
 
+    /// Takes one token from the session's bucket and says what to do with the message.
+    fn rate_limit(&mut self, sid: SessionId) -> Limit {
+        let (rate, burst, now) = (
+            f64::from(self.config.messages_per_s),
+            f64::from(self.config.message_burst),
+            self.now,
+        );
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return Limit::Pass;
+        };
+        let dt = now.saturating_since(s.refilled_at).as_secs_f64();
+        s.tokens = (s.tokens + dt * rate).min(burst);
+        s.refilled_at = now;
+        if s.tokens >= 1.0 {
+            s.tokens -= 1.0;
+            s.over_limit = 0;
+            return Limit::Pass;
+        }
+        s.over_limit += 1;
+        if f64::from(s.over_limit) > burst {
+            Limit::Close
+        } else {
+            Limit::Refuse
+        }
+    }
+
     fn handle_session_msg(&mut self, sid: SessionId, conn: ConnId, msg: ClientMsg) {
+        if !matches!(msg, ClientMsg::Goodbye) {
+            match self.rate_limit(sid) {
+                Limit::Pass => {}
+                Limit::Close => {
+                    return self.close_conn(
+                        conn,
+                        CloseReason::Flooding,
+                        format!(
+                            "more than {} messages past the rate limit",
+                            self.config.message_burst
+                        ),
+                    );
+                }
+                Limit::Refuse => return self.refuse(sid, conn, &msg, Refusal::RateLimited),
+            }
+        }
         if let Err(reason) = self.authorize(sid, &msg) {
             if matches!(msg, ClientMsg::Hello { .. }) {
                 return self.close_conn(

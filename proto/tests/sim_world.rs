@@ -462,3 +462,44 @@ fn the_same_seed_gives_the_same_trace() {
     assert_eq!(a, b);
     assert_ne!(a.hash(), run(43).hash(), "different seeds should differ");
 }
+
+#[test]
+fn a_flooding_client_is_rate_limited_then_closed_and_others_carry_on() {
+    let mut s = sim(11);
+    let flood = s.add_client(cfg("flood"), LinkConfig::default(), LinkConfig::default());
+    let calm = s.add_client(cfg("calm"), LinkConfig::default(), LinkConfig::default());
+    assert!(s.run_until_true(Duration::from_secs(5), |s| joined(s, 0) && joined(s, 1)));
+    let burst = ServerConfig::default().message_burst as usize;
+    s.with_client(flood, |c| {
+        for i in 0..burst + 100 {
+            c.send_chat(format!("spam {i}"));
+        }
+    });
+    s.run_for(Duration::from_millis(200));
+    assert!(refusals(&s, flood).contains(&Refusal::RateLimited));
+    assert!(
+        joined(&s, flood),
+        "closed before flooding a whole burst past the limit"
+    );
+    s.with_client(flood, |c| {
+        for i in 0..burst * 2 {
+            c.send_chat(format!("more {i}"));
+        }
+    });
+    s.run_for(Duration::from_millis(500));
+    assert!(matches!(
+        s.clients[flood].core.state(),
+        ClientState::Closed {
+            reason: CloseReason::Flooding,
+            ..
+        }
+    ));
+    s.with_client(calm, |c| c.send_chat("still here"));
+    s.run_for(Duration::from_millis(500));
+    assert!(s.clients[calm]
+        .core
+        .world()
+        .chat
+        .iter()
+        .any(|m| m.body == "still here"));
+}

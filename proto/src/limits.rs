@@ -47,8 +47,6 @@ pub const EVENT_DATA_BYTES_MAX: usize = 16 * 1024;
 pub const HELD_EVENTS_MAX: usize = 1024;
 /// Longest setting or URL string, in bytes.
 pub const TEXT_BYTES_MAX: usize = 4096;
-/// Inbound reliable messages a server queues per session between ticks; more is flooding.
-pub const INBOX_MESSAGES_MAX: usize = 1024;
 /// Largest datagram the protocol ever produces or accepts, in bytes. The actual size of every
 /// send comes from the connection's current `max_datagram_size()`; this only bounds parsing.
 pub const DATAGRAM_BYTES_MAX: usize = 1500;

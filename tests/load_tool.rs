@@ -123,3 +123,68 @@ fn sim_is_deterministic_and_refuses_bad_flags() {
         .expect("running neonet-load sim");
     assert_eq!(out.status.code(), Some(2), "a usage error exits with 2");
 }
+
+#[test]
+fn run_against_a_spawned_relay_reports_every_figure() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let json = dir.path().join("report.json");
+    let out = load_tool()
+        .args([
+            "run",
+            "--spawn-relay",
+            "--clients",
+            "5",
+            "--duration",
+            "3s",
+            "--ramp",
+            "1s",
+            "--chat-per-s",
+            "1",
+            "--edits-per-s",
+            "5",
+            "--seed",
+            "11",
+            "--json",
+        ])
+        .arg(&json)
+        .output()
+        .expect("running neonet-load run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "neonet-load run failed ({:?}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("clients_connected"), "the table:\n{stdout}");
+    let v: Value = serde_json::from_slice(&std::fs::read(&json).expect("the JSON report"))
+        .expect("valid JSON");
+    assert_eq!(number(&v, "clients_target"), 5.0);
+    assert_eq!(number(&v, "clients_connected"), 5.0, "{v:#}");
+    assert_eq!(number(&v, "clients_failed"), 0.0, "{v:#}");
+    assert_eq!(number(&v, "disconnects"), 0.0, "{v:#}");
+    assert_eq!(number(&v, "errors"), 0.0, "{v:#}");
+    let join = &v["join_ms"];
+    assert!(number(join, "p50") > 0.0 && number(join, "p99") >= number(join, "p50"));
+    let updates = &v["update_latency_ms"];
+    for q in ["p50", "p99", "p999"] {
+        let ms = number(updates, q);
+        assert!((0.0..1_000.0).contains(&ms), "update_latency_ms {q} = {ms}");
+    }
+    assert!(
+        number(&v, "updates_received") > 0.0,
+        "walkers see each other move"
+    );
+    assert!(number(&v["kbps_per_client"], "in") > 0.0);
+    assert!(number(&v["kbps_per_client"], "out") > 0.0);
+    // 5 clients × (1 chat + 5 edits)/s, plus one blueprint each: about 30 acknowledged per s.
+    let acked = number(&v, "acked_changes_per_s");
+    assert!(acked > 5.0, "acked_changes_per_s {acked}");
+    let acks = &v["ack_latency_ms"];
+    assert!(number(acks, "p99") >= number(acks, "p50"));
+    assert!(
+        number(&v["relay"], "ticks") > 0.0,
+        "the spawned relay's figures"
+    );
+    assert!(number(&v["relay"], "joins") >= 5.0);
+}

@@ -221,6 +221,13 @@ pub struct RunArgs {
     /// Seed of client behaviour and of the proxy; printed at start when left to the clock.
     #[arg(long, value_name = "N")]
     pub seed: Option<u64>,
+    /// Trust the relay whose certificate has this SHA-256 fingerprint (what `neonet-relay`
+    /// prints). Without it, the development certificate in --cert-dir is trusted.
+    #[arg(long, value_name = "HEX", conflicts_with = "spawn_relay")]
+    pub cert_sha256: Option<String>,
+    /// Folder of the relay's development certificate to trust (with --addr).
+    #[arg(long, value_name = "DIR", default_value = neonet::tls::DEFAULT_CERT_DIR)]
+    pub cert_dir: PathBuf,
 }
 
 /// Parses a probability in `[0, 1]`.

@@ -101,6 +101,9 @@ pub struct ClientOutcome {
     pub connected_for: Duration,
     /// Server tick start → datagram arrival, on the synced clock, once per entity update.
     pub update_latency: LatencyRecorder,
+    /// The client's final estimate of the relay's tick phase ([`TickPhase`]): how much the
+    /// update latency can read low for a relay whose ticks started at 0.
+    pub tick_phase: Option<Duration>,
     /// Change sent → acknowledgement; `None` when the client sent no changes.
     pub ack_latency: Option<LatencyRecorder>,
     /// Changes acknowledged.
@@ -521,6 +524,22 @@ impl Session {
     /// Leaves and returns the outcome.
     async fn finish(mut self, live: &LiveCounters) -> anyhow::Result<ClientOutcome> {
         self.outcome.connected_for = self.joined_at.elapsed();
+        self.outcome.tick_phase = self
+            .phase
+            .phase_us()
+            .map(|us| Duration::from_micros(us.max(0.0) as u64));
+        let clock = self.client.with_core(|core| {
+            core.predicted().map(|p| {
+                let c = p.clock();
+                (c.offset_us(), c.rtt_min_us(), c.rtt_us(), c.period_us())
+            })
+        });
+        tracing::debug!(
+            phase_us = ?self.phase.phase_us(),
+            ?clock,
+            update_latency_p50_ms = ?self.outcome.update_latency.quantile_ms(0.5),
+            "client clock at the end"
+        );
         let stats = self.client.connection_stats();
         self.outcome.bytes_in = stats.udp_rx.bytes;
         self.outcome.bytes_out = stats.udp_tx.bytes;

@@ -160,6 +160,10 @@ pub struct Report {
     pub update_latency_ms: P50P99P999,
     /// Entity updates received (the samples behind `update_latency_ms`), all clients together.
     pub updates_received: u64,
+    /// The clients' estimates of the relay's tick phase, p50/p99, ms: the tick starts are placed
+    /// this late, so for a relay whose ticks started at 0 (neonet's, unless its tick clock
+    /// skipped after a stall) `update_latency_ms` reads low by up to this much.
+    pub tick_phase_ms: P50P99,
     /// Average traffic per connected client, kbit/s.
     pub kbps_per_client: InOut,
     /// Datagrams the clients detected as lost.
@@ -259,6 +263,10 @@ impl Report {
                 ]),
             ),
             ("updates_received", self.updates_received.to_string()),
+            (
+                "tick_phase_ms p50 / p99",
+                fmt_ms(&[self.tick_phase_ms.p50, self.tick_phase_ms.p99]),
+            ),
             (
                 "kbps_per_client in / out",
                 format!(

@@ -423,6 +423,7 @@ struct Aggregate {
     failed: u32,
     join: LatencyRecorder,
     update_latency: LatencyRecorder,
+    tick_phase: LatencyRecorder,
     ack_latency: Option<LatencyRecorder>,
     /// Sum over clients of their acknowledged changes per second joined: the relay's rate
     /// while they are all joined.
@@ -465,6 +466,9 @@ impl Aggregate {
             }
         }
         self.update_latency.merge(&outcome.update_latency);
+        if let Some(phase) = outcome.tick_phase {
+            self.tick_phase.record(phase);
+        }
         if let Some(acks) = &outcome.ack_latency {
             self.ack_latency
                 .get_or_insert_with(LatencyRecorder::new)
@@ -532,6 +536,7 @@ impl Aggregate {
             join_ms: self.join.p50_p99(),
             update_latency_ms: self.update_latency.p50_p99_p999(),
             updates_received: self.update_latency.count(),
+            tick_phase_ms: self.tick_phase.p50_p99(),
             kbps_per_client: InOut {
                 in_: per_client(self.kbps_in_sum),
                 out: per_client(self.kbps_out_sum),

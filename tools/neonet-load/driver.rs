@@ -90,6 +90,23 @@ pub struct ClientPlan {
     /// Seed of the whole run: names this run's blueprints, so runs against one relay do not
     /// collide.
     pub run_seed: u64,
+    /// Half the side of the square the client walks in, m.
+    pub area_half_m: f64,
+    /// Token to join with (a spawned relay knows each client's user and where it starts).
+    pub token: Option<String>,
+}
+
+impl ClientPlan {
+    /// The client's behaviour, fixed by its seed.
+    pub fn script(&self) -> ClientScript {
+        ClientScript::in_area(
+            self.seed,
+            self.movement == MoveMode::Walk,
+            self.chat_per_s,
+            self.edits_per_s,
+            self.area_half_m,
+        )
+    }
 }
 
 /// What one client measured, returned when it stops.
@@ -297,6 +314,7 @@ pub async fn client_task(
     let options = ClientOptions {
         name: format!("load{}", plan.id),
         trust: plan.trust.clone(),
+        token: plan.token.clone(),
         connect_timeout: CONNECT_TIMEOUT,
         ..ClientOptions::default()
     };
@@ -327,12 +345,7 @@ pub async fn client_task(
         live_in: 0,
         live_out: 0,
     };
-    let mut script = ClientScript::new(
-        plan.seed,
-        plan.movement == MoveMode::Walk,
-        plan.chat_per_s,
-        plan.edits_per_s,
-    );
+    let mut script = plan.script();
     if plan.edits_per_s > 0.0 {
         s.add_blueprint(&plan, &live);
     }

@@ -23,8 +23,8 @@ use neonet::proxy::{Proxy, ProxyConfig, ProxyLimits, ProxyThread};
 use neonet::relay::{Relay, RelayHandle, RelayHooks};
 use neonet::tls::{Fingerprint, Trust};
 use neonet_proto::rng::Rng;
-use neonet_proto::server::World;
-use neonet_proto::types::Rank;
+use neonet_proto::server::{Authenticator, InsecureTokens, World};
+use neonet_proto::types::{Rank, User, UserId};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -71,8 +71,27 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
     }
     let seed = args.seed.unwrap_or_else(clock_seed);
 
+    // Every client's plan is fixed before anything starts, so a spawned relay can know where
+    // each one starts.
+    let area_half_m = walk_area_half_m(args.clients);
+    let mut seeds = Rng::new(seed);
+    let mut plans: Vec<ClientPlan> = (0..args.clients)
+        .map(|id| ClientPlan {
+            id,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            trust: Trust::DangerAcceptAnyCert,
+            hz: args.hz,
+            movement: args.movement,
+            chat_per_s: args.chat_per_s,
+            edits_per_s: args.edits_per_s,
+            seed: seeds.next_u64(),
+            run_seed: seed,
+            area_half_m,
+            token: None,
+        })
+        .collect();
     let (relay_addr, relay, trust) = if args.spawn_relay {
-        let relay = spawn_relay(args.hz, seed).await?;
+        let relay = spawn_relay(args.hz, seed, &mut plans).await?;
         let trust = Trust::Sha256(relay.fingerprint);
         (relay.addr, Some(relay), trust)
     } else {
@@ -108,7 +127,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
     let progress = progress_bar(&args);
     let mut aggregate = Aggregate::default();
     let mut tasks = JoinSet::new();
-    let mut seeds = Rng::new(seed);
     let start = Instant::now();
     let end = start + args.ramp + args.duration;
     let ctrl_c = tokio::signal::ctrl_c();
@@ -130,17 +148,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
         });
         tokio::select! {
             _ = tokio::time::sleep_until(next_join.unwrap_or(end)), if next_join.is_some() => {
-                let plan = ClientPlan {
-                    id: next_client,
-                    addr: target,
-                    trust: trust.clone(),
-                    run_seed: seed,
-                    hz: args.hz,
-                    movement: args.movement,
-                    chat_per_s: args.chat_per_s,
-                    edits_per_s: args.edits_per_s,
-                    seed: seeds.next_u64(),
-                };
+                let mut plan = plans[next_client as usize].clone();
+                plan.addr = target;
+                plan.trust = trust.clone();
                 tasks.spawn(client_task(plan, live.clone(), stop_rx.clone()));
                 next_client += 1;
             }
@@ -237,9 +247,28 @@ struct SpawnedRelay {
 /// thread would only compete with the clients for the machine's cores.
 const RELAY_WORKER_THREADS: usize = 1;
 
+/// Entities each client should see, the issue's load: 100 within its area of interest.
+const VISIBLE_TARGET: f64 = 100.0;
+
+/// Half the side of the square `clients` walk in, m: wide enough that a client's area of
+/// interest (the relay's default radius) holds about [`VISIBLE_TARGET`] others, and never
+/// smaller than the default 100 m plaza.
+fn walk_area_half_m(clients: u32) -> f64 {
+    let radius = f64::from(neonet_proto::transform::config::INTEREST_RADIUS_DEFAULT_M);
+    let area_m2 = f64::from(clients) * std::f64::consts::PI * radius * radius / VISIBLE_TARGET;
+    (area_m2.sqrt() / 2.0).max(crate::behaviour::WALK_AREA_HALF_M)
+}
+
 /// Starts a relay on a free loopback port, in a fresh temporary folder, whose world lets every
-/// user build (so `--edits-per-s` can add and modify blueprints).
-async fn spawn_relay(tick_hz: u32, seed: u64) -> anyhow::Result<SpawnedRelay> {
+/// user build (so `--edits-per-s` can add and modify blueprints) and already knows every
+/// client's user, with its last position where its walker starts, so each player spawns in its
+/// own part of the area instead of everyone at the spawn point. Gives each plan its token (the
+/// spawned relay takes plain-text tokens: it lives only in this process, on loopback).
+async fn spawn_relay(
+    tick_hz: u32,
+    seed: u64,
+    plans: &mut [ClientPlan],
+) -> anyhow::Result<SpawnedRelay> {
     let dir = std::env::temp_dir().join(format!(
         "neonet-load-relay-{}-{:x}",
         std::process::id(),
@@ -258,9 +287,30 @@ async fn spawn_relay(tick_hz: u32, seed: u64) -> anyhow::Result<SpawnedRelay> {
     }));
     let mut world = World::default();
     world.settings.default_rank = Rank::Builder;
+    for plan in plans.iter_mut() {
+        let user = UserId(u64::from(plan.id) + 1);
+        let last_position = plan
+            .script()
+            .start_position()
+            .map(|[x, z]| [x as f32, world.spawn.position[1], z as f32]);
+        world.users.insert(
+            user,
+            User {
+                id: user,
+                name: format!("load{}", plan.id),
+                rank: Rank::Builder,
+                muted: false,
+                banned: false,
+                last_position,
+            },
+        );
+        plan.token = Some(InsecureTokens.issue(user));
+    }
+    world.next_user_id = plans.len() as u64 + 1;
     let hooks = RelayHooks {
         world,
         metrics: Some(metrics.clone()),
+        authenticator: Some(Box::new(InsecureTokens)),
         ..RelayHooks::default()
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

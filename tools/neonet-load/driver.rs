@@ -288,6 +288,17 @@ pub fn steer(at: [f64; 2], motion: &Motion) -> CharacterInput {
     }
 }
 
+/// The clock sync's view at one frame.
+#[derive(Clone, Copy, Debug)]
+struct SyncedClock {
+    /// `n − s / period` of the newest pong (see [`TickPhase`]).
+    anchor: f64,
+    /// The server's tick period, µs.
+    period_us: f64,
+    /// Server clock minus client clock, µs.
+    offset_us: f64,
+}
+
 /// A connected client's measurement state.
 struct Session {
     client: Client,
@@ -403,19 +414,32 @@ impl Session {
         if !self.take_events(live) {
             return false;
         }
-        self.measure_datagrams();
         let actions = script.frame(self.joined_at.elapsed().as_secs_f64());
-        if let Some(motion) = actions.motion {
-            self.client.with_core(|core| {
+        // One lock (and one wake of the client's network task) per frame: steer, and read the
+        // clock sync for the datagram measurement.
+        let now: Time = self.client.core_now();
+        let clock = self.client.with_core(|core| {
+            if let Some(motion) = &actions.motion {
                 let at = core
                     .predicted()
                     .and_then(|p| p.player_state())
                     .map(|st| [f64::from(st.position[0]), f64::from(st.position[2])]);
                 if let Some(at) = at {
-                    core.set_input(steer(at, &motion));
+                    core.set_input(steer(at, motion));
                 }
-            });
-        }
+            }
+            core.predicted().and_then(|p| {
+                let c = p.clock();
+                let tick_now = c.server_tick_f64(now)?;
+                let period_us = c.period_us();
+                Some(SyncedClock {
+                    anchor: tick_now - 0.5 - c.server_time_us(now) / period_us,
+                    period_us,
+                    offset_us: c.offset_us(),
+                })
+            })
+        });
+        self.measure_datagrams(clock);
         for _ in 0..actions.chats {
             match self.client.send_chat(format!("hello from load{}", plan.id)) {
                 Ok(req) => {
@@ -498,21 +522,15 @@ impl Session {
     }
 
     /// Takes the datagrams logged since the last frame: sequence gaps and tick → arrival latency.
-    fn measure_datagrams(&mut self) {
+    fn measure_datagrams(&mut self, clock: Option<SyncedClock>) {
         self.arrivals.clear();
         self.client.take_datagram_arrivals(&mut self.arrivals);
-        // The clock sync's view, read once per frame under the lock.
-        let now: Time = self.client.core_now();
-        let clock = self.client.with_core(|core| {
-            core.predicted().and_then(|p| {
-                let c = p.clock();
-                let tick_now = c.server_tick_f64(now)?;
-                let period = c.period_us();
-                let anchor = tick_now - 0.5 - c.server_time_us(now) / period;
-                Some((anchor, period, c.offset_us()))
-            })
-        });
-        let Some((anchor, period_us, offset_us)) = clock else {
+        let Some(SyncedClock {
+            anchor,
+            period_us,
+            offset_us,
+        }) = clock
+        else {
             return;
         };
         self.phase.observe(anchor, period_us);

@@ -205,6 +205,28 @@ struct Inner {
     /// `close()` was called: leave, and stop after a bounded wait.
     closing: AtomicBool,
     start: Instant,
+    /// Arrivals of server datagrams, kept only once [`Client::log_datagrams`] asked for them.
+    datagram_log: Mutex<DatagramLog>,
+}
+
+/// A bounded record of server datagrams as they arrived (off unless asked for).
+#[derive(Debug, Default)]
+struct DatagramLog {
+    /// Most arrivals kept; 0 keeps none.
+    capacity: usize,
+    arrivals: std::collections::VecDeque<DatagramArrival>,
+    /// Arrivals dropped because nobody took them in time.
+    overflowed: u64,
+}
+
+/// One server datagram and when it arrived, on the client core's clock (the `now` it was handed
+/// to the core with, so it compares directly with the core's clock sync).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DatagramArrival {
+    /// When it arrived, on the core's clock.
+    pub at: Time,
+    /// The datagram as received (refcounted: keeping it costs no copy).
+    pub data: Bytes,
 }
 
 impl Inner {
@@ -299,6 +321,7 @@ fn prepare(addr: impl ToSocketAddrs, options: &ClientOptions) -> Result<Prepared
         wake: Notify::new(),
         closing: AtomicBool::new(false),
         start: Instant::now(),
+        datagram_log: Mutex::new(DatagramLog::default()),
     });
     Ok(Prepared {
         remote,
@@ -674,6 +697,55 @@ impl Client {
         self.conn.remote_address()
     }
 
+    /// The QUIC connection's counters: UDP bytes and datagrams each way, packets lost, RTT and
+    /// congestion window (for tools measuring traffic; games rarely need them).
+    pub fn connection_stats(&self) -> quinn::ConnectionStats {
+        self.conn.stats()
+    }
+
+    /// Starts (or, with 0, stops) keeping the server datagrams that arrive, with their arrival
+    /// time, up to `capacity` of them (the oldest are dropped beyond that), for
+    /// [`Client::take_datagram_arrivals`]. For measuring tools (latency from the server tick in
+    /// each datagram to its arrival, sequence gaps); off by default, and datagrams that arrived
+    /// before the call are not kept.
+    pub fn log_datagrams(&self, capacity: usize) {
+        let mut log = self
+            .inner
+            .datagram_log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        log.capacity = capacity;
+        while log.arrivals.len() > capacity {
+            log.arrivals.pop_front();
+            log.overflowed += 1;
+        }
+    }
+
+    /// Moves every datagram arrival kept since the last call into `out` (oldest first) and
+    /// returns how many were dropped since then because more than the capacity arrived.
+    pub fn take_datagram_arrivals(&self, out: &mut Vec<DatagramArrival>) -> u64 {
+        let mut log = self
+            .inner
+            .datagram_log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        out.extend(log.arrivals.drain(..));
+        std::mem::take(&mut log.overflowed)
+    }
+
+    /// Waits until the background next changes the core (a frame or datagram arrived, the
+    /// session ended): events may then be waiting in [`Client::poll_event`]. For async callers
+    /// that react to events as they arrive rather than once per frame (the load tool timing
+    /// acknowledgements); a change that happens before the call is not waited for.
+    pub async fn changed(&self) {
+        self.inner.changed_async.notified().await;
+    }
+
+    /// The time now on the client core's clock (what the background hands the core as `now`).
+    pub fn core_now(&self) -> Time {
+        self.inner.now()
+    }
+
     /// Leaves: says goodbye, waits (bounded) for the server to close, and stops the network
     /// thread. Dropping a `Client` does the same.
     pub fn close(mut self) {
@@ -808,6 +880,16 @@ async fn run(inner: Arc<Inner>, conn: Connection) {
             while let Ok(d) = conn.read_datagram().await {
                 let now = inner.now();
                 inner.lock().handle_datagram(&d, now);
+                {
+                    let mut log = inner.datagram_log.lock().unwrap_or_else(|e| e.into_inner());
+                    if log.capacity > 0 {
+                        if log.arrivals.len() >= log.capacity {
+                            log.arrivals.pop_front();
+                            log.overflowed += 1;
+                        }
+                        log.arrivals.push_back(DatagramArrival { at: now, data: d });
+                    }
+                }
                 inner.notify_changed();
             }
         })

@@ -1,16 +1,14 @@
 //! What a simulated client does, without I/O: where it walks and when it chats or edits.
 //! Time is an argument and randomness is seeded, so a seed reproduces every client's script.
 
-// Driven by `run::client_task` once the client library lands; tested here until then.
-#![cfg_attr(not(test), allow(dead_code))]
-
 use neonet_proto::rng::Rng;
 
 /// Walking speed, in m/s: 1.4, the average human walking pace.
 pub const WALK_SPEED_M_PER_S: f64 = 1.4;
 
-/// Half the side of the square walkers roam, in m: 50. A 100 m plaza keeps a crowd within
-/// each other's interest, which is the load the relay has to carry.
+/// Half the side of the square walkers roam by default, in m: 50. A 100 m plaza keeps a crowd
+/// within each other's interest. `run` widens it with the number of clients (see
+/// `run::walk_area_half_m`) so each client sees about as many others as the target.
 pub const WALK_AREA_HALF_M: f64 = 50.0;
 
 /// Longest pause at a waypoint, in s: 3, so a crowd always has some avatars at rest.
@@ -61,6 +59,7 @@ pub struct Walker {
     position: [f64; 2],
     target: [f64; 2],
     pause_left_s: f64,
+    half_m: f64,
 }
 
 /// Where a walker is and how it moves, in metres on the ground plane (x, z).
@@ -73,13 +72,26 @@ pub struct Motion {
 }
 
 impl Walker {
-    /// A walker at a random spot in the area.
+    /// A walker at a random spot in the default area.
+    #[cfg(test)]
     pub fn new(rng: &mut Rng) -> Walker {
+        Walker::in_area(rng, WALK_AREA_HALF_M)
+    }
+
+    /// A walker at a random spot in the square of half side `half_m` around the origin, going
+    /// to random spots in it.
+    pub fn in_area(rng: &mut Rng, half_m: f64) -> Walker {
         Walker {
-            position: random_point(rng),
-            target: random_point(rng),
+            position: random_point(rng, half_m),
+            target: random_point(rng, half_m),
             pause_left_s: 0.0,
+            half_m,
         }
+    }
+
+    /// Where it is now, m (x, z).
+    pub fn position(&self) -> [f64; 2] {
+        self.position
     }
 
     /// Advances by `dt_s` seconds.
@@ -99,7 +111,7 @@ impl Walker {
         let step = WALK_SPEED_M_PER_S * dt_s;
         if dist <= step {
             self.position = self.target;
-            self.target = random_point(rng);
+            self.target = random_point(rng, self.half_m);
             self.pause_left_s = rng.range_f64(0.0, WALK_PAUSE_MAX_S);
             return Motion {
                 position: self.position,
@@ -140,9 +152,21 @@ pub struct ClientScript {
 impl ClientScript {
     /// The script of a client that walks (or stands still when `walk` is false) and sends
     /// `chat_per_s` messages and `edits_per_s` edits per second on average.
+    #[cfg(test)]
     pub fn new(seed: u64, walk: bool, chat_per_s: f64, edits_per_s: f64) -> ClientScript {
+        ClientScript::in_area(seed, walk, chat_per_s, edits_per_s, WALK_AREA_HALF_M)
+    }
+
+    /// Like [`ClientScript::new`], walking in the square of half side `half_m`.
+    pub fn in_area(
+        seed: u64,
+        walk: bool,
+        chat_per_s: f64,
+        edits_per_s: f64,
+        half_m: f64,
+    ) -> ClientScript {
         let mut rng = Rng::new(seed);
-        let walker = walk.then(|| Walker::new(&mut rng));
+        let walker = walk.then(|| Walker::in_area(&mut rng, half_m));
         let chat = PoissonTimer::new(chat_per_s, &mut rng);
         let edit = PoissonTimer::new(edits_per_s, &mut rng);
         ClientScript {
@@ -152,6 +176,11 @@ impl ClientScript {
             edit,
             last_s: 0.0,
         }
+    }
+
+    /// Where the walker starts, m (x, z); `None` for a client standing still.
+    pub fn start_position(&self) -> Option<[f64; 2]> {
+        self.walker.as_ref().map(Walker::position)
     }
 
     /// The actions of the frame at `now_s` seconds since the client joined.
@@ -167,10 +196,10 @@ impl ClientScript {
     }
 }
 
-fn random_point(rng: &mut Rng) -> [f64; 2] {
+fn random_point(rng: &mut Rng, half_m: f64) -> [f64; 2] {
     [
-        rng.range_f64(-WALK_AREA_HALF_M, WALK_AREA_HALF_M),
-        rng.range_f64(-WALK_AREA_HALF_M, WALK_AREA_HALF_M),
+        rng.range_f64(-half_m, half_m),
+        rng.range_f64(-half_m, half_m),
     ]
 }
 

@@ -13,6 +13,14 @@ pub const MAX_CLIENTS: u32 = 20_000;
 /// and the tokio timer only resolves milliseconds.
 pub const MAX_HZ: u32 = 1000;
 
+/// Most entities `sim` simulates: 100,000, the world's own entity limit
+/// (`neonet_proto::limits::ENTITIES_MAX`).
+pub const SIM_ENTITIES_MAX: u32 = 100_000;
+
+/// Most clients `sim` simulates: 1,000. Each has its own replicator and link in memory; the
+/// server cost grows with clients × entities.
+pub const SIM_CLIENTS_MAX: u32 = 1_000;
+
 /// neonet's load tool: load a relay with simulated clients, simulate a network in memory, or
 /// impair real UDP traffic.
 #[derive(Parser, Debug)]
@@ -103,16 +111,20 @@ pub struct SimArgs {
     /// The world to replicate.
     #[arg(long, value_enum, default_value_t = Scenario::Cubes)]
     pub scenario: Scenario,
-    /// Moving entities in the world.
-    #[arg(long, value_name = "N", default_value_t = 901)]
-    pub entities: u32,
-    /// Simulated clients.
-    #[arg(long, value_name = "N", default_value_t = 1)]
+    /// Moving entities in the world (players for `crowd`) [default: 901 for cubes, 100 for
+    /// crowd].
+    #[arg(long, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(SIM_ENTITIES_MAX)))]
+    pub entities: Option<u32>,
+    /// Clients receiving the transform stream (each with its own link and replicator).
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(SIM_CLIENTS_MAX)))]
     pub clients: u32,
-    /// Server tick and send rate, in Hz.
-    #[arg(long, value_name = "N", default_value_t = 60,
+    /// Server tick and send rate, in Hz (the server clamps it to 10–120) [default: 60 for
+    /// cubes, 30 for crowd].
+    #[arg(long, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_HZ)))]
-    pub hz: u32,
+    pub hz: Option<u32>,
     /// Simulated seconds to run.
     #[arg(long, value_name = "N", default_value_t = 10)]
     pub seconds: u64,
@@ -131,6 +143,25 @@ pub struct SimArgs {
     /// Print the results as JSON on stdout instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+impl SimArgs {
+    /// `--entities`, or the scenario's default: Fiedler's 901 cubes, or a crowd of 100.
+    pub fn entities(&self) -> u32 {
+        self.entities.unwrap_or(match self.scenario {
+            Scenario::Cubes => 901,
+            Scenario::Crowd => 100,
+        })
+    }
+
+    /// `--hz`, or the scenario's default: 60 Hz for cubes (Fiedler's rate), 30 Hz for a crowd
+    /// (the relay's default tick).
+    pub fn hz(&self) -> u32 {
+        self.hz.unwrap_or(match self.scenario {
+            Scenario::Cubes => 60,
+            Scenario::Crowd => 30,
+        })
+    }
 }
 
 /// How simulated clients move in `run`.
@@ -190,6 +221,13 @@ pub struct RunArgs {
     /// Seed of client behaviour and of the proxy; printed at start when left to the clock.
     #[arg(long, value_name = "N")]
     pub seed: Option<u64>,
+    /// Trust the relay whose certificate has this SHA-256 fingerprint (what `neonet-relay`
+    /// prints). Without it, the development certificate in --cert-dir is trusted.
+    #[arg(long, value_name = "HEX", conflicts_with = "spawn_relay")]
+    pub cert_sha256: Option<String>,
+    /// Folder of the relay's development certificate to trust (with --addr).
+    #[arg(long, value_name = "DIR", default_value = neonet::tls::DEFAULT_CERT_DIR)]
+    pub cert_dir: PathBuf,
 }
 
 /// Parses a probability in `[0, 1]`.

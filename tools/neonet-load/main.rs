@@ -10,6 +10,7 @@
 
 mod behaviour;
 mod cli;
+mod driver;
 mod proxy_cmd;
 mod report;
 mod run;

@@ -47,6 +47,12 @@ impl LatencyRecorder {
             .saturating_record(us.clamp(1, LATENCY_MAX_US));
     }
 
+    /// Records `count` samples of the same latency (one per entity update a datagram carried).
+    pub fn record_n(&mut self, latency: Duration, count: u64) {
+        let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        let _ = self.histogram.record_n(us.clamp(1, LATENCY_MAX_US), count);
+    }
+
     /// Adds every sample of `other`.
     pub fn merge(&mut self, other: &LatencyRecorder) {
         // Both share the same bounds, so addition cannot fail; ignore rather than panic anyway.
@@ -154,6 +160,10 @@ pub struct Report {
     pub update_latency_ms: P50P99P999,
     /// Entity updates received (the samples behind `update_latency_ms`), all clients together.
     pub updates_received: u64,
+    /// The clients' estimates of the relay's tick phase, p50/p99, ms: the tick starts are placed
+    /// this late, so for a relay whose ticks started at 0 (neonet's, unless its tick clock
+    /// skipped after a stall) `update_latency_ms` reads low by up to this much.
+    pub tick_phase_ms: P50P99,
     /// Average traffic per connected client, kbit/s.
     pub kbps_per_client: InOut,
     /// Datagrams the clients detected as lost.
@@ -171,8 +181,39 @@ pub struct Report {
     pub first_errors: Vec<String>,
     /// The impairment proxy's counters, when clients went through it.
     pub proxy: Option<neonet::proxy::ProxyStats>,
+    /// The relay's own figures, when it ran in this process (`--spawn-relay`).
+    pub relay: Option<RelayFigures>,
     /// Fields left empty on purpose, with why: a missing figure is never shown as a zero.
     pub not_measured: Vec<NotMeasured>,
+}
+
+/// What a relay spawned by `run --spawn-relay` measured itself (its [`neonet::metrics`]).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct RelayFigures {
+    /// The tick period, ms.
+    pub tick_period_ms: f64,
+    /// Median tick duration (the median of the sampled windows), ms.
+    pub tick_p50_ms: f64,
+    /// 99th percentile tick duration, the worst of the sampled windows, ms.
+    pub tick_p99_ms: f64,
+    /// Longest tick seen, ms.
+    pub tick_max_ms: f64,
+    /// Ticks run.
+    pub ticks: u64,
+    /// Ticks longer than the period.
+    pub tick_overruns: u64,
+    /// Joins.
+    pub joins: u64,
+    /// Datagrams sent by the relay.
+    pub datagrams_out: u64,
+    /// Datagrams received by the relay.
+    pub datagrams_in: u64,
+    /// Payload bytes sent (datagrams and streams).
+    pub bytes_out: u64,
+    /// Payload bytes received.
+    pub bytes_in: u64,
+    /// Inputs refused by rate limits.
+    pub rate_limit_hits: u64,
 }
 
 /// A report field that this run could not measure.
@@ -223,6 +264,10 @@ impl Report {
             ),
             ("updates_received", self.updates_received.to_string()),
             (
+                "tick_phase_ms p50 / p99",
+                fmt_ms(&[self.tick_phase_ms.p50, self.tick_phase_ms.p99]),
+            ),
+            (
                 "kbps_per_client in / out",
                 format!(
                     "{:.1} / {:.1}",
@@ -263,6 +308,24 @@ impl Report {
                 p.to_client.dropped,
                 p.to_client.duplicated,
                 p.to_client.overflowed,
+            )?;
+        }
+        if let Some(r) = &self.relay {
+            writeln!(
+                out,
+                "  relay: tick p50 {:.2} ms · p99 {:.2} ms · max {:.2} ms (period {:.2} ms) · \
+                 {} overruns in {} ticks · {} joins · datagrams out {} in {} · \
+                 {} rate-limit hits",
+                r.tick_p50_ms,
+                r.tick_p99_ms,
+                r.tick_max_ms,
+                r.tick_period_ms,
+                r.tick_overruns,
+                r.ticks,
+                r.joins,
+                r.datagrams_out,
+                r.datagrams_in,
+                r.rate_limit_hits,
             )?;
         }
         for note in &self.not_measured {

@@ -5,25 +5,35 @@
 //! - orchestration ([`run`]): resolve or spawn the relay, optionally put the impairment proxy in
 //!   front of it, start clients evenly over the ramp, stop them after the duration or on Ctrl-C,
 //!   show a progress bar;
-//! - the per-client driver ([`client_task`]): connect, move, chat, edit, measure;
+//! - the per-client driver ([`client_task`], in [`crate::driver`]): connect, move, chat, edit,
+//!   measure;
 //! - aggregation ([`Aggregate`]): merge every client's [`ClientOutcome`] into the [`Report`].
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
+use neonet::config::RelayConfig;
+use neonet::metrics::{Metrics, MetricsConfig};
 use neonet::proxy::{Proxy, ProxyConfig, ProxyLimits, ProxyThread};
+use neonet::relay::{Relay, RelayHandle, RelayHooks};
+use neonet::tls::{Fingerprint, Trust};
 use neonet_proto::rng::Rng;
+use neonet_proto::server::{Authenticator, InsecureTokens, World};
+use neonet_proto::types::{Rank, User, UserId};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::behaviour::ClientScript;
-use crate::cli::{clock_seed, MoveMode, RunArgs};
-use crate::report::{InOut, LatencyRecorder, NotMeasured, Report, RunSetup, MAX_REPORTED_ERRORS};
+use crate::cli::{clock_seed, RunArgs};
+use crate::driver::{client_task, ClientOutcome, ClientPlan};
+use crate::report::{
+    InOut, LatencyRecorder, NotMeasured, RelayFigures, Report, RunSetup, MAX_REPORTED_ERRORS,
+};
 
 /// How long clients get to leave cleanly once told to stop: 5 s. Those still running after it
 /// are aborted and counted as failed.
@@ -32,9 +42,12 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 /// How often the progress bar refreshes: 250 ms.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
 
-/// Why the acknowledgement figures are empty while no client measures them.
-const ACKS_NOT_MEASURED: &str =
-    "not measured: durable change acknowledgements arrive with persistence";
+/// Why the acknowledgement figures are empty when no client sent a change.
+const ACKS_NOT_MEASURED: &str = "no changes sent (--chat-per-s and --edits-per-s are 0)";
+
+/// How often a spawned relay's tick timing is sampled: 5 s, well inside the relay's window of
+/// recent ticks (512 ticks, 17 s at 30 Hz).
+const RELAY_SAMPLE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Figures every client adds to while it runs, for the progress bar.
 #[derive(Debug, Default)]
@@ -51,50 +64,6 @@ pub struct LiveCounters {
     pub bytes_out: AtomicU64,
 }
 
-/// What one client is asked to do.
-#[derive(Clone, Debug)]
-pub struct ClientPlan {
-    /// Index of the client, 0-based.
-    pub id: u32,
-    /// Where to connect (the proxy when running through it).
-    pub addr: SocketAddr,
-    /// Frame (input send) rate, Hz.
-    pub hz: u32,
-    /// How the client moves.
-    pub movement: MoveMode,
-    /// Chat messages per second, on average.
-    pub chat_per_s: f64,
-    /// Blueprint edits per second, on average.
-    pub edits_per_s: f64,
-    /// Seed of this client's behaviour (derived from the run's seed and `id`).
-    pub seed: u64,
-}
-
-/// What one client measured, returned when it stops.
-#[derive(Clone, Debug, Default)]
-pub struct ClientOutcome {
-    /// Connect + join time, when it joined.
-    pub joined_after: Option<Duration>,
-    /// Time spent joined, the denominator of its bandwidth.
-    pub connected_for: Duration,
-    /// Server tick time → receive time, on the synced clock, per entity update.
-    pub update_latency: LatencyRecorder,
-    /// Change sent → durable acknowledgement; `None` while the client cannot measure it.
-    pub ack_latency: Option<LatencyRecorder>,
-    /// Changes acknowledged as durable.
-    pub acked_changes: u64,
-    /// Bytes received.
-    pub bytes_in: u64,
-    /// Bytes sent.
-    pub bytes_out: u64,
-    /// Datagrams detected as lost (gaps in sequence numbers).
-    pub datagrams_lost: u64,
-    /// Errors the client survived (it fails instead on fatal ones).
-    pub errors: Vec<String>,
-    /// The relay or the network ended the session before the client was told to stop.
-    pub disconnected: bool,
-}
-
 /// Runs the load and returns the report (already printed, and written as JSON if asked).
 pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
     if args.impairment.is_impaired() && !args.via_proxy {
@@ -102,15 +71,39 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
     }
     let seed = args.seed.unwrap_or_else(clock_seed);
 
-    let (relay_addr, _relay) = if args.spawn_relay {
-        let relay = spawn_relay().await?;
-        (relay.addr, Some(relay))
+    // Every client's plan is fixed before anything starts, so a spawned relay can know where
+    // each one starts.
+    let area_half_m = walk_area_half_m(args.clients);
+    let mut seeds = Rng::new(seed);
+    let mut plans: Vec<ClientPlan> = (0..args.clients)
+        .map(|id| ClientPlan {
+            id,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            trust: Trust::DangerAcceptAnyCert,
+            hz: args.hz,
+            movement: args.movement,
+            chat_per_s: args.chat_per_s,
+            edits_per_s: args.edits_per_s,
+            seed: seeds.next_u64(),
+            run_seed: seed,
+            area_half_m,
+            token: None,
+        })
+        .collect();
+    let (relay_addr, relay, trust) = if args.spawn_relay {
+        let relay = spawn_relay(args.hz, seed, &mut plans).await?;
+        let trust = Trust::Sha256(relay.fingerprint);
+        (relay.addr, Some(relay), trust)
     } else {
         let addr = args
             .addr
             .as_deref()
             .context("--addr or --spawn-relay is required")?;
-        (resolve(addr).await?, None)
+        let trust = match &args.cert_sha256 {
+            Some(hex) => Trust::Sha256(hex.parse::<Fingerprint>()?),
+            None => Trust::DevCertDir(args.cert_dir.clone()),
+        };
+        (resolve(addr).await?, None, trust)
     };
     let proxy = if args.via_proxy {
         Some(start_proxy(&args, relay_addr, seed)?)
@@ -134,12 +127,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
     let progress = progress_bar(&args);
     let mut aggregate = Aggregate::default();
     let mut tasks = JoinSet::new();
-    let mut seeds = Rng::new(seed);
     let start = Instant::now();
     let end = start + args.ramp + args.duration;
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     let mut refresh = tokio::time::interval(PROGRESS_INTERVAL);
+    let mut relay_watch = RelayWatch::default();
+    let mut relay_sample = tokio::time::interval(RELAY_SAMPLE_INTERVAL);
     let mut next_client = 0u32;
     loop {
         if next_client == args.clients && tasks.is_empty() {
@@ -154,15 +148,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
         });
         tokio::select! {
             _ = tokio::time::sleep_until(next_join.unwrap_or(end)), if next_join.is_some() => {
-                let plan = ClientPlan {
-                    id: next_client,
-                    addr: target,
-                    hz: args.hz,
-                    movement: args.movement,
-                    chat_per_s: args.chat_per_s,
-                    edits_per_s: args.edits_per_s,
-                    seed: seeds.next_u64(),
-                };
+                let mut plan = plans[next_client as usize].clone();
+                plan.addr = target;
+                plan.trust = trust.clone();
                 tasks.spawn(client_task(plan, live.clone(), stop_rx.clone()));
                 next_client += 1;
             }
@@ -176,6 +164,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
                 aggregate.add(joined, &live);
             }
             _ = refresh.tick() => update_progress(&progress, start, &live, args.clients),
+            _ = relay_sample.tick(), if relay.is_some() => {
+                if let Some(r) = &relay {
+                    relay_watch.sample(&r.metrics);
+                }
+            }
         }
     }
     let measured_for = start.elapsed().saturating_sub(args.ramp);
@@ -218,8 +211,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
         via_proxy: args.via_proxy,
         seed,
     };
-    let mut report = aggregate.report(setup, args.clients, measured_for);
+    let mut report = aggregate.report(setup, args.clients);
     report.proxy = proxy_stats;
+    if let Some(relay) = relay {
+        report.relay = Some(relay_watch.figures(&relay.metrics));
+        relay.shutdown().await?;
+    }
     let json_to_stdout = args.json.as_deref() == Some(std::path::Path::new("-"));
     if json_to_stdout {
         // Keep stdout pure JSON.
@@ -234,52 +231,172 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
     Ok(report)
 }
 
-/// One simulated client, from connect until `stop` turns true.
-///
-/// Not written yet: it needs the native client facade (`neonet::client::Client`, non-async,
-/// `connect(addr, options)`, then per frame `poll_event()` until empty and `send_*`). The plan:
-/// 1. connect on its own UDP socket, timing connect + join into `joined_after`; bump
-///    `live.connected`;
-/// 2. every `1 / hz` s (a tokio interval; the facade never blocks): drain `poll_event()`,
-///    recording `update_latency` (receive time on the synced clock − the update's server tick
-///    time), bytes and sequence gaps (`datagrams_lost`); then send this frame's input from a
-///    [`crate::behaviour::Walker`] (`--move walk`) and the chats and edits due from
-///    [`crate::behaviour::PoissonTimer`]s (together, a [`ClientScript`] seeded from `plan.seed`);
-/// 3. when `stop` turns true, leave cleanly and return the outcome; a session the relay or the
-///    network ended before that sets `disconnected` (an unexpected failure).
-async fn client_task(
-    plan: ClientPlan,
-    live: Arc<LiveCounters>,
-    stop: watch::Receiver<bool>,
-) -> anyhow::Result<ClientOutcome> {
-    // The script is ready; only the connection is missing.
-    let _script = ClientScript::new(
-        plan.seed,
-        plan.movement == MoveMode::Walk,
-        plan.chat_per_s,
-        plan.edits_per_s,
-    );
-    let _frame_interval = Duration::from_secs_f64(1.0 / f64::from(plan.hz));
-    let _ = (live, stop);
-    anyhow::bail!(
-        "client {} → {}: client library not yet available",
-        plan.id,
-        plan.addr
-    )
-}
-
-/// A relay started by `--spawn-relay`, stopped when dropped.
+/// A relay started by `--spawn-relay`: on a runtime of its own (one worker thread), so that the
+/// client tasks filling this process's runtime do not delay its ticks, with its metrics at hand.
 struct SpawnedRelay {
     addr: SocketAddr,
+    fingerprint: Fingerprint,
+    metrics: Arc<Metrics>,
+    runtime: tokio::runtime::Runtime,
+    handle: RelayHandle,
+    /// The relay's certificate and data folder, removed at the end.
+    dir: PathBuf,
 }
 
-/// Starts a relay on a free loopback port.
-///
-/// Not written yet: it needs the relay runtime. It will start it in this process (so one
-/// `run` is self-contained on a fresh clone) with its own runtime threads, and return its
-/// address.
-async fn spawn_relay() -> anyhow::Result<SpawnedRelay> {
-    anyhow::bail!("--spawn-relay: the relay runtime is not yet available; pass --addr instead")
+/// Worker threads of the spawned relay's runtime: 1. The relay's core is one task; a second
+/// thread would only compete with the clients for the machine's cores.
+const RELAY_WORKER_THREADS: usize = 1;
+
+/// Entities each client should see, the issue's load: 100 within its area of interest.
+const VISIBLE_TARGET: f64 = 100.0;
+
+/// Half the side of the square `clients` walk in, m: wide enough that a client's area of
+/// interest (the relay's default radius) holds about [`VISIBLE_TARGET`] others, and never
+/// smaller than the default 100 m plaza.
+fn walk_area_half_m(clients: u32) -> f64 {
+    let radius = f64::from(neonet_proto::transform::config::INTEREST_RADIUS_DEFAULT_M);
+    let area_m2 = f64::from(clients) * std::f64::consts::PI * radius * radius / VISIBLE_TARGET;
+    (area_m2.sqrt() / 2.0).max(crate::behaviour::WALK_AREA_HALF_M)
+}
+
+/// Starts a relay on a free loopback port, in a fresh temporary folder, whose world lets every
+/// user build (so `--edits-per-s` can add and modify blueprints) and already knows every
+/// client's user, with its last position where its walker starts, so each player spawns in its
+/// own part of the area instead of everyone at the spawn point. Gives each plan its token (the
+/// spawned relay takes plain-text tokens: it lives only in this process, on loopback).
+async fn spawn_relay(
+    tick_hz: u32,
+    seed: u64,
+    plans: &mut [ClientPlan],
+) -> anyhow::Result<SpawnedRelay> {
+    let dir = std::env::temp_dir().join(format!(
+        "neonet-load-relay-{}-{:x}",
+        std::process::id(),
+        seed & 0xFFFF_FFFF
+    ));
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("creating the relay's folder {}", dir.display()))?;
+    let mut config = RelayConfig::for_tests(&dir);
+    config.tick_hz = u16::try_from(tick_hz.clamp(
+        u32::from(neonet_proto::time::TICK_HZ_MIN),
+        u32::from(neonet_proto::time::TICK_HZ_MAX),
+    ))
+    .context("tick rate")?;
+    let metrics = Arc::new(Metrics::new(MetricsConfig {
+        tick_period: Duration::from_secs(1) / u32::from(config.tick_hz),
+    }));
+    let mut world = World::default();
+    world.settings.default_rank = Rank::Builder;
+    for plan in plans.iter_mut() {
+        let user = UserId(u64::from(plan.id) + 1);
+        let last_position = plan
+            .script()
+            .start_position()
+            .map(|[x, z]| [x as f32, world.spawn.position[1], z as f32]);
+        world.users.insert(
+            user,
+            User {
+                id: user,
+                name: format!("load{}", plan.id),
+                rank: Rank::Builder,
+                muted: false,
+                banned: false,
+                last_position,
+            },
+        );
+        plan.token = Some(InsecureTokens.issue(user));
+    }
+    world.next_user_id = plans.len() as u64 + 1;
+    let hooks = RelayHooks {
+        world,
+        metrics: Some(metrics.clone()),
+        authenticator: Some(Box::new(InsecureTokens)),
+        ..RelayHooks::default()
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(RELAY_WORKER_THREADS)
+        .thread_name("neonet-relay")
+        .enable_all()
+        .build()
+        .context("starting the relay's runtime")?;
+    let handle = runtime
+        .spawn(Relay::start_with(config, hooks))
+        .await
+        .context("the relay's start task")?
+        .context("starting the relay")?;
+    tracing::info!(addr = %handle.local_addr(), tick_hz, "spawned a relay in this process");
+    Ok(SpawnedRelay {
+        addr: handle.local_addr(),
+        fingerprint: handle.cert_fingerprint(),
+        metrics,
+        runtime,
+        handle,
+        dir,
+    })
+}
+
+impl SpawnedRelay {
+    /// Shuts the relay down cleanly and removes its folder.
+    async fn shutdown(self) -> anyhow::Result<()> {
+        let SpawnedRelay {
+            runtime,
+            handle,
+            dir,
+            ..
+        } = self;
+        let stopped = runtime.spawn(handle.shutdown()).await;
+        runtime.shutdown_background();
+        let _ = std::fs::remove_dir_all(&dir);
+        stopped
+            .context("the relay's shutdown task")?
+            .context("shutting the relay down")
+    }
+}
+
+/// Samples a spawned relay's tick timing while the run goes on. The relay keeps a window of
+/// recent ticks ([`neonet::metrics::TICK_WINDOW_LEN`]); sampling it more often than it fills
+/// and keeping the worst window covers the whole run.
+#[derive(Debug, Default)]
+struct RelayWatch {
+    tick_p99_ms_max: f64,
+    tick_p50_ms: Vec<f64>,
+    tick_max_ms: f64,
+}
+
+impl RelayWatch {
+    fn sample(&mut self, metrics: &Metrics) {
+        let status = metrics.status();
+        if status.tick.ticks == 0 {
+            return;
+        }
+        self.tick_p99_ms_max = self.tick_p99_ms_max.max(status.tick.p99_ms);
+        self.tick_max_ms = self.tick_max_ms.max(status.tick.max_ms);
+        self.tick_p50_ms.push(status.tick.p50_ms);
+    }
+
+    fn figures(mut self, metrics: &Metrics) -> RelayFigures {
+        self.sample(metrics);
+        let status = metrics.status();
+        self.tick_p50_ms.sort_by(f64::total_cmp);
+        RelayFigures {
+            tick_period_ms: status.tick.period_ms,
+            tick_p50_ms: self
+                .tick_p50_ms
+                .get(self.tick_p50_ms.len() / 2)
+                .copied()
+                .unwrap_or(0.0),
+            tick_p99_ms: self.tick_p99_ms_max,
+            tick_max_ms: self.tick_max_ms,
+            ticks: status.tick.ticks,
+            tick_overruns: status.tick.overruns,
+            joins: status.joins,
+            datagrams_out: status.bandwidth.datagrams_out,
+            datagrams_in: status.bandwidth.datagrams_in,
+            bytes_out: status.bandwidth.bytes_out,
+            bytes_in: status.bandwidth.bytes_in,
+            rate_limit_hits: status.rate_limit_hits,
+        }
+    }
 }
 
 async fn resolve(addr: &str) -> anyhow::Result<SocketAddr> {
@@ -356,8 +473,11 @@ struct Aggregate {
     failed: u32,
     join: LatencyRecorder,
     update_latency: LatencyRecorder,
+    tick_phase: LatencyRecorder,
     ack_latency: Option<LatencyRecorder>,
-    acked_changes: u64,
+    /// Sum over clients of their acknowledged changes per second joined: the relay's rate
+    /// while they are all joined.
+    acked_per_s_sum: f64,
     /// Sum over connected clients of their average kbit/s.
     kbps_in_sum: f64,
     kbps_out_sum: f64,
@@ -396,15 +516,21 @@ impl Aggregate {
             }
         }
         self.update_latency.merge(&outcome.update_latency);
+        if let Some(phase) = outcome.tick_phase {
+            self.tick_phase.record(phase);
+        }
         if let Some(acks) = &outcome.ack_latency {
             self.ack_latency
                 .get_or_insert_with(LatencyRecorder::new)
                 .merge(acks);
-            self.acked_changes += outcome.acked_changes;
+            let secs = outcome.connected_for.as_secs_f64();
+            if secs > 0.0 {
+                self.acked_per_s_sum += outcome.acked_changes as f64 / secs;
+            }
         }
         self.datagrams_lost += outcome.datagrams_lost;
-        self.errors += outcome.errors.len() as u64;
-        for e in outcome.errors {
+        self.errors += outcome.errors;
+        for e in outcome.error_messages {
             self.note_error(e);
         }
         if outcome.disconnected {
@@ -431,7 +557,7 @@ impl Aggregate {
         }
     }
 
-    fn report(self, setup: RunSetup, target: u32, measured_for: Duration) -> Report {
+    fn report(self, setup: RunSetup, target: u32) -> Report {
         let per_client = |sum: f64| {
             if self.connected == 0 {
                 0.0
@@ -441,11 +567,7 @@ impl Aggregate {
         };
         let mut not_measured = Vec::new();
         let (acked_changes_per_s, ack_latency_ms) = match &self.ack_latency {
-            Some(acks) => {
-                let secs = measured_for.as_secs_f64();
-                let rate = (secs > 0.0).then(|| self.acked_changes as f64 / secs);
-                (rate, Some(acks.p50_p99()))
-            }
+            Some(acks) => (Some(self.acked_per_s_sum), Some(acks.p50_p99())),
             None => {
                 for field in ["acked_changes_per_s", "ack_latency_ms"] {
                     not_measured.push(NotMeasured {
@@ -464,6 +586,7 @@ impl Aggregate {
             join_ms: self.join.p50_p99(),
             update_latency_ms: self.update_latency.p50_p99_p999(),
             updates_received: self.update_latency.count(),
+            tick_phase_ms: self.tick_phase.p50_p99(),
             kbps_per_client: InOut {
                 in_: per_client(self.kbps_in_sum),
                 out: per_client(self.kbps_out_sum),
@@ -475,6 +598,7 @@ impl Aggregate {
             disconnects: self.disconnects,
             first_errors: self.first_errors,
             proxy: None,
+            relay: None,
             not_measured,
         }
     }
@@ -507,7 +631,7 @@ mod tests {
         let mut dropped = joined(6);
         dropped.disconnected = true;
         agg.add(Ok(Ok(dropped)), &live);
-        let report = agg.report(RunSetup::default(), 4, Duration::from_secs(10));
+        let report = agg.report(RunSetup::default(), 4);
         assert_eq!(report.clients_connected, 3);
         assert_eq!(report.clients_failed, 2);
         assert_eq!(report.disconnects, 1);
@@ -528,9 +652,9 @@ mod tests {
         let mut acks = LatencyRecorder::new();
         acks.record(Duration::from_millis(3));
         c.ack_latency = Some(acks);
-        c.acked_changes = 50;
+        c.acked_changes = 50; // over 10 s joined
         agg.add(Ok(Ok(c)), &live);
-        let report = agg.report(RunSetup::default(), 1, Duration::from_secs(10));
+        let report = agg.report(RunSetup::default(), 1);
         assert_eq!(report.acked_changes_per_s, Some(5.0));
         assert!(report.ack_latency_ms.is_some());
         assert!(report.not_measured.is_empty());

@@ -46,6 +46,8 @@ pub enum Command {
     Sim(SimArgs),
     /// Load a relay with simulated clients over real sockets and report what they saw.
     Run(RunArgs),
+    /// Server CPU per datagram sent: a bare quinn fan-out against neonet-relay.
+    Fanout(crate::fanout::FanoutArgs),
 }
 
 /// Impairment flags, shared by `proxy` and `run --via-proxy`.

@@ -3,14 +3,17 @@
 //! - `neonet-load run`: N simulated clients against a relay over real sockets, with a progress
 //!   bar, a report table and optional JSON ([`run`]);
 //! - `neonet-load sim`: entity replication over the in-memory simulated network ([`sim`]);
-//! - `neonet-load proxy`: the UDP impairment proxy as a process ([`proxy_cmd`]).
+//! - `neonet-load proxy`: the UDP impairment proxy as a process ([`proxy_cmd`]);
+//! - `neonet-load fanout`: server CPU per datagram, bare quinn against the relay ([`fanout`]).
 //!
 //! Exit status: 0 on success; 1 on an error or when any `run` client failed unexpectedly;
 //! 2 on a usage error.
 
 mod behaviour;
 mod cli;
+mod cpu;
 mod driver;
+mod fanout;
 mod proxy_cmd;
 mod report;
 mod run;
@@ -48,6 +51,7 @@ fn init_tracing(filter: &str) -> anyhow::Result<()> {
 
 fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
+        Command::Fanout(args) => fanout::main(args),
         Command::Sim(args) => sim::run(args).map(|()| ExitCode::SUCCESS),
         Command::Proxy(args) => {
             runtime()?.block_on(proxy_cmd::run(args))?;

@@ -1,0 +1,49 @@
+//! `neonet-load fanout` runs end to end at a tiny scale and prints a CPU-per-datagram figure for
+//! the bare quinn fan-out and for the relay (no timing assertions: the figures depend on the
+//! machine and on whatever else runs on it).
+
+use std::process::Command;
+
+/// Runs `neonet-load fanout` with `extra` flags on 3 clients for a 2 s window; returns stdout.
+fn fanout(extra: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_neonet-load"))
+        .args(["--log", "warn", "fanout", "--clients", "3", "--seconds", "2"])
+        .args(["--warmup", "1", "--relay-bin", env!("CARGO_BIN_EXE_neonet-relay")])
+        .args(extra)
+        .output()
+        .expect("neonet-load runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "fanout failed: {}\nstdout:\n{stdout}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+#[test]
+fn fanout_reports_cpu_per_datagram_for_bare_and_relay() {
+    let stdout = fanout(&["--json"]);
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("JSON on stdout");
+    let runs = report["runs"].as_array().expect("runs");
+    for target in ["bare", "relay"] {
+        let run = runs
+            .iter()
+            .find(|r| r["target"] == target)
+            .unwrap_or_else(|| panic!("no {target} run in {stdout}"));
+        assert_eq!(run["clients_connected"], 3, "{stdout}");
+        assert!(run["datagrams_sent"].as_u64().unwrap() > 0, "{stdout}");
+        let us = run["server_cpu_us_per_datagram"].as_f64();
+        assert!(us.is_some_and(|us| us >= 0.0), "{target}: {stdout}");
+    }
+    assert!(report["ratio_relay_to_bare"].as_f64().is_some(), "{stdout}");
+}
+
+#[test]
+fn fanout_bare_prints_a_table() {
+    let stdout = fanout(&["--target", "bare", "--bytes", "100"]);
+    assert!(stdout.contains("µs/dgram"), "{stdout}");
+    assert!(stdout.lines().any(|l| l.starts_with("bare ")), "{stdout}");
+    assert!(!stdout.contains("ratio"), "{stdout}");
+}

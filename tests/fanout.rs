@@ -7,8 +7,21 @@ use std::process::Command;
 /// Runs `neonet-load fanout` with `extra` flags on 3 clients for a 2 s window; returns stdout.
 fn fanout(extra: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_neonet-load"))
-        .args(["--log", "warn", "fanout", "--clients", "3", "--seconds", "2"])
-        .args(["--warmup", "1", "--relay-bin", env!("CARGO_BIN_EXE_neonet-relay")])
+        .args([
+            "--log",
+            "warn",
+            "fanout",
+            "--clients",
+            "3",
+            "--seconds",
+            "2",
+        ])
+        .args([
+            "--warmup",
+            "1",
+            "--relay-bin",
+            env!("CARGO_BIN_EXE_neonet-relay"),
+        ])
         .args(extra)
         .output()
         .expect("neonet-load runs");

@@ -513,7 +513,10 @@ async fn connect_bare(
         }
     }
     if let Some(e) = first_error {
-        tracing::warn!(failed = n as usize - endpoints.len(), "bare clients failed: {e:#}");
+        tracing::warn!(
+            failed = n as usize - endpoints.len(),
+            "bare clients failed: {e:#}"
+        );
     }
     ensure!(!endpoints.is_empty(), "no bare client connected");
     Ok((endpoints.len() as u32, endpoints))
@@ -632,10 +635,8 @@ impl TempDir {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
-        let dir = std::env::temp_dir().join(format!(
-            "neonet-fanout-{}-{nanos}",
-            std::process::id()
-        ));
+        let dir =
+            std::env::temp_dir().join(format!("neonet-fanout-{}-{nanos}", std::process::id()));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         Ok(TempDir(dir))
     }
@@ -761,7 +762,10 @@ async fn connect_relay(
         }
     }
     if let Some(e) = first_error {
-        tracing::warn!(failed = n as usize - clients.len(), "relay clients failed: {e:#}");
+        tracing::warn!(
+            failed = n as usize - clients.len(),
+            "relay clients failed: {e:#}"
+        );
     }
     ensure!(!clients.is_empty(), "no client joined the relay");
     Ok(clients)

@@ -113,6 +113,11 @@ pub struct FanoutArgs {
     #[arg(long, value_name = "N", default_value_t = 3,
           value_parser = clap::value_parser!(u64).range(0..=MAX_SECONDS))]
     pub warmup: u64,
+    /// Spread the clients' connection starts evenly over this many seconds (0: as fast as
+    /// [`CONNECT_CONCURRENCY`] handshakes in flight allow).
+    #[arg(long, value_name = "N", default_value_t = 0,
+          value_parser = clap::value_parser!(u64).range(0..=MAX_SECONDS))]
+    pub ramp: u64,
     /// What to measure.
     #[arg(long, value_enum, default_value_t = Target::Both)]
     pub target: Target,
@@ -136,6 +141,10 @@ pub struct Measurement {
     pub clients: u32,
     /// Clients connected (bare) or joined (relay) when the window opened.
     pub clients_connected: u32,
+    /// Connections the server still had when the window closed (bare: its list; relay: its
+    /// `neonet_connections` gauge). Fewer than `clients_connected` means peers were dropped
+    /// during the window, and the figures are not of a steady state.
+    pub server_connections_at_end: u64,
     /// Tick rate, Hz.
     pub hz: u32,
     /// Window length, seconds (wall clock, measured).
@@ -228,7 +237,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn print_table(r: &Report) {
     println!(
-        "{:<13} {:>7} {:>4} {:>7} {:>8} {:>11} {:>10} {:>9} {:>8} {:>10} {:>9} {:>8}",
+        "{:<13} {:>9} {:>4} {:>7} {:>8} {:>11} {:>10} {:>9} {:>8} {:>10} {:>9} {:>8}",
         "target",
         "clients",
         "hz",
@@ -245,9 +254,12 @@ fn print_table(r: &Report) {
     for m in &r.runs {
         let opt = |v: Option<u64>| v.map_or_else(|| "-".to_string(), |v| v.to_string());
         println!(
-            "{:<13} {:>7} {:>4} {:>7.0} {:>8.2} {:>11} {:>10} {:>9.1} {:>8.2} {:>10} {:>9.1} {:>7.2}c",
+            "{:<13} {:>9} {:>4} {:>7.0} {:>8.2} {:>11} {:>10} {:>9.1} {:>8.2} {:>10} {:>9.1} {:>7.2}c",
             m.target,
-            format!("{}/{}", m.clients_connected, m.clients),
+            format!(
+                "{}/{}/{}",
+                m.server_connections_at_end, m.clients_connected, m.clients
+            ),
             m.hz,
             m.mean_datagram_bytes,
             m.datagrams_per_client_tick,
@@ -266,6 +278,10 @@ fn print_table(r: &Report) {
     if let Some(x) = r.ratio_relay_to_bare_matched {
         println!("ratio relay/bare-matched (µs per datagram): {x:.2}");
     }
+    println!(
+        "clients = server connections at the window's end / connected at its start / asked; \
+         dg/cl/tk = datagrams per client per tick"
+    );
     println!(
         "note: clients and server share this machine's {} cores (machine = busy cores in the \
          window); the relay also receives client inputs (dgrams_in) and runs its world.",
@@ -288,6 +304,7 @@ struct Sample {
     failed: u64,
     datagrams_in: u64,
     received: u64,
+    connections: u64,
 }
 
 /// Builds the [`Measurement`] of a window from its two samples.
@@ -309,6 +326,7 @@ fn measurement(
         target: target.to_string(),
         clients: args.clients,
         clients_connected: connected,
+        server_connections_at_end: b.connections,
         hz: args.hz,
         window_s: wall_s,
         datagrams_sent: sent,
@@ -341,6 +359,7 @@ fn sample_local(server_pid: u32) -> anyhow::Result<Sample> {
         failed: 0,
         datagrams_in: 0,
         received: 0,
+        connections: 0,
     })
 }
 
@@ -432,8 +451,7 @@ async fn measure_bare(
     tracing::info!(%addr, target, clients = args.clients, bytes, per_tick, "bare fan-out server up");
 
     let received = Arc::new(AtomicU64::new(0));
-    let (connected, _endpoints) =
-        connect_bare(addr, fingerprint, args.clients, received.clone()).await?;
+    let (connected, _endpoints) = connect_bare(addr, fingerprint, args, received.clone()).await?;
     tracing::info!(connected, "bare clients connected; warming up");
 
     let stdin = Mutex::new(stdin);
@@ -468,7 +486,7 @@ fn sample_bare(
         .map(|f| f.parse::<u64>().context("bare server: bad counter"))
         .collect::<anyhow::Result<_>>()?;
     ensure!(v.len() == 4, "bare server: {line:?}");
-    (s.sent, s.bytes, s.failed) = (v[0], v[1], v[2]);
+    (s.sent, s.bytes, s.failed, s.connections) = (v[0], v[1], v[2], v[3]);
     Ok(s)
 }
 
@@ -478,15 +496,18 @@ fn sample_bare(
 async fn connect_bare(
     addr: SocketAddr,
     fingerprint: Fingerprint,
-    n: u32,
+    args: &FanoutArgs,
     received: Arc<AtomicU64>,
 ) -> anyhow::Result<(u32, Vec<quinn::Endpoint>)> {
+    let n = args.clients;
     let config = neonet::quic::client_config(&Trust::Sha256(fingerprint), idle_timeout())?;
     let gate = Arc::new(tokio::sync::Semaphore::new(CONNECT_CONCURRENCY));
     let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..n {
+    for i in 0..n {
         let (config, gate, received) = (config.clone(), gate.clone(), received.clone());
+        let start = ramp_start(args, i);
         tasks.spawn(async move {
+            tokio::time::sleep(start).await;
             let _permit = gate.acquire_owned().await?;
             let endpoint = neonet::quic::client_endpoint(addr)?;
             let connecting =
@@ -520,6 +541,11 @@ async fn connect_bare(
     }
     ensure!(!endpoints.is_empty(), "no bare client connected");
     Ok((endpoints.len() as u32, endpoints))
+}
+
+/// When client `i` starts connecting, from the start of connecting: evenly over `--ramp`.
+fn ramp_start(args: &FanoutArgs, i: u32) -> Duration {
+    Duration::from_secs(args.ramp) * i / args.clients.max(1)
 }
 
 fn idle_timeout() -> Duration {
@@ -687,7 +713,7 @@ async fn measure_relay(args: &FanoutArgs) -> anyhow::Result<Measurement> {
     let (addr, http, fingerprint) = relay_banner(&lines)?;
     tracing::info!(%addr, %http, clients = args.clients, "relay up");
 
-    let clients = connect_relay(addr, fingerprint, args.clients).await?;
+    let clients = connect_relay(addr, fingerprint, args).await?;
     let connected = clients.len() as u32;
     tracing::info!(connected, "relay clients joined and walking; warming up");
 
@@ -695,6 +721,7 @@ async fn measure_relay(args: &FanoutArgs) -> anyhow::Result<Measurement> {
         let m = scrape(http)?;
         let mut s = sample_local(pid)?;
         (s.sent, s.bytes, s.datagrams_in) = (m.datagrams_out, m.bytes_out, m.datagrams_in);
+        s.connections = m.connections;
         Ok(s)
     })
     .await?;
@@ -730,13 +757,16 @@ fn relay_banner(
 async fn connect_relay(
     addr: SocketAddr,
     fingerprint: Fingerprint,
-    n: u32,
+    args: &FanoutArgs,
 ) -> anyhow::Result<Vec<Client>> {
+    let n = args.clients;
     let gate = Arc::new(tokio::sync::Semaphore::new(CONNECT_CONCURRENCY));
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..n {
         let gate = gate.clone();
+        let start = ramp_start(args, i);
         tasks.spawn(async move {
+            tokio::time::sleep(start).await;
             let _permit = gate.acquire_owned().await?;
             let options = ClientOptions {
                 trust: Trust::Sha256(fingerprint),
@@ -777,6 +807,7 @@ struct RelayCounters {
     datagrams_out: u64,
     bytes_out: u64,
     datagrams_in: u64,
+    connections: u64,
 }
 
 /// GETs `/metrics` from `http` (plain HTTP/1.1, `Connection: close`) and parses the counters.
@@ -816,6 +847,7 @@ fn parse_metrics(text: &str) -> anyhow::Result<RelayCounters> {
             .with_context(|| format!("no {} in /metrics", names::DATAGRAMS_OUT))?,
         bytes_out: value(&dgram_bytes).with_context(|| format!("no {dgram_bytes} in /metrics"))?,
         datagrams_in: value(names::DATAGRAMS_IN).unwrap_or(0),
+        connections: value(names::CONNECTIONS).unwrap_or(0),
     })
 }
 
@@ -830,14 +862,16 @@ mod tests {
                     neonet_datagrams_out_total_x 9\n\
                     neonet_bytes_out_total{channel=\"stream\"} 5\n\
                     neonet_bytes_out_total{channel=\"datagram\"} 98765\n\
-                    neonet_datagrams_in_total 42\n";
+                    neonet_datagrams_in_total 42\n\
+                    neonet_connections 7\n";
         let c = parse_metrics(text).unwrap();
         assert_eq!(
             c,
             RelayCounters {
                 datagrams_out: 1234,
                 bytes_out: 98765,
-                datagrams_in: 42
+                datagrams_in: 42,
+                connections: 7,
             }
         );
         assert!(parse_metrics("nothing here\n").is_err());

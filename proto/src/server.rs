@@ -117,8 +117,8 @@ pub struct ServerConfig {
     /// Reliable messages a session may send per second, sustained (token bucket refill).
     pub messages_per_s: u32,
     /// Reliable messages a session may send in a burst (token bucket size). Past it, changes
-    /// are refused with `RateLimited`; a session that keeps sending past it for another whole
-    /// burst is closed with `Flooding`.
+    /// are refused with `RateLimited`; a session refused more than a whole burst within
+    /// [`FLOOD_WINDOW`] is closed with `Flooding`.
     pub message_burst: u32,
 }
 
@@ -300,13 +300,17 @@ pub enum ServerEvent {
     },
 }
 
+/// The window over which refused messages are counted: a session refused more than a whole
+/// burst's worth of messages within it is flooding, however many tokens trickle in meanwhile.
+pub const FLOOD_WINDOW: Duration = Duration::from_secs(1);
+
 /// What the rate limit says about one message.
 enum Limit {
     /// Within the limit.
     Pass,
     /// Over the burst: refuse it.
     Refuse,
-    /// Over the burst for another whole burst: the peer is flooding.
+    /// More than a whole burst refused within [`FLOOD_WINDOW`]: the peer is flooding.
     Close,
 }
 
@@ -333,10 +337,12 @@ pub struct Session {
     validator: MoveValidator,
     /// Newest upstream datagram sequence applied (older owned transforms are ignored).
     up_seq: Option<Seq>,
-    /// Rate limit: tokens left, when last refilled, and messages refused in a row.
+    /// Rate limit: tokens left, when last refilled, and messages refused in the current
+    /// [`FLOOD_WINDOW`] (and when it started).
     tokens: f64,
     refilled_at: Time,
-    over_limit: u32,
+    refused_in_window: u32,
+    window_start: Time,
 }
 
 impl Session {
@@ -1104,7 +1110,8 @@ impl ServerCore {
                 up_seq: None,
                 tokens: f64::from(self.config.message_burst),
                 refilled_at: self.now,
-                over_limit: 0,
+                refused_in_window: 0,
+                window_start: self.now,
             },
         );
         self.by_user.insert(user, sid);
@@ -1413,11 +1420,14 @@ impl ServerCore {
         s.refilled_at = now;
         if s.tokens >= 1.0 {
             s.tokens -= 1.0;
-            s.over_limit = 0;
             return Limit::Pass;
         }
-        s.over_limit += 1;
-        if f64::from(s.over_limit) > burst {
+        if now.saturating_since(s.window_start) >= FLOOD_WINDOW {
+            s.window_start = now;
+            s.refused_in_window = 0;
+        }
+        s.refused_in_window += 1;
+        if f64::from(s.refused_in_window) > burst {
             Limit::Close
         } else {
             Limit::Refuse

@@ -725,12 +725,13 @@ impl ClientReplicator {
         let mut prev: Option<EntityId> = None;
         let mut w = BitRun::new(&mut self.out_bits);
         for &(id, ci) in &self.chosen {
-            w.write_eg(gap(prev, id), INDEX_EG_K);
+            let g = gap(prev, id);
             prev = Some(id);
             let Some((start, len, coded)) = self.cands[ci].body else {
+                w.write_eg(g, INDEX_EG_K);
                 continue; // unreachable: every chosen candidate has its body computed
             };
-            write_kind(&mut w, coded, common);
+            write_index_kind(&mut w, g, coded, common);
             w.append_bits(&self.body, start, len);
         }
         w.finish();
@@ -827,15 +828,14 @@ impl ClientReplicator {
         for c in self.cands.iter_mut() {
             let age = c.age;
             let t = &self.tracked[c.slot];
-            w.write_eg(gap(prev, t.id), INDEX_EG_K);
-            prev = Some(t.id);
             let q = &input.entities[c.slot].q;
             let coded = match (c.kind, &t.baseline) {
                 (CandKind::Left, _) => Coded::Left,
                 (CandKind::Update, Some(_)) if age != 0 => Coded::Delta { age },
                 (CandKind::Update, _) => Coded::Absolute,
             };
-            write_kind(&mut w, coded, common);
+            write_index_kind(&mut w, gap(prev, t.id), coded, common);
+            prev = Some(t.id);
             let start = w.len_bits();
             match (coded, &t.baseline) {
                 (Coded::Delta { .. }, Some(b)) => {
@@ -990,6 +990,19 @@ fn gap(prev: Option<EntityId>, id: EntityId) -> u64 {
     match prev {
         None => id.0 as u64,
         Some(p) => (id.0 - p.0 - 1) as u64,
+    }
+}
+
+/// Writes a record's index gap, then its kind code and baseline reference: the usual record
+/// (next id, delta against the common age) in one write.
+#[inline(always)]
+fn write_index_kind(w: &mut BitRun, gap: u64, coded: Coded, common: u64) {
+    if gap == 0 && matches!(coded, Coded::Delta { age } if age == common) {
+        // Exp-Golomb (order 0) of 0 is `1`; then the kind `11`.
+        w.write_fitting(0b111, 3);
+    } else {
+        w.write_eg(gap, INDEX_EG_K);
+        write_kind(w, coded, common);
     }
 }
 

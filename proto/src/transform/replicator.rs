@@ -103,18 +103,64 @@ struct Baseline {
     send_index: u32,
 }
 
+/// The last value sent, 4-byte aligned (its time as two halves) so it packs into [`Tracked`]
+/// without padding.
 #[derive(Clone, Copy, Debug)]
 struct LastSent {
     q: QTransform,
     send_index: u32,
-    at: Time,
+    at_lo: u32,
+    at_hi: u32,
     acked: bool,
 }
 
+impl LastSent {
+    #[inline]
+    fn new(q: QTransform, send_index: u32, at: Time) -> LastSent {
+        LastSent {
+            q,
+            send_index,
+            at_lo: at.0 as u32,
+            at_hi: (at.0 >> 32) as u32,
+            acked: false,
+        }
+    }
+
+    #[inline]
+    fn at(&self) -> Time {
+        Time((self.at_hi as u64) << 32 | self.at_lo as u64)
+    }
+}
+
+/// Whether a left-interest notice is pending, and when it was last sent, in one word: no
+/// notice, pending and not yet sent, or pending and last sent at a time (µs; the two largest
+/// values are taken by the other states, 584,000 years from now).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum LeftState {
-    None,
-    Pending { sent_at: Option<Time> },
+struct LeftState(u64);
+
+impl LeftState {
+    const NONE: LeftState = LeftState(u64::MAX);
+    const UNSENT: LeftState = LeftState(u64::MAX - 1);
+
+    #[inline]
+    fn sent_at(t: Time) -> LeftState {
+        LeftState(t.0.min(u64::MAX - 2))
+    }
+
+    #[inline]
+    fn is_pending(self) -> bool {
+        self != LeftState::NONE
+    }
+
+    /// `Some(when last sent, if ever)` if a notice is pending.
+    #[inline]
+    fn pending(self) -> Option<Option<Time>> {
+        match self {
+            LeftState::NONE => None,
+            LeftState::UNSENT => Some(None),
+            LeftState(t) => Some(Some(Time(t))),
+        }
+    }
 }
 
 /// Per-client state of one entity.
@@ -144,7 +190,7 @@ impl Tracked {
             sends: 0,
             baseline: None,
             last_sent: None,
-            left: LeftState::None,
+            left: LeftState::NONE,
         }
     }
 }
@@ -190,14 +236,29 @@ enum Coded {
 
 #[derive(Clone, Copy, Debug)]
 struct Cand {
-    slot: usize,
+    slot: u32,
     priority: f32,
+    /// For an update: the age of the baseline a delta uses, 0 for none (absolute). At most
+    /// [`BASELINE_AGE_MAX_TICKS`].
+    age: u32,
     kind: CandKind,
-    /// For an update: the age of the baseline a delta uses, 0 for none (absolute).
-    age: u64,
     placed: bool,
-    /// Body bits in the scratch writer, once computed.
-    body: Option<(usize, usize, Coded)>,
+    /// Body bits in the scratch writer (start, length), once computed.
+    body: Option<(u32, u32)>,
+}
+
+impl Cand {
+    /// How the record is coded: a delta against the baseline `age` ticks old, else absolute.
+    #[inline]
+    fn coded(&self) -> Coded {
+        match self.kind {
+            CandKind::Left => Coded::Left,
+            CandKind::Update if self.age != 0 => Coded::Delta {
+                age: self.age as u64,
+            },
+            CandKind::Update => Coded::Absolute,
+        }
+    }
 }
 
 /// The server's transform sender for one client. See the [module docs](super) for the format.
@@ -403,8 +464,8 @@ impl ClientReplicator {
                             continue;
                         };
                         let t = &mut self.tracked[ti];
-                        if t.epoch == epoch && matches!(t.left, LeftState::Pending { .. }) {
-                            t.left = LeftState::None;
+                        if t.epoch == epoch && t.left.is_pending() {
+                            t.left = LeftState::NONE;
                         }
                     }
                 }
@@ -497,7 +558,7 @@ impl ClientReplicator {
             let dist = if dist.is_finite() { dist } else { f32::MAX };
             if !t.in_interest && (input.viewer.is_none() || dist <= r) {
                 t.in_interest = true;
-                t.left = LeftState::None;
+                t.left = LeftState::NONE;
             } else if t.in_interest && input.viewer.is_some() && dist > r_out {
                 t.in_interest = false;
                 let known = t.last_sent.is_some() || t.baseline.is_some();
@@ -508,7 +569,7 @@ impl ClientReplicator {
                 t.last_sent = None;
                 t.priority = 0.0;
                 if known {
-                    t.left = LeftState::Pending { sent_at: None };
+                    t.left = LeftState::UNSENT;
                 }
             }
             if t.in_interest {
@@ -517,7 +578,7 @@ impl ClientReplicator {
                     Some(ls) if ls.q != e.q => (true, true),
                     Some(ls) if ls.acked => (false, false),
                     Some(ls) => (
-                        input.now.saturating_since(ls.at).as_micros() as u64 >= resend_us,
+                        input.now.saturating_since(ls.at()).as_micros() as u64 >= resend_us,
                         false,
                     ),
                 };
@@ -535,21 +596,21 @@ impl ClientReplicator {
                 if weight.is_finite() {
                     t.priority += weight;
                 }
-                let age =
-                    usable_baseline(t, input.tick).map_or(0, |b| input.tick.0 - b.sample.tick.0);
+                let age = usable_baseline(t, input.tick)
+                    .map_or(0, |b| (input.tick.0 - b.sample.tick.0) as u32);
                 self.cands.push(Cand {
-                    slot,
+                    slot: slot as u32,
                     priority: t.priority,
                     kind: CandKind::Update,
                     age,
                     placed: false,
                     body: None,
                 });
-            } else if let LeftState::Pending { sent_at } = t.left {
+            } else if let Some(sent_at) = t.left.pending() {
                 if due(sent_at, input.now, resend_us) {
                     t.priority += w.left_notice;
                     self.cands.push(Cand {
-                        slot,
+                        slot: slot as u32,
                         priority: t.priority,
                         kind: CandKind::Left,
                         age: 0,
@@ -564,32 +625,23 @@ impl ClientReplicator {
     /// Encodes candidate `ci`'s body into the scratch writer (once) and returns its worst-case
     /// record bits without the index.
     fn body_bits(&mut self, ci: usize, tick: Tick, entities: &[EntitySample]) -> (usize, Coded) {
-        if let Some((_, len, coded)) = self.cands[ci].body {
-            return (record_bits(len, coded), coded);
-        }
         let c = self.cands[ci];
+        let coded = c.coded();
+        if let Some((_, len)) = c.body {
+            return (record_bits(len as usize, coded), coded);
+        }
         let start = self.body.len_bits();
-        let coded = match c.kind {
-            CandKind::Left => Coded::Left,
-            CandKind::Update => {
-                let t = &self.tracked[c.slot];
-                let q = entities[c.slot].q;
-                match usable_baseline(t, tick) {
-                    Some(b) => {
-                        write_delta(&mut self.body, &self.qz, &q, tick, &b.sample);
-                        Coded::Delta {
-                            age: tick.0 - b.sample.tick.0,
-                        }
-                    }
-                    None => {
-                        write_absolute(&mut self.body, &self.qz, &q);
-                        Coded::Absolute
-                    }
-                }
+        let slot = c.slot as usize;
+        let t = &self.tracked[slot];
+        match (coded, &t.baseline) {
+            (Coded::Delta { .. }, Some(b)) => {
+                write_delta(&mut self.body, &self.qz, &entities[slot].q, tick, &b.sample)
             }
-        };
+            (Coded::Absolute, _) => write_absolute(&mut self.body, &self.qz, &entities[slot].q),
+            _ => {}
+        }
         let len = self.body.len_bits() - start;
-        self.cands[ci].body = Some((start, len, coded));
+        self.cands[ci].body = Some((start as u32, len as u32));
         (record_bits(len, coded), coded)
     }
 
@@ -665,7 +717,7 @@ impl ClientReplicator {
                     break;
                 }
                 let (bits, _) = self.body_bits(ci, input.tick, input.entities);
-                let slot = self.cands[ci].slot;
+                let slot = self.cands[ci].slot as usize;
                 let id = self.tracked[slot].id;
                 // Slot order is id order: the neighbours in the datagram are the nearest
                 // chosen slots.
@@ -717,7 +769,7 @@ impl ClientReplicator {
         let mut common = 0u64;
         let mut best = 0u16;
         for &(_, ci) in &self.chosen {
-            if let Some((_, _, Coded::Delta { age })) = self.cands[ci].body {
+            if let Coded::Delta { age } = self.cands[ci].coded() {
                 count_age(&mut self.age_counts, age, &mut common, &mut best);
             }
         }
@@ -727,23 +779,23 @@ impl ClientReplicator {
         for &(id, ci) in &self.chosen {
             let g = gap(prev, id);
             prev = Some(id);
-            let Some((start, len, coded)) = self.cands[ci].body else {
+            let c = &self.cands[ci];
+            let Some((start, len)) = c.body else {
                 w.write_eg(g, INDEX_EG_K);
                 continue; // unreachable: every chosen candidate has its body computed
             };
-            write_index_kind(&mut w, g, coded, common);
-            w.append_bits(&self.body, start, len);
+            write_index_kind(&mut w, g, c.coded(), common);
+            w.append_bits(&self.body, start as usize, len as usize);
         }
         w.finish();
         let (seq_full, buf, slot, mut records) =
             self.begin_datagram(input, blob, common, self.chosen.len());
         for &(_, ci) in &self.chosen {
             let c = self.cands[ci];
-            let coded = c.body.map_or(Coded::Left, |b| b.2);
             commit_record(
-                &mut self.tracked[c.slot],
-                c.slot,
-                coded,
+                &mut self.tracked[c.slot as usize],
+                c.slot as usize,
+                c.coded(),
                 input,
                 &mut records,
                 summary,
@@ -817,7 +869,7 @@ impl ClientReplicator {
         let mut best = 0u16;
         for c in &self.cands {
             if c.age != 0 {
-                count_age(&mut self.age_counts, c.age, &mut common, &mut best);
+                count_age(&mut self.age_counts, c.age as u64, &mut common, &mut best);
             }
         }
         // Written into the body scratch (empty until now), each body's range remembered: if the
@@ -826,14 +878,10 @@ impl ClientReplicator {
         let mut prev: Option<EntityId> = None;
         let mut w = BitRun::new(&mut self.body);
         for c in self.cands.iter_mut() {
-            let age = c.age;
-            let t = &self.tracked[c.slot];
-            let q = &input.entities[c.slot].q;
-            let coded = match (c.kind, &t.baseline) {
-                (CandKind::Left, _) => Coded::Left,
-                (CandKind::Update, Some(_)) if age != 0 => Coded::Delta { age },
-                (CandKind::Update, _) => Coded::Absolute,
-            };
+            let slot = c.slot as usize;
+            let t = &self.tracked[slot];
+            let q = &input.entities[slot].q;
+            let coded = c.coded();
             write_index_kind(&mut w, gap(prev, t.id), coded, common);
             prev = Some(t.id);
             let start = w.len_bits();
@@ -845,7 +893,7 @@ impl ClientReplicator {
                 _ => {}
             }
             let end = w.len_bits();
-            c.body = Some((start, end - start, coded));
+            c.body = Some((start as u32, (end - start) as u32));
             if end > bits_avail {
                 w.finish();
                 return None;
@@ -855,17 +903,11 @@ impl ClientReplicator {
         std::mem::swap(&mut self.body, &mut self.out_bits);
         let (seq_full, buf, slot, mut records) = self.begin_datagram(input, blob, common, n);
         for c in self.cands.iter_mut() {
-            let age = c.age;
             c.placed = true;
-            let coded = match c.kind {
-                CandKind::Left => Coded::Left,
-                CandKind::Update if age != 0 => Coded::Delta { age },
-                CandKind::Update => Coded::Absolute,
-            };
             commit_record(
-                &mut self.tracked[c.slot],
-                c.slot,
-                coded,
+                &mut self.tracked[c.slot as usize],
+                c.slot as usize,
+                c.coded(),
                 input,
                 &mut records,
                 summary,
@@ -1038,9 +1080,7 @@ fn commit_record(
     let id = t.id;
     match coded {
         Coded::Left => {
-            t.left = LeftState::Pending {
-                sent_at: Some(input.now),
-            };
+            t.left = LeftState::sent_at(input.now);
             records.push(SentRecord::Left {
                 id,
                 slot: slot as u32,
@@ -1056,12 +1096,7 @@ fn commit_record(
             };
             let send_index = t.sends;
             t.sends = t.sends.wrapping_add(1);
-            t.last_sent = Some(LastSent {
-                q,
-                send_index,
-                at: input.now,
-                acked: false,
-            });
+            t.last_sent = Some(LastSent::new(q, send_index, input.now));
             records.push(SentRecord::Update {
                 id,
                 slot: slot as u32,
@@ -1122,6 +1157,14 @@ fn due(sent_at: Option<Time>, now: Time, after_us: u64) -> bool {
     match sent_at {
         None => true,
         Some(t) => now.saturating_since(t).as_micros() as u64 >= after_us,
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    #[test]
+    fn per_entity_state_stays_small() {
+        assert!(std::mem::size_of::<super::Tracked>() <= 144);
     }
 }
 

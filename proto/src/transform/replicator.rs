@@ -435,7 +435,7 @@ impl ClientReplicator {
                 });
             }
             for r in &d.records {
-                match *r {
+                match r {
                     SentRecord::Update {
                         id,
                         slot,
@@ -443,28 +443,31 @@ impl ClientReplicator {
                         send_index,
                         sample,
                     } => {
-                        let Some(ti) = locate(&self.tracked, id, slot) else {
+                        let Some(ti) = locate(&self.tracked, *id, *slot) else {
                             continue;
                         };
                         let t = &mut self.tracked[ti];
-                        if t.epoch != epoch {
+                        if t.epoch != *epoch {
                             continue;
                         }
                         if baseline_older(&t.baseline, sample.tick) {
-                            t.baseline = Some(Baseline { sample, send_index });
+                            t.baseline = Some(Baseline {
+                                sample: *sample,
+                                send_index: *send_index,
+                            });
                         }
                         if let Some(ls) = &mut t.last_sent {
-                            if ls.send_index == send_index {
+                            if ls.send_index == *send_index {
                                 ls.acked = true;
                             }
                         }
                     }
                     SentRecord::Left { id, slot, epoch } => {
-                        let Some(ti) = locate(&self.tracked, id, slot) else {
+                        let Some(ti) = locate(&self.tracked, *id, *slot) else {
                             continue;
                         };
                         let t = &mut self.tracked[ti];
-                        if t.epoch == epoch && t.left.is_pending() {
+                        if t.epoch == *epoch && t.left.is_pending() {
                             t.left = LeftState::NONE;
                         }
                     }

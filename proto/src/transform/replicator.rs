@@ -296,6 +296,8 @@ pub struct ClientReplicator {
     /// Per slot: its candidate's index, valid where `picked` holds the slot.
     slot_cand: Vec<u32>,
     age_counts: Vec<u16>,
+    /// Whether the last tick's candidates did not fit in one datagram.
+    single_failed_last: bool,
 }
 
 impl ClientReplicator {
@@ -325,6 +327,7 @@ impl ClientReplicator {
             picked: SlotSet::default(),
             slot_cand: Vec::new(),
             age_counts: vec![0; COMMON_AGE_CANDIDATES_MAX],
+            single_failed_last: false,
         })
     }
 
@@ -665,32 +668,48 @@ impl ClientReplicator {
             HEADER_FIXED_BYTES + varint_len(input.tick.0) + blob.map_or(0, |b| 1 + b.len());
         let room =
             max_size.min((allowance.max(0) as usize).max(if blob.is_some() { header } else { 0 }));
-        if room > header {
-            if let Some(dgram) =
-                self.try_single_datagram(input, blob, (room - header) * 8, &mut summary)
-            {
-                debug_assert!(dgram.len() <= room, "{} > {room}", dgram.len());
-                summary.datagrams = 1;
-                summary.bytes = dgram.len();
-                out.push(dgram);
-                self.carry = (allowance - summary.bytes as i64)
-                    .clamp(-per_tick, self.budget_carry_max_bytes() as i64);
-                return Ok(summary);
-            }
-        }
         // Candidates in priority order, sorted lazily: the budget usually stops the packer long
         // before the end, so only a prefix is ever ordered (a strict total order, so the prefix
         // is exactly that of a full sort).
-        self.slot_cand.resize(self.tracked.len(), 0);
         let mut sorted = 0usize;
         let mut chunk = (allowance.max(0) as usize * 8 / 24 + FIT_ATTEMPTS_MAX).max(32);
-        self.order.clear();
-        self.order.extend(
-            self.cands
-                .iter()
-                .enumerate()
-                .map(|(ci, c)| order_key(c.priority, ci)),
-        );
+        let mut ordered = false;
+        if room > header {
+            let bits_avail = (room - header) * 8;
+            // After a tick that did not fit, first measure in priority order: if it does not
+            // fit again, the bodies encoded are the ones the packer wants first (an id-order
+            // attempt would encode bodies that are then left for later ticks).
+            let worth_trying = !self.single_failed_last || {
+                self.fill_order();
+                ordered = true;
+                self.single_fits(input, bits_avail, &mut sorted, &mut chunk)
+            };
+            if worth_trying {
+                if ordered {
+                    // It fits after all: encode afresh in id order.
+                    self.body.clear();
+                    for c in &mut self.cands {
+                        c.body = None;
+                    }
+                }
+                if let Some(dgram) = self.try_single_datagram(input, blob, bits_avail, &mut summary)
+                {
+                    debug_assert!(dgram.len() <= room, "{} > {room}", dgram.len());
+                    self.single_failed_last = false;
+                    summary.datagrams = 1;
+                    summary.bytes = dgram.len();
+                    out.push(dgram);
+                    self.carry = (allowance - summary.bytes as i64)
+                        .clamp(-per_tick, self.budget_carry_max_bytes() as i64);
+                    return Ok(summary);
+                }
+            }
+            self.single_failed_last = true;
+        }
+        self.slot_cand.resize(self.tracked.len(), 0);
+        if !ordered {
+            self.fill_order();
+        }
         loop {
             let header =
                 HEADER_FIXED_BYTES + varint_len(input.tick.0) + blob.map_or(0, |b| 1 + b.len());
@@ -759,6 +778,65 @@ impl ClientReplicator {
         summary.deferred = remaining;
         self.carry = (allowance - sent).clamp(-per_tick, self.budget_carry_max_bytes() as i64);
         Ok(summary)
+    }
+
+    fn fill_order(&mut self) {
+        self.order.clear();
+        self.order.extend(
+            self.cands
+                .iter()
+                .enumerate()
+                .map(|(ci, c)| order_key(c.priority, ci)),
+        );
+    }
+
+    /// Whether every candidate fits in one datagram of `bits_avail` record bits, exactly as
+    /// [`Self::try_single_datagram`] decides it, measured in priority order (sorting the
+    /// prefix of `order` it needs) and stopping at the first overflow. Bodies it encodes are
+    /// kept in the scratch for the packer.
+    fn single_fits(
+        &mut self,
+        input: &TickInput,
+        bits_avail: usize,
+        sorted: &mut usize,
+        chunk: &mut usize,
+    ) -> bool {
+        let n = self.cands.len();
+        if n == 0 || n > RECORDS_PER_DATAGRAM_MAX {
+            return false;
+        }
+        self.age_counts.fill(0);
+        let mut common = 0u64;
+        let mut best = 0u16;
+        for c in &self.cands {
+            if c.age != 0 {
+                count_age(&mut self.age_counts, c.age as u64, &mut common, &mut best);
+            }
+        }
+        let mut total = 0usize;
+        for k in 0..n {
+            if k >= *sorted {
+                *sorted = sort_prefix(&mut self.order, *sorted, *chunk);
+                *chunk *= 2;
+            }
+            let ci = self.order[k] as u32 as usize;
+            self.body_bits(ci, input.tick, input.entities);
+            let c = self.cands[ci];
+            let id = self.tracked[c.slot as usize].id;
+            let prev = ci
+                .checked_sub(1)
+                .map(|p| self.tracked[self.cands[p].slot as usize].id);
+            let kind_bits = match c.coded() {
+                Coded::Delta { age } if age != common => 2 + eg_bits(age - 1, AGE_EG_K),
+                _ => 2,
+            };
+            let body_len = c.body.map_or(0, |b| b.1 as usize);
+            total += gap_bits(prev, id) + kind_bits + body_len;
+            if total > bits_avail {
+                return false;
+            }
+        }
+        true
     }
 
     fn write_datagram(

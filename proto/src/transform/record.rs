@@ -36,7 +36,8 @@ const RESIDUAL_WIDTH_MAX: u64 = 32;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Motion {
     dpos: [i32; 3],
-    drot: [i32; 3],
+    /// Rotation components are at most 15 bits, so their change fits 16.
+    drot: [i16; 3],
     rot_valid: bool,
     /// Ticks the change took; 0 = no motion known (absolute value).
     dt: u32,
@@ -73,7 +74,7 @@ impl Sample {
         if q.rot.largest == base.q.rot.largest {
             m.rot_valid = true;
             for a in 0..3 {
-                m.drot[a] = q.rot.comps[a] as i32 - base.q.rot.comps[a] as i32;
+                m.drot[a] = (q.rot.comps[a] as i32 - base.q.rot.comps[a] as i32) as i16;
             }
         }
         Sample { tick, q, motion: m }
@@ -82,6 +83,7 @@ impl Sample {
     /// Predicted position and rotation components at `tick`, extrapolating this sample's motion
     /// (at most [`PREDICT_INTERVALS_MAX`] motion intervals ahead). Fixed-point with 16
     /// fractional bits and one division, identical on both sides.
+    #[inline]
     fn predict(&self, tick: Tick, qz: &Quantizer) -> ([i64; 3], [i64; 3]) {
         let mut pos = self.q.pos.map(|v| v as i64);
         let mut rot = self.q.rot.comps.map(|v| v as i64);
@@ -94,26 +96,46 @@ impl Sample {
             .0
             .saturating_sub(self.tick.0)
             .min(dt * PREDICT_INTERVALS_MAX);
-        // ratio < 2^(16 + 3); |dpos| < 2^31: the product stays below 2^50. One interval ahead
-        // (the steady state) is exactly 1.0, without the division.
-        let ratio = if ahead == dt {
-            1 << 16
-        } else {
-            ((ahead << 16) / dt) as i64
-        };
         let max = qz.position_max();
+        if ahead == dt {
+            // One interval ahead (the steady state): the ratio is exactly 1.0.
+            for a in 0..3 {
+                pos[a] = clamp_to(pos[a] + m.dpos[a] as i64, max[a] as i64);
+            }
+            if m.rot_valid {
+                let rmax = qz.rotation_max() as i64;
+                for a in 0..3 {
+                    rot[a] = clamp_to(rot[a] + m.drot[a] as i64, rmax);
+                }
+            }
+            return (pos, rot);
+        }
+        // ratio < 2^(16 + 3); |dpos| < 2^31: the product stays below 2^50.
+        let ratio = ((ahead << 16) / dt) as i64;
         for a in 0..3 {
             let d = (m.dpos[a] as i64 * ratio) >> 16;
-            pos[a] = (pos[a] + d).clamp(0, max[a] as i64);
+            pos[a] = clamp_to(pos[a] + d, max[a] as i64);
         }
         if m.rot_valid {
             let rmax = qz.rotation_max() as i64;
             for a in 0..3 {
                 let d = (m.drot[a] as i64 * ratio) >> 16;
-                rot[a] = (rot[a] + d).clamp(0, rmax);
+                rot[a] = clamp_to(rot[a] + d, rmax);
             }
         }
         (pos, rot)
+    }
+}
+
+/// `v.clamp(0, max)` (`max` ≥ 0), with one well-predicted branch for the usual in-range value.
+#[inline(always)]
+fn clamp_to(v: i64, max: i64) -> i64 {
+    if v as u64 <= max as u64 {
+        v
+    } else if v < 0 {
+        0
+    } else {
+        max
     }
 }
 
@@ -160,6 +182,16 @@ fn eg_len(v: u64, k: u32) -> u32 {
 /// Writes width and three values (no presence bit). Each value fits in `width` bits.
 #[inline(always)]
 fn write_triple_tail(w: &mut BitRun, z: &[u64; 3], width: u32) {
+    let q = width as u64 - 1 + (1 << WIDTH_EG_K);
+    let nbits = 64 - q.leading_zeros();
+    let eg_bits = 2 * nbits - WIDTH_EG_K - 1;
+    if eg_bits + 3 * width <= 64 {
+        // The width's Exp-Golomb code (as `write_eg` writes it) and the values in one write.
+        let code = ((q ^ (1u64 << (nbits - 1))) << 1 | 1) << (nbits - WIDTH_EG_K - 1);
+        let vals = z[0] | z[1] << width | z[2] << (2 * width);
+        w.write_fitting(code | vals << eg_bits, eg_bits + 3 * width);
+        return;
+    }
     w.write_eg(width as u64 - 1, WIDTH_EG_K);
     if 3 * width <= 64 {
         w.write_fitting(z[0] | z[1] << width | z[2] << (2 * width), 3 * width);

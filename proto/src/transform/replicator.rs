@@ -103,18 +103,64 @@ struct Baseline {
     send_index: u32,
 }
 
+/// The last value sent, 4-byte aligned (its time as two halves) so it packs into [`Tracked`]
+/// without padding.
 #[derive(Clone, Copy, Debug)]
 struct LastSent {
     q: QTransform,
     send_index: u32,
-    at: Time,
+    at_lo: u32,
+    at_hi: u32,
     acked: bool,
 }
 
+impl LastSent {
+    #[inline]
+    fn new(q: QTransform, send_index: u32, at: Time) -> LastSent {
+        LastSent {
+            q,
+            send_index,
+            at_lo: at.0 as u32,
+            at_hi: (at.0 >> 32) as u32,
+            acked: false,
+        }
+    }
+
+    #[inline]
+    fn at(&self) -> Time {
+        Time((self.at_hi as u64) << 32 | self.at_lo as u64)
+    }
+}
+
+/// Whether a left-interest notice is pending, and when it was last sent, in one word: no
+/// notice, pending and not yet sent, or pending and last sent at a time (µs; the two largest
+/// values are taken by the other states, 584,000 years from now).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum LeftState {
-    None,
-    Pending { sent_at: Option<Time> },
+struct LeftState(u64);
+
+impl LeftState {
+    const NONE: LeftState = LeftState(u64::MAX);
+    const UNSENT: LeftState = LeftState(u64::MAX - 1);
+
+    #[inline]
+    fn sent_at(t: Time) -> LeftState {
+        LeftState(t.0.min(u64::MAX - 2))
+    }
+
+    #[inline]
+    fn is_pending(self) -> bool {
+        self != LeftState::NONE
+    }
+
+    /// `Some(when last sent, if ever)` if a notice is pending.
+    #[inline]
+    fn pending(self) -> Option<Option<Time>> {
+        match self {
+            LeftState::NONE => None,
+            LeftState::UNSENT => Some(None),
+            LeftState(t) => Some(Some(Time(t))),
+        }
+    }
 }
 
 /// Per-client state of one entity.
@@ -144,7 +190,7 @@ impl Tracked {
             sends: 0,
             baseline: None,
             last_sent: None,
-            left: LeftState::None,
+            left: LeftState::NONE,
         }
     }
 }
@@ -190,14 +236,29 @@ enum Coded {
 
 #[derive(Clone, Copy, Debug)]
 struct Cand {
-    slot: usize,
+    slot: u32,
     priority: f32,
+    /// For an update: the age of the baseline a delta uses, 0 for none (absolute). At most
+    /// [`BASELINE_AGE_MAX_TICKS`].
+    age: u32,
     kind: CandKind,
-    /// For an update: the age of the baseline a delta uses, 0 for none (absolute).
-    age: u64,
     placed: bool,
-    /// Body bits in the scratch writer, once computed.
-    body: Option<(usize, usize, Coded)>,
+    /// Body bits in the scratch writer (start, length), once computed.
+    body: Option<(u32, u32)>,
+}
+
+impl Cand {
+    /// How the record is coded: a delta against the baseline `age` ticks old, else absolute.
+    #[inline]
+    fn coded(&self) -> Coded {
+        match self.kind {
+            CandKind::Left => Coded::Left,
+            CandKind::Update if self.age != 0 => Coded::Delta {
+                age: self.age as u64,
+            },
+            CandKind::Update => Coded::Absolute,
+        }
+    }
 }
 
 /// The server's transform sender for one client. See the [module docs](super) for the format.
@@ -235,6 +296,8 @@ pub struct ClientReplicator {
     /// Per slot: its candidate's index, valid where `picked` holds the slot.
     slot_cand: Vec<u32>,
     age_counts: Vec<u16>,
+    /// Whether the last tick's candidates did not fit in one datagram.
+    single_failed_last: bool,
 }
 
 impl ClientReplicator {
@@ -264,6 +327,7 @@ impl ClientReplicator {
             picked: SlotSet::default(),
             slot_cand: Vec::new(),
             age_counts: vec![0; COMMON_AGE_CANDIDATES_MAX],
+            single_failed_last: false,
         })
     }
 
@@ -374,7 +438,7 @@ impl ClientReplicator {
                 });
             }
             for r in &d.records {
-                match *r {
+                match r {
                     SentRecord::Update {
                         id,
                         slot,
@@ -382,29 +446,32 @@ impl ClientReplicator {
                         send_index,
                         sample,
                     } => {
-                        let Some(ti) = locate(&self.tracked, id, slot) else {
+                        let Some(ti) = locate(&self.tracked, *id, *slot) else {
                             continue;
                         };
                         let t = &mut self.tracked[ti];
-                        if t.epoch != epoch {
+                        if t.epoch != *epoch {
                             continue;
                         }
                         if baseline_older(&t.baseline, sample.tick) {
-                            t.baseline = Some(Baseline { sample, send_index });
+                            t.baseline = Some(Baseline {
+                                sample: *sample,
+                                send_index: *send_index,
+                            });
                         }
                         if let Some(ls) = &mut t.last_sent {
-                            if ls.send_index == send_index {
+                            if ls.send_index == *send_index {
                                 ls.acked = true;
                             }
                         }
                     }
                     SentRecord::Left { id, slot, epoch } => {
-                        let Some(ti) = locate(&self.tracked, id, slot) else {
+                        let Some(ti) = locate(&self.tracked, *id, *slot) else {
                             continue;
                         };
                         let t = &mut self.tracked[ti];
-                        if t.epoch == epoch && matches!(t.left, LeftState::Pending { .. }) {
-                            t.left = LeftState::None;
+                        if t.epoch == *epoch && t.left.is_pending() {
+                            t.left = LeftState::NONE;
                         }
                     }
                 }
@@ -497,7 +564,7 @@ impl ClientReplicator {
             let dist = if dist.is_finite() { dist } else { f32::MAX };
             if !t.in_interest && (input.viewer.is_none() || dist <= r) {
                 t.in_interest = true;
-                t.left = LeftState::None;
+                t.left = LeftState::NONE;
             } else if t.in_interest && input.viewer.is_some() && dist > r_out {
                 t.in_interest = false;
                 let known = t.last_sent.is_some() || t.baseline.is_some();
@@ -508,7 +575,7 @@ impl ClientReplicator {
                 t.last_sent = None;
                 t.priority = 0.0;
                 if known {
-                    t.left = LeftState::Pending { sent_at: None };
+                    t.left = LeftState::UNSENT;
                 }
             }
             if t.in_interest {
@@ -517,7 +584,7 @@ impl ClientReplicator {
                     Some(ls) if ls.q != e.q => (true, true),
                     Some(ls) if ls.acked => (false, false),
                     Some(ls) => (
-                        input.now.saturating_since(ls.at).as_micros() as u64 >= resend_us,
+                        input.now.saturating_since(ls.at()).as_micros() as u64 >= resend_us,
                         false,
                     ),
                 };
@@ -535,21 +602,21 @@ impl ClientReplicator {
                 if weight.is_finite() {
                     t.priority += weight;
                 }
-                let age =
-                    usable_baseline(t, input.tick).map_or(0, |b| input.tick.0 - b.sample.tick.0);
+                let age = usable_baseline(t, input.tick)
+                    .map_or(0, |b| (input.tick.0 - b.sample.tick.0) as u32);
                 self.cands.push(Cand {
-                    slot,
+                    slot: slot as u32,
                     priority: t.priority,
                     kind: CandKind::Update,
                     age,
                     placed: false,
                     body: None,
                 });
-            } else if let LeftState::Pending { sent_at } = t.left {
+            } else if let Some(sent_at) = t.left.pending() {
                 if due(sent_at, input.now, resend_us) {
                     t.priority += w.left_notice;
                     self.cands.push(Cand {
-                        slot,
+                        slot: slot as u32,
                         priority: t.priority,
                         kind: CandKind::Left,
                         age: 0,
@@ -564,32 +631,23 @@ impl ClientReplicator {
     /// Encodes candidate `ci`'s body into the scratch writer (once) and returns its worst-case
     /// record bits without the index.
     fn body_bits(&mut self, ci: usize, tick: Tick, entities: &[EntitySample]) -> (usize, Coded) {
-        if let Some((_, len, coded)) = self.cands[ci].body {
-            return (record_bits(len, coded), coded);
-        }
         let c = self.cands[ci];
+        let coded = c.coded();
+        if let Some((_, len)) = c.body {
+            return (record_bits(len as usize, coded), coded);
+        }
         let start = self.body.len_bits();
-        let coded = match c.kind {
-            CandKind::Left => Coded::Left,
-            CandKind::Update => {
-                let t = &self.tracked[c.slot];
-                let q = entities[c.slot].q;
-                match usable_baseline(t, tick) {
-                    Some(b) => {
-                        write_delta(&mut self.body, &self.qz, &q, tick, &b.sample);
-                        Coded::Delta {
-                            age: tick.0 - b.sample.tick.0,
-                        }
-                    }
-                    None => {
-                        write_absolute(&mut self.body, &self.qz, &q);
-                        Coded::Absolute
-                    }
-                }
+        let slot = c.slot as usize;
+        let t = &self.tracked[slot];
+        match (coded, &t.baseline) {
+            (Coded::Delta { .. }, Some(b)) => {
+                write_delta(&mut self.body, &self.qz, &entities[slot].q, tick, &b.sample)
             }
-        };
+            (Coded::Absolute, _) => write_absolute(&mut self.body, &self.qz, &entities[slot].q),
+            _ => {}
+        }
         let len = self.body.len_bits() - start;
-        self.cands[ci].body = Some((start, len, coded));
+        self.cands[ci].body = Some((start as u32, len as u32));
         (record_bits(len, coded), coded)
     }
 
@@ -610,32 +668,48 @@ impl ClientReplicator {
             HEADER_FIXED_BYTES + varint_len(input.tick.0) + blob.map_or(0, |b| 1 + b.len());
         let room =
             max_size.min((allowance.max(0) as usize).max(if blob.is_some() { header } else { 0 }));
-        if room > header {
-            if let Some(dgram) =
-                self.try_single_datagram(input, blob, (room - header) * 8, &mut summary)
-            {
-                debug_assert!(dgram.len() <= room, "{} > {room}", dgram.len());
-                summary.datagrams = 1;
-                summary.bytes = dgram.len();
-                out.push(dgram);
-                self.carry = (allowance - summary.bytes as i64)
-                    .clamp(-per_tick, self.budget_carry_max_bytes() as i64);
-                return Ok(summary);
-            }
-        }
         // Candidates in priority order, sorted lazily: the budget usually stops the packer long
         // before the end, so only a prefix is ever ordered (a strict total order, so the prefix
         // is exactly that of a full sort).
-        self.slot_cand.resize(self.tracked.len(), 0);
         let mut sorted = 0usize;
         let mut chunk = (allowance.max(0) as usize * 8 / 24 + FIT_ATTEMPTS_MAX).max(32);
-        self.order.clear();
-        self.order.extend(
-            self.cands
-                .iter()
-                .enumerate()
-                .map(|(ci, c)| order_key(c.priority, ci)),
-        );
+        let mut ordered = false;
+        if room > header {
+            let bits_avail = (room - header) * 8;
+            // After a tick that did not fit, first measure in priority order: if it does not
+            // fit again, the bodies encoded are the ones the packer wants first (an id-order
+            // attempt would encode bodies that are then left for later ticks).
+            let worth_trying = !self.single_failed_last || {
+                self.fill_order();
+                ordered = true;
+                self.single_fits(input, bits_avail, &mut sorted, &mut chunk)
+            };
+            if worth_trying {
+                if ordered {
+                    // It fits after all: encode afresh in id order.
+                    self.body.clear();
+                    for c in &mut self.cands {
+                        c.body = None;
+                    }
+                }
+                if let Some(dgram) = self.try_single_datagram(input, blob, bits_avail, &mut summary)
+                {
+                    debug_assert!(dgram.len() <= room, "{} > {room}", dgram.len());
+                    self.single_failed_last = false;
+                    summary.datagrams = 1;
+                    summary.bytes = dgram.len();
+                    out.push(dgram);
+                    self.carry = (allowance - summary.bytes as i64)
+                        .clamp(-per_tick, self.budget_carry_max_bytes() as i64);
+                    return Ok(summary);
+                }
+            }
+            self.single_failed_last = true;
+        }
+        self.slot_cand.resize(self.tracked.len(), 0);
+        if !ordered {
+            self.fill_order();
+        }
         loop {
             let header =
                 HEADER_FIXED_BYTES + varint_len(input.tick.0) + blob.map_or(0, |b| 1 + b.len());
@@ -665,7 +739,7 @@ impl ClientReplicator {
                     break;
                 }
                 let (bits, _) = self.body_bits(ci, input.tick, input.entities);
-                let slot = self.cands[ci].slot;
+                let slot = self.cands[ci].slot as usize;
                 let id = self.tracked[slot].id;
                 // Slot order is id order: the neighbours in the datagram are the nearest
                 // chosen slots.
@@ -706,6 +780,65 @@ impl ClientReplicator {
         Ok(summary)
     }
 
+    fn fill_order(&mut self) {
+        self.order.clear();
+        self.order.extend(
+            self.cands
+                .iter()
+                .enumerate()
+                .map(|(ci, c)| order_key(c.priority, ci)),
+        );
+    }
+
+    /// Whether every candidate fits in one datagram of `bits_avail` record bits, exactly as
+    /// [`Self::try_single_datagram`] decides it, measured in priority order (sorting the
+    /// prefix of `order` it needs) and stopping at the first overflow. Bodies it encodes are
+    /// kept in the scratch for the packer.
+    fn single_fits(
+        &mut self,
+        input: &TickInput,
+        bits_avail: usize,
+        sorted: &mut usize,
+        chunk: &mut usize,
+    ) -> bool {
+        let n = self.cands.len();
+        if n == 0 || n > RECORDS_PER_DATAGRAM_MAX {
+            return false;
+        }
+        self.age_counts.fill(0);
+        let mut common = 0u64;
+        let mut best = 0u16;
+        for c in &self.cands {
+            if c.age != 0 {
+                count_age(&mut self.age_counts, c.age as u64, &mut common, &mut best);
+            }
+        }
+        let mut total = 0usize;
+        for k in 0..n {
+            if k >= *sorted {
+                *sorted = sort_prefix(&mut self.order, *sorted, *chunk);
+                *chunk *= 2;
+            }
+            let ci = self.order[k] as u32 as usize;
+            self.body_bits(ci, input.tick, input.entities);
+            let c = self.cands[ci];
+            let id = self.tracked[c.slot as usize].id;
+            let prev = ci
+                .checked_sub(1)
+                .map(|p| self.tracked[self.cands[p].slot as usize].id);
+            let kind_bits = match c.coded() {
+                Coded::Delta { age } if age != common => 2 + eg_bits(age - 1, AGE_EG_K),
+                _ => 2,
+            };
+            let body_len = c.body.map_or(0, |b| b.1 as usize);
+            total += gap_bits(prev, id) + kind_bits + body_len;
+            if total > bits_avail {
+                return false;
+            }
+        }
+        true
+    }
+
     fn write_datagram(
         &mut self,
         input: &TickInput,
@@ -717,7 +850,7 @@ impl ClientReplicator {
         let mut common = 0u64;
         let mut best = 0u16;
         for &(_, ci) in &self.chosen {
-            if let Some((_, _, Coded::Delta { age })) = self.cands[ci].body {
+            if let Coded::Delta { age } = self.cands[ci].coded() {
                 count_age(&mut self.age_counts, age, &mut common, &mut best);
             }
         }
@@ -725,24 +858,25 @@ impl ClientReplicator {
         let mut prev: Option<EntityId> = None;
         let mut w = BitRun::new(&mut self.out_bits);
         for &(id, ci) in &self.chosen {
-            w.write_eg(gap(prev, id), INDEX_EG_K);
+            let g = gap(prev, id);
             prev = Some(id);
-            let Some((start, len, coded)) = self.cands[ci].body else {
+            let c = &self.cands[ci];
+            let Some((start, len)) = c.body else {
+                w.write_eg(g, INDEX_EG_K);
                 continue; // unreachable: every chosen candidate has its body computed
             };
-            write_kind(&mut w, coded, common);
-            w.append_bits(&self.body, start, len);
+            write_index_kind(&mut w, g, c.coded(), common);
+            w.append_bits(&self.body, start as usize, len as usize);
         }
         w.finish();
         let (seq_full, buf, slot, mut records) =
             self.begin_datagram(input, blob, common, self.chosen.len());
         for &(_, ci) in &self.chosen {
             let c = self.cands[ci];
-            let coded = c.body.map_or(Coded::Left, |b| b.2);
             commit_record(
-                &mut self.tracked[c.slot],
-                c.slot,
-                coded,
+                &mut self.tracked[c.slot as usize],
+                c.slot as usize,
+                c.coded(),
                 input,
                 &mut records,
                 summary,
@@ -816,7 +950,7 @@ impl ClientReplicator {
         let mut best = 0u16;
         for c in &self.cands {
             if c.age != 0 {
-                count_age(&mut self.age_counts, c.age, &mut common, &mut best);
+                count_age(&mut self.age_counts, c.age as u64, &mut common, &mut best);
             }
         }
         // Written into the body scratch (empty until now), each body's range remembered: if the
@@ -825,17 +959,12 @@ impl ClientReplicator {
         let mut prev: Option<EntityId> = None;
         let mut w = BitRun::new(&mut self.body);
         for c in self.cands.iter_mut() {
-            let age = c.age;
-            let t = &self.tracked[c.slot];
-            w.write_eg(gap(prev, t.id), INDEX_EG_K);
+            let slot = c.slot as usize;
+            let t = &self.tracked[slot];
+            let q = &input.entities[slot].q;
+            let coded = c.coded();
+            write_index_kind(&mut w, gap(prev, t.id), coded, common);
             prev = Some(t.id);
-            let q = &input.entities[c.slot].q;
-            let coded = match (c.kind, &t.baseline) {
-                (CandKind::Left, _) => Coded::Left,
-                (CandKind::Update, Some(_)) if age != 0 => Coded::Delta { age },
-                (CandKind::Update, _) => Coded::Absolute,
-            };
-            write_kind(&mut w, coded, common);
             let start = w.len_bits();
             match (coded, &t.baseline) {
                 (Coded::Delta { .. }, Some(b)) => {
@@ -845,7 +974,7 @@ impl ClientReplicator {
                 _ => {}
             }
             let end = w.len_bits();
-            c.body = Some((start, end - start, coded));
+            c.body = Some((start as u32, (end - start) as u32));
             if end > bits_avail {
                 w.finish();
                 return None;
@@ -855,17 +984,11 @@ impl ClientReplicator {
         std::mem::swap(&mut self.body, &mut self.out_bits);
         let (seq_full, buf, slot, mut records) = self.begin_datagram(input, blob, common, n);
         for c in self.cands.iter_mut() {
-            let age = c.age;
             c.placed = true;
-            let coded = match c.kind {
-                CandKind::Left => Coded::Left,
-                CandKind::Update if age != 0 => Coded::Delta { age },
-                CandKind::Update => Coded::Absolute,
-            };
             commit_record(
-                &mut self.tracked[c.slot],
-                c.slot,
-                coded,
+                &mut self.tracked[c.slot as usize],
+                c.slot as usize,
+                c.coded(),
                 input,
                 &mut records,
                 summary,
@@ -993,6 +1116,19 @@ fn gap(prev: Option<EntityId>, id: EntityId) -> u64 {
     }
 }
 
+/// Writes a record's index gap, then its kind code and baseline reference: the usual record
+/// (next id, delta against the common age) in one write.
+#[inline(always)]
+fn write_index_kind(w: &mut BitRun, gap: u64, coded: Coded, common: u64) {
+    if gap == 0 && matches!(coded, Coded::Delta { age } if age == common) {
+        // Exp-Golomb (order 0) of 0 is `1`; then the kind `11`.
+        w.write_fitting(0b111, 3);
+    } else {
+        w.write_eg(gap, INDEX_EG_K);
+        write_kind(w, coded, common);
+    }
+}
+
 /// Writes a record's kind code and, for deltas, its baseline reference.
 #[inline(always)]
 fn write_kind(w: &mut BitRun, coded: Coded, common: u64) {
@@ -1025,9 +1161,7 @@ fn commit_record(
     let id = t.id;
     match coded {
         Coded::Left => {
-            t.left = LeftState::Pending {
-                sent_at: Some(input.now),
-            };
+            t.left = LeftState::sent_at(input.now);
             records.push(SentRecord::Left {
                 id,
                 slot: slot as u32,
@@ -1043,12 +1177,7 @@ fn commit_record(
             };
             let send_index = t.sends;
             t.sends = t.sends.wrapping_add(1);
-            t.last_sent = Some(LastSent {
-                q,
-                send_index,
-                at: input.now,
-                acked: false,
-            });
+            t.last_sent = Some(LastSent::new(q, send_index, input.now));
             records.push(SentRecord::Update {
                 id,
                 slot: slot as u32,
@@ -1109,6 +1238,14 @@ fn due(sent_at: Option<Time>, now: Time, after_us: u64) -> bool {
     match sent_at {
         None => true,
         Some(t) => now.saturating_since(t).as_micros() as u64 >= after_us,
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    #[test]
+    fn per_entity_state_stays_small() {
+        assert!(std::mem::size_of::<super::Tracked>() <= 144);
     }
 }
 

@@ -12,6 +12,9 @@
 //! tick_hz = 30
 //! player_limit = 0
 //! log_level = "info"
+//! persist = true
+//! spawn_at_last_position = true
+//! dirty_flush_interval_ms = 1000
 //! ```
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -36,6 +39,11 @@ pub const CONNECTIONS_MAX_DEFAULT: usize = 4096;
 /// second and QUIC keep-alives run every [`crate::quic::KEEP_ALIVE_INTERVAL`], so only a dead
 /// peer or path reaches it.
 pub const IDLE_TIMEOUT_MS_DEFAULT: u64 = 30_000;
+/// Default interval between writes of fast-changing state (moving apps), ms: the store's
+/// [`crate::store::DIRTY_FLUSH_INTERVAL_DEFAULT`]. A crash loses at most this much motion.
+pub const DIRTY_FLUSH_INTERVAL_MS_DEFAULT: u64 = 1_000;
+/// Longest allowed [`RelayConfig::dirty_flush_interval_ms`]: one day, the store's own bound.
+pub const DIRTY_FLUSH_INTERVAL_MS_MAX: u64 = 86_400_000;
 
 /// Why a configuration is unusable.
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +103,16 @@ pub struct RelayConfig {
     /// Log filter (tracing `EnvFilter` syntax: `info`, `neonet=debug`). Default `info`;
     /// `RUST_LOG` wins when set and no flag is given.
     pub log_level: String,
+    /// Keep the world in the redb database in `data_dir` ([`crate::store`]), created on first
+    /// start: acknowledgements wait until a change is durable. Default `true`; `false` hosts an
+    /// in-memory world that is gone when the relay stops (tests, demos).
+    pub persist: bool,
+    /// A returning user spawns where they left instead of at the spawn point. Default `true`.
+    pub spawn_at_last_position: bool,
+    /// How often fast-changing state (apps moved by their owners' datagrams) is written,
+    /// milliseconds (1 to [`DIRTY_FLUSH_INTERVAL_MS_MAX`]). Default
+    /// [`DIRTY_FLUSH_INTERVAL_MS_DEFAULT`]. Only with `persist`.
+    pub dirty_flush_interval_ms: u64,
 }
 
 impl Default for RelayConfig {
@@ -114,6 +132,9 @@ impl Default for RelayConfig {
             connections_max: CONNECTIONS_MAX_DEFAULT,
             idle_timeout_ms: IDLE_TIMEOUT_MS_DEFAULT,
             log_level: "info".into(),
+            persist: true,
+            spawn_at_last_position: true,
+            dirty_flush_interval_ms: DIRTY_FLUSH_INTERVAL_MS_DEFAULT,
         }
     }
 }
@@ -132,15 +153,21 @@ impl RelayConfig {
     }
 
     /// A configuration for tests: listens on `127.0.0.1:0`, keeps certificates and data under
-    /// `dir`, no HTTP server.
+    /// `dir`, no HTTP server, no persistence (set `persist` to test it).
     pub fn for_tests(dir: &Path) -> RelayConfig {
         RelayConfig {
             listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
             http_listen: None,
             data_dir: dir.join(DEFAULT_DATA_DIR),
             cert_dir: dir.join(crate::tls::DEFAULT_CERT_DIR),
+            persist: false,
             ..RelayConfig::default()
         }
+    }
+
+    /// The interval between writes of fast-changing state.
+    pub fn dirty_flush_interval(&self) -> Duration {
+        Duration::from_millis(self.dirty_flush_interval_ms)
     }
 
     /// The QUIC idle timeout.
@@ -171,6 +198,11 @@ impl RelayConfig {
             return Err(ConfigError::Invalid(
                 "idle_timeout_ms must be 1000 to 3600000".into(),
             ));
+        }
+        if !(1..=DIRTY_FLUSH_INTERVAL_MS_MAX).contains(&self.dirty_flush_interval_ms) {
+            return Err(ConfigError::Invalid(format!(
+                "dirty_flush_interval_ms must be 1 to {DIRTY_FLUSH_INTERVAL_MS_MAX}"
+            )));
         }
         Ok(())
     }

@@ -15,8 +15,27 @@
 //!
 //! [`Inbound`] and [`Link`] know nothing of QUIC: a WebSocket bridge feeds the same queue
 //! ([`RelayHandle::inbound`]) with its own links and connection ids ([`RelayHandle::conn_ids`]).
-//! The persistence layer plugs in through [`RelayHooks::effects`] (changes to store) and
+//! A foreign persistence layer plugs in through [`RelayHooks::effects`] (changes to store) and
 //! [`Inbound::Durable`] (what is now stored).
+//!
+//! ## Persistence ([`RelayConfig::persist`], on by default)
+//! At start the relay opens (first start: creates) the [`Store`] in its data folder, before it
+//! binds anything, and hosts the world it loads. A second relay on the same folder fails to
+//! start with [`StoreError::AlreadyOpen`]. The core runs with `durable_acks`: every effect goes
+//! to [`Store::submit_effect`] (a short mutex and a queue push, never the disk), and the
+//! acknowledgement is sent only when the store's writer reports the transaction holding it
+//! durable. Commits come back from the writer thread over a dedicated unbounded channel rather
+//! than the shared inbound queue: the writer must never block on a full queue and an
+//! acknowledgement must never be dropped; the channel holds at most the tokens of changes the
+//! core already submitted (bounded by the store's queue), and the core task takes it before any
+//! other input. A change the store cannot take (its queue is full, its writer stopped) or cannot
+//! commit (a disk error) is refused with `Refusal::Storage`, never acknowledged; while storage
+//! fails the core refuses new changes up front, and the first durable commit after a failure
+//! makes it accept them again. Apps moved by datagrams are marked dirty every tick
+//! ([`ServerCore::take_moved_apps`]) and written at [`RelayConfig::dirty_flush_interval_ms`].
+//! Shutdown flushes the store first (so pending changes are acknowledged), closes the sessions
+//! (which saves the players' last positions), then flushes and closes the store off the async
+//! runtime.
 //!
 //! ## Limits and fairness
 //! Every queue is bounded: the shared inbound queue ([`INBOUND_QUEUE_LEN`]), each connection's
@@ -30,7 +49,8 @@
 //! ## Shutdown
 //! [`RelayHandle::shutdown`]: stop accepting, `ServerCore::shutdown` (every session gets `Close`
 //! with `ServerShutdown`), flush each connection and close it, then wait for the endpoint to go
-//! idle, bounded by [`SHUTDOWN_TIMEOUT`].
+//! idle, bounded by [`SHUTDOWN_TIMEOUT`], and finally shut the store down (everything queued and
+//! the dirty set made durable).
 //!
 //! [`FrameDecoder`]: neonet_proto::codec::FrameDecoder
 
@@ -54,6 +74,8 @@ use neonet_proto::server::{
     TransportKind, World,
 };
 use neonet_proto::Time;
+
+use crate::store::{Change, Commit, LoadedWorld, NextIds, Store, StoreConfig, StoreError};
 
 use crate::auth::{AuthError, HmacTokens};
 use crate::config::{ConfigError, RelayConfig};
@@ -99,6 +121,14 @@ pub enum RelayError {
     /// The core task panicked (a bug).
     #[error("the core task failed: {0}")]
     CoreTask(String),
+    /// The world database could not be opened, loaded or closed; [`StoreError::AlreadyOpen`]
+    /// when another relay uses the same data folder.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Hooks that make no sense together with [`RelayConfig::persist`] (the store provides the
+    /// world and takes the effects itself).
+    #[error("{0} cannot be combined with persist = true")]
+    HooksConflict(&'static str),
 }
 
 /// The outbound side of one connection, whatever its transport. The core task calls it; it must
@@ -214,11 +244,14 @@ pub type EffectSink = Box<dyn FnMut(Effect) + Send>;
 /// Optional plug-ins: the loaded world, the effect sink, the authenticator.
 #[derive(Default)]
 pub struct RelayHooks {
-    /// The world to host (loaded by the store); `World::default()` for a fresh one.
+    /// The world to host; `World::default()` for a fresh one. Must stay the default with
+    /// [`RelayConfig::persist`], where the store loads the world.
     pub world: World,
-    /// Where persistence effects go; `None` drops them (no persistence).
+    /// Where persistence effects go; `None` drops them (no persistence). Must be `None` with
+    /// [`RelayConfig::persist`], where they go to the store.
     pub effects: Option<EffectSink>,
-    /// Hold acknowledgements until [`Inbound::Durable`] says the change is stored.
+    /// Hold acknowledgements until [`Inbound::Durable`] says the change is stored. Implied by
+    /// [`RelayConfig::persist`].
     pub durable_acks: bool,
     /// Token checking; `None` uses [`HmacTokens`] with the secret in the data folder.
     pub authenticator: Option<Box<dyn Authenticator>>,
@@ -244,6 +277,77 @@ impl std::fmt::Debug for RelayHooks {
     }
 }
 
+/// Opens the relay's store with the given tuning and commit callback (the data folder's
+/// [`Store::open`]; tests pass a store over a failing disk).
+pub(crate) type StoreOpener = Box<
+    dyn FnOnce(StoreConfig, Box<dyn FnMut(Commit) + Send>) -> Result<(Store, LoadedWorld), StoreError>
+        + Send,
+>;
+
+/// A persistent relay's store and the commits its writer reports.
+struct Persist {
+    store: Arc<Store>,
+    commits: mpsc::UnboundedReceiver<Inbound>,
+}
+
+/// The store's commit callback (run on its writer thread, never blocking) and the receiving
+/// end for the core task. Every commit becomes one message: [`Inbound::Durable`] when it holds
+/// acknowledgements, [`Inbound::StorageHealth`] otherwise, so that the core learns of a
+/// recovery even when it has been refusing every change. Health changes are logged here, once
+/// each.
+fn commit_forwarder(
+    metrics: Option<Arc<Metrics>>,
+) -> (
+    impl FnMut(Commit) + Send + 'static,
+    mpsc::UnboundedReceiver<Inbound>,
+) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut healthy = true;
+    let forward = move |c: Commit| {
+        let ok = c.is_durable();
+        if let (Some(m), true) = (&metrics, ok) {
+            if c.changes > 0 || c.dirty_entities > 0 {
+                m.record_persist_commit(c.oldest_wait);
+            }
+        }
+        if ok != healthy {
+            healthy = ok;
+            match &c.outcome {
+                Ok(()) => tracing::info!("the world database commits again: accepting changes"),
+                Err(e) => tracing::error!(
+                    error = %e,
+                    disk_full = e.is_disk_full(),
+                    "the world database cannot commit: changes are refused (Storage) until it recovers"
+                ),
+            }
+        }
+        let msg = if c.acks.is_empty() {
+            Inbound::StorageHealth { ok }
+        } else {
+            Inbound::Durable {
+                tokens: c.acks,
+                ok,
+            }
+        };
+        // Fails only once the core task is gone (shutdown): nobody is left to acknowledge.
+        let _ = tx.send(msg);
+    };
+    (forward, rx)
+}
+
+fn log_loaded(store: &Store, w: &LoadedWorld) {
+    tracing::info!(
+        path = %store.path().display(),
+        created = w.created,
+        migrated_from = ?w.migrated_from,
+        blueprints = w.blueprints.len(),
+        apps = w.entities.len(),
+        users = w.users.len(),
+        chat = w.chat.len(),
+        "world loaded"
+    );
+}
+
 /// The relay. See the module documentation.
 #[derive(Debug)]
 pub struct Relay;
@@ -255,16 +359,61 @@ impl Relay {
         Self::start_with(config, RelayHooks::default()).await
     }
 
-    /// Starts a relay with hooks (a loaded world, an effect sink, an authenticator).
+    /// Starts a relay with hooks (a loaded world, an effect sink, an authenticator). With
+    /// [`RelayConfig::persist`] it opens the store in the data folder first (see the module
+    /// documentation); [`RelayError::Store`] if it cannot.
     pub async fn start_with(
         config: RelayConfig,
         hooks: RelayHooks,
+    ) -> Result<RelayHandle, RelayError> {
+        let opener: Option<StoreOpener> = if config.persist {
+            let dir = config.data_dir.clone();
+            Some(Box::new(move |store_config, on_commit| {
+                Store::open(&dir, store_config, on_commit)
+            }))
+        } else {
+            None
+        };
+        Self::start_inner(config, hooks, opener).await
+    }
+
+    /// [`Relay::start_with`] with the store made by `opener` (tests pass a failing disk).
+    pub(crate) async fn start_inner(
+        config: RelayConfig,
+        mut hooks: RelayHooks,
+        opener: Option<StoreOpener>,
     ) -> Result<RelayHandle, RelayError> {
         config.validate()?;
         std::fs::create_dir_all(&config.data_dir).map_err(|source| RelayError::Io {
             path: config.data_dir.clone(),
             source,
         })?;
+        let mut persist = None;
+        if let Some(opener) = opener {
+            if hooks.effects.is_some() {
+                return Err(RelayError::HooksConflict("an effect sink"));
+            }
+            if hooks.world != World::default() {
+                return Err(RelayError::HooksConflict("a world in the hooks"));
+            }
+            let store_config = StoreConfig {
+                dirty_flush_interval: config.dirty_flush_interval(),
+                ..StoreConfig::default()
+            };
+            let (on_commit, commits) = commit_forwarder(hooks.metrics.clone());
+            let (store, loaded) = tokio::task::spawn_blocking(move || {
+                opener(store_config, Box::new(on_commit))
+            })
+            .await
+            .map_err(|e| RelayError::CoreTask(e.to_string()))??;
+            log_loaded(&store, &loaded);
+            hooks.world = loaded.into();
+            hooks.durable_acks = true;
+            persist = Some(Persist {
+                store: Arc::new(store),
+                commits,
+            });
+        }
         let identity = match (&config.cert_path, &config.key_path) {
             (Some(c), Some(k)) => {
                 let id = tls::load_cert_and_key(c, k)?;
@@ -314,6 +463,7 @@ impl Relay {
                 tick_hz: config.tick_hz,
                 unix_ms_at_zero,
                 durable_acks: hooks.durable_acks,
+                spawn_at_last_position: config.spawn_at_last_position,
                 idle_timeout: config.idle_timeout(),
                 ..ServerConfig::default()
             },
@@ -325,17 +475,23 @@ impl Relay {
         let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE_LEN);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let conn_ids = Arc::new(ConnIds::default());
+        let (store, commits) = match persist {
+            Some(p) => (Some(p.store), Some(p.commits)),
+            None => (None, None),
+        };
         let core_task = tokio::spawn(
             CoreTask {
                 core,
                 start: Instant::now(),
                 links: HashMap::new(),
                 effects: hooks.effects,
+                store,
+                refused: Vec::new(),
                 events: hooks.events,
                 metrics: hooks.metrics.clone(),
                 next_users_report: Instant::now(),
             }
-            .run(inbound_rx, shutdown_rx.clone()),
+            .run(inbound_rx, commits, shutdown_rx.clone()),
         );
         let accept_task = tokio::spawn(accept_loop(
             endpoint.clone(),
@@ -367,7 +523,7 @@ pub struct RelayHandle {
     inbound: mpsc::Sender<Inbound>,
     conn_ids: Arc<ConnIds>,
     shutdown: watch::Sender<bool>,
-    core_task: JoinHandle<()>,
+    core_task: JoinHandle<Option<Arc<Store>>>,
     accept_task: JoinHandle<()>,
 }
 
@@ -393,7 +549,8 @@ impl RelayHandle {
     }
 
     /// Stops accepting, closes every session with `ServerShutdown`, flushes and closes the
-    /// connections, and waits for the endpoint to go idle (bounded by [`SHUTDOWN_TIMEOUT`]).
+    /// connections, waits for the endpoint to go idle (bounded by [`SHUTDOWN_TIMEOUT`]), then
+    /// makes everything durable and closes the store (on a blocking thread).
     pub async fn shutdown(self) -> Result<(), RelayError> {
         let _ = self.shutdown.send(true);
         self.endpoint.set_server_config(None);
@@ -408,8 +565,32 @@ impl RelayHandle {
             );
             let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
         }
+        let store = core.map_err(|e| RelayError::CoreTask(e.to_string()))?;
+        if let Some(store) = store {
+            let path = store.path().to_path_buf();
+            let stats = tokio::task::spawn_blocking(move || match Arc::try_unwrap(store) {
+                Ok(store) => store.shutdown(),
+                // Nobody else holds it; if someone did, their drop closes it after this flush.
+                Err(store) => store.flush().map(|()| store.stats()),
+            })
+            .await
+            .map_err(|e| RelayError::CoreTask(e.to_string()))?;
+            match stats {
+                Ok(stats) => tracing::info!(
+                    path = %path.display(),
+                    commits = stats.commits,
+                    failed_commits = stats.failed_commits,
+                    changes = stats.changes,
+                    "world database closed"
+                ),
+                Err(e) => {
+                    tracing::error!(path = %path.display(), error = %e, "closing the world database failed");
+                    return Err(e.into());
+                }
+            }
+        }
         tracing::info!("relay stopped");
-        core.map_err(|e| RelayError::CoreTask(e.to_string()))
+        Ok(())
     }
 }
 
@@ -617,11 +798,19 @@ struct LinkEntry {
     bytes_out: u64,
 }
 
+/// Least time between two logs of changes the store would not take, so a full queue under
+/// load logs once a second rather than once per input batch.
+const SUBMIT_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(1);
+
 struct CoreTask {
     core: ServerCore,
     start: Instant,
     links: HashMap<ConnId, LinkEntry>,
     effects: Option<EffectSink>,
+    /// The store of a persistent relay; effects go there instead of `effects`.
+    store: Option<Arc<Store>>,
+    /// Reused: tokens of changes the store would not take, refused after each drain.
+    refused: Vec<AckToken>,
     events: Option<EventSink>,
     metrics: Option<Arc<Metrics>>,
     next_users_report: Instant,
@@ -636,7 +825,13 @@ impl CoreTask {
         self.start + Duration::from_micros(t.0)
     }
 
-    async fn run(mut self, mut rx: mpsc::Receiver<Inbound>, mut shutdown: watch::Receiver<bool>) {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Inbound>,
+        mut commits: Option<mpsc::UnboundedReceiver<Inbound>>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Option<Arc<Store>> {
+        let mut last_submit_error_log = None;
         loop {
             let deadline = self
                 .core
@@ -646,6 +841,15 @@ impl CoreTask {
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => break,
+                // Acknowledgements first: they are what a waiting client is blocked on.
+                Some(m) = next_commit(&mut commits) => {
+                    self.handle(m);
+                    if let Some(c) = commits.as_mut() {
+                        while let Ok(m) = c.try_recv() {
+                            self.handle(m);
+                        }
+                    }
+                }
                 // Before input, so a steady stream of messages can never starve the tick.
                 _ = tokio::time::sleep_until(deadline.into()) => {
                     self.timeout();
@@ -661,14 +865,49 @@ impl CoreTask {
                     }
                 }
             }
-            self.drain();
+            self.drain(&mut last_submit_error_log);
+        }
+        if let Some(store) = self.store.clone() {
+            // Make what was submitted durable so its senders get their acks before the close.
+            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || store.flush()).await {
+                tracing::error!(error = %e, "flushing the world database at shutdown failed");
+            }
+            if let Some(c) = commits.as_mut() {
+                while let Ok(m) = c.try_recv() {
+                    self.handle(m);
+                }
+            }
+            self.save_moved_apps();
+            self.drain(&mut last_submit_error_log);
         }
         tracing::info!(
             sessions = self.core.sessions().count(),
             "shutting down: closing every session"
         );
         self.core.shutdown();
-        self.drain();
+        self.drain(&mut last_submit_error_log);
+        if let Some(store) = &self.store {
+            // Ids handed out without a stored change (players) are never reused either.
+            let w = self.core.world();
+            let ids = NextIds {
+                entity: w.next_entity_id,
+                user: w.next_user_id,
+                chat: w.next_chat_id,
+            };
+            let _ = store.submit(Change::SetNextIds(ids), None);
+        }
+        self.store
+    }
+
+    /// Hands the apps moved since the last call to the store's dirty set.
+    fn save_moved_apps(&mut self) {
+        let moved = self.core.take_moved_apps();
+        let Some(store) = &self.store else { return };
+        for id in moved {
+            if let Some(e) = self.core.world().entities.get(&id) {
+                store.mark_dirty(e.clone());
+            }
+        }
     }
 
     /// Runs the ticks that are due (and idle checks), with fresh datagram sizes.
@@ -682,7 +921,11 @@ impl CoreTask {
         let started = Instant::now();
         let now = self.now();
         self.core.handle_timeout(now);
+        self.save_moved_apps();
         let Some(m) = &self.metrics else { return };
+        if let Some(store) = &self.store {
+            m.set_persist_queue_depth(store.stats().queued);
+        }
         let ticks = self.core.tick().0.saturating_sub(tick.0);
         if ticks > 0 {
             let each = started.elapsed() / ticks as u32;
@@ -774,7 +1017,48 @@ impl CoreTask {
         }
     }
 
-    fn drain(&mut self) {
+    /// Carries out every output; changes the store refuses to take are refused to their
+    /// senders (which produces more transmits, so it loops until nothing is refused).
+    fn drain(&mut self, last_error_log: &mut Option<Instant>) {
+        loop {
+            self.drain_outputs();
+            let mut failed = 0usize;
+            let mut error = None;
+            while let Some(e) = self.core.poll_effect() {
+                if let Some(store) = &self.store {
+                    let ack = e.ack;
+                    if let Err(err) = store.submit_effect(e) {
+                        failed += 1;
+                        error = Some(err);
+                        self.refused.extend(ack);
+                    }
+                } else if let Some(sink) = self.effects.as_mut() {
+                    sink(e);
+                }
+            }
+            if let (Some(err), Some(store)) = (error, &self.store) {
+                if last_error_log.is_none_or(|t| t.elapsed() >= SUBMIT_ERROR_LOG_INTERVAL) {
+                    *last_error_log = Some(Instant::now());
+                    tracing::error!(
+                        path = %store.path().display(),
+                        error = %err,
+                        changes = failed,
+                        refused = self.refused.len(),
+                        "the world database did not take changes: refused (Storage)"
+                    );
+                }
+            }
+            if self.refused.is_empty() {
+                return;
+            }
+            let refused = std::mem::take(&mut self.refused);
+            self.core.handle_durable(&refused, false);
+            self.refused = refused;
+            self.refused.clear();
+        }
+    }
+
+    fn drain_outputs(&mut self) {
         while let Some(t) = self.core.poll_transmit() {
             let conn = match &t {
                 Transmit::Frame { conn, .. }
@@ -808,11 +1092,14 @@ impl CoreTask {
                 sink(&e);
             }
         }
-        while let Some(e) = self.core.poll_effect() {
-            if let Some(sink) = self.effects.as_mut() {
-                sink(e);
-            }
-        }
+    }
+}
+
+/// The next commit report, or never when the relay has no store.
+async fn next_commit(commits: &mut Option<mpsc::UnboundedReceiver<Inbound>>) -> Option<Inbound> {
+    match commits {
+        Some(c) => c.recv().await,
+        None => std::future::pending().await,
     }
 }
 

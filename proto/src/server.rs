@@ -33,7 +33,7 @@
 //! change anything: rank rules, ownership and limits. A refusal is answered with `Refused` for
 //! the change's id; a broken limit on a message without one closes that session only.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -376,6 +376,9 @@ pub struct ServerCore {
     events: VecDeque<ServerEvent>,
     effects: VecDeque<Effect>,
     storage_ok: bool,
+    /// Apps whose transform datagrams moved since the last [`ServerCore::take_moved_apps`].
+    /// At most one id per app in the world: removing an app removes its id.
+    moved_apps: BTreeSet<EntityId>,
     quantizer: Quantizer,
     model: KinematicCharacter,
     /// Reused every tick: one quantized sample per entity, shared by every client's replicator.
@@ -457,6 +460,7 @@ impl ServerCore {
             events: VecDeque::new(),
             effects: VecDeque::new(),
             storage_ok: true,
+            moved_apps: BTreeSet::new(),
             quantizer,
             model,
             samples: Vec::new(),
@@ -464,6 +468,13 @@ impl ServerCore {
             tick_updates: Vec::new(),
             stats: TickStats::default(),
         }
+    }
+
+    /// The apps moved by their owners' transform datagrams since the last call, by id (each
+    /// still in [`ServerCore::world`]). Such motion is fast-changing state, not an [`Effect`]:
+    /// a persisting driver saves these apps as dirty state at its own interval.
+    pub fn take_moved_apps(&mut self) -> BTreeSet<EntityId> {
+        std::mem::take(&mut self.moved_apps)
     }
 
     /// What the last tick sent.
@@ -647,6 +658,9 @@ impl ServerCore {
                 }
             }
             e.transform = t;
+            if e.kind == EntityKind::App {
+                self.moved_apps.insert(*id);
+            }
         }
         if rejected {
             // Tell the client where it is held, so it stops simulating from a refused place.
@@ -1608,6 +1622,7 @@ impl ServerCore {
             }
             ClientMsg::EntityRemove { req, id } => {
                 self.world.entities.remove(&id);
+                self.moved_apps.remove(&id);
                 self.broadcast(&ServerMsg::EntityRemoved(id), None);
                 self.commit(sid, conn, Some(req), Change::DeleteEntity(id));
             }

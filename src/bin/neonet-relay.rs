@@ -2,8 +2,10 @@
 //!
 //! Zero configuration: `cargo run --bin neonet-relay` listens on UDP `0.0.0.0:4433`, creates
 //! `./certs/` (a self-signed development certificate, reused later) and `./data/` in the working
-//! directory, prints its address and certificate fingerprint, and shuts down cleanly on Ctrl-C or
-//! SIGTERM. Flags override an optional TOML file (`--config FILE`), which overrides defaults.
+//! directory (the world database `world.redb` lives there), prints its address and certificate
+//! fingerprint, and shuts down cleanly on Ctrl-C or SIGTERM: sessions closed, every change made
+//! durable, the database closed. A second relay on the same data folder exits with an error
+//! (status 1) saying so. Flags override an optional TOML file (`--config FILE`), which overrides defaults.
 //! The status page and Prometheus metrics are served on `http_listen` (default
 //! `http://127.0.0.1:4480`).
 
@@ -56,6 +58,9 @@ struct Args {
     /// Most joined players; 0 keeps the world's setting [default: 0].
     #[arg(long, value_name = "N")]
     player_limit: Option<u32>,
+    /// Keep the world in memory only: no database, lost on exit.
+    #[arg(long)]
+    no_persist: bool,
     /// Log filter, e.g. `info` or `neonet=debug` [default: RUST_LOG, else info].
     #[arg(long, value_name = "FILTER")]
     log_level: Option<String>,
@@ -93,6 +98,9 @@ fn main() -> anyhow::Result<()> {
     if let Some(v) = args.player_limit {
         config.player_limit = v;
     }
+    if args.no_persist {
+        config.persist = false;
+    }
     let filter = match (&args.log_level, std::env::var("RUST_LOG")) {
         (Some(flag), _) => flag.clone(),
         (None, Ok(env)) if !file_has_log_level => env,
@@ -116,6 +124,7 @@ fn main() -> anyhow::Result<()> {
 async fn run(config: RelayConfig) -> anyhow::Result<()> {
     tracing::info!(
         data_dir = %config.data_dir.display(),
+        persist = config.persist,
         tick_hz = config.tick_hz,
         "starting neonet-relay"
     );
@@ -143,7 +152,8 @@ async fn run(config: RelayConfig) -> anyhow::Result<()> {
             ..RelayHooks::default()
         },
     )
-    .await?;
+    .await
+    .context("starting the relay")?;
     println!("neonet-relay listening on udp {}", relay.local_addr());
     println!("certificate sha-256: {}", relay.cert_fingerprint());
     println!(

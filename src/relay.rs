@@ -1012,7 +1012,10 @@ impl CoreTask {
                 self.links.remove(&conn);
                 self.core.handle_disconnect(conn, now);
             }
-            Inbound::Durable { tokens, ok } => self.core.handle_durable(&tokens, ok),
+            Inbound::Durable { tokens, ok } => {
+                tracing::trace!(?tokens, ok, "durable");
+                self.core.handle_durable(&tokens, ok)
+            }
             Inbound::StorageHealth { ok } => self.core.handle_storage_health(ok),
         }
     }

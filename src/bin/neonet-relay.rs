@@ -131,11 +131,27 @@ async fn run(config: RelayConfig) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new(MetricsConfig {
         tick_period: Duration::from_secs(1) / u32::from(config.tick_hz),
     }));
-    let http = match config.http_listen {
+    let http_listen = config.http_listen;
+    // The relay first: it opens the world database, and a second relay on the same data folder
+    // must be told that, not that the HTTP port is taken.
+    let relay = Relay::start_with(
+        config,
+        RelayHooks {
+            metrics: Some(metrics.clone()),
+            ..RelayHooks::default()
+        },
+    )
+    .await
+    .context("starting the relay")?;
+    let http = match http_listen {
         Some(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding the HTTP server to {addr}"))?;
+            let listener = match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => l,
+                Err(e) => {
+                    relay.shutdown().await?;
+                    return Err(e).with_context(|| format!("binding the HTTP server to {addr}"));
+                }
+            };
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
             println!("status and metrics on http://{}", listener.local_addr()?);
             let task = tokio::spawn(neonet::http::serve(listener, metrics.clone(), async {
@@ -145,15 +161,6 @@ async fn run(config: RelayConfig) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let relay = Relay::start_with(
-        config,
-        RelayHooks {
-            metrics: Some(metrics),
-            ..RelayHooks::default()
-        },
-    )
-    .await
-    .context("starting the relay")?;
     println!("neonet-relay listening on udp {}", relay.local_addr());
     println!("certificate sha-256: {}", relay.cert_fingerprint());
     println!(

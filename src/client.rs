@@ -932,7 +932,7 @@ async fn run(inner: Arc<Inner>, conn: Connection) {
                 let now = inner.now();
                 let mut core = inner.lock();
                 let mut next = ev;
-                for _ in 0..INBOUND_BATCH_MAX {
+                for i in 0..INBOUND_BATCH_MAX {
                     match next {
                         Some(StreamEvent::Frame { channel, body }) => {
                             let _ = core.handle_frame(channel, &body, now);
@@ -949,7 +949,11 @@ async fn run(inner: Arc<Inner>, conn: Connection) {
                             break;
                         }
                     }
-                    // Take whatever else is ready without re-entering select.
+                    // Take whatever else is ready without re-entering select; a full batch
+                    // leaves the rest queued (one more taken here would be dropped).
+                    if i + 1 == INBOUND_BATCH_MAX {
+                        break;
+                    }
                     match rx.try_recv() {
                         Ok(ev) => next = Some(ev),
                         Err(_) => break,

@@ -63,6 +63,9 @@ struct Model {
     versions: BTreeMap<String, u32>,
     apps: BTreeSet<String>,
     removed: BTreeSet<String>,
+    /// Apps whose removal was sent: acknowledged or not, their presence is unknown unless the
+    /// removal was acknowledged.
+    remove_sent: BTreeSet<String>,
     title: Option<u64>,
     chats: BTreeSet<String>,
     /// Chat ids seen in `Chat` events, by body (to tell a message pushed out of the history).
@@ -116,7 +119,7 @@ impl Model {
             );
         }
         for t in &self.apps {
-            if !self.removed.contains(t) {
+            if !self.remove_sent.contains(t) {
                 assert!(w.apps.contains(t), "{ctx}: acknowledged app {t} lost");
             }
         }
@@ -449,6 +452,7 @@ fn client_loop(
                 });
                 let Some(id) = id else { continue };
                 busy_apps.insert(t.clone());
+                model.lock().unwrap().remove_sent.insert(t.clone());
                 c.remove_entity(id).map(|r| (r, Done::AppRemove(t)))
             }
             _ if index == 0 && rng.chance(0.5) => {

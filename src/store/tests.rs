@@ -285,3 +285,93 @@ fn record_encoding_is_pinned() {
         )
     );
 }
+
+/// The relay over a disk that fills up: changes it cannot make durable are refused
+/// (`Refusal::Storage`), never acknowledged; the relay keeps serving, and once the disk has room
+/// again changes are acknowledged again.
+#[test]
+fn the_relay_refuses_what_a_full_disk_cannot_store_then_recovers() {
+    use crate::client::{Client, ClientEvent, ClientOptions};
+    use crate::config::RelayConfig;
+    use crate::relay::{Relay, RelayHooks, StoreOpener};
+    use neonet_proto::msg::Refusal;
+    use std::time::{Duration, Instant};
+
+    const WAIT: Duration = Duration::from_secs(10);
+    let dir = tempfile::tempdir().unwrap();
+    let config = RelayConfig {
+        persist: true,
+        ..RelayConfig::for_tests(dir.path())
+    };
+    let path = config.data_dir.join(DB_FILE_NAME);
+    let full = Arc::new(AtomicBool::new(false));
+    let opener: StoreOpener = {
+        let full = full.clone();
+        Box::new(move |store_config, on_commit| {
+            Store::open_with(
+                path.clone(),
+                full_disk_opener(&path, full),
+                store_config,
+                on_commit,
+            )
+        })
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let relay = rt
+        .block_on(Relay::start_inner(config, RelayHooks::default(), Some(opener)))
+        .expect("relay starts");
+    let client = Client::connect(
+        relay.local_addr(),
+        ClientOptions {
+            trust: crate::tls::Trust::Sha256(relay.cert_fingerprint()),
+            connect_timeout: WAIT,
+            ..ClientOptions::named("ada")
+        },
+    )
+    .expect("joins");
+    let answer = |body: &str| {
+        let req = client.send_chat(body).unwrap();
+        match client
+            .wait_for(WAIT, |e| {
+                matches!(e, ClientEvent::Acked(r) if *r == req)
+                    || matches!(e, ClientEvent::Refused { req: r, .. } if *r == req)
+            })
+            .expect("an answer")
+        {
+            ClientEvent::Acked(_) => Ok(()),
+            ClientEvent::Refused { reason, .. } => Err(reason),
+            _ => unreachable!(),
+        }
+    };
+    assert_eq!(answer("before"), Ok(()));
+
+    full.store(true, Ordering::SeqCst);
+    // The commit holding it fails: refused, not acknowledged.
+    assert_eq!(answer("while full"), Err(Refusal::Storage));
+    // While storage fails, the core refuses changes up front.
+    assert_eq!(answer("still full"), Err(Refusal::Storage));
+    // The relay keeps serving: pings, the session, reads.
+    assert!(client.with_world(|w| w.chat.iter().any(|m| m.body == "before")));
+
+    full.store(false, Ordering::SeqCst);
+    // The store retries (backing off up to 2 s); its first durable commit reopens the door.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match answer("after") {
+            Ok(()) => break,
+            Err(Refusal::Storage) => {}
+            Err(other) => panic!("refused for {other:?}"),
+        }
+        assert!(Instant::now() < deadline, "changes never accepted again");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    client.close();
+    rt.block_on(relay.shutdown()).expect("clean shutdown");
+    let (_store, world) = Store::open(dir.path().join("data").as_path(), StoreConfig::default(), |_| {}).unwrap();
+    let bodies: Vec<&str> = world.chat.iter().map(|m| m.body.as_str()).collect();
+    assert!(bodies.contains(&"before") && bodies.contains(&"after"), "{bodies:?}");
+}

@@ -280,7 +280,10 @@ impl std::fmt::Debug for RelayHooks {
 /// Opens the relay's store with the given tuning and commit callback (the data folder's
 /// [`Store::open`]; tests pass a store over a failing disk).
 pub(crate) type StoreOpener = Box<
-    dyn FnOnce(StoreConfig, Box<dyn FnMut(Commit) + Send>) -> Result<(Store, LoadedWorld), StoreError>
+    dyn FnOnce(
+            StoreConfig,
+            Box<dyn FnMut(Commit) + Send>,
+        ) -> Result<(Store, LoadedWorld), StoreError>
         + Send,
 >;
 
@@ -324,10 +327,7 @@ fn commit_forwarder(
         let msg = if c.acks.is_empty() {
             Inbound::StorageHealth { ok }
         } else {
-            Inbound::Durable {
-                tokens: c.acks,
-                ok,
-            }
+            Inbound::Durable { tokens: c.acks, ok }
         };
         // Fails only once the core task is gone (shutdown): nobody is left to acknowledge.
         let _ = tx.send(msg);
@@ -401,11 +401,10 @@ impl Relay {
                 ..StoreConfig::default()
             };
             let (on_commit, commits) = commit_forwarder(hooks.metrics.clone());
-            let (store, loaded) = tokio::task::spawn_blocking(move || {
-                opener(store_config, Box::new(on_commit))
-            })
-            .await
-            .map_err(|e| RelayError::CoreTask(e.to_string()))??;
+            let (store, loaded) =
+                tokio::task::spawn_blocking(move || opener(store_config, Box::new(on_commit)))
+                    .await
+                    .map_err(|e| RelayError::CoreTask(e.to_string()))??;
             log_loaded(&store, &loaded);
             hooks.world = loaded.into();
             hooks.durable_acks = true;

@@ -48,7 +48,10 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 #[derive(Clone, Debug)]
 enum Done {
     BlueprintAdd(String),
-    BlueprintModify { id: String, version: u32 },
+    BlueprintModify {
+        id: String,
+        version: u32,
+    },
     AppAdd(String),
     AppRemove(String),
     /// A world title; the number orders client 0's titles as sent (and so as applied).
@@ -124,7 +127,10 @@ impl Model {
             }
         }
         for t in &self.removed {
-            assert!(!w.apps.contains(t), "{ctx}: acknowledged removal of app {t} lost");
+            assert!(
+                !w.apps.contains(t),
+                "{ctx}: acknowledged removal of app {t} lost"
+            );
         }
         if let Some(n) = self.title {
             let have = w
@@ -169,7 +175,11 @@ fn tag_of(props: &[(String, Bytes)]) -> Option<String> {
 impl WorldView {
     fn of_store(w: &LoadedWorld) -> WorldView {
         WorldView {
-            blueprints: w.blueprints.iter().map(|b| (b.id.0.clone(), b.version)).collect(),
+            blueprints: w
+                .blueprints
+                .iter()
+                .map(|b| (b.id.0.clone(), b.version))
+                .collect(),
             apps: w.entities.iter().filter_map(|e| tag_of(&e.props)).collect(),
             title: w.settings.title.clone(),
             chat: w.chat.iter().map(|m| (m.body.clone(), m.id)).collect(),
@@ -217,7 +227,13 @@ fn spawn_relay(data: &Path, certs: &Path) -> Relay {
         .arg(data)
         .arg("--cert-dir")
         .arg(certs)
-        .args(["--listen", "127.0.0.1:0", "--no-http", "--log-level", "warn"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--no-http",
+            "--log-level",
+            "warn",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -438,8 +454,10 @@ fn client_loop(
                 .map(|r| (r, Done::AppAdd(t)))
             }
             4 => {
-                let free: Vec<&String> =
-                    mine_apps.iter().filter(|a| !busy_apps.contains(*a)).collect();
+                let free: Vec<&String> = mine_apps
+                    .iter()
+                    .filter(|a| !busy_apps.contains(*a))
+                    .collect();
                 if free.is_empty() {
                     continue;
                 }
@@ -555,7 +573,11 @@ fn acknowledged_changes_survive_kill_9_of_the_relay() {
         }
         let (addr, fp) = relay.address(&ctx);
         // The certificate in the cert folder is reused: clients trust the same fingerprint.
-        assert_eq!(*fingerprint.get_or_insert(fp), fp, "{ctx}: certificate changed");
+        assert_eq!(
+            *fingerprint.get_or_insert(fp),
+            fp,
+            "{ctx}: certificate changed"
+        );
 
         let stop = Arc::new(AtomicBool::new(false));
         let before = model.lock().unwrap().total();

@@ -46,7 +46,10 @@ fn data_dir(dir: &Path) -> PathBuf {
     config(dir).data_dir
 }
 
-fn try_start(dir: &Path, configure: impl FnOnce(&mut RelayConfig)) -> Result<Persistent, RelayError> {
+fn try_start(
+    dir: &Path,
+    configure: impl FnOnce(&mut RelayConfig),
+) -> Result<Persistent, RelayError> {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
@@ -190,7 +193,9 @@ fn teleport(c: &Client, position: [f32; 3]) {
             rotation_y: 0.0,
         })
     });
-    expect(c, "teleported", |e| matches!(e, ClientEvent::Teleported { .. }));
+    expect(c, "teleported", |e| {
+        matches!(e, ClientEvent::Teleported { .. })
+    });
 }
 
 fn own_position(c: &Client) -> [f32; 3] {
@@ -214,7 +219,11 @@ fn a_restart_keeps_everything() {
     let bob_user = bob.user().unwrap();
     assert_eq!(bob.rank(), Rank::Visitor);
 
-    acked(&root, root.add_blueprint(blueprint("chair")).unwrap(), "blueprint add");
+    acked(
+        &root,
+        root.add_blueprint(blueprint("chair")).unwrap(),
+        "blueprint add",
+    );
     let req = root.with_core(|c| {
         c.modify_blueprint_at(
             BlueprintId("chair".into()),
@@ -249,7 +258,8 @@ fn a_restart_keeps_everything() {
     let spawn_at = own_position(&root);
     acked(
         &root,
-        root.send_command(vec!["spawn".into(), "set".into()]).unwrap(),
+        root.send_command(vec!["spawn".into(), "set".into()])
+            .unwrap(),
         "spawn set",
     );
     let req = root.with_core(|c| {
@@ -284,7 +294,9 @@ fn a_restart_keeps_everything() {
     assert_eq!(w.settings.title, "kept world");
     assert!(near_xz(w.spawn.position, spawn_at), "spawn {:?}", w.spawn);
     assert!(
-        w.chat.iter().any(|m| m.body == "remember me" && m.from_name == "bob"),
+        w.chat
+            .iter()
+            .any(|m| m.body == "remember me" && m.from_name == "bob"),
         "chat {:?}",
         w.chat
     );
@@ -301,7 +313,10 @@ fn a_restart_keeps_everything() {
         .unwrap();
     acked(&root, req, "app add after restart");
     let new = app_id(&root, "new");
-    assert!(new > gone, "id {new:?} reused (kept {kept:?}, gone {gone:?})");
+    assert!(
+        new > gone,
+        "id {new:?} reused (kept {kept:?}, gone {gone:?})"
+    );
 }
 
 #[test]
@@ -323,7 +338,11 @@ fn every_change_is_acknowledged_or_refused_and_acknowledged_means_on_disk() {
         .map(|i| relay.client(&format!("c{i}"), None))
         .collect();
     let root = relay.client("root", Some(admin_token));
-    acked(&root, root.add_blueprint(blueprint("box")).unwrap(), "blueprint");
+    acked(
+        &root,
+        root.add_blueprint(blueprint("box")).unwrap(),
+        "blueprint",
+    );
     // Every client fires all its changes without waiting, then collects the answers.
     let mut sent: Vec<BTreeMap<ReqId, String>> = vec![BTreeMap::new(); CLIENTS];
     for n in 0..CHANGES {
@@ -358,8 +377,17 @@ fn every_change_is_acknowledged_or_refused_and_acknowledged_means_on_disk() {
                     matches!(e, ClientEvent::Acked(_) | ClientEvent::Refused { .. })
                 })
                 .unwrap_or_else(|e| {
-                    let present = root.with_world(|w| w.entities.values().filter_map(tag).filter(|t| open.values().any(|o| o == t)).collect::<Vec<_>>());
-                    panic!("client {i}: unanswered {:?}: {e}; in root's mirror: {present:?}", open.values().collect::<Vec<_>>())
+                    let present = root.with_world(|w| {
+                        w.entities
+                            .values()
+                            .filter_map(tag)
+                            .filter(|t| open.values().any(|o| o == t))
+                            .collect::<Vec<_>>()
+                    });
+                    panic!(
+                        "client {i}: unanswered {:?}: {e}; in root's mirror: {present:?}",
+                        open.values().collect::<Vec<_>>()
+                    )
                 });
             match ev {
                 ClientEvent::Acked(req) => {
@@ -384,8 +412,8 @@ fn every_change_is_acknowledged_or_refused_and_acknowledged_means_on_disk() {
         copy.path().join(neonet::store::DB_FILE_NAME),
     )
     .unwrap();
-    let (store, world) = Store::open(copy.path(), StoreConfig::default(), |_| {})
-        .expect("the copy opens cleanly");
+    let (store, world) =
+        Store::open(copy.path(), StoreConfig::default(), |_| {}).expect("the copy opens cleanly");
     store.shutdown().unwrap();
     let tags: std::collections::BTreeSet<String> = world
         .entities
@@ -467,7 +495,10 @@ fn a_returning_user_spawns_where_they_left() {
     let relay = start(dir.path());
     let root = relay.client("root", Some(admin_token.clone()));
     let at = own_position(&root);
-    assert!(near_xz(at, left_at), "spawned at {at:?}, left at {left_at:?}");
+    assert!(
+        near_xz(at, left_at),
+        "spawned at {at:?}, left at {left_at:?}"
+    );
     let newcomer = relay.client("new", None);
     let spawn = newcomer.world().spawn.position;
     assert!(
@@ -485,4 +516,74 @@ fn a_returning_user_spawns_where_they_left() {
     assert!(near_xz(at, spawn), "spawned at {at:?} with the option off");
     root.close();
     relay.shutdown();
+}
+
+#[test]
+fn a_moving_app_is_saved_where_it_is_while_it_moves_and_released_on_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    seed(dir.path(), |store| {
+        let _ = store.submit(
+            Change::PutSettings(neonet::proto::types::Settings {
+                default_rank: Rank::Builder,
+                ..Default::default()
+            }),
+            None,
+        );
+        let _ = store.submit(Change::PutBlueprint(blueprint("crate")), None);
+    });
+    let relay = try_start(dir.path(), |c| c.dirty_flush_interval_ms = 50).unwrap();
+    let ada = relay.client("ada", None);
+    let req = ada
+        .add_entity(
+            BlueprintId("crate".into()),
+            Transform::default(),
+            vec![("tag".into(), Bytes::from("mover"))],
+        )
+        .unwrap();
+    acked(&ada, req, "app add");
+    let app = app_id(&ada, "mover");
+    let req = ada.with_core(|c| c.start_moving(app));
+    acked(&ada, req, "start moving");
+    for step in 1..=20 {
+        let t = Transform {
+            position: [step as f32 * 0.5, 1.0, 0.0],
+            ..Transform::default()
+        };
+        ada.with_core(|c| c.set_entity_transform(app, t));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Still moving (no reliable change carries the motion): the dirty flush saves it.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let copy = tempfile::tempdir().unwrap();
+        std::fs::copy(
+            data_dir(dir.path()).join(neonet::store::DB_FILE_NAME),
+            copy.path().join(neonet::store::DB_FILE_NAME),
+        )
+        .unwrap();
+        let (store, world) = Store::open(copy.path(), StoreConfig::default(), |_| {}).unwrap();
+        store.shutdown().unwrap();
+        let x = world
+            .entities
+            .iter()
+            .find(|e| e.id == app)
+            .map(|e| e.transform.position[0]);
+        if x.is_some_and(|x| (x - 10.0).abs() < 0.05) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the moving app was saved at x = {x:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(ada);
+    relay.shutdown();
+    // After a restart nobody moves it: it stays where it was, free for anyone.
+    let relay = start(dir.path());
+    let bob = relay.client("bob", None);
+    let e = bob.with_world(|w| w.entities[&app].clone());
+    assert!((e.transform.position[0] - 10.0).abs() < 0.05, "{e:?}");
+    assert_eq!(e.owner, None);
+    assert!(!e.props.iter().any(|(k, _)| k == "mover"), "{e:?}");
 }

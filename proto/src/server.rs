@@ -444,8 +444,14 @@ impl ServerCore {
         world.next_chat_id = world
             .next_chat_id
             .max(world.chat.back().map_or(1, |c| c.id + 1));
-        // Players never outlive a restart: their sessions are gone.
+        // Players never outlive a restart: their sessions are gone. So do the movers of apps
+        // (a stored owner would name a session id the new core hands to someone else).
         world.entities.retain(|_, e| e.kind != EntityKind::Player);
+        for e in world.entities.values_mut() {
+            if e.owner.take().is_some() {
+                e.props.retain(|(k, _)| k != MOVER_PROP);
+            }
+        }
         ServerCore {
             clock: TickClock::new(config.tick_hz, now),
             config,

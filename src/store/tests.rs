@@ -322,7 +322,11 @@ fn the_relay_refuses_what_a_full_disk_cannot_store_then_recovers() {
         .build()
         .unwrap();
     let relay = rt
-        .block_on(Relay::start_inner(config, RelayHooks::default(), Some(opener)))
+        .block_on(Relay::start_inner(
+            config,
+            RelayHooks::default(),
+            Some(opener),
+        ))
         .expect("relay starts");
     let client = Client::connect(
         relay.local_addr(),
@@ -371,7 +375,15 @@ fn the_relay_refuses_what_a_full_disk_cannot_store_then_recovers() {
     }
     client.close();
     rt.block_on(relay.shutdown()).expect("clean shutdown");
-    let (_store, world) = Store::open(dir.path().join("data").as_path(), StoreConfig::default(), |_| {}).unwrap();
+    let (_store, world) = Store::open(
+        dir.path().join("data").as_path(),
+        StoreConfig::default(),
+        |_| {},
+    )
+    .unwrap();
     let bodies: Vec<&str> = world.chat.iter().map(|m| m.body.as_str()).collect();
-    assert!(bodies.contains(&"before") && bodies.contains(&"after"), "{bodies:?}");
+    assert!(
+        bodies.contains(&"before") && bodies.contains(&"after"),
+        "{bodies:?}"
+    );
 }

@@ -587,3 +587,139 @@ fn a_moving_app_is_saved_where_it_is_while_it_moves_and_released_on_restart() {
     assert_eq!(e.owner, None);
     assert!(!e.props.iter().any(|(k, _)| k == "mover"), "{e:?}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Acknowledged changes per second and acknowledgement latency through the persistent relay.
+// Not a test: a measurement, run on demand (the load tool is the reference figure):
+//   NEONET_MEASURE_RATE=20000 cargo test --release --test persistence -- --ignored --nocapture
+
+/// Clients in the measurement: the issue's target is stated for 100.
+const MEASURE_CLIENTS: usize = 100;
+/// How long the measurement sends after every client placed its app.
+const MEASURE_DURATION: Duration = Duration::from_secs(5);
+/// Total changes per second asked for by default: the issue's target.
+const MEASURE_RATE_DEFAULT: u64 = 20_000;
+
+#[test]
+#[ignore = "a measurement, not a test: run with --ignored --nocapture in release"]
+fn measure_acknowledged_changes() {
+    let rate: u64 = std::env::var("NEONET_MEASURE_RATE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(MEASURE_RATE_DEFAULT);
+    let dir = tempfile::tempdir().unwrap();
+    seed(dir.path(), |store| {
+        let _ = store.submit(
+            Change::PutSettings(neonet::proto::types::Settings {
+                default_rank: Rank::Builder,
+                ..Default::default()
+            }),
+            None,
+        );
+        let _ = store.submit(Change::PutBlueprint(blueprint("crate")), None);
+    });
+    let relay = start(dir.path());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let per_client_period = Duration::from_secs_f64(MEASURE_CLIENTS as f64 / rate as f64);
+    let (addr, fp) = (relay.addr, relay.fingerprint);
+    let results = rt.block_on(async move {
+        let mut tasks = Vec::new();
+        for i in 0..MEASURE_CLIENTS {
+            let opts = ClientOptions {
+                name: format!("m{i}"),
+                trust: Trust::Sha256(fp),
+                connect_timeout: WAIT,
+                ..ClientOptions::default()
+            };
+            tasks.push(tokio::spawn(async move {
+                let c = Client::connect_async(addr, opts).await.expect("joins");
+                let t = format!("m{i}");
+                let req = c
+                    .add_entity(
+                        BlueprintId("crate".into()),
+                        Transform::default(),
+                        vec![("tag".into(), Bytes::from(t.as_str()))],
+                    )
+                    .unwrap();
+                let mut app = None;
+                let mut placed = false;
+                while !(placed && app.is_some()) {
+                    while let Some(ev) = c.poll_event() {
+                        if matches!(ev, ClientEvent::Acked(r) if r == req) {
+                            placed = true;
+                        }
+                    }
+                    app = c.with_world(|w| {
+                        w.entities
+                            .values()
+                            .find(|e| tag(e).as_deref() == Some(t.as_str()))
+                            .map(|e| e.id)
+                    });
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                let app = app.unwrap();
+                let mut hist = hdrhistogram::Histogram::<u64>::new(3).unwrap();
+                let mut sent: BTreeMap<ReqId, Instant> = BTreeMap::new();
+                let mut refused = 0u64;
+                let start = Instant::now();
+                let mut next = start;
+                let mut k = 0u64;
+                let mut tick = tokio::time::interval(Duration::from_millis(1));
+                while start.elapsed() < MEASURE_DURATION || !sent.is_empty() {
+                    tick.tick().await;
+                    let now = Instant::now();
+                    while next <= now && start.elapsed() < MEASURE_DURATION {
+                        k += 1;
+                        let patch = neonet::proto::types::EntityPatch {
+                            set: vec![("n".into(), Bytes(k.to_le_bytes().to_vec()))],
+                            ..Default::default()
+                        };
+                        sent.insert(c.modify_entity(app, patch).unwrap(), now);
+                        next += per_client_period;
+                    }
+                    while let Some(ev) = c.poll_event() {
+                        match ev {
+                            ClientEvent::Acked(r) => {
+                                if let Some(at) = sent.remove(&r) {
+                                    hist.record(at.elapsed().as_micros() as u64).unwrap();
+                                }
+                            }
+                            ClientEvent::Refused { req, .. } => {
+                                sent.remove(&req);
+                                refused += 1;
+                            }
+                            _ => {}
+                        }
+                    }
+                    if start.elapsed() > MEASURE_DURATION + WAIT {
+                        break;
+                    }
+                }
+                c.close_async().await;
+                (hist, refused)
+            }));
+        }
+        let mut all = hdrhistogram::Histogram::<u64>::new(3).unwrap();
+        let mut refused = 0;
+        for t in tasks {
+            let (h, r) = t.await.unwrap();
+            all.add(h).unwrap();
+            refused += r;
+        }
+        (all, refused)
+    });
+    let (hist, refused) = results;
+    println!(
+        "asked {rate}/s from {MEASURE_CLIENTS} clients for {MEASURE_DURATION:?}: \
+         acked_changes_per_s {:.0}, ack_latency_ms p50 {:.2} p99 {:.2} max {:.2}, refused {refused}",
+        hist.len() as f64 / MEASURE_DURATION.as_secs_f64(),
+        hist.value_at_quantile(0.5) as f64 / 1e3,
+        hist.value_at_quantile(0.99) as f64 / 1e3,
+        hist.max() as f64 / 1e3,
+    );
+    relay.shutdown();
+}

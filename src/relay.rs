@@ -1012,7 +1012,7 @@ impl CoreTask {
                 self.core.handle_disconnect(conn, now);
             }
             Inbound::Durable { tokens, ok } => {
-                tracing::trace!(?tokens, ok, "durable");
+                tracing::trace!(tokens = tokens.len(), ok, "durable");
                 self.core.handle_durable(&tokens, ok)
             }
             Inbound::StorageHealth { ok } => self.core.handle_storage_health(ok),

@@ -50,6 +50,14 @@ fn try_start(
     dir: &Path,
     configure: impl FnOnce(&mut RelayConfig),
 ) -> Result<Persistent, RelayError> {
+    try_start_with(dir, configure, RelayHooks::default())
+}
+
+fn try_start_with(
+    dir: &Path,
+    configure: impl FnOnce(&mut RelayConfig),
+    hooks: RelayHooks,
+) -> Result<Persistent, RelayError> {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
@@ -63,7 +71,7 @@ fn try_start(
         .expect("runtime");
     let mut c = config(dir);
     configure(&mut c);
-    let handle = rt.block_on(Relay::start_with(c, RelayHooks::default()))?;
+    let handle = rt.block_on(Relay::start_with(c, hooks))?;
     Ok(Persistent {
         addr: handle.local_addr(),
         fingerprint: handle.cert_fingerprint(),
@@ -593,7 +601,8 @@ fn a_moving_app_is_saved_where_it_is_while_it_moves_and_released_on_restart() {
 // Not a test: a measurement, run on demand (the load tool is the reference figure):
 //   NEONET_MEASURE_RATE=20000 cargo test --release --test persistence -- --ignored --nocapture
 
-/// Clients in the measurement: the issue's target is stated for 100.
+/// Clients in the measurement by default (`NEONET_MEASURE_CLIENTS`): the issue's target is
+/// stated for 100.
 const MEASURE_CLIENTS: usize = 100;
 /// How long the measurement sends after every client placed its app.
 const MEASURE_DURATION: Duration = Duration::from_secs(5);
@@ -618,17 +627,36 @@ fn measure_acknowledged_changes() {
         );
         let _ = store.submit(Change::PutBlueprint(blueprint("crate")), None);
     });
-    let relay = start(dir.path());
+    // NEONET_MEASURE_MEMORY=1: the same without persistence (acks at once), for comparison.
+    let in_memory = std::env::var("NEONET_MEASURE_MEMORY").is_ok_and(|v| v == "1");
+    let relay = if in_memory {
+        let mut world = neonet::proto::server::World::default();
+        world.settings.default_rank = Rank::Builder;
+        world
+            .blueprints
+            .insert(BlueprintId("crate".into()), blueprint("crate"));
+        let hooks = RelayHooks {
+            world,
+            ..RelayHooks::default()
+        };
+        try_start_with(dir.path(), |c| c.persist = false, hooks).unwrap()
+    } else {
+        start(dir.path())
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    let per_client_period = Duration::from_secs_f64(MEASURE_CLIENTS as f64 / rate as f64);
+    let clients: usize = std::env::var("NEONET_MEASURE_CLIENTS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(MEASURE_CLIENTS);
+    let per_client_period = Duration::from_secs_f64(clients as f64 / rate as f64);
     let (addr, fp) = (relay.addr, relay.fingerprint);
     let results = rt.block_on(async move {
         let mut tasks = Vec::new();
-        for i in 0..MEASURE_CLIENTS {
+        for i in 0..clients {
             let opts = ClientOptions {
                 name: format!("m{i}"),
                 trust: Trust::Sha256(fp),
@@ -678,7 +706,10 @@ fn measure_acknowledged_changes() {
                             set: vec![("n".into(), Bytes(k.to_le_bytes().to_vec()))],
                             ..Default::default()
                         };
-                        sent.insert(c.modify_entity(app, patch).unwrap(), now);
+                        let Ok(req) = c.modify_entity(app, patch) else {
+                            return (hist, refused, true);
+                        };
+                        sent.insert(req, now);
                         next += per_client_period;
                     }
                     while let Some(ev) = c.poll_event() {
@@ -700,22 +731,25 @@ fn measure_acknowledged_changes() {
                     }
                 }
                 c.close_async().await;
-                (hist, refused)
+                (hist, refused, false)
             }));
         }
         let mut all = hdrhistogram::Histogram::<u64>::new(3).unwrap();
-        let mut refused = 0;
+        let (mut refused, mut dropped) = (0, 0);
         for t in tasks {
-            let (h, r) = t.await.unwrap();
+            let (h, r, closed) = t.await.unwrap();
             all.add(h).unwrap();
             refused += r;
+            dropped += u32::from(closed);
         }
-        (all, refused)
+        (all, refused, dropped)
     });
-    let (hist, refused) = results;
+    let (hist, refused, dropped) = results;
     println!(
-        "asked {rate}/s from {MEASURE_CLIENTS} clients for {MEASURE_DURATION:?}: \
-         acked_changes_per_s {:.0}, ack_latency_ms p50 {:.2} p99 {:.2} max {:.2}, refused {refused}",
+        "{}: asked {rate}/s from {clients} clients for {MEASURE_DURATION:?}: \
+         acked_changes_per_s {:.0}, ack_latency_ms p50 {:.2} p99 {:.2} max {:.2}, refused {refused}, \
+         clients closed for reading too slowly {dropped}",
+        if in_memory { "in memory" } else { "persistent" },
         hist.len() as f64 / MEASURE_DURATION.as_secs_f64(),
         hist.value_at_quantile(0.5) as f64 / 1e3,
         hist.value_at_quantile(0.99) as f64 / 1e3,

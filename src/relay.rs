@@ -125,8 +125,8 @@ pub enum RelayError {
     /// when another relay uses the same data folder.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// Hooks that make no sense together with [`RelayConfig::persist`] (the store provides the
-    /// world and takes the effects itself).
+    /// Hooks that make no sense together with [`RelayConfig::persist`] (the store takes the
+    /// effects itself, and loads an existing world rather than replacing it).
     #[error("{0} cannot be combined with persist = true")]
     HooksConflict(&'static str),
 }
@@ -244,8 +244,9 @@ pub type EffectSink = Box<dyn FnMut(Effect) + Send>;
 /// Optional plug-ins: the loaded world, the effect sink, the authenticator.
 #[derive(Default)]
 pub struct RelayHooks {
-    /// The world to host; `World::default()` for a fresh one. Must stay the default with
-    /// [`RelayConfig::persist`], where the store loads the world.
+    /// The world to host; `World::default()` for a fresh one. With [`RelayConfig::persist`] the
+    /// store loads the world, and a non-default world here only seeds a database this start
+    /// creates (a test or load-tool world); given for an existing database it is an error.
     pub world: World,
     /// Where persistence effects go; `None` drops them (no persistence). Must be `None` with
     /// [`RelayConfig::persist`], where they go to the store.
@@ -335,6 +336,38 @@ fn commit_forwarder(
     (forward, rx)
 }
 
+/// Writes `world` into a newly created database and waits until it is durable.
+fn seed_store(store: &Store, world: &World) -> Result<(), RelayError> {
+    let submit = |c: Change| {
+        store
+            .submit(c, None)
+            .map_err(|_| RelayError::Store(StoreError::Closed))
+    };
+    submit(Change::PutSettings(world.settings.clone()))?;
+    submit(Change::PutSpawn(world.spawn))?;
+    for b in world.blueprints.values() {
+        submit(Change::PutBlueprint(b.clone()))?;
+    }
+    for u in world.users.values() {
+        submit(Change::PutUser(u.clone()))?;
+    }
+    for e in world.entities.values() {
+        if e.kind == neonet_proto::types::EntityKind::App {
+            submit(Change::PutEntity(e.clone()))?;
+        }
+    }
+    for m in &world.chat {
+        submit(Change::AppendChat(m.clone()))?;
+    }
+    submit(Change::SetNextIds(NextIds {
+        entity: world.next_entity_id,
+        user: world.next_user_id,
+        chat: world.next_chat_id,
+    }))?;
+    store.flush()?;
+    Ok(())
+}
+
 fn log_loaded(store: &Store, w: &LoadedWorld) {
     tracing::info!(
         path = %store.path().display(),
@@ -393,20 +426,30 @@ impl Relay {
             if hooks.effects.is_some() {
                 return Err(RelayError::HooksConflict("an effect sink"));
             }
-            if hooks.world != World::default() {
-                return Err(RelayError::HooksConflict("a world in the hooks"));
-            }
             let store_config = StoreConfig {
                 dirty_flush_interval: config.dirty_flush_interval(),
                 ..StoreConfig::default()
             };
             let (on_commit, commits) = commit_forwarder(hooks.metrics.clone());
-            let (store, loaded) =
-                tokio::task::spawn_blocking(move || opener(store_config, Box::new(on_commit)))
-                    .await
-                    .map_err(|e| RelayError::CoreTask(e.to_string()))??;
-            log_loaded(&store, &loaded);
-            hooks.world = loaded.into();
+            let seed = std::mem::take(&mut hooks.world);
+            let seeding = seed != World::default();
+            let (store, world) = tokio::task::spawn_blocking(move || {
+                let (store, loaded) = opener(store_config, Box::new(on_commit))?;
+                log_loaded(&store, &loaded);
+                if !seeding {
+                    return Ok((store, loaded.into()));
+                }
+                if !loaded.created {
+                    return Err(RelayError::HooksConflict(
+                        "a world in the hooks for an existing database",
+                    ));
+                }
+                seed_store(&store, &seed)?;
+                Ok((store, seed))
+            })
+            .await
+            .map_err(|e| RelayError::CoreTask(e.to_string()))??;
+            hooks.world = world;
             hooks.durable_acks = true;
             persist = Some(Persist {
                 store: Arc::new(store),

@@ -757,3 +757,44 @@ fn measure_acknowledged_changes() {
     );
     relay.shutdown();
 }
+
+#[test]
+fn a_world_in_the_hooks_seeds_a_new_database_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut world = neonet::proto::server::World::default();
+    world.settings.title = "seeded".into();
+    world.settings.default_rank = Rank::Builder;
+    world
+        .blueprints
+        .insert(BlueprintId("crate".into()), blueprint("crate"));
+    let hooks = RelayHooks {
+        world: world.clone(),
+        ..RelayHooks::default()
+    };
+    let relay = try_start_with(dir.path(), |_| {}, hooks).expect("seeds a new database");
+    let ada = relay.client("ada", None);
+    assert_eq!(ada.rank(), Rank::Builder);
+    assert_eq!(ada.world().settings.title, "seeded");
+    drop(ada);
+    relay.shutdown();
+    // The world is on disk: a plain restart has it.
+    let relay = start(dir.path());
+    let ada = relay.client("ada", None);
+    let w = ada.world();
+    assert_eq!(w.settings.title, "seeded");
+    assert!(w.blueprints.contains_key(&BlueprintId("crate".into())));
+    drop(ada);
+    relay.shutdown();
+    // Replacing an existing world is refused.
+    let hooks = RelayHooks {
+        world,
+        ..RelayHooks::default()
+    };
+    let err = match try_start_with(dir.path(), |_| {}, hooks) {
+        Ok(_) => panic!("a hooks world replaced a stored one"),
+        Err(e) => e,
+    };
+    assert!(matches!(err, RelayError::HooksConflict(_)), "{err:?}");
+    // And the folder is free again afterwards.
+    start(dir.path()).shutdown();
+}

@@ -113,6 +113,10 @@ pub struct RelayConfig {
     /// milliseconds (1 to [`DIRTY_FLUSH_INTERVAL_MS_MAX`]). Default
     /// [`DIRTY_FLUSH_INTERVAL_MS_DEFAULT`]. Only with `persist`.
     pub dirty_flush_interval_ms: u64,
+    /// The secret a user types as `/admin CODE` in chat to become an admin (stored: it lasts
+    /// across sessions). `None` (the default): nobody can become admin this way, so give it
+    /// to run a world someone administers. Env `NEONET_ADMIN_CODE` or `--admin-code`.
+    pub admin_code: Option<String>,
 }
 
 impl Default for RelayConfig {
@@ -135,6 +139,7 @@ impl Default for RelayConfig {
             persist: true,
             spawn_at_last_position: true,
             dirty_flush_interval_ms: DIRTY_FLUSH_INTERVAL_MS_DEFAULT,
+            admin_code: None,
         }
     }
 }

@@ -507,6 +507,7 @@ impl Relay {
                 durable_acks: hooks.durable_acks,
                 spawn_at_last_position: config.spawn_at_last_position,
                 idle_timeout: config.idle_timeout(),
+                admin_code: config.admin_code.clone(),
                 ..ServerConfig::default()
             },
             world,

@@ -114,6 +114,9 @@ pub struct ServerConfig {
     pub transform: TransformConfig,
     /// The built-in movement model's tunables (server-authoritative movement and validation).
     pub character: CharacterConfig,
+    /// The secret `/admin CODE` takes to make the sender an admin; `None`: the command is
+    /// refused (ranks then change only through `ModifyRank` by an existing admin).
+    pub admin_code: Option<String>,
     /// Reliable messages a session may send per second, sustained (token bucket refill).
     pub messages_per_s: u32,
     /// Reliable messages a session may send in a burst (token bucket size). Past it, changes
@@ -131,6 +134,7 @@ impl Default for ServerConfig {
             spawn_at_last_position: true,
             idle_timeout: Duration::from_secs(30),
             // Ten times a busy editor's pace; the load tool's 200 changes/s per client fits.
+            admin_code: None,
             messages_per_s: 1000,
             message_burst: 2000,
             transform: TransformConfig::default(),
@@ -1826,6 +1830,35 @@ impl ServerCore {
                     Some(rec) => self.commit(sid, conn, Some(req), Change::PutUser(rec)),
                     None => self.ack_now(conn, req),
                 }
+            }
+            ["admin", code] => {
+                // Constant-time enough: the code is compared in full either way.
+                let ok = self.config.admin_code.as_deref().is_some_and(|c| {
+                    c.len() == code.len()
+                        && c.bytes()
+                            .zip(code.bytes())
+                            .fold(0u8, |a, (x, y)| a | (x ^ y))
+                            == 0
+                });
+                if !ok {
+                    return refuse(self, Refusal::Rank);
+                }
+                let Some(user) = self.sessions.get(&sid).map(|s| s.user) else {
+                    return;
+                };
+                let Some(u) = self.world.users.get_mut(&user) else {
+                    return;
+                };
+                u.rank = Rank::Admin;
+                let rec = u.clone();
+                self.broadcast(
+                    &ServerMsg::RankModified {
+                        user,
+                        rank: Rank::Admin,
+                    },
+                    None,
+                );
+                self.commit(sid, conn, Some(req), Change::PutUser(rec));
             }
             _ => refuse(self, Refusal::UnknownCommand),
         }

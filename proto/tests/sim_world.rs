@@ -503,3 +503,26 @@ fn a_flooding_client_is_rate_limited_then_closed_and_others_carry_on() {
         .iter()
         .any(|m| m.body == "still here"));
 }
+
+#[test]
+fn the_admin_command_needs_the_configured_code() {
+    let config = ServerConfig {
+        admin_code: Some("s3cret".into()),
+        ..ServerConfig::default()
+    };
+    let mut s = Sim::new(2, config, seeded_world(), Box::new(InsecureTokens));
+    let v = s.add_client(
+        with_token("visitor", 3),
+        LinkConfig::default(),
+        LinkConfig::default(),
+    );
+    assert!(s.run_until_true(Duration::from_secs(5), |s| joined(s, 0)));
+    s.with_client(v, |c| c.send_command(vec!["admin".into(), "guess".into()]));
+    s.run_for(Duration::from_millis(500));
+    assert_eq!(refusals(&s, v), vec![Refusal::Rank]);
+    assert_eq!(s.clients[v].core.rank(), Rank::Visitor);
+    s.with_client(v, |c| c.send_command(vec!["admin".into(), "s3cret".into()]));
+    s.run_for(Duration::from_millis(500));
+    assert_eq!(s.clients[v].core.rank(), Rank::Admin);
+    assert_eq!(s.server.world().users[&UserId(3)].rank, Rank::Admin);
+}

@@ -61,6 +61,14 @@ struct Args {
     /// Keep the world in memory only: no database, lost on exit.
     #[arg(long)]
     no_persist: bool,
+    /// Secret a user types as `/admin CODE` in chat to become admin [default: none].
+    #[arg(
+        long,
+        value_name = "CODE",
+        env = "NEONET_ADMIN_CODE",
+        hide_env_values = true
+    )]
+    admin_code: Option<String>,
     /// Log filter, e.g. `info` or `neonet=debug` [default: RUST_LOG, else info].
     #[arg(long, value_name = "FILTER")]
     log_level: Option<String>,
@@ -94,6 +102,9 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(v) = args.tick_hz {
         config.tick_hz = v;
+    }
+    if let Some(v) = args.admin_code {
+        config.admin_code = Some(v);
     }
     if let Some(v) = args.player_limit {
         config.player_limit = v;

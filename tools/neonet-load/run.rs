@@ -277,6 +277,9 @@ async fn spawn_relay(
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("creating the relay's folder {}", dir.display()))?;
     let mut config = RelayConfig::for_tests(&dir);
+    // A real relay persists: acknowledgements then wait for durable commits, as the
+    // acked_changes_per_s and ack_latency_ms figures must show.
+    config.persist = true;
     config.tick_hz = u16::try_from(tick_hz.clamp(
         u32::from(neonet_proto::time::TICK_HZ_MIN),
         u32::from(neonet_proto::time::TICK_HZ_MAX),

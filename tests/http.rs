@@ -7,7 +7,8 @@
 //! `CI=true` their absence is a failure, elsewhere it is a skip with a message.
 //! Set `NEONET_SCREENSHOT=/tmp/view.png` to keep a screenshot of the page.
 
-use std::path::{Path, PathBuf};
+mod common;
+
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -327,46 +328,10 @@ async fn two_relays_in_one_process_keep_their_own_figures() {
     sb.stop().await;
 }
 
-/// What the browser test needs, or why it cannot run.
-fn browser_prerequisites(browser_dir: &Path) -> Result<(PathBuf, PathBuf), String> {
-    let chromium = std::env::var_os("CHROMIUM_PATH")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
-    if !chromium.exists() {
-        return Err(format!("{} is missing", chromium.display()));
-    }
-    if !browser_dir
-        .join("node_modules/playwright-core/package.json")
-        .exists()
-    {
-        return Err(format!(
-            "{}/node_modules is missing (npm ci)",
-            browser_dir.display()
-        ));
-    }
-    let node_ok = Command::new("node")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !node_ok {
-        return Err("node is not on PATH".into());
-    }
-    Ok((chromium, browser_dir.join("live_view.mjs")))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_view_shows_figures_and_trails_moving_in_headless_chromium() {
-    let browser_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
-    let (chromium, script) = match browser_prerequisites(&browser_dir) {
-        Ok(found) => found,
-        Err(why) => {
-            if std::env::var("CI").is_ok_and(|v| v == "true") {
-                panic!("browser test cannot run under CI: {why}; run .ci/install-browser");
-            }
-            eprintln!("SKIPPED live view browser test: {why}; run .ci/install-browser");
-            return;
-        }
+    let Some((chromium, script)) = common::browser_prerequisites() else {
+        return;
     };
 
     let metrics = Arc::new(Metrics::default());

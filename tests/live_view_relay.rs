@@ -6,8 +6,9 @@
 //! Needs `/usr/bin/chromium`, `node` and `tests/browser/node_modules` (`.ci/install-browser`);
 //! under `CI=true` their absence is a failure, elsewhere a skip with a message.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -73,42 +74,10 @@ fn start_relay() -> RelayChild {
     }
 }
 
-fn browser_prerequisites(browser_dir: &Path) -> Result<(PathBuf, PathBuf), String> {
-    let chromium = std::env::var_os("CHROMIUM_PATH")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
-    if !chromium.exists() {
-        return Err(format!("{} is missing", chromium.display()));
-    }
-    if !browser_dir
-        .join("node_modules/playwright-core/package.json")
-        .exists()
-    {
-        return Err(format!("{}/node_modules is missing", browser_dir.display()));
-    }
-    let node_ok = Command::new("node")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !node_ok {
-        return Err("node is not on PATH".into());
-    }
-    Ok((chromium, browser_dir.join("live_view.mjs")))
-}
-
 #[test]
 fn the_live_view_of_a_real_relay_changes_while_a_client_moves() {
-    let browser_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
-    let (chromium, script) = match browser_prerequisites(&browser_dir) {
-        Ok(found) => found,
-        Err(why) => {
-            if std::env::var("CI").is_ok_and(|v| v == "true") {
-                panic!("browser test cannot run under CI: {why}; run .ci/install-browser");
-            }
-            eprintln!("SKIPPED real-relay live view test: {why}; run .ci/install-browser");
-            return;
-        }
+    let Some((chromium, script)) = common::browser_prerequisites() else {
+        return;
     };
     let relay = start_relay();
     let fingerprint: Fingerprint = relay.fingerprint.parse().expect("fingerprint parses");

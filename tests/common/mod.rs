@@ -138,3 +138,48 @@ pub fn expect_all(client: &Client, what: &str, preds: &mut [&mut dyn FnMut(&Clie
         panic!("waiting for {what}: {e}");
     }
 }
+
+/// Chromium, `node` and `tests/browser/node_modules` for the headless-browser tests, as
+/// `(chromium, tests/browser/live_view.mjs)`, or why they are missing. Under `CI=true` a
+/// missing prerequisite panics (`.ci/install-browser` must have run); elsewhere the caller
+/// skips with the message.
+pub fn browser_prerequisites() -> Option<(std::path::PathBuf, std::path::PathBuf)> {
+    use std::path::{Path, PathBuf};
+    use std::process::{Command, Stdio};
+    let browser_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    let chromium = std::env::var_os("CHROMIUM_PATH")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
+    let node_ok = || {
+        Command::new("node")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let missing = if !chromium.exists() {
+        Some(format!("{} is missing", chromium.display()))
+    } else if !browser_dir
+        .join("node_modules/playwright-core/package.json")
+        .exists()
+    {
+        Some(format!(
+            "{}/node_modules is missing (npm ci)",
+            browser_dir.display()
+        ))
+    } else if !node_ok() {
+        Some("node is not on PATH".into())
+    } else {
+        None
+    };
+    match missing {
+        None => Some((chromium, browser_dir.join("live_view.mjs"))),
+        Some(why) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("browser test cannot run under CI: {why}; run .ci/install-browser")
+        }
+        Some(why) => {
+            eprintln!("SKIPPED browser test: {why}; run .ci/install-browser");
+            None
+        }
+    }
+}

@@ -423,13 +423,34 @@ impl ChannelWriters {
     }
 }
 
+/// Most bytes of queued frames a channel writer joins into one stream write: under broadcast
+/// fan-out many small frames queue up, and one write per frame costs more than the copy.
+const WRITE_COALESCE_BYTES_MAX: usize = 64 * 1024;
+
 async fn write_channel(conn: Connection, channel: Channel, mut rx: mpsc::Receiver<Outgoing>) {
     let mut stream: Option<quinn::SendStream> = None;
-    while let Some(item) = rx.recv().await {
-        let frame = match item {
+    let mut batch: Vec<u8> = Vec::new();
+    let mut finishing = false;
+    while !finishing {
+        let Some(item) = rx.recv().await else { break };
+        let first = match item {
             Outgoing::Frame(f) => f,
             Outgoing::Finish => break,
         };
+        // Join whatever else is already queued (bounded), keeping frame order.
+        batch.clear();
+        batch.extend_from_slice(&first);
+        while batch.len() < WRITE_COALESCE_BYTES_MAX {
+            match rx.try_recv() {
+                Ok(Outgoing::Frame(f)) => batch.extend_from_slice(&f),
+                Ok(Outgoing::Finish) => {
+                    finishing = true;
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        let frame: &[u8] = &batch;
         if stream.is_none() {
             let Ok(s) = conn.open_uni().await else { return };
             let _ = s.set_priority(priority(channel));
@@ -440,7 +461,7 @@ async fn write_channel(conn: Connection, channel: Channel, mut rx: mpsc::Receive
             }
         }
         let Some(s) = stream.as_mut() else { return };
-        if s.write_all(&frame).await.is_err() {
+        if s.write_all(frame).await.is_err() {
             return;
         }
     }

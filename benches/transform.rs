@@ -11,45 +11,15 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use neonet_proto::time::{Tick, Time};
-use neonet_proto::transform::scenario::{MotionGen, Scenario};
+use neonet_proto::transform::scenario::CrowdSamples;
 use neonet_proto::transform::{
-    AckHeader, ClientReplicator, EntitySample, Quantizer, ReplicaReceiver, Seq, TickInput,
-    TransformConfig,
+    AckHeader, ClientReplicator, ReplicaReceiver, Seq, TickInput, TransformConfig,
 };
 
 const TICK_US: u64 = 33_333;
 const MAX_DATAGRAM: usize = 1162;
 
-/// A world of `n` crowd players stepped once per tick, quantized into samples.
-struct World {
-    gen: MotionGen,
-    qz: Quantizer,
-    samples: Vec<EntitySample>,
-}
-
-impl World {
-    fn new(n: usize) -> World {
-        let qz = Quantizer::new(&TransformConfig::default()).expect("default config");
-        let mut w = World {
-            gen: MotionGen::new(Scenario::Crowd, n, 7),
-            qz,
-            samples: Vec::new(),
-        };
-        w.step();
-        w
-    }
-
-    fn step(&mut self) {
-        self.gen.step(1.0 / 30.0);
-        let qz = &self.qz;
-        self.samples.clear();
-        self.samples.extend(
-            self.gen
-                .transforms()
-                .map(|(id, t)| EntitySample::new(id, &t, qz)),
-        );
-    }
-}
+type World = CrowdSamples;
 
 /// Acknowledges the datagram just written (the newest sequence) and all before it.
 fn ack_all(out: &[Vec<u8>]) -> Option<AckHeader> {

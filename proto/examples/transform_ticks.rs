@@ -14,43 +14,13 @@
 use std::hint::black_box;
 
 use neonet_proto::time::{Tick, Time};
-use neonet_proto::transform::scenario::{MotionGen, Scenario};
-use neonet_proto::transform::{
-    AckHeader, ClientReplicator, EntitySample, Quantizer, Seq, TickInput, TransformConfig,
-};
+use neonet_proto::transform::scenario::CrowdSamples;
+use neonet_proto::transform::{AckHeader, ClientReplicator, Seq, TickInput, TransformConfig};
 
 const TICK_US: u64 = 33_333;
 const MAX_DATAGRAM: usize = 1162;
 
-struct World {
-    gen: MotionGen,
-    qz: Quantizer,
-    samples: Vec<EntitySample>,
-}
-
-impl World {
-    fn new(n: usize) -> World {
-        let qz = Quantizer::new(&TransformConfig::default()).expect("default config");
-        let mut w = World {
-            gen: MotionGen::new(Scenario::Crowd, n, 7),
-            qz,
-            samples: Vec::new(),
-        };
-        w.step();
-        w
-    }
-
-    fn step(&mut self) {
-        self.gen.step(1.0 / 30.0);
-        let qz = &self.qz;
-        self.samples.clear();
-        self.samples.extend(
-            self.gen
-                .transforms()
-                .map(|(id, t)| EntitySample::new(id, &t, qz)),
-        );
-    }
-}
+type World = CrowdSamples;
 
 /// The measured ticks.
 #[inline(never)]

@@ -88,6 +88,43 @@ struct Body {
     next_turn_s: f64,
 }
 
+/// A crowd of `n` players (the benches' and profiling examples' world), stepped at 30 Hz and
+/// quantized once per step with the default configuration, ready for
+/// [`super::ClientReplicator::write_tick`].
+#[derive(Debug)]
+pub struct CrowdSamples {
+    gen: MotionGen,
+    qz: Quantizer,
+    /// This step's samples, ascending by id.
+    pub samples: Vec<EntitySample>,
+}
+
+impl CrowdSamples {
+    /// A crowd of `n` players (seed 7), stepped once.
+    pub fn new(n: usize) -> CrowdSamples {
+        let qz = Quantizer::new(&TransformConfig::default()).expect("default config");
+        let mut w = CrowdSamples {
+            gen: MotionGen::new(Scenario::Crowd, n, 7),
+            qz,
+            samples: Vec::new(),
+        };
+        w.step();
+        w
+    }
+
+    /// Advances one 30 Hz tick and requantizes.
+    pub fn step(&mut self) {
+        self.gen.step(1.0 / 30.0);
+        let qz = &self.qz;
+        self.samples.clear();
+        self.samples.extend(
+            self.gen
+                .transforms()
+                .map(|(id, t)| EntitySample::new(id, &t, qz)),
+        );
+    }
+}
+
 /// A deterministic motion generator: the same seed gives the same transforms on every machine.
 #[derive(Clone, Debug)]
 pub struct MotionGen {

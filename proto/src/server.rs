@@ -1034,6 +1034,13 @@ impl ServerCore {
                 u
             }
             None => {
+                if self.world.users.len() >= USERS_MAX {
+                    return self.close_conn(
+                        conn,
+                        CloseReason::PlayerLimit,
+                        format!("this world knows {USERS_MAX} users: join with your token"),
+                    );
+                }
                 let u = UserId(self.world.next_user_id);
                 self.world.next_user_id += 1;
                 let rec = User {

@@ -1027,6 +1027,7 @@ fn protocol_md_limits_match_limits_rs() {
         ("DATAGRAM_BYTES_MAX", DATAGRAM_BYTES_MAX),
         ("ENTITIES_MAX", ENTITIES_MAX),
         ("BLUEPRINTS_MAX", BLUEPRINTS_MAX),
+        ("USERS_MAX", USERS_MAX),
     ] {
         let row = format!("| `{name}` | {} |", grouped(value));
         assert!(PROTOCOL_MD.contains(&row), "PROTOCOL.md lacks row {row}");

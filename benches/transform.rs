@@ -1,6 +1,7 @@
 //! Transform codec benchmarks: one entity delta (encode, decode), one client's datagrams for a
-//! tick with 100 and 1,000 relevant moving entities, and a whole server tick of 100 clients ×
-//! 1,000 entities. Motion comes from the crowd scenario (every entity moves every tick); the
+//! tick with 100 and 1,000 relevant moving entities, a whole server tick of 100 clients × 1,000
+//! entities all in interest, and one of 1,000 clients each seeing ≈ 100 of 1,000 entities
+//! (through the interest grid). Motion comes from the crowd scenario (every entity moves every tick); the
 //! motion step and quantization happen outside the timed section (the server quantizes once per
 //! tick for all clients).
 //!
@@ -13,7 +14,8 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use neonet_proto::time::{Tick, Time};
 use neonet_proto::transform::scenario::CrowdSamples;
 use neonet_proto::transform::{
-    AckHeader, ClientReplicator, ReplicaReceiver, Seq, TickInput, TransformConfig,
+    AckHeader, ClientReplicator, EntitySample, InterestGrid, ReplicaReceiver, Seq, TickInput,
+    TransformConfig,
 };
 
 const TICK_US: u64 = 33_333;
@@ -158,5 +160,81 @@ fn bench_server(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_one_entity, bench_client, bench_server);
+/// The load tool's target world: 1,000 players, each client's player one of them, each within
+/// interest of about 100 others (the crowd gives every player 100 m²; a 56 m radius holds ≈ 100
+/// of them). The server tick as `ServerCore::run_tick` runs it: build the interest grid, then per
+/// client query it and write that client's datagrams.
+fn bench_server_spread(c: &mut Criterion) {
+    let clients = 1000;
+    let config = TransformConfig {
+        interest_radius_m: 56.0,
+        interest_hysteresis_m: 4.0,
+        ..TransformConfig::default()
+    };
+    let radius = config.interest_radius_m + config.interest_hysteresis_m;
+    let mut world = World::new(clients);
+    let mut servers: Vec<ClientReplicator> = (0..clients)
+        .map(|_| ClientReplicator::new(config.clone(), None).expect("config"))
+        .collect();
+    let mut grid = InterestGrid::new();
+    let mut nearby: Vec<EntitySample> = Vec::new();
+    let mut out = Vec::new();
+    let mut tick = 0;
+    let mut run_tick = |world: &World, tick: u64, servers: &mut [ClientReplicator]| {
+        let mut updates = 0;
+        grid.build(&world.samples, radius);
+        for (i, s) in servers.iter_mut().enumerate() {
+            let viewer = world.samples[i].position;
+            grid.query(&world.samples, viewer, s.retained(), &mut nearby);
+            out.clear();
+            let input = TickInput {
+                tick: Tick(tick),
+                now: Time(tick * TICK_US),
+                viewer: Some(viewer),
+                entities: &nearby,
+                max_datagram_size: MAX_DATAGRAM,
+                own_blob: None,
+            };
+            updates += black_box(s.write_tick(&input, &mut out).expect("valid input")).updates;
+            if let Some(ack) = ack_all(&out) {
+                s.handle_ack(&ack, Time(tick * TICK_US));
+            }
+        }
+        updates
+    };
+    let mut updates = 0;
+    for _ in 0..10 {
+        world.step();
+        updates = run_tick(&world, tick, &mut servers);
+        tick += 1;
+    }
+    println!(
+        "server_tick/1000_clients_100_visible: {:.0} entity updates per client per tick",
+        updates as f64 / clients as f64
+    );
+    let mut group = c.benchmark_group("server_tick");
+    group.sample_size(10);
+    group.bench_function("1000_clients_100_visible", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                world.step();
+                let start = Instant::now();
+                black_box(run_tick(&world, tick, &mut servers));
+                total += start.elapsed();
+                tick += 1;
+            }
+            total
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    bench_one_entity,
+    bench_client,
+    bench_server,
+    bench_server_spread
+);
 criterion_main!(benches);

@@ -45,8 +45,8 @@ use crate::predict::{
 };
 use crate::time::{Tick, TickClock, Time};
 use crate::transform::{
-    decode_client_datagram, ClientReplicator, EntitySample, Quantizer, Seq, TickInput,
-    TransformConfig, TransformError,
+    decode_client_datagram, ClientReplicator, EntitySample, InterestGrid, Quantizer, Seq,
+    TickInput, TransformConfig, TransformError,
 };
 use crate::types::*;
 
@@ -387,6 +387,10 @@ pub struct ServerCore {
     model: KinematicCharacter,
     /// Reused every tick: one quantized sample per entity, shared by every client's replicator.
     samples: Vec<EntitySample>,
+    /// Rebuilt every tick: which samples lie near which viewer.
+    grid: InterestGrid,
+    /// Reused every tick: the samples near one viewer (the grid's answer).
+    nearby: Vec<EntitySample>,
     /// Reused every tick: datagrams written for one client.
     datagrams: Vec<Vec<u8>>,
     /// The last tick's entity updates: (to whom, which entity, estimated bytes).
@@ -474,6 +478,8 @@ impl ServerCore {
             quantizer,
             model,
             samples: Vec::new(),
+            grid: InterestGrid::new(),
+            nearby: Vec::new(),
             datagrams: Vec::new(),
             tick_updates: Vec::new(),
             stats: TickStats::default(),
@@ -797,6 +803,11 @@ impl ServerCore {
             sample.owner = e.owner;
             self.samples.push(sample);
         }
+        // Each client looks only at the entities near its player: a tick then costs clients ×
+        // entities nearby, not clients × entities (exact: see `InterestGrid`).
+        let t = &self.config.transform;
+        self.grid
+            .build(&self.samples, t.interest_radius_m + t.interest_hysteresis_m);
         let mut stats = TickStats {
             tick,
             ..TickStats::default()
@@ -821,11 +832,19 @@ impl ServerCore {
             } else {
                 None
             };
+            let entities: &[EntitySample] = match viewer {
+                Some(v) => {
+                    self.grid
+                        .query(&self.samples, v, s.replicator.retained(), &mut self.nearby);
+                    &self.nearby
+                }
+                None => &self.samples,
+            };
             let input = TickInput {
                 tick,
                 now,
                 viewer,
-                entities: &self.samples,
+                entities,
                 max_datagram_size: c.max_datagram_size,
                 own_blob: blob.as_deref(),
             };

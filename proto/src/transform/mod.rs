@@ -61,6 +61,7 @@
 
 pub mod bits;
 pub mod config;
+mod grid;
 pub mod quant;
 mod receiver;
 pub mod record;
@@ -70,6 +71,7 @@ pub mod seq;
 mod upstream;
 
 pub use config::{ConfigError, PriorityWeights, TransformConfig};
+pub use grid::InterestGrid;
 pub use quant::{QRot, QTransform, Quantizer};
 pub use receiver::{Freshness, ReceivedTick, ReplicaReceiver, FORGOTTEN_MAX};
 pub use replicator::{ClientReplicator, EntitySample, TickInput, TickSummary};

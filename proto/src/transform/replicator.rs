@@ -71,7 +71,11 @@ pub struct TickInput<'a> {
     pub now: Time,
     /// The client's viewpoint (its player's position), `None` for no interest limit.
     pub viewer: Option<Vec3>,
-    /// Every entity of the world this tick, sorted by strictly ascending id.
+    /// The entities of the world this tick, sorted by strictly ascending id: all of them, or
+    /// those an [`InterestGrid`](super::InterestGrid) query found near the viewer (which include
+    /// [`ClientReplicator::retained`]). An entity held before and missing now is taken as
+    /// removed from the world (the reliable stream tells the client), so leave out only what
+    /// the grid leaves out.
     pub entities: &'a [EntitySample],
     /// The connection's current `max_datagram_size()`, bytes (asked again at every call).
     pub max_datagram_size: usize,
@@ -359,6 +363,18 @@ impl ClientReplicator {
     /// Whether the entity is currently in this client's interest.
     pub fn in_interest(&self, id: EntityId) -> bool {
         self.find(id).is_some_and(|i| self.tracked[i].in_interest)
+    }
+
+    /// The entities this replicator holds state for that must stay in its input while they
+    /// exist: those in interest and those owed a "left interest" notice. A caller that gives
+    /// [`ClientReplicator::write_tick`] only the entities near the viewer (an
+    /// [`InterestGrid`](super::InterestGrid)) adds these, so that leaving is noticed; any
+    /// other entity it leaves out is one this tick would not touch.
+    pub fn retained(&self) -> impl Iterator<Item = EntityId> + '_ {
+        self.tracked
+            .iter()
+            .filter(|t| t.in_interest || t.left.is_pending())
+            .map(|t| t.id)
     }
 
     /// Bytes this client may be sent per tick (budget / tick rate, before carry).

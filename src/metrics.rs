@@ -73,6 +73,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::fmt::Write as _;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Mutex, MutexGuard, PoisonError, RwLock};
@@ -329,7 +330,30 @@ pub struct Status {
 /// into [`Metrics`] once with [`Metrics::merge_entity_bytes`].
 #[derive(Debug, Default)]
 pub struct EntityBytesBatch {
-    bytes: HashMap<u32, u64>,
+    bytes: HashMap<u32, u64, BuildHasherDefault<IdHasher>>,
+}
+
+/// A hasher for entity ids, which are small dense integers chosen by the relay (never by a
+/// peer, so no hash flooding to defend against): one multiply (Fibonacci hashing) instead of
+/// SipHash, because the batch takes one addition per entity update (≈ 100,000 per tick with
+/// 1,000 clients).
+#[derive(Debug, Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u32(&mut self, v: u32) {
+        self.0 = u64::from(v).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
 }
 
 impl EntityBytesBatch {
@@ -875,6 +899,44 @@ impl Metrics {
         self.push_trail(entity_id, session_id, bytes);
     }
 
+    /// [`Metrics::record_trail`] for many updates at once, `(entity_id, session_id, bytes)`:
+    /// one atomic step and at most one lock for the whole batch.
+    pub fn record_trails<I>(&self, updates: I)
+    where
+        I: ExactSizeIterator<Item = (u32, u64, usize)>,
+    {
+        let n = updates.len() as u64;
+        if n == 0 {
+            return;
+        }
+        let first = self.counts.trail_calls.fetch_add(n, Relaxed);
+        let stride = self.counts.trail_stride.load(Relaxed).max(1);
+        // The first index in this batch that falls on the stride.
+        let mut next = (stride - first % stride) % stride;
+        if next >= n {
+            return;
+        }
+        let mut ring = lock(&self.trails);
+        for (k, (entity_id, session_id, bytes)) in updates.enumerate() {
+            if k as u64 != next {
+                continue;
+            }
+            next += stride;
+            if ring.records.len() == TRAIL_RING_LEN {
+                ring.records.pop_front();
+            }
+            let seq = ring.next_seq;
+            ring.next_seq += 1;
+            ring.records.push_back(TrailRecord {
+                seq,
+                at: Instant::now(),
+                entity_id,
+                session_id,
+                bytes: u32::try_from(bytes).unwrap_or(u32::MAX),
+            });
+        }
+    }
+
     #[cold]
     fn push_trail(&self, entity_id: u32, session_id: u64, bytes: usize) {
         let mut ring = lock(&self.trails);
@@ -1127,6 +1189,34 @@ mod tests {
             .count();
         assert_eq!(series, LABEL_VALUES_MAX + 1);
         assert!(text.contains("neonet_drops_total{reason=\"other\"} 6"));
+    }
+
+    #[test]
+    fn batched_trails_keep_the_same_records_as_one_by_one() {
+        let one = Metrics::default();
+        let batched = Metrics::default();
+        for m in [&one, &batched] {
+            for i in 0..5000u32 {
+                m.record_trail(i % 100, 1, 40);
+            }
+            m.record_tick(Duration::from_millis(1));
+        }
+        let updates: Vec<(u32, u64, usize)> =
+            (0..997u32).map(|i| (i, u64::from(i % 7), 30)).collect();
+        for chunk in updates.chunks(61) {
+            for &(e, s, b) in chunk {
+                one.record_trail(e, s, b);
+            }
+            batched.record_trails(chunk.iter().copied());
+        }
+        let ids = |m: &Metrics| -> Vec<(u64, u32, u64)> {
+            lock(&m.trails)
+                .records
+                .iter()
+                .map(|r| (r.seq, r.entity_id, r.session_id))
+                .collect()
+        };
+        assert_eq!(ids(&one), ids(&batched));
     }
 
     #[test]

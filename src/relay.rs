@@ -532,6 +532,7 @@ impl Relay {
                 refused: Vec::new(),
                 events: hooks.events,
                 metrics: hooks.metrics.clone(),
+                entity_bytes: EntityBytesBatch::new(),
                 next_users_report: Instant::now(),
             }
             .run(inbound_rx, commits, shutdown_rx.clone()),
@@ -856,6 +857,8 @@ struct CoreTask {
     refused: Vec<AckToken>,
     events: Option<EventSink>,
     metrics: Option<Arc<Metrics>>,
+    /// Reused every tick: bytes per entity, merged into the metrics once per tick.
+    entity_bytes: EntityBytesBatch,
     next_users_report: Instant,
 }
 
@@ -977,12 +980,16 @@ impl CoreTask {
             }
             m.set_entity_count(self.core.world().entities.len());
             // Which entities cost the bytes, and the live view's packet trails.
-            let mut batch = EntityBytesBatch::new();
-            for &(session, entity, bytes) in self.core.last_tick_updates() {
-                batch.add(entity.0, bytes as usize);
-                m.record_trail(entity.0, session.0, bytes as usize);
+            let updates = self.core.last_tick_updates();
+            for &(_, entity, bytes) in updates {
+                self.entity_bytes.add(entity.0, bytes as usize);
             }
-            m.merge_entity_bytes(&mut batch);
+            m.merge_entity_bytes(&mut self.entity_bytes);
+            m.record_trails(
+                updates
+                    .iter()
+                    .map(|&(session, entity, bytes)| (entity.0, session.0, bytes as usize)),
+            );
         }
         if started >= self.next_users_report {
             self.next_users_report = started + USERS_REPORT_INTERVAL;

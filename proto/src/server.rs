@@ -387,6 +387,12 @@ pub struct ServerCore {
     model: KinematicCharacter,
     /// Reused every tick: one quantized sample per entity, shared by every client's replicator.
     samples: Vec<EntitySample>,
+    /// Blueprint modifications accepted since the last flush, merged per blueprint: everyone
+    /// gets one `BlueprintModified` per blueprint per tick with its newest version, however
+    /// fast it is edited (an editor dragging a slider sends dozens of changes a second; each is
+    /// still committed and acknowledged on its own). Flushed at the start of each tick and
+    /// before any other World-channel message, so the World stream keeps its order.
+    pending_blueprints: BTreeMap<BlueprintId, (u32, BlueprintPatch)>,
     /// Rebuilt every tick: which samples lie near which viewer.
     grid: InterestGrid,
     /// Reused every tick: the samples near one viewer (the grid's answer).
@@ -478,6 +484,7 @@ impl ServerCore {
             quantizer,
             model,
             samples: Vec::new(),
+            pending_blueprints: BTreeMap::new(),
             grid: InterestGrid::new(),
             nearby: Vec::new(),
             datagrams: Vec::new(),
@@ -751,6 +758,7 @@ impl ServerCore {
 
     /// Closes every session with `ServerShutdown` (graceful shutdown).
     pub fn shutdown(&mut self) {
+        self.flush_blueprints();
         let conns: Vec<ConnId> = self.conns.keys().copied().collect();
         for conn in conns {
             self.close_conn(
@@ -788,6 +796,7 @@ impl ServerCore {
     /// One server tick: move server-authoritative players by their inputs, then write every
     /// client's transform datagrams (interest, priority, budget, delta compression).
     fn run_tick(&mut self, tick: Tick) {
+        self.flush_blueprints();
         let server_auth = self.world.settings.movement == MovementAuthority::Server;
         if server_auth {
             for s in self.sessions.values_mut() {
@@ -869,7 +878,20 @@ impl ServerCore {
         self.stats = stats;
     }
 
+    /// Sends the merged blueprint modifications (see `pending_blueprints`) to everyone.
+    fn flush_blueprints(&mut self) {
+        if self.pending_blueprints.is_empty() {
+            return;
+        }
+        for (id, (version, patch)) in std::mem::take(&mut self.pending_blueprints) {
+            self.broadcast_now(&ServerMsg::BlueprintModified { id, version, patch }, None);
+        }
+    }
+
     fn send(&mut self, conn: ConnId, msg: &ServerMsg) {
+        if msg.channel() == Channel::World {
+            self.flush_blueprints();
+        }
         let frame: Arc<[u8]> = codec::encode_frame(msg).into();
         self.transmits.push_back(Transmit::Frame {
             conn,
@@ -880,6 +902,13 @@ impl ServerCore {
 
     /// Sends `msg` to every joined session except `except`, encoding it once.
     fn broadcast(&mut self, msg: &ServerMsg, except: Option<SessionId>) {
+        if msg.channel() == Channel::World {
+            self.flush_blueprints();
+        }
+        self.broadcast_now(msg, except);
+    }
+
+    fn broadcast_now(&mut self, msg: &ServerMsg, except: Option<SessionId>) {
         let frame: Arc<[u8]> = codec::encode_frame(msg).into();
         let channel = msg.channel();
         for s in self.sessions.values() {
@@ -990,6 +1019,8 @@ impl ServerCore {
     }
 
     fn handle_hello(&mut self, conn: ConnId, msg: ClientMsg) {
+        // Modifications the world already holds reach the joiner in its snapshot, not before.
+        self.flush_blueprints();
         let ClientMsg::Hello {
             protocol_version,
             name,
@@ -1596,7 +1627,15 @@ impl ServerCore {
                 patch.apply(current);
                 current.version = version;
                 let stored = current.clone();
-                self.broadcast(&ServerMsg::BlueprintModified { id, version, patch }, None);
+                match self.pending_blueprints.get_mut(&id) {
+                    Some((v, pending)) => {
+                        *v = version;
+                        pending.merge(patch);
+                    }
+                    None => {
+                        self.pending_blueprints.insert(id, (version, patch));
+                    }
+                }
                 self.commit(sid, conn, Some(req), Change::PutBlueprint(stored));
             }
             ClientMsg::EntityAdd {

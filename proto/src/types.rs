@@ -208,6 +208,34 @@ impl BlueprintPatch {
         }
     }
 
+    /// Folds a later patch into this one: applying the result equals applying `self`, then
+    /// `later`.
+    pub fn merge(&mut self, later: BlueprintPatch) {
+        let BlueprintPatch {
+            name,
+            author,
+            model,
+            script,
+            image,
+            desc,
+            props,
+            flags,
+        } = later;
+        fn take<T>(into: &mut Option<T>, v: Option<T>) {
+            if v.is_some() {
+                *into = v;
+            }
+        }
+        take(&mut self.name, name);
+        take(&mut self.author, author);
+        take(&mut self.model, model);
+        take(&mut self.script, script);
+        take(&mut self.image, image);
+        take(&mut self.desc, desc);
+        take(&mut self.props, props);
+        take(&mut self.flags, flags);
+    }
+
     /// Applies the patch to `b` (shallow merge, as the reference engine does).
     pub fn apply(&self, b: &mut Blueprint) {
         if let Some(v) = &self.name {
@@ -377,4 +405,36 @@ pub struct User {
     pub banned: bool,
     /// Where the user's player was when they last left, if known.
     pub last_position: Option<Vec3>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_merged_patch_applies_as_both_in_order() {
+        let first = BlueprintPatch {
+            name: Some("one".into()),
+            model: Some(Some("m.glb".into())),
+            desc: Some("first".into()),
+            ..Default::default()
+        };
+        let second = BlueprintPatch {
+            model: Some(None),
+            desc: Some("second".into()),
+            flags: Some(BlueprintFlags::default()),
+            ..Default::default()
+        };
+        let mut in_order = Blueprint::default();
+        first.apply(&mut in_order);
+        second.apply(&mut in_order);
+        let mut merged = first.clone();
+        merged.merge(second);
+        let mut at_once = Blueprint::default();
+        merged.apply(&mut at_once);
+        assert_eq!(in_order, at_once);
+        assert_eq!(at_once.name, "one");
+        assert_eq!(at_once.model, None);
+        assert_eq!(at_once.desc, "second");
+    }
 }

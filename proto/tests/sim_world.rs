@@ -526,3 +526,63 @@ fn the_admin_command_needs_the_configured_code() {
     assert_eq!(s.clients[v].core.rank(), Rank::Admin);
     assert_eq!(s.server.world().users[&UserId(3)].rank, Rank::Admin);
 }
+
+#[test]
+fn rapid_edits_of_one_blueprint_reach_others_once_per_tick_and_each_is_acknowledged() {
+    run_seeds(0..4, |seed| {
+        let mut s = sim(seed);
+        let b = s.add_client(
+            with_token("builder", 2),
+            LinkConfig::default(),
+            LinkConfig::default(),
+        );
+        let v = s.add_client(
+            with_token("visitor", 3),
+            LinkConfig::hostile(),
+            LinkConfig::hostile(),
+        );
+        assert!(s.run_until_true(Duration::from_secs(20), |s| (0..2).all(|i| joined(s, i))));
+        let id = BlueprintId("cube".into());
+        let edits = 50u32;
+        // A burst: 50 versions within one tick, each touching a different field now and then.
+        let reqs: Vec<ReqId> = (0..edits)
+            .map(|k| {
+                let patch = BlueprintPatch {
+                    desc: Some(format!("edit {k}")),
+                    name: (k % 10 == 0).then(|| format!("name {k}")),
+                    ..Default::default()
+                };
+                s.with_client(b, |c| {
+                    c.modify_blueprint_at(id.clone(), 2 + k, patch.clone())
+                })
+            })
+            .collect();
+        s.run_for(Duration::from_secs(10));
+        let server_bp = s.server.world().blueprints[&id].clone();
+        assert_eq!(server_bp.version, 1 + edits, "seed {seed}");
+        assert_eq!(server_bp.desc, format!("edit {}", edits - 1));
+        assert_eq!(server_bp.name, "name 40");
+        for req in reqs {
+            assert!(
+                s.clients[b].events.contains(&ClientEvent::Acked(req)),
+                "seed {seed}: {req:?} not acknowledged"
+            );
+        }
+        for i in [b, v] {
+            assert_eq!(
+                s.clients[i].core.world().blueprints[&id],
+                server_bp,
+                "seed {seed}: client {i} diverged"
+            );
+            let modified = s.clients[i]
+                .events
+                .iter()
+                .filter(|e| matches!(e, ClientEvent::BlueprintModified { .. }))
+                .count();
+            assert!(
+                (1..=3).contains(&modified),
+                "seed {seed}: client {i} got {modified} modifications for {edits} edits in a burst"
+            );
+        }
+    });
+}

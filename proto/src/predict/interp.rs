@@ -15,8 +15,9 @@
 //! counts as an underrun. A sample flagged as a teleport, or implying a speed above
 //! [`TELEPORT_SPEED_MPS`], is snapped to rather than interpolated towards.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 
+use crate::idhash::IdMap;
 use crate::time::{Tick, Time};
 use crate::types::{EntityId, Quat, Transform, Vec3};
 
@@ -108,7 +109,11 @@ impl Interpolator {
     /// and samples older than everything held once full are dropped.
     pub fn push(&mut self, tick: Tick, transform: Transform, teleport: bool, period_s: f32) {
         let tick = tick.0;
-        let pos = self.samples.partition_point(|s| s.tick < tick);
+        // In-order arrival (the usual case) goes at the back without a search.
+        let pos = match self.samples.back() {
+            Some(b) if b.tick < tick => self.samples.len(),
+            _ => self.samples.partition_point(|s| s.tick < tick),
+        };
         if self.samples.get(pos).is_some_and(|s| s.tick == tick) {
             return;
         }
@@ -123,16 +128,26 @@ impl Interpolator {
                 teleport = true;
             }
         }
-        self.samples.insert(
-            pos,
-            Sample {
-                tick,
-                transform,
-                teleport,
-            },
-        );
-        while self.samples.len() > INTERP_SAMPLES_MAX {
+        let sample = Sample {
+            tick,
+            transform,
+            teleport,
+        };
+        if self.samples.capacity() == 0 {
+            // The buffer's whole bound at once: it never grows or reallocates after this.
+            self.samples.reserve_exact(INTERP_SAMPLES_MAX);
+        }
+        // When full, the oldest goes first (it is before `pos`, since `pos` > 0), so the buffer
+        // never holds more than its bound, even for a moment.
+        let mut pos = pos;
+        while self.samples.len() >= INTERP_SAMPLES_MAX {
             self.samples.pop_front();
+            pos -= 1;
+        }
+        if pos == self.samples.len() {
+            self.samples.push_back(sample);
+        } else {
+            self.samples.insert(pos, sample);
         }
     }
 
@@ -225,7 +240,7 @@ pub struct InterpolationStats {
 #[derive(Clone, Debug)]
 pub struct Interpolation {
     period_us: f64,
-    entities: BTreeMap<EntityId, Interpolator>,
+    entities: IdMap<Interpolator>,
     newest_tick: Option<u64>,
     /// Smoothed arrival time minus the sample's tick time, microseconds.
     transit_us: Option<f64>,
@@ -245,7 +260,7 @@ impl Interpolation {
         let interval_us = period_us * send_interval_ticks.max(1) as f64;
         Interpolation {
             period_us,
-            entities: BTreeMap::new(),
+            entities: IdMap::default(),
             newest_tick: None,
             transit_us: None,
             last_transit_us: None,
@@ -290,10 +305,14 @@ impl Interpolation {
     /// sender's flag (a large jump is detected anyway). Beyond [`INTERP_ENTITIES_MAX`] entities,
     /// new ones are ignored.
     pub fn push(&mut self, id: EntityId, tick: Tick, transform: Transform, teleport: bool) {
-        if !self.entities.contains_key(&id) && self.entities.len() >= INTERP_ENTITIES_MAX {
+        let period_s = (self.period_us / 1e6) as f32;
+        if let Some(e) = self.entities.get_mut(&id) {
+            e.push(tick, transform, teleport, period_s);
             return;
         }
-        let period_s = (self.period_us / 1e6) as f32;
+        if self.entities.len() >= INTERP_ENTITIES_MAX {
+            return;
+        }
         self.entities
             .entry(id)
             .or_default()

@@ -43,6 +43,16 @@ pub(crate) struct Motion {
     dt: u32,
 }
 
+impl Motion {
+    /// No motion known (the value was absolute).
+    pub const NONE: Motion = Motion {
+        dpos: [0; 3],
+        drot: [0; 3],
+        rot_valid: false,
+        dt: 0,
+    };
+}
+
 /// One value of one entity as both sides remember it: a baseline candidate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Sample {

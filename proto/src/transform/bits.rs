@@ -498,6 +498,59 @@ mod tests {
         assert!(r.read(1).is_err());
     }
 
+    /// The reader's reference: one bit at a time, as the format is specified.
+    fn read_eg_bitwise(r: &mut BitReader, k: u32) -> Result<u64, TransformError> {
+        let mut zeros = 0;
+        while !r.read_bool()? {
+            zeros += 1;
+            if zeros > EG_PREFIX_MAX {
+                return Err(TransformError::Malformed("exp-golomb prefix too long"));
+            }
+        }
+        // The code's low bits, first read lowest.
+        let mut low = 0u64;
+        for i in 0..zeros + k {
+            low |= r.read(1)? << i;
+        }
+        Ok(((1u64 << (zeros + k)) | low) - (1u64 << k))
+    }
+
+    #[test]
+    fn fast_reads_match_bit_by_bit_reads_on_any_input() {
+        let mut rng = Rng::new(3);
+        for _ in 0..3000 {
+            let len = rng.below(24) as usize;
+            // Sparse bytes make long Exp-Golomb prefixes and reads across the end likely.
+            let sparse = rng.below(2) == 0;
+            let bytes: Vec<u8> = (0..len)
+                .map(|_| {
+                    let b = rng.next_u64() as u8;
+                    if sparse && rng.below(4) != 0 {
+                        0
+                    } else {
+                        b
+                    }
+                })
+                .collect();
+            let (mut fast, mut slow) = (BitReader::new(&bytes), BitReader::new(&bytes));
+            for _ in 0..40 {
+                let (a, b) = if rng.below(2) == 0 {
+                    let n = rng.below(58) as u32;
+                    let b = (0..n).try_fold(0u64, |v, i| Ok(v | slow.read(1)? << i));
+                    (fast.read(n), b)
+                } else {
+                    let k = rng.below(4) as u32;
+                    (fast.read_eg(k), read_eg_bitwise(&mut slow, k))
+                };
+                assert_eq!(a, b, "{bytes:02x?}");
+                if a.is_err() {
+                    break;
+                }
+                assert_eq!(fast.remaining_bits(), slow.remaining_bits());
+            }
+        }
+    }
+
     #[test]
     fn zigzag_round_trips() {
         for v in [-5i64, -1, 0, 1, 5, i32::MIN as i64, i32::MAX as i64] {

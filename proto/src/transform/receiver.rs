@@ -569,3 +569,65 @@ impl TickBefore for Option<Tick> {
         !matches!(self, Some(t) if *t >= tick)
     }
 }
+
+#[cfg(test)]
+mod ring_tests {
+    use super::*;
+    use crate::rng::Rng;
+
+    /// The ring's contract, as a plain list: keep the newest ticks, ignore duplicates.
+    fn model_insert(m: &mut Vec<u64>, tick: u64) {
+        if m.contains(&tick) {
+            return;
+        }
+        if m.len() < RECEIVER_BASELINES_PER_ENTITY {
+            m.push(tick);
+        } else if let Some(min) = m.iter_mut().min() {
+            if *min < tick {
+                *min = tick;
+            }
+        }
+        m.sort_unstable();
+    }
+
+    #[test]
+    fn ring_keeps_the_newest_ticks_sorted_whatever_the_arrival_order() {
+        let mut rng = Rng::new(11);
+        for _ in 0..200 {
+            let mut ring = Ring::default();
+            let mut model = Vec::new();
+            let mut base = 100u64;
+            for _ in 0..300 {
+                let r = rng.below(10);
+                if r == 0 {
+                    let t = base.saturating_sub(rng.below(20));
+                    ring.drop_through(Tick(t));
+                    model.retain(|&m| m > t);
+                    continue;
+                }
+                // Mostly in order, sometimes late, sometimes repeated.
+                let tick = match r {
+                    1..=6 => {
+                        base += 1 + rng.below(2);
+                        base
+                    }
+                    7 | 8 => base.saturating_sub(rng.below(24)),
+                    _ => base,
+                };
+                let mut q = QTransform::default();
+                q.pos[0] = tick as u32;
+                ring.insert(Sample::absolute(Tick(tick), q));
+                model_insert(&mut model, tick);
+                let held: Vec<u64> = (0..ring.len as usize).map(|i| ring.get(i).tick.0).collect();
+                assert_eq!(held, model);
+                for t in base.saturating_sub(40)..=base + 1 {
+                    let found = ring.find(Tick(t));
+                    assert_eq!(found.is_some(), model.contains(&t), "tick {t}");
+                    if let Some(s) = found {
+                        assert_eq!((s.tick, s.q.pos[0]), (Tick(t), t as u32));
+                    }
+                }
+            }
+        }
+    }
+}

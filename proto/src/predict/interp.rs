@@ -447,6 +447,70 @@ mod tests {
         ip
     }
 
+    /// `Interpolator::push` as first written (search, insert, trim): the reference.
+    fn push_reference(e: &mut Interpolator, tick: Tick, transform: Transform, period_s: f32) {
+        let tick = tick.0;
+        let pos = e.samples.partition_point(|s| s.tick < tick);
+        if e.samples.get(pos).is_some_and(|s| s.tick == tick) {
+            return;
+        }
+        if pos == 0 && e.samples.len() >= INTERP_SAMPLES_MAX {
+            return;
+        }
+        let mut teleport = false;
+        if let Some(prev) = pos.checked_sub(1).and_then(|i| e.samples.get(i)) {
+            let dt = (tick - prev.tick) as f32 * period_s;
+            let d = super::super::movement::distance(prev.transform.position, transform.position);
+            if d > TELEPORT_SPEED_MPS * dt {
+                teleport = true;
+            }
+        }
+        let s = Sample {
+            tick,
+            transform,
+            teleport,
+        };
+        e.samples.insert(pos, s);
+        while e.samples.len() > INTERP_SAMPLES_MAX {
+            e.samples.pop_front();
+        }
+    }
+
+    #[test]
+    fn push_matches_the_reference_and_never_grows_past_its_bound() {
+        let p = 1.0 / 30.0;
+        let mut rng = Rng::new(5);
+        for _ in 0..50 {
+            let (mut fast, mut reference) = (Interpolator::default(), Interpolator::default());
+            let mut newest = 10u64;
+            for _ in 0..500 {
+                let tick = match rng.below(10) {
+                    0..=6 => {
+                        newest += 1 + rng.below(2);
+                        newest
+                    }
+                    7 | 8 => newest.saturating_sub(rng.below(40)),
+                    _ => newest,
+                };
+                let x = if rng.chance(0.05) { 500.0 } else { 0.0 } + tick as f32 * 0.1;
+                fast.push(Tick(tick), at_x(x), false, p);
+                push_reference(&mut reference, Tick(tick), at_x(x), p);
+                let key = |e: &Interpolator| -> Vec<(u64, f32, bool)> {
+                    e.samples
+                        .iter()
+                        .map(|s| (s.tick, s.transform.position[0], s.teleport))
+                        .collect()
+                };
+                assert_eq!(key(&fast), key(&reference));
+                assert!(fast.samples.capacity() <= INTERP_SAMPLES_MAX);
+                if rng.chance(0.02) {
+                    let at = newest as f64 - rng.below(5) as f64;
+                    assert_eq!(fast.sample(at, p), reference.sample(at, p));
+                }
+            }
+        }
+    }
+
     #[test]
     fn interpolation_delay_adapts_to_send_interval_and_jitter() {
         let fast = run(1, 0, 1);

@@ -5,18 +5,26 @@
 //! motion step and quantization happen outside the timed section (the server quantizes once per
 //! tick for all clients).
 //!
+//! `client_receive/100_moving_entities` is the other end: one client's whole receive path for a
+//! datagram of 100 moving entities.
+//!
 //! Run: `cargo bench --bench transform` (add `-- --quick` for a short run).
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use neonet_proto::client::{ClientConfig, ClientCore};
+use neonet_proto::codec;
+use neonet_proto::msg::{Channel, ServerMsg, Snapshot, PROTOCOL_VERSION};
+use neonet_proto::predict::CharacterConfig;
 use neonet_proto::time::{Tick, Time};
 use neonet_proto::transform::scenario::CrowdSamples;
 use neonet_proto::transform::{
     AckHeader, ClientReplicator, EntitySample, InterestGrid, ReplicaReceiver, Seq, TickInput,
     TransformConfig,
 };
+use neonet_proto::types::{Entity, EntityId, EntityKind, Rank, SessionId, UserId};
 
 const TICK_US: u64 = 33_333;
 const MAX_DATAGRAM: usize = 1162;
@@ -230,11 +238,103 @@ fn bench_server_spread(c: &mut Criterion) {
     group.finish();
 }
 
+/// A client joined to a world holding `world`'s entities (as players) and its own player
+/// (which the crowd does not move), as the load tool's clients are.
+fn joined_client(world: &World, config: &TransformConfig) -> ClientCore {
+    let mut client = ClientCore::new(
+        ClientConfig {
+            name: "bench".into(),
+            token: None,
+        },
+        Time(0),
+    );
+    let player = EntityId(1_000_000);
+    let entity = |id: EntityId| Entity {
+        id,
+        kind: EntityKind::Player,
+        owner: None,
+        user: None,
+        blueprint: None,
+        transform: Default::default(),
+        props: Vec::new(),
+    };
+    let welcome = ServerMsg::Welcome {
+        protocol_version: PROTOCOL_VERSION,
+        session: SessionId(1),
+        tick_hz: 30,
+        transform: Box::new(config.clone()),
+        character: CharacterConfig::default(),
+    };
+    let snapshot = ServerMsg::Snapshot(Box::new(Snapshot {
+        player,
+        user: UserId(1),
+        rank: Rank::Visitor,
+        server_tick: 0,
+        server_time_us: 0,
+        settings: Default::default(),
+        spawn: Default::default(),
+        chat: Vec::new(),
+        blueprints: Vec::new(),
+        entities: world
+            .samples
+            .iter()
+            .map(|s| entity(s.id))
+            .chain([entity(player)])
+            .collect(),
+        auth_token: String::new(),
+    }));
+    for m in [welcome, snapshot] {
+        client
+            .handle_frame(Channel::World, &codec::encode(&m), Time(0))
+            .expect("valid frame");
+    }
+    client
+}
+
+/// One client receiving one server datagram per tick with 100 moving entities: the whole
+/// receive path (decode, baselines, interpolation buffers, world mirror), per datagram. The
+/// server side (world step, replicator, acks) runs outside the timed section.
+fn bench_client_receive(c: &mut Criterion) {
+    let n = 100;
+    let config = TransformConfig::default();
+    let mut world = World::new(n);
+    let mut server = ClientReplicator::new(config.clone(), None).expect("config");
+    let mut client = joined_client(&world, &config);
+    let mut out = Vec::new();
+    let mut tick = 1;
+    let arrival = |tick: u64| Time(tick * TICK_US + 50_000);
+    let mut feed = |client: &mut ClientCore, world: &mut World, tick: &mut u64| {
+        world.step();
+        client_tick(&mut server, world, *tick, Some([0.0; 3]), &mut out);
+        let now = arrival(*tick);
+        *tick += 1;
+        let start = Instant::now();
+        for d in &out {
+            client.handle_datagram(d, now);
+        }
+        start.elapsed()
+    };
+    // Past the warm-up: every entity known, baselines and interpolation buffers full.
+    for _ in 0..60 {
+        feed(&mut client, &mut world, &mut tick);
+    }
+    assert_eq!(client.datagrams_rejected(), 0);
+    c.bench_function(&format!("client_receive/{n}_moving_entities"), |b| {
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| feed(&mut client, &mut world, &mut tick))
+                .sum()
+        })
+    });
+    assert_eq!(client.datagrams_rejected(), 0);
+}
+
 criterion_group!(
     benches,
     bench_one_entity,
     bench_client,
     bench_server,
-    bench_server_spread
+    bench_server_spread,
+    bench_client_receive
 );
 criterion_main!(benches);

@@ -18,7 +18,7 @@ use crate::predict::interp::InterpolationStats;
 use crate::predict::{CharacterInput, CorrectionStats, PredictedClient};
 use crate::time::{Tick, Time};
 use crate::transform::{
-    encode_client_datagram, Freshness, QTransform, Quantizer, ReplicaReceiver, Seq,
+    encode_client_datagram, Freshness, QTransform, Quantizer, ReceivedTick, ReplicaReceiver, Seq,
     KIND_SERVER_STATE, OWNED_PER_DATAGRAM_MAX,
 };
 use crate::types::*;
@@ -232,6 +232,9 @@ struct Stream {
     /// Apps this client is moving (it set their `mover`), sent every client tick.
     moving: BTreeMap<EntityId, Transform>,
     buf: Vec<u8>,
+    /// What the last server datagram brought, kept so its vectors are reused (no allocation
+    /// per datagram).
+    received: ReceivedTick,
     /// Datagrams dropped as undecodable.
     rejected: u64,
 }
@@ -418,13 +421,11 @@ impl ClientCore {
             st.rejected += 1;
             return;
         }
-        let rt = match st.receiver.handle_datagram(data, now) {
-            Ok(rt) => rt,
-            Err(_) => {
-                st.rejected += 1;
-                return;
-            }
-        };
+        let rt = &mut st.received;
+        if st.receiver.handle_datagram_into(data, now, rt).is_err() {
+            st.rejected += 1;
+            return;
+        }
         st.ack_due = true;
         if rt.freshness != Freshness::Applied {
             return;
@@ -435,18 +436,18 @@ impl ClientCore {
             }
         }
         st.predicted.handle_transforms_datagram(now, rt.tick);
-        for id in &rt.updated {
-            let Some((tick, t)) = st.receiver.latest(*id) else {
+        for &id in &rt.updated {
+            let Some((tick, t)) = st.receiver.latest(id) else {
                 continue;
             };
-            if Some(*id) != self.player {
-                st.predicted.handle_entity_transform(*id, tick, t, false);
+            if Some(id) != self.player {
+                st.predicted.handle_entity_transform(id, tick, t, false);
             }
-            if let Some(e) = self.world.entities.get_mut(id) {
+            if let Some(e) = self.world.entities.get_mut(&id) {
                 e.transform = t;
             }
         }
-        for id in rt.left {
+        for &id in &rt.left {
             st.predicted.remove_entity(id);
             self.events.push_back(ClientEvent::LeftInterest(id));
         }
@@ -833,6 +834,17 @@ impl ClientCore {
                     own_transform: None,
                     moving: BTreeMap::new(),
                     buf: Vec::new(),
+                    received: ReceivedTick {
+                        seq: Seq(0),
+                        tick: Tick(0),
+                        freshness: Freshness::Applied,
+                        own_blob: None,
+                        updated: Vec::new(),
+                        left: Vec::new(),
+                        stale: 0,
+                        undecodable: 0,
+                        acked: false,
+                    },
                     rejected: 0,
                 }));
             }

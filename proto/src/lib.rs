@@ -20,6 +20,7 @@
 
 pub mod client;
 pub mod codec;
+pub(crate) mod idhash;
 pub mod limits;
 pub mod msg;
 pub mod predict;

@@ -15,8 +15,9 @@
 //! counts as an underrun. A sample flagged as a teleport, or implying a speed above
 //! [`TELEPORT_SPEED_MPS`], is snapped to rather than interpolated towards.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 
+use crate::idhash::IdMap;
 use crate::time::{Tick, Time};
 use crate::types::{EntityId, Quat, Transform, Vec3};
 
@@ -50,7 +51,8 @@ struct Sample {
     teleport: bool,
 }
 
-/// One entity's sample buffer. Bounded by [`INTERP_SAMPLES_MAX`].
+/// One entity's sample buffer. Bounded by [`INTERP_SAMPLES_MAX`] (about 1.8 KiB), allocated at
+/// that size with the first sample and never reallocated.
 #[derive(Clone, Debug, Default)]
 pub struct Interpolator {
     samples: VecDeque<Sample>,
@@ -108,7 +110,11 @@ impl Interpolator {
     /// and samples older than everything held once full are dropped.
     pub fn push(&mut self, tick: Tick, transform: Transform, teleport: bool, period_s: f32) {
         let tick = tick.0;
-        let pos = self.samples.partition_point(|s| s.tick < tick);
+        // In-order arrival (the usual case) goes at the back without a search.
+        let pos = match self.samples.back() {
+            Some(b) if b.tick < tick => self.samples.len(),
+            _ => self.samples.partition_point(|s| s.tick < tick),
+        };
         if self.samples.get(pos).is_some_and(|s| s.tick == tick) {
             return;
         }
@@ -123,16 +129,26 @@ impl Interpolator {
                 teleport = true;
             }
         }
-        self.samples.insert(
-            pos,
-            Sample {
-                tick,
-                transform,
-                teleport,
-            },
-        );
-        while self.samples.len() > INTERP_SAMPLES_MAX {
+        let sample = Sample {
+            tick,
+            transform,
+            teleport,
+        };
+        if self.samples.capacity() == 0 {
+            // The buffer's whole bound at once: it never grows or reallocates after this.
+            self.samples.reserve_exact(INTERP_SAMPLES_MAX);
+        }
+        // When full, the oldest goes first (it is before `pos`, since `pos` > 0), so the buffer
+        // never holds more than its bound, even for a moment.
+        let mut pos = pos;
+        while self.samples.len() >= INTERP_SAMPLES_MAX {
             self.samples.pop_front();
+            pos -= 1;
+        }
+        if pos == self.samples.len() {
+            self.samples.push_back(sample);
+        } else {
+            self.samples.insert(pos, sample);
         }
     }
 
@@ -225,7 +241,7 @@ pub struct InterpolationStats {
 #[derive(Clone, Debug)]
 pub struct Interpolation {
     period_us: f64,
-    entities: BTreeMap<EntityId, Interpolator>,
+    entities: IdMap<Interpolator>,
     newest_tick: Option<u64>,
     /// Smoothed arrival time minus the sample's tick time, microseconds.
     transit_us: Option<f64>,
@@ -245,7 +261,7 @@ impl Interpolation {
         let interval_us = period_us * send_interval_ticks.max(1) as f64;
         Interpolation {
             period_us,
-            entities: BTreeMap::new(),
+            entities: IdMap::default(),
             newest_tick: None,
             transit_us: None,
             last_transit_us: None,
@@ -290,10 +306,14 @@ impl Interpolation {
     /// sender's flag (a large jump is detected anyway). Beyond [`INTERP_ENTITIES_MAX`] entities,
     /// new ones are ignored.
     pub fn push(&mut self, id: EntityId, tick: Tick, transform: Transform, teleport: bool) {
-        if !self.entities.contains_key(&id) && self.entities.len() >= INTERP_ENTITIES_MAX {
+        let period_s = (self.period_us / 1e6) as f32;
+        if let Some(e) = self.entities.get_mut(&id) {
+            e.push(tick, transform, teleport, period_s);
             return;
         }
-        let period_s = (self.period_us / 1e6) as f32;
+        if self.entities.len() >= INTERP_ENTITIES_MAX {
+            return;
+        }
         self.entities
             .entry(id)
             .or_default()
@@ -426,6 +446,70 @@ mod tests {
             }
         }
         ip
+    }
+
+    /// `Interpolator::push` as first written (search, insert, trim): the reference.
+    fn push_reference(e: &mut Interpolator, tick: Tick, transform: Transform, period_s: f32) {
+        let tick = tick.0;
+        let pos = e.samples.partition_point(|s| s.tick < tick);
+        if e.samples.get(pos).is_some_and(|s| s.tick == tick) {
+            return;
+        }
+        if pos == 0 && e.samples.len() >= INTERP_SAMPLES_MAX {
+            return;
+        }
+        let mut teleport = false;
+        if let Some(prev) = pos.checked_sub(1).and_then(|i| e.samples.get(i)) {
+            let dt = (tick - prev.tick) as f32 * period_s;
+            let d = super::super::movement::distance(prev.transform.position, transform.position);
+            if d > TELEPORT_SPEED_MPS * dt {
+                teleport = true;
+            }
+        }
+        let s = Sample {
+            tick,
+            transform,
+            teleport,
+        };
+        e.samples.insert(pos, s);
+        while e.samples.len() > INTERP_SAMPLES_MAX {
+            e.samples.pop_front();
+        }
+    }
+
+    #[test]
+    fn push_matches_the_reference_and_never_grows_past_its_bound() {
+        let p = 1.0 / 30.0;
+        let mut rng = Rng::new(5);
+        for _ in 0..50 {
+            let (mut fast, mut reference) = (Interpolator::default(), Interpolator::default());
+            let mut newest = 10u64;
+            for _ in 0..500 {
+                let tick = match rng.below(10) {
+                    0..=6 => {
+                        newest += 1 + rng.below(2);
+                        newest
+                    }
+                    7 | 8 => newest.saturating_sub(rng.below(40)),
+                    _ => newest,
+                };
+                let x = if rng.chance(0.05) { 500.0 } else { 0.0 } + tick as f32 * 0.1;
+                fast.push(Tick(tick), at_x(x), false, p);
+                push_reference(&mut reference, Tick(tick), at_x(x), p);
+                let key = |e: &Interpolator| -> Vec<(u64, f32, bool)> {
+                    e.samples
+                        .iter()
+                        .map(|s| (s.tick, s.transform.position[0], s.teleport))
+                        .collect()
+                };
+                assert_eq!(key(&fast), key(&reference));
+                assert!(fast.samples.capacity() <= INTERP_SAMPLES_MAX);
+                if rng.chance(0.02) {
+                    let at = newest as f64 - rng.below(5) as f64;
+                    assert_eq!(fast.sample(at, p), reference.sample(at, p));
+                }
+            }
+        }
     }
 
     #[test]

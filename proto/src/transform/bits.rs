@@ -282,14 +282,28 @@ impl<'a> BitReader<'a> {
         if self.remaining_bits() < n as usize {
             return Err(TransformError::Truncated);
         }
-        let byte = self.pos_bits / 8;
-        let off = (self.pos_bits % 8) as u32;
-        let mut buf = [0u8; 8];
-        let avail = (self.bytes.len() - byte).min(8);
-        buf[..avail].copy_from_slice(&self.bytes[byte..byte + avail]);
-        let v = (u64::from_le_bytes(buf) >> off) & ((1u64 << n) - 1);
+        let v = self.peek_word() & ((1u64 << n) - 1);
         self.pos_bits += n as usize;
         Ok(v)
+    }
+
+    /// The next bits from the read position, the next one lowest: at least 57 valid bits (fewer
+    /// at the end of the input, the rest zero). Reads no further than the input.
+    #[inline(always)]
+    fn peek_word(&self) -> u64 {
+        let byte = self.pos_bits / 8;
+        let off = (self.pos_bits % 8) as u32;
+        let word = match self.bytes.get(byte..byte + 8) {
+            // One 8-byte load in the middle of the input (the usual case).
+            Some(b) => u64::from_le_bytes(b.try_into().expect("8 bytes")),
+            None => {
+                let rest = self.bytes.get(byte..).unwrap_or(&[]);
+                let mut buf = [0u8; 8];
+                buf[..rest.len()].copy_from_slice(rest);
+                u64::from_le_bytes(buf)
+            }
+        };
+        word >> off
     }
 
     /// Reads one bit.
@@ -301,6 +315,16 @@ impl<'a> BitReader<'a> {
     /// Reads an order-`k` Exp-Golomb code written by [`BitWriter::write_eg`].
     #[inline]
     pub fn read_eg(&mut self, k: u32) -> Result<u64, TransformError> {
+        // Fast path: the prefix's terminating one bit is among the next bits held in one word.
+        let avail = self.remaining_bits().min(57) as u32;
+        let zeros = self.peek_word().trailing_zeros();
+        if zeros < avail && zeros <= EG_PREFIX_MAX {
+            self.pos_bits += zeros as usize + 1;
+            let nbits = zeros + k + 1;
+            let low = self.read(nbits - 1)?;
+            return Ok(((1u64 << (nbits - 1)) | low) - (1u64 << k));
+        }
+        // Slow path (a long prefix, the end of the input, garbage): bit by bit, for the errors.
         let mut zeros = 0;
         while !self.read_bool()? {
             zeros += 1;
@@ -472,6 +496,59 @@ mod tests {
         assert!(r.read_eg(0).is_err());
         let mut r = BitReader::new(&[]);
         assert!(r.read(1).is_err());
+    }
+
+    /// The reader's reference: one bit at a time, as the format is specified.
+    fn read_eg_bitwise(r: &mut BitReader, k: u32) -> Result<u64, TransformError> {
+        let mut zeros = 0;
+        while !r.read_bool()? {
+            zeros += 1;
+            if zeros > EG_PREFIX_MAX {
+                return Err(TransformError::Malformed("exp-golomb prefix too long"));
+            }
+        }
+        // The code's low bits, first read lowest.
+        let mut low = 0u64;
+        for i in 0..zeros + k {
+            low |= r.read(1)? << i;
+        }
+        Ok(((1u64 << (zeros + k)) | low) - (1u64 << k))
+    }
+
+    #[test]
+    fn fast_reads_match_bit_by_bit_reads_on_any_input() {
+        let mut rng = Rng::new(3);
+        for _ in 0..3000 {
+            let len = rng.below(24) as usize;
+            // Sparse bytes make long Exp-Golomb prefixes and reads across the end likely.
+            let sparse = rng.below(2) == 0;
+            let bytes: Vec<u8> = (0..len)
+                .map(|_| {
+                    let b = rng.next_u64() as u8;
+                    if sparse && rng.below(4) != 0 {
+                        0
+                    } else {
+                        b
+                    }
+                })
+                .collect();
+            let (mut fast, mut slow) = (BitReader::new(&bytes), BitReader::new(&bytes));
+            for _ in 0..40 {
+                let (a, b) = if rng.below(2) == 0 {
+                    let n = rng.below(58) as u32;
+                    let b = (0..n).try_fold(0u64, |v, i| Ok(v | slow.read(1)? << i));
+                    (fast.read(n), b)
+                } else {
+                    let k = rng.below(4) as u32;
+                    (fast.read_eg(k), read_eg_bitwise(&mut slow, k))
+                };
+                assert_eq!(a, b, "{bytes:02x?}");
+                if a.is_err() {
+                    break;
+                }
+                assert_eq!(fast.remaining_bits(), slow.remaining_bits());
+            }
+        }
     }
 
     #[test]

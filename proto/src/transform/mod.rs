@@ -12,8 +12,10 @@
 //! - [`ClientReplicator`] (server side, one per client): interest, priority accumulator, budget,
 //!   delta compression, datagram packing. Call [`ClientReplicator::write_tick`] once per tick and
 //!   [`ClientReplicator::handle_ack`] for every ack header the client sends.
-//! - [`ReplicaReceiver`] (client side): [`ReplicaReceiver::handle_datagram`], then
-//!   [`ReplicaReceiver::latest`] per entity and [`ReplicaReceiver::ack_header`] to send upstream.
+//! - [`ReplicaReceiver`] (client side): [`ReplicaReceiver::handle_datagram`] (or
+//!   [`ReplicaReceiver::handle_datagram_into`], which reuses one [`ReceivedTick`]'s memory),
+//!   then [`ReplicaReceiver::latest`] per entity and [`ReplicaReceiver::ack_header`] to send
+//!   upstream.
 //! - [`encode_client_datagram`] / [`decode_client_datagram`]: the client's upstream datagram
 //!   (ack header, opaque input blob, owned entities' transforms).
 //! - [`scenario`]: deterministic motion generators and the in-process bandwidth runner.

@@ -35,6 +35,9 @@ pub struct QTransform {
 pub struct Quantizer {
     min: [f64; 3],
     steps_per_m: f64,
+    /// `1 / steps_per_m` when that is exact (a power-of-two step count, as the default 512):
+    /// dequantizing then multiplies instead of dividing, with the same result bit for bit.
+    step_m_exact: Option<f64>,
     pos_max: [u32; 3],
     pos_bits: [u32; 3],
     rot_bits: u32,
@@ -62,6 +65,10 @@ impl Quantizer {
         Ok(Quantizer {
             min: config.bounds_min.map(|v| v as f64),
             steps_per_m: config.position_steps_per_m as f64,
+            step_m_exact: config
+                .position_steps_per_m
+                .is_power_of_two()
+                .then(|| 1.0 / config.position_steps_per_m as f64),
             pos_max,
             pos_bits,
             rot_bits: config.rotation_bits,
@@ -145,8 +152,18 @@ impl Quantizer {
     /// The position a quantized one stands for.
     pub fn dequantize_position(&self, q: [u32; 3]) -> Vec3 {
         let mut out = [0.0; 3];
-        for a in 0..3 {
-            out[a] = (self.min[a] + q[a] as f64 / self.steps_per_m) as f32;
+        match self.step_m_exact {
+            // Scaling by a power of two is exact, so this is the division below, bit for bit.
+            Some(step) => {
+                for a in 0..3 {
+                    out[a] = (self.min[a] + q[a] as f64 * step) as f32;
+                }
+            }
+            None => {
+                for a in 0..3 {
+                    out[a] = (self.min[a] + q[a] as f64 / self.steps_per_m) as f32;
+                }
+            }
         }
         out
     }
@@ -244,6 +261,35 @@ mod tests {
 
     fn quantizer() -> Quantizer {
         Quantizer::new(&TransformConfig::default()).unwrap()
+    }
+
+    #[test]
+    fn dequantized_positions_equal_the_division_for_every_step_count() {
+        let mut rng = Rng::new(9);
+        for steps in [10, 100, 256, 512, 1000, 1024, 4096, 65_536] {
+            let config = TransformConfig {
+                position_steps_per_m: steps,
+                ..TransformConfig::default()
+            };
+            let qz = Quantizer::new(&config).unwrap();
+            assert_eq!(qz.step_m_exact.is_some(), steps.is_power_of_two());
+            let max = qz.position_max();
+            for i in 0..20_000u32 {
+                let q = [0, 1, 2].map(|a| match i {
+                    0 => 0,
+                    1 => max[a],
+                    _ => rng.below(max[a] as u64 + 1) as u32,
+                });
+                let want = [0, 1, 2]
+                    .map(|a| (config.bounds_min[a] as f64 + q[a] as f64 / steps as f64) as f32);
+                let got = qz.dequantize_position(q);
+                assert_eq!(
+                    got.map(f32::to_bits),
+                    want.map(f32::to_bits),
+                    "{steps} {q:?}"
+                );
+            }
+        }
     }
 
     fn angle_between(a: Quat, b: Quat) -> f64 {

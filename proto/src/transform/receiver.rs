@@ -1,16 +1,17 @@
 //! [`ReplicaReceiver`]: the client's side of the transform stream.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 
 use super::bits::BitReader;
-use super::quant::{QTransform, Quantizer};
-use super::record::{read_absolute, read_delta, DeltaBody, Sample, AGE_EG_K};
+use super::quant::{QRot, QTransform, Quantizer};
+use super::record::{read_absolute, read_delta, DeltaBody, Motion, Sample, AGE_EG_K};
 use super::replicator::INDEX_EG_K;
 use super::seq::{AckHeader, AckTracker, Arrival, Seq};
 use super::{
     read_varint, ConfigError, TransformConfig, TransformError, BASELINE_AGE_MAX_TICKS,
     KIND_SERVER_STATE, OWN_BLOB_BYTES_MAX, RECEIVER_BASELINES_PER_ENTITY, RECORDS_PER_DATAGRAM_MAX,
 };
+use crate::idhash::IdMap;
 use crate::limits::{DATAGRAM_BYTES_MAX, ENTITIES_MAX};
 use crate::time::{Tick, Time};
 use crate::types::{EntityId, Transform};
@@ -56,29 +57,145 @@ pub struct ReceivedTick {
 /// entities removed during one round trip in any world we expect; older records are long stale.
 pub const FORGOTTEN_MAX: usize = 1024;
 
+/// The values an entity's deltas may name as baselines: the
+/// [`RECEIVER_BASELINES_PER_ENTITY`] newest received (by tick), kept inline and sorted by tick
+/// in a circular array, so the usual in-order arrival appends (overwriting the oldest) and the
+/// usual baseline (a recent tick) is found scanning back from the newest.
+#[derive(Clone, Copy, Debug)]
+struct Ring {
+    slots: [Sample; RECEIVER_BASELINES_PER_ENTITY],
+    /// Physical index of the oldest value.
+    head: u8,
+    /// Values held.
+    len: u8,
+}
+
+const EMPTY_SAMPLE: Sample = Sample {
+    tick: Tick(0),
+    q: QTransform {
+        pos: [0; 3],
+        rot: QRot {
+            largest: 0,
+            comps: [0; 3],
+        },
+        scale: None,
+    },
+    motion: Motion::NONE,
+};
+
+impl Default for Ring {
+    fn default() -> Ring {
+        Ring {
+            slots: [EMPTY_SAMPLE; RECEIVER_BASELINES_PER_ENTITY],
+            head: 0,
+            len: 0,
+        }
+    }
+}
+
+impl Ring {
+    #[inline(always)]
+    fn phys(&self, i: usize) -> usize {
+        (self.head as usize + i) % RECEIVER_BASELINES_PER_ENTITY
+    }
+
+    /// The `i`-th oldest value.
+    #[inline(always)]
+    fn get(&self, i: usize) -> &Sample {
+        &self.slots[self.phys(i)]
+    }
+
+    /// The value of `tick`, if held.
+    #[inline]
+    fn find(&self, tick: Tick) -> Option<&Sample> {
+        for i in (0..self.len as usize).rev() {
+            let s = self.get(i);
+            if s.tick <= tick {
+                return (s.tick == tick).then_some(s);
+            }
+        }
+        None
+    }
+
+    /// Keeps `s` if its tick is new and among the newest [`RECEIVER_BASELINES_PER_ENTITY`]
+    /// (evicting the oldest when full).
+    #[inline]
+    fn insert(&mut self, s: Sample) {
+        let n = RECEIVER_BASELINES_PER_ENTITY;
+        let len = self.len as usize;
+        if len == 0 || self.get(len - 1).tick < s.tick {
+            // In order: append.
+            if len == n {
+                self.slots[self.head as usize] = s;
+                self.head = ((self.head as usize + 1) % n) as u8;
+            } else {
+                let at = self.phys(len);
+                self.slots[at] = s;
+                self.len += 1;
+            }
+            return;
+        }
+        // Out of order: its place among the held values (ascending by tick).
+        let mut pos = len;
+        while pos > 0 && self.get(pos - 1).tick >= s.tick {
+            if self.get(pos - 1).tick == s.tick {
+                return;
+            }
+            pos -= 1;
+        }
+        if len == n {
+            if pos == 0 {
+                return; // older than everything held
+            }
+            // Drop the oldest; `s` goes just before what was at `pos`.
+            self.head = ((self.head as usize + 1) % n) as u8;
+            self.len -= 1;
+            pos -= 1;
+        }
+        let len = self.len as usize;
+        for i in (pos..len).rev() {
+            let (from, to) = (self.phys(i), self.phys(i + 1));
+            self.slots[to] = self.slots[from];
+        }
+        let at = self.phys(pos);
+        self.slots[at] = s;
+        self.len += 1;
+    }
+
+    /// Drops every value at `tick` or older.
+    fn drop_through(&mut self, tick: Tick) {
+        while self.len > 0 && self.get(0).tick <= tick {
+            self.head = ((self.head as usize + 1) % RECEIVER_BASELINES_PER_ENTITY) as u8;
+            self.len -= 1;
+        }
+    }
+}
+
 #[derive(Clone, Debug, Default)]
 struct Replica {
     latest: Option<(Tick, QTransform)>,
+    /// `latest` dequantized (meaningful only while `latest` is `Some`), so readers do not
+    /// dequantize it again and an unchanged rotation is not dequantized at all.
+    latest_t: Transform,
     left_at: Option<Tick>,
-    /// The newest values received, by tick, at most [`RECEIVER_BASELINES_PER_ENTITY`].
-    ring: Vec<Sample>,
+    /// The newest values received, by tick.
+    ring: Ring,
 }
 
 impl Replica {
-    fn insert(&mut self, s: Sample) {
-        if self.ring.iter().any(|r| r.tick == s.tick) {
-            return;
-        }
-        if self.ring.len() < RECEIVER_BASELINES_PER_ENTITY {
-            self.ring.push(s);
-            return;
-        }
-        let Some((oldest, _)) = self.ring.iter().enumerate().min_by_key(|(_, r)| r.tick) else {
-            return;
+    /// Makes the value `q` at `tick` the latest.
+    #[inline]
+    fn set_latest(&mut self, qz: &Quantizer, tick: Tick, q: QTransform) {
+        let rotation = match self.latest {
+            Some((_, prev)) if prev.rot == q.rot => self.latest_t.rotation,
+            _ => qz.dequantize_rotation(q.rot),
         };
-        if self.ring[oldest].tick < s.tick {
-            self.ring[oldest] = s;
-        }
+        self.latest_t = Transform {
+            position: qz.dequantize_position(q.pos),
+            rotation,
+            scale: q.scale.map(|s| qz.dequantize_scale(s)),
+        };
+        self.latest = Some((tick, q));
     }
 }
 
@@ -96,11 +213,21 @@ enum Parsed {
 /// [`ReplicaReceiver::iter`]. Output: [`ReplicaReceiver::ack_header`], to put in every datagram
 /// the client sends. Commands: [`ReplicaReceiver::forget`] when the reliable stream says an
 /// entity was removed.
+///
+/// Memory: one slot per tracked entity, at most [`ENTITIES_MAX`], each about 1.1 KiB (its
+/// [`RECEIVER_BASELINES_PER_ENTITY`] baselines inline, no further allocation); slots of
+/// forgotten entities are reused. A record costs one hash lookup, no allocation.
 #[derive(Clone, Debug)]
 pub struct ReplicaReceiver {
     qz: Quantizer,
     acks: AckTracker,
-    entities: BTreeMap<EntityId, Replica>,
+    /// Slot in `replicas` of every tracked entity (at most [`ENTITIES_MAX`]).
+    index: IdMap<u32>,
+    /// Tracked entities' state; slots in `free` are unused. Never longer than the most
+    /// entities tracked at once.
+    replicas: Vec<Replica>,
+    /// Unused slots of `replicas`, reused before it grows.
+    free: Vec<u32>,
     parsed: Vec<Parsed>,
     newest_tick: Option<Tick>,
     forgotten: VecDeque<(EntityId, Tick)>,
@@ -112,7 +239,9 @@ impl ReplicaReceiver {
         Ok(ReplicaReceiver {
             qz: Quantizer::new(config)?,
             acks: AckTracker::new(),
-            entities: BTreeMap::new(),
+            index: IdMap::default(),
+            replicas: Vec::new(),
+            free: Vec::new(),
             parsed: Vec::new(),
             newest_tick: None,
             forgotten: VecDeque::new(),
@@ -136,31 +265,40 @@ impl ReplicaReceiver {
 
     /// The entity's latest authoritative transform and the server tick it is from, or `None` if
     /// unknown or out of interest.
+    #[inline]
     pub fn latest(&self, id: EntityId) -> Option<(Tick, Transform)> {
-        self.latest_quantized(id)
-            .map(|(t, q)| (t, self.qz.dequantize(&q)))
+        let r = self.replica(id)?;
+        r.latest.map(|(t, _)| (t, r.latest_t))
     }
 
     /// Like [`ReplicaReceiver::latest`], quantized (what the server sent, bit for bit).
     pub fn latest_quantized(&self, id: EntityId) -> Option<(Tick, QTransform)> {
-        self.entities.get(&id).and_then(|r| r.latest)
+        self.replica(id).and_then(|r| r.latest)
+    }
+
+    #[inline]
+    fn replica(&self, id: EntityId) -> Option<&Replica> {
+        self.index.get(&id).map(|&i| &self.replicas[i as usize])
     }
 
     /// Every entity in interest with its latest tick and transform, ascending by id.
     pub fn iter(&self) -> impl Iterator<Item = (EntityId, Tick, Transform)> + '_ {
-        self.entities
-            .iter()
-            .filter_map(|(id, r)| r.latest.map(|(t, q)| (*id, t, self.qz.dequantize(&q))))
+        let mut ids: Vec<(EntityId, u32)> = self.index.iter().map(|(&id, &i)| (id, i)).collect();
+        ids.sort_unstable();
+        ids.into_iter().filter_map(|(id, i)| {
+            let r = &self.replicas[i as usize];
+            r.latest.map(|(t, _)| (id, t, r.latest_t))
+        })
     }
 
     /// Entities tracked (in interest or remembered as having left).
     pub fn len(&self) -> usize {
-        self.entities.len()
+        self.index.len()
     }
 
     /// Whether nothing is tracked.
     pub fn is_empty(&self) -> bool {
-        self.entities.is_empty()
+        self.index.is_empty()
     }
 
     /// Forgets an entity removed from the world, as of the newest tick received. Prefer
@@ -175,7 +313,9 @@ impl ReplicaReceiver {
     /// ghost). The last [`FORGOTTEN_MAX`] removals are remembered; a delta for a forgotten
     /// entity from a later tick counts as [`ReceivedTick::undecodable`] and is skipped.
     pub fn forget_at(&mut self, id: EntityId, removed_at: Tick) {
-        self.entities.remove(&id);
+        if let Some(i) = self.index.remove(&id) {
+            self.free.push(i);
+        }
         if self.forgotten.len() >= FORGOTTEN_MAX {
             self.forgotten.pop_front();
         }
@@ -187,12 +327,11 @@ impl ReplicaReceiver {
     pub fn handle_datagram(
         &mut self,
         bytes: &[u8],
-        _now: Time,
+        now: Time,
     ) -> Result<ReceivedTick, TransformError> {
-        let (seq, tick, blob) = self.parse(bytes)?;
         let mut rt = ReceivedTick {
-            seq,
-            tick,
+            seq: Seq(0),
+            tick: Tick(0),
             freshness: Freshness::Applied,
             own_blob: None,
             updated: Vec::new(),
@@ -201,67 +340,116 @@ impl ReplicaReceiver {
             undecodable: 0,
             acked: false,
         };
+        self.handle_datagram_into(bytes, now, &mut rt)?;
+        Ok(rt)
+    }
+
+    /// [`ReplicaReceiver::handle_datagram`] into `rt`, reusing its vectors' memory (a receive
+    /// loop keeps one [`ReceivedTick`] and allocates nothing per datagram). On an error `rt`
+    /// holds nothing meaningful; the receiver is unchanged as with `handle_datagram`.
+    pub fn handle_datagram_into(
+        &mut self,
+        bytes: &[u8],
+        _now: Time,
+        rt: &mut ReceivedTick,
+    ) -> Result<(), TransformError> {
+        let (seq, tick, blob) = self.parse(bytes)?;
+        let mut blob_buf = rt.own_blob.take().unwrap_or_default();
+        rt.seq = seq;
+        rt.tick = tick;
+        rt.freshness = Freshness::Applied;
+        rt.updated.clear();
+        rt.left.clear();
+        rt.stale = 0;
+        rt.undecodable = 0;
+        rt.acked = false;
         match self.acks.classify(seq) {
             Arrival::Duplicate => {
                 rt.freshness = Freshness::Duplicate;
-                return Ok(rt);
+                return Ok(());
             }
             Arrival::TooOld => {
                 rt.freshness = Freshness::TooOld;
-                return Ok(rt);
+                return Ok(());
             }
             Arrival::New => {}
         }
-        rt.own_blob = blob.map(|b| b.to_vec());
+        rt.own_blob = blob.map(|b| {
+            blob_buf.clear();
+            blob_buf.extend_from_slice(b);
+            blob_buf
+        });
         rt.acked = true;
+        rt.updated.reserve(self.parsed.len());
         self.newest_tick = self.newest_tick.max(Some(tick));
         let parsed = std::mem::take(&mut self.parsed);
         for p in &parsed {
-            self.apply(p, tick, &mut rt);
+            self.apply(p, tick, rt);
         }
         self.parsed = parsed;
         if rt.acked {
             self.acks.record(seq);
         }
-        Ok(rt)
+        Ok(())
+    }
+
+    /// The slot of `id`, tracking it if it is new; `None` at [`ENTITIES_MAX`].
+    #[inline]
+    fn slot(&mut self, id: EntityId) -> Option<usize> {
+        if let Some(&i) = self.index.get(&id) {
+            return Some(i as usize);
+        }
+        if self.index.len() >= ENTITIES_MAX {
+            return None;
+        }
+        let i = match self.free.pop() {
+            Some(i) => {
+                self.replicas[i as usize] = Replica::default();
+                i
+            }
+            None => {
+                self.replicas.push(Replica::default());
+                (self.replicas.len() - 1) as u32
+            }
+        };
+        self.index.insert(id, i);
+        Some(i as usize)
     }
 
     fn apply(&mut self, p: &Parsed, tick: Tick, rt: &mut ReceivedTick) {
         let id = match *p {
             Parsed::Left(id) | Parsed::Absolute(id, _) | Parsed::Delta(id, _, _) => id,
         };
-        if !self.entities.contains_key(&id)
-            && self.forgotten.iter().any(|&(f, at)| f == id && tick <= at)
-        {
+        let known = self.index.get(&id).copied();
+        if known.is_none() && self.forgotten.iter().any(|&(f, at)| f == id && tick <= at) {
             rt.stale += 1;
             return;
         }
-        if !self.entities.contains_key(&id) && self.entities.len() >= ENTITIES_MAX {
+        let Some(slot) = known.map(|i| i as usize).or_else(|| self.slot(id)) else {
             rt.undecodable += 1;
             rt.acked = false;
             return;
-        }
-        let r = self.entities.entry(id).or_default();
+        };
+        let r = &mut self.replicas[slot];
         let newer = r.latest.is_none_or_tick_before(tick) && r.left_at.is_none_or_tick_before(tick);
         match *p {
             Parsed::Left(_) => {
                 if newer {
                     r.latest = None;
                     r.left_at = Some(tick);
-                    r.ring.retain(|s| s.tick > tick);
+                    r.ring.drop_through(tick);
                     rt.left.push(id);
                 } else {
                     rt.stale += 1;
                 }
                 return;
             }
-            Parsed::Absolute(_, q) => r.insert(Sample::absolute(tick, q)),
+            Parsed::Absolute(_, q) => r.ring.insert(Sample::absolute(tick, q)),
             Parsed::Delta(_, age, body) => {
                 let base_tick = Tick(tick.0 - age);
                 let decoded = r
                     .ring
-                    .iter()
-                    .find(|s| s.tick == base_tick)
+                    .find(base_tick)
                     .and_then(|base| Some((base, body.apply(&self.qz, tick, base).ok()?)));
                 let Some((base, q)) = decoded else {
                     // Not stored: this datagram must not be acknowledged (the server would
@@ -275,12 +463,12 @@ impl ReplicaReceiver {
                     return;
                 };
                 let s = Sample::from_base(tick, q, base);
-                r.insert(s);
+                r.ring.insert(s);
             }
         }
         if newer {
-            if let Some(s) = r.ring.iter().find(|s| s.tick == tick) {
-                r.latest = Some((tick, s.q));
+            if let Some(q) = r.ring.find(tick).map(|s| s.q) {
+                r.set_latest(&self.qz, tick, q);
                 rt.updated.push(id);
             }
         } else {
@@ -383,5 +571,79 @@ impl TickBefore for Option<(Tick, QTransform)> {
 impl TickBefore for Option<Tick> {
     fn is_none_or_tick_before(&self, tick: Tick) -> bool {
         !matches!(self, Some(t) if *t >= tick)
+    }
+}
+
+#[cfg(test)]
+mod ring_tests {
+    use super::*;
+    use crate::rng::Rng;
+
+    /// The ring's contract, as a plain list: keep the newest ticks, ignore duplicates.
+    fn model_insert(m: &mut Vec<u64>, tick: u64) {
+        if m.contains(&tick) {
+            return;
+        }
+        if m.len() < RECEIVER_BASELINES_PER_ENTITY {
+            m.push(tick);
+        } else if let Some(min) = m.iter_mut().min() {
+            if *min < tick {
+                *min = tick;
+            }
+        }
+        m.sort_unstable();
+    }
+
+    #[test]
+    fn ring_keeps_the_newest_ticks_sorted_whatever_the_arrival_order() {
+        let mut rng = Rng::new(11);
+        for _ in 0..200 {
+            let mut ring = Ring::default();
+            let mut model = Vec::new();
+            let mut base = 100u64;
+            for _ in 0..300 {
+                let r = rng.below(10);
+                if r == 0 {
+                    let t = base.saturating_sub(rng.below(20));
+                    ring.drop_through(Tick(t));
+                    model.retain(|&m| m > t);
+                    continue;
+                }
+                // Mostly in order, sometimes late, sometimes repeated.
+                let tick = match r {
+                    1..=6 => {
+                        base += 1 + rng.below(2);
+                        base
+                    }
+                    7 | 8 => base.saturating_sub(rng.below(24)),
+                    _ => base,
+                };
+                let mut q = QTransform::default();
+                q.pos[0] = tick as u32;
+                ring.insert(Sample::absolute(Tick(tick), q));
+                model_insert(&mut model, tick);
+                let held: Vec<u64> = (0..ring.len as usize).map(|i| ring.get(i).tick.0).collect();
+                assert_eq!(held, model);
+                for t in base.saturating_sub(40)..=base + 1 {
+                    let found = ring.find(Tick(t));
+                    assert_eq!(found.is_some(), model.contains(&t), "tick {t}");
+                    if let Some(s) = found {
+                        assert_eq!((s.tick, s.q.pos[0]), (Tick(t), t as u32));
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+
+    #[test]
+    fn a_tracked_entity_costs_about_a_kibibyte() {
+        // What the type's documentation says (1136 bytes on 64-bit targets).
+        let size = std::mem::size_of::<Replica>();
+        assert!(size <= 1200, "{size}");
     }
 }

@@ -43,6 +43,16 @@ pub(crate) struct Motion {
     dt: u32,
 }
 
+impl Motion {
+    /// No motion known (the value was absolute).
+    pub const NONE: Motion = Motion {
+        dpos: [0; 3],
+        drot: [0; 3],
+        rot_valid: false,
+        dt: 0,
+    };
+}
+
 /// One value of one entity as both sides remember it: a baseline candidate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Sample {
@@ -207,9 +217,20 @@ fn read_triple_tail(r: &mut BitReader) -> Result<[i64; 3], TransformError> {
     if width > RESIDUAL_WIDTH_MAX {
         return Err(TransformError::Malformed("residual too wide"));
     }
+    let width = width as u32;
+    if 3 * width <= 57 {
+        // All three in one read (a short input fails the same way: truncated).
+        let v = r.read(3 * width)?;
+        let mask = (1u64 << width) - 1;
+        return Ok([
+            unzigzag(v & mask),
+            unzigzag(v >> width & mask),
+            unzigzag(v >> (2 * width) & mask),
+        ]);
+    }
     let mut out = [0; 3];
     for v in &mut out {
-        *v = unzigzag(r.read(width as u32)?);
+        *v = unzigzag(r.read(width)?);
     }
     Ok(out)
 }
@@ -223,10 +244,20 @@ fn write_rot_abs(w: &mut BitRun, qz: &Quantizer, r: &QRot) {
 }
 
 fn read_rot_abs(r: &mut BitReader, qz: &Quantizer) -> Result<QRot, TransformError> {
+    let bits = qz.rotation_bits();
+    if 2 + 3 * bits <= 57 {
+        // The index and the three components in one read (a short input fails the same way).
+        let v = r.read(2 + 3 * bits)?;
+        let mask = (1u64 << bits) - 1;
+        return Ok(QRot {
+            largest: (v & 3) as u8,
+            comps: [0, 1, 2].map(|i| (v >> (2 + i * bits) & mask) as u16),
+        });
+    }
     let largest = r.read(2)? as u8;
     let mut comps = [0u16; 3];
     for c in &mut comps {
-        *c = r.read(qz.rotation_bits())? as u16;
+        *c = r.read(bits)? as u16;
     }
     Ok(QRot { largest, comps })
 }

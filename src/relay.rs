@@ -63,7 +63,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use quinn::{Connection, Endpoint};
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio::task::JoinHandle;
 
 use neonet_proto::codec::{self, DecodeError};
@@ -121,6 +121,9 @@ pub enum RelayError {
     /// The core task panicked (a bug).
     #[error("the core task failed: {0}")]
     CoreTask(String),
+    /// The core's thread or runtime could not be started.
+    #[error("starting the core thread: {0}")]
+    Runtime(#[source] std::io::Error),
     /// The world database could not be opened, loaded or closed; [`StoreError::AlreadyOpen`]
     /// when another relay uses the same data folder.
     #[error(transparent)]
@@ -522,21 +525,19 @@ impl Relay {
             Some(p) => (Some(p.store), Some(p.commits)),
             None => (None, None),
         };
-        let core_task = tokio::spawn(
-            CoreTask {
-                core,
-                start: Instant::now(),
-                links: HashMap::new(),
-                effects: hooks.effects,
-                store,
-                refused: Vec::new(),
-                events: hooks.events,
-                metrics: hooks.metrics.clone(),
-                entity_bytes: EntityBytesBatch::new(),
-                next_users_report: Instant::now(),
-            }
-            .run(inbound_rx, commits, shutdown_rx.clone()),
-        );
+        let task = CoreTask {
+            core,
+            start: Instant::now(),
+            links: HashMap::new(),
+            effects: hooks.effects,
+            store,
+            refused: Vec::new(),
+            events: hooks.events,
+            metrics: hooks.metrics.clone(),
+            entity_bytes: EntityBytesBatch::new(),
+            next_users_report: Instant::now(),
+        };
+        let core_task = spawn_core_thread(task, inbound_rx, commits, shutdown_rx.clone())?;
         let accept_task = tokio::spawn(accept_loop(
             endpoint.clone(),
             Arc::new(Semaphore::new(config.connections_max)),
@@ -567,8 +568,35 @@ pub struct RelayHandle {
     inbound: mpsc::Sender<Inbound>,
     conn_ids: Arc<ConnIds>,
     shutdown: watch::Sender<bool>,
-    core_task: JoinHandle<Option<Arc<Store>>>,
+    core_task: oneshot::Receiver<Option<Arc<Store>>>,
     accept_task: JoinHandle<()>,
+}
+
+/// Starts the core on a thread of its own (named `neonet-core`, with a current-thread tokio
+/// runtime for its timers and queues). The core's ticks are the relay's longest stretches of
+/// CPU work (milliseconds with a thousand clients); on the I/O runtime they would hold up the
+/// tasks that read the UDP socket, which then overflows and drops handshakes and datagrams.
+/// On its own thread the core never delays I/O, and I/O never delays a tick. What it returns
+/// (the store) arrives on the receiver; a panic drops the sender.
+fn spawn_core_thread(
+    task: CoreTask,
+    rx: mpsc::Receiver<Inbound>,
+    commits: Option<mpsc::UnboundedReceiver<Inbound>>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<oneshot::Receiver<Option<Arc<Store>>>, RelayError> {
+    let (done_tx, done_rx) = oneshot::channel();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(RelayError::Runtime)?;
+    std::thread::Builder::new()
+        .name("neonet-core".into())
+        .spawn(move || {
+            let store = runtime.block_on(task.run(rx, commits, shutdown));
+            let _ = done_tx.send(store);
+        })
+        .map_err(RelayError::Runtime)?;
+    Ok(done_rx)
 }
 
 impl RelayHandle {
@@ -609,7 +637,7 @@ impl RelayHandle {
             );
             let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
         }
-        let store = core.map_err(|e| RelayError::CoreTask(e.to_string()))?;
+        let store = core.map_err(|_| RelayError::CoreTask("the core thread panicked".into()))?;
         if let Some(store) = store {
             let path = store.path().to_path_buf();
             let stats = tokio::task::spawn_blocking(move || match Arc::try_unwrap(store) {
@@ -742,6 +770,9 @@ async fn serve_connection(id: ConnId, conn: Connection, inbound: mpsc::Sender<In
 /// The QUIC [`Link`]: per-channel writers, datagrams straight to quinn, flush-then-close.
 struct QuicLink {
     conn: Connection,
+    /// The I/O runtime the connection lives on: closes are finished there, not on the core's
+    /// thread (whose runtime ends with the core, which would cut a close's flush short).
+    io: tokio::runtime::Handle,
     writers: Arc<ChannelWriters>,
     closing: AtomicBool,
     close_detail: Mutex<String>,
@@ -752,6 +783,7 @@ impl QuicLink {
         QuicLink {
             writers: Arc::new(ChannelWriters::spawn(&conn)),
             conn,
+            io: tokio::runtime::Handle::current(),
             closing: AtomicBool::new(false),
             close_detail: Mutex::new(String::new()),
         }
@@ -807,7 +839,7 @@ impl Link for QuicLink {
                 let text = quic::close_text(reason, &detail);
                 let writers = self.writers.clone();
                 let conn = self.conn.clone();
-                tokio::spawn(async move {
+                self.io.spawn(async move {
                     writers.finish().await;
                     conn.close(quic::close_code(reason), text.as_bytes());
                 });

@@ -243,8 +243,9 @@ struct SpawnedRelay {
     dir: PathBuf,
 }
 
-/// Worker threads of the spawned relay's runtime: 1. The relay's core is one task; a second
-/// thread would only compete with the clients for the machine's cores.
+/// Worker threads of the spawned relay's I/O runtime: 1. The relay's core runs on a thread of
+/// its own besides; a second I/O thread would only compete with the clients for the machine's
+/// cores.
 const RELAY_WORKER_THREADS: usize = 1;
 
 /// Entities each client should see, the load: 100 within its area of interest.

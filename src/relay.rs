@@ -39,7 +39,7 @@
 //!
 //! ## Limits and fairness
 //! Every queue is bounded: the shared inbound queue ([`INBOUND_QUEUE_LEN`]), each connection's
-//! per-channel send queues ([`crate::quic::CHANNEL_QUEUE_FRAMES`]), datagram buffers, decoders
+//! per-channel send queues ([`crate::quic::CHANNEL_QUEUE_BYTES_MAX`]), datagram buffers, decoders
 //! (the frame limit). A full inbound queue holds readers back (tokio's queue admits waiting
 //! senders in FIFO order, so a flooding peer gets its turn like everyone else, and QUIC flow
 //! control slows it down); a peer whose send queue overflows because it does not read is closed
@@ -170,6 +170,17 @@ pub enum Inbound {
         /// The body, without its length prefix.
         body: Vec<u8>,
     },
+    /// Complete frames that arrived together on a channel: consecutive frames, each with its
+    /// length prefix (see [`codec::frames`]), each within the frame limit. What a QUIC stream
+    /// read yields; one message for all of them.
+    Frames {
+        /// From whom.
+        conn: ConnId,
+        /// Which channel.
+        channel: Channel,
+        /// The frames.
+        frames: Vec<u8>,
+    },
     /// A datagram arrived.
     Datagram {
         /// From whom.
@@ -214,6 +225,11 @@ impl std::fmt::Debug for Inbound {
                 channel,
                 body,
             } => write!(f, "Frame({conn:?}, {channel:?}, {} bytes)", body.len()),
+            Inbound::Frames {
+                conn,
+                channel,
+                frames,
+            } => write!(f, "Frames({conn:?}, {channel:?}, {} bytes)", frames.len()),
             Inbound::Datagram { conn, data } => {
                 write!(f, "Datagram({conn:?}, {} bytes)", data.len())
             }
@@ -713,10 +729,10 @@ async fn serve_connection(id: ConnId, conn: Connection, inbound: mpsc::Sender<In
         client_frame_limit,
         inbound.clone(),
         move |ev| match ev {
-            StreamEvent::Frame { channel, body } => Inbound::Frame {
+            StreamEvent::Frames { channel, frames } => Inbound::Frames {
                 conn: id,
                 channel,
-                body,
+                frames,
             },
             StreamEvent::Error(error) => Inbound::StreamError { conn: id, error },
         },
@@ -781,7 +797,7 @@ impl Link for QuicLink {
                         *self.close_detail.lock().unwrap_or_else(|e| e.into_inner()) = detail;
                     }
                 }
-                if let Err(e) = self.writers.try_send(channel, frame) {
+                if let Err(e) = self.writers.try_send(channel, &frame) {
                     if !self.closing.swap(true, Ordering::Relaxed) {
                         tracing::warn!(peer = %self.conn.remote_address(), "{e}: closing the slow peer");
                         self.conn.close(
@@ -1043,6 +1059,16 @@ impl CoreTask {
             } => {
                 self.count_in(conn, codec::FRAME_HEADER_BYTES + body.len(), false);
                 self.core.handle_frame(conn, channel, &body, now)
+            }
+            Inbound::Frames {
+                conn,
+                channel,
+                frames,
+            } => {
+                self.count_in(conn, frames.len(), false);
+                for body in codec::frames(&frames) {
+                    self.core.handle_frame(conn, channel, body, now);
+                }
             }
             Inbound::Datagram { conn, data } => {
                 self.count_in(conn, data.len(), true);

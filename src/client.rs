@@ -66,9 +66,13 @@ pub use neonet_proto::client::{ClientCore, ClientEvent, ClientState, ClientWorld
 pub use neonet_proto::predict::{CharacterInput, CorrectionStats};
 
 /// Reads queued from the stream readers to the client's task (each holds every complete frame
-/// of one stream read, up to [`quic::STREAM_READ_CHUNK_BYTES`] plus a partial frame). Full:
-/// readers wait and QUIC flow control slows the server.
-pub const INBOUND_QUEUE_LEN: usize = 1024;
+/// of one stream read: usually one packet's worth, ≈ 1.2 kB, at most
+/// [`quic::STREAM_READ_CHUNK_BYTES`] plus a partial frame). Full: readers wait and QUIC flow
+/// control slows the server. Small on purpose: every channel's reads share this queue, so an
+/// acknowledgement (Control) waits behind whatever World broadcast is queued here; 64 reads are
+/// a few milliseconds of work, while a backlog left in QUIC stays per stream, where the
+/// server's stream priorities put Control first.
+pub const INBOUND_QUEUE_LEN: usize = 64;
 /// Frames handled per lock of the core, so a fast server cannot keep the game's frame loop
 /// waiting on the lock long. Reads are taken whole: a lock handles the read that passes this
 /// bound to its end, then takes no more.

@@ -354,9 +354,10 @@ async fn read_stream<T, F>(
 /// (a snapshot) is accepted when the queue is empty.
 pub const CHANNEL_QUEUE_BYTES_MAX: usize = 4 * 1024 * 1024;
 
-/// Capacity of a writer's spare buffer kept for reuse after a write, bytes: a burst's large
-/// buffer is freed rather than held for the connection's lifetime.
-const SPARE_BUFFER_BYTES_MAX: usize = 256 * 1024;
+/// Most capacity a channel's queue starts with after the writer took its bytes, bytes: it
+/// starts with what the last take held, so a steady stream rarely reallocates, but a burst's
+/// size is not kept reserved for the connection's lifetime.
+const QUEUE_CAPACITY_HINT_MAX: usize = 64 * 1024;
 
 /// A channel's queue is full: the peer reads too slowly.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -425,15 +426,14 @@ impl ByteQueue {
         self.wake.notify_one();
     }
 
-    /// Waits until there are bytes or a finish; returns the queued bytes (swapped with `spare`,
-    /// which must be empty) and whether to finish after them.
-    async fn take(&self, spare: Vec<u8>) -> (Vec<u8>, bool) {
-        let mut spare = Some(spare);
+    /// Waits until there are bytes or a finish; returns the queued bytes and whether to finish
+    /// after them. The queue starts afresh with room for `next_capacity` bytes.
+    async fn take(&self, next_capacity: usize) -> (Vec<u8>, bool) {
         loop {
             {
                 let mut s = self.lock();
                 if !s.buf.is_empty() || s.finish {
-                    let out = std::mem::replace(&mut s.buf, spare.take().unwrap_or_default());
+                    let out = std::mem::replace(&mut s.buf, Vec::with_capacity(next_capacity));
                     return (out, s.finish);
                 }
             }
@@ -531,16 +531,17 @@ async fn write_channel(conn: Connection, channel: Channel, queue: Arc<ByteQueue>
 }
 
 /// Writes what `queue` gets until it asks for a finish; the stream, if one was opened and
-/// still works, to be finished.
+/// still works, to be finished. Each take is handed to quinn as one chunk, without a copy.
 async fn write_queued(
     conn: &Connection,
     channel: Channel,
     queue: &ByteQueue,
 ) -> Option<quinn::SendStream> {
     let mut stream: Option<quinn::SendStream> = None;
-    let mut spare = Vec::new();
+    let mut capacity = 0;
     loop {
-        let (bytes, finishing) = queue.take(spare).await;
+        let (bytes, finishing) = queue.take(capacity).await;
+        capacity = bytes.len().min(QUEUE_CAPACITY_HINT_MAX);
         if !bytes.is_empty() {
             let s = match stream.as_mut() {
                 Some(s) => s,
@@ -552,15 +553,10 @@ async fn write_queued(
                     s
                 }
             };
-            s.write_all(&bytes).await.ok()?;
+            s.write_chunk(bytes::Bytes::from(bytes)).await.ok()?;
         }
         if finishing {
             return stream;
-        }
-        spare = bytes;
-        spare.clear();
-        if spare.capacity() > SPARE_BUFFER_BYTES_MAX {
-            spare = Vec::new();
         }
     }
 }
@@ -594,16 +590,16 @@ mod tests {
         assert!(!q.push(&[7, 8, 9, 10, 11]), "6 + 5 bytes is over 10");
         assert!(q.push(&[7, 8, 9, 10]), "exactly at the bound");
         assert!(!q.push(&[11]));
-        let (bytes, finish) = q.take(Vec::new()).await;
+        let (bytes, finish) = q.take(0).await;
         assert_eq!(bytes, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
         assert!(!finish);
         // Taking empties the queue: the bound applies afresh.
         assert!(q.push(&[11]));
-        assert_eq!(q.take(Vec::with_capacity(4)).await.0, [11]);
+        assert_eq!(q.take(4).await.0, [11]);
         // A frame over the bound still goes through an empty queue (a snapshot), alone.
         assert!(q.push(&[0; 32]));
         assert!(!q.push(&[1]));
-        assert_eq!(q.take(Vec::new()).await.0.len(), 32);
+        assert_eq!(q.take(0).await.0.len(), 32);
     }
 
     #[tokio::test]
@@ -614,12 +610,12 @@ mod tests {
         assert!(woken(&q).await, "empty to non-empty wakes the writer");
         assert!(q.push(&[2]));
         assert!(!woken(&q).await, "already non-empty: no second wake-up");
-        assert_eq!(q.take(Vec::new()).await.0, [1, 2]);
+        assert_eq!(q.take(0).await.0, [1, 2]);
         // A waiting writer is woken by the next push.
         let q = Arc::new(q);
         let writer = tokio::spawn({
             let q = q.clone();
-            async move { q.take(Vec::new()).await }
+            async move { q.take(0).await }
         });
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!writer.is_finished());
@@ -640,7 +636,7 @@ mod tests {
             q.push(&[3]),
             "accepted but dropped: the stream is finishing"
         );
-        assert_eq!(q.take(Vec::new()).await, (vec![1, 2], true));
+        assert_eq!(q.take(0).await, (vec![1, 2], true));
         let q = ByteQueue::new(4);
         q.stop();
         assert!(

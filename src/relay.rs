@@ -1091,9 +1091,13 @@ impl CoreTask {
 
     /// Carries out every output; changes the store refuses to take are refused to their
     /// senders (which produces more transmits, so it loops until nothing is refused).
+    ///
+    /// Effects go to the store before the transmits go out: the writer thread starts its
+    /// commit (an fsync) while this task fans the same changes out to every connection, instead
+    /// of after it; under a 20,000 changes/s broadcast the fan-out of one input batch takes
+    /// milliseconds, which every acknowledgement used to wait on top of its commit.
     fn drain(&mut self, last_error_log: &mut Option<Instant>) {
         loop {
-            self.drain_outputs();
             let mut failed = 0usize;
             let mut error = None;
             while let Some(e) = self.core.poll_effect() {
@@ -1121,6 +1125,7 @@ impl CoreTask {
                 }
             }
             if self.refused.is_empty() {
+                self.drain_outputs();
                 return;
             }
             let refused = std::mem::take(&mut self.refused);

@@ -165,8 +165,6 @@ impl FrameDecoder {
     /// order, and returns how many it moved; iterate them with [`frames`]. Each frame's length
     /// is checked against the limit: an oversize frame is an error (the stream cannot be
     /// resynchronized: close it), and `out` then holds the complete frames that preceded it.
-    /// When `out` is empty and the frames start the buffer, the buffer itself is handed over
-    /// (no copy) and only the partial frame after them, if any, is copied back.
     pub fn take_frames(&mut self, out: &mut Vec<u8>) -> Result<usize, DecodeError> {
         let mut end = self.start;
         let mut count = 0;
@@ -188,20 +186,14 @@ impl FrameDecoder {
             count += 1;
         }
         if count > 0 {
-            let tail = self.buf.len() - end;
-            if out.is_empty() && self.start == 0 && tail <= end {
-                // Hand the buffer over; copying the shorter partial frame back is cheaper.
-                let rest = self.buf[end..].to_vec();
-                self.buf.truncate(end);
-                *out = std::mem::replace(&mut self.buf, rest);
+            // Copied rather than handing the buffer over: the decoder keeps its capacity, and
+            // `out` is sized to the frames (usually a packet's worth), so a busy stream costs no
+            // large allocation per read.
+            out.extend_from_slice(&self.buf[self.start..end]);
+            self.start = end;
+            if self.start == self.buf.len() {
+                self.buf.clear();
                 self.start = 0;
-            } else {
-                out.extend_from_slice(&self.buf[self.start..end]);
-                self.start = end;
-                if self.start == self.buf.len() {
-                    self.buf.clear();
-                    self.start = 0;
-                }
             }
         }
         match error {
@@ -313,6 +305,7 @@ mod tests {
         d.push(&frame(b"more"));
         assert_eq!(d.take_frames(&mut out), Ok(1));
         assert_eq!(bodies(&out).len(), 3);
+        assert_eq!(d.buffered(), 0);
     }
 
     #[test]

@@ -320,9 +320,8 @@ async fn read_stream<T, F>(
             }
         };
         let Some(d) = decoder.as_mut() else { return };
-        d.push(bytes);
         let mut frames = Vec::new();
-        let taken = d.take_frames(&mut frames);
+        let taken = d.push_and_take(bytes, &mut frames);
         if !frames.is_empty()
             && tx
                 .send(map(StreamEvent::Frames {

@@ -1136,6 +1136,8 @@ impl CoreTask {
     }
 
     fn drain_outputs(&mut self) {
+        // Counted here and recorded once: a broadcast is thousands of transmits.
+        let mut stream_out = 0usize;
         while let Some(t) = self.core.poll_transmit() {
             let conn = match &t {
                 Transmit::Frame { conn, .. }
@@ -1151,14 +1153,17 @@ impl CoreTask {
                 Transmit::Close { .. } => (0, false),
             };
             entry.bytes_out += bytes as u64;
-            if let Some(m) = &self.metrics {
-                if datagram {
-                    m.record_datagram_out(bytes);
-                } else if bytes > 0 {
-                    m.record_stream_out(bytes);
-                }
+            if !datagram {
+                stream_out += bytes;
+            } else if let Some(m) = &self.metrics {
+                m.record_datagram_out(bytes);
             }
             entry.link.transmit(t);
+        }
+        if let Some(m) = &self.metrics {
+            if stream_out > 0 {
+                m.record_stream_out(stream_out);
+            }
         }
         while let Some(e) = self.core.poll_event() {
             log_event(&e);

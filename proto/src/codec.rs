@@ -161,30 +161,32 @@ impl FrameDecoder {
         Ok(Some(body))
     }
 
+    /// [`FrameDecoder::push`] then [`FrameDecoder::take_frames`], but when nothing is
+    /// buffered the complete frames go from `bytes` straight to `out` and only a trailing
+    /// partial frame is buffered: one copy instead of two.
+    pub fn push_and_take(&mut self, bytes: &[u8], out: &mut Vec<u8>) -> Result<usize, DecodeError> {
+        if self.buffered() > 0 {
+            self.push(bytes);
+            return self.take_frames(out);
+        }
+        let (end, count, error) = scan_frames(bytes, self.max);
+        out.extend_from_slice(&bytes[..end]);
+        if error.is_none() {
+            self.push(&bytes[end..]);
+        }
+        match error {
+            Some(e) => Err(e),
+            None => Ok(count),
+        }
+    }
+
     /// Moves every complete buffered frame, length prefix included, to the end of `out`, in
     /// order, and returns how many it moved; iterate them with [`frames`]. Each frame's length
     /// is checked against the limit: an oversize frame is an error (the stream cannot be
     /// resynchronized: close it), and `out` then holds the complete frames that preceded it.
     pub fn take_frames(&mut self, out: &mut Vec<u8>) -> Result<usize, DecodeError> {
-        let mut end = self.start;
-        let mut count = 0;
-        let mut error = None;
-        loop {
-            let avail = &self.buf[end..];
-            if avail.len() < FRAME_HEADER_BYTES {
-                break;
-            }
-            let len = u32::from_le_bytes([avail[0], avail[1], avail[2], avail[3]]) as usize;
-            if len > self.max {
-                error = Some(DecodeError::Oversize { len, max: self.max });
-                break;
-            }
-            if avail.len() < FRAME_HEADER_BYTES + len {
-                break;
-            }
-            end += FRAME_HEADER_BYTES + len;
-            count += 1;
-        }
+        let (len, count, error) = scan_frames(&self.buf[self.start..], self.max);
+        let end = self.start + len;
         if count > 0 {
             // Copied rather than handing the buffer over: the decoder keeps its capacity, and
             // `out` is sized to the frames (usually a packet's worth), so a busy stream costs no
@@ -209,6 +211,28 @@ impl FrameDecoder {
         } else {
             Err(DecodeError::Truncated)
         }
+    }
+}
+
+/// Scans `bytes` for consecutive complete frames of at most `max` bytes: the length of the run,
+/// how many frames it holds, and the oversize error that ended it, if one did.
+fn scan_frames(bytes: &[u8], max: usize) -> (usize, usize, Option<DecodeError>) {
+    let mut end = 0;
+    let mut count = 0;
+    loop {
+        let avail = &bytes[end..];
+        if avail.len() < FRAME_HEADER_BYTES {
+            return (end, count, None);
+        }
+        let len = u32::from_le_bytes([avail[0], avail[1], avail[2], avail[3]]) as usize;
+        if len > max {
+            return (end, count, Some(DecodeError::Oversize { len, max }));
+        }
+        if avail.len() < FRAME_HEADER_BYTES + len {
+            return (end, count, None);
+        }
+        end += FRAME_HEADER_BYTES + len;
+        count += 1;
     }
 }
 
@@ -306,6 +330,34 @@ mod tests {
         assert_eq!(d.take_frames(&mut out), Ok(1));
         assert_eq!(bodies(&out).len(), 3);
         assert_eq!(d.buffered(), 0);
+    }
+
+    #[test]
+    fn push_and_take_copies_whole_frames_once_and_keeps_the_partial_one() {
+        let mut d = FrameDecoder::new(64);
+        let mut input = frame(b"one");
+        input.extend(frame(b"two"));
+        let third = frame(b"three, split");
+        input.extend(&third[..5]);
+        let mut out = Vec::new();
+        assert_eq!(d.push_and_take(&input, &mut out), Ok(2));
+        assert_eq!(bodies(&out), [b"one".to_vec(), b"two".to_vec()]);
+        assert_eq!(d.buffered(), 5);
+        // Something buffered: the next chunk completes it.
+        let mut out = Vec::new();
+        let mut rest = third[5..].to_vec();
+        rest.extend(frame(b"four"));
+        assert_eq!(d.push_and_take(&rest, &mut out), Ok(2));
+        assert_eq!(bodies(&out), [b"three, split".to_vec(), b"four".to_vec()]);
+        assert_eq!(d.finish(), Ok(()));
+        let mut input = frame(b"ok");
+        input.extend(&1000u32.to_le_bytes());
+        let mut out = Vec::new();
+        assert_eq!(
+            d.push_and_take(&input, &mut out),
+            Err(DecodeError::Oversize { len: 1000, max: 64 })
+        );
+        assert_eq!(bodies(&out), [b"ok".to_vec()]);
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //!   semaphore permit per connection); beyond that it refuses them at once.
 //! - Each **connection task** completes the handshake, announces the connection to the core
 //!   ([`Inbound::Connect`] with its [`Link`]), then only parses: a [`FrameDecoder`] per stream
-//!   and datagrams, forwarded as [`Inbound`] messages over one **bounded** queue. When the
+//!   and datagrams, forwarded as [`Inbound`] messages over one **bounded** queue (the
+//!   complete frames of one stream read travel together as one [`Inbound::Frames`]). When the
 //!   connection ends it sends [`Inbound::Disconnect`].
 //! - The **core task** owns the core and is the only place world state changes. It consumes
 //!   [`Inbound`], runs `handle_timeout` at `poll_timeout()`, refreshes every connection's
@@ -83,11 +84,13 @@ use crate::metrics::{EntityBytesBatch, Metrics, UserReport};
 use crate::quic::{self, ChannelWriters, StreamEvent, TransportError};
 use crate::tls::{self, Fingerprint, TlsError};
 
-/// Capacity of the queue from connection tasks to the core task, messages. Full means the core
-/// is behind: readers wait, and QUIC flow control slows the peers.
+/// Capacity of the queue from connection tasks to the core task, messages (a QUIC stream read
+/// with all its complete frames, [`Inbound::Frames`], is one). Full means the core is behind:
+/// readers wait, and QUIC flow control slows the peers.
 pub const INBOUND_QUEUE_LEN: usize = 8192;
-/// Messages the core task takes from its queue before draining outputs, so one burst cannot
-/// delay a due tick indefinitely.
+/// Frames (or other inbound messages) the core task handles before draining outputs, so one
+/// burst cannot delay a due tick or a commit's acknowledgements for long. A batch also ends as
+/// soon as a commit is waiting.
 pub const INBOUND_BATCH_MAX: usize = 256;
 /// Longest a QUIC handshake may take before the attempt is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -915,10 +918,14 @@ impl CoreTask {
                 }
                 m = rx.recv() => {
                     let Some(m) = m else { break };
-                    self.handle(m);
-                    for _ in 1..INBOUND_BATCH_MAX {
+                    let mut handled = self.handle(m);
+                    // Bounded in frames, not messages (one read can hold hundreds), and cut
+                    // short when a commit lands: its acknowledgements go out first.
+                    while handled < INBOUND_BATCH_MAX
+                        && commits.as_ref().is_none_or(|c| c.is_empty())
+                    {
                         match rx.try_recv() {
-                            Ok(m) => self.handle(m),
+                            Ok(m) => handled += self.handle(m),
                             Err(_) => break,
                         }
                     }
@@ -1034,7 +1041,8 @@ impl CoreTask {
         }
     }
 
-    fn handle(&mut self, m: Inbound) {
+    /// Handles one input; returns how many frames (or other messages) that was.
+    fn handle(&mut self, m: Inbound) -> usize {
         let now = self.now();
         match m {
             Inbound::Connect {
@@ -1066,9 +1074,12 @@ impl CoreTask {
                 frames,
             } => {
                 self.count_in(conn, frames.len(), false);
+                let mut n = 0;
                 for body in codec::frames(&frames) {
                     self.core.handle_frame(conn, channel, body, now);
+                    n += 1;
                 }
+                return n;
             }
             Inbound::Datagram { conn, data } => {
                 self.count_in(conn, data.len(), true);
@@ -1087,6 +1098,7 @@ impl CoreTask {
             }
             Inbound::StorageHealth { ok } => self.core.handle_storage_health(ok),
         }
+        1
     }
 
     /// Carries out every output; changes the store refuses to take are refused to their

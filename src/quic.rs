@@ -349,8 +349,9 @@ async fn read_stream<T, F>(
 /// ≈ 29-byte frames a client's World channel takes ≈ 0.6 MB/s, so this absorbs several seconds
 /// of a stalled reader (and a scheduling hiccup of a few hundred ms many times over) before
 /// the peer counts as too slow and is closed ([`CLOSE_CODE_OVERFLOW`]); it still bounds memory
-/// per connection. The writer may hold as much again while it writes. A frame larger than this
-/// (a snapshot) is accepted when the queue is empty.
+/// per connection. Bytes already handed to quinn are not counted (quinn holds at most the
+/// peer's stream flow-control window of them). A frame larger than this (a snapshot) is
+/// accepted when the queue is empty.
 pub const CHANNEL_QUEUE_BYTES_MAX: usize = 4 * 1024 * 1024;
 
 /// Most capacity a channel's queue starts with after the writer took its bytes, bytes: it

@@ -65,12 +65,18 @@ use crate::tls::Trust;
 pub use neonet_proto::client::{ClientCore, ClientEvent, ClientState, ClientWorld};
 pub use neonet_proto::predict::{CharacterInput, CorrectionStats};
 
-/// Frames queued from the stream readers to the client's task. Full: readers wait and QUIC flow
-/// control slows the server.
-pub const INBOUND_QUEUE_LEN: usize = 4096;
+/// Reads queued from the stream readers to the client's task (each holds every complete frame
+/// of one stream read: usually one packet's worth, ≈ 1.2 kB, at most
+/// [`quic::STREAM_READ_CHUNK_BYTES`] plus a partial frame). Full: readers wait and QUIC flow
+/// control slows the server. Small on purpose: every channel's reads share this queue, so an
+/// acknowledgement (Control) waits behind whatever World broadcast is queued here; 64 reads are
+/// a few milliseconds of work, while a backlog left in QUIC stays per stream, where the
+/// server's stream priorities put Control first.
+pub const INBOUND_QUEUE_LEN: usize = 64;
 /// Frames handled per lock of the core, so a fast server cannot keep the game's frame loop
-/// waiting on the lock.
-pub const INBOUND_BATCH_MAX: usize = 64;
+/// waiting on the lock long. Reads are taken whole: a lock handles the read that passes this
+/// bound to its end, then takes no more.
+pub const INBOUND_BATCH_MAX: usize = 1024;
 /// Default bound on connecting and joining.
 pub const CONNECT_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
 
@@ -855,7 +861,7 @@ fn flush(
     };
     for t in out {
         match t {
-            ClientTransmit::Frame { channel, frame } => writers.try_send(channel, frame.into())?,
+            ClientTransmit::Frame { channel, frame } => writers.try_send(channel, &frame)?,
             ClientTransmit::Datagram(d) => {
                 let _ = conn.send_datagram(Bytes::from(d));
             }
@@ -932,10 +938,14 @@ async fn run(inner: Arc<Inner>, conn: Connection) {
                 let now = inner.now();
                 let mut core = inner.lock();
                 let mut next = ev;
-                for i in 0..INBOUND_BATCH_MAX {
+                let mut handled = 0;
+                loop {
                     match next {
-                        Some(StreamEvent::Frame { channel, body }) => {
-                            let _ = core.handle_frame(channel, &body, now);
+                        Some(StreamEvent::Frames { channel, frames }) => {
+                            for body in codec::frames(&frames) {
+                                let _ = core.handle_frame(channel, body, now);
+                                handled += 1;
+                            }
                         }
                         Some(StreamEvent::Error(e)) => close_core(
                             &mut core,
@@ -951,7 +961,7 @@ async fn run(inner: Arc<Inner>, conn: Connection) {
                     }
                     // Take whatever else is ready without re-entering select; a full batch
                     // leaves the rest queued (one more taken here would be dropped).
-                    if i + 1 == INBOUND_BATCH_MAX {
+                    if handled >= INBOUND_BATCH_MAX {
                         break;
                     }
                     match rx.try_recv() {

@@ -914,14 +914,19 @@ impl ClientCore {
                 self.release_held();
             }
             ServerMsg::BlueprintModified { id, version, patch } => {
-                let b = self
-                    .world
-                    .blueprints
-                    .entry(id.clone())
-                    .or_insert_with(|| Blueprint {
-                        id: id.clone(),
-                        ..Default::default()
-                    });
+                // Looked up before inserting: the common case (a known blueprint) then costs
+                // no copy of the id, and every change is broadcast to every client.
+                let b = match self.world.blueprints.get_mut(&id) {
+                    Some(b) => b,
+                    None => self
+                        .world
+                        .blueprints
+                        .entry(id.clone())
+                        .or_insert_with(|| Blueprint {
+                            id: id.clone(),
+                            ..Default::default()
+                        }),
+                };
                 patch.apply(b);
                 b.version = version;
                 self.events

@@ -161,6 +161,49 @@ impl FrameDecoder {
         Ok(Some(body))
     }
 
+    /// [`FrameDecoder::push`] then [`FrameDecoder::take_frames`], but when nothing is
+    /// buffered the complete frames go from `bytes` straight to `out` and only a trailing
+    /// partial frame is buffered: one copy instead of two.
+    pub fn push_and_take(&mut self, bytes: &[u8], out: &mut Vec<u8>) -> Result<usize, DecodeError> {
+        if self.buffered() > 0 {
+            self.push(bytes);
+            return self.take_frames(out);
+        }
+        let (end, count, error) = scan_frames(bytes, self.max);
+        out.extend_from_slice(&bytes[..end]);
+        if error.is_none() {
+            self.push(&bytes[end..]);
+        }
+        match error {
+            Some(e) => Err(e),
+            None => Ok(count),
+        }
+    }
+
+    /// Moves every complete buffered frame, length prefix included, to the end of `out`, in
+    /// order, and returns how many it moved; iterate them with [`frames`]. Each frame's length
+    /// is checked against the limit: an oversize frame is an error (the stream cannot be
+    /// resynchronized: close it), and `out` then holds the complete frames that preceded it.
+    pub fn take_frames(&mut self, out: &mut Vec<u8>) -> Result<usize, DecodeError> {
+        let (len, count, error) = scan_frames(&self.buf[self.start..], self.max);
+        let end = self.start + len;
+        if count > 0 {
+            // Copied rather than handing the buffer over: the decoder keeps its capacity, and
+            // `out` is sized to the frames (usually a packet's worth), so a busy stream costs no
+            // large allocation per read.
+            out.extend_from_slice(&self.buf[self.start..end]);
+            self.start = end;
+            if self.start == self.buf.len() {
+                self.buf.clear();
+                self.start = 0;
+            }
+        }
+        match error {
+            Some(e) => Err(e),
+            None => Ok(count),
+        }
+    }
+
     /// Called at end of stream: an error if a partial frame remains.
     pub fn finish(&self) -> Result<(), DecodeError> {
         if self.buffered() == 0 {
@@ -168,5 +211,185 @@ impl FrameDecoder {
         } else {
             Err(DecodeError::Truncated)
         }
+    }
+}
+
+/// Scans `bytes` for consecutive complete frames of at most `max` bytes: the length of the run,
+/// how many frames it holds, and the oversize error that ended it, if one did.
+fn scan_frames(bytes: &[u8], max: usize) -> (usize, usize, Option<DecodeError>) {
+    let mut end = 0;
+    let mut count = 0;
+    loop {
+        let avail = &bytes[end..];
+        if avail.len() < FRAME_HEADER_BYTES {
+            return (end, count, None);
+        }
+        let len = u32::from_le_bytes([avail[0], avail[1], avail[2], avail[3]]) as usize;
+        if len > max {
+            return (end, count, Some(DecodeError::Oversize { len, max }));
+        }
+        if avail.len() < FRAME_HEADER_BYTES + len {
+            return (end, count, None);
+        }
+        end += FRAME_HEADER_BYTES + len;
+        count += 1;
+    }
+}
+
+/// Iterates the bodies of consecutive length-prefixed frames in `batch` (as
+/// [`FrameDecoder::take_frames`] produces them), without copying.
+pub fn frames(batch: &[u8]) -> Frames<'_> {
+    Frames { rest: batch }
+}
+
+/// The iterator of [`frames`]: yields each frame's body, without its length prefix. It never
+/// panics: bytes that do not form a whole frame end the iteration and stay in [`Frames::rest`]
+/// (a batch from [`FrameDecoder::take_frames`] never has any).
+#[derive(Clone, Debug)]
+pub struct Frames<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Frames<'a> {
+    /// The bytes not yet iterated: empty once a well-formed batch is exhausted.
+    pub fn rest(&self) -> &'a [u8] {
+        self.rest
+    }
+}
+
+impl<'a> Iterator for Frames<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let header = self.rest.get(..FRAME_HEADER_BYTES)?;
+        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        let body = self
+            .rest
+            .get(FRAME_HEADER_BYTES..FRAME_HEADER_BYTES.checked_add(len)?)?;
+        self.rest = &self.rest[FRAME_HEADER_BYTES + len..];
+        Some(body)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(body: &[u8]) -> Vec<u8> {
+        let mut f = (body.len() as u32).to_le_bytes().to_vec();
+        f.extend_from_slice(body);
+        f
+    }
+
+    fn bodies(batch: &[u8]) -> Vec<Vec<u8>> {
+        frames(batch).map(<[u8]>::to_vec).collect()
+    }
+
+    #[test]
+    fn take_frames_hands_over_several_frames_in_order() {
+        let mut d = FrameDecoder::new(16);
+        let mut input = frame(b"a");
+        input.extend(frame(b""));
+        input.extend(frame(b"hello"));
+        input.extend(&frame(b"partial")[..6]);
+        d.push(&input);
+        let mut out = Vec::new();
+        assert_eq!(d.take_frames(&mut out), Ok(3));
+        assert_eq!(bodies(&out), [b"a".to_vec(), vec![], b"hello".to_vec()]);
+        assert!(frames(&out).last().is_some());
+        let mut it = frames(&out);
+        it.by_ref().for_each(drop);
+        assert!(it.rest().is_empty());
+        // The partial frame stays buffered.
+        assert_eq!(d.buffered(), 6);
+        assert_eq!(d.finish(), Err(DecodeError::Truncated));
+    }
+
+    #[test]
+    fn a_frame_split_across_chunks_comes_out_whole() {
+        let mut d = FrameDecoder::new(64);
+        let f = frame(b"split across three chunks");
+        let mut out = Vec::new();
+        d.push(&f[..2]);
+        assert_eq!(d.take_frames(&mut out), Ok(0));
+        d.push(&f[2..10]);
+        assert_eq!(d.take_frames(&mut out), Ok(0));
+        assert!(out.is_empty());
+        let mut rest = f[10..].to_vec();
+        rest.extend(frame(b"next"));
+        d.push(&rest);
+        assert_eq!(d.take_frames(&mut out), Ok(2));
+        assert_eq!(
+            bodies(&out),
+            [b"split across three chunks".to_vec(), b"next".to_vec()]
+        );
+        assert_eq!(d.buffered(), 0);
+        assert_eq!(d.finish(), Ok(()));
+        // A second call appends after what `out` already holds (the copying path).
+        d.push(&frame(b"more"));
+        assert_eq!(d.take_frames(&mut out), Ok(1));
+        assert_eq!(bodies(&out).len(), 3);
+        assert_eq!(d.buffered(), 0);
+    }
+
+    #[test]
+    fn push_and_take_copies_whole_frames_once_and_keeps_the_partial_one() {
+        let mut d = FrameDecoder::new(64);
+        let mut input = frame(b"one");
+        input.extend(frame(b"two"));
+        let third = frame(b"three, split");
+        input.extend(&third[..5]);
+        let mut out = Vec::new();
+        assert_eq!(d.push_and_take(&input, &mut out), Ok(2));
+        assert_eq!(bodies(&out), [b"one".to_vec(), b"two".to_vec()]);
+        assert_eq!(d.buffered(), 5);
+        // Something buffered: the next chunk completes it.
+        let mut out = Vec::new();
+        let mut rest = third[5..].to_vec();
+        rest.extend(frame(b"four"));
+        assert_eq!(d.push_and_take(&rest, &mut out), Ok(2));
+        assert_eq!(bodies(&out), [b"three, split".to_vec(), b"four".to_vec()]);
+        assert_eq!(d.finish(), Ok(()));
+        let mut input = frame(b"ok");
+        input.extend(&1000u32.to_le_bytes());
+        let mut out = Vec::new();
+        assert_eq!(
+            d.push_and_take(&input, &mut out),
+            Err(DecodeError::Oversize { len: 1000, max: 64 })
+        );
+        assert_eq!(bodies(&out), [b"ok".to_vec()]);
+    }
+
+    #[test]
+    fn an_oversize_frame_is_an_error_after_the_frames_before_it() {
+        let mut d = FrameDecoder::new(8);
+        let mut input = frame(b"ok");
+        input.extend(frame(b"much too long for the limit"));
+        d.push(&input);
+        let mut out = Vec::new();
+        assert_eq!(
+            d.take_frames(&mut out),
+            Err(DecodeError::Oversize { len: 27, max: 8 })
+        );
+        assert_eq!(bodies(&out), [b"ok".to_vec()]);
+        // Only a declared length over the limit, no body yet: still an error, no panic.
+        let mut d = FrameDecoder::new(8);
+        d.push(&u32::MAX.to_le_bytes());
+        assert!(matches!(
+            d.take_frames(&mut Vec::new()),
+            Err(DecodeError::Oversize { .. })
+        ));
+    }
+
+    #[test]
+    fn the_iterator_stops_at_bytes_that_are_not_a_whole_frame() {
+        let mut batch = frame(b"x");
+        batch.extend(&u32::MAX.to_le_bytes());
+        batch.push(1);
+        let mut it = frames(&batch);
+        assert_eq!(it.next(), Some(&b"x"[..]));
+        assert_eq!(it.next(), None);
+        assert_eq!(it.rest().len(), 5);
+        assert_eq!(frames(&[1, 2]).count(), 0);
     }
 }

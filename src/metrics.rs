@@ -97,6 +97,10 @@ pub const LABEL_VALUES_MAX: usize = 64;
 /// for a stable p99 while still following a load change within seconds.
 pub const TICK_WINDOW_LEN: usize = 512;
 
+/// Recent persistence commit latencies kept for the `/status` p50/p99: 512 commits (a few
+/// seconds under heavy writing, minutes when idle).
+pub const COMMIT_WINDOW_LEN: usize = 512;
+
 /// Trail samples kept: enough for [`TRAIL_WINDOW`] at [`TRAIL_SAMPLES_PER_TICK`] × 30 Hz
 /// (480 per second) with headroom for faster tick rates and the stride adapting late.
 pub const TRAIL_RING_LEN: usize = 1024;
@@ -315,6 +319,9 @@ pub struct Status {
     pub tick: TickStatus,
     /// Persistence effects waiting to be committed.
     pub persist_queue_depth: u64,
+    /// Persistence commit latency (oldest change's enqueue → durable) over the last
+    /// [`COMMIT_WINDOW_LEN`] commits that carried changes, milliseconds: p50, p99, max.
+    pub persist_commit_ms: [f64; 3],
     /// Inputs refused by rate limits since start.
     pub rate_limit_hits: u64,
     /// The [`TOP_ENTITIES_K`] entities that cost the most bytes, most first.
@@ -505,6 +512,7 @@ pub struct Metrics {
     messages_out: LabelledCounters,
     drops: LabelledCounters,
     tick_window: Mutex<VecDeque<Duration>>,
+    commit_window: Mutex<VecDeque<Duration>>,
     entities: Mutex<EntityTable>,
     trails: Mutex<TrailRing>,
     users: Mutex<BTreeMap<u64, UserEntry>>,
@@ -663,6 +671,7 @@ impl Metrics {
             handles,
             counts,
             tick_window: Mutex::new(VecDeque::with_capacity(TICK_WINDOW_LEN)),
+            commit_window: Mutex::new(VecDeque::with_capacity(COMMIT_WINDOW_LEN)),
             entities: Mutex::new(EntityTable::default()),
             trails: Mutex::new(TrailRing::default()),
             users: Mutex::new(BTreeMap::new()),
@@ -816,6 +825,11 @@ impl Metrics {
     /// A persistence commit took `latency` from enqueue to durable.
     pub fn record_persist_commit(&self, latency: Duration) {
         self.handles.persist_commit.record(latency.as_secs_f64());
+        let mut window = lock(&self.commit_window);
+        if window.len() == COMMIT_WINDOW_LEN {
+            window.pop_front();
+        }
+        window.push_back(latency);
     }
 
     // ----- world and entities -----
@@ -1114,6 +1128,15 @@ impl Metrics {
             },
             tick,
             persist_queue_depth: c.persist_queue.load(Relaxed),
+            persist_commit_ms: {
+                let mut window: Vec<Duration> = lock(&self.commit_window).iter().copied().collect();
+                window.sort_unstable();
+                [
+                    percentile_ms(&window, 0.50),
+                    percentile_ms(&window, 0.99),
+                    window.last().map_or(0.0, |d| d.as_secs_f64() * 1000.0),
+                ]
+            },
             rate_limit_hits: c.rate_limit_hits.load(Relaxed),
             top_entities: self.top_entities(),
             trails,

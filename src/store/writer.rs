@@ -8,14 +8,14 @@
 //! is only ever held for pushes and for draining (a `VecDeque::drain` and a `mem::take`), never
 //! across disk I/O, so a submitter waits at most for another push.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use neonet_proto::types::{Entity, EntityId};
+use neonet_proto::types::{BlueprintId, Entity, EntityId, UserId};
 
 use super::error::AtPath;
 use super::schema::{raise_ids, Tables};
@@ -267,6 +267,49 @@ struct Writer<'a> {
     backoff: Duration,
 }
 
+/// What a change replaces whole, if anything. Every change carries the thing's whole new value
+/// (see [`Change`]), so of two changes with the same key in one transaction only the later one
+/// needs writing: the transaction commits both or neither.
+#[derive(PartialEq, Eq, Hash)]
+enum OverwriteKey<'a> {
+    Blueprint(&'a BlueprintId),
+    Entity(EntityId),
+    Settings,
+    Spawn,
+    User(UserId),
+}
+
+fn overwrite_key(c: &Change) -> Option<OverwriteKey<'_>> {
+    Some(match c {
+        Change::PutBlueprint(b) => OverwriteKey::Blueprint(&b.id),
+        Change::DeleteBlueprint(id) => OverwriteKey::Blueprint(id),
+        Change::PutEntity(e) | Change::PutEntityState(e) => OverwriteKey::Entity(e.id),
+        Change::DeleteEntity(id) => OverwriteKey::Entity(*id),
+        Change::PutSettings(_) => OverwriteKey::Settings,
+        Change::PutSpawn(_) => OverwriteKey::Spawn,
+        Change::PutUser(u) => OverwriteKey::User(u.id),
+        Change::AppendChat(_) | Change::ClearChat | Change::SetNextIds(_) => return None,
+    })
+}
+
+/// Per change of a batch: whether a later change of the same batch replaces it whole. A
+/// builder dragging a slider sends one blueprint version after another; the batch that holds
+/// several of them writes only the newest (each is still acknowledged, once the newest is
+/// durable).
+fn superseded_in_batch(changes: &[Pending]) -> Vec<bool> {
+    let mut out = vec![false; changes.len()];
+    if changes.len() < 2 {
+        return out;
+    }
+    let mut later: HashSet<OverwriteKey<'_>> = HashSet::with_capacity(changes.len());
+    for (i, p) in changes.iter().enumerate().rev() {
+        if let Some(key) = overwrite_key(&p.change) {
+            out[i] = !later.insert(key);
+        }
+    }
+    out
+}
+
 impl Writer<'_> {
     fn run(mut self) {
         self.config.dirty_flush_interval = self
@@ -432,8 +475,11 @@ impl Writer<'_> {
             txn.set_two_phase_commit(two_phase);
             {
                 let mut tables = Tables::open(path, &txn)?;
-                for p in changes {
-                    tables.apply(path, &p.change)?;
+                let superseded = superseded_in_batch(changes);
+                for (i, p) in changes.iter().enumerate() {
+                    if !superseded.get(i).copied().unwrap_or(false) {
+                        tables.apply(path, &p.change)?;
+                    }
                     raise_ids(&mut ids, &p.change);
                 }
                 for e in dirty.values() {
@@ -499,5 +545,49 @@ impl Writer<'_> {
             p.ack = None;
             q.changes.push_front(p);
         }
+    }
+}
+
+#[cfg(test)]
+mod supersede_tests {
+    use super::*;
+    use neonet_proto::types::Blueprint;
+
+    fn pending(change: Change) -> Pending {
+        Pending {
+            change,
+            ack: None,
+            submitted: Instant::now(),
+        }
+    }
+
+    fn bp(id: &str, version: u32) -> Change {
+        Change::PutBlueprint(Blueprint {
+            id: BlueprintId(id.into()),
+            version,
+            ..Blueprint::default()
+        })
+    }
+
+    #[test]
+    fn only_the_last_whole_value_of_a_thing_in_a_batch_is_written() {
+        let changes: Vec<Pending> = [
+            bp("a", 1),
+            bp("b", 1),
+            bp("a", 2),
+            Change::ClearChat,
+            Change::DeleteBlueprint(BlueprintId("b".into())),
+            Change::DeleteEntity(EntityId(7)),
+            Change::ClearChat,
+            bp("a", 3),
+        ]
+        .into_iter()
+        .map(pending)
+        .collect();
+        assert_eq!(
+            superseded_in_batch(&changes),
+            vec![true, true, true, false, false, false, false, false]
+        );
+        assert_eq!(superseded_in_batch(&changes[..1]), vec![false]);
     }
 }

@@ -214,6 +214,11 @@ pub struct RelayFigures {
     pub bytes_in: u64,
     /// Inputs refused by rate limits.
     pub rate_limit_hits: u64,
+    /// Persistence commit latency (a change's enqueue → durable), the worst sampled window's
+    /// p99, ms; 0 when nothing was committed.
+    pub persist_commit_p99_ms: f64,
+    /// Longest persistence commit latency seen, ms.
+    pub persist_commit_max_ms: f64,
 }
 
 /// A report field that this run could not measure.
@@ -327,6 +332,13 @@ impl Report {
                 r.datagrams_in,
                 r.rate_limit_hits,
             )?;
+            if r.persist_commit_max_ms > 0.0 {
+                writeln!(
+                    out,
+                    "  relay: persistence commit (enqueue → durable) p99 {:.2} ms · max {:.2} ms",
+                    r.persist_commit_p99_ms, r.persist_commit_max_ms,
+                )?;
+            }
         }
         for note in &self.not_measured {
             writeln!(out, "  ({}: {})", note.field, note.reason)?;

@@ -365,6 +365,8 @@ struct RelayWatch {
     tick_p99_ms_max: f64,
     tick_p50_ms: Vec<f64>,
     tick_max_ms: f64,
+    commit_p99_ms_max: f64,
+    commit_max_ms: f64,
 }
 
 impl RelayWatch {
@@ -376,6 +378,9 @@ impl RelayWatch {
         self.tick_p99_ms_max = self.tick_p99_ms_max.max(status.tick.p99_ms);
         self.tick_max_ms = self.tick_max_ms.max(status.tick.max_ms);
         self.tick_p50_ms.push(status.tick.p50_ms);
+        let [_, p99, max] = status.persist_commit_ms;
+        self.commit_p99_ms_max = self.commit_p99_ms_max.max(p99);
+        self.commit_max_ms = self.commit_max_ms.max(max);
     }
 
     fn figures(mut self, metrics: &Metrics) -> RelayFigures {
@@ -399,6 +404,8 @@ impl RelayWatch {
             bytes_out: status.bandwidth.bytes_out,
             bytes_in: status.bandwidth.bytes_in,
             rate_limit_hits: status.rate_limit_hits,
+            persist_commit_p99_ms: self.commit_p99_ms_max,
+            persist_commit_max_ms: self.commit_max_ms,
         }
     }
 }

@@ -1,5 +1,5 @@
 //! The relay server runtime: a QUIC accept loop, per-connection parse-and-forward tasks, and one
-//! task that owns the [`ServerCore`].
+//! task, on a thread of its own, that owns the [`ServerCore`].
 //!
 //! ## Shape (mini-redis style)
 //! - The **accept loop** takes connections while fewer than `connections_max` are open (a
@@ -9,7 +9,9 @@
 //!   and datagrams, forwarded as [`Inbound`] messages over one **bounded** queue (the
 //!   complete frames of one stream read travel together as one [`Inbound::Frames`]). When the
 //!   connection ends it sends [`Inbound::Disconnect`].
-//! - The **core task** owns the core and is the only place world state changes. It consumes
+//! - The **core task** owns the core and is the only place world state changes. It runs on its
+//!   own thread (`neonet-core`, a current-thread runtime), apart from the I/O runtime, so a long
+//!   tick never keeps the UDP socket unread and socket I/O never delays a tick. It consumes
 //!   [`Inbound`], runs `handle_timeout` at `poll_timeout()`, refreshes every connection's
 //!   `max_datagram_size` before each tick, and drains outputs: transmits to each connection's
 //!   [`Link`] (which never blocks), events to the log, effects to the optional effect sink.

@@ -29,6 +29,8 @@ const RTT_INITIAL_US: u64 = 200_000;
 const FIT_ATTEMPTS_MAX: usize = 16;
 /// Ages below this may become a datagram's common age: round trips of up to 4 s at 60 Hz.
 const COMMON_AGE_CANDIDATES_MAX: usize = 256;
+// The ack bitset `unacked` has one bit per history slot in whole words.
+const _: () = assert!(SENT_HISTORY_LEN % 64 == 0);
 /// Header bytes besides the tick varint and the blob: kind 1 + seq 2 + flags 1 + common age
 /// varint ≤ 2 (ages < 256) + record count varint ≤ 2 (≤ 1024).
 const HEADER_FIXED_BYTES: usize = 8;
@@ -279,7 +281,15 @@ pub struct ClientReplicator {
     budget_bits_per_s: u32,
     tracked: Vec<Tracked>,
     tracked_next: Vec<Tracked>,
+    /// The ids of `tracked` in interest or owed a "left interest" notice, ascending: what
+    /// [`ClientReplicator::retained`] gives. Rebuilt by every `write_tick`, kept exact by
+    /// `handle_ack` (which is what ends a pending notice).
+    retained_ids: Vec<EntityId>,
     history: Vec<SentDatagram>,
+    /// One bit per `history` slot: set while it holds a datagram sent and not yet acknowledged
+    /// (`valid && !acked`), so an ack looks at [`SENT_HISTORY_LEN`] / 8 bytes, not at every
+    /// remembered datagram its window covers.
+    unacked: [u64; SENT_HISTORY_LEN / 64],
     next_seq: u64,
     /// The first sequence number the last `write_tick` used (its datagrams are
     /// `tick_first_seq..next_seq`).
@@ -316,7 +326,9 @@ impl ClientReplicator {
             own_entity: None,
             tracked: Vec::new(),
             tracked_next: Vec::new(),
+            retained_ids: Vec::new(),
             history: vec![SentDatagram::default(); SENT_HISTORY_LEN],
+            unacked: [0; SENT_HISTORY_LEN / 64],
             next_seq: 0,
             tick_first_seq: 0,
             next_epoch: 0,
@@ -370,11 +382,17 @@ impl ClientReplicator {
     /// [`ClientReplicator::write_tick`] only the entities near the viewer (an
     /// [`InterestGrid`](super::InterestGrid)) adds these, so that leaving is noticed; any
     /// other entity it leaves out is one this tick would not touch.
+    ///
+    /// Ascending by id, read from a list kept beside the per-entity state (one `u32` each), so
+    /// a caller with many replicators does not walk all their state to get it.
     pub fn retained(&self) -> impl Iterator<Item = EntityId> + '_ {
-        self.tracked
+        debug_assert!(self
+            .tracked
             .iter()
             .filter(|t| t.in_interest || t.left.is_pending())
             .map(|t| t.id)
+            .eq(self.retained_ids.iter().copied()));
+        self.retained_ids.iter().copied()
     }
 
     /// Bytes this client may be sent per tick (budget / tick rate, before carry).
@@ -440,11 +458,16 @@ impl ClientReplicator {
             }
             let full = last_full - back;
             let slot = (full % SENT_HISTORY_LEN as u64) as usize;
+            if self.unacked[slot / 64] >> (slot % 64) & 1 == 0 {
+                continue; // never sent, or acknowledged already
+            }
             let d = &mut self.history[slot];
-            if !d.valid || d.acked || d.seq_full != full {
+            debug_assert!(d.valid && !d.acked);
+            if d.seq_full != full {
                 continue;
             }
             d.acked = true;
+            self.unacked[slot / 64] &= !(1u64 << (slot % 64));
             newly += 1;
             if i == 0 {
                 let sample = now.saturating_since(d.sent_at).as_micros() as u64;
@@ -488,6 +511,10 @@ impl ClientReplicator {
                         let t = &mut self.tracked[ti];
                         if t.epoch == *epoch && t.left.is_pending() {
                             t.left = LeftState::NONE;
+                            // Pending means out of interest: no longer retained.
+                            if let Ok(k) = self.retained_ids.binary_search(id) {
+                                self.retained_ids.remove(k);
+                            }
                         }
                     }
                 }
@@ -560,6 +587,7 @@ impl ClientReplicator {
 
     fn collect_candidates(&mut self, input: &TickInput) {
         self.cands.clear();
+        self.retained_ids.clear();
         self.body.clear();
         let resend_us = self.resend_after_us();
         let w = self.config.weights;
@@ -567,6 +595,9 @@ impl ClientReplicator {
         let r_out = r + self.config.interest_hysteresis_m;
         for (slot, (t, e)) in self.tracked.iter_mut().zip(input.entities).enumerate() {
             if Some(e.id) == self.own_entity {
+                if t.in_interest || t.left.is_pending() {
+                    self.retained_ids.push(t.id);
+                }
                 t.priority = 0.0;
                 continue;
             }
@@ -593,6 +624,9 @@ impl ClientReplicator {
                 if known {
                     t.left = LeftState::UNSENT;
                 }
+            }
+            if t.in_interest || t.left.is_pending() {
+                self.retained_ids.push(t.id);
             }
             if t.in_interest {
                 let (need, moving) = match &t.last_sent {
@@ -946,6 +980,7 @@ impl ClientReplicator {
             sent_at: input.now,
             records,
         };
+        self.unacked[slot / 64] |= 1u64 << (slot % 64);
     }
 
     /// Fast path: every candidate, in id order, written straight into one datagram. Returns

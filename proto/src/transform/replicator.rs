@@ -286,6 +286,10 @@ pub struct ClientReplicator {
     /// `handle_ack` (which is what ends a pending notice).
     retained_ids: Vec<EntityId>,
     history: Vec<SentDatagram>,
+    /// Emptied record lists of acknowledged datagrams, reused by the next datagrams: with
+    /// prompt acks a few lists, warm in the cache, serve every datagram instead of one per
+    /// history slot. At most [`SENT_HISTORY_LEN`] lists exist in `history` and here together.
+    spare_records: Vec<Vec<SentRecord>>,
     /// One bit per `history` slot: set while it holds a datagram sent and not yet acknowledged
     /// (`valid && !acked`), so an ack looks at [`SENT_HISTORY_LEN`] / 8 bytes, not at every
     /// remembered datagram its window covers.
@@ -329,6 +333,7 @@ impl ClientReplicator {
             retained_ids: Vec::new(),
             history: vec![SentDatagram::default(); SENT_HISTORY_LEN],
             unacked: [0; SENT_HISTORY_LEN / 64],
+            spare_records: Vec::new(),
             next_seq: 0,
             tick_first_seq: 0,
             next_epoch: 0,
@@ -519,6 +524,11 @@ impl ClientReplicator {
                     }
                 }
             }
+            // Its records are done with; the last tick's stay for `last_tick_updates` until
+            // the next `write_tick` recycles them.
+            if full < self.tick_first_seq {
+                recycle(&mut self.history[slot].records, &mut self.spare_records);
+            }
         }
         newly
     }
@@ -552,6 +562,14 @@ impl ClientReplicator {
             return Err(TransformError::TickNotAfterLast(input.tick));
         }
         self.last_tick = Some(input.tick);
+        // The last tick's acknowledged datagrams' records are no longer needed either.
+        for full in self.tick_first_seq..self.next_seq {
+            let slot = (full % SENT_HISTORY_LEN as u64) as usize;
+            // Written last tick, so `valid`: acknowledged iff its `unacked` bit is clear.
+            if self.unacked[slot / 64] >> (slot % 64) & 1 == 0 {
+                recycle(&mut self.history[slot].records, &mut self.spare_records);
+            }
+        }
         self.tick_first_seq = self.next_seq;
         self.merge(input.entities);
         self.collect_candidates(input);
@@ -961,6 +979,9 @@ impl ClientReplicator {
         self.out_bits.copy_to(&mut buf);
         let slot = (seq_full % SENT_HISTORY_LEN as u64) as usize;
         let mut records = std::mem::take(&mut self.history[slot].records);
+        if records.capacity() == 0 {
+            records = self.spare_records.pop().unwrap_or_default();
+        }
         records.clear();
         records.reserve(count);
         (seq_full, buf, slot, records)
@@ -1142,6 +1163,16 @@ fn sort_prefix(keys: &mut [u64], sorted: usize, chunk: usize) -> usize {
     } else {
         rest.sort_unstable();
         keys.len()
+    }
+}
+
+/// Moves an acknowledged datagram's record list, emptied, to the spare lists.
+#[inline]
+fn recycle(records: &mut Vec<SentRecord>, spare: &mut Vec<Vec<SentRecord>>) {
+    if records.capacity() != 0 {
+        let mut r = std::mem::take(records);
+        r.clear();
+        spare.push(r);
     }
 }
 

@@ -29,8 +29,9 @@ pub struct InterestGrid {
     /// positions are never within any radius). Positions are copied in so that a query reads
     /// this one sequential array, not the samples.
     cells: Vec<CellEntry>,
-    /// Scratch: indices gathered by a query.
-    picked: Vec<u32>,
+    /// Scratch: the samples gathered by a query, each as its id (high half) and index (low
+    /// half), so that ordering them orders by id without reading the samples.
+    picked: Vec<u64>,
 }
 
 /// One sample in the grid.
@@ -40,6 +41,8 @@ struct CellEntry {
     key: u64,
     /// Its index in the samples.
     index: u32,
+    /// Its entity id (fills what would be padding).
+    id: EntityId,
     /// Its horizontal position, metres.
     x: f32,
     z: f32,
@@ -56,6 +59,12 @@ fn ordered(v: i32) -> u64 {
 #[inline]
 fn key(cx: i32, cz: i32) -> u64 {
     (ordered(cz) << 32) | ordered(cx)
+}
+
+/// A picked sample as one integer: its id, then its index.
+#[inline]
+fn picked(id: EntityId, index: usize) -> u64 {
+    (u64::from(id.0) << 32) | index as u64
 }
 
 impl InterestGrid {
@@ -97,6 +106,7 @@ impl InterestGrid {
                 self.cells.push(CellEntry {
                     key: key(cx, cz),
                     index: i as u32,
+                    id: s.id,
                     x,
                     z,
                 });
@@ -144,33 +154,33 @@ impl InterestGrid {
                     }
                     let (dx, dz) = (c.x - vx, c.z - vz);
                     if dx * dx + dz * dz <= r2 {
-                        self.picked.push(c.index);
+                        self.picked.push(picked(c.id, c.index as usize));
                     }
                 }
             }
         }
-        // Indices into an id-sorted slice: sorting them sorts by id.
         self.picked.sort_unstable();
         // The retained come sorted by id and are mostly nearby already: walk them along the
         // picked ones and look up (binary search) only those beyond the radius.
         let nearby = self.picked.len();
         let mut j = 0;
         for id in retained {
-            while j < nearby && samples[self.picked[j] as usize].id < id {
+            let key = u64::from(id.0) << 32;
+            while j < nearby && self.picked[j] < key {
                 j += 1;
             }
-            if j < nearby && samples[self.picked[j] as usize].id == id {
+            if j < nearby && self.picked[j] >> 32 == u64::from(id.0) {
                 continue;
             }
             if let Ok(i) = samples.binary_search_by_key(&id, |s| s.id) {
-                self.picked.push(i as u32);
+                self.picked.push(picked(id, i));
             }
         }
         if self.picked.len() > nearby {
             self.picked.sort_unstable();
             self.picked.dedup();
         }
-        out.extend(self.picked.iter().map(|&i| samples[i as usize]));
+        out.extend(self.picked.iter().map(|&p| samples[p as u32 as usize]));
     }
 }
 

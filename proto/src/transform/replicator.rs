@@ -334,7 +334,6 @@ pub struct ClientReplicator {
     picked: SlotSet,
     /// Per slot: its candidate's index, valid where `picked` holds the slot.
     slot_cand: Vec<u32>,
-    age_counts: Vec<u16>,
     /// Whether the last tick's candidates did not fit in one datagram.
     single_failed_last: bool,
 }
@@ -370,7 +369,6 @@ impl ClientReplicator {
             chosen: Vec::new(),
             picked: SlotSet::default(),
             slot_cand: Vec::new(),
-            age_counts: vec![0; COMMON_AGE_CANDIDATES_MAX],
             single_failed_last: false,
         })
     }
@@ -908,12 +906,13 @@ impl ClientReplicator {
         if n == 0 || n > RECORDS_PER_DATAGRAM_MAX {
             return false;
         }
-        self.age_counts.fill(0);
+        // On the stack, always cached (a field would be one more cold buffer per client).
+        let mut age_counts = [0u16; COMMON_AGE_CANDIDATES_MAX];
         let mut common = 0u64;
         let mut best = 0u16;
         for c in &self.cands {
             if c.age != 0 {
-                count_age(&mut self.age_counts, c.age as u64, &mut common, &mut best);
+                count_age(&mut age_counts, c.age as u64, &mut common, &mut best);
             }
         }
         let mut total = 0usize;
@@ -949,12 +948,13 @@ impl ClientReplicator {
         summary: &mut TickSummary,
     ) -> Vec<u8> {
         // The most frequent delta age among the records becomes the datagram's common age.
-        self.age_counts.fill(0);
+        // On the stack, always cached (a field would be one more cold buffer per client).
+        let mut age_counts = [0u16; COMMON_AGE_CANDIDATES_MAX];
         let mut common = 0u64;
         let mut best = 0u16;
         for &(_, ci) in &self.chosen {
             if let Coded::Delta { age } = self.cands[ci].coded() {
-                count_age(&mut self.age_counts, age, &mut common, &mut best);
+                count_age(&mut age_counts, age, &mut common, &mut best);
             }
         }
         self.out_bits.clear();
@@ -1054,12 +1054,13 @@ impl ClientReplicator {
         if n == 0 || n > RECORDS_PER_DATAGRAM_MAX {
             return None;
         }
-        self.age_counts.fill(0);
+        // On the stack, always cached (a field would be one more cold buffer per client).
+        let mut age_counts = [0u16; COMMON_AGE_CANDIDATES_MAX];
         let mut common = 0u64;
         let mut best = 0u16;
         for c in &self.cands {
             if c.age != 0 {
-                count_age(&mut self.age_counts, c.age as u64, &mut common, &mut best);
+                count_age(&mut age_counts, c.age as u64, &mut common, &mut best);
             }
         }
         // Written into the body scratch (empty until now), each body's range remembered: if the

@@ -32,6 +32,9 @@ pub struct InterestGrid {
     /// Scratch: the samples gathered by a query, each as its id (high half) and index (low
     /// half), so that ordering them orders by id without reading the samples.
     picked: Vec<u64>,
+    /// Scratch: one bit per sample, all clear between queries; orders a query's picks by
+    /// index (so by id) when that is cheaper than sorting them.
+    marks: Vec<u64>,
 }
 
 /// One sample in the grid.
@@ -60,6 +63,10 @@ fn ordered(v: i32) -> u64 {
 fn key(cx: i32, cz: i32) -> u64 {
     (ordered(cz) << 32) | ordered(cx)
 }
+
+/// Most bitset words scanned per pick to order a query's picks through the bitset rather than
+/// by sorting them.
+const MARK_WORDS_PER_PICK_MAX: usize = 1;
 
 /// A picked sample as one integer: its id, then its index.
 #[inline]
@@ -113,6 +120,8 @@ impl InterestGrid {
             }
         }
         self.cells.sort_unstable_by_key(|c| (c.key, c.index));
+        self.marks.clear();
+        self.marks.resize(samples.len().div_ceil(64), 0);
     }
 
     /// Writes into `out` (cleared first), sorted by id, the samples a viewer at `viewer` may
@@ -159,7 +168,27 @@ impl InterestGrid {
                 }
             }
         }
-        self.picked.sort_unstable();
+        // Ordered by id: through the bitset when scanning its words costs less than sorting
+        // (a word covers 64 samples, a sort costs a few steps per pick), else by a sort.
+        if self.marks.len() <= self.picked.len() * MARK_WORDS_PER_PICK_MAX
+            && self.marks.len() * 64 >= samples.len()
+        {
+            for &p in &self.picked {
+                let i = p as u32 as usize;
+                self.marks[i / 64] |= 1 << (i % 64);
+            }
+            self.picked.clear();
+            for (w, word) in self.marks.iter_mut().enumerate() {
+                let mut bits = std::mem::take(word);
+                while bits != 0 {
+                    let i = w * 64 + bits.trailing_zeros() as usize;
+                    bits &= bits - 1;
+                    self.picked.push(picked(samples[i].id, i));
+                }
+            }
+        } else {
+            self.picked.sort_unstable();
+        }
         // The retained come sorted by id and are mostly nearby already: walk them along the
         // picked ones and look up (binary search) only those beyond the radius.
         let nearby = self.picked.len();

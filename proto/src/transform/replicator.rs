@@ -8,7 +8,7 @@
 use super::bits::{bit_width, BitRun, BitWriter};
 use super::quant::{QTransform, Quantizer};
 use super::record::{
-    write_absolute, write_absolute_run, write_delta, write_delta_run, Sample, AGE_EG_K,
+    write_absolute, write_absolute_run, write_delta, write_delta_run, Motion, Sample, AGE_EG_K,
 };
 use super::seq::{AckHeader, Seq, ACK_WINDOW};
 use super::{
@@ -229,7 +229,10 @@ enum SentRecord {
         slot: u32,
         epoch: u32,
         send_index: u32,
-        sample: Sample,
+        /// The value sent and the motion it was coded with: with the datagram's tick, the
+        /// [`Sample`] the client stores (the tick is kept once per datagram, not per record).
+        q: QTransform,
+        motion: Motion,
     },
     Left {
         id: EntityId,
@@ -241,6 +244,8 @@ enum SentRecord {
 #[derive(Clone, Debug, Default)]
 struct SentDatagram {
     seq_full: u64,
+    /// The tick its records carry values of.
+    tick: Tick,
     valid: bool,
     acked: bool,
     sent_at: Time,
@@ -506,6 +511,7 @@ impl ClientReplicator {
                     Some(s) => (s * 7 + sample) / 8,
                 });
             }
+            let tick = d.tick;
             for r in &d.records {
                 match r {
                     SentRecord::Update {
@@ -513,7 +519,8 @@ impl ClientReplicator {
                         slot,
                         epoch,
                         send_index,
-                        sample,
+                        q,
+                        motion,
                     } => {
                         let Some(ti) = locate(&self.tracked, *id, *slot) else {
                             continue;
@@ -523,9 +530,13 @@ impl ClientReplicator {
                             continue;
                         }
                         let c = &mut self.cold[t.cold as usize];
-                        if baseline_older(&c.baseline, sample.tick) {
+                        if baseline_older(&c.baseline, tick) {
                             c.baseline = Some(Baseline {
-                                sample: *sample,
+                                sample: Sample {
+                                    tick,
+                                    q: *q,
+                                    motion: *motion,
+                                },
                                 send_index: *send_index,
                             });
                         }
@@ -1047,6 +1058,7 @@ impl ClientReplicator {
     ) {
         self.history[slot] = SentDatagram {
             seq_full,
+            tick: input.tick,
             valid: true,
             acked: false,
             sent_at: input.now,
@@ -1320,7 +1332,8 @@ fn commit_record(
                 slot: slot as u32,
                 epoch: t.epoch,
                 send_index,
-                sample,
+                q: sample.q,
+                motion: sample.motion,
             });
             summary.updates += 1;
             if matches!(coded, Coded::Absolute) {
@@ -1384,6 +1397,7 @@ mod size_tests {
     fn per_entity_state_stays_small() {
         assert!(std::mem::size_of::<super::Tracked>() <= 24);
         assert!(std::mem::size_of::<super::Cold>() <= 128);
+        assert!(std::mem::size_of::<super::SentRecord>() <= 72);
     }
 }
 

@@ -169,7 +169,7 @@ impl LeftState {
     }
 }
 
-/// Per-client state of one entity that every tick reads, 24 bytes: the per-tick walks (merge,
+/// Per-client state of one entity that every tick reads, 32 bytes: the per-tick walks (merge,
 /// candidates) and the moves as entities come and go touch only this. The values sent and
 /// acknowledged are in its [`Cold`] entry, which stays put.
 #[derive(Clone, Copy, Debug)]
@@ -185,8 +185,7 @@ struct Tracked {
     sends: u32,
     /// Its entry in the replicator's `cold` list.
     cold: u32,
-    /// Whether a "left interest" notice is pending (its state is [`Cold::left`]).
-    left_pending: bool,
+    left: LeftState,
 }
 
 impl Tracked {
@@ -198,26 +197,23 @@ impl Tracked {
             epoch,
             sends: 0,
             cold,
-            left_pending: false,
+            left: LeftState::NONE,
         }
     }
 }
 
 /// Per-client state of one entity read only while it is in interest or acknowledged: the
-/// baseline and the last value sent (both `None` out of interest), and the "left interest"
-/// notice's state (pending where [`Tracked::left_pending`]).
+/// baseline and the last value sent (both `None` out of interest).
 #[derive(Clone, Copy, Debug)]
 struct Cold {
     baseline: Option<Baseline>,
     last_sent: Option<LastSent>,
-    left: LeftState,
 }
 
 impl Cold {
     const EMPTY: Cold = Cold {
         baseline: None,
         last_sent: None,
-        left: LeftState::NONE,
     };
 }
 
@@ -424,7 +420,7 @@ impl ClientReplicator {
         debug_assert!(self
             .tracked
             .iter()
-            .filter(|t| t.in_interest || t.left_pending)
+            .filter(|t| t.in_interest || t.left.is_pending())
             .map(|t| t.id)
             .eq(self.retained_ids.iter().copied()));
         self.retained_ids.iter().copied()
@@ -551,10 +547,8 @@ impl ClientReplicator {
                             continue;
                         };
                         let t = &mut self.tracked[ti];
-                        if t.epoch == *epoch && t.left_pending {
-                            debug_assert!(self.cold[t.cold as usize].left.is_pending());
-                            t.left_pending = false;
-                            self.cold[t.cold as usize].left = LeftState::NONE;
+                        if t.epoch == *epoch && t.left.is_pending() {
+                            t.left = LeftState::NONE;
                             // Pending means out of interest: no longer retained.
                             if let Ok(k) = self.retained_ids.binary_search(id) {
                                 self.retained_ids.remove(k);
@@ -662,7 +656,7 @@ impl ClientReplicator {
         let r_out = r + self.config.interest_hysteresis_m;
         for (slot, (t, e)) in self.tracked.iter_mut().zip(input.entities).enumerate() {
             if Some(e.id) == self.own_entity {
-                if t.in_interest || t.left_pending {
+                if t.in_interest || t.left.is_pending() {
                     self.retained_ids.push(t.id);
                 }
                 t.priority = 0.0;
@@ -678,10 +672,7 @@ impl ClientReplicator {
             let dist = if dist.is_finite() { dist } else { f32::MAX };
             if !t.in_interest && (input.viewer.is_none() || dist <= r) {
                 t.in_interest = true;
-                if t.left_pending {
-                    t.left_pending = false;
-                    self.cold[t.cold as usize].left = LeftState::NONE;
-                }
+                t.left = LeftState::NONE;
             } else if t.in_interest && input.viewer.is_some() && dist > r_out {
                 t.in_interest = false;
                 let c = &mut self.cold[t.cold as usize];
@@ -692,11 +683,10 @@ impl ClientReplicator {
                 *c = Cold::EMPTY;
                 t.priority = 0.0;
                 if known {
-                    c.left = LeftState::UNSENT;
-                    t.left_pending = true;
+                    t.left = LeftState::UNSENT;
                 }
             }
-            if t.in_interest || t.left_pending {
+            if t.in_interest || t.left.is_pending() {
                 self.retained_ids.push(t.id);
             }
             if t.in_interest {
@@ -734,11 +724,7 @@ impl ClientReplicator {
                     placed: false,
                     body: None,
                 });
-            } else if let Some(sent_at) = t
-                .left_pending
-                .then(|| self.cold[t.cold as usize].left.pending())
-                .flatten()
-            {
+            } else if let Some(sent_at) = t.left.pending() {
                 if due(sent_at, input.now, resend_us) {
                     t.priority += w.left_notice;
                     self.cands.push(Cand {
@@ -1310,7 +1296,7 @@ fn commit_record(
     let id = t.id;
     match coded {
         Coded::Left => {
-            cold.left = LeftState::sent_at(input.now);
+            t.left = LeftState::sent_at(input.now);
             records.push(SentRecord::Left {
                 id,
                 slot: slot as u32,
@@ -1395,8 +1381,8 @@ fn due(sent_at: Option<Time>, now: Time, after_us: u64) -> bool {
 mod size_tests {
     #[test]
     fn per_entity_state_stays_small() {
-        assert!(std::mem::size_of::<super::Tracked>() <= 24);
-        assert!(std::mem::size_of::<super::Cold>() <= 128);
+        assert!(std::mem::size_of::<super::Tracked>() <= 32);
+        assert!(std::mem::size_of::<super::Cold>() <= 120);
         assert!(std::mem::size_of::<super::SentRecord>() <= 72);
     }
 }

@@ -2,8 +2,8 @@
 //!
 //! Per tick: update interest, grow the priority of every entity that needs sending, then fill
 //! datagrams highest priority first up to the client's byte budget and the connection's current
-//! datagram size. Memory is bounded: one [`Tracked`] and one [`Cold`] per world entity,
-//! [`SENT_HISTORY_LEN`] remembered datagrams, scratch buffers reused across ticks.
+//! datagram size. Memory is bounded: one [`Tracked`] per world entity, [`SENT_HISTORY_LEN`]
+//! remembered datagrams, scratch buffers reused across ticks.
 
 use super::bits::{bit_width, BitRun, BitWriter};
 use super::quant::{QTransform, Quantizer};
@@ -109,7 +109,7 @@ struct Baseline {
     send_index: u32,
 }
 
-/// The last value sent, 4-byte aligned (its time as two halves) so it packs into [`Cold`]
+/// The last value sent, 4-byte aligned (its time as two halves) so it packs into [`Tracked`]
 /// without padding.
 #[derive(Clone, Copy, Debug)]
 struct LastSent {
@@ -169,9 +169,7 @@ impl LeftState {
     }
 }
 
-/// Per-client state of one entity that every tick reads, 32 bytes: the per-tick walks (merge,
-/// candidates) and the moves as entities come and go touch only this. The values sent and
-/// acknowledged are in its [`Cold`] entry, which stays put.
+/// Per-client state of one entity.
 #[derive(Clone, Copy, Debug)]
 struct Tracked {
     id: EntityId,
@@ -183,38 +181,24 @@ struct Tracked {
     epoch: u32,
     /// Sends in this epoch (the next send's index).
     sends: u32,
-    /// Its entry in the replicator's `cold` list.
-    cold: u32,
+    baseline: Option<Baseline>,
+    last_sent: Option<LastSent>,
     left: LeftState,
 }
 
 impl Tracked {
-    fn new(id: EntityId, epoch: u32, cold: u32) -> Tracked {
+    fn new(id: EntityId, epoch: u32) -> Tracked {
         Tracked {
             id,
             priority: 0.0,
             in_interest: false,
             epoch,
             sends: 0,
-            cold,
+            baseline: None,
+            last_sent: None,
             left: LeftState::NONE,
         }
     }
-}
-
-/// Per-client state of one entity read only while it is in interest or acknowledged: the
-/// baseline and the last value sent (both `None` out of interest).
-#[derive(Clone, Copy, Debug)]
-struct Cold {
-    baseline: Option<Baseline>,
-    last_sent: Option<LastSent>,
-}
-
-impl Cold {
-    const EMPTY: Cold = Cold {
-        baseline: None,
-        last_sent: None,
-    };
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -302,11 +286,6 @@ pub struct ClientReplicator {
     budget_bits_per_s: u32,
     tracked: Vec<Tracked>,
     tracked_next: Vec<Tracked>,
-    /// The [`Cold`] state of the entities in `tracked` (each names its entry), and entries no
-    /// longer used: at most as many as the most entities tracked at once.
-    cold: Vec<Cold>,
-    /// Indices of unused `cold` entries.
-    cold_free: Vec<u32>,
     /// The ids of `tracked` in interest or owed a "left interest" notice, ascending: what
     /// [`ClientReplicator::retained`] gives. Rebuilt by every `write_tick`, kept exact by
     /// `handle_ack` (which is what ends a pending notice).
@@ -355,8 +334,6 @@ impl ClientReplicator {
             own_entity: None,
             tracked: Vec::new(),
             tracked_next: Vec::new(),
-            cold: Vec::new(),
-            cold_free: Vec::new(),
             retained_ids: Vec::new(),
             history: vec![SentDatagram::default(); SENT_HISTORY_LEN],
             unacked: [0; SENT_HISTORY_LEN / 64],
@@ -521,13 +498,12 @@ impl ClientReplicator {
                         let Some(ti) = locate(&self.tracked, *id, *slot) else {
                             continue;
                         };
-                        let t = &self.tracked[ti];
+                        let t = &mut self.tracked[ti];
                         if t.epoch != *epoch {
                             continue;
                         }
-                        let c = &mut self.cold[t.cold as usize];
-                        if baseline_older(&c.baseline, tick) {
-                            c.baseline = Some(Baseline {
+                        if baseline_older(&t.baseline, tick) {
+                            t.baseline = Some(Baseline {
                                 sample: Sample {
                                     tick,
                                     q: *q,
@@ -536,7 +512,7 @@ impl ClientReplicator {
                                 send_index: *send_index,
                             });
                         }
-                        if let Some(ls) = &mut c.last_sent {
+                        if let Some(ls) = &mut t.last_sent {
                             if ls.send_index == *send_index {
                                 ls.acked = true;
                             }
@@ -619,30 +595,20 @@ impl ClientReplicator {
         self.tracked_next.clear();
         let mut old = self.tracked.iter().peekable();
         for e in entities {
-            // Removed from the world (the reliable stream tells the client): frees its entry.
-            while let Some(t) = old.next_if(|t| t.id < e.id) {
-                self.cold_free.push(t.cold);
+            while old.peek().is_some_and(|t| t.id < e.id) {
+                old.next(); // removed from the world: the reliable stream tells the client
             }
-            match old.next_if(|t| t.id == e.id) {
-                Some(t) => self.tracked_next.push(*t),
-                None => {
+            match old.peek() {
+                Some(t) if t.id == e.id => {
+                    self.tracked_next.push(**t);
+                    old.next();
+                }
+                _ => {
                     self.next_epoch = self.next_epoch.wrapping_add(1);
-                    let cold = match self.cold_free.pop() {
-                        Some(i) => {
-                            self.cold[i as usize] = Cold::EMPTY;
-                            i
-                        }
-                        None => {
-                            self.cold.push(Cold::EMPTY);
-                            (self.cold.len() - 1) as u32
-                        }
-                    };
-                    self.tracked_next
-                        .push(Tracked::new(e.id, self.next_epoch, cold));
+                    self.tracked_next.push(Tracked::new(e.id, self.next_epoch));
                 }
             }
         }
-        self.cold_free.extend(old.map(|t| t.cold));
         std::mem::swap(&mut self.tracked, &mut self.tracked_next);
     }
 
@@ -675,12 +641,12 @@ impl ClientReplicator {
                 t.left = LeftState::NONE;
             } else if t.in_interest && input.viewer.is_some() && dist > r_out {
                 t.in_interest = false;
-                let c = &mut self.cold[t.cold as usize];
-                let known = c.last_sent.is_some() || c.baseline.is_some();
+                let known = t.last_sent.is_some() || t.baseline.is_some();
                 self.next_epoch = self.next_epoch.wrapping_add(1);
                 t.epoch = self.next_epoch;
                 t.sends = 0;
-                *c = Cold::EMPTY;
+                t.baseline = None;
+                t.last_sent = None;
                 t.priority = 0.0;
                 if known {
                     t.left = LeftState::UNSENT;
@@ -690,8 +656,7 @@ impl ClientReplicator {
                 self.retained_ids.push(t.id);
             }
             if t.in_interest {
-                let c = &self.cold[t.cold as usize];
-                let (need, moving) = match &c.last_sent {
+                let (need, moving) = match &t.last_sent {
                     None => (true, true),
                     Some(ls) if ls.q != e.q => (true, true),
                     Some(ls) if ls.acked => (false, false),
@@ -714,7 +679,7 @@ impl ClientReplicator {
                 if weight.is_finite() {
                     t.priority += weight;
                 }
-                let age = usable_baseline(c, t.sends, input.tick)
+                let age = usable_baseline(t, input.tick)
                     .map_or(0, |b| (input.tick.0 - b.sample.tick.0) as u32);
                 self.cands.push(Cand {
                     slot: slot as u32,
@@ -750,8 +715,8 @@ impl ClientReplicator {
         }
         let start = self.body.len_bits();
         let slot = c.slot as usize;
-        let c = &self.cold[self.tracked[slot].cold as usize];
-        match (coded, &c.baseline) {
+        let t = &self.tracked[slot];
+        match (coded, &t.baseline) {
             (Coded::Delta { .. }, Some(b)) => {
                 write_delta(&mut self.body, &self.qz, &entities[slot].q, tick, &b.sample)
             }
@@ -987,10 +952,8 @@ impl ClientReplicator {
             self.begin_datagram(input, blob, common, self.chosen.len());
         for &(_, ci) in &self.chosen {
             let c = self.cands[ci];
-            let t = &mut self.tracked[c.slot as usize];
             commit_record(
-                t,
-                &mut self.cold[t.cold as usize],
+                &mut self.tracked[c.slot as usize],
                 c.slot as usize,
                 c.coded(),
                 input,
@@ -1088,7 +1051,7 @@ impl ClientReplicator {
             write_index_kind(&mut w, gap(prev, t.id), coded, common);
             prev = Some(t.id);
             let start = w.len_bits();
-            match (coded, &self.cold[t.cold as usize].baseline) {
+            match (coded, &t.baseline) {
                 (Coded::Delta { .. }, Some(b)) => {
                     write_delta_run(&mut w, &self.qz, q, input.tick, &b.sample)
                 }
@@ -1107,10 +1070,8 @@ impl ClientReplicator {
         let (seq_full, buf, slot, mut records) = self.begin_datagram(input, blob, common, n);
         for c in self.cands.iter_mut() {
             c.placed = true;
-            let t = &mut self.tracked[c.slot as usize];
             commit_record(
-                t,
-                &mut self.cold[t.cold as usize],
+                &mut self.tracked[c.slot as usize],
                 c.slot as usize,
                 c.coded(),
                 input,
@@ -1281,11 +1242,10 @@ fn write_kind(w: &mut BitRun, coded: Coded, common: u64) {
 }
 
 /// Updates an entity's state for a record just written and remembers it for acks. A delta was
-/// coded against the current baseline in `cold`, its [`Cold`] entry.
+/// coded against `t`'s current baseline.
 #[inline]
 fn commit_record(
     t: &mut Tracked,
-    cold: &mut Cold,
     slot: usize,
     coded: Coded,
     input: &TickInput,
@@ -1306,13 +1266,13 @@ fn commit_record(
         }
         Coded::Delta { .. } | Coded::Absolute => {
             let q = input.entities[slot].q;
-            let sample = match (coded, &cold.baseline) {
+            let sample = match (coded, &t.baseline) {
                 (Coded::Delta { .. }, Some(b)) => Sample::from_base(input.tick, q, &b.sample),
                 _ => Sample::absolute(input.tick, q),
             };
             let send_index = t.sends;
             t.sends = t.sends.wrapping_add(1);
-            cold.last_sent = Some(LastSent::new(q, send_index, input.now));
+            t.last_sent = Some(LastSent::new(q, send_index, input.now));
             records.push(SentRecord::Update {
                 id,
                 slot: slot as u32,
@@ -1329,12 +1289,12 @@ fn commit_record(
     }
 }
 
-/// The baseline a delta at `tick` may use for an entity with state `c` and `sends` sends in its
-/// epoch: acknowledged, not too old, and still among the receiver's [`RECEIVER_BASELINES_PER_ENTITY`] newest values.
-fn usable_baseline(c: &Cold, sends: u32, tick: Tick) -> Option<&Baseline> {
-    let b = c.baseline.as_ref()?;
+/// The baseline a delta for `t` at `tick` may use: acknowledged, not too old, and still among
+/// the receiver's [`RECEIVER_BASELINES_PER_ENTITY`] newest values.
+fn usable_baseline(t: &Tracked, tick: Tick) -> Option<&Baseline> {
+    let b = t.baseline.as_ref()?;
     let age = tick.0.checked_sub(b.sample.tick.0)?;
-    let sends_since = sends.wrapping_sub(b.send_index) as usize;
+    let sends_since = t.sends.wrapping_sub(b.send_index) as usize;
     ((1..=BASELINE_AGE_MAX_TICKS).contains(&age) && sends_since <= RECEIVER_BASELINES_PER_ENTITY)
         .then_some(b)
 }
@@ -1381,8 +1341,7 @@ fn due(sent_at: Option<Time>, now: Time, after_us: u64) -> bool {
 mod size_tests {
     #[test]
     fn per_entity_state_stays_small() {
-        assert!(std::mem::size_of::<super::Tracked>() <= 32);
-        assert!(std::mem::size_of::<super::Cold>() <= 120);
+        assert!(std::mem::size_of::<super::Tracked>() <= 144);
         assert!(std::mem::size_of::<super::SentRecord>() <= 72);
     }
 }

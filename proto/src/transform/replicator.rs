@@ -8,7 +8,7 @@
 use super::bits::{bit_width, BitRun, BitWriter};
 use super::quant::{QTransform, Quantizer};
 use super::record::{
-    write_absolute, write_absolute_run, write_delta, write_delta_run, Motion, Sample, AGE_EG_K,
+    write_absolute, write_absolute_run, write_delta, write_delta_run, Sample, AGE_EG_K,
 };
 use super::seq::{AckHeader, Seq, ACK_WINDOW};
 use super::{
@@ -209,10 +209,7 @@ enum SentRecord {
         slot: u32,
         epoch: u32,
         send_index: u32,
-        /// The value sent and the motion it was coded with: with the datagram's tick, the
-        /// [`Sample`] the client stores (the tick is kept once per datagram, not per record).
-        q: QTransform,
-        motion: Motion,
+        sample: Sample,
     },
     Left {
         id: EntityId,
@@ -224,8 +221,6 @@ enum SentRecord {
 #[derive(Clone, Debug, Default)]
 struct SentDatagram {
     seq_full: u64,
-    /// The tick its records carry values of.
-    tick: Tick,
     valid: bool,
     acked: bool,
     sent_at: Time,
@@ -484,7 +479,6 @@ impl ClientReplicator {
                     Some(s) => (s * 7 + sample) / 8,
                 });
             }
-            let tick = d.tick;
             for r in &d.records {
                 match r {
                     SentRecord::Update {
@@ -492,8 +486,7 @@ impl ClientReplicator {
                         slot,
                         epoch,
                         send_index,
-                        q,
-                        motion,
+                        sample,
                     } => {
                         let Some(ti) = locate(&self.tracked, *id, *slot) else {
                             continue;
@@ -502,13 +495,9 @@ impl ClientReplicator {
                         if t.epoch != *epoch {
                             continue;
                         }
-                        if baseline_older(&t.baseline, tick) {
+                        if baseline_older(&t.baseline, sample.tick) {
                             t.baseline = Some(Baseline {
-                                sample: Sample {
-                                    tick,
-                                    q: *q,
-                                    motion: *motion,
-                                },
+                                sample: *sample,
                                 send_index: *send_index,
                             });
                         }
@@ -1007,7 +996,6 @@ impl ClientReplicator {
     ) {
         self.history[slot] = SentDatagram {
             seq_full,
-            tick: input.tick,
             valid: true,
             acked: false,
             sent_at: input.now,
@@ -1278,8 +1266,7 @@ fn commit_record(
                 slot: slot as u32,
                 epoch: t.epoch,
                 send_index,
-                q: sample.q,
-                motion: sample.motion,
+                sample,
             });
             summary.updates += 1;
             if matches!(coded, Coded::Absolute) {
@@ -1342,7 +1329,6 @@ mod size_tests {
     #[test]
     fn per_entity_state_stays_small() {
         assert!(std::mem::size_of::<super::Tracked>() <= 144);
-        assert!(std::mem::size_of::<super::SentRecord>() <= 72);
     }
 }
 

@@ -29,8 +29,12 @@ pub struct InterestGrid {
     /// positions are never within any radius). Positions are copied in so that a query reads
     /// this one sequential array, not the samples.
     cells: Vec<CellEntry>,
-    /// Scratch: indices gathered by a query.
-    picked: Vec<u32>,
+    /// Scratch: the samples gathered by a query, each as its id (high half) and index (low
+    /// half), so that ordering them orders by id without reading the samples.
+    picked: Vec<u64>,
+    /// Scratch: one bit per sample, all clear between queries; orders a query's picks by
+    /// index (so by id) when that is cheaper than sorting them.
+    marks: Vec<u64>,
 }
 
 /// One sample in the grid.
@@ -40,6 +44,8 @@ struct CellEntry {
     key: u64,
     /// Its index in the samples.
     index: u32,
+    /// Its entity id (fills what would be padding).
+    id: EntityId,
     /// Its horizontal position, metres.
     x: f32,
     z: f32,
@@ -56,6 +62,16 @@ fn ordered(v: i32) -> u64 {
 #[inline]
 fn key(cx: i32, cz: i32) -> u64 {
     (ordered(cz) << 32) | ordered(cx)
+}
+
+/// Most bitset words scanned per pick to order a query's picks through the bitset rather than
+/// by sorting them.
+const MARK_WORDS_PER_PICK_MAX: usize = 1;
+
+/// A picked sample as one integer: its id, then its index.
+#[inline]
+fn picked(id: EntityId, index: usize) -> u64 {
+    (u64::from(id.0) << 32) | index as u64
 }
 
 impl InterestGrid {
@@ -97,12 +113,15 @@ impl InterestGrid {
                 self.cells.push(CellEntry {
                     key: key(cx, cz),
                     index: i as u32,
+                    id: s.id,
                     x,
                     z,
                 });
             }
         }
         self.cells.sort_unstable_by_key(|c| (c.key, c.index));
+        self.marks.clear();
+        self.marks.resize(samples.len().div_ceil(64), 0);
     }
 
     /// Writes into `out` (cleared first), sorted by id, the samples a viewer at `viewer` may
@@ -144,33 +163,53 @@ impl InterestGrid {
                     }
                     let (dx, dz) = (c.x - vx, c.z - vz);
                     if dx * dx + dz * dz <= r2 {
-                        self.picked.push(c.index);
+                        self.picked.push(picked(c.id, c.index as usize));
                     }
                 }
             }
         }
-        // Indices into an id-sorted slice: sorting them sorts by id.
-        self.picked.sort_unstable();
+        // Ordered by id: through the bitset when scanning its words costs less than sorting
+        // (a word covers 64 samples, a sort costs a few steps per pick), else by a sort.
+        if self.marks.len() <= self.picked.len() * MARK_WORDS_PER_PICK_MAX
+            && self.marks.len() * 64 >= samples.len()
+        {
+            for &p in &self.picked {
+                let i = p as u32 as usize;
+                self.marks[i / 64] |= 1 << (i % 64);
+            }
+            self.picked.clear();
+            for (w, word) in self.marks.iter_mut().enumerate() {
+                let mut bits = std::mem::take(word);
+                while bits != 0 {
+                    let i = w * 64 + bits.trailing_zeros() as usize;
+                    bits &= bits - 1;
+                    self.picked.push(picked(samples[i].id, i));
+                }
+            }
+        } else {
+            self.picked.sort_unstable();
+        }
         // The retained come sorted by id and are mostly nearby already: walk them along the
         // picked ones and look up (binary search) only those beyond the radius.
         let nearby = self.picked.len();
         let mut j = 0;
         for id in retained {
-            while j < nearby && samples[self.picked[j] as usize].id < id {
+            let key = u64::from(id.0) << 32;
+            while j < nearby && self.picked[j] < key {
                 j += 1;
             }
-            if j < nearby && samples[self.picked[j] as usize].id == id {
+            if j < nearby && self.picked[j] >> 32 == u64::from(id.0) {
                 continue;
             }
             if let Ok(i) = samples.binary_search_by_key(&id, |s| s.id) {
-                self.picked.push(i as u32);
+                self.picked.push(picked(id, i));
             }
         }
         if self.picked.len() > nearby {
             self.picked.sort_unstable();
             self.picked.dedup();
         }
-        out.extend(self.picked.iter().map(|&i| samples[i as usize]));
+        out.extend(self.picked.iter().map(|&p| samples[p as u32 as usize]));
     }
 }
 

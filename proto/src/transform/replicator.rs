@@ -29,6 +29,8 @@ const RTT_INITIAL_US: u64 = 200_000;
 const FIT_ATTEMPTS_MAX: usize = 16;
 /// Ages below this may become a datagram's common age: round trips of up to 4 s at 60 Hz.
 const COMMON_AGE_CANDIDATES_MAX: usize = 256;
+// The ack bitset `unacked` has one bit per history slot in whole words.
+const _: () = assert!(SENT_HISTORY_LEN % 64 == 0);
 /// Header bytes besides the tick varint and the blob: kind 1 + seq 2 + flags 1 + common age
 /// varint ≤ 2 (ages < 256) + record count varint ≤ 2 (≤ 1024).
 const HEADER_FIXED_BYTES: usize = 8;
@@ -279,7 +281,19 @@ pub struct ClientReplicator {
     budget_bits_per_s: u32,
     tracked: Vec<Tracked>,
     tracked_next: Vec<Tracked>,
+    /// The ids of `tracked` in interest or owed a "left interest" notice, ascending: what
+    /// [`ClientReplicator::retained`] gives. Rebuilt by every `write_tick`, kept exact by
+    /// `handle_ack` (which is what ends a pending notice).
+    retained_ids: Vec<EntityId>,
     history: Vec<SentDatagram>,
+    /// Emptied record lists of acknowledged datagrams, reused by the next datagrams: with
+    /// prompt acks a few lists, warm in the cache, serve every datagram instead of one per
+    /// history slot. At most [`SENT_HISTORY_LEN`] lists exist in `history` and here together.
+    spare_records: Vec<Vec<SentRecord>>,
+    /// One bit per `history` slot: set while it holds a datagram sent and not yet acknowledged
+    /// (`valid && !acked`), so an ack looks at [`SENT_HISTORY_LEN`] / 8 bytes, not at every
+    /// remembered datagram its window covers.
+    unacked: [u64; SENT_HISTORY_LEN / 64],
     next_seq: u64,
     /// The first sequence number the last `write_tick` used (its datagrams are
     /// `tick_first_seq..next_seq`).
@@ -299,7 +313,6 @@ pub struct ClientReplicator {
     picked: SlotSet,
     /// Per slot: its candidate's index, valid where `picked` holds the slot.
     slot_cand: Vec<u32>,
-    age_counts: Vec<u16>,
     /// Whether the last tick's candidates did not fit in one datagram.
     single_failed_last: bool,
 }
@@ -316,7 +329,10 @@ impl ClientReplicator {
             own_entity: None,
             tracked: Vec::new(),
             tracked_next: Vec::new(),
+            retained_ids: Vec::new(),
             history: vec![SentDatagram::default(); SENT_HISTORY_LEN],
+            unacked: [0; SENT_HISTORY_LEN / 64],
+            spare_records: Vec::new(),
             next_seq: 0,
             tick_first_seq: 0,
             next_epoch: 0,
@@ -330,7 +346,6 @@ impl ClientReplicator {
             chosen: Vec::new(),
             picked: SlotSet::default(),
             slot_cand: Vec::new(),
-            age_counts: vec![0; COMMON_AGE_CANDIDATES_MAX],
             single_failed_last: false,
         })
     }
@@ -370,11 +385,17 @@ impl ClientReplicator {
     /// [`ClientReplicator::write_tick`] only the entities near the viewer (an
     /// [`InterestGrid`](super::InterestGrid)) adds these, so that leaving is noticed; any
     /// other entity it leaves out is one this tick would not touch.
+    ///
+    /// Ascending by id, read from a list kept beside the per-entity state (one `u32` each), so
+    /// a caller with many replicators does not walk all their state to get it.
     pub fn retained(&self) -> impl Iterator<Item = EntityId> + '_ {
-        self.tracked
+        debug_assert!(self
+            .tracked
             .iter()
             .filter(|t| t.in_interest || t.left.is_pending())
             .map(|t| t.id)
+            .eq(self.retained_ids.iter().copied()));
+        self.retained_ids.iter().copied()
     }
 
     /// Bytes this client may be sent per tick (budget / tick rate, before carry).
@@ -440,11 +461,16 @@ impl ClientReplicator {
             }
             let full = last_full - back;
             let slot = (full % SENT_HISTORY_LEN as u64) as usize;
+            if self.unacked[slot / 64] >> (slot % 64) & 1 == 0 {
+                continue; // never sent, or acknowledged already
+            }
             let d = &mut self.history[slot];
-            if !d.valid || d.acked || d.seq_full != full {
+            debug_assert!(d.valid && !d.acked);
+            if d.seq_full != full {
                 continue;
             }
             d.acked = true;
+            self.unacked[slot / 64] &= !(1u64 << (slot % 64));
             newly += 1;
             if i == 0 {
                 let sample = now.saturating_since(d.sent_at).as_micros() as u64;
@@ -488,9 +514,18 @@ impl ClientReplicator {
                         let t = &mut self.tracked[ti];
                         if t.epoch == *epoch && t.left.is_pending() {
                             t.left = LeftState::NONE;
+                            // Pending means out of interest: no longer retained.
+                            if let Ok(k) = self.retained_ids.binary_search(id) {
+                                self.retained_ids.remove(k);
+                            }
                         }
                     }
                 }
+            }
+            // Its records are done with; the last tick's stay for `last_tick_updates` until
+            // the next `write_tick` recycles them.
+            if full < self.tick_first_seq {
+                recycle(&mut self.history[slot].records, &mut self.spare_records);
             }
         }
         newly
@@ -525,6 +560,14 @@ impl ClientReplicator {
             return Err(TransformError::TickNotAfterLast(input.tick));
         }
         self.last_tick = Some(input.tick);
+        // The last tick's acknowledged datagrams' records are no longer needed either.
+        for full in self.tick_first_seq..self.next_seq {
+            let slot = (full % SENT_HISTORY_LEN as u64) as usize;
+            // Written last tick, so `valid`: acknowledged iff its `unacked` bit is clear.
+            if self.unacked[slot / 64] >> (slot % 64) & 1 == 0 {
+                recycle(&mut self.history[slot].records, &mut self.spare_records);
+            }
+        }
         self.tick_first_seq = self.next_seq;
         self.merge(input.entities);
         self.collect_candidates(input);
@@ -560,6 +603,7 @@ impl ClientReplicator {
 
     fn collect_candidates(&mut self, input: &TickInput) {
         self.cands.clear();
+        self.retained_ids.clear();
         self.body.clear();
         let resend_us = self.resend_after_us();
         let w = self.config.weights;
@@ -567,6 +611,9 @@ impl ClientReplicator {
         let r_out = r + self.config.interest_hysteresis_m;
         for (slot, (t, e)) in self.tracked.iter_mut().zip(input.entities).enumerate() {
             if Some(e.id) == self.own_entity {
+                if t.in_interest || t.left.is_pending() {
+                    self.retained_ids.push(t.id);
+                }
                 t.priority = 0.0;
                 continue;
             }
@@ -593,6 +640,9 @@ impl ClientReplicator {
                 if known {
                     t.left = LeftState::UNSENT;
                 }
+            }
+            if t.in_interest || t.left.is_pending() {
+                self.retained_ids.push(t.id);
             }
             if t.in_interest {
                 let (need, moving) = match &t.last_sent {
@@ -821,12 +871,13 @@ impl ClientReplicator {
         if n == 0 || n > RECORDS_PER_DATAGRAM_MAX {
             return false;
         }
-        self.age_counts.fill(0);
+        // On the stack, always cached (a field would be one more cold buffer per client).
+        let mut age_counts = [0u16; COMMON_AGE_CANDIDATES_MAX];
         let mut common = 0u64;
         let mut best = 0u16;
         for c in &self.cands {
             if c.age != 0 {
-                count_age(&mut self.age_counts, c.age as u64, &mut common, &mut best);
+                count_age(&mut age_counts, c.age as u64, &mut common, &mut best);
             }
         }
         let mut total = 0usize;
@@ -862,12 +913,13 @@ impl ClientReplicator {
         summary: &mut TickSummary,
     ) -> Vec<u8> {
         // The most frequent delta age among the records becomes the datagram's common age.
-        self.age_counts.fill(0);
+        // On the stack, always cached (a field would be one more cold buffer per client).
+        let mut age_counts = [0u16; COMMON_AGE_CANDIDATES_MAX];
         let mut common = 0u64;
         let mut best = 0u16;
         for &(_, ci) in &self.chosen {
             if let Coded::Delta { age } = self.cands[ci].coded() {
-                count_age(&mut self.age_counts, age, &mut common, &mut best);
+                count_age(&mut age_counts, age, &mut common, &mut best);
             }
         }
         self.out_bits.clear();
@@ -927,6 +979,9 @@ impl ClientReplicator {
         self.out_bits.copy_to(&mut buf);
         let slot = (seq_full % SENT_HISTORY_LEN as u64) as usize;
         let mut records = std::mem::take(&mut self.history[slot].records);
+        if records.capacity() == 0 {
+            records = self.spare_records.pop().unwrap_or_default();
+        }
         records.clear();
         records.reserve(count);
         (seq_full, buf, slot, records)
@@ -946,6 +1001,7 @@ impl ClientReplicator {
             sent_at: input.now,
             records,
         };
+        self.unacked[slot / 64] |= 1u64 << (slot % 64);
     }
 
     /// Fast path: every candidate, in id order, written straight into one datagram. Returns
@@ -961,12 +1017,13 @@ impl ClientReplicator {
         if n == 0 || n > RECORDS_PER_DATAGRAM_MAX {
             return None;
         }
-        self.age_counts.fill(0);
+        // On the stack, always cached (a field would be one more cold buffer per client).
+        let mut age_counts = [0u16; COMMON_AGE_CANDIDATES_MAX];
         let mut common = 0u64;
         let mut best = 0u16;
         for c in &self.cands {
             if c.age != 0 {
-                count_age(&mut self.age_counts, c.age as u64, &mut common, &mut best);
+                count_age(&mut age_counts, c.age as u64, &mut common, &mut best);
             }
         }
         // Written into the body scratch (empty until now), each body's range remembered: if the
@@ -1107,6 +1164,16 @@ fn sort_prefix(keys: &mut [u64], sorted: usize, chunk: usize) -> usize {
     } else {
         rest.sort_unstable();
         keys.len()
+    }
+}
+
+/// Moves an acknowledged datagram's record list, emptied, to the spare lists.
+#[inline]
+fn recycle(records: &mut Vec<SentRecord>, spare: &mut Vec<Vec<SentRecord>>) {
+    if records.capacity() != 0 {
+        let mut r = std::mem::take(records);
+        r.clear();
+        spare.push(r);
     }
 }
 

@@ -109,6 +109,9 @@ pub struct ServerConfig {
     /// A connection silent for this long is closed with `Timeout` (the transport's own idle
     /// timeout usually fires first; this one covers transports without one).
     pub idle_timeout: Duration,
+    /// A connection that has not joined (sent a valid `Hello`) this long after connecting is
+    /// closed with `Timeout`, so that peers which never join cannot hold connection slots.
+    pub join_timeout: Duration,
     /// Transform codec: world bounds, precision, per-client budget, interest radius. Its
     /// `tick_hz` is overwritten by `tick_hz` above.
     pub transform: TransformConfig,
@@ -133,8 +136,11 @@ impl Default for ServerConfig {
             durable_acks: false,
             spawn_at_last_position: true,
             idle_timeout: Duration::from_secs(30),
-            // Ten times a busy editor's pace; the load tool's 200 changes/s per client fits.
+            // A handshake takes milliseconds and the client sends `Hello` right after it; 10 s
+            // leaves room for a slow link and a loaded server.
+            join_timeout: Duration::from_secs(10),
             admin_code: None,
+            // Ten times a busy editor's pace; the load tool's 200 changes/s per client fits.
             messages_per_s: 1000,
             message_burst: 2000,
             transform: TransformConfig::default(),
@@ -361,6 +367,7 @@ struct Conn {
     transport: TransportKind,
     session: Option<SessionId>,
     closed: bool,
+    connected_at: Time,
     last_heard: Time,
     max_datagram_size: usize,
 }
@@ -566,6 +573,7 @@ impl ServerCore {
                 transport,
                 session: None,
                 closed: false,
+                connected_at: now,
                 last_heard: now,
                 max_datagram_size: 1200,
             },
@@ -744,15 +752,23 @@ impl ServerCore {
         while let Some(tick) = self.clock.poll_tick(now) {
             self.run_tick(tick);
         }
-        let idle = self.config.idle_timeout;
-        let stale: Vec<ConnId> = self
+        let (idle, join) = (self.config.idle_timeout, self.config.join_timeout);
+        let stale: Vec<(ConnId, &'static str)> = self
             .conns
             .iter()
-            .filter(|(_, c)| !c.closed && now.saturating_since(c.last_heard) > idle)
-            .map(|(id, _)| *id)
+            .filter(|(_, c)| !c.closed)
+            .filter_map(|(id, c)| {
+                if now.saturating_since(c.last_heard) > idle {
+                    Some((*id, "no traffic"))
+                } else if c.session.is_none() && now.saturating_since(c.connected_at) > join {
+                    Some((*id, "did not join in time"))
+                } else {
+                    None
+                }
+            })
             .collect();
-        for conn in stale {
-            self.close_conn(conn, CloseReason::Timeout, "no traffic".into());
+        for (conn, why) in stale {
+            self.close_conn(conn, CloseReason::Timeout, why.into());
         }
     }
 

@@ -214,3 +214,55 @@ fn random_and_garbage_input_never_panics_and_keeps_invariants() {
         }
     });
 }
+
+#[test]
+fn a_connection_that_never_joins_is_closed_after_the_join_timeout_and_a_joined_one_is_not() {
+    use neonet_proto::msg::CloseReason;
+    use neonet_proto::server::Transmit;
+    let config = ServerConfig::default();
+    let join_timeout = config.join_timeout;
+    let mut core = ServerCore::new(
+        config,
+        World::default(),
+        Box::new(InsecureTokens),
+        Time::ZERO,
+    );
+    let (silent, joiner) = (ConnId(1), ConnId(2));
+    core.handle_connect(silent, TransportKind::Sim, Time::ZERO);
+    core.handle_connect(joiner, TransportKind::Sim, Time::ZERO);
+    let hello = ClientMsg::Hello {
+        protocol_version: PROTOCOL_VERSION,
+        name: "j".into(),
+        token: None,
+    };
+    core.handle_frame(joiner, hello.channel(), &codec::encode(&hello), Time::ZERO);
+    let mut closed = Vec::new();
+    let mut now = Time::ZERO;
+    // The joiner keeps talking; the silent one says nothing (its transport may keep the
+    // connection alive without the core hearing anything), past the join timeout but well
+    // before the idle timeout.
+    while now.as_micros() <= join_timeout.as_micros() as u64 + 1_000_000 {
+        now += std::time::Duration::from_millis(100);
+        let ping = ClientMsg::Ping {
+            client_time_us: now.as_micros(),
+        };
+        core.handle_frame(joiner, ping.channel(), &codec::encode(&ping), now);
+        core.handle_timeout(now);
+        while let Some(t) = core.poll_transmit() {
+            if let Transmit::Close { conn, reason } = t {
+                closed.push((conn, reason, now));
+            }
+        }
+    }
+    assert_eq!(closed.len(), 1, "{closed:?}");
+    let (conn, reason, at) = closed[0];
+    assert_eq!((conn, reason), (silent, CloseReason::Timeout));
+    assert!(
+        at.as_micros() > join_timeout.as_micros() as u64,
+        "not before the timeout"
+    );
+    assert!(
+        at.as_micros() < ServerConfig::default().idle_timeout.as_micros() as u64,
+        "by the join timeout, not the idle timeout"
+    );
+}

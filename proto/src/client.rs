@@ -29,6 +29,21 @@ pub const PING_INTERVAL: Duration = Duration::from_millis(1000);
 /// Messages from other channels a joining client holds until the snapshot arrives.
 pub const EARLY_MESSAGES_MAX: usize = 4096;
 
+/// Events the client holds for the game: 65,536. A game polls every frame and takes a few;
+/// one that stops polling would otherwise grow this queue for as long as the server sends (every
+/// change in the world is an event). Past the bound the oldest event is dropped and counted
+/// ([`ClientCore::events_dropped`]).
+pub const EVENTS_MAX: usize = 65_536;
+
+/// Queues an event, dropping the oldest beyond [`EVENTS_MAX`].
+fn push_event(events: &mut VecDeque<ClientEvent>, dropped: &mut u64, event: ClientEvent) {
+    if events.len() >= EVENTS_MAX {
+        events.pop_front();
+        *dropped += 1;
+    }
+    events.push_back(event);
+}
+
 /// Client configuration.
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
@@ -269,6 +284,8 @@ pub struct ClientCore {
     input: CharacterInput,
     transmits: VecDeque<ClientTransmit>,
     events: VecDeque<ClientEvent>,
+    /// Events dropped because the game did not take them ([`EVENTS_MAX`]).
+    events_dropped: u64,
 }
 
 impl ClientCore {
@@ -293,6 +310,7 @@ impl ClientCore {
             input: CharacterInput::default(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
+            events_dropped: 0,
         };
         let hello = ClientMsg::Hello {
             protocol_version: PROTOCOL_VERSION,
@@ -449,7 +467,11 @@ impl ClientCore {
         }
         for &id in &rt.left {
             st.predicted.remove_entity(id);
-            self.events.push_back(ClientEvent::LeftInterest(id));
+            push_event(
+                &mut self.events,
+                &mut self.events_dropped,
+                ClientEvent::LeftInterest(id),
+            );
         }
     }
 
@@ -621,6 +643,11 @@ impl ClientCore {
     /// The next event.
     pub fn poll_event(&mut self) -> Option<ClientEvent> {
         self.events.pop_front()
+    }
+
+    /// Events dropped so far because more than [`EVENTS_MAX`] were waiting to be polled.
+    pub fn events_dropped(&self) -> u64 {
+        self.events_dropped
     }
 
     /// When `handle_timeout` must be called next.
@@ -870,10 +897,14 @@ impl ClientCore {
                 };
                 self.state = ClientState::Joined;
                 self.next_ping = now;
-                self.events.push_back(ClientEvent::Joined {
-                    player: s.player,
-                    user: s.user,
-                });
+                push_event(
+                    &mut self.events,
+                    &mut self.events_dropped,
+                    ClientEvent::Joined {
+                        player: s.player,
+                        user: s.user,
+                    },
+                );
             }
             ServerMsg::Close { reason, detail } => self.close(reason, detail),
             ServerMsg::Pong {
@@ -887,12 +918,22 @@ impl ClientCore {
                 }
                 let rtt = Duration::from_micros(now.as_micros().saturating_sub(client_time_us));
                 self.rtt = Some(rtt);
-                self.events.push_back(ClientEvent::Rtt(rtt));
+                push_event(
+                    &mut self.events,
+                    &mut self.events_dropped,
+                    ClientEvent::Rtt(rtt),
+                );
             }
-            ServerMsg::Ack { req } => self.events.push_back(ClientEvent::Acked(req)),
-            ServerMsg::Refused { req, reason } => {
-                self.events.push_back(ClientEvent::Refused { req, reason })
-            }
+            ServerMsg::Ack { req } => push_event(
+                &mut self.events,
+                &mut self.events_dropped,
+                ClientEvent::Acked(req),
+            ),
+            ServerMsg::Refused { req, reason } => push_event(
+                &mut self.events,
+                &mut self.events_dropped,
+                ClientEvent::Refused { req, reason },
+            ),
             other if !joined => {
                 return self.protocol(&format!("{} before the snapshot", other.name()));
             }
@@ -901,16 +942,28 @@ impl ClientCore {
                 while self.world.chat.len() > CHAT_HISTORY_LEN {
                     self.world.chat.pop_front();
                 }
-                self.events.push_back(ClientEvent::Chat(m));
+                push_event(
+                    &mut self.events,
+                    &mut self.events_dropped,
+                    ClientEvent::Chat(m),
+                );
             }
             ServerMsg::ChatCleared => {
                 self.world.chat.clear();
-                self.events.push_back(ClientEvent::ChatCleared);
+                push_event(
+                    &mut self.events,
+                    &mut self.events_dropped,
+                    ClientEvent::ChatCleared,
+                );
             }
             ServerMsg::BlueprintAdded(b) => {
                 let id = b.id.clone();
                 self.world.blueprints.insert(id.clone(), b);
-                self.events.push_back(ClientEvent::BlueprintAdded(id));
+                push_event(
+                    &mut self.events,
+                    &mut self.events_dropped,
+                    ClientEvent::BlueprintAdded(id),
+                );
                 self.release_held();
             }
             ServerMsg::BlueprintModified { id, version, patch } => {
@@ -936,7 +989,11 @@ impl ClientCore {
             ServerMsg::EntityAdded(e) => {
                 let id = e.id;
                 self.world.entities.insert(id, e);
-                self.events.push_back(ClientEvent::EntityAdded(id));
+                push_event(
+                    &mut self.events,
+                    &mut self.events_dropped,
+                    ClientEvent::EntityAdded(id),
+                );
                 self.release_held();
             }
             ServerMsg::EntityModified { id, patch } => {
@@ -953,7 +1010,11 @@ impl ClientCore {
                     if let Some(t) = patch.transform {
                         e.transform = t;
                     }
-                    self.events.push_back(ClientEvent::EntityModified(id));
+                    push_event(
+                        &mut self.events,
+                        &mut self.events_dropped,
+                        ClientEvent::EntityModified(id),
+                    );
                 }
             }
             ServerMsg::EntityRemoved(id) => {
@@ -964,7 +1025,11 @@ impl ClientCore {
                     st.moving.remove(&id);
                 }
                 if self.world.entities.remove(&id).is_some() {
-                    self.events.push_back(ClientEvent::EntityRemoved(id));
+                    push_event(
+                        &mut self.events,
+                        &mut self.events_dropped,
+                        ClientEvent::EntityRemoved(id),
+                    );
                 }
                 self.held.retain(|h| h.entity != id);
             }
@@ -998,19 +1063,35 @@ impl ClientCore {
                 if let Some(e) = self.player.and_then(|p| self.world.entities.get_mut(&p)) {
                     e.transform.position = position;
                 }
-                self.events.push_back(ClientEvent::Teleported {
-                    position,
-                    rotation_y,
-                });
+                push_event(
+                    &mut self.events,
+                    &mut self.events_dropped,
+                    ClientEvent::Teleported {
+                        position,
+                        rotation_y,
+                    },
+                );
             }
-            ServerMsg::PlayerPush { force } => self.events.push_back(ClientEvent::Pushed { force }),
+            ServerMsg::PlayerPush { force } => push_event(
+                &mut self.events,
+                &mut self.events_dropped,
+                ClientEvent::Pushed { force },
+            ),
             ServerMsg::SettingsModified(s) => {
                 s.apply(&mut self.world.settings);
-                self.events.push_back(ClientEvent::SettingsModified(s));
+                push_event(
+                    &mut self.events,
+                    &mut self.events_dropped,
+                    ClientEvent::SettingsModified(s),
+                );
             }
             ServerMsg::SpawnModified(s) => {
                 self.world.spawn = s;
-                self.events.push_back(ClientEvent::SpawnModified(s));
+                push_event(
+                    &mut self.events,
+                    &mut self.events_dropped,
+                    ClientEvent::SpawnModified(s),
+                );
             }
             ServerMsg::RankModified { user, rank } => {
                 if Some(user) == self.user {
@@ -1019,9 +1100,11 @@ impl ClientCore {
                 self.events
                     .push_back(ClientEvent::RankModified { user, rank });
             }
-            ServerMsg::Muted { player, muted } => {
-                self.events.push_back(ClientEvent::Muted { player, muted })
-            }
+            ServerMsg::Muted { player, muted } => push_event(
+                &mut self.events,
+                &mut self.events_dropped,
+                ClientEvent::Muted { player, muted },
+            ),
         }
         Ok(())
     }
@@ -1038,12 +1121,16 @@ impl ClientCore {
     }
 
     fn emit_event(&mut self, ev: HeldEvent) {
-        self.events.push_back(ClientEvent::EntityEvent {
-            entity: ev.entity,
-            name: ev.name,
-            data: ev.data,
-            from: ev.from,
-        });
+        push_event(
+            &mut self.events,
+            &mut self.events_dropped,
+            ClientEvent::EntityEvent {
+                entity: ev.entity,
+                name: ev.name,
+                data: ev.data,
+                from: ev.from,
+            },
+        );
     }
 
     fn release_held(&mut self) {

@@ -157,7 +157,9 @@ impl ClientScript {
         ClientScript::in_area(seed, walk, chat_per_s, edits_per_s, WALK_AREA_HALF_M)
     }
 
-    /// Like [`ClientScript::new`], walking in the square of half side `half_m`.
+    /// The script of a client that walks (or stands still when `walk` is false) in the square
+    /// of half side `half_m`, and sends `chat_per_s` messages and `edits_per_s` edits per
+    /// second on average.
     pub fn in_area(
         seed: u64,
         walk: bool,

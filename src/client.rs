@@ -41,7 +41,7 @@
 //!   other; the core holds messages that overtake the snapshot and applies them after it.
 
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -206,6 +206,9 @@ struct Inner {
     changed: Condvar,
     /// The same, for async waiters.
     changed_async: Notify,
+    /// Counts the changes signalled, so an async waiter never misses one made while it was
+    /// not waiting ([`Client::changed`]).
+    changes: AtomicU64,
     /// Wakes the background thread to send what the core queued.
     wake: Notify,
     /// `close()` was called: leave, and stop after a bounded wait.
@@ -246,6 +249,7 @@ impl Inner {
 
     fn notify_changed(&self) {
         self.changed.notify_all();
+        self.changes.fetch_add(1, Ordering::Release);
         self.changed_async.notify_waiters();
     }
 }
@@ -255,6 +259,8 @@ pub struct Client {
     inner: Arc<Inner>,
     conn: Connection,
     background: Background,
+    /// The change count [`Client::changed`] last returned at.
+    seen_changes: AtomicU64,
 }
 
 impl std::fmt::Debug for Client {
@@ -324,6 +330,7 @@ fn prepare(addr: impl ToSocketAddrs, options: &ClientOptions) -> Result<Prepared
         )),
         changed: Condvar::new(),
         changed_async: Notify::new(),
+        changes: AtomicU64::new(0),
         wake: Notify::new(),
         closing: AtomicBool::new(false),
         start: Instant::now(),
@@ -410,6 +417,7 @@ impl Client {
             inner,
             conn,
             background: Background::Thread(Some(thread)),
+            seen_changes: AtomicU64::new(0),
         };
         // Wait for the join (or its refusal) within what is left of the timeout.
         let deadline = client.inner.start + timeout;
@@ -449,6 +457,7 @@ impl Client {
             inner,
             conn,
             background: Background::Task(Some(task)),
+            seen_changes: AtomicU64::new(0),
         };
         let deadline = tokio::time::Instant::from_std(client.inner.start + p.timeout);
         let shared = client.inner.clone();
@@ -739,12 +748,26 @@ impl Client {
         std::mem::take(&mut log.overflowed)
     }
 
-    /// Waits until the background next changes the core (a frame or datagram arrived, the
-    /// session ended): events may then be waiting in [`Client::poll_event`]. For async callers
-    /// that react to events as they arrive rather than once per frame (the load tool timing
-    /// acknowledgements); a change that happens before the call is not waited for.
+    /// Waits until the background has changed the core (a frame or datagram arrived, the
+    /// session ended) since the previous call returned (or since the client was created):
+    /// events may then be waiting in [`Client::poll_event`]. A change made while the caller was
+    /// busy elsewhere is not missed: the call then returns at once. For async callers that react
+    /// to events as they arrive rather than once per frame (the load tool timing
+    /// acknowledgements).
     pub async fn changed(&self) {
-        self.inner.changed_async.notified().await;
+        let seen = self.seen_changes.load(Ordering::Acquire);
+        loop {
+            let notified = self.inner.changed_async.notified();
+            tokio::pin!(notified);
+            // Registered before reading the count: a change after the read wakes it.
+            notified.as_mut().enable();
+            let now = self.inner.changes.load(Ordering::Acquire);
+            if now != seen {
+                self.seen_changes.store(now, Ordering::Release);
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// The time now on the client core's clock (what the background hands the core as `now`).

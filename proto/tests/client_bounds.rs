@@ -1,15 +1,34 @@
 //! The client core's memory stays bounded whatever the server sends and however rarely the
-//! game polls.
+//! game polls; a headless client (no interpolation) sees the same world.
 
 use neonet_proto::client::{ClientConfig, ClientCore, ClientEvent, EVENTS_MAX};
 use neonet_proto::codec;
 use neonet_proto::msg::{Channel, ServerMsg, Snapshot, PROTOCOL_VERSION};
 use neonet_proto::predict::CharacterConfig;
+use neonet_proto::time::Tick;
 use neonet_proto::time::Time;
+use neonet_proto::transform::scenario::CrowdSamples;
 use neonet_proto::transform::TransformConfig;
-use neonet_proto::types::{ChatMessage, EntityId, Rank, SessionId, UserId};
+use neonet_proto::transform::{ClientReplicator, TickInput};
+use neonet_proto::types::{ChatMessage, Entity, EntityId, EntityKind, Rank, SessionId, UserId};
 
 fn joined() -> ClientCore {
+    joined_with(Vec::new())
+}
+
+/// The joined client's own player: not one of the crowd's ids.
+const PLAYER: EntityId = EntityId(1_000_000);
+
+fn joined_with(mut entities: Vec<Entity>) -> ClientCore {
+    entities.push(Entity {
+        id: PLAYER,
+        kind: EntityKind::Player,
+        owner: None,
+        user: Some(UserId(1)),
+        blueprint: None,
+        transform: Default::default(),
+        props: Vec::new(),
+    });
     let mut client = ClientCore::new(
         ClientConfig {
             name: "idle game".into(),
@@ -25,7 +44,7 @@ fn joined() -> ClientCore {
         character: CharacterConfig::default(),
     };
     let snapshot = ServerMsg::Snapshot(Box::new(Snapshot {
-        player: EntityId(1),
+        player: PLAYER,
         user: UserId(1),
         rank: Rank::Visitor,
         server_tick: 0,
@@ -34,7 +53,7 @@ fn joined() -> ClientCore {
         spawn: Default::default(),
         chat: Vec::new(),
         blueprints: Vec::new(),
-        entities: Vec::new(),
+        entities,
         auth_token: String::new(),
     }));
     for m in [welcome, snapshot] {
@@ -78,4 +97,60 @@ fn a_game_that_never_polls_keeps_only_the_newest_events() {
         "the newest event is kept: {:?}",
         events.last()
     );
+}
+
+#[test]
+fn a_headless_client_skips_interpolation_but_sees_the_same_latest_world() {
+    let mut crowd = CrowdSamples::new(50);
+    let entities: Vec<Entity> = crowd
+        .samples
+        .iter()
+        .map(|s| Entity {
+            id: s.id,
+            kind: EntityKind::Player,
+            owner: None,
+            user: None,
+            blueprint: None,
+            transform: Default::default(),
+            props: Vec::new(),
+        })
+        .collect();
+    let mut full = joined_with(entities.clone());
+    let mut headless = joined_with(entities);
+    headless.set_interpolation(false);
+    let mut server = ClientReplicator::new(TransformConfig::default(), None).expect("config");
+    let mut out = Vec::new();
+    for tick in 1..40u64 {
+        crowd.step();
+        out.clear();
+        let now = Time(tick * 33_333);
+        let input = TickInput {
+            tick: Tick(tick),
+            now,
+            viewer: None,
+            entities: &crowd.samples,
+            max_datagram_size: 1_200,
+            own_blob: None,
+        };
+        server.write_tick(&input, &mut out).expect("valid input");
+        for d in &out {
+            full.handle_datagram(d, Time(now.0 + 20_000));
+            headless.handle_datagram(d, Time(now.0 + 20_000));
+        }
+    }
+    let at = Time(40 * 33_333);
+    let render_tick = full.begin_frame(at, 1.0 / 60.0).expect("a render tick");
+    headless.begin_frame(at, 1.0 / 60.0);
+    for s in &crowd.samples {
+        let latest = full.latest_transform(s.id).expect("received");
+        assert_eq!(headless.latest_transform(s.id), Some(latest), "{:?}", s.id);
+        assert_eq!(
+            headless.entity_transform(s.id, render_tick),
+            Some(latest.1),
+            "headless renders the latest"
+        );
+        assert!(full.entity_transform(s.id, render_tick).is_some());
+    }
+    assert_eq!(full.datagrams_rejected(), 0);
+    assert_eq!(headless.datagrams_rejected(), 0);
 }

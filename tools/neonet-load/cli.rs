@@ -211,6 +211,11 @@ pub struct RunArgs {
     /// Blueprint edits each client makes per second, on average (Poisson).
     #[arg(long, value_name = "R", default_value_t = 0.0, value_parser = parse_rate)]
     pub edits_per_s: f64,
+    /// Buffer remote entities for interpolation, as a rendering game client does. Off by
+    /// default: the simulated clients never render, and what they send and receive is the same
+    /// either way (`ClientCore::set_interpolation`).
+    #[arg(long)]
+    pub interpolate: bool,
     /// Also write the report as JSON to FILE (`-` for stdout).
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,

@@ -85,6 +85,9 @@ pub struct ClientPlan {
     pub chat_per_s: f64,
     /// Blueprint edits per second, on average.
     pub edits_per_s: f64,
+    /// Whether the client buffers remote entities for interpolation (a rendering client does;
+    /// the simulated ones never render).
+    pub interpolate: bool,
     /// Seed of this client's behaviour (derived from the run's seed and `id`).
     pub seed: u64,
     /// Seed of the whole run: names this run's blueprints, so runs against one relay do not
@@ -338,6 +341,9 @@ pub async fn client_task(
         }
     };
     client.log_datagrams(DATAGRAM_LOG_MAX);
+    if !plan.interpolate {
+        client.with_core(|core| core.set_interpolation(false));
+    }
     live.connected.fetch_add(1, Ordering::Relaxed);
     let now = Instant::now();
     let mut s = Session {

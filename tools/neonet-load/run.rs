@@ -84,6 +84,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
             movement: args.movement,
             chat_per_s: args.chat_per_s,
             edits_per_s: args.edits_per_s,
+            interpolate: args.interpolate,
             seed: seeds.next_u64(),
             run_seed: seed,
             area_half_m,

@@ -98,6 +98,11 @@ impl PredictedClient {
         self.interp.remove(id);
     }
 
+    /// Forgets every remote entity's interpolation buffer.
+    pub fn clear_entities(&mut self) {
+        self.interp.clear();
+    }
+
     /// If a ping is due at `now`, the client time to put in it (then send it).
     pub fn poll_ping(&mut self, now: Time) -> Option<u64> {
         if !self.sync.ping_due(now) {

@@ -325,6 +325,11 @@ impl Interpolation {
         self.entities.remove(&id);
     }
 
+    /// Forgets every entity (their buffers' memory is freed).
+    pub fn clear(&mut self) {
+        self.entities = IdMap::default();
+    }
+
     /// The render delay the measurements call for, milliseconds.
     pub fn target_delay_ms(&self) -> f64 {
         Self::clamp_delay(3.0 * self.interval_us + 3.0 * self.jitter_us) / 1000.0

@@ -14,17 +14,14 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
-use neonet_proto::client::{ClientConfig, ClientCore};
-use neonet_proto::codec;
-use neonet_proto::msg::{Channel, ServerMsg, Snapshot, PROTOCOL_VERSION};
-use neonet_proto::predict::CharacterConfig;
+use neonet_proto::client::ClientCore;
 use neonet_proto::time::{Tick, Time};
-use neonet_proto::transform::scenario::CrowdSamples;
+use neonet_proto::transform::scenario::{joined_client, CrowdSamples};
 use neonet_proto::transform::{
     AckHeader, ClientReplicator, EntitySample, InterestGrid, ReplicaReceiver, Seq, TickInput,
     TransformConfig,
 };
-use neonet_proto::types::{Entity, EntityId, EntityKind, Rank, SessionId, UserId};
+use neonet_proto::types::EntityId;
 
 const TICK_US: u64 = 33_333;
 const MAX_DATAGRAM: usize = 1162;
@@ -238,59 +235,6 @@ fn bench_server_spread(c: &mut Criterion) {
     group.finish();
 }
 
-/// A client joined to a world holding `world`'s entities (as players) and its own player
-/// (which the crowd does not move), as the load tool's clients are.
-fn joined_client(world: &World, config: &TransformConfig) -> ClientCore {
-    let mut client = ClientCore::new(
-        ClientConfig {
-            name: "bench".into(),
-            token: None,
-        },
-        Time(0),
-    );
-    let player = EntityId(1_000_000);
-    let entity = |id: EntityId| Entity {
-        id,
-        kind: EntityKind::Player,
-        owner: None,
-        user: None,
-        blueprint: None,
-        transform: Default::default(),
-        props: Vec::new(),
-    };
-    let welcome = ServerMsg::Welcome {
-        protocol_version: PROTOCOL_VERSION,
-        session: SessionId(1),
-        tick_hz: 30,
-        transform: Box::new(config.clone()),
-        character: CharacterConfig::default(),
-    };
-    let snapshot = ServerMsg::Snapshot(Box::new(Snapshot {
-        player,
-        user: UserId(1),
-        rank: Rank::Visitor,
-        server_tick: 0,
-        server_time_us: 0,
-        settings: Default::default(),
-        spawn: Default::default(),
-        chat: Vec::new(),
-        blueprints: Vec::new(),
-        entities: world
-            .samples
-            .iter()
-            .map(|s| entity(s.id))
-            .chain([entity(player)])
-            .collect(),
-        auth_token: String::new(),
-    }));
-    for m in [welcome, snapshot] {
-        client
-            .handle_frame(Channel::World, &codec::encode(&m), Time(0))
-            .expect("valid frame");
-    }
-    client
-}
-
 /// One client receiving one server datagram per tick with 100 moving entities: the whole
 /// receive path (decode, baselines, interpolation buffers, world mirror), per datagram. The
 /// server side (world step, replicator, acks) runs outside the timed section.
@@ -299,7 +243,7 @@ fn bench_client_receive(c: &mut Criterion) {
     let config = TransformConfig::default();
     let mut world = World::new(n);
     let mut server = ClientReplicator::new(config.clone(), None).expect("config");
-    let mut client = joined_client(&world, &config);
+    let mut client = joined_client(&config, &world.samples, EntityId(1_000_000));
     let mut out = Vec::new();
     let mut tick = 1;
     let arrival = |tick: u64| Time(tick * TICK_US + 50_000);

@@ -483,6 +483,24 @@ struct TrailRing {
     next_seq: u64,
 }
 
+impl TrailRing {
+    /// Records one update, dropping the oldest beyond [`TRAIL_RING_LEN`].
+    fn push(&mut self, entity_id: u32, session_id: u64, bytes: usize) {
+        if self.records.len() == TRAIL_RING_LEN {
+            self.records.pop_front();
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.records.push_back(TrailRecord {
+            seq,
+            at: Instant::now(),
+            entity_id,
+            session_id,
+            bytes: u32::try_from(bytes).unwrap_or(u32::MAX),
+        });
+    }
+}
+
 struct UserEntry {
     report: UserReport,
     /// When, and at what cumulative counts, the rates were last computed.
@@ -936,36 +954,13 @@ impl Metrics {
                 continue;
             }
             next += stride;
-            if ring.records.len() == TRAIL_RING_LEN {
-                ring.records.pop_front();
-            }
-            let seq = ring.next_seq;
-            ring.next_seq += 1;
-            ring.records.push_back(TrailRecord {
-                seq,
-                at: Instant::now(),
-                entity_id,
-                session_id,
-                bytes: u32::try_from(bytes).unwrap_or(u32::MAX),
-            });
+            ring.push(entity_id, session_id, bytes);
         }
     }
 
     #[cold]
     fn push_trail(&self, entity_id: u32, session_id: u64, bytes: usize) {
-        let mut ring = lock(&self.trails);
-        if ring.records.len() == TRAIL_RING_LEN {
-            ring.records.pop_front();
-        }
-        let seq = ring.next_seq;
-        ring.next_seq += 1;
-        ring.records.push_back(TrailRecord {
-            seq,
-            at: Instant::now(),
-            entity_id,
-            session_id,
-            bytes: u32::try_from(bytes).unwrap_or(u32::MAX),
-        });
+        lock(&self.trails).push(entity_id, session_id, bytes);
     }
 
     // ----- rendering -----

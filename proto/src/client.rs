@@ -884,17 +884,7 @@ impl ClientCore {
                     own_transform: None,
                     moving: BTreeMap::new(),
                     buf: Vec::new(),
-                    received: ReceivedTick {
-                        seq: Seq(0),
-                        tick: Tick(0),
-                        freshness: Freshness::Applied,
-                        own_blob: None,
-                        updated: Vec::new(),
-                        left: Vec::new(),
-                        stale: 0,
-                        undecodable: 0,
-                        acked: false,
-                    },
+                    received: ReceivedTick::empty(),
                     rejected: 0,
                 }));
             }

@@ -1,67 +1,19 @@
 //! The client core's memory stays bounded whatever the server sends and however rarely the
 //! game polls; a headless client (no interpolation) sees the same world.
 
-use neonet_proto::client::{ClientConfig, ClientCore, ClientEvent, EVENTS_MAX};
+use neonet_proto::client::{ClientCore, ClientEvent, EVENTS_MAX};
 use neonet_proto::codec;
-use neonet_proto::msg::{Channel, ServerMsg, Snapshot, PROTOCOL_VERSION};
-use neonet_proto::predict::CharacterConfig;
-use neonet_proto::time::Tick;
-use neonet_proto::time::Time;
-use neonet_proto::transform::scenario::CrowdSamples;
-use neonet_proto::transform::TransformConfig;
-use neonet_proto::transform::{ClientReplicator, TickInput};
-use neonet_proto::types::{ChatMessage, Entity, EntityId, EntityKind, Rank, SessionId, UserId};
-
-fn joined() -> ClientCore {
-    joined_with(Vec::new())
-}
+use neonet_proto::msg::{Channel, ServerMsg};
+use neonet_proto::time::{Tick, Time};
+use neonet_proto::transform::scenario::{joined_client, CrowdSamples};
+use neonet_proto::transform::{ClientReplicator, TickInput, TransformConfig};
+use neonet_proto::types::{ChatMessage, EntityId};
 
 /// The joined client's own player: not one of the crowd's ids.
 const PLAYER: EntityId = EntityId(1_000_000);
 
-fn joined_with(mut entities: Vec<Entity>) -> ClientCore {
-    entities.push(Entity {
-        id: PLAYER,
-        kind: EntityKind::Player,
-        owner: None,
-        user: Some(UserId(1)),
-        blueprint: None,
-        transform: Default::default(),
-        props: Vec::new(),
-    });
-    let mut client = ClientCore::new(
-        ClientConfig {
-            name: "idle game".into(),
-            token: None,
-        },
-        Time(0),
-    );
-    let welcome = ServerMsg::Welcome {
-        protocol_version: PROTOCOL_VERSION,
-        session: SessionId(1),
-        tick_hz: 30,
-        transform: Box::new(TransformConfig::default()),
-        character: CharacterConfig::default(),
-    };
-    let snapshot = ServerMsg::Snapshot(Box::new(Snapshot {
-        player: PLAYER,
-        user: UserId(1),
-        rank: Rank::Visitor,
-        server_tick: 0,
-        server_time_us: 0,
-        settings: Default::default(),
-        spawn: Default::default(),
-        chat: Vec::new(),
-        blueprints: Vec::new(),
-        entities,
-        auth_token: String::new(),
-    }));
-    for m in [welcome, snapshot] {
-        client
-            .handle_frame(Channel::World, &codec::encode(&m), Time(0))
-            .expect("valid frame");
-    }
-    client
+fn joined() -> ClientCore {
+    joined_client(&TransformConfig::default(), &[], PLAYER)
 }
 
 #[test]
@@ -102,23 +54,11 @@ fn a_game_that_never_polls_keeps_only_the_newest_events() {
 #[test]
 fn a_headless_client_skips_interpolation_but_sees_the_same_latest_world() {
     let mut crowd = CrowdSamples::new(50);
-    let entities: Vec<Entity> = crowd
-        .samples
-        .iter()
-        .map(|s| Entity {
-            id: s.id,
-            kind: EntityKind::Player,
-            owner: None,
-            user: None,
-            blueprint: None,
-            transform: Default::default(),
-            props: Vec::new(),
-        })
-        .collect();
-    let mut full = joined_with(entities.clone());
-    let mut headless = joined_with(entities);
+    let config = TransformConfig::default();
+    let mut full = joined_client(&config, &crowd.samples, PLAYER);
+    let mut headless = joined_client(&config, &crowd.samples, PLAYER);
     headless.set_interpolation(false);
-    let mut server = ClientReplicator::new(TransformConfig::default(), None).expect("config");
+    let mut server = ClientReplicator::new(config, None).expect("config");
     let mut out = Vec::new();
     for tick in 1..40u64 {
         crowd.step();

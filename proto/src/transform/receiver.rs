@@ -53,6 +53,24 @@ pub struct ReceivedTick {
     pub acked: bool,
 }
 
+impl ReceivedTick {
+    /// A result holding nothing yet, to fill with
+    /// [`ReplicaReceiver::handle_datagram_into`] (and reuse across datagrams).
+    pub fn empty() -> ReceivedTick {
+        ReceivedTick {
+            seq: Seq(0),
+            tick: Tick(0),
+            freshness: Freshness::Applied,
+            own_blob: None,
+            updated: Vec::new(),
+            left: Vec::new(),
+            stale: 0,
+            undecodable: 0,
+            acked: false,
+        }
+    }
+}
+
 /// Removals a receiver remembers to ignore late records of removed entities: more than the
 /// entities removed during one round trip in any world we expect; older records are long stale.
 pub const FORGOTTEN_MAX: usize = 1024;
@@ -329,17 +347,7 @@ impl ReplicaReceiver {
         bytes: &[u8],
         now: Time,
     ) -> Result<ReceivedTick, TransformError> {
-        let mut rt = ReceivedTick {
-            seq: Seq(0),
-            tick: Tick(0),
-            freshness: Freshness::Applied,
-            own_blob: None,
-            updated: Vec::new(),
-            left: Vec::new(),
-            stale: 0,
-            undecodable: 0,
-            acked: false,
-        };
+        let mut rt = ReceivedTick::empty();
         self.handle_datagram_into(bytes, now, &mut rt)?;
         Ok(rt)
     }

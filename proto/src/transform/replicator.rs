@@ -871,15 +871,7 @@ impl ClientReplicator {
         if n == 0 || n > RECORDS_PER_DATAGRAM_MAX {
             return false;
         }
-        // On the stack, always cached (a field would be one more cold buffer per client).
-        let mut age_counts = [0u16; COMMON_AGE_CANDIDATES_MAX];
-        let mut common = 0u64;
-        let mut best = 0u16;
-        for c in &self.cands {
-            if c.age != 0 {
-                count_age(&mut age_counts, c.age as u64, &mut common, &mut best);
-            }
-        }
+        let common = common_age(self.cands.iter().map(|c| c.age as u64));
         let mut total = 0usize;
         for k in 0..n {
             if k >= *sorted {
@@ -912,16 +904,14 @@ impl ClientReplicator {
         blob: Option<&[u8]>,
         summary: &mut TickSummary,
     ) -> Vec<u8> {
-        // The most frequent delta age among the records becomes the datagram's common age.
-        // On the stack, always cached (a field would be one more cold buffer per client).
-        let mut age_counts = [0u16; COMMON_AGE_CANDIDATES_MAX];
-        let mut common = 0u64;
-        let mut best = 0u16;
-        for &(_, ci) in &self.chosen {
-            if let Coded::Delta { age } = self.cands[ci].coded() {
-                count_age(&mut age_counts, age, &mut common, &mut best);
-            }
-        }
+        let common = common_age(
+            self.chosen
+                .iter()
+                .map(|&(_, ci)| match self.cands[ci].coded() {
+                    Coded::Delta { age } => age,
+                    _ => 0,
+                }),
+        );
         self.out_bits.clear();
         let mut prev: Option<EntityId> = None;
         let mut w = BitRun::new(&mut self.out_bits);
@@ -1017,15 +1007,7 @@ impl ClientReplicator {
         if n == 0 || n > RECORDS_PER_DATAGRAM_MAX {
             return None;
         }
-        // On the stack, always cached (a field would be one more cold buffer per client).
-        let mut age_counts = [0u16; COMMON_AGE_CANDIDATES_MAX];
-        let mut common = 0u64;
-        let mut best = 0u16;
-        for c in &self.cands {
-            if c.age != 0 {
-                count_age(&mut age_counts, c.age as u64, &mut common, &mut best);
-            }
-        }
+        let common = common_age(self.cands.iter().map(|c| c.age as u64));
         // Written into the body scratch (empty until now), each body's range remembered: if the
         // records do not fit, the packer reuses the bodies instead of encoding them again.
         debug_assert_eq!(self.body.len_bits(), 0);
@@ -1179,15 +1161,24 @@ fn recycle(records: &mut Vec<SentRecord>, spare: &mut Vec<Vec<SentRecord>>) {
 
 /// Counts one delta age towards the datagram's common age (the most frequent one).
 #[inline]
-fn count_age(counts: &mut [u16], age: u64, common: &mut u64, best: &mut u16) {
-    let Some(n) = counts.get_mut(age as usize) else {
-        return; // rare old baselines never become the common age
-    };
-    *n += 1;
-    if *n > *best {
-        *best = *n;
-        *common = age;
+/// The most frequent nonzero delta age among `ages` (0 for none), which a datagram names once
+/// as its common age. Ages of at least [`COMMON_AGE_CANDIDATES_MAX`] (rare old baselines) never
+/// become it. The counts live on the stack, always cached (a field would be one more cold
+/// buffer per client).
+fn common_age(ages: impl Iterator<Item = u64>) -> u64 {
+    let mut counts = [0u16; COMMON_AGE_CANDIDATES_MAX];
+    let (mut common, mut best) = (0u64, 0u16);
+    for age in ages.filter(|&a| a != 0) {
+        let Some(n) = counts.get_mut(age as usize) else {
+            continue;
+        };
+        *n += 1;
+        if *n > best {
+            best = *n;
+            common = age;
+        }
     }
+    common
 }
 
 /// The Exp-Golomb value of the gap from `prev` to `id` (ids strictly ascending).

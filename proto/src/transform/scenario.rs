@@ -19,7 +19,7 @@ use super::{
 };
 use crate::rng::Rng;
 use crate::time::{Tick, Time};
-use crate::types::{EntityId, Transform};
+use crate::types::{Entity, EntityId, EntityKind, Rank, SessionId, Transform, UserId};
 
 /// Gravity, m/s².
 const GRAVITY: f64 = 9.81;
@@ -681,4 +681,62 @@ pub fn bench_run(p: &BenchParams) -> TransformReport {
 #[cold]
 fn unreachable_config() -> ! {
     panic!("the default transform config with a clamped tick rate is valid")
+}
+
+/// A client core joined to a world holding `crowd`'s entities (as players) and its own player
+/// `player` (not one of them, so nothing moves it), as the load tool's clients are: the start
+/// of benchmarks and tests of the client's receive path.
+pub fn joined_client(
+    config: &TransformConfig,
+    crowd: &[EntitySample],
+    player: EntityId,
+) -> crate::client::ClientCore {
+    use crate::client::{ClientConfig, ClientCore};
+    use crate::msg::{Channel, ServerMsg, Snapshot, PROTOCOL_VERSION};
+    let mut client = ClientCore::new(
+        ClientConfig {
+            name: "scenario".into(),
+            token: None,
+        },
+        Time(0),
+    );
+    let entity = |id: EntityId| Entity {
+        id,
+        kind: EntityKind::Player,
+        owner: None,
+        user: None,
+        blueprint: None,
+        transform: Default::default(),
+        props: Vec::new(),
+    };
+    let welcome = ServerMsg::Welcome {
+        protocol_version: PROTOCOL_VERSION,
+        session: SessionId(1),
+        tick_hz: config.tick_hz,
+        transform: Box::new(config.clone()),
+        character: crate::predict::CharacterConfig::default(),
+    };
+    let snapshot = ServerMsg::Snapshot(Box::new(Snapshot {
+        player,
+        user: UserId(1),
+        rank: Rank::Visitor,
+        server_tick: 0,
+        server_time_us: 0,
+        settings: Default::default(),
+        spawn: Default::default(),
+        chat: Vec::new(),
+        blueprints: Vec::new(),
+        entities: crowd
+            .iter()
+            .map(|s| entity(s.id))
+            .chain([entity(player)])
+            .collect(),
+        auth_token: String::new(),
+    }));
+    for m in [welcome, snapshot] {
+        client
+            .handle_frame(Channel::World, &crate::codec::encode(&m), Time(0))
+            .expect("a valid welcome and snapshot");
+    }
+    client
 }

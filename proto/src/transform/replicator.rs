@@ -1159,12 +1159,11 @@ fn recycle(records: &mut Vec<SentRecord>, spare: &mut Vec<Vec<SentRecord>>) {
     }
 }
 
-/// Counts one delta age towards the datagram's common age (the most frequent one).
-#[inline]
 /// The most frequent nonzero delta age among `ages` (0 for none), which a datagram names once
 /// as its common age. Ages of at least [`COMMON_AGE_CANDIDATES_MAX`] (rare old baselines) never
 /// become it. The counts live on the stack, always cached (a field would be one more cold
 /// buffer per client).
+#[inline(always)]
 fn common_age(ages: impl Iterator<Item = u64>) -> u64 {
     let mut counts = [0u16; COMMON_AGE_CANDIDATES_MAX];
     let (mut common, mut best) = (0u64, 0u16);

@@ -273,12 +273,76 @@ fn bench_client_receive(c: &mut Criterion) {
     assert_eq!(client.datagrams_rejected(), 0);
 }
 
+/// The load tool's receive side: many headless clients (no interpolation, as its simulated
+/// clients run) in one process, each receiving one datagram per tick with 100 moving entities of
+/// a 1,000-player world. Their state together is far larger than the last-level cache, so this
+/// measures the receive path cold, as the load tool runs it, not the single warm client above.
+/// Every client receives the same datagram (one server replicator), which decodes the same way
+/// in each because each holds the same baselines.
+fn bench_many_clients_receive(c: &mut Criterion) {
+    let clients = 1000;
+    let visible = 100;
+    let config = TransformConfig::default();
+    let mut world = World::new(clients);
+    let mut server = ClientReplicator::new(config.clone(), None).expect("config");
+    let mut cores: Vec<ClientCore> = (0..clients)
+        .map(|i| {
+            let mut core = joined_client(&config, &world.samples, EntityId(1_000_000 + i as u32));
+            core.set_interpolation(false);
+            core
+        })
+        .collect();
+    let mut out = Vec::new();
+    let mut tick = 1;
+    let mut feed = |cores: &mut [ClientCore], world: &mut World, tick: &mut u64| {
+        world.step();
+        out.clear();
+        let input = TickInput {
+            tick: Tick(*tick),
+            now: Time(*tick * TICK_US),
+            viewer: None,
+            entities: &world.samples[..visible],
+            max_datagram_size: MAX_DATAGRAM,
+            own_blob: None,
+        };
+        black_box(server.write_tick(&input, &mut out).expect("valid input"));
+        if let Some(ack) = ack_all(&out) {
+            server.handle_ack(&ack, Time(*tick * TICK_US));
+        }
+        let now = Time(*tick * TICK_US + 50_000);
+        *tick += 1;
+        let start = Instant::now();
+        for core in cores.iter_mut() {
+            for d in &out {
+                core.handle_datagram(d, now);
+            }
+        }
+        start.elapsed()
+    };
+    for _ in 0..30 {
+        feed(&mut cores, &mut world, &mut tick);
+    }
+    assert!(cores.iter().all(|c| c.datagrams_rejected() == 0));
+    let mut group = c.benchmark_group("many_clients_receive");
+    group.sample_size(10);
+    group.bench_function("1000_headless_clients_x_100_moving", |b| {
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| feed(&mut cores, &mut world, &mut tick))
+                .sum()
+        })
+    });
+    group.finish();
+    assert!(cores.iter().all(|c| c.datagrams_rejected() == 0));
+}
+
 criterion_group!(
     benches,
     bench_one_entity,
     bench_client,
     bench_server,
     bench_server_spread,
-    bench_client_receive
+    bench_client_receive,
+    bench_many_clients_receive
 );
 criterion_main!(benches);

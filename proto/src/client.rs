@@ -284,6 +284,8 @@ pub struct ClientCore {
     input: CharacterInput,
     /// Whether remote entities are buffered for interpolation ([`ClientCore::set_interpolation`]).
     interpolate: bool,
+    /// Whether datagram records changed transforms the world mirror does not show yet.
+    world_transforms_stale: bool,
     transmits: VecDeque<ClientTransmit>,
     events: VecDeque<ClientEvent>,
     /// Events dropped because the game did not take them ([`EVENTS_MAX`]).
@@ -311,6 +313,7 @@ impl ClientCore {
             stream: None,
             input: CharacterInput::default(),
             interpolate: true,
+            world_transforms_stale: false,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             events_dropped: 0,
@@ -345,9 +348,28 @@ impl ClientCore {
         &self.state
     }
 
-    /// The world mirror.
-    pub fn world(&self) -> &ClientWorld {
+    /// The world mirror, its entities' transforms brought up to the latest received (which is
+    /// why it takes `&mut self`: datagram records update them lazily, here).
+    pub fn world(&mut self) -> &ClientWorld {
+        self.sync_world_transforms();
         &self.world
+    }
+
+    /// Brings the world mirror's entity transforms up to the latest received datagram
+    /// records. Runs before the mirror is read and before a reliable message writes a
+    /// transform, so the later of the two wins as if records were applied one by one.
+    fn sync_world_transforms(&mut self) {
+        if !std::mem::take(&mut self.world_transforms_stale) {
+            return;
+        }
+        if let Some(st) = self.stream.as_deref_mut() {
+            let entities = &mut self.world.entities;
+            st.receiver.take_changed(|id, _, t| {
+                if let Some(e) = entities.get_mut(&id) {
+                    e.transform = t;
+                }
+            });
+        }
     }
 
     /// Own player entity, once joined.
@@ -457,15 +479,17 @@ impl ClientCore {
             }
         }
         st.predicted.handle_transforms_datagram(now, rt.tick);
-        for &id in &rt.updated {
-            let Some((tick, t)) = st.receiver.latest(id) else {
-                continue;
-            };
-            if self.interpolate && Some(id) != self.player {
-                st.predicted.handle_entity_transform(id, tick, t, false);
-            }
-            if let Some(e) = self.world.entities.get_mut(&id) {
-                e.transform = t;
+        // The world mirror's transforms catch up when it is next read (`ClientCore::world`),
+        // not once per record: a client reads its world far less often than records arrive.
+        self.world_transforms_stale |= !rt.updated.is_empty();
+        if self.interpolate {
+            for &id in &rt.updated {
+                if Some(id) == self.player {
+                    continue;
+                }
+                if let Some((tick, t)) = st.receiver.latest(id) {
+                    st.predicted.handle_entity_transform(id, tick, t, false);
+                }
             }
         }
         for &id in &rt.left {
@@ -1001,6 +1025,7 @@ impl ClientCore {
             }
             ServerMsg::EntityAdded(e) => {
                 let id = e.id;
+                self.sync_world_transforms();
                 self.world.entities.insert(id, e);
                 push_event(
                     &mut self.events,
@@ -1010,6 +1035,9 @@ impl ClientCore {
                 self.release_held();
             }
             ServerMsg::EntityModified { id, patch } => {
+                if patch.transform.is_some() {
+                    self.sync_world_transforms();
+                }
                 if let Some(e) = self.world.entities.get_mut(&id) {
                     for k in &patch.unset {
                         e.props.retain(|(pk, _)| pk != k);
@@ -1073,6 +1101,7 @@ impl ClientCore {
                 position,
                 rotation_y,
             } => {
+                self.sync_world_transforms();
                 if let Some(e) = self.player.and_then(|p| self.world.entities.get_mut(&p)) {
                     e.transform.position = position;
                 }

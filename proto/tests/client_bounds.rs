@@ -94,3 +94,47 @@ fn a_headless_client_skips_interpolation_but_sees_the_same_latest_world() {
     assert_eq!(full.datagrams_rejected(), 0);
     assert_eq!(headless.datagrams_rejected(), 0);
 }
+
+#[test]
+fn the_world_mirror_shows_each_entitys_latest_transform_whenever_it_is_read() {
+    let mut crowd = CrowdSamples::new(30);
+    let config = TransformConfig::default();
+    let mut client = joined_client(&config, &crowd.samples, PLAYER);
+    let mut server = ClientReplicator::new(config, None).expect("config");
+    let mut out = Vec::new();
+    for tick in 1..25u64 {
+        crowd.step();
+        out.clear();
+        let now = Time(tick * 33_333);
+        let input = TickInput {
+            tick: Tick(tick),
+            now,
+            viewer: None,
+            // Some ticks carry only part of the crowd: what was not sent keeps its value.
+            entities: &crowd.samples[..if tick % 3 == 0 { 10 } else { 30 }],
+            max_datagram_size: 1_200,
+            own_blob: None,
+        };
+        server.write_tick(&input, &mut out).expect("valid input");
+        for d in &out {
+            client.handle_datagram(d, Time(now.0 + 20_000));
+        }
+        // Read every few ticks, as a game might: the mirror matches what was received.
+        if tick % 4 == 0 || tick == 24 {
+            let latest: Vec<_> = crowd
+                .samples
+                .iter()
+                .map(|s| client.latest_transform(s.id).expect("received").1)
+                .collect();
+            let world = client.world();
+            for (s, t) in crowd.samples.iter().zip(latest) {
+                assert_eq!(
+                    world.entities[&s.id].transform, t,
+                    "{:?} at tick {tick}",
+                    s.id
+                );
+            }
+        }
+    }
+    assert_eq!(client.datagrams_rejected(), 0);
+}

@@ -62,7 +62,7 @@ fn joined(s: &Sim, idx: usize) -> bool {
     *s.clients[idx].core.state() == ClientState::Joined
 }
 
-fn players_seen(s: &Sim, idx: usize) -> Vec<EntityId> {
+fn players_seen(s: &mut Sim, idx: usize) -> Vec<EntityId> {
     s.clients[idx]
         .core
         .world()
@@ -120,7 +120,7 @@ fn many_clients_join_and_leave_under_hostile_links_and_agree_on_who_is_there() {
         assert_eq!(truth.len(), n - n.div_ceil(3), "seed {seed}");
         for i in (0..n).filter(|i| i % 3 != 0) {
             assert_eq!(
-                players_seen(&s, i),
+                players_seen(&mut s, i),
                 truth,
                 "seed {seed}: client {i} disagrees"
             );

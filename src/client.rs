@@ -211,6 +211,10 @@ struct Inner {
     changes: AtomicU64,
     /// Wakes the background thread to send what the core queued.
     wake: Notify,
+    /// The core time (µs) the background sleeps until, `u64::MAX` when it has no timeout.
+    /// Written and read only with the core locked, so a caller of [`Client::with_core`] sees
+    /// either this or the core's new timeout and wakes the background only when it must.
+    sleeping_until_us: AtomicU64,
     /// `close()` was called: leave, and stop after a bounded wait.
     closing: AtomicBool,
     start: Instant,
@@ -332,6 +336,7 @@ fn prepare(addr: impl ToSocketAddrs, options: &ClientOptions) -> Result<Prepared
         changed_async: Notify::new(),
         changes: AtomicU64::new(0),
         wake: Notify::new(),
+        sleeping_until_us: AtomicU64::new(0),
         closing: AtomicBool::new(false),
         start: Instant::now(),
         datagram_log: Mutex::new(DatagramLog::default()),
@@ -628,8 +633,16 @@ impl Client {
     /// Runs `f` on the core itself (for the transform and prediction layers), then sends what it
     /// queued. Holds the lock: keep `f` short.
     pub fn with_core<R>(&self, f: impl FnOnce(&mut ClientCore) -> R) -> R {
-        let r = f(&mut self.inner.lock());
-        self.inner.wake.notify_one();
+        let mut core = self.inner.lock();
+        let r = f(&mut core);
+        // Wake the background only for work it would not do anyway: something to send, or a
+        // timeout earlier than the one it sleeps until. A game steering every frame (its input
+        // is sampled at the next prediction tick) then costs no extra wake-up.
+        let sleeping_until = self.inner.sleeping_until_us.load(Ordering::Relaxed);
+        let due = core.poll_timeout().map_or(u64::MAX, |t| t.0);
+        if core.has_transmits() || due < sleeping_until {
+            self.inner.wake.notify_one();
+        }
         r
     }
 
@@ -877,12 +890,13 @@ fn flush(
     inner: &Inner,
     conn: &Connection,
     writers: &ChannelWriters,
+    out: &mut Vec<ClientTransmit>,
 ) -> Result<(), quic::QueueFull> {
-    let out: Vec<ClientTransmit> = {
+    {
         let mut core = inner.lock();
-        std::iter::from_fn(|| core.poll_transmit()).collect()
-    };
-    for t in out {
+        out.extend(std::iter::from_fn(|| core.poll_transmit()));
+    }
+    for t in out.drain(..) {
         match t {
             ClientTransmit::Frame { channel, frame } => writers.try_send(channel, &frame)?,
             ClientTransmit::Datagram(d) => {
@@ -924,11 +938,13 @@ async fn run(inner: Arc<Inner>, conn: Connection) {
         })
     };
     let writers = ChannelWriters::spawn(&conn);
+    // What the core queued, taken under the lock and sent outside it (reused).
+    let mut transmits: Vec<ClientTransmit> = Vec::new();
     let mut leave_deadline: Option<Instant> = None;
     let mut connection_gone = false;
     let mut streams_done = false;
     loop {
-        if let Err(e) = flush(&inner, &conn, &writers) {
+        if let Err(e) = flush(&inner, &conn, &writers, &mut transmits) {
             let now = inner.now();
             close_core(&mut inner.lock(), CloseReason::Timeout, e.to_string(), now);
             conn.close(
@@ -938,10 +954,11 @@ async fn run(inner: Arc<Inner>, conn: Connection) {
         }
         let (closed, timeout) = {
             let core = inner.lock();
-            (
-                matches!(core.state(), ClientState::Closed { .. }),
-                core.poll_timeout(),
-            )
+            let timeout = core.poll_timeout();
+            inner
+                .sleeping_until_us
+                .store(timeout.map_or(u64::MAX, |t| t.0), Ordering::Relaxed);
+            (matches!(core.state(), ClientState::Closed { .. }), timeout)
         };
         inner.notify_changed();
         if closed {

@@ -687,6 +687,13 @@ impl ClientCore {
         self.transmits.pop_front()
     }
 
+    /// Whether anything waits to be sent ([`ClientCore::poll_transmit`]): a driver that was
+    /// handed the core between its own runs wakes only when this or an earlier
+    /// [`ClientCore::poll_timeout`] says there is work.
+    pub fn has_transmits(&self) -> bool {
+        !self.transmits.is_empty()
+    }
+
     /// The next event.
     pub fn poll_event(&mut self) -> Option<ClientEvent> {
         self.events.pop_front()

@@ -227,6 +227,14 @@ enum Parsed {
     Delta(EntityId, u64, DeltaBody),
 }
 
+impl Parsed {
+    fn id(&self) -> EntityId {
+        match *self {
+            Parsed::Left(id) | Parsed::Absolute(id, _) | Parsed::Delta(id, _, _) => id,
+        }
+    }
+}
+
 /// The client's transform receiver: decodes server datagrams, keeps each remote entity's latest
 /// authoritative transform with its server tick, and produces the ack header to send upstream.
 ///
@@ -445,9 +453,7 @@ impl ReplicaReceiver {
     }
 
     fn apply(&mut self, p: &Parsed, tick: Tick, rt: &mut ReceivedTick) {
-        let id = match *p {
-            Parsed::Left(id) | Parsed::Absolute(id, _) | Parsed::Delta(id, _, _) => id,
-        };
+        let id = p.id();
         let known = self.index.get(&id).copied();
         if known.is_none() && self.forgotten.iter().any(|&(f, at)| f == id && tick <= at) {
             rt.stale += 1;

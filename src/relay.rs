@@ -40,8 +40,16 @@
 //! (which saves the players' last positions), then flushes and closes the store off the async
 //! runtime.
 //!
+//! ## Datagrams
+//! QUIC datagrams do not wake the core: connection tasks put them in the [`DatagramInbox`] with
+//! their arrival time, and the core takes them whenever it runs (at every tick, before the
+//! tick's work, and whenever a stream message, commit or connection wakes it). A client's
+//! datagram carries its inputs and its acknowledgements, which the core only uses at its next
+//! tick anyway; a thousand clients' datagrams cost one wake-up per tick instead of thousands.
+//!
 //! ## Limits and fairness
-//! Every queue is bounded: the shared inbound queue ([`INBOUND_QUEUE_LEN`]), each connection's
+//! Every queue is bounded: the shared inbound queue ([`INBOUND_QUEUE_LEN`]), the datagram inbox
+//! ([`DATAGRAM_INBOX_MAX`]), each connection's
 //! per-channel send queues ([`crate::quic::CHANNEL_QUEUE_BYTES_MAX`]), datagram buffers, decoders
 //! (the frame limit). A full inbound queue holds readers back (tokio's queue admits waiting
 //! senders in FIFO order, so a flooding peer gets its turn like everyone else, and QUIC flow
@@ -94,6 +102,11 @@ pub const INBOUND_QUEUE_LEN: usize = 8192;
 /// burst cannot delay a due tick or a commit's acknowledgements for long. A batch also ends as
 /// soon as a commit is waiting.
 pub const INBOUND_BATCH_MAX: usize = 256;
+/// Most QUIC datagrams waiting in the [`DatagramInbox`] for the core: 16 ticks of a thousand
+/// clients' one datagram each (at most ≈ 19 MiB of 1.2 KB datagrams). More means the core has
+/// fallen that far behind; newer datagrams are dropped (counted as `datagram_inbox_full`), as
+/// an unreliable channel may.
+pub const DATAGRAM_INBOX_MAX: usize = 16_384;
 /// Longest a QUIC handshake may take before the attempt is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest a shutdown waits for connections to flush and close.
@@ -546,9 +559,14 @@ impl Relay {
             Some(p) => (Some(p.store), Some(p.commits)),
             None => (None, None),
         };
+        let start = Instant::now();
+        let inbox = Arc::new(DatagramInbox::new(start));
         let task = CoreTask {
             core,
-            start: Instant::now(),
+            start,
+            inbox: inbox.clone(),
+            inbox_batch: Vec::new(),
+            now_floor: Time::ZERO,
             links: HashMap::new(),
             effects: hooks.effects,
             store,
@@ -564,6 +582,7 @@ impl Relay {
             Arc::new(Semaphore::new(config.connections_max)),
             conn_ids.clone(),
             inbound_tx.clone(),
+            inbox,
             shutdown_rx,
             hooks.metrics,
         ));
@@ -695,6 +714,7 @@ async fn accept_loop(
     permits: Arc<Semaphore>,
     conn_ids: Arc<ConnIds>,
     inbound: mpsc::Sender<Inbound>,
+    inbox: Arc<DatagramInbox>,
     mut shutdown: watch::Receiver<bool>,
     metrics: Option<Arc<Metrics>>,
 ) {
@@ -713,6 +733,7 @@ async fn accept_loop(
         };
         let conn_ids = conn_ids.clone();
         let inbound = inbound.clone();
+        let inbox = inbox.clone();
         let metrics = metrics.clone();
         tokio::spawn(async move {
             let _permit = permit;
@@ -731,7 +752,7 @@ async fn accept_loop(
             if let Some(m) = &metrics {
                 m.connection_opened();
             }
-            serve_connection(conn_ids.next(), conn, inbound).await;
+            serve_connection(conn_ids.next(), conn, inbound, inbox).await;
             if let Some(m) = &metrics {
                 m.connection_closed();
             }
@@ -744,7 +765,12 @@ fn client_frame_limit(_: Channel) -> usize {
 }
 
 /// One connection: announce it, parse and forward until it ends, then report the end.
-async fn serve_connection(id: ConnId, conn: Connection, inbound: mpsc::Sender<Inbound>) {
+async fn serve_connection(
+    id: ConnId,
+    conn: Connection,
+    inbound: mpsc::Sender<Inbound>,
+    inbox: Arc<DatagramInbox>,
+) {
     tracing::debug!(conn = id.0, peer = %conn.remote_address(), "connected");
     let link = Arc::new(QuicLink::new(conn.clone()));
     if inbound
@@ -773,11 +799,10 @@ async fn serve_connection(id: ConnId, conn: Connection, inbound: mpsc::Sender<In
     ));
     let datagrams = {
         let conn = conn.clone();
-        let inbound = inbound.clone();
         tokio::spawn(async move {
             while let Ok(data) = conn.read_datagram().await {
-                // Unreliable by nature: when the core is behind, drop rather than wait.
-                let _ = inbound.try_send(Inbound::Datagram { conn: id, data });
+                // Unreliable by nature: when the core is behind, dropped rather than waited for.
+                inbox.push(id, data);
             }
         })
     };
@@ -899,9 +924,71 @@ struct LinkEntry {
 /// load logs once a second rather than once per input batch.
 const SUBMIT_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(1);
 
+/// QUIC datagrams on their way to the core, with their arrival times, taken whenever the core
+/// runs instead of waking it for each (see the module documentation). Bounded by
+/// [`DATAGRAM_INBOX_MAX`].
+#[derive(Debug)]
+pub struct DatagramInbox {
+    queue: Mutex<Vec<InboxDatagram>>,
+    /// The queue's length, read without the lock to skip an empty inbox.
+    len: std::sync::atomic::AtomicUsize,
+    /// Datagrams dropped because the inbox was full, not yet counted in the metrics.
+    dropped: AtomicU64,
+    /// The core's clock zero: arrival times are on the core's clock.
+    start: Instant,
+}
+
+#[derive(Debug)]
+struct InboxDatagram {
+    conn: ConnId,
+    data: Bytes,
+    at: Time,
+}
+
+impl DatagramInbox {
+    fn new(start: Instant) -> DatagramInbox {
+        DatagramInbox {
+            queue: Mutex::new(Vec::new()),
+            len: std::sync::atomic::AtomicUsize::new(0),
+            dropped: AtomicU64::new(0),
+            start,
+        }
+    }
+
+    /// Queues a datagram that arrived now, or drops it when the inbox is full.
+    fn push(&self, conn: ConnId, data: Bytes) {
+        let at = Time(self.start.elapsed().as_micros() as u64);
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        if q.len() >= DATAGRAM_INBOX_MAX {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        q.push(InboxDatagram { conn, data, at });
+        self.len.store(q.len(), Ordering::Release);
+    }
+
+    /// Moves every queued datagram into `into` (emptied first), oldest first.
+    fn take(&self, into: &mut Vec<InboxDatagram>) {
+        into.clear();
+        if self.len.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        std::mem::swap(&mut *q, into);
+        self.len.store(0, Ordering::Release);
+    }
+}
+
 struct CoreTask {
     core: ServerCore,
     start: Instant,
+    /// QUIC datagrams waiting for the core ([`CoreTask::take_datagrams`]).
+    inbox: Arc<DatagramInbox>,
+    /// Reused: the datagrams taken from the inbox.
+    inbox_batch: Vec<InboxDatagram>,
+    /// The latest time handed to the core: a datagram that arrived earlier but is taken later
+    /// is handed over at this time, so the core's clock never runs backwards.
+    now_floor: Time,
     links: HashMap<ConnId, LinkEntry>,
     effects: Option<EffectSink>,
     /// The store of a persistent relay; effects go there instead of `effects`.
@@ -916,8 +1003,30 @@ struct CoreTask {
 }
 
 impl CoreTask {
-    fn now(&self) -> Time {
-        Time(self.start.elapsed().as_micros() as u64)
+    /// The core's clock now (and its new floor).
+    fn now(&mut self) -> Time {
+        let now = Time(self.start.elapsed().as_micros() as u64).max(self.now_floor);
+        self.now_floor = now;
+        now
+    }
+
+    /// Hands the core every datagram waiting in the inbox, at its arrival time.
+    fn take_datagrams(&mut self) {
+        let mut batch = std::mem::take(&mut self.inbox_batch);
+        self.inbox.take(&mut batch);
+        for d in batch.drain(..) {
+            let at = d.at.max(self.now_floor);
+            self.now_floor = at;
+            self.count_in(d.conn, d.data.len(), true);
+            self.core.handle_datagram(d.conn, &d.data, at);
+        }
+        self.inbox_batch = batch;
+        let dropped = self.inbox.dropped.swap(0, Ordering::Relaxed);
+        if let Some(m) = self.metrics.as_ref().filter(|_| dropped > 0) {
+            for _ in 0..dropped {
+                m.record_drop("datagram_inbox_full");
+            }
+        }
     }
 
     fn instant(&self, t: Time) -> Instant {
@@ -968,6 +1077,7 @@ impl CoreTask {
                     }
                 }
             }
+            self.take_datagrams();
             self.drain(&mut last_submit_error_log);
         }
         if let Some(store) = self.store.clone() {
@@ -1022,6 +1132,8 @@ impl CoreTask {
         }
         let tick = self.core.tick();
         let started = Instant::now();
+        // The tick uses every input and acknowledgement that arrived before it.
+        self.take_datagrams();
         let now = self.now();
         self.core.handle_timeout(now);
         self.save_moved_apps();

@@ -280,7 +280,6 @@ pub struct ClientReplicator {
     own_entity: Option<EntityId>,
     budget_bits_per_s: u32,
     tracked: Vec<Tracked>,
-    tracked_next: Vec<Tracked>,
     /// The ids of `tracked` in interest or owed a "left interest" notice, ascending: what
     /// [`ClientReplicator::retained`] gives. Rebuilt by every `write_tick`, kept exact by
     /// `handle_ack` (which is what ends a pending notice).
@@ -328,7 +327,6 @@ impl ClientReplicator {
             session,
             own_entity: None,
             tracked: Vec::new(),
-            tracked_next: Vec::new(),
             retained_ids: Vec::new(),
             history: vec![SentDatagram::default(); SENT_HISTORY_LEN],
             unacked: [0; SENT_HISTORY_LEN / 64],
@@ -574,31 +572,50 @@ impl ClientReplicator {
         self.pack(input, out)
     }
 
-    /// Aligns `tracked` with this tick's entity list (both sorted by id).
+    /// Aligns `tracked` with this tick's entity list (both sorted by id), in place: entities
+    /// gone from the list are dropped in one forward pass, new ones are placed in one backward
+    /// pass. Each tick a few entities cross the interest edge, so a copy into a second buffer
+    /// (the old way) wrote a whole cold per-entity array per client per tick.
     fn merge(&mut self, entities: &[EntitySample]) {
         let same = self.tracked.len() == entities.len()
             && self.tracked.iter().zip(entities).all(|(t, e)| t.id == e.id);
         if same {
             return;
         }
-        self.tracked_next.clear();
-        let mut old = self.tracked.iter().peekable();
-        for e in entities {
-            while old.peek().is_some_and(|t| t.id < e.id) {
-                old.next(); // removed from the world: the reliable stream tells the client
+        // Removed from the world: the reliable stream tells the client.
+        let mut j = 0;
+        self.tracked.retain(|t| {
+            while entities.get(j).is_some_and(|e| e.id < t.id) {
+                j += 1;
             }
-            match old.peek() {
-                Some(t) if t.id == e.id => {
-                    self.tracked_next.push(**t);
-                    old.next();
-                }
-                _ => {
-                    self.next_epoch = self.next_epoch.wrapping_add(1);
-                    self.tracked_next.push(Tracked::new(e.id, self.next_epoch));
-                }
+            entities.get(j).is_some_and(|e| e.id == t.id)
+        });
+        let kept = self.tracked.len();
+        let added = entities.len() - kept;
+        if added == 0 {
+            return;
+        }
+        // New entities take epochs in ascending id order, as a forward merge would give them.
+        let first_epoch = self.next_epoch.wrapping_add(1);
+        self.next_epoch = self.next_epoch.wrapping_add(added as u32);
+        let mut new_left = added as u32;
+        self.tracked
+            .resize(entities.len(), Tracked::new(EntityId(0), 0));
+        let mut src = kept;
+        for dst in (0..entities.len()).rev() {
+            if new_left == 0 {
+                break; // the rest are kept entities already in place
+            }
+            let e = &entities[dst];
+            if src > 0 && self.tracked[src - 1].id == e.id {
+                src -= 1;
+                self.tracked[dst] = self.tracked[src];
+            } else {
+                new_left -= 1;
+                self.tracked[dst] = Tracked::new(e.id, first_epoch.wrapping_add(new_left));
             }
         }
-        std::mem::swap(&mut self.tracked, &mut self.tracked_next);
+        debug_assert_eq!(new_left, 0);
     }
 
     fn collect_candidates(&mut self, input: &TickInput) {

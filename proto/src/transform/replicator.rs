@@ -6,9 +6,10 @@
 //! remembered datagrams, scratch buffers reused across ticks.
 
 use super::bits::{bit_width, BitRun, BitWriter};
+use super::quant::QRot;
 use super::quant::{QTransform, Quantizer};
 use super::record::{
-    write_absolute, write_absolute_run, write_delta, write_delta_run, Sample, AGE_EG_K,
+    write_absolute, write_absolute_run, write_delta, write_delta_run, Motion, Sample, AGE_EG_K,
 };
 use super::seq::{AckHeader, Seq, ACK_WINDOW};
 use super::{
@@ -201,26 +202,106 @@ impl Tracked {
     }
 }
 
+/// A [`Sample`] as the replicator stores it, 48 bytes instead of 64: without its tick (kept
+/// where it is needed: once per datagram for sent records), rotation and scale unpacked so that
+/// nothing pads, and the motion's interval in 16 bits (a delta's baseline is at most
+/// [`BASELINE_AGE_MAX_TICKS`] old; an absolute value has no motion).
 #[derive(Clone, Copy, Debug)]
-enum SentRecord {
-    Update {
-        id: EntityId,
-        /// Where the entity was in `tracked` when sent (checked, then searched if it moved).
-        slot: u32,
-        epoch: u32,
-        send_index: u32,
-        sample: Sample,
-    },
-    Left {
-        id: EntityId,
-        slot: u32,
-        epoch: u32,
-    },
+struct PackedSample {
+    pos: [u32; 3],
+    dpos: [i32; 3],
+    comps: [u16; 3],
+    drot: [i16; 3],
+    /// The scale if [`PACKED_HAS_SCALE`] is set.
+    scale: [u16; 3],
+    dt: u16,
+    largest: u8,
+    /// [`PACKED_ROT_VALID`], [`PACKED_HAS_SCALE`], [`RECORD_LEFT_NOTICE`].
+    flags: u8,
+}
+
+/// [`PackedSample::flags`]: the motion's rotation change holds.
+const PACKED_ROT_VALID: u8 = 1;
+/// [`PackedSample::flags`]: the value has a scale.
+const PACKED_HAS_SCALE: u8 = 2;
+/// [`PackedSample::flags`] of a [`SentRecord`]: the record is a left-interest notice, not an
+/// update (a flag here keeps the record at 64 bytes).
+const RECORD_LEFT_NOTICE: u8 = 4;
+// A delta's motion interval is its baseline's age, which fits the packed 16 bits.
+const _: () = assert!(BASELINE_AGE_MAX_TICKS <= u16::MAX as u64);
+
+impl PackedSample {
+    #[inline]
+    fn pack(s: &Sample) -> PackedSample {
+        let (dpos, drot, rot_valid, dt) = s.motion.parts();
+        debug_assert!(dt as u64 <= BASELINE_AGE_MAX_TICKS);
+        PackedSample {
+            pos: s.q.pos,
+            dpos,
+            comps: s.q.rot.comps,
+            drot,
+            scale: s.q.scale.unwrap_or_default(),
+            dt: dt as u16,
+            largest: s.q.rot.largest,
+            flags: if rot_valid { PACKED_ROT_VALID } else { 0 }
+                | if s.q.scale.is_some() {
+                    PACKED_HAS_SCALE
+                } else {
+                    0
+                },
+        }
+    }
+
+    #[inline]
+    fn unpack(&self, tick: Tick) -> Sample {
+        Sample {
+            tick,
+            q: QTransform {
+                pos: self.pos,
+                rot: QRot {
+                    largest: self.largest,
+                    comps: self.comps,
+                },
+                scale: (self.flags & PACKED_HAS_SCALE != 0).then_some(self.scale),
+            },
+            motion: Motion::from_parts(
+                self.dpos,
+                self.drot,
+                self.flags & PACKED_ROT_VALID != 0,
+                self.dt as u32,
+            ),
+        }
+    }
+}
+
+/// One record of a sent datagram, as acks need it: 64 bytes, one cache line (it was 80 as an
+/// enum holding a whole [`Sample`]).
+#[derive(Clone, Copy, Debug)]
+struct SentRecord {
+    id: EntityId,
+    /// Where the entity was in `tracked` when sent (checked, then searched if it moved).
+    slot: u32,
+    epoch: u32,
+    /// The update's send index in its epoch (unused for a left notice).
+    send_index: u32,
+    /// The value sent, at the datagram's tick; for a left notice only its
+    /// [`RECORD_LEFT_NOTICE`] flag.
+    sample: PackedSample,
+}
+
+impl SentRecord {
+    /// Whether this is a left-interest notice rather than an update.
+    #[inline]
+    fn is_left(&self) -> bool {
+        self.sample.flags & RECORD_LEFT_NOTICE != 0
+    }
 }
 
 #[derive(Clone, Debug, Default)]
 struct SentDatagram {
     seq_full: u64,
+    /// The tick it was sent for: its records' samples' tick.
+    tick: Tick,
     valid: bool,
     acked: bool,
     sent_at: Time,
@@ -414,10 +495,7 @@ impl ClientReplicator {
     pub fn last_tick_updates(&self) -> impl Iterator<Item = EntityId> + '_ {
         (self.tick_first_seq..self.next_seq).flat_map(move |s| {
             let d = &self.history[(s % SENT_HISTORY_LEN as u64) as usize];
-            d.records.iter().filter_map(|r| match r {
-                SentRecord::Update { id, .. } => Some(*id),
-                SentRecord::Left { .. } => None,
-            })
+            d.records.iter().filter(|r| !r.is_left()).map(|r| r.id)
         })
     }
 
@@ -477,46 +555,34 @@ impl ClientReplicator {
                     Some(s) => (s * 7 + sample) / 8,
                 });
             }
+            let tick = d.tick;
             for r in &d.records {
-                match r {
-                    SentRecord::Update {
-                        id,
-                        slot,
-                        epoch,
-                        send_index,
-                        sample,
-                    } => {
-                        let Some(ti) = locate(&self.tracked, *id, *slot) else {
-                            continue;
-                        };
-                        let t = &mut self.tracked[ti];
-                        if t.epoch != *epoch {
-                            continue;
-                        }
-                        if baseline_older(&t.baseline, sample.tick) {
-                            t.baseline = Some(Baseline {
-                                sample: *sample,
-                                send_index: *send_index,
-                            });
-                        }
-                        if let Some(ls) = &mut t.last_sent {
-                            if ls.send_index == *send_index {
-                                ls.acked = true;
-                            }
+                let Some(ti) = locate(&self.tracked, r.id, r.slot) else {
+                    continue;
+                };
+                let t = &mut self.tracked[ti];
+                if t.epoch != r.epoch {
+                    continue;
+                }
+                if r.is_left() {
+                    if t.left.is_pending() {
+                        t.left = LeftState::NONE;
+                        // Pending means out of interest: no longer retained.
+                        if let Ok(k) = self.retained_ids.binary_search(&r.id) {
+                            self.retained_ids.remove(k);
                         }
                     }
-                    SentRecord::Left { id, slot, epoch } => {
-                        let Some(ti) = locate(&self.tracked, *id, *slot) else {
-                            continue;
-                        };
-                        let t = &mut self.tracked[ti];
-                        if t.epoch == *epoch && t.left.is_pending() {
-                            t.left = LeftState::NONE;
-                            // Pending means out of interest: no longer retained.
-                            if let Ok(k) = self.retained_ids.binary_search(id) {
-                                self.retained_ids.remove(k);
-                            }
-                        }
+                    continue;
+                }
+                if baseline_older(&t.baseline, tick) {
+                    t.baseline = Some(Baseline {
+                        sample: r.sample.unpack(tick),
+                        send_index: r.send_index,
+                    });
+                }
+                if let Some(ls) = &mut t.last_sent {
+                    if ls.send_index == r.send_index {
+                        ls.acked = true;
                     }
                 }
             }
@@ -1003,6 +1069,7 @@ impl ClientReplicator {
     ) {
         self.history[slot] = SentDatagram {
             seq_full,
+            tick: input.tick,
             valid: true,
             acked: false,
             sent_at: input.now,
@@ -1236,6 +1303,18 @@ fn write_kind(w: &mut BitRun, coded: Coded, common: u64) {
     }
 }
 
+/// The sample field of a left notice's [`SentRecord`]: only its flag is read.
+const LEFT_NOTICE_SAMPLE: PackedSample = PackedSample {
+    pos: [0; 3],
+    dpos: [0; 3],
+    comps: [0; 3],
+    drot: [0; 3],
+    scale: [0; 3],
+    dt: 0,
+    largest: 0,
+    flags: RECORD_LEFT_NOTICE,
+};
+
 /// Updates an entity's state for a record just written and remembers it for acks. A delta was
 /// coded against `t`'s current baseline.
 #[inline]
@@ -1252,10 +1331,12 @@ fn commit_record(
     match coded {
         Coded::Left => {
             t.left = LeftState::sent_at(input.now);
-            records.push(SentRecord::Left {
+            records.push(SentRecord {
                 id,
                 slot: slot as u32,
                 epoch: t.epoch,
+                send_index: 0,
+                sample: LEFT_NOTICE_SAMPLE,
             });
             summary.left_notices += 1;
         }
@@ -1268,12 +1349,12 @@ fn commit_record(
             let send_index = t.sends;
             t.sends = t.sends.wrapping_add(1);
             t.last_sent = Some(LastSent::new(q, send_index, input.now));
-            records.push(SentRecord::Update {
+            records.push(SentRecord {
                 id,
                 slot: slot as u32,
                 epoch: t.epoch,
                 send_index,
-                sample,
+                sample: PackedSample::pack(&sample),
             });
             summary.updates += 1;
             if matches!(coded, Coded::Absolute) {
@@ -1336,6 +1417,8 @@ mod size_tests {
     #[test]
     fn per_entity_state_stays_small() {
         assert!(std::mem::size_of::<super::Tracked>() <= 144);
+        assert_eq!(std::mem::size_of::<super::PackedSample>(), 48);
+        assert_eq!(std::mem::size_of::<super::SentRecord>(), 64);
     }
 }
 

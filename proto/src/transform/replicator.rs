@@ -20,6 +20,7 @@ use super::{
 use crate::limits::DATAGRAM_BYTES_MAX;
 use crate::time::{Tick, Time};
 use crate::types::{EntityId, SessionId, Transform, Vec3};
+use std::cell::RefCell;
 
 /// Exp-Golomb order of entity index gaps: consecutive ids cost 1 bit.
 pub(crate) const INDEX_EG_K: u32 = 0;
@@ -348,6 +349,30 @@ impl Cand {
     }
 }
 
+/// Buffers a replicator needs only while it writes a tick. Kept per thread, not per client:
+/// a server writes every client's tick in turn on one thread, so one set stays in the cache for
+/// all of them, where per-client buffers (≈ 5 KiB each at 100 candidates) were each a cold
+/// region touched once per tick.
+#[derive(Clone, Debug, Default)]
+struct Scratch {
+    cands: Vec<Cand>,
+    /// Candidates' [`order_key`]s, ordered lazily by the packer.
+    order: Vec<u64>,
+    body: BitWriter,
+    out_bits: BitWriter,
+    /// The datagram being filled: (id, candidate) in id order, built from `picked`.
+    chosen: Vec<(EntityId, usize)>,
+    /// The slots chosen for the datagram being filled.
+    picked: SlotSet,
+    /// Per slot: its candidate's index, valid where `picked` holds the slot.
+    slot_cand: Vec<u32>,
+}
+
+thread_local! {
+    /// The [`Scratch`] of the replicators writing on this thread, lent to each `write_tick`.
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
 /// The server's transform sender for one client. See the [module docs](super) for the format.
 ///
 /// Drive it with [`ClientReplicator::write_tick`] once per server tick (after quantizing the
@@ -382,17 +407,9 @@ pub struct ClientReplicator {
     last_tick: Option<Tick>,
     carry: i64,
     srtt_us: Option<u64>,
-    cands: Vec<Cand>,
-    /// Candidates' [`order_key`]s, ordered lazily by the packer.
-    order: Vec<u64>,
-    body: BitWriter,
-    out_bits: BitWriter,
-    /// The datagram being filled: (id, candidate) in id order, built from `picked`.
-    chosen: Vec<(EntityId, usize)>,
-    /// The slots chosen for the datagram being filled.
-    picked: SlotSet,
-    /// Per slot: its candidate's index, valid where `picked` holds the slot.
-    slot_cand: Vec<u32>,
+    /// Buffers used only within one `write_tick`: empty between calls, the thread's
+    /// [`SCRATCH`] moved in for the call.
+    scratch: Scratch,
     /// Whether the last tick's candidates did not fit in one datagram.
     single_failed_last: bool,
 }
@@ -418,13 +435,7 @@ impl ClientReplicator {
             last_tick: None,
             carry: 0,
             srtt_us: None,
-            cands: Vec::new(),
-            order: Vec::new(),
-            body: BitWriter::new(),
-            out_bits: BitWriter::new(),
-            chosen: Vec::new(),
-            picked: SlotSet::default(),
-            slot_cand: Vec::new(),
+            scratch: Scratch::default(),
             single_failed_last: false,
         })
     }
@@ -634,8 +645,21 @@ impl ClientReplicator {
         }
         self.tick_first_seq = self.next_seq;
         self.merge(input.entities);
+        // The thread's scratch, warm from the last client's tick, lent for this one. The cell
+        // is borrowed only for the swaps; `try_with` fails only while the thread exits, and
+        // then this replicator's own (empty) buffers serve.
+        let swap = |own: &mut Scratch| {
+            SCRATCH
+                .try_with(|s| std::mem::swap(own, &mut s.borrow_mut()))
+                .is_ok()
+        };
+        let lent = swap(&mut self.scratch);
         self.collect_candidates(input);
-        self.pack(input, out)
+        let result = self.pack(input, out);
+        if lent {
+            swap(&mut self.scratch);
+        }
+        result
     }
 
     /// Aligns `tracked` with this tick's entity list (both sorted by id), in place: entities
@@ -685,9 +709,9 @@ impl ClientReplicator {
     }
 
     fn collect_candidates(&mut self, input: &TickInput) {
-        self.cands.clear();
+        self.scratch.cands.clear();
         self.retained_ids.clear();
-        self.body.clear();
+        self.scratch.body.clear();
         let resend_us = self.resend_after_us();
         let w = self.config.weights;
         let r = self.config.interest_radius_m;
@@ -753,7 +777,7 @@ impl ClientReplicator {
                 }
                 let age = usable_baseline(t, input.tick)
                     .map_or(0, |b| (input.tick.0 - b.sample.tick.0) as u32);
-                self.cands.push(Cand {
+                self.scratch.cands.push(Cand {
                     slot: slot as u32,
                     priority: t.priority,
                     kind: CandKind::Update,
@@ -764,7 +788,7 @@ impl ClientReplicator {
             } else if let Some(sent_at) = t.left.pending() {
                 if due(sent_at, input.now, resend_us) {
                     t.priority += w.left_notice;
-                    self.cands.push(Cand {
+                    self.scratch.cands.push(Cand {
                         slot: slot as u32,
                         priority: t.priority,
                         kind: CandKind::Left,
@@ -780,23 +804,29 @@ impl ClientReplicator {
     /// Encodes candidate `ci`'s body into the scratch writer (once) and returns its worst-case
     /// record bits without the index.
     fn body_bits(&mut self, ci: usize, tick: Tick, entities: &[EntitySample]) -> (usize, Coded) {
-        let c = self.cands[ci];
+        let c = self.scratch.cands[ci];
         let coded = c.coded();
         if let Some((_, len)) = c.body {
             return (record_bits(len as usize, coded), coded);
         }
-        let start = self.body.len_bits();
+        let start = self.scratch.body.len_bits();
         let slot = c.slot as usize;
         let t = &self.tracked[slot];
         match (coded, &t.baseline) {
-            (Coded::Delta { .. }, Some(b)) => {
-                write_delta(&mut self.body, &self.qz, &entities[slot].q, tick, &b.sample)
+            (Coded::Delta { .. }, Some(b)) => write_delta(
+                &mut self.scratch.body,
+                &self.qz,
+                &entities[slot].q,
+                tick,
+                &b.sample,
+            ),
+            (Coded::Absolute, _) => {
+                write_absolute(&mut self.scratch.body, &self.qz, &entities[slot].q)
             }
-            (Coded::Absolute, _) => write_absolute(&mut self.body, &self.qz, &entities[slot].q),
             _ => {}
         }
-        let len = self.body.len_bits() - start;
-        self.cands[ci].body = Some((start as u32, len as u32));
+        let len = self.scratch.body.len_bits() - start;
+        self.scratch.cands[ci].body = Some((start as u32, len as u32));
         (record_bits(len, coded), coded)
     }
 
@@ -811,7 +841,7 @@ impl ClientReplicator {
         let mut sent: i64 = 0;
         let mut blob = input.own_blob;
         let max_size = input.max_datagram_size.min(DATAGRAM_BYTES_MAX);
-        let mut remaining = self.cands.len();
+        let mut remaining = self.scratch.cands.len();
         // Fast path: everything fits in the first datagram, so priority order does not matter.
         let header =
             HEADER_FIXED_BYTES + varint_len(input.tick.0) + blob.map_or(0, |b| 1 + b.len());
@@ -836,8 +866,8 @@ impl ClientReplicator {
             if worth_trying {
                 if ordered {
                     // It fits after all: encode afresh in id order.
-                    self.body.clear();
-                    for c in &mut self.cands {
+                    self.scratch.body.clear();
+                    for c in &mut self.scratch.cands {
                         c.body = None;
                     }
                 }
@@ -855,7 +885,7 @@ impl ClientReplicator {
             }
             self.single_failed_last = true;
         }
-        self.slot_cand.resize(self.tracked.len(), 0);
+        self.scratch.slot_cand.resize(self.tracked.len(), 0);
         if !ordered {
             self.fill_order();
         }
@@ -872,28 +902,29 @@ impl ClientReplicator {
                 break;
             }
             let bits_avail = room.saturating_sub(header) * 8;
-            self.picked.reset(self.tracked.len());
+            self.scratch.picked.reset(self.tracked.len());
             let mut used = 0usize;
             let mut misses = 0;
-            for k in 0..self.order.len() {
+            for k in 0..self.scratch.order.len() {
                 if k >= sorted {
-                    sorted = sort_prefix(&mut self.order, sorted, chunk);
+                    sorted = sort_prefix(&mut self.scratch.order, sorted, chunk);
                     chunk *= 2;
                 }
-                let ci = self.order[k] as u32 as usize;
-                if self.cands[ci].placed {
+                let ci = self.scratch.order[k] as u32 as usize;
+                if self.scratch.cands[ci].placed {
                     continue;
                 }
-                if self.picked.len >= RECORDS_PER_DATAGRAM_MAX || misses >= FIT_ATTEMPTS_MAX {
+                if self.scratch.picked.len >= RECORDS_PER_DATAGRAM_MAX || misses >= FIT_ATTEMPTS_MAX
+                {
                     break;
                 }
                 let (bits, _) = self.body_bits(ci, input.tick, input.entities);
-                let slot = self.cands[ci].slot as usize;
+                let slot = self.scratch.cands[ci].slot as usize;
                 let id = self.tracked[slot].id;
                 // Slot order is id order: the neighbours in the datagram are the nearest
                 // chosen slots.
-                let prev = self.picked.prev(slot).map(|p| self.tracked[p].id);
-                let next = self.picked.next(slot).map(|n| self.tracked[n].id);
+                let prev = self.scratch.picked.prev(slot).map(|p| self.tracked[p].id);
+                let next = self.scratch.picked.next(slot).map(|n| self.tracked[n].id);
                 let index_bits = gap_bits(prev, id) as isize
                     + next.map_or(0, |n| gap_bits(Some(id), n) as isize)
                     - next.map_or(0, |n| gap_bits(prev, n) as isize);
@@ -903,18 +934,19 @@ impl ClientReplicator {
                     continue;
                 }
                 used += total;
-                self.picked.insert(slot);
-                self.slot_cand[slot] = ci as u32;
-                self.cands[ci].placed = true;
+                self.scratch.picked.insert(slot);
+                self.scratch.slot_cand[slot] = ci as u32;
+                self.scratch.cands[ci].placed = true;
                 remaining -= 1;
             }
-            if self.picked.len == 0 && blob.is_none() {
+            if self.scratch.picked.len == 0 && blob.is_none() {
                 break;
             }
-            self.chosen.clear();
-            for slot in self.picked.iter() {
-                self.chosen
-                    .push((self.tracked[slot].id, self.slot_cand[slot] as usize));
+            self.scratch.chosen.clear();
+            for slot in self.scratch.picked.iter() {
+                self.scratch
+                    .chosen
+                    .push((self.tracked[slot].id, self.scratch.slot_cand[slot] as usize));
             }
             let dgram = self.write_datagram(input, blob, &mut summary);
             debug_assert!(dgram.len() <= room, "{} > {room}", dgram.len());
@@ -930,9 +962,10 @@ impl ClientReplicator {
     }
 
     fn fill_order(&mut self) {
-        self.order.clear();
-        self.order.extend(
-            self.cands
+        self.scratch.order.clear();
+        self.scratch.order.extend(
+            self.scratch
+                .cands
                 .iter()
                 .enumerate()
                 .map(|(ci, c)| order_key(c.priority, ci)),
@@ -950,24 +983,24 @@ impl ClientReplicator {
         sorted: &mut usize,
         chunk: &mut usize,
     ) -> bool {
-        let n = self.cands.len();
+        let n = self.scratch.cands.len();
         if n == 0 || n > RECORDS_PER_DATAGRAM_MAX {
             return false;
         }
-        let common = common_age(self.cands.iter().map(|c| c.age as u64));
+        let common = common_age(self.scratch.cands.iter().map(|c| c.age as u64));
         let mut total = 0usize;
         for k in 0..n {
             if k >= *sorted {
-                *sorted = sort_prefix(&mut self.order, *sorted, *chunk);
+                *sorted = sort_prefix(&mut self.scratch.order, *sorted, *chunk);
                 *chunk *= 2;
             }
-            let ci = self.order[k] as u32 as usize;
+            let ci = self.scratch.order[k] as u32 as usize;
             self.body_bits(ci, input.tick, input.entities);
-            let c = self.cands[ci];
+            let c = self.scratch.cands[ci];
             let id = self.tracked[c.slot as usize].id;
             let prev = ci
                 .checked_sub(1)
-                .map(|p| self.tracked[self.cands[p].slot as usize].id);
+                .map(|p| self.tracked[self.scratch.cands[p].slot as usize].id);
             let kind_bits = match c.coded() {
                 Coded::Delta { age } if age != common => 2 + eg_bits(age - 1, AGE_EG_K),
                 _ => 2,
@@ -987,33 +1020,31 @@ impl ClientReplicator {
         blob: Option<&[u8]>,
         summary: &mut TickSummary,
     ) -> Vec<u8> {
-        let common = common_age(
-            self.chosen
-                .iter()
-                .map(|&(_, ci)| match self.cands[ci].coded() {
-                    Coded::Delta { age } => age,
-                    _ => 0,
-                }),
-        );
-        self.out_bits.clear();
+        let common = common_age(self.scratch.chosen.iter().map(|&(_, ci)| {
+            match self.scratch.cands[ci].coded() {
+                Coded::Delta { age } => age,
+                _ => 0,
+            }
+        }));
+        self.scratch.out_bits.clear();
         let mut prev: Option<EntityId> = None;
-        let mut w = BitRun::new(&mut self.out_bits);
-        for &(id, ci) in &self.chosen {
+        let mut w = BitRun::new(&mut self.scratch.out_bits);
+        for &(id, ci) in &self.scratch.chosen {
             let g = gap(prev, id);
             prev = Some(id);
-            let c = &self.cands[ci];
+            let c = &self.scratch.cands[ci];
             let Some((start, len)) = c.body else {
                 w.write_eg(g, INDEX_EG_K);
                 continue; // unreachable: every chosen candidate has its body computed
             };
             write_index_kind(&mut w, g, c.coded(), common);
-            w.append_bits(&self.body, start as usize, len as usize);
+            w.append_bits(&self.scratch.body, start as usize, len as usize);
         }
         w.finish();
         let (seq_full, buf, slot, mut records) =
-            self.begin_datagram(input, blob, common, self.chosen.len());
-        for &(_, ci) in &self.chosen {
-            let c = self.cands[ci];
+            self.begin_datagram(input, blob, common, self.scratch.chosen.len());
+        for &(_, ci) in &self.scratch.chosen {
+            let c = self.scratch.cands[ci];
             commit_record(
                 &mut self.tracked[c.slot as usize],
                 c.slot as usize,
@@ -1049,7 +1080,7 @@ impl ClientReplicator {
         }
         write_varint(&mut buf, common);
         write_varint(&mut buf, count as u64);
-        self.out_bits.copy_to(&mut buf);
+        self.scratch.out_bits.copy_to(&mut buf);
         let slot = (seq_full % SENT_HISTORY_LEN as u64) as usize;
         let mut records = std::mem::take(&mut self.history[slot].records);
         if records.capacity() == 0 {
@@ -1087,17 +1118,17 @@ impl ClientReplicator {
         bits_avail: usize,
         summary: &mut TickSummary,
     ) -> Option<Vec<u8>> {
-        let n = self.cands.len();
+        let n = self.scratch.cands.len();
         if n == 0 || n > RECORDS_PER_DATAGRAM_MAX {
             return None;
         }
-        let common = common_age(self.cands.iter().map(|c| c.age as u64));
+        let common = common_age(self.scratch.cands.iter().map(|c| c.age as u64));
         // Written into the body scratch (empty until now), each body's range remembered: if the
         // records do not fit, the packer reuses the bodies instead of encoding them again.
-        debug_assert_eq!(self.body.len_bits(), 0);
+        debug_assert_eq!(self.scratch.body.len_bits(), 0);
         let mut prev: Option<EntityId> = None;
-        let mut w = BitRun::new(&mut self.body);
-        for c in self.cands.iter_mut() {
+        let mut w = BitRun::new(&mut self.scratch.body);
+        for c in self.scratch.cands.iter_mut() {
             let slot = c.slot as usize;
             let t = &self.tracked[slot];
             let q = &input.entities[slot].q;
@@ -1120,9 +1151,9 @@ impl ClientReplicator {
             }
         }
         w.finish();
-        std::mem::swap(&mut self.body, &mut self.out_bits);
+        std::mem::swap(&mut self.scratch.body, &mut self.scratch.out_bits);
         let (seq_full, buf, slot, mut records) = self.begin_datagram(input, blob, common, n);
-        for c in self.cands.iter_mut() {
+        for c in self.scratch.cands.iter_mut() {
             c.placed = true;
             commit_record(
                 &mut self.tracked[c.slot as usize],

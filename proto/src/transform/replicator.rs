@@ -105,39 +105,23 @@ pub struct TickSummary {
     pub deferred: usize,
 }
 
+/// A baseline as the packer uses it, unpacked from [`Tracked`].
 #[derive(Clone, Copy, Debug)]
 struct Baseline {
     sample: Sample,
-    send_index: u32,
 }
 
-/// The last value sent, 4-byte aligned (its time as two halves) so it packs into [`Tracked`]
-/// without padding.
-#[derive(Clone, Copy, Debug)]
-struct LastSent {
-    q: QTransform,
-    send_index: u32,
-    at_lo: u32,
-    at_hi: u32,
-    acked: bool,
+/// Splits a `u64` into 4-byte-aligned halves (low, high) so it packs into [`Tracked`] without
+/// padding.
+#[inline]
+fn halves(v: u64) -> [u32; 2] {
+    [v as u32, (v >> 32) as u32]
 }
 
-impl LastSent {
-    #[inline]
-    fn new(q: QTransform, send_index: u32, at: Time) -> LastSent {
-        LastSent {
-            q,
-            send_index,
-            at_lo: at.0 as u32,
-            at_hi: (at.0 >> 32) as u32,
-            acked: false,
-        }
-    }
-
-    #[inline]
-    fn at(&self) -> Time {
-        Time((self.at_hi as u64) << 32 | self.at_lo as u64)
-    }
+/// The `u64` of [`halves`].
+#[inline]
+fn whole(h: [u32; 2]) -> u64 {
+    (h[1] as u64) << 32 | h[0] as u64
 }
 
 /// Whether a left-interest notice is pending, and when it was last sent, in one word: no
@@ -171,21 +155,48 @@ impl LeftState {
     }
 }
 
-/// Per-client state of one entity.
+/// [`Tracked::flags`]: it has a baseline (`base*` fields).
+const TRACKED_HAS_BASELINE: u8 = 1;
+/// [`Tracked::flags`]: a value was sent in this epoch (`last_*` fields, `at_or_left` its time).
+const TRACKED_HAS_LAST_SENT: u8 = 2;
+/// [`Tracked::flags`]: the last value sent was acknowledged.
+const TRACKED_LAST_ACKED: u8 = 4;
+/// [`Tracked::flags`]: the last value sent has a scale (`last_scale`).
+const TRACKED_LAST_HAS_SCALE: u8 = 8;
+
+/// Per-client state of one entity: 116 bytes, no padding (it was 144 with `Option`s of whole
+/// samples and a `u64`-aligned layout). Every field is 4-byte aligned or smaller, the baseline
+/// is a [`PackedSample`], the last value sent is stored unpacked, and one word holds either the
+/// last send's time (in interest) or the [`LeftState`] (out of interest: nothing is sent then,
+/// and leaving forgets the last value sent).
 #[derive(Clone, Copy, Debug)]
 struct Tracked {
     id: EntityId,
     priority: f32,
-    in_interest: bool,
     /// A number unique within this replicator, renewed when the entity leaves interest or is
     /// re-added to the world: acks of records from an older epoch are ignored, so a baseline
     /// the client may have dropped is never used again.
     epoch: u32,
     /// Sends in this epoch (the next send's index).
     sends: u32,
-    baseline: Option<Baseline>,
-    last_sent: Option<LastSent>,
-    left: LeftState,
+    /// In interest: the last send's time (µs, [`halves`]) if [`TRACKED_HAS_LAST_SENT`]. Out of
+    /// interest: the [`LeftState`].
+    at_or_left: [u32; 2],
+    /// The last value sent's send index.
+    last_send_index: u32,
+    /// The baseline's tick ([`halves`]) and send index.
+    base_tick: [u32; 2],
+    base_send_index: u32,
+    /// The baseline's value and motion, if [`TRACKED_HAS_BASELINE`].
+    base: PackedSample,
+    /// The last value sent, if [`TRACKED_HAS_LAST_SENT`].
+    last_pos: [u32; 3],
+    last_comps: [u16; 3],
+    last_scale: [u16; 3],
+    last_largest: u8,
+    /// `TRACKED_*` bits.
+    flags: u8,
+    in_interest: bool,
 }
 
 impl Tracked {
@@ -193,13 +204,115 @@ impl Tracked {
         Tracked {
             id,
             priority: 0.0,
-            in_interest: false,
             epoch,
             sends: 0,
-            baseline: None,
-            last_sent: None,
-            left: LeftState::NONE,
+            at_or_left: halves(LeftState::NONE.0),
+            last_send_index: 0,
+            base_tick: [0; 2],
+            base_send_index: 0,
+            base: PackedSample::ZERO,
+            last_pos: [0; 3],
+            last_comps: [0; 3],
+            last_scale: [0; 3],
+            last_largest: 0,
+            flags: 0,
+            in_interest: false,
         }
+    }
+
+    /// The left-interest state (always [`LeftState::NONE`] in interest).
+    #[inline]
+    fn left(&self) -> LeftState {
+        if self.in_interest {
+            LeftState::NONE
+        } else {
+            LeftState(whole(self.at_or_left))
+        }
+    }
+
+    /// Sets the left-interest state (only out of interest, or [`LeftState::NONE`]).
+    #[inline]
+    fn set_left(&mut self, l: LeftState) {
+        debug_assert!(!self.in_interest || l == LeftState::NONE);
+        if !self.in_interest {
+            self.at_or_left = halves(l.0);
+        }
+    }
+
+    #[inline]
+    fn has_baseline(&self) -> bool {
+        self.flags & TRACKED_HAS_BASELINE != 0
+    }
+
+    #[inline]
+    fn has_last_sent(&self) -> bool {
+        self.flags & TRACKED_HAS_LAST_SENT != 0
+    }
+
+    /// The baseline's tick, if any.
+    #[inline]
+    fn baseline_tick(&self) -> Option<Tick> {
+        self.has_baseline().then(|| Tick(whole(self.base_tick)))
+    }
+
+    /// The baseline, if any.
+    #[inline]
+    fn baseline(&self) -> Option<Baseline> {
+        let tick = self.baseline_tick()?;
+        Some(Baseline {
+            sample: self.base.unpack(tick),
+        })
+    }
+
+    #[inline]
+    fn set_baseline(&mut self, tick: Tick, sample: &PackedSample, send_index: u32) {
+        self.base_tick = halves(tick.0);
+        self.base = *sample;
+        self.base_send_index = send_index;
+        self.flags |= TRACKED_HAS_BASELINE;
+    }
+
+    /// Whether the last value sent is `q`.
+    #[inline]
+    fn last_sent_is(&self, q: &QTransform) -> bool {
+        self.last_pos == q.pos
+            && self.last_comps == q.rot.comps
+            && self.last_largest == q.rot.largest
+            && match q.scale {
+                None => self.flags & TRACKED_LAST_HAS_SCALE == 0,
+                Some(s) => self.flags & TRACKED_LAST_HAS_SCALE != 0 && self.last_scale == s,
+            }
+    }
+
+    /// Records `q` as the last value sent, with its send index and time (in interest only).
+    #[inline]
+    fn set_last_sent(&mut self, q: &QTransform, send_index: u32, at: Time) {
+        debug_assert!(self.in_interest);
+        self.last_pos = q.pos;
+        self.last_comps = q.rot.comps;
+        self.last_largest = q.rot.largest;
+        self.last_scale = q.scale.unwrap_or_default();
+        self.last_send_index = send_index;
+        self.at_or_left = halves(at.0);
+        self.flags = (self.flags & !(TRACKED_LAST_ACKED | TRACKED_LAST_HAS_SCALE))
+            | TRACKED_HAS_LAST_SENT
+            | if q.scale.is_some() {
+                TRACKED_LAST_HAS_SCALE
+            } else {
+                0
+            };
+    }
+
+    /// When the last value was sent (meaningful only with one).
+    #[inline]
+    fn last_sent_at(&self) -> Time {
+        Time(whole(self.at_or_left))
+    }
+
+    /// Forgets the baseline and the last value sent (leaving interest).
+    #[inline]
+    fn forget_values(&mut self) {
+        self.flags = 0;
     }
 }
 
@@ -232,6 +345,18 @@ const RECORD_LEFT_NOTICE: u8 = 4;
 const _: () = assert!(BASELINE_AGE_MAX_TICKS <= u16::MAX as u64);
 
 impl PackedSample {
+    /// All zero: a placeholder where no sample is held.
+    const ZERO: PackedSample = PackedSample {
+        pos: [0; 3],
+        dpos: [0; 3],
+        comps: [0; 3],
+        drot: [0; 3],
+        scale: [0; 3],
+        dt: 0,
+        largest: 0,
+        flags: 0,
+    };
+
     #[inline]
     fn pack(s: &Sample) -> PackedSample {
         let (dpos, drot, rot_valid, dt) = s.motion.parts();
@@ -482,7 +607,7 @@ impl ClientReplicator {
         debug_assert!(self
             .tracked
             .iter()
-            .filter(|t| t.in_interest || t.left.is_pending())
+            .filter(|t| t.in_interest || t.left().is_pending())
             .map(|t| t.id)
             .eq(self.retained_ids.iter().copied()));
         self.retained_ids.iter().copied()
@@ -576,8 +701,8 @@ impl ClientReplicator {
                     continue;
                 }
                 if r.is_left() {
-                    if t.left.is_pending() {
-                        t.left = LeftState::NONE;
+                    if t.left().is_pending() {
+                        t.set_left(LeftState::NONE);
                         // Pending means out of interest: no longer retained.
                         if let Ok(k) = self.retained_ids.binary_search(&r.id) {
                             self.retained_ids.remove(k);
@@ -585,16 +710,11 @@ impl ClientReplicator {
                     }
                     continue;
                 }
-                if baseline_older(&t.baseline, tick) {
-                    t.baseline = Some(Baseline {
-                        sample: r.sample.unpack(tick),
-                        send_index: r.send_index,
-                    });
+                if baseline_older(t.baseline_tick(), tick) {
+                    t.set_baseline(tick, &r.sample, r.send_index);
                 }
-                if let Some(ls) = &mut t.last_sent {
-                    if ls.send_index == r.send_index {
-                        ls.acked = true;
-                    }
+                if t.has_last_sent() && t.last_send_index == r.send_index {
+                    t.flags |= TRACKED_LAST_ACKED;
                 }
             }
             // Its records are done with; the last tick's stay for `last_tick_updates` until
@@ -718,7 +838,7 @@ impl ClientReplicator {
         let r_out = r + self.config.interest_hysteresis_m;
         for (slot, (t, e)) in self.tracked.iter_mut().zip(input.entities).enumerate() {
             if Some(e.id) == self.own_entity {
-                if t.in_interest || t.left.is_pending() {
+                if t.in_interest || t.left().is_pending() {
                     self.retained_ids.push(t.id);
                 }
                 t.priority = 0.0;
@@ -733,33 +853,33 @@ impl ClientReplicator {
             };
             let dist = if dist.is_finite() { dist } else { f32::MAX };
             if !t.in_interest && (input.viewer.is_none() || dist <= r) {
+                t.set_left(LeftState::NONE);
                 t.in_interest = true;
-                t.left = LeftState::NONE;
             } else if t.in_interest && input.viewer.is_some() && dist > r_out {
                 t.in_interest = false;
-                let known = t.last_sent.is_some() || t.baseline.is_some();
+                let known = t.has_last_sent() || t.has_baseline();
                 self.next_epoch = self.next_epoch.wrapping_add(1);
                 t.epoch = self.next_epoch;
                 t.sends = 0;
-                t.baseline = None;
-                t.last_sent = None;
+                t.forget_values();
                 t.priority = 0.0;
-                if known {
-                    t.left = LeftState::UNSENT;
-                }
+                t.set_left(if known {
+                    LeftState::UNSENT
+                } else {
+                    LeftState::NONE
+                });
             }
-            if t.in_interest || t.left.is_pending() {
+            if t.in_interest || t.left().is_pending() {
                 self.retained_ids.push(t.id);
             }
             if t.in_interest {
-                let (need, moving) = match &t.last_sent {
-                    None => (true, true),
-                    Some(ls) if ls.q != e.q => (true, true),
-                    Some(ls) if ls.acked => (false, false),
-                    Some(ls) => (
-                        input.now.saturating_since(ls.at()).as_micros() as u64 >= resend_us,
-                        false,
-                    ),
+                let (need, moving) = if !t.has_last_sent() || !t.last_sent_is(&e.q) {
+                    (true, true)
+                } else if t.flags & TRACKED_LAST_ACKED != 0 {
+                    (false, false)
+                } else {
+                    let since = input.now.saturating_since(t.last_sent_at());
+                    (since.as_micros() as u64 >= resend_us, false)
                 };
                 if !need {
                     t.priority = 0.0;
@@ -775,8 +895,7 @@ impl ClientReplicator {
                 if weight.is_finite() {
                     t.priority += weight;
                 }
-                let age = usable_baseline(t, input.tick)
-                    .map_or(0, |b| (input.tick.0 - b.sample.tick.0) as u32);
+                let age = usable_baseline_age(t, input.tick);
                 self.scratch.cands.push(Cand {
                     slot: slot as u32,
                     priority: t.priority,
@@ -785,7 +904,7 @@ impl ClientReplicator {
                     placed: false,
                     body: None,
                 });
-            } else if let Some(sent_at) = t.left.pending() {
+            } else if let Some(sent_at) = t.left().pending() {
                 if due(sent_at, input.now, resend_us) {
                     t.priority += w.left_notice;
                     self.scratch.cands.push(Cand {
@@ -812,7 +931,7 @@ impl ClientReplicator {
         let start = self.scratch.body.len_bits();
         let slot = c.slot as usize;
         let t = &self.tracked[slot];
-        match (coded, &t.baseline) {
+        match (coded, &t.baseline()) {
             (Coded::Delta { .. }, Some(b)) => write_delta(
                 &mut self.scratch.body,
                 &self.qz,
@@ -1136,7 +1255,7 @@ impl ClientReplicator {
             write_index_kind(&mut w, gap(prev, t.id), coded, common);
             prev = Some(t.id);
             let start = w.len_bits();
-            match (coded, &t.baseline) {
+            match (coded, &t.baseline()) {
                 (Coded::Delta { .. }, Some(b)) => {
                     write_delta_run(&mut w, &self.qz, q, input.tick, &b.sample)
                 }
@@ -1336,14 +1455,8 @@ fn write_kind(w: &mut BitRun, coded: Coded, common: u64) {
 
 /// The sample field of a left notice's [`SentRecord`]: only its flag is read.
 const LEFT_NOTICE_SAMPLE: PackedSample = PackedSample {
-    pos: [0; 3],
-    dpos: [0; 3],
-    comps: [0; 3],
-    drot: [0; 3],
-    scale: [0; 3],
-    dt: 0,
-    largest: 0,
     flags: RECORD_LEFT_NOTICE,
+    ..PackedSample::ZERO
 };
 
 /// Updates an entity's state for a record just written and remembers it for acks. A delta was
@@ -1361,7 +1474,7 @@ fn commit_record(
     let id = t.id;
     match coded {
         Coded::Left => {
-            t.left = LeftState::sent_at(input.now);
+            t.set_left(LeftState::sent_at(input.now));
             records.push(SentRecord {
                 id,
                 slot: slot as u32,
@@ -1373,13 +1486,13 @@ fn commit_record(
         }
         Coded::Delta { .. } | Coded::Absolute => {
             let q = input.entities[slot].q;
-            let sample = match (coded, &t.baseline) {
+            let sample = match (coded, &t.baseline()) {
                 (Coded::Delta { .. }, Some(b)) => Sample::from_base(input.tick, q, &b.sample),
                 _ => Sample::absolute(input.tick, q),
             };
             let send_index = t.sends;
             t.sends = t.sends.wrapping_add(1);
-            t.last_sent = Some(LastSent::new(q, send_index, input.now));
+            t.set_last_sent(&q, send_index, input.now);
             records.push(SentRecord {
                 id,
                 slot: slot as u32,
@@ -1395,14 +1508,21 @@ fn commit_record(
     }
 }
 
-/// The baseline a delta for `t` at `tick` may use: acknowledged, not too old, and still among
-/// the receiver's [`RECEIVER_BASELINES_PER_ENTITY`] newest values.
-fn usable_baseline(t: &Tracked, tick: Tick) -> Option<&Baseline> {
-    let b = t.baseline.as_ref()?;
-    let age = tick.0.checked_sub(b.sample.tick.0)?;
-    let sends_since = t.sends.wrapping_sub(b.send_index) as usize;
-    ((1..=BASELINE_AGE_MAX_TICKS).contains(&age) && sends_since <= RECEIVER_BASELINES_PER_ENTITY)
-        .then_some(b)
+/// The age of the baseline a delta for `t` at `tick` may use, 0 for none: acknowledged, not
+/// too old, and still among the receiver's [`RECEIVER_BASELINES_PER_ENTITY`] newest values.
+fn usable_baseline_age(t: &Tracked, tick: Tick) -> u32 {
+    let Some(base_tick) = t.baseline_tick() else {
+        return 0;
+    };
+    let Some(age) = tick.0.checked_sub(base_tick.0) else {
+        return 0;
+    };
+    let sends_since = t.sends.wrapping_sub(t.base_send_index) as usize;
+    if (1..=BASELINE_AGE_MAX_TICKS).contains(&age) && sends_since <= RECEIVER_BASELINES_PER_ENTITY {
+        age as u32
+    } else {
+        0
+    }
 }
 
 /// Worst-case record bits without the index (a delta naming its age explicitly; naming the
@@ -1431,8 +1551,8 @@ fn locate(tracked: &[Tracked], id: EntityId, slot: u32) -> Option<usize> {
 }
 
 /// Whether `tick` is newer than the baseline (or there is none).
-fn baseline_older(b: &Option<Baseline>, tick: Tick) -> bool {
-    !matches!(b, Some(b) if b.sample.tick >= tick)
+fn baseline_older(base_tick: Option<Tick>, tick: Tick) -> bool {
+    !matches!(base_tick, Some(b) if b >= tick)
 }
 
 /// Whether a notice last sent at `sent_at` is due again.
@@ -1447,7 +1567,7 @@ fn due(sent_at: Option<Time>, now: Time, after_us: u64) -> bool {
 mod size_tests {
     #[test]
     fn per_entity_state_stays_small() {
-        assert!(std::mem::size_of::<super::Tracked>() <= 144);
+        assert_eq!(std::mem::size_of::<super::Tracked>(), 116);
         assert_eq!(std::mem::size_of::<super::PackedSample>(), 48);
         assert_eq!(std::mem::size_of::<super::SentRecord>(), 64);
     }

@@ -54,14 +54,9 @@ impl Motion {
 }
 
 impl Motion {
-    /// Its parts: position change, rotation change, whether the rotation change holds (the
-    /// same largest component), and the ticks it took. The replicator stores motions packed.
-    #[inline]
-    pub(crate) fn parts(&self) -> ([i32; 3], [i16; 3], bool, u32) {
-        (self.dpos, self.drot, self.rot_valid, self.dt)
-    }
-
-    /// The motion of the given [`Motion::parts`].
+    /// The motion of the given parts: position change, rotation change, whether the rotation
+    /// change holds (the same largest component), and the ticks it took. The replicator stores
+    /// motions packed.
     #[inline]
     pub(crate) fn from_parts(dpos: [i32; 3], drot: [i16; 3], rot_valid: bool, dt: u32) -> Motion {
         Motion {

@@ -357,25 +357,35 @@ impl PackedSample {
         flags: 0,
     };
 
+    /// `q` with no motion: [`Sample::absolute`], packed.
     #[inline]
-    fn pack(s: &Sample) -> PackedSample {
-        let (dpos, drot, rot_valid, dt) = s.motion.parts();
-        debug_assert!(dt as u64 <= BASELINE_AGE_MAX_TICKS);
+    fn absolute(q: &QTransform) -> PackedSample {
         PackedSample {
-            pos: s.q.pos,
-            dpos,
-            comps: s.q.rot.comps,
-            drot,
-            scale: s.q.scale.unwrap_or_default(),
-            dt: dt as u16,
-            largest: s.q.rot.largest,
-            flags: if rot_valid { PACKED_ROT_VALID } else { 0 }
-                | if s.q.scale.is_some() {
-                    PACKED_HAS_SCALE
-                } else {
-                    0
-                },
+            pos: q.pos,
+            comps: q.rot.comps,
+            scale: q.scale.unwrap_or_default(),
+            largest: q.rot.largest,
+            flags: if q.scale.is_some() {
+                PACKED_HAS_SCALE
+            } else {
+                0
+            },
+            ..PackedSample::ZERO
         }
+    }
+
+    /// `q` coded against `base`, `dt` ticks older: [`Sample::from_base`], packed.
+    #[inline]
+    fn from_base(q: &QTransform, dt: u16, base: &PackedSample) -> PackedSample {
+        let rot_valid = q.rot.largest == base.largest;
+        let mut s = PackedSample::absolute(q);
+        s.dt = dt;
+        s.dpos = [0, 1, 2].map(|a| q.pos[a] as i32 - base.pos[a] as i32);
+        if rot_valid {
+            s.drot = [0, 1, 2].map(|a| (q.rot.comps[a] as i32 - base.comps[a] as i32) as i16);
+            s.flags |= PACKED_ROT_VALID;
+        }
+        s
     }
 
     #[inline]
@@ -1486,10 +1496,21 @@ fn commit_record(
         }
         Coded::Delta { .. } | Coded::Absolute => {
             let q = input.entities[slot].q;
-            let sample = match (coded, &t.baseline()) {
-                (Coded::Delta { .. }, Some(b)) => Sample::from_base(input.tick, q, &b.sample),
-                _ => Sample::absolute(input.tick, q),
+            // Packed straight from the stored baseline: unpacking it into a `Sample`, deriving
+            // the new one and packing that again touched three copies per record.
+            let sample = match coded {
+                Coded::Delta { age } if t.has_baseline() => {
+                    PackedSample::from_base(&q, age as u16, &t.base)
+                }
+                _ => PackedSample::absolute(&q),
             };
+            debug_assert_eq!(
+                sample.unpack(input.tick),
+                match (coded, &t.baseline()) {
+                    (Coded::Delta { .. }, Some(b)) => Sample::from_base(input.tick, q, &b.sample),
+                    _ => Sample::absolute(input.tick, q),
+                }
+            );
             let send_index = t.sends;
             t.sends = t.sends.wrapping_add(1);
             t.set_last_sent(&q, send_index, input.now);
@@ -1498,7 +1519,7 @@ fn commit_record(
                 slot: slot as u32,
                 epoch: t.epoch,
                 send_index,
-                sample: PackedSample::pack(&sample),
+                sample,
             });
             summary.updates += 1;
             if matches!(coded, Coded::Absolute) {

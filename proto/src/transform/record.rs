@@ -53,6 +53,21 @@ impl Motion {
     };
 }
 
+impl Motion {
+    /// The motion of the given parts: position change, rotation change, whether the rotation
+    /// change holds (the same largest component), and the ticks it took. The replicator stores
+    /// motions packed.
+    #[inline]
+    pub(crate) fn from_parts(dpos: [i32; 3], drot: [i16; 3], rot_valid: bool, dt: u32) -> Motion {
+        Motion {
+            dpos,
+            drot,
+            rot_valid,
+            dt,
+        }
+    }
+}
+
 /// One value of one entity as both sides remember it: a baseline candidate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Sample {

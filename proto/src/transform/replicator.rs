@@ -6,9 +6,10 @@
 //! remembered datagrams, scratch buffers reused across ticks.
 
 use super::bits::{bit_width, BitRun, BitWriter};
+use super::quant::QRot;
 use super::quant::{QTransform, Quantizer};
 use super::record::{
-    write_absolute, write_absolute_run, write_delta, write_delta_run, Sample, AGE_EG_K,
+    write_absolute, write_absolute_run, write_delta, write_delta_run, Motion, Sample, AGE_EG_K,
 };
 use super::seq::{AckHeader, Seq, ACK_WINDOW};
 use super::{
@@ -19,6 +20,7 @@ use super::{
 use crate::limits::DATAGRAM_BYTES_MAX;
 use crate::time::{Tick, Time};
 use crate::types::{EntityId, SessionId, Transform, Vec3};
+use std::cell::RefCell;
 
 /// Exp-Golomb order of entity index gaps: consecutive ids cost 1 bit.
 pub(crate) const INDEX_EG_K: u32 = 0;
@@ -103,39 +105,23 @@ pub struct TickSummary {
     pub deferred: usize,
 }
 
+/// A baseline as the packer uses it, unpacked from [`Tracked`].
 #[derive(Clone, Copy, Debug)]
 struct Baseline {
     sample: Sample,
-    send_index: u32,
 }
 
-/// The last value sent, 4-byte aligned (its time as two halves) so it packs into [`Tracked`]
-/// without padding.
-#[derive(Clone, Copy, Debug)]
-struct LastSent {
-    q: QTransform,
-    send_index: u32,
-    at_lo: u32,
-    at_hi: u32,
-    acked: bool,
+/// Splits a `u64` into 4-byte-aligned halves (low, high) so it packs into [`Tracked`] without
+/// padding.
+#[inline]
+fn halves(v: u64) -> [u32; 2] {
+    [v as u32, (v >> 32) as u32]
 }
 
-impl LastSent {
-    #[inline]
-    fn new(q: QTransform, send_index: u32, at: Time) -> LastSent {
-        LastSent {
-            q,
-            send_index,
-            at_lo: at.0 as u32,
-            at_hi: (at.0 >> 32) as u32,
-            acked: false,
-        }
-    }
-
-    #[inline]
-    fn at(&self) -> Time {
-        Time((self.at_hi as u64) << 32 | self.at_lo as u64)
-    }
+/// The `u64` of [`halves`].
+#[inline]
+fn whole(h: [u32; 2]) -> u64 {
+    (h[1] as u64) << 32 | h[0] as u64
 }
 
 /// Whether a left-interest notice is pending, and when it was last sent, in one word: no
@@ -169,21 +155,48 @@ impl LeftState {
     }
 }
 
-/// Per-client state of one entity.
+/// [`Tracked::flags`]: it has a baseline (`base*` fields).
+const TRACKED_HAS_BASELINE: u8 = 1;
+/// [`Tracked::flags`]: a value was sent in this epoch (`last_*` fields, `at_or_left` its time).
+const TRACKED_HAS_LAST_SENT: u8 = 2;
+/// [`Tracked::flags`]: the last value sent was acknowledged.
+const TRACKED_LAST_ACKED: u8 = 4;
+/// [`Tracked::flags`]: the last value sent has a scale (`last_scale`).
+const TRACKED_LAST_HAS_SCALE: u8 = 8;
+
+/// Per-client state of one entity: 116 bytes, no padding (it was 144 with `Option`s of whole
+/// samples and a `u64`-aligned layout). Every field is 4-byte aligned or smaller, the baseline
+/// is a [`PackedSample`], the last value sent is stored unpacked, and one word holds either the
+/// last send's time (in interest) or the [`LeftState`] (out of interest: nothing is sent then,
+/// and leaving forgets the last value sent).
 #[derive(Clone, Copy, Debug)]
 struct Tracked {
     id: EntityId,
     priority: f32,
-    in_interest: bool,
     /// A number unique within this replicator, renewed when the entity leaves interest or is
     /// re-added to the world: acks of records from an older epoch are ignored, so a baseline
     /// the client may have dropped is never used again.
     epoch: u32,
     /// Sends in this epoch (the next send's index).
     sends: u32,
-    baseline: Option<Baseline>,
-    last_sent: Option<LastSent>,
-    left: LeftState,
+    /// In interest: the last send's time (µs, [`halves`]) if [`TRACKED_HAS_LAST_SENT`]. Out of
+    /// interest: the [`LeftState`].
+    at_or_left: [u32; 2],
+    /// The last value sent's send index.
+    last_send_index: u32,
+    /// The baseline's tick ([`halves`]) and send index.
+    base_tick: [u32; 2],
+    base_send_index: u32,
+    /// The baseline's value and motion, if [`TRACKED_HAS_BASELINE`].
+    base: PackedSample,
+    /// The last value sent, if [`TRACKED_HAS_LAST_SENT`].
+    last_pos: [u32; 3],
+    last_comps: [u16; 3],
+    last_scale: [u16; 3],
+    last_largest: u8,
+    /// `TRACKED_*` bits.
+    flags: u8,
+    in_interest: bool,
 }
 
 impl Tracked {
@@ -191,36 +204,240 @@ impl Tracked {
         Tracked {
             id,
             priority: 0.0,
-            in_interest: false,
             epoch,
             sends: 0,
-            baseline: None,
-            last_sent: None,
-            left: LeftState::NONE,
+            at_or_left: halves(LeftState::NONE.0),
+            last_send_index: 0,
+            base_tick: [0; 2],
+            base_send_index: 0,
+            base: PackedSample::ZERO,
+            last_pos: [0; 3],
+            last_comps: [0; 3],
+            last_scale: [0; 3],
+            last_largest: 0,
+            flags: 0,
+            in_interest: false,
+        }
+    }
+
+    /// The left-interest state (always [`LeftState::NONE`] in interest).
+    #[inline]
+    fn left(&self) -> LeftState {
+        if self.in_interest {
+            LeftState::NONE
+        } else {
+            LeftState(whole(self.at_or_left))
+        }
+    }
+
+    /// Sets the left-interest state (only out of interest, or [`LeftState::NONE`]).
+    #[inline]
+    fn set_left(&mut self, l: LeftState) {
+        debug_assert!(!self.in_interest || l == LeftState::NONE);
+        if !self.in_interest {
+            self.at_or_left = halves(l.0);
+        }
+    }
+
+    #[inline]
+    fn has_baseline(&self) -> bool {
+        self.flags & TRACKED_HAS_BASELINE != 0
+    }
+
+    #[inline]
+    fn has_last_sent(&self) -> bool {
+        self.flags & TRACKED_HAS_LAST_SENT != 0
+    }
+
+    /// The baseline's tick, if any.
+    #[inline]
+    fn baseline_tick(&self) -> Option<Tick> {
+        self.has_baseline().then(|| Tick(whole(self.base_tick)))
+    }
+
+    /// The baseline, if any.
+    #[inline]
+    fn baseline(&self) -> Option<Baseline> {
+        let tick = self.baseline_tick()?;
+        Some(Baseline {
+            sample: self.base.unpack(tick),
+        })
+    }
+
+    #[inline]
+    fn set_baseline(&mut self, tick: Tick, sample: &PackedSample, send_index: u32) {
+        self.base_tick = halves(tick.0);
+        self.base = *sample;
+        self.base_send_index = send_index;
+        self.flags |= TRACKED_HAS_BASELINE;
+    }
+
+    /// Whether the last value sent is `q`.
+    #[inline]
+    fn last_sent_is(&self, q: &QTransform) -> bool {
+        self.last_pos == q.pos
+            && self.last_comps == q.rot.comps
+            && self.last_largest == q.rot.largest
+            && match q.scale {
+                None => self.flags & TRACKED_LAST_HAS_SCALE == 0,
+                Some(s) => self.flags & TRACKED_LAST_HAS_SCALE != 0 && self.last_scale == s,
+            }
+    }
+
+    /// Records `q` as the last value sent, with its send index and time (in interest only).
+    #[inline]
+    fn set_last_sent(&mut self, q: &QTransform, send_index: u32, at: Time) {
+        debug_assert!(self.in_interest);
+        self.last_pos = q.pos;
+        self.last_comps = q.rot.comps;
+        self.last_largest = q.rot.largest;
+        self.last_scale = q.scale.unwrap_or_default();
+        self.last_send_index = send_index;
+        self.at_or_left = halves(at.0);
+        self.flags = (self.flags & !(TRACKED_LAST_ACKED | TRACKED_LAST_HAS_SCALE))
+            | TRACKED_HAS_LAST_SENT
+            | if q.scale.is_some() {
+                TRACKED_LAST_HAS_SCALE
+            } else {
+                0
+            };
+    }
+
+    /// When the last value was sent (meaningful only with one).
+    #[inline]
+    fn last_sent_at(&self) -> Time {
+        Time(whole(self.at_or_left))
+    }
+
+    /// Forgets the baseline and the last value sent (leaving interest).
+    #[inline]
+    fn forget_values(&mut self) {
+        self.flags = 0;
+    }
+}
+
+/// A [`Sample`] as the replicator stores it, 48 bytes instead of 64: without its tick (kept
+/// where it is needed: once per datagram for sent records), rotation and scale unpacked so that
+/// nothing pads, and the motion's interval in 16 bits (a delta's baseline is at most
+/// [`BASELINE_AGE_MAX_TICKS`] old; an absolute value has no motion).
+#[derive(Clone, Copy, Debug)]
+struct PackedSample {
+    pos: [u32; 3],
+    dpos: [i32; 3],
+    comps: [u16; 3],
+    drot: [i16; 3],
+    /// The scale if [`PACKED_HAS_SCALE`] is set.
+    scale: [u16; 3],
+    dt: u16,
+    largest: u8,
+    /// [`PACKED_ROT_VALID`], [`PACKED_HAS_SCALE`], [`RECORD_LEFT_NOTICE`].
+    flags: u8,
+}
+
+/// [`PackedSample::flags`]: the motion's rotation change holds.
+const PACKED_ROT_VALID: u8 = 1;
+/// [`PackedSample::flags`]: the value has a scale.
+const PACKED_HAS_SCALE: u8 = 2;
+/// [`PackedSample::flags`] of a [`SentRecord`]: the record is a left-interest notice, not an
+/// update (a flag here keeps the record at 64 bytes).
+const RECORD_LEFT_NOTICE: u8 = 4;
+// A delta's motion interval is its baseline's age, which fits the packed 16 bits.
+const _: () = assert!(BASELINE_AGE_MAX_TICKS <= u16::MAX as u64);
+
+impl PackedSample {
+    /// All zero: a placeholder where no sample is held.
+    const ZERO: PackedSample = PackedSample {
+        pos: [0; 3],
+        dpos: [0; 3],
+        comps: [0; 3],
+        drot: [0; 3],
+        scale: [0; 3],
+        dt: 0,
+        largest: 0,
+        flags: 0,
+    };
+
+    /// `q` with no motion: [`Sample::absolute`], packed.
+    #[inline]
+    fn absolute(q: &QTransform) -> PackedSample {
+        PackedSample {
+            pos: q.pos,
+            comps: q.rot.comps,
+            scale: q.scale.unwrap_or_default(),
+            largest: q.rot.largest,
+            flags: if q.scale.is_some() {
+                PACKED_HAS_SCALE
+            } else {
+                0
+            },
+            ..PackedSample::ZERO
+        }
+    }
+
+    /// `q` coded against `base`, `dt` ticks older: [`Sample::from_base`], packed.
+    #[inline]
+    fn from_base(q: &QTransform, dt: u16, base: &PackedSample) -> PackedSample {
+        let rot_valid = q.rot.largest == base.largest;
+        let mut s = PackedSample::absolute(q);
+        s.dt = dt;
+        s.dpos = [0, 1, 2].map(|a| q.pos[a] as i32 - base.pos[a] as i32);
+        if rot_valid {
+            s.drot = [0, 1, 2].map(|a| (q.rot.comps[a] as i32 - base.comps[a] as i32) as i16);
+            s.flags |= PACKED_ROT_VALID;
+        }
+        s
+    }
+
+    #[inline]
+    fn unpack(&self, tick: Tick) -> Sample {
+        Sample {
+            tick,
+            q: QTransform {
+                pos: self.pos,
+                rot: QRot {
+                    largest: self.largest,
+                    comps: self.comps,
+                },
+                scale: (self.flags & PACKED_HAS_SCALE != 0).then_some(self.scale),
+            },
+            motion: Motion::from_parts(
+                self.dpos,
+                self.drot,
+                self.flags & PACKED_ROT_VALID != 0,
+                self.dt as u32,
+            ),
         }
     }
 }
 
+/// One record of a sent datagram, as acks need it: 64 bytes, one cache line (it was 80 as an
+/// enum holding a whole [`Sample`]).
 #[derive(Clone, Copy, Debug)]
-enum SentRecord {
-    Update {
-        id: EntityId,
-        /// Where the entity was in `tracked` when sent (checked, then searched if it moved).
-        slot: u32,
-        epoch: u32,
-        send_index: u32,
-        sample: Sample,
-    },
-    Left {
-        id: EntityId,
-        slot: u32,
-        epoch: u32,
-    },
+struct SentRecord {
+    id: EntityId,
+    /// Where the entity was in `tracked` when sent (checked, then searched if it moved).
+    slot: u32,
+    epoch: u32,
+    /// The update's send index in its epoch (unused for a left notice).
+    send_index: u32,
+    /// The value sent, at the datagram's tick; for a left notice only its
+    /// [`RECORD_LEFT_NOTICE`] flag.
+    sample: PackedSample,
+}
+
+impl SentRecord {
+    /// Whether this is a left-interest notice rather than an update.
+    #[inline]
+    fn is_left(&self) -> bool {
+        self.sample.flags & RECORD_LEFT_NOTICE != 0
+    }
 }
 
 #[derive(Clone, Debug, Default)]
 struct SentDatagram {
     seq_full: u64,
+    /// The tick it was sent for: its records' samples' tick.
+    tick: Tick,
     valid: bool,
     acked: bool,
     sent_at: Time,
@@ -267,6 +484,30 @@ impl Cand {
     }
 }
 
+/// Buffers a replicator needs only while it writes a tick. Kept per thread, not per client:
+/// a server writes every client's tick in turn on one thread, so one set stays in the cache for
+/// all of them, where per-client buffers (≈ 5 KiB each at 100 candidates) were each a cold
+/// region touched once per tick.
+#[derive(Clone, Debug, Default)]
+struct Scratch {
+    cands: Vec<Cand>,
+    /// Candidates' [`order_key`]s, ordered lazily by the packer.
+    order: Vec<u64>,
+    body: BitWriter,
+    out_bits: BitWriter,
+    /// The datagram being filled: (id, candidate) in id order, built from `picked`.
+    chosen: Vec<(EntityId, usize)>,
+    /// The slots chosen for the datagram being filled.
+    picked: SlotSet,
+    /// Per slot: its candidate's index, valid where `picked` holds the slot.
+    slot_cand: Vec<u32>,
+}
+
+thread_local! {
+    /// The [`Scratch`] of the replicators writing on this thread, lent to each `write_tick`.
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
 /// The server's transform sender for one client. See the [module docs](super) for the format.
 ///
 /// Drive it with [`ClientReplicator::write_tick`] once per server tick (after quantizing the
@@ -280,7 +521,6 @@ pub struct ClientReplicator {
     own_entity: Option<EntityId>,
     budget_bits_per_s: u32,
     tracked: Vec<Tracked>,
-    tracked_next: Vec<Tracked>,
     /// The ids of `tracked` in interest or owed a "left interest" notice, ascending: what
     /// [`ClientReplicator::retained`] gives. Rebuilt by every `write_tick`, kept exact by
     /// `handle_ack` (which is what ends a pending notice).
@@ -302,17 +542,9 @@ pub struct ClientReplicator {
     last_tick: Option<Tick>,
     carry: i64,
     srtt_us: Option<u64>,
-    cands: Vec<Cand>,
-    /// Candidates' [`order_key`]s, ordered lazily by the packer.
-    order: Vec<u64>,
-    body: BitWriter,
-    out_bits: BitWriter,
-    /// The datagram being filled: (id, candidate) in id order, built from `picked`.
-    chosen: Vec<(EntityId, usize)>,
-    /// The slots chosen for the datagram being filled.
-    picked: SlotSet,
-    /// Per slot: its candidate's index, valid where `picked` holds the slot.
-    slot_cand: Vec<u32>,
+    /// Buffers used only within one `write_tick`: empty between calls, the thread's
+    /// [`SCRATCH`] moved in for the call.
+    scratch: Scratch,
     /// Whether the last tick's candidates did not fit in one datagram.
     single_failed_last: bool,
 }
@@ -328,7 +560,6 @@ impl ClientReplicator {
             session,
             own_entity: None,
             tracked: Vec::new(),
-            tracked_next: Vec::new(),
             retained_ids: Vec::new(),
             history: vec![SentDatagram::default(); SENT_HISTORY_LEN],
             unacked: [0; SENT_HISTORY_LEN / 64],
@@ -339,13 +570,7 @@ impl ClientReplicator {
             last_tick: None,
             carry: 0,
             srtt_us: None,
-            cands: Vec::new(),
-            order: Vec::new(),
-            body: BitWriter::new(),
-            out_bits: BitWriter::new(),
-            chosen: Vec::new(),
-            picked: SlotSet::default(),
-            slot_cand: Vec::new(),
+            scratch: Scratch::default(),
             single_failed_last: false,
         })
     }
@@ -392,7 +617,7 @@ impl ClientReplicator {
         debug_assert!(self
             .tracked
             .iter()
-            .filter(|t| t.in_interest || t.left.is_pending())
+            .filter(|t| t.in_interest || t.left().is_pending())
             .map(|t| t.id)
             .eq(self.retained_ids.iter().copied()));
         self.retained_ids.iter().copied()
@@ -416,10 +641,7 @@ impl ClientReplicator {
     pub fn last_tick_updates(&self) -> impl Iterator<Item = EntityId> + '_ {
         (self.tick_first_seq..self.next_seq).flat_map(move |s| {
             let d = &self.history[(s % SENT_HISTORY_LEN as u64) as usize];
-            d.records.iter().filter_map(|r| match r {
-                SentRecord::Update { id, .. } => Some(*id),
-                SentRecord::Left { .. } => None,
-            })
+            d.records.iter().filter(|r| !r.is_left()).map(|r| r.id)
         })
     }
 
@@ -479,47 +701,30 @@ impl ClientReplicator {
                     Some(s) => (s * 7 + sample) / 8,
                 });
             }
+            let tick = d.tick;
             for r in &d.records {
-                match r {
-                    SentRecord::Update {
-                        id,
-                        slot,
-                        epoch,
-                        send_index,
-                        sample,
-                    } => {
-                        let Some(ti) = locate(&self.tracked, *id, *slot) else {
-                            continue;
-                        };
-                        let t = &mut self.tracked[ti];
-                        if t.epoch != *epoch {
-                            continue;
-                        }
-                        if baseline_older(&t.baseline, sample.tick) {
-                            t.baseline = Some(Baseline {
-                                sample: *sample,
-                                send_index: *send_index,
-                            });
-                        }
-                        if let Some(ls) = &mut t.last_sent {
-                            if ls.send_index == *send_index {
-                                ls.acked = true;
-                            }
+                let Some(ti) = locate(&self.tracked, r.id, r.slot) else {
+                    continue;
+                };
+                let t = &mut self.tracked[ti];
+                if t.epoch != r.epoch {
+                    continue;
+                }
+                if r.is_left() {
+                    if t.left().is_pending() {
+                        t.set_left(LeftState::NONE);
+                        // Pending means out of interest: no longer retained.
+                        if let Ok(k) = self.retained_ids.binary_search(&r.id) {
+                            self.retained_ids.remove(k);
                         }
                     }
-                    SentRecord::Left { id, slot, epoch } => {
-                        let Some(ti) = locate(&self.tracked, *id, *slot) else {
-                            continue;
-                        };
-                        let t = &mut self.tracked[ti];
-                        if t.epoch == *epoch && t.left.is_pending() {
-                            t.left = LeftState::NONE;
-                            // Pending means out of interest: no longer retained.
-                            if let Ok(k) = self.retained_ids.binary_search(id) {
-                                self.retained_ids.remove(k);
-                            }
-                        }
-                    }
+                    continue;
+                }
+                if baseline_older(t.baseline_tick(), tick) {
+                    t.set_baseline(tick, &r.sample, r.send_index);
+                }
+                if t.has_last_sent() && t.last_send_index == r.send_index {
+                    t.flags |= TRACKED_LAST_ACKED;
                 }
             }
             // Its records are done with; the last tick's stay for `last_tick_updates` until
@@ -570,48 +775,80 @@ impl ClientReplicator {
         }
         self.tick_first_seq = self.next_seq;
         self.merge(input.entities);
+        // The thread's scratch, warm from the last client's tick, lent for this one. The cell
+        // is borrowed only for the swaps; `try_with` fails only while the thread exits, and
+        // then this replicator's own (empty) buffers serve.
+        let swap = |own: &mut Scratch| {
+            SCRATCH
+                .try_with(|s| std::mem::swap(own, &mut s.borrow_mut()))
+                .is_ok()
+        };
+        let lent = swap(&mut self.scratch);
         self.collect_candidates(input);
-        self.pack(input, out)
+        let result = self.pack(input, out);
+        if lent {
+            swap(&mut self.scratch);
+        }
+        result
     }
 
-    /// Aligns `tracked` with this tick's entity list (both sorted by id).
+    /// Aligns `tracked` with this tick's entity list (both sorted by id), in place: entities
+    /// gone from the list are dropped in one forward pass, new ones are placed in one backward
+    /// pass. Each tick a few entities cross the interest edge, so a copy into a second buffer
+    /// (the old way) wrote a whole cold per-entity array per client per tick.
     fn merge(&mut self, entities: &[EntitySample]) {
         let same = self.tracked.len() == entities.len()
             && self.tracked.iter().zip(entities).all(|(t, e)| t.id == e.id);
         if same {
             return;
         }
-        self.tracked_next.clear();
-        let mut old = self.tracked.iter().peekable();
-        for e in entities {
-            while old.peek().is_some_and(|t| t.id < e.id) {
-                old.next(); // removed from the world: the reliable stream tells the client
+        // Removed from the world: the reliable stream tells the client.
+        let mut j = 0;
+        self.tracked.retain(|t| {
+            while entities.get(j).is_some_and(|e| e.id < t.id) {
+                j += 1;
             }
-            match old.peek() {
-                Some(t) if t.id == e.id => {
-                    self.tracked_next.push(**t);
-                    old.next();
-                }
-                _ => {
-                    self.next_epoch = self.next_epoch.wrapping_add(1);
-                    self.tracked_next.push(Tracked::new(e.id, self.next_epoch));
-                }
+            entities.get(j).is_some_and(|e| e.id == t.id)
+        });
+        let kept = self.tracked.len();
+        let added = entities.len() - kept;
+        if added == 0 {
+            return;
+        }
+        // New entities take epochs in ascending id order, as a forward merge would give them.
+        let first_epoch = self.next_epoch.wrapping_add(1);
+        self.next_epoch = self.next_epoch.wrapping_add(added as u32);
+        let mut new_left = added as u32;
+        self.tracked
+            .resize(entities.len(), Tracked::new(EntityId(0), 0));
+        let mut src = kept;
+        for dst in (0..entities.len()).rev() {
+            if new_left == 0 {
+                break; // the rest are kept entities already in place
+            }
+            let e = &entities[dst];
+            if src > 0 && self.tracked[src - 1].id == e.id {
+                src -= 1;
+                self.tracked[dst] = self.tracked[src];
+            } else {
+                new_left -= 1;
+                self.tracked[dst] = Tracked::new(e.id, first_epoch.wrapping_add(new_left));
             }
         }
-        std::mem::swap(&mut self.tracked, &mut self.tracked_next);
+        debug_assert_eq!(new_left, 0);
     }
 
     fn collect_candidates(&mut self, input: &TickInput) {
-        self.cands.clear();
+        self.scratch.cands.clear();
         self.retained_ids.clear();
-        self.body.clear();
+        self.scratch.body.clear();
         let resend_us = self.resend_after_us();
         let w = self.config.weights;
         let r = self.config.interest_radius_m;
         let r_out = r + self.config.interest_hysteresis_m;
         for (slot, (t, e)) in self.tracked.iter_mut().zip(input.entities).enumerate() {
             if Some(e.id) == self.own_entity {
-                if t.in_interest || t.left.is_pending() {
+                if t.in_interest || t.left().is_pending() {
                     self.retained_ids.push(t.id);
                 }
                 t.priority = 0.0;
@@ -626,33 +863,33 @@ impl ClientReplicator {
             };
             let dist = if dist.is_finite() { dist } else { f32::MAX };
             if !t.in_interest && (input.viewer.is_none() || dist <= r) {
+                t.set_left(LeftState::NONE);
                 t.in_interest = true;
-                t.left = LeftState::NONE;
             } else if t.in_interest && input.viewer.is_some() && dist > r_out {
                 t.in_interest = false;
-                let known = t.last_sent.is_some() || t.baseline.is_some();
+                let known = t.has_last_sent() || t.has_baseline();
                 self.next_epoch = self.next_epoch.wrapping_add(1);
                 t.epoch = self.next_epoch;
                 t.sends = 0;
-                t.baseline = None;
-                t.last_sent = None;
+                t.forget_values();
                 t.priority = 0.0;
-                if known {
-                    t.left = LeftState::UNSENT;
-                }
+                t.set_left(if known {
+                    LeftState::UNSENT
+                } else {
+                    LeftState::NONE
+                });
             }
-            if t.in_interest || t.left.is_pending() {
+            if t.in_interest || t.left().is_pending() {
                 self.retained_ids.push(t.id);
             }
             if t.in_interest {
-                let (need, moving) = match &t.last_sent {
-                    None => (true, true),
-                    Some(ls) if ls.q != e.q => (true, true),
-                    Some(ls) if ls.acked => (false, false),
-                    Some(ls) => (
-                        input.now.saturating_since(ls.at()).as_micros() as u64 >= resend_us,
-                        false,
-                    ),
+                let (need, moving) = if !t.has_last_sent() || !t.last_sent_is(&e.q) {
+                    (true, true)
+                } else if t.flags & TRACKED_LAST_ACKED != 0 {
+                    (false, false)
+                } else {
+                    let since = input.now.saturating_since(t.last_sent_at());
+                    (since.as_micros() as u64 >= resend_us, false)
                 };
                 if !need {
                     t.priority = 0.0;
@@ -668,9 +905,8 @@ impl ClientReplicator {
                 if weight.is_finite() {
                     t.priority += weight;
                 }
-                let age = usable_baseline(t, input.tick)
-                    .map_or(0, |b| (input.tick.0 - b.sample.tick.0) as u32);
-                self.cands.push(Cand {
+                let age = usable_baseline_age(t, input.tick);
+                self.scratch.cands.push(Cand {
                     slot: slot as u32,
                     priority: t.priority,
                     kind: CandKind::Update,
@@ -678,10 +914,10 @@ impl ClientReplicator {
                     placed: false,
                     body: None,
                 });
-            } else if let Some(sent_at) = t.left.pending() {
+            } else if let Some(sent_at) = t.left().pending() {
                 if due(sent_at, input.now, resend_us) {
                     t.priority += w.left_notice;
-                    self.cands.push(Cand {
+                    self.scratch.cands.push(Cand {
                         slot: slot as u32,
                         priority: t.priority,
                         kind: CandKind::Left,
@@ -697,23 +933,29 @@ impl ClientReplicator {
     /// Encodes candidate `ci`'s body into the scratch writer (once) and returns its worst-case
     /// record bits without the index.
     fn body_bits(&mut self, ci: usize, tick: Tick, entities: &[EntitySample]) -> (usize, Coded) {
-        let c = self.cands[ci];
+        let c = self.scratch.cands[ci];
         let coded = c.coded();
         if let Some((_, len)) = c.body {
             return (record_bits(len as usize, coded), coded);
         }
-        let start = self.body.len_bits();
+        let start = self.scratch.body.len_bits();
         let slot = c.slot as usize;
         let t = &self.tracked[slot];
-        match (coded, &t.baseline) {
-            (Coded::Delta { .. }, Some(b)) => {
-                write_delta(&mut self.body, &self.qz, &entities[slot].q, tick, &b.sample)
+        match (coded, &t.baseline()) {
+            (Coded::Delta { .. }, Some(b)) => write_delta(
+                &mut self.scratch.body,
+                &self.qz,
+                &entities[slot].q,
+                tick,
+                &b.sample,
+            ),
+            (Coded::Absolute, _) => {
+                write_absolute(&mut self.scratch.body, &self.qz, &entities[slot].q)
             }
-            (Coded::Absolute, _) => write_absolute(&mut self.body, &self.qz, &entities[slot].q),
             _ => {}
         }
-        let len = self.body.len_bits() - start;
-        self.cands[ci].body = Some((start as u32, len as u32));
+        let len = self.scratch.body.len_bits() - start;
+        self.scratch.cands[ci].body = Some((start as u32, len as u32));
         (record_bits(len, coded), coded)
     }
 
@@ -728,7 +970,7 @@ impl ClientReplicator {
         let mut sent: i64 = 0;
         let mut blob = input.own_blob;
         let max_size = input.max_datagram_size.min(DATAGRAM_BYTES_MAX);
-        let mut remaining = self.cands.len();
+        let mut remaining = self.scratch.cands.len();
         // Fast path: everything fits in the first datagram, so priority order does not matter.
         let header =
             HEADER_FIXED_BYTES + varint_len(input.tick.0) + blob.map_or(0, |b| 1 + b.len());
@@ -753,8 +995,8 @@ impl ClientReplicator {
             if worth_trying {
                 if ordered {
                     // It fits after all: encode afresh in id order.
-                    self.body.clear();
-                    for c in &mut self.cands {
+                    self.scratch.body.clear();
+                    for c in &mut self.scratch.cands {
                         c.body = None;
                     }
                 }
@@ -772,7 +1014,7 @@ impl ClientReplicator {
             }
             self.single_failed_last = true;
         }
-        self.slot_cand.resize(self.tracked.len(), 0);
+        self.scratch.slot_cand.resize(self.tracked.len(), 0);
         if !ordered {
             self.fill_order();
         }
@@ -789,28 +1031,29 @@ impl ClientReplicator {
                 break;
             }
             let bits_avail = room.saturating_sub(header) * 8;
-            self.picked.reset(self.tracked.len());
+            self.scratch.picked.reset(self.tracked.len());
             let mut used = 0usize;
             let mut misses = 0;
-            for k in 0..self.order.len() {
+            for k in 0..self.scratch.order.len() {
                 if k >= sorted {
-                    sorted = sort_prefix(&mut self.order, sorted, chunk);
+                    sorted = sort_prefix(&mut self.scratch.order, sorted, chunk);
                     chunk *= 2;
                 }
-                let ci = self.order[k] as u32 as usize;
-                if self.cands[ci].placed {
+                let ci = self.scratch.order[k] as u32 as usize;
+                if self.scratch.cands[ci].placed {
                     continue;
                 }
-                if self.picked.len >= RECORDS_PER_DATAGRAM_MAX || misses >= FIT_ATTEMPTS_MAX {
+                if self.scratch.picked.len >= RECORDS_PER_DATAGRAM_MAX || misses >= FIT_ATTEMPTS_MAX
+                {
                     break;
                 }
                 let (bits, _) = self.body_bits(ci, input.tick, input.entities);
-                let slot = self.cands[ci].slot as usize;
+                let slot = self.scratch.cands[ci].slot as usize;
                 let id = self.tracked[slot].id;
                 // Slot order is id order: the neighbours in the datagram are the nearest
                 // chosen slots.
-                let prev = self.picked.prev(slot).map(|p| self.tracked[p].id);
-                let next = self.picked.next(slot).map(|n| self.tracked[n].id);
+                let prev = self.scratch.picked.prev(slot).map(|p| self.tracked[p].id);
+                let next = self.scratch.picked.next(slot).map(|n| self.tracked[n].id);
                 let index_bits = gap_bits(prev, id) as isize
                     + next.map_or(0, |n| gap_bits(Some(id), n) as isize)
                     - next.map_or(0, |n| gap_bits(prev, n) as isize);
@@ -820,18 +1063,19 @@ impl ClientReplicator {
                     continue;
                 }
                 used += total;
-                self.picked.insert(slot);
-                self.slot_cand[slot] = ci as u32;
-                self.cands[ci].placed = true;
+                self.scratch.picked.insert(slot);
+                self.scratch.slot_cand[slot] = ci as u32;
+                self.scratch.cands[ci].placed = true;
                 remaining -= 1;
             }
-            if self.picked.len == 0 && blob.is_none() {
+            if self.scratch.picked.len == 0 && blob.is_none() {
                 break;
             }
-            self.chosen.clear();
-            for slot in self.picked.iter() {
-                self.chosen
-                    .push((self.tracked[slot].id, self.slot_cand[slot] as usize));
+            self.scratch.chosen.clear();
+            for slot in self.scratch.picked.iter() {
+                self.scratch
+                    .chosen
+                    .push((self.tracked[slot].id, self.scratch.slot_cand[slot] as usize));
             }
             let dgram = self.write_datagram(input, blob, &mut summary);
             debug_assert!(dgram.len() <= room, "{} > {room}", dgram.len());
@@ -847,9 +1091,10 @@ impl ClientReplicator {
     }
 
     fn fill_order(&mut self) {
-        self.order.clear();
-        self.order.extend(
-            self.cands
+        self.scratch.order.clear();
+        self.scratch.order.extend(
+            self.scratch
+                .cands
                 .iter()
                 .enumerate()
                 .map(|(ci, c)| order_key(c.priority, ci)),
@@ -867,24 +1112,24 @@ impl ClientReplicator {
         sorted: &mut usize,
         chunk: &mut usize,
     ) -> bool {
-        let n = self.cands.len();
+        let n = self.scratch.cands.len();
         if n == 0 || n > RECORDS_PER_DATAGRAM_MAX {
             return false;
         }
-        let common = common_age(self.cands.iter().map(|c| c.age as u64));
+        let common = common_age(self.scratch.cands.iter().map(|c| c.age as u64));
         let mut total = 0usize;
         for k in 0..n {
             if k >= *sorted {
-                *sorted = sort_prefix(&mut self.order, *sorted, *chunk);
+                *sorted = sort_prefix(&mut self.scratch.order, *sorted, *chunk);
                 *chunk *= 2;
             }
-            let ci = self.order[k] as u32 as usize;
+            let ci = self.scratch.order[k] as u32 as usize;
             self.body_bits(ci, input.tick, input.entities);
-            let c = self.cands[ci];
+            let c = self.scratch.cands[ci];
             let id = self.tracked[c.slot as usize].id;
             let prev = ci
                 .checked_sub(1)
-                .map(|p| self.tracked[self.cands[p].slot as usize].id);
+                .map(|p| self.tracked[self.scratch.cands[p].slot as usize].id);
             let kind_bits = match c.coded() {
                 Coded::Delta { age } if age != common => 2 + eg_bits(age - 1, AGE_EG_K),
                 _ => 2,
@@ -904,33 +1149,31 @@ impl ClientReplicator {
         blob: Option<&[u8]>,
         summary: &mut TickSummary,
     ) -> Vec<u8> {
-        let common = common_age(
-            self.chosen
-                .iter()
-                .map(|&(_, ci)| match self.cands[ci].coded() {
-                    Coded::Delta { age } => age,
-                    _ => 0,
-                }),
-        );
-        self.out_bits.clear();
+        let common = common_age(self.scratch.chosen.iter().map(|&(_, ci)| {
+            match self.scratch.cands[ci].coded() {
+                Coded::Delta { age } => age,
+                _ => 0,
+            }
+        }));
+        self.scratch.out_bits.clear();
         let mut prev: Option<EntityId> = None;
-        let mut w = BitRun::new(&mut self.out_bits);
-        for &(id, ci) in &self.chosen {
+        let mut w = BitRun::new(&mut self.scratch.out_bits);
+        for &(id, ci) in &self.scratch.chosen {
             let g = gap(prev, id);
             prev = Some(id);
-            let c = &self.cands[ci];
+            let c = &self.scratch.cands[ci];
             let Some((start, len)) = c.body else {
                 w.write_eg(g, INDEX_EG_K);
                 continue; // unreachable: every chosen candidate has its body computed
             };
             write_index_kind(&mut w, g, c.coded(), common);
-            w.append_bits(&self.body, start as usize, len as usize);
+            w.append_bits(&self.scratch.body, start as usize, len as usize);
         }
         w.finish();
         let (seq_full, buf, slot, mut records) =
-            self.begin_datagram(input, blob, common, self.chosen.len());
-        for &(_, ci) in &self.chosen {
-            let c = self.cands[ci];
+            self.begin_datagram(input, blob, common, self.scratch.chosen.len());
+        for &(_, ci) in &self.scratch.chosen {
+            let c = self.scratch.cands[ci];
             commit_record(
                 &mut self.tracked[c.slot as usize],
                 c.slot as usize,
@@ -966,7 +1209,7 @@ impl ClientReplicator {
         }
         write_varint(&mut buf, common);
         write_varint(&mut buf, count as u64);
-        self.out_bits.copy_to(&mut buf);
+        self.scratch.out_bits.copy_to(&mut buf);
         let slot = (seq_full % SENT_HISTORY_LEN as u64) as usize;
         let mut records = std::mem::take(&mut self.history[slot].records);
         if records.capacity() == 0 {
@@ -986,6 +1229,7 @@ impl ClientReplicator {
     ) {
         self.history[slot] = SentDatagram {
             seq_full,
+            tick: input.tick,
             valid: true,
             acked: false,
             sent_at: input.now,
@@ -1003,17 +1247,17 @@ impl ClientReplicator {
         bits_avail: usize,
         summary: &mut TickSummary,
     ) -> Option<Vec<u8>> {
-        let n = self.cands.len();
+        let n = self.scratch.cands.len();
         if n == 0 || n > RECORDS_PER_DATAGRAM_MAX {
             return None;
         }
-        let common = common_age(self.cands.iter().map(|c| c.age as u64));
+        let common = common_age(self.scratch.cands.iter().map(|c| c.age as u64));
         // Written into the body scratch (empty until now), each body's range remembered: if the
         // records do not fit, the packer reuses the bodies instead of encoding them again.
-        debug_assert_eq!(self.body.len_bits(), 0);
+        debug_assert_eq!(self.scratch.body.len_bits(), 0);
         let mut prev: Option<EntityId> = None;
-        let mut w = BitRun::new(&mut self.body);
-        for c in self.cands.iter_mut() {
+        let mut w = BitRun::new(&mut self.scratch.body);
+        for c in self.scratch.cands.iter_mut() {
             let slot = c.slot as usize;
             let t = &self.tracked[slot];
             let q = &input.entities[slot].q;
@@ -1021,7 +1265,7 @@ impl ClientReplicator {
             write_index_kind(&mut w, gap(prev, t.id), coded, common);
             prev = Some(t.id);
             let start = w.len_bits();
-            match (coded, &t.baseline) {
+            match (coded, &t.baseline()) {
                 (Coded::Delta { .. }, Some(b)) => {
                     write_delta_run(&mut w, &self.qz, q, input.tick, &b.sample)
                 }
@@ -1036,9 +1280,9 @@ impl ClientReplicator {
             }
         }
         w.finish();
-        std::mem::swap(&mut self.body, &mut self.out_bits);
+        std::mem::swap(&mut self.scratch.body, &mut self.scratch.out_bits);
         let (seq_full, buf, slot, mut records) = self.begin_datagram(input, blob, common, n);
-        for c in self.cands.iter_mut() {
+        for c in self.scratch.cands.iter_mut() {
             c.placed = true;
             commit_record(
                 &mut self.tracked[c.slot as usize],
@@ -1219,6 +1463,12 @@ fn write_kind(w: &mut BitRun, coded: Coded, common: u64) {
     }
 }
 
+/// The sample field of a left notice's [`SentRecord`]: only its flag is read.
+const LEFT_NOTICE_SAMPLE: PackedSample = PackedSample {
+    flags: RECORD_LEFT_NOTICE,
+    ..PackedSample::ZERO
+};
+
 /// Updates an entity's state for a record just written and remembers it for acks. A delta was
 /// coded against `t`'s current baseline.
 #[inline]
@@ -1234,24 +1484,37 @@ fn commit_record(
     let id = t.id;
     match coded {
         Coded::Left => {
-            t.left = LeftState::sent_at(input.now);
-            records.push(SentRecord::Left {
+            t.set_left(LeftState::sent_at(input.now));
+            records.push(SentRecord {
                 id,
                 slot: slot as u32,
                 epoch: t.epoch,
+                send_index: 0,
+                sample: LEFT_NOTICE_SAMPLE,
             });
             summary.left_notices += 1;
         }
         Coded::Delta { .. } | Coded::Absolute => {
             let q = input.entities[slot].q;
-            let sample = match (coded, &t.baseline) {
-                (Coded::Delta { .. }, Some(b)) => Sample::from_base(input.tick, q, &b.sample),
-                _ => Sample::absolute(input.tick, q),
+            // Packed straight from the stored baseline: unpacking it into a `Sample`, deriving
+            // the new one and packing that again touched three copies per record.
+            let sample = match coded {
+                Coded::Delta { age } if t.has_baseline() => {
+                    PackedSample::from_base(&q, age as u16, &t.base)
+                }
+                _ => PackedSample::absolute(&q),
             };
+            debug_assert_eq!(
+                sample.unpack(input.tick),
+                match (coded, &t.baseline()) {
+                    (Coded::Delta { .. }, Some(b)) => Sample::from_base(input.tick, q, &b.sample),
+                    _ => Sample::absolute(input.tick, q),
+                }
+            );
             let send_index = t.sends;
             t.sends = t.sends.wrapping_add(1);
-            t.last_sent = Some(LastSent::new(q, send_index, input.now));
-            records.push(SentRecord::Update {
+            t.set_last_sent(&q, send_index, input.now);
+            records.push(SentRecord {
                 id,
                 slot: slot as u32,
                 epoch: t.epoch,
@@ -1266,14 +1529,21 @@ fn commit_record(
     }
 }
 
-/// The baseline a delta for `t` at `tick` may use: acknowledged, not too old, and still among
-/// the receiver's [`RECEIVER_BASELINES_PER_ENTITY`] newest values.
-fn usable_baseline(t: &Tracked, tick: Tick) -> Option<&Baseline> {
-    let b = t.baseline.as_ref()?;
-    let age = tick.0.checked_sub(b.sample.tick.0)?;
-    let sends_since = t.sends.wrapping_sub(b.send_index) as usize;
-    ((1..=BASELINE_AGE_MAX_TICKS).contains(&age) && sends_since <= RECEIVER_BASELINES_PER_ENTITY)
-        .then_some(b)
+/// The age of the baseline a delta for `t` at `tick` may use, 0 for none: acknowledged, not
+/// too old, and still among the receiver's [`RECEIVER_BASELINES_PER_ENTITY`] newest values.
+fn usable_baseline_age(t: &Tracked, tick: Tick) -> u32 {
+    let Some(base_tick) = t.baseline_tick() else {
+        return 0;
+    };
+    let Some(age) = tick.0.checked_sub(base_tick.0) else {
+        return 0;
+    };
+    let sends_since = t.sends.wrapping_sub(t.base_send_index) as usize;
+    if (1..=BASELINE_AGE_MAX_TICKS).contains(&age) && sends_since <= RECEIVER_BASELINES_PER_ENTITY {
+        age as u32
+    } else {
+        0
+    }
 }
 
 /// Worst-case record bits without the index (a delta naming its age explicitly; naming the
@@ -1302,8 +1572,8 @@ fn locate(tracked: &[Tracked], id: EntityId, slot: u32) -> Option<usize> {
 }
 
 /// Whether `tick` is newer than the baseline (or there is none).
-fn baseline_older(b: &Option<Baseline>, tick: Tick) -> bool {
-    !matches!(b, Some(b) if b.sample.tick >= tick)
+fn baseline_older(base_tick: Option<Tick>, tick: Tick) -> bool {
+    !matches!(base_tick, Some(b) if b >= tick)
 }
 
 /// Whether a notice last sent at `sent_at` is due again.
@@ -1318,7 +1588,9 @@ fn due(sent_at: Option<Time>, now: Time, after_us: u64) -> bool {
 mod size_tests {
     #[test]
     fn per_entity_state_stays_small() {
-        assert!(std::mem::size_of::<super::Tracked>() <= 144);
+        assert_eq!(std::mem::size_of::<super::Tracked>(), 116);
+        assert_eq!(std::mem::size_of::<super::PackedSample>(), 48);
+        assert_eq!(std::mem::size_of::<super::SentRecord>(), 64);
     }
 }
 

@@ -1387,3 +1387,33 @@ fn log_event(e: &ServerEvent) {
         }
     }
 }
+
+#[cfg(test)]
+mod inbox_tests {
+    use super::*;
+
+    #[test]
+    fn the_datagram_inbox_hands_over_in_arrival_order_and_drops_beyond_its_bound() {
+        let inbox = DatagramInbox::new(Instant::now());
+        let mut batch = Vec::new();
+        inbox.take(&mut batch);
+        assert!(batch.is_empty(), "an empty inbox hands over nothing");
+        let extra = 10;
+        for i in 0..DATAGRAM_INBOX_MAX + extra {
+            inbox.push(ConnId(i as u64), Bytes::from(vec![1, 2, 3]));
+        }
+        inbox.take(&mut batch);
+        assert_eq!(batch.len(), DATAGRAM_INBOX_MAX);
+        assert!(batch
+            .iter()
+            .enumerate()
+            .all(|(i, d)| d.conn == ConnId(i as u64)));
+        assert!(batch.windows(2).all(|w| w[0].at <= w[1].at));
+        assert_eq!(inbox.dropped.load(Ordering::Relaxed), extra as u64);
+        // Taken means gone: room again, and the next take holds only what came after.
+        inbox.push(ConnId(7), Bytes::from_static(b"late"));
+        inbox.take(&mut batch);
+        assert_eq!(batch.len(), 1);
+        assert_eq!(batch[0].data, Bytes::from_static(b"late"));
+    }
+}

@@ -1,7 +1,9 @@
 //! Process and machine CPU time from `/proc` (Linux only).
 //!
 //! Used by `neonet-load fanout` to charge a server process (the bare quinn fan-out or
-//! `neonet-relay`, both children of the tool) with the CPU it used over a measurement window.
+//! `neonet-relay`, both children of the tool) with the CPU it used over a measurement window,
+//! and by `neonet-load run` to split its own CPU between an in-process relay's threads and the
+//! simulated clients ([`ThreadCpu`]).
 
 use std::time::Duration;
 
@@ -92,6 +94,51 @@ fn parse_machine_stat(text: &str) -> anyhow::Result<MachineCpu> {
     })
 }
 
+/// CPU time used so far by this process's threads, summed by thread name
+/// (`/proc/self/task/*/comm` and `stat`). Threads that already exited are not counted.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ThreadCpu(pub std::collections::BTreeMap<String, Duration>);
+
+impl ThreadCpu {
+    /// Reads every live thread of this process.
+    pub fn now() -> anyhow::Result<ThreadCpu> {
+        let mut by_name = std::collections::BTreeMap::new();
+        let tasks = std::fs::read_dir("/proc/self/task").context("listing /proc/self/task")?;
+        for task in tasks {
+            let dir = task.context("listing /proc/self/task")?.path();
+            // A thread may end between listing and reading: skip it.
+            let (Ok(name), Ok(stat)) = (
+                std::fs::read_to_string(dir.join("comm")),
+                std::fs::read_to_string(dir.join("stat")),
+            ) else {
+                continue;
+            };
+            let cpu = parse_process_stat(&stat)
+                .with_context(|| format!("parsing {}", dir.join("stat").display()))?;
+            *by_name
+                .entry(name.trim_end().to_string())
+                .or_insert(Duration::ZERO) += cpu;
+        }
+        Ok(ThreadCpu(by_name))
+    }
+
+    /// CPU used since `earlier`, in cores over `wall`, for the threads `pick` selects by name.
+    pub fn cores_since(
+        &self,
+        earlier: &ThreadCpu,
+        wall: Duration,
+        pick: impl Fn(&str) -> bool,
+    ) -> f64 {
+        let used: Duration = self
+            .0
+            .iter()
+            .filter(|(name, _)| pick(name))
+            .map(|(name, &t)| t.saturating_sub(earlier.0.get(name).copied().unwrap_or_default()))
+            .sum();
+        used.as_secs_f64() / wall.as_secs_f64().max(f64::MIN_POSITIVE)
+    }
+}
+
 fn ticks_to_duration(ticks: u64) -> Duration {
     Duration::from_micros(ticks * (1_000_000 / USER_HZ))
 }
@@ -129,6 +176,8 @@ mod tests {
         }
         assert!(own_cpu().unwrap() >= a);
         assert!(MachineCpu::now().unwrap().total > 0);
+        let threads = ThreadCpu::now().unwrap();
+        assert!(!threads.0.is_empty(), "this test's own thread at least");
         std::hint::black_box(x);
     }
 }

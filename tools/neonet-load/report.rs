@@ -183,8 +183,31 @@ pub struct Report {
     pub proxy: Option<neonet::proxy::ProxyStats>,
     /// The relay's own figures, when it ran in this process (`--spawn-relay`).
     pub relay: Option<RelayFigures>,
+    /// Where the CPU went over the measured window; `None` where `/proc` is not readable.
+    pub cpu: Option<CpuFigures>,
     /// Fields left empty on purpose, with why: a missing figure is never shown as a zero.
     pub not_measured: Vec<NotMeasured>,
+}
+
+/// Where the CPU went over the measured window (after the ramp), in cores: 1.0 is one core
+/// busy for the whole window. With the relay in this process (`--spawn-relay`) its threads are
+/// told apart from the simulated clients, so a run shows whether the relay or the load tool
+/// ran out of CPU first.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct CpuFigures {
+    /// Busy time of the whole machine (every process), cores, from `/proc/stat`, which the kernel
+    /// samples per clock tick: it can read somewhat below the sum of the threads' exact times.
+    pub machine_busy_cores: f64,
+    /// Cores the machine has.
+    pub machine_cores: usize,
+    /// The simulated clients: this process's threads other than an in-process relay's, cores.
+    pub load_tool_cores: f64,
+    /// An in-process relay's core thread (`neonet-core`: ticks, replication), cores.
+    pub relay_core_cores: Option<f64>,
+    /// An in-process relay's I/O runtime (`neonet-relay`: QUIC, TLS, sockets), cores.
+    pub relay_io_cores: Option<f64>,
+    /// An in-process relay's store thread (`neonet-store`: redb commits), cores.
+    pub relay_store_cores: Option<f64>,
 }
 
 /// What a relay spawned by `run --spawn-relay` measured itself (its [`neonet::metrics`]).
@@ -340,6 +363,22 @@ impl Report {
                 )?;
             }
         }
+        if let Some(c) = &self.cpu {
+            let mut line = format!(
+                "  cpu (cores, measured window): machine {:.2} of {} busy · load tool {:.2}",
+                c.machine_busy_cores, c.machine_cores, c.load_tool_cores
+            );
+            for (name, v) in [
+                ("relay core", c.relay_core_cores),
+                ("relay I/O", c.relay_io_cores),
+                ("relay store", c.relay_store_cores),
+            ] {
+                if let Some(v) = v {
+                    line.push_str(&format!(" · {name} {v:.2}"));
+                }
+            }
+            writeln!(out, "{line}")?;
+        }
         for note in &self.not_measured {
             writeln!(out, "  ({}: {})", note.field, note.reason)?;
         }
@@ -392,6 +431,34 @@ mod tests {
         total.merge(&r);
         total.merge(&r);
         assert_eq!(total.count(), 200);
+    }
+
+    #[test]
+    fn the_cpu_split_is_printed_and_a_relay_elsewhere_has_no_parts() {
+        let mut report = Report {
+            cpu: Some(CpuFigures {
+                machine_busy_cores: 1.6,
+                machine_cores: 2,
+                load_tool_cores: 0.97,
+                relay_core_cores: Some(0.31),
+                relay_io_cores: Some(0.37),
+                relay_store_cores: Some(0.0),
+            }),
+            ..Report::default()
+        };
+        let mut table = Vec::new();
+        report.write_table(&mut table).unwrap();
+        let table = String::from_utf8(table).unwrap();
+        assert!(table.contains("machine 1.60 of 2 busy · load tool 0.97 · relay core 0.31"));
+        let v: serde_json::Value = serde_json::to_value(&report).unwrap();
+        assert_eq!(v["cpu"]["relay_io_cores"], 0.37);
+        // A relay in another process: only the load tool's own share is known.
+        if let Some(c) = report.cpu.as_mut() {
+            (c.relay_core_cores, c.relay_io_cores, c.relay_store_cores) = (None, None, None);
+        }
+        let mut table = Vec::new();
+        report.write_table(&mut table).unwrap();
+        assert!(!String::from_utf8(table).unwrap().contains("relay core"));
     }
 
     #[test]

@@ -30,9 +30,11 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::cli::{clock_seed, RunArgs};
+use crate::cpu::{MachineCpu, ThreadCpu};
 use crate::driver::{client_task, ClientOutcome, ClientPlan};
 use crate::report::{
-    InOut, LatencyRecorder, NotMeasured, RelayFigures, Report, RunSetup, MAX_REPORTED_ERRORS,
+    CpuFigures, InOut, LatencyRecorder, NotMeasured, RelayFigures, Report, RunSetup,
+    MAX_REPORTED_ERRORS,
 };
 
 /// How long clients get to leave cleanly once told to stop: 5 s. Those still running after it
@@ -136,6 +138,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
     let mut relay_watch = RelayWatch::default();
     let mut relay_sample = tokio::time::interval(RELAY_SAMPLE_INTERVAL);
     let mut next_client = 0u32;
+    let measure_from = start + args.ramp;
+    let mut cpu_start: Option<CpuSnapshot> = None;
     loop {
         if next_client == args.clients && tasks.is_empty() {
             // Every client has already ended (they all failed): nothing left to measure.
@@ -155,6 +159,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
                 tasks.spawn(client_task(plan, live.clone(), stop_rx.clone()));
                 next_client += 1;
             }
+            _ = tokio::time::sleep_until(measure_from), if cpu_start.is_none() => {
+                cpu_start = CpuSnapshot::take();
+            }
             _ = tokio::time::sleep_until(end) => break,
             signal = &mut ctrl_c => {
                 signal.context("listening for Ctrl-C")?;
@@ -173,6 +180,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
         }
     }
     let measured_for = start.elapsed().saturating_sub(args.ramp);
+    let cpu = cpu_start.and_then(|s| s.figures_until_now(relay.is_some()));
 
     // Stop: clients see the signal, leave and return what they measured.
     let _ = stop_tx.send(true);
@@ -214,6 +222,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
     };
     let mut report = aggregate.report(setup, args.clients);
     report.proxy = proxy_stats;
+    report.cpu = cpu;
     if let Some(relay) = relay {
         report.relay = Some(relay_watch.figures(&relay.metrics));
         relay.shutdown().await?;
@@ -355,6 +364,54 @@ impl SpawnedRelay {
         stopped
             .context("the relay's shutdown task")?
             .context("shutting the relay down")
+    }
+}
+
+/// CPU counters at the start of the measured window.
+struct CpuSnapshot {
+    at: Instant,
+    machine: MachineCpu,
+    threads: ThreadCpu,
+}
+
+/// The thread an in-process relay runs its core on (named in `neonet::relay`).
+const RELAY_CORE_THREAD: &str = "neonet-core";
+/// The threads of an in-process relay's I/O runtime (named in [`spawn_relay`]).
+const RELAY_IO_THREAD: &str = "neonet-relay";
+/// The thread an in-process relay's store commits on (named in `neonet::store`).
+const RELAY_STORE_THREAD: &str = "neonet-store";
+
+impl CpuSnapshot {
+    /// `None` where `/proc` cannot be read (the figures are then left out, not zeroed).
+    fn take() -> Option<CpuSnapshot> {
+        Some(CpuSnapshot {
+            at: Instant::now(),
+            machine: MachineCpu::now().ok()?,
+            threads: ThreadCpu::now().ok()?,
+        })
+    }
+
+    fn figures_until_now(self, relay_in_process: bool) -> Option<CpuFigures> {
+        let later = CpuSnapshot::take()?;
+        let wall = later.at.saturating_duration_since(self.at);
+        let relay_threads = [RELAY_CORE_THREAD, RELAY_IO_THREAD, RELAY_STORE_THREAD];
+        let part = |name: &str| {
+            relay_in_process.then(|| {
+                later
+                    .threads
+                    .cores_since(&self.threads, wall, |n| n == name)
+            })
+        };
+        Some(CpuFigures {
+            machine_busy_cores: self.machine.busy_cores_until(&later.machine, wall),
+            machine_cores: std::thread::available_parallelism().map_or(1, usize::from),
+            load_tool_cores: later.threads.cores_since(&self.threads, wall, |n| {
+                !relay_in_process || !relay_threads.contains(&n)
+            }),
+            relay_core_cores: part(RELAY_CORE_THREAD),
+            relay_io_cores: part(RELAY_IO_THREAD),
+            relay_store_cores: part(RELAY_STORE_THREAD),
+        })
     }
 }
 
@@ -611,6 +668,7 @@ impl Aggregate {
             first_errors: self.first_errors,
             proxy: None,
             relay: None,
+            cpu: None,
             not_measured,
         }
     }

@@ -635,12 +635,14 @@ impl Client {
     pub fn with_core<R>(&self, f: impl FnOnce(&mut ClientCore) -> R) -> R {
         let mut core = self.inner.lock();
         let r = f(&mut core);
-        // Wake the background only for work it would not do anyway: something to send, or a
-        // timeout earlier than the one it sleeps until. A game steering every frame (its input
-        // is sampled at the next prediction tick) then costs no extra wake-up.
+        // Wake the background only for work it would not do anyway: something to send, a
+        // timeout earlier than the one it sleeps until, or a session `f` ended. A game steering
+        // every frame (its input is sampled at the next prediction tick) then costs no extra
+        // wake-up.
         let sleeping_until = self.inner.sleeping_until_us.load(Ordering::Relaxed);
         let due = core.poll_timeout().map_or(u64::MAX, |t| t.0);
-        if core.has_transmits() || due < sleeping_until {
+        let ended = matches!(core.state(), ClientState::Closed { .. });
+        if core.has_transmits() || due < sleeping_until || ended {
             self.inner.wake.notify_one();
         }
         r

@@ -35,13 +35,28 @@ pub const EARLY_MESSAGES_MAX: usize = 4096;
 /// ([`ClientCore::events_dropped`]).
 pub const EVENTS_MAX: usize = 65_536;
 
-/// Queues an event, dropping the oldest beyond [`EVENTS_MAX`].
-fn push_event(events: &mut VecDeque<ClientEvent>, dropped: &mut u64, event: ClientEvent) {
-    if events.len() >= EVENTS_MAX {
-        events.pop_front();
-        *dropped += 1;
+/// The events waiting for the game, at most [`EVENTS_MAX`]: every event goes through
+/// [`EventQueue::push_back`], which drops (and counts) the oldest beyond the bound.
+#[derive(Debug, Default)]
+struct EventQueue {
+    events: VecDeque<ClientEvent>,
+    /// Events dropped because the game did not take them.
+    dropped: u64,
+}
+
+impl EventQueue {
+    /// Queues an event, dropping the oldest beyond [`EVENTS_MAX`].
+    fn push_back(&mut self, event: ClientEvent) {
+        if self.events.len() >= EVENTS_MAX {
+            self.events.pop_front();
+            self.dropped += 1;
+        }
+        self.events.push_back(event);
     }
-    events.push_back(event);
+
+    fn pop_front(&mut self) -> Option<ClientEvent> {
+        self.events.pop_front()
+    }
 }
 
 /// Client configuration.
@@ -287,9 +302,7 @@ pub struct ClientCore {
     /// Whether datagram records changed transforms the world mirror does not show yet.
     world_transforms_stale: bool,
     transmits: VecDeque<ClientTransmit>,
-    events: VecDeque<ClientEvent>,
-    /// Events dropped because the game did not take them ([`EVENTS_MAX`]).
-    events_dropped: u64,
+    events: EventQueue,
 }
 
 impl ClientCore {
@@ -315,8 +328,7 @@ impl ClientCore {
             interpolate: true,
             world_transforms_stale: false,
             transmits: VecDeque::new(),
-            events: VecDeque::new(),
-            events_dropped: 0,
+            events: EventQueue::default(),
         };
         let hello = ClientMsg::Hello {
             protocol_version: PROTOCOL_VERSION,
@@ -494,11 +506,7 @@ impl ClientCore {
         }
         for &id in &rt.left {
             st.predicted.remove_entity(id);
-            push_event(
-                &mut self.events,
-                &mut self.events_dropped,
-                ClientEvent::LeftInterest(id),
-            );
+            self.events.push_back(ClientEvent::LeftInterest(id));
         }
     }
 
@@ -701,7 +709,7 @@ impl ClientCore {
 
     /// Events dropped so far because more than [`EVENTS_MAX`] were waiting to be polled.
     pub fn events_dropped(&self) -> u64 {
-        self.events_dropped
+        self.events.dropped
     }
 
     /// When `handle_timeout` must be called next.
@@ -941,14 +949,10 @@ impl ClientCore {
                 };
                 self.state = ClientState::Joined;
                 self.next_ping = now;
-                push_event(
-                    &mut self.events,
-                    &mut self.events_dropped,
-                    ClientEvent::Joined {
-                        player: s.player,
-                        user: s.user,
-                    },
-                );
+                self.events.push_back(ClientEvent::Joined {
+                    player: s.player,
+                    user: s.user,
+                });
             }
             ServerMsg::Close { reason, detail } => self.close(reason, detail),
             ServerMsg::Pong {
@@ -962,22 +966,12 @@ impl ClientCore {
                 }
                 let rtt = Duration::from_micros(now.as_micros().saturating_sub(client_time_us));
                 self.rtt = Some(rtt);
-                push_event(
-                    &mut self.events,
-                    &mut self.events_dropped,
-                    ClientEvent::Rtt(rtt),
-                );
+                self.events.push_back(ClientEvent::Rtt(rtt));
             }
-            ServerMsg::Ack { req } => push_event(
-                &mut self.events,
-                &mut self.events_dropped,
-                ClientEvent::Acked(req),
-            ),
-            ServerMsg::Refused { req, reason } => push_event(
-                &mut self.events,
-                &mut self.events_dropped,
-                ClientEvent::Refused { req, reason },
-            ),
+            ServerMsg::Ack { req } => self.events.push_back(ClientEvent::Acked(req)),
+            ServerMsg::Refused { req, reason } => {
+                self.events.push_back(ClientEvent::Refused { req, reason })
+            }
             other if !joined => {
                 return self.protocol(&format!("{} before the snapshot", other.name()));
             }
@@ -986,28 +980,16 @@ impl ClientCore {
                 while self.world.chat.len() > CHAT_HISTORY_LEN {
                     self.world.chat.pop_front();
                 }
-                push_event(
-                    &mut self.events,
-                    &mut self.events_dropped,
-                    ClientEvent::Chat(m),
-                );
+                self.events.push_back(ClientEvent::Chat(m));
             }
             ServerMsg::ChatCleared => {
                 self.world.chat.clear();
-                push_event(
-                    &mut self.events,
-                    &mut self.events_dropped,
-                    ClientEvent::ChatCleared,
-                );
+                self.events.push_back(ClientEvent::ChatCleared);
             }
             ServerMsg::BlueprintAdded(b) => {
                 let id = b.id.clone();
                 self.world.blueprints.insert(id.clone(), b);
-                push_event(
-                    &mut self.events,
-                    &mut self.events_dropped,
-                    ClientEvent::BlueprintAdded(id),
-                );
+                self.events.push_back(ClientEvent::BlueprintAdded(id));
                 self.release_held();
             }
             ServerMsg::BlueprintModified { id, version, patch } => {
@@ -1034,11 +1016,7 @@ impl ClientCore {
                 let id = e.id;
                 self.sync_world_transforms();
                 self.world.entities.insert(id, e);
-                push_event(
-                    &mut self.events,
-                    &mut self.events_dropped,
-                    ClientEvent::EntityAdded(id),
-                );
+                self.events.push_back(ClientEvent::EntityAdded(id));
                 self.release_held();
             }
             ServerMsg::EntityModified { id, patch } => {
@@ -1058,11 +1036,7 @@ impl ClientCore {
                     if let Some(t) = patch.transform {
                         e.transform = t;
                     }
-                    push_event(
-                        &mut self.events,
-                        &mut self.events_dropped,
-                        ClientEvent::EntityModified(id),
-                    );
+                    self.events.push_back(ClientEvent::EntityModified(id));
                 }
             }
             ServerMsg::EntityRemoved(id) => {
@@ -1073,11 +1047,7 @@ impl ClientCore {
                     st.moving.remove(&id);
                 }
                 if self.world.entities.remove(&id).is_some() {
-                    push_event(
-                        &mut self.events,
-                        &mut self.events_dropped,
-                        ClientEvent::EntityRemoved(id),
-                    );
+                    self.events.push_back(ClientEvent::EntityRemoved(id));
                 }
                 self.held.retain(|h| h.entity != id);
             }
@@ -1112,35 +1082,19 @@ impl ClientCore {
                 if let Some(e) = self.player.and_then(|p| self.world.entities.get_mut(&p)) {
                     e.transform.position = position;
                 }
-                push_event(
-                    &mut self.events,
-                    &mut self.events_dropped,
-                    ClientEvent::Teleported {
-                        position,
-                        rotation_y,
-                    },
-                );
+                self.events.push_back(ClientEvent::Teleported {
+                    position,
+                    rotation_y,
+                });
             }
-            ServerMsg::PlayerPush { force } => push_event(
-                &mut self.events,
-                &mut self.events_dropped,
-                ClientEvent::Pushed { force },
-            ),
+            ServerMsg::PlayerPush { force } => self.events.push_back(ClientEvent::Pushed { force }),
             ServerMsg::SettingsModified(s) => {
                 s.apply(&mut self.world.settings);
-                push_event(
-                    &mut self.events,
-                    &mut self.events_dropped,
-                    ClientEvent::SettingsModified(s),
-                );
+                self.events.push_back(ClientEvent::SettingsModified(s));
             }
             ServerMsg::SpawnModified(s) => {
                 self.world.spawn = s;
-                push_event(
-                    &mut self.events,
-                    &mut self.events_dropped,
-                    ClientEvent::SpawnModified(s),
-                );
+                self.events.push_back(ClientEvent::SpawnModified(s));
             }
             ServerMsg::RankModified { user, rank } => {
                 if Some(user) == self.user {
@@ -1149,11 +1103,9 @@ impl ClientCore {
                 self.events
                     .push_back(ClientEvent::RankModified { user, rank });
             }
-            ServerMsg::Muted { player, muted } => push_event(
-                &mut self.events,
-                &mut self.events_dropped,
-                ClientEvent::Muted { player, muted },
-            ),
+            ServerMsg::Muted { player, muted } => {
+                self.events.push_back(ClientEvent::Muted { player, muted })
+            }
         }
         Ok(())
     }
@@ -1170,16 +1122,12 @@ impl ClientCore {
     }
 
     fn emit_event(&mut self, ev: HeldEvent) {
-        push_event(
-            &mut self.events,
-            &mut self.events_dropped,
-            ClientEvent::EntityEvent {
-                entity: ev.entity,
-                name: ev.name,
-                data: ev.data,
-                from: ev.from,
-            },
-        );
+        self.events.push_back(ClientEvent::EntityEvent {
+            entity: ev.entity,
+            name: ev.name,
+            data: ev.data,
+            from: ev.from,
+        });
     }
 
     fn release_held(&mut self) {

@@ -44,12 +44,23 @@ fn client_tick(
     viewer: Option<[f32; 3]>,
     out: &mut Vec<Vec<u8>>,
 ) {
+    client_tick_of(server, &world.samples, tick, viewer, out);
+}
+
+/// [`client_tick`] sending only `entities`.
+fn client_tick_of(
+    server: &mut ClientReplicator,
+    entities: &[EntitySample],
+    tick: u64,
+    viewer: Option<[f32; 3]>,
+    out: &mut Vec<Vec<u8>>,
+) {
     out.clear();
     let input = TickInput {
         tick: Tick(tick),
         now: Time(tick * TICK_US),
         viewer,
-        entities: &world.samples,
+        entities,
         max_datagram_size: MAX_DATAGRAM,
         own_blob: None,
     };
@@ -296,19 +307,13 @@ fn bench_many_clients_receive(c: &mut Criterion) {
     let mut tick = 1;
     let mut feed = |cores: &mut [ClientCore], world: &mut World, tick: &mut u64| {
         world.step();
-        out.clear();
-        let input = TickInput {
-            tick: Tick(*tick),
-            now: Time(*tick * TICK_US),
-            viewer: None,
-            entities: &world.samples[..visible],
-            max_datagram_size: MAX_DATAGRAM,
-            own_blob: None,
-        };
-        black_box(server.write_tick(&input, &mut out).expect("valid input"));
-        if let Some(ack) = ack_all(&out) {
-            server.handle_ack(&ack, Time(*tick * TICK_US));
-        }
+        client_tick_of(
+            &mut server,
+            &world.samples[..visible],
+            *tick,
+            None,
+            &mut out,
+        );
         let now = Time(*tick * TICK_US + 50_000);
         *tick += 1;
         let start = Instant::now();

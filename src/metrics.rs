@@ -397,11 +397,11 @@ impl LabelledCounters {
         }
     }
 
-    fn increment(&self, recorder: &PrometheusRecorder, value: &'static str) {
+    fn increment(&self, recorder: &PrometheusRecorder, value: &'static str, n: u64) {
         {
             let handles = self.handles.read().unwrap_or_else(PoisonError::into_inner);
             if let Some((_, c)) = handles.iter().find(|(v, _)| *v == value) {
-                c.increment(1);
+                c.increment(n);
                 return;
             }
         }
@@ -412,12 +412,12 @@ impl LabelledCounters {
             value
         };
         if let Some((_, c)) = handles.iter().find(|(v, _)| *v == value) {
-            c.increment(1);
+            c.increment(n);
             return;
         }
         let key = Key::from_parts(self.name, vec![Label::new(self.label, value)]);
         let counter = recorder.register_counter(&key, &metadata());
-        counter.increment(1);
+        counter.increment(n);
         handles.push((value, counter));
     }
 }
@@ -529,8 +529,8 @@ pub struct Metrics {
     messages_in: LabelledCounters,
     messages_out: LabelledCounters,
     drops: LabelledCounters,
-    tick_window: Mutex<VecDeque<Duration>>,
-    commit_window: Mutex<VecDeque<Duration>>,
+    tick_window: Mutex<DurationWindow>,
+    commit_window: Mutex<DurationWindow>,
     entities: Mutex<EntityTable>,
     trails: Mutex<TrailRing>,
     users: Mutex<BTreeMap<u64, UserEntry>>,
@@ -561,6 +561,40 @@ fn kbps(bytes: u64, over: Duration) -> f64 {
         0.0
     } else {
         bytes as f64 * 8.0 / 1000.0 / secs
+    }
+}
+
+/// The most recent durations, at most `len`: the tick and commit windows behind `/status`.
+struct DurationWindow {
+    recent: VecDeque<Duration>,
+    len: usize,
+}
+
+impl DurationWindow {
+    fn new(len: usize) -> DurationWindow {
+        DurationWindow {
+            recent: VecDeque::with_capacity(len),
+            len,
+        }
+    }
+
+    /// Keeps `d`, dropping the oldest beyond the window's length.
+    fn push(&mut self, d: Duration) {
+        if self.recent.len() == self.len {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(d);
+    }
+
+    /// p50, p99 and max of the window, milliseconds (zeros when empty).
+    fn p50_p99_max_ms(&self) -> [f64; 3] {
+        let mut sorted: Vec<Duration> = self.recent.iter().copied().collect();
+        sorted.sort_unstable();
+        [
+            percentile_ms(&sorted, 0.50),
+            percentile_ms(&sorted, 0.99),
+            sorted.last().map_or(0.0, |d| d.as_secs_f64() * 1000.0),
+        ]
     }
 }
 
@@ -688,8 +722,8 @@ impl Metrics {
             prometheus,
             handles,
             counts,
-            tick_window: Mutex::new(VecDeque::with_capacity(TICK_WINDOW_LEN)),
-            commit_window: Mutex::new(VecDeque::with_capacity(COMMIT_WINDOW_LEN)),
+            tick_window: Mutex::new(DurationWindow::new(TICK_WINDOW_LEN)),
+            commit_window: Mutex::new(DurationWindow::new(COMMIT_WINDOW_LEN)),
             entities: Mutex::new(EntityTable::default()),
             trails: Mutex::new(TrailRing::default()),
             users: Mutex::new(BTreeMap::new()),
@@ -764,13 +798,7 @@ impl Metrics {
             self.counts.tick_overruns.fetch_add(1, Relaxed);
         }
         self.handles.tick_duration.record(duration.as_secs_f64());
-        {
-            let mut window = lock(&self.tick_window);
-            if window.len() == TICK_WINDOW_LEN {
-                window.pop_front();
-            }
-            window.push_back(duration);
-        }
+        lock(&self.tick_window).push(duration);
         // Thin trail samples so that about TRAIL_SAMPLES_PER_TICK are kept per tick.
         let calls = self.counts.trail_calls.load(Relaxed);
         let before = self.counts.trail_calls_at_tick.swap(calls, Relaxed);
@@ -815,17 +843,22 @@ impl Metrics {
 
     /// A message of type `name` (e.g. `ClientMsg::name()`) was received.
     pub fn record_message_in(&self, name: &'static str) {
-        self.messages_in.increment(&self.recorder, name);
+        self.messages_in.increment(&self.recorder, name, 1);
     }
 
     /// A message of type `name` (e.g. `ServerMsg::name()`) was sent.
     pub fn record_message_out(&self, name: &'static str) {
-        self.messages_out.increment(&self.recorder, name);
+        self.messages_out.increment(&self.recorder, name, 1);
     }
 
     /// Something was dropped for `reason` (a fixed string such as `"datagram_too_large"`).
     pub fn record_drop(&self, reason: &'static str) {
-        self.drops.increment(&self.recorder, reason);
+        self.record_drops(reason, 1);
+    }
+
+    /// `n` things were dropped for `reason` (counted in one go, as [`Metrics::record_drop`]).
+    pub fn record_drops(&self, reason: &'static str, n: u64) {
+        self.drops.increment(&self.recorder, reason, n);
     }
 
     /// An input was refused by a rate limit.
@@ -843,11 +876,7 @@ impl Metrics {
     /// A persistence commit took `latency` from enqueue to durable.
     pub fn record_persist_commit(&self, latency: Duration) {
         self.handles.persist_commit.record(latency.as_secs_f64());
-        let mut window = lock(&self.commit_window);
-        if window.len() == COMMIT_WINDOW_LEN {
-            window.pop_front();
-        }
-        window.push_back(latency);
+        lock(&self.commit_window).push(latency);
     }
 
     // ----- world and entities -----
@@ -1056,14 +1085,13 @@ impl Metrics {
         };
 
         let tick = {
-            let mut window: Vec<Duration> = lock(&self.tick_window).iter().copied().collect();
-            window.sort_unstable();
+            let [p50_ms, p99_ms, max_ms] = lock(&self.tick_window).p50_p99_max_ms();
             TickStatus {
                 period_ms: self.config.tick_period.as_secs_f64() * 1000.0,
                 rate_hz,
-                p50_ms: percentile_ms(&window, 0.50),
-                p99_ms: percentile_ms(&window, 0.99),
-                max_ms: window.last().map_or(0.0, |d| d.as_secs_f64() * 1000.0),
+                p50_ms,
+                p99_ms,
+                max_ms,
                 ticks,
                 overruns: c.tick_overruns.load(Relaxed),
             }
@@ -1123,15 +1151,7 @@ impl Metrics {
             },
             tick,
             persist_queue_depth: c.persist_queue.load(Relaxed),
-            persist_commit_ms: {
-                let mut window: Vec<Duration> = lock(&self.commit_window).iter().copied().collect();
-                window.sort_unstable();
-                [
-                    percentile_ms(&window, 0.50),
-                    percentile_ms(&window, 0.99),
-                    window.last().map_or(0.0, |d| d.as_secs_f64() * 1000.0),
-                ]
-            },
+            persist_commit_ms: lock(&self.commit_window).p50_p99_max_ms(),
             rate_limit_hits: c.rate_limit_hits.load(Relaxed),
             top_entities: self.top_entities(),
             trails,

@@ -1017,16 +1017,19 @@ impl CoreTask {
         for d in batch.drain(..) {
             let at = d.at.max(self.now_floor);
             self.now_floor = at;
-            self.count_in(d.conn, d.data.len(), true);
-            self.core.handle_datagram(d.conn, &d.data, at);
+            self.handle_datagram(d.conn, &d.data, at);
         }
         self.inbox_batch = batch;
         let dropped = self.inbox.dropped.swap(0, Ordering::Relaxed);
         if let Some(m) = self.metrics.as_ref().filter(|_| dropped > 0) {
-            for _ in 0..dropped {
-                m.record_drop("datagram_inbox_full");
-            }
+            m.record_drops("datagram_inbox_full", dropped);
         }
+    }
+
+    /// One datagram from `conn` that arrived at `at`: counted, then handed to the core.
+    fn handle_datagram(&mut self, conn: ConnId, data: &[u8], at: Time) {
+        self.count_in(conn, data.len(), true);
+        self.core.handle_datagram(conn, data, at);
     }
 
     fn instant(&self, t: Time) -> Instant {
@@ -1234,10 +1237,7 @@ impl CoreTask {
                 }
                 return n;
             }
-            Inbound::Datagram { conn, data } => {
-                self.count_in(conn, data.len(), true);
-                self.core.handle_datagram(conn, &data, now)
-            }
+            Inbound::Datagram { conn, data } => self.handle_datagram(conn, &data, now),
             Inbound::StreamError { conn, error } => {
                 self.core.handle_stream_error(conn, &error, now)
             }

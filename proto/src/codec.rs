@@ -142,16 +142,9 @@ impl FrameDecoder {
     /// declared length is over the limit (the stream cannot be resynchronized: close it).
     pub fn next_frame(&mut self) -> Result<Option<Vec<u8>>, DecodeError> {
         let avail = &self.buf[self.start..];
-        if avail.len() < FRAME_HEADER_BYTES {
+        let Some(len) = complete_frame(avail, self.max)? else {
             return Ok(None);
-        }
-        let len = u32::from_le_bytes([avail[0], avail[1], avail[2], avail[3]]) as usize;
-        if len > self.max {
-            return Err(DecodeError::Oversize { len, max: self.max });
-        }
-        if avail.len() < FRAME_HEADER_BYTES + len {
-            return Ok(None);
-        }
+        };
         let body = avail[FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + len].to_vec();
         self.start += FRAME_HEADER_BYTES + len;
         if self.start == self.buf.len() {
@@ -214,25 +207,38 @@ impl FrameDecoder {
     }
 }
 
+/// The body length a frame at the start of `bytes` declares, if its header is there.
+fn declared_len(bytes: &[u8]) -> Option<usize> {
+    let h = bytes.get(..FRAME_HEADER_BYTES)?;
+    Some(u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize)
+}
+
+/// The body length of the complete frame at the start of `bytes`: `Ok(None)` if more bytes are
+/// needed, an error if the declared length is over `max`.
+fn complete_frame(bytes: &[u8], max: usize) -> Result<Option<usize>, DecodeError> {
+    let Some(len) = declared_len(bytes) else {
+        return Ok(None);
+    };
+    if len > max {
+        return Err(DecodeError::Oversize { len, max });
+    }
+    Ok((bytes.len() >= FRAME_HEADER_BYTES + len).then_some(len))
+}
+
 /// Scans `bytes` for consecutive complete frames of at most `max` bytes: the length of the run,
 /// how many frames it holds, and the oversize error that ended it, if one did.
 fn scan_frames(bytes: &[u8], max: usize) -> (usize, usize, Option<DecodeError>) {
     let mut end = 0;
     let mut count = 0;
     loop {
-        let avail = &bytes[end..];
-        if avail.len() < FRAME_HEADER_BYTES {
-            return (end, count, None);
+        match complete_frame(&bytes[end..], max) {
+            Ok(Some(len)) => {
+                end += FRAME_HEADER_BYTES + len;
+                count += 1;
+            }
+            Ok(None) => return (end, count, None),
+            Err(e) => return (end, count, Some(e)),
         }
-        let len = u32::from_le_bytes([avail[0], avail[1], avail[2], avail[3]]) as usize;
-        if len > max {
-            return (end, count, Some(DecodeError::Oversize { len, max }));
-        }
-        if avail.len() < FRAME_HEADER_BYTES + len {
-            return (end, count, None);
-        }
-        end += FRAME_HEADER_BYTES + len;
-        count += 1;
     }
 }
 
@@ -261,8 +267,7 @@ impl<'a> Iterator for Frames<'a> {
     type Item = &'a [u8];
 
     fn next(&mut self) -> Option<&'a [u8]> {
-        let header = self.rest.get(..FRAME_HEADER_BYTES)?;
-        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        let len = declared_len(self.rest)?;
         let body = self
             .rest
             .get(FRAME_HEADER_BYTES..FRAME_HEADER_BYTES.checked_add(len)?)?;

@@ -6,7 +6,7 @@ use neonet_proto::codec;
 use neonet_proto::msg::{Channel, ServerMsg};
 use neonet_proto::time::{Tick, Time};
 use neonet_proto::transform::scenario::{joined_client, CrowdSamples};
-use neonet_proto::transform::{ClientReplicator, TickInput, TransformConfig};
+use neonet_proto::transform::{ClientReplicator, EntitySample, TickInput, TransformConfig};
 use neonet_proto::types::{ChatMessage, EntityId};
 
 /// The joined client's own player: not one of the crowd's ids.
@@ -14,6 +14,31 @@ const PLAYER: EntityId = EntityId(1_000_000);
 
 fn joined() -> ClientCore {
     joined_client(&TransformConfig::default(), &[], PLAYER)
+}
+
+/// Tick period of these tests, microseconds (30 Hz).
+const TICK_US: u64 = 33_333;
+
+/// The server's datagrams of `tick` carrying `entities`, into `out` (cleared first), and when
+/// they arrive at the client (20 ms later).
+fn server_tick(
+    server: &mut ClientReplicator,
+    entities: &[EntitySample],
+    tick: u64,
+    out: &mut Vec<Vec<u8>>,
+) -> Time {
+    out.clear();
+    let now = Time(tick * TICK_US);
+    let input = TickInput {
+        tick: Tick(tick),
+        now,
+        viewer: None,
+        entities,
+        max_datagram_size: 1_200,
+        own_blob: None,
+    };
+    server.write_tick(&input, out).expect("valid input");
+    Time(now.0 + 20_000)
 }
 
 #[test]
@@ -62,23 +87,13 @@ fn a_headless_client_skips_interpolation_but_sees_the_same_latest_world() {
     let mut out = Vec::new();
     for tick in 1..40u64 {
         crowd.step();
-        out.clear();
-        let now = Time(tick * 33_333);
-        let input = TickInput {
-            tick: Tick(tick),
-            now,
-            viewer: None,
-            entities: &crowd.samples,
-            max_datagram_size: 1_200,
-            own_blob: None,
-        };
-        server.write_tick(&input, &mut out).expect("valid input");
+        let arrival = server_tick(&mut server, &crowd.samples, tick, &mut out);
         for d in &out {
-            full.handle_datagram(d, Time(now.0 + 20_000));
-            headless.handle_datagram(d, Time(now.0 + 20_000));
+            full.handle_datagram(d, arrival);
+            headless.handle_datagram(d, arrival);
         }
     }
-    let at = Time(40 * 33_333);
+    let at = Time(40 * TICK_US);
     let render_tick = full.begin_frame(at, 1.0 / 60.0).expect("a render tick");
     headless.begin_frame(at, 1.0 / 60.0);
     for s in &crowd.samples {
@@ -104,20 +119,11 @@ fn the_world_mirror_shows_each_entitys_latest_transform_whenever_it_is_read() {
     let mut out = Vec::new();
     for tick in 1..25u64 {
         crowd.step();
-        out.clear();
-        let now = Time(tick * 33_333);
-        let input = TickInput {
-            tick: Tick(tick),
-            now,
-            viewer: None,
-            // Some ticks carry only part of the crowd: what was not sent keeps its value.
-            entities: &crowd.samples[..if tick % 3 == 0 { 10 } else { 30 }],
-            max_datagram_size: 1_200,
-            own_blob: None,
-        };
-        server.write_tick(&input, &mut out).expect("valid input");
+        // Some ticks carry only part of the crowd: what was not sent keeps its value.
+        let sent = &crowd.samples[..if tick % 3 == 0 { 10 } else { 30 }];
+        let arrival = server_tick(&mut server, sent, tick, &mut out);
         for d in &out {
-            client.handle_datagram(d, Time(now.0 + 20_000));
+            client.handle_datagram(d, arrival);
         }
         // Read every few ticks, as a game might: the mirror matches what was received.
         if tick % 4 == 0 || tick == 24 {

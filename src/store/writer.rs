@@ -475,9 +475,8 @@ impl Writer<'_> {
             txn.set_two_phase_commit(two_phase);
             {
                 let mut tables = Tables::open(path, &txn)?;
-                let superseded = superseded_in_batch(changes);
-                for (i, p) in changes.iter().enumerate() {
-                    if !superseded.get(i).copied().unwrap_or(false) {
+                for (p, superseded) in changes.iter().zip(superseded_in_batch(changes)) {
+                    if !superseded {
                         tables.apply(path, &p.change)?;
                     }
                     raise_ids(&mut ids, &p.change);

@@ -466,7 +466,7 @@ impl ReplicaReceiver {
         };
         let r = &mut self.replicas[slot];
         let newer =
-            r.latest().is_none_or_tick_before(tick) && r.left_at.is_none_or_tick_before(tick);
+            r.newest().is_none_or_tick_before(tick) && r.left_at.is_none_or_tick_before(tick);
         match *p {
             Parsed::Left(_) => {
                 if newer {

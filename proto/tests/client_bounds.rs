@@ -7,7 +7,7 @@ use neonet_proto::msg::{Channel, ServerMsg};
 use neonet_proto::time::{Tick, Time};
 use neonet_proto::transform::scenario::{joined_client, CrowdSamples};
 use neonet_proto::transform::{ClientReplicator, EntitySample, TickInput, TransformConfig};
-use neonet_proto::types::{ChatMessage, EntityId};
+use neonet_proto::types::{BlueprintId, BlueprintPatch, ChatMessage, EntityId};
 
 /// The joined client's own player: not one of the crowd's ids.
 const PLAYER: EntityId = EntityId(1_000_000);
@@ -143,4 +143,26 @@ fn the_world_mirror_shows_each_entitys_latest_transform_whenever_it_is_read() {
         }
     }
     assert_eq!(client.datagrams_rejected(), 0);
+}
+
+#[test]
+fn blueprint_edits_from_peers_also_stop_at_the_event_bound() {
+    let mut client = joined();
+    let extra = 100u32;
+    for version in 1..=EVENTS_MAX as u32 + extra {
+        let m = ServerMsg::BlueprintModified {
+            id: BlueprintId("slider".into()),
+            version,
+            patch: BlueprintPatch::default(),
+        };
+        client
+            .handle_frame(Channel::World, &codec::encode(&m), Time(0))
+            .expect("valid frame");
+    }
+    assert!(client.events_dropped() >= u64::from(extra));
+    let mut n = 0;
+    while client.poll_event().is_some() {
+        n += 1;
+    }
+    assert_eq!(n, EVENTS_MAX);
 }

@@ -77,27 +77,40 @@ pub const FORGOTTEN_MAX: usize = 1024;
 
 /// One tracked entity: the values its deltas may name as baselines, the
 /// [`RECEIVER_BASELINES_PER_ENTITY`] newest received (by tick), kept inline and sorted by tick
-/// in a circular array, so the usual in-order arrival appends (overwriting the oldest) and the
-/// usual baseline (a recent tick) is found scanning back from the newest.
+/// in a circular array, so the usual in-order arrival appends (overwriting the oldest).
 ///
 /// Its latest value is the newest held, unless the entity left interest at a later tick: no
 /// separate copy is kept, and it is dequantized only when read. The layout is for a cold cache
 /// (a load tool runs a thousand receivers, far beyond the last-level cache): the header is one
-/// cache line and each value exactly one more, so a record costs the header, its baseline and
-/// the slot it fills, usually adjacent.
+/// cache line and each value exactly one more. The header also holds the newest value's tick
+/// and the low 16 bits of every held value's tick, so ordering a record and finding its
+/// baseline read the header alone: a record costs the header, its baseline's line and the line
+/// it fills, instead of one more line per value scanned.
 #[derive(Clone, Copy, Debug)]
 #[repr(C, align(64))]
 struct Replica {
+    /// Tick of the newest value held (meaningless when `len` is 0).
+    newest_tick: Tick,
+    /// The tick of the datagram that said it left interest, if it did after its latest value.
+    left_at: Option<Tick>,
     /// Physical index of the oldest value.
     head: u8,
     /// Values held.
     len: u8,
     /// Whether the latest value changed since [`ReplicaReceiver::take_changed`] last ran.
     changed: bool,
-    /// The tick of the datagram that said it left interest, if it did after its latest value.
-    left_at: Option<Tick>,
+    /// Low 16 bits of the tick of the value in each physical slot: a baseline candidate is
+    /// confirmed against the full tick in its slot (ticks 65,536 apart share low bits; a
+    /// baseline is at most [`BASELINE_AGE_MAX_TICKS`](super::BASELINE_AGE_MAX_TICKS) old).
+    tick_lows: [u16; RECEIVER_BASELINES_PER_ENTITY],
     slots: Slots,
 }
+
+// The header fits in one cache line, ahead of the values' lines.
+const _: () = assert!(
+    std::mem::size_of::<Replica>() == 64 * (1 + RECEIVER_BASELINES_PER_ENTITY),
+    "Replica header must stay one cache line"
+);
 
 /// The values of a [`Replica`], one cache line each.
 #[derive(Clone, Copy, Debug)]
@@ -120,10 +133,12 @@ const EMPTY_SAMPLE: Sample = Sample {
 impl Default for Replica {
     fn default() -> Replica {
         Replica {
+            newest_tick: Tick(0),
+            left_at: None,
             head: 0,
             len: 0,
             changed: false,
-            left_at: None,
+            tick_lows: [0; RECEIVER_BASELINES_PER_ENTITY],
             slots: Slots([EMPTY_SAMPLE; RECEIVER_BASELINES_PER_ENTITY]),
         }
     }
@@ -141,6 +156,19 @@ impl Replica {
         &self.slots.0[self.phys(i)]
     }
 
+    /// Stores `s` in physical slot `at`, keeping the header's tick bits in step.
+    #[inline(always)]
+    fn put(&mut self, at: usize, s: Sample) {
+        self.tick_lows[at] = s.tick.0 as u16;
+        self.slots.0[at] = s;
+    }
+
+    /// The tick of the newest value held, read from the header.
+    #[inline(always)]
+    fn newest_tick(&self) -> Option<Tick> {
+        (self.len > 0).then_some(self.newest_tick)
+    }
+
     /// The newest value held.
     #[inline(always)]
     fn newest(&self) -> Option<&Sample> {
@@ -154,13 +182,18 @@ impl Replica {
             .filter(|s| self.left_at.is_none_or_tick_before(s.tick))
     }
 
-    /// The value of `tick`, if held.
+    /// The value of `tick`, if held: the header's tick bits pick the candidates, newest first,
+    /// and only a candidate's own line is read.
     #[inline]
     fn find(&self, tick: Tick) -> Option<&Sample> {
+        let low = tick.0 as u16;
         for i in (0..self.len as usize).rev() {
-            let s = self.get(i);
-            if s.tick <= tick {
-                return (s.tick == tick).then_some(s);
+            let at = self.phys(i);
+            if self.tick_lows[at] == low {
+                let s = &self.slots.0[at];
+                if s.tick == tick {
+                    return Some(s);
+                }
             }
         }
         None
@@ -172,19 +205,20 @@ impl Replica {
     fn insert(&mut self, s: Sample) {
         let n = RECEIVER_BASELINES_PER_ENTITY;
         let len = self.len as usize;
-        if len == 0 || self.get(len - 1).tick < s.tick {
+        if len == 0 || self.newest_tick < s.tick {
             // In order: append.
+            self.newest_tick = s.tick;
             if len == n {
-                self.slots.0[self.head as usize] = s;
+                self.put(self.head as usize, s);
                 self.head = ((self.head as usize + 1) % n) as u8;
             } else {
-                let at = self.phys(len);
-                self.slots.0[at] = s;
+                self.put(self.phys(len), s);
                 self.len += 1;
             }
             return;
         }
-        // Out of order: its place among the held values (ascending by tick).
+        // Out of order: its place among the held values (ascending by tick). The newest value
+        // stays the newest.
         let mut pos = len;
         while pos > 0 && self.get(pos - 1).tick >= s.tick {
             if self.get(pos - 1).tick == s.tick {
@@ -204,10 +238,9 @@ impl Replica {
         let len = self.len as usize;
         for i in (pos..len).rev() {
             let (from, to) = (self.phys(i), self.phys(i + 1));
-            self.slots.0[to] = self.slots.0[from];
+            self.put(to, self.slots.0[from]);
         }
-        let at = self.phys(pos);
-        self.slots.0[at] = s;
+        self.put(self.phys(pos), s);
         self.len += 1;
     }
 
@@ -466,7 +499,7 @@ impl ReplicaReceiver {
         };
         let r = &mut self.replicas[slot];
         let newer =
-            r.newest().is_none_or_tick_before(tick) && r.left_at.is_none_or_tick_before(tick);
+            r.newest_tick().is_none_or_tick_before(tick) && r.left_at.is_none_or_tick_before(tick);
         match *p {
             Parsed::Left(_) => {
                 if newer {
@@ -595,12 +628,6 @@ trait TickBefore {
     fn is_none_or_tick_before(&self, tick: Tick) -> bool;
 }
 
-impl TickBefore for Option<&Sample> {
-    fn is_none_or_tick_before(&self, tick: Tick) -> bool {
-        !matches!(self, Some(s) if s.tick >= tick)
-    }
-}
-
 impl TickBefore for Option<Tick> {
     fn is_none_or_tick_before(&self, tick: Tick) -> bool {
         !matches!(self, Some(t) if *t >= tick)
@@ -629,6 +656,8 @@ mod ring_tests {
 
     #[test]
     fn ring_keeps_the_newest_ticks_sorted_whatever_the_arrival_order() {
+        // Now and then the ticks jump by just under 65,536, so values whose ticks share their
+        // low 16 bits are held together: `find` must confirm the full tick.
         let mut rng = Rng::new(11);
         for _ in 0..200 {
             let mut ring = Replica::default();
@@ -644,8 +673,16 @@ mod ring_tests {
                 }
                 // Mostly in order, sometimes late, sometimes repeated.
                 let tick = match r {
-                    1..=6 => {
+                    1..=5 => {
                         base += 1 + rng.below(2);
+                        base
+                    }
+                    6 if rng.below(20) == 0 => {
+                        base += 65_536 - rng.below(4);
+                        base
+                    }
+                    6 => {
+                        base += 1;
                         base
                     }
                     7 | 8 => base.saturating_sub(rng.below(24)),
@@ -657,12 +694,17 @@ mod ring_tests {
                 model_insert(&mut model, tick);
                 let held: Vec<u64> = (0..ring.len as usize).map(|i| ring.get(i).tick.0).collect();
                 assert_eq!(held, model);
-                for t in base.saturating_sub(40)..=base + 1 {
+                let window = base.saturating_sub(40)..=base + 1;
+                let aliases = window.clone().filter_map(|t| t.checked_sub(65_536));
+                for t in window.chain(aliases) {
                     let found = ring.find(Tick(t));
                     assert_eq!(found.is_some(), model.contains(&t), "tick {t}");
                     if let Some(s) = found {
                         assert_eq!((s.tick, s.q.pos[0]), (Tick(t), t as u32));
                     }
+                }
+                if let Some(&newest) = model.last() {
+                    assert_eq!(ring.newest_tick(), Some(Tick(newest)));
                 }
             }
         }

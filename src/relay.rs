@@ -12,8 +12,10 @@
 //! - The **core task** owns the core and is the only place world state changes. It runs on its
 //!   own thread (`neonet-core`, a current-thread runtime), apart from the I/O runtime, so a long
 //!   tick never keeps the UDP socket unread and socket I/O never delays a tick. It consumes
-//!   [`Inbound`], runs `handle_timeout` at `poll_timeout()`, refreshes every connection's
-//!   `max_datagram_size` before each tick, and drains outputs: transmits to each connection's
+//!   [`Inbound`], runs the due tick at `poll_timeout()` in steps of [`TICK_STEP_CLIENTS`]
+//!   clients (`handle_timeout_step`, each step's datagrams handed to QUIC before the next is
+//!   written), refreshes every connection's `max_datagram_size` before each tick, and drains
+//!   outputs: transmits to each connection's
 //!   [`Link`] (which never blocks), events to the log, effects to the optional effect sink.
 //!
 //! [`Inbound`] and [`Link`] know nothing of QUIC: a WebSocket bridge feeds the same queue
@@ -81,8 +83,8 @@ use neonet_proto::codec::{self, DecodeError};
 use neonet_proto::limits::FRAME_BYTES_MAX;
 use neonet_proto::msg::{Channel, ServerMsg};
 use neonet_proto::server::{
-    AckToken, Authenticator, ConnId, Effect, ServerConfig, ServerCore, ServerEvent, Transmit,
-    TransportKind, World,
+    AckToken, Authenticator, ConnId, Effect, ServerConfig, ServerCore, ServerEvent,
+    TimeoutProgress, Transmit, TransportKind, World,
 };
 use neonet_proto::Time;
 
@@ -107,6 +109,11 @@ pub const INBOUND_BATCH_MAX: usize = 256;
 /// fallen that far behind; newer datagrams are dropped (counted as `datagram_inbox_full`), as
 /// an unreliable channel may.
 pub const DATAGRAM_INBOX_MAX: usize = 16_384;
+/// Clients whose transform datagrams a tick writes before handing them to QUIC: 32, about
+/// 0.35 ms of writing (≈ 11 µs per client with 100 entities in view, `cargo bench --bench
+/// transform -- server_tick`). The first datagrams leave after that instead of after the whole
+/// tick (≈ 11 ms for 1,000 clients), and a step's hand-off costs little next to its writing.
+pub const TICK_STEP_CLIENTS: usize = 32;
 /// Longest a QUIC handshake may take before the attempt is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest a shutdown waits for connections to flush and close.
@@ -1126,7 +1133,9 @@ impl CoreTask {
         }
     }
 
-    /// Runs the ticks that are due (and idle checks), with fresh datagram sizes.
+    /// Runs the ticks that are due (and idle checks), with fresh datagram sizes. A tick's
+    /// recorded duration runs from its start until its last client's datagrams are written,
+    /// with the earlier clients' already handed to QUIC.
     fn timeout(&mut self) {
         for (conn, entry) in &self.links {
             if let Some(bytes) = entry.link.max_datagram_size() {
@@ -1138,7 +1147,11 @@ impl CoreTask {
         // The tick uses every input and acknowledgement that arrived before it.
         self.take_datagrams();
         let now = self.now();
-        self.core.handle_timeout(now);
+        // In steps, each handed to QUIC before the next is written: the first clients'
+        // datagrams leave while later clients' are still being written.
+        while self.core.handle_timeout_step(now, TICK_STEP_CLIENTS) == TimeoutProgress::More {
+            self.drain_outputs();
+        }
         self.save_moved_apps();
         let Some(m) = &self.metrics else { return };
         if let Some(store) = &self.store {

@@ -10,7 +10,9 @@
 //! - inputs: [`handle_connect`](ServerCore::handle_connect),
 //!   [`handle_frame`](ServerCore::handle_frame), [`handle_datagram`](ServerCore::handle_datagram),
 //!   [`handle_disconnect`](ServerCore::handle_disconnect),
-//!   [`handle_timeout`](ServerCore::handle_timeout), [`handle_durable`](ServerCore::handle_durable);
+//!   [`handle_timeout`](ServerCore::handle_timeout) (or, to send the first clients' datagrams
+//!   while later clients' are written, [`handle_timeout_step`](ServerCore::handle_timeout_step)),
+//!   [`handle_durable`](ServerCore::handle_durable);
 //! - outputs, drained after every input until `None`: [`poll_transmit`](ServerCore::poll_transmit),
 //!   [`poll_event`](ServerCore::poll_event), [`poll_effect`](ServerCore::poll_effect), then
 //!   [`poll_timeout`](ServerCore::poll_timeout) for when to call `handle_timeout` next.
@@ -409,6 +411,31 @@ pub struct ServerCore {
     /// The last tick's entity updates: (to whom, which entity, estimated bytes).
     tick_updates: Vec<(SessionId, EntityId, u32)>,
     stats: TickStats,
+    /// The tick whose client datagrams are being written, between two
+    /// [`ServerCore::handle_timeout_step`] calls.
+    tick_job: Option<TickJob>,
+}
+
+/// A tick under way: its world snapshot (`samples`, `grid`) is taken; clients from `next` on
+/// (by session id) still need their datagrams.
+#[derive(Clone, Copy, Debug)]
+struct TickJob {
+    /// Session to write next (the first with an id at or above it); `None` past the largest
+    /// possible id.
+    next: Option<SessionId>,
+    /// Whether players move server-side (their own-state blob rides in the datagram).
+    server_auth: bool,
+    /// What the tick wrote so far.
+    stats: TickStats,
+}
+
+/// Whether [`ServerCore::handle_timeout_step`] finished what was due.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimeoutProgress {
+    /// Clients of a due tick are left: call again (after sending what was written).
+    More,
+    /// Every due tick is written and idle connections are closed.
+    Done,
 }
 
 /// What the last tick did, for metrics.
@@ -497,6 +524,7 @@ impl ServerCore {
             datagrams: Vec::new(),
             tick_updates: Vec::new(),
             stats: TickStats::default(),
+            tick_job: None,
         }
     }
 
@@ -748,10 +776,37 @@ impl ServerCore {
 
     /// Runs every tick due at `now` and closes idle connections. Safe to call early.
     pub fn handle_timeout(&mut self, now: Time) {
+        while self.handle_timeout_step(now, usize::MAX) == TimeoutProgress::More {}
+    }
+
+    /// [`handle_timeout`](Self::handle_timeout) in steps of at most `clients_max` clients'
+    /// datagrams (at least one), so a driver can send the first clients' datagrams while the
+    /// others' are still being written: the first client of a 1,000-client tick no longer waits
+    /// for the whole tick. Returns [`TimeoutProgress::More`] while clients of a due tick are
+    /// left; the tick's world snapshot is taken when it starts, so every client of one tick sees
+    /// the same world. Between steps a driver should only drain outputs (`poll_*`); an input
+    /// handled in between is applied as if it arrived before the tick's remaining clients.
+    pub fn handle_timeout_step(&mut self, now: Time, clients_max: usize) -> TimeoutProgress {
         self.now = now;
-        while let Some(tick) = self.clock.poll_tick(now) {
-            self.run_tick(tick);
+        let mut budget = clients_max.max(1);
+        loop {
+            if self.tick_job.is_none() {
+                let Some(tick) = self.clock.poll_tick(now) else {
+                    break;
+                };
+                self.begin_tick(tick);
+            }
+            if !self.continue_tick(&mut budget) || budget == 0 {
+                return TimeoutProgress::More;
+            }
         }
+        self.close_idle(now);
+        TimeoutProgress::Done
+    }
+
+    /// Closes connections silent for longer than the idle timeout and those that did not join
+    /// in time.
+    fn close_idle(&mut self, now: Time) {
         let (idle, join) = (self.config.idle_timeout, self.config.join_timeout);
         let stale: Vec<(ConnId, &'static str)> = self
             .conns
@@ -809,9 +864,9 @@ impl ServerCore {
 
     // ---- internals ----
 
-    /// One server tick: move server-authoritative players by their inputs, then write every
-    /// client's transform datagrams (interest, priority, budget, delta compression).
-    fn run_tick(&mut self, tick: Tick) {
+    /// Starts a server tick: moves server-authoritative players by their inputs and takes the
+    /// world snapshot every client's datagrams are written from.
+    fn begin_tick(&mut self, tick: Tick) {
         self.flush_blueprints();
         let server_auth = self.world.settings.movement == MovementAuthority::Server;
         if server_auth {
@@ -833,13 +888,39 @@ impl ServerCore {
         let t = &self.config.transform;
         self.grid
             .build(&self.samples, t.interest_radius_m + t.interest_hysteresis_m);
-        let mut stats = TickStats {
-            tick,
-            ..TickStats::default()
-        };
-        let now = self.now;
         self.tick_updates.clear();
-        for s in self.sessions.values_mut() {
+        self.tick_job = Some(TickJob {
+            next: Some(SessionId(0)),
+            server_auth,
+            stats: TickStats {
+                tick,
+                ..TickStats::default()
+            },
+        });
+    }
+
+    /// Writes the transform datagrams (interest, priority, budget, delta compression) of the
+    /// tick under way for up to `budget` more clients, counting them off `budget`. Returns
+    /// whether the tick is complete (and ends it).
+    fn continue_tick(&mut self, budget: &mut usize) -> bool {
+        let Some(mut job) = self.tick_job else {
+            return true;
+        };
+        let (tick, now) = (job.stats.tick, self.now);
+        let Some(first) = job.next else {
+            self.stats = job.stats;
+            self.tick_job = None;
+            return true;
+        };
+        let mut rest = self.sessions.range_mut(first..);
+        let complete = loop {
+            if *budget == 0 {
+                break false;
+            }
+            let Some((&sid, s)) = rest.next() else {
+                break true;
+            };
+            job.next = sid.0.checked_add(1).map(SessionId);
             let Some(conn) = s.conn else { continue };
             let Some(c) = self.conns.get(&conn) else {
                 continue;
@@ -847,12 +928,13 @@ impl ServerCore {
             if c.closed {
                 continue;
             }
+            *budget -= 1;
             let viewer = self
                 .world
                 .entities
                 .get(&s.player)
                 .map(|e| e.transform.position);
-            let blob = if server_auth {
+            let blob = if job.server_auth {
                 s.motion.own_state_blob()
             } else {
                 None
@@ -875,9 +957,8 @@ impl ServerCore {
             };
             match s.replicator.write_tick(&input, &mut self.datagrams) {
                 Ok(sum) => {
-                    stats.updates += sum.updates;
+                    job.stats.updates += sum.updates;
                     let each = (sum.bytes / sum.updates.max(1)) as u32;
-                    let sid = s.id;
                     self.tick_updates
                         .extend(s.replicator.last_tick_updates().map(|id| (sid, id, each)));
                 }
@@ -886,12 +967,18 @@ impl ServerCore {
                     .push_back(ServerEvent::DatagramRejected { conn, error }),
             }
             for data in self.datagrams.drain(..) {
-                stats.datagrams += 1;
-                stats.bytes += data.len();
+                job.stats.datagrams += 1;
+                job.stats.bytes += data.len();
                 self.transmits.push_back(Transmit::Datagram { conn, data });
             }
+        };
+        if complete {
+            self.stats = job.stats;
+            self.tick_job = None;
+        } else {
+            self.tick_job = Some(job);
         }
-        self.stats = stats;
+        complete
     }
 
     /// Sends the merged blueprint modifications (see `pending_blueprints`) to everyone.

@@ -651,7 +651,7 @@ impl Metrics {
             'h',
             TICK_DURATION,
             Some(Unit::Seconds),
-            "Time spent in one tick.",
+            "Time from a tick's start until its last client's datagrams are written (earlier clients' already handed to the transport).",
         );
         describe('c', BYTES_IN, Some(Unit::Bytes), "Payload bytes received.");
         describe('c', BYTES_OUT, Some(Unit::Bytes), "Payload bytes sent.");

@@ -208,6 +208,21 @@ pub struct CpuFigures {
     pub relay_io_cores: Option<f64>,
     /// An in-process relay's store thread (`neonet-store`: redb commits), cores.
     pub relay_store_cores: Option<f64>,
+    /// Whether the machine was saturated ([`CpuFigures::is_saturated`]); the table then warns
+    /// that latencies include waiting for a core.
+    pub saturated: bool,
+}
+
+/// Share of the machine's cores busy from which a run counts as saturated: 95%. Above it
+/// threads queue for a core, so latencies measure that queue as much as the relay (and
+/// `/proc/stat` reads slightly low, see [`CpuFigures::machine_busy_cores`]).
+pub const SATURATED_SHARE: f64 = 0.95;
+
+impl CpuFigures {
+    /// Whether `busy_cores` of `cores` is at or above [`SATURATED_SHARE`].
+    pub fn is_saturated(busy_cores: f64, cores: usize) -> bool {
+        busy_cores >= SATURATED_SHARE * cores as f64
+    }
 }
 
 /// What a relay spawned by `run --spawn-relay` measured itself (its [`neonet::metrics`]).
@@ -378,6 +393,15 @@ impl Report {
                 }
             }
             writeln!(out, "{line}")?;
+            if c.saturated {
+                writeln!(
+                    out,
+                    "  warning: the machine was saturated ({:.2} of {} cores busy): latencies and \
+                     tick times include waiting for a core; with the load tool on the same \
+                     machine they measure the load tool's share as much as the relay",
+                    c.machine_busy_cores, c.machine_cores
+                )?;
+            }
         }
         for note in &self.not_measured {
             writeln!(out, "  ({}: {})", note.field, note.reason)?;
@@ -443,6 +467,7 @@ mod tests {
                 relay_core_cores: Some(0.31),
                 relay_io_cores: Some(0.37),
                 relay_store_cores: Some(0.0),
+                saturated: CpuFigures::is_saturated(1.6, 2),
             }),
             ..Report::default()
         };
@@ -450,6 +475,10 @@ mod tests {
         report.write_table(&mut table).unwrap();
         let table = String::from_utf8(table).unwrap();
         assert!(table.contains("machine 1.60 of 2 busy · load tool 0.97 · relay core 0.31"));
+        assert!(
+            !table.contains("saturated"),
+            "1.6 of 2 cores is not saturated"
+        );
         let v: serde_json::Value = serde_json::to_value(&report).unwrap();
         assert_eq!(v["cpu"]["relay_io_cores"], 0.37);
         // A relay in another process: only the load tool's own share is known.
@@ -459,6 +488,31 @@ mod tests {
         let mut table = Vec::new();
         report.write_table(&mut table).unwrap();
         assert!(!String::from_utf8(table).unwrap().contains("relay core"));
+    }
+
+    #[test]
+    fn a_saturated_machine_is_flagged_in_the_table_and_the_json() {
+        assert!(CpuFigures::is_saturated(1.91, 2));
+        assert!(!CpuFigures::is_saturated(1.89, 2));
+        let report = Report {
+            cpu: Some(CpuFigures {
+                machine_busy_cores: 2.0,
+                machine_cores: 2,
+                load_tool_cores: 1.0,
+                saturated: CpuFigures::is_saturated(2.0, 2),
+                ..CpuFigures::default()
+            }),
+            ..Report::default()
+        };
+        let mut table = Vec::new();
+        report.write_table(&mut table).unwrap();
+        let table = String::from_utf8(table).unwrap();
+        assert!(
+            table.contains("warning: the machine was saturated (2.00 of 2 cores busy)"),
+            "{table}"
+        );
+        let v: serde_json::Value = serde_json::to_value(&report).unwrap();
+        assert_eq!(v["cpu"]["saturated"], true);
     }
 
     #[test]

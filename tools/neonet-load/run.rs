@@ -402,9 +402,12 @@ impl CpuSnapshot {
                     .cores_since(&self.threads, wall, |n| n == name)
             })
         };
+        let machine_busy_cores = self.machine.busy_cores_until(&later.machine, wall);
+        let machine_cores = std::thread::available_parallelism().map_or(1, usize::from);
         Some(CpuFigures {
-            machine_busy_cores: self.machine.busy_cores_until(&later.machine, wall),
-            machine_cores: std::thread::available_parallelism().map_or(1, usize::from),
+            machine_busy_cores,
+            machine_cores,
+            saturated: CpuFigures::is_saturated(machine_busy_cores, machine_cores),
             load_tool_cores: later.threads.cores_since(&self.threads, wall, |n| {
                 !relay_in_process || !relay_threads.contains(&n)
             }),

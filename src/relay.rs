@@ -15,8 +15,8 @@
 //!   [`Inbound`], runs the due tick at `poll_timeout()` in steps of [`TICK_STEP_CLIENTS`]
 //!   clients (`handle_timeout_step`, each step's datagrams handed to QUIC before the next is
 //!   written), refreshes every connection's `max_datagram_size` before each tick, and drains
-//!   outputs: transmits to each connection's
-//!   [`Link`] (which never blocks), events to the log, effects to the optional effect sink.
+//!   outputs: transmits to each connection's [`Link`] (which never blocks), events to the log,
+//!   effects to the optional effect sink.
 //!
 //! [`Inbound`] and [`Link`] know nothing of QUIC: a WebSocket bridge feeds the same queue
 //! ([`RelayHandle::inbound`]) with its own links and connection ids ([`RelayHandle::conn_ids`]).

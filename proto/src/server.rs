@@ -907,17 +907,13 @@ impl ServerCore {
             return true;
         };
         let (tick, now) = (job.stats.tick, self.now);
-        let Some(first) = job.next else {
-            self.stats = job.stats;
-            self.tick_job = None;
-            return true;
-        };
-        let mut rest = self.sessions.range_mut(first..);
+        // Past the largest possible session id nothing is left.
+        let mut rest = job.next.map(|first| self.sessions.range_mut(first..));
         let complete = loop {
             if *budget == 0 {
                 break false;
             }
-            let Some((&sid, s)) = rest.next() else {
+            let Some((&sid, s)) = rest.as_mut().and_then(Iterator::next) else {
                 break true;
             };
             job.next = sid.0.checked_add(1).map(SessionId);

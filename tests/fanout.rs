@@ -60,3 +60,23 @@ fn fanout_bare_prints_a_table() {
     assert!(stdout.lines().any(|l| l.starts_with("bare ")), "{stdout}");
     assert!(!stdout.contains("ratio"), "{stdout}");
 }
+
+#[test]
+fn a_bare_run_with_up_bytes_moves_datagrams_both_ways_and_counts_what_the_server_received() {
+    let stdout = fanout(&["--target", "bare", "--up-bytes", "48", "--json"]);
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("JSON on stdout");
+    let run = &report["runs"][0];
+    assert_eq!(run["target"], "bare", "{stdout}");
+    assert_eq!(run["up_datagram_bytes"], 48, "{stdout}");
+    // 3 clients at 30 Hz for a 2 s window send ≈ 180; any at all proves the path works.
+    let datagrams_in = run["datagrams_in"].as_u64().expect("datagrams_in counted");
+    assert!(datagrams_in > 0, "{stdout}");
+}
+
+#[test]
+fn a_bare_run_without_up_bytes_reports_no_datagrams_in() {
+    let stdout = fanout(&["--target", "bare", "--json"]);
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("JSON on stdout");
+    assert!(report["runs"][0]["datagrams_in"].is_null(), "{stdout}");
+    assert!(report["runs"][0]["up_datagram_bytes"].is_null(), "{stdout}");
+}

@@ -26,7 +26,7 @@
 //!
 //! ## Child protocol (bare server)
 //! The child prints `addr <ip:port>` and `fingerprint <hex>` on stdout, then answers each
-//! `snap` line on stdin with `snap <sent> <bytes> <failed> <connections>`; it exits when its
+//! `snap` line on stdin with `snap <sent> <bytes> <failed> <connections> <received>`; it exits when its
 //! stdin closes.
 
 use std::io::{BufRead, BufReader, Write};
@@ -101,6 +101,13 @@ pub struct FanoutArgs {
     #[arg(long, value_name = "N", default_value_t = 200,
           value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_DATAGRAM_BYTES)))]
     pub bytes: u32,
+    /// Payload bytes of the datagram each bare client sends the server every tick, as a game
+    /// client sends its input (0: the clients send nothing but QUIC's own packets). With it the
+    /// bare run moves datagrams both ways, the shape of `neonet-load run`, so its CPU is the
+    /// transport's floor for that load.
+    #[arg(long, value_name = "N", default_value_t = 0,
+          value_parser = clap::value_parser!(u32).range(0..=i64::from(MAX_DATAGRAM_BYTES)))]
+    pub up_bytes: u32,
     /// Bare datagrams per client per tick.
     #[arg(long, value_name = "N", default_value_t = 1,
           value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_PER_TICK)))]
@@ -155,8 +162,11 @@ pub struct Measurement {
     pub datagrams_failed: u64,
     /// Datagrams the clients received in the window (bare only; `null` for the relay).
     pub datagrams_received: Option<u64>,
-    /// Datagrams the server received in the window (relay: client inputs; bare: none sent).
+    /// Datagrams the server received in the window (relay: client inputs; bare: the clients'
+    /// `--up-bytes` datagrams, `null` when they send none).
     pub datagrams_in: Option<u64>,
+    /// Payload bytes of each client-to-server datagram (bare only, with `--up-bytes`).
+    pub up_datagram_bytes: Option<u32>,
     /// Mean datagram payload, bytes.
     pub mean_datagram_bytes: f64,
     /// Datagrams per client per tick sent.
@@ -284,7 +294,8 @@ fn print_table(r: &Report) {
     );
     println!(
         "note: clients and server share this machine's {} cores (machine = busy cores in the \
-         window); the relay also receives client inputs (dgrams_in) and runs its world.",
+         window); the relay also receives client inputs (dgrams_in) and runs its world; bare \
+         clients send datagrams (dgrams_in) only with --up-bytes.",
         r.cores
     );
 }
@@ -314,7 +325,7 @@ fn measurement(
     connected: u32,
     a: &Sample,
     b: &Sample,
-    has_received: bool,
+    bare: bool,
 ) -> Measurement {
     let wall = b.at - a.at;
     let wall_s = wall.as_secs_f64().max(f64::MIN_POSITIVE);
@@ -331,8 +342,10 @@ fn measurement(
         window_s: wall_s,
         datagrams_sent: sent,
         datagrams_failed: b.failed.saturating_sub(a.failed),
-        datagrams_received: has_received.then(|| b.received.saturating_sub(a.received)),
-        datagrams_in: (!has_received).then(|| b.datagrams_in.saturating_sub(a.datagrams_in)),
+        datagrams_received: bare.then(|| b.received.saturating_sub(a.received)),
+        datagrams_in: (!bare || args.up_bytes > 0)
+            .then(|| b.datagrams_in.saturating_sub(a.datagrams_in)),
+        up_datagram_bytes: (bare && args.up_bytes > 0).then_some(args.up_bytes),
         mean_datagram_bytes: b.bytes.saturating_sub(a.bytes) as f64 / sent.max(1) as f64,
         datagrams_per_client_tick: sent as f64 / client_ticks,
         server_cpu_s: cpu,
@@ -485,14 +498,14 @@ fn sample_bare(
         .split_whitespace()
         .map(|f| f.parse::<u64>().context("bare server: bad counter"))
         .collect::<anyhow::Result<_>>()?;
-    ensure!(v.len() == 4, "bare server: {line:?}");
-    (s.sent, s.bytes, s.failed, s.connections) = (v[0], v[1], v[2], v[3]);
+    ensure!(v.len() == 5, "bare server: {line:?}");
+    (s.sent, s.bytes, s.failed, s.connections, s.datagrams_in) = (v[0], v[1], v[2], v[3], v[4]);
     Ok(s)
 }
 
 /// Connects `n` bare clients, each on its own endpoint (own UDP socket), each counting the
-/// datagrams it receives into `received`. Returns how many connected and the endpoints (kept
-/// alive by the caller).
+/// datagrams it receives into `received` and, with `--up-bytes`, sending one datagram of that
+/// size every tick. Returns how many connected and the endpoints (kept alive by the caller).
 async fn connect_bare(
     addr: SocketAddr,
     fingerprint: Fingerprint,
@@ -502,6 +515,7 @@ async fn connect_bare(
     let n = args.clients;
     let config = neonet::quic::client_config(&Trust::Sha256(fingerprint), idle_timeout())?;
     let gate = Arc::new(tokio::sync::Semaphore::new(CONNECT_CONCURRENCY));
+    let (up_bytes, hz) = (args.up_bytes, args.hz);
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..n {
         let (config, gate, received) = (config.clone(), gate.clone(), received.clone());
@@ -515,6 +529,21 @@ async fn connect_bare(
             let conn = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
                 .await
                 .context("handshake timed out")??;
+            if up_bytes > 0 {
+                let conn = conn.clone();
+                let payload = Bytes::from(vec![0x5Au8; up_bytes as usize]);
+                tokio::spawn(async move {
+                    let mut interval = tokio::time::interval(Duration::from_secs(1) / hz);
+                    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    loop {
+                        interval.tick().await;
+                        // Fails only once the connection is gone, which ends the task.
+                        if conn.send_datagram(payload.clone()).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
             tokio::spawn(async move {
                 while conn.read_datagram().await.is_ok() {
                     received.fetch_add(1, Relaxed);
@@ -570,8 +599,9 @@ fn self_signed() -> anyhow::Result<ServerIdentity> {
     })
 }
 
-/// The bare fan-out server (child role): accepts any number of connections and sends
-/// `per_tick` datagrams of `bytes` to each every tick, until stdin closes.
+/// The bare fan-out server (child role): accepts any number of connections, sends `per_tick`
+/// datagrams of `bytes` to each every tick and counts the datagrams they send, until stdin
+/// closes.
 async fn serve_bare(args: FanoutArgs) -> anyhow::Result<()> {
     let identity = self_signed()?;
     let (endpoint, buffers) = neonet::quic::server_endpoint(
@@ -587,14 +617,22 @@ async fn serve_bare(args: FanoutArgs) -> anyhow::Result<()> {
         out.flush()?;
     }
     let conns: Arc<Mutex<Vec<quinn::Connection>>> = Arc::default();
+    let datagrams_in = Arc::new(AtomicU64::new(0));
     let accept = {
-        let (endpoint, conns) = (endpoint.clone(), conns.clone());
+        let (endpoint, conns, datagrams_in) =
+            (endpoint.clone(), conns.clone(), datagrams_in.clone());
         tokio::spawn(async move {
             while let Some(incoming) = endpoint.accept().await {
-                let conns = conns.clone();
+                let (conns, datagrams_in) = (conns.clone(), datagrams_in.clone());
                 tokio::spawn(async move {
                     if let Ok(conn) = incoming.await {
-                        conns.lock().unwrap_or_else(|e| e.into_inner()).push(conn);
+                        conns
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push(conn.clone());
+                        while conn.read_datagram().await.is_ok() {
+                            datagrams_in.fetch_add(1, Relaxed);
+                        }
                     }
                 });
             }
@@ -638,7 +676,13 @@ async fn serve_bare(args: FanoutArgs) -> anyhow::Result<()> {
             let s = sent.load(Relaxed);
             let n = conns_for_snap.lock().map_or(0, |c| c.len());
             let mut out = std::io::stdout().lock();
-            writeln!(out, "snap {s} {} {} {n}", s * bytes, failed.load(Relaxed))?;
+            writeln!(
+                out,
+                "snap {s} {} {} {n} {}",
+                s * bytes,
+                failed.load(Relaxed),
+                datagrams_in.load(Relaxed)
+            )?;
             out.flush()?;
         }
         Ok(())

@@ -27,6 +27,7 @@ use std::time::Duration;
 use anyhow::Context;
 use neonet::client::{Client, ClientEvent, ClientOptions, DatagramArrival};
 use neonet::tls::Trust;
+use neonet_proto::msg::Refusal;
 use neonet_proto::predict::CharacterInput;
 use neonet_proto::transform::KIND_SERVER_STATE;
 use neonet_proto::types::{Blueprint, BlueprintId, BlueprintPatch, ReqId};
@@ -109,6 +110,19 @@ impl ClientPlan {
             self.edits_per_s,
             self.area_half_m,
         )
+    }
+}
+
+/// The error a refused change is reported as; a rank refusal says how to get a relay that
+/// allows the change, since that is what a relay started with defaults answers to edits.
+fn refusal_error(reason: Refusal) -> String {
+    match reason {
+        Refusal::Rank => format!(
+            "change refused: {reason} ({reason:?}): edits need builder rank; --spawn-relay \
+             starts a relay whose default rank is builder, or an admin of this relay sets the \
+             world's default rank (Setting::DefaultRank)"
+        ),
+        _ => format!("change refused: {reason} ({reason:?})"),
     }
 }
 
@@ -486,8 +500,7 @@ impl Session {
                 }
                 ClientEvent::Refused { req, reason } => {
                     self.pending.remove(&req);
-                    self.outcome
-                        .error(live, format!("change refused: {reason:?}"));
+                    self.outcome.error(live, refusal_error(reason));
                 }
                 ClientEvent::Disconnected { reason, detail } => {
                     self.outcome.disconnected = true;
@@ -599,6 +612,15 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rank_refusal_says_how_to_get_a_relay_that_allows_edits() {
+        let rank = refusal_error(Refusal::Rank);
+        assert!(rank.contains("not allowed for your rank"), "{rank}");
+        assert!(rank.contains("--spawn-relay"), "{rank}");
+        let other = refusal_error(Refusal::Conflict);
+        assert_eq!(other, "change refused: version conflict (Conflict)");
+    }
 
     #[test]
     fn header_is_read_as_the_receiver_reads_it() {

@@ -17,6 +17,9 @@
 //!   `Acked` event; a refusal is an error.
 //! - **bytes in/out**: the QUIC connection's UDP byte counters
 //!   ([`Client::connection_stats`]), everything included (headers, acks, streams, datagrams).
+//! - **packets in/out**: the same connection's UDP packet counters. A tick's transforms are one
+//!   datagram each way per client, so at `--hz` 30 the ideal is 30 a second each way; the rest
+//!   are QUIC's acknowledgements, the clock sync's pings and pongs, and the reliable streams.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -146,6 +149,10 @@ pub struct ClientOutcome {
     pub bytes_in: u64,
     /// Bytes sent (UDP, everything).
     pub bytes_out: u64,
+    /// UDP packets received (QUIC packets coalesced into one UDP datagram count once).
+    pub packets_in: u64,
+    /// UDP packets sent.
+    pub packets_out: u64,
     /// Server datagrams detected as lost (sequence gaps).
     pub datagrams_lost: u64,
     /// Errors the client survived (refusals, send failures).
@@ -593,6 +600,8 @@ impl Session {
         let stats = self.client.connection_stats();
         self.outcome.bytes_in = stats.udp_rx.bytes;
         self.outcome.bytes_out = stats.udp_tx.bytes;
+        self.outcome.packets_in = stats.udp_rx.datagrams;
+        self.outcome.packets_out = stats.udp_tx.datagrams;
         live.bytes_in.fetch_add(
             stats.udp_rx.bytes.saturating_sub(self.live_in),
             Ordering::Relaxed,

@@ -166,6 +166,10 @@ pub struct Report {
     pub tick_phase_ms: P50P99,
     /// Average traffic per connected client, kbit/s.
     pub kbps_per_client: InOut,
+    /// Average UDP packets per second per connected client, each way: what the kernel and QUIC
+    /// pay for per packet. One tick's transforms are one datagram each way, so `--hz` each way
+    /// is the ideal; the rest are acknowledgements, clock-sync pings and pongs, and streams.
+    pub packets_per_client_s: InOut,
     /// Datagrams the clients detected as lost.
     pub datagrams_lost: u64,
     /// Changes acknowledged as durable per second, across clients; `None` until persistence
@@ -315,6 +319,13 @@ impl Report {
                 format!(
                     "{:.1} / {:.1}",
                     self.kbps_per_client.in_, self.kbps_per_client.out
+                ),
+            ),
+            (
+                "packets_per_client_s in / out",
+                format!(
+                    "{:.1} / {:.1}",
+                    self.packets_per_client_s.in_, self.packets_per_client_s.out
                 ),
             ),
             ("datagrams_lost", self.datagrams_lost.to_string()),
@@ -532,6 +543,7 @@ mod tests {
             "join_ms",
             "update_latency_ms",
             "kbps_per_client",
+            "packets_per_client_s",
             "datagrams_lost",
             "acked_changes_per_s",
             "ack_latency_ms",

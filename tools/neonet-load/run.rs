@@ -553,6 +553,9 @@ struct Aggregate {
     /// Sum over connected clients of their average kbit/s.
     kbps_in_sum: f64,
     kbps_out_sum: f64,
+    /// Sum over connected clients of their average UDP packets/s.
+    pps_in_sum: f64,
+    pps_out_sum: f64,
     datagrams_lost: u64,
     errors: u64,
     disconnects: u64,
@@ -585,6 +588,8 @@ impl Aggregate {
             if secs > 0.0 {
                 self.kbps_in_sum += outcome.bytes_in as f64 * 8.0 / 1000.0 / secs;
                 self.kbps_out_sum += outcome.bytes_out as f64 * 8.0 / 1000.0 / secs;
+                self.pps_in_sum += outcome.packets_in as f64 / secs;
+                self.pps_out_sum += outcome.packets_out as f64 / secs;
             }
         }
         self.update_latency.merge(&outcome.update_latency);
@@ -663,6 +668,10 @@ impl Aggregate {
                 in_: per_client(self.kbps_in_sum),
                 out: per_client(self.kbps_out_sum),
             },
+            packets_per_client_s: InOut {
+                in_: per_client(self.pps_in_sum),
+                out: per_client(self.pps_out_sum),
+            },
             datagrams_lost: self.datagrams_lost,
             acked_changes_per_s,
             ack_latency_ms,
@@ -690,6 +699,8 @@ mod tests {
             update_latency,
             bytes_in: 125_000, // 100 kbit/s over 10 s
             bytes_out: 12_500,
+            packets_in: 600, // 60 packets/s over 10 s
+            packets_out: 450,
             ..ClientOutcome::default()
         }
     }
@@ -712,6 +723,8 @@ mod tests {
         assert_eq!(report.first_errors, vec!["refused".to_string()]);
         assert!((report.kbps_per_client.in_ - 100.0).abs() < 1e-9);
         assert!((report.kbps_per_client.out - 10.0).abs() < 1e-9);
+        assert!((report.packets_per_client_s.in_ - 60.0).abs() < 1e-9);
+        assert!((report.packets_per_client_s.out - 45.0).abs() < 1e-9);
         assert!(report.acked_changes_per_s.is_none() && report.ack_latency_ms.is_none());
         assert_eq!(report.not_measured.len(), 2);
         assert!(!report.succeeded());

@@ -5,7 +5,9 @@
 //! - **bare**: a minimal quinn server (ring, a self-signed rcgen certificate, neonet's own
 //!   transport settings from [`neonet::quic`]: same socket buffers, keep-alive, idle timeout and
 //!   datagram buffers) sends `--per-tick` datagrams of `--bytes` to each of `--clients`
-//!   connections every tick at `--hz`. Nothing else: no world, no encoding, no input.
+//!   connections every tick at `--hz`. Nothing else: no world, no encoding. With `--up-bytes`
+//!   each client also sends it a datagram of that size every tick (a game client's input), so
+//!   datagrams flow both ways as in `neonet-load run`.
 //! - **relay**: a real `neonet-relay` (tick rate `--hz`, fresh data and certificate folders in a
 //!   temporary directory, free loopback ports) with `--clients` joined players, all walking
 //!   forward so transforms flow. Its datagrams sent come from its `/metrics`
@@ -26,8 +28,8 @@
 //!
 //! ## Child protocol (bare server)
 //! The child prints `addr <ip:port>` and `fingerprint <hex>` on stdout, then answers each
-//! `snap` line on stdin with `snap <sent> <bytes> <failed> <connections> <received>`; it exits when its
-//! stdin closes.
+//! `snap` line on stdin with `snap <sent> <bytes> <failed> <connections> <received>`; it exits
+//! when its stdin closes.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;

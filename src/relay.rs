@@ -109,6 +109,13 @@ pub const INBOUND_BATCH_MAX: usize = 256;
 /// fallen that far behind; newer datagrams are dropped (counted as `datagram_inbox_full`), as
 /// an unreliable channel may.
 pub const DATAGRAM_INBOX_MAX: usize = 16_384;
+/// Most QUIC datagrams one connection may have waiting in the [`DatagramInbox`]: 64. The core
+/// takes the inbox at every tick and whenever it wakes, and a client sends about one datagram
+/// per tick, so 64 is two seconds of a 30 Hz client's datagrams behind a stalled core. Beyond
+/// it that connection's newer datagrams are dropped (counted as `datagram_inbox_conn_full`), so
+/// one flooding peer cannot fill the shared inbox and crowd out everyone else's inputs: filling
+/// it takes [`DATAGRAM_INBOX_MAX`] / 64 = 256 connections.
+pub const DATAGRAM_INBOX_PER_CONN_MAX: usize = 64;
 /// Clients whose transform datagrams a tick writes before handing them to QUIC: 32, about
 /// 0.35 ms of writing (≈ 11 µs per client with 100 entities in view, `cargo bench --bench
 /// transform -- server_tick`). The first datagrams leave after that instead of after the whole
@@ -807,9 +814,10 @@ async fn serve_connection(
     let datagrams = {
         let conn = conn.clone();
         tokio::spawn(async move {
+            let mut quota = InboxQuota::default();
             while let Ok(data) = conn.read_datagram().await {
                 // Unreliable by nature: when the core is behind, dropped rather than waited for.
-                inbox.push(id, data);
+                inbox.push(id, data, &mut quota);
             }
         })
     };
@@ -933,16 +941,35 @@ const SUBMIT_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(1);
 
 /// QUIC datagrams on their way to the core, with their arrival times, taken whenever the core
 /// runs instead of waking it for each (see the module documentation). Bounded by
-/// [`DATAGRAM_INBOX_MAX`].
+/// [`DATAGRAM_INBOX_MAX`] in all and [`DATAGRAM_INBOX_PER_CONN_MAX`] per connection.
 #[derive(Debug)]
 pub struct DatagramInbox {
-    queue: Mutex<Vec<InboxDatagram>>,
+    queue: Mutex<InboxQueue>,
     /// The queue's length, read without the lock to skip an empty inbox.
     len: std::sync::atomic::AtomicUsize,
     /// Datagrams dropped because the inbox was full, not yet counted in the metrics.
     dropped: AtomicU64,
+    /// Datagrams dropped because their connection had its share waiting, not yet counted.
+    dropped_conn: AtomicU64,
     /// The core's clock zero: arrival times are on the core's clock.
     start: Instant,
+}
+
+#[derive(Debug, Default)]
+struct InboxQueue {
+    datagrams: Vec<InboxDatagram>,
+    /// How many times the core has taken the queue: a connection's [`InboxQuota`] from an
+    /// earlier take counts nothing still waiting.
+    takes: u64,
+}
+
+/// One connection's share of the [`DatagramInbox`], kept by its reader: how many of its
+/// datagrams wait there since the core's last take. No map in the inbox, no work in the core.
+#[derive(Debug, Default)]
+struct InboxQuota {
+    /// The take count the `waiting` figure belongs to.
+    takes: u64,
+    waiting: usize,
 }
 
 #[derive(Debug)]
@@ -955,23 +982,36 @@ struct InboxDatagram {
 impl DatagramInbox {
     fn new(start: Instant) -> DatagramInbox {
         DatagramInbox {
-            queue: Mutex::new(Vec::new()),
+            queue: Mutex::new(InboxQueue::default()),
             len: std::sync::atomic::AtomicUsize::new(0),
             dropped: AtomicU64::new(0),
+            dropped_conn: AtomicU64::new(0),
             start,
         }
     }
 
-    /// Queues a datagram that arrived now, or drops it when the inbox is full.
-    fn push(&self, conn: ConnId, data: Bytes) {
+    /// Queues a datagram from `conn` that arrived now, or drops it when `conn` already has its
+    /// share waiting (`quota`, its reader's) or the inbox is full.
+    fn push(&self, conn: ConnId, data: Bytes, quota: &mut InboxQuota) {
         let at = Time(self.start.elapsed().as_micros() as u64);
         let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-        if q.len() >= DATAGRAM_INBOX_MAX {
+        if quota.takes != q.takes {
+            *quota = InboxQuota {
+                takes: q.takes,
+                waiting: 0,
+            };
+        }
+        if quota.waiting >= DATAGRAM_INBOX_PER_CONN_MAX {
+            self.dropped_conn.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if q.datagrams.len() >= DATAGRAM_INBOX_MAX {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        q.push(InboxDatagram { conn, data, at });
-        self.len.store(q.len(), Ordering::Release);
+        quota.waiting += 1;
+        q.datagrams.push(InboxDatagram { conn, data, at });
+        self.len.store(q.datagrams.len(), Ordering::Release);
     }
 
     /// Moves every queued datagram into `into` (emptied first), oldest first.
@@ -981,7 +1021,8 @@ impl DatagramInbox {
             return;
         }
         let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-        std::mem::swap(&mut *q, into);
+        std::mem::swap(&mut q.datagrams, into);
+        q.takes += 1;
         self.len.store(0, Ordering::Release);
     }
 }
@@ -1028,8 +1069,16 @@ impl CoreTask {
         }
         self.inbox_batch = batch;
         let dropped = self.inbox.dropped.swap(0, Ordering::Relaxed);
-        if let Some(m) = self.metrics.as_ref().filter(|_| dropped > 0) {
-            m.record_drops("datagram_inbox_full", dropped);
+        let dropped_conn = self.inbox.dropped_conn.swap(0, Ordering::Relaxed);
+        if let Some(m) = &self.metrics {
+            for (reason, n) in [
+                ("datagram_inbox_full", dropped),
+                ("datagram_inbox_conn_full", dropped_conn),
+            ] {
+                if n > 0 {
+                    m.record_drops(reason, n);
+                }
+            }
         }
     }
 
@@ -1413,7 +1462,8 @@ mod inbox_tests {
         assert!(batch.is_empty(), "an empty inbox hands over nothing");
         let extra = 10;
         for i in 0..DATAGRAM_INBOX_MAX + extra {
-            inbox.push(ConnId(i as u64), Bytes::from(vec![1, 2, 3]));
+            let mut quota = InboxQuota::default();
+            inbox.push(ConnId(i as u64), Bytes::from(vec![1, 2, 3]), &mut quota);
         }
         inbox.take(&mut batch);
         assert_eq!(batch.len(), DATAGRAM_INBOX_MAX);
@@ -1424,9 +1474,37 @@ mod inbox_tests {
         assert!(batch.windows(2).all(|w| w[0].at <= w[1].at));
         assert_eq!(inbox.dropped.load(Ordering::Relaxed), extra as u64);
         // Taken means gone: room again, and the next take holds only what came after.
-        inbox.push(ConnId(7), Bytes::from_static(b"late"));
+        inbox.push(
+            ConnId(7),
+            Bytes::from_static(b"late"),
+            &mut InboxQuota::default(),
+        );
         inbox.take(&mut batch);
         assert_eq!(batch.len(), 1);
         assert_eq!(batch[0].data, Bytes::from_static(b"late"));
+    }
+
+    #[test]
+    fn a_flooding_connection_cannot_crowd_out_another_connections_datagrams() {
+        let inbox = DatagramInbox::new(Instant::now());
+        let (mut flood, mut quiet) = (InboxQuota::default(), InboxQuota::default());
+        for _ in 0..DATAGRAM_INBOX_MAX {
+            inbox.push(ConnId(1), Bytes::from_static(b"flood"), &mut flood);
+        }
+        inbox.push(ConnId(2), Bytes::from_static(b"input"), &mut quiet);
+        let mut batch = Vec::new();
+        inbox.take(&mut batch);
+        let from = |c: u64| batch.iter().filter(|d| d.conn == ConnId(c)).count();
+        assert_eq!(from(1), DATAGRAM_INBOX_PER_CONN_MAX);
+        assert_eq!(from(2), 1, "the quiet connection's datagram got in");
+        assert_eq!(
+            inbox.dropped_conn.load(Ordering::Relaxed),
+            (DATAGRAM_INBOX_MAX - DATAGRAM_INBOX_PER_CONN_MAX) as u64
+        );
+        assert_eq!(inbox.dropped.load(Ordering::Relaxed), 0);
+        // After the core took them, the flooder's share is free again.
+        inbox.push(ConnId(1), Bytes::from_static(b"next"), &mut flood);
+        inbox.take(&mut batch);
+        assert_eq!(batch.len(), 1);
     }
 }

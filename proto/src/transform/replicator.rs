@@ -105,12 +105,6 @@ pub struct TickSummary {
     pub deferred: usize,
 }
 
-/// A baseline as the packer uses it, unpacked from [`Tracked`].
-#[derive(Clone, Copy, Debug)]
-struct Baseline {
-    sample: Sample,
-}
-
 /// Splits a `u64` into 4-byte-aligned halves (low, high) so it packs into [`Tracked`] without
 /// padding.
 #[inline]
@@ -255,13 +249,11 @@ impl Tracked {
         self.has_baseline().then(|| Tick(whole(self.base_tick)))
     }
 
-    /// The baseline, if any.
+    /// The baseline, unpacked, if any.
     #[inline]
-    fn baseline(&self) -> Option<Baseline> {
+    fn baseline(&self) -> Option<Sample> {
         let tick = self.baseline_tick()?;
-        Some(Baseline {
-            sample: self.base.unpack(tick),
-        })
+        Some(self.base.unpack(tick))
     }
 
     #[inline]
@@ -942,13 +934,9 @@ impl ClientReplicator {
         let slot = c.slot as usize;
         let t = &self.tracked[slot];
         match (coded, &t.baseline()) {
-            (Coded::Delta { .. }, Some(b)) => write_delta(
-                &mut self.scratch.body,
-                &self.qz,
-                &entities[slot].q,
-                tick,
-                &b.sample,
-            ),
+            (Coded::Delta { .. }, Some(b)) => {
+                write_delta(&mut self.scratch.body, &self.qz, &entities[slot].q, tick, b)
+            }
             (Coded::Absolute, _) => {
                 write_absolute(&mut self.scratch.body, &self.qz, &entities[slot].q)
             }
@@ -1267,7 +1255,7 @@ impl ClientReplicator {
             let start = w.len_bits();
             match (coded, &t.baseline()) {
                 (Coded::Delta { .. }, Some(b)) => {
-                    write_delta_run(&mut w, &self.qz, q, input.tick, &b.sample)
+                    write_delta_run(&mut w, &self.qz, q, input.tick, b)
                 }
                 (Coded::Absolute, _) => write_absolute_run(&mut w, &self.qz, q),
                 _ => {}
@@ -1507,7 +1495,7 @@ fn commit_record(
             debug_assert_eq!(
                 sample.unpack(input.tick),
                 match (coded, &t.baseline()) {
-                    (Coded::Delta { .. }, Some(b)) => Sample::from_base(input.tick, q, &b.sample),
+                    (Coded::Delta { .. }, Some(b)) => Sample::from_base(input.tick, q, b),
                     _ => Sample::absolute(input.tick, q),
                 }
             );

@@ -93,7 +93,7 @@ pub struct ClientOptions {
     pub server_name: String,
     /// Bound on the QUIC handshake plus the join. Default 10 s.
     pub connect_timeout: Duration,
-    /// QUIC idle timeout. Default [`crate::config::IDLE_TIMEOUT_MS_DEFAULT`].
+    /// QUIC idle timeout. Default [`crate::quic::IDLE_TIMEOUT_MS_DEFAULT`].
     pub idle_timeout: Duration,
 }
 
@@ -105,7 +105,7 @@ impl Default for ClientOptions {
             trust: Trust::default(),
             server_name: crate::tls::DEFAULT_SERVER_NAME.into(),
             connect_timeout: CONNECT_TIMEOUT_DEFAULT,
-            idle_timeout: Duration::from_millis(crate::config::IDLE_TIMEOUT_MS_DEFAULT),
+            idle_timeout: Duration::from_millis(crate::quic::IDLE_TIMEOUT_MS_DEFAULT),
         }
     }
 }

@@ -35,10 +35,8 @@ pub const DEFAULT_DATA_DIR: &str = "data";
 /// Default most simultaneous transport connections (joined or not). Each costs a few tasks and
 /// buffers; a player limit is a separate, world-level setting.
 pub const CONNECTIONS_MAX_DEFAULT: usize = 4096;
-/// Default QUIC idle timeout, ms: a connection silent this long is gone. Clients ping every
-/// second and QUIC keep-alives run every [`crate::quic::KEEP_ALIVE_INTERVAL`], so only a dead
-/// peer or path reaches it.
-pub const IDLE_TIMEOUT_MS_DEFAULT: u64 = 30_000;
+/// Default QUIC idle timeout, ms: defined with the transport, which the client shares.
+pub use crate::quic::IDLE_TIMEOUT_MS_DEFAULT;
 /// Default interval between writes of fast-changing state (moving apps), ms: the store's
 /// [`crate::store::DIRTY_FLUSH_INTERVAL_DEFAULT`]. A crash loses at most this much motion.
 pub const DIRTY_FLUSH_INTERVAL_MS_DEFAULT: u64 = 1_000;

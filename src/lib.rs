@@ -3,6 +3,13 @@
 //! QUIC transport (quinn + rustls/ring), the relay server runtime, the native client facade,
 //! redb persistence, certificates, config and metrics. All world logic lives in
 //! [`neonet_proto`]; this crate only moves bytes and time in and out of it.
+//!
+//! ## Features
+//! - `relay` (default): the relay server and everything only it needs ([`relay`], [`store`],
+//!   [`http`], [`metrics`], [`auth`], [`config`], the `neonet-relay` binary) with their
+//!   dependencies (redb, axum, the Prometheus exporter, clap, toml). A game that only connects to
+//!   a relay depends on `neonet` with `default-features = false` and gets [`client`], [`quic`]
+//!   and [`tls`].
 #![warn(missing_docs)]
 
 pub use neonet_proto as proto;
@@ -12,13 +19,18 @@ pub use neonet_proto as proto;
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 
+#[cfg(feature = "relay")]
 pub mod auth;
 pub mod client;
+#[cfg(feature = "relay")]
 pub mod config;
+#[cfg(feature = "relay")]
 pub mod http;
+#[cfg(feature = "relay")]
 pub mod metrics;
-pub mod proxy;
 pub mod quic;
+#[cfg(feature = "relay")]
 pub mod relay;
+#[cfg(feature = "relay")]
 pub mod store;
 pub mod tls;

@@ -35,6 +35,11 @@ use neonet_proto::msg::{Channel, CloseReason};
 
 use crate::tls::{ServerIdentity, TlsError, Trust};
 
+/// Default QUIC idle timeout, ms: a connection silent this long is gone. Clients ping every
+/// second and QUIC keep-alives run every [`KEEP_ALIVE_INTERVAL`], so only a dead peer or path
+/// reaches it. Here rather than in the relay's configuration because the client uses it too.
+pub const IDLE_TIMEOUT_MS_DEFAULT: u64 = 30_000;
+
 /// QUIC keep-alive interval: well under any NAT's UDP mapping timeout (≥ 30 s is common) and the
 /// idle timeout, so a quiet but live connection is never dropped.
 pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(5);

@@ -88,7 +88,7 @@ fn a_client_predicts_its_own_movement_against_the_relay() {
 
 #[test]
 fn through_a_lossy_jittery_proxy_a_client_still_sees_movement_and_chat() {
-    use neonet::proxy::{Proxy, ProxyConfig, ProxyLimits};
+    use neonet_proxy::{Proxy, ProxyConfig, ProxyLimits};
     let relay = TestRelay::start();
     let proxy = Proxy::start_on_thread(
         ProxyConfig {

@@ -10,7 +10,8 @@
 //! - [`client`]: [`client::ClientCore`], one participant's view.
 //! - [`transform`]: quantization, delta compression, priorities and interest for entity motion.
 //! - [`predict`]: movement model, prediction and reconciliation, clock sync, interpolation.
-//! - [`sim`]: the deterministic simulated network for tests and the load tool.
+//! - `sim` (feature `sim`, off by default): the deterministic simulated network, the motion
+//!   scenarios and the prediction bench, for tests, benches and the load tool.
 //!
 //! ## Driving a core
 //! Like quinn-proto: feed inputs with `handle_*(…, now)`, then drain outputs with `poll_*` until
@@ -26,6 +27,7 @@ pub mod msg;
 pub mod predict;
 pub mod rng;
 pub mod server;
+#[cfg(feature = "sim")]
 pub mod sim;
 pub mod time;
 pub mod transform;

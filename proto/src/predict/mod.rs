@@ -21,7 +21,8 @@
 //! - [`interp`]: [`interp::Interpolation`]: per-entity sample buffers rendered at an adaptive
 //!   delay (≈ 3 send intervals + jitter), lerp and slerp, teleport snap, bounded extrapolation.
 //! - [`client`]: [`client::PredictedClient`], the one type a client drives.
-//! - [`bench`](mod@bench): [`bench::bench_run`], the crowd simulation the load tool reports from.
+//! - `bench` (feature `sim`): `bench::bench_run`, the crowd simulation the load tool reports
+//!   from.
 //!
 //! ## Per tick, server-authoritative mode
 //! Server, for each player's [`server::PlayerMotion`]: on an input datagram,
@@ -45,6 +46,7 @@
 //! decides how early the client runs, i.e. whether inputs arrive in time. A late input is not an
 //! error, just a repeated input on the server and one correction on the client.
 
+#[cfg(feature = "sim")]
 pub mod bench;
 pub mod client;
 pub mod clock;
@@ -54,6 +56,7 @@ pub mod predictor;
 pub mod server;
 pub mod wire;
 
+#[cfg(feature = "sim")]
 pub use bench::{bench_run, PredictionReport};
 pub use client::PredictedClient;
 pub use clock::{ClientTickClock, ClockSync, PingSample};

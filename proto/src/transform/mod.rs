@@ -18,7 +18,8 @@
 //!   upstream.
 //! - [`encode_client_datagram`] / [`decode_client_datagram`]: the client's upstream datagram
 //!   (ack header, opaque input blob, owned entities' transforms).
-//! - [`scenario`]: deterministic motion generators and the in-process bandwidth runner.
+//! - `scenario` (feature `sim`): deterministic motion generators and the in-process bandwidth
+//!   runner.
 //!
 //! # Which baseline a delta is against
 //! Baselines are per entity, not per datagram: with a priority accumulator and a budget, each
@@ -68,6 +69,7 @@ pub mod quant;
 mod receiver;
 pub mod record;
 mod replicator;
+#[cfg(feature = "sim")]
 pub mod scenario;
 pub mod seq;
 mod upstream;

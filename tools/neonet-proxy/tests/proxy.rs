@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use neonet::proxy::{Proxy, ProxyConfig, ProxyHandle, ProxyLimits, ProxyStats};
+use neonet_proxy::{Proxy, ProxyConfig, ProxyHandle, ProxyLimits, ProxyStats};
 use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, timeout, Instant};
@@ -336,51 +336,6 @@ async fn invalid_config_and_missing_runtime_are_errors() {
     assert!(outside.is_err());
 }
 
-/// `neonet-load proxy` as a process: it logs its listen address, relays, and takes its flags.
-#[tokio::test]
-async fn the_proxy_subcommand_relays() {
-    use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
-
-    /// Kills the child even when an assertion fails, so no process outlives the test.
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-
-    let echo = Echo::start().await;
-    let mut child = Kill(
-        Command::new(env!("CARGO_BIN_EXE_neonet-load"))
-            .args(["--log", "info", "proxy", "--listen", "127.0.0.1:0"])
-            .args(["--upstream", &echo.addr.to_string()])
-            .args(["--loss", "0", "--delay-ms", "1", "--jitter-ms", "1"])
-            .args(["--dup", "0", "--reorder", "0", "--seed", "1"])
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let stderr = child.0.stderr.take().unwrap();
-    // The first log line names the bound address; read it off the blocking pipe on a thread.
-    let line = tokio::task::spawn_blocking(move || {
-        let mut line = String::new();
-        BufReader::new(stderr).read_line(&mut line).map(|_| line)
-    });
-    let line = timeout(WAIT_LIMIT, line).await.unwrap().unwrap().unwrap();
-    let addr: SocketAddr = line
-        .split_whitespace()
-        .find_map(|field| field.strip_prefix("listen="))
-        .unwrap_or_else(|| panic!("no listen address in {line:?}"))
-        .parse()
-        .unwrap();
-    let socket = client().await;
-    send_numbered(&socket, addr, 20).await;
-    assert_eq!(receive(&socket, 20).await, (0..20).collect::<Vec<u32>>());
-    drop(child);
-}
-
 /// Sends 200 datagrams through a lossy, duplicating proxy; returns what came back and the
 /// settled counters.
 async fn lossy_run(seed: u64) -> (Vec<u32>, ProxyStats) {
@@ -394,7 +349,7 @@ async fn lossy_run(seed: u64) -> (Vec<u32>, ProxyStats) {
     send_numbered(&socket, proxy.local_addr(), 200).await;
     // Everything sent has been decided once the upstream direction's counters add up, and the
     // replies once the client direction's do.
-    let settled = |d: &neonet::proxy::DirectionStats| {
+    let settled = |d: &neonet_proxy::DirectionStats| {
         d.packets_out + d.send_failed + d.dropped + d.overflowed == d.packets_in + d.duplicated
     };
     let stats = stats_until(&proxy, |s| {
@@ -419,58 +374,6 @@ async fn the_same_seed_gives_the_same_losses() {
     assert_eq!(stats_a, stats_b);
     let (got_c, _) = lossy_run(43).await;
     assert_ne!(got_a, got_c, "seeds 42 and 43 gave the same trace");
-}
-
-/// `neonet-load run` writes its report, with the impairment proxy's counters, and exits
-/// non-zero when clients fail (here: nothing but a UDP echo listens at the address).
-#[tokio::test]
-async fn the_run_subcommand_reports_failed_clients_with_a_nonzero_exit() {
-    let echo = Echo::start().await;
-    let dir = std::env::temp_dir().join(format!("neonet-load-run-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let json = dir.join("report.json");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_neonet-load"))
-        .args(["--log", "warn", "run", "--addr", &echo.addr.to_string()])
-        .args([
-            "--clients",
-            "2",
-            "--ramp",
-            "0s",
-            "--duration",
-            "1s",
-            "--seed",
-            "1",
-        ])
-        .args(["--via-proxy", "--loss", "0.5", "--json"])
-        .arg(&json)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + WAIT_LIMIT;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("neonet-load run did not finish");
-        }
-        sleep(Duration::from_millis(20)).await;
-    };
-    let mut stdout = String::new();
-    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut stdout).unwrap();
-    assert_eq!(status.code(), Some(1), "{stdout}");
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
-    assert_eq!(report["clients_target"], 2);
-    assert_eq!(report["clients_connected"], 0);
-    assert_eq!(report["clients_failed"], 2);
-    assert!(report["acked_changes_per_s"].is_null());
-    assert!(report["proxy"]["to_upstream"].is_object());
-    assert!(stdout.contains("clients_failed"), "{stdout}");
 }
 
 /// Without any runtime: the proxy on its own thread, blocking sockets on both ends.

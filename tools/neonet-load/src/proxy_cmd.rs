@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use neonet::proxy::{Proxy, ProxyConfig, ProxyStats};
+use neonet_proxy::{Proxy, ProxyConfig, ProxyStats};
 
 use crate::cli::{clock_seed, ProxyArgs};
 

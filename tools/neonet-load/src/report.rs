@@ -184,7 +184,7 @@ pub struct Report {
     /// Up to [`MAX_REPORTED_ERRORS`] distinct error messages.
     pub first_errors: Vec<String>,
     /// The impairment proxy's counters, when clients went through it.
-    pub proxy: Option<neonet::proxy::ProxyStats>,
+    pub proxy: Option<neonet_proxy::ProxyStats>,
     /// The relay's own figures, when it ran in this process (`--spawn-relay`).
     pub relay: Option<RelayFigures>,
     /// Where the CPU went over the measured window; `None` where `/proc` is not readable.

@@ -100,9 +100,15 @@ impl LinkConfig {
     }
 }
 
-/// One direction's state: its config, burst state and partition windows.
+/// One direction of a link: its [`LinkConfig`], its burst state and its partition windows. The
+/// one link model of the crate: [`Sim`], the bandwidth runner (`transform::scenario`) and the
+/// prediction bench (`predict::bench`) all decide each packet's fate here, drawing from a seeded
+/// [`Rng`] the caller owns, so the same seed gives the same fates.
+///
+/// A draw happens only for an impairment that is configured (a zero probability or a zero
+/// jitter draws nothing), so a plain link's sequence does not depend on the impairments it lacks.
 #[derive(Clone, Debug)]
-struct Link {
+pub struct Link {
     config: LinkConfig,
     in_burst: bool,
     partitions: Vec<(Time, Time)>,
@@ -111,7 +117,8 @@ struct Link {
 }
 
 impl Link {
-    fn new(config: LinkConfig) -> Link {
+    /// A link with `config`, not in a burst, never partitioned.
+    pub fn new(config: LinkConfig) -> Link {
         Link {
             config,
             in_burst: false,
@@ -120,14 +127,33 @@ impl Link {
         }
     }
 
-    fn partitioned_until(&self, t: Time) -> Option<Time> {
+    /// The impairments now.
+    pub fn config(&self) -> &LinkConfig {
+        &self.config
+    }
+
+    /// Changes the impairments from now on (packets in flight keep their arrival times).
+    pub fn set_config(&mut self, config: LinkConfig) {
+        self.config = config;
+    }
+
+    /// Cuts the link for packets sent in `[from, until)`: datagrams are lost, reliable frames
+    /// wait for the end.
+    pub fn partition(&mut self, from: Time, until: Time) {
+        self.partitions.push((from, until));
+    }
+
+    /// When the partition covering `t` ends, if one does.
+    pub fn partitioned_until(&self, t: Time) -> Option<Time> {
         self.partitions
             .iter()
             .find(|(a, b)| *a <= t && t < *b)
             .map(|(_, b)| *b)
     }
 
-    fn lost(&mut self, rng: &mut Rng) -> bool {
+    /// Whether the next packet is lost: the burst state moves on (Gilbert–Elliott), then an
+    /// independent loss is drawn.
+    pub fn lost(&mut self, rng: &mut Rng) -> bool {
         let c = &self.config;
         if self.in_burst {
             if rng.chance(c.burst_exit) {
@@ -139,14 +165,16 @@ impl Link {
         self.in_burst || rng.chance(c.loss)
     }
 
-    fn delay(&self, rng: &mut Rng) -> Duration {
+    /// One packet's one-way delay: the latency plus a uniform jitter in `[0, jitter]`, to the
+    /// microsecond.
+    pub fn delay(&self, rng: &mut Rng) -> Duration {
         let j = self.config.jitter.as_micros() as u64;
         let extra = if j == 0 { 0 } else { rng.below(j + 1) };
         self.config.latency + Duration::from_micros(extra)
     }
 
     /// When a reliable frame sent at `now` on `channel` arrives.
-    fn reliable_arrival(&mut self, channel: Channel, now: Time, rng: &mut Rng) -> Time {
+    pub fn reliable_arrival(&mut self, channel: Channel, now: Time, rng: &mut Rng) -> Time {
         let rto = (self.config.latency * 2 + self.config.jitter) * 3 / 2;
         let mut send = now;
         // Bounded: after 64 losses in a row the frame goes through (the link is ~dead anyway).
@@ -168,8 +196,9 @@ impl Link {
         t
     }
 
-    /// When copies of a datagram sent at `now` arrive (empty if lost).
-    fn datagram_arrivals(&mut self, len: usize, now: Time, rng: &mut Rng) -> Vec<Time> {
+    /// When copies of a datagram of `len` bytes sent at `now` arrive: none if it is larger than
+    /// the MTU, sent during a partition or lost; two if duplicated.
+    pub fn datagram_arrivals(&mut self, len: usize, now: Time, rng: &mut Rng) -> Vec<Time> {
         if len > self.config.mtu || self.partitioned_until(now).is_some() || self.lost(rng) {
             return Vec::new();
         }
@@ -340,15 +369,15 @@ impl Sim {
     /// Cuts both directions of client `idx`'s link from now for `duration`.
     pub fn partition(&mut self, idx: usize, duration: Duration) {
         let w = (self.now, self.now + duration);
-        self.clients[idx].up.partitions.push(w);
-        self.clients[idx].down.partitions.push(w);
+        self.clients[idx].up.partition(w.0, w.1);
+        self.clients[idx].down.partition(w.0, w.1);
         self.note(format!("c{idx} partition {}ms", duration.as_millis()));
     }
 
     /// Changes client `idx`'s link impairments (both directions).
     pub fn set_link(&mut self, idx: usize, up: LinkConfig, down: LinkConfig) {
-        self.clients[idx].up.config = up;
-        self.clients[idx].down.config = down;
+        self.clients[idx].up.set_config(up);
+        self.clients[idx].down.set_config(down);
     }
 
     /// The client's transport drops (as if its process died): the server notices after
@@ -618,5 +647,60 @@ pub fn run_seeds(seeds: std::ops::Range<u64>, scenario: impl Fn(u64)) {
             eprintln!("simulation failed with seed {seed}: rerun with NEONET_SEED={seed}");
             std::panic::resume_unwind(e);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The generator's next output, without moving `rng` on.
+    fn peek(rng: &Rng) -> u64 {
+        rng.clone().next_u64()
+    }
+
+    #[test]
+    fn a_link_draws_only_for_the_impairments_it_has() {
+        let mut rng = Rng::new(7);
+        let mut plain = Link::new(LinkConfig::with_latency(Duration::from_millis(50)));
+        let before = peek(&rng);
+        assert_eq!(
+            plain.datagram_arrivals(100, Time::ZERO, &mut rng),
+            vec![Time(50_000)]
+        );
+        assert_eq!(peek(&rng), before, "a plain link drew from the generator");
+
+        // Loss and jitter: one draw each per datagram, loss first, as the bandwidth runner and
+        // the prediction bench always drew them.
+        let config = LinkConfig {
+            loss: 0.5,
+            jitter: Duration::from_micros(999),
+            ..LinkConfig::with_latency(Duration::from_millis(50))
+        };
+        let mut link = Link::new(config);
+        let mut twin = rng.clone();
+        for _ in 0..100 {
+            let got = link.datagram_arrivals(100, Time::ZERO, &mut rng);
+            let want = if twin.chance(0.5) {
+                Vec::new()
+            } else {
+                vec![Time(50_000 + twin.below(1_000))]
+            };
+            assert_eq!(got, want);
+        }
+        assert_eq!(peek(&rng), peek(&twin));
+    }
+
+    #[test]
+    fn a_partitioned_link_loses_datagrams_without_drawing_and_holds_frames() {
+        let mut rng = Rng::new(7);
+        let mut link = Link::new(LinkConfig::hostile());
+        link.partition(Time(1_000), Time(2_000));
+        let before = peek(&rng);
+        assert!(link
+            .datagram_arrivals(100, Time(1_500), &mut rng)
+            .is_empty());
+        assert_eq!(peek(&rng), before);
+        assert!(link.reliable_arrival(Channel::World, Time(1_500), &mut rng) >= Time(2_000));
     }
 }

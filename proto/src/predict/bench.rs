@@ -1,9 +1,10 @@
 //! A self-contained crowd simulation measuring prediction and interpolation quality, for the load
 //! tool (`neonet-load sim`) and this module's scenario tests.
 //!
-//! It runs one server and `players` clients over a small link model of its own (each direction
-//! of each client: independent loss, one-way delay `rtt/2 − jitter/2 + uniform(0, jitter)`,
-//! scheduled partitions and loss bursts) in 1 ms steps of virtual time. Every client is a bot
+//! It runs one server and `players` clients over the simulated network's link model
+//! ([`crate::sim::Link`], each direction of each client with its own generator: independent
+//! loss, one-way delay `rtt/2 − jitter/2 + uniform(0, jitter)`, scheduled partitions) in 1 ms
+//! steps of virtual time. Every client is a bot
 //! that changes direction every 0.5–2 s, runs sometimes and jumps now and then; it predicts with
 //! [`Predictor`](super::Predictor), syncs its clock with [`ClockSync`](super::ClockSync) and [`ClientTickClock`](super::ClientTickClock), and sends its
 //! unacknowledged inputs every tick. The server buffers them per player ([`InputBuffer`](super::InputBuffer)),
@@ -16,12 +17,14 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::rc::Rc;
+use std::time::Duration;
 
 use super::client::PredictedClient;
 use super::movement::{distance, CharacterConfig, CharacterInput, KinematicCharacter};
 use super::predictor::Reconciliation;
 use super::server::PlayerMotion;
 use crate::rng::Rng;
+use crate::sim::{Link, LinkConfig};
 use crate::time::{Tick, TickClock, Time};
 use crate::types::{EntityId, Transform, Vec3};
 
@@ -152,40 +155,70 @@ impl<T> Ord for Pending<T> {
     }
 }
 
-/// One direction of one client's path.
-struct Link<T> {
+/// A point in the run, `s` seconds in, to the microsecond.
+fn at_s(s: f64) -> Time {
+    Time((s.max(0.0) * 1e6).round() as u64)
+}
+
+/// The simulated network's link for a round trip of `rtt_ms`: each datagram's one-way delay is
+/// `rtt/2 − jitter/2 + uniform(0, jitter)` (so the mean one-way delay is half the round trip),
+/// each is lost with probability `loss`, and no message is too large (the bench's messages stand
+/// for datagrams without being encoded).
+fn link_config(cfg: &BenchConfig, rtt_ms: f64) -> LinkConfig {
+    let jitter_ms = cfg.jitter_ms.max(0.0);
+    let latency_ms = (rtt_ms / 2.0 - jitter_ms / 2.0).max(0.0);
+    LinkConfig {
+        latency: Duration::from_micros((latency_ms * 1000.0).round() as u64),
+        jitter: Duration::from_micros((jitter_ms * 1000.0).round() as u64),
+        loss: cfg.loss,
+        mtu: usize::MAX,
+        ..LinkConfig::default()
+    }
+}
+
+/// One direction of one client's path: the simulated network's [`Link`] deciding each
+/// message's fate from this direction's own generator, and the messages in flight.
+struct Path<T> {
+    link: Link,
     rng: Rng,
     queue: BinaryHeap<Reverse<Pending<T>>>,
     seq: u64,
 }
 
-impl<T> Link<T> {
-    fn new(rng: Rng) -> Self {
-        Link {
+impl<T: Clone> Path<T> {
+    /// A direction of `cfg`'s link, cut during `cfg.partitions`.
+    fn new(cfg: &BenchConfig, rng: Rng) -> Self {
+        let mut link = Link::new(link_config(cfg, cfg.rtt_ms));
+        for &(from, until) in &cfg.partitions {
+            link.partition(at_s(from), at_s(until));
+        }
+        Path {
+            link,
             rng,
             queue: BinaryHeap::new(),
             seq: 0,
         }
     }
 
-    fn send(&mut self, now_us: u64, msg: T, cfg: &BenchConfig) {
-        let now_s = now_us as f64 / 1e6;
-        if cfg.partitions.iter().any(|&(a, b)| now_s >= a && now_s < b) || self.rng.chance(cfg.loss)
-        {
-            return;
+    fn send(&mut self, now_us: u64, msg: T) {
+        let arrivals = self.link.datagram_arrivals(0, Time(now_us), &mut self.rng);
+        let copies = arrivals.len();
+        let mut msg = Some(msg);
+        for (i, at) in arrivals.into_iter().enumerate() {
+            let Some(copy) = (if i + 1 == copies {
+                msg.take()
+            } else {
+                msg.clone()
+            }) else {
+                break;
+            };
+            self.seq += 1;
+            self.queue.push(Reverse(Pending {
+                at_us: at.as_micros(),
+                seq: self.seq,
+                msg: copy,
+            }));
         }
-        let rtt = match cfg.rtt_change {
-            Some((at, rtt)) if now_s >= at => rtt,
-            _ => cfg.rtt_ms,
-        };
-        let base_ms = (rtt / 2.0 - cfg.jitter_ms / 2.0).max(0.0);
-        let delay_ms = base_ms + self.rng.range_f64(0.0, cfg.jitter_ms.max(0.0));
-        self.seq += 1;
-        self.queue.push(Reverse(Pending {
-            at_us: now_us + (delay_ms * 1000.0) as u64,
-            seq: self.seq,
-            msg,
-        }));
     }
 
     fn poll(&mut self, now_us: u64) -> Option<T> {
@@ -196,11 +229,13 @@ impl<T> Link<T> {
     }
 }
 
+#[derive(Clone)]
 enum Up {
     Inputs(Vec<u8>),
     Ping(u64),
 }
 
+#[derive(Clone)]
 enum Down {
     Own(Vec<u8>),
     Pong {
@@ -239,8 +274,8 @@ struct Client {
     core: PredictedClient,
     observer: bool,
     bot: Bot,
-    up: Link<Up>,
-    down: Link<Down>,
+    up: Path<Up>,
+    down: Path<Down>,
 }
 
 /// Resolution of the error histograms, metres: 1 mm, far below the 5 cm target.
@@ -333,8 +368,8 @@ pub fn run_bench(cfg: &BenchConfig) -> PredictionReport {
                 input: CharacterInput::default(),
                 next_change_tick: 0,
             },
-            up: Link::new(rng.fork()),
-            down: Link::new(rng.fork()),
+            up: Path::new(cfg, rng.fork()),
+            down: Path::new(cfg, rng.fork()),
         })
         .collect();
     let mut server_clock = TickClock::new(hz, Time::ZERO);
@@ -353,9 +388,21 @@ pub fn run_bench(cfg: &BenchConfig) -> PredictionReport {
     let (mut delay_sum_ms, mut delay_n) = (0.0f64, 0u64);
     let mut repeated_at_warmup = None;
 
+    let mut rtt_changed = false;
     let mut now_us = 0u64;
     while now_us < end_us {
         let now = Time(now_us);
+        // 0. The round trip changes, for datagrams sent from now on.
+        if let Some((at, rtt_ms)) = cfg.rtt_change {
+            if !rtt_changed && now >= at_s(at) {
+                rtt_changed = true;
+                let changed = link_config(cfg, rtt_ms);
+                for c in &mut clients {
+                    c.up.link.set_config(changed.clone());
+                    c.down.link.set_config(changed.clone());
+                }
+            }
+        }
         // 1. Server receives.
         for (p, c) in clients.iter_mut().enumerate() {
             while let Some(m) = c.up.poll(now_us) {
@@ -369,7 +416,7 @@ pub fn run_bench(cfg: &BenchConfig) -> PredictionReport {
                             server_time_us: now_us,
                             server_tick: server_tick.map_or(0, |t| t.0),
                         };
-                        c.down.send(now_us, pong, cfg);
+                        c.down.send(now_us, pong);
                     }
                 }
             }
@@ -403,11 +450,10 @@ pub fn run_bench(cfg: &BenchConfig) -> PredictionReport {
             let snap = Rc::new(snap);
             for (p, c) in clients.iter_mut().enumerate() {
                 if let Some(blob) = server[p].own_state_blob() {
-                    c.down.send(now_us, Down::Own(blob), cfg);
+                    c.down.send(now_us, Down::Own(blob));
                 }
                 if c.observer {
-                    c.down
-                        .send(now_us, Down::Snapshot(tick.0, snap.clone()), cfg);
+                    c.down.send(now_us, Down::Snapshot(tick.0, snap.clone()));
                 }
             }
         }
@@ -454,12 +500,12 @@ pub fn run_bench(cfg: &BenchConfig) -> PredictionReport {
                 }
             }
             if let Some(t) = c.core.poll_ping(local) {
-                c.up.send(now_us, Up::Ping(t), cfg);
+                c.up.send(now_us, Up::Ping(t));
             }
             while let Some(t) = c.core.poll_tick(local) {
                 let input = c.bot.input(t.0, hz);
                 if let Some(payload) = c.core.apply_input(t, input) {
-                    c.up.send(now_us, Up::Inputs(payload), cfg);
+                    c.up.send(now_us, Up::Inputs(payload));
                 }
             }
         }

@@ -7,17 +7,19 @@
 //!   and now and then jumping.
 //!
 //! [`bench_run`] drives a [`ClientReplicator`] per client and a [`ReplicaReceiver`] per client
-//! over a simple seeded link (fixed one-way delay, uniform jitter, independent loss, both
-//! directions), and reports bandwidth and bytes per update against the reference engine's
+//! over the simulated network's link model ([`crate::sim::Link`]: one-way delay, uniform jitter,
+//! independent loss, both directions), and reports bandwidth and bytes per update against the reference engine's
 //! msgpack encoding ([`baseline_msgpack_bytes`]).
 
 use std::collections::BinaryHeap;
+use std::time::Duration;
 
 use super::{
     decode_client_datagram, encode_client_datagram, ClientReplicator, EntitySample, Quantizer,
     ReplicaReceiver, Seq, TickInput, TransformConfig,
 };
 use crate::rng::Rng;
+use crate::sim::{Link, LinkConfig};
 use crate::time::{Tick, Time};
 use crate::types::{Entity, EntityId, EntityKind, Rank, SessionId, Transform, UserId};
 
@@ -483,33 +485,55 @@ impl PartialOrd for InFlight {
     }
 }
 
-/// A simple seeded one-direction link: independent loss, fixed delay plus uniform jitter.
-struct Link {
+/// One direction shared by every client: the simulated network's [`Link`] deciding each
+/// datagram's fate from this direction's own generator, and the datagrams in flight.
+struct Path {
+    link: Link,
     rng: Rng,
-    loss: f64,
-    delay_us: u64,
-    jitter_us: u64,
     queue: BinaryHeap<InFlight>,
     order: u64,
 }
 
-impl Link {
-    fn send(&mut self, now_us: u64, client: usize, bytes: Vec<u8>) {
-        if self.rng.chance(self.loss) {
-            return;
+impl Path {
+    /// A direction with one-way latency `rtt_ms / 2`, uniform jitter up to `jitter_ms`,
+    /// independent loss `loss`, and the runner's datagram size as its MTU.
+    fn new(p: &BenchParams, rng: Rng) -> Path {
+        Path {
+            link: Link::new(LinkConfig {
+                latency: Duration::from_micros(p.rtt_ms * 500),
+                jitter: Duration::from_millis(p.jitter_ms),
+                loss: p.loss,
+                mtu: BENCH_DATAGRAM_BYTES,
+                ..LinkConfig::default()
+            }),
+            rng,
+            queue: BinaryHeap::new(),
+            order: 0,
         }
-        let jitter = if self.jitter_us > 0 {
-            self.rng.below(self.jitter_us + 1)
-        } else {
-            0
-        };
-        self.order += 1;
-        self.queue.push(InFlight {
-            at_us: now_us + self.delay_us + jitter,
-            order: self.order,
-            client,
-            bytes,
-        });
+    }
+
+    fn send(&mut self, now_us: u64, client: usize, bytes: Vec<u8>) {
+        let arrivals = self
+            .link
+            .datagram_arrivals(bytes.len(), Time(now_us), &mut self.rng);
+        let copies = arrivals.len();
+        let mut bytes = Some(bytes);
+        for (i, at) in arrivals.into_iter().enumerate() {
+            let Some(copy) = (if i + 1 == copies {
+                bytes.take()
+            } else {
+                bytes.clone()
+            }) else {
+                break;
+            };
+            self.order += 1;
+            self.queue.push(InFlight {
+                at_us: at.as_micros(),
+                order: self.order,
+                client,
+                bytes: copy,
+            });
+        }
     }
 
     fn poll(&mut self, now_us: u64) -> Option<InFlight> {
@@ -535,22 +559,8 @@ pub fn bench_run(p: &BenchParams) -> TransformReport {
     let qz = Quantizer::new(&config).unwrap_or_else(|_| unreachable_config());
     let mut gen = MotionGen::new(p.scenario, p.entities, p.seed);
     let mut root = Rng::new(p.seed ^ 0x5EED_11AC);
-    let mut down = Link {
-        rng: root.fork(),
-        loss: p.loss,
-        delay_us: p.rtt_ms * 500,
-        jitter_us: p.jitter_ms * 1000,
-        queue: BinaryHeap::new(),
-        order: 0,
-    };
-    let mut up = Link {
-        rng: root.fork(),
-        loss: p.loss,
-        delay_us: p.rtt_ms * 500,
-        jitter_us: p.jitter_ms * 1000,
-        queue: BinaryHeap::new(),
-        order: 0,
-    };
+    let mut down = Path::new(p, root.fork());
+    let mut up = Path::new(p, root.fork());
     let clients = p.clients.max(1);
     let mut servers: Vec<ClientReplicator> = (0..clients)
         .map(|_| {

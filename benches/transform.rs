@@ -21,7 +21,6 @@ use neonet_proto::transform::{
     AckHeader, ClientReplicator, EntitySample, InterestGrid, ReplicaReceiver, Seq, TickInput,
     TransformConfig,
 };
-use neonet_proto::types::EntityId;
 
 const TICK_US: u64 = 33_333;
 const MAX_DATAGRAM: usize = 1162;
@@ -254,7 +253,7 @@ fn bench_client_receive(c: &mut Criterion) {
     let config = TransformConfig::default();
     let mut world = World::new(n);
     let mut server = ClientReplicator::new(config.clone(), None).expect("config");
-    let mut client = joined_client(&config, &world.samples, EntityId(1_000_000));
+    let mut client = joined_client(&config, &world.samples);
     let mut out = Vec::new();
     let mut tick = 1;
     let arrival = |tick: u64| Time(tick * TICK_US + 50_000);
@@ -297,8 +296,8 @@ fn bench_many_clients_receive(c: &mut Criterion) {
     let mut world = World::new(clients);
     let mut server = ClientReplicator::new(config.clone(), None).expect("config");
     let mut cores: Vec<ClientCore> = (0..clients)
-        .map(|i| {
-            let mut core = joined_client(&config, &world.samples, EntityId(1_000_000 + i as u32));
+        .map(|_| {
+            let mut core = joined_client(&config, &world.samples);
             core.set_interpolation(false);
             core
         })

@@ -21,11 +21,11 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 use std::time::Duration;
 
-use crate::client::{ClientConfig, ClientCore, ClientEvent, ClientTransmit};
+use crate::client::{ClientConfig, ClientCore, ClientEvent, ClientState, ClientTransmit};
 use crate::msg::Channel;
 use crate::rng::Rng;
 use crate::server::{
-    Authenticator, ConnId, ServerConfig, ServerCore, ServerEvent, Transmit, World,
+    Authenticator, ConnId, InsecureTokens, ServerConfig, ServerCore, ServerEvent, Transmit, World,
 };
 use crate::time::Time;
 
@@ -407,11 +407,21 @@ impl Sim {
 
     /// Runs until virtual time `end`, processing every delivery and timer in order.
     pub fn run_until(&mut self, end: Time) {
+        self.run_until_step(end, |_| false);
+    }
+
+    /// Runs like [`Sim::run_until`] but checks `done` after every single delivery or timer and
+    /// stops as soon as it holds, before anything later happens; returns whether it held
+    /// (`false`: virtual time reached `end` first).
+    pub fn run_until_step(&mut self, end: Time, mut done: impl FnMut(&Sim) -> bool) -> bool {
         // A core whose poll_timeout stays at `now` after handle_timeout(now) would spin here
         // forever: fail loudly instead.
         let mut same_time_steps = 0u32;
         let mut last = self.now;
         loop {
+            if done(self) {
+                return true;
+            }
             let next_delivery = self.queue.peek().map(|Reverse((t, _, _))| *t);
             let mut next_timer = self.server.poll_timeout();
             for c in &self.clients {
@@ -427,7 +437,7 @@ impl Sim {
             };
             if next > end {
                 self.now = end;
-                return;
+                return done(self);
             }
             self.now = self.now.max(next);
             if self.now == last {
@@ -631,6 +641,31 @@ impl Sim {
     }
 }
 
+/// Longest virtual time [`joined_client`]'s handshake may take: its links are instant, so it
+/// completes at time zero; the bound turns a handshake that never completes into a failure
+/// instead of a spin.
+const JOIN_TIME_MAX: Duration = Duration::from_secs(1);
+
+/// A client core that joined a server hosting `world` with `config` by the real handshake
+/// (`Hello`, then the server's own `Welcome` and `Snapshot`) over instant, lossless simulated
+/// links, returned at virtual time zero before it received anything else: the start of tests and
+/// benchmarks of the client's receive path, which then feed it frames and datagrams of their own.
+/// The client's events so far (its join) are drained. Panics if the server refuses the client.
+pub fn joined_client(config: ServerConfig, world: World, client: ClientConfig) -> ClientCore {
+    let instant = LinkConfig::with_latency(Duration::ZERO);
+    let mut sim = Sim::new(0, config, world, Box::new(InsecureTokens)).without_trace();
+    let idx = sim.add_client(client, instant.clone(), instant);
+    let joined = sim.run_until_step(Time::ZERO + JOIN_TIME_MAX, |s| {
+        *s.clients[idx].core.state() != ClientState::Joining
+    });
+    let state = sim.clients[idx].core.state().clone();
+    assert!(
+        joined && state == ClientState::Joined,
+        "the simulated server did not let the client join: {state:?}"
+    );
+    sim.clients.swap_remove(idx).core
+}
+
 /// Runs `scenario` once per seed, printing the seed of a failure before re-raising it. With the
 /// environment variable `NEONET_SEED` set, runs only that seed.
 pub fn run_seeds(seeds: std::ops::Range<u64>, scenario: impl Fn(u64)) {
@@ -689,6 +724,42 @@ mod tests {
             assert_eq!(got, want);
         }
         assert_eq!(peek(&rng), peek(&twin));
+    }
+
+    #[test]
+    fn a_joined_client_holds_what_a_real_server_sent_it_and_nothing_more() {
+        let mut world = World::default();
+        let app = crate::types::Entity {
+            id: crate::types::EntityId(5),
+            kind: crate::types::EntityKind::App,
+            owner: None,
+            user: None,
+            blueprint: None,
+            transform: Default::default(),
+            props: Vec::new(),
+        };
+        world.entities.insert(app.id, app);
+        let config = ServerConfig {
+            tick_hz: 60,
+            ..ServerConfig::default()
+        };
+        let client = ClientConfig {
+            name: "joiner".into(),
+            token: None,
+        };
+        let mut core = joined_client(config, world, client);
+        assert_eq!(*core.state(), ClientState::Joined);
+        assert_eq!(core.tick_hz(), 60, "the server's Welcome");
+        // The server allocated the player after the world's entities, and the snapshot holds
+        // both.
+        let player = core.player().expect("a player");
+        assert_eq!(player, crate::types::EntityId(6));
+        let ids: Vec<_> = core.world().entities.keys().copied().collect();
+        assert_eq!(ids, [crate::types::EntityId(5), player]);
+        assert_eq!(core.poll_event(), None, "the join's events are drained");
+        // No tick ran for it: no transform datagram arrived to confuse a test's own.
+        assert_eq!(core.latest_transform(crate::types::EntityId(5)), None);
+        assert_eq!(core.datagrams_rejected(), 0);
     }
 
     #[test]

@@ -7,13 +7,11 @@ use neonet_proto::msg::{Channel, ServerMsg};
 use neonet_proto::time::{Tick, Time};
 use neonet_proto::transform::scenario::{joined_client, CrowdSamples};
 use neonet_proto::transform::{ClientReplicator, EntitySample, TickInput, TransformConfig};
-use neonet_proto::types::{BlueprintId, BlueprintPatch, ChatMessage, EntityId};
+use neonet_proto::types::{BlueprintId, BlueprintPatch, ChatMessage};
 
-/// The joined client's own player: not one of the crowd's ids.
-const PLAYER: EntityId = EntityId(1_000_000);
-
+/// A client that joined an empty world by the real handshake over the simulated network.
 fn joined() -> ClientCore {
-    joined_client(&TransformConfig::default(), &[], PLAYER)
+    joined_client(&TransformConfig::default(), &[])
 }
 
 /// Tick period of these tests, microseconds (30 Hz).
@@ -80,8 +78,8 @@ fn a_game_that_never_polls_keeps_only_the_newest_events() {
 fn a_headless_client_skips_interpolation_but_sees_the_same_latest_world() {
     let mut crowd = CrowdSamples::new(50);
     let config = TransformConfig::default();
-    let mut full = joined_client(&config, &crowd.samples, PLAYER);
-    let mut headless = joined_client(&config, &crowd.samples, PLAYER);
+    let mut full = joined_client(&config, &crowd.samples);
+    let mut headless = joined_client(&config, &crowd.samples);
     headless.set_interpolation(false);
     let mut server = ClientReplicator::new(config, None).expect("config");
     let mut out = Vec::new();
@@ -114,7 +112,7 @@ fn a_headless_client_skips_interpolation_but_sees_the_same_latest_world() {
 fn the_world_mirror_shows_each_entitys_latest_transform_whenever_it_is_read() {
     let mut crowd = CrowdSamples::new(30);
     let config = TransformConfig::default();
-    let mut client = joined_client(&config, &crowd.samples, PLAYER);
+    let mut client = joined_client(&config, &crowd.samples);
     let mut server = ClientReplicator::new(config, None).expect("config");
     let mut out = Vec::new();
     for tick in 1..25u64 {

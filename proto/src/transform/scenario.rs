@@ -18,10 +18,12 @@ use super::{
     decode_client_datagram, encode_client_datagram, ClientReplicator, EntitySample, Quantizer,
     ReplicaReceiver, Seq, TickInput, TransformConfig,
 };
+use crate::client::{ClientConfig, ClientCore};
 use crate::rng::Rng;
+use crate::server::{ServerConfig, World};
 use crate::sim::{Link, LinkConfig};
 use crate::time::{Tick, Time};
-use crate::types::{Entity, EntityId, EntityKind, Rank, SessionId, Transform, UserId};
+use crate::types::{Entity, EntityId, EntityKind, Transform};
 
 /// Gravity, m/s².
 const GRAVITY: f64 = 9.81;
@@ -693,60 +695,37 @@ fn unreachable_config() -> ! {
     panic!("the default transform config with a clamped tick rate is valid")
 }
 
-/// A client core joined to a world holding `crowd`'s entities (as players) and its own player
-/// `player` (not one of them, so nothing moves it), as the load tool's clients are: the start
-/// of benchmarks and tests of the client's receive path.
-pub fn joined_client(
-    config: &TransformConfig,
-    crowd: &[EntitySample],
-    player: EntityId,
-) -> crate::client::ClientCore {
-    use crate::client::{ClientConfig, ClientCore};
-    use crate::msg::{Channel, ServerMsg, Snapshot, PROTOCOL_VERSION};
-    let mut client = ClientCore::new(
-        ClientConfig {
-            name: "scenario".into(),
-            token: None,
-        },
-        Time(0),
-    );
-    let entity = |id: EntityId| Entity {
-        id,
-        kind: EntityKind::Player,
-        owner: None,
-        user: None,
-        blueprint: None,
-        transform: Default::default(),
-        props: Vec::new(),
-    };
-    let welcome = ServerMsg::Welcome {
-        protocol_version: PROTOCOL_VERSION,
-        session: SessionId(1),
-        tick_hz: config.tick_hz,
-        transform: Box::new(config.clone()),
-        character: crate::predict::CharacterConfig::default(),
-    };
-    let snapshot = ServerMsg::Snapshot(Box::new(Snapshot {
-        player,
-        user: UserId(1),
-        rank: Rank::Visitor,
-        server_tick: 0,
-        server_time_us: 0,
-        settings: Default::default(),
-        spawn: Default::default(),
-        chat: Vec::new(),
-        blueprints: Vec::new(),
-        entities: crowd
-            .iter()
-            .map(|s| entity(s.id))
-            .chain([entity(player)])
-            .collect(),
-        auth_token: String::new(),
-    }));
-    for m in [welcome, snapshot] {
-        client
-            .handle_frame(Channel::World, &crate::codec::encode(&m), Time(0))
-            .expect("a valid welcome and snapshot");
+/// A client core joined to a world holding `crowd`'s entities, by the real handshake with a
+/// [`ServerCore`](crate::server::ServerCore) over the simulated network
+/// ([`crate::sim::joined_client`]), as the load tool's clients join a relay: the start of
+/// benchmarks and tests of the client's receive path. The server runs at `config`'s tick rate
+/// and sends `config` in its `Welcome`. The crowd's entities are apps at rest (a restarted
+/// server drops players, so the world cannot hold players without sessions); the client's own
+/// player gets the next free id, after the crowd's, so nothing in the crowd moves it.
+pub fn joined_client(config: &TransformConfig, crowd: &[EntitySample]) -> ClientCore {
+    let mut world = World::default();
+    for s in crowd {
+        world.entities.insert(
+            s.id,
+            Entity {
+                id: s.id,
+                kind: EntityKind::App,
+                owner: None,
+                user: None,
+                blueprint: None,
+                transform: Transform::default(),
+                props: Vec::new(),
+            },
+        );
     }
-    client
+    let server = ServerConfig {
+        tick_hz: config.tick_hz,
+        transform: config.clone(),
+        ..ServerConfig::default()
+    };
+    let client = ClientConfig {
+        name: "scenario".into(),
+        token: None,
+    };
+    crate::sim::joined_client(server, world, client)
 }

@@ -510,9 +510,11 @@ impl ClientCore {
         }
     }
 
-    /// The transport closed without a `Close` message (idle timeout, reset).
-    pub fn handle_disconnect(&mut self, detail: String) {
-        self.close(CloseReason::Timeout, detail);
+    /// The transport closed, with the reason and detail the driver knows (the server's close
+    /// code and text, an idle timeout, a reset). A `Close` message that arrived first wins: the
+    /// session is closed once, with the first reason. No-op once closed.
+    pub fn handle_disconnect(&mut self, reason: CloseReason, detail: String) {
+        self.close(reason, detail);
     }
 
     /// Runs what is due at `now`: pings (clock sync), prediction ticks with their input
@@ -1024,18 +1026,7 @@ impl ClientCore {
                     self.sync_world_transforms();
                 }
                 if let Some(e) = self.world.entities.get_mut(&id) {
-                    for k in &patch.unset {
-                        e.props.retain(|(pk, _)| pk != k);
-                    }
-                    for (k, v) in patch.set {
-                        match e.props.iter_mut().find(|(pk, _)| *pk == k) {
-                            Some(slot) => slot.1 = v,
-                            None => e.props.push((k, v)),
-                        }
-                    }
-                    if let Some(t) = patch.transform {
-                        e.transform = t;
-                    }
+                    patch.apply(e);
                     self.events.push_back(ClientEvent::EntityModified(id));
                 }
             }

@@ -256,7 +256,13 @@ fn a_connection_that_never_joins_is_closed_after_the_join_timeout_and_a_joined_o
         core.handle_frame(joiner, ping.channel(), &codec::encode(&ping), now);
         core.handle_timeout(now);
         while let Some(t) = core.poll_transmit() {
-            if let Transmit::Close { conn, reason } = t {
+            if let Transmit::Close {
+                conn,
+                reason,
+                detail,
+            } = t
+            {
+                assert_eq!(detail, "did not join in time", "the close says why");
                 closed.push((conn, reason, now));
             }
         }

@@ -328,6 +328,11 @@ fn order_key(priority: f32, ci: usize) -> u64 {
 
 /// Orders the next `chunk` keys after the first `sorted` (already in order, and all before the
 /// rest): returns the new length of the ordered prefix.
+///
+/// `#[inline]` keeps it inlined into `pack` as it was when the replicator was one file: the
+/// compiler places `ClientReplicator`'s methods with their type (in `replicator`'s codegen
+/// unit), so a plain function here would be a cross-unit call, which LLVM no longer inlines.
+#[inline]
 fn sort_prefix(keys: &mut [u64], sorted: usize, chunk: usize) -> usize {
     let rest = &mut keys[sorted..];
     if rest.len() > chunk {

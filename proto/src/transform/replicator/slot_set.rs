@@ -10,7 +10,9 @@ pub(super) struct SlotSet {
 }
 
 impl SlotSet {
-    /// Empties the set for slots `0..slots`.
+    /// Empties the set for slots `0..slots`. `#[inline]` for the reason given at
+    /// `pack::sort_prefix`: it is called from `ClientReplicator::pack`, in another codegen unit.
+    #[inline]
     pub(super) fn reset(&mut self, slots: usize) {
         self.words.clear();
         self.words.resize(slots.div_ceil(64), 0);

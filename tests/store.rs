@@ -1075,7 +1075,7 @@ fn core_effects_in_core_world_out() {
         store.submit_effect(e).unwrap();
     }
     store.shutdown().unwrap();
-    // The tokens come back as the core's own, ready for `ServerCore::handle_durable`.
+    // The tokens come back as the core's own, ready for `ServerCore::handle_store`.
     let acks: Vec<_> = rx.try_iter().flat_map(|c| c.acks).collect();
     assert_eq!(acks, vec![tok(1), tok(2)]);
 

@@ -179,7 +179,7 @@ pub struct RelayHooks {
     /// Where persistence effects go; `None` drops them (no persistence). Must be `None` with
     /// [`RelayConfig::persist`], where they go to the store.
     pub effects: Option<EffectSink>,
-    /// Hold acknowledgements until [`Inbound::Durable`] says the change is stored. Implied by
+    /// Hold acknowledgements until [`Inbound::Store`] says the change is stored. Implied by
     /// [`RelayConfig::persist`].
     pub durable_acks: bool,
     /// Token checking; `None` uses [`HmacTokens`] with the secret in the data folder.

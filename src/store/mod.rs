@@ -72,7 +72,7 @@ pub use change::{Change, Commit, NextIds};
 pub use error::{StoreError, SubmitError};
 /// The token of a change whose sender waits for its acknowledgement: the core's own
 /// ([`neonet_proto::persist::AckToken`], the session and its request id), handed back in
-/// [`Commit::acks`] so the driver can pass them straight to `ServerCore::handle_durable`.
+/// [`Commit::acks`] so the driver can pass them straight to `ServerCore::handle_store` (as a `StoreReport`).
 pub use neonet_proto::persist::AckToken;
 pub use schema::SCHEMA_VERSION;
 

@@ -7,6 +7,11 @@
 //! clients (the load tool) use [`Client::connect_async`] instead: the same background work runs
 //! as a task on their runtime, each client still on its own UDP socket.
 //!
+//! Why one module of about 1,000 lines: the facade and its background task are one concern (a
+//! connection's life: connect, drive the core, flush, close) sharing one private state (the
+//! core behind its mutex, the wake-ups, the channel writers); the QUIC plumbing both use lives
+//! in [`crate::quic`].
+//!
 //! ```no_run
 //! use std::time::Duration;
 //! use neonet::client::{Client, ClientEvent, ClientOptions};

@@ -7,6 +7,13 @@
 //!
 //! Entity events that name a blueprint version newer than the mirror's are held (at most
 //! [`HELD_EVENTS_MAX`]) until that version arrives, as the reference engine does.
+//!
+//! Why one module of about 1,100 lines: it is one concern, a client session's state machine,
+//! whose every part (the handshake, the handling of each server message, the commands a game
+//! sends, the bounded event queue) reads and writes the same private state (the mirror, the
+//! transform stream, the held events). The parts that stand alone already live elsewhere: the
+//! transform codec in [`crate::transform`], prediction and interpolation in [`crate::predict`],
+//! the wire in [`crate::wire`].
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;

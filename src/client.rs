@@ -7,6 +7,11 @@
 //! clients (the load tool) use [`Client::connect_async`] instead: the same background work runs
 //! as a task on their runtime, each client still on its own UDP socket.
 //!
+//! Why one module of about 1,000 lines: the facade and its background task are one concern (a
+//! connection's life: connect, drive the core, flush, close) sharing one private state (the
+//! core behind its mutex, the wake-ups, the channel writers); the QUIC plumbing both use lives
+//! in [`crate::quic`].
+//!
 //! ```no_run
 //! use std::time::Duration;
 //! use neonet::client::{Client, ClientEvent, ClientOptions};
@@ -50,9 +55,8 @@ use quinn::{Connection, ConnectionError};
 use tokio::sync::{mpsc, Notify};
 
 use neonet_proto::client::{ClientConfig, ClientTransmit};
-use neonet_proto::codec;
-use neonet_proto::limits::{FRAME_BYTES_MAX, SNAPSHOT_BYTES_MAX};
-use neonet_proto::msg::{Channel, CloseReason, ServerMsg};
+use neonet_proto::codec::{self, FrameDecoder};
+use neonet_proto::msg::CloseReason;
 use neonet_proto::types::{
     Blueprint, BlueprintId, BlueprintPatch, Bytes as PropBytes, EntityId, EntityPatch, Rank, ReqId,
     Transform, UserId,
@@ -854,13 +858,6 @@ impl Drop for Client {
     }
 }
 
-fn server_frame_limit(channel: Channel) -> usize {
-    match channel {
-        Channel::World => SNAPSHOT_BYTES_MAX,
-        _ => FRAME_BYTES_MAX,
-    }
-}
-
 /// Maps how a connection ended to a close reason and detail.
 fn close_of(e: &ConnectionError) -> (CloseReason, String) {
     match e {
@@ -880,10 +877,9 @@ fn close_of(e: &ConnectionError) -> (CloseReason, String) {
     }
 }
 
-/// Ends the core's session with `reason` as if the server had said so (no-op if already closed).
-fn close_core(core: &mut ClientCore, reason: CloseReason, detail: String, now: Time) {
-    let body = codec::encode(&ServerMsg::Close { reason, detail });
-    let _ = core.handle_frame(Channel::Control, &body, now);
+/// Ends the core's session with `reason` and `detail` (no-op if already closed).
+fn close_core(core: &mut ClientCore, reason: CloseReason, detail: String) {
+    core.handle_disconnect(reason, detail);
 }
 
 /// Sends what the core queued. `Err` if a channel's queue overflowed (the server reads too
@@ -914,7 +910,7 @@ async fn run(inner: Arc<Inner>, conn: Connection) {
     let (tx, mut rx) = mpsc::channel::<StreamEvent>(INBOUND_QUEUE_LEN);
     let streams = tokio::spawn(quic::accept_streams(
         conn.clone(),
-        server_frame_limit,
+        FrameDecoder::for_server_channel,
         tx,
         |e| e,
     ));
@@ -947,8 +943,7 @@ async fn run(inner: Arc<Inner>, conn: Connection) {
     let mut streams_done = false;
     loop {
         if let Err(e) = flush(&inner, &conn, &writers, &mut transmits) {
-            let now = inner.now();
-            close_core(&mut inner.lock(), CloseReason::Timeout, e.to_string(), now);
+            close_core(&mut inner.lock(), CloseReason::Timeout, e.to_string());
             conn.close(
                 quinn::VarInt::from_u32(quic::CLOSE_CODE_OVERFLOW),
                 b"send queue full",
@@ -992,9 +987,7 @@ async fn run(inner: Arc<Inner>, conn: Connection) {
                         Some(StreamEvent::Error(e)) => close_core(
                             &mut core,
                             CloseReason::ProtocolViolation,
-                            format!("server stream: {e}"),
-                            now,
-                        ),
+                            format!("server stream: {e}")),
                         // Every reader ended: the connection is ending; `closed()` says why.
                         None => {
                             streams_done = true;
@@ -1017,13 +1010,12 @@ async fn run(inner: Arc<Inner>, conn: Connection) {
                 let now = inner.now();
                 inner.lock().handle_timeout(now);
                 if leave_deadline.is_some_and(|d| Instant::now() >= d) {
-                    close_core(&mut inner.lock(), CloseReason::ClientLeft, "left".into(), now);
+                    close_core(&mut inner.lock(), CloseReason::ClientLeft, "left".into());
                 }
             }
             why = conn.closed() => {
                 let (reason, detail) = close_of(&why);
-                let now = inner.now();
-                close_core(&mut inner.lock(), reason, detail, now);
+                close_core(&mut inner.lock(), reason, detail);
                 connection_gone = true;
             }
         }
@@ -1069,12 +1061,7 @@ mod tests {
             },
             Time::ZERO,
         );
-        close_core(
-            &mut core,
-            CloseReason::Moderation,
-            "kicked".into(),
-            Time::ZERO,
-        );
+        close_core(&mut core, CloseReason::Moderation, "kicked".into());
         assert_eq!(
             core.state(),
             &ClientState::Closed {

@@ -251,13 +251,15 @@ pub enum StreamEvent {
 }
 
 /// Accepts the peer's unidirectional streams until the connection ends, reading each in its own
-/// task: first byte the channel, then frames of at most `limit(channel)` bytes. The complete
+/// task: first byte the channel, then frames within the limit of the decoder `decoder_for(channel)`
+/// gives (the protocol crate's per-channel decoders: `FrameDecoder::for_client_channel` on a
+/// server, `FrameDecoder::for_server_channel` on a client). The complete
 /// frames of each read go to `tx` together as one `map(StreamEvent::Frames)` (one message per
 /// read, not per frame), errors as `map(StreamEvent::Error)`; a full `tx` holds the reader
 /// back (and QUIC flow control holds the peer back).
 pub async fn accept_streams<T, F>(
     conn: Connection,
-    limit: fn(Channel) -> usize,
+    decoder_for: fn(Channel) -> FrameDecoder,
     tx: mpsc::Sender<T>,
     map: F,
 ) where
@@ -269,7 +271,7 @@ pub async fn accept_streams<T, F>(
         tokio::spawn(read_stream(
             recv,
             seen.clone(),
-            limit,
+            decoder_for,
             tx.clone(),
             map.clone(),
         ));
@@ -279,7 +281,7 @@ pub async fn accept_streams<T, F>(
 async fn read_stream<T, F>(
     mut recv: quinn::RecvStream,
     seen: Arc<AtomicU8>,
-    limit: fn(Channel) -> usize,
+    decoder_for: fn(Channel) -> FrameDecoder,
     tx: mpsc::Sender<T>,
     map: F,
 ) where
@@ -320,7 +322,7 @@ async fn read_stream<T, F>(
                     ));
                 }
                 channel = Some(ch);
-                decoder = Some(FrameDecoder::new(limit(ch)));
+                decoder = Some(decoder_for(ch));
                 ch
             }
         };

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use common::{expect, TestRelay, WAIT};
 use neonet::client::{Client, ClientEvent};
 use neonet::proto::codec::{self, FrameDecoder};
-use neonet::proto::limits::FRAME_BYTES_MAX;
+use neonet::proto::limits::{FRAME_BYTES_MAX, SMALL_FRAME_BYTES_MAX};
 use neonet::proto::msg::{Channel, ClientMsg, CloseReason, ServerMsg, ALPN, PROTOCOL_VERSION};
 use neonet::quic;
 use neonet::tls::{self, Trust};
@@ -218,6 +218,44 @@ fn misbehaving_connections_are_closed_with_a_reason_and_others_carry_on() {
     assert_eq!(e.reason, Some(CloseReason::ProtocolViolation), "{e:?}");
     still_chatting(&good, 6);
 
+    good.close();
+}
+
+/// PROTOCOL.md promises 64 KiB frames on the control, chat and events streams (1 MiB only on
+/// the world stream): a joined client that sends a chat frame one byte over is closed with a
+/// reason that says so, and a client chatting beside it carries on.
+#[test]
+fn a_chat_frame_one_byte_over_64_kib_closes_that_connection_and_others_carry_on() {
+    let relay = TestRelay::start();
+    let good = relay.client("good");
+    let addr = relay.addr;
+    let rt = relay.runtime();
+    let e = rt.block_on(async {
+        let conn = raw_connect(addr, &relay, &[ALPN]).await.unwrap();
+        let _hello = send_raw(
+            &conn,
+            Channel::Control as u8,
+            &hello(PROTOCOL_VERSION, "big"),
+        )
+        .await;
+        // A chat-stream frame of 64 KiB + 1 byte (the limit is checked on the declared length,
+        // before the body is read).
+        let body_len = SMALL_FRAME_BYTES_MAX + 1;
+        let mut frame = (body_len as u32).to_le_bytes().to_vec();
+        frame.resize(4 + body_len, b'a');
+        let _chat = send_raw(&conn, Channel::Chat as u8, &frame).await;
+        ended(conn).await
+    });
+    assert_eq!(e.reason, Some(CloseReason::ProtocolViolation), "{e:?}");
+    assert!(
+        e.text.contains("exceeds") && e.text.contains(&SMALL_FRAME_BYTES_MAX.to_string()),
+        "the reason names the limit: {e:?}"
+    );
+    let (reason, detail) = e.close_msg.expect("the Close message arrives first");
+    assert_eq!(reason, CloseReason::ProtocolViolation);
+    assert!(detail.contains("exceeds"), "{detail}");
+    still_chatting(&good, 1);
+    still_chatting(&good, 2);
     good.close();
 }
 

@@ -260,7 +260,7 @@ fn the_connection_limit_refuses_extra_connections() {
 
 #[test]
 fn effects_reach_the_sink() {
-    use neonet::proto::server::Change;
+    use neonet::proto::persist::Change;
     use std::sync::{Arc, Mutex};
     let seen = Arc::new(Mutex::new(Vec::new()));
     let sink = seen.clone();
@@ -522,10 +522,10 @@ fn joining_again_replaces_the_old_session() {
 }
 
 /// With durable acknowledgements, a change is acknowledged only after the store says so
-/// through `Inbound::Durable`.
+/// through `Inbound::Store`.
 #[test]
 fn durable_acks_wait_for_the_store() {
-    use neonet::proto::server::Change;
+    use neonet::proto::persist::Change;
     use neonet::relay::{Inbound, RelayHooks};
     let (tx, rx) = std::sync::mpsc::channel();
     let relay = TestRelay::start_with(RelayHooks {
@@ -555,10 +555,9 @@ fn durable_acks_wait_for_the_store() {
     relay
         .handle()
         .inbound()
-        .blocking_send(Inbound::Durable {
-            tokens: vec![token],
-            ok: true,
-        })
+        .blocking_send(Inbound::Store(
+            neonet::proto::persist::StoreReport::Durable(vec![token]),
+        ))
         .unwrap();
     expect(&ada, "the durable ack", |e| *e == ClientEvent::Acked(req));
 }

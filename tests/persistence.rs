@@ -630,7 +630,7 @@ fn measure_acknowledged_changes() {
     // NEONET_MEASURE_MEMORY=1: the same without persistence (acks at once), for comparison.
     let in_memory = std::env::var("NEONET_MEASURE_MEMORY").is_ok_and(|v| v == "1");
     let relay = if in_memory {
-        let mut world = neonet::proto::server::World::default();
+        let mut world = neonet::proto::persist::World::default();
         world.settings.default_rank = Rank::Builder;
         world
             .blueprints
@@ -761,7 +761,7 @@ fn measure_acknowledged_changes() {
 #[test]
 fn a_world_in_the_hooks_seeds_a_new_database_only() {
     let dir = tempfile::tempdir().unwrap();
-    let mut world = neonet::proto::server::World::default();
+    let mut world = neonet::proto::persist::World::default();
     world.settings.title = "seeded".into();
     world.settings.default_rank = Rank::Builder;
     world

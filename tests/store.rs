@@ -149,7 +149,7 @@ fn restart_keeps_everything() {
         Change::DeleteEntity(EntityId(3)),
         Change::AppendChat(chat(1)),
         Change::AppendChat(chat(2)),
-        Change::SetNextIds(NextIds {
+        Change::ReserveIds(NextIds {
             entity: 10,
             user: 20,
             chat: 30,
@@ -244,7 +244,7 @@ fn next_ids_never_fall_below_stored_ids() {
     let (store, _) = open(dir.path());
     store
         .submit(
-            Change::SetNextIds(NextIds {
+            Change::ReserveIds(NextIds {
                 entity: 5,
                 user: 5,
                 chat: 5,
@@ -727,7 +727,7 @@ fn crash_child() {
                     }
                     if i % 32 == 0 {
                         let _ = store.submit(
-                            Change::SetNextIds(NextIds {
+                            Change::ReserveIds(NextIds {
                                 entity: 0,
                                 user: 1 + i as u64,
                                 chat: 1,
@@ -1054,7 +1054,7 @@ fn measure_throughput() {
 
 #[test]
 fn core_effects_in_core_world_out() {
-    use neonet::proto::server::{Change as CoreChange, Effect, World};
+    use neonet::proto::persist::{Change as CoreChange, Effect, World};
     let dir = tempfile::tempdir().unwrap();
     let (store, _, rx) = open_with_commits(dir.path(), StoreConfig::default());
     let effects = [
@@ -1075,7 +1075,7 @@ fn core_effects_in_core_world_out() {
         store.submit_effect(e).unwrap();
     }
     store.shutdown().unwrap();
-    // The tokens come back as the core's own, ready for `ServerCore::handle_durable`.
+    // The tokens come back as the core's own, ready for `ServerCore::handle_store`.
     let acks: Vec<_> = rx.try_iter().flat_map(|c| c.acks).collect();
     assert_eq!(acks, vec![tok(1), tok(2)]);
 

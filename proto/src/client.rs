@@ -7,6 +7,13 @@
 //!
 //! Entity events that name a blueprint version newer than the mirror's are held (at most
 //! [`HELD_EVENTS_MAX`]) until that version arrives, as the reference engine does.
+//!
+//! Why one module of about 1,100 lines: it is one concern, a client session's state machine,
+//! whose every part (the handshake, the handling of each server message, the commands a game
+//! sends, the bounded event queue) reads and writes the same private state (the mirror, the
+//! transform stream, the held events). The parts that stand alone already live elsewhere: the
+//! transform codec in [`crate::transform`], prediction and interpolation in [`crate::predict`],
+//! the wire in [`crate::wire`].
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
@@ -510,9 +517,11 @@ impl ClientCore {
         }
     }
 
-    /// The transport closed without a `Close` message (idle timeout, reset).
-    pub fn handle_disconnect(&mut self, detail: String) {
-        self.close(CloseReason::Timeout, detail);
+    /// The transport closed, with the reason and detail the driver knows (the server's close
+    /// code and text, an idle timeout, a reset). A `Close` message that arrived first wins: the
+    /// session is closed once, with the first reason. No-op once closed.
+    pub fn handle_disconnect(&mut self, reason: CloseReason, detail: String) {
+        self.close(reason, detail);
     }
 
     /// Runs what is due at `now`: pings (clock sync), prediction ticks with their input
@@ -1024,18 +1033,7 @@ impl ClientCore {
                     self.sync_world_transforms();
                 }
                 if let Some(e) = self.world.entities.get_mut(&id) {
-                    for k in &patch.unset {
-                        e.props.retain(|(pk, _)| pk != k);
-                    }
-                    for (k, v) in patch.set {
-                        match e.props.iter_mut().find(|(pk, _)| *pk == k) {
-                            Some(slot) => slot.1 = v,
-                            None => e.props.push((k, v)),
-                        }
-                    }
-                    if let Some(t) = patch.transform {
-                        e.transform = t;
-                    }
+                    patch.apply(e);
                     self.events.push_back(ClientEvent::EntityModified(id));
                 }
             }

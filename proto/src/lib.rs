@@ -20,10 +20,8 @@
 #![warn(missing_docs)]
 
 pub mod client;
-pub mod codec;
 pub(crate) mod idhash;
-pub mod limits;
-pub mod msg;
+pub mod persist;
 pub mod predict;
 pub mod rng;
 pub mod server;
@@ -32,6 +30,9 @@ pub mod sim;
 pub mod time;
 pub mod transform;
 pub mod types;
+pub mod wire;
+
+pub use wire::{codec, limits, msg};
 
 pub use msg::{ClientMsg, ServerMsg};
 pub use time::Time;

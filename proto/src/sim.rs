@@ -22,10 +22,11 @@ use std::collections::{BTreeMap, BinaryHeap};
 use std::time::Duration;
 
 use crate::client::{ClientConfig, ClientCore, ClientEvent, ClientState, ClientTransmit};
-use crate::msg::Channel;
+use crate::msg::{Channel, CloseReason};
+use crate::persist::World;
 use crate::rng::Rng;
 use crate::server::{
-    Authenticator, ConnId, InsecureTokens, ServerConfig, ServerCore, ServerEvent, Transmit, World,
+    Authenticator, ConnId, InsecureTokens, ServerConfig, ServerCore, ServerEvent, Transmit,
 };
 use crate::time::Time;
 
@@ -220,7 +221,9 @@ enum Delivery {
     ServerDatagram(usize, Vec<u8>),
     ClientFrame(usize, Channel, Vec<u8>),
     ClientDatagram(usize, Vec<u8>),
-    ClientClose(usize),
+    /// The transport closes with the server's reason and detail (as QUIC's application close
+    /// carries them).
+    ClientClose(usize, CloseReason, String),
     ServerDisconnect(usize),
 }
 
@@ -539,12 +542,10 @@ impl Sim {
                 self.clients[idx].core.handle_datagram(&data, now);
                 self.flush_client(idx);
             }
-            Delivery::ClientClose(idx) => {
+            Delivery::ClientClose(idx, reason, detail) => {
                 if self.clients[idx].connected {
                     self.clients[idx].connected = false;
-                    self.clients[idx]
-                        .core
-                        .handle_disconnect("connection closed by server".into());
+                    self.clients[idx].core.handle_disconnect(reason, detail);
                     self.flush_client(idx);
                 }
             }
@@ -592,7 +593,11 @@ impl Sim {
                         self.schedule(at, Delivery::ClientDatagram(idx, data.clone()));
                     }
                 }
-                Transmit::Close { conn, .. } => {
+                Transmit::Close {
+                    conn,
+                    reason,
+                    detail,
+                } => {
                     let Some(&idx) = self.conn_to_client.get(&conn) else {
                         continue;
                     };
@@ -600,7 +605,7 @@ impl Sim {
                     let at = self.clients[idx].down.last_reliable[Channel::Control as usize]
                         .max(self.now)
                         + Duration::from_micros(1);
-                    self.schedule(at, Delivery::ClientClose(idx));
+                    self.schedule(at, Delivery::ClientClose(idx, reason, detail));
                     let up_at = at + self.clients[idx].up.config.latency;
                     self.schedule(up_at, Delivery::ServerDisconnect(idx));
                 }

@@ -128,6 +128,25 @@ pub struct EntityPatch {
     pub transform: Option<Transform>,
 }
 
+impl EntityPatch {
+    /// Applies the patch to `e`, as server and clients alike do: removes the `unset` fields,
+    /// then sets each `set` field (replacing it in place, or appending it), then the transform.
+    pub fn apply(&self, e: &mut Entity) {
+        for k in &self.unset {
+            e.props.retain(|(pk, _)| pk != k);
+        }
+        for (k, v) in &self.set {
+            match e.props.iter_mut().find(|(pk, _)| pk == k) {
+                Some(slot) => slot.1 = v.clone(),
+                None => e.props.push((k.clone(), v.clone())),
+            }
+        }
+        if let Some(t) = self.transform {
+            e.transform = t;
+        }
+    }
+}
+
 /// A blueprint: the template apps are instances of. Versioned for optimistic concurrency.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Blueprint {

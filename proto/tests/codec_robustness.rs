@@ -412,8 +412,8 @@ fn malformed_fields_are_malformed() {
     malformed("0e 01 01 03");
     // SettingsModify { req 1, setting tag 9 }: Setting has 9 variants.
     malformed("0c 01 09");
-    // Same in the server direction: Refused { req 1, reason 11 }, Close { reason 10, "" }.
-    for b in ["04 01 0b", "13 0a 00"] {
+    // Same in the server direction: Refused { req 1, reason 12 }, Close { reason 10, "" }.
+    for b in ["04 01 0c", "13 0a 00"] {
         let r = codec::decode_server(&unhex(b));
         assert!(matches!(r, Err(DecodeError::Malformed(_))), "{b}: {r:?}");
     }

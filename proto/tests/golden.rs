@@ -794,6 +794,7 @@ fn nested_types_are_pinned() {
     pin("Refusal::Storage", Refusal::Storage, "08");
     pin("Refusal::UnknownCommand", Refusal::UnknownCommand, "09");
     pin("Refusal::WorldFull", Refusal::WorldFull, "0a");
+    pin("Refusal::Busy", Refusal::Busy, "0b");
     pin("CloseReason::PlayerLimit", CloseReason::PlayerLimit, "00");
     pin(
         "CloseReason::DuplicateUser",
@@ -936,6 +937,7 @@ fn protocol_md_enum_tables_match_the_tags() {
         Refusal::Storage,
         Refusal::UnknownCommand,
         Refusal::WorldFull,
+        Refusal::Busy,
     ];
     let closes = [
         CloseReason::PlayerLimit,

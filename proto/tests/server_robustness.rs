@@ -9,7 +9,7 @@ use neonet_proto::limits::CHAT_HISTORY_LEN;
 use neonet_proto::msg::{Channel, ClientMsg, PROTOCOL_VERSION};
 use neonet_proto::rng::Rng;
 use neonet_proto::server::{
-    ConnId, InsecureTokens, ServerConfig, ServerCore, TransportKind, World,
+    ConnId, InsecureTokens, ServerConfig, ServerCore, Transmit, TransportKind, World,
 };
 use neonet_proto::sim::run_seeds;
 use neonet_proto::time::Time;
@@ -152,7 +152,54 @@ fn check_invariants(core: &ServerCore, seed: u64) {
 
 #[test]
 fn random_and_garbage_input_never_panics_and_keeps_invariants() {
+    run_seeds(0..20, |seed| drive_randomly(seed, |_| {}));
+}
+
+/// Every close a driver is told to carry out names its reason and detail, and the peer was
+/// sent the same reason and detail in a `Close` frame just before: a driver never has to
+/// decode the core's frames to learn why a connection ends.
+#[test]
+fn every_close_reaches_the_driver_with_its_reason_and_detail() {
     run_seeds(0..20, |seed| {
+        let mut last_control: std::collections::HashMap<ConnId, Vec<u8>> = Default::default();
+        let mut closes = 0;
+        drive_randomly(seed, |t| match t {
+            Transmit::Frame {
+                conn,
+                channel: Channel::Control,
+                frame,
+            } => {
+                last_control.insert(conn, frame[codec::FRAME_HEADER_BYTES..].to_vec());
+            }
+            Transmit::Close {
+                conn,
+                reason,
+                detail,
+            } => {
+                closes += 1;
+                assert!(
+                    !detail.is_empty(),
+                    "seed {seed}: a close of {conn:?} without detail"
+                );
+                let sent = last_control
+                    .get(&conn)
+                    .map(|body| codec::decode_server(body));
+                assert_eq!(
+                    sent,
+                    Some(Ok(neonet_proto::ServerMsg::Close { reason, detail })),
+                    "seed {seed}: the peer was told the same"
+                );
+            }
+            _ => {}
+        });
+        assert!(closes > 0, "seed {seed}: the random input closed nobody");
+    });
+}
+
+/// Random connects, disconnects, garbage and random messages against one core for 3,000 steps,
+/// checking the invariants after each and handing every transmit to `on_transmit`.
+fn drive_randomly(seed: u64, mut on_transmit: impl FnMut(Transmit)) {
+    {
         let mut rng = Rng::new(seed);
         let mut world = World::default();
         world.settings.default_rank = if seed % 2 == 0 {
@@ -214,18 +261,19 @@ fn random_and_garbage_input_never_panics_and_keeps_invariants() {
             } else {
                 core.handle_timeout(now);
             }
-            while core.poll_transmit().is_some() {}
+            while let Some(t) = core.poll_transmit() {
+                on_transmit(t);
+            }
             while core.poll_event().is_some() {}
             while core.poll_effect().is_some() {}
             check_invariants(&core, seed);
         }
-    });
+    }
 }
 
 #[test]
 fn a_connection_that_never_joins_is_closed_after_the_join_timeout_and_a_joined_one_is_not() {
     use neonet_proto::msg::CloseReason;
-    use neonet_proto::server::Transmit;
     let config = ServerConfig::default();
     let join_timeout = config.join_timeout;
     let mut core = ServerCore::new(
@@ -256,7 +304,13 @@ fn a_connection_that_never_joins_is_closed_after_the_join_timeout_and_a_joined_o
         core.handle_frame(joiner, ping.channel(), &codec::encode(&ping), now);
         core.handle_timeout(now);
         while let Some(t) = core.poll_transmit() {
-            if let Transmit::Close { conn, reason } = t {
+            if let Transmit::Close {
+                conn,
+                reason,
+                detail,
+            } = t
+            {
+                assert_eq!(detail, "did not join in time", "the close says why");
                 closed.push((conn, reason, now));
             }
         }

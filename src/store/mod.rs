@@ -1,6 +1,7 @@
 //! # Persistence: the world in an embedded redb database
 //!
-//! The server core emits persistence effects ([`Change`]); the relay hands them to a [`Store`],
+//! The server core emits persistence effects ([`Change`], the one vocabulary defined in
+//! [`neonet_proto::persist`]); the relay hands them to a [`Store`],
 //! whose dedicated writer thread applies them in batched write transactions. The tick never
 //! touches the disk: [`Store::submit`] and [`Store::mark_dirty`] only take a short mutex to push
 //! onto a bounded queue.
@@ -36,7 +37,10 @@
 //!   and hard-linked into place, so `world.redb` is either absent or complete (redb alone leaves
 //!   an unopenable file if killed while creating one).
 //! - **Ids are never reused.** The stored id counters ([`NextIds`]) only grow, and the writer
-//!   raises them past every entity, user and chat id in the same transaction that writes it.
+//!   raises them past every entity, user and chat id in the same transaction that writes it,
+//!   and to every reservation the core makes ([`Change::ReserveIds`]: the core hands out ids
+//!   only under a reservation submitted ahead, see [`neonet_proto::persist`]), so ids that
+//!   reached clients before any change naming them was stored are not handed out again.
 //!
 //! ## What a crash loses
 //! - Changes submitted but not yet reported durable: their senders were never acknowledged.
@@ -67,9 +71,9 @@ use neonet_proto::types::{Blueprint, ChatMessage, Entity, Settings, Spawn, User}
 pub use change::{Change, Commit, NextIds};
 pub use error::{StoreError, SubmitError};
 /// The token of a change whose sender waits for its acknowledgement: the core's own
-/// ([`neonet_proto::server::AckToken`], the session and its request id), handed back in
-/// [`Commit::acks`] so the driver can pass them straight to `ServerCore::handle_durable`.
-pub use neonet_proto::server::AckToken;
+/// ([`neonet_proto::persist::AckToken`], the session and its request id), handed back in
+/// [`Commit::acks`] so the driver can pass them straight to `ServerCore::handle_store` (as a `StoreReport`).
+pub use neonet_proto::persist::AckToken;
 pub use schema::SCHEMA_VERSION;
 
 use error::AtPath;
@@ -151,10 +155,10 @@ pub struct LoadedWorld {
     pub migrated_from: Option<u32>,
 }
 
-impl From<LoadedWorld> for neonet_proto::server::World {
+impl From<LoadedWorld> for neonet_proto::persist::World {
     /// The core's view of the loaded world (`ServerCore::new` takes it).
     fn from(w: LoadedWorld) -> Self {
-        neonet_proto::server::World {
+        neonet_proto::persist::World {
             settings: w.settings,
             spawn: w.spawn,
             blueprints: w
@@ -292,8 +296,8 @@ impl Store {
     }
 
     /// [`Store::submit`] for an effect polled from the core (`ServerCore::poll_effect`).
-    pub fn submit_effect(&self, effect: neonet_proto::server::Effect) -> Result<(), SubmitError> {
-        self.submit(effect.change.into(), effect.ack)
+    pub fn submit_effect(&self, effect: neonet_proto::persist::Effect) -> Result<(), SubmitError> {
+        self.submit(effect.change, effect.ack)
     }
 
     /// Records fast-changing state of a persistent entity (transform while moving, app state).

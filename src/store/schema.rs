@@ -311,7 +311,7 @@ impl<'txn> Tables<'txn> {
             }
             // Counters are raised by the writer for every change (see `raise_ids`) and written
             // once per transaction by `put_next_ids`.
-            Change::SetNextIds(_) => {}
+            Change::ReserveIds(_) => {}
         }
         Ok(())
     }
@@ -319,7 +319,7 @@ impl<'txn> Tables<'txn> {
 
 /// Raises `ids` so that they stay above every id `change` uses. Counters only ever grow, so a
 /// crash can never hand out an id again, whatever order the core sends
-/// [`Change::SetNextIds`] in.
+/// [`Change::ReserveIds`] in.
 pub(crate) fn raise_ids(ids: &mut NextIds, change: &Change) {
     match change {
         Change::PutEntity(e) | Change::PutEntityState(e) => {
@@ -328,7 +328,7 @@ pub(crate) fn raise_ids(ids: &mut NextIds, change: &Change) {
         Change::DeleteEntity(id) => ids.entity = ids.entity.max(id.0.saturating_add(1)),
         Change::PutUser(u) => ids.user = ids.user.max(u.id.0.saturating_add(1)),
         Change::AppendChat(m) => ids.chat = ids.chat.max(m.id.saturating_add(1)),
-        Change::SetNextIds(n) => {
+        Change::ReserveIds(n) => {
             ids.entity = ids.entity.max(n.entity);
             ids.user = ids.user.max(n.user);
             ids.chat = ids.chat.max(n.chat);

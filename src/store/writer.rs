@@ -288,7 +288,7 @@ fn overwrite_key(c: &Change) -> Option<OverwriteKey<'_>> {
         Change::PutSettings(_) => OverwriteKey::Settings,
         Change::PutSpawn(_) => OverwriteKey::Spawn,
         Change::PutUser(u) => OverwriteKey::User(u.id),
-        Change::AppendChat(_) | Change::ClearChat | Change::SetNextIds(_) => return None,
+        Change::AppendChat(_) | Change::ClearChat | Change::ReserveIds(_) => return None,
     })
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use neonet::client::{Client, ClientEvent, ClientOptions};
 use neonet::config::RelayConfig;
-use neonet::proto::server::World;
+use neonet::proto::persist::World;
 use neonet::proto::types::Rank;
 use neonet::relay::{Relay, RelayHandle, RelayHooks};
 use neonet::tls::{Fingerprint, Trust};

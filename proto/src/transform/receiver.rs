@@ -1,4 +1,11 @@
 //! [`ReplicaReceiver`]: the client's side of the transform stream.
+//!
+//! One module though over 700 lines: about 630 are one concern, decoding a datagram into the
+//! per-entity baseline rings ([`Replica`]) its deltas are read against, and the rest are the
+//! ring's unit tests. The ring's layout and the decoder are tuned together for a cold cache
+//! (`cargo bench --bench transform`, `client_receive`): splitting would separate a private type
+//! from its only user and move the ring's methods to another codegen unit, where LLVM may
+//! inline them differently (the replicator's split needed `#[inline]` hints to keep its code).
 
 use std::collections::VecDeque;
 

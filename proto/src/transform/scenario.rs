@@ -19,8 +19,9 @@ use super::{
     ReplicaReceiver, Seq, TickInput, TransformConfig,
 };
 use crate::client::{ClientConfig, ClientCore};
+use crate::persist::World;
 use crate::rng::Rng;
-use crate::server::{ServerConfig, World};
+use crate::server::ServerConfig;
 use crate::sim::{Link, LinkConfig};
 use crate::time::{Tick, Time};
 use crate::types::{Entity, EntityId, EntityKind, Transform};

@@ -1,5 +1,9 @@
 //! Behaviour tests of the transform stream: replicator, receiver and upstream together, over a
 //! small seeded lossy, reordering, duplicating link. Every failure prints its seed.
+//!
+//! One file though over 700 lines: every test drives the same harness (a random [`World`], a
+//! seeded [`Net`] and the replicator/receiver [`Pair`] over it, the first 240 lines), and the
+//! tests are short scenarios on it; a split would only move the harness to a module of its own.
 
 use std::collections::HashMap;
 

@@ -379,6 +379,11 @@ pub enum Refusal {
     /// The world is full (entities or blueprints).
     #[error("world full")]
     WorldFull,
+    /// The server's storage is behind (its queue of changes to write is full): the change was
+    /// applied and relayed but not queued for storage, and is not acknowledged. Unlike
+    /// [`Refusal::Storage`] nothing is broken: a later change may pass. Retry after a moment.
+    #[error("storage busy: retry later")]
+    Busy,
 }
 
 /// Why a session ended.

@@ -6,8 +6,8 @@
 
 use serde::{de::DeserializeOwned, Serialize};
 
-use crate::limits::FRAME_BYTES_MAX;
-use crate::msg::{ClientMsg, ServerMsg};
+use super::limits::{client_frame_bytes_max, server_frame_bytes_max, FRAME_BYTES_MAX};
+use super::msg::{Channel, ClientMsg, ServerMsg};
 
 /// Bytes of the frame length prefix.
 pub const FRAME_HEADER_BYTES: usize = 4;
@@ -118,9 +118,23 @@ impl FrameDecoder {
         }
     }
 
-    /// A decoder with the protocol's [`FRAME_BYTES_MAX`].
+    /// A decoder with the protocol's [`FRAME_BYTES_MAX`], the largest frame any channel allows.
+    /// Drivers use the per-channel decoders below instead.
     pub fn with_default_limit() -> FrameDecoder {
         FrameDecoder::new(FRAME_BYTES_MAX)
+    }
+
+    /// The decoder a server uses for what a client sends on `channel`: it refuses frames over
+    /// that channel's limit ([`client_frame_bytes_max`]: 1 MiB on the world channel, 64 KiB on
+    /// the others).
+    pub fn for_client_channel(channel: Channel) -> FrameDecoder {
+        FrameDecoder::new(client_frame_bytes_max(channel))
+    }
+
+    /// The decoder a client uses for what the server sends on `channel`
+    /// ([`server_frame_bytes_max`]: the snapshot's limit on the world channel).
+    pub fn for_server_channel(channel: Channel) -> FrameDecoder {
+        FrameDecoder::new(server_frame_bytes_max(channel))
     }
 
     /// Appends received bytes. Callers take frames out after every push, so the buffer holds

@@ -19,6 +19,16 @@ pub fn client_frame_bytes_max(channel: crate::msg::Channel) -> usize {
     }
 }
 
+/// The largest frame a client accepts from the server on `channel`, in bytes: the snapshot's
+/// limit on the world channel (the snapshot is the one message that grows with the world),
+/// [`FRAME_BYTES_MAX`] on the others.
+pub fn server_frame_bytes_max(channel: crate::msg::Channel) -> usize {
+    match channel {
+        crate::msg::Channel::World => SNAPSHOT_BYTES_MAX,
+        _ => FRAME_BYTES_MAX,
+    }
+}
+
 /// Largest snapshot frame, in bytes (server to client only): a world of thousands of entities
 /// and blueprints. Clients accept up to this on the world stream for the `Snapshot` message.
 pub const SNAPSHOT_BYTES_MAX: usize = 64 * 1024 * 1024;

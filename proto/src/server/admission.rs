@@ -1,0 +1,226 @@
+//! Admission: the first message of a connection must be a valid `Hello`. Version, name and
+//! token are checked, the player limit and bans enforced, a user found or created, a session
+//! and its player entity made, and the joiner sent `Welcome` and the world's `Snapshot`.
+//!
+//! One session per user: a second join of the same user **replaces** the first, which is closed
+//! with [`CloseReason::DuplicateUser`]. Newer wins because the usual cause is a client
+//! reconnecting before the server noticed its old connection die; refusing would lock that user
+//! out until the idle timeout.
+
+use super::rate::MessageRate;
+use super::session::Session;
+use super::{yaw_of, ConnId, ServerCore, ServerEvent};
+use crate::limits::*;
+use crate::msg::*;
+use crate::persist::Change;
+use crate::predict::{MoveValidator, Movement, PlayerMotion, ValidatorConfig};
+use crate::transform::ClientReplicator;
+use crate::types::*;
+
+impl ServerCore {
+    /// The first message of connection `conn`, which must be `Hello`.
+    pub(super) fn handle_hello(&mut self, conn: ConnId, msg: ClientMsg) {
+        // Modifications the world already holds reach the joiner in its snapshot, not before.
+        self.flush_blueprints();
+        let ClientMsg::Hello {
+            protocol_version,
+            name,
+            token,
+        } = msg
+        else {
+            return self.close_conn(
+                conn,
+                CloseReason::ProtocolViolation,
+                format!("expected hello, got {}", msg.name()),
+            );
+        };
+        if protocol_version != PROTOCOL_VERSION {
+            return self.close_conn(
+                conn,
+                CloseReason::VersionMismatch,
+                format!(
+                    "client speaks protocol version {protocol_version}, this server speaks {PROTOCOL_VERSION}"
+                ),
+            );
+        }
+        let name = name.trim().to_string();
+        if name.is_empty() || name.len() > NAME_BYTES_MAX || name.chars().any(char::is_control) {
+            return self.close_conn(
+                conn,
+                CloseReason::ProtocolViolation,
+                format!("name must be 1 to {NAME_BYTES_MAX} bytes without control characters"),
+            );
+        }
+        if token.as_ref().is_some_and(|t| t.len() > TOKEN_BYTES_MAX) {
+            return self.close_conn(conn, CloseReason::AuthFailed, "token too long".into());
+        }
+        // Player limit: sessions that would be replaced do not count.
+        let limit = self.world.settings.player_limit as usize;
+        let user = match &token {
+            Some(t) => match self.auth.verify(t) {
+                Some(u) if self.world.users.contains_key(&u) => Some(u),
+                _ => {
+                    return self.close_conn(
+                        conn,
+                        CloseReason::AuthFailed,
+                        "token not valid for this world".into(),
+                    )
+                }
+            },
+            None => None,
+        };
+        let replacing = user.and_then(|u| self.by_user.get(&u).copied());
+        if limit > 0 && self.sessions.len() - usize::from(replacing.is_some()) >= limit {
+            return self.close_conn(
+                conn,
+                CloseReason::PlayerLimit,
+                format!("the world is full ({limit} players)"),
+            );
+        }
+        let user = match user {
+            Some(u) => {
+                if self.world.users[&u].banned {
+                    return self.close_conn(conn, CloseReason::AuthFailed, "banned".into());
+                }
+                u
+            }
+            None => {
+                if self.world.users.len() >= USERS_MAX {
+                    return self.close_conn(
+                        conn,
+                        CloseReason::PlayerLimit,
+                        format!("this world knows {USERS_MAX} users: join with your token"),
+                    );
+                }
+                let u = self.alloc_user_id();
+                let rec = User {
+                    id: u,
+                    name: name.clone(),
+                    rank: Rank::Visitor,
+                    muted: false,
+                    banned: false,
+                    last_position: None,
+                };
+                self.world.users.insert(u, rec.clone());
+                self.persist(Change::PutUser(rec));
+                u
+            }
+        };
+        if let Some(old) = replacing {
+            if let Some(old_conn) = self.sessions.get(&old).and_then(|s| s.conn) {
+                self.close_conn(
+                    old_conn,
+                    CloseReason::DuplicateUser,
+                    "you joined again elsewhere".into(),
+                );
+            }
+            self.end_session(old, CloseReason::DuplicateUser);
+        }
+        if let Some(u) = self.world.users.get_mut(&user) {
+            u.name = name.clone();
+        }
+        if self.world.entities.len() >= ENTITIES_MAX {
+            return self.close_conn(conn, CloseReason::PlayerLimit, "world entity limit".into());
+        }
+        self.join(conn, user, name);
+    }
+
+    /// Makes the session of an admitted `user` on `conn`: its player, its replicator and
+    /// movement, and the joiner's `Welcome` and `Snapshot`.
+    fn join(&mut self, conn: ConnId, user: UserId, name: String) {
+        let sid = SessionId(self.next_session);
+        self.next_session += 1;
+        let player = self.alloc_entity_id();
+        let rank = self.world.effective_rank(user);
+        let spawn = self.world.spawn;
+        let position = if self.config.spawn_at_last_position {
+            self.world.users[&user]
+                .last_position
+                .unwrap_or(spawn.position)
+        } else {
+            spawn.position
+        };
+        let spawn_state = self.model.spawn(position, yaw_of(spawn.rotation));
+        // The player starts where the movement model puts it (on the ground, quantized).
+        let transform = self.model.transform(&spawn_state);
+        let entity = Entity {
+            id: player,
+            kind: EntityKind::Player,
+            owner: Some(sid),
+            user: Some(user),
+            blueprint: None,
+            transform,
+            props: vec![
+                ("name".into(), Bytes::from(name.as_str())),
+                ("rank".into(), Bytes(vec![rank as u8])),
+            ],
+        };
+        self.world.entities.insert(player, entity.clone());
+        let mut replicator = ClientReplicator::new(self.config.transform.clone(), Some(sid))
+            .expect("validated transform config");
+        replicator.set_own_entity(Some(player));
+        let motion = PlayerMotion::new(
+            self.model,
+            spawn_state,
+            self.config.tick_hz,
+            self.clock.tick(),
+        );
+        let validator = MoveValidator::new(
+            ValidatorConfig::for_character(&self.config.character),
+            transform,
+            self.now,
+        );
+        self.sessions.insert(
+            sid,
+            Session {
+                id: sid,
+                user,
+                name: name.clone(),
+                conn: Some(conn),
+                player,
+                joined_at: self.now,
+                replicator,
+                motion,
+                validator,
+                up_seq: None,
+                rate: MessageRate::new(self.config.message_burst, self.now),
+            },
+        );
+        self.by_user.insert(user, sid);
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.session = Some(sid);
+        }
+        self.broadcast(&ServerMsg::EntityAdded(entity), Some(sid));
+        self.send(
+            conn,
+            &ServerMsg::Welcome {
+                protocol_version: PROTOCOL_VERSION,
+                session: sid,
+                tick_hz: self.config.tick_hz,
+                transform: Box::new(self.config.transform.clone()),
+                character: self.config.character,
+            },
+        );
+        let snapshot = Snapshot {
+            player,
+            user,
+            rank,
+            server_tick: self.clock.tick().0,
+            server_time_us: self.now.as_micros(),
+            settings: self.world.settings.clone(),
+            spawn: self.world.spawn,
+            chat: self.world.chat.iter().cloned().collect(),
+            blueprints: self.world.blueprints.values().cloned().collect(),
+            entities: self.world.entities.values().cloned().collect(),
+            auth_token: self.auth.issue(user),
+        };
+        self.send(conn, &ServerMsg::Snapshot(Box::new(snapshot)));
+        self.events.push_back(ServerEvent::Joined {
+            session: sid,
+            conn,
+            user,
+            player,
+            name,
+        });
+    }
+}

@@ -1,0 +1,284 @@
+//! Applying changes: what an admitted message does to the world, whom it is relayed to, and
+//! what is persisted. Accepted changes are relayed to every session, the sender included:
+//! clients never apply their own changes before the server orders them, so every mirror sees
+//! one order. Entity events go to everyone but the sender, or to one player.
+
+use super::{yaw_from_radians, ConnId, ServerCore, MOVER_PROP};
+use crate::limits::CHAT_HISTORY_LEN;
+use crate::msg::*;
+use crate::persist::Change;
+use crate::predict::Movement;
+use crate::types::*;
+
+impl ServerCore {
+    /// A message from joined session `sid`: admitted by policy, then applied.
+    pub(super) fn handle_session_msg(&mut self, sid: SessionId, conn: ConnId, msg: ClientMsg) {
+        if !self.admit(sid, conn, &msg) {
+            return;
+        }
+        let (user, player, name) = match self.sessions.get(&sid) {
+            Some(s) => (s.user, s.player, s.name.clone()),
+            None => return,
+        };
+        match msg {
+            ClientMsg::Hello { .. } => {}
+            ClientMsg::Ping { client_time_us } => {
+                let pong = ServerMsg::Pong {
+                    client_time_us,
+                    server_time_us: self.now.as_micros(),
+                    server_tick: self.clock.tick().0,
+                };
+                self.send(conn, &pong);
+            }
+            ClientMsg::Goodbye => {
+                self.close_conn(conn, CloseReason::ClientLeft, "goodbye".into());
+            }
+            ClientMsg::Chat { req, body } => {
+                let m = ChatMessage {
+                    id: self.alloc_chat_id(),
+                    from_user: Some(user),
+                    from_name: name,
+                    from_entity: Some(player),
+                    body,
+                    created_at_ms: self.config.unix_ms_at_zero + self.now.as_micros() / 1000,
+                };
+                self.push_chat(m.clone());
+                self.broadcast(&ServerMsg::ChatAdded(m.clone()), None);
+                self.commit(sid, conn, Some(req), Change::AppendChat(m));
+            }
+            ClientMsg::Command { req, args } => self.handle_command(sid, conn, req, args),
+            ClientMsg::BlueprintAdd { req, blueprint } => {
+                self.world
+                    .blueprints
+                    .insert(blueprint.id.clone(), blueprint.clone());
+                self.broadcast(&ServerMsg::BlueprintAdded(blueprint.clone()), None);
+                self.commit(sid, conn, Some(req), Change::PutBlueprint(blueprint));
+            }
+            ClientMsg::BlueprintModify {
+                req,
+                id,
+                version,
+                patch,
+            } => {
+                let Some(current) = self.world.blueprints.get_mut(&id) else {
+                    return;
+                };
+                if version <= current.version {
+                    // Optimistic concurrency: the sender loses and gets the current blueprint.
+                    let full = ServerMsg::BlueprintModified {
+                        id,
+                        version: current.version,
+                        patch: BlueprintPatch::full(current),
+                    };
+                    self.send(conn, &full);
+                    return self.refuse(sid, conn, "BlueprintModify", Some(req), Refusal::Conflict);
+                }
+                patch.apply(current);
+                current.version = version;
+                let stored = current.clone();
+                match self.pending_blueprints.get_mut(&id) {
+                    Some((v, pending)) => {
+                        *v = version;
+                        pending.merge(patch);
+                    }
+                    None => {
+                        self.pending_blueprints.insert(id, (version, patch));
+                    }
+                }
+                self.commit(sid, conn, Some(req), Change::PutBlueprint(stored));
+            }
+            ClientMsg::EntityAdd {
+                req,
+                blueprint,
+                transform,
+                props,
+            } => {
+                let id = self.alloc_entity_id();
+                let e = Entity {
+                    id,
+                    kind: EntityKind::App,
+                    owner: None,
+                    user: None,
+                    blueprint: Some(blueprint),
+                    transform,
+                    props,
+                };
+                self.world.entities.insert(id, e.clone());
+                // Everyone, the sender included: it learns the id the server allocated.
+                self.broadcast(&ServerMsg::EntityAdded(e.clone()), None);
+                self.commit(sid, conn, Some(req), Change::PutEntity(e));
+            }
+            ClientMsg::EntityModify { req, id, mut patch } => {
+                let Some(e) = self.world.entities.get_mut(&id) else {
+                    return;
+                };
+                // The reference engine's `mover`: setting it on an app makes the sender its
+                // owner (its transform then streams from the sender's datagrams); unsetting it
+                // releases the app. The server stamps the value: the mover's session id.
+                if e.kind == EntityKind::App {
+                    if let Some(slot) = patch.set.iter_mut().find(|(k, _)| k == MOVER_PROP) {
+                        slot.1 = Bytes(sid.0.to_le_bytes().to_vec());
+                        e.owner = Some(sid);
+                    } else if patch.unset.iter().any(|k| k == MOVER_PROP) {
+                        e.owner = None;
+                    }
+                }
+                patch.apply(e);
+                let stored = e.clone();
+                self.broadcast(&ServerMsg::EntityModified { id, patch }, None);
+                if stored.kind == EntityKind::App {
+                    self.commit(sid, conn, Some(req), Change::PutEntity(stored));
+                } else {
+                    self.ack_now(conn, req);
+                }
+            }
+            ClientMsg::EntityRemove { req, id } => {
+                self.world.entities.remove(&id);
+                self.moved_apps.remove(&id);
+                self.broadcast(&ServerMsg::EntityRemoved(id), None);
+                self.commit(sid, conn, Some(req), Change::DeleteEntity(id));
+            }
+            ClientMsg::EntityEvent {
+                entity,
+                blueprint_version,
+                name,
+                data,
+                to,
+            } => {
+                let ev = ServerMsg::EntityEvent {
+                    entity,
+                    blueprint_version,
+                    name,
+                    data,
+                    from: Some(player),
+                };
+                match to {
+                    Some(to) => {
+                        if let Some(c) = self.player_session(to).and_then(|s| s.conn) {
+                            self.send(c, &ev);
+                        }
+                    }
+                    None => self.broadcast(&ev, Some(sid)),
+                }
+            }
+            ClientMsg::PlayerTeleport {
+                target,
+                position,
+                rotation_y,
+            } => {
+                let yaw = yaw_from_radians(rotation_y);
+                if let Some(owner) = self.player_session(target).map(|s| s.id) {
+                    let state = self.model.spawn(position, yaw);
+                    let t = self.model.transform(&state);
+                    let now = self.now;
+                    if let Some(s) = self.sessions.get_mut(&owner) {
+                        s.motion.teleport(state);
+                        s.validator.teleport(t, now);
+                    }
+                    if let Some(e) = self.world.entities.get_mut(&target) {
+                        e.transform = t;
+                    }
+                }
+                if let Some(c) = self.player_session(target).and_then(|s| s.conn) {
+                    self.send(
+                        c,
+                        &ServerMsg::PlayerTeleport {
+                            position,
+                            rotation_y,
+                        },
+                    );
+                }
+            }
+            ClientMsg::PlayerPush { target, force } => {
+                if let Some(c) = self.player_session(target).and_then(|s| s.conn) {
+                    self.send(c, &ServerMsg::PlayerPush { force });
+                }
+            }
+            ClientMsg::SettingsModify { req, setting } => {
+                setting.apply(&mut self.world.settings);
+                self.broadcast(&ServerMsg::SettingsModified(setting), None);
+                let s = self.world.settings.clone();
+                self.commit(sid, conn, Some(req), Change::PutSettings(s));
+            }
+            ClientMsg::SpawnModify { req, set } => {
+                self.set_spawn(sid, conn, req, set, player);
+            }
+            ClientMsg::ModifyRank { req, user, rank } => {
+                let Some(u) = self.world.users.get_mut(&user) else {
+                    return;
+                };
+                u.rank = rank;
+                let rec = u.clone();
+                let effective = self.world.effective_rank(user);
+                self.broadcast(
+                    &ServerMsg::RankModified {
+                        user,
+                        rank: effective,
+                    },
+                    None,
+                );
+                self.commit(sid, conn, Some(req), Change::PutUser(rec));
+            }
+            ClientMsg::Kick { req, target } => {
+                if let Some(c) = self.player_session(target).and_then(|s| s.conn) {
+                    self.close_conn(c, CloseReason::Moderation, format!("kicked by {name}"));
+                }
+                self.ack_now(conn, req);
+            }
+            ClientMsg::Mute { req, target, muted } => {
+                let Some(u) = self.player_session(target).map(|s| s.user) else {
+                    return;
+                };
+                let rec = match self.world.users.get_mut(&u) {
+                    Some(rec) => {
+                        rec.muted = muted;
+                        rec.clone()
+                    }
+                    None => return,
+                };
+                self.broadcast(
+                    &ServerMsg::Muted {
+                        player: target,
+                        muted,
+                    },
+                    None,
+                );
+                self.commit(sid, conn, Some(req), Change::PutUser(rec));
+            }
+        }
+    }
+
+    pub(super) fn set_spawn(
+        &mut self,
+        sid: SessionId,
+        conn: ConnId,
+        req: ReqId,
+        set: bool,
+        player: EntityId,
+    ) {
+        let spawn = if set {
+            let t = self
+                .world
+                .entities
+                .get(&player)
+                .map(|e| e.transform)
+                .unwrap_or_default();
+            Spawn {
+                position: t.position,
+                rotation: t.rotation,
+            }
+        } else {
+            Spawn::default()
+        };
+        self.world.spawn = spawn;
+        self.broadcast(&ServerMsg::SpawnModified(spawn), None);
+        self.commit(sid, conn, Some(req), Change::PutSpawn(spawn));
+    }
+
+    fn push_chat(&mut self, m: ChatMessage) {
+        self.world.chat.push_back(m);
+        while self.world.chat.len() > CHAT_HISTORY_LEN {
+            self.world.chat.pop_front();
+        }
+    }
+}

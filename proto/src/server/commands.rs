@@ -1,0 +1,106 @@
+//! Slash commands (`Command` messages): `/chat clear`, `/spawn set|clear`, `/name NEW`,
+//! `/admin CODE`. Each checks its own rank rule; unknown commands are refused.
+
+use super::{ConnId, ServerCore};
+use crate::limits::NAME_BYTES_MAX;
+use crate::msg::*;
+use crate::persist::Change;
+use crate::types::*;
+
+impl ServerCore {
+    pub(super) fn handle_command(
+        &mut self,
+        sid: SessionId,
+        conn: ConnId,
+        req: ReqId,
+        args: Vec<String>,
+    ) {
+        let rank = self.rank_of(sid);
+        let player = self.sessions.get(&sid).map(|s| s.player);
+        let refuse = |core: &mut Self, reason| {
+            core.send(conn, &ServerMsg::Refused { req, reason });
+        };
+        match args
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .as_slice()
+        {
+            ["chat", "clear"] => {
+                if rank < Rank::Builder {
+                    return refuse(self, Refusal::Rank);
+                }
+                self.world.chat.clear();
+                self.broadcast(&ServerMsg::ChatCleared, None);
+                self.commit(sid, conn, Some(req), Change::ClearChat);
+            }
+            ["spawn", op @ ("set" | "clear")] => {
+                if rank < Rank::Builder {
+                    return refuse(self, Refusal::Rank);
+                }
+                if let Some(p) = player {
+                    self.set_spawn(sid, conn, req, *op == "set", p);
+                }
+            }
+            ["name", new] => {
+                let new = new.trim();
+                if new.is_empty() || new.len() > NAME_BYTES_MAX || new.chars().any(char::is_control)
+                {
+                    return refuse(self, Refusal::Invalid);
+                }
+                let new = new.to_string();
+                let Some(s) = self.sessions.get_mut(&sid) else {
+                    return;
+                };
+                s.name = new.clone();
+                let (user, player) = (s.user, s.player);
+                let patch = EntityPatch {
+                    set: vec![("name".into(), Bytes::from(new.as_str()))],
+                    ..Default::default()
+                };
+                if let Some(e) = self.world.entities.get_mut(&player) {
+                    patch.apply(e);
+                }
+                self.broadcast(&ServerMsg::EntityModified { id: player, patch }, None);
+                let rec = self.world.users.get_mut(&user).map(|u| {
+                    u.name = new;
+                    u.clone()
+                });
+                match rec {
+                    Some(rec) => self.commit(sid, conn, Some(req), Change::PutUser(rec)),
+                    None => self.ack_now(conn, req),
+                }
+            }
+            ["admin", code] => {
+                // Constant-time enough: the code is compared in full either way.
+                let ok = self.config.admin_code.as_deref().is_some_and(|c| {
+                    c.len() == code.len()
+                        && c.bytes()
+                            .zip(code.bytes())
+                            .fold(0u8, |a, (x, y)| a | (x ^ y))
+                            == 0
+                });
+                if !ok {
+                    return refuse(self, Refusal::Rank);
+                }
+                let Some(user) = self.sessions.get(&sid).map(|s| s.user) else {
+                    return;
+                };
+                let Some(u) = self.world.users.get_mut(&user) else {
+                    return;
+                };
+                u.rank = Rank::Admin;
+                let rec = u.clone();
+                self.broadcast(
+                    &ServerMsg::RankModified {
+                        user,
+                        rank: Rank::Admin,
+                    },
+                    None,
+                );
+                self.commit(sid, conn, Some(req), Change::PutUser(rec));
+            }
+            _ => refuse(self, Refusal::UnknownCommand),
+        }
+    }
+}

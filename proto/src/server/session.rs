@@ -1,0 +1,192 @@
+//! Connections and sessions: what the core knows of each, and how they end (a close, a
+//! disconnect, an idle or join timeout). A [`SessionId`] is one join of one user; a [`ConnId`]
+//! is one transport connection; the two are kept apart so a session can outlive its
+//! connection (resume, QUIC migration).
+
+use super::rate::MessageRate;
+use super::{ConnId, ServerCore, ServerEvent, Transmit, TransportKind, MOVER_PROP};
+use crate::msg::{CloseReason, ServerMsg};
+use crate::persist::Change;
+use crate::predict::{MoveValidator, PlayerMotion};
+use crate::time::Time;
+use crate::transform::{ClientReplicator, Seq};
+use crate::types::*;
+
+/// A joined session, as the core sees it.
+#[derive(Clone, Debug)]
+pub struct Session {
+    /// Its id.
+    pub id: SessionId,
+    /// The user.
+    pub user: UserId,
+    /// Display name.
+    pub name: String,
+    /// The current connection (`None` while disconnected and resumable).
+    pub conn: Option<ConnId>,
+    /// The player entity.
+    pub player: EntityId,
+    /// When it joined.
+    pub joined_at: Time,
+    /// Transform replication towards this session's client.
+    pub(super) replicator: ClientReplicator,
+    /// Server-authoritative movement of its player.
+    pub(super) motion: PlayerMotion,
+    /// Validation of its player's moves in client-authoritative mode.
+    pub(super) validator: MoveValidator,
+    /// Newest upstream datagram sequence applied (older owned transforms are ignored).
+    pub(super) up_seq: Option<Seq>,
+    /// Its reliable-message budget.
+    pub(super) rate: MessageRate,
+}
+
+impl Session {
+    /// The replicator's round-trip estimate, if any acks arrived.
+    pub fn rtt_estimate_us(&self) -> Option<u64> {
+        self.replicator.rtt_estimate_us()
+    }
+}
+
+/// An open transport connection.
+#[derive(Debug)]
+pub(super) struct Conn {
+    pub(super) transport: TransportKind,
+    pub(super) session: Option<SessionId>,
+    /// A close was queued: nothing more is read from it.
+    pub(super) closed: bool,
+    pub(super) connected_at: Time,
+    pub(super) last_heard: Time,
+    pub(super) max_datagram_size: usize,
+}
+
+impl ServerCore {
+    /// Closes `conn`: a `Close` frame, then [`Transmit::Close`] with the same reason and detail,
+    /// and the end of its session. Misbehaviour is reported as [`ServerEvent::PeerError`].
+    pub(super) fn close_conn(&mut self, conn: ConnId, reason: CloseReason, detail: String) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if c.closed {
+            return;
+        }
+        c.closed = true;
+        let session = c.session.take();
+        self.send(
+            conn,
+            &ServerMsg::Close {
+                reason,
+                detail: detail.clone(),
+            },
+        );
+        self.transmits.push_back(Transmit::Close {
+            conn,
+            reason,
+            detail: detail.clone(),
+        });
+        if matches!(
+            reason,
+            CloseReason::ProtocolViolation
+                | CloseReason::VersionMismatch
+                | CloseReason::AuthFailed
+                | CloseReason::Flooding
+        ) {
+            self.events.push_back(ServerEvent::PeerError {
+                conn,
+                reason,
+                detail,
+            });
+        }
+        if let Some(sid) = session {
+            self.end_session(sid, reason);
+        }
+    }
+
+    /// Ends a session: its player leaves the world (its last position saved), the apps it was
+    /// moving are released where they are (and saved), everyone is told.
+    pub(super) fn end_session(&mut self, sid: SessionId, reason: CloseReason) {
+        let Some(s) = self.sessions.remove(&sid) else {
+            return;
+        };
+        if self.by_user.get(&s.user) == Some(&sid) {
+            self.by_user.remove(&s.user);
+        }
+        if let Some(conn) = s.conn {
+            if let Some(c) = self.conns.get_mut(&conn) {
+                c.session = None;
+            }
+        }
+        let moved: Vec<EntityId> = self
+            .world
+            .entities
+            .values()
+            .filter(|e| e.kind == EntityKind::App && e.owner == Some(sid))
+            .map(|e| e.id)
+            .collect();
+        for id in moved {
+            if let Some(e) = self.world.entities.get_mut(&id) {
+                e.owner = None;
+                e.props.retain(|(k, _)| k != MOVER_PROP);
+                let stored = e.clone();
+                let patch = EntityPatch {
+                    unset: vec![MOVER_PROP.into()],
+                    transform: Some(stored.transform),
+                    ..Default::default()
+                };
+                self.broadcast(&ServerMsg::EntityModified { id, patch }, Some(sid));
+                // Stored whole: it supersedes the motion state emitted for it before.
+                self.moved_apps.remove(&id);
+                self.persist(Change::PutEntity(stored));
+            }
+        }
+        if let Some(player) = self.world.entities.remove(&s.player) {
+            if let Some(u) = self.world.users.get_mut(&s.user) {
+                u.last_position = Some(player.transform.position);
+                let u = u.clone();
+                self.persist(Change::PutUser(u));
+            }
+            self.broadcast(&ServerMsg::EntityRemoved(s.player), None);
+        }
+        self.events.push_back(ServerEvent::Left {
+            session: sid,
+            reason,
+        });
+    }
+
+    /// Closes connections silent for longer than the idle timeout and those that did not join
+    /// in time.
+    pub(super) fn close_idle(&mut self, now: Time) {
+        let (idle, join) = (self.config.idle_timeout, self.config.join_timeout);
+        let stale: Vec<(ConnId, &'static str)> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| !c.closed)
+            .filter_map(|(id, c)| {
+                if now.saturating_since(c.last_heard) > idle {
+                    Some((*id, "no traffic"))
+                } else if c.session.is_none() && now.saturating_since(c.connected_at) > join {
+                    Some((*id, "did not join in time"))
+                } else {
+                    None
+                }
+            })
+            .collect();
+        for (conn, why) in stale {
+            self.close_conn(conn, CloseReason::Timeout, why.into());
+        }
+    }
+
+    /// The effective rank of a session's user.
+    pub(super) fn rank_of(&self, sid: SessionId) -> Rank {
+        self.sessions
+            .get(&sid)
+            .map_or(Rank::Visitor, |s| self.world.effective_rank(s.user))
+    }
+
+    /// The session whose player is `player`.
+    pub(super) fn player_session(&self, player: EntityId) -> Option<&Session> {
+        let e = self.world.entities.get(&player)?;
+        if e.kind != EntityKind::Player {
+            return None;
+        }
+        self.sessions.get(&e.owner?)
+    }
+}

@@ -1,0 +1,204 @@
+//! The tick: at the tick rate, server-authoritative players move by their inputs, the world
+//! is sampled once (quantized, indexed for interest), and every client's transform datagrams
+//! are written from that one snapshot (interest, priority, budget, delta compression). A tick
+//! can be written in steps of a few clients ([`ServerCore::handle_timeout_step`]) so a driver
+//! sends the first clients' datagrams while later ones are written. At the end of each tick
+//! the state of apps moved by datagrams is emitted for the store, and idle connections closed.
+
+use super::{ServerCore, ServerEvent, Transmit};
+use crate::persist::Change;
+use crate::time::{Tick, Time};
+use crate::transform::{EntitySample, TickInput};
+use crate::types::*;
+
+/// A tick under way: its world snapshot (`samples`, `grid`) is taken; clients from `next` on
+/// (by session id) still need their datagrams.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct TickJob {
+    /// Session to write next (the first with an id at or above it); `None` past the largest
+    /// possible id.
+    next: Option<SessionId>,
+    /// Whether players move server-side (their own-state blob rides in the datagram).
+    server_auth: bool,
+    /// What the tick wrote so far.
+    stats: TickStats,
+}
+
+/// Whether [`ServerCore::handle_timeout_step`] finished what was due.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimeoutProgress {
+    /// Clients of a due tick are left: call again (after sending what was written).
+    More,
+    /// Every due tick is written and idle connections are closed.
+    Done,
+}
+
+/// What the last tick did, for metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TickStats {
+    /// The tick.
+    pub tick: Tick,
+    /// Transform datagrams written.
+    pub datagrams: usize,
+    /// Their bytes.
+    pub bytes: usize,
+    /// Entity updates written (summed over clients).
+    pub updates: usize,
+}
+
+impl ServerCore {
+    /// Runs every tick due at `now` and closes idle connections. Safe to call early.
+    pub fn handle_timeout(&mut self, now: Time) {
+        while self.handle_timeout_step(now, usize::MAX) == TimeoutProgress::More {}
+    }
+
+    /// [`handle_timeout`](Self::handle_timeout) in steps of at most `clients_max` clients'
+    /// datagrams (at least one), so a driver can send the first clients' datagrams while the
+    /// others' are still being written: the first client of a 1,000-client tick no longer waits
+    /// for the whole tick. Returns [`TimeoutProgress::More`] while clients of a due tick are
+    /// left; the tick's world snapshot is taken when it starts, so every client of one tick sees
+    /// the same world. Between steps a driver should only drain outputs (`poll_*`); an input
+    /// handled in between is applied as if it arrived before the tick's remaining clients.
+    pub fn handle_timeout_step(&mut self, now: Time, clients_max: usize) -> TimeoutProgress {
+        let now = self.advance(now);
+        let mut budget = clients_max.max(1);
+        loop {
+            if self.tick_job.is_none() {
+                let Some(tick) = self.clock.poll_tick(now) else {
+                    break;
+                };
+                self.begin_tick(tick);
+            }
+            if !self.continue_tick(&mut budget) || budget == 0 {
+                return TimeoutProgress::More;
+            }
+        }
+        self.persist_moved_apps();
+        self.close_idle(now);
+        TimeoutProgress::Done
+    }
+
+    /// Starts a server tick: moves server-authoritative players by their inputs and takes the
+    /// world snapshot every client's datagrams are written from.
+    pub(super) fn begin_tick(&mut self, tick: Tick) {
+        self.flush_blueprints();
+        let server_auth = self.world.settings.movement == MovementAuthority::Server;
+        if server_auth {
+            for s in self.sessions.values_mut() {
+                s.motion.tick(tick);
+                if let Some(e) = self.world.entities.get_mut(&s.player) {
+                    e.transform = s.motion.transform();
+                }
+            }
+        }
+        self.samples.clear();
+        for e in self.world.entities.values() {
+            let mut sample = EntitySample::new(e.id, &e.transform, &self.quantizer);
+            sample.owner = e.owner;
+            self.samples.push(sample);
+        }
+        // Each client looks only at the entities near its player: a tick then costs clients ×
+        // entities nearby, not clients × entities (exact: see `InterestGrid`).
+        let t = &self.config.transform;
+        self.grid
+            .build(&self.samples, t.interest_radius_m + t.interest_hysteresis_m);
+        self.tick_updates.clear();
+        self.tick_job = Some(TickJob {
+            next: Some(SessionId(0)),
+            server_auth,
+            stats: TickStats {
+                tick,
+                ..TickStats::default()
+            },
+        });
+    }
+
+    /// Writes the transform datagrams (interest, priority, budget, delta compression) of the
+    /// tick under way for up to `budget` more clients, counting them off `budget`. Returns
+    /// whether the tick is complete (and ends it).
+    pub(super) fn continue_tick(&mut self, budget: &mut usize) -> bool {
+        let Some(mut job) = self.tick_job else {
+            return true;
+        };
+        let (tick, now) = (job.stats.tick, self.now);
+        // Past the largest possible session id nothing is left.
+        let mut rest = job.next.map(|first| self.sessions.range_mut(first..));
+        let complete = loop {
+            if *budget == 0 {
+                break false;
+            }
+            let Some((&sid, s)) = rest.as_mut().and_then(Iterator::next) else {
+                break true;
+            };
+            job.next = sid.0.checked_add(1).map(SessionId);
+            let Some(conn) = s.conn else { continue };
+            let Some(c) = self.conns.get(&conn) else {
+                continue;
+            };
+            if c.closed {
+                continue;
+            }
+            *budget -= 1;
+            let viewer = self
+                .world
+                .entities
+                .get(&s.player)
+                .map(|e| e.transform.position);
+            let blob = if job.server_auth {
+                s.motion.own_state_blob()
+            } else {
+                None
+            };
+            let entities: &[EntitySample] = match viewer {
+                Some(v) => {
+                    self.grid
+                        .query(&self.samples, v, s.replicator.retained(), &mut self.nearby);
+                    &self.nearby
+                }
+                None => &self.samples,
+            };
+            let input = TickInput {
+                tick,
+                now,
+                viewer,
+                entities,
+                max_datagram_size: c.max_datagram_size,
+                own_blob: blob.as_deref(),
+            };
+            match s.replicator.write_tick(&input, &mut self.datagrams) {
+                Ok(sum) => {
+                    job.stats.updates += sum.updates;
+                    let each = (sum.bytes / sum.updates.max(1)) as u32;
+                    self.tick_updates
+                        .extend(s.replicator.last_tick_updates().map(|id| (sid, id, each)));
+                }
+                Err(error) => self
+                    .events
+                    .push_back(ServerEvent::DatagramRejected { conn, error }),
+            }
+            for data in self.datagrams.drain(..) {
+                job.stats.datagrams += 1;
+                job.stats.bytes += data.len();
+                self.transmits.push_back(Transmit::Datagram { conn, data });
+            }
+        };
+        if complete {
+            self.stats = job.stats;
+            self.tick_job = None;
+        } else {
+            self.tick_job = Some(job);
+        }
+        complete
+    }
+
+    /// Emits the state of every app moved by datagrams since the last call, once per app
+    /// ([`Change::PutEntityState`]): the store coalesces it and writes it at its own interval.
+    pub(super) fn persist_moved_apps(&mut self) {
+        for id in std::mem::take(&mut self.moved_apps) {
+            if let Some(e) = self.world.entities.get(&id) {
+                let state = Change::PutEntityState(e.clone());
+                self.persist(state);
+            }
+        }
+    }
+}

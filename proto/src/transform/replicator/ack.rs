@@ -1,0 +1,145 @@
+//! The sent-datagram history and what an ack does to it: [`ClientReplicator::handle_ack`]
+//! promotes acknowledged values to baselines, ends acknowledged "left interest" notices, feeds
+//! the RTT estimate, and recycles record lists no longer needed.
+
+use super::tracked::{LeftState, PackedSample, Tracked, RECORD_LEFT_NOTICE, TRACKED_LAST_ACKED};
+use super::ClientReplicator;
+use crate::time::{Tick, Time};
+use crate::transform::seq::{AckHeader, Seq, ACK_WINDOW};
+use crate::transform::SENT_HISTORY_LEN;
+use crate::types::EntityId;
+
+/// One record of a sent datagram, as acks need it: 64 bytes, one cache line (it was 80 as an
+/// enum holding a whole [`Sample`](crate::transform::record::Sample)).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct SentRecord {
+    pub(super) id: EntityId,
+    /// Where the entity was in `tracked` when sent (checked, then searched if it moved).
+    pub(super) slot: u32,
+    pub(super) epoch: u32,
+    /// The update's send index in its epoch (unused for a left notice).
+    pub(super) send_index: u32,
+    /// The value sent, at the datagram's tick; for a left notice only its
+    /// [`RECORD_LEFT_NOTICE`] flag.
+    pub(super) sample: PackedSample,
+}
+
+impl SentRecord {
+    /// Whether this is a left-interest notice rather than an update.
+    #[inline]
+    pub(super) fn is_left(&self) -> bool {
+        self.sample.flags & RECORD_LEFT_NOTICE != 0
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub(super) struct SentDatagram {
+    pub(super) seq_full: u64,
+    /// The tick it was sent for: its records' samples' tick.
+    pub(super) tick: Tick,
+    pub(super) valid: bool,
+    pub(super) acked: bool,
+    pub(super) sent_at: Time,
+    pub(super) records: Vec<SentRecord>,
+}
+
+impl ClientReplicator {
+    /// Processes an ack header from the client. Unknown, repeated or out-of-window sequences are
+    /// ignored (a peer cannot make this fail or grow). Returns how many datagrams were newly
+    /// acknowledged.
+    pub fn handle_ack(&mut self, ack: &AckHeader, now: Time) -> usize {
+        if ack.received == 0 || self.next_seq == 0 {
+            return 0;
+        }
+        let last_full = self.next_seq - 1;
+        let behind_latest = Seq(last_full as u16).diff(ack.latest);
+        if behind_latest < 0 {
+            return 0; // acks a datagram never sent
+        }
+        let mut newly = 0;
+        for i in 0..ACK_WINDOW as u64 {
+            if ack.received >> i & 1 == 0 {
+                continue;
+            }
+            let back = behind_latest as u64 + i;
+            if back >= SENT_HISTORY_LEN as u64 || back > last_full {
+                break;
+            }
+            let full = last_full - back;
+            let slot = (full % SENT_HISTORY_LEN as u64) as usize;
+            if self.unacked[slot / 64] >> (slot % 64) & 1 == 0 {
+                continue; // never sent, or acknowledged already
+            }
+            let d = &mut self.history[slot];
+            debug_assert!(d.valid && !d.acked);
+            if d.seq_full != full {
+                continue;
+            }
+            d.acked = true;
+            self.unacked[slot / 64] &= !(1u64 << (slot % 64));
+            newly += 1;
+            if i == 0 {
+                let sample = now.saturating_since(d.sent_at).as_micros() as u64;
+                self.srtt_us = Some(match self.srtt_us {
+                    None => sample,
+                    Some(s) => (s * 7 + sample) / 8,
+                });
+            }
+            let tick = d.tick;
+            for r in &d.records {
+                let Some(ti) = locate(&self.tracked, r.id, r.slot) else {
+                    continue;
+                };
+                let t = &mut self.tracked[ti];
+                if t.epoch != r.epoch {
+                    continue;
+                }
+                if r.is_left() {
+                    if t.left().is_pending() {
+                        t.set_left(LeftState::NONE);
+                        // Pending means out of interest: no longer retained.
+                        if let Ok(k) = self.retained_ids.binary_search(&r.id) {
+                            self.retained_ids.remove(k);
+                        }
+                    }
+                    continue;
+                }
+                if baseline_older(t.baseline_tick(), tick) {
+                    t.set_baseline(tick, &r.sample, r.send_index);
+                }
+                if t.has_last_sent() && t.last_send_index == r.send_index {
+                    t.flags |= TRACKED_LAST_ACKED;
+                }
+            }
+            // Its records are done with; the last tick's stay for `last_tick_updates` until
+            // the next `write_tick` recycles them.
+            if full < self.tick_first_seq {
+                recycle(&mut self.history[slot].records, &mut self.spare_records);
+            }
+        }
+        newly
+    }
+}
+
+/// Moves an acknowledged datagram's record list, emptied, to the spare lists.
+#[inline]
+pub(super) fn recycle(records: &mut Vec<SentRecord>, spare: &mut Vec<Vec<SentRecord>>) {
+    if records.capacity() != 0 {
+        let mut r = std::mem::take(records);
+        r.clear();
+        spare.push(r);
+    }
+}
+
+/// The index of `id` in `tracked`: `slot` if it is still there, else a binary search.
+fn locate(tracked: &[Tracked], id: EntityId, slot: u32) -> Option<usize> {
+    match tracked.get(slot as usize) {
+        Some(t) if t.id == id => Some(slot as usize),
+        _ => tracked.binary_search_by_key(&id, |t| t.id).ok(),
+    }
+}
+
+/// Whether `tick` is newer than the baseline (or there is none).
+fn baseline_older(base_tick: Option<Tick>, tick: Tick) -> bool {
+    !matches!(base_tick, Some(b) if b >= tick)
+}

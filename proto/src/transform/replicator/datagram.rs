@@ -1,0 +1,299 @@
+//! Writing one datagram: header, index gaps and kind codes around the encoded record bodies,
+//! and committing each record to its entity's state and the sent history for acks.
+
+use super::ack::{SentDatagram, SentRecord};
+use super::priority::Coded;
+use super::tracked::{LeftState, PackedSample, Tracked, RECORD_LEFT_NOTICE};
+use super::{ClientReplicator, TickInput, TickSummary, INDEX_EG_K};
+use crate::limits::DATAGRAM_BYTES_MAX;
+use crate::transform::bits::BitRun;
+use crate::transform::record::{write_absolute_run, write_delta_run, Sample, AGE_EG_K};
+use crate::transform::{
+    write_varint, KIND_SERVER_STATE, RECORDS_PER_DATAGRAM_MAX, SENT_HISTORY_LEN,
+};
+use crate::types::EntityId;
+
+/// Ages below this may become a datagram's common age: round trips of up to 4 s at 60 Hz.
+const COMMON_AGE_CANDIDATES_MAX: usize = 256;
+
+impl ClientReplicator {
+    pub(super) fn write_datagram(
+        &mut self,
+        input: &TickInput,
+        blob: Option<&[u8]>,
+        summary: &mut TickSummary,
+    ) -> Vec<u8> {
+        let common = common_age(self.scratch.chosen.iter().map(|&(_, ci)| {
+            match self.scratch.cands[ci].coded() {
+                Coded::Delta { age } => age,
+                _ => 0,
+            }
+        }));
+        self.scratch.out_bits.clear();
+        let mut prev: Option<EntityId> = None;
+        let mut w = BitRun::new(&mut self.scratch.out_bits);
+        for &(id, ci) in &self.scratch.chosen {
+            let g = gap(prev, id);
+            prev = Some(id);
+            let c = &self.scratch.cands[ci];
+            let Some((start, len)) = c.body else {
+                w.write_eg(g, INDEX_EG_K);
+                continue; // unreachable: every chosen candidate has its body computed
+            };
+            write_index_kind(&mut w, g, c.coded(), common);
+            w.append_bits(&self.scratch.body, start as usize, len as usize);
+        }
+        w.finish();
+        let (seq_full, buf, slot, mut records) =
+            self.begin_datagram(input, blob, common, self.scratch.chosen.len());
+        for &(_, ci) in &self.scratch.chosen {
+            let c = self.scratch.cands[ci];
+            commit_record(
+                &mut self.tracked[c.slot as usize],
+                c.slot as usize,
+                c.coded(),
+                input,
+                &mut records,
+                summary,
+            );
+        }
+        self.finish_datagram(input, seq_full, slot, records);
+        buf
+    }
+
+    /// Writes the header and the packed records; returns the sequence, the buffer, the history
+    /// slot and its (cleared) record list.
+    fn begin_datagram(
+        &mut self,
+        input: &TickInput,
+        blob: Option<&[u8]>,
+        common: u64,
+        count: usize,
+    ) -> (u64, Vec<u8>, usize, Vec<SentRecord>) {
+        let seq_full = self.next_seq;
+        self.next_seq += 1;
+        let mut buf = Vec::with_capacity(input.max_datagram_size.min(DATAGRAM_BYTES_MAX));
+        buf.push(KIND_SERVER_STATE);
+        buf.extend_from_slice(&(seq_full as u16).to_le_bytes());
+        write_varint(&mut buf, input.tick.0);
+        buf.push(blob.is_some() as u8);
+        if let Some(b) = blob {
+            buf.push(b.len() as u8);
+            buf.extend_from_slice(b);
+        }
+        write_varint(&mut buf, common);
+        write_varint(&mut buf, count as u64);
+        self.scratch.out_bits.copy_to(&mut buf);
+        let slot = (seq_full % SENT_HISTORY_LEN as u64) as usize;
+        let mut records = std::mem::take(&mut self.history[slot].records);
+        if records.capacity() == 0 {
+            records = self.spare_records.pop().unwrap_or_default();
+        }
+        records.clear();
+        records.reserve(count);
+        (seq_full, buf, slot, records)
+    }
+
+    fn finish_datagram(
+        &mut self,
+        input: &TickInput,
+        seq_full: u64,
+        slot: usize,
+        records: Vec<SentRecord>,
+    ) {
+        self.history[slot] = SentDatagram {
+            seq_full,
+            tick: input.tick,
+            valid: true,
+            acked: false,
+            sent_at: input.now,
+            records,
+        };
+        self.unacked[slot / 64] |= 1u64 << (slot % 64);
+    }
+
+    /// Fast path: every candidate, in id order, written straight into one datagram. Returns
+    /// `None` (and leaves all state as it was) if they do not fit in `bits_avail` bits.
+    pub(super) fn try_single_datagram(
+        &mut self,
+        input: &TickInput,
+        blob: Option<&[u8]>,
+        bits_avail: usize,
+        summary: &mut TickSummary,
+    ) -> Option<Vec<u8>> {
+        let n = self.scratch.cands.len();
+        if n == 0 || n > RECORDS_PER_DATAGRAM_MAX {
+            return None;
+        }
+        let common = common_age(self.scratch.cands.iter().map(|c| c.age as u64));
+        // Written into the body scratch (empty until now), each body's range remembered: if the
+        // records do not fit, the packer reuses the bodies instead of encoding them again.
+        debug_assert_eq!(self.scratch.body.len_bits(), 0);
+        let mut prev: Option<EntityId> = None;
+        let mut w = BitRun::new(&mut self.scratch.body);
+        for c in self.scratch.cands.iter_mut() {
+            let slot = c.slot as usize;
+            let t = &self.tracked[slot];
+            let q = &input.entities[slot].q;
+            let coded = c.coded();
+            write_index_kind(&mut w, gap(prev, t.id), coded, common);
+            prev = Some(t.id);
+            let start = w.len_bits();
+            match (coded, &t.baseline()) {
+                (Coded::Delta { .. }, Some(b)) => {
+                    write_delta_run(&mut w, &self.qz, q, input.tick, b)
+                }
+                (Coded::Absolute, _) => write_absolute_run(&mut w, &self.qz, q),
+                _ => {}
+            }
+            let end = w.len_bits();
+            c.body = Some((start as u32, (end - start) as u32));
+            if end > bits_avail {
+                w.finish();
+                return None;
+            }
+        }
+        w.finish();
+        std::mem::swap(&mut self.scratch.body, &mut self.scratch.out_bits);
+        let (seq_full, buf, slot, mut records) = self.begin_datagram(input, blob, common, n);
+        for c in self.scratch.cands.iter_mut() {
+            c.placed = true;
+            commit_record(
+                &mut self.tracked[c.slot as usize],
+                c.slot as usize,
+                c.coded(),
+                input,
+                &mut records,
+                summary,
+            );
+        }
+        self.finish_datagram(input, seq_full, slot, records);
+        Some(buf)
+    }
+}
+
+/// The most frequent nonzero delta age among `ages` (0 for none), which a datagram names once
+/// as its common age. Ages of at least [`COMMON_AGE_CANDIDATES_MAX`] (rare old baselines) never
+/// become it. The counts live on the stack, always cached (a field would be one more cold
+/// buffer per client).
+#[inline(always)]
+pub(super) fn common_age(ages: impl Iterator<Item = u64>) -> u64 {
+    let mut counts = [0u16; COMMON_AGE_CANDIDATES_MAX];
+    let (mut common, mut best) = (0u64, 0u16);
+    for age in ages.filter(|&a| a != 0) {
+        let Some(n) = counts.get_mut(age as usize) else {
+            continue;
+        };
+        *n += 1;
+        if *n > best {
+            best = *n;
+            common = age;
+        }
+    }
+    common
+}
+
+/// The Exp-Golomb value of the gap from `prev` to `id` (ids strictly ascending).
+#[inline]
+pub(super) fn gap(prev: Option<EntityId>, id: EntityId) -> u64 {
+    match prev {
+        None => id.0 as u64,
+        Some(p) => (id.0 - p.0 - 1) as u64,
+    }
+}
+
+/// Writes a record's index gap, then its kind code and baseline reference: the usual record
+/// (next id, delta against the common age) in one write.
+#[inline(always)]
+fn write_index_kind(w: &mut BitRun, gap: u64, coded: Coded, common: u64) {
+    if gap == 0 && matches!(coded, Coded::Delta { age } if age == common) {
+        // Exp-Golomb (order 0) of 0 is `1`; then the kind `11`.
+        w.write_fitting(0b111, 3);
+    } else {
+        w.write_eg(gap, INDEX_EG_K);
+        write_kind(w, coded, common);
+    }
+}
+
+/// Writes a record's kind code and, for deltas, its baseline reference.
+#[inline(always)]
+fn write_kind(w: &mut BitRun, coded: Coded, common: u64) {
+    match coded {
+        Coded::Delta { age } => {
+            if age == common {
+                w.write_fitting(0b11, 2);
+            } else {
+                w.write_fitting(0b01, 2);
+                w.write_eg(age - 1, AGE_EG_K);
+            }
+        }
+        Coded::Absolute => w.write_fitting(0b10, 2),
+        Coded::Left => w.write_fitting(0b00, 2),
+    }
+}
+
+/// The sample field of a left notice's [`SentRecord`]: only its flag is read.
+const LEFT_NOTICE_SAMPLE: PackedSample = PackedSample {
+    flags: RECORD_LEFT_NOTICE,
+    ..PackedSample::ZERO
+};
+
+/// Updates an entity's state for a record just written and remembers it for acks. A delta was
+/// coded against `t`'s current baseline.
+#[inline]
+fn commit_record(
+    t: &mut Tracked,
+    slot: usize,
+    coded: Coded,
+    input: &TickInput,
+    records: &mut Vec<SentRecord>,
+    summary: &mut TickSummary,
+) {
+    t.priority = 0.0;
+    let id = t.id;
+    match coded {
+        Coded::Left => {
+            t.set_left(LeftState::sent_at(input.now));
+            records.push(SentRecord {
+                id,
+                slot: slot as u32,
+                epoch: t.epoch,
+                send_index: 0,
+                sample: LEFT_NOTICE_SAMPLE,
+            });
+            summary.left_notices += 1;
+        }
+        Coded::Delta { .. } | Coded::Absolute => {
+            let q = input.entities[slot].q;
+            // Packed straight from the stored baseline: unpacking it into a `Sample`, deriving
+            // the new one and packing that again touched three copies per record.
+            let sample = match coded {
+                Coded::Delta { age } if t.has_baseline() => {
+                    PackedSample::from_base(&q, age as u16, &t.base)
+                }
+                _ => PackedSample::absolute(&q),
+            };
+            debug_assert_eq!(
+                sample.unpack(input.tick),
+                match (coded, &t.baseline()) {
+                    (Coded::Delta { .. }, Some(b)) => Sample::from_base(input.tick, q, b),
+                    _ => Sample::absolute(input.tick, q),
+                }
+            );
+            let send_index = t.sends;
+            t.sends = t.sends.wrapping_add(1);
+            t.set_last_sent(&q, send_index, input.now);
+            records.push(SentRecord {
+                id,
+                slot: slot as u32,
+                epoch: t.epoch,
+                send_index,
+                sample,
+            });
+            summary.updates += 1;
+            if matches!(coded, Coded::Absolute) {
+                summary.absolute += 1;
+            }
+        }
+    }
+}

@@ -1,0 +1,264 @@
+//! [`ClientReplicator`]: the server's transform sender for one client.
+//!
+//! Per tick: update interest, grow the priority of every entity that needs sending, then fill
+//! datagrams highest priority first up to the client's byte budget and the connection's current
+//! datagram size. Memory is bounded: one [`Tracked`] per world entity, [`SENT_HISTORY_LEN`]
+//! remembered datagrams, scratch buffers reused across ticks.
+//!
+//! This file holds the public types and the replicator's state; its work is split by concern:
+//! - [`tracked`]: the per-entity state (baseline, last value sent, interest) and its packed
+//!   value layout;
+//! - [`priority`]: aligning that state with the tick's entities, interest changes and the
+//!   priority accumulator that picks this tick's candidates;
+//! - [`pack`]: [`ClientReplicator::write_tick`], the byte budget and packing candidates into
+//!   datagrams;
+//! - [`datagram`]: encoding one datagram and recording what it carried;
+//! - [`ack`]: the sent-datagram history and [`ClientReplicator::handle_ack`] (baselines, RTT);
+//! - [`slot_set`]: the bitset of slots chosen for the datagram being filled.
+
+mod ack;
+mod datagram;
+mod pack;
+mod priority;
+mod slot_set;
+#[cfg(test)]
+mod tests;
+mod tracked;
+
+use self::ack::{SentDatagram, SentRecord};
+use self::pack::Scratch;
+use self::tracked::Tracked;
+use super::quant::{QTransform, Quantizer};
+use super::{ConfigError, TransformConfig, DATAGRAM_BYTES_MIN, SENT_HISTORY_LEN};
+use crate::time::{Tick, Time};
+use crate::types::{EntityId, SessionId, Transform, Vec3};
+
+/// Exp-Golomb order of entity index gaps: consecutive ids cost 1 bit.
+pub(crate) const INDEX_EG_K: u32 = 0;
+/// Round-trip estimate before the first ack, microseconds: a typical internet RTT, so resends
+/// of unacknowledged values start neither at once nor after seconds.
+const RTT_INITIAL_US: u64 = 200_000;
+// The ack bitset `unacked` has one bit per history slot in whole words.
+const _: () = assert!(SENT_HISTORY_LEN % 64 == 0);
+
+/// One entity's current state, quantized once per tick and shared by every client's replicator.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct EntitySample {
+    /// The entity.
+    pub id: EntityId,
+    /// Its quantized transform this tick.
+    pub q: QTransform,
+    /// Its position, metres (for interest and distance priority).
+    pub position: Vec3,
+    /// Per-entity priority weight (1 = normal; higher for important entities, 0 = only when
+    /// nothing else needs the budget).
+    pub weight: f32,
+    /// The session that owns it, if any: owners already predict it, so it weighs less for them.
+    pub owner: Option<SessionId>,
+}
+
+impl EntitySample {
+    /// A sample of `t` with weight 1 and no owner.
+    pub fn new(id: EntityId, t: &Transform, qz: &Quantizer) -> EntitySample {
+        EntitySample {
+            id,
+            q: qz.quantize(t),
+            position: t.position,
+            weight: 1.0,
+            owner: None,
+        }
+    }
+}
+
+/// The inputs of one [`ClientReplicator::write_tick`] call.
+#[derive(Clone, Copy, Debug)]
+pub struct TickInput<'a> {
+    /// The server tick being sent.
+    pub tick: Tick,
+    /// Now.
+    pub now: Time,
+    /// The client's viewpoint (its player's position), `None` for no interest limit.
+    pub viewer: Option<Vec3>,
+    /// The entities of the world this tick, sorted by strictly ascending id: all of them, or
+    /// those an [`InterestGrid`](super::InterestGrid) query found near the viewer (which include
+    /// [`ClientReplicator::retained`]). An entity held before and missing now is taken as
+    /// removed from the world (the reliable stream tells the client), so leave out only what
+    /// the grid leaves out.
+    pub entities: &'a [EntitySample],
+    /// The connection's current `max_datagram_size()`, bytes (asked again at every call).
+    pub max_datagram_size: usize,
+    /// The client's own-player authoritative state, ≤
+    /// [`OWN_BLOB_BYTES_MAX`](super::OWN_BLOB_BYTES_MAX) bytes, carried byte-aligned in the
+    /// tick's first datagram.
+    pub own_blob: Option<&'a [u8]>,
+}
+
+/// What one [`ClientReplicator::write_tick`] produced.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TickSummary {
+    /// Datagrams written.
+    pub datagrams: usize,
+    /// Their total size, bytes.
+    pub bytes: usize,
+    /// Entity updates (delta or absolute) written.
+    pub updates: usize,
+    /// Of those, absolute (no usable baseline).
+    pub absolute: usize,
+    /// Left-interest notices written.
+    pub left_notices: usize,
+    /// Candidates left for a later tick by the budget or datagram size.
+    pub deferred: usize,
+}
+
+/// The server's transform sender for one client. See the [module docs](super) for the format.
+///
+/// Drive it with [`ClientReplicator::write_tick`] once per server tick (after quantizing the
+/// world once into [`EntitySample`]s) and [`ClientReplicator::handle_ack`] for every ack header
+/// the client sends; hand each datagram written to the connection's unreliable datagram send.
+#[derive(Clone, Debug)]
+pub struct ClientReplicator {
+    config: TransformConfig,
+    qz: Quantizer,
+    session: Option<SessionId>,
+    own_entity: Option<EntityId>,
+    budget_bits_per_s: u32,
+    tracked: Vec<Tracked>,
+    /// The ids of `tracked` in interest or owed a "left interest" notice, ascending: what
+    /// [`ClientReplicator::retained`] gives. Rebuilt by every `write_tick`, kept exact by
+    /// `handle_ack` (which is what ends a pending notice).
+    retained_ids: Vec<EntityId>,
+    history: Vec<SentDatagram>,
+    /// Emptied record lists of acknowledged datagrams, reused by the next datagrams: with
+    /// prompt acks a few lists, warm in the cache, serve every datagram instead of one per
+    /// history slot. At most [`SENT_HISTORY_LEN`] lists exist in `history` and here together.
+    spare_records: Vec<Vec<SentRecord>>,
+    /// One bit per `history` slot: set while it holds a datagram sent and not yet acknowledged
+    /// (`valid && !acked`), so an ack looks at [`SENT_HISTORY_LEN`] / 8 bytes, not at every
+    /// remembered datagram its window covers.
+    unacked: [u64; SENT_HISTORY_LEN / 64],
+    next_seq: u64,
+    /// The first sequence number the last `write_tick` used (its datagrams are
+    /// `tick_first_seq..next_seq`).
+    tick_first_seq: u64,
+    next_epoch: u32,
+    last_tick: Option<Tick>,
+    carry: i64,
+    srtt_us: Option<u64>,
+    /// Buffers used only within one `write_tick`: empty between calls, the thread's
+    /// [`SCRATCH`](pack::SCRATCH) moved in for the call.
+    scratch: Scratch,
+    /// Whether the last tick's candidates did not fit in one datagram.
+    single_failed_last: bool,
+}
+
+impl ClientReplicator {
+    /// A replicator for one client. `session` is the client's session (for ownership weights).
+    pub fn new(config: TransformConfig, session: Option<SessionId>) -> Result<Self, ConfigError> {
+        let qz = Quantizer::new(&config)?;
+        Ok(ClientReplicator {
+            budget_bits_per_s: config.budget_bits_per_s,
+            config,
+            qz,
+            session,
+            own_entity: None,
+            tracked: Vec::new(),
+            retained_ids: Vec::new(),
+            history: vec![SentDatagram::default(); SENT_HISTORY_LEN],
+            unacked: [0; SENT_HISTORY_LEN / 64],
+            spare_records: Vec::new(),
+            next_seq: 0,
+            tick_first_seq: 0,
+            next_epoch: 0,
+            last_tick: None,
+            carry: 0,
+            srtt_us: None,
+            scratch: Scratch::default(),
+            single_failed_last: false,
+        })
+    }
+
+    /// The quantizer (same config as the client's receiver).
+    pub fn quantizer(&self) -> &Quantizer {
+        &self.qz
+    }
+
+    /// Excludes the client's own player from the stream (it rides in the own blob instead).
+    pub fn set_own_entity(&mut self, id: Option<EntityId>) {
+        self.own_entity = id;
+    }
+
+    /// The entity excluded as the client's own player, if any.
+    pub fn own_entity_id(&self) -> Option<EntityId> {
+        self.own_entity
+    }
+
+    /// Overrides this client's budget, bits per second (clamped to the configured minimum).
+    pub fn set_budget_bits_per_s(&mut self, bits_per_s: u32) {
+        self.budget_bits_per_s = bits_per_s.max(super::config::BUDGET_BITS_PER_S_MIN);
+    }
+
+    /// Smoothed round-trip estimate from acks, if any ack arrived yet.
+    pub fn rtt_estimate_us(&self) -> Option<u64> {
+        self.srtt_us
+    }
+
+    /// Whether the entity is currently in this client's interest.
+    pub fn in_interest(&self, id: EntityId) -> bool {
+        self.find(id).is_some_and(|i| self.tracked[i].in_interest)
+    }
+
+    /// The entities this replicator holds state for that must stay in its input while they
+    /// exist: those in interest and those owed a "left interest" notice. A caller that gives
+    /// [`ClientReplicator::write_tick`] only the entities near the viewer (an
+    /// [`InterestGrid`](super::InterestGrid)) adds these, so that leaving is noticed; any
+    /// other entity it leaves out is one this tick would not touch.
+    ///
+    /// Ascending by id, read from a list kept beside the per-entity state (one `u32` each), so
+    /// a caller with many replicators does not walk all their state to get it.
+    pub fn retained(&self) -> impl Iterator<Item = EntityId> + '_ {
+        debug_assert!(self
+            .tracked
+            .iter()
+            .filter(|t| t.in_interest || t.left().is_pending())
+            .map(|t| t.id)
+            .eq(self.retained_ids.iter().copied()));
+        self.retained_ids.iter().copied()
+    }
+
+    /// Bytes this client may be sent per tick (budget / tick rate, before carry).
+    pub fn budget_bytes_per_tick(&self) -> usize {
+        (self.budget_bits_per_s as usize / 8) / self.config.tick_hz.max(1) as usize
+    }
+
+    /// Most unused budget carried into later ticks, bytes: half a tick's worth, but at least
+    /// [`DATAGRAM_BYTES_MIN`] so a budget smaller than one datagram per tick still sends one
+    /// datagram every few ticks. Over any run of ticks the bytes sent never exceed
+    /// ticks × [`ClientReplicator::budget_bytes_per_tick`] + this (own blobs aside).
+    pub fn budget_carry_max_bytes(&self) -> usize {
+        (self.budget_bytes_per_tick() / 2).max(DATAGRAM_BYTES_MIN)
+    }
+
+    /// The entities the last [`ClientReplicator::write_tick`] sent updates for, in datagram
+    /// order (for bandwidth attribution and operator views). One pass over that tick's records.
+    pub fn last_tick_updates(&self) -> impl Iterator<Item = EntityId> + '_ {
+        (self.tick_first_seq..self.next_seq).flat_map(move |s| {
+            let d = &self.history[(s % SENT_HISTORY_LEN as u64) as usize];
+            d.records.iter().filter(|r| !r.is_left()).map(|r| r.id)
+        })
+    }
+
+    /// Starts sequence numbers further on (tests of wrap-around).
+    #[cfg(test)]
+    pub(crate) fn skip_seqs(&mut self, n: u64) {
+        self.next_seq += n;
+    }
+
+    fn find(&self, id: EntityId) -> Option<usize> {
+        self.tracked.binary_search_by_key(&id, |t| t.id).ok()
+    }
+
+    fn resend_after_us(&self) -> u64 {
+        let rtt = self.srtt_us.unwrap_or(RTT_INITIAL_US);
+        rtt + rtt / 4 + 1_000_000 / self.config.tick_hz.max(1) as u64
+    }
+}

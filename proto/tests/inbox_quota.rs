@@ -1,0 +1,79 @@
+//! The datagram inbox in front of the core: a connection flooding datagrams gets its share
+//! (`DATAGRAM_INBOX_PER_CONN_MAX` per take) and no more, every other connection's datagrams still
+//! reach the core, and the drops are reported.
+
+use neonet_proto::codec;
+use neonet_proto::msg::{ClientMsg, PROTOCOL_VERSION};
+use neonet_proto::server::{
+    ConnId, DatagramInbox, InboxBatch, InboxQuota, InsecureTokens, ServerConfig, ServerCore,
+    ServerEvent, TransportKind, World, DATAGRAM_INBOX_PER_CONN_MAX,
+};
+use neonet_proto::time::Time;
+
+fn joined_core(conns: &[ConnId]) -> ServerCore {
+    let mut core = ServerCore::new(
+        ServerConfig::default(),
+        World::default(),
+        Box::new(InsecureTokens),
+        Time::ZERO,
+    );
+    for &c in conns {
+        core.handle_connect(c, TransportKind::Sim, Time::ZERO);
+        let hello = ClientMsg::Hello {
+            protocol_version: PROTOCOL_VERSION,
+            name: format!("p{}", c.0),
+            token: None,
+        };
+        core.handle_frame(c, hello.channel(), &codec::encode(&hello), Time::ZERO);
+        assert!(core.session_of(c).is_some(), "{c:?} joined");
+    }
+    while core.poll_event().is_some() {}
+    core
+}
+
+#[test]
+fn a_flooding_connection_gets_its_share_and_the_others_datagrams_still_reach_the_core() {
+    let (flood, quiet) = (ConnId(1), ConnId(2));
+    let mut core = joined_core(&[flood, quiet]);
+    let mut inbox = DatagramInbox::new();
+    let (mut flood_quota, mut quiet_quota) = (InboxQuota::default(), InboxQuota::default());
+    // Undecodable datagrams: each one the core reads is reported as rejected, so the events
+    // show exactly which datagrams reached it.
+    let junk = vec![0xffu8; 40];
+    let sent = 10_000;
+    for i in 0..sent {
+        let _ = inbox.push(flood, junk.clone(), Time(i), &mut flood_quota);
+    }
+    inbox
+        .push(quiet, junk.clone(), Time(sent), &mut quiet_quota)
+        .expect("the quiet connection's datagram is queued");
+    let mut batch = InboxBatch::default();
+    inbox.take(&mut batch);
+    core.handle_inbox(&mut batch);
+    assert!(batch.datagrams.is_empty(), "the core took them all");
+    let events: Vec<ServerEvent> = std::iter::from_fn(|| core.poll_event()).collect();
+    let read = |c: ConnId| {
+        events
+            .iter()
+            .filter(|e| matches!(e, ServerEvent::DatagramRejected { conn, .. } if *conn == c))
+            .count()
+    };
+    assert_eq!(read(flood), DATAGRAM_INBOX_PER_CONN_MAX);
+    assert_eq!(
+        read(quiet),
+        1,
+        "the quiet connection's datagram reached the core"
+    );
+    assert!(
+        events.contains(&ServerEvent::DatagramsDropped {
+            conn_full: sent - DATAGRAM_INBOX_PER_CONN_MAX as u64,
+            inbox_full: 0,
+        }),
+        "the drops are reported: {:?}",
+        events.last()
+    );
+    // The next take starts the flooder's share over.
+    let _ = inbox.push(flood, junk, Time(sent + 1), &mut flood_quota);
+    inbox.take(&mut batch);
+    assert_eq!(batch.datagrams.len(), 1);
+}

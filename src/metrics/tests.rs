@@ -1,0 +1,159 @@
+//! Tests of the registry, its bounds and both renderings.
+
+use super::*;
+
+#[test]
+fn two_registries_are_independent() {
+    let a = Metrics::default();
+    let b = Metrics::default();
+    a.record_datagram_out(100);
+    a.record_message_in("Join");
+    assert_eq!(a.status().bandwidth.bytes_out, 100);
+    assert_eq!(b.status().bandwidth.bytes_out, 0);
+    assert!(a
+        .render_prometheus()
+        .contains("neonet_messages_in_total{type=\"Join\"} 1"));
+    assert!(!b.render_prometheus().contains("type=\"Join\""));
+}
+
+#[test]
+fn top_entities_orders_by_bytes_then_id() {
+    let m = Metrics::default();
+    let mut batch = EntityBytesBatch::new();
+    for id in 0..50u32 {
+        batch.add(id, (id as usize % 7) * 10);
+    }
+    m.merge_entity_bytes(&mut batch);
+    assert!(batch.is_empty());
+    m.record_entity_bytes(3, 1000);
+    let top = m.top_entities();
+    assert_eq!(top.len(), TOP_ENTITIES_K);
+    assert_eq!(top[0].entity_id, 3);
+    assert_eq!(
+        top[1],
+        EntityBandwidth {
+            entity_id: 6,
+            bytes_out: 60
+        }
+    );
+    assert_eq!(
+        top[2],
+        EntityBandwidth {
+            entity_id: 13,
+            bytes_out: 60
+        }
+    );
+    let text = m.render_prometheus();
+    assert!(text.contains("neonet_entity_bytes_out_top{entity=\"3\",rank=\"1\"} 1030"));
+    m.forget_entity(3);
+    assert_ne!(m.top_entities()[0].entity_id, 3);
+}
+
+#[test]
+fn labels_are_bounded() {
+    let m = Metrics::default();
+    let names: Vec<&'static str> = (0..LABEL_VALUES_MAX + 6)
+        .map(|i| &*Box::leak(format!("reason{i}").into_boxed_str()))
+        .collect();
+    for name in names {
+        m.record_drop(name);
+    }
+    let text = m.render_prometheus();
+    let series = text
+        .lines()
+        .filter(|l| l.starts_with("neonet_drops_total{"))
+        .count();
+    assert_eq!(series, LABEL_VALUES_MAX + 1);
+    assert!(text.contains("neonet_drops_total{reason=\"other\"} 6"));
+}
+
+#[test]
+fn batched_trails_keep_the_same_records_as_one_by_one() {
+    let one = Metrics::default();
+    let batched = Metrics::default();
+    for m in [&one, &batched] {
+        for i in 0..5000u32 {
+            m.record_trail(i % 100, 1, 40);
+        }
+        m.record_tick(Duration::from_millis(1));
+    }
+    let updates: Vec<(u32, u64, usize)> = (0..997u32).map(|i| (i, u64::from(i % 7), 30)).collect();
+    for chunk in updates.chunks(61) {
+        for &(e, s, b) in chunk {
+            one.record_trail(e, s, b);
+        }
+        batched.record_trails(chunk.iter().copied());
+    }
+    let ids = |m: &Metrics| -> Vec<(u64, u32, u64)> {
+        lock(&m.trails)
+            .records
+            .iter()
+            .map(|r| (r.seq, r.entity_id, r.session_id))
+            .collect()
+    };
+    assert_eq!(ids(&one), ids(&batched));
+}
+
+#[test]
+fn trails_are_thinned_and_bounded() {
+    let m = Metrics::default();
+    for i in 0..5000u32 {
+        m.record_trail(i % 100, u64::from(i % 10), 40);
+    }
+    // No tick yet: stride 1, so the ring is full.
+    assert_eq!(lock(&m.trails).records.len(), TRAIL_RING_LEN);
+    m.record_tick(Duration::from_millis(1));
+    let before = m.status().trail_next_seq;
+    for i in 0..4800u32 {
+        m.record_trail(i % 100, 1, 40);
+    }
+    let kept = m.status().trail_next_seq - before;
+    let stride = 5000 / TRAIL_SAMPLES_PER_TICK;
+    assert!(
+        kept.abs_diff(4800 / stride) <= 1,
+        "kept {kept} with stride {stride}"
+    );
+    let since = m.status_since(before + 5);
+    assert!(since.trails.iter().all(|t| t.seq >= before + 5));
+}
+
+#[test]
+fn tick_percentiles_and_overruns() {
+    let m = Metrics::new(MetricsConfig {
+        tick_period: Duration::from_millis(10),
+    });
+    for ms in 1..=100u64 {
+        m.record_tick(Duration::from_millis(ms));
+    }
+    let s = m.status();
+    assert_eq!(s.tick.ticks, 100);
+    assert_eq!(s.tick.overruns, 90);
+    assert!((s.tick.p50_ms - 50.0).abs() < 1e-9);
+    assert!((s.tick.p99_ms - 99.0).abs() < 1e-9);
+    assert!((s.tick.max_ms - 100.0).abs() < 1e-9);
+    let text = m.render_prometheus();
+    assert!(text.contains("neonet_tick_duration_seconds_bucket"));
+    assert!(text.contains("neonet_tick_overruns_total 90"));
+}
+
+#[test]
+fn users_get_rates_and_bounded_names() {
+    let m = Metrics::default();
+    let report = |bytes_out| UserReport {
+        session_id: 7,
+        name: "x".repeat(500),
+        addr: "127.0.0.1:9".parse().unwrap(),
+        rtt_ms: 12.5,
+        bytes_in: 0,
+        bytes_out,
+    };
+    m.publish_users([report(0)]);
+    std::thread::sleep(RATE_SAMPLE_SPACING + Duration::from_millis(20));
+    m.publish_users([report(10_000)]);
+    let s = m.status();
+    assert_eq!(s.users_total, 1);
+    assert_eq!(s.users[0].name.chars().count(), USER_NAME_CHARS_MAX);
+    assert!(s.users[0].kbps_out > 0.0);
+    m.publish_users([]);
+    assert_eq!(m.status().users_total, 0);
+}

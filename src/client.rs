@@ -55,12 +55,12 @@ use quinn::{Connection, ConnectionError};
 use tokio::sync::{mpsc, Notify};
 
 use neonet_proto::client::{ClientConfig, ClientTransmit};
-use neonet_proto::codec::{self, FrameDecoder};
-use neonet_proto::msg::CloseReason;
 use neonet_proto::types::{
     Blueprint, BlueprintId, BlueprintPatch, Bytes as PropBytes, EntityId, EntityPatch, Rank, ReqId,
     Transform, UserId,
 };
+use neonet_proto::wire::codec::{self, FrameDecoder};
+use neonet_proto::wire::msg::CloseReason;
 use neonet_proto::Time;
 
 use crate::quic::{self, ChannelWriters, StreamEvent, TransportError};

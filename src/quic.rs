@@ -3,7 +3,7 @@
 //! ## Stream mapping
 //! Each side opens one unidirectional stream per [`Channel`] the first time it has something to
 //! send on it. The stream's first byte is the channel id ([`Channel`] as `u8`); then come
-//! length-prefixed frames ([`neonet_proto::codec`]). Order holds within a channel, never across
+//! length-prefixed frames ([`neonet_proto::wire::codec`]). Order holds within a channel, never across
 //! channels. A second stream for a channel already seen, an unknown channel id, an oversize
 //! frame, or a stream that ends or is reset inside a frame is a stream error: the relay reports
 //! it to the core (`handle_stream_error`), which closes that connection with a reason.
@@ -30,8 +30,8 @@ use quinn::{Connection, Endpoint, EndpointConfig, TransportConfig, VarInt};
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 
-use neonet_proto::codec::{DecodeError, FrameDecoder};
-use neonet_proto::msg::{Channel, CloseReason};
+use neonet_proto::wire::codec::{DecodeError, FrameDecoder};
+use neonet_proto::wire::msg::{Channel, CloseReason};
 
 use crate::tls::{ServerIdentity, TlsError, Trust};
 
@@ -239,7 +239,7 @@ pub fn client_endpoint(server: SocketAddr) -> Result<Endpoint, TransportError> {
 pub enum StreamEvent {
     /// Every complete frame of one read, in order: consecutive frames, each with its 4-byte
     /// length prefix, each within the channel's limit. Iterate the bodies with
-    /// [`neonet_proto::codec::frames`]. Never empty.
+    /// [`neonet_proto::wire::codec::frames`]. Never empty.
     Frames {
         /// The stream's channel.
         channel: Channel,

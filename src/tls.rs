@@ -21,7 +21,7 @@
 //! ring provider's algorithms in every mode, so the peer must hold the certificate's key.
 //!
 //! Every configuration is TLS 1.3 only (QUIC requires it) and offers exactly the ALPN
-//! [`neonet_proto::msg::ALPN`]; a peer without it fails the handshake.
+//! [`neonet_proto::wire::msg::ALPN`]; a peer without it fails the handshake.
 
 use std::fmt;
 use std::fs;
@@ -36,7 +36,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 
-use neonet_proto::msg::ALPN;
+use neonet_proto::wire::msg::ALPN;
 
 /// The development certificate, DER encoded, in the certificate folder (what clients pin).
 pub const CERT_DER_FILE: &str = "dev-cert.der";

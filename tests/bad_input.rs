@@ -8,9 +8,11 @@ use std::sync::Arc;
 
 use common::{expect, TestRelay, WAIT};
 use neonet::client::{Client, ClientEvent};
-use neonet::proto::codec::{self, FrameDecoder};
-use neonet::proto::limits::{FRAME_BYTES_MAX, SMALL_FRAME_BYTES_MAX};
-use neonet::proto::msg::{Channel, ClientMsg, CloseReason, ServerMsg, ALPN, PROTOCOL_VERSION};
+use neonet::proto::wire::codec::{self, FrameDecoder};
+use neonet::proto::wire::limits::{FRAME_BYTES_MAX, SMALL_FRAME_BYTES_MAX};
+use neonet::proto::wire::msg::{
+    Channel, ClientMsg, CloseReason, ServerMsg, ALPN, PROTOCOL_VERSION,
+};
 use neonet::quic;
 use neonet::tls::{self, Trust};
 use quinn::crypto::rustls::QuicClientConfig;

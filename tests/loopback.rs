@@ -4,8 +4,8 @@ mod common;
 
 use common::{expect, expect_all, TestRelay, WAIT};
 use neonet::client::{Client, ClientEvent, ClientOptions, ConnectError};
-use neonet::proto::msg::{CloseReason, Refusal};
 use neonet::proto::types::{Blueprint, BlueprintId, BlueprintPatch};
+use neonet::proto::wire::msg::{CloseReason, Refusal};
 use neonet::tls::Trust;
 
 #[test]

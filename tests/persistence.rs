@@ -12,12 +12,12 @@ use std::time::{Duration, Instant};
 use neonet::auth::HmacTokens;
 use neonet::client::{Client, ClientEvent, ClientOptions};
 use neonet::config::RelayConfig;
-use neonet::proto::msg::ClientMsg;
 use neonet::proto::server::Authenticator;
 use neonet::proto::types::{
     Blueprint, BlueprintId, BlueprintPatch, Bytes, EntityId, EntityKind, Rank, ReqId, Setting,
     Transform, User, UserId,
 };
+use neonet::proto::wire::msg::ClientMsg;
 use neonet::relay::{Relay, RelayError, RelayHandle, RelayHooks};
 use neonet::store::{Change, Store, StoreConfig, StoreError};
 use neonet::tls::{Fingerprint, Trust};
@@ -138,7 +138,7 @@ fn seed(dir: &Path, more: impl FnOnce(&Store)) -> String {
 }
 
 /// Waits for the answer to `req`: `Ok` if acknowledged, `Err(reason)` if refused.
-fn answer(c: &Client, req: ReqId) -> Result<(), neonet::proto::msg::Refusal> {
+fn answer(c: &Client, req: ReqId) -> Result<(), neonet::proto::wire::msg::Refusal> {
     match expect(c, "an answer", |e| {
         matches!(e, ClientEvent::Acked(r) if *r == req)
             || matches!(e, ClientEvent::Refused { req: r, .. } if *r == req)

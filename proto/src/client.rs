@@ -18,9 +18,6 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
-use crate::codec::{self, DecodeError};
-use crate::limits::*;
-use crate::msg::*;
 use crate::predict::interp::InterpolationStats;
 use crate::predict::{CharacterInput, CorrectionStats, PredictedClient};
 use crate::time::{Tick, Time};
@@ -29,6 +26,9 @@ use crate::transform::{
     KIND_SERVER_STATE, OWNED_PER_DATAGRAM_MAX,
 };
 use crate::types::*;
+use crate::wire::codec::{self, DecodeError};
+use crate::wire::limits::*;
+use crate::wire::msg::*;
 
 /// How often the client pings for RTT and clock offset.
 pub const PING_INTERVAL: Duration = Duration::from_millis(1000);

@@ -4,9 +4,11 @@
 //! no clock and no OS randomness: time is an argument ([`time::Time`]) and randomness is seeded
 //! ([`rng::Rng`]). Drivers in the `neonet` crate carry bytes between these cores and the network.
 //!
-//! - [`msg`], [`codec`], [`limits`]: the wire protocol (described in full in `PROTOCOL.md`).
+//! - [`wire`]: the wire protocol, [`wire::msg`], [`wire::codec`], [`wire::limits`] (described
+//!   in full in `PROTOCOL.md`).
 //! - [`types`]: the world's data.
-//! - [`server`]: [`server::ServerCore`], the authoritative world.
+//! - [`server`]: [`server::ServerCore`], the authoritative world, one room per concern.
+//! - [`persist`]: the one persistence vocabulary the core emits and a store consumes.
 //! - [`client`]: [`client::ClientCore`], one participant's view.
 //! - [`transform`]: quantization, delta compression, priorities and interest for entity motion.
 //! - [`predict`]: movement model, prediction and reconciliation, clock sync, interpolation.
@@ -32,7 +34,5 @@ pub mod transform;
 pub mod types;
 pub mod wire;
 
-pub use wire::{codec, limits, msg};
-
-pub use msg::{ClientMsg, ServerMsg};
 pub use time::Time;
+pub use wire::msg::{ClientMsg, ServerMsg};

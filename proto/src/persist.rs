@@ -2,8 +2,8 @@
 //! durable ([`Effect`], [`Change`]) and what it reports back ([`StoreReport`]).
 //!
 //! The core emits every change the store needs as an effect, including the state of apps moved
-//! by datagrams (at [`crate::server::ServerConfig::moved_state_interval`]) and the id counters
-//! ([`Change::ReserveIds`]). A store's only input is this effect type; it never reads the core's
+//! by datagrams (at the end of each tick they moved in, for the store to coalesce) and the id
+//! counters ([`Change::ReserveIds`]). A store's only input is this effect type; it never reads the core's
 //! world.
 //!
 //! ## Ids are never handed out twice
@@ -37,7 +37,7 @@ pub struct World {
     pub blueprints: BTreeMap<BlueprintId, Blueprint>,
     /// Entities by id (apps persist; players exist while their session does).
     pub entities: BTreeMap<EntityId, Entity>,
-    /// Last [`crate::limits::CHAT_HISTORY_LEN`] chat messages, oldest first.
+    /// Last [`crate::wire::limits::CHAT_HISTORY_LEN`] chat messages, oldest first.
     pub chat: VecDeque<ChatMessage>,
     /// Known users.
     pub users: BTreeMap<UserId, User>,
@@ -93,9 +93,9 @@ pub enum Change {
     /// A persistent entity was removed. Supersedes any state of it submitted before.
     DeleteEntity(EntityId),
     /// Fast-changing state of an app (its transform while a client moves it by datagrams),
-    /// emitted at most once per app per [`crate::server::ServerConfig::moved_state_interval`].
-    /// Nobody waits on it: a store may keep only the newest value per app and write it lazily
-    /// (a crash loses at most its own flush interval of motion).
+    /// emitted at most once per app per tick, at the end of a tick it moved in. Nobody waits on
+    /// it: a store keeps only the newest value per app and writes it at its own flush interval
+    /// (a crash loses at most that interval of motion).
     PutEntityState(Entity),
     /// The world settings changed.
     PutSettings(Settings),
@@ -103,7 +103,7 @@ pub enum Change {
     PutSpawn(Spawn),
     /// A user was added or changed: name, rank, mute, ban, and `last_position` when they leave.
     PutUser(User),
-    /// A chat message was accepted. The store keeps the last [`crate::limits::CHAT_HISTORY_LEN`] messages,
+    /// A chat message was accepted. The store keeps the last [`crate::wire::limits::CHAT_HISTORY_LEN`] messages,
     /// ordered by [`ChatMessage::id`].
     AppendChat(ChatMessage),
     /// The chat history was cleared.
@@ -142,10 +142,10 @@ pub enum StoreReport {
     /// Storage works: changes are accepted again if they were refused.
     Durable(Vec<AckToken>),
     /// The disk failed: these changes were not stored (possibly none). Their senders are
-    /// refused with [`crate::msg::Refusal::Storage`], and so is every new change until a
+    /// refused with [`crate::wire::msg::Refusal::Storage`], and so is every new change until a
     /// [`StoreReport::Durable`] arrives.
     Failed(Vec<AckToken>),
     /// The store's queue was full when these changes arrived: the disk is behind. Their senders
-    /// are refused with [`crate::msg::Refusal::Busy`] (retry later); storage still works.
+    /// are refused with [`crate::wire::msg::Refusal::Busy`] (retry later); storage still works.
     Full(Vec<AckToken>),
 }

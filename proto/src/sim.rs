@@ -22,13 +22,13 @@ use std::collections::{BTreeMap, BinaryHeap};
 use std::time::Duration;
 
 use crate::client::{ClientConfig, ClientCore, ClientEvent, ClientState, ClientTransmit};
-use crate::msg::{Channel, CloseReason};
 use crate::persist::World;
 use crate::rng::Rng;
 use crate::server::{
     Authenticator, ConnId, InsecureTokens, ServerConfig, ServerCore, ServerEvent, Transmit,
 };
 use crate::time::Time;
+use crate::wire::msg::{Channel, CloseReason};
 
 /// Most deliveries in flight at once across the whole simulation: a runaway scenario fails
 /// loudly instead of eating memory.

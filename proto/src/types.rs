@@ -40,7 +40,7 @@ pub struct UserId(pub u64);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct SessionId(pub u64);
 
-/// A blueprint's id, chosen by its author (at most [`crate::limits::ID_BYTES_MAX`] bytes).
+/// A blueprint's id, chosen by its author (at most [`crate::wire::limits::ID_BYTES_MAX`] bytes).
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct BlueprintId(pub String);
 

@@ -2,12 +2,12 @@
 //! game polls; a headless client (no interpolation) sees the same world.
 
 use neonet_proto::client::{ClientCore, ClientEvent, EVENTS_MAX};
-use neonet_proto::codec;
-use neonet_proto::msg::{Channel, ServerMsg};
 use neonet_proto::time::{Tick, Time};
 use neonet_proto::transform::scenario::{joined_client, CrowdSamples};
 use neonet_proto::transform::{ClientReplicator, EntitySample, TickInput, TransformConfig};
 use neonet_proto::types::{BlueprintId, BlueprintPatch, ChatMessage};
+use neonet_proto::wire::codec;
+use neonet_proto::wire::msg::{Channel, ServerMsg};
 
 /// A client that joined an empty world by the real handshake over the simulated network.
 fn joined() -> ClientCore {

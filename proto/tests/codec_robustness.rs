@@ -25,13 +25,13 @@ use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use golden::{client_cases, hex, server_cases, unhex};
-use neonet_proto::codec::{
-    self, DecodeError, FrameDecoder, CLIENT_MSG_VARIANTS, FRAME_HEADER_BYTES, SERVER_MSG_VARIANTS,
-};
-use neonet_proto::limits::FRAME_BYTES_MAX;
-use neonet_proto::msg::{ClientMsg, ServerMsg};
 use neonet_proto::rng::Rng;
 use neonet_proto::types::ReqId;
+use neonet_proto::wire::codec::{
+    self, DecodeError, FrameDecoder, CLIENT_MSG_VARIANTS, FRAME_HEADER_BYTES, SERVER_MSG_VARIANTS,
+};
+use neonet_proto::wire::limits::FRAME_BYTES_MAX;
+use neonet_proto::wire::msg::{ClientMsg, ServerMsg};
 
 // ---------------------------------------------------------------------------------------------
 // A counting allocator: per-thread live and peak bytes, so parallel tests do not disturb each

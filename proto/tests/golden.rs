@@ -11,11 +11,11 @@
 //! `NEONET_PRINT_GOLDEN=1 cargo test -p neonet-proto --test golden print_golden -- --nocapture`
 //! and review every changed line by hand against PROTOCOL.md before pinning it.
 
-use neonet_proto::codec::{self, DecodeError, CLIENT_MSG_VARIANTS, SERVER_MSG_VARIANTS};
-use neonet_proto::msg::{
+use neonet_proto::types::*;
+use neonet_proto::wire::codec::{self, DecodeError, CLIENT_MSG_VARIANTS, SERVER_MSG_VARIANTS};
+use neonet_proto::wire::msg::{
     Channel, ClientMsg, CloseReason, Refusal, ServerMsg, Snapshot, ALPN, PROTOCOL_VERSION,
 };
-use neonet_proto::types::*;
 
 // ---------------------------------------------------------------------------------------------
 // Hex helpers. Expected values may contain spaces (ignored) to separate the frame header and
@@ -998,7 +998,7 @@ fn protocol_md_enum_tables_match_the_tags() {
 
 #[test]
 fn protocol_md_limits_match_limits_rs() {
-    use neonet_proto::limits::*;
+    use neonet_proto::wire::limits::*;
     let grouped = |n: usize| {
         // 1048576 → "1 048 576", as the document writes numbers.
         let s = n.to_string();

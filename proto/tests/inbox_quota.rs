@@ -2,13 +2,13 @@
 //! (`DATAGRAM_INBOX_PER_CONN_MAX` per take) and no more, every other connection's datagrams still
 //! reach the core, and the drops are reported.
 
-use neonet_proto::codec;
-use neonet_proto::msg::{ClientMsg, PROTOCOL_VERSION};
 use neonet_proto::server::{
     ConnId, DatagramInbox, InboxBatch, InboxQuota, InsecureTokens, ServerConfig, ServerCore,
     ServerEvent, TransportKind, World, DATAGRAM_INBOX_PER_CONN_MAX,
 };
 use neonet_proto::time::Time;
+use neonet_proto::wire::codec;
+use neonet_proto::wire::msg::{ClientMsg, PROTOCOL_VERSION};
 
 fn joined_core(conns: &[ConnId]) -> ServerCore {
     let mut core = ServerCore::new(

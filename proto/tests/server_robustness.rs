@@ -4,9 +4,6 @@
 //! within its limit. Some seeds run the ticks in small steps, so a tick is still under way while
 //! input, connects and disconnects arrive.
 
-use neonet_proto::codec;
-use neonet_proto::limits::CHAT_HISTORY_LEN;
-use neonet_proto::msg::{Channel, ClientMsg, PROTOCOL_VERSION};
 use neonet_proto::rng::Rng;
 use neonet_proto::server::{
     ConnId, InsecureTokens, ServerConfig, ServerCore, Transmit, TransportKind, World,
@@ -14,6 +11,9 @@ use neonet_proto::server::{
 use neonet_proto::sim::run_seeds;
 use neonet_proto::time::Time;
 use neonet_proto::types::*;
+use neonet_proto::wire::codec;
+use neonet_proto::wire::limits::CHAT_HISTORY_LEN;
+use neonet_proto::wire::msg::{Channel, ClientMsg, PROTOCOL_VERSION};
 
 fn random_string(rng: &mut Rng, max: u64) -> String {
     let n = rng.below(max + 1);
@@ -273,7 +273,7 @@ fn drive_randomly(seed: u64, mut on_transmit: impl FnMut(Transmit)) {
 
 #[test]
 fn a_connection_that_never_joins_is_closed_after_the_join_timeout_and_a_joined_one_is_not() {
-    use neonet_proto::msg::CloseReason;
+    use neonet_proto::wire::msg::CloseReason;
     let config = ServerConfig::default();
     let join_timeout = config.join_timeout;
     let mut core = ServerCore::new(

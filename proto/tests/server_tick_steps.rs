@@ -5,13 +5,13 @@
 
 use std::time::Duration;
 
-use neonet_proto::codec;
-use neonet_proto::msg::{ClientMsg, PROTOCOL_VERSION};
 use neonet_proto::server::{
     ConnId, InsecureTokens, ServerConfig, ServerCore, TimeoutProgress, Transmit, TransportKind,
     World,
 };
 use neonet_proto::time::{Time, TICK_HZ_DEFAULT};
+use neonet_proto::wire::codec;
+use neonet_proto::wire::msg::{ClientMsg, PROTOCOL_VERSION};
 
 /// Clients joined to each core: more than one step's worth, and not a multiple of the step.
 const CLIENTS: u64 = 7;

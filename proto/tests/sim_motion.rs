@@ -5,12 +5,12 @@
 use std::time::Duration;
 
 use neonet_proto::client::{ClientConfig, ClientEvent};
-use neonet_proto::msg::ClientMsg;
 use neonet_proto::persist::World;
 use neonet_proto::predict::CharacterInput;
 use neonet_proto::server::{InsecureTokens, ServerConfig, ServerEvent};
 use neonet_proto::sim::{run_seeds, LinkConfig, Sim};
 use neonet_proto::types::*;
+use neonet_proto::wire::msg::ClientMsg;
 
 fn cfg(name: &str) -> ClientConfig {
     ClientConfig {

@@ -5,11 +5,11 @@
 use std::time::Duration;
 
 use neonet_proto::client::{ClientConfig, ClientEvent, ClientState};
-use neonet_proto::msg::Refusal;
 use neonet_proto::persist::{AckToken, Change, StoreReport, World};
 use neonet_proto::server::{InsecureTokens, ServerConfig};
 use neonet_proto::sim::{run_seeds, LinkConfig, Sim};
 use neonet_proto::types::ReqId;
+use neonet_proto::wire::msg::Refusal;
 
 fn joined_sim(seed: u64) -> Sim {
     let config = ServerConfig {

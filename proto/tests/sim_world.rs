@@ -4,11 +4,11 @@
 use std::time::Duration;
 
 use neonet_proto::client::{ClientConfig, ClientEvent, ClientState};
-use neonet_proto::msg::{ClientMsg, CloseReason, Refusal};
 use neonet_proto::persist::World;
 use neonet_proto::server::{InsecureTokens, ServerConfig};
 use neonet_proto::sim::{run_seeds, LinkConfig, Sim};
 use neonet_proto::types::*;
+use neonet_proto::wire::msg::{ClientMsg, CloseReason, Refusal};
 
 fn cfg(name: &str) -> ClientConfig {
     ClientConfig {

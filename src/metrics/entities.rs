@@ -122,7 +122,7 @@ impl Metrics {
     }
 
     fn add_entity_bytes(table: &mut EntityTable, entity_id: u32, bytes: u64) {
-        let full = table.bytes.len() >= neonet_proto::limits::ENTITIES_MAX;
+        let full = table.bytes.len() >= neonet_proto::wire::limits::ENTITIES_MAX;
         match table.bytes.get_mut(&entity_id) {
             Some(total) => *total += bytes,
             None if full => table.untracked += bytes,

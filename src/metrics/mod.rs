@@ -67,7 +67,7 @@
 //!
 //! # Bounds
 //! Everything kept here has a named limit: [`TICK_WINDOW_LEN`] recent tick durations,
-//! [`TRAIL_RING_LEN`] trail samples, [`neonet_proto::limits::ENTITIES_MAX`] tracked entities,
+//! [`TRAIL_RING_LEN`] trail samples, [`neonet_proto::wire::limits::ENTITIES_MAX`] tracked entities,
 //! [`STATUS_USERS_MAX`] users in a status snapshot, [`LABEL_VALUES_MAX`] label values per family.
 //!
 //! # Layout
@@ -129,7 +129,7 @@ pub const TRAIL_WINDOW: Duration = Duration::from_secs(1);
 pub const STATUS_USERS_MAX: usize = 256;
 
 /// User names are cut to this many characters in a [`Status`]; the wire already limits names
-/// to [`neonet_proto::limits::NAME_BYTES_MAX`] bytes, this is a second guard for the page.
+/// to [`neonet_proto::wire::limits::NAME_BYTES_MAX`] bytes, this is a second guard for the page.
 pub const USER_NAME_CHARS_MAX: usize = 64;
 
 /// Ticks between drains of the exporter's histogram buffers: ~1 s at 30 Hz, so at most this

@@ -11,10 +11,10 @@ use bytes::Bytes;
 use quinn::{Connection, Endpoint};
 use tokio::sync::{mpsc, watch, Semaphore};
 
-use neonet_proto::codec::FrameDecoder;
 use neonet_proto::server::{
     ConnId, DatagramInbox, InboxBatch, InboxQuota, Transmit, TransportKind,
 };
+use neonet_proto::wire::codec::FrameDecoder;
 use neonet_proto::Time;
 
 use super::{ConnIds, Inbound, Link, HANDSHAKE_TIMEOUT};

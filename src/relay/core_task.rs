@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 
-use neonet_proto::codec;
 use neonet_proto::persist::{AckToken, StoreReport};
 use neonet_proto::server::{
     ConnId, InboxBatch, ServerCore, ServerEvent, TimeoutProgress, Transmit,
 };
+use neonet_proto::wire::codec;
 use neonet_proto::Time;
 
 use super::accept::SharedInbox;

@@ -9,10 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use neonet_proto::codec::DecodeError;
-use neonet_proto::msg::Channel;
 use neonet_proto::persist::StoreReport;
 use neonet_proto::server::{ConnId, Transmit, TransportKind};
+use neonet_proto::wire::codec::DecodeError;
+use neonet_proto::wire::msg::Channel;
 
 /// The outbound side of one connection, whatever its transport. The core task calls it; it must
 /// never block. If it cannot keep up, it closes its connection and the transport reports
@@ -37,7 +37,7 @@ pub trait Link: Send + Sync + 'static {
 pub enum Inbound {
     /// A connection opened; it must send `Hello` first.
     Connect {
-        /// Its id, from [`RelayHandle::conn_ids`].
+        /// Its id, from [`super::RelayHandle::conn_ids`].
         conn: ConnId,
         /// Its transport.
         transport: TransportKind,
@@ -54,7 +54,7 @@ pub enum Inbound {
         body: Vec<u8>,
     },
     /// Complete frames that arrived together on a channel: consecutive frames, each with its
-    /// length prefix (see [`neonet_proto::codec::frames`]), each within the frame limit. What a QUIC stream
+    /// length prefix (see [`neonet_proto::wire::codec::frames`]), each within the frame limit. What a QUIC stream
     /// read yields; one message for all of them.
     Frames {
         /// From whom.

@@ -73,7 +73,7 @@
 //! idle, bounded by [`SHUTDOWN_TIMEOUT`], and finally shut the store down (everything queued and
 //! the dirty set made durable).
 //!
-//! [`FrameDecoder`]: neonet_proto::codec::FrameDecoder
+//! [`FrameDecoder`]: neonet_proto::wire::codec::FrameDecoder
 
 mod accept;
 mod core_task;
@@ -474,7 +474,7 @@ impl RelayHandle {
         if idle.is_err() {
             tracing::warn!("connections did not close in time; closing the endpoint");
             self.endpoint.close(
-                quic::close_code(neonet_proto::msg::CloseReason::ServerShutdown),
+                quic::close_code(neonet_proto::wire::msg::CloseReason::ServerShutdown),
                 b"server shutting down",
             );
             let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;

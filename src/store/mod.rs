@@ -80,8 +80,8 @@ use error::AtPath;
 use writer::{OnCommit, Opener, Shared};
 
 /// Chat messages kept on disk: the same history the world keeps in memory and sends in the
-/// snapshot ([`neonet_proto::limits::CHAT_HISTORY_LEN`]), so a restart shows the same chat.
-pub const CHAT_HISTORY_MAX: usize = neonet_proto::limits::CHAT_HISTORY_LEN;
+/// snapshot ([`neonet_proto::wire::limits::CHAT_HISTORY_LEN`]), so a restart shows the same chat.
+pub const CHAT_HISTORY_MAX: usize = neonet_proto::wire::limits::CHAT_HISTORY_LEN;
 
 /// The database file's name inside the data folder.
 pub const DB_FILE_NAME: &str = "world.redb";

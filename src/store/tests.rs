@@ -294,7 +294,7 @@ fn the_relay_refuses_what_a_full_disk_cannot_store_then_recovers() {
     use crate::client::{Client, ClientEvent, ClientOptions};
     use crate::config::RelayConfig;
     use crate::relay::{Relay, RelayHooks, StoreOpener};
-    use neonet_proto::msg::Refusal;
+    use neonet_proto::wire::msg::Refusal;
     use std::time::{Duration, Instant};
 
     const WAIT: Duration = Duration::from_secs(10);

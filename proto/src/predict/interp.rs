@@ -37,7 +37,7 @@ pub const EXTRAPOLATION_MAX_MS: f64 = 100.0;
 /// movement model's speed, far below a cross-map jump).
 pub const TELEPORT_SPEED_MPS: f32 = 60.0;
 /// Entities an [`Interpolation`] tracks: the world's entity limit.
-pub const INTERP_ENTITIES_MAX: usize = crate::limits::ENTITIES_MAX;
+pub const INTERP_ENTITIES_MAX: usize = crate::wire::limits::ENTITIES_MAX;
 /// Smoothing weight of the interval and jitter estimators (RFC 3550 uses 1/16).
 const EWMA_GAIN: f64 = 1.0 / 16.0;
 /// Slew rate of the delay in use towards its target, per second of render time: at most 10% time

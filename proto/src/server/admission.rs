@@ -10,12 +10,12 @@
 use super::rate::MessageRate;
 use super::session::Session;
 use super::{yaw_of, ConnId, ServerCore, ServerEvent};
-use crate::limits::*;
-use crate::msg::*;
 use crate::persist::Change;
 use crate::predict::{MoveValidator, Movement, PlayerMotion, ValidatorConfig};
 use crate::transform::ClientReplicator;
 use crate::types::*;
+use crate::wire::limits::*;
+use crate::wire::msg::*;
 
 impl ServerCore {
     /// The first message of connection `conn`, which must be `Hello`.

@@ -4,11 +4,11 @@
 //! one order. Entity events go to everyone but the sender, or to one player.
 
 use super::{yaw_from_radians, ConnId, ServerCore, MOVER_PROP};
-use crate::limits::CHAT_HISTORY_LEN;
-use crate::msg::*;
 use crate::persist::Change;
 use crate::predict::Movement;
 use crate::types::*;
+use crate::wire::limits::CHAT_HISTORY_LEN;
+use crate::wire::msg::*;
 
 impl ServerCore {
     /// A message from joined session `sid`: admitted by policy, then applied.

@@ -2,10 +2,10 @@
 //! `/admin CODE`. Each checks its own rank rule; unknown commands are refused.
 
 use super::{ConnId, ServerCore};
-use crate::limits::NAME_BYTES_MAX;
-use crate::msg::*;
 use crate::persist::Change;
 use crate::types::*;
+use crate::wire::limits::NAME_BYTES_MAX;
+use crate::wire::msg::*;
 
 impl ServerCore {
     pub(super) fn handle_command(

@@ -5,11 +5,11 @@
 //! one over the protocol's size limit.
 
 use super::{ConnId, ServerCore, ServerEvent};
-use crate::limits::DATAGRAM_BYTES_MAX;
-use crate::msg::*;
 use crate::time::Time;
 use crate::transform::{decode_client_datagram, TransformError};
 use crate::types::*;
+use crate::wire::limits::DATAGRAM_BYTES_MAX;
+use crate::wire::msg::*;
 
 impl ServerCore {
     /// An unreliable datagram arrived.

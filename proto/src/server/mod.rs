@@ -75,14 +75,14 @@ pub use rate::FLOOD_WINDOW;
 pub use session::Session;
 pub use tick::{TickStats, TimeoutProgress};
 
-use crate::codec::{self, DecodeError};
-use crate::limits::DATAGRAM_BYTES_MAX;
-use crate::msg::{Channel, CloseReason};
 use crate::persist::{Effect, NextIds};
 use crate::predict::KinematicCharacter;
 use crate::time::{Tick, TickClock, Time};
 use crate::transform::{EntitySample, InterestGrid, Quantizer, TransformConfig};
 use crate::types::*;
+use crate::wire::codec::{self, DecodeError};
+use crate::wire::limits::DATAGRAM_BYTES_MAX;
+use crate::wire::msg::{Channel, CloseReason};
 
 use datagram::{yaw_from_radians, yaw_of};
 use session::Conn;

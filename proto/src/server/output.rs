@@ -8,11 +8,11 @@
 use std::sync::Arc;
 
 use super::{ConnId, ServerCore};
-use crate::codec;
-use crate::msg::{Channel, CloseReason, Refusal, ServerMsg};
 use crate::persist::{AckToken, Change, Effect};
 use crate::transform::TransformError;
 use crate::types::{EntityId, ReqId, SessionId, UserId};
+use crate::wire::codec;
+use crate::wire::msg::{Channel, CloseReason, Refusal, ServerMsg};
 
 /// What the driver must send.
 #[derive(Clone, Debug, PartialEq)]

@@ -7,9 +7,9 @@
 
 use super::rate::Limit;
 use super::{ConnId, ServerCore, PLAYER_RESERVED_PROPS};
-use crate::limits::*;
-use crate::msg::*;
 use crate::types::*;
+use crate::wire::limits::*;
+use crate::wire::msg::*;
 
 impl ServerCore {
     /// Whether message `msg` of session `sid` may be applied. If not, it was refused (or the

@@ -5,12 +5,12 @@
 
 use super::rate::MessageRate;
 use super::{ConnId, ServerCore, ServerEvent, Transmit, TransportKind, MOVER_PROP};
-use crate::msg::{CloseReason, ServerMsg};
 use crate::persist::Change;
 use crate::predict::{MoveValidator, PlayerMotion};
 use crate::time::Time;
 use crate::transform::{ClientReplicator, Seq};
 use crate::types::*;
+use crate::wire::msg::{CloseReason, ServerMsg};
 
 /// A joined session, as the core sees it.
 #[derive(Clone, Debug)]

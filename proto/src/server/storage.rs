@@ -3,9 +3,9 @@
 //! durable reservation (see [`crate::persist`]).
 
 use super::ServerCore;
-use crate::msg::{Refusal, ServerMsg};
 use crate::persist::{AckToken, Change, NextIds, StoreReport, ID_RESERVE_BLOCK};
 use crate::types::{EntityId, UserId};
+use crate::wire::msg::{Refusal, ServerMsg};
 
 impl ServerCore {
     /// What the store did with the effects it was given: acknowledgements now due, changes it

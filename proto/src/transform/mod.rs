@@ -56,7 +56,7 @@
 //! common age varint | record count varint | bit-packed records`, each record being an
 //! Exp-Golomb gap to the previous entity id (ascending) followed by the body in [`record`]'s
 //! layout. Everything is bounded: count ≤ [`RECORDS_PER_DATAGRAM_MAX`], size ≤
-//! [`crate::limits::DATAGRAM_BYTES_MAX`], blob ≤ [`OWN_BLOB_BYTES_MAX`].
+//! [`crate::wire::limits::DATAGRAM_BYTES_MAX`], blob ≤ [`OWN_BLOB_BYTES_MAX`].
 
 // Axis loops (`for a in 0..3`) index several parallel `[_; 3]` arrays at once; iterator
 // chains would hide that they are the same axis.
@@ -123,7 +123,7 @@ pub enum TransformError {
     /// The input ended inside a field.
     #[error("truncated datagram")]
     Truncated,
-    /// Larger than [`crate::limits::DATAGRAM_BYTES_MAX`].
+    /// Larger than [`crate::wire::limits::DATAGRAM_BYTES_MAX`].
     #[error("datagram of {0} bytes exceeds the limit")]
     Oversize(usize),
     /// A field holds a value the format does not allow.

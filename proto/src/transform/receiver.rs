@@ -19,9 +19,9 @@ use super::{
     KIND_SERVER_STATE, OWN_BLOB_BYTES_MAX, RECEIVER_BASELINES_PER_ENTITY, RECORDS_PER_DATAGRAM_MAX,
 };
 use crate::idhash::IdMap;
-use crate::limits::{DATAGRAM_BYTES_MAX, ENTITIES_MAX};
 use crate::time::{Tick, Time};
 use crate::types::{EntityId, Transform};
+use crate::wire::limits::{DATAGRAM_BYTES_MAX, ENTITIES_MAX};
 
 /// Whether a datagram was new.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -631,7 +631,7 @@ fn garbage_datagrams_give_errors_never_panics() {
         let _ = decode_client_datagram(&pair.qz, &d);
     }
     // The receiver still works afterwards (its entity table stayed bounded).
-    assert!(pair.client.len() <= crate::limits::ENTITIES_MAX);
+    assert!(pair.client.len() <= crate::wire::limits::ENTITIES_MAX);
 }
 
 #[test]
@@ -662,7 +662,7 @@ fn client_datagram_round_trips_and_out_of_bounds_transforms_are_refused() {
         };
         let mut buf = Vec::new();
         encode_client_datagram(&qz, &ack, Seq(7), &blob, &owned, &mut buf).unwrap();
-        assert!(buf.len() <= crate::limits::DATAGRAM_BYTES_MAX);
+        assert!(buf.len() <= crate::wire::limits::DATAGRAM_BYTES_MAX);
         let d = decode_client_datagram(&qz, &buf).unwrap();
         assert_eq!(d.ack, ack);
         assert_eq!(d.seq, Seq(7));

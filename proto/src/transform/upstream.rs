@@ -15,8 +15,8 @@ use super::{
     read_varint, write_varint, TransformError, INPUT_BLOB_BYTES_MAX, KIND_CLIENT_STATE,
     OWNED_PER_DATAGRAM_MAX,
 };
-use crate::limits::DATAGRAM_BYTES_MAX;
 use crate::types::EntityId;
+use crate::wire::limits::DATAGRAM_BYTES_MAX;
 
 /// Exp-Golomb order of owned entity ids (written whole, not as gaps).
 const OWNED_ID_EG_K: u32 = 8;

@@ -1,5 +1,5 @@
 //! Every limit on what a peer may send, with its unit and the reason for its value.
-//! Breaking one ends that peer's session with [`crate::msg::CloseReason::ProtocolViolation`] or
+//! Breaking one ends that peer's session with [`crate::wire::msg::CloseReason::ProtocolViolation`] or
 //! refuses the one change (`Refused`), and never affects any other session.
 
 /// Largest reliable frame, in bytes, after the 4-byte length prefix. A big blueprint with an
@@ -12,9 +12,9 @@ pub const FRAME_BYTES_MAX: usize = 1024 * 1024;
 pub const SMALL_FRAME_BYTES_MAX: usize = 64 * 1024;
 
 /// The largest frame a server accepts from a client on `channel`, in bytes.
-pub fn client_frame_bytes_max(channel: crate::msg::Channel) -> usize {
+pub fn client_frame_bytes_max(channel: crate::wire::msg::Channel) -> usize {
     match channel {
-        crate::msg::Channel::World => FRAME_BYTES_MAX,
+        crate::wire::msg::Channel::World => FRAME_BYTES_MAX,
         _ => SMALL_FRAME_BYTES_MAX,
     }
 }
@@ -22,9 +22,9 @@ pub fn client_frame_bytes_max(channel: crate::msg::Channel) -> usize {
 /// The largest frame a client accepts from the server on `channel`, in bytes: the snapshot's
 /// limit on the world channel (the snapshot is the one message that grows with the world),
 /// [`FRAME_BYTES_MAX`] on the others.
-pub fn server_frame_bytes_max(channel: crate::msg::Channel) -> usize {
+pub fn server_frame_bytes_max(channel: crate::wire::msg::Channel) -> usize {
     match channel {
-        crate::msg::Channel::World => SNAPSHOT_BYTES_MAX,
+        crate::wire::msg::Channel::World => SNAPSHOT_BYTES_MAX,
         _ => FRAME_BYTES_MAX,
     }
 }

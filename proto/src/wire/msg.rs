@@ -332,7 +332,7 @@ pub struct Snapshot {
     pub settings: Settings,
     /// Spawn point.
     pub spawn: Spawn,
-    /// Last [`crate::limits::CHAT_HISTORY_LEN`] chat messages, oldest first.
+    /// Last [`crate::wire::limits::CHAT_HISTORY_LEN`] chat messages, oldest first.
     pub chat: Vec<ChatMessage>,
     /// All blueprints.
     pub blueprints: Vec<Blueprint>,

@@ -14,7 +14,7 @@ pub const MAX_CLIENTS: u32 = 20_000;
 pub const MAX_HZ: u32 = 1000;
 
 /// Most entities `sim` simulates: 100,000, the world's own entity limit
-/// (`neonet_proto::limits::ENTITIES_MAX`).
+/// (`neonet_proto::wire::limits::ENTITIES_MAX`).
 pub const SIM_ENTITIES_MAX: u32 = 100_000;
 
 /// Most clients `sim` simulates: 1,000. Each has its own replicator and link in memory; the

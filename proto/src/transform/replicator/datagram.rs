@@ -5,13 +5,13 @@ use super::ack::{SentDatagram, SentRecord};
 use super::priority::Coded;
 use super::tracked::{LeftState, PackedSample, Tracked, RECORD_LEFT_NOTICE};
 use super::{ClientReplicator, TickInput, TickSummary, INDEX_EG_K};
-use crate::limits::DATAGRAM_BYTES_MAX;
 use crate::transform::bits::BitRun;
 use crate::transform::record::{write_absolute_run, write_delta_run, Sample, AGE_EG_K};
 use crate::transform::{
     write_varint, KIND_SERVER_STATE, RECORDS_PER_DATAGRAM_MAX, SENT_HISTORY_LEN,
 };
 use crate::types::EntityId;
+use crate::wire::limits::DATAGRAM_BYTES_MAX;
 
 /// Ages below this may become a datagram's common age: round trips of up to 4 s at 60 Hz.
 const COMMON_AGE_CANDIDATES_MAX: usize = 256;

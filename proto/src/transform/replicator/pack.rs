@@ -7,7 +7,6 @@ use super::datagram::{common_age, gap};
 use super::priority::{Cand, Coded};
 use super::slot_set::SlotSet;
 use super::{ClientReplicator, EntitySample, TickInput, TickSummary, INDEX_EG_K};
-use crate::limits::DATAGRAM_BYTES_MAX;
 use crate::time::Tick;
 use crate::transform::bits::{bit_width, BitWriter};
 use crate::transform::record::{write_absolute, write_delta, AGE_EG_K};
@@ -16,6 +15,7 @@ use crate::transform::{
     SENT_HISTORY_LEN,
 };
 use crate::types::EntityId;
+use crate::wire::limits::DATAGRAM_BYTES_MAX;
 use std::cell::RefCell;
 
 /// Candidates that did not fit, in a row, after which a datagram is considered full.

@@ -10,6 +10,10 @@
 //!   partition holds frames until it ends.
 //! - **Datagrams** are lost, duplicated, reordered and delayed as configured, and dropped when
 //!   larger than the link's MTU. The server is told each connection's `max_datagram_size` = MTU.
+//!   Datagrams reach the server as they reach the relay's: through the core's
+//!   [`DatagramInbox`] (with its bounds), taken before every other server input and tick.
+//! - **Persistence effects** are dropped unless [`Sim::with_effects`] keeps them in
+//!   [`Sim::server_effects`] for a test to answer as a store would.
 //! - A `Transmit::Close` from the server disconnects that client after the frames queued before
 //!   it have arrived.
 //!
@@ -22,10 +26,12 @@ use std::collections::{BTreeMap, BinaryHeap};
 use std::time::Duration;
 
 use crate::client::{ClientConfig, ClientCore, ClientEvent, ClientState, ClientTransmit};
+use crate::persist::Effect;
 use crate::persist::World;
 use crate::rng::Rng;
 use crate::server::{
-    Authenticator, ConnId, InsecureTokens, ServerConfig, ServerCore, ServerEvent, Transmit,
+    Authenticator, ConnId, DatagramInbox, InboxBatch, InboxQuota, InsecureTokens, ServerConfig,
+    ServerCore, ServerEvent, Transmit,
 };
 use crate::time::Time;
 use crate::wire::msg::{Channel, CloseReason};
@@ -240,6 +246,8 @@ pub struct SimClient {
     pub events: Vec<ClientEvent>,
     /// Whether the transport is still up.
     pub connected: bool,
+    /// Its share of the server's datagram inbox (as its reader keeps it in the relay).
+    inbox_quota: InboxQuota,
 }
 
 /// What happened during a run, in order: the determinism witness.
@@ -288,6 +296,12 @@ pub struct Sim {
     pub clients: Vec<SimClient>,
     /// Events the server produced, in order.
     pub server_events: Vec<ServerEvent>,
+    /// Persistence effects the server emitted, in order, if kept ([`Sim::with_effects`]).
+    pub server_effects: Vec<Effect>,
+    keep_effects: bool,
+    /// Datagrams on their way to the server core.
+    inbox: DatagramInbox<Vec<u8>>,
+    inbox_batch: InboxBatch<Vec<u8>>,
     /// What the links did.
     pub stats: SimStats,
     now: Time,
@@ -318,6 +332,10 @@ impl Sim {
             server: ServerCore::new(config, world, auth, Time::ZERO),
             clients: Vec::new(),
             server_events: Vec::new(),
+            server_effects: Vec::new(),
+            keep_effects: false,
+            inbox: DatagramInbox::new(),
+            inbox_batch: InboxBatch::default(),
             stats: SimStats::default(),
             now: Time::ZERO,
             rng: Rng::new(seed),
@@ -329,6 +347,37 @@ impl Sim {
             trace: Trace::default(),
             record_trace: true,
         }
+    }
+
+    /// Keeps the server's persistence effects in [`Sim::server_effects`] (dropped otherwise).
+    pub fn with_effects(mut self) -> Sim {
+        self.keep_effects = true;
+        self
+    }
+
+    /// Sends `data` from client `idx` to the server as a datagram, through its link, as if its
+    /// transport had sent it: for peers that misbehave (floods, garbage) beside honest ones.
+    pub fn inject_datagram(&mut self, idx: usize, data: Vec<u8>) {
+        self.send_up_datagram(idx, data);
+    }
+
+    fn send_up_datagram(&mut self, idx: usize, data: Vec<u8>) {
+        self.stats.datagrams_sent += 1;
+        self.stats.datagram_bytes_up += data.len() as u64;
+        let arrivals = self.clients[idx]
+            .up
+            .datagram_arrivals(data.len(), self.now, &mut self.rng);
+        for at in arrivals {
+            self.schedule(at, Delivery::ServerDatagram(idx, data.clone()));
+        }
+    }
+
+    /// Hands the server every datagram waiting in its inbox.
+    fn take_inbox(&mut self) {
+        let mut batch = std::mem::take(&mut self.inbox_batch);
+        self.inbox.take(&mut batch);
+        self.server.handle_inbox(&mut batch);
+        self.inbox_batch = batch;
     }
 
     /// Stops recording the trace (long load runs).
@@ -362,6 +411,7 @@ impl Sim {
             down: Link::new(down),
             events: Vec::new(),
             connected: true,
+            inbox_quota: InboxQuota::default(),
         });
         self.conn_to_client.insert(conn, idx);
         self.note(format!("c{idx} connect"));
@@ -460,6 +510,7 @@ impl Sim {
                     self.deliver(d);
                 }
             } else {
+                self.take_inbox();
                 self.server.handle_timeout(self.now);
                 self.flush_server();
                 for idx in 0..self.clients.len() {
@@ -512,6 +563,7 @@ impl Sim {
         match d {
             Delivery::ServerFrame(idx, ch, frame) => {
                 let conn = self.clients[idx].conn;
+                self.take_inbox();
                 // Frames carry their 4-byte prefix; the core takes the body.
                 self.server.handle_frame(conn, ch, &frame[4..], now);
                 self.flush_server();
@@ -519,11 +571,13 @@ impl Sim {
             Delivery::ServerDatagram(idx, data) => {
                 self.stats.datagrams_delivered += 1;
                 let conn = self.clients[idx].conn;
-                self.server.handle_datagram(conn, &data, now);
-                self.flush_server();
+                let quota = &mut self.clients[idx].inbox_quota;
+                // Dropped past the inbox's bounds, as the relay drops them: counted by the core.
+                let _ = self.inbox.push(conn, data, now, quota);
             }
             Delivery::ServerDisconnect(idx) => {
                 let conn = self.clients[idx].conn;
+                self.take_inbox();
                 self.server.handle_disconnect(conn, now);
                 self.flush_server();
             }
@@ -556,6 +610,11 @@ impl Sim {
         while let Some(ev) = self.server.poll_event() {
             self.note(format!("server {ev:?}"));
             self.server_events.push(ev);
+        }
+        while let Some(e) = self.server.poll_effect() {
+            if self.keep_effects {
+                self.server_effects.push(e);
+            }
         }
         while let Some(t) = self.server.poll_transmit() {
             match t {
@@ -630,17 +689,7 @@ impl Sim {
                             .reliable_arrival(channel, self.now, &mut self.rng);
                     self.schedule(at, Delivery::ServerFrame(idx, channel, frame));
                 }
-                ClientTransmit::Datagram(data) => {
-                    self.stats.datagrams_sent += 1;
-                    self.stats.datagram_bytes_up += data.len() as u64;
-                    let arrivals =
-                        self.clients[idx]
-                            .up
-                            .datagram_arrivals(data.len(), self.now, &mut self.rng);
-                    for at in arrivals {
-                        self.schedule(at, Delivery::ServerDatagram(idx, data.clone()));
-                    }
-                }
+                ClientTransmit::Datagram(data) => self.send_up_datagram(idx, data),
             }
         }
     }

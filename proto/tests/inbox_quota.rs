@@ -77,3 +77,75 @@ fn a_flooding_connection_gets_its_share_and_the_others_datagrams_still_reach_the
     inbox.take(&mut batch);
     assert_eq!(batch.datagrams.len(), 1);
 }
+
+/// Over the simulated network: one client floods the server with datagrams far faster than a
+/// tick takes them, while another plays normally. The flood is cut to its share at every take
+/// and reported; the honest client's transform acknowledgements keep reaching the server (its
+/// replicator keeps a round-trip estimate) and it keeps receiving the world.
+#[test]
+fn over_the_simulated_network_a_datagram_flood_is_cut_to_its_share_and_an_honest_client_plays_on() {
+    use neonet_proto::client::{ClientConfig, ClientState};
+    use neonet_proto::sim::{run_seeds, LinkConfig, Sim};
+    use std::time::Duration;
+
+    run_seeds(0..4, |seed| {
+        let mut s = Sim::new(
+            seed,
+            ServerConfig::default(),
+            World::default(),
+            Box::new(InsecureTokens),
+        );
+        let link = LinkConfig::with_latency(Duration::from_millis(20));
+        let cfg = |name: &str| ClientConfig {
+            name: name.into(),
+            token: None,
+        };
+        let (flooder, honest) = (
+            s.add_client(cfg("flood"), link.clone(), link.clone()),
+            s.add_client(cfg("honest"), link.clone(), link),
+        );
+        assert!(s.run_until_true(Duration::from_secs(5), |s| {
+            s.clients
+                .iter()
+                .all(|c| *c.core.state() == ClientState::Joined)
+        }));
+        // 20 ms of virtual time between bursts, 500 junk datagrams each: far more than the
+        // inbox's per-connection share between two takes.
+        for _ in 0..100 {
+            for _ in 0..500 {
+                s.inject_datagram(flooder, vec![0xff; 40]);
+            }
+            s.run_for(Duration::from_millis(20));
+        }
+        let dropped: u64 = s
+            .server_events
+            .iter()
+            .map(|e| match e {
+                ServerEvent::DatagramsDropped { conn_full, .. } => *conn_full,
+                _ => 0,
+            })
+            .sum();
+        assert!(dropped > 0, "seed {seed}: the flood was cut");
+        let honest_conn = s.clients[honest].conn;
+        let rtt = s
+            .server
+            .session_of(honest_conn)
+            .and_then(|sess| sess.rtt_estimate_us());
+        assert!(
+            rtt.is_some(),
+            "seed {seed}: the honest client's acknowledgements reached the server"
+        );
+        assert_eq!(
+            *s.clients[honest].core.state(),
+            ClientState::Joined,
+            "seed {seed}"
+        );
+        assert!(
+            s.clients[honest]
+                .core
+                .latest_transform(s.clients[flooder].core.player().unwrap())
+                .is_some(),
+            "seed {seed}: the honest client sees the world move on"
+        );
+    });
+}

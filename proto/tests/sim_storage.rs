@@ -16,7 +16,7 @@ fn joined_sim(seed: u64) -> Sim {
         durable_acks: true,
         ..ServerConfig::default()
     };
-    let mut s = Sim::new(seed, config, World::default(), Box::new(InsecureTokens));
+    let mut s = Sim::new(seed, config, World::default(), Box::new(InsecureTokens)).with_effects();
     let link = LinkConfig::hostile();
     s.add_client(
         ClientConfig {
@@ -48,7 +48,7 @@ fn chat(s: &mut Sim, body: &str) -> (ReqId, Option<AckToken>) {
             .any(|e| matches!(e, ClientEvent::Refused { req: r, .. } if *r == req));
         seen_refusal
     });
-    while let Some(e) = s.server.poll_effect() {
+    for e in s.server_effects.drain(..) {
         if let (Change::AppendChat(m), Some(t)) = (&e.change, e.ack) {
             if m.body == body {
                 token = Some(t);

@@ -4,8 +4,9 @@
 // the server's authoritative positions as ghosts, a line where they differ from what is shown,
 // and a live graph of RTT, interpolation delay and corrections.
 //
-// For tests (tests/browser/play.mjs): body[data-transport|state|players|entities|chat|frames]
-// and window.neonet (the client). Peer-supplied strings only ever go through textContent.
+// For tests (tests/browser/play.mjs): body[data-transport|state|players|entities|chat|frames],
+// window.neonet (the client) and window.neonetWarnings (its last warnings). Peer-supplied
+// strings only ever go through textContent.
 
 import { connect } from './neonet/client.js';
 
@@ -44,6 +45,15 @@ $('me').textContent = name;
 
 const client = connect({ name, transport });
 window.neonet = client;
+
+/** Warnings kept for tests and the transport badge's tooltip (why WebTransport was not used...). */
+const WARNINGS_MAX = 50;
+const warnings = [];
+window.neonetWarnings = warnings;
+client.on('warning', (w) => {
+  warnings.push(w.message);
+  if (warnings.length > WARNINGS_MAX) warnings.shift();
+});
 
 const body = document.body;
 const ds = body.dataset;

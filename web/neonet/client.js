@@ -41,13 +41,7 @@ import {
   FrameDecoder,
   WireError,
 } from './wire.js';
-import {
-  TransformReceiver,
-  encodeClientDatagram,
-  encodeInputBlob,
-  decodeOwnState,
-  Quantizer,
-} from './datagram.js';
+import { TransformReceiver, encodeClientDatagram, encodeInputBlob, decodeOwnState } from './datagram.js';
 import { KinematicCharacter, CHARACTER_DEFAULTS } from './movement.js';
 
 export { PROTOCOL_VERSION };
@@ -1424,7 +1418,7 @@ export class NeonetClient {
       }
       case 'EntityRemoved': {
         const id = msg.id;
-        this.receiver?.forget?.(id);
+        this.receiver?.forget(id);
         this.interp?.remove(id);
         this.heldEvents = this.heldEvents.filter((h) => h.entity !== id);
         const e = w.entities.get(id);
@@ -1470,7 +1464,7 @@ export class NeonetClient {
     }
     try {
       this.receiver = new TransformReceiver(msg.transform);
-      this.quantizer = new Quantizer(msg.transform);
+      this.quantizer = this.receiver.quantizer;
     } catch (e) {
       return this.protocolError(`invalid transform configuration in Welcome: ${errText(e)}`);
     }
@@ -1488,6 +1482,7 @@ export class NeonetClient {
   onSnapshot(s) {
     if (!this.receiver || this.joined) return this.protocolError('Snapshot out of order');
     this.player = s.player;
+    this.receiver.ownEntityId = s.player; // never sent as a record: ignore any that is
     this.user = s.user;
     this.rank = enumName(s.rank, RANKS);
     this.world = {
@@ -1541,17 +1536,18 @@ export class NeonetClient {
     const nowUs = nowMs() * 1000;
     let r;
     try {
-      r = this.receiver.handleDatagram(bytes);
-    } catch {
+      r = this.receiver.handleDatagram(bytes, nowUs / 1000);
+    } catch (e) {
+      if (!(e instanceof WireError)) throw e;
       this.stats.datagramsRejected++;
       return;
     }
     this.ackDue = true;
-    if (!r || !r.applied) return; // duplicate or too old
+    if (r.freshness !== 'Applied') return; // duplicate or too old: ignored whole
     const tick = num(r.tick);
-    if (r.ownBlob && this.predictor && !this.localState) {
+    if (r.ownState && this.predictor && !this.localState) {
       try {
-        const own = decodeOwnState(r.ownBlob);
+        const own = decodeOwnState(r.ownState);
         const serverTick = num(own.server_tick);
         this.ownAuth = { tick: serverTick, position: own.state.position };
         const result = this.predictor.reconcile(serverTick, own.teleport_seq, own.state);
@@ -1564,12 +1560,10 @@ export class NeonetClient {
       }
     }
     this.interp.onPacket(nowUs, tick);
-    for (const id of r.updated ?? []) {
-      if (id === this.player) continue;
-      const latest = this.receiver.latest(id);
-      if (latest) this.interp.push(id, num(latest.tick), latest.transform);
+    for (const u of r.updates) {
+      if (u.id !== this.player) this.interp.push(u.id, num(u.tick), u);
     }
-    for (const id of r.left ?? []) this.interp.remove(id);
+    for (const id of r.left) this.interp.remove(id);
   }
 
   noteCorrection() {
@@ -1633,9 +1627,15 @@ export class NeonetClient {
 
   sendUpstream(inputs, nowUs) {
     const owned = [];
-    if (this.localState && this.player !== null) owned.push([this.player, this.model.transform(this.localState)]);
+    if (this.localState && this.player !== null) owned.push({ id: this.player, transform: this.model.transform(this.localState) });
     this.upSeq = (this.upSeq + 1) & 0xffff;
-    const bytes = encodeClientDatagram(this.quantizer, this.receiver.ackHeader(), this.upSeq, inputs ?? new Uint8Array(0), owned);
+    const bytes = encodeClientDatagram({
+      seq: this.upSeq,
+      ack: this.receiver.ackState(),
+      inputBlob: inputs ?? undefined,
+      owned,
+      quantizer: this.quantizer,
+    });
     if (this.link.sendDatagram(bytes)) this.stats.datagramsOut++;
     this.ackDue = false;
     this.lastUpUs = nowUs;
@@ -1692,7 +1692,7 @@ export class NeonetClient {
   serverPosition(id) {
     if (id === this.player) return this.ownAuth ? { position: this.ownAuth.position, tick: this.ownAuth.tick } : null;
     const l = this.receiver?.latest(id);
-    return l ? { position: l.transform.position, tick: num(l.tick) } : null;
+    return l ? { position: l.position, tick: num(l.tick) } : null;
   }
 
   /**

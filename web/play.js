@@ -319,7 +319,7 @@ function drawGhost(shown, auth, w, h, scale, color) {
     ctx.stroke();
     ctx.fillStyle = 'rgba(207, 233, 255, 0.7)';
     ctx.font = '10px ui-monospace, "DejaVu Sans Mono", monospace';
-    ctx.fillText(`${(d * 100).toFixed(0)} cm`, (sx + ax) / 2 + 4, (sy + ay) / 2 - 4);
+    ctx.fillText(`${(d * 100).toFixed(0)} cm`, (sx + ax) / 2 + 4, (sy + ay) / 2 + 14);
   }
 }
 

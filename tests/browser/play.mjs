@@ -16,7 +16,8 @@
 //     client the calling test runs);
 //   * nothing errs: no page errors, no console errors (a CSP violation would be one), no failed
 //     requests.
-// Then it turns the netcode overlay on, takes the screenshot and prints a JSON summary on stdout.
+// Then it turns the netcode overlay on, moves right with D (D must move +x: the page's axes),
+// takes the screenshot while moving and prints a JSON summary on stdout.
 // Exit status 0 when all hold, 1 when one fails, 2 on the overall timeout.
 import { chromium } from 'playwright-core';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -223,7 +224,8 @@ async function main() {
       });
     }
 
-    // 5. The overlay on, a screenshot.
+    // 5. The overlay on and the player moving again (ghosts and difference lines show), a
+    //    screenshot.
     await page.locator('#world').focus();
     await page.keyboard.press('KeyN');
     const overlay = await waitFor('the netcode overlay to show figures', opts.timeoutMs, async () => {
@@ -235,7 +237,17 @@ async function main() {
       return { ok: v.visible && v.rtt !== '–' && v.delay !== '–', value: v };
     });
     summary.overlay = overlay;
-    if (opts.screenshot) await page.screenshot({ path: opts.screenshot });
+    const before = await look(page);
+    await page.keyboard.down('KeyD');
+    try {
+      await waitFor('the own player to move right while D is held', opts.timeoutMs, async () => {
+        const v = await look(page);
+        return { ok: v.position && v.position[0] - before.position[0] >= MOVE_MIN_M, value: v };
+      });
+      if (opts.screenshot) await page.screenshot({ path: opts.screenshot });
+    } finally {
+      await page.keyboard.up('KeyD');
+    }
 
     const last = await look(page);
     summary.final = { state: last.state, players: last.players, entities: last.entities, chat: last.chat, frames: last.frames };

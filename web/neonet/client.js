@@ -44,6 +44,7 @@ import {
 import { TransformReceiver, encodeClientDatagram, encodeInputBlob, decodeOwnState } from './datagram.js';
 import { KinematicCharacter, CHARACTER_DEFAULTS } from './movement.js';
 
+/** The protocol version this client speaks (wire.js's, re-exported for pages). */
 export { PROTOCOL_VERSION };
 
 // ---------------------------------------------------------------------------------------------
@@ -1115,7 +1116,8 @@ export class NeonetClient {
       try {
         if (!wt) throw new Error('the relay offers no WebTransport');
         if (typeof WebTransport === 'undefined') throw new Error('this browser has no WebTransport (or the page is not a secure context)');
-        const host = this.base.hostname.includes(':') ? `[${this.base.hostname}]` : this.base.hostname;
+        // URL.hostname keeps an IPv6 address's brackets, so it drops into a URL as is.
+        const host = this.base.hostname;
         const url = `https://${host}:${wt.port}${wt.path}`;
         const hash = wt.cert_sha256 ? hexToBytes(wt.cert_sha256) : null;
         return await WebTransportLink.open(url, hash);

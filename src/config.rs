@@ -115,6 +115,10 @@ pub struct RelayConfig {
     /// across sessions). `None` (the default): nobody can become admin this way, so give it
     /// to run a world someone administers. Env `NEONET_ADMIN_CODE` or `--admin-code`.
     pub admin_code: Option<String>,
+    /// Origins besides the relay's own page allowed to open WebSocket sessions from a browser
+    /// (`https://game.example`, exactly as a browser sends `Origin`). Default none: only pages
+    /// the relay serves itself.
+    pub browser_origins: Vec<String>,
 }
 
 impl Default for RelayConfig {
@@ -138,6 +142,7 @@ impl Default for RelayConfig {
             spawn_at_last_position: true,
             dirty_flush_interval_ms: DIRTY_FLUSH_INTERVAL_MS_DEFAULT,
             admin_code: None,
+            browser_origins: Vec::new(),
         }
     }
 }

@@ -7,6 +7,15 @@
 //! | `GET /health`  | `200 {"status":"ok"}`                                            |
 //! | `GET /status`  | JSON [`Status`]; `?since=N` keeps only trail samples `seq >= N`  |
 //!
+//! With a relay's [`BrowserAccess`] ([`serve_with_browsers`]), browsers join the world here too:
+//!
+//! | route                 | answer                                                     |
+//! |-----------------------|------------------------------------------------------------|
+//! | `GET /play`           | the demo page (`web/play.html`, `play.js`, `play.css`)     |
+//! | `GET /neonet/*.js`    | the browser client library (ES modules, no build step)     |
+//! | `GET /connect.json`   | [`ConnectInfo`]: the WebTransport endpoint and its pin, the WebSocket path |
+//! | `GET /ws`             | the WebSocket fallback ([`crate::relay::websocket`])       |
+//!
 //! # Running it beside the relay
 //! ```no_run
 //! # async fn run() -> std::io::Result<()> {
@@ -30,7 +39,8 @@
 //! axum is hyper with routing, typed extractors (`Query`), JSON responses and graceful shutdown
 //! already written and widely exercised; plain hyper would need the same accept loop,
 //! connection builder and router written by hand. Built with `default-features = false` and
-//! only `tokio`, `http1`, `json` and `query`: no HTTP/2, no WebSocket, no tracing layer.
+//! only `tokio`, `http1`, `json`, `query` and `ws` (the browsers' WebSocket fallback, on
+//! tokio-tungstenite): no HTTP/2, no tracing layer.
 //!
 //! # Limits
 //! At most [`HTTP_CONNECTIONS_MAX`] connections are served at once; further ones wait in the
@@ -58,11 +68,17 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::metrics::{Metrics, Status};
+use crate::relay::{BrowserAccess, ConnectInfo};
 
 /// Connections served at once. The view polls over one keep-alive connection per browser tab,
 /// and a scraper uses one more; 64 leaves room for a room full of operators while bounding the
 /// relay's memory and file descriptors spent on this port.
 pub const HTTP_CONNECTIONS_MAX: usize = 64;
+
+/// Connections served at once with the browser routes: each WebSocket session holds one for its
+/// whole life, so the bound is the relay's default connection limit (4,096, as for QUIC) plus
+/// [`HTTP_CONNECTIONS_MAX`] for operators.
+pub const HTTP_CONNECTIONS_WITH_BROWSERS_MAX: usize = 4096 + HTTP_CONNECTIONS_MAX;
 
 /// The live view page.
 const INDEX_HTML: &str = include_str!("../web/index.html");
@@ -73,6 +89,20 @@ const APP_CSS: &str = include_str!("../web/app.css");
 
 /// The live view's icon (also answered at `/favicon.ico`, which browsers ask for unbidden).
 const FAVICON_SVG: &str = include_str!("../web/favicon.svg");
+
+/// The demo page and the browser client library (ES modules served as they are).
+const PLAY_HTML: &str = include_str!("../web/play.html");
+const PLAY_JS: &str = include_str!("../web/play.js");
+const PLAY_CSS: &str = include_str!("../web/play.css");
+const NEONET_CLIENT_JS: &str = include_str!("../web/neonet/client.js");
+const NEONET_WIRE_JS: &str = include_str!("../web/neonet/wire.js");
+const NEONET_DATAGRAM_JS: &str = include_str!("../web/neonet/datagram.js");
+const NEONET_MOVEMENT_JS: &str = include_str!("../web/neonet/movement.js");
+
+/// The demo page may also connect to the relay's WebTransport endpoint: another port, so
+/// another origin (`https:`), and its own WebSocket (`'self'`).
+const PLAY_CSP: &str = "default-src 'self'; img-src 'self' data:; style-src 'self'; \
+                        script-src 'self'; connect-src 'self' https:; frame-ancestors 'none'";
 
 /// Prometheus text exposition format content type.
 const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -96,6 +126,47 @@ pub fn router(metrics: Arc<Metrics>) -> Router {
         .with_state(metrics)
 }
 
+/// [`router`] plus the browser routes (the demo page, the client library, `/connect.json`, the
+/// WebSocket fallback) of a relay's [`BrowserAccess`].
+pub fn router_with_browsers(metrics: Arc<Metrics>, browsers: Arc<BrowserAccess>) -> Router {
+    let js = "text/javascript; charset=utf-8";
+    let page = |body: &'static str, content_type: &'static str| {
+        get(move || async move { with_csp(body, content_type, PLAY_CSP) })
+    };
+    let browser_routes = Router::new()
+        .route("/play", page(PLAY_HTML, "text/html; charset=utf-8"))
+        .route("/play.js", page(PLAY_JS, js))
+        .route("/play.css", page(PLAY_CSS, "text/css; charset=utf-8"))
+        .route("/neonet/client.js", page(NEONET_CLIENT_JS, js))
+        .route("/neonet/wire.js", page(NEONET_WIRE_JS, js))
+        .route("/neonet/datagram.js", page(NEONET_DATAGRAM_JS, js))
+        .route("/neonet/movement.js", page(NEONET_MOVEMENT_JS, js))
+        .route("/connect.json", get(connect_info))
+        .route("/ws", get(crate::relay::websocket::ws_handler))
+        .with_state(browsers);
+    router(metrics).merge(browser_routes)
+}
+
+async fn connect_info(State(browsers): State<Arc<BrowserAccess>>) -> Json<ConnectInfo> {
+    Json(browsers.connect_info())
+}
+
+/// [`serve`] with the browser routes of [`router_with_browsers`].
+pub async fn serve_with_browsers(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    browsers: Arc<BrowserAccess>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let listener = LimitedListener {
+        inner: listener,
+        permits: Arc::new(Semaphore::new(HTTP_CONNECTIONS_WITH_BROWSERS_MAX)),
+    };
+    axum::serve(listener, router_with_browsers(metrics, browsers))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
 /// Serves the operator HTTP routes on `listener` until `shutdown` completes, then finishes the
 /// requests in flight and returns.
 ///
@@ -117,12 +188,16 @@ pub async fn serve(
 }
 
 fn with_type(body: &'static str, content_type: &'static str) -> Response {
+    with_csp(body, content_type, CSP)
+}
+
+fn with_csp(body: &'static str, content_type: &'static str, csp: &'static str) -> Response {
     (
         [
             (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
             (
                 header::CONTENT_SECURITY_POLICY,
-                HeaderValue::from_static(CSP),
+                HeaderValue::from_static(csp),
             ),
             (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
         ],

@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{Connection, Endpoint, EndpointConfig, TransportConfig, VarInt};
 use tokio::sync::{mpsc, Notify};
@@ -178,17 +179,49 @@ pub fn transport_config(idle_timeout: Duration) -> TransportConfig {
     t
 }
 
-/// A server endpoint on `addr` presenting `identity`. Must be called inside a tokio runtime.
+/// Unidirectional streams a browser's WebTransport session may have open at once: neonet's
+/// channels plus HTTP/3's own (its control stream and the two QPACK streams).
+pub const WEBTRANSPORT_UNI_STREAMS_MAX: u32 = UNI_STREAMS_MAX + 3;
+
+/// Bidirectional streams a peer may open on the relay's port: one, the WebTransport `CONNECT`
+/// request. Native connections never use one (nothing reads it; flow control bounds it).
+pub const WEBTRANSPORT_BIDI_STREAMS_MAX: u32 = 1;
+
+/// A server endpoint on `addr` presenting `identity`, native clients only. Must be called
+/// inside a tokio runtime.
 pub fn server_endpoint(
     addr: SocketAddr,
     identity: &ServerIdentity,
     idle_timeout: Duration,
 ) -> Result<(Endpoint, SocketBuffers), TransportError> {
     let crypto = crate::tls::server_crypto(identity)?;
+    endpoint_with(addr, crypto, transport_config(idle_timeout))
+}
+
+/// The relay's endpoint on `addr`: native clients and browsers' WebTransport sessions on one
+/// UDP port, told apart by ALPN, with certificates picked by `resolver`
+/// ([`crate::tls::AlpnCertResolver`]). Must be called inside a tokio runtime.
+pub fn relay_endpoint(
+    addr: SocketAddr,
+    resolver: Arc<crate::tls::AlpnCertResolver>,
+    idle_timeout: Duration,
+) -> Result<(Endpoint, SocketBuffers), TransportError> {
+    let crypto = crate::tls::relay_server_crypto(resolver)?;
+    let mut transport = transport_config(idle_timeout);
+    transport.max_concurrent_uni_streams(VarInt::from_u32(WEBTRANSPORT_UNI_STREAMS_MAX));
+    transport.max_concurrent_bidi_streams(VarInt::from_u32(WEBTRANSPORT_BIDI_STREAMS_MAX));
+    endpoint_with(addr, crypto, transport)
+}
+
+fn endpoint_with(
+    addr: SocketAddr,
+    crypto: rustls::ServerConfig,
+    transport: TransportConfig,
+) -> Result<(Endpoint, SocketBuffers), TransportError> {
     let crypto = QuicServerConfig::try_from(crypto)
         .map_err(|e| TransportError::Tls(TlsError::Quic(e.to_string())))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    server.transport_config(Arc::new(transport_config(idle_timeout)));
+    server.transport_config(Arc::new(transport));
     let (socket, buffers) = bind_udp(addr, SOCKET_BUFFER_BYTES)?;
     let endpoint = Endpoint::new(
         EndpointConfig::default(),
@@ -250,6 +283,99 @@ pub enum StreamEvent {
     Error(DecodeError),
 }
 
+// ---------------------------------------------------------------------------------------------
+// Stream connections: native QUIC and WebTransport carry channels the same way
+
+/// A connection that carries neonet's channels on unidirectional streams: a native QUIC
+/// connection, or a WebTransport session (whose streams are QUIC streams under an HTTP/3
+/// session). The stream readers and [`ChannelWriters`] work over either.
+pub trait UniStreams: Clone + Send + Sync + 'static {
+    /// Its sending stream.
+    type Send: UniSend;
+    /// Its receiving stream.
+    type Recv: UniRecv;
+    /// Opens a stream; `None` once the connection is gone.
+    fn open_uni(&self) -> impl std::future::Future<Output = Option<Self::Send>> + Send;
+    /// The peer's next stream; `None` once the connection is gone.
+    fn accept_uni(&self) -> impl std::future::Future<Output = Option<Self::Recv>> + Send;
+}
+
+/// The sending half of a unidirectional stream.
+pub trait UniSend: Send + 'static {
+    /// Sets the stream's priority (higher first).
+    fn set_priority(&self, priority: i32);
+    /// Writes all of `bytes`; `false` if the stream or connection failed.
+    fn write_all(&mut self, bytes: &[u8]) -> impl std::future::Future<Output = bool> + Send;
+    /// Writes one chunk without a copy; `false` if the stream or connection failed.
+    fn write_chunk(&mut self, bytes: Bytes) -> impl std::future::Future<Output = bool> + Send;
+    /// Finishes the stream; `false` if it was already closed.
+    fn finish(&mut self) -> bool;
+    /// Waits until the peer has everything (or stopped the stream, or the connection ended).
+    fn stopped(&self) -> impl std::future::Future<Output = ()> + Send;
+}
+
+/// How reading a stream went wrong.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadFailure {
+    /// The peer reset the stream.
+    Reset,
+    /// The connection is gone (its end is reported elsewhere).
+    Gone,
+}
+
+/// The receiving half of a unidirectional stream.
+pub trait UniRecv: Send + 'static {
+    /// The next chunk of at most `max` bytes, in order; `None` at the end of the stream.
+    fn read_chunk(
+        &mut self,
+        max: usize,
+    ) -> impl std::future::Future<Output = Result<Option<Bytes>, ReadFailure>> + Send;
+    /// Tells the peer to stop sending.
+    fn stop(&mut self);
+}
+
+impl UniStreams for Connection {
+    type Send = quinn::SendStream;
+    type Recv = quinn::RecvStream;
+    async fn open_uni(&self) -> Option<quinn::SendStream> {
+        Connection::open_uni(self).await.ok()
+    }
+    async fn accept_uni(&self) -> Option<quinn::RecvStream> {
+        Connection::accept_uni(self).await.ok()
+    }
+}
+
+impl UniSend for quinn::SendStream {
+    fn set_priority(&self, priority: i32) {
+        let _ = quinn::SendStream::set_priority(self, priority);
+    }
+    async fn write_all(&mut self, bytes: &[u8]) -> bool {
+        quinn::SendStream::write_all(self, bytes).await.is_ok()
+    }
+    async fn write_chunk(&mut self, bytes: Bytes) -> bool {
+        quinn::SendStream::write_chunk(self, bytes).await.is_ok()
+    }
+    fn finish(&mut self) -> bool {
+        quinn::SendStream::finish(self).is_ok()
+    }
+    async fn stopped(&self) {
+        let _ = quinn::SendStream::stopped(self).await;
+    }
+}
+
+impl UniRecv for quinn::RecvStream {
+    async fn read_chunk(&mut self, max: usize) -> Result<Option<Bytes>, ReadFailure> {
+        match quinn::RecvStream::read_chunk(self, max, true).await {
+            Ok(c) => Ok(c.map(|c| c.bytes)),
+            Err(quinn::ReadError::Reset(_)) => Err(ReadFailure::Reset),
+            Err(_) => Err(ReadFailure::Gone),
+        }
+    }
+    fn stop(&mut self) {
+        let _ = quinn::RecvStream::stop(self, VarInt::from_u32(0));
+    }
+}
+
 /// Accepts the peer's unidirectional streams until the connection ends, reading each in its own
 /// task: first byte the channel, then frames within the limit of the decoder `decoder_for(channel)`
 /// gives (the protocol crate's per-channel decoders: `FrameDecoder::for_client_channel` on a
@@ -257,17 +383,18 @@ pub enum StreamEvent {
 /// frames of each read go to `tx` together as one `map(StreamEvent::Frames)` (one message per
 /// read, not per frame), errors as `map(StreamEvent::Error)`; a full `tx` holds the reader
 /// back (and QUIC flow control holds the peer back).
-pub async fn accept_streams<T, F>(
-    conn: Connection,
+pub async fn accept_streams<C, T, F>(
+    conn: C,
     decoder_for: fn(Channel) -> FrameDecoder,
     tx: mpsc::Sender<T>,
     map: F,
 ) where
+    C: UniStreams,
     T: Send + 'static,
     F: Fn(StreamEvent) -> T + Clone + Send + Sync + 'static,
 {
     let seen = Arc::new(AtomicU8::new(0));
-    while let Ok(recv) = conn.accept_uni().await {
+    while let Some(recv) = conn.accept_uni().await {
         tokio::spawn(read_stream(
             recv,
             seen.clone(),
@@ -278,8 +405,8 @@ pub async fn accept_streams<T, F>(
     }
 }
 
-async fn read_stream<T, F>(
-    mut recv: quinn::RecvStream,
+async fn read_stream<R: UniRecv, T, F>(
+    mut recv: R,
     seen: Arc<AtomicU8>,
     decoder_for: fn(Channel) -> FrameDecoder,
     tx: mpsc::Sender<T>,
@@ -290,7 +417,7 @@ async fn read_stream<T, F>(
     let mut channel: Option<Channel> = None;
     let mut decoder: Option<FrameDecoder> = None;
     let error = loop {
-        let chunk = match recv.read_chunk(STREAM_READ_CHUNK_BYTES, true).await {
+        let chunk = match recv.read_chunk(STREAM_READ_CHUNK_BYTES).await {
             Ok(Some(chunk)) => chunk,
             Ok(None) => {
                 match &decoder {
@@ -301,10 +428,10 @@ async fn read_stream<T, F>(
                     None => return,
                 };
             }
-            Err(quinn::ReadError::Reset(_)) => break DecodeError::Truncated,
-            Err(_) => return, // the connection is gone: its end is reported elsewhere
+            Err(ReadFailure::Reset) => break DecodeError::Truncated,
+            Err(ReadFailure::Gone) => return, // its end is reported elsewhere
         };
-        let mut bytes = &chunk.bytes[..];
+        let mut bytes = &chunk[..];
         let ch = match channel {
             Some(ch) => ch,
             None => {
@@ -344,7 +471,7 @@ async fn read_stream<T, F>(
             break e;
         }
     };
-    let _ = recv.stop(VarInt::from_u32(0));
+    recv.stop();
     let _ = tx.send(map(StreamEvent::Error(error))).await;
 }
 
@@ -478,7 +605,7 @@ fn priority(channel: Channel) -> i32 {
 
 impl ChannelWriters {
     /// Spawns one writer per channel on `conn`. Streams open lazily, on the first frame.
-    pub fn spawn(conn: &Connection) -> ChannelWriters {
+    pub fn spawn<C: UniStreams>(conn: &C) -> ChannelWriters {
         let mut queues = Vec::new();
         let mut tasks = Vec::new();
         for ch in Channel::ALL {
@@ -527,11 +654,11 @@ impl Drop for ChannelWriters {
     }
 }
 
-async fn write_channel(conn: Connection, channel: Channel, queue: Arc<ByteQueue>) {
+async fn write_channel<C: UniStreams>(conn: C, channel: Channel, queue: Arc<ByteQueue>) {
     let stream = write_queued(&conn, channel, &queue).await;
     queue.stop();
     if let Some(mut s) = stream {
-        if s.finish().is_ok() {
+        if s.finish() {
             let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, s.stopped()).await;
         }
     }
@@ -539,12 +666,12 @@ async fn write_channel(conn: Connection, channel: Channel, queue: Arc<ByteQueue>
 
 /// Writes what `queue` gets until it asks for a finish; the stream, if one was opened and
 /// still works, to be finished. Each take is handed to quinn as one chunk, without a copy.
-async fn write_queued(
-    conn: &Connection,
+async fn write_queued<C: UniStreams>(
+    conn: &C,
     channel: Channel,
     queue: &ByteQueue,
-) -> Option<quinn::SendStream> {
-    let mut stream: Option<quinn::SendStream> = None;
+) -> Option<C::Send> {
+    let mut stream: Option<C::Send> = None;
     let mut capacity = 0;
     loop {
         let (bytes, finishing) = queue.take(capacity).await;
@@ -553,14 +680,18 @@ async fn write_queued(
             let s = match stream.as_mut() {
                 Some(s) => s,
                 None => {
-                    let s = conn.open_uni().await.ok()?;
-                    let _ = s.set_priority(priority(channel));
+                    let s = conn.open_uni().await?;
+                    s.set_priority(priority(channel));
                     let s = stream.insert(s);
-                    s.write_all(&[channel as u8]).await.ok()?;
+                    if !s.write_all(&[channel as u8]).await {
+                        return None;
+                    }
                     s
                 }
             };
-            s.write_chunk(bytes::Bytes::from(bytes)).await.ok()?;
+            if !s.write_chunk(Bytes::from(bytes)).await {
+                return None;
+            }
         }
         if finishing {
             return stream;

@@ -20,8 +20,18 @@
 //! validity dates: the pin *is* the identity. Handshake signatures are still verified with the
 //! ring provider's algorithms in every mode, so the peer must hold the certificate's key.
 //!
-//! Every configuration is TLS 1.3 only (QUIC requires it) and offers exactly the ALPN
-//! [`neonet_proto::wire::msg::ALPN`]; a peer without it fails the handshake.
+//! Every configuration is TLS 1.3 only (QUIC requires it). Clients offer exactly the ALPN
+//! [`neonet_proto::wire::msg::ALPN`]; the relay also accepts [`WEBTRANSPORT_ALPN`] (HTTP/3, for
+//! browsers' WebTransport) on the same port. A peer offering neither fails the handshake.
+//!
+//! ## The browser certificate
+//! A browser pins a self-signed certificate (WebTransport's `serverCertificateHashes`) only if
+//! it is ECDSA P-256 and valid for at most 14 days. So beside the long-lived development
+//! certificate natives pin, the relay makes a [`BrowserCert`] in memory: P-256, valid
+//! [`BROWSER_CERT_VALIDITY`], replaced every [`BROWSER_CERT_ROTATION`] by a fresh one whose hash
+//! the relay publishes (`/connect.json`). The handshake picks the certificate by ALPN
+//! ([`AlpnCertResolver`]): HTTP/3 gets the browser certificate, neonet the development one.
+//! With a real certificate (from a CA) both use it and no pin is needed.
 
 use std::fmt;
 use std::fs;
@@ -202,6 +212,112 @@ pub fn load_or_generate_dev_cert(dir: &Path) -> Result<ServerIdentity, TlsError>
     })
 }
 
+/// WebTransport's ALPN: HTTP/3.
+pub const WEBTRANSPORT_ALPN: &[u8] = b"h3";
+
+/// How long a browser certificate is valid: 13 days, under the 14 days browsers accept for a
+/// pinned certificate (`serverCertificateHashes`), with a day's margin for clock skew.
+pub const BROWSER_CERT_VALIDITY: std::time::Duration = std::time::Duration::from_secs(13 * 86_400);
+
+/// How often the relay makes a new browser certificate: every 6 days, so the one a page pinned
+/// (fetched at most minutes before it connects) always has a week of validity left.
+pub const BROWSER_CERT_ROTATION: std::time::Duration = std::time::Duration::from_secs(6 * 86_400);
+
+/// A short-lived certificate for browsers to pin (see the module documentation).
+#[derive(Debug)]
+pub struct BrowserCert {
+    /// The certificate and its signing key, ready for rustls.
+    pub certified: Arc<rustls::sign::CertifiedKey>,
+    /// SHA-256 of the certificate: what a page passes as `serverCertificateHashes`.
+    pub fingerprint: Fingerprint,
+    /// When it stops being valid, Unix milliseconds.
+    pub not_after_unix_ms: u64,
+}
+
+impl BrowserCert {
+    /// A fresh ECDSA P-256 certificate for the development names, valid from an hour ago (clock
+    /// skew) for [`BROWSER_CERT_VALIDITY`] in all.
+    pub fn generate() -> Result<BrowserCert, TlsError> {
+        let names: Vec<String> = DEV_CERT_NAMES.iter().map(|s| s.to_string()).collect();
+        let mut params = rcgen::CertificateParams::new(names)?;
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::hours(1);
+        params.not_after =
+            params.not_before + time::Duration::seconds(BROWSER_CERT_VALIDITY.as_secs() as i64);
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let not_after = params.not_after;
+        let cert = params.self_signed(&key)?;
+        let der = CertificateDer::from(cert.der().to_vec());
+        let key_der = PrivateKeyDer::Pkcs8(key.serialize_der().into());
+        let signing = provider()
+            .key_provider
+            .load_private_key(key_der)
+            .map_err(TlsError::Rustls)?;
+        let not_after_unix_ms = (not_after.unix_timestamp() as u64) * 1000;
+        Ok(BrowserCert {
+            fingerprint: Fingerprint::of(&der),
+            certified: Arc::new(rustls::sign::CertifiedKey::new(vec![der], signing)),
+            not_after_unix_ms,
+        })
+    }
+}
+
+/// Picks the server certificate by the ALPN the client offers: the browser certificate for
+/// HTTP/3 (WebTransport), the main identity for everything else. The browser certificate can be
+/// replaced while the relay runs ([`AlpnCertResolver::set_browser`]).
+#[derive(Debug)]
+pub struct AlpnCertResolver {
+    main: Arc<rustls::sign::CertifiedKey>,
+    browser: std::sync::RwLock<Option<Arc<rustls::sign::CertifiedKey>>>,
+}
+
+impl AlpnCertResolver {
+    /// A resolver presenting `identity`, and `browser` (if any) to HTTP/3 clients.
+    pub fn new(
+        identity: &ServerIdentity,
+        browser: Option<&BrowserCert>,
+    ) -> Result<AlpnCertResolver, TlsError> {
+        let signing = provider()
+            .key_provider
+            .load_private_key(identity.key.clone_key())
+            .map_err(TlsError::Rustls)?;
+        Ok(AlpnCertResolver {
+            main: Arc::new(rustls::sign::CertifiedKey::new(
+                identity.chain.clone(),
+                signing,
+            )),
+            browser: std::sync::RwLock::new(browser.map(|b| b.certified.clone())),
+        })
+    }
+
+    /// Presents `browser` to HTTP/3 clients from now on (handshakes under way keep theirs).
+    pub fn set_browser(&self, browser: &BrowserCert) {
+        *self.browser.write().unwrap_or_else(|e| e.into_inner()) = Some(browser.certified.clone());
+    }
+}
+
+impl rustls::server::ResolvesServerCert for AlpnCertResolver {
+    fn resolve(
+        &self,
+        hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        let wants_h3 = hello
+            .alpn()
+            .is_some_and(|mut protocols| protocols.any(|p| p == WEBTRANSPORT_ALPN));
+        if wants_h3 {
+            if let Some(b) = self
+                .browser
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+            {
+                return Some(b);
+            }
+        }
+        Some(self.main.clone())
+    }
+}
+
 /// Loads a configured certificate chain (PEM, or a single DER certificate) and key (PEM).
 pub fn load_cert_and_key(cert_path: &Path, key_path: &Path) -> Result<ServerIdentity, TlsError> {
     let chain = read_certs(cert_path)?;
@@ -276,6 +392,21 @@ pub fn server_crypto(identity: &ServerIdentity) -> Result<rustls::ServerConfig, 
         .with_no_client_auth()
         .with_single_cert(identity.chain.clone(), identity.key.clone_key())?;
     cfg.alpn_protocols = vec![ALPN.to_vec()];
+    Ok(cfg)
+}
+
+/// The relay's rustls configuration: [`server_crypto`] that also accepts WebTransport
+/// ([`WEBTRANSPORT_ALPN`]) on the same port, with certificates picked by `resolver`.
+pub fn relay_server_crypto(
+    resolver: Arc<AlpnCertResolver>,
+) -> Result<rustls::ServerConfig, TlsError> {
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
+    cfg.alpn_protocols = vec![ALPN.to_vec(), WEBTRANSPORT_ALPN.to_vec()];
+    // HTTP/3 sends 0-RTT-free requests; nothing here needs early data.
+    cfg.max_early_data_size = 0;
     Ok(cfg)
 }
 

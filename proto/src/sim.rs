@@ -637,7 +637,7 @@ impl Sim {
                             .reliable_arrival(channel, self.now, &mut self.rng);
                     self.schedule(at, Delivery::ClientFrame(idx, channel, frame.to_vec()));
                 }
-                Transmit::Datagram { conn, data } => {
+                Transmit::Datagram { conn, data, .. } => {
                     let Some(&idx) = self.conn_to_client.get(&conn) else {
                         continue;
                     };

@@ -46,7 +46,7 @@ fn core_with_clients() -> ServerCore {
 fn datagrams(core: &mut ServerCore) -> Vec<(ConnId, Vec<u8>)> {
     let mut out = Vec::new();
     while let Some(t) = core.poll_transmit() {
-        if let Transmit::Datagram { conn, data } = t {
+        if let Transmit::Datagram { conn, data, .. } = t {
             out.push((conn, data));
         }
     }

@@ -164,10 +164,17 @@ async fn run(config: RelayConfig) -> anyhow::Result<()> {
                 }
             };
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            println!("status and metrics on http://{}", listener.local_addr()?);
-            let task = tokio::spawn(neonet::http::serve(listener, metrics.clone(), async {
-                let _ = stopped.await;
-            }));
+            let http_addr = listener.local_addr()?;
+            println!("status and metrics on http://{http_addr}");
+            println!("play in a browser: http://{}/play", dialable(http_addr));
+            let task = tokio::spawn(neonet::http::serve_with_browsers(
+                listener,
+                metrics.clone(),
+                relay.browser_access(),
+                async {
+                    let _ = stopped.await;
+                },
+            ));
             Some((stop, task))
         }
         None => None,

@@ -1,6 +1,11 @@
-//! The QUIC transport of the relay: the accept loop (behind the connection limit), one task
-//! per connection that only parses and forwards (frames to the [`Inbound`] queue, datagrams to
-//! the [`SharedInbox`]), and the QUIC [`Link`] that carries the core's transmits out.
+//! The relay's QUIC port: the accept loop (behind the connection limit), and for each
+//! connection one task that only parses and forwards (frames to the [`Inbound`] queue,
+//! datagrams to the [`SharedInbox`]), and the [`Link`] that carries the core's transmits out.
+//!
+//! Native clients and browsers share the port, told apart by ALPN: `neonet/1` is a native
+//! connection; `h3` is a browser's WebTransport session (HTTP/3 `CONNECT` to
+//! [`WEBTRANSPORT_PATH`]), whose streams and datagrams carry exactly what a native connection's
+//! do. Both run through the same code, generic over [`PeerConn`].
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -20,6 +25,7 @@ use neonet_proto::Time;
 use super::{ConnIds, Inbound, Link, HANDSHAKE_TIMEOUT};
 use crate::metrics::Metrics;
 use crate::quic::{self, ChannelWriters, StreamEvent};
+use crate::tls;
 
 /// The core's [`DatagramInbox`] shared between the connection readers (which push) and the
 /// core task (which takes): a mutex around it, and its length readable without the lock so the
@@ -59,6 +65,54 @@ impl SharedInbox {
         let mut inbox = self.inbox.lock().unwrap_or_else(|e| e.into_inner());
         inbox.take(into);
         self.len.store(0, Ordering::Release);
+    }
+}
+
+/// The path of the WebTransport endpoint (`https://HOST:PORT/neonet`).
+pub const WEBTRANSPORT_PATH: &str = "/neonet";
+
+/// What the relay needs of a connection beyond its streams ([`quic::UniStreams`]): datagrams,
+/// its end, its path figures. A native QUIC connection or a WebTransport session.
+pub(super) trait PeerConn: quic::UniStreams {
+    /// The next datagram; `None` once the connection is gone.
+    fn read_datagram(&self) -> impl std::future::Future<Output = Option<Bytes>> + Send;
+    /// Sends a datagram (dropped if the path cannot take it now).
+    fn send_datagram(&self, data: Bytes);
+    /// The largest datagram the path carries now.
+    fn max_datagram_size(&self) -> Option<usize>;
+    /// Closes with an application code and reason text.
+    fn close(&self, code: u32, text: &[u8]);
+    /// Waits for the end and says why.
+    fn closed(&self) -> impl std::future::Future<Output = String> + Send;
+    /// The peer's address.
+    fn remote_address(&self) -> SocketAddr;
+    /// The smoothed round-trip time.
+    fn rtt(&self) -> Duration;
+}
+
+impl PeerConn for Connection {
+    async fn read_datagram(&self) -> Option<Bytes> {
+        Connection::read_datagram(self).await.ok()
+    }
+    fn send_datagram(&self, data: Bytes) {
+        if let Err(e) = Connection::send_datagram(self, data) {
+            tracing::trace!(error = %e, "datagram not sent");
+        }
+    }
+    fn max_datagram_size(&self) -> Option<usize> {
+        Connection::max_datagram_size(self)
+    }
+    fn close(&self, code: u32, text: &[u8]) {
+        Connection::close(self, quinn::VarInt::from_u32(code), text);
+    }
+    async fn closed(&self) -> String {
+        Connection::closed(self).await.to_string()
+    }
+    fn remote_address(&self) -> SocketAddr {
+        Connection::remote_address(self)
+    }
+    fn rtt(&self) -> Duration {
+        Connection::rtt(self)
     }
 }
 
@@ -105,7 +159,20 @@ pub(super) async fn accept_loop(
             if let Some(m) = &metrics {
                 m.connection_opened();
             }
-            serve_connection(conn_ids.next(), conn, inbound, inbox).await;
+            if is_webtransport(&conn) {
+                if let Some(session) = webtransport_session(conn).await {
+                    serve(
+                        conn_ids.next(),
+                        session,
+                        TransportKind::WebTransport,
+                        inbound,
+                        inbox,
+                    )
+                    .await;
+                }
+            } else {
+                serve(conn_ids.next(), conn, TransportKind::Quic, inbound, inbox).await;
+            }
             if let Some(m) = &metrics {
                 m.connection_closed();
             }
@@ -113,19 +180,64 @@ pub(super) async fn accept_loop(
     }
 }
 
+/// Whether the connection negotiated HTTP/3 (a browser's WebTransport).
+fn is_webtransport(conn: &Connection) -> bool {
+    conn.handshake_data()
+        .and_then(|h| h.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|h| h.protocol)
+        .is_some_and(|p| p == tls::WEBTRANSPORT_ALPN)
+}
+
+/// Completes the HTTP/3 handshake and the WebTransport `CONNECT` to [`WEBTRANSPORT_PATH`]
+/// (anything else is answered 404), within [`HANDSHAKE_TIMEOUT`].
+async fn webtransport_session(conn: Connection) -> Option<web_transport_quinn::Session> {
+    let peer = conn.remote_address();
+    let request = match tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        web_transport_quinn::Request::accept(conn),
+    )
+    .await
+    {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            tracing::info!(%peer, error = %e, "WebTransport handshake failed");
+            return None;
+        }
+        Err(_) => {
+            tracing::info!(%peer, "WebTransport handshake timed out");
+            return None;
+        }
+    };
+    if request.url.path() != WEBTRANSPORT_PATH {
+        tracing::info!(%peer, url = %request.url, "WebTransport session for another path: 404");
+        let _ = request
+            .reject(web_transport_quinn::http::StatusCode::NOT_FOUND)
+            .await;
+        return None;
+    }
+    match request.ok().await {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::info!(%peer, error = %e, "WebTransport session not established");
+            None
+        }
+    }
+}
+
 /// One connection: announce it, parse and forward until it ends, then report the end.
-async fn serve_connection(
+async fn serve<C: PeerConn>(
     id: ConnId,
-    conn: Connection,
+    conn: C,
+    transport: TransportKind,
     inbound: mpsc::Sender<Inbound>,
     inbox: Arc<SharedInbox>,
 ) {
-    tracing::debug!(conn = id.0, peer = %conn.remote_address(), "connected");
-    let link = Arc::new(QuicLink::new(conn.clone()));
+    tracing::debug!(conn = id.0, peer = %conn.remote_address(), ?transport, "connected");
+    let link = Arc::new(StreamLink::new(conn.clone()));
     if inbound
         .send(Inbound::Connect {
             conn: id,
-            transport: TransportKind::Quic,
+            transport,
             link,
         })
         .await
@@ -150,7 +262,7 @@ async fn serve_connection(
         let conn = conn.clone();
         tokio::spawn(async move {
             let mut quota = InboxQuota::default();
-            while let Ok(data) = conn.read_datagram().await {
+            while let Some(data) = conn.read_datagram().await {
                 // Unreliable by nature: when the core is behind, dropped rather than waited for.
                 inbox.push(id, data, &mut quota);
             }
@@ -163,9 +275,10 @@ async fn serve_connection(
     let _ = inbound.send(Inbound::Disconnect { conn: id }).await;
 }
 
-/// The QUIC [`Link`]: per-channel writers, datagrams straight to quinn, flush-then-close.
-struct QuicLink {
-    conn: Connection,
+/// The [`Link`] of a stream connection (QUIC or WebTransport): per-channel writers, datagrams
+/// straight to the connection, flush-then-close.
+struct StreamLink<C: PeerConn> {
+    conn: C,
     /// The I/O runtime the connection lives on: closes are finished there, not on the core's
     /// thread (whose runtime ends with the core, which would cut a close's flush short).
     io: tokio::runtime::Handle,
@@ -173,9 +286,9 @@ struct QuicLink {
     closing: AtomicBool,
 }
 
-impl QuicLink {
-    fn new(conn: Connection) -> QuicLink {
-        QuicLink {
+impl<C: PeerConn> StreamLink<C> {
+    fn new(conn: C) -> StreamLink<C> {
+        StreamLink {
             writers: Arc::new(ChannelWriters::spawn(&conn)),
             conn,
             io: tokio::runtime::Handle::current(),
@@ -184,7 +297,7 @@ impl QuicLink {
     }
 }
 
-impl Link for QuicLink {
+impl<C: PeerConn> Link for StreamLink<C> {
     fn transmit(&self, transmit: Transmit) {
         match transmit {
             Transmit::Frame { channel, frame, .. } => {
@@ -192,17 +305,13 @@ impl Link for QuicLink {
                     if !self.closing.swap(true, Ordering::Relaxed) {
                         tracing::warn!(peer = %self.conn.remote_address(), "{e}: closing the slow peer");
                         self.conn.close(
-                            quinn::VarInt::from_u32(quic::CLOSE_CODE_OVERFLOW),
+                            quic::CLOSE_CODE_OVERFLOW,
                             b"send queue full: reading too slowly",
                         );
                     }
                 }
             }
-            Transmit::Datagram { data, .. } => {
-                if let Err(e) = self.conn.send_datagram(Bytes::from(data)) {
-                    tracing::trace!(error = %e, "datagram not sent");
-                }
-            }
+            Transmit::Datagram { data, .. } => self.conn.send_datagram(Bytes::from(data)),
             Transmit::Close { reason, detail, .. } => {
                 if self.closing.swap(true, Ordering::Relaxed) {
                     return;
@@ -212,7 +321,10 @@ impl Link for QuicLink {
                 let conn = self.conn.clone();
                 self.io.spawn(async move {
                     writers.finish().await;
-                    conn.close(quic::close_code(reason), text.as_bytes());
+                    conn.close(
+                        quic::close_code(reason).into_inner() as u32,
+                        text.as_bytes(),
+                    );
                 });
             }
         }

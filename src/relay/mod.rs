@@ -76,9 +76,12 @@
 //! [`FrameDecoder`]: neonet_proto::wire::codec::FrameDecoder
 
 mod accept;
+mod browser;
 mod core_task;
 mod inbound;
 mod persist;
+pub mod websocket;
+mod webtransport;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -94,7 +97,8 @@ use neonet_proto::persist::{Effect, World};
 use neonet_proto::server::{Authenticator, InboxBatch, ServerConfig, ServerCore, ServerEvent};
 use neonet_proto::Time;
 
-pub use accept::SharedInbox;
+pub use accept::{SharedInbox, WEBTRANSPORT_PATH};
+pub use browser::{BrowserAccess, ConnectInfo, WebSocketInfo, WebTransportInfo};
 pub use inbound::{ConnIds, Inbound, Link};
 
 pub(crate) use persist::StoreOpener;
@@ -280,11 +284,11 @@ impl Relay {
                 commits,
             });
         }
-        let identity = match (&config.cert_path, &config.key_path) {
+        let (identity, real_cert) = match (&config.cert_path, &config.key_path) {
             (Some(c), Some(k)) => {
                 let id = tls::load_cert_and_key(c, k)?;
                 tracing::info!(cert = %c.display(), "using the configured certificate");
-                id
+                (id, true)
             }
             _ => {
                 let id = tls::load_or_generate_dev_cert(&config.cert_dir)?;
@@ -293,15 +297,26 @@ impl Relay {
                 } else {
                     tracing::info!(dir = %config.cert_dir.display(), "reusing the development certificate");
                 }
-                id
+                (id, false)
             }
         };
+        // Browsers pin only short-lived P-256 certificates: a development relay makes one for
+        // them (a real certificate serves browsers as it is).
+        let browser_cert = if real_cert {
+            None
+        } else {
+            Some(tls::BrowserCert::generate()?)
+        };
+        let resolver = Arc::new(tls::AlpnCertResolver::new(
+            &identity,
+            browser_cert.as_ref(),
+        )?);
         let auth: Box<dyn Authenticator> = match hooks.authenticator {
             Some(a) => a,
             None => Box::new(HmacTokens::load_or_create(&config.data_dir)?),
         };
         let (endpoint, buffers) =
-            quic::server_endpoint(config.listen, &identity, config.idle_timeout())?;
+            quic::relay_endpoint(config.listen, resolver.clone(), config.idle_timeout())?;
         let local_addr = endpoint
             .local_addr()
             .map_err(|source| TransportError::Socket {
@@ -315,7 +330,7 @@ impl Relay {
                 "the kernel capped the UDP receive buffer (raise net.core.rmem_max for many clients)"
             );
         }
-        tracing::info!(addr = %local_addr, fingerprint = %identity.fingerprint, "listening for QUIC");
+        tracing::info!(addr = %local_addr, fingerprint = %identity.fingerprint, "listening for QUIC and WebTransport");
 
         let mut world = hooks.world;
         if config.player_limit > 0 {
@@ -379,6 +394,18 @@ impl Relay {
             next_users_report: Instant::now(),
         };
         let core_task = spawn_core_thread(task, inbound_rx, commits, shutdown_rx.clone())?;
+        let browser = Arc::new(BrowserAccess {
+            inbound: inbound_tx.clone(),
+            conn_ids: conn_ids.clone(),
+            inbox: inbox.clone(),
+            allowed_origins: config.browser_origins.clone(),
+            quic_port: local_addr.port(),
+            pin: browser_cert
+                .as_ref()
+                .map(|c| std::sync::RwLock::new(c.fingerprint)),
+            resolver,
+        });
+        let rotation = tokio::spawn(browser.clone().rotate_every());
         let accept_task = tokio::spawn(accept_loop(
             endpoint.clone(),
             Arc::new(Semaphore::new(config.connections_max)),
@@ -397,6 +424,8 @@ impl Relay {
             shutdown: shutdown_tx,
             core_task,
             accept_task,
+            browser,
+            rotation,
         })
     }
 }
@@ -412,6 +441,8 @@ pub struct RelayHandle {
     shutdown: watch::Sender<bool>,
     core_task: oneshot::Receiver<Option<Arc<Store>>>,
     accept_task: JoinHandle<()>,
+    browser: Arc<BrowserAccess>,
+    rotation: JoinHandle<()>,
 }
 
 /// Starts the core on a thread of its own (named `neonet-core`, with a current-thread tokio
@@ -457,6 +488,12 @@ impl RelayHandle {
         self.inbound.clone()
     }
 
+    /// The way in for browsers: what the HTTP server needs to serve `/connect.json` and
+    /// WebSocket sessions.
+    pub fn browser_access(&self) -> Arc<BrowserAccess> {
+        self.browser.clone()
+    }
+
     /// The connection id allocator other transports must use.
     pub fn conn_ids(&self) -> Arc<ConnIds> {
         self.conn_ids.clone()
@@ -467,6 +504,7 @@ impl RelayHandle {
     /// makes everything durable and closes the store (on a blocking thread).
     pub async fn shutdown(self) -> Result<(), RelayError> {
         let _ = self.shutdown.send(true);
+        self.rotation.abort();
         self.endpoint.set_server_config(None);
         let _ = self.accept_task.await;
         let core = self.core_task.await;

@@ -14,7 +14,11 @@ pub struct ConnId(pub u64);
 pub enum TransportKind {
     /// QUIC (quinn): reliable streams per channel plus unreliable datagrams.
     Quic,
-    /// The WebSocket bridge: one ordered reliable stream, no datagrams.
+    /// A browser's WebTransport session (HTTP/3 over QUIC): the same streams and datagrams as
+    /// [`TransportKind::Quic`].
+    WebTransport,
+    /// A browser's WebSocket: one ordered reliable byte stream (TCP), datagrams carried on it
+    /// latest-wins.
     WebSocket,
     /// The simulated network.
     Sim,

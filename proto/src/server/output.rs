@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use super::{ConnId, ServerCore};
 use crate::persist::{AckToken, Change, Effect};
+use crate::time::Tick;
 use crate::transform::TransformError;
 use crate::types::{EntityId, ReqId, SessionId, UserId};
 use crate::wire::codec;
@@ -31,6 +32,9 @@ pub enum Transmit {
     Datagram {
         /// To whom.
         conn: ConnId,
+        /// The tick it was written at: a transport that cannot drop packets (a WebSocket over
+        /// TCP) keeps only the newest tick's datagrams waiting, and drops older unsent ones.
+        tick: Tick,
         /// The bytes.
         data: Vec<u8>,
     },

@@ -179,7 +179,8 @@ impl ServerCore {
             for data in self.datagrams.drain(..) {
                 job.stats.datagrams += 1;
                 job.stats.bytes += data.len();
-                self.transmits.push_back(Transmit::Datagram { conn, data });
+                self.transmits
+                    .push_back(Transmit::Datagram { conn, tick, data });
             }
         };
         if complete {

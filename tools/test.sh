@@ -2,7 +2,8 @@
 # Runs neonet's whole test suite on a fresh machine: installs what the browser test needs
 # (Debian's Chromium, the Node packages of tests/browser) when missing, then every Rust test:
 # unit tests, simulated-network scenarios, real QUIC loopback tests, crash tests and the
-# headless-browser test.
+# headless-browser tests (the live view, and the demo page over WebTransport and WebSocket), then
+# the browser client library's unit tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -x .ci/install-browser ]; then
@@ -11,3 +12,6 @@ fi
 # Two test threads: the machine has two cores and the real-socket tests start relays.
 # Benches are compiled by clippy --all-targets in CI and run by hand (see README).
 cargo test --workspace -- --test-threads=2
+# The browser client library's own tests (the message and datagram codecs and the movement model
+# against the Rust crate's golden vectors): Node's built-in runner, no packages.
+node --test web/neonet/test/

@@ -2,7 +2,8 @@
 // Headless check of the browser demo page (/play) against a running relay.
 //
 //   node tests/browser/play.mjs [URL] [--transport webtransport|websocket|auto] [--name NAME]
-//        [--screenshot FILE] [--chat TEXT] [--expect-chat TEXT] [--timeout-ms N] [--chromium PATH]
+//        [--screenshot FILE] [--chat TEXT] [--expect-chat TEXT] [--expect-moving NAME]
+//        [--blueprint ID] [--timeout-ms N] [--chromium PATH]
 //
 // URL is the relay's HTTP origin (default http://127.0.0.1:8080). The script opens
 // URL/play?transport=T&name=NAME in Debian's Chromium (driven by playwright-core; never a
@@ -14,6 +15,10 @@
 //   * --chat TEXT: typed into the chat box and sent, it comes back from the server as our own;
 //   * --expect-chat TEXT: a chat message with that body arrives from someone else (a native
 //     client the calling test runs);
+//   * --expect-moving NAME: the player called NAME (another client) is drawn at interpolated
+//     positions that change: remote motion reaches the page;
+//   * --blueprint ID: the page adds a blueprint ID, then modifies it (name "edited in
+//     chromium"); both are acknowledged (the calling test checks a native client got them);
 //   * nothing errs: no page errors, no console errors (a CSP violation would be one), no failed
 //     requests.
 // Then it turns the netcode overlay on, moves right with D (D must move +x: the page's axes),
@@ -49,7 +54,8 @@ const CHROMIUM_FLAGS = [
 ];
 
 const USAGE = 'usage: play.mjs [URL] [--transport webtransport|websocket|auto] [--name NAME] '
-  + '[--screenshot FILE] [--chat TEXT] [--expect-chat TEXT] [--timeout-ms N] [--chromium PATH]';
+  + '[--screenshot FILE] [--chat TEXT] [--expect-chat TEXT] [--expect-moving NAME] '
+  + '[--blueprint ID] [--timeout-ms N] [--chromium PATH]';
 
 function parseArgs(argv) {
   const opts = {
@@ -59,6 +65,8 @@ function parseArgs(argv) {
     screenshot: null,
     chat: null,
     expectChat: null,
+    expectMoving: null,
+    blueprint: null,
     timeoutMs: STEP_TIMEOUT_MS_DEFAULT,
     chromium: process.env.CHROMIUM_PATH || '/usr/bin/chromium',
   };
@@ -73,6 +81,8 @@ function parseArgs(argv) {
     else if (a === '--screenshot') opts.screenshot = value(++i);
     else if (a === '--chat') opts.chat = value(++i);
     else if (a === '--expect-chat') opts.expectChat = value(++i);
+    else if (a === '--expect-moving') opts.expectMoving = value(++i);
+    else if (a === '--blueprint') opts.blueprint = value(++i);
     else if (a === '--timeout-ms') opts.timeoutMs = Number(value(++i));
     else if (a === '--chromium') opts.chromium = value(++i);
     else if (a === '-h' || a === '--help') {
@@ -222,6 +232,37 @@ async function main() {
         }, opts.expectChat);
         return { ok: m !== null, value: m };
       });
+    }
+
+    // 4b. Someone else moving, as the page draws them (interpolated).
+    if (opts.expectMoving !== null) {
+      const positions = [];
+      summary.remote_moving = await waitFor(`${opts.expectMoving} to move on the page`, opts.timeoutMs, async () => {
+        const p = await page.evaluate((name) => {
+          const c = window.neonet;
+          c.beginFrame();
+          const other = c.players().find((x) => x.name === name && !x.self);
+          return other ? c.entityPosition(other.id) : null;
+        }, opts.expectMoving);
+        if (p) positions.push(p);
+        const first = positions[0];
+        const moved = first && p && horizontal(first, p) >= MOVE_MIN_M;
+        return { ok: Boolean(moved), value: moved ? { from: first, to: p } : null };
+      });
+    }
+
+    // 4c. A blueprint added, then edited, from the browser.
+    if (opts.blueprint !== null) {
+      summary.blueprint = await page.evaluate(async (id) => {
+        const c = window.neonet;
+        const flags = { preload: false, public: true, locked: false, frozen: false, unique: false, scene: false, disabled: false };
+        await c.addBlueprint({
+          id, version: 1, name: 'from chromium', author: 'play.mjs', model: null, script: null,
+          image: null, desc: '', props: new Uint8Array(), flags,
+        });
+        await c.modifyBlueprint(id, { name: 'edited in chromium' }, 2);
+        return { id, acknowledged: true };
+      }, opts.blueprint);
     }
 
     // 5. The overlay on and the player moving again (ghosts and difference lines show), a

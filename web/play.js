@@ -4,8 +4,9 @@
 // the server's authoritative positions as ghosts, a line where they differ from what is shown,
 // and a live graph of RTT, interpolation delay and corrections.
 //
-// For tests (tests/browser/play.mjs): body[data-transport|state|players|entities|chat|frames],
-// window.neonet (the client) and window.neonetWarnings (its last warnings). Peer-supplied
+// For tests (tests/browser/play.mjs, measure.mjs): body[data-transport|state|players|entities|
+// chat|frames], window.neonet (the client), window.neonetWarnings (its last warnings) and
+// window.neonetTiming (client.marks: when joining's steps and the first frames happened). Peer-supplied
 // strings only ever go through textContent.
 
 import { connect } from './neonet/client.js';
@@ -45,6 +46,8 @@ $('me').textContent = name;
 
 const client = connect({ name, transport });
 window.neonet = client;
+/** When each step of joining first happened, ms from navigation start (client.mark). */
+window.neonetTiming = client.marks;
 
 /** Warnings kept for tests and the transport badge's tooltip (why WebTransport was not used...). */
 const WARNINGS_MAX = 50;
@@ -462,6 +465,9 @@ function drawGraph() {
 
 function frame() {
   drawWorld();
+  // Timing marks for tests/browser/measure.mjs (client.mark keeps the first of each).
+  if (client.player !== null) client.mark('firstFrame');
+  if (client.renderTick != null) client.mark('firstInterpolatedFrame');
   if (view.overlay) drawGraph();
   view.frames++;
   ds.frames = String(view.frames);

@@ -984,6 +984,10 @@ export class NeonetClient {
     this.input = { move_x: 0, move_z: 0, yaw: 0, run: false, jump: false };
     this.stats = { framesIn: 0, datagramsIn: 0, datagramsRejected: 0, datagramsOut: 0, reconnects: 0 };
     this.correctionTimes = [];
+    /** First time each step happened, performance.now() ms (see {@link NeonetClient#mark}). */
+    this.marks = {};
+    /** The opt-in update latency log ({@link NeonetClient#startLatencyLog}), else null. */
+    this.latencyLog = null;
     this.resetSession();
     this.run();
   }
@@ -1140,8 +1144,10 @@ export class NeonetClient {
 
   async open() {
     const info = await this.fetchConnectInfo();
+    this.mark('connectInfo');
     if (this.state === 'closed') return;
     const link = await this.openLink(info);
+    this.mark('linkOpen');
     if (this.state === 'closed') {
       link.close();
       return;
@@ -1500,6 +1506,7 @@ export class NeonetClient {
       this.localState = this.model.spawn(me ? me.transform.position : [0, 0, 0], 0);
     }
     this.joined = true;
+    this.mark('joined');
     this.attempt = 0;
     this.joinDeadline = null;
     this.setState('connected', { transport: this.transport });
@@ -1511,6 +1518,7 @@ export class NeonetClient {
     const recvUs = nowMs() * 1000;
     const sendUs = num(msg.client_time_us);
     this.sync?.handleSample(sendUs, num(msg.server_time_us), num(msg.server_tick), recvUs);
+    if (this.sync) this.latencyLog?.onPong(num(msg.server_time_us), num(msg.server_tick), this.sync.periodUs);
     this.rttMs = (recvUs - sendUs) / 1000;
     this.emit('rtt', this.rttMs);
   }
@@ -1545,6 +1553,9 @@ export class NeonetClient {
       return;
     }
     this.ackDue = true;
+    this.mark('firstDatagram');
+    this.latencyLog?.onDatagram(nowUs + this.sync.offsetUs, num(r.tick), this.sync.periodUs,
+      r.updates.length + r.left.length + r.stale + r.undecodable);
     if (r.freshness !== 'Applied') return; // duplicate or too old: ignored whole
     const tick = num(r.tick);
     if (r.ownState && this.predictor && !this.localState) {
@@ -1717,6 +1728,28 @@ export class NeonetClient {
     return out.sort((a, b) => a.name.localeCompare(b.name) || a.id - b.id);
   }
 
+  // ----- measurement hooks (tests/browser/measure.mjs) -----
+
+  /**
+   * Notes the first time `name` happened, in `marks` (performance.now() ms, so from the page's
+   * navigation start); later calls keep the first. The client marks 'connectInfo' (/connect.json
+   * read), 'linkOpen' (transport open), 'joined' (snapshot applied), 'firstDatagram'; a page
+   * may add its own (play.js: 'firstFrame', 'firstInterpolatedFrame'). A fixed set of names.
+   */
+  mark(name) {
+    this.marks[name] ??= nowMs();
+  }
+
+  /**
+   * Starts (or restarts, empty) the update latency log and returns it: off until called, so the
+   * datagram and pong paths pay one null check otherwise. See {@link UpdateLatencyLog}.
+   * @returns {UpdateLatencyLog}
+   */
+  startLatencyLog() {
+    this.latencyLog = new UpdateLatencyLog();
+    return this.latencyLog;
+  }
+
   /**
    * Netcode figures for an overlay.
    * @returns {{rttMs: number|null, interpDelayMs: number|null, correctionsPerS: number,
@@ -1741,6 +1774,74 @@ export class NeonetClient {
       tickHz: this.tickHz,
       lead: this.sync ? this.sync.leadTicks() : null,
     };
+  }
+}
+
+/** Datagrams the update latency log keeps, newest last (a ring): 16,384, 9 min of 30 Hz. */
+export const LATENCY_LOG_MAX = 16_384;
+/** Pongs whose tick phase bounds are kept (neonet-load's TICK_PHASE_WINDOW). */
+const TICK_PHASE_WINDOW = 32;
+/** Pongs needed before latencies are logged (neonet-load's TICK_PHASE_MIN_SAMPLES). */
+const TICK_PHASE_MIN_SAMPLES = 8;
+
+/**
+ * Update latency as `neonet-load run` measures it (tools/neonet-load/src/driver.rs,
+ * `measure_datagrams` and `TickPhase`): per server datagram, its arrival on the clock synced
+ * with the relay minus the start of the tick it carries, `tick × period + phase`. A pong
+ * answered at server time s saying next tick n bounds the phase from above by
+ * s − (n − 1) × period; the phase is the tightest of the last TICK_PHASE_WINDOW bounds, and
+ * nothing is logged before TICK_PHASE_MIN_SAMPLES pongs. Arrival is when the page's script
+ * gets the datagram (WebTransport's reader, or the WebSocket's message event). Each datagram
+ * carries a weight, its entity records (at least 1), as the load tool counts per entity update;
+ * duplicates and late datagrams (not applied) weigh 1.
+ */
+class UpdateLatencyLog {
+  constructor() {
+    /** Latencies, ms, and weights, in a ring of LATENCY_LOG_MAX. */
+    this.ms = new Float64Array(LATENCY_LOG_MAX);
+    this.weights = new Uint16Array(LATENCY_LOG_MAX);
+    /** Datagrams logged since the last reset (the ring keeps the newest LATENCY_LOG_MAX). */
+    this.count = 0;
+    /** Upper bounds of the relay's tick phase, µs, newest last. */
+    this.bounds = [];
+  }
+
+  onPong(serverTimeUs, nextTick, periodUs) {
+    if (this.bounds.length === TICK_PHASE_WINDOW) this.bounds.shift();
+    this.bounds.push(serverTimeUs - (nextTick - 1) * periodUs);
+  }
+
+  /** The phase estimate, µs, or null before TICK_PHASE_MIN_SAMPLES pongs. */
+  phaseUs() {
+    return this.bounds.length < TICK_PHASE_MIN_SAMPLES ? null : Math.min(...this.bounds);
+  }
+
+  onDatagram(arrivalServerUs, tick, periodUs, records) {
+    const phase = this.phaseUs();
+    if (phase === null) return;
+    const i = this.count % LATENCY_LOG_MAX;
+    this.ms[i] = Math.max(0, arrivalServerUs - (tick * periodUs + phase)) / 1000;
+    this.weights[i] = Math.min(0xffff, Math.max(1, records));
+    this.count++;
+  }
+
+  /** Forgets the latencies logged so far (keeps the phase bounds): a measuring window starts. */
+  reset() {
+    this.count = 0;
+  }
+
+  /** @returns {{count: number, phaseMs: number|null, ms: number[], weights: number[]}} the kept ones, oldest first */
+  snapshot() {
+    const n = Math.min(this.count, LATENCY_LOG_MAX);
+    const start = this.count - n;
+    const ms = [];
+    const weights = [];
+    for (let k = start; k < this.count; k++) {
+      ms.push(this.ms[k % LATENCY_LOG_MAX]);
+      weights.push(this.weights[k % LATENCY_LOG_MAX]);
+    }
+    const phase = this.phaseUs();
+    return { count: this.count, phaseMs: phase === null ? null : phase / 1000, ms, weights };
   }
 }
 

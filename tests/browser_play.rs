@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -19,29 +18,13 @@ use neonet::client::{CharacterInput, ClientEvent};
 /// too; this only catches a wedged Chromium).
 const BROWSER_RUN_MAX: Duration = Duration::from_secs(240);
 
-fn http(relay: &TestRelay) -> SocketAddr {
-    let metrics = Arc::new(neonet::metrics::Metrics::new(Default::default()));
-    let access = relay.handle().browser_access();
-    relay.runtime().block_on(async move {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(neonet::http::serve_with_browsers(
-            listener,
-            metrics,
-            access,
-            std::future::pending(),
-        ));
-        addr
-    })
-}
-
 fn the_page_plays_with_a_native_client_over(transport: &str) {
     let Some((chromium, live_view)) = common::browser_prerequisites() else {
         return;
     };
     let script = live_view.with_file_name("play.mjs");
     let relay = TestRelay::start();
-    let http = http(&relay);
+    let http = relay.browser_http();
     let native = Arc::new(relay.client("native"));
     native.send_chat("hi from native").unwrap();
     // The native player walks in circles for the whole run, so the page sees it move.

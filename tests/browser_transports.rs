@@ -7,7 +7,6 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -19,23 +18,6 @@ use neonet::proto::wire::msg::{Channel, ClientMsg, ServerMsg, PROTOCOL_VERSION};
 use neonet::relay::websocket::{WS_CLOSE_OVERFLOW, WS_DATAGRAM, WS_PROTOCOL};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
-
-/// Starts the browser-facing HTTP server for `relay` on a free loopback port.
-fn http(relay: &TestRelay) -> SocketAddr {
-    let metrics = Arc::new(neonet::metrics::Metrics::new(Default::default()));
-    let access = relay.handle().browser_access();
-    relay.runtime().block_on(async move {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(neonet::http::serve_with_browsers(
-            listener,
-            metrics,
-            access,
-            std::future::pending(),
-        ));
-        addr
-    })
-}
 
 fn hello(name: &str) -> ClientMsg {
     ClientMsg::Hello {
@@ -85,53 +67,62 @@ struct Seen {
     welcomed: bool,
 }
 
-#[test]
-fn a_websocket_session_joins_chats_with_a_native_client_and_receives_its_motion() {
-    let relay = TestRelay::start();
-    let http = http(&relay);
-    let native = relay.client("native");
-    let rt = relay.runtime();
-    let ws_task = rt.spawn(async move {
-        let mut ws = ws_connect(http, Some(&format!("http://{http}")))
-            .await
-            .expect("the WebSocket opens");
-        ws.send(ws_frame(&hello("browser"))).await.unwrap();
-        let mut seen = Seen::default();
-        let mut said = false;
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while tokio::time::Instant::now() < deadline {
-            let Ok(Some(Ok(m))) = tokio::time::timeout(WAIT, ws.next()).await else {
-                break;
-            };
-            let Message::Binary(b) = m else { continue };
-            if b[0] == WS_DATAGRAM {
-                seen.datagrams += 1;
-                continue;
+/// What arrives at a browser-like session, whatever its transport.
+#[derive(Debug)]
+enum Incoming {
+    /// A reliable message.
+    Msg(ServerMsg),
+    /// A transform datagram.
+    Datagram,
+}
+
+/// The browser side of a conversation with a native client: once joined it says
+/// `said`, and it runs until it heard `expected` and got `DATAGRAMS_MIN` datagrams (or `WAIT`
+/// passed). Transport-neutral: `incoming` carries what arrived, `outgoing` what to send.
+async fn converse(
+    mut incoming: tokio::sync::mpsc::Receiver<Incoming>,
+    outgoing: tokio::sync::mpsc::Sender<ClientMsg>,
+    said: &str,
+    expected: &str,
+) -> Seen {
+    outgoing.send(hello("browser")).await.unwrap();
+    let mut seen = Seen::default();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while seen.datagrams < DATAGRAMS_MIN || !seen.chat.iter().any(|c| c == expected) {
+        let Ok(Some(m)) = tokio::time::timeout_at(deadline, incoming.recv()).await else {
+            break;
+        };
+        match m {
+            Incoming::Datagram => seen.datagrams += 1,
+            Incoming::Msg(ServerMsg::Welcome { .. }) => seen.welcomed = true,
+            Incoming::Msg(ServerMsg::Snapshot(_)) => {
+                outgoing.send(chat(said)).await.unwrap();
             }
-            match codec::decode_server(&b[1..]).expect("a server message") {
-                ServerMsg::Welcome { .. } => seen.welcomed = true,
-                ServerMsg::Snapshot(_) if !said => {
-                    ws.send(ws_frame(&chat("hello from the browser")))
-                        .await
-                        .unwrap();
-                    said = true;
-                }
-                ServerMsg::ChatAdded(m) => seen.chat.push(m.body),
-                _ => {}
-            }
-            if seen.chat.iter().any(|c| c == "hello from native") && seen.datagrams >= 10 {
-                break;
-            }
+            Incoming::Msg(ServerMsg::ChatAdded(m)) => seen.chat.push(m.body),
+            Incoming::Msg(_) => {}
         }
-        seen
-    });
+    }
+    seen
+}
+
+/// Datagrams a browser session must receive while the native player walks.
+const DATAGRAMS_MIN: usize = 10;
+
+/// The native side (joined before the browser, so it hears the browser's chat live): waits for
+/// the browser's chat, answers, walks (so the browser gets its
+/// motion as datagrams), then checks what the browser saw.
+fn native_side(
+    relay: &TestRelay,
+    native: neonet::client::Client,
+    browser: tokio::task::JoinHandle<Seen>,
+    said: &str,
+) {
     expect(
         &native,
         "the browser's chat",
-        |e| matches!(e, ClientEvent::Chat(m) if m.body == "hello from the browser"),
+        |e| matches!(e, ClientEvent::Chat(m) if m.body == said),
     );
     native.send_chat("hello from native").unwrap();
-    // The native player walks, so the browser gets its motion as datagrams over the socket.
     for _ in 0..60 {
         native.set_input(neonet::client::CharacterInput {
             move_z: 127,
@@ -139,23 +130,60 @@ fn a_websocket_session_joins_chats_with_a_native_client_and_receives_its_motion(
         });
         std::thread::sleep(Duration::from_millis(20));
     }
-    let seen = rt.block_on(ws_task).unwrap();
+    let seen = relay.runtime().block_on(browser).unwrap();
     assert!(seen.welcomed, "{seen:?}");
     assert!(
         seen.chat.iter().any(|c| c == "hello from native"),
         "{seen:?}"
     );
     assert!(
-        seen.datagrams >= 10,
-        "transform datagrams over the socket: {seen:?}"
+        seen.datagrams >= DATAGRAMS_MIN,
+        "transform datagrams: {seen:?}"
     );
     native.close();
 }
 
 #[test]
+fn a_websocket_session_joins_chats_with_a_native_client_and_receives_its_motion() {
+    let relay = TestRelay::start();
+    let http = relay.browser_http();
+    let native = relay.client("native");
+    let said = "hello from the browser";
+    let browser = relay.runtime().spawn(async move {
+        let ws = ws_connect(http, Some(&format!("http://{http}")))
+            .await
+            .expect("the WebSocket opens");
+        let (mut sink, mut stream) = ws.split();
+        let (in_tx, in_rx) = tokio::sync::mpsc::channel(1024);
+        let (out_tx, mut out_rx) = tokio::sync::mpsc::channel::<ClientMsg>(16);
+        tokio::spawn(async move {
+            while let Some(m) = out_rx.recv().await {
+                if sink.send(ws_frame(&m)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        tokio::spawn(async move {
+            while let Some(Ok(Message::Binary(b))) = stream.next().await {
+                let m = if b[0] == WS_DATAGRAM {
+                    Incoming::Datagram
+                } else {
+                    Incoming::Msg(codec::decode_server(&b[1..]).expect("a server message"))
+                };
+                if in_tx.send(m).await.is_err() {
+                    return;
+                }
+            }
+        });
+        converse(in_rx, out_tx, said, "hello from native").await
+    });
+    native_side(&relay, native, browser, said);
+}
+
+#[test]
 fn a_websocket_from_another_site_or_without_the_subprotocol_is_refused() {
     let relay = TestRelay::start();
-    let http = http(&relay);
+    let http = relay.browser_http();
     relay.runtime().block_on(async {
         let evil = ws_connect(http, Some("http://evil.example")).await;
         assert!(evil.is_err(), "cross-origin refused");
@@ -174,7 +202,7 @@ fn a_websocket_from_another_site_or_without_the_subprotocol_is_refused() {
 #[test]
 fn a_slow_websocket_reader_is_cut_with_a_reason_and_others_carry_on() {
     let relay = TestRelay::start();
-    let http = http(&relay);
+    let http = relay.browser_http();
     let native = relay.client("native");
     let rt = relay.runtime();
     // A socket with a tiny receive buffer that joins, then stops reading.
@@ -230,108 +258,71 @@ fn a_slow_websocket_reader_is_cut_with_a_reason_and_others_carry_on() {
 #[test]
 fn a_webtransport_session_on_the_quic_port_joins_and_chats_with_a_native_client() {
     let relay = TestRelay::start();
-    let http = http(&relay);
+    let http = relay.browser_http();
     let native = relay.client("native");
     let rt = relay.runtime();
     let (port, hash) = rt.block_on(body_info(http));
     assert_eq!(port, relay.addr.port(), "WebTransport shares the QUIC port");
-    let wt = rt.spawn(async move {
+    let said = "hello over webtransport";
+    let browser = rt.spawn(async move {
         let client = web_transport_quinn::ClientBuilder::new()
             .with_server_certificate_hashes(vec![hash])
             .expect("client");
         let url = url::Url::parse(&format!("https://127.0.0.1:{port}/neonet")).unwrap();
         let session = client.connect(url).await.expect("session");
-        let mut control = session.open_uni().await.unwrap();
-        control.write_all(&[Channel::Control as u8]).await.unwrap();
-        control
-            .write_all(&codec::encode_frame(&hello("wt")))
-            .await
-            .unwrap();
-        let mut chat_stream = session.open_uni().await.unwrap();
-        chat_stream.write_all(&[Channel::Chat as u8]).await.unwrap();
-        let mut seen = Seen::default();
-        let mut said = false;
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
-        let reader = {
-            let session = session.clone();
-            tokio::spawn(async move {
-                while let Ok(mut recv) = session.accept_uni().await {
-                    let tx = tx.clone();
-                    tokio::spawn(async move {
-                        let mut dec = neonet::proto::wire::codec::FrameDecoder::for_server_channel(
-                            Channel::World,
-                        );
-                        let mut first = true;
-                        while let Ok(Some(chunk)) = recv.read_chunk(64 * 1024, true).await {
-                            let mut bytes = &chunk.bytes[..];
-                            if first {
-                                bytes = &bytes[1..];
-                                first = false;
-                            }
-                            dec.push(bytes);
-                            while let Ok(Some(body)) = dec.next_frame() {
-                                if tx.send(body).await.is_err() {
-                                    return;
-                                }
-                            }
-                        }
-                    });
+        let (in_tx, in_rx) = tokio::sync::mpsc::channel(1024);
+        let (out_tx, mut out_rx) = tokio::sync::mpsc::channel::<ClientMsg>(16);
+        // One stream per channel, opened on first use, first byte the channel id.
+        let writer = session.clone();
+        tokio::spawn(async move {
+            let mut streams = std::collections::HashMap::new();
+            while let Some(m) = out_rx.recv().await {
+                let ch = m.channel();
+                if let std::collections::hash_map::Entry::Vacant(v) = streams.entry(ch as u8) {
+                    let mut s = writer.open_uni().await.unwrap();
+                    s.write_all(&[ch as u8]).await.unwrap();
+                    v.insert(s);
                 }
-            })
-        };
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep_until(deadline) => break,
-                body = rx.recv() => {
-                    let Some(body) = body else { break };
-                    match codec::decode_server(&body).expect("a server message") {
-                        ServerMsg::Welcome { .. } => seen.welcomed = true,
-                        ServerMsg::Snapshot(_) if !said => {
-                            chat_stream
-                                .write_all(&codec::encode_frame(&chat("hello over webtransport")))
-                                .await
-                                .unwrap();
-                            said = true;
-                        }
-                        ServerMsg::ChatAdded(m) => seen.chat.push(m.body),
-                        _ => {}
-                    }
-                }
-                d = session.read_datagram() => {
-                    if d.is_ok() {
-                        seen.datagrams += 1;
-                    }
-                }
+                let s = streams.get_mut(&(ch as u8)).unwrap();
+                s.write_all(&codec::encode_frame(&m)).await.unwrap();
             }
-            if seen.chat.iter().any(|c| c == "hello from native") && seen.datagrams >= 10 {
-                break;
-            }
-        }
-        reader.abort();
-        seen
-    });
-    expect(
-        &native,
-        "the WebTransport client's chat",
-        |e| matches!(e, ClientEvent::Chat(m) if m.body == "hello over webtransport"),
-    );
-    native.send_chat("hello from native").unwrap();
-    for _ in 0..60 {
-        native.set_input(neonet::client::CharacterInput {
-            move_z: 127,
-            ..Default::default()
         });
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let seen = rt.block_on(wt).unwrap();
-    assert!(seen.welcomed, "{seen:?}");
-    assert!(
-        seen.chat.iter().any(|c| c == "hello from native"),
-        "{seen:?}"
-    );
-    assert!(seen.datagrams >= 10, "WebTransport datagrams: {seen:?}");
-    native.close();
+        let streams_tx = in_tx.clone();
+        let reader = session.clone();
+        tokio::spawn(async move {
+            while let Ok(mut recv) = reader.accept_uni().await {
+                let tx = streams_tx.clone();
+                tokio::spawn(async move {
+                    let mut dec = codec::FrameDecoder::for_server_channel(Channel::World);
+                    let mut first = true;
+                    while let Ok(Some(chunk)) = recv.read_chunk(64 * 1024, true).await {
+                        let bytes = if first {
+                            &chunk.bytes[1..]
+                        } else {
+                            &chunk.bytes[..]
+                        };
+                        first = false;
+                        dec.push(bytes);
+                        while let Ok(Some(body)) = dec.next_frame() {
+                            let m = codec::decode_server(&body).expect("a server message");
+                            if tx.send(Incoming::Msg(m)).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        tokio::spawn(async move {
+            while session.read_datagram().await.is_ok() {
+                if in_tx.send(Incoming::Datagram).await.is_err() {
+                    return;
+                }
+            }
+        });
+        converse(in_rx, out_tx, said, "hello from native").await
+    });
+    native_side(&relay, native, browser, said);
 }
 
 /// The WebTransport port and certificate hash from `/connect.json`.

@@ -15,6 +15,7 @@
 //     would be one).
 // Prints a JSON summary on stdout; exit status 0 when all hold, 1 when one fails, 2 on timeout.
 import { chromium } from 'playwright-core';
+import { CHROMIUM_FLAGS as BASE_FLAGS, waitFor } from './lib.mjs';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -26,17 +27,8 @@ const UPDATES_MORE_MIN = 8;
 /** Lit pixels (any channel > 120) the trails canvas must show: the hub alone lights ~1000. */
 const LIT_PIXELS_MIN = 400;
 
-/** The flags this workplace's Chromium needs (closed network, no GPU, running as root). */
-const CHROMIUM_FLAGS = [
-  '--headless',
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-quic',
-  '--no-first-run',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-];
+/** The shared flags, and no QUIC: the live view needs none. */
+const CHROMIUM_FLAGS = [...BASE_FLAGS, '--disable-quic'];
 
 function parseArgs(argv) {
   const opts = {
@@ -100,18 +92,6 @@ async function canvasPixels(page) {
   });
 }
 
-async function waitFor(what, timeoutMs, check) {
-  const deadline = Date.now() + timeoutMs;
-  let last;
-  for (;;) {
-    last = await check();
-    if (last.ok) return last.value;
-    if (Date.now() > deadline) {
-      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}; last: ${JSON.stringify(last.value)}`);
-    }
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
 
 const isNumber = (s) => s !== null && s !== '–' && Number.isFinite(Number(s));
 

@@ -25,6 +25,7 @@
 // takes the screenshot while moving and prints a JSON summary on stdout.
 // Exit status 0 when all hold, 1 when one fails, 2 on the overall timeout.
 import { chromium } from 'playwright-core';
+import { CHROMIUM_FLAGS, waitFor } from './lib.mjs';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -38,20 +39,6 @@ const SERVER_MOVE_MIN_M = 0.5;
 /** Frames the page must draw after joining: the render loop runs. */
 const FRAMES_MIN = 10;
 
-/**
- * The flags this workplace's Chromium needs (closed network, no GPU, running as root), as in
- * live_view.mjs but without --disable-quic, which would block WebTransport. Certificate pinning
- * with serverCertificateHashes needs no flag.
- */
-const CHROMIUM_FLAGS = [
-  '--headless',
-  '--no-sandbox',
-  '--disable-gpu',
-  '--no-first-run',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-];
 
 const USAGE = 'usage: play.mjs [URL] [--transport webtransport|websocket|auto] [--name NAME] '
   + '[--screenshot FILE] [--chat TEXT] [--expect-chat TEXT] [--expect-moving NAME] '
@@ -97,18 +84,6 @@ function parseArgs(argv) {
   return opts;
 }
 
-async function waitFor(what, timeoutMs, check) {
-  const deadline = Date.now() + timeoutMs;
-  let last;
-  for (;;) {
-    last = await check();
-    if (last.ok) return last.value;
-    if (Date.now() > deadline) {
-      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}; last: ${JSON.stringify(last.value)}`);
-    }
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
 
 /** What the page shows and knows, in one round trip. */
 async function look(page) {

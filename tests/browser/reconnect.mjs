@@ -11,6 +11,7 @@
 // one fails, 2 on the overall timeout. While the relay is down Chromium itself logs refused
 // connections; those are expected and not counted as problems, any other error is.
 import { chromium } from 'playwright-core';
+import { CHROMIUM_FLAGS, waitFor } from './lib.mjs';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -18,16 +19,6 @@ import { join } from 'node:path';
 /** Each wait's bound, ms: generous for a loaded 2-core CI machine and a relay restart. */
 const STEP_TIMEOUT_MS_DEFAULT = 30_000;
 
-/** live_view.mjs's flags without --disable-quic, which would block WebTransport. */
-const CHROMIUM_FLAGS = [
-  '--headless',
-  '--no-sandbox',
-  '--disable-gpu',
-  '--no-first-run',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-];
 
 /** Browser errors that an outage causes by design (the relay is down on purpose). */
 const OUTAGE_ERRORS = [/ERR_CONNECTION_REFUSED/, /ERR_QUIC_PROTOCOL_ERROR/, /WebTransport/i, /WebSocket/i, /connect\.json/];
@@ -55,16 +46,6 @@ function parseArgs(argv) {
   return opts;
 }
 
-async function waitFor(what, timeoutMs, check) {
-  const deadline = Date.now() + timeoutMs;
-  let last;
-  for (;;) {
-    last = await check();
-    if (last.ok) return last.value;
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}; last: ${JSON.stringify(last.value)}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
 
 const look = (page) => page.evaluate(() => {
   const c = window.neonet;

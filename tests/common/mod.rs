@@ -97,6 +97,25 @@ impl TestRelay {
         &self.rt
     }
 
+    /// Starts the relay's browser-facing HTTP server (the page, the client library,
+    /// `/connect.json`, the WebSocket fallback) on a free loopback port; it runs until the
+    /// relay's runtime ends.
+    pub fn browser_http(&self) -> SocketAddr {
+        let metrics = std::sync::Arc::new(neonet::metrics::Metrics::new(Default::default()));
+        let access = self.handle().browser_access();
+        self.rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            tokio::spawn(neonet::http::serve_with_browsers(
+                listener,
+                metrics,
+                access,
+                std::future::pending(),
+            ));
+            addr
+        })
+    }
+
     /// Shuts the relay down cleanly.
     pub fn shutdown(mut self) {
         if let Some(h) = self.handle.take() {

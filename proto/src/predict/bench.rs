@@ -13,6 +13,9 @@
 //! what they render with the server's truth at the same server instant.
 //!
 //! Everything is seeded: the same arguments give the same report.
+//!
+//! Why one module of about 700 lines: it is measurement equipment behind the `sim` feature, one
+//! self-contained simulation whose bots, server loop and statistics share its state.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};

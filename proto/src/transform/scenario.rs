@@ -10,6 +10,11 @@
 //! over the simulated network's link model ([`crate::sim::Link`]: one-way delay, uniform jitter,
 //! independent loss, both directions), and reports bandwidth and bytes per update against the reference engine's
 //! msgpack encoding ([`baseline_msgpack_bytes`]).
+//!
+//! Why one module of about 700 lines: it is test and measurement equipment behind the `sim`
+//! feature, one concern (the scenarios and the runner that measures them) whose parts share
+//! the scenario state; splitting the motion generators from the runner would only spread one
+//! measurement over files.
 
 use std::collections::BinaryHeap;
 use std::time::Duration;

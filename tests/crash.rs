@@ -73,6 +73,14 @@ struct Model {
     chats: BTreeSet<String>,
     /// Chat ids seen in `Chat` events, by body (to tell a message pushed out of the history).
     chat_ids: BTreeMap<String, u64>,
+    /// Ids relayed to clients this round, acknowledged or not: entities (`EntityAdded`, players
+    /// and apps alike) and chat messages. Every one must be above every id of earlier rounds:
+    /// an id a client has seen is never handed out again, even after a kill -9.
+    entity_ids_round: Vec<u32>,
+    chat_ids_round: Vec<u64>,
+    /// The largest ids seen in earlier rounds.
+    entity_id_max: Option<u32>,
+    chat_id_max: Option<u64>,
 }
 
 impl Model {
@@ -96,6 +104,29 @@ impl Model {
                 self.chats.insert(b);
             }
         }
+    }
+
+    /// Checks that no id seen this round was seen (or could have been handed out) before, then
+    /// makes this round's ids the earlier rounds'.
+    fn end_round(&mut self, ctx: &str) {
+        for &id in &self.entity_ids_round {
+            assert!(
+                self.entity_id_max.is_none_or(|max| id > max),
+                "{ctx}: entity id {id} handed out again (ids up to {:?} were seen before)",
+                self.entity_id_max
+            );
+        }
+        for &id in &self.chat_ids_round {
+            assert!(
+                self.chat_id_max.is_none_or(|max| id > max),
+                "{ctx}: chat id {id} handed out again (ids up to {:?} were seen before)",
+                self.chat_id_max
+            );
+        }
+        let entity_max = self.entity_ids_round.drain(..).max();
+        self.entity_id_max = self.entity_id_max.max(entity_max);
+        let chat_max = self.chat_ids_round.drain(..).max();
+        self.chat_id_max = self.chat_id_max.max(chat_max);
     }
 
     fn total(&self) -> usize {
@@ -386,7 +417,12 @@ fn client_loop(
                     }
                 }
                 ClientEvent::Chat(m) => {
-                    model.lock().unwrap().chat_ids.insert(m.body, m.id);
+                    let mut model = model.lock().unwrap();
+                    model.chat_ids_round.push(m.id);
+                    model.chat_ids.insert(m.body, m.id);
+                }
+                ClientEvent::EntityAdded(id) => {
+                    model.lock().unwrap().entity_ids_round.push(id.0);
                 }
                 ClientEvent::Disconnected { .. } => return false,
                 _ => {}
@@ -615,8 +651,14 @@ fn acknowledged_changes_survive_kill_9_of_the_relay() {
         for w in workers {
             w.join().expect("client thread");
         }
-        let m = model.lock().unwrap();
+        let mut m = model.lock().unwrap();
+        let seen = (m.entity_ids_round.len(), m.chat_ids_round.len());
+        m.end_round(&ctx);
         let apps = check_store(&data, &m, &ctx);
+        eprintln!(
+            "{ctx}: {} entity and {} chat ids relayed, none seen before",
+            seen.0, seen.1
+        );
         eprintln!(
             "{ctx}: {} changes acknowledged this round, {} in all; {apps} apps on disk",
             m.total() - before,

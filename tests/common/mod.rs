@@ -2,6 +2,8 @@
 //! tokio runtime so tests can use the blocking client from plain `#[test]` functions.
 #![allow(dead_code)]
 
+pub mod browser;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 

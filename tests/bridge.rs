@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 
 use common::browser::{
     connect_info, hello, native_hears_answers_and_walks, read_server_streams, websocket_session,
-    webtransport_connect, webtransport_session, ws_connect, ws_frame, DATAGRAMS_MIN, NATIVE_SAYS,
+    webtransport_connect, webtransport_session, ws_connect, ws_frame,
 };
 use common::{TestRelay, WAIT};
 use futures_util::{SinkExt, StreamExt};
@@ -37,11 +37,7 @@ struct TestBridge {
 impl TestBridge {
     fn start(relay: &TestRelay) -> TestBridge {
         let dir = tempfile::tempdir().expect("temp dir");
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
+        let rt = common::runtime();
         let handle = rt
             .block_on(Bridge::start(BridgeConfig {
                 upstream: relay.addr.to_string(),
@@ -81,12 +77,7 @@ fn a_websocket_session_through_the_bridge_chats_with_a_native_client_and_receive
         .spawn(websocket_session(bridge.http, "ws-browser", says));
     native_hears_answers_and_walks(&native, says);
     let seen = bridge.rt.block_on(ws).unwrap();
-    assert!(seen.welcomed, "{seen:?}");
-    assert!(seen.chat.iter().any(|c| c == NATIVE_SAYS), "{seen:?}");
-    assert!(
-        seen.datagrams >= DATAGRAMS_MIN,
-        "transform datagrams over the socket: {seen:?}"
-    );
+    seen.assert_saw_native("transform datagrams over the socket");
     native.close();
 }
 
@@ -116,12 +107,7 @@ fn a_webtransport_session_through_the_bridge_chats_with_a_native_client_and_rece
         .spawn(webtransport_session(port, hash, "wt-browser", says));
     native_hears_answers_and_walks(&native, says);
     let seen = bridge.rt.block_on(wt).unwrap();
-    assert!(seen.welcomed, "{seen:?}");
-    assert!(seen.chat.iter().any(|c| c == NATIVE_SAYS), "{seen:?}");
-    assert!(
-        seen.datagrams >= DATAGRAMS_MIN,
-        "WebTransport datagrams: {seen:?}"
-    );
+    seen.assert_saw_native("WebTransport datagrams");
     native.close();
 }
 

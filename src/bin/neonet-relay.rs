@@ -54,15 +54,8 @@ struct Args {
     /// Data folder [default: ./data].
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
-    /// Development certificate folder [default: ./certs].
-    #[arg(long, value_name = "DIR")]
-    cert_dir: Option<PathBuf>,
-    /// A real certificate chain (PEM), instead of the development certificate.
-    #[arg(long, value_name = "FILE", requires = "key")]
-    cert: Option<PathBuf>,
-    /// The private key (PEM) of --cert.
-    #[arg(long, value_name = "FILE", requires = "cert")]
-    key: Option<PathBuf>,
+    #[command(flatten)]
+    certs: CertArgs,
     /// Server tick rate, Hz (10-120) [default: 30].
     #[arg(long, value_name = "HZ")]
     tick_hz: Option<u16>,
@@ -83,6 +76,20 @@ struct Args {
     /// Log filter, e.g. `info` or `neonet=debug` [default: RUST_LOG, else info].
     #[arg(long, value_name = "FILTER")]
     log_level: Option<String>,
+}
+
+/// The certificate a relay or a bridge presents (the same flags for both).
+#[derive(Debug, clap::Args)]
+struct CertArgs {
+    /// Development certificate folder [default: ./certs].
+    #[arg(long, value_name = "DIR")]
+    cert_dir: Option<PathBuf>,
+    /// A real certificate chain (PEM), instead of the development certificate.
+    #[arg(long, value_name = "FILE", requires = "key")]
+    cert: Option<PathBuf>,
+    /// The private key (PEM) of --cert.
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    key: Option<PathBuf>,
 }
 
 /// What `neonet-relay` runs besides a relay.
@@ -116,15 +123,8 @@ struct BridgeArgs {
     /// TCP address of the HTTP server (page, /connect.json, /ws) [default: 127.0.0.1:4490].
     #[arg(long, value_name = "ADDR")]
     http_listen: Option<SocketAddr>,
-    /// Development certificate folder [default: ./certs].
-    #[arg(long, value_name = "DIR")]
-    cert_dir: Option<PathBuf>,
-    /// A real certificate chain (PEM) for browsers, instead of the development certificate.
-    #[arg(long, value_name = "FILE", requires = "key")]
-    cert: Option<PathBuf>,
-    /// The private key (PEM) of --cert.
-    #[arg(long, value_name = "FILE", requires = "cert")]
-    key: Option<PathBuf>,
+    #[command(flatten)]
+    certs: CertArgs,
     /// Most browser sessions bridged at once [default: 4096].
     #[arg(long, value_name = "N")]
     connections_max: Option<usize>,
@@ -158,10 +158,10 @@ fn main() -> anyhow::Result<()> {
     if let Some(v) = args.data_dir {
         config.data_dir = v;
     }
-    if let Some(v) = args.cert_dir {
+    if let Some(v) = args.certs.cert_dir {
         config.cert_dir = v;
     }
-    if let (Some(c), Some(k)) = (args.cert, args.key) {
+    if let (Some(c), Some(k)) = (args.certs.cert, args.certs.key) {
         config.cert_path = Some(c);
         config.key_path = Some(k);
     }
@@ -295,11 +295,11 @@ fn run_bridge(args: BridgeArgs) -> anyhow::Result<()> {
     if let Some(v) = args.http_listen {
         config.http_listen = v;
     }
-    if let Some(v) = args.cert_dir {
+    if let Some(v) = args.certs.cert_dir {
         config.cert_dir = v;
     }
-    config.cert_path = args.cert;
-    config.key_path = args.key;
+    config.cert_path = args.certs.cert;
+    config.key_path = args.certs.key;
     if let Some(v) = args.connections_max {
         config.connections_max = v;
     }

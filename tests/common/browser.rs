@@ -86,6 +86,14 @@ impl Seen {
         self.chat.iter().any(|c| c == NATIVE_SAYS) && self.datagrams >= DATAGRAMS_MIN
     }
 
+    /// Fails the test unless the session was welcomed, got the native client's chat, and at
+    /// least [`DATAGRAMS_MIN`] datagrams (`datagrams` says which kind, for the message).
+    pub fn assert_saw_native(&self, datagrams: &str) {
+        assert!(self.welcomed, "{self:?}");
+        assert!(self.chat.iter().any(|c| c == NATIVE_SAYS), "{self:?}");
+        assert!(self.datagrams >= DATAGRAMS_MIN, "{datagrams}: {self:?}");
+    }
+
     /// Handles one server message; `true` when the snapshot is in and it is time to chat.
     fn on_message(&mut self, msg: ServerMsg) -> bool {
         match msg {

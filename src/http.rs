@@ -7,7 +7,8 @@
 //! | `GET /health`  | `200 {"status":"ok"}`                                            |
 //! | `GET /status`  | JSON [`Status`]; `?since=N` keeps only trail samples `seq >= N`  |
 //!
-//! With a relay's [`BrowserAccess`] ([`serve_with_browsers`]), browsers join the world here too:
+//! With a relay's [`BrowserAccess`] ([`serve_with_browsers`]), browsers join the world here too
+//! (a bridge serves these routes and `/health` alone, [`serve_browsers`]):
 //!
 //! | route                 | answer                                                     |
 //! |-----------------------|------------------------------------------------------------|
@@ -126,14 +127,19 @@ pub fn router(metrics: Arc<Metrics>) -> Router {
         .with_state(metrics)
 }
 
-/// [`router`] plus the browser routes (the demo page, the client library, `/connect.json`, the
-/// WebSocket fallback) of a relay's [`BrowserAccess`].
+/// [`router`] plus the browser routes ([`browser_router`]) of a relay's [`BrowserAccess`].
 pub fn router_with_browsers(metrics: Arc<Metrics>, browsers: Arc<BrowserAccess>) -> Router {
+    router(metrics).merge(browser_router(browsers))
+}
+
+/// The browser routes alone: the demo page, the client library, `/connect.json` and the
+/// WebSocket fallback of `browsers` (a relay's or a bridge's).
+pub fn browser_router(browsers: Arc<BrowserAccess>) -> Router {
     let js = "text/javascript; charset=utf-8";
     let page = |body: &'static str, content_type: &'static str| {
         get(move || async move { with_csp(body, content_type, PLAY_CSP) })
     };
-    let browser_routes = Router::new()
+    Router::new()
         .route("/play", page(PLAY_HTML, "text/html; charset=utf-8"))
         .route("/play.js", page(PLAY_JS, js))
         .route("/play.css", page(PLAY_CSS, "text/css; charset=utf-8"))
@@ -143,8 +149,7 @@ pub fn router_with_browsers(metrics: Arc<Metrics>, browsers: Arc<BrowserAccess>)
         .route("/neonet/movement.js", page(NEONET_MOVEMENT_JS, js))
         .route("/connect.json", get(connect_info))
         .route("/ws", get(crate::relay::websocket::ws_handler))
-        .with_state(browsers);
-    router(metrics).merge(browser_routes)
+        .with_state(browsers)
 }
 
 async fn connect_info(State(browsers): State<Arc<BrowserAccess>>) -> Json<ConnectInfo> {
@@ -158,11 +163,41 @@ pub async fn serve_with_browsers(
     browsers: Arc<BrowserAccess>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
+    serve_router(
+        listener,
+        router_with_browsers(metrics, browsers),
+        HTTP_CONNECTIONS_WITH_BROWSERS_MAX,
+        shutdown,
+    )
+    .await
+}
+
+/// Serves only the browser routes ([`browser_router`]) and `/health`: a bridge's HTTP port,
+/// which faces the public web and has no operator routes. At most `connections_max` connections at once (each
+/// WebSocket session holds one).
+pub async fn serve_browsers(
+    listener: TcpListener,
+    browsers: Arc<BrowserAccess>,
+    connections_max: usize,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let router = browser_router(browsers).route("/health", get(health));
+    serve_router(listener, router, connections_max, shutdown).await
+}
+
+/// Serves `router` on `listener`, at most `connections_max` connections at once, until
+/// `shutdown` completes.
+async fn serve_router(
+    listener: TcpListener,
+    router: Router,
+    connections_max: usize,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
     let listener = LimitedListener {
         inner: listener,
-        permits: Arc::new(Semaphore::new(HTTP_CONNECTIONS_WITH_BROWSERS_MAX)),
+        permits: Arc::new(Semaphore::new(connections_max)),
     };
-    axum::serve(listener, router_with_browsers(metrics, browsers))
+    axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)
         .await
 }
@@ -178,13 +213,7 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    let listener = LimitedListener {
-        inner: listener,
-        permits: Arc::new(Semaphore::new(HTTP_CONNECTIONS_MAX)),
-    };
-    axum::serve(listener, router(metrics))
-        .with_graceful_shutdown(shutdown)
-        .await
+    serve_router(listener, router(metrics), HTTP_CONNECTIONS_MAX, shutdown).await
 }
 
 fn with_type(body: &'static str, content_type: &'static str) -> Response {

@@ -6,7 +6,8 @@
 //!
 //! ## Features
 //! - `relay` (default): the relay server and everything only it needs ([`relay`], [`store`],
-//!   [`http`], [`metrics`], [`auth`], [`config`], the `neonet-relay` binary) with their
+//!   [`http`], [`metrics`], [`auth`], [`config`], the browsers' [`bridge`], the `neonet-relay`
+//!   binary) with their
 //!   dependencies (redb, axum, the Prometheus exporter, clap, toml). A game that only connects to
 //!   a relay depends on `neonet` with `default-features = false` and gets [`client`], [`quic`]
 //!   and [`tls`].
@@ -21,6 +22,8 @@ pub struct ReadmeDoctests;
 
 #[cfg(feature = "relay")]
 pub mod auth;
+#[cfg(feature = "relay")]
+pub mod bridge;
 pub mod client;
 #[cfg(feature = "relay")]
 pub mod config;

@@ -310,6 +310,8 @@ pub trait UniSend: Send + 'static {
     fn write_chunk(&mut self, bytes: Bytes) -> impl std::future::Future<Output = bool> + Send;
     /// Finishes the stream; `false` if it was already closed.
     fn finish(&mut self) -> bool;
+    /// Abandons the stream: the peer sees it reset (what was unsent is dropped).
+    fn reset(&mut self);
     /// Waits until the peer has everything (or stopped the stream, or the connection ended).
     fn stopped(&self) -> impl std::future::Future<Output = ()> + Send;
 }
@@ -357,6 +359,9 @@ impl UniSend for quinn::SendStream {
     }
     fn finish(&mut self) -> bool {
         quinn::SendStream::finish(self).is_ok()
+    }
+    fn reset(&mut self) {
+        let _ = quinn::SendStream::reset(self, VarInt::from_u32(0));
     }
     async fn stopped(&self) {
         let _ = quinn::SendStream::stopped(self).await;
@@ -594,7 +599,8 @@ pub struct ChannelWriters {
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
-fn priority(channel: Channel) -> i32 {
+/// A channel's send priority: Control above Chat above Events above World.
+pub(crate) fn priority(channel: Channel) -> i32 {
     match channel {
         Channel::Control => 3,
         Channel::Chat => 2,

@@ -6,58 +6,17 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::Bytes;
+use common::browser::{chat, connect_info, hello, ws_connect, ws_frame};
 use common::{expect, TestRelay, WAIT};
 use futures_util::{SinkExt, StreamExt};
 use neonet::client::ClientEvent;
 use neonet::proto::wire::codec;
-use neonet::proto::wire::msg::{Channel, ClientMsg, ServerMsg, PROTOCOL_VERSION};
-use neonet::relay::websocket::{WS_CLOSE_OVERFLOW, WS_DATAGRAM, WS_PROTOCOL};
+use neonet::proto::wire::msg::{Channel, ClientMsg, ServerMsg};
+use neonet::relay::websocket::{WS_CLOSE_OVERFLOW, WS_DATAGRAM};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
-
-fn hello(name: &str) -> ClientMsg {
-    ClientMsg::Hello {
-        protocol_version: PROTOCOL_VERSION,
-        name: name.into(),
-        token: None,
-    }
-}
-
-fn chat(body: &str) -> ClientMsg {
-    ClientMsg::Chat {
-        req: neonet::proto::types::ReqId(1),
-        body: body.into(),
-    }
-}
-
-/// A WebSocket message carrying one reliable message.
-fn ws_frame(msg: &ClientMsg) -> Message {
-    let mut m = vec![msg.channel() as u8];
-    m.extend_from_slice(&codec::encode(msg));
-    Message::Binary(Bytes::from(m))
-}
-
-async fn ws_connect(
-    http: SocketAddr,
-    origin: Option<&str>,
-) -> Result<
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
-    tokio_tungstenite::tungstenite::Error,
-> {
-    let mut req = format!("ws://{http}/ws").into_client_request().unwrap();
-    req.headers_mut()
-        .insert("Sec-WebSocket-Protocol", WS_PROTOCOL.parse().unwrap());
-    if let Some(o) = origin {
-        req.headers_mut().insert("Origin", o.parse().unwrap());
-    }
-    tokio_tungstenite::connect_async(req)
-        .await
-        .map(|(ws, _)| ws)
-}
 
 /// What a browser session saw: chat bodies, datagrams, how it ended.
 #[derive(Debug, Default)]
@@ -261,7 +220,7 @@ fn a_webtransport_session_on_the_quic_port_joins_and_chats_with_a_native_client(
     let http = relay.browser_http();
     let native = relay.client("native");
     let rt = relay.runtime();
-    let (port, hash) = rt.block_on(body_info(http));
+    let (port, hash) = rt.block_on(connect_info(http));
     assert_eq!(port, relay.addr.port(), "WebTransport shares the QUIC port");
     let said = "hello over webtransport";
     let browser = rt.spawn(async move {
@@ -323,31 +282,4 @@ fn a_webtransport_session_on_the_quic_port_joins_and_chats_with_a_native_client(
         converse(in_rx, out_tx, said, "hello from native").await
     });
     native_side(&relay, native, browser, said);
-}
-
-/// The WebTransport port and certificate hash from `/connect.json`.
-async fn body_info(http: SocketAddr) -> (u16, Vec<u8>) {
-    let body = reqwest_like_get(http, "/connect.json").await;
-    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let port = v["webtransport"]["port"].as_u64().unwrap() as u16;
-    let hex = v["webtransport"]["cert_sha256"].as_str().unwrap();
-    let hash = (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
-        .collect();
-    (port, hash)
-}
-
-/// A plain HTTP/1.1 GET over a TCP stream (no HTTP client crate needed for one request).
-async fn reqwest_like_get(http: SocketAddr, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(http).await.unwrap();
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {http}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out.split("\r\n\r\n").nth(1).unwrap_or("").to_string()
 }

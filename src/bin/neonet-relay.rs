@@ -8,6 +8,11 @@
 //! (status 1) saying so. Flags override an optional TOML file (`--config FILE`), which overrides defaults.
 //! The status page and Prometheus metrics are served on `http_listen` (default
 //! `http://127.0.0.1:4480`).
+//!
+//! `neonet-relay bridge --upstream HOST:PORT` runs a bridge instead ([`neonet::bridge`]): the
+//! browsers' ways in (WebTransport on UDP `0.0.0.0:4443`, the page, `/connect.json` and the
+//! WebSocket fallback on `http://127.0.0.1:4490`) in front of a relay kept off the public web,
+//! each browser session forwarded to it over native QUIC.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -15,19 +20,25 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
+use neonet::bridge::{Bridge, BridgeConfig};
 use neonet::config::RelayConfig;
 use neonet::metrics::{Metrics, MetricsConfig};
 use neonet::relay::{Relay, RelayHooks};
+use neonet::tls::{Fingerprint, Trust};
 
 /// neonet relay: hosts a world for QUIC clients.
 #[derive(Debug, Parser)]
 #[command(
     version,
-    about = "neonet relay: hosts a persistent world for QUIC clients"
+    about = "neonet relay: hosts a persistent world for QUIC clients",
+    args_conflicts_with_subcommands = true
 )]
 struct Args {
+    /// Run something else than a relay.
+    #[command(subcommand)]
+    command: Option<Command>,
     /// TOML configuration file (every key optional; flags win).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -43,15 +54,8 @@ struct Args {
     /// Data folder [default: ./data].
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
-    /// Development certificate folder [default: ./certs].
-    #[arg(long, value_name = "DIR")]
-    cert_dir: Option<PathBuf>,
-    /// A real certificate chain (PEM), instead of the development certificate.
-    #[arg(long, value_name = "FILE", requires = "key")]
-    cert: Option<PathBuf>,
-    /// The private key (PEM) of --cert.
-    #[arg(long, value_name = "FILE", requires = "cert")]
-    key: Option<PathBuf>,
+    #[command(flatten)]
+    certs: CertArgs,
     /// Server tick rate, Hz (10-120) [default: 30].
     #[arg(long, value_name = "HZ")]
     tick_hz: Option<u16>,
@@ -74,8 +78,69 @@ struct Args {
     log_level: Option<String>,
 }
 
+/// The certificate a relay or a bridge presents (the same flags for both).
+#[derive(Debug, clap::Args)]
+struct CertArgs {
+    /// Development certificate folder [default: ./certs].
+    #[arg(long, value_name = "DIR")]
+    cert_dir: Option<PathBuf>,
+    /// A real certificate chain (PEM), instead of the development certificate.
+    #[arg(long, value_name = "FILE", requires = "key")]
+    cert: Option<PathBuf>,
+    /// The private key (PEM) of --cert.
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    key: Option<PathBuf>,
+}
+
+/// What `neonet-relay` runs besides a relay.
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve browsers (WebTransport, WebSocket, the page) in front of a remote relay, each
+    /// session forwarded to it over native QUIC.
+    Bridge(BridgeArgs),
+}
+
+/// `neonet-relay bridge`.
+#[derive(Debug, clap::Args)]
+struct BridgeArgs {
+    /// The relay to forward to.
+    #[arg(long, value_name = "HOST:PORT")]
+    upstream: String,
+    /// Trust the relay by this SHA-256 fingerprint (what it printed) [default: the development
+    /// certificate in --upstream-cert-dir].
+    #[arg(long, value_name = "HEX", conflicts_with = "upstream_cert")]
+    upstream_cert_sha256: Option<String>,
+    /// Trust the relay by this certificate file (PEM or DER).
+    #[arg(long, value_name = "FILE")]
+    upstream_cert: Option<PathBuf>,
+    /// Folder of the relay's development certificate to trust when neither --upstream-cert nor
+    /// --upstream-cert-sha256 is given [default: ./certs].
+    #[arg(long, value_name = "DIR")]
+    upstream_cert_dir: Option<PathBuf>,
+    /// UDP address of the WebTransport endpoint [default: 0.0.0.0:4443].
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// TCP address of the HTTP server (page, /connect.json, /ws) [default: 127.0.0.1:4490].
+    #[arg(long, value_name = "ADDR")]
+    http_listen: Option<SocketAddr>,
+    #[command(flatten)]
+    certs: CertArgs,
+    /// Most browser sessions bridged at once [default: 4096].
+    #[arg(long, value_name = "N")]
+    connections_max: Option<usize>,
+    /// An origin besides the page's own allowed to open WebSocket sessions (repeatable).
+    #[arg(long, value_name = "ORIGIN")]
+    browser_origin: Vec<String>,
+    /// Log filter, e.g. `info` or `neonet=debug` [default: RUST_LOG, else info].
+    #[arg(long, value_name = "FILTER")]
+    log_level: Option<String>,
+}
+
 fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    if let Some(Command::Bridge(bridge)) = args.command.take() {
+        return run_bridge(bridge);
+    }
     let mut config = match &args.config {
         Some(path) => RelayConfig::from_toml_file(path)?,
         None => RelayConfig::default(),
@@ -93,10 +158,10 @@ fn main() -> anyhow::Result<()> {
     if let Some(v) = args.data_dir {
         config.data_dir = v;
     }
-    if let Some(v) = args.cert_dir {
+    if let Some(v) = args.certs.cert_dir {
         config.cert_dir = v;
     }
-    if let (Some(c), Some(k)) = (args.cert, args.key) {
+    if let (Some(c), Some(k)) = (args.certs.cert, args.certs.key) {
         config.cert_path = Some(c);
         config.key_path = Some(k);
     }
@@ -194,6 +259,71 @@ async fn run(config: RelayConfig) -> anyhow::Result<()> {
         task.await.context("the HTTP task")??;
     }
     Ok(())
+}
+
+/// `neonet-relay bridge`: starts the bridge, prints where browsers go, serves until a signal.
+fn run_bridge(args: BridgeArgs) -> anyhow::Result<()> {
+    let filter = match (&args.log_level, std::env::var("RUST_LOG")) {
+        (Some(flag), _) => flag.clone(),
+        (None, Ok(env)) => env,
+        _ => "info".into(),
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&filter).context("--log-level")?)
+        .init();
+    let mut config = BridgeConfig {
+        upstream: args.upstream,
+        ..BridgeConfig::default()
+    };
+    config.upstream_trust = if let Some(hex) = &args.upstream_cert_sha256 {
+        Trust::Sha256(
+            hex.parse::<Fingerprint>()
+                .context("--upstream-cert-sha256")?,
+        )
+    } else if let Some(path) = args.upstream_cert {
+        Trust::CertFile(path)
+    } else {
+        Trust::DevCertDir(
+            args.upstream_cert_dir
+                .unwrap_or_else(|| PathBuf::from(neonet::tls::DEFAULT_CERT_DIR)),
+        )
+    };
+    if let Some(v) = args.listen {
+        config.listen = v;
+    }
+    if let Some(v) = args.http_listen {
+        config.http_listen = v;
+    }
+    if let Some(v) = args.certs.cert_dir {
+        config.cert_dir = v;
+    }
+    config.cert_path = args.certs.cert;
+    config.key_path = args.certs.key;
+    if let Some(v) = args.connections_max {
+        config.connections_max = v;
+    }
+    config.allowed_origins = args.browser_origin;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    runtime.block_on(async {
+        let upstream = config.upstream.clone();
+        let bridge = Bridge::start(config).await.context("starting the bridge")?;
+        println!(
+            "neonet bridge to {upstream}: WebTransport on udp {}",
+            bridge.local_addr()
+        );
+        println!(
+            "play in a browser: http://{}/play",
+            dialable(bridge.http_addr())
+        );
+        wait_for_signal().await?;
+        tracing::info!("signal received: shutting down");
+        bridge.shutdown().await;
+        Ok(())
+    })
 }
 
 #[cfg(unix)]

@@ -71,9 +71,28 @@ impl SharedInbox {
 /// The path of the WebTransport endpoint (`https://HOST:PORT/neonet`).
 pub const WEBTRANSPORT_PATH: &str = "/neonet";
 
+/// How a connection ended, so that a bridge can tell the other side the same.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Ended {
+    /// The application close code, when one side closed it on purpose (either side: a local
+    /// close is reported too); `None` when the transport gave up (a timeout, a reset).
+    pub(crate) code: Option<u32>,
+    /// The close reason text, or what went wrong.
+    pub(crate) reason: String,
+}
+
+impl std::fmt::Display for Ended {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.code {
+            Some(code) => write!(f, "closed with code {code}: {}", self.reason),
+            None => f.write_str(&self.reason),
+        }
+    }
+}
+
 /// What the relay needs of a connection beyond its streams ([`quic::UniStreams`]): datagrams,
 /// its end, its path figures. A native QUIC connection or a WebTransport session.
-pub(super) trait PeerConn: quic::UniStreams {
+pub(crate) trait PeerConn: quic::UniStreams {
     /// The next datagram; `None` once the connection is gone.
     fn read_datagram(&self) -> impl std::future::Future<Output = Option<Bytes>> + Send;
     /// Sends a datagram (dropped if the path cannot take it now).
@@ -83,7 +102,7 @@ pub(super) trait PeerConn: quic::UniStreams {
     /// Closes with an application code and reason text.
     fn close(&self, code: u32, text: &[u8]);
     /// Waits for the end and says why.
-    fn closed(&self) -> impl std::future::Future<Output = String> + Send;
+    fn closed(&self) -> impl std::future::Future<Output = Ended> + Send;
     /// The peer's address.
     fn remote_address(&self) -> SocketAddr;
     /// The smoothed round-trip time.
@@ -105,8 +124,21 @@ impl PeerConn for Connection {
     fn close(&self, code: u32, text: &[u8]) {
         Connection::close(self, quinn::VarInt::from_u32(code), text);
     }
-    async fn closed(&self) -> String {
-        Connection::closed(self).await.to_string()
+    async fn closed(&self) -> Ended {
+        match Connection::closed(self).await {
+            quinn::ConnectionError::ApplicationClosed(c) => Ended {
+                code: u32::try_from(c.error_code.into_inner()).ok(),
+                reason: String::from_utf8_lossy(&c.reason).into_owned(),
+            },
+            quinn::ConnectionError::LocallyClosed => Ended {
+                code: Some(quic::CLOSE_CODE_LOCAL),
+                reason: "closed here".into(),
+            },
+            e => Ended {
+                code: None,
+                reason: e.to_string(),
+            },
+        }
     }
     fn remote_address(&self) -> SocketAddr {
         Connection::remote_address(self)
@@ -144,17 +176,8 @@ pub(super) async fn accept_loop(
         let metrics = metrics.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let peer = incoming.remote_address();
-            let conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
-                Ok(Ok(c)) => c,
-                Ok(Err(e)) => {
-                    tracing::info!(%peer, error = %e, "handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::info!(%peer, "handshake timed out");
-                    return;
-                }
+            let Some(conn) = accept_handshake(incoming).await else {
+                return;
             };
             if let Some(m) = &metrics {
                 m.connection_opened();
@@ -180,8 +203,25 @@ pub(super) async fn accept_loop(
     }
 }
 
+/// Completes a QUIC handshake within [`HANDSHAKE_TIMEOUT`]; `None` (logged) if it fails or
+/// takes too long.
+pub(crate) async fn accept_handshake(incoming: quinn::Incoming) -> Option<Connection> {
+    let peer = incoming.remote_address();
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
+        Ok(Ok(c)) => Some(c),
+        Ok(Err(e)) => {
+            tracing::info!(%peer, error = %e, "handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::info!(%peer, "handshake timed out");
+            None
+        }
+    }
+}
+
 /// Whether the connection negotiated HTTP/3 (a browser's WebTransport).
-fn is_webtransport(conn: &Connection) -> bool {
+pub(crate) fn is_webtransport(conn: &Connection) -> bool {
     conn.handshake_data()
         .and_then(|h| h.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
         .and_then(|h| h.protocol)
@@ -190,7 +230,7 @@ fn is_webtransport(conn: &Connection) -> bool {
 
 /// Completes the HTTP/3 handshake and the WebTransport `CONNECT` to [`WEBTRANSPORT_PATH`]
 /// (anything else is answered 404), within [`HANDSHAKE_TIMEOUT`].
-async fn webtransport_session(conn: Connection) -> Option<web_transport_quinn::Session> {
+pub(crate) async fn webtransport_session(conn: Connection) -> Option<web_transport_quinn::Session> {
     let peer = conn.remote_address();
     let request = match tokio::time::timeout(
         HANDSHAKE_TIMEOUT,

@@ -101,6 +101,8 @@ pub use accept::{SharedInbox, WEBTRANSPORT_PATH};
 pub use browser::{BrowserAccess, ConnectInfo, WebSocketInfo, WebTransportInfo};
 pub use inbound::{ConnIds, Inbound, Link};
 
+pub(crate) use accept::{accept_handshake, is_webtransport, webtransport_session, Ended, PeerConn};
+pub(crate) use browser::{Backend, BrowserTls, CoreAccess};
 pub(crate) use persist::StoreOpener;
 
 use accept::accept_loop;
@@ -112,7 +114,7 @@ use crate::config::{ConfigError, RelayConfig};
 use crate::metrics::{EntityBytesBatch, Metrics};
 use crate::quic::{self, TransportError};
 use crate::store::{Store, StoreConfig, StoreError};
-use crate::tls::{self, Fingerprint, TlsError};
+use crate::tls::{Fingerprint, TlsError};
 
 /// Capacity of the queue from connection tasks to the core task, messages (a QUIC stream read
 /// with all its complete frames, [`Inbound::Frames`], is one). Full means the core is behind:
@@ -284,39 +286,21 @@ impl Relay {
                 commits,
             });
         }
-        let (identity, real_cert) = match (&config.cert_path, &config.key_path) {
-            (Some(c), Some(k)) => {
-                let id = tls::load_cert_and_key(c, k)?;
-                tracing::info!(cert = %c.display(), "using the configured certificate");
-                (id, true)
-            }
-            _ => {
-                let id = tls::load_or_generate_dev_cert(&config.cert_dir)?;
-                if id.generated {
-                    tracing::info!(dir = %config.cert_dir.display(), "generated a self-signed development certificate");
-                } else {
-                    tracing::info!(dir = %config.cert_dir.display(), "reusing the development certificate");
-                }
-                (id, false)
-            }
+        let cert_and_key = match (&config.cert_path, &config.key_path) {
+            (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
+            _ => None,
         };
-        // Browsers pin only short-lived P-256 certificates: a development relay makes one for
-        // them (a real certificate serves browsers as it is).
-        let browser_cert = if real_cert {
-            None
-        } else {
-            Some(tls::BrowserCert::generate()?)
-        };
-        let resolver = Arc::new(tls::AlpnCertResolver::new(
-            &identity,
-            browser_cert.as_ref(),
-        )?);
+        let browser_tls = BrowserTls::load(&config.cert_dir, cert_and_key)?;
+        let identity = &browser_tls.identity;
         let auth: Box<dyn Authenticator> = match hooks.authenticator {
             Some(a) => a,
             None => Box::new(HmacTokens::load_or_create(&config.data_dir)?),
         };
-        let (endpoint, buffers) =
-            quic::relay_endpoint(config.listen, resolver.clone(), config.idle_timeout())?;
+        let (endpoint, buffers) = quic::relay_endpoint(
+            config.listen,
+            browser_tls.resolver.clone(),
+            config.idle_timeout(),
+        )?;
         let local_addr = endpoint
             .local_addr()
             .map_err(|source| TransportError::Socket {
@@ -394,17 +378,15 @@ impl Relay {
             next_users_report: Instant::now(),
         };
         let core_task = spawn_core_thread(task, inbound_rx, commits, shutdown_rx.clone())?;
-        let browser = Arc::new(BrowserAccess {
-            inbound: inbound_tx.clone(),
-            conn_ids: conn_ids.clone(),
-            inbox: inbox.clone(),
-            allowed_origins: config.browser_origins.clone(),
-            quic_port: local_addr.port(),
-            pin: browser_cert
-                .as_ref()
-                .map(|c| std::sync::RwLock::new(c.fingerprint)),
-            resolver,
-        });
+        let browser = browser_tls.access(
+            Backend::Core(CoreAccess {
+                inbound: inbound_tx.clone(),
+                conn_ids: conn_ids.clone(),
+                inbox: inbox.clone(),
+            }),
+            config.browser_origins.clone(),
+            local_addr.port(),
+        );
         let rotation = tokio::spawn(browser.clone().rotate_every());
         let accept_task = tokio::spawn(accept_loop(
             endpoint.clone(),

@@ -36,7 +36,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 
 use neonet_proto::server::{ConnId, InboxQuota, Transmit, TransportKind};
 use neonet_proto::time::Tick;
@@ -44,7 +44,7 @@ use neonet_proto::wire::codec::DecodeError;
 use neonet_proto::wire::limits::{client_frame_bytes_max, FRAME_BYTES_MAX};
 use neonet_proto::wire::msg::{Channel, CloseReason};
 
-use super::browser::BrowserAccess;
+use super::browser::{Backend, BrowserAccess, CoreAccess};
 use super::{Inbound, Link};
 use crate::quic;
 
@@ -69,12 +69,51 @@ pub const WS_DATAGRAM_BYTES: usize = 1200;
 
 /// WebSocket close code when the relay gives up on a reader too slow for the reliable budget
 /// (4000–4999 is the range for applications).
-pub const WS_CLOSE_OVERFLOW: u16 = 4000 + quic::CLOSE_CODE_OVERFLOW as u16 % 1000;
+pub const WS_CLOSE_OVERFLOW: u16 = ws_close_code_of(quic::CLOSE_CODE_OVERFLOW);
+
+/// First WebSocket close code of the range for applications (RFC 6455, 4000–4999): a QUIC
+/// application close code `c` travels as `4000 + c % 1000`.
+const WS_CLOSE_APPLICATION_FIRST: u16 = 4000;
+
+/// Width of the WebSocket application close-code range (4000–4999).
+const WS_CLOSE_APPLICATION_CODES: u32 = 1000;
 
 /// WebSocket close code for a neonet close reason: 4000 + its QUIC application code.
 pub fn ws_close_code(reason: CloseReason) -> u16 {
-    4000 + quic::close_code(reason).into_inner() as u16
+    ws_close_code_of(quic::close_code(reason).into_inner() as u32)
 }
+
+/// WebSocket close code for a QUIC application close code: 4000 + the code (modulo 1000, so it
+/// stays in the applications' range).
+pub const fn ws_close_code_of(quic_code: u32) -> u16 {
+    WS_CLOSE_APPLICATION_FIRST + (quic_code % WS_CLOSE_APPLICATION_CODES) as u16
+}
+
+/// The QUIC application close code a WebSocket close code stands for: the inverse of
+/// [`ws_close_code_of`] in 4000–4999, [`quic::CLOSE_CODE_LOCAL`] for any other code (a
+/// browser's plain `1000` or `1001`).
+pub fn quic_close_code_of(ws_code: u16) -> u32 {
+    match ws_code.checked_sub(WS_CLOSE_APPLICATION_FIRST) {
+        Some(c) if u32::from(c) < WS_CLOSE_APPLICATION_CODES => u32::from(c),
+        _ => quic::CLOSE_CODE_LOCAL,
+    }
+}
+
+/// `text` cut (at a character boundary) to what a WebSocket close reason holds,
+/// [`WS_CLOSE_REASON_BYTES_MAX`].
+pub fn ws_close_reason(text: &str) -> String {
+    let mut end = text.len().min(WS_CLOSE_REASON_BYTES_MAX);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
+}
+
+/// Datagrams a WebSocket keeps waiting when their tick is unknown (a bridge forwards the
+/// relay's datagrams without decoding them): the newest 8, about two ticks of a crowded view at
+/// [`WS_DATAGRAM_BYTES`] each; an older one is dropped when a newer one arrives, so a slow
+/// reader gets fresh motion rather than a backlog.
+pub const WS_DATAGRAMS_WAITING_MAX: usize = 8;
 
 /// `GET /ws`: checks the origin and the subprotocol, then upgrades and serves the session.
 pub async fn ws_handler(
@@ -97,7 +136,14 @@ pub async fn ws_handler(
         )
             .into_response();
     }
-    upgrade.on_upgrade(move |socket| serve_ws(socket, access))
+    upgrade.on_upgrade(move |socket| async move {
+        match &access.backend {
+            Backend::Core(core) => serve_ws(socket, core.clone()).await,
+            Backend::Upstream(upstream) => {
+                crate::bridge::serve_websocket(socket, upstream.clone()).await
+            }
+        }
+    })
 }
 
 /// Same origin (the `Origin` names the `Host` asked for), an allowed origin, or no `Origin`.
@@ -124,7 +170,7 @@ fn check_origin(headers: &HeaderMap, allowed: &[String]) -> Result<(), &'static 
     }
 }
 
-async fn serve_ws(socket: WebSocket, access: Arc<BrowserAccess>) {
+async fn serve_ws(socket: WebSocket, access: CoreAccess) {
     let id = access.conn_ids.next();
     let out = Arc::new(WsOut::default());
     let link = Arc::new(WsLink { out: out.clone() });
@@ -141,23 +187,12 @@ async fn serve_ws(socket: WebSocket, access: Arc<BrowserAccess>) {
         return;
     }
     tracing::debug!(conn = id.0, "WebSocket connected");
-    let (mut sink, mut stream) = socket.split();
-    let writer = tokio::spawn({
-        let out = out.clone();
-        async move {
-            while let Some(m) = out.next().await {
-                let last = matches!(m, Message::Close(_));
-                if sink.send(m).await.is_err() || last {
-                    break;
-                }
-            }
-            let _ = sink.close().await;
-        }
-    });
+    let (sink, mut stream) = socket.split();
+    let writer = tokio::spawn(out.clone().write_to(sink));
     let mut quota = InboxQuota::default();
     while let Some(m) = stream.next().await {
         let Ok(m) = m else { break };
-        match read_message(id, m, &access.inbound, &mut quota, &access).await {
+        match read_message(id, m, &mut quota, &access).await {
             Ok(true) => {}
             Ok(false) => break,
             Err(error) => {
@@ -177,30 +212,44 @@ async fn serve_ws(socket: WebSocket, access: Arc<BrowserAccess>) {
     let _ = access.inbound.send(Inbound::Disconnect { conn: id }).await;
 }
 
-/// Forwards one message; `Ok(false)` at the peer's close.
-async fn read_message(
-    id: ConnId,
-    m: Message,
-    inbound: &mpsc::Sender<Inbound>,
-    quota: &mut InboxQuota,
-    access: &BrowserAccess,
-) -> Result<bool, DecodeError> {
+/// One WebSocket message from a browser, checked as the framing says (see the module
+/// documentation).
+#[derive(Debug)]
+pub(crate) enum WsIn {
+    /// A reliable frame's body (no length prefix), within its channel's limit.
+    Frame {
+        /// The channel.
+        channel: Channel,
+        /// The frame's postcard body.
+        body: Bytes,
+    },
+    /// A datagram's bytes.
+    Datagram(Bytes),
+    /// The browser closed the socket, perhaps with a code and reason.
+    Close(Option<CloseFrame>),
+    /// Nothing to forward (a ping or pong).
+    Nothing,
+}
+
+/// Parses one message; a text message, an empty one, an unknown kind or a frame over its
+/// channel's limit is an error.
+pub(crate) fn parse_message(m: Message) -> Result<WsIn, DecodeError> {
     let data = match m {
         Message::Binary(b) => b,
-        Message::Close(_) => return Ok(false),
-        Message::Ping(_) | Message::Pong(_) => return Ok(true),
+        Message::Close(c) => return Ok(WsIn::Close(c)),
+        Message::Ping(_) | Message::Pong(_) => return Ok(WsIn::Nothing),
         Message::Text(_) => {
             return Err(DecodeError::Malformed(
                 "a text WebSocket message (neonet speaks binary)".into(),
             ))
         }
     };
-    let Some((&kind, body)) = data.split_first() else {
+    let Some(&kind) = data.first() else {
         return Err(DecodeError::Malformed("an empty WebSocket message".into()));
     };
+    let body = data.slice(1..);
     if kind == WS_DATAGRAM {
-        access.inbox.push(id, data.slice(1..), quota);
-        return Ok(true);
+        return Ok(WsIn::Datagram(body));
     }
     let channel = Channel::from_u8(kind)
         .ok_or_else(|| DecodeError::Malformed(format!("unknown WebSocket message kind {kind}")))?;
@@ -211,20 +260,41 @@ async fn read_message(
             max,
         });
     }
-    let sent = inbound
-        .send(Inbound::Frame {
-            conn: id,
-            channel,
-            body: body.to_vec(),
-        })
-        .await;
-    Ok(sent.is_ok())
+    Ok(WsIn::Frame { channel, body })
+}
+
+/// Forwards one message; `Ok(false)` at the peer's close.
+async fn read_message(
+    id: ConnId,
+    m: Message,
+    quota: &mut InboxQuota,
+    access: &CoreAccess,
+) -> Result<bool, DecodeError> {
+    match parse_message(m)? {
+        WsIn::Frame { channel, body } => {
+            let sent = access
+                .inbound
+                .send(Inbound::Frame {
+                    conn: id,
+                    channel,
+                    body: body.to_vec(),
+                })
+                .await;
+            Ok(sent.is_ok())
+        }
+        WsIn::Datagram(data) => {
+            access.inbox.push(id, data, quota);
+            Ok(true)
+        }
+        WsIn::Close(_) => Ok(false),
+        WsIn::Nothing => Ok(true),
+    }
 }
 
 /// What waits to be written to one WebSocket: reliable frames in order (within a byte budget),
-/// the newest tick's datagrams, and a close.
+/// the newest tick's datagrams, and a close. Used by the relay's [`WsLink`] and by the bridge.
 #[derive(Debug, Default)]
-struct WsOut {
+pub(crate) struct WsOut {
     state: Mutex<WsOutState>,
     wake: Notify,
 }
@@ -244,6 +314,76 @@ struct WsOutState {
 impl WsOut {
     fn lock(&self) -> std::sync::MutexGuard<'_, WsOutState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Writes what is queued to `sink` until the close is sent, the socket fails or the peer is
+    /// gone, then closes the sink.
+    pub(crate) async fn write_to(
+        self: Arc<Self>,
+        mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
+    ) {
+        while let Some(m) = self.next().await {
+            let last = matches!(m, Message::Close(_));
+            if sink.send(m).await.is_err() || last {
+                break;
+            }
+        }
+        let _ = sink.close().await;
+    }
+
+    /// Queues a reliable frame on `channel` (its body, without the length prefix). `false` if
+    /// it would pass [`WS_RELIABLE_QUEUE_BYTES_MAX`]: the reader is too slow, what waits is
+    /// dropped and the socket closes with [`WS_CLOSE_OVERFLOW`] and a reason.
+    pub(crate) fn push_frame(&self, channel: Channel, body: &[u8]) -> bool {
+        let mut m = Vec::with_capacity(1 + body.len());
+        m.push(channel as u8);
+        m.extend_from_slice(body);
+        let mut s = self.lock();
+        if s.done || s.close.is_some() {
+            return true;
+        }
+        if s.reliable_bytes + m.len() > WS_RELIABLE_QUEUE_BYTES_MAX {
+            tracing::warn!("WebSocket send queue full: closing the slow reader");
+            s.reliable.clear();
+            s.reliable_bytes = 0;
+            drop(s);
+            self.close(WS_CLOSE_OVERFLOW, OVERFLOW_REASON);
+            return false;
+        }
+        s.reliable_bytes += m.len();
+        s.reliable.push_back(Bytes::from(m));
+        drop(s);
+        self.wake.notify_one();
+        true
+    }
+
+    /// Queues a datagram, latest-wins: with its `tick`, a newer tick replaces what an older one
+    /// left unsent (and an older tick's is dropped); without one, only the newest
+    /// [`WS_DATAGRAMS_WAITING_MAX`] wait.
+    pub(crate) fn push_datagram(&self, tick: Option<Tick>, data: &[u8]) {
+        let mut m = Vec::with_capacity(1 + data.len());
+        m.push(WS_DATAGRAM);
+        m.extend_from_slice(data);
+        let mut s = self.lock();
+        if s.done || s.close.is_some() {
+            return;
+        }
+        match tick {
+            Some(tick) if s.datagram_tick.is_none_or(|t| tick > t) => {
+                s.datagrams.clear();
+                s.datagram_tick = Some(tick);
+            }
+            Some(tick) if Some(tick) != s.datagram_tick => return,
+            Some(_) => {}
+            None => {
+                while s.datagrams.len() >= WS_DATAGRAMS_WAITING_MAX {
+                    s.datagrams.pop_front();
+                }
+            }
+        }
+        s.datagrams.push_back(Bytes::from(m));
+        drop(s);
+        self.wake.notify_one();
     }
 
     /// The next message to write: reliable frames first, then the newest datagrams, then the
@@ -273,7 +413,8 @@ impl WsOut {
         }
     }
 
-    fn peer_gone(&self) {
+    /// The peer is gone: nothing more is written, unless a close is already queued.
+    pub(crate) fn peer_gone(&self) {
         let mut s = self.lock();
         if s.close.is_none() {
             s.done = true;
@@ -282,14 +423,16 @@ impl WsOut {
         self.wake.notify_one();
     }
 
-    fn close(&self, code: u16, reason: String) {
+    /// Queues a close after the reliable frames already queued (`reason` is cut to
+    /// [`WS_CLOSE_REASON_BYTES_MAX`]); later frames and datagrams are dropped.
+    pub(crate) fn close(&self, code: u16, reason: &str) {
         let mut s = self.lock();
         if s.close.is_some() || s.done {
             return;
         }
         s.close = Some(CloseFrame {
             code,
-            reason: reason.into(),
+            reason: ws_close_reason(reason).into(),
         });
         drop(s);
         self.wake.notify_one();
@@ -306,55 +449,13 @@ impl Link for WsLink {
         match transmit {
             Transmit::Frame { channel, frame, .. } => {
                 let body = &frame[neonet_proto::wire::codec::FRAME_HEADER_BYTES..];
-                let mut m = Vec::with_capacity(1 + body.len());
-                m.push(channel as u8);
-                m.extend_from_slice(body);
-                let mut s = self.out.lock();
-                if s.done || s.close.is_some() {
-                    return;
-                }
-                if s.reliable_bytes + m.len() > WS_RELIABLE_QUEUE_BYTES_MAX {
-                    tracing::warn!("WebSocket send queue full: closing the slow reader");
-                    s.reliable.clear();
-                    s.reliable_bytes = 0;
-                    drop(s);
-                    self.out.close(
-                        WS_CLOSE_OVERFLOW,
-                        "send queue full: reading too slowly".into(),
-                    );
-                    return;
-                }
-                s.reliable_bytes += m.len();
-                s.reliable.push_back(Bytes::from(m));
-                drop(s);
-                self.out.wake.notify_one();
+                self.out.push_frame(channel, body);
             }
-            Transmit::Datagram { tick, data, .. } => {
-                let mut m = Vec::with_capacity(1 + data.len());
-                m.push(WS_DATAGRAM);
-                m.extend_from_slice(&data);
-                let mut s = self.out.lock();
-                if s.done || s.close.is_some() {
-                    return;
-                }
-                // Latest-wins: a newer tick replaces what an older one left unsent.
-                if s.datagram_tick.is_none_or(|t| tick > t) {
-                    s.datagrams.clear();
-                    s.datagram_tick = Some(tick);
-                } else if Some(tick) != s.datagram_tick {
-                    return;
-                }
-                s.datagrams.push_back(Bytes::from(m));
-                drop(s);
-                self.out.wake.notify_one();
-            }
+            Transmit::Datagram { tick, data, .. } => self.out.push_datagram(Some(tick), &data),
             Transmit::Close { reason, detail, .. } => {
-                // `quic::close_text` bounds the text; a WebSocket close reason holds 123 bytes.
-                let mut text = quic::close_text(reason, &detail);
-                while text.len() > WS_CLOSE_REASON_BYTES_MAX {
-                    text.pop();
-                }
-                self.out.close(ws_close_code(reason), text);
+                // `quic::close_text` bounds the text; `close` cuts it to a WebSocket reason's.
+                self.out
+                    .close(ws_close_code(reason), &quic::close_text(reason, &detail));
             }
         }
     }
@@ -363,6 +464,9 @@ impl Link for WsLink {
         Some(WS_DATAGRAM_BYTES)
     }
 }
+
+/// The reason a reader too slow for its reliable budget is given.
+pub(crate) const OVERFLOW_REASON: &str = "send queue full: reading too slowly";
 
 /// Longest WebSocket close reason, bytes (RFC 6455: a control frame's payload is at most 125
 /// bytes, two of them the code).

@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use web_transport_quinn::{RecvStream, SendStream, Session};
 
-use super::accept::PeerConn;
+use super::accept::{Ended, PeerConn};
 use crate::quic::{self, ReadFailure};
 
 impl quic::UniStreams for Session {
@@ -36,6 +36,9 @@ impl quic::UniSend for SendStream {
     }
     fn finish(&mut self) -> bool {
         SendStream::finish(self).is_ok()
+    }
+    fn reset(&mut self) {
+        let _ = SendStream::reset(self, 0);
     }
     async fn stopped(&self) {
         let _ = SendStream::stopped(self).await;
@@ -70,8 +73,19 @@ impl PeerConn for Session {
     fn close(&self, code: u32, text: &[u8]) {
         Session::close(self, code, text);
     }
-    async fn closed(&self) -> String {
-        Session::closed(self).await.to_string()
+    async fn closed(&self) -> Ended {
+        match Session::closed(self).await {
+            web_transport_quinn::SessionError::WebTransportError(
+                web_transport_quinn::WebTransportError::Closed(code, reason),
+            ) => Ended {
+                code: Some(code),
+                reason,
+            },
+            e => Ended {
+                code: None,
+                reason: e.to_string(),
+            },
+        }
     }
     fn remote_address(&self) -> SocketAddr {
         let conn: &quinn::Connection = self;

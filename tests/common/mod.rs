@@ -2,6 +2,8 @@
 //! tokio runtime so tests can use the blocking client from plain `#[test]` functions.
 #![allow(dead_code)]
 
+pub mod browser;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -14,6 +16,15 @@ use neonet::tls::{Fingerprint, Trust};
 
 /// Bound on every wait in these tests. Generous: it only matters when something is broken.
 pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A multi-threaded tokio runtime of two workers (the machines running the suite are small).
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
 
 /// A relay running in a temporary folder.
 pub struct TestRelay {
@@ -53,11 +64,7 @@ impl TestRelay {
             .with_test_writer()
             .try_init();
         let dir = tempfile::tempdir().expect("temp dir");
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
+        let rt = runtime();
         let mut config = RelayConfig::for_tests(dir.path());
         configure(&mut config);
         let handle = rt

@@ -29,8 +29,8 @@ struct Seen {
 /// What arrives at a browser-like session, whatever its transport.
 #[derive(Debug)]
 enum Incoming {
-    /// A reliable message.
-    Msg(ServerMsg),
+    /// A reliable message (boxed: a snapshot is large, a datagram marker is nothing).
+    Msg(Box<ServerMsg>),
     /// A transform datagram.
     Datagram,
 }
@@ -51,14 +51,15 @@ async fn converse(
         let Ok(Some(m)) = tokio::time::timeout_at(deadline, incoming.recv()).await else {
             break;
         };
-        match m {
-            Incoming::Datagram => seen.datagrams += 1,
-            Incoming::Msg(ServerMsg::Welcome { .. }) => seen.welcomed = true,
-            Incoming::Msg(ServerMsg::Snapshot(_)) => {
-                outgoing.send(chat(said)).await.unwrap();
-            }
-            Incoming::Msg(ServerMsg::ChatAdded(m)) => seen.chat.push(m.body),
-            Incoming::Msg(_) => {}
+        let Incoming::Msg(m) = m else {
+            seen.datagrams += 1;
+            continue;
+        };
+        match *m {
+            ServerMsg::Welcome { .. } => seen.welcomed = true,
+            ServerMsg::Snapshot(_) => outgoing.send(chat(said)).await.unwrap(),
+            ServerMsg::ChatAdded(m) => seen.chat.push(m.body),
+            _ => {}
         }
     }
     seen
@@ -127,7 +128,9 @@ fn a_websocket_session_joins_chats_with_a_native_client_and_receives_its_motion(
                 let m = if b[0] == WS_DATAGRAM {
                     Incoming::Datagram
                 } else {
-                    Incoming::Msg(codec::decode_server(&b[1..]).expect("a server message"))
+                    Incoming::Msg(Box::new(
+                        codec::decode_server(&b[1..]).expect("a server message"),
+                    ))
                 };
                 if in_tx.send(m).await.is_err() {
                     return;
@@ -264,7 +267,7 @@ fn a_webtransport_session_on_the_quic_port_joins_and_chats_with_a_native_client(
                         dec.push(bytes);
                         while let Ok(Some(body)) = dec.next_frame() {
                             let m = codec::decode_server(&body).expect("a server message");
-                            if tx.send(Incoming::Msg(m)).await.is_err() {
+                            if tx.send(Incoming::Msg(Box::new(m))).await.is_err() {
                                 return;
                             }
                         }

@@ -3,7 +3,7 @@
 //! session gets its own native QUIC connection to the upstream relay, and the bridge only pipes.
 //!
 //! ## What it reuses of the relay
-//! The browser certificate and its rotation ([`crate::relay::BrowserTls`],
+//! The browser certificate and its rotation (`relay::BrowserTls`,
 //! `BrowserAccess::rotate_every`), the WebTransport handshake and path check
 //! (`webtransport_session`), the HTTP routes ([`crate::http::serve_browsers`]), the WebSocket
 //! origin and subprotocol checks, framing and latest-wins send queue

@@ -1,0 +1,225 @@
+//! Reading neonet's channels off unidirectional streams, over a native QUIC connection or a
+//! WebTransport session alike ([`UniStreams`]): one task per stream, the protocol crate's
+//! per-channel decoder, complete frames forwarded in batches.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use quinn::{Connection, VarInt};
+use tokio::sync::mpsc;
+
+use neonet_proto::wire::codec::{DecodeError, FrameDecoder};
+use neonet_proto::wire::msg::Channel;
+
+use super::STREAM_READ_CHUNK_BYTES;
+
+/// What a stream reader produced.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StreamEvent {
+    /// Every complete frame of one read, in order: consecutive frames, each with its 4-byte
+    /// length prefix, each within the channel's limit. Iterate the bodies with
+    /// [`neonet_proto::wire::codec::frames`]. Never empty.
+    Frames {
+        /// The stream's channel.
+        channel: Channel,
+        /// The frames.
+        frames: Vec<u8>,
+    },
+    /// The stream broke the framing rules; it is no longer read.
+    Error(DecodeError),
+}
+
+/// A connection that carries neonet's channels on unidirectional streams: a native QUIC
+/// connection, or a WebTransport session (whose streams are QUIC streams under an HTTP/3
+/// session). The stream readers and [`super::ChannelWriters`] work over either.
+pub trait UniStreams: Clone + Send + Sync + 'static {
+    /// Its sending stream.
+    type Send: UniSend;
+    /// Its receiving stream.
+    type Recv: UniRecv;
+    /// Opens a stream; `None` once the connection is gone.
+    fn open_uni(&self) -> impl std::future::Future<Output = Option<Self::Send>> + Send;
+    /// The peer's next stream; `None` once the connection is gone.
+    fn accept_uni(&self) -> impl std::future::Future<Output = Option<Self::Recv>> + Send;
+}
+
+/// The sending half of a unidirectional stream.
+pub trait UniSend: Send + 'static {
+    /// Sets the stream's priority (higher first).
+    fn set_priority(&self, priority: i32);
+    /// Writes all of `bytes`; `false` if the stream or connection failed.
+    fn write_all(&mut self, bytes: &[u8]) -> impl std::future::Future<Output = bool> + Send;
+    /// Writes one chunk without a copy; `false` if the stream or connection failed.
+    fn write_chunk(&mut self, bytes: Bytes) -> impl std::future::Future<Output = bool> + Send;
+    /// Finishes the stream; `false` if it was already closed.
+    fn finish(&mut self) -> bool;
+    /// Abandons the stream: the peer sees it reset (what was unsent is dropped).
+    fn reset(&mut self);
+    /// Waits until the peer has everything (or stopped the stream, or the connection ended).
+    fn stopped(&self) -> impl std::future::Future<Output = ()> + Send;
+}
+
+/// How reading a stream went wrong.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadFailure {
+    /// The peer reset the stream.
+    Reset,
+    /// The connection is gone (its end is reported elsewhere).
+    Gone,
+}
+
+/// The receiving half of a unidirectional stream.
+pub trait UniRecv: Send + 'static {
+    /// The next chunk of at most `max` bytes, in order; `None` at the end of the stream.
+    fn read_chunk(
+        &mut self,
+        max: usize,
+    ) -> impl std::future::Future<Output = Result<Option<Bytes>, ReadFailure>> + Send;
+    /// Tells the peer to stop sending.
+    fn stop(&mut self);
+}
+
+impl UniStreams for Connection {
+    type Send = quinn::SendStream;
+    type Recv = quinn::RecvStream;
+    async fn open_uni(&self) -> Option<quinn::SendStream> {
+        Connection::open_uni(self).await.ok()
+    }
+    async fn accept_uni(&self) -> Option<quinn::RecvStream> {
+        Connection::accept_uni(self).await.ok()
+    }
+}
+
+impl UniSend for quinn::SendStream {
+    fn set_priority(&self, priority: i32) {
+        let _ = quinn::SendStream::set_priority(self, priority);
+    }
+    async fn write_all(&mut self, bytes: &[u8]) -> bool {
+        quinn::SendStream::write_all(self, bytes).await.is_ok()
+    }
+    async fn write_chunk(&mut self, bytes: Bytes) -> bool {
+        quinn::SendStream::write_chunk(self, bytes).await.is_ok()
+    }
+    fn finish(&mut self) -> bool {
+        quinn::SendStream::finish(self).is_ok()
+    }
+    fn reset(&mut self) {
+        let _ = quinn::SendStream::reset(self, VarInt::from_u32(0));
+    }
+    async fn stopped(&self) {
+        let _ = quinn::SendStream::stopped(self).await;
+    }
+}
+
+impl UniRecv for quinn::RecvStream {
+    async fn read_chunk(&mut self, max: usize) -> Result<Option<Bytes>, ReadFailure> {
+        match quinn::RecvStream::read_chunk(self, max, true).await {
+            Ok(c) => Ok(c.map(|c| c.bytes)),
+            Err(quinn::ReadError::Reset(_)) => Err(ReadFailure::Reset),
+            Err(_) => Err(ReadFailure::Gone),
+        }
+    }
+    fn stop(&mut self) {
+        let _ = quinn::RecvStream::stop(self, VarInt::from_u32(0));
+    }
+}
+
+/// Accepts the peer's unidirectional streams until the connection ends, reading each in its own
+/// task: first byte the channel, then frames within the limit of the decoder `decoder_for(channel)`
+/// gives (the protocol crate's per-channel decoders: `FrameDecoder::for_client_channel` on a
+/// server, `FrameDecoder::for_server_channel` on a client). The complete
+/// frames of each read go to `tx` together as one `map(StreamEvent::Frames)` (one message per
+/// read, not per frame), errors as `map(StreamEvent::Error)`; a full `tx` holds the reader
+/// back (and QUIC flow control holds the peer back).
+pub async fn accept_streams<C, T, F>(
+    conn: C,
+    decoder_for: fn(Channel) -> FrameDecoder,
+    tx: mpsc::Sender<T>,
+    map: F,
+) where
+    C: UniStreams,
+    T: Send + 'static,
+    F: Fn(StreamEvent) -> T + Clone + Send + Sync + 'static,
+{
+    let seen = Arc::new(AtomicU8::new(0));
+    while let Some(recv) = conn.accept_uni().await {
+        tokio::spawn(read_stream(
+            recv,
+            seen.clone(),
+            decoder_for,
+            tx.clone(),
+            map.clone(),
+        ));
+    }
+}
+
+async fn read_stream<R: UniRecv, T, F>(
+    mut recv: R,
+    seen: Arc<AtomicU8>,
+    decoder_for: fn(Channel) -> FrameDecoder,
+    tx: mpsc::Sender<T>,
+    map: F,
+) where
+    F: Fn(StreamEvent) -> T,
+{
+    let mut channel: Option<Channel> = None;
+    let mut decoder: Option<FrameDecoder> = None;
+    let error = loop {
+        let chunk = match recv.read_chunk(STREAM_READ_CHUNK_BYTES).await {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => {
+                match &decoder {
+                    Some(d) => match d.finish() {
+                        Ok(()) => return,
+                        Err(e) => break e,
+                    },
+                    None => return,
+                };
+            }
+            Err(ReadFailure::Reset) => break DecodeError::Truncated,
+            Err(ReadFailure::Gone) => return, // its end is reported elsewhere
+        };
+        let mut bytes = &chunk[..];
+        let ch = match channel {
+            Some(ch) => ch,
+            None => {
+                let Some((&first, rest)) = bytes.split_first() else {
+                    continue;
+                };
+                bytes = rest;
+                let Some(ch) = Channel::from_u8(first) else {
+                    break DecodeError::Malformed(format!("unknown channel id {first}"));
+                };
+                let bit = 1u8 << (ch as u8);
+                if seen.fetch_or(bit, Ordering::Relaxed) & bit != 0 {
+                    break DecodeError::Malformed(format!(
+                        "a second stream for the {ch:?} channel"
+                    ));
+                }
+                channel = Some(ch);
+                decoder = Some(decoder_for(ch));
+                ch
+            }
+        };
+        let Some(d) = decoder.as_mut() else { return };
+        let mut frames = Vec::new();
+        let taken = d.push_and_take(bytes, &mut frames);
+        if !frames.is_empty()
+            && tx
+                .send(map(StreamEvent::Frames {
+                    channel: ch,
+                    frames,
+                }))
+                .await
+                .is_err()
+        {
+            return;
+        }
+        if let Err(e) = taken {
+            break e;
+        }
+    };
+    recv.stop();
+    let _ = tx.send(map(StreamEvent::Error(error))).await;
+}

@@ -8,7 +8,7 @@
 //                                            [--warmup S] [--native NAME]
 //   node tests/browser/measure.mjs latency   [--url URL] [--transport T[,T]] [--seconds S]
 //                                            [--warmup S] [--wt-port PORT]
-//   common: [--chromium PATH] [--timeout-ms N] [--name-prefix P]
+//   common: [--chromium PATH] [--timeout-ms N] [--name-prefix P] [--no-draw]
 //
 // T is webtransport or websocket (default both, comma-separated); URL the relay's HTTP origin
 // (default http://127.0.0.1:4480). Chromium is Debian's /usr/bin/chromium driven by
@@ -42,6 +42,9 @@
 //            else; the certificate pin stays the relay's), so they go through a
 //            `neonet-load proxy --listen 127.0.0.1:PORT --upstream <relay's QUIC port>`.
 //            WebSocket pages always go straight to the HTTP port (TCP: the proxy is UDP only).
+// --no-draw  (bandwidth, latency; a diagnostic) stops the page's drawing once joined (its
+//            requestAnimationFrame is replaced by a no-op; the client still receives, acks,
+//            pings and predicts), to tell the page's drawing cost from the rest.
 //
 // Setup used for MEASUREMENTS.md (2 cores: the relay on CPU 0, everything else on CPU 1):
 //   cargo build --release -p neonet -p neonet-load --bin neonet-relay --bin neonet-load
@@ -84,7 +87,7 @@ const STATUS_SINCE_NONE = Number.MAX_SAFE_INTEGER;
 const TRANSPORTS = ['webtransport', 'websocket'];
 
 const USAGE = 'usage: measure.mjs join|bandwidth|latency [--url URL] [--transport T[,T]] [--samples N] '
-  + '[--seconds S] [--warmup S] [--native NAME] [--wt-port PORT] [--chromium PATH] [--timeout-ms N] [--name-prefix P]';
+  + '[--seconds S] [--warmup S] [--native NAME] [--wt-port PORT] [--chromium PATH] [--timeout-ms N] [--name-prefix P] [--no-draw]';
 
 function parseArgs(argv) {
   const opts = {
@@ -99,6 +102,7 @@ function parseArgs(argv) {
     chromium: process.env.CHROMIUM_PATH || '/usr/bin/chromium',
     timeoutMs: 20_000,
     namePrefix: `m${process.pid}`,
+    noDraw: false,
   };
   if (!['join', 'bandwidth', 'latency'].includes(opts.mode)) throw new Error(USAGE);
   const value = (i) => {
@@ -122,6 +126,7 @@ function parseArgs(argv) {
     else if (a === '--chromium') opts.chromium = value(++i);
     else if (a === '--timeout-ms') opts.timeoutMs = number(++i);
     else if (a === '--name-prefix') opts.namePrefix = value(++i);
+    else if (a === '--no-draw') opts.noDraw = true;
     else throw new Error(`unknown option ${a}\n${USAGE}`);
   }
   for (const t of opts.transports) if (!TRANSPORTS.includes(t)) throw new Error(`bad transport ${t}`);
@@ -257,6 +262,9 @@ async function openAll(browser, opts, what) {
     pages.push(p);
   }
   for (const p of pages) await waitJoined(p, opts.timeoutMs);
+  if (opts.noDraw) {
+    for (const p of pages) await p.page.evaluate(() => { window.requestAnimationFrame = () => 0; });
+  }
   return pages;
 }
 
@@ -309,7 +317,7 @@ async function measureBandwidth(browser, opts) {
       await sleep(Math.max(0, STATUS_POLL_MS - (Date.now() - t0)));
     }
     const bytes1 = await Promise.all(pages.map((p) => p.page.evaluate(() => [performance.now(), window.neonet.link.bytesIn])));
-    const result = { window_s: opts.seconds, polls, sessions: {} };
+    const result = { window_s: opts.seconds, drawing: !opts.noDraw, polls, sessions: {} };
     for (const t of tracked) {
       const s = sums.get(t.session);
       if (!s) {
@@ -352,7 +360,7 @@ async function measureLatency(browser, opts) {
     await sleep(opts.warmup * 1000);
     for (const p of pages) await p.page.evaluate(() => window.neonet.latencyLog.reset());
     await sleep(opts.seconds * 1000);
-    const result = { window_s: opts.seconds, wt_port: opts.wtPort, pages: {} };
+    const result = { window_s: opts.seconds, wt_port: opts.wtPort, drawing: !opts.noDraw, pages: {} };
     for (const p of pages) {
       const s = await p.page.evaluate(() => ({
         log: window.neonet.latencyLog.snapshot(),

@@ -250,7 +250,7 @@ async function measureJoin(browser, opts) {
       const v = samples.map((s) => s[k]).filter((x) => typeof x === 'number');
       summary[k] = { n: v.length, p50: round(quantile(v, 0.5)), p90: round(quantile(v, 0.9)), max: round(Math.max(...v)) };
     }
-    out[transport] = { samples: samples.length, failures, ms_from_navigation_start: summary };
+    out[transport] = { samples: samples.length, failures, ms_from_navigation_start: summary, raw: samples };
   }
   return out;
 }

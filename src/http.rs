@@ -197,9 +197,25 @@ async fn serve_router(
         inner: listener,
         permits: Arc::new(Semaphore::new(connections_max)),
     };
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<PeerAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}
+
+/// The address of the peer of an HTTP connection (a browser's WebSocket session shows it in
+/// `/status`), as axum's `ConnectInfo` for our connection-limited listener.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerAddr(pub std::net::SocketAddr);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, LimitedListener>>
+    for PeerAddr
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, LimitedListener>) -> Self {
+        PeerAddr(*stream.remote_addr())
+    }
 }
 
 /// Serves the operator HTTP routes on `listener` until `shutdown` completes, then finishes the
@@ -283,7 +299,7 @@ async fn status(State(metrics): State<Arc<Metrics>>, Query(q): Query<StatusQuery
 }
 
 /// A TCP listener that holds a semaphore permit for each connection it hands out.
-struct LimitedListener {
+pub(crate) struct LimitedListener {
     inner: TcpListener,
     permits: Arc<Semaphore>,
 }
@@ -316,7 +332,7 @@ impl axum::serve::Listener for LimitedListener {
 }
 
 /// A connection counted against [`HTTP_CONNECTIONS_MAX`] until dropped.
-struct LimitedStream {
+pub(crate) struct LimitedStream {
     stream: TcpStream,
     _permit: OwnedSemaphorePermit,
 }

@@ -276,24 +276,61 @@ function drawGrid(w, h, scale) {
   const top = cz + h / 2 / scale;
   const bottom = cz - h / 2 / scale;
   const step = scale < 12 ? 5 : 1;
+  // One path per line style (four strokes a frame, not one per line): stroking is what costs
+  // in a software-rendered canvas, and every millisecond here delays the network's events.
+  const paths = { xMajor: new Path2D(), xMinor: new Path2D(), zMajor: new Path2D(), zMinor: new Path2D() };
   for (let x = Math.floor(left / step) * step; x <= right; x += step) {
-    const major = x % 10 === 0;
-    ctx.strokeStyle = major ? 'rgba(0, 240, 255, 0.16)' : 'rgba(0, 240, 255, 0.05)';
     const sx = w / 2 + (x - cx) * scale;
-    ctx.beginPath();
-    ctx.moveTo(sx, 0);
-    ctx.lineTo(sx, h);
-    ctx.stroke();
+    const path = x % 10 === 0 ? paths.xMajor : paths.xMinor;
+    path.moveTo(sx, 0);
+    path.lineTo(sx, h);
   }
   for (let z = Math.floor(bottom / step) * step; z <= top; z += step) {
-    const major = z % 10 === 0;
-    ctx.strokeStyle = major ? 'rgba(255, 43, 214, 0.14)' : 'rgba(255, 43, 214, 0.04)';
     const sy = h / 2 - (z - cz) * scale;
-    ctx.beginPath();
-    ctx.moveTo(0, sy);
-    ctx.lineTo(w, sy);
-    ctx.stroke();
+    const path = z % 10 === 0 ? paths.zMajor : paths.zMinor;
+    path.moveTo(0, sy);
+    path.lineTo(w, sy);
   }
+  ctx.strokeStyle = 'rgba(0, 240, 255, 0.16)';
+  ctx.stroke(paths.xMajor);
+  ctx.strokeStyle = 'rgba(0, 240, 255, 0.05)';
+  ctx.stroke(paths.xMinor);
+  ctx.strokeStyle = 'rgba(255, 43, 214, 0.14)';
+  ctx.stroke(paths.zMajor);
+  ctx.strokeStyle = 'rgba(255, 43, 214, 0.04)';
+  ctx.stroke(paths.zMinor);
+}
+
+/** Most glow sprites kept (colour × radius in pixels): zooming makes new radii. */
+const GLOW_SPRITES_MAX = 64;
+const glowSprites = new Map();
+
+/**
+ * A disc of `color` with its neon glow, `r` pixels in radius, drawn once into an offscreen
+ * canvas and reused: `shadowBlur` on every disc every frame is the dearest thing a
+ * software-rendered canvas does (tens of milliseconds a frame with fifty players).
+ */
+function glowSprite(color, r) {
+  const radius = Math.max(2, Math.round(r));
+  const key = `${color}/${radius}`;
+  let sprite = glowSprites.get(key);
+  if (sprite) return sprite;
+  const pad = 16;
+  const size = 2 * (radius + pad);
+  const c = document.createElement('canvas');
+  c.width = size;
+  c.height = size;
+  const g = c.getContext('2d');
+  g.shadowColor = color;
+  g.shadowBlur = 16;
+  g.fillStyle = color;
+  g.beginPath();
+  g.arc(size / 2, size / 2, radius, 0, 2 * Math.PI);
+  g.fill();
+  sprite = { canvas: c, half: size / 2 };
+  if (glowSprites.size >= GLOW_SPRITES_MAX) glowSprites.delete(glowSprites.keys().next().value);
+  glowSprites.set(key, sprite);
+  return sprite;
 }
 
 function toScreen(p, w, h, scale) {
@@ -335,13 +372,8 @@ function drawPlayer(p, pos, self, w, h, scale) {
   ctx.beginPath();
   ctx.ellipse(x, y + 2, 0.4 * scale, 0.22 * scale, 0, 0, 2 * Math.PI);
   ctx.fill();
-  ctx.shadowColor = color;
-  ctx.shadowBlur = 16;
-  ctx.fillStyle = color;
-  ctx.beginPath();
-  ctx.arc(x, y - lift, 0.4 * scale, 0, 2 * Math.PI);
-  ctx.fill();
-  ctx.shadowBlur = 0;
+  const sprite = glowSprite(color, 0.4 * scale);
+  ctx.drawImage(sprite.canvas, x - sprite.half, y - lift - sprite.half);
   ctx.fillStyle = '#04050b';
   ctx.beginPath();
   ctx.arc(x, y - lift, 0.16 * scale, 0, 2 * Math.PI);
@@ -371,8 +403,10 @@ function drawApp(id, pos, w, h, scale) {
   ctx.save();
   ctx.translate(x, y);
   ctx.rotate(Math.PI / 4);
-  ctx.shadowColor = `hsl(${hue} 100% 60%)`;
-  ctx.shadowBlur = 12;
+  // A wide faint stroke under the crisp one: the glow without a per-frame blur.
+  ctx.strokeStyle = `hsl(${hue} 100% 60% / 0.25)`;
+  ctx.lineWidth = 6;
+  ctx.strokeRect(-s, -s, 2 * s, 2 * s);
   ctx.strokeStyle = `hsl(${hue} 100% 65%)`;
   ctx.lineWidth = 2;
   ctx.strokeRect(-s, -s, 2 * s, 2 * s);

@@ -28,6 +28,7 @@
 //! configured allowed origins; a request without `Origin` (not a browser) is accepted.
 
 use std::collections::VecDeque;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
@@ -119,8 +120,12 @@ pub const WS_DATAGRAMS_WAITING_MAX: usize = 8;
 pub async fn ws_handler(
     State(access): State<Arc<BrowserAccess>>,
     headers: HeaderMap,
+    extensions: axum::http::Extensions,
     upgrade: WebSocketUpgrade,
 ) -> Response {
+    let peer = extensions
+        .get::<axum::extract::ConnectInfo<crate::http::PeerAddr>>()
+        .map(|c| c.0 .0);
     if let Err(why) = check_origin(&headers, &access.allowed_origins) {
         tracing::info!(why, "WebSocket refused");
         return (StatusCode::FORBIDDEN, why).into_response();
@@ -138,7 +143,7 @@ pub async fn ws_handler(
     }
     upgrade.on_upgrade(move |socket| async move {
         match &access.backend {
-            Backend::Core(core) => serve_ws(socket, core.clone()).await,
+            Backend::Core(core) => serve_ws(socket, core.clone(), peer).await,
             Backend::Upstream(upstream) => {
                 crate::bridge::serve_websocket(socket, upstream.clone()).await
             }
@@ -170,10 +175,13 @@ fn check_origin(headers: &HeaderMap, allowed: &[String]) -> Result<(), &'static 
     }
 }
 
-async fn serve_ws(socket: WebSocket, access: CoreAccess) {
+async fn serve_ws(socket: WebSocket, access: CoreAccess, peer: Option<SocketAddr>) {
     let id = access.conn_ids.next();
     let out = Arc::new(WsOut::default());
-    let link = Arc::new(WsLink { out: out.clone() });
+    let link = Arc::new(WsLink {
+        out: out.clone(),
+        peer,
+    });
     if access
         .inbound
         .send(Inbound::Connect {
@@ -442,6 +450,8 @@ impl WsOut {
 /// The WebSocket [`Link`]: never blocks; see the module documentation for what it keeps.
 struct WsLink {
     out: Arc<WsOut>,
+    /// The browser's address, for the status page.
+    peer: Option<SocketAddr>,
 }
 
 impl Link for WsLink {
@@ -462,6 +472,10 @@ impl Link for WsLink {
 
     fn max_datagram_size(&self) -> Option<usize> {
         Some(WS_DATAGRAM_BYTES)
+    }
+
+    fn remote_addr(&self) -> Option<SocketAddr> {
+        self.peer
     }
 }
 
@@ -506,7 +520,10 @@ mod tests {
     #[tokio::test]
     async fn datagrams_are_latest_wins_and_reliable_frames_keep_their_order() {
         let out = Arc::new(WsOut::default());
-        let link = WsLink { out: out.clone() };
+        let link = WsLink {
+            out: out.clone(),
+            peer: None,
+        };
         let frame = |b: u8| Transmit::Frame {
             conn: ConnId(1),
             channel: Channel::Chat,
@@ -544,7 +561,10 @@ mod tests {
     #[tokio::test]
     async fn a_reader_past_the_reliable_budget_is_closed_with_a_reason() {
         let out = Arc::new(WsOut::default());
-        let link = WsLink { out: out.clone() };
+        let link = WsLink {
+            out: out.clone(),
+            peer: None,
+        };
         let big = vec![7u8; 1024 * 1024];
         for _ in 0..5 {
             link.transmit(Transmit::Frame {

@@ -69,22 +69,24 @@
 //
 // Exit status 0 with every page measured, 1 when one failed (its error is in the JSON).
 import { chromium } from 'playwright-core';
+import { CHROMIUM_FLAGS } from './lib.mjs';
 
-/** Flags as in play.mjs: closed network, no GPU, root; no --disable-quic. */
-const CHROMIUM_FLAGS = [
-  '--headless',
-  '--no-sandbox',
-  '--disable-gpu',
-  '--no-first-run',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-];
 /** How often /status is polled in a bandwidth window, ms (users are reported every 250 ms). */
 const STATUS_POLL_MS = 50;
 /** `since` for /status: no trail samples, which this script does not read. */
 const STATUS_SINCE_NONE = Number.MAX_SAFE_INTEGER;
 const TRANSPORTS = ['webtransport', 'websocket'];
+
+/** Calls `check()` until it returns something truthy, which it returns; throws after `timeoutMs`. */
+async function waitForValue(what, timeoutMs, check) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await check();
+    if (v) return v;
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await sleep(50);
+  }
+}
 
 const USAGE = 'usage: measure.mjs join|bandwidth|latency [--url URL] [--transport T[,T]] [--samples N] '
   + '[--seconds S] [--warmup S] [--native NAME] [--wt-port PORT] [--chromium PATH] [--timeout-ms N] [--name-prefix P] [--no-draw]';
@@ -156,15 +158,6 @@ function weightedQuantile(values, weights, q) {
   return values[idx[idx.length - 1]];
 }
 
-async function waitFor(what, timeoutMs, check) {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await check();
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await sleep(50);
-  }
-}
 
 /**
  * Opens /play for `transport` in a fresh context. With `wtPort`, /connect.json is answered with
@@ -199,7 +192,7 @@ async function closePage(p) {
 }
 
 async function waitJoined(p, timeoutMs) {
-  await waitFor(`${p.name} to join over ${p.transport}`, timeoutMs, () => p.page.evaluate(() => {
+  await waitForValue(`${p.name} to join over ${p.transport}`, timeoutMs, () => p.page.evaluate(() => {
     const t = window.neonetTiming;
     return Boolean(t && t.firstFrame !== undefined && window.neonet.state === 'connected');
   }));
@@ -230,7 +223,7 @@ async function measureJoin(browser, opts) {
         await waitJoined(p, opts.timeoutMs);
         // Remote entities, when there are any moving, show within a few ticks; a quiet world
         // may have none, so this wait is short and optional.
-        await waitFor('the first interpolated frame', 3000, () => p.page.evaluate(
+        await waitForValue('the first interpolated frame', 3000, () => p.page.evaluate(
           () => window.neonetTiming.firstInterpolatedFrame !== undefined,
         )).catch(() => {});
         const t = await p.page.evaluate(() => {

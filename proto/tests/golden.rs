@@ -1035,3 +1035,65 @@ fn protocol_md_limits_match_limits_rs() {
         assert!(PROTOCOL_MD.contains(&row), "PROTOCOL.md lacks row {row}");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Rotation quantization constants (PROTOCOL.md section 12.3). The smallest-three mapping is
+// `round((c × sign + K) × (R / (2K)))` with K = `f64::consts::FRAC_1_SQRT_2`, the f64 nearest
+// 1/√2. `1.0 / 2f64.sqrt()` is one ulp below it and moves the identity from 512 to 511, so an
+// implementation in another language must use these exact bits and this operation order.
+
+#[test]
+fn rotation_quantization_constants_and_the_identity_are_pinned() {
+    use neonet_proto::transform::{QRot, Quantizer, TransformConfig};
+    const K: f64 = std::f64::consts::FRAC_1_SQRT_2;
+    assert_eq!(K.to_bits(), 0x3FE6_A09E_667F_3BCD);
+    assert_eq!((2.0 * K).to_bits(), 0x3FF6_A09E_667F_3BCD);
+    assert_eq!((2.0 * K).to_bits(), 2f64.sqrt().to_bits());
+    assert_eq!((1.0 / 2f64.sqrt()).to_bits(), 0x3FE6_A09E_667F_3BCC, "the trap: one ulp low");
+    // The per-component factor, computed once: R / (2K). At 10 bits: 723.3...
+    assert_eq!((1023.0 / (2.0 * K)).to_bits(), 0x4086_9AF6_3EE5_9BFD);
+    // The identity at every allowed width. K × (R / (2K)) is R / 2 = 2^(B-1) - 0.5 exactly,
+    // except at 12 bits where it comes out one ulp below (2047.4999999999998).
+    for (bits, c) in [
+        (9, 256),
+        (10, 512),
+        (11, 1024),
+        (12, 2047),
+        (13, 4096),
+        (14, 8192),
+        (15, 16384),
+    ] {
+        let q = Quantizer::new(&TransformConfig {
+            rotation_bits: bits,
+            ..TransformConfig::default()
+        })
+        .unwrap();
+        assert_eq!(
+            q.quantize_rotation([0.0, 0.0, 0.0, 1.0]),
+            QRot {
+                largest: 3,
+                comps: [c; 3]
+            },
+            "identity at {bits} bits"
+        );
+    }
+    // Dequantized (10 bits): c × (2K / R) − K for each small component, then normalized, as f32.
+    let q = Quantizer::new(&TransformConfig::default()).unwrap();
+    let back = q.dequantize_rotation(QRot {
+        largest: 3,
+        comps: [512; 3],
+    });
+    assert_eq!(
+        back.map(f32::to_bits),
+        [0x3A35_3240, 0x3A35_3240, 0x3A35_3240, 0x3F7F_FFF4]
+    );
+    // 90° about +y (PROTOCOL.md 12.9, entity 2): y and w tie, the lower index wins.
+    let s = std::f32::consts::FRAC_1_SQRT_2;
+    assert_eq!(
+        q.quantize_rotation([0.0, s, 0.0, s]),
+        QRot {
+            largest: 1,
+            comps: [512, 512, 1023]
+        }
+    );
+}

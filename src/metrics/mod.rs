@@ -105,6 +105,16 @@ pub const TOP_ENTITIES_K: usize = 10;
 /// types and drop reasons number a few dozen; the cap only guards against a caller bug.
 pub const LABEL_VALUES_MAX: usize = 64;
 
+/// The drop reasons the relay records ([`Metrics::record_drops`]): each has a
+/// `neonet_drops_total{reason=...}` series at zero from the start, so a dashboard or alert sees
+/// the family before the first drop. A reason not listed here still counts, from its first drop.
+pub const DROP_REASONS: &[&str] = &[
+    // The datagram inbox was full.
+    "datagram_inbox_full",
+    // The sending connection already had its share of the inbox waiting.
+    "datagram_inbox_conn_full",
+];
+
 /// Recent tick durations kept for the `/status` p50/p99: 512 ticks, about 17 s at 30 Hz, enough
 /// for a stable p99 while still following a load change within seconds.
 pub const TICK_WINDOW_LEN: usize = 512;

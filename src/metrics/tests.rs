@@ -64,7 +64,9 @@ fn labels_are_bounded() {
         .filter(|l| l.starts_with("neonet_drops_total{"))
         .count();
     assert_eq!(series, LABEL_VALUES_MAX + 1);
-    assert!(text.contains("neonet_drops_total{reason=\"other\"} 6"));
+    // The known reasons hold their places from the start, so six more spill into `other`.
+    let other = 6 + DROP_REASONS.len();
+    assert!(text.contains(&format!("neonet_drops_total{{reason=\"other\"}} {other}")));
 }
 
 #[test]
@@ -156,4 +158,53 @@ fn users_get_rates_and_bounded_names() {
     assert!(s.users[0].kbps_out > 0.0);
     m.publish_users([]);
     assert_eq!(m.status().users_total, 0);
+}
+
+#[test]
+fn a_fresh_registry_renders_every_counter_at_zero() {
+    let text = Metrics::default().render_prometheus();
+    let value = |series: &str| -> Option<String> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .map(str::to_owned)
+    };
+    let mut expected: Vec<String> = [
+        names::CONNECTIONS,
+        names::JOINS,
+        names::TICKS,
+        names::TICK_OVERRUNS,
+        names::DATAGRAMS_IN,
+        names::DATAGRAMS_OUT,
+        names::PERSIST_QUEUE,
+        names::RATE_LIMIT_HITS,
+        names::ENTITIES,
+        names::ENTITY_BYTES_UNTRACKED,
+    ]
+    .iter()
+    .map(|n| n.to_string())
+    .collect();
+    for family in [names::BYTES_IN, names::BYTES_OUT] {
+        for channel in ["datagram", "stream"] {
+            expected.push(format!("{family}{{channel=\"{channel}\"}}"));
+        }
+    }
+    for reason in DROP_REASONS {
+        expected.push(format!("{}{{reason=\"{reason}\"}}", names::DROPS));
+    }
+    for series in &expected {
+        assert_eq!(
+            value(series).as_deref(),
+            Some("0"),
+            "{series} missing or not 0 in:\n{text}"
+        );
+    }
+    assert!(text.contains(&format!("# TYPE {} counter", names::DROPS)));
+
+    // A known reason keeps its one series; counting goes on from zero.
+    let m = Metrics::default();
+    m.record_drops(DROP_REASONS[0], 3);
+    let text = m.render_prometheus();
+    let series = format!("{}{{reason=\"{}\"}}", names::DROPS, DROP_REASONS[0]);
+    assert_eq!(text.matches(&series).count(), 1);
+    assert!(text.contains(&format!("{series} 3")));
 }

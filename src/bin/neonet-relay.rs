@@ -14,6 +14,7 @@
 //! WebSocket fallback on `http://127.0.0.1:4490`) in front of a relay kept off the public web,
 //! each browser session forwarded to it over native QUIC.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -184,10 +185,7 @@ fn main() -> anyhow::Result<()> {
     };
     config.log_level = filter.clone();
     // Logs on stderr; stdout carries only the address and fingerprint lines, for scripts.
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&filter).context("--log-level")?)
-        .init();
+    init_logging(&filter)?;
     config.validate()?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -268,10 +266,7 @@ fn run_bridge(args: BridgeArgs) -> anyhow::Result<()> {
         (None, Ok(env)) => env,
         _ => "info".into(),
     };
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&filter).context("--log-level")?)
-        .init();
+    init_logging(&filter)?;
     let mut config = BridgeConfig {
         upstream: args.upstream,
         ..BridgeConfig::default()
@@ -324,6 +319,16 @@ fn run_bridge(args: BridgeArgs) -> anyhow::Result<()> {
         bridge.shutdown().await;
         Ok(())
     })
+}
+
+/// Logs on stderr, coloured only when stderr is a terminal (not when piped to a file).
+fn init_logging(filter: &str) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(filter).context("--log-level")?)
+        .init();
+    Ok(())
 }
 
 #[cfg(unix)]

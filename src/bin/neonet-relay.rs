@@ -17,6 +17,7 @@
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -137,7 +138,20 @@ struct BridgeArgs {
     log_level: Option<String>,
 }
 
-fn main() -> anyhow::Result<()> {
+/// Prints a failure as its chain of causes on one line and exits with status 1: returning the
+/// error from `main` would print its `Debug` form instead, with a backtrace whenever
+/// `RUST_BACKTRACE` is set, burying the message of an ordinary refused start.
+fn main() -> ExitCode {
+    match start() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn start() -> anyhow::Result<()> {
     let mut args = Args::parse();
     if let Some(Command::Bridge(bridge)) = args.command.take() {
         return run_bridge(bridge);

@@ -5,7 +5,7 @@
 //! | `GET /`        | the live network view (`web/index.html`, `app.css`, `app.js`, icon) |
 //! | `GET /metrics` | Prometheus text exposition of [`Metrics`]                        |
 //! | `GET /health`  | `200 {"status":"ok"}`                                            |
-//! | `GET /status`  | JSON [`Status`]; `?since=N` keeps only trail samples `seq >= N`  |
+//! | `GET /status`  | JSON [`Status`]; `?since=N` keeps only trail samples `seq >= N`, `&history=false` leaves out the last 30 s of chart points |
 //!
 //! With a relay's [`BrowserAccess`] ([`serve_with_browsers`]), browsers join the world here too
 //! (a bridge serves these routes and `/health` alone, [`serve_browsers`]):
@@ -287,10 +287,15 @@ async fn health() -> Response {
 struct StatusQuery {
     /// Only trail samples with `seq >= since`.
     since: Option<u64>,
+    /// `false`: without [`Status::history`] (the live view needs it only when it opens).
+    history: Option<bool>,
 }
 
 async fn status(State(metrics): State<Arc<Metrics>>, Query(q): Query<StatusQuery>) -> Response {
-    let status: Status = metrics.status_since(q.since.unwrap_or(0));
+    let mut status: Status = metrics.status_since(q.since.unwrap_or(0));
+    if q.history == Some(false) {
+        status.history = Vec::new();
+    }
     (
         [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],
         Json(status),

@@ -109,6 +109,13 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> TlsError + '_ {
 }
 
 /// The crypto provider every neonet TLS configuration uses: ring.
+///
+/// rustls 0.23.48 deprecates `rustls::crypto::ring::default_provider` ("no support for
+/// post-quantum algorithms") without a ring replacement: the only provider it does not deprecate
+/// is aws-lc-rs, a C library built from source that neonet keeps out of its tree. So the call is
+/// allowed here, the one place a provider is made, and a dependent resolving a newer rustls sees
+/// no warning; moving to post-quantum key exchange means moving to aws-lc-rs.
+#[allow(deprecated)]
 pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }

@@ -87,6 +87,10 @@ impl SimRelay {
                     metrics.record_persist_commit(Duration::from_micros(800 + tick % 500));
                 }
                 if tick % 8 == 0 {
+                    // Client c's player is entity c + 1.
+                    metrics.publish_entity_names(
+                        (0..joined).map(|c| (c as u32 + 1, format!("player-{}", c + 1))),
+                    );
                     metrics.publish_users((0..joined).map(|c| {
                         UserReport {
                             session_id: c + 1,
@@ -269,8 +273,14 @@ async fn endpoints_serve_health_metrics_status_and_the_view() {
     assert!(s1.bandwidth.datagrams_out > 0 && s1.bandwidth.bytes_out > 0);
     assert!(s1.tick.ticks > 0 && s1.tick.p99_ms >= s1.tick.p50_ms);
     assert!(!s1.users.is_empty() && s1.users[0].name == "player-1");
-    // The walking player's entity costs the most bytes.
+    // The walking player's entity costs the most bytes, and is shown with its user's name.
     assert_eq!(s1.top_entities[0].entity_id, 1);
+    assert_eq!(s1.top_entities[0].name.as_deref(), Some("player-1"));
+    assert!(s1.top_entities.iter().any(|e| e.name.is_none()), "NPCs");
+    // The chart's recent figures, sampled by the ticks (~600 ms of them), oldest first.
+    assert!(s1.history.len() >= 2, "{:?}", s1.history);
+    assert!(s1.history.windows(2).all(|w| w[0].age_ms > w[1].age_ms));
+    assert!(s1.history.iter().any(|p| p.kbps_out > 0.0));
     assert!(!s1.trails.is_empty());
 
     // The figures move while the clients do.
@@ -284,6 +294,10 @@ async fn endpoints_serve_health_metrics_status_and_the_view() {
     let path = format!("/status?since={}", s2.trail_next_seq);
     let s3: Status = serde_json::from_str(&get(server.addr, &path).await.body).expect("JSON");
     assert!(s3.trails.iter().all(|t| t.seq >= s2.trail_next_seq));
+    assert!(!s3.history.is_empty());
+    let path = format!("/status?since={}&history=false", s2.trail_next_seq);
+    let s4: Status = serde_json::from_str(&get(server.addr, &path).await.body).expect("JSON");
+    assert!(s4.history.is_empty() && s4.bandwidth.bytes_out > 0);
     assert_eq!(get(server.addr, "/status?since=nope").await.code, 400);
 
     let index = get(server.addr, "/").await;
@@ -339,8 +353,11 @@ async fn live_view_shows_figures_and_trails_moving_in_headless_chromium() {
     let sim = SimRelay::start(metrics.clone());
 
     let mut cmd = Command::new("node");
+    // Let the relay build up some history first: the page must open with its chart filled.
+    tokio::time::sleep(Duration::from_millis(800)).await;
     cmd.arg(&script)
         .arg(&server.url)
+        .args(["--expect-history", "--expect-entity-names"])
         .arg("--chromium")
         .arg(&chromium)
         .stdout(Stdio::piped())

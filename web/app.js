@@ -1,10 +1,13 @@
 // neonet live network view.
 //
-// Polls ./status (the relay's JSON Status, see src/metrics.rs) every POLL_MS, fills the figure
-// cards, the users table and the top-entities bars, and animates each sampled entity update
-// ("packet trail") as a glowing particle flying from the relay hub to the client it was sent
-// to. The figures' ids and the data-* counters (body[data-updates], #trails[data-particles],
-// #trails[data-frames]) are read by tests/browser/live_view.mjs.
+// Polls ./status (the relay's JSON Status, see src/metrics/status.rs) every POLL_MS, fills the
+// figure cards, the users table and the top-entities bars, and animates each sampled entity
+// update ("packet trail") as a glowing particle flying from the relay hub to the client it was
+// sent to. The first poll also brings the relay's last 30 s of figures (Status.history), which
+// fill the chart at once; later polls ask for none (history=false). The relay itself drops
+// entities idle for 10 s from the top entities (ENTITY_IDLE_FORGET). The figures' ids and the
+// data-* counters (body[data-updates], #trails[data-particles], #trails[data-frames],
+// #spark[data-prefilled]) are read by tests/browser/live_view.mjs.
 //
 // Peer-supplied strings (user names) are only ever set with textContent, never as HTML.
 'use strict';
@@ -46,6 +49,7 @@
     errors: 0,
     status: null,
     history: [],
+    prefilled: false,
     particles: [],
     flashes: [],
     spawned: 0,
@@ -113,7 +117,8 @@
   async function poll() {
     const started = performance.now();
     try {
-      const res = await fetch(`status?since=${state.since}`, { cache: 'no-store' });
+      const history = state.prefilled ? '&history=false' : '';
+      const res = await fetch(`status?since=${state.since}${history}`, { cache: 'no-store' });
       if (!res.ok) throw new Error(`HTTP ${res.status}`);
       apply(await res.json());
       setLink('live');
@@ -147,6 +152,7 @@
     setText('uptime', uptime(s.uptime_ms));
     setText('users-total', String(s.users_total));
 
+    if (!state.prefilled) prefill(s.history || []);
     state.history.push({ out: bw.kbps_out, in: bw.kbps_in, tick: tick.p99_ms });
     if (state.history.length > HISTORY_LEN) state.history.shift();
 
@@ -164,6 +170,15 @@
 
     state.updates += 1;
     document.body.dataset.updates = String(state.updates);
+  }
+
+  /** Fills the chart with the relay's recent figures (oldest first), once, on the first poll. */
+  function prefill(points) {
+    // A point taken for this very request (age 0) is the figure pushed next anyway.
+    const past = points.filter((p) => p.age_ms > 0).slice(-(HISTORY_LEN - 1));
+    state.history = past.map((p) => ({ out: p.kbps_out, in: p.kbps_in, tick: p.tick_p99_ms }));
+    state.prefilled = true;
+    spark.dataset.prefilled = String(past.length);
   }
 
   // ---------- nodes (clients on a ring around the relay hub) ----------
@@ -606,7 +621,12 @@
       li.dataset.entity = String(e.entity_id);
       const id = document.createElement('span');
       id.className = 'id';
-      id.textContent = `#${e.entity_id}`;
+      // A player's entity carries its user's name (peer-supplied: textContent only).
+      id.textContent = e.name ? `${e.name} #${e.entity_id}` : `#${e.entity_id}`;
+      if (e.name) {
+        id.dataset.name = e.name;
+        id.title = `${e.name} (entity #${e.entity_id})`;
+      }
       const track = document.createElement('span');
       track.className = 'track';
       const fill = document.createElement('span');

@@ -14,8 +14,10 @@
 //! WebSocket fallback on `http://127.0.0.1:4490`) in front of a relay kept off the public web,
 //! each browser session forwarded to it over native QUIC.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -136,7 +138,20 @@ struct BridgeArgs {
     log_level: Option<String>,
 }
 
-fn main() -> anyhow::Result<()> {
+/// Prints a failure as its chain of causes on one line and exits with status 1: returning the
+/// error from `main` would print its `Debug` form instead, with a backtrace whenever
+/// `RUST_BACKTRACE` is set, burying the message of an ordinary refused start.
+fn main() -> ExitCode {
+    match start() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn start() -> anyhow::Result<()> {
     let mut args = Args::parse();
     if let Some(Command::Bridge(bridge)) = args.command.take() {
         return run_bridge(bridge);
@@ -184,10 +199,7 @@ fn main() -> anyhow::Result<()> {
     };
     config.log_level = filter.clone();
     // Logs on stderr; stdout carries only the address and fingerprint lines, for scripts.
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&filter).context("--log-level")?)
-        .init();
+    init_logging(&filter)?;
     config.validate()?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -268,10 +280,7 @@ fn run_bridge(args: BridgeArgs) -> anyhow::Result<()> {
         (None, Ok(env)) => env,
         _ => "info".into(),
     };
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&filter).context("--log-level")?)
-        .init();
+    init_logging(&filter)?;
     let mut config = BridgeConfig {
         upstream: args.upstream,
         ..BridgeConfig::default()
@@ -324,6 +333,16 @@ fn run_bridge(args: BridgeArgs) -> anyhow::Result<()> {
         bridge.shutdown().await;
         Ok(())
     })
+}
+
+/// Logs on stderr, coloured only when stderr is a terminal (not when piped to a file).
+fn init_logging(filter: &str) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(filter).context("--log-level")?)
+        .init();
+    Ok(())
 }
 
 #[cfg(unix)]

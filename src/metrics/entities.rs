@@ -7,7 +7,10 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
-use super::{lock, EntityBandwidth, Metrics, TOP_ENTITIES_K, TRAIL_RING_LEN};
+use super::{
+    lock, EntityBandwidth, Metrics, ENTITY_IDLE_FORGET, TOP_ENTITIES_K, TRAIL_RING_LEN,
+    USER_NAME_CHARS_MAX,
+};
 
 /// Per-entity byte counts gathered by the relay during a tick without any locking, then merged
 /// into [`Metrics`] once with [`Metrics::merge_entity_bytes`].
@@ -59,8 +62,16 @@ impl EntityBytesBatch {
 
 #[derive(Default)]
 pub(super) struct EntityTable {
-    bytes: HashMap<u32, u64>,
+    entries: HashMap<u32, EntityEntry>,
+    /// Display names by entity id, as last published ([`Metrics::publish_entity_names`]).
+    names: HashMap<u32, String>,
     pub(super) untracked: u64,
+}
+
+struct EntityEntry {
+    bytes: u64,
+    /// When bytes were last sent on its behalf.
+    last: Instant,
 }
 
 pub(super) struct TrailRecord {
@@ -106,8 +117,9 @@ impl Metrics {
     /// `bytes` were sent on behalf of `entity_id`. Takes a lock: at full fan-out prefer an
     /// [`EntityBytesBatch`] merged once per tick.
     pub fn record_entity_bytes(&self, entity_id: u32, bytes: usize) {
+        let now = Instant::now();
         let mut table = lock(&self.entities);
-        Self::add_entity_bytes(&mut table, entity_id, bytes as u64);
+        Self::add_entity_bytes(&mut table, entity_id, bytes as u64, now);
     }
 
     /// Adds a tick's worth of per-entity bytes and empties `batch` (keeping its allocation).
@@ -115,47 +127,86 @@ impl Metrics {
         if batch.bytes.is_empty() {
             return;
         }
+        let now = Instant::now();
         let mut table = lock(&self.entities);
         for (entity_id, bytes) in batch.bytes.drain() {
-            Self::add_entity_bytes(&mut table, entity_id, bytes);
+            Self::add_entity_bytes(&mut table, entity_id, bytes, now);
         }
     }
 
-    fn add_entity_bytes(table: &mut EntityTable, entity_id: u32, bytes: u64) {
-        let full = table.bytes.len() >= neonet_proto::wire::limits::ENTITIES_MAX;
-        match table.bytes.get_mut(&entity_id) {
-            Some(total) => *total += bytes,
+    fn add_entity_bytes(table: &mut EntityTable, entity_id: u32, bytes: u64, now: Instant) {
+        let full = table.entries.len() >= neonet_proto::wire::limits::ENTITIES_MAX;
+        match table.entries.get_mut(&entity_id) {
+            Some(e) => {
+                e.bytes += bytes;
+                e.last = now;
+            }
             None if full => table.untracked += bytes,
             None => {
-                table.bytes.insert(entity_id, bytes);
+                table
+                    .entries
+                    .insert(entity_id, EntityEntry { bytes, last: now });
             }
         }
     }
 
-    /// The entity left the world: stop attributing bytes to it.
+    /// The entity left the world: stop attributing bytes to it. (Entities nothing is sent for
+    /// are also forgotten by themselves after [`ENTITY_IDLE_FORGET`].)
     pub fn forget_entity(&self, entity_id: u32) {
-        lock(&self.entities).bytes.remove(&entity_id);
+        lock(&self.entities).entries.remove(&entity_id);
     }
 
-    /// The [`TOP_ENTITIES_K`] entities that cost the most bytes, most first (ties by id).
+    /// Replaces the names `/status` shows beside entity ids in the top entities (typically
+    /// each joined player's entity with its user's name). At most
+    /// [`ENTITIES_MAX`](neonet_proto::wire::limits::ENTITIES_MAX) are kept, each cut to
+    /// [`USER_NAME_CHARS_MAX`] characters.
+    pub fn publish_entity_names(&self, names: impl IntoIterator<Item = (u32, String)>) {
+        let names = names
+            .into_iter()
+            .take(neonet_proto::wire::limits::ENTITIES_MAX)
+            .map(|(id, name)| {
+                let name = if name.chars().count() > USER_NAME_CHARS_MAX {
+                    name.chars().take(USER_NAME_CHARS_MAX).collect()
+                } else {
+                    name
+                };
+                (id, name)
+            })
+            .collect();
+        lock(&self.entities).names = names;
+    }
+
+    /// The [`TOP_ENTITIES_K`] entities that cost the most bytes, most first (ties by id), among
+    /// those bytes were sent for in the last [`ENTITY_IDLE_FORGET`].
     pub fn top_entities(&self) -> Vec<EntityBandwidth> {
-        let table = lock(&self.entities);
+        self.top_entities_at(Instant::now())
+    }
+
+    /// [`Metrics::top_entities`] as of `now`: first forgets the entities idle for
+    /// [`ENTITY_IDLE_FORGET`].
+    pub(super) fn top_entities_at(&self, now: Instant) -> Vec<EntityBandwidth> {
+        let mut table = lock(&self.entities);
+        table
+            .entries
+            .retain(|_, e| now.saturating_duration_since(e.last) < ENTITY_IDLE_FORGET);
         let mut heap = BinaryHeap::with_capacity(TOP_ENTITIES_K + 1);
-        for (&id, &bytes) in &table.bytes {
+        for (&id, e) in &table.entries {
+            let bytes = e.bytes;
             // Min-heap on (bytes, Reverse(id)): the smallest bytes, then the largest id, leaves.
             heap.push(Reverse((bytes, Reverse(id))));
             if heap.len() > TOP_ENTITIES_K {
                 heap.pop();
             }
         }
-        drop(table);
         let mut top: Vec<EntityBandwidth> = heap
             .into_iter()
             .map(|Reverse((bytes_out, Reverse(entity_id)))| EntityBandwidth {
                 entity_id,
+                name: table.names.get(&entity_id).cloned(),
                 bytes_out,
             })
             .collect();
+        drop(table);
         top.sort_by(|a, b| {
             b.bytes_out
                 .cmp(&a.bytes_out)

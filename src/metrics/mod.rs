@@ -68,7 +68,8 @@
 //! # Bounds
 //! Everything kept here has a named limit: [`TICK_WINDOW_LEN`] recent tick durations,
 //! [`TRAIL_RING_LEN`] trail samples, [`neonet_proto::wire::limits::ENTITIES_MAX`] tracked entities,
-//! [`STATUS_USERS_MAX`] users in a status snapshot, [`LABEL_VALUES_MAX`] label values per family.
+//! [`STATUS_USERS_MAX`] users in a status snapshot, [`LABEL_VALUES_MAX`] label values per family,
+//! [`HISTORY_LEN`] history points.
 //!
 //! # Layout
 //! This file holds the settings, names, limits and the [`Metrics`] value itself; the rest is split
@@ -83,7 +84,7 @@ mod status;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -93,17 +94,33 @@ pub use self::entities::EntityBytesBatch;
 use self::entities::{EntityTable, TrailRing};
 use self::registry::{Counts, DurationWindow, Handles, LabelledCounters};
 pub use self::status::{
-    BandwidthStatus, EntityBandwidth, Status, TickStatus, TrailSample, UserReport, UserStatus,
+    BandwidthStatus, EntityBandwidth, HistoryPoint, Status, TickStatus, TrailSample, UserReport,
+    UserStatus,
 };
-use self::status::{RateSample, UserEntry};
+use self::status::{RateHistory, UserEntry};
 
 /// How many entities `/metrics` and `/status` name in the per-entity bandwidth attribution.
 /// Ten fits one screen and keeps the Prometheus series count fixed whatever the world size.
 pub const TOP_ENTITIES_K: usize = 10;
 
+/// An entity no bytes were sent for in this long is forgotten by the per-entity attribution:
+/// it leaves the top entities of `/metrics` and `/status` (a client long gone no longer shows
+/// with a frozen total), and its count restarts from zero if it comes back.
+pub const ENTITY_IDLE_FORGET: Duration = Duration::from_secs(10);
+
 /// Distinct label values kept per labelled family (message types, drop reasons). Wire message
 /// types and drop reasons number a few dozen; the cap only guards against a caller bug.
 pub const LABEL_VALUES_MAX: usize = 64;
+
+/// The drop reasons the relay records ([`Metrics::record_drops`]): each has a
+/// `neonet_drops_total{reason=...}` series at zero from the start, so a dashboard or alert sees
+/// the family before the first drop. A reason not listed here still counts, from its first drop.
+pub const DROP_REASONS: &[&str] = &[
+    // The datagram inbox was full.
+    "datagram_inbox_full",
+    // The sending connection already had its share of the inbox waiting.
+    "datagram_inbox_conn_full",
+];
 
 /// Recent tick durations kept for the `/status` p50/p99: 512 ticks, about 17 s at 30 Hz, enough
 /// for a stable p99 while still following a load change within seconds.
@@ -140,9 +157,24 @@ pub const UPKEEP_EVERY_TICKS: u64 = 32;
 /// 4 Hz poll, short enough to react within a second.
 pub const RATE_WINDOW: Duration = Duration::from_secs(1);
 
-/// Minimum spacing of the samples that rates are computed from: polls closer than this reuse
-/// the last sample rather than divide by a tiny interval.
+/// Minimum spacing of the user reports that per-user rates are computed from: reports closer
+/// than this keep the last rates rather than divide by a tiny interval.
 pub const RATE_SAMPLE_SPACING: Duration = Duration::from_millis(100);
+
+/// Spacing of the relay-wide samples that [`Status`] rates are computed from, and of the
+/// points of [`Status::history`]: taken by [`Metrics::record_tick`] (and by a status request)
+/// whenever this much time has passed, so they do not depend on anyone polling. The live
+/// view polls at the same 4 Hz.
+pub const HISTORY_STEP: Duration = Duration::from_millis(250);
+
+/// Points kept in [`Status::history`]: 120 × [`HISTORY_STEP`] = the live view's 30 s chart.
+pub const HISTORY_LEN: usize = 120;
+
+/// A sample this long after the previous one (no ticks and no status requests in between)
+/// restarts the rates instead of averaging over the gap: the first figures after an idle
+/// relay wakes up are then zero, then the true rate, never a long average that shows traffic
+/// nobody is sending any more.
+pub const RATE_GAP: Duration = Duration::from_secs(2);
 
 /// Metric names, all prefixed `neonet_`, units last.
 pub mod names {
@@ -216,7 +248,7 @@ pub struct Metrics {
     entities: Mutex<EntityTable>,
     trails: Mutex<TrailRing>,
     users: Mutex<BTreeMap<u64, UserEntry>>,
-    rates: Mutex<VecDeque<RateSample>>,
+    rates: Mutex<RateHistory>,
 }
 
 impl std::fmt::Debug for Metrics {

@@ -11,9 +11,10 @@ use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Level, Metadata, R
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusRecorder};
 
 use super::entities::{EntityTable, TrailRing};
+use super::status::RateHistory;
 use super::{
-    lock, names, Metrics, MetricsConfig, COMMIT_WINDOW_LEN, LABEL_VALUES_MAX, TICK_WINDOW_LEN,
-    TRAIL_SAMPLES_PER_TICK, UPKEEP_EVERY_TICKS,
+    lock, names, Metrics, MetricsConfig, COMMIT_WINDOW_LEN, DROP_REASONS, LABEL_VALUES_MAX,
+    TICK_WINDOW_LEN, TRAIL_SAMPLES_PER_TICK, UPKEEP_EVERY_TICKS,
 };
 
 /// Tick duration histogram buckets, in seconds: from 0.25 ms to 4 periods of a 30 Hz tick.
@@ -38,11 +39,25 @@ pub(super) struct LabelledCounters {
 }
 
 impl LabelledCounters {
-    fn new(name: &'static str, label: &'static str) -> Self {
+    /// A family with a series at zero for each of `known`, so that a scrape sees every
+    /// expected series from the start rather than only after its first increment.
+    fn new(
+        recorder: &PrometheusRecorder,
+        name: &'static str,
+        label: &'static str,
+        known: &[&'static str],
+    ) -> Self {
+        let handles = known
+            .iter()
+            .map(|&value| {
+                let key = Key::from_parts(name, vec![Label::new(label, value)]);
+                (value, recorder.register_counter(&key, &metadata()))
+            })
+            .collect();
         LabelledCounters {
             name,
             label,
-            handles: RwLock::new(Vec::new()),
+            handles: RwLock::new(handles),
         }
     }
 
@@ -110,6 +125,9 @@ pub(super) struct Counts {
     pub(super) trail_calls: AtomicU64,
     pub(super) trail_calls_at_tick: AtomicU64,
     pub(super) trail_stride: AtomicU64,
+    /// When the next rate sample is due, nanoseconds after [`Metrics`] creation: lets
+    /// [`Metrics::record_tick`] skip the rates' lock between samples.
+    pub(super) next_rate_sample_ns: AtomicU64,
 }
 
 fn metadata() -> Metadata<'static> {
@@ -261,9 +279,9 @@ impl Metrics {
         Metrics {
             config,
             started: Instant::now(),
-            messages_in: LabelledCounters::new(MESSAGES_IN, "type"),
-            messages_out: LabelledCounters::new(MESSAGES_OUT, "type"),
-            drops: LabelledCounters::new(DROPS, "reason"),
+            messages_in: LabelledCounters::new(&recorder, MESSAGES_IN, "type", &[]),
+            messages_out: LabelledCounters::new(&recorder, MESSAGES_OUT, "type", &[]),
+            drops: LabelledCounters::new(&recorder, DROPS, "reason", DROP_REASONS),
             recorder,
             prometheus,
             handles,
@@ -273,7 +291,7 @@ impl Metrics {
             entities: Mutex::new(EntityTable::default()),
             trails: Mutex::new(TrailRing::default()),
             users: Mutex::new(BTreeMap::new()),
-            rates: Mutex::new(VecDeque::new()),
+            rates: Mutex::new(RateHistory::default()),
         }
     }
 
@@ -320,6 +338,11 @@ impl Metrics {
         if ticks % UPKEEP_EVERY_TICKS == 0 {
             self.prometheus.run_upkeep();
         }
+        let now = Instant::now();
+        let since_start = now.saturating_duration_since(self.started).as_nanos() as u64;
+        if since_start >= self.counts.next_rate_sample_ns.load(Relaxed) {
+            self.sample_rates(now);
+        }
     }
 
     // ----- traffic -----
@@ -362,7 +385,8 @@ impl Metrics {
         self.messages_out.increment(&self.recorder, name, 1);
     }
 
-    /// Something was dropped for `reason` (a fixed string such as `"datagram_too_large"`).
+    /// Something was dropped for `reason` (a fixed string such as `"datagram_inbox_full"`; list
+    /// new reasons in [`DROP_REASONS`] so that their series exist from the start).
     pub fn record_drop(&self, reason: &'static str) {
         self.record_drops(reason, 1);
     }

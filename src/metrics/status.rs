@@ -2,7 +2,7 @@
 //! the live [`Status`] snapshot (totals, rates, tick timing, top entities, recent trails),
 //! served as JSON by the HTTP server.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    lock, Metrics, RATE_SAMPLE_SPACING, RATE_WINDOW, STATUS_USERS_MAX, TRAIL_WINDOW,
-    USER_NAME_CHARS_MAX,
+    lock, Metrics, HISTORY_LEN, HISTORY_STEP, RATE_GAP, RATE_SAMPLE_SPACING, RATE_WINDOW,
+    STATUS_USERS_MAX, TRAIL_WINDOW, USER_NAME_CHARS_MAX,
 };
 
 /// What the relay knows about one connected user, handed to [`Metrics::publish_users`].
@@ -92,7 +92,12 @@ pub struct TickStatus {
 pub struct EntityBandwidth {
     /// The entity's id.
     pub entity_id: u32,
-    /// Bytes sent for it since it was first seen (or last forgotten).
+    /// Its display name when the relay published one ([`Metrics::publish_entity_names`]):
+    /// a player's user name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Bytes sent for it since it was first seen (or last forgotten: removed, or idle for
+    /// [`ENTITY_IDLE_FORGET`](super::ENTITY_IDLE_FORGET)).
     pub bytes_out: u64,
 }
 
@@ -109,6 +114,19 @@ pub struct TrailSample {
     pub session_id: u64,
     /// Bytes it took.
     pub bytes: u32,
+}
+
+/// One point of the live view's chart: the figures `/status` reported at that time.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct HistoryPoint {
+    /// How long before the snapshot it was taken, milliseconds.
+    pub age_ms: u64,
+    /// [`BandwidthStatus::kbps_in`] then.
+    pub kbps_in: f64,
+    /// [`BandwidthStatus::kbps_out`] then.
+    pub kbps_out: f64,
+    /// [`TickStatus::p99_ms`] then.
+    pub tick_p99_ms: f64,
 }
 
 /// A live snapshot of the relay, served as JSON at `GET /status`.
@@ -145,6 +163,11 @@ pub struct Status {
     pub trails: Vec<TrailSample>,
     /// The sequence number the next trail sample will get.
     pub trail_next_seq: u64,
+    /// The figures of the last [`HISTORY_LEN`] × [`HISTORY_STEP`] (30 s), one point per
+    /// [`HISTORY_STEP`], oldest first: the live view fills its chart from them when it opens.
+    /// `GET /status?history=false` leaves them out.
+    #[serde(default)]
+    pub history: Vec<HistoryPoint>,
 }
 
 pub(super) struct UserEntry {
@@ -155,13 +178,55 @@ pub(super) struct UserEntry {
     kbps_out: f64,
 }
 
-/// A point the relay-wide rates are computed from.
+/// A point the relay-wide rates are computed from: cumulative counts at a time.
 #[derive(Clone, Copy)]
 pub(super) struct RateSample {
     at: Instant,
     bytes_in: u64,
     bytes_out: u64,
     ticks: u64,
+}
+
+/// Relay-wide rates at one time.
+#[derive(Clone, Copy, Default)]
+struct Rates {
+    kbps_in: f64,
+    kbps_out: f64,
+    tick_hz: f64,
+}
+
+/// The samples relay-wide rates are computed from and the chart points made of them.
+#[derive(Default)]
+pub(super) struct RateHistory {
+    /// At least [`HISTORY_STEP`] apart, none before a gap of [`RATE_GAP`]; the newest one at
+    /// least [`RATE_WINDOW`] old is the oldest kept.
+    samples: VecDeque<RateSample>,
+    /// At most [`HISTORY_LEN`], each with when it was taken.
+    pub(super) points: VecDeque<(Instant, HistoryPoint)>,
+}
+
+impl RateHistory {
+    /// Rates at `cur` over the actual interval since the newest sample at least
+    /// [`RATE_WINDOW`] older (or the oldest there is): zero with no earlier sample.
+    fn rates(&self, cur: &RateSample) -> Rates {
+        let base = self
+            .samples
+            .iter()
+            .rev()
+            .find(|s| cur.at.saturating_duration_since(s.at) >= RATE_WINDOW)
+            .or(self.samples.front());
+        match base {
+            Some(b) if cur.at > b.at => {
+                let dt = cur.at.duration_since(b.at);
+                Rates {
+                    kbps_in: kbps(cur.bytes_in.saturating_sub(b.bytes_in), dt),
+                    kbps_out: kbps(cur.bytes_out.saturating_sub(b.bytes_out), dt),
+                    tick_hz: cur.ticks.saturating_sub(b.ticks) as f64 / dt.as_secs_f64(),
+                }
+            }
+            _ => Rates::default(),
+        }
+    }
 }
 
 fn kbps(bytes: u64, over: Duration) -> f64 {
@@ -217,43 +282,99 @@ impl Metrics {
     /// A live snapshot whose trail samples are only those with `seq >= since_seq` (the live
     /// view passes the previous [`Status::trail_next_seq`], so each sample travels once).
     pub fn status_since(&self, since_seq: u64) -> Status {
-        let now = Instant::now();
-        let c = &self.counts;
-        let bytes_in = c.bytes_in_dgram.load(Relaxed) + c.bytes_in_stream.load(Relaxed);
-        let bytes_out = c.bytes_out_dgram.load(Relaxed) + c.bytes_out_stream.load(Relaxed);
-        let ticks = c.ticks.load(Relaxed);
+        self.status_at(since_seq, Instant::now())
+    }
 
-        let (kbps_in, kbps_out, rate_hz) = {
-            let mut rates = lock(&self.rates);
-            let sample = RateSample {
-                at: now,
-                bytes_in,
-                bytes_out,
-                ticks,
-            };
-            let spaced = match rates.back() {
-                Some(last) => now.saturating_duration_since(last.at) >= RATE_SAMPLE_SPACING,
-                None => true,
-            };
-            if spaced {
-                rates.push_back(sample);
+    /// The cumulative counts rates are computed from, as of `now`.
+    fn rate_sample(&self, now: Instant) -> RateSample {
+        let c = &self.counts;
+        RateSample {
+            at: now,
+            bytes_in: c.bytes_in_dgram.load(Relaxed) + c.bytes_in_stream.load(Relaxed),
+            bytes_out: c.bytes_out_dgram.load(Relaxed) + c.bytes_out_stream.load(Relaxed),
+            ticks: c.ticks.load(Relaxed),
+        }
+    }
+
+    /// Takes a rate sample and a chart point at `now` if [`HISTORY_STEP`] has passed since the
+    /// last (called by [`Metrics::record_tick`] when one is due, and by every status request).
+    pub(super) fn sample_rates(&self, now: Instant) {
+        let cur = self.rate_sample(now);
+        self.observe(&mut lock(&self.rates), cur);
+    }
+
+    fn observe(&self, h: &mut RateHistory, cur: RateSample) {
+        if let Some(last) = h.samples.back() {
+            let since = cur.at.saturating_duration_since(last.at);
+            if since < HISTORY_STEP {
+                return;
             }
-            // Keep the newest sample at least RATE_WINDOW old as the base, drop older ones.
-            while rates.len() > 2 && now.saturating_duration_since(rates[1].at) >= RATE_WINDOW {
-                rates.pop_front();
+            if since >= RATE_GAP {
+                // Nothing sampled for a while: averaging over the gap would show traffic long
+                // gone, so the rates start again from this sample.
+                h.samples.clear();
             }
-            match rates.front() {
-                Some(base) if now > base.at => {
-                    let dt = now.duration_since(base.at);
-                    (
-                        kbps(bytes_in.saturating_sub(base.bytes_in), dt),
-                        kbps(bytes_out.saturating_sub(base.bytes_out), dt),
-                        ticks.saturating_sub(base.ticks) as f64 / dt.as_secs_f64(),
-                    )
-                }
-                _ => (0.0, 0.0, 0.0),
-            }
+        }
+        let rates = h.rates(&cur);
+        h.samples.push_back(cur);
+        // Keep the newest sample at least RATE_WINDOW old as the base, drop older ones.
+        while h.samples.len() > 2
+            && cur.at.saturating_duration_since(h.samples[1].at) >= RATE_WINDOW
+        {
+            h.samples.pop_front();
+        }
+        let [_, tick_p99_ms, _] = lock(&self.tick_window).p50_p99_max_ms();
+        h.points.push_back((
+            cur.at,
+            HistoryPoint {
+                age_ms: 0,
+                kbps_in: rates.kbps_in,
+                kbps_out: rates.kbps_out,
+                tick_p99_ms,
+            },
+        ));
+        while h.points.len() > HISTORY_LEN {
+            h.points.pop_front();
+        }
+        let next = cur.at.saturating_duration_since(self.started) + HISTORY_STEP;
+        self.counts
+            .next_rate_sample_ns
+            .store(next.as_nanos() as u64, Relaxed);
+    }
+
+    /// [`Metrics::status_since`] as of `now`.
+    pub(super) fn status_at(&self, since_seq: u64, now: Instant) -> Status {
+        let c = &self.counts;
+        let cur = self.rate_sample(now);
+        let RateSample {
+            bytes_in,
+            bytes_out,
+            ticks,
+            ..
+        } = cur;
+
+        let (rates, history) = {
+            let mut h = lock(&self.rates);
+            self.observe(&mut h, cur);
+            let span = HISTORY_STEP * HISTORY_LEN as u32;
+            let history = h
+                .points
+                .iter()
+                .filter_map(|(at, p)| {
+                    let age = now.saturating_duration_since(*at);
+                    (age < span).then(|| HistoryPoint {
+                        age_ms: age.as_millis() as u64,
+                        ..p.clone()
+                    })
+                })
+                .collect();
+            (h.rates(&cur), history)
         };
+        let Rates {
+            kbps_in,
+            kbps_out,
+            tick_hz: rate_hz,
+        } = rates;
 
         let tick = {
             let [p50_ms, p99_ms, max_ms] = lock(&self.tick_window).p50_p99_max_ms();
@@ -324,9 +445,10 @@ impl Metrics {
             persist_queue_depth: c.persist_queue.load(Relaxed),
             persist_commit_ms: lock(&self.commit_window).p50_p99_max_ms(),
             rate_limit_hits: c.rate_limit_hits.load(Relaxed),
-            top_entities: self.top_entities(),
+            top_entities: self.top_entities_at(now),
             trails,
             trail_next_seq,
+            history,
         }
     }
 }

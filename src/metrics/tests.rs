@@ -33,6 +33,7 @@ fn top_entities_orders_by_bytes_then_id() {
         top[1],
         EntityBandwidth {
             entity_id: 6,
+            name: None,
             bytes_out: 60
         }
     );
@@ -40,6 +41,7 @@ fn top_entities_orders_by_bytes_then_id() {
         top[2],
         EntityBandwidth {
             entity_id: 13,
+            name: None,
             bytes_out: 60
         }
     );
@@ -64,7 +66,9 @@ fn labels_are_bounded() {
         .filter(|l| l.starts_with("neonet_drops_total{"))
         .count();
     assert_eq!(series, LABEL_VALUES_MAX + 1);
-    assert!(text.contains("neonet_drops_total{reason=\"other\"} 6"));
+    // The known reasons hold their places from the start, so six more spill into `other`.
+    let other = 6 + DROP_REASONS.len();
+    assert!(text.contains(&format!("neonet_drops_total{{reason=\"other\"}} {other}")));
 }
 
 #[test]
@@ -156,4 +160,148 @@ fn users_get_rates_and_bounded_names() {
     assert!(s.users[0].kbps_out > 0.0);
     m.publish_users([]);
     assert_eq!(m.status().users_total, 0);
+}
+
+#[test]
+fn a_fresh_registry_renders_every_counter_at_zero() {
+    let text = Metrics::default().render_prometheus();
+    let value = |series: &str| -> Option<String> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .map(str::to_owned)
+    };
+    let mut expected: Vec<String> = [
+        names::CONNECTIONS,
+        names::JOINS,
+        names::TICKS,
+        names::TICK_OVERRUNS,
+        names::DATAGRAMS_IN,
+        names::DATAGRAMS_OUT,
+        names::PERSIST_QUEUE,
+        names::RATE_LIMIT_HITS,
+        names::ENTITIES,
+        names::ENTITY_BYTES_UNTRACKED,
+    ]
+    .iter()
+    .map(|n| n.to_string())
+    .collect();
+    for family in [names::BYTES_IN, names::BYTES_OUT] {
+        for channel in ["datagram", "stream"] {
+            expected.push(format!("{family}{{channel=\"{channel}\"}}"));
+        }
+    }
+    for reason in DROP_REASONS {
+        expected.push(format!("{}{{reason=\"{reason}\"}}", names::DROPS));
+    }
+    for series in &expected {
+        assert_eq!(
+            value(series).as_deref(),
+            Some("0"),
+            "{series} missing or not 0 in:\n{text}"
+        );
+    }
+    assert!(text.contains(&format!("# TYPE {} counter", names::DROPS)));
+
+    // A known reason keeps its one series; counting goes on from zero.
+    let m = Metrics::default();
+    m.record_drops(DROP_REASONS[0], 3);
+    let text = m.render_prometheus();
+    let series = format!("{}{{reason=\"{}\"}}", names::DROPS, DROP_REASONS[0]);
+    assert_eq!(text.matches(&series).count(), 1);
+    assert!(text.contains(&format!("{series} 3")));
+}
+
+#[test]
+fn idle_entities_leave_the_top_and_named_ones_carry_their_name() {
+    let m = Metrics::default();
+    let t0 = Instant::now();
+    m.record_entity_bytes(1, 500);
+    m.record_entity_bytes(2, 100);
+    m.publish_entity_names([(1, "ada".to_string()), (9, "y".repeat(500))]);
+    let top = m.top_entities();
+    assert_eq!(top[0].name.as_deref(), Some("ada"));
+    assert_eq!(top[1].name, None);
+    assert_eq!(m.top_entities_at(t0 + ENTITY_IDLE_FORGET / 2).len(), 2);
+    // Nothing sent for either since: both are gone, from /status and /metrics alike.
+    let later = t0 + ENTITY_IDLE_FORGET + Duration::from_secs(1);
+    assert!(m.top_entities_at(later).is_empty());
+    assert!(m.status_at(0, later).top_entities.is_empty());
+    // Forgotten for good: back at zero when bytes are sent for it again.
+    m.record_entity_bytes(2, 7);
+    assert_eq!(
+        m.top_entities(),
+        [EntityBandwidth {
+            entity_id: 2,
+            name: None,
+            bytes_out: 7
+        }]
+    );
+    assert!(!m.render_prometheus().contains("entity=\"1\""));
+    // Names are bounded like user names.
+    m.record_entity_bytes(9, 1);
+    let nine = m.top_entities().into_iter().find(|e| e.entity_id == 9);
+    assert_eq!(
+        nine.unwrap().name.unwrap().chars().count(),
+        USER_NAME_CHARS_MAX
+    );
+}
+
+#[test]
+fn rates_restart_after_a_gap_instead_of_averaging_over_it() {
+    let m = Metrics::default();
+    let t0 = Instant::now();
+    m.status_at(0, t0);
+    // Heavy traffic, then a minute nobody looked.
+    m.record_datagram_out(8_000_000);
+    let after_gap = t0 + Duration::from_secs(60);
+    let s = m.status_at(0, after_gap);
+    assert_eq!(s.bandwidth.kbps_out, 0.0, "not a 60 s average");
+    assert_eq!(s.tick.rate_hz, 0.0);
+    // From there on, over the actual interval since the previous sample.
+    m.record_datagram_out(1_000);
+    let s = m.status_at(0, after_gap + Duration::from_millis(500));
+    assert!(
+        (s.bandwidth.kbps_out - 16.0).abs() < 1e-9,
+        "{}",
+        s.bandwidth.kbps_out
+    );
+}
+
+#[test]
+fn status_carries_the_last_30_s_of_chart_points() {
+    let m = Metrics::default();
+    let t0 = Instant::now();
+    // 1,000 bytes per step of 250 ms = 32 kbit/s, polled at each step for 40 s.
+    let steps = 160u32;
+    let mut s = Status::default();
+    for k in 0..=steps {
+        m.record_datagram_out(1_000);
+        s = m.status_at(0, t0 + HISTORY_STEP * k);
+    }
+    assert_eq!(s.history.len(), HISTORY_LEN);
+    let ages: Vec<u64> = s.history.iter().map(|p| p.age_ms).collect();
+    assert!(
+        ages.windows(2).all(|w| w[0] > w[1]),
+        "oldest first: {ages:?}"
+    );
+    assert_eq!(*ages.last().unwrap(), 0);
+    assert!(ages[0] < 30_000);
+    for p in &s.history {
+        assert!((p.kbps_out - 32.0).abs() < 1e-9, "{p:?}");
+    }
+    assert_eq!(s.history.last().unwrap().kbps_out, s.bandwidth.kbps_out);
+    // After a long gap the old points are too old to show.
+    let s = m.status_at(0, t0 + HISTORY_STEP * steps + Duration::from_secs(31));
+    assert_eq!(s.history.len(), 1);
+}
+
+#[test]
+fn ticks_sample_the_history_without_anyone_polling() {
+    let m = Metrics::default();
+    m.record_tick(Duration::from_millis(1));
+    std::thread::sleep(HISTORY_STEP + Duration::from_millis(30));
+    m.record_datagram_out(100);
+    m.record_tick(Duration::from_millis(1));
+    let points = lock(&m.rates).points.len();
+    assert_eq!(points, 2);
 }

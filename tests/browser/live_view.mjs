@@ -2,6 +2,7 @@
 // Headless check of the relay's live network view.
 //
 //   node tests/browser/live_view.mjs [URL] [--screenshot FILE] [--timeout-ms N] [--chromium PATH]
+//                                      [--expect-history] [--expect-entity-names]
 //
 // URL defaults to http://127.0.0.1:8080/ (the relay's HTTP root). The script loads the page in
 // Debian's Chromium (driven by playwright-core; never a downloaded browser) and checks, with
@@ -12,7 +13,10 @@
 //   * packet trails are drawn: #trails[data-particles] grows and the canvas has lit, coloured
 //     pixels on its near-black background,
 //   * nothing errs: no page errors, no console errors (a CSP violation from an off-origin load
-//     would be one).
+//     would be one),
+//   * with --expect-history: the chart opened filled from the relay's recent figures
+//     (#spark[data-prefilled] > 0), not empty,
+//   * with --expect-entity-names: a top entity shows a user name (#top-entities .id[data-name]).
 // Prints a JSON summary on stdout; exit status 0 when all hold, 1 when one fails, 2 on timeout.
 import { chromium } from 'playwright-core';
 import { CHROMIUM_FLAGS as BASE_FLAGS, waitFor } from './lib.mjs';
@@ -36,14 +40,18 @@ function parseArgs(argv) {
     screenshot: null,
     timeoutMs: STEP_TIMEOUT_MS_DEFAULT,
     chromium: process.env.CHROMIUM_PATH || '/usr/bin/chromium',
+    expectHistory: false,
+    expectEntityNames: false,
   };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     if (a === '--screenshot') opts.screenshot = argv[++i];
     else if (a === '--timeout-ms') opts.timeoutMs = Number(argv[++i]);
     else if (a === '--chromium') opts.chromium = argv[++i];
+    else if (a === '--expect-history') opts.expectHistory = true;
+    else if (a === '--expect-entity-names') opts.expectEntityNames = true;
     else if (a === '-h' || a === '--help') {
-      console.log('usage: live_view.mjs [URL] [--screenshot FILE] [--timeout-ms N] [--chromium PATH]');
+      console.log('usage: live_view.mjs [URL] [--screenshot FILE] [--timeout-ms N] [--chromium PATH] [--expect-history] [--expect-entity-names]');
       process.exit(0);
     } else if (a.startsWith('--')) throw new Error(`unknown option ${a}`);
     else opts.url = a;
@@ -70,6 +78,8 @@ async function figures(page) {
       users_rows: document.querySelectorAll('#users tr').length,
       particles: Number(trails?.dataset.particles),
       frames: Number(trails?.dataset.frames),
+      prefilled: Number(document.getElementById('spark')?.dataset.prefilled),
+      entity_names: [...document.querySelectorAll('#top-entities .id[data-name]')].map((e) => e.dataset.name),
     };
   });
 }
@@ -156,6 +166,15 @@ async function main() {
     if (opts.screenshot) await page.screenshot({ path: opts.screenshot, fullPage: true });
 
     if (later.link !== 'live') problems.push(`link state is ${later.link}, not live`);
+    if (opts.expectHistory && !(first.prefilled > 0)) {
+      problems.push(`the chart opened empty: ${first.prefilled} points prefilled from /status`);
+    }
+    if (opts.expectEntityNames) {
+      await waitFor('a top entity to show its name', opts.timeoutMs, async () => {
+        const f = await figures(page);
+        return { ok: f.entity_names.length > 0, value: f.entity_names };
+      });
+    }
     const summary = { url: opts.url, title, first, later, pixels, problems };
     console.log(JSON.stringify(summary, null, 2));
   } catch (err) {

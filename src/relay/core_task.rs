@@ -215,6 +215,8 @@ impl CoreTask {
                 })
                 .collect();
             m.publish_users(users);
+            // The live view names the players among its top entities.
+            m.publish_entity_names(self.core.sessions().map(|s| (s.player.0, s.name.clone())));
         }
     }
 

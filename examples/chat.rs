@@ -1,9 +1,9 @@
 //! A terminal chat client.
 //!
 //! ```text
-//! cargo run --bin neonet-relay                 # in one terminal
-//! cargo run --example chat -- --name ada       # in two others (same folder: no flags needed)
-//! cargo run --example chat -- 10.0.0.5:4433 --cert-sha256 <fingerprint the relay printed>
+//! cargo run --release --bin neonet-relay                 # in one terminal
+//! cargo run --release --example chat -- --name ada       # in two others (same folder: no flags needed)
+//! cargo run --release --example chat -- 10.0.0.5:4433 --cert-sha256 <fingerprint the relay printed>
 //! ```
 //!
 //! Joins, lists who is there, prints chat, joins and leaves as they happen, and sends each line

@@ -7,9 +7,9 @@
 //! ```
 //!
 //! Joins, lists who is there, prints chat, joins and leaves as they happen, and sends each line
-//! typed (or piped) on stdin. A line starting with `/` is a command (`/name ada`, `/chat clear`);
-//! `/quit` leaves. When stdin ends (a pipe), it waits for its messages to be acknowledged, then
-//! leaves, unless `--stay` is given.
+//! typed (or piped) on stdin. A line starting with `/` is a command (`/name ada`, `/chat clear`,
+//! `/admin CODE`; `/help` lists them); `/quit` leaves. When stdin ends (a pipe), it waits for
+//! its messages to be acknowledged, then leaves, unless `--stay` is given.
 //!
 //! It remembers who you are: the relay's token for each `--name` is kept in a file beside the
 //! certificate it trusts (`certs/chat-tokens` by default, `--token-file` to choose), so the next
@@ -26,7 +26,7 @@ use anyhow::Context;
 use clap::Parser;
 
 use neonet::client::{Client, ClientEvent, ClientOptions};
-use neonet::proto::types::{EntityId, EntityKind};
+use neonet::proto::types::{EntityId, EntityKind, ReqId};
 use neonet::tls::{Fingerprint, Trust};
 
 /// neonet terminal chat.
@@ -68,9 +68,12 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Frame period of the event loop.
 const FRAME: Duration = Duration::from_millis(10);
 
+#[path = "chat/input.rs"]
+mod input;
 #[path = "chat/tokens.rs"]
 mod tokens;
 
+use input::Input;
 use tokens::TokenFile;
 
 fn player_name(client: &Client, id: EntityId) -> Option<String> {
@@ -167,7 +170,8 @@ fn main() -> anyhow::Result<()> {
         }
     });
 
-    let mut pending = std::collections::BTreeSet::new();
+    // Requests not answered yet: the command's words, or `None` for a chat message.
+    let mut pending: HashMap<ReqId, Option<Vec<String>>> = HashMap::new();
     let mut eof_at: Option<Instant> = None;
     loop {
         while let Some(ev) = client.poll_event() {
@@ -198,8 +202,11 @@ fn main() -> anyhow::Result<()> {
                     pending.remove(&req);
                 }
                 ClientEvent::Refused { req, reason } => {
-                    pending.remove(&req);
-                    println!("* refused: {reason}");
+                    let sent = pending.remove(&req).flatten();
+                    println!("{}", input::refused(sent.as_deref(), reason));
+                }
+                ClientEvent::RankModified { user, rank } => {
+                    println!("{}", input::rank_changed(client.user(), user, rank));
                 }
                 ClientEvent::Disconnected { reason, detail } => {
                     println!("* disconnected: {reason} ({detail})");
@@ -212,22 +219,26 @@ fn main() -> anyhow::Result<()> {
         loop {
             match lines_rx.try_recv() {
                 Ok(line) => {
-                    let line = line.trim();
-                    if line.is_empty() {
-                        continue;
-                    }
-                    if line == "/quit" {
-                        client.close();
-                        return Ok(());
-                    }
-                    let req = match line.strip_prefix('/') {
-                        Some(cmd) => client
-                            .send_command(cmd.split_whitespace().map(str::to_string).collect()),
-                        None => client.send_chat(line),
+                    let (req, command) = match input::parse(&line) {
+                        Input::Empty => continue,
+                        Input::Quit => {
+                            client.close();
+                            return Ok(());
+                        }
+                        Input::Help => {
+                            println!("{}", input::HELP);
+                            continue;
+                        }
+                        Input::Usage(usage) => {
+                            println!("* usage: {usage}");
+                            continue;
+                        }
+                        Input::Command(words) => (client.send_command(words.clone()), Some(words)),
+                        Input::Chat(body) => (client.send_chat(body), None),
                     };
                     match req {
                         Ok(req) => {
-                            pending.insert(req);
+                            pending.insert(req, command);
                         }
                         Err(e) => println!("* {e}"),
                     }

@@ -179,6 +179,9 @@ pub struct Report {
     pub ack_latency_ms: Option<P50P99>,
     /// Errors seen, all clients together.
     pub errors: u64,
+    /// Changes the relay refused for a reason a run does not expect (anything but `Busy` and
+    /// `RateLimited`, see `driver::refusal_expected`), also counted in `errors`; any fails the run.
+    pub refusals_unexpected: u64,
     /// Unexpected disconnects.
     pub disconnects: u64,
     /// Up to [`MAX_REPORTED_ERRORS`] distinct error messages.
@@ -273,9 +276,12 @@ pub struct NotMeasured {
 }
 
 impl Report {
-    /// True when every client that was asked for joined and none failed: the exit status.
+    /// True when every client that was asked for joined, none failed, and the relay refused no
+    /// change for a reason a run does not expect (`refusals_unexpected`): the exit status.
     pub fn succeeded(&self) -> bool {
-        self.clients_failed == 0 && self.clients_connected == self.clients_target
+        self.clients_failed == 0
+            && self.clients_connected == self.clients_target
+            && self.refusals_unexpected == 0
     }
 
     /// Writes the human table.
@@ -343,6 +349,7 @@ impl Report {
                     .unwrap_or_else(|| "not measured".into()),
             ),
             ("errors", self.errors.to_string()),
+            ("refusals_unexpected", self.refusals_unexpected.to_string()),
             ("disconnects", self.disconnects.to_string()),
         ];
         let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
@@ -548,6 +555,7 @@ mod tests {
             "acked_changes_per_s",
             "ack_latency_ms",
             "errors",
+            "refusals_unexpected",
             "disconnects",
         ] {
             assert!(v.get(key).is_some(), "missing {key}");

@@ -559,6 +559,7 @@ struct Aggregate {
     pps_out_sum: f64,
     datagrams_lost: u64,
     errors: u64,
+    refusals_unexpected: u64,
     disconnects: u64,
     first_errors: Vec<String>,
 }
@@ -608,6 +609,7 @@ impl Aggregate {
         }
         self.datagrams_lost += outcome.datagrams_lost;
         self.errors += outcome.errors;
+        self.refusals_unexpected += outcome.refusals_unexpected;
         for e in outcome.error_messages {
             self.note_error(e);
         }
@@ -677,6 +679,7 @@ impl Aggregate {
             acked_changes_per_s,
             ack_latency_ms,
             errors: self.errors,
+            refusals_unexpected: self.refusals_unexpected,
             disconnects: self.disconnects,
             first_errors: self.first_errors,
             proxy: None,
@@ -729,6 +732,30 @@ mod tests {
         assert!(report.acked_changes_per_s.is_none() && report.ack_latency_ms.is_none());
         assert_eq!(report.not_measured.len(), 2);
         assert!(!report.succeeded());
+    }
+
+    #[test]
+    fn only_refusals_a_run_does_not_expect_fail_it() {
+        use neonet_proto::wire::msg::Refusal;
+        assert!(crate::driver::refusal_expected(Refusal::Busy));
+        assert!(crate::driver::refusal_expected(Refusal::RateLimited));
+        assert!(!crate::driver::refusal_expected(Refusal::Rank));
+        assert!(!crate::driver::refusal_expected(Refusal::WorldFull));
+        let live = LiveCounters::default();
+        let mut agg = Aggregate::default();
+        let mut busy = joined(5);
+        busy.errors = 3; // Busy, say: counted, but the run still succeeds
+        agg.add(Ok(Ok(busy)), &live);
+        let report = std::mem::take(&mut agg).report(RunSetup::default(), 1);
+        assert_eq!((report.errors, report.refusals_unexpected), (3, 0));
+        assert!(report.succeeded());
+        let mut rank = joined(5);
+        rank.errors = 2;
+        rank.refusals_unexpected = 2;
+        agg.add(Ok(Ok(rank)), &live);
+        let report = agg.report(RunSetup::default(), 1);
+        assert_eq!((report.errors, report.refusals_unexpected), (2, 2));
+        assert!(!report.succeeded(), "a rank refusal fails the run");
     }
 
     #[test]

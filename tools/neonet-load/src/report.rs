@@ -433,12 +433,17 @@ impl Report {
         Ok(())
     }
 
-    /// Writes the JSON report to `path`, or to stdout when `path` is `-`.
+    /// Writes the JSON report to `path` (creating its folder, `target/` say), or to stdout when
+    /// `path` is `-`.
     pub fn write_json(&self, path: &Path) -> anyhow::Result<()> {
         let json = serde_json::to_string_pretty(self)?;
         if path == Path::new("-") {
             println!("{json}");
         } else {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating {} for the JSON report", dir.display()))?;
+            }
             std::fs::write(path, json + "\n")
                 .with_context(|| format!("writing the JSON report to {}", path.display()))?;
         }
@@ -531,6 +536,15 @@ mod tests {
         );
         let v: serde_json::Value = serde_json::to_value(&report).unwrap();
         assert_eq!(v["cpu"]["saturated"], true);
+    }
+
+    #[test]
+    fn the_json_report_creates_its_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("target").join("report.json");
+        Report::default().write_json(&path).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert!(v.get("clients_target").is_some());
     }
 
     #[test]

@@ -1,15 +1,20 @@
 //! A terminal chat client.
 //!
 //! ```text
-//! cargo run --bin neonet-relay                 # in one terminal
-//! cargo run --example chat -- --name ada       # in two others (same folder: no flags needed)
-//! cargo run --example chat -- 10.0.0.5:4433 --cert-sha256 <fingerprint the relay printed>
+//! cargo run --release --bin neonet-relay                 # in one terminal
+//! cargo run --release --example chat -- --name ada       # in two others (same folder: no flags needed)
+//! cargo run --release --example chat -- 10.0.0.5:4433 --cert-sha256 <fingerprint the relay printed>
 //! ```
 //!
 //! Joins, lists who is there, prints chat, joins and leaves as they happen, and sends each line
-//! typed (or piped) on stdin. A line starting with `/` is a command (`/name ada`, `/chat clear`);
-//! `/quit` leaves. When stdin ends (a pipe), it waits for its messages to be acknowledged, then
-//! leaves, unless `--stay` is given.
+//! typed (or piped) on stdin. A line starting with `/` is a command (`/name ada`, `/chat clear`,
+//! `/admin CODE`; `/help` lists them); `/quit` leaves. When stdin ends (a pipe), it waits for
+//! its messages to be acknowledged, then leaves, unless `--stay` is given.
+//!
+//! It remembers who you are: the relay's token for each `--name` is kept in a file beside the
+//! certificate it trusts (`certs/chat-tokens` by default, `--token-file` to choose), so the next
+//! run with the same name is the same user, with the rank it was given. A token the relay
+//! refuses (another world, a user it forgot) is dropped and the run joins as a new user.
 
 use std::collections::HashMap;
 use std::io::{BufRead, Write};
@@ -21,7 +26,7 @@ use anyhow::Context;
 use clap::Parser;
 
 use neonet::client::{Client, ClientEvent, ClientOptions};
-use neonet::proto::types::{EntityId, EntityKind};
+use neonet::proto::types::{EntityId, EntityKind, ReqId};
 use neonet::tls::{Fingerprint, Trust};
 
 /// neonet terminal chat.
@@ -48,6 +53,11 @@ struct Args {
     /// TLS server name.
     #[arg(long, default_value = "localhost")]
     server_name: String,
+    /// Where the token for each name is kept, to come back as the same user next run [default:
+    /// `chat-tokens` beside the trusted certificate: in --cert-dir, or in the --cert file's
+    /// folder].
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
     /// Keep running after stdin ends.
     #[arg(long)]
     stay: bool,
@@ -57,6 +67,14 @@ struct Args {
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Frame period of the event loop.
 const FRAME: Duration = Duration::from_millis(10);
+
+#[path = "chat/input.rs"]
+mod input;
+#[path = "chat/tokens.rs"]
+mod tokens;
+
+use input::Input;
+use tokens::TokenFile;
 
 fn player_name(client: &Client, id: EntityId) -> Option<String> {
     client.with_world(|w| {
@@ -87,8 +105,15 @@ fn main() -> anyhow::Result<()> {
         .clone()
         .or_else(|| std::env::var("USER").ok())
         .unwrap_or_else(|| "player".into());
+    let token_file = TokenFile::new(args.token_file.clone().unwrap_or_else(|| {
+        match &args.cert {
+            Some(cert) => cert.parent().unwrap_or(std::path::Path::new("")),
+            None => args.cert_dir.as_path(),
+        }
+        .join(tokens::TOKEN_FILE_NAME)
+    }));
     eprintln!("* connecting to {} as {name}…", args.addr);
-    let client = Client::connect(
+    let joined = tokens::join(
         args.addr.as_str(),
         ClientOptions {
             name: name.clone(),
@@ -96,8 +121,27 @@ fn main() -> anyhow::Result<()> {
             server_name: args.server_name.clone(),
             ..ClientOptions::default()
         },
+        &token_file,
     )
     .with_context(|| format!("connecting to {}", args.addr))?;
+    let client = joined.client;
+    println!("* connected to {}", client.remote_addr());
+    if let Some(why) = &joined.token_refused {
+        println!("* the relay refused the token kept for {name} ({why}): joining as a new user");
+    }
+    let user = client
+        .user()
+        .map_or_else(|| "?".into(), |u| u.0.to_string());
+    match &joined.keep_error {
+        None => println!(
+            "* joined as {name} (user {user}); token kept in {}",
+            token_file.path().display()
+        ),
+        Some(e) => println!(
+            "* joined as {name} (user {user}); the token could not be kept in {} ({e}): the next run is a new user",
+            token_file.path().display()
+        ),
+    }
 
     let me = client.player();
     let mut names: HashMap<EntityId, String> = client.world().player_names().into_iter().collect();
@@ -106,7 +150,6 @@ fn main() -> anyhow::Result<()> {
         .filter(|(id, _)| Some(**id) != me)
         .map(|(_, n)| n.as_str())
         .collect();
-    println!("* connected to {} as {name}", client.remote_addr());
     if others.is_empty() {
         println!("* nobody else is here");
     } else {
@@ -127,7 +170,8 @@ fn main() -> anyhow::Result<()> {
         }
     });
 
-    let mut pending = std::collections::BTreeSet::new();
+    // Requests not answered yet: the command's words, or `None` for a chat message.
+    let mut pending: HashMap<ReqId, Option<Vec<String>>> = HashMap::new();
     let mut eof_at: Option<Instant> = None;
     loop {
         while let Some(ev) = client.poll_event() {
@@ -158,8 +202,11 @@ fn main() -> anyhow::Result<()> {
                     pending.remove(&req);
                 }
                 ClientEvent::Refused { req, reason } => {
-                    pending.remove(&req);
-                    println!("* refused: {reason}");
+                    let sent = pending.remove(&req).flatten();
+                    println!("{}", input::refused(sent.as_deref(), reason));
+                }
+                ClientEvent::RankModified { user, rank } => {
+                    println!("{}", input::rank_changed(client.user(), user, rank));
                 }
                 ClientEvent::Disconnected { reason, detail } => {
                     println!("* disconnected: {reason} ({detail})");
@@ -172,22 +219,26 @@ fn main() -> anyhow::Result<()> {
         loop {
             match lines_rx.try_recv() {
                 Ok(line) => {
-                    let line = line.trim();
-                    if line.is_empty() {
-                        continue;
-                    }
-                    if line == "/quit" {
-                        client.close();
-                        return Ok(());
-                    }
-                    let req = match line.strip_prefix('/') {
-                        Some(cmd) => client
-                            .send_command(cmd.split_whitespace().map(str::to_string).collect()),
-                        None => client.send_chat(line),
+                    let (req, command) = match input::parse(&line) {
+                        Input::Empty => continue,
+                        Input::Quit => {
+                            client.close();
+                            return Ok(());
+                        }
+                        Input::Help => {
+                            println!("{}", input::HELP);
+                            continue;
+                        }
+                        Input::Usage(usage) => {
+                            println!("* usage: {usage}");
+                            continue;
+                        }
+                        Input::Command(words) => (client.send_command(words.clone()), Some(words)),
+                        Input::Chat(body) => (client.send_chat(body), None),
                     };
                     match req {
                         Ok(req) => {
-                            pending.insert(req);
+                            pending.insert(req, command);
                         }
                         Err(e) => println!("* {e}"),
                     }

@@ -359,6 +359,15 @@ fn the_relay_binary_starts_with_no_configuration_and_stops_on_sigterm() {
         addr.expect("address printed"),
         fingerprint.expect("fingerprint"),
     );
+    // The hint it prints is the release build the README uses (a plain `cargo run` would start
+    // a second, debug build).
+    let hint = lines.next().expect("a connect hint").unwrap();
+    assert!(
+        hint.starts_with(&format!(
+            "connect with: cargo run --release --example chat -- {addr}"
+        )),
+        "{hint}"
+    );
     assert!(dir.path().join("certs/dev-cert.der").is_file());
     assert!(dir.path().join("data").is_dir());
     let client = Client::connect(

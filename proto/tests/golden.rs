@@ -1049,7 +1049,11 @@ fn rotation_quantization_constants_and_the_identity_are_pinned() {
     assert_eq!(K.to_bits(), 0x3FE6_A09E_667F_3BCD);
     assert_eq!((2.0 * K).to_bits(), 0x3FF6_A09E_667F_3BCD);
     assert_eq!((2.0 * K).to_bits(), 2f64.sqrt().to_bits());
-    assert_eq!((1.0 / 2f64.sqrt()).to_bits(), 0x3FE6_A09E_667F_3BCC, "the trap: one ulp low");
+    assert_eq!(
+        (1.0 / 2f64.sqrt()).to_bits(),
+        0x3FE6_A09E_667F_3BCC,
+        "the trap: one ulp low"
+    );
     // The per-component factor, computed once: R / (2K). At 10 bits: 723.3...
     assert_eq!((1023.0 / (2.0 * K)).to_bits(), 0x4086_9AF6_3EE5_9BFD);
     // The identity at every allowed width. K × (R / (2K)) is R / 2 = 2^(B-1) - 0.5 exactly,

@@ -259,7 +259,7 @@ async fn run(config: RelayConfig) -> anyhow::Result<()> {
     println!("neonet-relay listening on udp {}", relay.local_addr());
     println!("certificate sha-256: {}", relay.cert_fingerprint());
     println!(
-        "connect with: cargo run --example chat -- {}   (from another folder add --cert-sha256 {})",
+        "connect with: cargo run --release --example chat -- {}   (from another folder add --cert-sha256 {})",
         dialable(relay.local_addr()),
         relay.cert_fingerprint()
     );

@@ -116,6 +116,16 @@ impl ClientPlan {
     }
 }
 
+/// Whether a run expects the relay to refuse a change for `reason` now and then: only when it
+/// sheds load, `Busy` (its store's queue is full: the next change may pass) and `RateLimited`
+/// (the clients' Poisson bursts can pass a rate limit their average keeps under). Any other
+/// refusal (`Rank`: edits against a relay whose default rank is visitor, `WorldFull`, `Storage`,
+/// `Conflict`, ...) means the run does not measure what it was asked to, and makes it fail
+/// (exit status 1, [`crate::report::Report::succeeded`]).
+pub fn refusal_expected(reason: Refusal) -> bool {
+    matches!(reason, Refusal::Busy | Refusal::RateLimited)
+}
+
 /// The error a refused change is reported as; a rank refusal says how to get a relay that
 /// allows the change, since that is what a relay started with defaults answers to edits.
 fn refusal_error(reason: Refusal) -> String {
@@ -157,6 +167,8 @@ pub struct ClientOutcome {
     pub datagrams_lost: u64,
     /// Errors the client survived (refusals, send failures).
     pub errors: u64,
+    /// Refusals for reasons a run does not expect ([`refusal_expected`]), also in `errors`.
+    pub refusals_unexpected: u64,
     /// Up to [`MAX_REPORTED_ERRORS`] distinct messages of those errors.
     pub error_messages: Vec<String>,
     /// The relay or the network ended the session before the client was told to stop.
@@ -507,6 +519,9 @@ impl Session {
                 }
                 ClientEvent::Refused { req, reason } => {
                     self.pending.remove(&req);
+                    if !refusal_expected(reason) {
+                        self.outcome.refusals_unexpected += 1;
+                    }
                     self.outcome.error(live, refusal_error(reason));
                 }
                 ClientEvent::Disconnected { reason, detail } => {

@@ -6,8 +6,9 @@
 //! - `neonet-load proxy`: the UDP impairment proxy as a process ([`proxy_cmd`]);
 //! - `neonet-load fanout`: server CPU per datagram, bare quinn against the relay ([`fanout`]).
 //!
-//! Exit status: 0 on success; 1 on an error or when any `run` client failed unexpectedly;
-//! 2 on a usage error.
+//! Exit status: 0 on success; 1 on an error, when any `run` client failed unexpectedly, or when
+//! the relay refused a `run` change for a reason other than `Busy` or `RateLimited` (see
+//! `driver::refusal_expected`); 2 on a usage error.
 
 mod behaviour;
 mod cli;
@@ -59,6 +60,13 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Run(args) => {
             let report = runtime()?.block_on(run::run(args))?;
+            if report.refusals_unexpected > 0 {
+                eprintln!(
+                    "neonet-load: the relay refused {} changes for reasons a run does not expect \
+                     (only Busy and RateLimited are): exit status 1; see the first errors",
+                    report.refusals_unexpected
+                );
+            }
             Ok(if report.succeeded() {
                 ExitCode::SUCCESS
             } else {

@@ -179,6 +179,9 @@ pub struct Report {
     pub ack_latency_ms: Option<P50P99>,
     /// Errors seen, all clients together.
     pub errors: u64,
+    /// Changes the relay refused for a reason a run does not expect (anything but `Busy` and
+    /// `RateLimited`, see `driver::refusal_expected`), also counted in `errors`; any fails the run.
+    pub refusals_unexpected: u64,
     /// Unexpected disconnects.
     pub disconnects: u64,
     /// Up to [`MAX_REPORTED_ERRORS`] distinct error messages.
@@ -273,9 +276,12 @@ pub struct NotMeasured {
 }
 
 impl Report {
-    /// True when every client that was asked for joined and none failed: the exit status.
+    /// True when every client that was asked for joined, none failed, and the relay refused no
+    /// change for a reason a run does not expect (`refusals_unexpected`): the exit status.
     pub fn succeeded(&self) -> bool {
-        self.clients_failed == 0 && self.clients_connected == self.clients_target
+        self.clients_failed == 0
+            && self.clients_connected == self.clients_target
+            && self.refusals_unexpected == 0
     }
 
     /// Writes the human table.
@@ -343,6 +349,7 @@ impl Report {
                     .unwrap_or_else(|| "not measured".into()),
             ),
             ("errors", self.errors.to_string()),
+            ("refusals_unexpected", self.refusals_unexpected.to_string()),
             ("disconnects", self.disconnects.to_string()),
         ];
         let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
@@ -426,12 +433,17 @@ impl Report {
         Ok(())
     }
 
-    /// Writes the JSON report to `path`, or to stdout when `path` is `-`.
+    /// Writes the JSON report to `path` (creating its folder, `target/` say), or to stdout when
+    /// `path` is `-`.
     pub fn write_json(&self, path: &Path) -> anyhow::Result<()> {
         let json = serde_json::to_string_pretty(self)?;
         if path == Path::new("-") {
             println!("{json}");
         } else {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating {} for the JSON report", dir.display()))?;
+            }
             std::fs::write(path, json + "\n")
                 .with_context(|| format!("writing the JSON report to {}", path.display()))?;
         }
@@ -527,6 +539,15 @@ mod tests {
     }
 
     #[test]
+    fn the_json_report_creates_its_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("target").join("report.json");
+        Report::default().write_json(&path).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert!(v.get("clients_target").is_some());
+    }
+
+    #[test]
     fn json_says_not_measured_rather_than_zero() {
         let report = Report {
             clients_target: 2,
@@ -548,6 +569,7 @@ mod tests {
             "acked_changes_per_s",
             "ack_latency_ms",
             "errors",
+            "refusals_unexpected",
             "disconnects",
         ] {
             assert!(v.get(key).is_some(), "missing {key}");

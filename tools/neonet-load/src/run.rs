@@ -172,7 +172,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
             Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
                 aggregate.add(joined, &live);
             }
-            _ = refresh.tick() => update_progress(&progress, start, &live, args.clients),
+            _ = refresh.tick() => update_progress(&progress, start, &args, &live),
             _ = relay_sample.tick(), if relay.is_some() => {
                 if let Some(r) = &relay {
                     relay_watch.sample(&r.metrics);
@@ -506,21 +506,42 @@ fn start_proxy(args: &RunArgs, upstream: SocketAddr, seed: u64) -> anyhow::Resul
     Ok(proxy)
 }
 
+/// The progress bar: one bar over the whole run (ramp, then measure), labelled with the phase
+/// and the seconds into it ([`phase_label`]), so that `--duration 15s --ramp 5s` does not read
+/// as a 20 s measurement.
 fn progress_bar(args: &RunArgs) -> ProgressBar {
     let total_s = (args.ramp + args.duration).as_secs().max(1);
     let bar = ProgressBar::new(total_s);
     // The template is a constant; fall back to the default style if it ever fails to parse.
     if let Ok(style) = ProgressStyle::with_template(
-        "{spinner} [{elapsed_precise}] {bar:30.cyan/blue} {pos}/{len}s {msg}",
+        "{spinner} [{elapsed_precise}] {bar:30.cyan/blue} {prefix} · {msg}",
     ) {
         bar.set_style(style.progress_chars("=> "));
     }
+    bar.set_prefix(phase_label(Duration::ZERO, args.ramp, args.duration));
     bar
 }
 
-fn update_progress(bar: &ProgressBar, start: Instant, live: &LiveCounters, target: u32) {
+/// Which phase of the run `elapsed` is in and how far into it: `ramp 3/5s` while the clients
+/// join, then `measure 7/15s` (`--duration` counts the measurement only).
+fn phase_label(elapsed: Duration, ramp: Duration, duration: Duration) -> String {
+    if elapsed < ramp {
+        format!("ramp {}/{}s", elapsed.as_secs(), ramp.as_secs_f64().ceil())
+    } else {
+        let into = (elapsed - ramp).min(duration);
+        format!(
+            "measure {}/{}s",
+            into.as_secs(),
+            duration.as_secs_f64().ceil()
+        )
+    }
+}
+
+fn update_progress(bar: &ProgressBar, start: Instant, args: &RunArgs, live: &LiveCounters) {
+    let target = args.clients;
     let elapsed = start.elapsed();
     bar.set_position(elapsed.as_secs());
+    bar.set_prefix(phase_label(elapsed, args.ramp, args.duration));
     let connected = live.connected.load(Ordering::Relaxed);
     let secs = elapsed.as_secs_f64().max(1e-3);
     let per_client = |bytes: u64| {
@@ -559,6 +580,7 @@ struct Aggregate {
     pps_out_sum: f64,
     datagrams_lost: u64,
     errors: u64,
+    refusals_unexpected: u64,
     disconnects: u64,
     first_errors: Vec<String>,
 }
@@ -608,6 +630,7 @@ impl Aggregate {
         }
         self.datagrams_lost += outcome.datagrams_lost;
         self.errors += outcome.errors;
+        self.refusals_unexpected += outcome.refusals_unexpected;
         for e in outcome.error_messages {
             self.note_error(e);
         }
@@ -677,6 +700,7 @@ impl Aggregate {
             acked_changes_per_s,
             ack_latency_ms,
             errors: self.errors,
+            refusals_unexpected: self.refusals_unexpected,
             disconnects: self.disconnects,
             first_errors: self.first_errors,
             proxy: None,
@@ -729,6 +753,47 @@ mod tests {
         assert!(report.acked_changes_per_s.is_none() && report.ack_latency_ms.is_none());
         assert_eq!(report.not_measured.len(), 2);
         assert!(!report.succeeded());
+    }
+
+    #[test]
+    fn only_refusals_a_run_does_not_expect_fail_it() {
+        use neonet_proto::wire::msg::Refusal;
+        assert!(crate::driver::refusal_expected(Refusal::Busy));
+        assert!(crate::driver::refusal_expected(Refusal::RateLimited));
+        assert!(!crate::driver::refusal_expected(Refusal::Rank));
+        assert!(!crate::driver::refusal_expected(Refusal::WorldFull));
+        let live = LiveCounters::default();
+        let mut agg = Aggregate::default();
+        let mut busy = joined(5);
+        busy.errors = 3; // Busy, say: counted, but the run still succeeds
+        agg.add(Ok(Ok(busy)), &live);
+        let report = std::mem::take(&mut agg).report(RunSetup::default(), 1);
+        assert_eq!((report.errors, report.refusals_unexpected), (3, 0));
+        assert!(report.succeeded());
+        let mut rank = joined(5);
+        rank.errors = 2;
+        rank.refusals_unexpected = 2;
+        agg.add(Ok(Ok(rank)), &live);
+        let report = agg.report(RunSetup::default(), 1);
+        assert_eq!((report.errors, report.refusals_unexpected), (2, 2));
+        assert!(!report.succeeded(), "a rank refusal fails the run");
+    }
+
+    #[test]
+    fn the_progress_label_tells_the_ramp_from_the_measurement() {
+        let (ramp, duration) = (Duration::from_secs(5), Duration::from_secs(15));
+        let at = |s: u64| phase_label(Duration::from_millis(s), ramp, duration);
+        assert_eq!(at(0), "ramp 0/5s");
+        assert_eq!(at(4_900), "ramp 4/5s");
+        assert_eq!(at(5_000), "measure 0/15s");
+        assert_eq!(at(12_000), "measure 7/15s");
+        assert_eq!(at(20_000), "measure 15/15s");
+        assert_eq!(at(21_000), "measure 15/15s", "never past --duration");
+        assert_eq!(
+            phase_label(Duration::ZERO, Duration::ZERO, duration),
+            "measure 0/15s",
+            "no ramp: measuring from the start"
+        );
     }
 
     #[test]

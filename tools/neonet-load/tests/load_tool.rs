@@ -188,3 +188,102 @@ fn run_against_a_spawned_relay_reports_every_figure() {
     );
     assert!(number(&v["relay"], "joins") >= 5.0);
 }
+
+/// A relay as `neonet-relay` starts with no flags: its world's default rank is visitor, who may
+/// chat and move but not edit. Returns its runtime (the relay runs while it lives), address and
+/// certificate fingerprint.
+fn default_relay(
+    dir: &std::path::Path,
+) -> (
+    tokio::runtime::Runtime,
+    neonet::relay::RelayHandle,
+    std::net::SocketAddr,
+    String,
+) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let relay = rt
+        .block_on(neonet::relay::Relay::start_with(
+            neonet::config::RelayConfig::for_tests(dir),
+            neonet::relay::RelayHooks::default(),
+        ))
+        .expect("the relay starts");
+    let (addr, fingerprint) = (relay.local_addr(), relay.cert_fingerprint().to_string());
+    (rt, relay, addr, fingerprint)
+}
+
+/// `run --addr` against a relay whose default rank is visitor: moving and chatting succeed;
+/// edits are refused for rank, which a run does not expect, so it exits with status 1 and says
+/// why (while `Busy` and `RateLimited`, the relay shedding load, would not fail it).
+#[test]
+fn run_fails_on_refusals_it_does_not_expect() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let (rt, relay, addr, fingerprint) = default_relay(dir.path());
+    let run = |extra: &[&str]| {
+        let json = dir.path().join("report.json");
+        let out = load_tool()
+            .args([
+                "run",
+                "--addr",
+                &addr.to_string(),
+                "--cert-sha256",
+                &fingerprint,
+            ])
+            .args([
+                "--clients",
+                "3",
+                "--duration",
+                "2s",
+                "--ramp",
+                "0s",
+                "--seed",
+                "5",
+            ])
+            .args(["--chat-per-s", "1"])
+            .args(extra)
+            .arg("--json")
+            .arg(&json)
+            .output()
+            .expect("running neonet-load run");
+        let v: Value = serde_json::from_slice(&std::fs::read(&json).expect("the JSON report"))
+            .expect("valid JSON");
+        (out, v)
+    };
+
+    let (out, v) = run(&[]);
+    assert!(
+        out.status.success(),
+        "moving and chatting as visitors succeed ({:?}): {v:#}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(number(&v, "errors"), 0.0, "{v:#}");
+    assert_eq!(number(&v, "refusals_unexpected"), 0.0, "{v:#}");
+
+    let (out, v) = run(&["--edits-per-s", "2"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "edits refused for rank fail the run: {v:#}"
+    );
+    assert_eq!(number(&v, "clients_connected"), 3.0, "{v:#}");
+    assert!(number(&v, "refusals_unexpected") > 0.0, "{v:#}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("refusals_unexpected"),
+        "the table:\n{stdout}"
+    );
+    assert!(
+        stdout.contains("edits need builder rank"),
+        "the table:\n{stdout}"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("only Busy and RateLimited are"),
+        "says why it failed:\n{stderr}"
+    );
+    rt.block_on(relay.shutdown()).expect("clean shutdown");
+}

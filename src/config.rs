@@ -98,7 +98,8 @@ pub struct RelayConfig {
     pub connections_max: usize,
     /// QUIC idle timeout, milliseconds. Default [`IDLE_TIMEOUT_MS_DEFAULT`].
     pub idle_timeout_ms: u64,
-    /// Log filter (tracing `EnvFilter` syntax: `info`, `neonet=debug`). Default `info`;
+    /// Log filter: a level, or `target=level` pairs (`info`, `neonet=debug,warn`; tracing's
+    /// `Targets` syntax). Default `info`;
     /// `RUST_LOG` wins when set and no flag is given.
     pub log_level: String,
     /// Keep the world in the redb database in `data_dir` ([`crate::store`]), created on first

@@ -337,10 +337,16 @@ fn run_bridge(args: BridgeArgs) -> anyhow::Result<()> {
 
 /// Logs on stderr, coloured only when stderr is a terminal (not when piped to a file).
 fn init_logging(filter: &str) -> anyhow::Result<()> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let targets: tracing_subscriber::filter::Targets = filter
+        .parse()
+        .with_context(|| format!("--log-level {filter:?}: a level, or target=level pairs"))?;
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(filter).context("--log-level")?)
+        .finish()
+        .with(targets)
         .init();
     Ok(())
 }

@@ -26,7 +26,7 @@ pub const SIM_CLIENTS_MAX: u32 = 1_000;
 #[derive(Parser, Debug)]
 #[command(name = "neonet-load", version)]
 pub struct Cli {
-    /// Log filter (tracing `EnvFilter` syntax: `info`, `neonet=debug,warn`, ...). Logs go to
+    /// Log filter: a level, or `target=level` pairs (`info`, `neonet=debug,warn`). Logs go to
     /// stderr.
     #[arg(long, global = true, env = "RUST_LOG", default_value = "info")]
     pub log: String,

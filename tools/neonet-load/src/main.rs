@@ -25,7 +25,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 use cli::{Cli, Command};
 
@@ -41,11 +43,14 @@ fn main() -> ExitCode {
 }
 
 fn init_tracing(filter: &str) -> anyhow::Result<()> {
-    let filter = EnvFilter::try_new(filter).with_context(|| format!("bad --log {filter:?}"))?;
+    let targets: Targets = filter
+        .parse()
+        .with_context(|| format!("bad --log {filter:?}: a level, or target=level pairs"))?;
     tracing_subscriber::fmt()
-        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
+        .finish()
+        .with(targets)
         .init();
     Ok(())
 }

@@ -877,11 +877,6 @@ fn close_of(e: &ConnectionError) -> (CloseReason, String) {
     }
 }
 
-/// Ends the core's session with `reason` and `detail` (no-op if already closed).
-fn close_core(core: &mut ClientCore, reason: CloseReason, detail: String) {
-    core.handle_disconnect(reason, detail);
-}
-
 /// Sends what the core queued. `Err` if a channel's queue overflowed (the server reads too
 /// slowly).
 fn flush(
@@ -943,7 +938,9 @@ async fn run(inner: Arc<Inner>, conn: Connection) {
     let mut streams_done = false;
     loop {
         if let Err(e) = flush(&inner, &conn, &writers, &mut transmits) {
-            close_core(&mut inner.lock(), CloseReason::Timeout, e.to_string());
+            inner
+                .lock()
+                .handle_disconnect(CloseReason::Timeout, e.to_string());
             conn.close(
                 quinn::VarInt::from_u32(quic::CLOSE_CODE_OVERFLOW),
                 b"send queue full",
@@ -984,10 +981,10 @@ async fn run(inner: Arc<Inner>, conn: Connection) {
                                 handled += 1;
                             }
                         }
-                        Some(StreamEvent::Error(e)) => close_core(
-                            &mut core,
+                        Some(StreamEvent::Error(e)) => core.handle_disconnect(
                             CloseReason::ProtocolViolation,
-                            format!("server stream: {e}")),
+                            format!("server stream: {e}"),
+                        ),
                         // Every reader ended: the connection is ending; `closed()` says why.
                         None => {
                             streams_done = true;
@@ -1010,12 +1007,12 @@ async fn run(inner: Arc<Inner>, conn: Connection) {
                 let now = inner.now();
                 inner.lock().handle_timeout(now);
                 if leave_deadline.is_some_and(|d| Instant::now() >= d) {
-                    close_core(&mut inner.lock(), CloseReason::ClientLeft, "left".into());
+                    inner.lock().handle_disconnect(CloseReason::ClientLeft, "left".into());
                 }
             }
             why = conn.closed() => {
                 let (reason, detail) = close_of(&why);
-                close_core(&mut inner.lock(), reason, detail);
+                inner.lock().handle_disconnect(reason, detail);
                 connection_gone = true;
             }
         }
@@ -1061,7 +1058,7 @@ mod tests {
             },
             Time::ZERO,
         );
-        close_core(&mut core, CloseReason::Moderation, "kicked".into());
+        core.handle_disconnect(CloseReason::Moderation, "kicked".into());
         assert_eq!(
             core.state(),
             &ClientState::Closed {

@@ -63,6 +63,7 @@
 #![allow(clippy::needless_range_loop)]
 
 pub mod bits;
+pub mod budget;
 pub mod config;
 mod grid;
 pub mod quant;
@@ -74,6 +75,7 @@ pub mod scenario;
 pub mod seq;
 mod upstream;
 
+pub use budget::{PathBudget, PathSignals, PACKET_OVERHEAD_BYTES};
 pub use config::{ConfigError, PriorityWeights, TransformConfig};
 pub use grid::InterestGrid;
 pub use quant::{QRot, QTransform, Quantizer};

@@ -105,6 +105,8 @@ pub enum Scenario {
     Cubes,
     /// Walking avatars.
     Crowd,
+    /// Bodies at rest, then a pile of a twelfth of them thrown at once every 5 s (900 bodies).
+    Burst,
 }
 
 /// `neonet-load sim`.
@@ -142,6 +144,14 @@ pub struct SimArgs {
     /// Seed of the simulation; the same seed gives the same run.
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub seed: u64,
+    /// The transform budget's ceiling per client, in kbit/s on the wire [default: the
+    /// server's, 256].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(8..=1_000_000))]
+    pub budget_kbps: Option<u32>,
+    /// A bottleneck on the server → client path, in kbit/s on the wire, with a router's
+    /// queue of 200 ms that drops when full [default: none].
+    #[arg(long, value_name = "N")]
+    pub link_kbps: Option<u64>,
     /// Print the results as JSON on stdout instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -153,6 +163,7 @@ impl SimArgs {
         self.entities.unwrap_or(match self.scenario {
             Scenario::Cubes => 901,
             Scenario::Crowd => 100,
+            Scenario::Burst => 900,
         })
     }
 
@@ -160,7 +171,7 @@ impl SimArgs {
     /// (the relay's default tick).
     pub fn hz(&self) -> u32 {
         self.hz.unwrap_or(match self.scenario {
-            Scenario::Cubes => 60,
+            Scenario::Cubes | Scenario::Burst => 60,
             Scenario::Crowd => 30,
         })
     }

@@ -68,6 +68,15 @@ pub struct ImpairmentArgs {
     /// Probability in [0, 1] that a datagram is swapped with the next one of its direction.
     #[arg(long, value_name = "F", default_value_t = 0.0, value_parser = parse_probability)]
     pub reorder: f64,
+    /// Bandwidth of each client's path, per direction, in kbit/s on the wire (UDP payload plus
+    /// IPv4 and UDP headers); 0 for unlimited. Faster traffic queues, then is dropped.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub rate_kbps: u64,
+    /// The bandwidth limit's queue, in milliseconds at that rate: a datagram that would wait
+    /// longer is dropped, as a router's full queue does.
+    #[arg(long, value_name = "N", default_value_t = neonet_proxy::QUEUE_MS_DEFAULT,
+          value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub queue_ms: u64,
 }
 
 impl ImpairmentArgs {
@@ -78,6 +87,7 @@ impl ImpairmentArgs {
             || self.jitter_ms > 0
             || self.dup > 0.0
             || self.reorder > 0.0
+            || self.rate_kbps > 0
     }
 }
 

@@ -359,16 +359,18 @@ impl Report {
         if let Some(p) = &self.proxy {
             writeln!(
                 out,
-                "  proxy: to relay {} in, {} dropped, {} duplicated, {} overflowed; \
-                 to clients {} in, {} dropped, {} duplicated, {} overflowed",
+                "  proxy: to relay {} in, {} dropped, {} duplicated, {} overflowed, {} queue-dropped; \
+                 to clients {} in, {} dropped, {} duplicated, {} overflowed, {} queue-dropped",
                 p.to_upstream.packets_in,
                 p.to_upstream.dropped,
                 p.to_upstream.duplicated,
                 p.to_upstream.overflowed,
+                p.to_upstream.queue_dropped,
                 p.to_client.packets_in,
                 p.to_client.dropped,
                 p.to_client.duplicated,
                 p.to_client.overflowed,
+                p.to_client.queue_dropped,
             )?;
         }
         if let Some(r) = &self.relay {

@@ -498,6 +498,8 @@ fn start_proxy(args: &RunArgs, upstream: SocketAddr, seed: u64) -> anyhow::Resul
         jitter_ms: imp.jitter_ms,
         dup: imp.dup,
         reorder: imp.reorder,
+        rate_kbps: imp.rate_kbps,
+        queue_ms: imp.queue_ms,
         seed,
     };
     let proxy = Proxy::start_on_thread(config, ProxyLimits::default())

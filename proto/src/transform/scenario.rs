@@ -30,7 +30,7 @@ use crate::rng::Rng;
 use crate::server::ServerConfig;
 use crate::sim::{Link, LinkConfig};
 use crate::time::{Tick, Time};
-use crate::types::{Entity, EntityId, EntityKind, Transform};
+use crate::types::{Entity, EntityId, EntityKind, Quat, Transform, Vec3};
 
 /// Gravity, m/s².
 const GRAVITY: f64 = 9.81;
@@ -397,8 +397,8 @@ impl MotionGen {
             (
                 EntityId(i as u32 + 1),
                 Transform {
-                    position: b.p.map(|v| v as f32),
-                    rotation: b.q.map(|v| v as f32),
+                    position: b.p.map(|v| v as f32).into(),
+                    rotation: Quat::from_array(b.q.map(|v| v as f32)),
                     scale: None,
                 },
             )
@@ -754,13 +754,13 @@ pub fn bench_run(p: &BenchParams) -> TransformReport {
         t_now.clear();
         for (i, (id, t)) in gen.transforms().enumerate() {
             samples.push(EntitySample::new(id, &t, &qz));
-            t_now.push((t.position, t.rotation, gen.is_moving(i)));
+            t_now.push((t.position.into(), t.rotation.into(), gen.is_moving(i)));
         }
         let signals = down.link.path_signals(now);
         for (c, server) in servers.iter_mut().enumerate() {
             let viewer = match p.scenario {
                 Scenario::Crowd => samples.get(c).map(|s| s.position),
-                Scenario::Cubes | Scenario::Burst => Some([0.0, 1.7, 0.0]),
+                Scenario::Cubes | Scenario::Burst => Some(Vec3::new(0.0, 1.7, 0.0)),
             };
             server.handle_path_signals(signals);
             out.clear();
@@ -824,7 +824,7 @@ pub fn bench_run(p: &BenchParams) -> TransformReport {
                     .sqrt();
                 errors.push(d as f32);
                 let dot = (0..4)
-                    .map(|a| got.rotation[a] as f64 * rot[a] as f64)
+                    .map(|a| got.rotation.to_array()[a] as f64 * rot[a] as f64)
                     .sum::<f64>()
                     .abs()
                     .min(1.0);

@@ -226,15 +226,14 @@ impl Link {
             return Vec::new();
         }
         let mut sent = now;
-        let rate = self.config.rate_bytes_per_s;
-        if rate > 0 {
-            let wire = (len + PACKET_OVERHEAD_BYTES) as u64;
+        let wire = (len + PACKET_OVERHEAD_BYTES) as u64;
+        if let Some(serialize_us) = (wire * 1_000_000).checked_div(self.config.rate_bytes_per_s) {
             if self.queue_bytes(now) + wire > self.config.queue_bytes_max as u64 {
                 self.queue_drops += 1;
                 return Vec::new();
             }
             let start = self.queue_free_at.max(now);
-            self.queue_free_at = start + Duration::from_micros(wire * 1_000_000 / rate);
+            self.queue_free_at = start + Duration::from_micros(serialize_us);
             sent = self.queue_free_at;
         }
         let mut out = vec![sent + self.delay(rng)];

@@ -33,7 +33,10 @@
 //!   queueing datagrams in its own buffer (where quinn drops them when full), and a new
 //!   congestion event is congestion.
 //!
-//! On congestion the rate is multiplied by [`DECREASE_FACTOR`] (at most once per recent RTT, so one
+//! On congestion the rate goes down to [`DELIVERY_SHARE`] of the rate the acks show the path
+//! delivering (bytes acknowledged over the last round trip: while a queue stands, that is the
+//! bottleneck's capacity), but by at least [`DECREASE_FACTOR`] and at most half; without a
+//! delivery figure it is multiplied by [`DECREASE_FACTOR`] (at most once per recent RTT, so one
 //! episode is not counted many times) and the bucket is emptied down to one tick's share, so
 //! a saved burst does not land on a queue already full. While the path shows no congestion for
 //! a round trip and the budget was what limited the sender (the bucket ran low), the rate grows
@@ -90,6 +93,9 @@ pub const LOSS_REORDER_TOLERANCE: u64 = 3;
 pub const CWND_SHARE: f64 = 0.5;
 /// Factor the rate is multiplied by on congestion (TCP Cubic's β): two cuts halve it.
 pub const DECREASE_FACTOR: f64 = 0.7;
+/// Share of the delivery rate measured by acks the rate is set to on congestion: 15% under
+/// the bottleneck's capacity drains a standing queue within a few round trips.
+pub const DELIVERY_SHARE: f64 = 0.85;
 /// Growth per round trip without congestion while the budget limits the sender, as a fraction
 /// of the ceiling: from the floor back to the ceiling in about 20 round trips (2 s at 100 ms).
 pub const INCREASE_FRACTION_PER_RTT: f64 = 0.05;
@@ -182,6 +188,9 @@ pub struct PathBudget {
     fates: u64,
     /// When the rate last went down.
     last_decrease: Option<Time>,
+    /// Datagrams sent before this still queued behind what the last cut answers: their delay
+    /// and loss are not congestion again (the cut's time plus the queueing delay then).
+    cut_epoch: Option<Time>,
     /// When the last round of growth was judged.
     last_probe: Time,
     /// Whether congestion was seen since `last_probe`.
@@ -190,6 +199,14 @@ pub struct PathBudget {
     limited_since_probe: bool,
     /// Congestion found by an input, acted on at the next tick.
     pending_congestion: bool,
+    /// Wire bytes acknowledged since `delivered_since`.
+    delivered_bytes: u64,
+    /// Whether the budget limited the sender since `delivered_since` (else the window's
+    /// delivery rate says how little was sent, not what the path carries).
+    limited_in_window: bool,
+    delivered_since: Option<Time>,
+    /// The last delivery rate measured over a round trip, bits per second.
+    delivery_bps: Option<f64>,
     decreases: u64,
 }
 
@@ -210,10 +227,15 @@ impl PathBudget {
             loss_base: 0.0,
             fates: 0,
             last_decrease: None,
+            cut_epoch: None,
             last_probe: Time::ZERO,
             congested_since_probe: false,
             limited_since_probe: false,
             pending_congestion: false,
+            delivered_bytes: 0,
+            limited_in_window: false,
+            delivered_since: None,
+            delivery_bps: None,
             decreases: 0,
         }
     }
@@ -256,8 +278,11 @@ impl PathBudget {
         Some((recent as u64).saturating_sub(min))
     }
 
-    /// One round-trip sample from an ack: the datagram's send to its acknowledgement.
-    pub fn on_rtt_sample(&mut self, rtt_us: u64, now: Time) {
+    /// One round-trip sample from an ack: the datagram sent at `sent_at`, acknowledged at
+    /// `now`. A datagram sent before the last cut tells of the queue the cut already answers:
+    /// it moves the averages but is not congestion again.
+    pub fn on_rtt_sample(&mut self, sent_at: Time, now: Time) {
+        let rtt_us = now.saturating_since(sent_at).as_micros() as u64;
         let stale = now.saturating_since(self.min_rtt_at).as_micros() as u64 > MIN_RTT_WINDOW_US;
         if self.min_rtt_us.is_none_or(|m| rtt_us <= m) || stale {
             self.min_rtt_us = Some(rtt_us);
@@ -275,13 +300,19 @@ impl PathBudget {
             }
         };
         self.rtt_recent_us = Some(r);
-        if self.queue_delayed() {
+        if self.queue_delayed() && self.after_last_cut(sent_at) {
             self.pending_congestion = true;
         }
     }
 
-    /// One datagram's fate as the acks tell it: delivered, or lost.
-    pub fn on_datagram_fate(&mut self, lost: bool) {
+    /// Whether a datagram sent at `sent_at` left after the last cut and the queue then.
+    fn after_last_cut(&self, sent_at: Time) -> bool {
+        self.cut_epoch.is_none_or(|t| sent_at >= t)
+    }
+
+    /// One datagram's fate as the acks tell it: delivered, or lost. Sent at `sent_at`: a loss
+    /// from before the last cut is not congestion again.
+    pub fn on_datagram_fate(&mut self, lost: bool, sent_at: Time) {
         let x = if lost { 1.0 } else { 0.0 };
         self.fates += 1;
         if self.fates <= LOSS_WARMUP_DATAGRAMS {
@@ -292,8 +323,31 @@ impl PathBudget {
         }
         self.loss += LOSS_GAIN * (x - self.loss);
         self.loss_base += LOSS_BASE_GAIN * (x - self.loss_base);
-        if self.loss > self.loss_base + LOSS_CONGESTION_EXCESS {
+        if self.loss > self.loss_base + LOSS_CONGESTION_EXCESS && self.after_last_cut(sent_at) {
             self.pending_congestion = true;
+        }
+    }
+
+    /// Wire bytes of a datagram newly acknowledged at `now`: every round trip they give a
+    /// delivery rate.
+    pub fn on_delivered(&mut self, wire_bytes: u64, now: Time) {
+        let since = *self.delivered_since.get_or_insert(now);
+        self.delivered_bytes += wire_bytes;
+        let window = now.saturating_since(since).as_micros() as u64;
+        let rtt = self
+            .rtt_recent_us
+            .map_or(RTT_INITIAL_US, |r| r as u64)
+            .max(1);
+        if window >= rtt {
+            let sample = self.delivered_bytes as f64 * 8.0 * 1e6 / window as f64;
+            // An app-limited window only raises the figure: it shows the path carried at
+            // least that much.
+            if self.limited_in_window || self.delivery_bps.is_none_or(|d| sample > d) {
+                self.delivery_bps = Some(sample);
+            }
+            self.delivered_bytes = 0;
+            self.delivered_since = Some(now);
+            self.limited_in_window = false;
         }
     }
 
@@ -319,6 +373,7 @@ impl PathBudget {
         let min_rtt = self.min_rtt_us.unwrap_or(RTT_INITIAL_US).max(1);
         let rtt = self.rtt_recent_us.map_or(min_rtt, |r| r as u64).max(1);
         self.limited_since_probe |= budget_limited;
+        self.limited_in_window |= budget_limited;
         if std::mem::take(&mut self.pending_congestion) {
             self.congested_since_probe = true;
             // A cut shows in the acks one (queue-inflated) round trip later: cutting again
@@ -327,9 +382,14 @@ impl PathBudget {
                 .last_decrease
                 .is_none_or(|t| now.saturating_since(t).as_micros() as u64 >= rtt);
             if due {
-                self.rate_bps = (self.rate_bits_per_s() as f64 * DECREASE_FACTOR)
-                    .max(BUDGET_BITS_PER_S_MIN as f64);
+                let now_rate = self.rate_bits_per_s() as f64;
+                let target = self.delivery_bps.map_or(now_rate * DECREASE_FACTOR, |d| {
+                    (d * DELIVERY_SHARE).clamp(now_rate * 0.5, now_rate * DECREASE_FACTOR)
+                });
+                self.rate_bps = target.max(BUDGET_BITS_PER_S_MIN as f64);
                 self.last_decrease = Some(now);
+                let queued = std::time::Duration::from_micros(self.queue_delay_us().unwrap_or(0));
+                self.cut_epoch = Some(now + queued);
                 self.decreases += 1;
                 return true;
             }
@@ -377,17 +437,17 @@ mod tests {
         let mut rng = crate::rng::Rng::new(3);
         let mut p = PathBudget::new(256_000);
         for tick in 0..6_000u64 {
-            let now = Time(tick * 16_667);
-            p.on_rtt_sample(100_000, now);
-            p.on_datagram_fate(rng.chance(0.05));
+            let now = Time(1_000_000 + tick * 16_667);
+            p.on_rtt_sample(Time(now.0.saturating_sub(100_000)), now);
+            p.on_datagram_fate(rng.chance(0.05), now);
             p.on_tick(now, true);
         }
         for loss in [0.05, 0.35] {
             let mut p = PathBudget::new(256_000);
             for tick in 0..6_000u64 {
-                let now = Time(tick * 16_667);
-                p.on_rtt_sample(100_000 + rng.below(5_000), now);
-                p.on_datagram_fate(rng.chance(loss));
+                let now = Time(1_000_000 + tick * 16_667);
+                p.on_rtt_sample(Time(now.0.saturating_sub(100_000 + rng.below(5_000))), now);
+                p.on_datagram_fate(rng.chance(loss), now);
                 p.on_tick(now, true);
             }
             assert_eq!(p.decreases(), 0, "loss {loss}");
@@ -395,9 +455,9 @@ mod tests {
         }
         // Loss jumping from 5% to 40% (a queue overflowing) is congestion.
         for tick in 6_000..6_100u64 {
-            let now = Time(tick * 16_667);
-            p.on_rtt_sample(100_000, now);
-            p.on_datagram_fate(rng.chance(if tick < 6_030 { 0.05 } else { 0.4 }));
+            let now = Time(1_000_000 + tick * 16_667);
+            p.on_rtt_sample(Time(now.0.saturating_sub(100_000)), now);
+            p.on_datagram_fate(rng.chance(if tick < 6_030 { 0.05 } else { 0.4 }), now);
             p.on_tick(now, true);
         }
         assert!(p.decreases() > 0);
@@ -406,16 +466,16 @@ mod tests {
     #[test]
     fn a_queue_building_shrinks_the_rate_and_a_clear_path_grows_it_back_to_the_ceiling() {
         let mut p = PathBudget::new(256_000);
-        let mut now = Time::ZERO;
+        let mut now = Time(1_000_000);
         for _ in 0..300 {
             now += std::time::Duration::from_millis(16);
-            p.on_rtt_sample(100_000, now);
+            p.on_rtt_sample(Time(now.0.saturating_sub(100_000)), now);
             p.on_tick(now, true);
         }
         assert_eq!(p.rate_bits_per_s(), 256_000);
         for _ in 0..30 {
             now += std::time::Duration::from_millis(16);
-            p.on_rtt_sample(160_000, now);
+            p.on_rtt_sample(Time(now.0.saturating_sub(160_000)), now);
             p.on_tick(now, true);
         }
         assert!(
@@ -425,7 +485,7 @@ mod tests {
         );
         for _ in 0..600 {
             now += std::time::Duration::from_millis(16);
-            p.on_rtt_sample(100_000, now);
+            p.on_rtt_sample(Time(now.0.saturating_sub(100_000)), now);
             p.on_tick(now, true);
         }
         assert_eq!(p.rate_bits_per_s(), 256_000);

@@ -553,6 +553,10 @@ pub struct TransformReport {
     pub moving_rotation_error_max_deg: f64,
     /// Moving bodies a client had never received when measured (counted, not in the errors).
     pub moving_unknown: u64,
+    /// Longest time, seconds, from a moment the world came to rest (no body moving) until
+    /// every client held every entity's final value (bursty and cube scenes); 0 if it never
+    /// came to rest. A rest the run ended in before convergence counts up to the end.
+    pub rest_recovery_s_max: f64,
     /// Smallest budget rate any client's replicator used, kbit/s.
     pub budget_kbps_min: f64,
     /// Times a budget went down on congestion, over all clients.
@@ -673,6 +677,9 @@ fn bench_link(p: &BenchParams, kbps: u64) -> LinkConfig {
     }
 }
 
+/// One body's truth at one tick: unquantized position and rotation, and whether it moves.
+type TruthSample = ([f32; 3], [f32; 4], bool);
+
 /// Ticks of truth the runner keeps to measure errors at a client's newest tick: 2 s at 60 Hz,
 /// beyond any delay the runs use.
 const TRUTH_TICKS: usize = 128;
@@ -700,7 +707,7 @@ pub fn bench_run(p: &BenchParams) -> TransformReport {
     let mut down = Path::new(p, p.link_kbps, root.fork());
     let mut up = Path::new(p, 0, root.fork());
     // The truth of the last ticks (unquantized position, rotation, moving) for the errors.
-    let mut truth: Vec<Vec<([f32; 3], [f32; 4], bool)>> = vec![Vec::new(); TRUTH_TICKS];
+    let mut truth: Vec<Vec<TruthSample>> = vec![Vec::new(); TRUTH_TICKS];
     let mut errors: Vec<f32> = Vec::new();
     let (mut rot_err_max, mut moving_unknown, mut multi_ticks) = (0.0f64, 0u64, 0u64);
     let mut budget_min = u32::MAX;
@@ -733,6 +740,9 @@ pub fn bench_run(p: &BenchParams) -> TransformReport {
     let mut moving_sum = 0u64;
     let mut undecodable = 0usize;
     let mut changed = false;
+    // Since when the world is at rest, and whether every client holds every final value yet.
+    let mut rest: Option<(u64, bool)> = None;
+    let mut recovery_ticks_max = 0u64;
     for tick in 0..ticks {
         let now_us = tick * period_us;
         let now = Time(now_us);
@@ -831,6 +841,21 @@ pub fn bench_run(p: &BenchParams) -> TransformReport {
                 rot_err_max = rot_err_max.max(2.0 * dot.acos().to_degrees());
             }
         }
+        if gen.moving() > 0 || p.scenario == Scenario::Crowd {
+            rest = None;
+        } else {
+            let (since, done) = rest.get_or_insert((tick, false));
+            if !*done {
+                *done = receivers.iter().enumerate().all(|(c, r)| {
+                    samples.iter().all(|s| {
+                        Some(s.id) == servers[c].own_entity_id()
+                            || !servers[c].in_interest(s.id)
+                            || r.latest_quantized(s.id).map(|(_, q)| q) == Some(s.q)
+                    })
+                });
+                recovery_ticks_max = recovery_ticks_max.max(tick - *since);
+            }
+        }
         for (c, r) in receivers.iter().enumerate() {
             up_seq[c] = up_seq[c].next();
             if encode_client_datagram(&qz, &r.ack_header(), up_seq[c], &[], &[], &mut up_buf)
@@ -881,6 +906,7 @@ pub fn bench_run(p: &BenchParams) -> TransformReport {
         moving_error_max_m: err_max_moving,
         moving_rotation_error_max_deg: rot_err_max,
         moving_unknown,
+        rest_recovery_s_max: recovery_ticks_max as f64 / hz as f64,
         budget_kbps_min: if budget_min == u32::MAX {
             0.0
         } else {

@@ -759,14 +759,18 @@ fn burst_target_figures() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
-    for loss in [0.0, 0.05] {
+    for (loss, link_kbps) in [(0.0, 0), (0.05, 0), (0.0, 128), (0.05, 128)] {
         let p = BenchParams {
             loss,
             budget_kbps: budget,
+            link_kbps,
             ..BenchParams::burst()
         };
         let r = bench_run(&p);
-        eprintln!("burst {:.0}% loss: {r:#?}", loss * 100.0);
+        eprintln!(
+            "burst {:.0}% loss, bottleneck {link_kbps} kbit/s: {r:#?}",
+            loss * 100.0
+        );
     }
 }
 

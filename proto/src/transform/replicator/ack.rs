@@ -41,6 +41,8 @@ pub(super) struct SentDatagram {
     pub(super) valid: bool,
     pub(super) acked: bool,
     pub(super) sent_at: Time,
+    /// Its size on the wire (payload and per-datagram overhead), for the delivery rate.
+    pub(super) wire_bytes: u32,
     pub(super) records: Vec<SentRecord>,
 }
 
@@ -79,9 +81,10 @@ impl ClientReplicator {
             d.acked = true;
             self.unacked[slot / 64] &= !(1u64 << (slot % 64));
             newly += 1;
+            self.path.on_delivered(d.wire_bytes as u64, now);
             if i == 0 {
                 let sample = now.saturating_since(d.sent_at).as_micros() as u64;
-                self.path.on_rtt_sample(sample, now);
+                self.path.on_rtt_sample(d.sent_at, now);
                 self.srtt_us = Some(match self.srtt_us {
                     None => sample,
                     Some(s) => (s * 7 + sample) / 8,
@@ -139,7 +142,7 @@ impl ClientReplicator {
                 continue;
             }
             let lost = self.unacked[slot / 64] >> (slot % 64) & 1 == 1;
-            self.path.on_datagram_fate(lost);
+            self.path.on_datagram_fate(lost, self.history[slot].sent_at);
         }
         self.fate_next_seq = self.fate_next_seq.max(until + 1);
     }

@@ -12,6 +12,8 @@
 //! - [`ClientReplicator`] (server side, one per client): interest, priority accumulator, budget,
 //!   delta compression, datagram packing. Call [`ClientReplicator::write_tick`] once per tick and
 //!   [`ClientReplicator::handle_ack`] for every ack header the client sends.
+//! - [`budget`]: the budget over time (a token bucket of wire bytes) and its rate following the
+//!   path ([`PathBudget`], fed by acks and by the transport's [`PathSignals`]).
 //! - [`ReplicaReceiver`] (client side): [`ReplicaReceiver::handle_datagram`] (or
 //!   [`ReplicaReceiver::handle_datagram_into`], which reuses one [`ReceivedTick`]'s memory),
 //!   then [`ReplicaReceiver::latest`] per entity and [`ReplicaReceiver::ack_header`] to send

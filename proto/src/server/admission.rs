@@ -184,6 +184,7 @@ impl ServerCore {
                 validator,
                 up_seq: None,
                 rate: MessageRate::new(self.config.message_burst, self.now),
+                own_sent: Default::default(),
             },
         );
         self.by_user.insert(user, sid);

@@ -362,12 +362,53 @@ pub struct ClientCore {
     /// The newest server datagram sequence received and how many arrived: what `datagrams_lost`
     /// is counted from.
     down_seq: Option<(Seq, u64)>,
+    /// Joins (joined) with `Spectate`: no player.
+    spectator: bool,
 }
 
 impl ClientCore {
     /// A client that will join as `config.name`; `Hello` is queued at once.
     pub fn new(config: ClientConfig, now: Time) -> ClientCore {
-        let mut c = ClientCore {
+        let mut c = Self::unjoined(config, now);
+        let hello = ClientMsg::Hello {
+            protocol_version: PROTOCOL_VERSION,
+            name: c.config.name.clone(),
+            token: c.config.token.clone(),
+        };
+        c.send(&hello);
+        c
+    }
+
+    /// A spectator: joins as `config.name` with no player, its camera at `camera` for interest
+    /// (move it with [`ClientCore::set_camera`]). It receives the world and sends no player
+    /// state; `Spectate` is queued at once.
+    pub fn new_spectator(config: ClientConfig, camera: Vec3, now: Time) -> ClientCore {
+        let mut c = Self::unjoined(config, now);
+        c.spectator = true;
+        let spectate = ClientMsg::Spectate {
+            protocol_version: PROTOCOL_VERSION,
+            name: c.config.name.clone(),
+            token: c.config.token.clone(),
+            camera,
+        };
+        c.send(&spectate);
+        c
+    }
+
+    /// Whether this client joins or joined as a spectator.
+    pub fn is_spectator(&self) -> bool {
+        self.spectator
+    }
+
+    /// Moves a spectator's camera (its viewpoint for interest). No-op for a player.
+    pub fn set_camera(&mut self, position: Vec3) {
+        if self.spectator {
+            self.send(&ClientMsg::SpectatorCamera { position });
+        }
+    }
+
+    fn unjoined(config: ClientConfig, now: Time) -> ClientCore {
+        ClientCore {
             token: config.token.clone(),
             config,
             state: ClientState::Joining,
@@ -390,21 +431,14 @@ impl ClientCore {
             events: EventQueue::default(),
             figures: ClientFigures::default(),
             down_seq: None,
-        };
-        let hello = ClientMsg::Hello {
-            protocol_version: PROTOCOL_VERSION,
-            name: c.config.name.clone(),
-            token: c.config.token.clone(),
-        };
-        c.send(&hello);
-        c
+            spectator: false,
+        }
     }
 
     /// A client whose `Hello` claims another protocol version (tests of version refusal only).
     #[doc(hidden)]
     pub fn with_protocol_version(config: ClientConfig, now: Time, version: u16) -> ClientCore {
-        let mut c = ClientCore::new(config, now);
-        c.transmits.clear();
+        let mut c = Self::unjoined(config, now);
         let hello = ClientMsg::Hello {
             protocol_version: version,
             name: c.config.name.clone(),
@@ -1070,7 +1104,8 @@ impl ClientCore {
                     return self.protocol("snapshot out of order");
                 }
                 let s = *s;
-                self.player = Some(s.player);
+                // A spectator's snapshot names entity 0: it has no player.
+                self.player = (s.player != crate::server::NO_PLAYER).then_some(s.player);
                 self.user = Some(s.user);
                 self.rank = s.rank;
                 self.token = Some(s.auth_token);

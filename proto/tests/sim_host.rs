@@ -409,3 +409,93 @@ fn per_connection_figures_add_up_to_the_totals() {
     assert_eq!(top.len(), 2);
     assert!(top[0].1.bytes() >= top[1].1.bytes());
 }
+
+#[test]
+fn spectators_receive_the_world_around_their_camera_and_send_no_player_state() {
+    run_seeds(0..3, |seed| {
+        let link = LinkConfig {
+            loss: 0.05,
+            ..LinkConfig::with_latency(Duration::from_millis(30))
+        };
+        let mut s = sim(seed, 1, link.clone());
+        let near = s
+            .server
+            .host_spawn(None, Transform::default(), vec![])
+            .unwrap();
+        let far_t = Transform {
+            position: Vec3::new(800.0, 0.0, 0.0),
+            ..Default::default()
+        };
+        let far = s.server.host_spawn(None, far_t, vec![]).unwrap();
+        let spec = s.add_spectator(cfg("eve"), Vec3::new(0.0, 5.0, 0.0), link.clone(), link);
+        s.with_client(0, |c| {
+            c.set_input(neonet_proto::predict::CharacterInput {
+                move_z: 127,
+                ..Default::default()
+            })
+        });
+        for i in 0..120 {
+            let t = Transform {
+                position: Vec3::new((i as f32 * 0.1).sin(), 0.0, 0.0),
+                ..Default::default()
+            };
+            s.server.host_set_transform(near, t).unwrap();
+            s.run_for(period(&s));
+        }
+        let c = &s.clients[spec].core;
+        assert!(c.is_spectator());
+        assert_eq!(c.player(), None, "seed {seed}");
+        // No player entity anywhere for it, and everyone else sees just one player.
+        let players = |w: &std::collections::BTreeMap<EntityId, Entity>| {
+            w.values().filter(|e| e.kind == EntityKind::Player).count()
+        };
+        assert_eq!(players(&s.server.world().entities), 1);
+        assert_eq!(players(&s.clients[0].core.world().entities), 1);
+        let session = s.server.sessions().find(|x| x.is_spectator()).unwrap();
+        assert_eq!(session.player, neonet_proto::server::NO_PLAYER);
+        // It receives the world around its camera: the moving body and the walking player,
+        // current as the host has them, and nothing 800 m away.
+        let (_, seen) = s.clients[spec]
+            .core
+            .latest_transform(near)
+            .expect("near body");
+        let q = s.server.quantizer();
+        let truth = q.dequantize(&q.quantize(&s.server.world().entities[&near].transform));
+        assert!(seen.position.distance(truth.position) < 0.2, "seed {seed}");
+        let walker = s.clients[0].core.player().unwrap();
+        assert!(s.clients[spec].core.latest_transform(walker).is_some());
+        assert!(s.clients[spec].core.latest_transform(far).is_none());
+        // It sent no player state, and got none.
+        let conn = s.clients[spec].conn;
+        let f = s.server.conn_figures(conn).unwrap();
+        assert!(
+            f.datagrams_up > 0 && f.datagrams_acked > 0,
+            "seed {seed}: {f:?}"
+        );
+        assert_eq!(f.own_state_bytes_up, 0);
+        assert_eq!(f.own_state_bytes_down, 0);
+        let cf = s.clients[spec].core.figures();
+        assert_eq!((cf.own_state_bytes_up, cf.own_state_bytes_down), (0, 0));
+        // Its camera moves: the far body comes into view.
+        s.with_client(spec, |c| c.set_camera(Vec3::new(790.0, 0.0, 0.0)));
+        s.run_for(Duration::from_secs(1));
+        assert!(
+            s.clients[spec].core.latest_transform(far).is_some(),
+            "seed {seed}"
+        );
+        // It may chat but not change the world.
+        s.with_client(spec, |c| {
+            c.send_chat("watching");
+            c.add_entity(BlueprintId("x".into()), Transform::default(), vec![]);
+        });
+        s.run_for(Duration::from_secs(1));
+        assert!(s.server.world().chat.iter().any(|m| m.body == "watching"));
+        assert!(s.clients[spec].events.iter().any(|e| matches!(
+            e,
+            ClientEvent::Refused {
+                reason: neonet_proto::wire::msg::Refusal::Rank,
+                ..
+            }
+        )));
+    });
+}

@@ -936,16 +936,25 @@ function applyBlueprintPatch(bp, patch) {
   for (const [k, v] of Object.entries(patch)) if (v !== undefined) bp[k] = v;
 }
 
+/** [x, y, z] as three finite numbers, or an Error. */
+function checkedVec3(v) {
+  const out = Array.from(v ?? [], Number);
+  if (out.length !== 3 || !out.every(Number.isFinite)) throw new Error('a camera is three finite numbers');
+  return out;
+}
+
 /**
  * A connection to a neonet world that keeps itself joined. Create it with {@link connect}.
  *
  * Public, read-only fields: `state` ('connecting' | 'joining' | 'connected' | 'reconnecting' |
  * 'closed'), `transport` ('webtransport' | 'websocket' | null), `world` (the mirror: `settings`,
  * `spawn`, `blueprints` Map, `entities` Map, `chat` array), `player` (own entity id), `user`,
- * `session`, `rank`, `tickHz`, `closeReason`.
+ * `session`, `rank`, `tickHz`, `closeReason`. With `camera` ([x, y, z] metres) it joins as a
+ * spectator (`Spectate`): no player (`player` stays null), entities chosen around the camera,
+ * which `setCamera` moves; it sends no player state.
  */
 export class NeonetClient {
-  /** @param {{name: string, token?: string|null, transport?: 'auto'|'webtransport'|'websocket', base?: string}} opts */
+  /** @param {{name: string, token?: string|null, transport?: 'auto'|'webtransport'|'websocket', base?: string, camera?: number[]}} opts */
   constructor(opts) {
     const name = String(opts.name ?? '').trim();
     const nameBytes = utf8Encode.encode(name).length;
@@ -958,6 +967,7 @@ export class NeonetClient {
     this.requestedTransport = transport;
     this.base = new URL(opts.base ?? '/', globalThis.location?.href);
     this.explicitToken = opts.token ?? null;
+    this.camera = opts.camera ? checkedVec3(opts.camera) : null;
 
     this.state = 'connecting';
     this.stateInfo = {};
@@ -1160,7 +1170,11 @@ export class NeonetClient {
     link.onClose = (detail) => this.handleLinkClosed(link, detail);
     this.setState('joining', { attempt: this.attempt });
     const token = this.explicitToken ?? readToken(this.name);
-    this.send({ type: 'Hello', protocol_version: PROTOCOL_VERSION, name: this.name, token });
+    if (this.camera) {
+      this.send({ type: 'Spectate', protocol_version: PROTOCOL_VERSION, name: this.name, token, camera: this.camera });
+    } else {
+      this.send({ type: 'Hello', protocol_version: PROTOCOL_VERSION, name: this.name, token });
+    }
     this.joinDeadline = nowMs() + JOIN_TIMEOUT_MS;
     this.schedule(0);
   }
@@ -1258,6 +1272,13 @@ export class NeonetClient {
    * @param {string} body 1 to 2000 bytes, not blank
    * @returns {Promise<{req: number}>} settles on the server's Ack or Refused
    */
+  /** Moves a spectator's camera ([x, y, z] metres). No-op for a player. */
+  setCamera(position) {
+    if (!this.camera) return;
+    this.camera = checkedVec3(position);
+    if (this.joined) this.send({ type: 'SpectatorCamera', position: this.camera });
+  }
+
   sendChat(body) {
     return this.request({ type: 'Chat', body: String(body) });
   }
@@ -1489,7 +1510,8 @@ export class NeonetClient {
 
   onSnapshot(s) {
     if (!this.receiver || this.joined) return this.protocolError('Snapshot out of order');
-    this.player = s.player;
+    // A spectator's snapshot names entity 0: it has no player.
+    this.player = s.player === 0 ? null : s.player;
     this.receiver.ownEntityId = s.player; // never sent as a record: ignore any that is
     this.user = s.user;
     this.rank = enumName(s.rank, RANKS);

@@ -46,6 +46,13 @@ impl ServerCore {
             return;
         };
         let acked = s.replicator.handle_ack(&d.ack, now) as u64;
+        if s.camera.is_some() {
+            // A spectator has no player state to send: only its acknowledgements count.
+            if let Some(c) = self.conns.get_mut(&conn) {
+                c.figures.datagrams_acked += acked;
+            }
+            return;
+        }
         let own_up = if client_auth {
             0
         } else {

@@ -78,7 +78,7 @@ pub use inbox::{
 };
 pub use output::{ServerEvent, Transmit};
 pub use rate::FLOOD_WINDOW;
-pub use session::Session;
+pub use session::{Session, NO_PLAYER};
 pub use tick::{TickStats, TimeoutProgress};
 
 use crate::persist::{Effect, NextIds};

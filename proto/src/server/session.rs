@@ -23,8 +23,10 @@ pub struct Session {
     pub name: String,
     /// The current connection (`None` while disconnected and resumable).
     pub conn: Option<ConnId>,
-    /// The player entity.
+    /// The player entity; [`NO_PLAYER`] for a spectator.
     pub player: EntityId,
+    /// A spectator's camera (its viewpoint for interest); `None` for a session with a player.
+    pub camera: Option<Vec3>,
     /// When it joined.
     pub joined_at: Time,
     /// Transform replication towards this session's client.
@@ -93,7 +95,15 @@ impl OwnSent {
     }
 }
 
+/// The player id of a spectator's session and `Snapshot`: no entity ever has id 0.
+pub const NO_PLAYER: EntityId = EntityId(0);
+
 impl Session {
+    /// Whether it watches without a player.
+    pub fn is_spectator(&self) -> bool {
+        self.camera.is_some()
+    }
+
     /// The replicator's round-trip estimate, if any acks arrived.
     pub fn rtt_estimate_us(&self) -> Option<u64> {
         self.replicator.rtt_estimate_us()

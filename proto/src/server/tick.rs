@@ -148,14 +148,17 @@ impl ServerCore {
                 continue;
             }
             *budget -= 1;
-            let viewer = self
-                .world
-                .entities
-                .get(&s.player)
-                .map(|e| e.transform.position);
+            let viewer = match s.camera {
+                Some(camera) => Some(camera),
+                None => self
+                    .world
+                    .entities
+                    .get(&s.player)
+                    .map(|e| e.transform.position),
+            };
             // The own-player state only when it changed or its client may not have it yet: a
             // player standing still costs nothing.
-            let blob = if job.server_auth {
+            let blob = if job.server_auth && s.camera.is_none() {
                 s.motion
                     .own_state_blob()
                     .filter(|b| s.own_sent.needs(b, &s.replicator))

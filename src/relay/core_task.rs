@@ -55,6 +55,8 @@ pub(super) struct CoreTask {
     pub(super) failed: Vec<AckToken>,
     pub(super) events: Option<EventSink>,
     pub(super) metrics: Option<Arc<Metrics>>,
+    /// The hosting game's per-tick call, if any.
+    pub(super) host: Option<super::HostFn>,
     /// Reused every tick: bytes per entity, merged into the metrics once per tick.
     pub(super) entity_bytes: EntityBytesBatch,
     pub(super) next_users_report: Instant,
@@ -169,6 +171,12 @@ impl CoreTask {
         // The tick uses every input and acknowledgement that arrived before it.
         self.take_datagrams();
         let now = self.now();
+        if let Some(host) = self.host.as_mut() {
+            if self.core.poll_timeout().is_some_and(|t| t <= now) {
+                host(&mut self.core);
+                self.drain_outputs();
+            }
+        }
         // In steps, each handed to QUIC before the next is written: the first clients'
         // datagrams leave while later clients' are still being written.
         while self.core.handle_timeout_step(now, TICK_STEP_CLIENTS) == TimeoutProgress::More {

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::{TestRelay, WAIT};
 use neonet::client::Client;
+use neonet::metrics::{Metrics, MetricsConfig};
 use neonet::proto::server::ServerCore;
 use neonet::proto::types::{EntityId, EntityKind, Transform, Vec3};
 use neonet::relay::RelayHooks;
@@ -21,7 +22,9 @@ fn a_hosted_body_moves_for_a_spectator_and_a_player_over_quic() {
     let calls = Arc::new(AtomicU64::new(0));
     let (b, c) = (body.clone(), calls.clone());
     let mut id: Option<EntityId> = None;
+    let metrics = Arc::new(Metrics::new(MetricsConfig::default()));
     let hooks = RelayHooks {
+        metrics: Some(metrics.clone()),
         host: Some(Box::new(move |core: &mut ServerCore| {
             let e = *id.get_or_insert_with(|| {
                 let e = core
@@ -79,4 +82,27 @@ fn a_hosted_body_moves_for_a_spectator_and_a_player_over_quic() {
     assert!(f.datagrams_down > 0 && f.bytes_down > 0, "{f:?}");
     assert_eq!(f.own_state_bytes_up, 0, "a spectator sends no player state");
     assert!(calls.load(Ordering::SeqCst) >= 2);
+    // `/status` and `/metrics` show the top connections by bytes, from the core's figures.
+    let deadline = Instant::now() + WAIT;
+    let top = loop {
+        let top = metrics.status().top_connections;
+        if top.len() == 2 {
+            break top;
+        }
+        assert!(Instant::now() < deadline, "no top connections: {top:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(top[0].bytes_in + top[0].bytes_out >= top[1].bytes_in + top[1].bytes_out);
+    let mut names: Vec<_> = top.iter().filter_map(|c| c.name.clone()).collect();
+    names.sort();
+    assert_eq!(names, ["ada", "eve"]);
+    assert!(top
+        .iter()
+        .any(|c| c.spectator && c.own_state_bytes_out == 0));
+    assert!(top.iter().all(|c| c.bytes_out > 0 && c.datagrams_out > 0));
+    let text = metrics.render_prometheus();
+    assert!(
+        text.contains("neonet_connection_bytes_top{conn=") && text.contains("rank=\"2\""),
+        "{text}"
+    );
 }

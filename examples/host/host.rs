@@ -6,7 +6,7 @@
 //! cargo run --release --example host -- --watch 127.0.0.1:4433   # watch it (a spectator)
 //! ```
 //!
-//! and, in a browser, the page the server prints (`http://127.0.0.1:8080/play`).
+//! and, in a browser, the page the server prints (`http://127.0.0.1:4480/play`).
 //!
 //! The server starts neonet's relay runtime as a library (QUIC, WebTransport and the WebSocket
 //! fallback, the HTTP page; no relay binary, nothing stored) with a [`RelayHooks::host`] call:
@@ -63,7 +63,7 @@ struct Args {
     #[arg(long, default_value = "0.0.0.0:4433")]
     listen: SocketAddr,
     /// HTTP address of the browser page and the status (`off` for none).
-    #[arg(long, default_value = "127.0.0.1:8080")]
+    #[arg(long, default_value = "127.0.0.1:4480")]
     http: String,
     /// Bodies to simulate.
     #[arg(long, default_value_t = 400)]

@@ -20,7 +20,7 @@ use neonet_proto::Time;
 
 use super::accept::SharedInbox;
 use super::{EffectSink, EventSink, Inbound, Link, INBOUND_BATCH_MAX, TICK_STEP_CLIENTS};
-use crate::metrics::{EntityBytesBatch, Metrics, UserReport};
+use crate::metrics::{ConnectionStatus, EntityBytesBatch, Metrics, UserReport};
 use crate::store::{Store, SubmitError};
 
 /// Interval between user reports to the metrics (what `/status` shows).
@@ -223,6 +223,30 @@ impl CoreTask {
                 })
                 .collect();
             m.publish_users(users);
+            let top = self
+                .core
+                .top_conns_by_bytes(crate::metrics::TOP_CONNECTIONS_K)
+                .into_iter()
+                .map(|(conn, f)| {
+                    let s = self.core.session_of(conn);
+                    ConnectionStatus {
+                        conn_id: conn.0,
+                        session_id: s.map(|s| s.id.0),
+                        name: s.map(|s| s.name.clone()),
+                        spectator: s.is_some_and(|s| s.is_spectator()),
+                        bytes_in: f.bytes_up,
+                        bytes_out: f.bytes_down,
+                        datagrams_in: f.datagrams_up,
+                        datagrams_out: f.datagrams_down,
+                        datagrams_unacked: f.datagrams_unacked,
+                        own_state_bytes_out: f.own_state_bytes_down,
+                        rtt_ms: f.rtt_us as f64 / 1000.0,
+                        budget_used: f.budget_used(),
+                        corrections: f.corrections,
+                    }
+                })
+                .collect();
+            m.publish_top_connections(top);
             // The live view names the players among its top entities.
             m.publish_entity_names(self.core.sessions().map(|s| (s.player.0, s.name.clone())));
         }

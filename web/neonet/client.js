@@ -1052,6 +1052,11 @@ export class NeonetClient {
 
   resetSession() {
     this.joined = false;
+    // Standing still: the still input, the tick it began at, and the newest input tick the
+    // server said it applied (own-state blobs). See the tick loop.
+    this.stillInput = null;
+    this.stillSince = 0;
+    this.serverInputTick = -1;
     this.early = [];
     this.heldEvents = [];
     this.receiver = null;
@@ -1584,6 +1589,9 @@ export class NeonetClient {
       try {
         const own = decodeOwnState(r.ownState);
         const serverTick = num(own.server_tick);
+        if (own.last_input_tick !== null) {
+          this.serverInputTick = Math.max(this.serverInputTick, num(own.last_input_tick));
+        }
         this.ownAuth = { tick: serverTick, position: own.state.position };
         const result = this.predictor.reconcile(serverTick, own.teleport_seq, own.state);
         if (result === 'corrected' || result === 'teleported') {
@@ -1645,6 +1653,18 @@ export class NeonetClient {
         if (clientAuth) {
           if (this.localState) this.localState = this.model.step(this.localState, this.input, this.dt);
         } else if (this.predictor.step(tick, this.input)) {
+          // Standing still with the same input since `stillSince`: once the server applied an
+          // input of this stillness it repeats it by itself, so nothing more is sent for it
+          // (acknowledgements still go out below). PROTOCOL.md 12.7.2.
+          const i = this.input;
+          const still = i.move_x === 0 && i.move_z === 0 && !i.jump;
+          const key = still ? `${i.yaw}/${i.run}` : null;
+          if (still && key === this.stillInput) {
+            if (this.serverInputTick >= this.stillSince) continue;
+          } else {
+            this.stillInput = key;
+            this.stillSince = tick;
+          }
           const un = this.predictor.unackedInputs();
           if (un) inputs = encodeInputBlob(un[0], un[1]);
         }

@@ -6,7 +6,8 @@
 //! cargo run --release --example host -- --watch 127.0.0.1:4433   # watch it (a spectator)
 //! ```
 //!
-//! and, in a browser, the page the server prints (`http://127.0.0.1:4480/play`).
+//! and, in a browser, the page the server prints (`http://127.0.0.1:4480/play?spectate` to
+//! watch, without `?spectate` to walk among the cubes).
 //!
 //! The server starts neonet's relay runtime as a library (QUIC, WebTransport and the WebSocket
 //! fallback, the HTTP page; no relay binary, nothing stored) with a [`RelayHooks::host`] call:
@@ -324,7 +325,10 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("binding the HTTP server to {addr}"))?;
-            println!("or in a browser: http://{}/play", listener.local_addr()?);
+            println!(
+                "or in a browser: http://{}/play?spectate",
+                listener.local_addr()?
+            );
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
             let task = tokio::spawn(neonet::http::serve_with_browsers(
                 listener,

@@ -157,13 +157,17 @@ impl CoreTask {
         self.store
     }
 
-    /// Runs the ticks that are due (and idle checks), with fresh datagram sizes. A tick's
+    /// Runs the ticks that are due (and idle checks), with fresh datagram sizes and path
+    /// signals. A tick's
     /// recorded duration runs from its start until its last client's datagrams are written,
     /// with the earlier clients' already handed to QUIC.
     fn timeout(&mut self) {
         for (conn, entry) in &self.links {
             if let Some(bytes) = entry.link.max_datagram_size() {
                 self.core.handle_max_datagram_size(*conn, bytes);
+            }
+            if let Some(signals) = entry.link.path_signals() {
+                self.core.handle_path_signals(*conn, signals);
             }
         }
         let tick = self.core.tick();

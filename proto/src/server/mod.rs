@@ -333,6 +333,18 @@ impl ServerCore {
         }
     }
 
+    /// What the connection's transport reports about its path (quinn's path stats: RTT,
+    /// congestion window, congestion events), for its client's transform budget to follow
+    /// (see [`crate::transform::budget`]). Call before every tick where the transport has them.
+    pub fn handle_path_signals(&mut self, conn: ConnId, signals: crate::transform::PathSignals) {
+        let Some(sid) = self.conns.get(&conn).and_then(|c| c.session) else {
+            return;
+        };
+        if let Some(s) = self.sessions.get_mut(&sid) {
+            s.replicator.handle_path_signals(signals);
+        }
+    }
+
     /// A complete frame body (without its length prefix) arrived on `channel`.
     pub fn handle_frame(&mut self, conn: ConnId, channel: Channel, body: &[u8], now: Time) {
         let now = self.advance(now);

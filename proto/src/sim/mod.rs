@@ -227,6 +227,23 @@ impl Sim {
 
     /// Connects a new client over links with the given impairments; returns its index.
     pub fn add_client(&mut self, config: ClientConfig, up: LinkConfig, down: LinkConfig) -> usize {
+        let core = ClientCore::new(config, self.now);
+        self.add_core(core, up, down)
+    }
+
+    /// Connects a spectator with its camera at `camera` ([`ClientCore::new_spectator`]).
+    pub fn add_spectator(
+        &mut self,
+        config: ClientConfig,
+        camera: crate::types::Vec3,
+        up: LinkConfig,
+        down: LinkConfig,
+    ) -> usize {
+        let core = ClientCore::new_spectator(config, camera, self.now);
+        self.add_core(core, up, down)
+    }
+
+    fn add_core(&mut self, core: ClientCore, up: LinkConfig, down: LinkConfig) -> usize {
         let idx = self.clients.len();
         let conn = ConnId(idx as u64 + 1);
         let mtu = down.mtu;
@@ -234,7 +251,7 @@ impl Sim {
             .handle_connect(conn, crate::server::TransportKind::Sim, self.now);
         self.server.handle_max_datagram_size(conn, mtu);
         self.clients.push(SimClient {
-            core: ClientCore::new(config, self.now),
+            core,
             conn,
             up: Link::new(up),
             down: Link::new(down),

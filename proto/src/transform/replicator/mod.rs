@@ -56,6 +56,9 @@ pub struct EntitySample {
     pub weight: f32,
     /// The session that owns it, if any: owners already predict it, so it weighs less for them.
     pub owner: Option<SessionId>,
+    /// Relevant to every client regardless of distance: always in interest, weighted as if
+    /// next to the viewer.
+    pub global: bool,
 }
 
 impl EntitySample {
@@ -67,6 +70,7 @@ impl EntitySample {
             position: t.position,
             weight: 1.0,
             owner: None,
+            global: false,
         }
     }
 }
@@ -275,6 +279,19 @@ impl ClientReplicator {
             let d = &self.history[(s % SENT_HISTORY_LEN as u64) as usize];
             d.records.iter().filter(|r| !r.is_left()).map(|r| r.id)
         })
+    }
+
+    /// The full sequence numbers of the datagrams the last [`ClientReplicator::write_tick`]
+    /// wrote (the first carries the own blob, if any).
+    pub fn last_tick_seqs(&self) -> std::ops::Range<u64> {
+        self.tick_first_seq..self.next_seq
+    }
+
+    /// Whether the datagram with full sequence number `seq_full` was acknowledged; `None` once
+    /// it is no longer remembered (or was never sent).
+    pub fn datagram_acked(&self, seq_full: u64) -> Option<bool> {
+        let d = &self.history[(seq_full % SENT_HISTORY_LEN as u64) as usize];
+        (d.valid && d.seq_full == seq_full).then_some(d.acked)
     }
 
     /// Starts sequence numbers further on (tests of wrap-around).

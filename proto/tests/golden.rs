@@ -205,6 +205,7 @@ fn client_tag(m: &ClientMsg) -> u32 {
         Kick { .. } => 15,
         Mute { .. } => 16,
         Goodbye => 17,
+        BlueprintRemove { .. } => 18,
     }
 }
 
@@ -231,6 +232,7 @@ fn server_tag(m: &ServerMsg) -> u32 {
         RankModified { .. } => 17,
         Muted { .. } => 18,
         Close { .. } => 19,
+        BlueprintRemoved(_) => 20,
     }
 }
 
@@ -368,6 +370,13 @@ pub fn client_cases() -> Vec<(ClientMsg, &'static str)> {
             "04000000 100c0101",
         ),
         (ClientMsg::Goodbye, "01000000 11"),
+        (
+            ClientMsg::BlueprintRemove {
+                req: ReqId(13),
+                id: BlueprintId("tree".into()),
+            },
+            "07000000 120d0474726565",
+        ),
     ]
 }
 
@@ -471,6 +480,10 @@ pub fn server_cases() -> Vec<(ServerMsg, &'static str)> {
             },
             "05000000 1304027632",
         ),
+        (
+            ServerMsg::BlueprintRemoved(BlueprintId("tree".into())),
+            "06000000 140474726565",
+        ),
     ]
 }
 
@@ -555,17 +568,17 @@ fn variant_counts_match_the_enums() {
     let (last_client, _) = client_cases().pop().unwrap();
     assert_eq!(client_tag(&last_client), CLIENT_MSG_VARIANTS - 1);
     assert_eq!(
-        codec::decode_client(&[(CLIENT_MSG_VARIANTS - 1) as u8]),
-        Ok(ClientMsg::Goodbye)
+        codec::decode_client(&[(CLIENT_MSG_VARIANTS - 1) as u8, 1, 1, b'x']),
+        Ok(ClientMsg::BlueprintRemove {
+            req: ReqId(1),
+            id: BlueprintId("x".into())
+        })
     );
     let (last_server, _) = server_cases().pop().unwrap();
     assert_eq!(server_tag(&last_server), SERVER_MSG_VARIANTS - 1);
     assert_eq!(
-        codec::decode_server(&unhex("13 00 02 6f6b")),
-        Ok(ServerMsg::Close {
-            reason: CloseReason::PlayerLimit,
-            detail: "ok".into()
-        })
+        codec::decode_server(&unhex("14 01 78")),
+        Ok(ServerMsg::BlueprintRemoved(BlueprintId("x".into())))
     );
     // The tag equal to the count is unknown to the codec...
     assert_eq!(
@@ -633,6 +646,7 @@ fn channels_of_every_message() {
             Control, // Kick
             Control, // Mute
             Control, // Goodbye
+            World,   // BlueprintRemove
         ]
     );
     let server: Vec<Channel> = server_cases().iter().map(|(m, _)| m.channel()).collect();
@@ -659,6 +673,7 @@ fn channels_of_every_message() {
             Control, // RankModified
             Control, // Muted
             Control, // Close
+            World,   // BlueprintRemoved
         ]
     );
 }

@@ -85,6 +85,9 @@ impl ServerCore {
                 u
             }
             None => {
+                if !self.admit_tokenless_join(conn) {
+                    return;
+                }
                 if self.world.users.len() >= USERS_MAX {
                     return self.close_conn(
                         conn,
@@ -184,6 +187,7 @@ impl ServerCore {
                 validator,
                 up_seq: None,
                 rate: MessageRate::new(self.config.message_burst, self.now),
+                rates: super::rate::SessionRates::new(&self.config.limits, self.now),
             },
         );
         self.by_user.insert(user, sid);

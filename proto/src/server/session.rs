@@ -37,6 +37,8 @@ pub struct Session {
     pub(super) up_seq: Option<Seq>,
     /// Its reliable-message budget.
     pub(super) rate: MessageRate,
+    /// Its budgets by kind (chat, commands, changes, datagrams, bytes).
+    pub(super) rates: super::rate::SessionRates,
 }
 
 impl Session {
@@ -56,6 +58,8 @@ pub(super) struct Conn {
     pub(super) connected_at: Time,
     pub(super) last_heard: Time,
     pub(super) max_datagram_size: usize,
+    /// The peer's source address, when the driver told (`handle_peer_address`).
+    pub(super) addr: Option<std::net::IpAddr>,
 }
 
 impl ServerCore {

@@ -194,6 +194,14 @@ pub enum ClientMsg {
     },
     /// The client is leaving; the server closes with `CloseReason::ClientLeft`.
     Goodbye,
+    /// Delete a blueprint and every app instantiating it (admin). The server answers `Ack`
+    /// and tells everyone `EntityRemoved` for each app, then `BlueprintRemoved`.
+    BlueprintRemove {
+        /// Change id.
+        req: ReqId,
+        /// Which blueprint.
+        id: BlueprintId,
+    },
 }
 
 /// A server → client message.
@@ -313,6 +321,8 @@ pub enum ServerMsg {
         /// Human-readable detail.
         detail: String,
     },
+    /// A blueprint was deleted (its apps were removed just before, each with `EntityRemoved`).
+    BlueprintRemoved(BlueprintId),
 }
 
 /// Everything a newcomer needs, sent once.
@@ -442,7 +452,8 @@ impl ClientMsg {
             | PlayerTeleport { .. }
             | PlayerPush { .. }
             | SettingsModify { .. }
-            | SpawnModify { .. } => Channel::World,
+            | SpawnModify { .. }
+            | BlueprintRemove { .. } => Channel::World,
         }
     }
 
@@ -468,6 +479,7 @@ impl ClientMsg {
             Kick { .. } => "kick",
             Mute { .. } => "mute",
             Goodbye => "goodbye",
+            BlueprintRemove { .. } => "blueprint_remove",
         }
     }
 
@@ -486,7 +498,8 @@ impl ClientMsg {
             | SpawnModify { req, .. }
             | ModifyRank { req, .. }
             | Kick { req, .. }
-            | Mute { req, .. } => Some(*req),
+            | Mute { req, .. }
+            | BlueprintRemove { req, .. } => Some(*req),
             _ => None,
         }
     }
@@ -515,7 +528,8 @@ impl ServerMsg {
             | PlayerTeleport { .. }
             | PlayerPush { .. }
             | SettingsModified(_)
-            | SpawnModified(_) => Channel::World,
+            | SpawnModified(_)
+            | BlueprintRemoved(_) => Channel::World,
         }
     }
 
@@ -543,6 +557,7 @@ impl ServerMsg {
             RankModified { .. } => "rank_modified",
             Muted { .. } => "muted",
             Close { .. } => "close",
+            BlueprintRemoved(_) => "blueprint_removed",
         }
     }
 }

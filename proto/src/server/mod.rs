@@ -44,6 +44,7 @@
 //! [`ServerConfig::durable_acks`] a change's sender is acknowledged only when the store reports
 //! it durable ([`ServerCore::handle_store`]).
 
+pub mod addr;
 pub mod auth;
 pub mod config;
 pub mod inbox;

@@ -1,0 +1,486 @@
+//! The limits half of the adversarial suite, over real QUIC: hostile values, quota breaches,
+//! floods of chat and commands, tokenless joins and connections from one address, and a
+//! handshake flood, each expecting a specific refusal or drop, while two honest clients keep
+//! chatting and moving and lose nothing that was acknowledged to them. The relay's memory
+//! after the floods is checked against its baseline (a generous bound).
+
+mod common;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::time::Duration;
+
+use common::{expect, TestRelay, WAIT};
+use neonet::client::{Client, ClientEvent, ConnectError};
+use neonet::config::RelayConfig;
+use neonet::proto::predict::CharacterInput;
+use neonet::proto::types::*;
+use neonet::proto::wire::msg::{CloseReason, Refusal};
+use neonet::relay::{Relay, RelayHooks};
+
+/// Two honest clients that chat and walk throughout a case.
+struct Honest {
+    a: Client,
+    b: Client,
+    /// Chat bodies acknowledged to either, which the other must have received.
+    rounds: u32,
+}
+
+impl Honest {
+    fn join(relay: &TestRelay) -> Honest {
+        let (a, b) = (relay.client("honest-a"), relay.client("honest-b"));
+        let walk = CharacterInput {
+            move_z: 127,
+            ..CharacterInput::default()
+        };
+        a.set_input(walk);
+        b.set_input(walk);
+        Honest { a, b, rounds: 0 }
+    }
+
+    /// One round: each says something, gets it acknowledged, and the other hears it.
+    fn round(&mut self) {
+        self.rounds += 1;
+        for (from, to, who) in [(&self.a, &self.b, "a"), (&self.b, &self.a, "b")] {
+            let body = format!("{who} round {}", self.rounds);
+            let req = from.send_chat(body.clone()).expect("honest client still connected");
+            expect(from, "the honest chat's ack", |e| {
+                matches!(e, ClientEvent::Acked(r) if *r == req)
+            });
+            expect(to, "the other honest client hears it", |e| {
+                matches!(e, ClientEvent::Chat(m) if m.body == body)
+            });
+        }
+    }
+
+    /// Both still joined and their players have walked away from the spawn point.
+    fn check_moved(&self) {
+        for c in [&self.a, &self.b] {
+            let moved = (0..100).any(|_| {
+                let _ = c.begin_frame(0.016);
+                let t = c.player_transform();
+                std::thread::sleep(Duration::from_millis(20));
+                t.is_some_and(|t| t.position[2].abs() > 0.5)
+            });
+            assert!(moved, "an honest player walks on");
+        }
+    }
+}
+
+/// A builder world (everyone a builder) with `limits` set as `--limit NAME=VALUE` would.
+fn relay_with(limits: &[(&str, &str)]) -> TestRelay {
+    let mut world = neonet::proto::persist::World::default();
+    world.settings.default_rank = Rank::Builder;
+    TestRelay::start_config(
+        |c| {
+            c.admin_code = Some("sesame".into());
+            for (k, v) in limits {
+                c.limits.set(k, v).unwrap();
+            }
+        },
+        RelayHooks {
+            world,
+            ..RelayHooks::default()
+        },
+    )
+}
+
+fn refusal_of(c: &Client, req: ReqId) -> Option<Refusal> {
+    match expect(c, "an answer", |e| {
+        matches!(e, ClientEvent::Acked(r) | ClientEvent::Refused { req: r, .. } if *r == req)
+    }) {
+        ClientEvent::Refused { reason, .. } => Some(reason),
+        _ => None,
+    }
+}
+
+fn blueprint(id: &str, props: usize) -> Blueprint {
+    Blueprint {
+        id: BlueprintId(id.into()),
+        version: 1,
+        name: id.into(),
+        props: Bytes(vec![7; props]),
+        ..Blueprint::default()
+    }
+}
+
+fn at(position: Vec3, rotation: Quat, scale: Option<Vec3>) -> Transform {
+    Transform {
+        position,
+        rotation,
+        scale,
+    }
+}
+
+/// Resident memory of this process (relay included), bytes, from /proc.
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+#[test]
+fn hostile_values_are_refused_or_normalized_and_versions_cannot_jump() {
+    let relay = relay_with(&[]);
+    let mut honest = Honest::join(&relay);
+    let x = relay.client("builder");
+    let id = BlueprintId("crate".into());
+    let req = x.add_blueprint(blueprint("crate", 16)).unwrap();
+    assert_eq!(refusal_of(&x, req), None);
+    let add = |t: Transform| {
+        let req = x.add_entity(id.clone(), t, vec![]).unwrap();
+        refusal_of(&x, req)
+    };
+    let unit = [0.0, 0.0, 0.0, 1.0];
+    assert_eq!(add(at([1e30, 0.0, 0.0], unit, None)), Some(Refusal::Invalid), "1e30");
+    assert_eq!(add(at([0.0, 0.0, 5000.0], unit, None)), Some(Refusal::Invalid), "out of bounds");
+    assert_eq!(add(at([0.0; 3], [0.0; 4], None)), Some(Refusal::Invalid), "[0,0,0,0]");
+    assert_eq!(
+        add(at([0.0; 3], [f32::NAN, 0.0, 0.0, 1.0], None)),
+        Some(Refusal::Invalid),
+        "NaN rotation"
+    );
+    assert_eq!(add(at([0.0; 3], unit, Some([1e9, 1.0, 1.0]))), Some(Refusal::Invalid), "scale");
+    // A long rotation is stored and relayed normalized.
+    assert_eq!(add(at([1.0, 2.0, 3.0], [1e30, 0.0, 0.0, 0.0], None)), None);
+    let ClientEvent::EntityAdded(eid) =
+        expect(&honest.a, "the app reaches others", |e| matches!(e, ClientEvent::EntityAdded(_)))
+    else {
+        unreachable!()
+    };
+    let rotation = honest.a.with_world(|w| w.entities[&eid].transform.rotation);
+    assert_eq!(rotation, [1.0, 0.0, 0.0, 0.0], "relayed normalized");
+    // Versions: a new blueprint may not start at u32::MAX, nor jump there.
+    let mut locked = blueprint("locked", 4);
+    locked.version = u32::MAX;
+    let req = x.add_blueprint(locked).unwrap();
+    assert_eq!(refusal_of(&x, req), Some(Refusal::Invalid));
+    let req = x.with_core(|c| c.modify_blueprint_at(id.clone(), u32::MAX, BlueprintPatch::default()));
+    assert_eq!(refusal_of(&x, req), Some(Refusal::Invalid), "version jump");
+    let req = x.modify_blueprint(id.clone(), BlueprintPatch::default()).unwrap();
+    assert_eq!(refusal_of(&x, req), None, "the next version still passes");
+    honest.round();
+    // Teleporting oneself to 1e30 (no change id to refuse) closes the sender.
+    let t = relay.client("teleporter");
+    let me = t.player().unwrap();
+    t.with_core(|c| {
+        c.send_raw(&neonet::proto::ClientMsg::PlayerTeleport {
+            target: me,
+            position: [1e30, 0.0, 0.0],
+            rotation_y: 0.0,
+        })
+    });
+    let err = t.wait_for(WAIT, |_| false).unwrap_err();
+    assert!(
+        err.to_string().contains("player_teleport breaks a limit"),
+        "closed with the reason: {err}"
+    );
+    honest.round();
+    honest.check_moved();
+}
+
+#[test]
+fn quotas_refuse_what_would_fill_the_world_and_an_admin_deletes_it() {
+    let relay = relay_with(&[
+        ("entities_per_user_max", "3"),
+        ("blueprint_bytes_per_user_max", "20000"),
+        ("world_bytes_max", "60000"),
+    ]);
+    let mut honest = Honest::join(&relay);
+    let x = relay.client("hoarder");
+    let req = x.add_blueprint(blueprint("small", 100)).unwrap();
+    assert_eq!(refusal_of(&x, req), None);
+    let place = |c: &Client| {
+        let req = c
+            .add_entity(BlueprintId("small".into()), Transform::default(), vec![])
+            .unwrap();
+        refusal_of(c, req)
+    };
+    for _ in 0..3 {
+        assert_eq!(place(&x), None);
+    }
+    assert_eq!(place(&x), Some(Refusal::WorldFull), "past the per-user app cap");
+    assert_eq!(place(&honest.a), None, "another builder still places apps");
+    let req = x.add_blueprint(blueprint("big", 19_000)).unwrap();
+    assert_eq!(refusal_of(&x, req), None);
+    let req = x.add_blueprint(blueprint("bigger", 2_000)).unwrap();
+    assert_eq!(
+        refusal_of(&x, req),
+        Some(Refusal::WorldFull),
+        "past the per-user blueprint bytes"
+    );
+    // Two more builders fill the world's bytes; the third is refused.
+    let (y, z) = (relay.client("y"), relay.client("z"));
+    let req = y.add_blueprint(blueprint("y1", 19_000)).unwrap();
+    assert_eq!(refusal_of(&y, req), None);
+    let req = z.add_blueprint(blueprint("z1", 19_000)).unwrap();
+    assert_eq!(refusal_of(&z, req), Some(Refusal::WorldFull), "past the world's bytes");
+    honest.round();
+    // An admin deletes the hoarder's blueprint and its apps; the space comes back.
+    let admin = relay.client("admin");
+    let req = admin
+        .send_command(vec!["admin".into(), "sesame".into()])
+        .unwrap();
+    assert_eq!(refusal_of(&admin, req), None);
+    let req = x
+        .send_command(vec!["delete".into(), "blueprint".into(), "big".into()])
+        .unwrap();
+    assert_eq!(refusal_of(&x, req), Some(Refusal::Rank), "only an admin deletes blueprints");
+    let req = admin
+        .send_command(vec!["delete".into(), "blueprint".into(), "big".into()])
+        .unwrap();
+    assert_eq!(refusal_of(&admin, req), None);
+    let req = admin.with_core(|c| c.remove_blueprint(BlueprintId("small".into())));
+    assert_eq!(refusal_of(&admin, req), None, "BlueprintRemove");
+    expect(&honest.b, "the deletion reaches everyone", |e| {
+        matches!(e, ClientEvent::BlueprintRemoved(id) if id.0 == "small")
+    });
+    honest.b.with_world(|w| {
+        assert!(w.entities.values().all(|e| e.blueprint.as_ref().is_none_or(|b| b.0 != "small")));
+        assert!(!w.blueprints.contains_key(&BlueprintId("big".into())));
+    });
+    let req = z.add_blueprint(blueprint("z1", 19_000)).unwrap();
+    assert_eq!(refusal_of(&z, req), None, "room again after the deletion");
+    honest.round();
+    honest.check_moved();
+}
+
+#[test]
+fn chat_and_command_floods_are_refused_then_the_flooder_is_closed() {
+    let relay = relay_with(&[]);
+    let mut honest = Honest::join(&relay);
+    let f = relay.client("chatty");
+    let reqs: Vec<ReqId> = (0..15)
+        .map(|i| f.send_chat(format!("spam {i}")).unwrap())
+        .collect();
+    let mut refused = 0;
+    for req in reqs {
+        if refusal_of(&f, req) == Some(Refusal::RateLimited) {
+            refused += 1;
+        }
+    }
+    assert!(refused >= 3, "a chat burst past 10 is refused RateLimited ({refused})");
+    honest.round();
+    for i in 0..40 {
+        if f.send_chat(format!("more {i}")).is_err() {
+            break;
+        }
+    }
+    let err = f.wait_for(WAIT, |_| false).unwrap_err();
+    assert!(err.to_string().contains("flooding"), "closed Flooding: {err}");
+    let c = relay.client("commander");
+    for _ in 0..40 {
+        if c.send_command(vec!["name".into(), "x".into()]).is_err() {
+            break;
+        }
+    }
+    let err = c.wait_for(WAIT, |_| false).unwrap_err();
+    assert!(err.to_string().contains("commands kept coming"), "closed: {err}");
+    honest.round();
+    honest.check_moved();
+}
+
+#[test]
+fn tokenless_joins_and_connections_from_one_address_are_capped() {
+    let relay = relay_with(&[
+        ("tokenless_joins_per_addr_burst", "5"),
+        ("tokenless_joins_per_addr_per_s", "0.01"),
+        ("connections_per_addr_max", "6"),
+    ]);
+    let mut honest = Honest::join(&relay);
+    let token = honest.a.token().unwrap();
+    // Two tokenless joins spent by the honest clients; three more pass, then refusals.
+    let mut joined = Vec::new();
+    let mut refused = None;
+    for i in 0..6 {
+        match Client::connect(relay.addr, relay.options(&format!("new{i}"))) {
+            Ok(c) => joined.push(c),
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+        }
+    }
+    assert_eq!(joined.len(), 3, "the burst of tokenless joins, less the honest two");
+    match refused {
+        Some(ConnectError::Refused { reason, detail }) => {
+            assert_eq!(reason, CloseReason::Flooding);
+            assert!(detail.contains("join with your token"), "{detail}");
+        }
+        other => panic!("expected a Flooding refusal, got {other:?}"),
+    }
+    honest.round();
+    // 2 honest + 3 = 5 connections open from 127.0.0.1: one more fits (with its token: token
+    // joins are not counted), the next is refused before its handshake completes.
+    drop(honest.a);
+    honest.a = Client::connect(
+        relay.addr,
+        neonet::client::ClientOptions {
+            token: Some(token),
+            ..relay.options("honest-a")
+        },
+    )
+    .expect("a join with a token is never held back");
+    let sixth = Client::connect(
+        relay.addr,
+        neonet::client::ClientOptions {
+            token: honest.b.token(),
+            ..relay.options("dup")
+        },
+    );
+    let seventh = Client::connect(relay.addr, relay.options("seventh"));
+    assert!(
+        matches!(seventh, Err(ConnectError::Handshake(_))) || sixth.is_err(),
+        "the per-address connection cap refused one: {seventh:?}"
+    );
+    drop(sixth);
+    drop(joined);
+}
+
+/// Sends one QUIC Initial (captured from a real client) from `n` fresh UDP sockets that never
+/// answer: `n` half-open handshakes. Returns the sockets (kept open so their packets land).
+fn handshake_flood(relay: SocketAddr, initial: &[u8], n: usize) -> Vec<UdpSocket> {
+    (0..n)
+        .map(|_| {
+            let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+            s.send_to(initial, relay).unwrap();
+            s
+        })
+        .collect()
+}
+
+/// The first datagram a quinn client sends towards a relay (its Initial), captured by pointing
+/// the client at a socket of ours.
+fn capture_initial(relay: &TestRelay) -> Vec<u8> {
+    let trap = UdpSocket::bind("127.0.0.1:0").unwrap();
+    trap.set_read_timeout(Some(WAIT)).unwrap();
+    let addr = trap.local_addr().unwrap();
+    let opts = neonet::client::ClientOptions {
+        connect_timeout: Duration::from_millis(300),
+        ..relay.options("trap")
+    };
+    let t = std::thread::spawn(move || {
+        let _ = Client::connect(addr, opts);
+    });
+    let mut buf = vec![0u8; 2048];
+    let (n, _) = trap.recv_from(&mut buf).unwrap();
+    buf.truncate(n);
+    t.join().unwrap();
+    buf
+}
+
+#[test]
+fn a_handshake_flood_gets_retries_holds_no_join_slots_and_an_honest_newcomer_gets_in() {
+    let relay = relay_with(&[("handshakes_before_retry", "32")]);
+    let mut honest = Honest::join(&relay);
+    let baseline = rss_bytes();
+    let initial = capture_initial(&relay);
+    assert_eq!(initial[0] & 0xf0, 0xc0, "a QUIC Initial (long header, type 0)");
+    let flood = handshake_flood(relay.addr, &initial, 600);
+    // Past 32 half-open handshakes, unvalidated attempts are answered with a Retry (long
+    // header, type 3) instead of a handshake.
+    let mut retries = 0;
+    let mut buf = [0u8; 2048];
+    for s in &flood {
+        s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        while let Ok(n) = s.recv(&mut buf) {
+            if n > 0 && buf[0] & 0xf0 == 0xf0 {
+                retries += 1;
+                break;
+            }
+        }
+        if retries >= 10 {
+            break;
+        }
+    }
+    assert!(retries >= 10, "the flood got Retry packets ({retries})");
+    // An honest newcomer still gets in (its client answers the Retry), and joins.
+    let newcomer = relay.client("newcomer");
+    assert!(newcomer.player().is_some());
+    honest.round();
+    honest.check_moved();
+    drop(flood);
+    // Memory: the flood's half-open handshakes are gone within the handshake timeout; the
+    // process (relay and test) stays near its baseline.
+    let after = rss_bytes();
+    assert!(
+        after < baseline + 128 * 1024 * 1024,
+        "memory after the flood {after} B, baseline {baseline} B"
+    );
+    eprintln!(
+        "rss baseline {:.1} MiB, after a 600-handshake flood {:.1} MiB",
+        baseline as f64 / 1048576.0,
+        after as f64 / 1048576.0
+    );
+}
+
+#[test]
+fn a_world_at_every_cap_still_admits_a_newcomer_also_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = || {
+        let mut c = RelayConfig::for_tests(dir.path());
+        c.persist = true;
+        c.limits.entities_per_user_max = 20;
+        // One builder may fill the whole world's bytes (the default world cap, 3 MiB).
+        c.limits.blueprint_bytes_per_user_max = 8 * 1024 * 1024;
+        c
+    };
+    let rt = common::runtime();
+    let mut world = neonet::proto::persist::World::default();
+    world.settings.default_rank = Rank::Builder;
+    let relay = rt
+        .block_on(Relay::start_with(
+            config(),
+            RelayHooks {
+                world,
+                ..RelayHooks::default()
+            },
+        ))
+        .unwrap();
+    let opts = |name: &str| neonet::client::ClientOptions {
+        name: name.into(),
+        trust: neonet::tls::Trust::Sha256(relay.cert_fingerprint()),
+        connect_timeout: WAIT,
+        ..neonet::client::ClientOptions::default()
+    };
+    let x = Client::connect(relay.local_addr(), opts("filler")).unwrap();
+    let mut n = 0;
+    loop {
+        n += 1;
+        let req = x
+            .add_blueprint(blueprint(&format!("b{n}"), 400 * 1024))
+            .unwrap();
+        match refusal_of(&x, req) {
+            None => {}
+            Some(Refusal::WorldFull) => break,
+            Some(r) => panic!("unexpected refusal {r:?}"),
+        }
+        assert!(n < 20, "the world cap holds");
+    }
+    let placed = (0..25)
+        .filter(|_| {
+            let req = x
+                .add_entity(BlueprintId("b1".into()), Transform::default(), vec![])
+                .unwrap();
+            refusal_of(&x, req).is_none()
+        })
+        .count();
+    assert!(placed <= 20, "the per-user app cap holds ({placed})");
+    let newcomer = Client::connect(relay.local_addr(), opts("newcomer")).expect("joins a full world");
+    assert!(newcomer.with_world(|w| w.blueprints.len()) >= n - 1);
+    drop(newcomer);
+    drop(x);
+    let fingerprint = relay.cert_fingerprint();
+    rt.block_on(relay.shutdown()).unwrap();
+    let relay = rt
+        .block_on(Relay::start_with(config(), RelayHooks::default()))
+        .unwrap();
+    assert_eq!(relay.cert_fingerprint(), fingerprint);
+    let again = Client::connect(relay.local_addr(), opts("after-restart"))
+        .expect("joins the full world after a restart");
+    assert!(again.with_world(|w| w.blueprints.len()) >= n - 1);
+    drop(again);
+    rt.block_on(relay.shutdown()).unwrap();
+}

@@ -260,7 +260,10 @@ mod tests {
             toml::from_str("[limits]\nchat_per_s = 5.0\nconnections_per_addr_max = 8").unwrap();
         assert_eq!(c.limits.chat_per_s, 5.0);
         assert_eq!(c.limits.connections_per_addr_max, 8);
-        assert_eq!(c.limits.core().chat, RateSpec::new(5.0, CHAT_RATE_DEFAULT.burst));
+        assert_eq!(
+            c.limits.core().chat,
+            RateSpec::new(5.0, CHAT_RATE_DEFAULT.burst)
+        );
         assert!(toml::from_str::<crate::config::RelayConfig>("[limits]\nchat_per = 5").is_err());
         let mut l = LimitsSection::default();
         l.set("world_bytes_max", "1_000_000").unwrap();

@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::UdpSocket;
 use std::time::Duration;
 
 use common::{expect, TestRelay, WAIT};
@@ -42,13 +42,19 @@ impl Honest {
         self.rounds += 1;
         for (from, to, who) in [(&self.a, &self.b, "a"), (&self.b, &self.a, "b")] {
             let body = format!("{who} round {}", self.rounds);
-            let req = from.send_chat(body.clone()).expect("honest client still connected");
-            expect(from, "the honest chat's ack", |e| {
-                matches!(e, ClientEvent::Acked(r) if *r == req)
-            });
-            expect(to, "the other honest client hears it", |e| {
-                matches!(e, ClientEvent::Chat(m) if m.body == body)
-            });
+            let req = from
+                .send_chat(body.clone())
+                .expect("honest client still connected");
+            expect(
+                from,
+                "the honest chat's ack",
+                |e| matches!(e, ClientEvent::Acked(r) if *r == req),
+            );
+            expect(
+                to,
+                "the other honest client hears it",
+                |e| matches!(e, ClientEvent::Chat(m) if m.body == body),
+            );
         }
     }
 
@@ -68,6 +74,11 @@ impl Honest {
 
 /// A builder world (everyone a builder) with `limits` set as `--limit NAME=VALUE` would.
 fn relay_with(limits: &[(&str, &str)]) -> TestRelay {
+    relay_configured(limits, |_| {})
+}
+
+/// [`relay_with`], with other configuration changes too.
+fn relay_configured(limits: &[(&str, &str)], more: impl FnOnce(&mut RelayConfig)) -> TestRelay {
     let mut world = neonet::proto::persist::World::default();
     world.settings.default_rank = Rank::Builder;
     TestRelay::start_config(
@@ -76,6 +87,7 @@ fn relay_with(limits: &[(&str, &str)]) -> TestRelay {
             for (k, v) in limits {
                 c.limits.set(k, v).unwrap();
             }
+            more(c);
         },
         RelayHooks {
             world,
@@ -85,9 +97,11 @@ fn relay_with(limits: &[(&str, &str)]) -> TestRelay {
 }
 
 fn refusal_of(c: &Client, req: ReqId) -> Option<Refusal> {
-    match expect(c, "an answer", |e| {
-        matches!(e, ClientEvent::Acked(r) | ClientEvent::Refused { req: r, .. } if *r == req)
-    }) {
+    match expect(
+        c,
+        "an answer",
+        |e| matches!(e, ClientEvent::Acked(r) | ClientEvent::Refused { req: r, .. } if *r == req),
+    ) {
         ClientEvent::Refused { reason, .. } => Some(reason),
         _ => None,
     }
@@ -134,32 +148,60 @@ fn hostile_values_are_refused_or_normalized_and_versions_cannot_jump() {
         refusal_of(&x, req)
     };
     let unit = [0.0, 0.0, 0.0, 1.0];
-    assert_eq!(add(at([1e30, 0.0, 0.0], unit, None)), Some(Refusal::Invalid), "1e30");
-    assert_eq!(add(at([0.0, 0.0, 5000.0], unit, None)), Some(Refusal::Invalid), "out of bounds");
-    assert_eq!(add(at([0.0; 3], [0.0; 4], None)), Some(Refusal::Invalid), "[0,0,0,0]");
+    assert_eq!(
+        add(at([1e30, 0.0, 0.0], unit, None)),
+        Some(Refusal::Invalid),
+        "1e30"
+    );
+    assert_eq!(
+        add(at([0.0, 0.0, 5000.0], unit, None)),
+        Some(Refusal::Invalid),
+        "out of bounds"
+    );
+    assert_eq!(
+        add(at([0.0; 3], [0.0; 4], None)),
+        Some(Refusal::Invalid),
+        "[0,0,0,0]"
+    );
     assert_eq!(
         add(at([0.0; 3], [f32::NAN, 0.0, 0.0, 1.0], None)),
         Some(Refusal::Invalid),
         "NaN rotation"
     );
-    assert_eq!(add(at([0.0; 3], unit, Some([1e9, 1.0, 1.0]))), Some(Refusal::Invalid), "scale");
+    assert_eq!(
+        add(at([0.0; 3], unit, Some([1e9, 1.0, 1.0]))),
+        Some(Refusal::Invalid),
+        "scale"
+    );
     // A long rotation is stored and relayed normalized.
     assert_eq!(add(at([1.0, 2.0, 3.0], [1e30, 0.0, 0.0, 0.0], None)), None);
-    let ClientEvent::EntityAdded(eid) =
-        expect(&honest.a, "the app reaches others", |e| matches!(e, ClientEvent::EntityAdded(_)))
-    else {
-        unreachable!()
+    let app_rotation = |c: &Client| {
+        c.with_world(|w| {
+            w.entities
+                .values()
+                .find(|e| e.kind == EntityKind::App)
+                .map(|e| e.transform.rotation)
+        })
     };
-    let rotation = honest.a.with_world(|w| w.entities[&eid].transform.rotation);
+    let rotation = (0..200)
+        .find_map(|_| {
+            let _ = honest.a.poll_event();
+            std::thread::sleep(Duration::from_millis(10));
+            app_rotation(&honest.a)
+        })
+        .expect("the app reaches the others");
     assert_eq!(rotation, [1.0, 0.0, 0.0, 0.0], "relayed normalized");
     // Versions: a new blueprint may not start at u32::MAX, nor jump there.
     let mut locked = blueprint("locked", 4);
     locked.version = u32::MAX;
     let req = x.add_blueprint(locked).unwrap();
     assert_eq!(refusal_of(&x, req), Some(Refusal::Invalid));
-    let req = x.with_core(|c| c.modify_blueprint_at(id.clone(), u32::MAX, BlueprintPatch::default()));
+    let req =
+        x.with_core(|c| c.modify_blueprint_at(id.clone(), u32::MAX, BlueprintPatch::default()));
     assert_eq!(refusal_of(&x, req), Some(Refusal::Invalid), "version jump");
-    let req = x.modify_blueprint(id.clone(), BlueprintPatch::default()).unwrap();
+    let req = x
+        .modify_blueprint(id.clone(), BlueprintPatch::default())
+        .unwrap();
     assert_eq!(refusal_of(&x, req), None, "the next version still passes");
     honest.round();
     // Teleporting oneself to 1e30 (no change id to refuse) closes the sender.
@@ -186,7 +228,7 @@ fn quotas_refuse_what_would_fill_the_world_and_an_admin_deletes_it() {
     let relay = relay_with(&[
         ("entities_per_user_max", "3"),
         ("blueprint_bytes_per_user_max", "20000"),
-        ("world_bytes_max", "60000"),
+        ("world_bytes_max", "50000"),
     ]);
     let mut honest = Honest::join(&relay);
     let x = relay.client("hoarder");
@@ -201,7 +243,11 @@ fn quotas_refuse_what_would_fill_the_world_and_an_admin_deletes_it() {
     for _ in 0..3 {
         assert_eq!(place(&x), None);
     }
-    assert_eq!(place(&x), Some(Refusal::WorldFull), "past the per-user app cap");
+    assert_eq!(
+        place(&x),
+        Some(Refusal::WorldFull),
+        "past the per-user app cap"
+    );
     assert_eq!(place(&honest.a), None, "another builder still places apps");
     let req = x.add_blueprint(blueprint("big", 19_000)).unwrap();
     assert_eq!(refusal_of(&x, req), None);
@@ -216,7 +262,11 @@ fn quotas_refuse_what_would_fill_the_world_and_an_admin_deletes_it() {
     let req = y.add_blueprint(blueprint("y1", 19_000)).unwrap();
     assert_eq!(refusal_of(&y, req), None);
     let req = z.add_blueprint(blueprint("z1", 19_000)).unwrap();
-    assert_eq!(refusal_of(&z, req), Some(Refusal::WorldFull), "past the world's bytes");
+    assert_eq!(
+        refusal_of(&z, req),
+        Some(Refusal::WorldFull),
+        "past the world's bytes"
+    );
     honest.round();
     // An admin deletes the hoarder's blueprint and its apps; the space comes back.
     let admin = relay.client("admin");
@@ -227,18 +277,27 @@ fn quotas_refuse_what_would_fill_the_world_and_an_admin_deletes_it() {
     let req = x
         .send_command(vec!["delete".into(), "blueprint".into(), "big".into()])
         .unwrap();
-    assert_eq!(refusal_of(&x, req), Some(Refusal::Rank), "only an admin deletes blueprints");
+    assert_eq!(
+        refusal_of(&x, req),
+        Some(Refusal::Rank),
+        "only an admin deletes blueprints"
+    );
     let req = admin
         .send_command(vec!["delete".into(), "blueprint".into(), "big".into()])
         .unwrap();
     assert_eq!(refusal_of(&admin, req), None);
     let req = admin.with_core(|c| c.remove_blueprint(BlueprintId("small".into())));
     assert_eq!(refusal_of(&admin, req), None, "BlueprintRemove");
-    expect(&honest.b, "the deletion reaches everyone", |e| {
-        matches!(e, ClientEvent::BlueprintRemoved(id) if id.0 == "small")
-    });
+    expect(
+        &honest.b,
+        "the deletion reaches everyone",
+        |e| matches!(e, ClientEvent::BlueprintRemoved(id) if id.0 == "small"),
+    );
     honest.b.with_world(|w| {
-        assert!(w.entities.values().all(|e| e.blueprint.as_ref().is_none_or(|b| b.0 != "small")));
+        assert!(w
+            .entities
+            .values()
+            .all(|e| e.blueprint.as_ref().is_none_or(|b| b.0 != "small")));
         assert!(!w.blueprints.contains_key(&BlueprintId("big".into())));
     });
     let req = z.add_blueprint(blueprint("z1", 19_000)).unwrap();
@@ -261,7 +320,10 @@ fn chat_and_command_floods_are_refused_then_the_flooder_is_closed() {
             refused += 1;
         }
     }
-    assert!(refused >= 3, "a chat burst past 10 is refused RateLimited ({refused})");
+    assert!(
+        refused >= 3,
+        "a chat burst past 10 is refused RateLimited ({refused})"
+    );
     honest.round();
     for i in 0..40 {
         if f.send_chat(format!("more {i}")).is_err() {
@@ -269,7 +331,10 @@ fn chat_and_command_floods_are_refused_then_the_flooder_is_closed() {
         }
     }
     let err = f.wait_for(WAIT, |_| false).unwrap_err();
-    assert!(err.to_string().contains("flooding"), "closed Flooding: {err}");
+    assert!(
+        err.to_string().contains("flooding"),
+        "closed Flooding: {err}"
+    );
     let c = relay.client("commander");
     for _ in 0..40 {
         if c.send_command(vec!["name".into(), "x".into()]).is_err() {
@@ -277,17 +342,19 @@ fn chat_and_command_floods_are_refused_then_the_flooder_is_closed() {
         }
     }
     let err = c.wait_for(WAIT, |_| false).unwrap_err();
-    assert!(err.to_string().contains("commands kept coming"), "closed: {err}");
+    assert!(
+        err.to_string().contains("commands kept coming"),
+        "closed: {err}"
+    );
     honest.round();
     honest.check_moved();
 }
 
 #[test]
-fn tokenless_joins_and_connections_from_one_address_are_capped() {
+fn tokenless_joins_from_one_address_are_capped_and_joins_with_a_token_are_not() {
     let relay = relay_with(&[
         ("tokenless_joins_per_addr_burst", "5"),
         ("tokenless_joins_per_addr_per_s", "0.01"),
-        ("connections_per_addr_max", "6"),
     ]);
     let mut honest = Honest::join(&relay);
     let token = honest.a.token().unwrap();
@@ -303,7 +370,11 @@ fn tokenless_joins_and_connections_from_one_address_are_capped() {
             }
         }
     }
-    assert_eq!(joined.len(), 3, "the burst of tokenless joins, less the honest two");
+    assert_eq!(
+        joined.len(),
+        3,
+        "the burst of tokenless joins, less the honest two"
+    );
     match refused {
         Some(ConnectError::Refused { reason, detail }) => {
             assert_eq!(reason, CloseReason::Flooding);
@@ -312,107 +383,140 @@ fn tokenless_joins_and_connections_from_one_address_are_capped() {
         other => panic!("expected a Flooding refusal, got {other:?}"),
     }
     honest.round();
-    // 2 honest + 3 = 5 connections open from 127.0.0.1: one more fits (with its token: token
-    // joins are not counted), the next is refused before its handshake completes.
-    drop(honest.a);
-    honest.a = Client::connect(
-        relay.addr,
-        neonet::client::ClientOptions {
-            token: Some(token),
-            ..relay.options("honest-a")
-        },
-    )
-    .expect("a join with a token is never held back");
-    let sixth = Client::connect(
-        relay.addr,
-        neonet::client::ClientOptions {
-            token: honest.b.token(),
-            ..relay.options("dup")
-        },
-    );
-    let seventh = Client::connect(relay.addr, relay.options("seventh"));
+    // Coming back with a token is never held back.
+    drop(std::mem::replace(
+        &mut honest.a,
+        Client::connect(
+            relay.addr,
+            neonet::client::ClientOptions {
+                token: Some(token),
+                ..relay.options("honest-a")
+            },
+        )
+        .expect("a join with a token is never held back"),
+    ));
+    honest.round();
+    honest.check_moved();
+}
+
+#[test]
+fn connections_from_one_address_are_capped_and_a_closed_one_frees_its_slot() {
+    let relay = relay_with(&[("connections_per_addr_max", "4")]);
+    let mut honest = Honest::join(&relay);
+    let (c3, _c4) = (relay.client("third"), relay.client("fourth"));
+    match Client::connect(relay.addr, relay.options("fifth")) {
+        Err(ConnectError::Handshake(e)) => {
+            assert!(e.to_string().contains("refused"), "refused: {e}")
+        }
+        other => panic!(
+            "expected the fifth connection refused, got {:?}",
+            other.map(|_| ())
+        ),
+    }
+    honest.round();
+    c3.close();
+    let again = (0..50).find_map(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        Client::connect(relay.addr, relay.options("fifth")).ok()
+    });
     assert!(
-        matches!(seventh, Err(ConnectError::Handshake(_))) || sixth.is_err(),
-        "the per-address connection cap refused one: {seventh:?}"
+        again.is_some(),
+        "a closed connection frees its address's slot"
     );
-    drop(sixth);
-    drop(joined);
+    honest.round();
+    honest.check_moved();
 }
 
-/// Sends one QUIC Initial (captured from a real client) from `n` fresh UDP sockets that never
-/// answer: `n` half-open handshakes. Returns the sockets (kept open so their packets land).
-fn handshake_flood(relay: SocketAddr, initial: &[u8], n: usize) -> Vec<UdpSocket> {
-    (0..n)
-        .map(|_| {
-            let s = UdpSocket::bind("127.0.0.1:0").unwrap();
-            s.send_to(initial, relay).unwrap();
-            s
-        })
-        .collect()
-}
-
-/// The first datagram a quinn client sends towards a relay (its Initial), captured by pointing
-/// the client at a socket of ours.
-fn capture_initial(relay: &TestRelay) -> Vec<u8> {
+/// `n` QUIC Initials of `n` distinct connection attempts (each its own connection id), made by
+/// a real quinn client pointed at a socket of ours that never answers.
+fn capture_initials(relay: &TestRelay, n: usize) -> Vec<Vec<u8>> {
     let trap = UdpSocket::bind("127.0.0.1:0").unwrap();
     trap.set_read_timeout(Some(WAIT)).unwrap();
     let addr = trap.local_addr().unwrap();
-    let opts = neonet::client::ClientOptions {
-        connect_timeout: Duration::from_millis(300),
-        ..relay.options("trap")
-    };
-    let t = std::thread::spawn(move || {
-        let _ = Client::connect(addr, opts);
-    });
+    let crypto =
+        neonet::tls::client_crypto(&neonet::tls::Trust::Sha256(relay.fingerprint)).unwrap();
+    let mut crypto = crypto;
+    crypto.alpn_protocols = vec![neonet::proto::wire::msg::ALPN.to_vec()];
+    let cfg = quinn::ClientConfig::new(std::sync::Arc::new(
+        quinn::crypto::rustls::QuicClientConfig::try_from(crypto).unwrap(),
+    ));
+    let _guard = relay.runtime().enter();
+    let endpoint = neonet::quic::client_endpoint(addr).unwrap();
+    let attempts: Vec<_> = (0..n)
+        .map(|_| {
+            endpoint
+                .connect_with(cfg.clone(), addr, "localhost")
+                .unwrap()
+        })
+        .collect();
+    let mut seen = std::collections::HashSet::new();
+    let mut initials = Vec::new();
     let mut buf = vec![0u8; 2048];
-    let (n, _) = trap.recv_from(&mut buf).unwrap();
-    buf.truncate(n);
-    t.join().unwrap();
-    buf
+    while initials.len() < n {
+        let (len, _) = trap.recv_from(&mut buf).expect("the client's Initials");
+        // Long header, type Initial; the destination connection id tells attempts apart.
+        if buf[0] & 0xf0 != 0xc0 {
+            continue;
+        }
+        let dcid_len = buf[5] as usize;
+        if seen.insert(buf[6..6 + dcid_len].to_vec()) {
+            initials.push(buf[..len].to_vec());
+        }
+    }
+    drop(attempts);
+    endpoint.close(0u32.into(), b"");
+    initials
 }
 
 #[test]
 fn a_handshake_flood_gets_retries_holds_no_join_slots_and_an_honest_newcomer_gets_in() {
-    let relay = relay_with(&[("handshakes_before_retry", "32")]);
+    // Six connection slots: the two honest clients and the newcomer need three; the flood's
+    // 300 half-open handshakes hold none.
+    let relay = relay_configured(&[("handshakes_before_retry", "32")], |c| {
+        c.connections_max = 6
+    });
     let mut honest = Honest::join(&relay);
     let baseline = rss_bytes();
-    let initial = capture_initial(&relay);
-    assert_eq!(initial[0] & 0xf0, 0xc0, "a QUIC Initial (long header, type 0)");
-    let flood = handshake_flood(relay.addr, &initial, 600);
+    let initials = capture_initials(&relay, 300);
+    let flood = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for i in &initials {
+        flood.send_to(i, relay.addr).unwrap();
+    }
     // Past 32 half-open handshakes, unvalidated attempts are answered with a Retry (long
     // header, type 3) instead of a handshake.
-    let mut retries = 0;
+    flood
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let (mut retries, mut handshakes) = (0, 0);
     let mut buf = [0u8; 2048];
-    for s in &flood {
-        s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
-        while let Ok(n) = s.recv(&mut buf) {
-            if n > 0 && buf[0] & 0xf0 == 0xf0 {
-                retries += 1;
-                break;
-            }
-        }
-        if retries >= 10 {
-            break;
+    while let Ok(n) = flood.recv(&mut buf) {
+        match buf[0] & 0xf0 {
+            _ if n == 0 => {}
+            0xf0 => retries += 1,
+            0xc0 => handshakes += 1,
+            _ => {}
         }
     }
-    assert!(retries >= 10, "the flood got Retry packets ({retries})");
-    // An honest newcomer still gets in (its client answers the Retry), and joins.
+    assert!(
+        retries >= 100,
+        "the flood got Retry packets ({retries}, {handshakes} handshake replies)"
+    );
+    // An honest newcomer still gets in (its client answers a Retry if it gets one), and joins.
     let newcomer = relay.client("newcomer");
     assert!(newcomer.player().is_some());
     honest.round();
     honest.check_moved();
     drop(flood);
-    // Memory: the flood's half-open handshakes are gone within the handshake timeout; the
-    // process (relay and test) stays near its baseline.
+    // Memory: the process (relay and test) stays near its baseline.
     let after = rss_bytes();
+    eprintln!(
+        "rss baseline {:.1} MiB, after a 300-handshake flood {:.1} MiB ({retries} retries)",
+        baseline as f64 / 1048576.0,
+        after as f64 / 1048576.0
+    );
     assert!(
         after < baseline + 128 * 1024 * 1024,
         "memory after the flood {after} B, baseline {baseline} B"
-    );
-    eprintln!(
-        "rss baseline {:.1} MiB, after a 600-handshake flood {:.1} MiB",
-        baseline as f64 / 1048576.0,
-        after as f64 / 1048576.0
     );
 }
 
@@ -439,9 +543,10 @@ fn a_world_at_every_cap_still_admits_a_newcomer_also_after_a_restart() {
             },
         ))
         .unwrap();
+    let fingerprint = relay.cert_fingerprint();
     let opts = |name: &str| neonet::client::ClientOptions {
         name: name.into(),
-        trust: neonet::tls::Trust::Sha256(relay.cert_fingerprint()),
+        trust: neonet::tls::Trust::Sha256(fingerprint),
         connect_timeout: WAIT,
         ..neonet::client::ClientOptions::default()
     };
@@ -468,11 +573,11 @@ fn a_world_at_every_cap_still_admits_a_newcomer_also_after_a_restart() {
         })
         .count();
     assert!(placed <= 20, "the per-user app cap holds ({placed})");
-    let newcomer = Client::connect(relay.local_addr(), opts("newcomer")).expect("joins a full world");
+    let newcomer =
+        Client::connect(relay.local_addr(), opts("newcomer")).expect("joins a full world");
     assert!(newcomer.with_world(|w| w.blueprints.len()) >= n - 1);
     drop(newcomer);
     drop(x);
-    let fingerprint = relay.cert_fingerprint();
     rt.block_on(relay.shutdown()).unwrap();
     let relay = rt
         .block_on(Relay::start_with(config(), RelayHooks::default()))

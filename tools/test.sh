@@ -17,4 +17,4 @@ cargo test --workspace -- --test-threads=2
 node --test web/neonet/test/
 # The fuzz targets, briefly (fuzz/: its own workspace; the stable driver, so no nightly or
 # libFuzzer is needed here; long runs: see fuzz/Cargo.toml).
-cargo run --quiet --manifest-path fuzz/Cargo.toml --bin fuzz-stable -- all 20000
+cargo run --quiet --manifest-path fuzz/Cargo.toml --features stable --bin fuzz-stable -- all 20000

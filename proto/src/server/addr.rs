@@ -126,7 +126,11 @@ mod tests {
         assert_eq!(g.attempt(a, Time::ZERO), AddrVerdict::Admit);
         assert_eq!(g.attempt(a, Time::ZERO), AddrVerdict::Admit);
         assert_eq!(g.attempt(a, Time::ZERO), AddrVerdict::TooManyConnections);
-        assert_eq!(g.attempt(b, Time::ZERO), AddrVerdict::Admit, "others unaffected");
+        assert_eq!(
+            g.attempt(b, Time::ZERO),
+            AddrVerdict::Admit,
+            "others unaffected"
+        );
         g.release(a);
         assert_eq!(g.attempt(a, Time::ZERO), AddrVerdict::Admit);
     }

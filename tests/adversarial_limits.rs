@@ -65,7 +65,7 @@ impl Honest {
                 let _ = c.begin_frame(0.016);
                 let t = c.player_transform();
                 std::thread::sleep(Duration::from_millis(20));
-                t.is_some_and(|t| t.position[2].abs() > 0.5)
+                t.is_some_and(|t| t.position.z.abs() > 0.5)
             });
             assert!(moved, "an honest player walks on");
         }
@@ -117,11 +117,11 @@ fn blueprint(id: &str, props: usize) -> Blueprint {
     }
 }
 
-fn at(position: Vec3, rotation: Quat, scale: Option<Vec3>) -> Transform {
+fn at(position: [f32; 3], rotation: [f32; 4], scale: Option<[f32; 3]>) -> Transform {
     Transform {
-        position,
-        rotation,
-        scale,
+        position: Vec3::from_array(position),
+        rotation: Quat::from_array(rotation),
+        scale: scale.map(Vec3::from_array),
     }
 }
 
@@ -190,7 +190,11 @@ fn hostile_values_are_refused_or_normalized_and_versions_cannot_jump() {
             app_rotation(&honest.a)
         })
         .expect("the app reaches the others");
-    assert_eq!(rotation, [1.0, 0.0, 0.0, 0.0], "relayed normalized");
+    assert_eq!(
+        rotation.to_array(),
+        [1.0, 0.0, 0.0, 0.0],
+        "relayed normalized"
+    );
     // Versions: a new blueprint may not start at u32::MAX, nor jump there.
     let mut locked = blueprint("locked", 4);
     locked.version = u32::MAX;
@@ -210,7 +214,7 @@ fn hostile_values_are_refused_or_normalized_and_versions_cannot_jump() {
     t.with_core(|c| {
         c.send_raw(&neonet::proto::ClientMsg::PlayerTeleport {
             target: me,
-            position: [1e30, 0.0, 0.0],
+            position: Vec3::new(1e30, 0.0, 0.0),
             rotation_y: 0.0,
         })
     });

@@ -137,7 +137,7 @@ pub fn client_datagram(data: &[u8]) {
     if let Ok(d) = decode_client_datagram(&qz, data) {
         for (_, q) in &d.owned {
             let t = qz.dequantize(q);
-            assert!(t.position.iter().all(|x| x.is_finite()));
+            assert!(t.position.is_finite());
         }
     }
 }
@@ -161,12 +161,12 @@ fn client_message(inp: &mut Input) -> ClientMsg {
     let entity = EntityId(u32::from(inp.u8() % 16));
     let bp = BlueprintId(["a", "b", "c"][inp.u8() as usize % 3].into());
     let transform = |inp: &mut Input| Transform {
-        position: [inp.f32(), inp.f32(), inp.f32()],
-        rotation: [inp.f32(), inp.f32(), inp.f32(), inp.f32()],
+        position: Vec3::new(inp.f32(), inp.f32(), inp.f32()),
+        rotation: Quat::from_xyzw(inp.f32(), inp.f32(), inp.f32(), inp.f32()),
         scale: if inp.u8() % 2 == 0 {
             None
         } else {
-            Some([inp.f32(), inp.f32(), inp.f32()])
+            Some(Vec3::new(inp.f32(), inp.f32(), inp.f32()))
         },
     };
     match inp.u8() % 16 {
@@ -230,12 +230,12 @@ fn client_message(inp: &mut Input) -> ClientMsg {
         6 => ClientMsg::EntityRemove { req, id: entity },
         7 => ClientMsg::PlayerTeleport {
             target: entity,
-            position: [inp.f32(), inp.f32(), inp.f32()],
+            position: Vec3::new(inp.f32(), inp.f32(), inp.f32()),
             rotation_y: inp.f32(),
         },
         8 => ClientMsg::PlayerPush {
             target: entity,
-            force: [inp.f32(), inp.f32(), inp.f32()],
+            force: Vec3::new(inp.f32(), inp.f32(), inp.f32()),
         },
         9 => ClientMsg::SpawnModify {
             req,
@@ -379,20 +379,20 @@ pub fn client_core(data: &[u8]) {
                         user: None,
                         blueprint: Some(BlueprintId("a".into())),
                         transform: Transform {
-                            position: [inp.f32(), inp.f32(), inp.f32()],
-                            rotation: [inp.f32(), inp.f32(), inp.f32(), inp.f32()],
+                            position: Vec3::new(inp.f32(), inp.f32(), inp.f32()),
+                            rotation: Quat::from_xyzw(inp.f32(), inp.f32(), inp.f32(), inp.f32()),
                             scale: None,
                         },
                         props: vec![],
                     }),
                     1 => ServerMsg::EntityRemoved(id),
                     2 => ServerMsg::PlayerTeleport {
-                        position: [inp.f32(), inp.f32(), inp.f32()],
+                        position: Vec3::new(inp.f32(), inp.f32(), inp.f32()),
                         rotation_y: inp.f32(),
                     },
                     3 => ServerMsg::BlueprintRemoved(BlueprintId("a".into())),
                     _ => ServerMsg::PlayerPush {
-                        force: [inp.f32(), inp.f32(), inp.f32()],
+                        force: Vec3::new(inp.f32(), inp.f32(), inp.f32()),
                     },
                 };
                 let _ = core.handle_frame(msg.channel(), &codec::encode(&msg), Time(now));

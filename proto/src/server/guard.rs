@@ -32,15 +32,17 @@ enum Kind {
 
 /// `q` scaled to unit length, or `None` if it is degenerate (zero, or not finite).
 pub fn normalized(q: Quat) -> Option<Quat> {
-    if !q.iter().all(|x| x.is_finite()) {
+    if !q.is_finite() {
         return None;
     }
-    let n2: f64 = q.iter().map(|x| f64::from(*x).powi(2)).sum();
+    // In f64: the squares of an f32 like 1e30 overflow f32.
+    let a = q.to_array();
+    let n2: f64 = a.iter().map(|x| f64::from(*x).powi(2)).sum();
     if n2 < ROTATION_NORM_SQ_MIN {
         return None;
     }
     let n = n2.sqrt();
-    Some(q.map(|x| (f64::from(x) / n) as f32))
+    Some(Quat::from_array(a.map(|x| (f64::from(x) / n) as f32)))
 }
 
 /// Normalizes the rotations a message carries (those that can be: a degenerate one is left
@@ -75,14 +77,19 @@ impl ServerCore {
     /// Whether a transform is acceptable: position inside the world, a unit rotation, every
     /// scale axis finite and within the limit.
     pub(super) fn transform_ok(&self, t: &Transform) -> bool {
-        let unit = t.rotation.iter().all(|x| x.is_finite()) && {
-            let n2: f64 = t.rotation.iter().map(|x| f64::from(*x).powi(2)).sum();
+        let unit = t.rotation.is_finite() && {
+            let n2: f64 = t
+                .rotation
+                .to_array()
+                .iter()
+                .map(|x| f64::from(*x).powi(2))
+                .sum();
             (n2.sqrt() - 1.0).abs() <= ROTATION_NORM_TOLERANCE
         };
         let max = self.config.limits.scale_max;
         let scale_ok = t
             .scale
-            .is_none_or(|s| s.iter().all(|x| x.is_finite() && x.abs() <= max));
+            .is_none_or(|s| s.is_finite() && s.abs().max_element() <= max);
         self.inside_world(&t.position) && unit && scale_ok
     }
 
@@ -293,14 +300,15 @@ mod tests {
 
     #[test]
     fn degenerate_rotations_do_not_normalize_and_long_ones_do() {
-        assert_eq!(normalized([0.0; 4]), None);
-        assert_eq!(normalized([f32::NAN, 0.0, 0.0, 1.0]), None);
-        assert_eq!(normalized([f32::INFINITY, 0.0, 0.0, 0.0]), None);
+        let q = |a: [f32; 4]| Quat::from_array(a);
+        assert_eq!(normalized(q([0.0; 4])), None);
+        assert_eq!(normalized(q([f32::NAN, 0.0, 0.0, 1.0])), None);
+        assert_eq!(normalized(q([f32::INFINITY, 0.0, 0.0, 0.0])), None);
         assert_eq!(
-            normalized([1e30, 0.0, 0.0, 0.0]),
-            Some([1.0, 0.0, 0.0, 0.0])
+            normalized(q([1e30, 0.0, 0.0, 0.0])),
+            Some(q([1.0, 0.0, 0.0, 0.0]))
         );
-        let q = normalized([0.0, 2.0, 0.0, 2.0]).unwrap();
-        assert!((q[1] - std::f32::consts::FRAC_1_SQRT_2).abs() < 1e-6);
+        let n = normalized(q([0.0, 2.0, 0.0, 2.0])).unwrap();
+        assert!((n.y - std::f32::consts::FRAC_1_SQRT_2).abs() < 1e-6);
     }
 }

@@ -88,7 +88,6 @@ impl ServerCore {
                 && p.iter()
                     .all(|(k, v)| k.len() <= ID_BYTES_MAX && v.0.len() <= EVENT_DATA_BYTES_MAX)
         };
-        let finite = |v: &[f32]| v.iter().all(|x| x.is_finite());
         let transform_ok = |t: &Transform| self.transform_ok(t);
         let limits = &self.config.limits;
         let blueprint_ok = |b: &Blueprint| {
@@ -276,7 +275,8 @@ impl ServerCore {
                 self.player_session(*target).ok_or(Refusal::NotFound)?;
                 let own = self.sessions.get(&sid).map(|s| s.player) == Some(*target);
                 need(own || builder)?;
-                if !finite(position) || !rotation_y.is_finite() || !self.inside_world(position) {
+                if !position.is_finite() || !rotation_y.is_finite() || !self.inside_world(position)
+                {
                     return Err(Refusal::Invalid);
                 }
                 Ok(())
@@ -285,12 +285,8 @@ impl ServerCore {
                 self.player_session(*target).ok_or(Refusal::NotFound)?;
                 let own = self.sessions.get(&sid).map(|s| s.player) == Some(*target);
                 need(own || builder)?;
-                let speed = force
-                    .iter()
-                    .map(|x| f64::from(*x).powi(2))
-                    .sum::<f64>()
-                    .sqrt();
-                if !finite(force) || speed > f64::from(limits.push_speed_max) {
+                let speed = f64::from(force.length());
+                if !force.is_finite() || speed > f64::from(limits.push_speed_max) {
                     return Err(Refusal::Invalid);
                 }
                 Ok(())

@@ -175,7 +175,7 @@ mod tests {
             user: Some(UserId(u64::MAX)),
             blueprint: Some(BlueprintId("b".repeat(64))),
             transform: Transform {
-                scale: Some([1.0; 3]),
+                scale: Some(Vec3::ONE),
                 ..Transform::default()
             },
             props: (0..64)

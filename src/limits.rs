@@ -239,9 +239,9 @@ impl LimitsSection {
                 )));
             }
         }
-        if !(self.scale_max.is_finite() && self.scale_max > 0.0)
-            || !(self.push_speed_max.is_finite() && self.push_speed_max >= 0.0)
-        {
+        let scale_ok = self.scale_max.is_finite() && self.scale_max > 0.0;
+        let push_ok = self.push_speed_max.is_finite() && self.push_speed_max >= 0.0;
+        if !(scale_ok && push_ok) {
             return Err(ConfigError::Invalid(
                 "limits.scale_max and limits.push_speed_max must be finite and positive".into(),
             ));

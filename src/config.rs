@@ -15,6 +15,9 @@
 //! persist = true
 //! spawn_at_last_position = true
 //! dirty_flush_interval_ms = 1000
+//!
+//! [limits]          # every limit and quota: see `crate::limits`
+//! chat_per_s = 2.0
 //! ```
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -120,6 +123,9 @@ pub struct RelayConfig {
     /// (`https://game.example`, exactly as a browser sends `Origin`). Default none: only pages
     /// the relay serves itself.
     pub browser_origins: Vec<String>,
+    /// Limits and quotas (the `[limits]` table, `--limit NAME=VALUE`): validation, quotas, rate
+    /// limits by kind, per-address limits, QUIC handshake defences. See [`crate::limits`].
+    pub limits: crate::limits::LimitsSection,
 }
 
 impl Default for RelayConfig {
@@ -144,6 +150,7 @@ impl Default for RelayConfig {
             dirty_flush_interval_ms: DIRTY_FLUSH_INTERVAL_MS_DEFAULT,
             admin_code: None,
             browser_origins: Vec::new(),
+            limits: crate::limits::LimitsSection::default(),
         }
     }
 }
@@ -213,6 +220,7 @@ impl RelayConfig {
                 "dirty_flush_interval_ms must be 1 to {DIRTY_FLUSH_INTERVAL_MS_MAX}"
             )));
         }
+        self.limits.validate()?;
         Ok(())
     }
 }

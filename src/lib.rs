@@ -30,6 +30,8 @@ pub mod config;
 #[cfg(feature = "relay")]
 pub mod http;
 #[cfg(feature = "relay")]
+pub mod limits;
+#[cfg(feature = "relay")]
 pub mod metrics;
 pub mod quic;
 #[cfg(feature = "relay")]

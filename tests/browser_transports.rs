@@ -163,7 +163,23 @@ fn a_websocket_from_another_site_or_without_the_subprotocol_is_refused() {
 /// reliable budget is spent, and a native client carries on.
 #[test]
 fn a_slow_websocket_reader_is_cut_with_a_reason_and_others_carry_on() {
-    let relay = TestRelay::start();
+    // Far past the default quotas (19 MB of blueprints from one user, fast): lifted here, this
+    // proves the send queue's bound (tests/adversarial_limits.rs proves the quotas).
+    let mut world = neonet::proto::persist::World::default();
+    world.settings.default_rank = neonet::proto::types::Rank::Builder;
+    let relay = TestRelay::start_config(
+        |c| {
+            c.limits = neonet::limits::LimitsSection {
+                blueprint_bytes_per_user_max: 64 << 20,
+                world_bytes_max: 64 << 20,
+                ..neonet::limits::LimitsSection::for_load()
+            }
+        },
+        neonet::relay::RelayHooks {
+            world,
+            ..Default::default()
+        },
+    );
     let http = relay.browser_http();
     let native = relay.client("native");
     let rt = relay.runtime();

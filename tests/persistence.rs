@@ -38,6 +38,9 @@ struct Persistent {
 fn config(dir: &Path) -> RelayConfig {
     RelayConfig {
         persist: true,
+        // These tests fire changes far faster than a person (50 chats at once, say): the rate
+        // limits by kind are lifted, tests/adversarial_limits.rs proves them.
+        limits: neonet::limits::LimitsSection::for_load(),
         ..RelayConfig::for_tests(dir)
     }
 }

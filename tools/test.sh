@@ -15,3 +15,6 @@ cargo test --workspace -- --test-threads=2
 # The browser client library's own tests (the message and datagram codecs and the movement model
 # against the Rust crate's golden vectors): Node's built-in runner, no packages.
 node --test web/neonet/test/
+# The fuzz targets, briefly (fuzz/: its own workspace; the stable driver, so no nightly or
+# libFuzzer is needed here; long runs: see fuzz/Cargo.toml).
+cargo run --quiet --manifest-path fuzz/Cargo.toml --features stable --bin fuzz-stable -- all 20000

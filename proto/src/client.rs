@@ -121,6 +121,8 @@ pub enum ClientEvent {
     },
     /// A blueprint was added.
     BlueprintAdded(BlueprintId),
+    /// A blueprint was deleted by an admin (its apps were removed just before).
+    BlueprintRemoved(BlueprintId),
     /// A blueprint changed (or was sent back after a lost conflict).
     BlueprintModified {
         /// Which.
@@ -970,6 +972,13 @@ impl ClientCore {
         req
     }
 
+    /// Deletes a blueprint and every app instantiating it (admin).
+    pub fn remove_blueprint(&mut self, id: BlueprintId) -> ReqId {
+        let req = self.req();
+        self.send(&ClientMsg::BlueprintRemove { req, id });
+        req
+    }
+
     /// Fires an event on an entity, to everyone else or to one player.
     pub fn send_entity_event(
         &mut self,
@@ -1267,6 +1276,11 @@ impl ClientCore {
             }
             ServerMsg::Muted { player, muted } => {
                 self.events.push_back(ClientEvent::Muted { player, muted })
+            }
+            ServerMsg::BlueprintRemoved(id) => {
+                if self.world.blueprints.remove(&id).is_some() {
+                    self.events.push_back(ClientEvent::BlueprintRemoved(id));
+                }
             }
         }
         Ok(())

@@ -207,6 +207,7 @@ fn client_tag(m: &ClientMsg) -> u32 {
         Goodbye => 17,
         Spectate { .. } => 18,
         SpectatorCamera { .. } => 19,
+        BlueprintRemove { .. } => 20,
     }
 }
 
@@ -233,6 +234,7 @@ fn server_tag(m: &ServerMsg) -> u32 {
         RankModified { .. } => 17,
         Muted { .. } => 18,
         Close { .. } => 19,
+        BlueprintRemoved(_) => 20,
     }
 }
 
@@ -385,6 +387,13 @@ pub fn client_cases() -> Vec<(ClientMsg, &'static str)> {
             },
             "0d000000 130000c03f00000040000040c0",
         ),
+        (
+            ClientMsg::BlueprintRemove {
+                req: ReqId(13),
+                id: BlueprintId("tree".into()),
+            },
+            "07000000 140d0474726565",
+        ),
     ]
 }
 
@@ -488,6 +497,10 @@ pub fn server_cases() -> Vec<(ServerMsg, &'static str)> {
             },
             "05000000 1304027632",
         ),
+        (
+            ServerMsg::BlueprintRemoved(BlueprintId("tree".into())),
+            "06000000 140474726565",
+        ),
     ]
 }
 
@@ -571,19 +584,19 @@ fn variant_counts_match_the_enums() {
     // The highest tag is a real message: the constant is not too small.
     let (last_client, _) = client_cases().pop().unwrap();
     assert_eq!(client_tag(&last_client), CLIENT_MSG_VARIANTS - 1);
-    assert_ne!(
-        codec::decode_client(&[(CLIENT_MSG_VARIANTS - 1) as u8]),
-        Err(DecodeError::UnknownMessage(CLIENT_MSG_VARIANTS - 1))
+    assert_eq!(
+        codec::decode_client(&[(CLIENT_MSG_VARIANTS - 1) as u8, 1, 1, b'x']),
+        Ok(ClientMsg::BlueprintRemove {
+            req: ReqId(1),
+            id: BlueprintId("x".into())
+        })
     );
     assert_eq!(codec::decode_client(&[17]), Ok(ClientMsg::Goodbye));
     let (last_server, _) = server_cases().pop().unwrap();
     assert_eq!(server_tag(&last_server), SERVER_MSG_VARIANTS - 1);
     assert_eq!(
-        codec::decode_server(&unhex("13 00 02 6f6b")),
-        Ok(ServerMsg::Close {
-            reason: CloseReason::PlayerLimit,
-            detail: "ok".into()
-        })
+        codec::decode_server(&unhex("14 01 78")),
+        Ok(ServerMsg::BlueprintRemoved(BlueprintId("x".into())))
     );
     // The tag equal to the count is unknown to the codec...
     assert_eq!(
@@ -653,6 +666,7 @@ fn channels_of_every_message() {
             Control, // Goodbye
             Control, // Spectate
             Control, // SpectatorCamera
+            World,   // BlueprintRemove
         ]
     );
     let server: Vec<Channel> = server_cases().iter().map(|(m, _)| m.channel()).collect();
@@ -679,6 +693,7 @@ fn channels_of_every_message() {
             Control, // RankModified
             Control, // Muted
             Control, // Close
+            World,   // BlueprintRemoved
         ]
     );
 }

@@ -89,12 +89,12 @@ fn over_the_simulated_network_a_datagram_flood_is_cut_to_its_share_and_an_honest
     use std::time::Duration;
 
     run_seeds(0..4, |seed| {
-        let mut s = Sim::new(
-            seed,
-            ServerConfig::default(),
-            World::default(),
-            Box::new(InsecureTokens),
-        );
+        // The inbox's share is what this proves; the session's datagram rate limit (which
+        // would end the flooder's session: tests/adversarial_limits.rs) is lifted.
+        let mut config = ServerConfig::default();
+        config.limits.datagrams = neonet_proto::server::RateSpec::new(1e9, u32::MAX / 4);
+        config.limits.bytes = neonet_proto::server::RateSpec::new(1e9, u32::MAX / 4);
+        let mut s = Sim::new(seed, config, World::default(), Box::new(InsecureTokens));
         let link = LinkConfig::with_latency(Duration::from_millis(20));
         let cfg = |name: &str| ClientConfig {
             name: name.into(),

@@ -470,9 +470,10 @@ fn a_flooding_client_is_rate_limited_then_closed_and_others_carry_on() {
     let flood = s.add_client(cfg("flood"), LinkConfig::default(), LinkConfig::default());
     let calm = s.add_client(cfg("calm"), LinkConfig::default(), LinkConfig::default());
     assert!(s.run_until_true(Duration::from_secs(5), |s| joined(s, 0) && joined(s, 1)));
-    let burst = ServerConfig::default().message_burst as usize;
+    // Chat has its own, smaller budget (`limits.chat`) inside the generic one.
+    let burst = ServerConfig::default().limits.chat.burst as usize;
     s.with_client(flood, |c| {
-        for i in 0..burst + 100 {
+        for i in 0..burst + burst / 2 {
             c.send_chat(format!("spam {i}"));
         }
     });

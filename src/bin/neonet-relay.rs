@@ -78,6 +78,10 @@ struct Args {
     /// Log filter, e.g. `info` or `neonet=debug` [default: RUST_LOG, else info].
     #[arg(long, value_name = "FILTER")]
     log_level: Option<String>,
+    /// Set a limit or quota (repeatable), by its `[limits]` TOML name, e.g.
+    /// `--limit chat_per_s=5 --limit world_bytes_max=8388608` (README "Limits and quotas").
+    #[arg(long = "limit", value_name = "NAME=VALUE")]
+    limits: Vec<String>,
 }
 
 /// The certificate a relay or a bridge presents (the same flags for both).
@@ -191,6 +195,12 @@ fn start() -> anyhow::Result<()> {
     }
     if args.no_persist {
         config.persist = false;
+    }
+    for l in &args.limits {
+        let (name, value) = l
+            .split_once('=')
+            .with_context(|| format!("--limit {l}: expected NAME=VALUE"))?;
+        config.limits.set(name.trim(), value)?;
     }
     let filter = match (&args.log_level, std::env::var("RUST_LOG")) {
         (Some(flag), _) => flag.clone(),

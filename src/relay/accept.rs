@@ -16,6 +16,7 @@ use bytes::Bytes;
 use quinn::{Connection, Endpoint};
 use tokio::sync::{mpsc, watch, Semaphore};
 
+use neonet_proto::server::addr::{AddrVerdict, AddressGate};
 use neonet_proto::server::{
     ConnId, DatagramInbox, InboxBatch, InboxQuota, Transmit, TransportKind,
 };
@@ -154,9 +155,102 @@ impl PeerConn for Connection {
     }
 }
 
+/// The accept loop's defences against handshake floods and greedy addresses (the limits in
+/// [`crate::limits::LimitsSection`]): a QUIC Retry (address validation) for unvalidated
+/// attempts once more than `handshakes_before_retry` handshakes are in progress, a cap on
+/// handshakes in progress, and the per-address [`AddressGate`] (connections held, attempts
+/// per second). A handshake holds no connection slot: one of `connections_max` is taken only
+/// once it completes, so half-open handshakes cannot lock joiners out.
+pub(super) struct Defences {
+    gate: Mutex<AddressGate>,
+    /// Handshakes in progress.
+    handshaking: AtomicUsize,
+    retry_above: usize,
+    handshakes_max: usize,
+    /// The gate's clock zero.
+    start: Instant,
+}
+
+impl Defences {
+    pub(super) fn new(limits: &crate::limits::LimitsSection, start: Instant) -> Arc<Defences> {
+        Arc::new(Defences {
+            gate: Mutex::new(AddressGate::new(limits.addr())),
+            handshaking: AtomicUsize::new(0),
+            retry_above: limits.handshakes_before_retry,
+            handshakes_max: limits.handshakes_max,
+            start,
+        })
+    }
+
+    fn gate(&self) -> std::sync::MutexGuard<'_, AddressGate> {
+        self.gate.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Screens one attempt: `Some` admits it (holding its address's slot and a handshake
+    /// count until dropped), `None` means it was retried, refused or dropped here.
+    fn screen(self: &Arc<Self>, incoming: quinn::Incoming) -> Option<(quinn::Incoming, Admitted)> {
+        let peer = incoming.remote_address();
+        let busy = self.handshaking.load(Ordering::Relaxed);
+        if busy >= self.retry_above && !incoming.remote_address_validated() && incoming.may_retry()
+        {
+            tracing::debug!(%peer, busy, "handshakes piling up: address validation (Retry)");
+            let _ = incoming.retry();
+            return None;
+        }
+        if busy >= self.handshakes_max {
+            tracing::debug!(%peer, busy, "too many handshakes in progress: attempt dropped");
+            incoming.ignore();
+            return None;
+        }
+        let now = Time(self.start.elapsed().as_micros() as u64);
+        match self.gate().attempt(peer.ip(), now) {
+            AddrVerdict::Admit => {}
+            verdict => {
+                tracing::info!(%peer, ?verdict, "per-address limit: refusing");
+                incoming.refuse();
+                return None;
+            }
+        }
+        self.handshaking.fetch_add(1, Ordering::Relaxed);
+        Some((
+            incoming,
+            Admitted {
+                defences: self.clone(),
+                addr: peer.ip(),
+                handshaking: true,
+            },
+        ))
+    }
+}
+
+/// An admitted attempt: holds its address's slot (and, until [`Admitted::handshake_done`], a
+/// handshake count) until dropped.
+struct Admitted {
+    defences: Arc<Defences>,
+    addr: std::net::IpAddr,
+    handshaking: bool,
+}
+
+impl Admitted {
+    fn handshake_done(&mut self) {
+        if std::mem::take(&mut self.handshaking) {
+            self.defences.handshaking.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.handshake_done();
+        self.defences.gate().release(self.addr);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn accept_loop(
     endpoint: Endpoint,
     permits: Arc<Semaphore>,
+    defences: Arc<Defences>,
     conn_ids: Arc<ConnIds>,
     inbound: mpsc::Sender<Inbound>,
     inbox: Arc<SharedInbox>,
@@ -171,20 +265,35 @@ pub(super) async fn accept_loop(
                 None => return,
             },
         };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
+        if permits.available_permits() == 0 {
             tracing::warn!(peer = %incoming.remote_address(), "connection limit reached; refusing");
             incoming.refuse();
             continue;
+        }
+        let Some((incoming, mut admitted)) = defences.screen(incoming) else {
+            continue;
         };
+        let permits = permits.clone();
         let conn_ids = conn_ids.clone();
         let inbound = inbound.clone();
         let inbox = inbox.clone();
         let metrics = metrics.clone();
         tokio::spawn(async move {
-            let _permit = permit;
-            let Some(conn) = accept_handshake(incoming).await else {
+            let conn = accept_handshake(incoming).await;
+            admitted.handshake_done();
+            let Some(conn) = conn else {
                 return;
             };
+            // The connection slot is taken only now: a half-open handshake holds none.
+            let Ok(_permit) = permits.try_acquire_owned() else {
+                tracing::warn!(peer = %conn.remote_address(), "connection limit reached; closing");
+                conn.close(
+                    quic::close_code(neonet_proto::wire::msg::CloseReason::PlayerLimit),
+                    b"server full: connection limit reached",
+                );
+                return;
+            };
+            let _admitted = admitted;
             if let Some(m) = &metrics {
                 m.connection_opened();
             }

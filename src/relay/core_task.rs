@@ -278,6 +278,7 @@ impl CoreTask {
                 transport,
                 link,
             } => {
+                let addr = link.remote_addr();
                 self.links.insert(
                     conn,
                     LinkEntry {
@@ -287,6 +288,10 @@ impl CoreTask {
                     },
                 );
                 self.core.handle_connect(conn, transport, now);
+                if let Some(addr) = addr {
+                    // Per-address limits in the core (tokenless joins).
+                    self.core.handle_peer_address(conn, addr.ip());
+                }
             }
             Inbound::Frame {
                 conn,

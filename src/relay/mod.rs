@@ -340,6 +340,7 @@ impl Relay {
                 spawn_at_last_position: config.spawn_at_last_position,
                 idle_timeout: config.idle_timeout(),
                 admin_code: config.admin_code.clone(),
+                limits: config.limits.core(),
                 ..ServerConfig::default()
             },
             world,
@@ -401,6 +402,7 @@ impl Relay {
         let accept_task = tokio::spawn(accept_loop(
             endpoint.clone(),
             Arc::new(Semaphore::new(config.connections_max)),
+            accept::Defences::new(&config.limits, start),
             conn_ids.clone(),
             inbound_tx.clone(),
             inbox,

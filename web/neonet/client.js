@@ -1326,6 +1326,11 @@ export class NeonetClient {
     return this.request({ type: 'EntityRemove', id });
   }
 
+  /** Deletes a blueprint and every app instantiating it (admin). @returns {Promise<{req: number}>} */
+  removeBlueprint(id) {
+    return this.request({ type: 'BlueprintRemove', id });
+  }
+
   /** Sends an entity event to everyone else, or to the player `to`. */
   sendEvent(entity, name, data = new Uint8Array(0), to = null) {
     const bp = this.world.entities.get(entity)?.blueprint;
@@ -1429,6 +1434,12 @@ export class NeonetClient {
         w.blueprints.set(b.id, b);
         this.emit('blueprint', { op: 'added', id: b.id, blueprint: b });
         return this.releaseHeld();
+      }
+      case 'BlueprintRemoved': {
+        const b = w.blueprints.get(msg.id);
+        if (!b) return undefined;
+        w.blueprints.delete(msg.id);
+        return this.emit('blueprint', { op: 'removed', id: msg.id, blueprint: b });
       }
       case 'BlueprintModified': {
         let b = w.blueprints.get(msg.id);

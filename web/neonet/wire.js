@@ -242,6 +242,7 @@ const CLIENT_MSGS = [
   ['Goodbye', Control, []],
   ['Spectate', Control, [['protocol_version', T.u16], ['name', T.string], ['token', opt(T.string)], ['camera', Vec3]]],
   ['SpectatorCamera', Control, [['position', Vec3]]],
+  ['BlueprintRemove', World, [['req', ReqId], ['id', BlueprintId]]],
 ];
 
 // [name, channel, fields] in tag order (PROTOCOL.md section 6).
@@ -266,6 +267,7 @@ const SERVER_MSGS = [
   ['RankModified', Control, [['user', UserId], ['rank', Rank]]],
   ['Muted', Control, [['player', EntityId], ['muted', T.bool]]],
   ['Close', Control, [['reason', CloseReason], ['detail', T.string]]],
+  ['BlueprintRemoved', World, [['id', BlueprintId]]],
 ];
 
 /** Number of `ClientMsg` variants in version 1: tags at or above it are unknown. */

@@ -100,6 +100,9 @@ impl ServerCore {
                 u
             }
             None => {
+                if !self.admit_tokenless_join(conn) {
+                    return;
+                }
                 if self.world.users.len() >= USERS_MAX {
                     return self.close_conn(
                         conn,
@@ -207,6 +210,7 @@ impl ServerCore {
                 up_seq: None,
                 rate: MessageRate::new(self.config.message_burst, self.now),
                 own_sent: Default::default(),
+                rates: super::rate::SessionRates::new(&self.config.limits, self.now),
             },
         );
         self.by_user.insert(user, sid);

@@ -13,6 +13,8 @@ use crate::wire::msg::*;
 impl ServerCore {
     /// A message from joined session `sid`: admitted by policy, then applied.
     pub(super) fn handle_session_msg(&mut self, sid: SessionId, conn: ConnId, msg: ClientMsg) {
+        let mut msg = msg;
+        super::guard::normalize_msg(&mut msg);
         if !self.admit(sid, conn, &msg) {
             return;
         }
@@ -53,6 +55,7 @@ impl ServerCore {
             }
             ClientMsg::Command { req, args } => self.handle_command(sid, conn, req, args),
             ClientMsg::BlueprintAdd { req, blueprint } => {
+                self.usage.add_blueprint(&blueprint, user);
                 self.world
                     .blueprints
                     .insert(blueprint.id.clone(), blueprint.clone());
@@ -78,9 +81,12 @@ impl ServerCore {
                     self.send(conn, &full);
                     return self.refuse(sid, conn, "BlueprintModify", Some(req), Refusal::Conflict);
                 }
+                let before = super::quota::blueprint_bytes(current);
                 patch.apply(current);
                 current.version = version;
                 let stored = current.clone();
+                let after = super::quota::blueprint_bytes(&stored);
+                self.usage.resize_blueprint(&id, before, after);
                 match self.pending_blueprints.get_mut(&id) {
                     Some((v, pending)) => {
                         *v = version;
@@ -103,11 +109,13 @@ impl ServerCore {
                     id,
                     kind: EntityKind::App,
                     owner: None,
-                    user: None,
+                    // The app's creator: counted against their quota, across restarts.
+                    user: Some(user),
                     blueprint: Some(blueprint),
                     transform,
                     props,
                 };
+                self.usage.add_app(&e);
                 self.world.entities.insert(id, e.clone());
                 // Everyone, the sender included: it learns the id the server allocated.
                 self.broadcast(&ServerMsg::EntityAdded(e.clone()), None);
@@ -128,8 +136,13 @@ impl ServerCore {
                         e.owner = None;
                     }
                 }
+                let before = super::quota::app_bytes(e);
                 patch.apply(e);
                 let stored = e.clone();
+                if stored.kind == EntityKind::App {
+                    self.usage
+                        .resize_app(before, super::quota::app_bytes(&stored));
+                }
                 self.broadcast(&ServerMsg::EntityModified { id, patch }, None);
                 if stored.kind == EntityKind::App {
                     self.commit(sid, conn, Some(req), Change::PutEntity(stored));
@@ -138,10 +151,12 @@ impl ServerCore {
                 }
             }
             ClientMsg::EntityRemove { req, id } => {
-                self.world.entities.remove(&id);
-                self.moved_apps.remove(&id);
-                self.broadcast(&ServerMsg::EntityRemoved(id), None);
+                self.remove_app(id);
                 self.commit(sid, conn, Some(req), Change::DeleteEntity(id));
+            }
+            ClientMsg::BlueprintRemove { req, id } => {
+                self.remove_blueprint(&id);
+                self.commit(sid, conn, Some(req), Change::DeleteBlueprint(id));
             }
             ClientMsg::EntityEvent {
                 entity,
@@ -278,6 +293,38 @@ impl ServerCore {
         self.world.spawn = spawn;
         self.broadcast(&ServerMsg::SpawnModified(spawn), None);
         self.commit(sid, conn, Some(req), Change::PutSpawn(spawn));
+    }
+
+    /// Removes app `id` from the world (quota, moved set) and tells everyone. The caller
+    /// emits or commits its `DeleteEntity`.
+    pub(super) fn remove_app(&mut self, id: EntityId) {
+        if let Some(e) = self.world.entities.remove(&id) {
+            self.usage.remove_app(&e);
+        }
+        self.moved_apps.remove(&id);
+        self.broadcast(&ServerMsg::EntityRemoved(id), None);
+    }
+
+    /// Removes blueprint `id` and every app instantiating it (each persisted as deleted), and
+    /// tells everyone: the apps first, then the blueprint. The caller emits or commits the
+    /// blueprint's `DeleteBlueprint`.
+    pub(super) fn remove_blueprint(&mut self, id: &BlueprintId) {
+        let apps: Vec<EntityId> = self
+            .world
+            .entities
+            .values()
+            .filter(|e| e.kind == EntityKind::App && e.blueprint.as_ref() == Some(id))
+            .map(|e| e.id)
+            .collect();
+        for app in apps {
+            self.remove_app(app);
+            self.persist(Change::DeleteEntity(app));
+        }
+        self.pending_blueprints.remove(id);
+        if let Some(b) = self.world.blueprints.remove(id) {
+            self.usage.remove_blueprint(&b);
+        }
+        self.broadcast(&ServerMsg::BlueprintRemoved(id.clone()), None);
     }
 
     fn push_chat(&mut self, m: ChatMessage) {

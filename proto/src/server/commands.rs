@@ -1,5 +1,6 @@
 //! Slash commands (`Command` messages): `/chat clear`, `/spawn set|clear`, `/name NEW`,
-//! `/admin CODE`. Each checks its own rank rule; unknown commands are refused.
+//! `/admin CODE`, `/delete blueprint ID` (admin: the blueprint and its apps), `/delete entity
+//! ID` (builder: one app). Each checks its own rank rule; unknown commands are refused.
 
 use super::{ConnId, ServerCore};
 use crate::persist::Change;
@@ -100,6 +101,34 @@ impl ServerCore {
                 );
                 self.commit(sid, conn, Some(req), Change::PutUser(rec));
             }
+            // ---- limits half (issue 15): deleting what fills the world ----
+            ["delete", "blueprint", id] => {
+                if rank < Rank::Admin {
+                    return refuse(self, Refusal::Rank);
+                }
+                let id = BlueprintId((*id).to_string());
+                if !self.world.blueprints.contains_key(&id) {
+                    return refuse(self, Refusal::NotFound);
+                }
+                self.remove_blueprint(&id);
+                self.commit(sid, conn, Some(req), Change::DeleteBlueprint(id));
+            }
+            ["delete", "entity", id] => {
+                if rank < Rank::Builder {
+                    return refuse(self, Refusal::Rank);
+                }
+                let Some(id) = id.parse().ok().map(EntityId) else {
+                    return refuse(self, Refusal::Invalid);
+                };
+                match self.world.entities.get(&id).map(|e| e.kind) {
+                    Some(EntityKind::App) => {}
+                    Some(EntityKind::Player) => return refuse(self, Refusal::Invalid),
+                    None => return refuse(self, Refusal::NotFound),
+                }
+                self.remove_app(id);
+                self.commit(sid, conn, Some(req), Change::DeleteEntity(id));
+            }
+            // ---- end of the limits half ----
             _ => refuse(self, Refusal::UnknownCommand),
         }
     }

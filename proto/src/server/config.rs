@@ -56,6 +56,8 @@ pub struct ServerConfig {
     /// are refused with `RateLimited`; a session refused more than a whole burst within
     /// [`super::FLOOD_WINDOW`] is closed with `Flooding`.
     pub message_burst: u32,
+    /// Validation limits, quotas and rate limits by kind (see [`super::limits`]).
+    pub limits: super::limits::LimitsConfig,
 }
 
 impl Default for ServerConfig {
@@ -73,6 +75,7 @@ impl Default for ServerConfig {
             // Ten times a busy editor's pace; the load tool's 200 changes/s per client fits.
             messages_per_s: 1000,
             message_burst: 2000,
+            limits: super::limits::LimitsConfig::default(),
             transform: TransformConfig::default(),
             character: CharacterConfig {
                 // Keep players inside what the transform codec can represent.

@@ -33,6 +33,9 @@ impl ServerCore {
         let Some(sid) = self.conns.get(&conn).and_then(|c| c.session) else {
             return; // Not joined yet: nothing to apply it to.
         };
+        if !self.admit_datagram(sid, conn, data.len()) {
+            return; // Past the session's datagram or byte rate: dropped.
+        }
         let d = match decode_client_datagram(&self.quantizer, data) {
             Ok(d) => d,
             Err(error) => {
@@ -83,6 +86,9 @@ impl ServerCore {
         let mut rejected = false;
         for (id, q) in &d.owned {
             let t = self.quantizer.dequantize(q);
+            if !self.transform_ok(&t) {
+                continue; // Defensive: the quantizer only yields transforms inside the world.
+            }
             let Some(e) = self.world.entities.get_mut(id) else {
                 continue;
             };

@@ -46,9 +46,12 @@
 //! [`ServerConfig::durable_acks`] a change's sender is acknowledged only when the store reports
 //! it durable ([`ServerCore::handle_store`]).
 
+pub mod addr;
 pub mod auth;
 pub mod config;
 pub mod inbox;
+pub mod limits;
+pub mod quota;
 pub mod rate;
 
 mod admission;
@@ -57,6 +60,7 @@ mod commands;
 mod datagram;
 mod figures;
 mod host;
+mod guard;
 mod output;
 mod policy;
 mod session;
@@ -64,6 +68,7 @@ mod storage;
 mod tick;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::IpAddr;
 
 /// The world a core hosts ([`ServerCore::new`] takes it); defined with the rest of the
 /// persistence vocabulary in [`crate::persist`].
@@ -72,10 +77,12 @@ pub use auth::{Authenticator, InsecureTokens};
 pub use config::{ConnId, ServerConfig, TransportKind};
 pub use figures::ConnFigures;
 pub use host::{priority, HostError};
+pub use guard::normalized;
 pub use inbox::{
     DatagramInbox, InboxBatch, InboxDatagram, InboxDrop, InboxQuota, DATAGRAM_INBOX_MAX,
     DATAGRAM_INBOX_PER_CONN_MAX,
 };
+pub use limits::{LimitsConfig, RateSpec};
 pub use output::{ServerEvent, Transmit};
 pub use rate::FLOOD_WINDOW;
 pub use session::{Session, NO_PLAYER};
@@ -153,6 +160,10 @@ pub struct ServerCore {
     /// The tick whose client datagrams are being written, between two
     /// [`ServerCore::handle_timeout_step`] calls.
     tick_job: Option<TickJob>,
+    /// What the world's blueprints and apps weigh (quotas, `quota`).
+    usage: quota::Usage,
+    /// Tokenless joins per source address (at most [`limits::JOIN_ADDRS_MAX`]).
+    join_rates: BTreeMap<IpAddr, rate::MessageRate>,
 }
 
 impl std::fmt::Debug for ServerCore {
@@ -207,6 +218,7 @@ impl ServerCore {
             }
         }
         let reserved = world.next_ids();
+        let usage = quota::Usage::of_world(&world);
         let mut core = ServerCore {
             clock: TickClock::new(config.tick_hz, now),
             config,
@@ -235,6 +247,8 @@ impl ServerCore {
             stats: TickStats::default(),
             closed_figures: ConnFigures::default(),
             tick_job: None,
+            usage,
+            join_rates: BTreeMap::new(),
         };
         core.reserve_ids();
         core
@@ -283,6 +297,11 @@ impl ServerCore {
         self.conns.len()
     }
 
+    /// What the world's blueprints and apps weigh, in all and per user (quotas).
+    pub fn usage(&self) -> &quota::Usage {
+        &self.usage
+    }
+
     /// What the last tick sent.
     pub fn last_tick_stats(&self) -> TickStats {
         self.stats
@@ -321,6 +340,7 @@ impl ServerCore {
                 last_heard: now,
                 max_datagram_size: DATAGRAM_SIZE_INITIAL,
                 figures: ConnFigures::default(),
+                addr: None,
             },
         );
     }
@@ -372,7 +392,11 @@ impl ServerCore {
         }
         match session {
             None => self.handle_hello(conn, msg),
-            Some(sid) => self.handle_session_msg(sid, conn, msg),
+            Some(sid) => {
+                if self.admit_bytes(sid, conn, &msg, body.len()) {
+                    self.handle_session_msg(sid, conn, msg)
+                }
+            }
         }
     }
 

@@ -5,6 +5,7 @@
 //! `Refused` for the change's id; a broken limit on a message without one closes that session
 //! only.
 
+use super::quota;
 use super::rate::Limit;
 use super::{ConnId, ServerCore, PLAYER_RESERVED_PROPS};
 use crate::types::*;
@@ -15,6 +16,9 @@ impl ServerCore {
     /// Whether message `msg` of session `sid` may be applied. If not, it was refused (or the
     /// session closed) here.
     pub(super) fn admit(&mut self, sid: SessionId, conn: ConnId, msg: &ClientMsg) -> bool {
+        if !self.admit_kind(sid, conn, msg) {
+            return false;
+        }
         if !matches!(msg, ClientMsg::Goodbye) {
             let (per_s, burst, now) = (
                 self.config.messages_per_s,
@@ -87,11 +91,8 @@ impl ServerCore {
                 && p.iter()
                     .all(|(k, v)| k.len() <= ID_BYTES_MAX && v.0.len() <= EVENT_DATA_BYTES_MAX)
         };
-        let transform_ok = |t: &Transform| {
-            t.position.is_finite()
-                && t.rotation.is_finite()
-                && t.scale.is_none_or(|s| s.is_finite())
-        };
+        let transform_ok = |t: &Transform| self.transform_ok(t);
+        let limits = &self.config.limits;
         let blueprint_ok = |b: &Blueprint| {
             !b.id.0.is_empty()
                 && b.id.0.len() <= ID_BYTES_MAX
@@ -144,20 +145,32 @@ impl ServerCore {
                 if self.world.blueprints.contains_key(&blueprint.id) {
                     return Err(Refusal::Exists);
                 }
+                if blueprint.version > limits.blueprint_version_step_max {
+                    return Err(Refusal::Invalid);
+                }
                 if self.world.blueprints.len() >= BLUEPRINTS_MAX {
                     return Err(Refusal::WorldFull);
                 }
-                Ok(())
+                self.quota_allows_blueprint(sid, 0, quota::blueprint_bytes(blueprint))
             }
-            BlueprintModify { id, patch, .. } => {
+            BlueprintModify {
+                id, patch, version, ..
+            } => {
                 need(builder)?;
                 let current = self.world.blueprints.get(id).ok_or(Refusal::NotFound)?;
                 let mut b = current.clone();
                 patch.apply(&mut b);
-                if !blueprint_ok(&b) {
+                if !blueprint_ok(&b) || b.props.0.len() > FRAME_BYTES_MAX / 2 {
                     return Err(Refusal::Invalid);
                 }
-                Ok(())
+                // A version at or below the stored one is a conflict (answered in `apply`); one
+                // too far above would freeze the blueprint for everyone else.
+                if version.saturating_sub(current.version) > limits.blueprint_version_step_max {
+                    return Err(Refusal::Invalid);
+                }
+                let owner = self.usage.blueprint_owner(id);
+                let before = quota::blueprint_bytes(current);
+                self.quota_allows_blueprint_of(owner, before, quota::blueprint_bytes(&b))
             }
             EntityAdd {
                 blueprint,
@@ -172,7 +185,24 @@ impl ServerCore {
                 if !transform_ok(transform) || !props_ok(props) {
                     return Err(Refusal::Invalid);
                 }
-                if self.world.entities.len() >= ENTITIES_MAX {
+                if self.world.entities.len() >= ENTITIES_MAX || self.usage.apps >= limits.apps_max {
+                    return Err(Refusal::WorldFull);
+                }
+                let user = self.sessions.get(&sid).map(|s| s.user);
+                if user.is_some_and(|u| self.usage.user(u).entities >= limits.entities_per_user_max)
+                {
+                    return Err(Refusal::WorldFull);
+                }
+                let bytes = quota::app_bytes(&Entity {
+                    id: EntityId(0),
+                    kind: EntityKind::App,
+                    owner: None,
+                    user,
+                    blueprint: Some(blueprint.clone()),
+                    transform: *transform,
+                    props: props.clone(),
+                });
+                if self.usage.world_bytes + bytes > limits.world_bytes_max {
                     return Err(Refusal::WorldFull);
                 }
                 Ok(())
@@ -201,6 +231,16 @@ impl ServerCore {
                         || patch.unset.iter().any(reserved))
                 {
                     return Err(Refusal::Rank);
+                }
+                if e.kind == EntityKind::App {
+                    let mut after = e.clone();
+                    patch.apply(&mut after);
+                    let (before, after) = (quota::app_bytes(e), quota::app_bytes(&after));
+                    if after > before
+                        && self.usage.world_bytes + after - before > limits.world_bytes_max
+                    {
+                        return Err(Refusal::WorldFull);
+                    }
                 }
                 Ok(())
             }
@@ -238,7 +278,8 @@ impl ServerCore {
                 self.player_session(*target).ok_or(Refusal::NotFound)?;
                 let own = self.sessions.get(&sid).map(|s| s.player) == Some(*target);
                 need(own || builder)?;
-                if !position.is_finite() || !rotation_y.is_finite() {
+                if !position.is_finite() || !rotation_y.is_finite() || !self.inside_world(position)
+                {
                     return Err(Refusal::Invalid);
                 }
                 Ok(())
@@ -247,7 +288,8 @@ impl ServerCore {
                 self.player_session(*target).ok_or(Refusal::NotFound)?;
                 let own = self.sessions.get(&sid).map(|s| s.player) == Some(*target);
                 need(own || builder)?;
-                if !force.is_finite() {
+                let speed = f64::from(force.length());
+                if !force.is_finite() || speed > f64::from(limits.push_speed_max) {
                     return Err(Refusal::Invalid);
                 }
                 Ok(())
@@ -276,6 +318,13 @@ impl ServerCore {
                 Ok(())
             }
             Kick { target, .. } | Mute { target, .. } => outranks(*target),
+            BlueprintRemove { id, .. } => {
+                need(rank >= Rank::Admin)?;
+                if !self.world.blueprints.contains_key(id) {
+                    return Err(Refusal::NotFound);
+                }
+                Ok(())
+            }
         }
     }
 

@@ -6,9 +6,15 @@ use std::time::Duration;
 
 use crate::time::Time;
 
+pub use super::limits::RateSpec;
+
 /// The window over which refused messages are counted: a session refused more than a whole
 /// burst's worth of messages within it is flooding, however many tokens trickle in meanwhile.
 pub const FLOOD_WINDOW: Duration = Duration::from_secs(1);
+
+/// Refusals within [`FLOOD_WINDOW`] after which a session is flooding, whatever the burst (a
+/// byte bucket's burst is millions): 1,000, far past any honest client's retries.
+pub const FLOOD_REFUSALS_MAX: u32 = 1_000;
 
 /// What the rate limit says about one message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,12 +54,20 @@ impl MessageRate {
     /// Takes one token at `now` (refilling at `per_s`, up to `burst`) and says what to do with
     /// the message.
     pub(crate) fn take(&mut self, per_s: u32, burst: u32, now: Time) -> Limit {
-        let (rate, burst) = (f64::from(per_s), f64::from(burst));
+        self.take_cost(1.0, RateSpec::new(f64::from(per_s), burst), now)
+    }
+
+    /// Takes `cost` tokens at `now` (refilling at `spec.per_s`, up to `spec.burst`) and says
+    /// what to do with the input. A cost larger than the whole burst passes when the bucket is
+    /// full (and empties it), so a single input no limit can ever admit does not exist.
+    pub(crate) fn take_cost(&mut self, cost: f64, spec: RateSpec, now: Time) -> Limit {
+        let (rate, burst) = (spec.per_s.max(0.0), f64::from(spec.burst));
         let dt = now.saturating_since(self.refilled_at).as_secs_f64();
         self.tokens = (self.tokens + dt * rate).min(burst);
         self.refilled_at = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        let cost = cost.min(burst).max(0.0);
+        if self.tokens >= cost {
+            self.tokens -= cost;
             return Limit::Pass;
         }
         if now.saturating_since(self.window_start) >= FLOOD_WINDOW {
@@ -61,10 +75,46 @@ impl MessageRate {
             self.refused_in_window = 0;
         }
         self.refused_in_window += 1;
-        if f64::from(self.refused_in_window) > burst {
+        if f64::from(self.refused_in_window) > burst.min(f64::from(FLOOD_REFUSALS_MAX)) {
             Limit::Close
         } else {
             Limit::Refuse
+        }
+    }
+}
+
+impl MessageRate {
+    /// Whether the bucket would be full at `now` (nothing spent for a while): forgettable.
+    pub(crate) fn is_full(&self, spec: RateSpec, now: Time) -> bool {
+        let dt = now.saturating_since(self.refilled_at).as_secs_f64();
+        self.tokens + dt * spec.per_s.max(0.0) >= f64::from(spec.burst)
+    }
+}
+
+/// One session's budgets by kind (see [`super::limits::LimitsConfig`]).
+#[derive(Clone, Debug)]
+pub(crate) struct SessionRates {
+    /// Chat messages.
+    pub(crate) chat: MessageRate,
+    /// Commands.
+    pub(crate) commands: MessageRate,
+    /// Reliable changes (everything else but pings and goodbye).
+    pub(crate) changes: MessageRate,
+    /// Datagrams.
+    pub(crate) datagrams: MessageRate,
+    /// Bytes of frames and datagrams.
+    pub(crate) bytes: MessageRate,
+}
+
+impl SessionRates {
+    /// Full buckets at `now`.
+    pub(crate) fn new(l: &super::limits::LimitsConfig, now: Time) -> SessionRates {
+        SessionRates {
+            chat: MessageRate::new(l.chat.burst, now),
+            commands: MessageRate::new(l.commands.burst, now),
+            changes: MessageRate::new(l.changes.burst, now),
+            datagrams: MessageRate::new(l.datagrams.burst, now),
+            bytes: MessageRate::new(l.bytes.burst, now),
         }
     }
 }

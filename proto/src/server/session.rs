@@ -41,6 +41,8 @@ pub struct Session {
     pub(super) rate: MessageRate,
     /// The own-player state last sent: a player standing still is sent nothing.
     pub(super) own_sent: OwnSent,
+    /// Its budgets by kind (chat, commands, changes, datagrams, bytes).
+    pub(super) rates: super::rate::SessionRates,
 }
 
 /// Datagrams remembered as carrying the current own-player state: more than a round trip's
@@ -122,6 +124,8 @@ pub(super) struct Conn {
     pub(super) max_datagram_size: usize,
     /// What it cost so far (see `figures`).
     pub(super) figures: super::ConnFigures,
+    /// The peer's source address, when the driver told (`handle_peer_address`).
+    pub(super) addr: Option<std::net::IpAddr>,
 }
 
 impl ServerCore {

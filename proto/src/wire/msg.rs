@@ -214,6 +214,14 @@ pub enum ClientMsg {
         /// Where the camera is now, metres.
         position: Vec3,
     },
+    /// Delete a blueprint and every app instantiating it (admin). The server answers `Ack`
+    /// and tells everyone `EntityRemoved` for each app, then `BlueprintRemoved`.
+    BlueprintRemove {
+        /// Change id.
+        req: ReqId,
+        /// Which blueprint.
+        id: BlueprintId,
+    },
 }
 
 /// A server → client message.
@@ -333,6 +341,8 @@ pub enum ServerMsg {
         /// Human-readable detail.
         detail: String,
     },
+    /// A blueprint was deleted (its apps were removed just before, each with `EntityRemoved`).
+    BlueprintRemoved(BlueprintId),
 }
 
 /// Everything a newcomer needs, sent once.
@@ -464,7 +474,8 @@ impl ClientMsg {
             | PlayerTeleport { .. }
             | PlayerPush { .. }
             | SettingsModify { .. }
-            | SpawnModify { .. } => Channel::World,
+            | SpawnModify { .. }
+            | BlueprintRemove { .. } => Channel::World,
         }
     }
 
@@ -492,6 +503,7 @@ impl ClientMsg {
             Goodbye => "goodbye",
             Spectate { .. } => "spectate",
             SpectatorCamera { .. } => "spectator_camera",
+            BlueprintRemove { .. } => "blueprint_remove",
         }
     }
 
@@ -510,7 +522,8 @@ impl ClientMsg {
             | SpawnModify { req, .. }
             | ModifyRank { req, .. }
             | Kick { req, .. }
-            | Mute { req, .. } => Some(*req),
+            | Mute { req, .. }
+            | BlueprintRemove { req, .. } => Some(*req),
             _ => None,
         }
     }
@@ -539,7 +552,8 @@ impl ServerMsg {
             | PlayerTeleport { .. }
             | PlayerPush { .. }
             | SettingsModified(_)
-            | SpawnModified(_) => Channel::World,
+            | SpawnModified(_)
+            | BlueprintRemoved(_) => Channel::World,
         }
     }
 
@@ -567,6 +581,7 @@ impl ServerMsg {
             RankModified { .. } => "rank_modified",
             Muted { .. } => "muted",
             Close { .. } => "close",
+            BlueprintRemoved(_) => "blueprint_removed",
         }
     }
 }

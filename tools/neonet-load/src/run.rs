@@ -292,6 +292,9 @@ async fn spawn_relay(
     // A real relay persists: acknowledgements then wait for durable commits, as the
     // acked_changes_per_s and ack_latency_ms figures must show.
     config.persist = true;
+    // One address drives every client at many times a person's pace: rate and per-address
+    // limits would measure themselves, not the engine (validation and quotas stay on).
+    config.limits = neonet::limits::LimitsSection::for_load();
     config.tick_hz = u16::try_from(tick_hz.clamp(
         u32::from(neonet_proto::time::TICK_HZ_MIN),
         u32::from(neonet_proto::time::TICK_HZ_MAX),

@@ -84,6 +84,7 @@ const CLIENT_CASES = [
   [{ type: 'Goodbye' }, '01000000 11'],
   [{ type: 'Spectate', protocol_version: 1, name: 'eve', token: null, camera: [0, 10, -5] }, '13000000 1201036576650000000000000020410000a0c0'],
   [{ type: 'SpectatorCamera', position: [1.5, 2, -3] }, '0d000000 130000c03f00000040000040c0'],
+  [{ type: 'BlueprintRemove', req: 13, id: 'tree' }, '07000000 140d0474726565'],
 ];
 
 const SERVER_CASES = [
@@ -107,13 +108,14 @@ const SERVER_CASES = [
   [{ type: 'RankModified', user: 5, rank: 'Builder' }, '03000000 110501'],
   [{ type: 'Muted', player: 1, muted: false }, '03000000 120100'],
   [{ type: 'Close', reason: 'VersionMismatch', detail: 'v2' }, '05000000 1304027632'],
+  [{ type: 'BlueprintRemoved', id: 'tree' }, '06000000 140474726565'],
 ];
 
 test('constants', () => {
   assert.equal(PROTOCOL_VERSION, 1);
   assert.deepEqual(CHANNEL, { Control: 0, World: 1, Chat: 2, Events: 3 });
-  assert.equal(CLIENT_MSG_VARIANTS, 20);
-  assert.equal(SERVER_MSG_VARIANTS, 20);
+  assert.equal(CLIENT_MSG_VARIANTS, 21);
+  assert.equal(SERVER_MSG_VARIANTS, 21);
   assert.equal(FRAME_BYTES_MAX, 1_048_576);
   assert.equal(SMALL_FRAME_BYTES_MAX, 65_536);
   assert.equal(SNAPSHOT_BYTES_MAX, 67_108_864);
@@ -145,8 +147,8 @@ test('every server message decodes from its pinned frame and encodes back', () =
 
 test('channels of every message', () => {
   const { Control: C, World: W, Chat: H, Events: E } = CHANNEL;
-  assert.deepEqual(CLIENT_CASES.map(([m]) => channelOfClientMsg(m)), [C, C, H, H, W, W, W, W, W, E, W, W, W, W, C, C, C, C, C, C]);
-  assert.deepEqual(SERVER_CASES.map(([m]) => channelOfServerMsg(m)), [W, W, C, C, C, H, H, W, W, W, W, E, W, W, W, W, W, C, C, C]);
+  assert.deepEqual(CLIENT_CASES.map(([m]) => channelOfClientMsg(m)), [C, C, H, H, W, W, W, W, W, E, W, W, W, W, C, C, C, C, C, C, W]);
+  assert.deepEqual(SERVER_CASES.map(([m]) => channelOfServerMsg(m)), [W, W, C, C, C, H, H, W, W, W, W, E, W, W, W, W, W, C, C, C, W]);
 });
 
 test('Welcome configs decode with every field at f32 precision', () => {
@@ -188,8 +190,8 @@ const kindOf = (f) => {
 
 test('malformed input throws WireError of the Rust codec\'s kind', () => {
   assert.equal(kindOf(() => decodeServerMsg(bytes())), 'Truncated');
-  assert.equal(kindOf(() => decodeServerMsg(bytes(20))), 'UnknownMessage');
-  assert.equal(kindOf(() => decodeClientMsg(bytes(20))), 'UnknownMessage');
+  assert.equal(kindOf(() => decodeServerMsg(bytes(21))), 'UnknownMessage');
+  assert.equal(kindOf(() => decodeClientMsg(bytes(21))), 'UnknownMessage');
   assert.equal(kindOf(() => decodeClientMsg(bytes(0x80, 0x01))), 'UnknownMessage');
   assert.equal(kindOf(() => decodeServerMsg(bytes(0xff, 0xff, 0xff, 0xff, 0x0f))), 'UnknownMessage');
   assert.equal(kindOf(() => decodeServerMsg(bytes(0xff, 0xff, 0xff, 0xff, 0x10))), 'Malformed');

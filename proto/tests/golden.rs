@@ -231,6 +231,8 @@ fn server_tag(m: &ServerMsg) -> u32 {
         RankModified { .. } => 17,
         Muted { .. } => 18,
         Close { .. } => 19,
+        CommandReply { .. } => 20,
+        AuthToken { .. } => 21,
     }
 }
 
@@ -471,6 +473,17 @@ pub fn server_cases() -> Vec<(ServerMsg, &'static str)> {
             },
             "05000000 1304027632",
         ),
+        (
+            ServerMsg::CommandReply {
+                req: ReqId(7),
+                text: "hi".into(),
+            },
+            "05000000 1407026869",
+        ),
+        (
+            ServerMsg::AuthToken { token: "t".into() },
+            "03000000 150174",
+        ),
     ]
 }
 
@@ -659,6 +672,8 @@ fn channels_of_every_message() {
             Control, // RankModified
             Control, // Muted
             Control, // Close
+            Control, // CommandReply
+            Control, // AuthToken
         ]
     );
 }

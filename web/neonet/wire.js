@@ -264,6 +264,8 @@ const SERVER_MSGS = [
   ['RankModified', Control, [['user', UserId], ['rank', Rank]]],
   ['Muted', Control, [['player', EntityId], ['muted', T.bool]]],
   ['Close', Control, [['reason', CloseReason], ['detail', T.string]]],
+  ['CommandReply', Control, [['req', ReqId], ['text', T.string]]],
+  ['AuthToken', Control, [['token', T.string]]],
 ];
 
 /** Number of `ClientMsg` variants in version 1: tags at or above it are unknown. */

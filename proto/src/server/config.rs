@@ -56,6 +56,11 @@ pub struct ServerConfig {
     /// are refused with `RateLimited`; a session refused more than a whole burst within
     /// [`super::FLOOD_WINDOW`] is closed with `Flooding`.
     pub message_burst: u32,
+    // ---- identity and tokens (issue 15: tokens, moderation) ----
+    /// How long a token the core hands out (in the snapshot, or `AuthToken` half-way through
+    /// the previous one's life) stays valid. A stolen token works at most this long unless its
+    /// user's tokens are revoked first.
+    pub token_ttl: Duration,
 }
 
 impl Default for ServerConfig {
@@ -73,6 +78,9 @@ impl Default for ServerConfig {
             // Ten times a busy editor's pace; the load tool's 200 changes/s per client fits.
             messages_per_s: 1000,
             message_burst: 2000,
+            // A week: a player who comes back within a week stays the same user without a
+            // backend; a copied token stops working within a week of being copied.
+            token_ttl: Duration::from_secs(7 * 24 * 3600),
             transform: TransformConfig::default(),
             character: CharacterConfig {
                 // Keep players inside what the transform codec can represent.

@@ -37,6 +37,8 @@ pub struct Session {
     pub(super) up_seq: Option<Seq>,
     /// Its reliable-message budget.
     pub(super) rate: MessageRate,
+    /// When its client is sent a fresh auth token ([`ServerMsg::AuthToken`]).
+    pub(super) token_refresh_at: Time,
 }
 
 impl Session {
@@ -56,6 +58,8 @@ pub(super) struct Conn {
     pub(super) connected_at: Time,
     pub(super) last_heard: Time,
     pub(super) max_datagram_size: usize,
+    /// The peer's address as the driver reported it (per-address limits).
+    pub(super) addr: Option<std::net::IpAddr>,
 }
 
 impl ServerCore {

@@ -313,6 +313,20 @@ pub enum ServerMsg {
         /// Human-readable detail.
         detail: String,
     },
+    /// Text answering a command (`/help`'s list, why a moderation command was refused), sent
+    /// to its sender only, before the command's `Ack` or `Refused`.
+    CommandReply {
+        /// The command's change id.
+        req: ReqId,
+        /// The text; lines separated by `\n`.
+        text: String,
+    },
+    /// A fresh auth token, replacing the one from the snapshot before that one expires (sent
+    /// when half its lifetime has passed). Present it in the next `Hello`.
+    AuthToken {
+        /// The token.
+        token: String,
+    },
 }
 
 /// Everything a newcomer needs, sent once.
@@ -502,7 +516,9 @@ impl ServerMsg {
             | Refused { .. }
             | RankModified { .. }
             | Muted { .. }
-            | Close { .. } => Channel::Control,
+            | Close { .. }
+            | CommandReply { .. }
+            | AuthToken { .. } => Channel::Control,
             ChatAdded(_) | ChatCleared => Channel::Chat,
             EntityEvent { .. } => Channel::Events,
             Welcome { .. }
@@ -543,6 +559,8 @@ impl ServerMsg {
             RankModified { .. } => "rank_modified",
             Muted { .. } => "muted",
             Close { .. } => "close",
+            CommandReply { .. } => "command_reply",
+            AuthToken { .. } => "auth_token",
         }
     }
 }

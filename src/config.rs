@@ -120,7 +120,25 @@ pub struct RelayConfig {
     /// (`https://game.example`, exactly as a browser sends `Origin`). Default none: only pages
     /// the relay serves itself.
     pub browser_origins: Vec<String>,
+    // ---- identity and tokens (issue 15: tokens, moderation) ----
+    /// How long tokens the relay hands out stay valid, seconds (60 to
+    /// [`TOKEN_TTL_S_MAX`]). Default [`TOKEN_TTL_S_DEFAULT`] (7 days). A session is sent a fresh
+    /// one half-way through; a copied token works at most this long unless revoked.
+    pub token_ttl_s: u64,
+    /// A game backend's key to trust for players' tokens: a file holding an HS256 secret (at
+    /// least 32 bytes) or a PEM public key (EdDSA, ES256). Default none.
+    pub backend_key_path: Option<PathBuf>,
+    /// The algorithm of `backend_key_path`: `HS256`, `EdDSA` or `ES256`. Default `HS256`.
+    pub backend_key_alg: String,
+    /// The `kid` the backend's tokens carry; default none (its tokens carry no `kid`).
+    pub backend_key_id: Option<String>,
 }
+
+/// Default lifetime of the relay's tokens: 7 days, seconds (see `ServerConfig::token_ttl`).
+pub const TOKEN_TTL_S_DEFAULT: u64 = 7 * 24 * 3600;
+/// Longest token lifetime: 365 days, seconds. A longer-lived token is a password that never
+/// changes.
+pub const TOKEN_TTL_S_MAX: u64 = 365 * 24 * 3600;
 
 impl Default for RelayConfig {
     fn default() -> Self {
@@ -144,6 +162,10 @@ impl Default for RelayConfig {
             dirty_flush_interval_ms: DIRTY_FLUSH_INTERVAL_MS_DEFAULT,
             admin_code: None,
             browser_origins: Vec::new(),
+            token_ttl_s: TOKEN_TTL_S_DEFAULT,
+            backend_key_path: None,
+            backend_key_alg: "HS256".into(),
+            backend_key_id: None,
         }
     }
 }
@@ -184,6 +206,25 @@ impl RelayConfig {
         Duration::from_millis(self.idle_timeout_ms)
     }
 
+    /// How long the relay's tokens stay valid.
+    pub fn token_ttl(&self) -> Duration {
+        Duration::from_secs(self.token_ttl_s)
+    }
+
+    /// The configured backend key, read from its file.
+    pub fn backend_key(&self) -> Result<Option<crate::auth::BackendKey>, crate::auth::AuthError> {
+        self.backend_key_path
+            .as_deref()
+            .map(|p| {
+                crate::auth::BackendKey::from_file(
+                    self.backend_key_id.clone(),
+                    &self.backend_key_alg,
+                    p,
+                )
+            })
+            .transpose()
+    }
+
     /// Checks ranges and consistency.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if !(TICK_HZ_MIN..=TICK_HZ_MAX).contains(&self.tick_hz) {
@@ -206,6 +247,16 @@ impl RelayConfig {
         if !(1_000..=3_600_000).contains(&self.idle_timeout_ms) {
             return Err(ConfigError::Invalid(
                 "idle_timeout_ms must be 1000 to 3600000".into(),
+            ));
+        }
+        if !(60..=TOKEN_TTL_S_MAX).contains(&self.token_ttl_s) {
+            return Err(ConfigError::Invalid(format!(
+                "token_ttl_s must be 60 to {TOKEN_TTL_S_MAX}"
+            )));
+        }
+        if !matches!(self.backend_key_alg.as_str(), "HS256" | "EdDSA" | "ES256") {
+            return Err(ConfigError::Invalid(
+                "backend_key_alg must be HS256, EdDSA or ES256".into(),
             ));
         }
         if !(1..=DIRTY_FLUSH_INTERVAL_MS_MAX).contains(&self.dirty_flush_interval_ms) {

@@ -51,6 +51,7 @@ fn user(id: u64, last_position: Option<[f32; 3]>) -> User {
         muted: id % 2 == 0,
         banned: false,
         last_position,
+        standing: Default::default(),
     }
 }
 

@@ -1176,9 +1176,9 @@ impl ClientCore {
             ServerMsg::Muted { player, muted } => {
                 self.events.push_back(ClientEvent::Muted { player, muted })
             }
-            ServerMsg::CommandReply { req, text } => {
-                self.events.push_back(ClientEvent::CommandReply { req, text })
-            }
+            ServerMsg::CommandReply { req, text } => self
+                .events
+                .push_back(ClientEvent::CommandReply { req, text }),
             ServerMsg::AuthToken { token } => {
                 self.token = Some(token.clone());
                 self.events.push_back(ClientEvent::TokenRefreshed(token));

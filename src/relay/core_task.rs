@@ -242,6 +242,8 @@ impl CoreTask {
                 transport,
                 link,
             } => {
+                // The source address: per-address limits live in the core.
+                let addr = link.remote_addr().map(|a| a.ip());
                 self.links.insert(
                     conn,
                     LinkEntry {
@@ -250,7 +252,7 @@ impl CoreTask {
                         bytes_out: 0,
                     },
                 );
-                self.core.handle_connect(conn, transport, now);
+                self.core.handle_connect_from(conn, transport, addr, now);
             }
             Inbound::Frame {
                 conn,

@@ -231,6 +231,7 @@ fn record_encoding_is_pinned() {
                 muted: true,
                 banned: false,
                 last_position: Some([1.0, 2.0, 3.0]),
+                standing: Default::default(),
             },
         )
         .unwrap(),

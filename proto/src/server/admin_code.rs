@@ -113,7 +113,11 @@ impl AdminCodeGuard {
 
 /// Compares in time independent of where the first difference is.
 fn same_secret(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
 }
 
 impl ServerCore {
@@ -182,7 +186,10 @@ mod tests {
         let first = ADMIN_CODE_LOCKOUT_BASE;
         assert!(g.may_try(addr(1), t0 + first));
         g.failed(addr(1), t0 + first);
-        assert!(!g.may_try(addr(1), t0 + first + first), "second lockout is longer");
+        assert!(
+            !g.may_try(addr(1), t0 + first + first),
+            "second lockout is longer"
+        );
         assert!(g.may_try(addr(1), t0 + first + first * 2));
     }
 
@@ -191,7 +198,10 @@ mod tests {
         let mut g = AdminCodeGuard::default();
         let t0 = Time::ZERO;
         for i in 0..=ADMIN_CODE_FREE_FAILURES_GLOBAL {
-            g.failed(Some(IpAddr::from([10, 1, (i / 250) as u8, (i % 250) as u8])), t0);
+            g.failed(
+                Some(IpAddr::from([10, 1, (i / 250) as u8, (i % 250) as u8])),
+                t0,
+            );
         }
         assert!(!g.may_try(addr(200), t0), "global lockout");
         assert!(g.may_try(addr(200), t0 + ADMIN_CODE_LOCKOUT_MAX_GLOBAL));
@@ -201,7 +211,10 @@ mod tests {
     fn remembered_addresses_are_bounded() {
         let mut g = AdminCodeGuard::default();
         for i in 0..(ADMIN_CODE_ADDRS_MAX as u32 + 10) {
-            g.failed(Some(IpAddr::from(i.to_be_bytes())), Time::from_millis(i as u64));
+            g.failed(
+                Some(IpAddr::from(i.to_be_bytes())),
+                Time::from_millis(i as u64),
+            );
         }
         assert_eq!(g.addresses(), ADMIN_CODE_ADDRS_MAX);
     }

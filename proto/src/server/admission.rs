@@ -43,8 +43,9 @@ impl ServerCore {
                 ),
             );
         }
-        let name_ok =
-            |n: &str| !n.is_empty() && n.len() <= NAME_BYTES_MAX && !n.chars().any(char::is_control);
+        let name_ok = |n: &str| {
+            !n.is_empty() && n.len() <= NAME_BYTES_MAX && !n.chars().any(char::is_control)
+        };
         let mut name = name.trim().to_string();
         if !name_ok(&name) {
             return self.close_conn(

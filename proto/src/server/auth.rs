@@ -72,8 +72,9 @@ pub struct TokenGrant {
     pub issued_at_s: u64,
     /// Expires at.
     pub expires_at_s: u64,
-    /// The user's current token generation.
-    pub generation: u32,
+    /// The user's current token generation; `None` for tokens minted outside a session (they
+    /// are revoked by their issue time instead).
+    pub generation: Option<u32>,
 }
 
 impl TokenGrant {
@@ -85,7 +86,7 @@ impl TokenGrant {
             rank: None,
             issued_at_s: 0,
             expires_at_s: u64::MAX,
-            generation: 0,
+            generation: None,
         }
     }
 }
@@ -169,10 +170,9 @@ impl Authenticator for InsecureTokens {
         Ok(claims)
     }
     fn issue(&self, grant: &TokenGrant) -> String {
-        if grant.generation == 0 {
-            format!("user:{}", grant.user.0)
-        } else {
-            format!("user:{}:gen:{}", grant.user.0, grant.generation)
+        match grant.generation {
+            Some(g) if g > 0 => format!("user:{}:gen:{g}", grant.user.0),
+            _ => format!("user:{}", grant.user.0),
         }
     }
 }

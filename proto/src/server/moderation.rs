@@ -74,16 +74,44 @@ pub fn chat_carries_secret(body: &str) -> bool {
 const COMMANDS: &[(Rank, &str, &str)] = &[
     (Rank::Visitor, "/help", "this list"),
     (Rank::Visitor, "/name NEW", "change your display name"),
-    (Rank::Visitor, "/admin CODE", "become admin with the relay's admin code"),
-    (Rank::Builder, "/kick NAME [reason]", "disconnect a player of lower rank"),
-    (Rank::Builder, "/mute NAME [duration]", "silence a user (10m, 2h, 7d; none: until /unmute)"),
+    (
+        Rank::Visitor,
+        "/admin CODE",
+        "become admin with the relay's admin code",
+    ),
+    (
+        Rank::Builder,
+        "/kick NAME [reason]",
+        "disconnect a player of lower rank",
+    ),
+    (
+        Rank::Builder,
+        "/mute NAME [duration]",
+        "silence a user (10m, 2h, 7d; none: until /unmute)",
+    ),
     (Rank::Builder, "/unmute NAME", "let a muted user speak"),
-    (Rank::Builder, "/spawn set|clear", "move the spawn point here, or back to the origin"),
+    (
+        Rank::Builder,
+        "/spawn set|clear",
+        "move the spawn point here, or back to the origin",
+    ),
     (Rank::Builder, "/chat clear", "clear the chat history"),
-    (Rank::Admin, "/ban NAME [duration] [reason]", "keep a user out (none: for good)"),
+    (
+        Rank::Admin,
+        "/ban NAME [duration] [reason]",
+        "keep a user out (none: for good)",
+    ),
     (Rank::Admin, "/unban NAME", "lift a ban"),
-    (Rank::Admin, "/rank NAME visitor|builder|admin", "set a user's rank"),
-    (Rank::Admin, "/revoke NAME", "invalidate every token of a user and disconnect them"),
+    (
+        Rank::Admin,
+        "/rank NAME visitor|builder|admin",
+        "set a user's rank",
+    ),
+    (
+        Rank::Admin,
+        "/revoke NAME",
+        "invalidate every token of a user and disconnect them",
+    ),
 ];
 
 /// What an admitted token becomes at join.
@@ -163,7 +191,7 @@ impl ServerCore {
             rank: None,
             issued_at_s: now_s,
             expires_at_s: now_s.saturating_add(self.config.token_ttl.as_secs()),
-            generation,
+            generation: Some(generation),
         })
     }
 
@@ -338,7 +366,11 @@ impl ServerCore {
                     Some(r) => format!("kicked by {by}: {r}"),
                     None => format!("kicked by {by}"),
                 };
-                match self.by_user.get(&target).and_then(|s| self.sessions.get(s)?.conn) {
+                match self
+                    .by_user
+                    .get(&target)
+                    .and_then(|s| self.sessions.get(s)?.conn)
+                {
                     Some(c) => {
                         self.close_conn(c, CloseReason::Moderation, detail);
                         self.ack_now(conn, req);
@@ -397,7 +429,11 @@ impl ServerCore {
                 if let Some(r) = reason {
                     detail = format!("{detail}: {r}");
                 }
-                if let Some(c) = self.by_user.get(&target).and_then(|s| self.sessions.get(s)?.conn) {
+                if let Some(c) = self
+                    .by_user
+                    .get(&target)
+                    .and_then(|s| self.sessions.get(s)?.conn)
+                {
                     self.close_conn(c, CloseReason::Moderation, detail);
                 }
                 self.commit(sid, conn, Some(req), Change::PutUser(rec));
@@ -436,7 +472,11 @@ impl ServerCore {
                 u.standing.token_generation = u.standing.token_generation.saturating_add(1);
                 u.standing.tokens_revoked_at_s = now_s;
                 let rec = u.clone();
-                if let Some(c) = self.by_user.get(&target).and_then(|s| self.sessions.get(s)?.conn) {
+                if let Some(c) = self
+                    .by_user
+                    .get(&target)
+                    .and_then(|s| self.sessions.get(s)?.conn)
+                {
                     self.close_conn(
                         c,
                         CloseReason::Moderation,
@@ -483,7 +523,11 @@ impl ServerCore {
             .sessions
             .values()
             .filter_map(|s| {
-                let stored = self.world.users.get(&s.user).map_or(Rank::Visitor, |u| u.rank);
+                let stored = self
+                    .world
+                    .users
+                    .get(&s.user)
+                    .map_or(Rank::Visitor, |u| u.rank);
                 let (old, new) = (stored.max(before), stored.max(after));
                 (old != new).then_some((s.user, new))
             })
@@ -503,11 +547,17 @@ mod tests {
         let max = MODERATION_DURATION_MAX;
         assert_eq!(parse_duration("90s", max), Some(Duration::from_secs(90)));
         assert_eq!(parse_duration("10m", max), Some(Duration::from_secs(600)));
-        assert_eq!(parse_duration("7d", max), Some(Duration::from_secs(7 * 86_400)));
+        assert_eq!(
+            parse_duration("7d", max),
+            Some(Duration::from_secs(7 * 86_400))
+        );
         for bad in ["", "m", "0m", "10", "-1h", "1y", "99999999999999999w", "dé"] {
             assert_eq!(parse_duration(bad, max), None, "{bad}");
         }
-        assert_eq!(format_duration(Duration::from_secs(3 * 86_400 + 4 * 3600)), "3d 4h");
+        assert_eq!(
+            format_duration(Duration::from_secs(3 * 86_400 + 4 * 3600)),
+            "3d 4h"
+        );
         assert_eq!(format_duration(Duration::from_secs(600)), "10m");
     }
 

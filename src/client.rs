@@ -915,7 +915,15 @@ fn close_of(e: &ConnectionError) -> (CloseReason, String) {
             let text = String::from_utf8_lossy(&c.reason).into_owned();
             let code = c.error_code.into_inner();
             match quic::close_reason_of(code) {
-                Some(r) => (r, text),
+                // The close text is `reason: detail` (`quic::close_text`); the detail alone is
+                // what the `Close` frame carries, so a client sees the same detail whichever
+                // arrives first.
+                Some(r) => {
+                    let detail = text
+                        .strip_prefix(&format!("{r}: "))
+                        .map_or(text.clone(), str::to_string);
+                    (r, detail)
+                }
                 // The transport's own codes are no protocol violation of ours: the server gave
                 // up on a client that read too slowly, or a bridge lost its relay. Both are a
                 // dropped connection, which is what `Timeout` means to a game (reconnect).

@@ -196,6 +196,8 @@ struct Honest {
     client: Client,
     name: &'static str,
     acked: Vec<String>,
+    /// Every chat line heard (events are consumed while waiting for answers).
+    heard: Vec<String>,
     sent: u32,
 }
 
@@ -210,6 +212,7 @@ impl Honest {
             client,
             name,
             acked: Vec::new(),
+            heard: Vec::new(),
             sent: 0,
         }
     }
@@ -218,7 +221,16 @@ impl Honest {
         self.sent += 1;
         let body = format!("{} line {}", self.name, self.sent);
         let req = self.client.send_chat(body.clone()).unwrap();
-        if answer(&self.client, req).is_ok() {
+        let heard = &mut self.heard;
+        let ev = self.client.wait_for(WAIT, |e| match e {
+            ClientEvent::Chat(m) => {
+                heard.push(m.body.clone());
+                false
+            }
+            ClientEvent::Acked(r) | ClientEvent::Refused { req: r, .. } => *r == req,
+            _ => false,
+        });
+        if matches!(ev, Ok(ClientEvent::Acked(_))) {
             self.acked.push(body);
         }
     }
@@ -278,18 +290,27 @@ fn admin_code_guessing_is_locked_out_while_honest_clients_keep_chatting_and_movi
 
     // Nothing acknowledged was lost: each honest client heard every acknowledged line of the
     // other, and no code reached it.
-    for (listener, speaker) in [(&ada, &bob), (&bob, &ada)] {
-        let mut want: BTreeSet<String> = speaker.acked.iter().cloned().collect();
-        assert!(!want.is_empty());
+    let acked = |h: &Honest| h.acked.iter().cloned().collect::<BTreeSet<String>>();
+    let (ada_acked, bob_acked) = (acked(&ada), acked(&bob));
+    for (listener, want) in [(&mut ada, bob_acked), (&mut bob, ada_acked)] {
+        assert_eq!(want.len(), 12, "every honest line was acknowledged");
+        let mut want = want;
+        for line in &listener.heard {
+            want.remove(line);
+        }
         while !want.is_empty() {
             match listener.client.wait_for(WAIT, |e| matches!(e, ClientEvent::Chat(_))) {
                 Ok(ClientEvent::Chat(m)) => {
-                    assert!(!m.body.contains(ADMIN_CODE), "the code was relayed");
+                    listener.heard.push(m.body.clone());
                     want.remove(&m.body);
                 }
                 other => panic!("{} missed {want:?}: {other:?}", listener.name),
             }
         }
+        assert!(
+            listener.heard.iter().all(|l| !l.contains(ADMIN_CODE)),
+            "the code was relayed"
+        );
     }
     // And bob walked the whole time.
     let end = ada.client.latest_transform(bob_player).map(|(_, t)| t.position);

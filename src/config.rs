@@ -80,7 +80,7 @@ pub struct RelayConfig {
     /// (`--no-http`). Default `127.0.0.1:4480` ([`DEFAULT_HTTP_PORT`]): loopback only, since the
     /// page is for operators.
     pub http_listen: Option<SocketAddr>,
-    /// Folder for the world's data and the token secret. Default `./data`. Created if absent.
+    /// Folder for the world's data and the token key. Default `./data`. Created if absent.
     pub data_dir: PathBuf,
     /// Folder of the generated development certificate. Default `./certs`. Created if absent.
     /// Ignored when `cert_path` and `key_path` are set.

@@ -53,7 +53,12 @@ fn b64(bytes: &[u8]) -> String {
 
 /// A JWT with `header` and `claims` (JSON) signed by `sign` (or unsigned).
 fn raw_jwt(header: &str, claims: &str, sig: &[u8]) -> String {
-    format!("{}.{}.{}", b64(header.as_bytes()), b64(claims.as_bytes()), b64(sig))
+    format!(
+        "{}.{}.{}",
+        b64(header.as_bytes()),
+        b64(claims.as_bytes()),
+        b64(sig)
+    )
 }
 
 fn hs256(kid: Option<&str>, secret: &[u8], claims: serde_json::Value) -> String {
@@ -81,9 +86,11 @@ fn join_with(relay: &TestRelay, name: &str, token: Option<String>) -> Client {
 
 /// Waits for the answer to `req`: `Ok` on `Acked`, the refusal otherwise.
 fn answer(c: &Client, req: ReqId) -> Result<(), Refusal> {
-    match expect(c, "an answer", |e| {
-        matches!(e, ClientEvent::Acked(r) | ClientEvent::Refused { req: r, .. } if *r == req)
-    }) {
+    match expect(
+        c,
+        "an answer",
+        |e| matches!(e, ClientEvent::Acked(r) | ClientEvent::Refused { req: r, .. } if *r == req),
+    ) {
         ClientEvent::Acked(_) => Ok(()),
         ClientEvent::Refused { reason, .. } => Err(reason),
         _ => unreachable!(),
@@ -91,7 +98,9 @@ fn answer(c: &Client, req: ReqId) -> Result<(), Refusal> {
 }
 
 fn disconnected(c: &Client) -> (CloseReason, String) {
-    match expect(c, "the close", |e| matches!(e, ClientEvent::Disconnected { .. })) {
+    match expect(c, "the close", |e| {
+        matches!(e, ClientEvent::Disconnected { .. })
+    }) {
         ClientEvent::Disconnected { reason, detail } => (reason, detail),
         _ => unreachable!(),
     }
@@ -112,16 +121,21 @@ fn every_bad_token_kind_is_refused_with_its_own_reason() {
     );
     let data = relay.dir.path().join("data");
     let now = now_s();
-    let kid = JwtTokens::load_or_create(&data).unwrap().key_id().to_string();
+    let kid = JwtTokens::load_or_create(&data)
+        .unwrap()
+        .key_id()
+        .to_string();
     let good = mint(&data, 7, "ann", None, now, now + 3600);
-    let claims = |sub: u64| {
-        serde_json::json!({ "sub": sub.to_string(), "name": "pat", "iat": now, "exp": now + 3600 })
-    };
+    let claims = |sub: u64| serde_json::json!({ "sub": sub.to_string(), "name": "pat", "iat": now, "exp": now + 3600 });
     let payload = good.split('.').nth(1).unwrap().to_string();
     // One base64url character in the middle of the signature changed: still well-formed.
     let sig_at = good.rfind('.').unwrap() + 10;
     let mut bad_sig = good.clone();
-    let flipped = if &good[sig_at..=sig_at] == "A" { "B" } else { "A" };
+    let flipped = if &good[sig_at..=sig_at] == "A" {
+        "B"
+    } else {
+        "A"
+    };
     bad_sig.replace_range(sig_at..=sig_at, flipped);
 
     let cases: Vec<(&str, String, &str)> = vec![
@@ -154,7 +168,11 @@ fn every_bad_token_kind_is_refused_with_its_own_reason() {
         ),
         (
             "backend secret wrong",
-            hs256(Some("game-backend"), b"not-the-backend-secret-000000000", claims(BACKEND_USER_ID_MIN)),
+            hs256(
+                Some("game-backend"),
+                b"not-the-backend-secret-000000000",
+                claims(BACKEND_USER_ID_MIN),
+            ),
             "token refused: bad signature",
         ),
         (
@@ -162,7 +180,11 @@ fn every_bad_token_kind_is_refused_with_its_own_reason() {
             hs256(Some("game-backend"), BACKEND_SECRET, claims(7)),
             "token refused: user id outside the backend's range",
         ),
-        ("not a JWT", "hello".into(), "token malformed: not three dot-separated parts"),
+        (
+            "not a JWT",
+            "hello".into(),
+            "token malformed: not three dot-separated parts",
+        ),
     ];
     for (what, token, detail) in cases {
         assert_eq!(
@@ -178,7 +200,11 @@ fn every_bad_token_kind_is_refused_with_its_own_reason() {
     assert_eq!(ann.user(), Some(UserId(7)));
     let mut c = claims(BACKEND_USER_ID_MIN + 5);
     c["rank"] = "builder".into();
-    let pat = join_with(&relay, "whoever", Some(hs256(Some("game-backend"), BACKEND_SECRET, c)));
+    let pat = join_with(
+        &relay,
+        "whoever",
+        Some(hs256(Some("game-backend"), BACKEND_SECRET, c)),
+    );
     assert_eq!(pat.user(), Some(UserId(BACKEND_USER_ID_MIN + 5)));
     assert_eq!(pat.rank(), Rank::Builder);
     // The snapshot's token is a fresh one of the relay's own, which works next time.
@@ -299,7 +325,10 @@ fn admin_code_guessing_is_locked_out_while_honest_clients_keep_chatting_and_movi
             want.remove(line);
         }
         while !want.is_empty() {
-            match listener.client.wait_for(WAIT, |e| matches!(e, ClientEvent::Chat(_))) {
+            match listener
+                .client
+                .wait_for(WAIT, |e| matches!(e, ClientEvent::Chat(_)))
+            {
                 Ok(ClientEvent::Chat(m)) => {
                     listener.heard.push(m.body.clone());
                     want.remove(&m.body);
@@ -313,8 +342,14 @@ fn admin_code_guessing_is_locked_out_while_honest_clients_keep_chatting_and_movi
         );
     }
     // And bob walked the whole time.
-    let end = ada.client.latest_transform(bob_player).map(|(_, t)| t.position);
-    assert!(end.is_some() && end != start, "ada saw bob walk: {start:?} → {end:?}");
+    let end = ada
+        .client
+        .latest_transform(bob_player)
+        .map(|(_, t)| t.position);
+    assert!(
+        end.is_some() && end != start,
+        "ada saw bob walk: {start:?} → {end:?}"
+    );
 }
 
 /// A relay persisting to `dir`, started again on the same files.
@@ -343,14 +378,19 @@ fn moderation_works_from_the_client_library_and_persists_across_a_restart() {
     let bob = relay.client("bob");
     let eve = relay.client("eve");
     let sam = relay.client("sam");
-    let (bob_token, eve_token, sam_token) =
-        (bob.token().unwrap(), eve.token().unwrap(), sam.token().unwrap());
+    let (bob_token, eve_token, sam_token) = (
+        bob.token().unwrap(),
+        eve.token().unwrap(),
+        sam.token().unwrap(),
+    );
 
     // A visitor may not moderate; /help says what each rank may do.
     let req = bob.kick("eve", None).unwrap();
     assert_eq!(answer(&bob, req), Err(Refusal::Rank));
     let req = root.help().unwrap();
-    let help = match expect(&root, "help", |e| matches!(e, ClientEvent::CommandReply { .. })) {
+    let help = match expect(&root, "help", |e| {
+        matches!(e, ClientEvent::CommandReply { .. })
+    }) {
         ClientEvent::CommandReply { req: r, text } => {
             assert_eq!(r, req);
             text
@@ -364,7 +404,10 @@ fn moderation_works_from_the_client_library_and_persists_across_a_restart() {
     assert_eq!(answer(&root, req), Ok(()));
     assert_eq!(
         disconnected(&eve),
-        (CloseReason::Moderation, "kicked by root: spamming links".into())
+        (
+            CloseReason::Moderation,
+            "kicked by root: spamming links".into()
+        )
     );
 
     // Mute for an hour, rank, ban for a day with a reason, revoke.

@@ -509,4 +509,116 @@ mod tests {
         let again = HmacTokens::load_or_create(dir.path()).unwrap();
         assert_eq!(again.verify_legacy(&t), Some(UserId(7)));
     }
+
+    fn grant(user: u64) -> TokenGrant {
+        TokenGrant {
+            user: UserId(user),
+            name: Some("n".into()),
+            rank: Some(Rank::Builder),
+            issued_at_s: 100,
+            expires_at_s: 200,
+            generation: Some(3),
+        }
+    }
+
+    #[test]
+    fn relay_tokens_round_trip_and_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = JwtTokens::load_or_create(dir.path())
+            .unwrap()
+            .issue(&grant(9));
+        let again = JwtTokens::load_or_create(dir.path()).unwrap();
+        let c = again.verify(&t).unwrap();
+        assert_eq!(
+            (
+                c.user,
+                c.name.as_deref(),
+                c.rank,
+                c.issued_at_s,
+                c.expires_at_s,
+                c.generation
+            ),
+            (
+                UserId(9),
+                Some("n"),
+                Some(Rank::Builder),
+                100,
+                Some(200),
+                Some(3)
+            )
+        );
+        assert_eq!(c.issuer, TokenIssuer::Relay);
+        let other = tempfile::tempdir().unwrap();
+        let stranger = JwtTokens::load_or_create(other.path()).unwrap();
+        assert!(matches!(
+            stranger.verify(&t),
+            Err(TokenError::UnknownKey(_))
+        ));
+    }
+
+    #[test]
+    fn legacy_tokens_verify_while_their_secret_exists() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = HmacTokens::load_or_create(dir.path())
+            .unwrap()
+            .issue_legacy(UserId(4));
+        let tokens = JwtTokens::load_or_create(dir.path()).unwrap();
+        let c = tokens.verify(&old).unwrap();
+        assert_eq!((c.user, c.issuer), (UserId(4), TokenIssuer::Legacy));
+        assert_eq!(
+            tokens.verify(&old.replace("v1.4.", "v1.5.")),
+            Err(TokenError::BadSignature)
+        );
+        // Without the old secret they are refused.
+        let fresh = tempfile::tempdir().unwrap();
+        let tokens = JwtTokens::load_or_create(fresh.path()).unwrap();
+        assert_eq!(tokens.verify(&old), Err(TokenError::BadSignature));
+    }
+
+    #[test]
+    fn an_eddsa_backend_key_verifies_its_tokens_by_public_key_only() {
+        // The backend's key pair; the relay gets only the public half, as PEM.
+        let doc = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).unwrap();
+        let pair = Ed25519KeyPair::from_pkcs8(doc.as_ref()).unwrap();
+        let mut spki = vec![
+            0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+        ];
+        spki.extend_from_slice(pair.public_key().as_ref());
+        let pem = format!(
+            "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+            base64::engine::general_purpose::STANDARD.encode(&spki)
+        );
+        let key = BackendKey::public_pem(Some("b1".into()), "EdDSA", pem.as_bytes()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let relay = JwtTokens::load_or_create(dir.path())
+            .unwrap()
+            .with_backend(Some(key));
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some("b1".into());
+        let claims = JwtClaims {
+            sub: (1u64 << 32).to_string(),
+            name: Some("pat".into()),
+            rank: None,
+            iat: 1,
+            exp: 2,
+            nbf: None,
+            gen: None,
+        };
+        let t = jsonwebtoken::encode(&header, &claims, &EncodingKey::from_ed_der(doc.as_ref()))
+            .unwrap();
+        let c = relay.verify(&t).unwrap();
+        assert_eq!((c.user.0, c.issuer), (1 << 32, TokenIssuer::Backend));
+        // The same claims under another kid, or HS256 under this kid, are refused.
+        header.kid = Some("b2".into());
+        let t2 = jsonwebtoken::encode(&header, &claims, &EncodingKey::from_ed_der(doc.as_ref()))
+            .unwrap();
+        assert!(matches!(relay.verify(&t2), Err(TokenError::UnknownKey(_))));
+        let mut hs = Header::new(Algorithm::HS256);
+        hs.kid = Some("b1".into());
+        let t3 = jsonwebtoken::encode(&hs, &claims, &EncodingKey::from_secret(b"x")).unwrap();
+        assert_eq!(
+            relay.verify(&t3),
+            Err(TokenError::AlgorithmNotAllowed("HS256".into()))
+        );
+    }
 }

@@ -15,6 +15,10 @@
 //! persist = true
 //! spawn_at_last_position = true
 //! dirty_flush_interval_ms = 1000
+//! token_ttl_s = 604800               # 7 days
+//! # backend_key_path = "backend.pub" # trust a game backend's tokens
+//! # backend_key_alg = "EdDSA"        # HS256 (a secret file), EdDSA or ES256 (a PEM public key)
+//! # backend_key_id = "game-1"
 //! ```
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

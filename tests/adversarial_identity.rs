@@ -23,6 +23,40 @@ use neonet::proto::wire::msg::{CloseReason, Refusal};
 use neonet::relay::RelayHooks;
 
 const ADMIN_CODE: &str = "correct-horse-battery-staple";
+
+/// Every log line of this test binary, at trace level for neonet's own crates, so a test can
+/// check what the relay logs.
+static LOGS: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+
+struct LogSink;
+
+impl std::io::Write for LogSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        LOGS.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Installs the capturing subscriber (before any relay starts: the first subscriber wins).
+fn capture_logs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(
+                "neonet=trace,neonet_proto=trace",
+            ))
+            .with_ansi(false)
+            .with_writer(|| LogSink)
+            .init();
+    });
+}
+
+fn logs() -> String {
+    String::from_utf8_lossy(&LOGS.lock().unwrap()).into_owned()
+}
 /// The backend's shared HS256 secret in these tests (32 bytes, the minimum).
 const BACKEND_SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
 
@@ -108,6 +142,7 @@ fn disconnected(c: &Client) -> (CloseReason, String) {
 
 #[test]
 fn every_bad_token_kind_is_refused_with_its_own_reason() {
+    capture_logs();
     let dir = tempfile::tempdir().unwrap();
     let secret_file = dir.path().join("backend.secret");
     std::fs::write(&secret_file, BACKEND_SECRET).unwrap();
@@ -264,6 +299,7 @@ impl Honest {
 
 #[test]
 fn admin_code_guessing_is_locked_out_while_honest_clients_keep_chatting_and_moving() {
+    capture_logs();
     let relay = TestRelay::start_config(
         |c| c.admin_code = Some(ADMIN_CODE.into()),
         RelayHooks::default(),
@@ -350,6 +386,13 @@ fn admin_code_guessing_is_locked_out_while_honest_clients_keep_chatting_and_movi
         end.is_some() && end != start,
         "ada saw bob walk: {start:?} → {end:?}"
     );
+    // The relay logged the refusals (so the logs were captured) but never the code.
+    let logs = logs();
+    assert!(logs.contains("refused"), "logs captured");
+    assert!(
+        !logs.contains(ADMIN_CODE),
+        "the admin code reached the logs"
+    );
 }
 
 /// A relay persisting to `dir`, started again on the same files.
@@ -367,6 +410,7 @@ fn persistent(dir: &Path) -> TestRelay {
 
 #[test]
 fn moderation_works_from_the_client_library_and_persists_across_a_restart() {
+    capture_logs();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let now = now_s();

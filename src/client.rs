@@ -1118,6 +1118,36 @@ mod tests {
     }
 
     #[test]
+    fn transport_close_codes_are_no_protocol_violation_and_details_lose_the_reason_prefix() {
+        let closed = |code: u32, text: &str| {
+            close_of(&ConnectionError::ApplicationClosed(
+                quinn::ApplicationClose {
+                    error_code: quinn::VarInt::from_u32(code),
+                    reason: text.as_bytes().to_vec().into(),
+                },
+            ))
+        };
+        assert_eq!(
+            closed(quic::CLOSE_CODE_OVERFLOW, "send queue full").0,
+            CloseReason::Timeout
+        );
+        assert_eq!(
+            closed(quic::CLOSE_CODE_UPSTREAM, "relay unreachable").0,
+            CloseReason::Timeout
+        );
+        assert_eq!(closed(0x7777, "?").0, CloseReason::ProtocolViolation);
+        let text = quic::close_text(CloseReason::AuthFailed, "token expired");
+        assert_eq!(
+            closed(
+                quic::close_code(CloseReason::AuthFailed).into_inner() as u32,
+                &text
+            ),
+            (CloseReason::AuthFailed, "token expired".to_string()),
+            "the same detail as the Close frame carries"
+        );
+    }
+
+    #[test]
     fn close_reasons_survive_the_connection_close() {
         let (reason, _) = close_of(&ConnectionError::TimedOut);
         assert_eq!(reason, CloseReason::Timeout);

@@ -54,10 +54,10 @@ use bytes::Bytes;
 use quinn::{Connection, ConnectionError};
 use tokio::sync::{mpsc, Notify};
 
-use neonet_proto::client::{ClientConfig, ClientTransmit};
+use neonet_proto::client::{ClientConfig, ClientFigures, ClientTransmit};
 use neonet_proto::types::{
     Blueprint, BlueprintId, BlueprintPatch, Bytes as PropBytes, EntityId, EntityPatch, Rank, ReqId,
-    Transform, UserId,
+    Transform, UserId, Vec3,
 };
 use neonet_proto::wire::codec::{self, FrameDecoder};
 use neonet_proto::wire::msg::CloseReason;
@@ -312,7 +312,11 @@ struct Prepared {
     inner: Arc<Inner>,
 }
 
-fn prepare(addr: impl ToSocketAddrs, options: &ClientOptions) -> Result<Prepared, ConnectError> {
+fn prepare(
+    addr: impl ToSocketAddrs,
+    options: &ClientOptions,
+    camera: Option<Vec3>,
+) -> Result<Prepared, ConnectError> {
     let shown = || {
         addr.to_socket_addrs()
             .ok()
@@ -329,13 +333,16 @@ fn prepare(addr: impl ToSocketAddrs, options: &ClientOptions) -> Result<Prepared
         .ok_or_else(|| ConnectError::NoAddress(shown()))?;
     let quinn_config = quic::client_config(&options.trust, options.idle_timeout)?;
     let inner = Arc::new(Inner {
-        core: Mutex::new(ClientCore::new(
-            ClientConfig {
+        core: Mutex::new({
+            let config = ClientConfig {
                 name: options.name.clone(),
                 token: options.token.clone(),
-            },
-            Time::ZERO,
-        )),
+            };
+            match camera {
+                None => ClientCore::new(config, Time::ZERO),
+                Some(camera) => ClientCore::new_spectator(config, camera, Time::ZERO),
+            }
+        }),
         changed: Condvar::new(),
         changed_async: Notify::new(),
         changes: AtomicU64::new(0),
@@ -379,7 +386,26 @@ impl Client {
         addr: impl ToSocketAddrs,
         options: ClientOptions,
     ) -> Result<Client, ConnectError> {
-        let p = prepare(addr, &options)?;
+        Self::connect_as(addr, options, None)
+    }
+
+    /// Like [`Client::connect`], joining as a **spectator**: no player entity, the world chosen
+    /// around `camera` (metres; move it with [`Client::set_camera`]), no player state sent.
+    /// For observers, replay recorders and dashboards.
+    pub fn connect_spectator(
+        addr: impl ToSocketAddrs,
+        options: ClientOptions,
+        camera: Vec3,
+    ) -> Result<Client, ConnectError> {
+        Self::connect_as(addr, options, Some(camera))
+    }
+
+    fn connect_as(
+        addr: impl ToSocketAddrs,
+        options: ClientOptions,
+        camera: Option<Vec3>,
+    ) -> Result<Client, ConnectError> {
+        let p = prepare(addr, &options, camera)?;
         let (setup_tx, setup_rx) = std::sync::mpsc::channel::<Result<Connection, ConnectError>>();
         let bg = p.inner.clone();
         let inner = p.inner.clone();
@@ -458,7 +484,7 @@ impl Client {
         addr: SocketAddr,
         options: ClientOptions,
     ) -> Result<Client, ConnectError> {
-        let p = prepare(addr, &options)?;
+        let p = prepare(addr, &options, None)?;
         let (endpoint, conn) = handshake(&p).await?;
         let inner = p.inner.clone();
         let task = tokio::spawn(run_to_end(inner.clone(), endpoint, conn.clone()));
@@ -779,6 +805,23 @@ impl Client {
     /// The relay's address.
     pub fn remote_addr(&self) -> SocketAddr {
         self.conn.remote_address()
+    }
+
+    /// Moves a spectator's camera (metres). No-op for a player.
+    pub fn set_camera(&self, position: Vec3) {
+        self.with_core(|c| c.set_camera(position));
+    }
+
+    /// Whether this client joined as a spectator.
+    pub fn is_spectator(&self) -> bool {
+        self.inner.lock().is_spectator()
+    }
+
+    /// This connection's figures as the client core counted them: bytes, frames and datagrams
+    /// each way, own-state bytes, server datagrams lost, RTT, prediction corrections (budget
+    /// use is the server's: [`neonet_proto::server::ServerCore::conn_figures`]).
+    pub fn figures(&self) -> ClientFigures {
+        self.inner.lock().figures()
     }
 
     /// The QUIC connection's counters: UDP bytes and datagrams each way, packets lost, RTT and

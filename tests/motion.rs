@@ -99,6 +99,8 @@ fn through_a_lossy_jittery_proxy_a_client_still_sees_movement_and_chat() {
             jitter_ms: 10,
             dup: 0.05,
             reorder: 0.05,
+            rate_kbps: 0,
+            queue_ms: neonet_proxy::QUEUE_MS_DEFAULT,
             seed: 11,
         },
         ProxyLimits::default(),

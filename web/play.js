@@ -44,7 +44,9 @@ const name = pickName();
 const transport = params.get('transport') || 'auto';
 $('me').textContent = name;
 
-const client = connect({ name, transport });
+// `?spectate`: watch without a player of your own, the camera over the middle of the world.
+const spectate = params.has('spectate');
+const client = connect({ name, transport, camera: spectate ? [0, 30, 0] : undefined });
 window.neonet = client;
 /** When each step of joining first happened, ms from navigation start (client.mark). */
 window.neonetTiming = client.marks;

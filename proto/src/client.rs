@@ -19,6 +19,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 use crate::predict::interp::InterpolationStats;
+use crate::predict::wire::decode_own_state;
 use crate::predict::{CharacterInput, CorrectionStats, PredictedClient};
 use crate::time::{Tick, Time};
 use crate::transform::{
@@ -208,6 +209,46 @@ pub enum ClientTransmit {
     Datagram(Vec<u8>),
 }
 
+/// What this client's connection cost so far and how its path behaves, as the client core
+/// counted it. Bytes are what the core queued or was handed: frames with their length prefix,
+/// datagrams whole, without the transport's own overhead.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ClientFigures {
+    /// Bytes sent: frames and datagrams.
+    pub bytes_up: u64,
+    /// Bytes received: frames and datagrams.
+    pub bytes_down: u64,
+    /// Frames sent.
+    pub frames_up: u64,
+    /// Frames received.
+    pub frames_down: u64,
+    /// Datagrams sent.
+    pub datagrams_up: u64,
+    /// Datagrams received.
+    pub datagrams_down: u64,
+    /// Of `bytes_up`, datagrams.
+    pub datagram_bytes_up: u64,
+    /// Of `bytes_down`, datagrams.
+    pub datagram_bytes_down: u64,
+    /// Of `bytes_up`, the player's own inputs (server-authoritative movement) or its own
+    /// transform records (client-authoritative, estimated at the absolute record's size).
+    pub own_state_bytes_up: u64,
+    /// Of `bytes_down`, the own-player state blobs received.
+    pub own_state_bytes_down: u64,
+    /// Server datagrams missing from the sequence received so far (lost, or still to come out
+    /// of order).
+    pub datagrams_lost: u64,
+    /// Round-trip time from pings, microseconds (0 before the first pong).
+    pub rtt_us: u64,
+    /// Mispredictions of its own player corrected (server-authoritative movement).
+    pub corrections: u64,
+}
+
+/// Datagrams that carry an unchanged own transform (client-authoritative movement) after it
+/// changed: three in a row, so a loss or two still leave the server the final one; after them a
+/// player standing still sends no own-state bytes.
+pub const OWN_TRANSFORM_REPEATS: u8 = 3;
+
 /// Errors the server's input can cause; each closes the session.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ClientError {
@@ -284,6 +325,13 @@ struct Stream {
     received: ReceivedTick,
     /// Datagrams dropped as undecodable.
     rejected: u64,
+    /// The input of a player standing still, and the tick it began at.
+    still_input: Option<CharacterInput>,
+    still_since: Tick,
+    /// The newest input tick the server said it applied (own-state blobs).
+    server_input_tick: Option<Tick>,
+    /// Client-authoritative mode: the own transform last sent and how many datagrams carried it.
+    own_sent: (Option<QTransform>, u8),
 }
 
 impl std::fmt::Debug for Stream {
@@ -320,12 +368,57 @@ pub struct ClientCore {
     world_transforms_stale: bool,
     transmits: VecDeque<ClientTransmit>,
     events: EventQueue,
+    figures: ClientFigures,
+    /// The newest server datagram sequence received and how many arrived: what `datagrams_lost`
+    /// is counted from.
+    down_seq: Option<(Seq, u64)>,
+    /// Joins (joined) with `Spectate`: no player.
+    spectator: bool,
 }
 
 impl ClientCore {
     /// A client that will join as `config.name`; `Hello` is queued at once.
     pub fn new(config: ClientConfig, now: Time) -> ClientCore {
-        let mut c = ClientCore {
+        let mut c = Self::unjoined(config, now);
+        let hello = ClientMsg::Hello {
+            protocol_version: PROTOCOL_VERSION,
+            name: c.config.name.clone(),
+            token: c.config.token.clone(),
+        };
+        c.send(&hello);
+        c
+    }
+
+    /// A spectator: joins as `config.name` with no player, its camera at `camera` for interest
+    /// (move it with [`ClientCore::set_camera`]). It receives the world and sends no player
+    /// state; `Spectate` is queued at once.
+    pub fn new_spectator(config: ClientConfig, camera: Vec3, now: Time) -> ClientCore {
+        let mut c = Self::unjoined(config, now);
+        c.spectator = true;
+        let spectate = ClientMsg::Spectate {
+            protocol_version: PROTOCOL_VERSION,
+            name: c.config.name.clone(),
+            token: c.config.token.clone(),
+            camera,
+        };
+        c.send(&spectate);
+        c
+    }
+
+    /// Whether this client joins or joined as a spectator.
+    pub fn is_spectator(&self) -> bool {
+        self.spectator
+    }
+
+    /// Moves a spectator's camera (its viewpoint for interest). No-op for a player.
+    pub fn set_camera(&mut self, position: Vec3) {
+        if self.spectator {
+            self.send(&ClientMsg::SpectatorCamera { position });
+        }
+    }
+
+    fn unjoined(config: ClientConfig, now: Time) -> ClientCore {
+        ClientCore {
             token: config.token.clone(),
             config,
             state: ClientState::Joining,
@@ -346,21 +439,16 @@ impl ClientCore {
             world_transforms_stale: false,
             transmits: VecDeque::new(),
             events: EventQueue::default(),
-        };
-        let hello = ClientMsg::Hello {
-            protocol_version: PROTOCOL_VERSION,
-            name: c.config.name.clone(),
-            token: c.config.token.clone(),
-        };
-        c.send(&hello);
-        c
+            figures: ClientFigures::default(),
+            down_seq: None,
+            spectator: false,
+        }
     }
 
     /// A client whose `Hello` claims another protocol version (tests of version refusal only).
     #[doc(hidden)]
     pub fn with_protocol_version(config: ClientConfig, now: Time, version: u16) -> ClientCore {
-        let mut c = ClientCore::new(config, now);
-        c.transmits.clear();
+        let mut c = Self::unjoined(config, now);
         let hello = ClientMsg::Hello {
             protocol_version: version,
             name: c.config.name.clone(),
@@ -448,6 +536,8 @@ impl ClientCore {
         if matches!(self.state, ClientState::Closed { .. }) {
             return Ok(());
         }
+        self.figures.frames_down += 1;
+        self.figures.bytes_down += (body.len() + codec::FRAME_HEADER_BYTES) as u64;
         let msg = match codec::decode_server(body) {
             Ok(m) => m,
             Err(e) => {
@@ -486,6 +576,9 @@ impl ClientCore {
         if self.state != ClientState::Joined {
             return;
         }
+        self.figures.datagrams_down += 1;
+        self.figures.bytes_down += data.len() as u64;
+        self.figures.datagram_bytes_down += data.len() as u64;
         let Some(st) = self.stream.as_deref_mut() else {
             return;
         };
@@ -499,10 +592,31 @@ impl ClientCore {
             return;
         }
         st.ack_due = true;
+        // Sequence numbers wrap: count the span newest-first from the first one seen.
+        self.down_seq = Some(match self.down_seq {
+            None => (rt.seq, 1),
+            Some((newest, n)) => {
+                let ahead = rt.seq.diff(newest);
+                if ahead > 0 {
+                    self.figures.datagrams_lost += ahead as u64 - 1;
+                    (rt.seq, n + 1)
+                } else if ahead == 0 {
+                    (newest, n) // a duplicate
+                } else {
+                    // Late: one fewer missing than counted when the newer one came.
+                    self.figures.datagrams_lost = self.figures.datagrams_lost.saturating_sub(1);
+                    (newest, n + 1)
+                }
+            }
+        });
         if rt.freshness != Freshness::Applied {
             return;
         }
         if let Some(blob) = &rt.own_blob {
+            self.figures.own_state_bytes_down += blob.len() as u64;
+            if let Ok(o) = decode_own_state(blob) {
+                st.server_input_tick = st.server_input_tick.max(o.last_input_tick);
+            }
             if st.predicted.handle_own_state(blob).is_err() {
                 st.rejected += 1;
             }
@@ -559,6 +673,22 @@ impl ClientCore {
             } else {
                 st.predicted.apply_input(tick, self.input)
             };
+            // Standing still with the same input since `still_since`: once the server says it
+            // applied an input of this stillness, it repeats that input by itself for every
+            // tick without one, so nothing more is sent for it (acknowledgements and moved apps
+            // still go out).
+            let still = self.input.move_x == 0 && self.input.move_z == 0 && !self.input.jump;
+            if inputs.is_some() && still && st.still_input == Some(self.input) {
+                if st.server_input_tick.is_some_and(|t| t >= st.still_since) {
+                    if !st.moving.is_empty() {
+                        self.send_upstream(&mut st, &[], now, tick);
+                    }
+                    continue;
+                }
+            } else {
+                st.still_input = still.then_some(self.input);
+                st.still_since = tick;
+            }
             self.send_upstream(&mut st, inputs.as_deref().unwrap_or(&[]), now, tick);
         }
         if st.ack_due && now >= st.last_up + st.period {
@@ -571,7 +701,18 @@ impl ClientCore {
         let mut owned: Vec<(EntityId, QTransform)> = Vec::new();
         if let (Some(t), Some(p)) = (st.own_transform, self.player) {
             if self.world.settings.movement == MovementAuthority::Client {
-                owned.push((p, st.quantizer.quantize(&t)));
+                // An unchanged transform goes out `OWN_TRANSFORM_REPEATS` times, then no more.
+                let q = st.quantizer.quantize(&t);
+                if st.own_sent.0 != Some(q) {
+                    st.own_sent = (Some(q), 0);
+                }
+                if st.own_sent.1 < OWN_TRANSFORM_REPEATS {
+                    st.own_sent.1 += 1;
+                    owned.push((p, q));
+                    // An absolute record: index, presence bits and the quantized value.
+                    self.figures.own_state_bytes_up +=
+                        (st.quantizer.absolute_bits() as u64 + 8).div_ceil(8);
+                }
             }
         }
         for (id, t) in st.moving.iter().take(OWNED_PER_DATAGRAM_MAX - owned.len()) {
@@ -582,6 +723,10 @@ impl ClientCore {
         if encode_client_datagram(&st.quantizer, &ack, st.up_seq, inputs, &owned, &mut st.buf)
             .is_ok()
         {
+            self.figures.datagrams_up += 1;
+            self.figures.bytes_up += st.buf.len() as u64;
+            self.figures.datagram_bytes_up += st.buf.len() as u64;
+            self.figures.own_state_bytes_up += inputs.len() as u64;
             self.transmits
                 .push_back(ClientTransmit::Datagram(st.buf.clone()));
         }
@@ -944,10 +1089,24 @@ impl ClientCore {
         if matches!(self.state, ClientState::Closed { .. }) {
             return;
         }
+        let frame = codec::encode_frame(msg);
+        self.figures.frames_up += 1;
+        self.figures.bytes_up += frame.len() as u64;
         self.transmits.push_back(ClientTransmit::Frame {
             channel: msg.channel(),
-            frame: codec::encode_frame(msg),
+            frame,
         });
+    }
+
+    /// What this client's connection cost so far and how its path behaves.
+    pub fn figures(&self) -> ClientFigures {
+        let mut f = self.figures;
+        f.rtt_us = self.rtt.map_or(0, |r| r.as_micros() as u64);
+        f.corrections = self
+            .stream
+            .as_ref()
+            .map_or(0, |st| st.predicted.correction_stats().corrections);
+        f
     }
 
     fn close(&mut self, reason: CloseReason, detail: String) {
@@ -1006,6 +1165,10 @@ impl ClientCore {
                     buf: Vec::new(),
                     received: ReceivedTick::empty(),
                     rejected: 0,
+                    still_input: None,
+                    still_since: Tick::default(),
+                    server_input_tick: None,
+                    own_sent: (None, 0),
                 }));
             }
             ServerMsg::Snapshot(s) => {
@@ -1013,7 +1176,8 @@ impl ClientCore {
                     return self.protocol("snapshot out of order");
                 }
                 let s = *s;
-                self.player = Some(s.player);
+                // A spectator's snapshot names entity 0: it has no player.
+                self.player = (s.player != crate::server::NO_PLAYER).then_some(s.player);
                 self.user = Some(s.user);
                 self.rank = s.rank;
                 self.token = Some(s.auth_token);

@@ -205,6 +205,8 @@ fn client_tag(m: &ClientMsg) -> u32 {
         Kick { .. } => 15,
         Mute { .. } => 16,
         Goodbye => 17,
+        Spectate { .. } => 18,
+        SpectatorCamera { .. } => 19,
     }
 }
 
@@ -370,6 +372,21 @@ pub fn client_cases() -> Vec<(ClientMsg, &'static str)> {
             "04000000 100c0101",
         ),
         (ClientMsg::Goodbye, "01000000 11"),
+        (
+            ClientMsg::Spectate {
+                protocol_version: 1,
+                name: "eve".into(),
+                token: None,
+                camera: Vec3::new(0.0, 10.0, -5.0),
+            },
+            "13000000 1201036576650000000000000020410000a0c0",
+        ),
+        (
+            ClientMsg::SpectatorCamera {
+                position: Vec3::new(1.5, 2.0, -3.0),
+            },
+            "0d000000 130000c03f00000040000040c0",
+        ),
     ]
 }
 
@@ -567,10 +584,11 @@ fn variant_counts_match_the_enums() {
     // The highest tag is a real message: the constant is not too small.
     let (last_client, _) = client_cases().pop().unwrap();
     assert_eq!(client_tag(&last_client), CLIENT_MSG_VARIANTS - 1);
-    assert_eq!(
+    assert_ne!(
         codec::decode_client(&[(CLIENT_MSG_VARIANTS - 1) as u8]),
-        Ok(ClientMsg::Goodbye)
+        Err(DecodeError::UnknownMessage(CLIENT_MSG_VARIANTS - 1))
     );
+    assert_eq!(codec::decode_client(&[17]), Ok(ClientMsg::Goodbye));
     let (last_server, _) = server_cases().pop().unwrap();
     assert_eq!(server_tag(&last_server), SERVER_MSG_VARIANTS - 1);
     assert_eq!(
@@ -646,6 +664,8 @@ fn channels_of_every_message() {
             Control, // Kick
             Control, // Mute
             Control, // Goodbye
+            Control, // Spectate
+            Control, // SpectatorCamera
         ]
     );
     let server: Vec<Channel> = server_cases().iter().map(|(m, _)| m.channel()).collect();

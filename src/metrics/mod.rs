@@ -94,14 +94,17 @@ pub use self::entities::EntityBytesBatch;
 use self::entities::{EntityTable, TrailRing};
 use self::registry::{Counts, DurationWindow, Handles, LabelledCounters};
 pub use self::status::{
-    BandwidthStatus, EntityBandwidth, HistoryPoint, Status, TickStatus, TrailSample, UserReport,
-    UserStatus,
+    BandwidthStatus, ConnectionStatus, EntityBandwidth, HistoryPoint, Status, TickStatus,
+    TrailSample, UserReport, UserStatus,
 };
 use self::status::{RateHistory, UserEntry};
 
 /// How many entities `/metrics` and `/status` name in the per-entity bandwidth attribution.
 /// Ten fits one screen and keeps the Prometheus series count fixed whatever the world size.
 pub const TOP_ENTITIES_K: usize = 10;
+/// Connections in `/status`'s and `/metrics`' top connections by bytes: the few worth an
+/// operator's look, a bounded number of series.
+pub const TOP_CONNECTIONS_K: usize = 10;
 
 /// An entity no bytes were sent for in this long is forgotten by the per-entity attribution:
 /// it leaves the top entities of `/metrics` and `/status` (a client long gone no longer shows
@@ -212,6 +215,9 @@ pub mod names {
     pub const ENTITIES: &str = "neonet_entities";
     /// Gauge: bytes sent for each of the top-K entities, labels `entity` and `rank`.
     pub const ENTITY_BYTES_TOP: &str = "neonet_entity_bytes_out_top";
+    /// Gauge: bytes each way of each of the top-K connections by bytes, labels `conn`, `rank`
+    /// and `direction` (`in`, `out`).
+    pub const CONNECTION_BYTES_TOP: &str = "neonet_connection_bytes_top";
     /// Counter: entity bytes not attributed because the entity table was full.
     pub const ENTITY_BYTES_UNTRACKED: &str = "neonet_entity_bytes_out_untracked_total";
 }
@@ -249,6 +255,7 @@ pub struct Metrics {
     trails: Mutex<TrailRing>,
     users: Mutex<BTreeMap<u64, UserEntry>>,
     rates: Mutex<RateHistory>,
+    top_connections: Mutex<Vec<ConnectionStatus>>,
 }
 
 impl std::fmt::Debug for Metrics {

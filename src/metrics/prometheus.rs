@@ -50,6 +50,25 @@ impl Metrics {
                 e.bytes_out
             );
         }
+        let top = lock(&self.top_connections).clone();
+        let _ = writeln!(
+            out,
+            "# HELP {name} Bytes each way of the {k} connections that cost the most.\n\
+             # TYPE {name} gauge",
+            name = names::CONNECTION_BYTES_TOP,
+            k = super::TOP_CONNECTIONS_K,
+        );
+        for (rank, c) in top.iter().enumerate() {
+            for (direction, bytes) in [("in", c.bytes_in), ("out", c.bytes_out)] {
+                let _ = writeln!(
+                    out,
+                    "{}{{conn=\"{}\",rank=\"{}\",direction=\"{direction}\"}} {bytes}",
+                    names::CONNECTION_BYTES_TOP,
+                    c.conn_id,
+                    rank + 1,
+                );
+            }
+        }
         out
     }
 }

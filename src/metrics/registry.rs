@@ -292,6 +292,7 @@ impl Metrics {
             trails: Mutex::new(TrailRing::default()),
             users: Mutex::new(BTreeMap::new()),
             rates: Mutex::new(RateHistory::default()),
+            top_connections: Mutex::new(Vec::new()),
         }
     }
 

@@ -50,6 +50,38 @@ pub struct UserStatus {
     pub kbps_out: f64,
 }
 
+/// One of the connections that cost the most bytes, as the core counted them
+/// ([`neonet_proto::server::ServerCore::top_conns_by_bytes`]).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ConnectionStatus {
+    /// The core's connection id.
+    pub conn_id: u64,
+    /// Its session, if joined.
+    pub session_id: Option<u64>,
+    /// Its user's display name, if joined.
+    pub name: Option<String>,
+    /// Whether it watches as a spectator.
+    pub spectator: bool,
+    /// Bytes received from it (frames and datagrams).
+    pub bytes_in: u64,
+    /// Bytes sent to it (frames and datagrams).
+    pub bytes_out: u64,
+    /// Datagrams received from it.
+    pub datagrams_in: u64,
+    /// Transform datagrams sent to it.
+    pub datagrams_out: u64,
+    /// Of those, not acknowledged: lost or in flight.
+    pub datagrams_unacked: u64,
+    /// Own-player state bytes sent to it.
+    pub own_state_bytes_out: u64,
+    /// Round-trip time from its acknowledgements, milliseconds.
+    pub rtt_ms: f64,
+    /// Share of its transform budget the last tick used (1 = all).
+    pub budget_used: f64,
+    /// Moves of its player the server refused.
+    pub corrections: u64,
+}
+
 /// Relay-wide traffic totals and rates.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct BandwidthStatus {
@@ -158,6 +190,10 @@ pub struct Status {
     pub rate_limit_hits: u64,
     /// The [`TOP_ENTITIES_K`](super::TOP_ENTITIES_K) entities that cost the most bytes, most first.
     pub top_entities: Vec<EntityBandwidth>,
+    /// The [`TOP_CONNECTIONS_K`](super::TOP_CONNECTIONS_K) connections that cost the most bytes
+    /// (both ways), most first, as the relay last published them.
+    #[serde(default)]
+    pub top_connections: Vec<ConnectionStatus>,
     /// Trail samples from the last [`TRAIL_WINDOW`] (and after the requested sequence number),
     /// oldest first.
     pub trails: Vec<TrailSample>,
@@ -272,6 +308,13 @@ impl Metrics {
             fresh.insert(entry.report.session_id, entry);
         }
         *map = fresh;
+    }
+
+    /// Replaces the top connections by bytes shown by `/status` and `/metrics` (at most
+    /// [`TOP_CONNECTIONS_K`](super::TOP_CONNECTIONS_K) are kept).
+    pub fn publish_top_connections(&self, mut top: Vec<ConnectionStatus>) {
+        top.truncate(super::TOP_CONNECTIONS_K);
+        *lock(&self.top_connections) = top;
     }
 
     /// A live snapshot with every trail sample of the last [`TRAIL_WINDOW`].
@@ -446,6 +489,7 @@ impl Metrics {
             persist_commit_ms: lock(&self.commit_window).p50_p99_max_ms(),
             rate_limit_hits: c.rate_limit_hits.load(Relaxed),
             top_entities: self.top_entities_at(now),
+            top_connections: lock(&self.top_connections).clone(),
             trails,
             trail_next_seq,
             history,

@@ -265,6 +265,17 @@ pub fn client_endpoint(server: SocketAddr) -> Result<Endpoint, TransportError> {
 mod streams;
 mod writers;
 
+/// What quinn reports about a connection's path, as the transform budget reads it
+/// ([`neonet_proto::transform::budget`]): smoothed RTT, congestion window, congestion events.
+pub fn path_signals(conn: &quinn::Connection) -> neonet_proto::transform::PathSignals {
+    let path = conn.stats().path;
+    neonet_proto::transform::PathSignals {
+        rtt_us: path.rtt.as_micros() as u64,
+        cwnd_bytes: path.cwnd,
+        congestion_events: path.congestion_events,
+    }
+}
+
 pub use streams::{accept_streams, ReadFailure, StreamEvent, UniRecv, UniSend, UniStreams};
 pub(crate) use writers::priority;
 pub use writers::{ChannelWriters, QueueFull, CHANNEL_QUEUE_BYTES_MAX};

@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use neonet_proto::server::{
     ConnId, DatagramInbox, InboxBatch, InboxQuota, Transmit, TransportKind,
 };
+use neonet_proto::transform::PathSignals;
 use neonet_proto::wire::codec::FrameDecoder;
 use neonet_proto::Time;
 
@@ -107,6 +108,8 @@ pub(crate) trait PeerConn: quic::UniStreams {
     fn remote_address(&self) -> SocketAddr;
     /// The smoothed round-trip time.
     fn rtt(&self) -> Duration;
+    /// The QUIC path's RTT, congestion window and congestion events, for the transform budget.
+    fn path_signals(&self) -> PathSignals;
 }
 
 impl PeerConn for Connection {
@@ -145,6 +148,9 @@ impl PeerConn for Connection {
     }
     fn rtt(&self) -> Duration {
         Connection::rtt(self)
+    }
+    fn path_signals(&self) -> PathSignals {
+        quic::path_signals(self)
     }
 }
 
@@ -380,5 +386,9 @@ impl<C: PeerConn> Link for StreamLink<C> {
 
     fn rtt(&self) -> Option<Duration> {
         Some(self.conn.rtt())
+    }
+
+    fn path_signals(&self) -> Option<PathSignals> {
+        Some(self.conn.path_signals())
     }
 }

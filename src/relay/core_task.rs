@@ -20,7 +20,7 @@ use neonet_proto::Time;
 
 use super::accept::SharedInbox;
 use super::{EffectSink, EventSink, Inbound, Link, INBOUND_BATCH_MAX, TICK_STEP_CLIENTS};
-use crate::metrics::{EntityBytesBatch, Metrics, UserReport};
+use crate::metrics::{ConnectionStatus, EntityBytesBatch, Metrics, UserReport};
 use crate::store::{Store, SubmitError};
 
 /// Interval between user reports to the metrics (what `/status` shows).
@@ -55,6 +55,8 @@ pub(super) struct CoreTask {
     pub(super) failed: Vec<AckToken>,
     pub(super) events: Option<EventSink>,
     pub(super) metrics: Option<Arc<Metrics>>,
+    /// The hosting game's per-tick call, if any.
+    pub(super) host: Option<super::HostFn>,
     /// Reused every tick: bytes per entity, merged into the metrics once per tick.
     pub(super) entity_bytes: EntityBytesBatch,
     pub(super) next_users_report: Instant,
@@ -155,7 +157,8 @@ impl CoreTask {
         self.store
     }
 
-    /// Runs the ticks that are due (and idle checks), with fresh datagram sizes. A tick's
+    /// Runs the ticks that are due (and idle checks), with fresh datagram sizes and path
+    /// signals. A tick's
     /// recorded duration runs from its start until its last client's datagrams are written,
     /// with the earlier clients' already handed to QUIC.
     fn timeout(&mut self) {
@@ -163,12 +166,21 @@ impl CoreTask {
             if let Some(bytes) = entry.link.max_datagram_size() {
                 self.core.handle_max_datagram_size(*conn, bytes);
             }
+            if let Some(signals) = entry.link.path_signals() {
+                self.core.handle_path_signals(*conn, signals);
+            }
         }
         let tick = self.core.tick();
         let started = Instant::now();
         // The tick uses every input and acknowledgement that arrived before it.
         self.take_datagrams();
         let now = self.now();
+        if let Some(host) = self.host.as_mut() {
+            if self.core.poll_timeout().is_some_and(|t| t <= now) {
+                host(&mut self.core);
+                self.drain_outputs();
+            }
+        }
         // In steps, each handed to QUIC before the next is written: the first clients'
         // datagrams leave while later clients' are still being written.
         while self.core.handle_timeout_step(now, TICK_STEP_CLIENTS) == TimeoutProgress::More {
@@ -215,6 +227,30 @@ impl CoreTask {
                 })
                 .collect();
             m.publish_users(users);
+            let top = self
+                .core
+                .top_conns_by_bytes(crate::metrics::TOP_CONNECTIONS_K)
+                .into_iter()
+                .map(|(conn, f)| {
+                    let s = self.core.session_of(conn);
+                    ConnectionStatus {
+                        conn_id: conn.0,
+                        session_id: s.map(|s| s.id.0),
+                        name: s.map(|s| s.name.clone()),
+                        spectator: s.is_some_and(|s| s.is_spectator()),
+                        bytes_in: f.bytes_up,
+                        bytes_out: f.bytes_down,
+                        datagrams_in: f.datagrams_up,
+                        datagrams_out: f.datagrams_down,
+                        datagrams_unacked: f.datagrams_unacked,
+                        own_state_bytes_out: f.own_state_bytes_down,
+                        rtt_ms: f.rtt_us as f64 / 1000.0,
+                        budget_used: f.budget_used(),
+                        corrections: f.corrections,
+                    }
+                })
+                .collect();
+            m.publish_top_connections(top);
             // The live view names the players among its top entities.
             m.publish_entity_names(self.core.sessions().map(|s| (s.player.0, s.name.clone())));
         }

@@ -31,6 +31,12 @@ pub trait Link: Send + Sync + 'static {
     fn rtt(&self) -> Option<Duration> {
         None
     }
+    /// What the transport reports about the path (QUIC's RTT, congestion window, congestion
+    /// events), for the client's transform budget; `None` where the transport has no such
+    /// figures (WebSocket), and the budget follows the acks alone.
+    fn path_signals(&self) -> Option<neonet_proto::transform::PathSignals> {
+        None
+    }
 }
 
 /// Input to the core task, from any transport or the persistence layer.

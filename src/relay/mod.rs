@@ -196,7 +196,15 @@ pub struct RelayHooks {
     /// Where to count connections, joins, ticks, traffic and users (served by
     /// [`crate::http`]); `None` for no metrics.
     pub metrics: Option<Arc<Metrics>>,
+    /// A game hosting the world: called with the core on the core's thread right before every
+    /// tick runs (once per wake-up when several are due), to change the world through the
+    /// core's host methods (`ServerCore::host_*`: spawn, move its simulated bodies, remove).
+    /// `None` for a plain relay.
+    pub host: Option<HostFn>,
 }
+
+/// A hosting game's per-tick call ([`RelayHooks::host`]).
+pub type HostFn = Box<dyn FnMut(&mut ServerCore) + Send>;
 
 /// Sees every [`ServerEvent`] the core emits, in order.
 pub type EventSink = Box<dyn FnMut(&ServerEvent) + Send>;
@@ -209,6 +217,7 @@ impl std::fmt::Debug for RelayHooks {
             .field("authenticator", &self.authenticator.is_some())
             .field("events", &self.events.is_some())
             .field("metrics", &self.metrics.is_some())
+            .field("host", &self.host.is_some())
             .finish()
     }
 }
@@ -379,6 +388,7 @@ impl Relay {
             failed: Vec::new(),
             events: hooks.events,
             metrics: hooks.metrics.clone(),
+            host: hooks.host,
             entity_bytes: EntityBytesBatch::new(),
             next_users_report: Instant::now(),
         };

@@ -95,4 +95,7 @@ impl PeerConn for Session {
         let conn: &quinn::Connection = self;
         conn.rtt()
     }
+    fn path_signals(&self) -> neonet_proto::transform::PathSignals {
+        crate::quic::path_signals(self)
+    }
 }

@@ -936,16 +936,25 @@ function applyBlueprintPatch(bp, patch) {
   for (const [k, v] of Object.entries(patch)) if (v !== undefined) bp[k] = v;
 }
 
+/** [x, y, z] as three finite numbers, or an Error. */
+function checkedVec3(v) {
+  const out = Array.from(v ?? [], Number);
+  if (out.length !== 3 || !out.every(Number.isFinite)) throw new Error('a camera is three finite numbers');
+  return out;
+}
+
 /**
  * A connection to a neonet world that keeps itself joined. Create it with {@link connect}.
  *
  * Public, read-only fields: `state` ('connecting' | 'joining' | 'connected' | 'reconnecting' |
  * 'closed'), `transport` ('webtransport' | 'websocket' | null), `world` (the mirror: `settings`,
  * `spawn`, `blueprints` Map, `entities` Map, `chat` array), `player` (own entity id), `user`,
- * `session`, `rank`, `tickHz`, `closeReason`.
+ * `session`, `rank`, `tickHz`, `closeReason`. With `camera` ([x, y, z] metres) it joins as a
+ * spectator (`Spectate`): no player (`player` stays null), entities chosen around the camera,
+ * which `setCamera` moves; it sends no player state.
  */
 export class NeonetClient {
-  /** @param {{name: string, token?: string|null, transport?: 'auto'|'webtransport'|'websocket', base?: string}} opts */
+  /** @param {{name: string, token?: string|null, transport?: 'auto'|'webtransport'|'websocket', base?: string, camera?: number[]}} opts */
   constructor(opts) {
     const name = String(opts.name ?? '').trim();
     const nameBytes = utf8Encode.encode(name).length;
@@ -958,6 +967,7 @@ export class NeonetClient {
     this.requestedTransport = transport;
     this.base = new URL(opts.base ?? '/', globalThis.location?.href);
     this.explicitToken = opts.token ?? null;
+    this.camera = opts.camera ? checkedVec3(opts.camera) : null;
 
     this.state = 'connecting';
     this.stateInfo = {};
@@ -1042,6 +1052,11 @@ export class NeonetClient {
 
   resetSession() {
     this.joined = false;
+    // Standing still: the still input, the tick it began at, and the newest input tick the
+    // server said it applied (own-state blobs). See the tick loop.
+    this.stillInput = null;
+    this.stillSince = 0;
+    this.serverInputTick = -1;
     this.early = [];
     this.heldEvents = [];
     this.receiver = null;
@@ -1160,7 +1175,11 @@ export class NeonetClient {
     link.onClose = (detail) => this.handleLinkClosed(link, detail);
     this.setState('joining', { attempt: this.attempt });
     const token = this.explicitToken ?? readToken(this.name);
-    this.send({ type: 'Hello', protocol_version: PROTOCOL_VERSION, name: this.name, token });
+    if (this.camera) {
+      this.send({ type: 'Spectate', protocol_version: PROTOCOL_VERSION, name: this.name, token, camera: this.camera });
+    } else {
+      this.send({ type: 'Hello', protocol_version: PROTOCOL_VERSION, name: this.name, token });
+    }
     this.joinDeadline = nowMs() + JOIN_TIMEOUT_MS;
     this.schedule(0);
   }
@@ -1258,6 +1277,13 @@ export class NeonetClient {
    * @param {string} body 1 to 2000 bytes, not blank
    * @returns {Promise<{req: number}>} settles on the server's Ack or Refused
    */
+  /** Moves a spectator's camera ([x, y, z] metres). No-op for a player. */
+  setCamera(position) {
+    if (!this.camera) return;
+    this.camera = checkedVec3(position);
+    if (this.joined) this.send({ type: 'SpectatorCamera', position: this.camera });
+  }
+
   sendChat(body) {
     return this.request({ type: 'Chat', body: String(body) });
   }
@@ -1545,7 +1571,8 @@ export class NeonetClient {
 
   onSnapshot(s) {
     if (!this.receiver || this.joined) return this.protocolError('Snapshot out of order');
-    this.player = s.player;
+    // A spectator's snapshot names entity 0: it has no player.
+    this.player = s.player === 0 ? null : s.player;
     this.receiver.ownEntityId = s.player; // never sent as a record: ignore any that is
     this.user = s.user;
     this.rank = enumName(s.rank, RANKS);
@@ -1618,6 +1645,9 @@ export class NeonetClient {
       try {
         const own = decodeOwnState(r.ownState);
         const serverTick = num(own.server_tick);
+        if (own.last_input_tick !== null) {
+          this.serverInputTick = Math.max(this.serverInputTick, num(own.last_input_tick));
+        }
         this.ownAuth = { tick: serverTick, position: own.state.position };
         const result = this.predictor.reconcile(serverTick, own.teleport_seq, own.state);
         if (result === 'corrected' || result === 'teleported') {
@@ -1679,6 +1709,18 @@ export class NeonetClient {
         if (clientAuth) {
           if (this.localState) this.localState = this.model.step(this.localState, this.input, this.dt);
         } else if (this.predictor.step(tick, this.input)) {
+          // Standing still with the same input since `stillSince`: once the server applied an
+          // input of this stillness it repeats it by itself, so nothing more is sent for it
+          // (acknowledgements still go out below). PROTOCOL.md 12.7.2.
+          const i = this.input;
+          const still = i.move_x === 0 && i.move_z === 0 && !i.jump;
+          const key = still ? `${i.yaw}/${i.run}` : null;
+          if (still && key === this.stillInput) {
+            if (this.serverInputTick >= this.stillSince) continue;
+          } else {
+            this.stillInput = key;
+            this.stillSince = tick;
+          }
           const un = this.predictor.unackedInputs();
           if (un) inputs = encodeInputBlob(un[0], un[1]);
         }

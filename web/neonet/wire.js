@@ -240,6 +240,8 @@ const CLIENT_MSGS = [
   ['Kick', Control, [['req', ReqId], ['target', EntityId]]],
   ['Mute', Control, [['req', ReqId], ['target', EntityId], ['muted', T.bool]]],
   ['Goodbye', Control, []],
+  ['Spectate', Control, [['protocol_version', T.u16], ['name', T.string], ['token', opt(T.string)], ['camera', Vec3]]],
+  ['SpectatorCamera', Control, [['position', Vec3]]],
 ];
 
 // [name, channel, fields] in tag order (PROTOCOL.md section 6).

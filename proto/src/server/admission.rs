@@ -9,7 +9,7 @@
 
 use super::rate::MessageRate;
 use super::session::Session;
-use super::{yaw_of, ConnId, ServerCore, ServerEvent};
+use super::{yaw_of, ConnId, ServerCore, ServerEvent, NO_PLAYER};
 use crate::persist::Change;
 use crate::predict::{MoveValidator, Movement, PlayerMotion, ValidatorConfig};
 use crate::transform::ClientReplicator;
@@ -22,18 +22,33 @@ impl ServerCore {
     pub(super) fn handle_hello(&mut self, conn: ConnId, msg: ClientMsg) {
         // Modifications the world already holds reach the joiner in its snapshot, not before.
         self.flush_blueprints();
-        let ClientMsg::Hello {
-            protocol_version,
-            name,
-            token,
-        } = msg
-        else {
+        let (protocol_version, name, token, camera) = match msg {
+            ClientMsg::Hello {
+                protocol_version,
+                name,
+                token,
+            } => (protocol_version, name, token, None),
+            ClientMsg::Spectate {
+                protocol_version,
+                name,
+                token,
+                camera,
+            } => (protocol_version, name, token, Some(camera)),
+            _ => {
+                return self.close_conn(
+                    conn,
+                    CloseReason::ProtocolViolation,
+                    format!("expected hello, got {}", msg.name()),
+                )
+            }
+        };
+        if camera.is_some_and(|c| !c.is_finite()) {
             return self.close_conn(
                 conn,
                 CloseReason::ProtocolViolation,
-                format!("expected hello, got {}", msg.name()),
+                "spectator camera not finite".into(),
             );
-        };
+        }
         if protocol_version != PROTOCOL_VERSION {
             return self.close_conn(
                 conn,
@@ -177,15 +192,19 @@ impl ServerCore {
         if self.world.entities.len() >= ENTITIES_MAX {
             return self.close_conn(conn, CloseReason::PlayerLimit, "world entity limit".into());
         }
-        self.join(conn, user, name);
+        self.join(conn, user, name, camera);
     }
 
-    /// Makes the session of an admitted `user` on `conn`: its player, its replicator and
-    /// movement, and the joiner's `Welcome` and `Snapshot`.
-    fn join(&mut self, conn: ConnId, user: UserId, name: String) {
+    /// Makes the session of an admitted `user` on `conn`: its player (none for a spectator,
+    /// which has a `camera`), its replicator and movement, and the joiner's `Welcome` and
+    /// `Snapshot`.
+    fn join(&mut self, conn: ConnId, user: UserId, name: String, camera: Option<Vec3>) {
         let sid = SessionId(self.next_session);
         self.next_session += 1;
-        let player = self.alloc_entity_id();
+        let player = match camera {
+            Some(_) => NO_PLAYER,
+            None => self.alloc_entity_id(),
+        };
         let rank = self.world.effective_rank(user);
         let spawn = self.world.spawn;
         let position = if self.config.spawn_at_last_position {
@@ -210,10 +229,12 @@ impl ServerCore {
                 ("rank".into(), Bytes(vec![rank as u8])),
             ],
         };
-        self.world.entities.insert(player, entity.clone());
+        if camera.is_none() {
+            self.world.entities.insert(player, entity.clone());
+        }
         let mut replicator = ClientReplicator::new(self.config.transform.clone(), Some(sid))
             .expect("validated transform config");
-        replicator.set_own_entity(Some(player));
+        replicator.set_own_entity(camera.is_none().then_some(player));
         let motion = PlayerMotion::new(
             self.model,
             spawn_state,
@@ -233,6 +254,7 @@ impl ServerCore {
                 name: name.clone(),
                 conn: Some(conn),
                 player,
+                camera,
                 joined_at: self.now,
                 replicator,
                 motion,
@@ -240,13 +262,16 @@ impl ServerCore {
                 up_seq: None,
                 rate: MessageRate::new(self.config.message_burst, self.now),
                 token_refresh_at: self.token_refresh_due(),
+                own_sent: Default::default(),
             },
         );
         self.by_user.insert(user, sid);
         if let Some(c) = self.conns.get_mut(&conn) {
             c.session = Some(sid);
         }
-        self.broadcast(&ServerMsg::EntityAdded(entity), Some(sid));
+        if camera.is_none() {
+            self.broadcast(&ServerMsg::EntityAdded(entity), Some(sid));
+        }
         self.send(
             conn,
             &ServerMsg::Welcome {

@@ -21,7 +21,12 @@ impl ServerCore {
             None => return,
         };
         match msg {
-            ClientMsg::Hello { .. } => {}
+            ClientMsg::Hello { .. } | ClientMsg::Spectate { .. } => {}
+            ClientMsg::SpectatorCamera { position } => {
+                if let Some(s) = self.sessions.get_mut(&sid) {
+                    s.camera = Some(position);
+                }
+            }
             ClientMsg::Ping { client_time_us } => {
                 let pong = ServerMsg::Pong {
                     client_time_us,

@@ -19,6 +19,9 @@ impl ServerCore {
             return;
         };
         c.last_heard = now;
+        c.figures.datagrams_up += 1;
+        c.figures.bytes_up += data.len() as u64;
+        c.figures.datagram_bytes_up += data.len() as u64;
         if data.len() > DATAGRAM_BYTES_MAX {
             self.close_conn(
                 conn,
@@ -42,7 +45,26 @@ impl ServerCore {
         let Some(s) = self.sessions.get_mut(&sid) else {
             return;
         };
-        s.replicator.handle_ack(&d.ack, now);
+        let acked = s.replicator.handle_ack(&d.ack, now) as u64;
+        if s.camera.is_some() {
+            // A spectator has no player state to send: only its acknowledgements count.
+            if let Some(c) = self.conns.get_mut(&conn) {
+                c.figures.datagrams_acked += acked;
+            }
+            return;
+        }
+        let own_up = if client_auth {
+            0
+        } else {
+            d.input_blob.len() as u64
+        };
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.figures.datagrams_acked += acked;
+            c.figures.own_state_bytes_up += own_up;
+        }
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
         if !client_auth
             && !d.input_blob.is_empty()
             && s.motion.handle_input_datagram(&d.input_blob).is_err()
@@ -95,6 +117,9 @@ impl ServerCore {
                         rotation_y,
                     },
                 );
+            }
+            if let Some(c) = self.conns.get_mut(&conn) {
+                c.figures.corrections += 1;
             }
             self.events
                 .push_back(ServerEvent::MoveRejected { session: sid });

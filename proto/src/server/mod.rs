@@ -20,6 +20,8 @@
 //! - `datagram`: client datagrams (acks, inputs, owned transforms);
 //! - [`inbox`]: datagrams waiting for the core, bounded in all and per connection;
 //! - `tick`: the tick (movement, the world snapshot, every client's transform datagrams);
+//! - `host`: the hosting game's own changes (spawn, modify, remove, transforms every tick,
+//!   events, priority weights), through the same broadcasts and effects as `apply`;
 //! - `storage`: what the store reports back, storage health, ids under durable reservation;
 //! - `output`: the outputs ([`Transmit`], [`ServerEvent`]) and the helpers that queue them.
 //!
@@ -58,6 +60,8 @@ mod admission;
 mod apply;
 mod commands;
 mod datagram;
+mod figures;
+mod host;
 mod output;
 mod policy;
 mod session;
@@ -74,13 +78,15 @@ pub use auth::{
     BACKEND_USER_ID_MAX, BACKEND_USER_ID_MIN, TOKEN_LEEWAY_S,
 };
 pub use config::{ConnId, ServerConfig, TransportKind};
+pub use figures::ConnFigures;
+pub use host::{priority, HostError};
 pub use inbox::{
     DatagramInbox, InboxBatch, InboxDatagram, InboxDrop, InboxQuota, DATAGRAM_INBOX_MAX,
     DATAGRAM_INBOX_PER_CONN_MAX,
 };
 pub use output::{ServerEvent, Transmit};
 pub use rate::FLOOD_WINDOW;
-pub use session::Session;
+pub use session::{Session, NO_PLAYER};
 pub use tick::{TickStats, TimeoutProgress};
 
 use crate::persist::{Effect, NextIds};
@@ -130,6 +136,9 @@ pub struct ServerCore {
     moved_apps: BTreeSet<EntityId>,
     quantizer: Quantizer,
     model: KinematicCharacter,
+    /// What the host set for entities' priority (see `host`); entries of removed entities are
+    /// dropped at the next tick.
+    host_weights: BTreeMap<EntityId, host::HostWeights>,
     /// Reused every tick: one quantized sample per entity, shared by every client's replicator.
     samples: Vec<EntitySample>,
     /// Blueprint modifications accepted since the last flush, merged per blueprint: everyone
@@ -147,6 +156,8 @@ pub struct ServerCore {
     /// The last tick's entity updates: (to whom, which entity, estimated bytes).
     tick_updates: Vec<(SessionId, EntityId, u32)>,
     stats: TickStats,
+    /// The counters of connections closed so far (see `figures`).
+    closed_figures: ConnFigures,
     /// The tick whose client datagrams are being written, between two
     /// [`ServerCore::handle_timeout_step`] calls.
     tick_job: Option<TickJob>,
@@ -224,6 +235,7 @@ impl ServerCore {
             moved_apps: BTreeSet::new(),
             quantizer,
             model,
+            host_weights: BTreeMap::new(),
             samples: Vec::new(),
             pending_blueprints: BTreeMap::new(),
             grid: InterestGrid::new(),
@@ -231,6 +243,7 @@ impl ServerCore {
             datagrams: Vec::new(),
             tick_updates: Vec::new(),
             stats: TickStats::default(),
+            closed_figures: ConnFigures::default(),
             tick_job: None,
             admin_guard: admin_code::AdminCodeGuard::default(),
         };
@@ -331,6 +344,7 @@ impl ServerCore {
                 last_heard: now,
                 max_datagram_size: DATAGRAM_SIZE_INITIAL,
                 addr,
+                figures: ConnFigures::default(),
             },
         );
     }
@@ -340,6 +354,18 @@ impl ServerCore {
     pub fn handle_max_datagram_size(&mut self, conn: ConnId, bytes: usize) {
         if let Some(c) = self.conns.get_mut(&conn) {
             c.max_datagram_size = bytes.min(DATAGRAM_BYTES_MAX);
+        }
+    }
+
+    /// What the connection's transport reports about its path (quinn's path stats: RTT,
+    /// congestion window, congestion events), for its client's transform budget to follow
+    /// (see [`crate::transform::budget`]). Call before every tick where the transport has them.
+    pub fn handle_path_signals(&mut self, conn: ConnId, signals: crate::transform::PathSignals) {
+        let Some(sid) = self.conns.get(&conn).and_then(|c| c.session) else {
+            return;
+        };
+        if let Some(s) = self.sessions.get_mut(&sid) {
+            s.replicator.handle_path_signals(signals);
         }
     }
 
@@ -353,6 +379,9 @@ impl ServerCore {
             return;
         }
         c.last_heard = now;
+        c.figures.frames_up += 1;
+        // The body and its length prefix, as it came off the stream.
+        c.figures.bytes_up += (body.len() + codec::FRAME_HEADER_BYTES) as u64;
         let session = c.session;
         let msg = match codec::decode_client(body) {
             Ok(m) => m,
@@ -380,6 +409,7 @@ impl ServerCore {
     /// The transport connection closed (by the peer, a timeout or the driver).
     pub fn handle_disconnect(&mut self, conn: ConnId, now: Time) {
         self.advance(now);
+        self.retire_figures(conn);
         if let Some(c) = self.conns.remove(&conn) {
             if let Some(sid) = c.session {
                 self.end_session(sid, CloseReason::ClientLeft);

@@ -134,6 +134,10 @@ impl ServerCore {
             self.flush_blueprints();
         }
         let frame: Arc<[u8]> = codec::encode_frame(msg).into();
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.figures.frames_down += 1;
+            c.figures.bytes_down += frame.len() as u64;
+        }
         self.transmits.push_back(Transmit::Frame {
             conn,
             channel: msg.channel(),
@@ -158,6 +162,10 @@ impl ServerCore {
                 continue;
             }
             if let Some(conn) = s.conn {
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.figures.frames_down += 1;
+                    c.figures.bytes_down += frame.len() as u64;
+                }
                 self.transmits.push_back(Transmit::Frame {
                     conn,
                     channel,

@@ -74,6 +74,9 @@ impl ServerCore {
     /// limits. Nothing changes before this says yes.
     pub(super) fn authorize(&self, sid: SessionId, msg: &ClientMsg) -> Result<(), Refusal> {
         use ClientMsg::*;
+        if let Some(answer) = self.authorize_spectator(sid, msg) {
+            return answer;
+        }
         let rank = self.rank_of(sid);
         let builder = rank >= Rank::Builder;
         let need = |ok: bool| if ok { Ok(()) } else { Err(Refusal::Rank) };
@@ -108,7 +111,7 @@ impl ServerCore {
             }
         };
         match msg {
-            Hello { .. } => Err(Refusal::Invalid),
+            Hello { .. } | Spectate { .. } | SpectatorCamera { .. } => Err(Refusal::Invalid),
             Ping { .. } | Goodbye => Ok(()),
             Command { args, .. } => {
                 if args.is_empty()
@@ -279,6 +282,20 @@ impl ServerCore {
                 Ok(())
             }
             Kick { target, .. } | Mute { target, .. } => outranks(*target),
+        }
+    }
+
+    /// A spectator's messages: it watches and talks (chat and commands then pass the usual
+    /// rules, `None`), and changes nothing in the world. `None` for a session with a player.
+    fn authorize_spectator(&self, sid: SessionId, msg: &ClientMsg) -> Option<Result<(), Refusal>> {
+        use ClientMsg::*;
+        self.sessions.get(&sid)?.camera?;
+        match msg {
+            Chat { .. } | Command { .. } => None,
+            Ping { .. } | Goodbye => Some(Ok(())),
+            SpectatorCamera { position } if position.is_finite() => Some(Ok(())),
+            Hello { .. } | Spectate { .. } | SpectatorCamera { .. } => Some(Err(Refusal::Invalid)),
+            _ => Some(Err(Refusal::Rank)),
         }
     }
 }

@@ -23,8 +23,10 @@ pub struct Session {
     pub name: String,
     /// The current connection (`None` while disconnected and resumable).
     pub conn: Option<ConnId>,
-    /// The player entity.
+    /// The player entity; [`NO_PLAYER`] for a spectator.
     pub player: EntityId,
+    /// A spectator's camera (its viewpoint for interest); `None` for a session with a player.
+    pub camera: Option<Vec3>,
     /// When it joined.
     pub joined_at: Time,
     /// Transform replication towards this session's client.
@@ -39,9 +41,71 @@ pub struct Session {
     pub(super) rate: MessageRate,
     /// When its client is sent a fresh auth token ([`ServerMsg::AuthToken`]).
     pub(super) token_refresh_at: Time,
+    /// The own-player state last sent: a player standing still is sent nothing.
+    pub(super) own_sent: OwnSent,
 }
 
+/// Datagrams remembered as carrying the current own-player state: more than a round trip's
+/// worth of ticks on any path the budget serves (64 ticks is a second at 60 Hz).
+const OWN_STATE_CARRIERS_MAX: usize = 64;
+
+/// The own-player state a session was last sent, and whether its client has it: an unchanged
+/// state goes out again every tick until a datagram carrying it is acknowledged, then no more.
+#[derive(Clone, Debug, Default)]
+pub(super) struct OwnSent {
+    /// The blob without its server tick (bytes 1..9), which changes every tick regardless.
+    key: Vec<u8>,
+    /// Full sequence numbers of datagrams that carried it, oldest first.
+    carriers: std::collections::VecDeque<u64>,
+    /// A carrier was acknowledged.
+    acked: bool,
+}
+
+impl OwnSent {
+    /// Where the blob's server tick is.
+    const TICK_BYTES: std::ops::Range<usize> = 1..9;
+
+    /// Whether `blob` must be sent: it changed, or no datagram carrying it was acknowledged.
+    pub(super) fn needs(&mut self, blob: &[u8], replicator: &ClientReplicator) -> bool {
+        let key = blob
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !Self::TICK_BYTES.contains(i))
+            .map(|(_, b)| *b);
+        if !key.clone().eq(self.key.iter().copied()) {
+            self.key.clear();
+            self.key.extend(key);
+            self.carriers.clear();
+            self.acked = false;
+            return true;
+        }
+        if !self.acked {
+            self.acked = self
+                .carriers
+                .iter()
+                .any(|&q| replicator.datagram_acked(q) == Some(true));
+        }
+        !self.acked
+    }
+
+    /// The datagram `seq_full` carried it.
+    pub(super) fn carried_by(&mut self, seq_full: u64) {
+        if self.carriers.len() >= OWN_STATE_CARRIERS_MAX {
+            self.carriers.pop_front();
+        }
+        self.carriers.push_back(seq_full);
+    }
+}
+
+/// The player id of a spectator's session and `Snapshot`: no entity ever has id 0.
+pub const NO_PLAYER: EntityId = EntityId(0);
+
 impl Session {
+    /// Whether it watches without a player.
+    pub fn is_spectator(&self) -> bool {
+        self.camera.is_some()
+    }
+
     /// The replicator's round-trip estimate, if any acks arrived.
     pub fn rtt_estimate_us(&self) -> Option<u64> {
         self.replicator.rtt_estimate_us()
@@ -60,6 +124,8 @@ pub(super) struct Conn {
     pub(super) max_datagram_size: usize,
     /// The peer's address as the driver reported it (per-address limits).
     pub(super) addr: Option<std::net::IpAddr>,
+    /// What it cost so far (see `figures`).
+    pub(super) figures: super::ConnFigures,
 }
 
 impl ServerCore {

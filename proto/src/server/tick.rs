@@ -93,9 +93,18 @@ impl ServerCore {
             }
         }
         self.samples.clear();
+        let entities = &self.world.entities;
+        self.host_weights.retain(|id, _| entities.contains_key(id));
+        let mut weights = self.host_weights.iter().peekable();
         for e in self.world.entities.values() {
             let mut sample = EntitySample::new(e.id, &e.transform, &self.quantizer);
             sample.owner = e.owner;
+            // Both maps ascend by id: one walk finds each entity's host weights.
+            while weights.next_if(|(id, _)| **id < e.id).is_some() {}
+            if let Some((_, w)) = weights.next_if(|(id, _)| **id == e.id) {
+                sample.weight = w.weight;
+                sample.global = w.global;
+            }
             self.samples.push(sample);
         }
         // Each client looks only at the entities near its player: a tick then costs clients ×
@@ -140,20 +149,34 @@ impl ServerCore {
                 continue;
             }
             *budget -= 1;
-            let viewer = self
-                .world
-                .entities
-                .get(&s.player)
-                .map(|e| e.transform.position);
-            let blob = if job.server_auth {
-                s.motion.own_state_blob()
+            let viewer = match s.camera {
+                Some(camera) => Some(camera),
+                None => self
+                    .world
+                    .entities
+                    .get(&s.player)
+                    .map(|e| e.transform.position),
+            };
+            // The own-player state only when it changed or its client may not have it yet: a
+            // player standing still costs nothing.
+            let blob = if job.server_auth && s.camera.is_none() {
+                s.motion
+                    .own_state_blob()
+                    .filter(|b| s.own_sent.needs(b, &s.replicator))
             } else {
                 None
             };
+            let own_bytes = blob.as_ref().map_or(0, |b| b.len() as u64);
             let entities: &[EntitySample] = match viewer {
                 Some(v) => {
-                    self.grid
-                        .query(&self.samples, v, s.replicator.retained(), &mut self.nearby);
+                    // Entities the host made relevant to everyone join the retained ones.
+                    let globals = self
+                        .host_weights
+                        .iter()
+                        .filter(|(_, w)| w.global)
+                        .map(|(id, _)| *id);
+                    let keep = s.replicator.retained().chain(globals);
+                    self.grid.query(&self.samples, v, keep, &mut self.nearby);
                     &self.nearby
                 }
                 None => &self.samples,
@@ -169,6 +192,10 @@ impl ServerCore {
             match s.replicator.write_tick(&input, &mut self.datagrams) {
                 Ok(sum) => {
                     job.stats.updates += sum.updates;
+                    let seqs = s.replicator.last_tick_seqs();
+                    if blob.is_some() && !seqs.is_empty() {
+                        s.own_sent.carried_by(seqs.start);
+                    }
                     let each = (sum.bytes / sum.updates.max(1)) as u32;
                     self.tick_updates
                         .extend(s.replicator.last_tick_updates().map(|id| (sid, id, each)));
@@ -177,9 +204,16 @@ impl ServerCore {
                     .events
                     .push_back(ServerEvent::DatagramRejected { conn, error }),
             }
+            let f = &mut self.conns.get_mut(&conn).expect("checked above").figures;
+            f.own_state_bytes_down += own_bytes;
+            f.last_tick_bytes = 0;
             for data in self.datagrams.drain(..) {
                 job.stats.datagrams += 1;
                 job.stats.bytes += data.len();
+                f.datagrams_down += 1;
+                f.bytes_down += data.len() as u64;
+                f.datagram_bytes_down += data.len() as u64;
+                f.last_tick_bytes += data.len() as u64;
                 self.transmits
                     .push_back(Transmit::Datagram { conn, tick, data });
             }

@@ -1,5 +1,6 @@
 //! The link model: what happens to each packet on one direction of a simulated link (latency,
-//! jitter, independent and burst loss, duplication, reordering, MTU, partitions). The one link
+//! jitter, independent and burst loss, duplication, reordering, MTU, partitions, a bottleneck
+//! of limited capacity with a bounded queue). The one link
 //! model of the crate: [`super::Sim`], the bandwidth runner (`transform::scenario`) and the
 //! prediction bench (`predict::bench`) all decide each packet's fate here.
 
@@ -7,6 +8,7 @@ use std::time::Duration;
 
 use crate::rng::Rng;
 use crate::time::Time;
+use crate::transform::budget::{PathSignals, PACKET_OVERHEAD_BYTES};
 use crate::wire::msg::Channel;
 
 /// Impairments of one direction of a link.
@@ -30,6 +32,13 @@ pub struct LinkConfig {
     pub reorder_delay: Duration,
     /// Largest datagram the path carries, bytes.
     pub mtu: usize,
+    /// Bottleneck capacity for datagrams, bytes per second on the wire (each datagram plus
+    /// [`PACKET_OVERHEAD_BYTES`]); 0 for none. Datagrams beyond it wait in the bottleneck's
+    /// queue (their delay grows) and are dropped when the queue is full, as a router does.
+    pub rate_bytes_per_s: u64,
+    /// The bottleneck's queue, bytes: a datagram that would take it past this is dropped
+    /// (tail drop). Only with `rate_bytes_per_s`.
+    pub queue_bytes_max: usize,
 }
 
 impl Default for LinkConfig {
@@ -44,6 +53,8 @@ impl Default for LinkConfig {
             reorder: 0.0,
             reorder_delay: Duration::from_millis(10),
             mtu: 1200,
+            rate_bytes_per_s: 0,
+            queue_bytes_max: 0,
         }
     }
 }
@@ -69,6 +80,7 @@ impl LinkConfig {
             reorder: 0.1,
             reorder_delay: Duration::from_millis(30),
             mtu: 1200,
+            ..LinkConfig::default()
         }
     }
 }
@@ -87,6 +99,10 @@ pub struct Link {
     partitions: Vec<(Time, Time)>,
     /// Per channel, the time the last reliable frame was delivered (head-of-line order).
     pub(super) last_reliable: [Time; 4],
+    /// When the bottleneck has sent every datagram queued so far (with a capacity).
+    queue_free_at: Time,
+    /// Datagrams the bottleneck's full queue dropped.
+    queue_drops: u64,
 }
 
 impl Link {
@@ -97,6 +113,40 @@ impl Link {
             in_burst: false,
             partitions: Vec::new(),
             last_reliable: [Time::ZERO; 4],
+            queue_free_at: Time::ZERO,
+            queue_drops: 0,
+        }
+    }
+
+    /// Datagrams the bottleneck's full queue dropped so far.
+    pub fn queue_drops(&self) -> u64 {
+        self.queue_drops
+    }
+
+    /// Bytes waiting in the bottleneck's queue at `now`.
+    pub fn queue_bytes(&self, now: Time) -> u64 {
+        let wait = self.queue_free_at.saturating_since(now).as_micros() as u64;
+        wait * self.config.rate_bytes_per_s / 1_000_000
+    }
+
+    /// What a QUIC sender on this direction would report about its path
+    /// ([`PathSignals`], as a driver reads quinn's path stats): the round trip now (both
+    /// directions' latency, taken as this one's twice, plus this queue's delay), the
+    /// congestion window a loss-based controller settles at (the bandwidth-delay product plus
+    /// the queue it fills before a drop), and a congestion event per queue drop. Without a
+    /// capacity: the round trip only.
+    pub fn path_signals(&self, now: Time) -> PathSignals {
+        let base_us = 2 * self.config.latency.as_micros() as u64;
+        let queue_us = self.queue_free_at.saturating_since(now).as_micros() as u64;
+        let rate = self.config.rate_bytes_per_s;
+        PathSignals {
+            rtt_us: base_us + queue_us,
+            cwnd_bytes: if rate == 0 {
+                0
+            } else {
+                rate * base_us / 1_000_000 + self.config.queue_bytes_max as u64
+            },
+            congestion_events: self.queue_drops,
         }
     }
 
@@ -175,9 +225,20 @@ impl Link {
         if len > self.config.mtu || self.partitioned_until(now).is_some() || self.lost(rng) {
             return Vec::new();
         }
-        let mut out = vec![now + self.delay(rng)];
+        let mut sent = now;
+        let wire = (len + PACKET_OVERHEAD_BYTES) as u64;
+        if let Some(serialize_us) = (wire * 1_000_000).checked_div(self.config.rate_bytes_per_s) {
+            if self.queue_bytes(now) + wire > self.config.queue_bytes_max as u64 {
+                self.queue_drops += 1;
+                return Vec::new();
+            }
+            let start = self.queue_free_at.max(now);
+            self.queue_free_at = start + Duration::from_micros(serialize_us);
+            sent = self.queue_free_at;
+        }
+        let mut out = vec![sent + self.delay(rng)];
         if rng.chance(self.config.duplicate) {
-            out.push(now + self.delay(rng));
+            out.push(sent + self.delay(rng));
         }
         if rng.chance(self.config.reorder) {
             out[0] += self.config.reorder_delay;

@@ -12,6 +12,9 @@
 //!   larger than the link's MTU. The server is told each connection's `max_datagram_size` = MTU.
 //!   Datagrams reach the server as they reach the relay's: through the core's
 //!   [`DatagramInbox`] (with its bounds), taken before every other server input and tick.
+//!   Before each tick the server is told each client's downstream path signals
+//!   ([`Link::path_signals`]), as the relay tells it quinn's path stats; a link with a capacity
+//!   (`rate_bytes_per_s`) queues datagrams behind its bottleneck and drops them at the tail.
 //! - **Persistence effects** are dropped unless [`Sim::with_effects`] keeps them in
 //!   [`Sim::server_effects`] for a test to answer as a store would.
 //! - A `Transmit::Close` from the server disconnects that client after the frames queued before
@@ -224,6 +227,23 @@ impl Sim {
 
     /// Connects a new client over links with the given impairments; returns its index.
     pub fn add_client(&mut self, config: ClientConfig, up: LinkConfig, down: LinkConfig) -> usize {
+        let core = ClientCore::new(config, self.now);
+        self.add_core(core, up, down)
+    }
+
+    /// Connects a spectator with its camera at `camera` ([`ClientCore::new_spectator`]).
+    pub fn add_spectator(
+        &mut self,
+        config: ClientConfig,
+        camera: crate::types::Vec3,
+        up: LinkConfig,
+        down: LinkConfig,
+    ) -> usize {
+        let core = ClientCore::new_spectator(config, camera, self.now);
+        self.add_core(core, up, down)
+    }
+
+    fn add_core(&mut self, core: ClientCore, up: LinkConfig, down: LinkConfig) -> usize {
         let idx = self.clients.len();
         let conn = ConnId(idx as u64 + 1);
         let mtu = down.mtu;
@@ -231,7 +251,7 @@ impl Sim {
             .handle_connect(conn, crate::server::TransportKind::Sim, self.now);
         self.server.handle_max_datagram_size(conn, mtu);
         self.clients.push(SimClient {
-            core: ClientCore::new(config, self.now),
+            core,
             conn,
             up: Link::new(up),
             down: Link::new(down),
@@ -337,6 +357,12 @@ impl Sim {
                 }
             } else {
                 self.take_inbox();
+                // As the relay feeds quinn's path stats before each tick: here the link
+                // model's equivalent for each client's downstream path.
+                for c in self.clients.iter().filter(|c| c.connected) {
+                    let signals = c.down.path_signals(self.now);
+                    self.server.handle_path_signals(c.conn, signals);
+                }
                 self.server.handle_timeout(self.now);
                 self.flush_server();
                 for idx in 0..self.clients.len() {

@@ -381,6 +381,7 @@ mod tests {
                 gridded.handle_ack(&ack, later);
             }
         }
-        assert!(compared > 500, "the run wrote datagrams: {compared}");
+        // About one datagram per tick: the budget stops the packer before a second one.
+        assert!(compared > 300, "the run wrote datagrams: {compared}");
     }
 }

@@ -12,6 +12,8 @@
 //! - [`ClientReplicator`] (server side, one per client): interest, priority accumulator, budget,
 //!   delta compression, datagram packing. Call [`ClientReplicator::write_tick`] once per tick and
 //!   [`ClientReplicator::handle_ack`] for every ack header the client sends.
+//! - [`budget`]: the budget over time (a token bucket of wire bytes) and its rate following the
+//!   path ([`PathBudget`], fed by acks and by the transport's [`PathSignals`]).
 //! - [`ReplicaReceiver`] (client side): [`ReplicaReceiver::handle_datagram`] (or
 //!   [`ReplicaReceiver::handle_datagram_into`], which reuses one [`ReceivedTick`]'s memory),
 //!   then [`ReplicaReceiver::latest`] per entity and [`ReplicaReceiver::ack_header`] to send
@@ -63,6 +65,7 @@
 #![allow(clippy::needless_range_loop)]
 
 pub mod bits;
+pub mod budget;
 pub mod config;
 mod grid;
 pub mod quant;
@@ -74,6 +77,7 @@ pub mod scenario;
 pub mod seq;
 mod upstream;
 
+pub use budget::{PathBudget, PathSignals, PACKET_OVERHEAD_BYTES};
 pub use config::{ConfigError, PriorityWeights, TransformConfig};
 pub use grid::InterestGrid;
 pub use quant::{QRot, QTransform, Quantizer};

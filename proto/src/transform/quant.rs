@@ -7,6 +7,7 @@
 
 use super::config::{axis_bits, axis_steps, ConfigError, TransformConfig, SCALE_MAX};
 use crate::types::{Quat, Transform, Vec3};
+use glam::DQuat;
 
 /// A smallest-three quaternion: the index of the largest-magnitude component (made positive,
 /// since `q` and `-q` are the same rotation, and left out) and the other three, each quantized
@@ -171,16 +172,15 @@ impl Quantizer {
     /// Quantizes a rotation as smallest three. Normalizes first; a zero or non-finite
     /// quaternion becomes the identity.
     pub fn quantize_rotation(&self, q: Quat) -> QRot {
-        let mut v = q.to_array().map(|c| c as f64);
-        let n2: f64 = v.iter().map(|c| c * c).sum();
-        if !n2.is_finite() || n2 < 1e-12 {
-            v = [0.0, 0.0, 0.0, 1.0];
+        // glam's f64 dot and division: ((x² + y²) + z²) + w², then each component ÷ n, the
+        // order PROTOCOL.md 12.3 pins.
+        let q = q.as_dquat();
+        let n2 = q.length_squared();
+        let v = if !n2.is_finite() || n2 < 1e-12 {
+            [0.0, 0.0, 0.0, 1.0]
         } else {
-            let n = n2.sqrt();
-            for c in &mut v {
-                *c /= n;
-            }
-        }
+            (q / n2.sqrt()).to_array()
+        };
         let mut largest = 0;
         for i in 1..4 {
             if v[i].abs() > v[largest].abs() {
@@ -224,8 +224,8 @@ impl Quantizer {
                 j += 1;
             }
         }
-        let n = v.iter().map(|c| c * c).sum::<f64>().sqrt();
-        Quat::from_array(v.map(|c| (c / n) as f32))
+        let v = DQuat::from_array(v);
+        (v / v.length()).as_quat()
     }
 
     /// Quantizes a scale, clamping each axis into `0..=SCALE_MAX`.

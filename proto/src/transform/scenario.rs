@@ -19,6 +19,7 @@
 use std::collections::BinaryHeap;
 use std::time::Duration;
 
+use super::budget::PACKET_OVERHEAD_BYTES;
 use super::{
     decode_client_datagram, encode_client_datagram, ClientReplicator, EntitySample, Quantizer,
     ReplicaReceiver, Seq, TickInput, TransformConfig,
@@ -50,6 +51,13 @@ const CUBES_ANGULAR_DAMPING_PER_S: f64 = 5.0;
 /// Below this linear (m/s) and angular (rad/s) speed on the ground, a cube sleeps.
 const CUBES_SLEEP_SPEED: f64 = 0.08;
 
+/// Seconds between piles thrown in the bursty scene: long enough for the last pile to come
+/// to rest first, so the scene alternates between a burst and a world at rest.
+pub const BURST_INTERVAL_S: f64 = 5.0;
+/// Fraction of the bodies thrown at once in the bursty scene: 150 of 900, every one of them
+/// changing every tick for about a second and a half, several ticks' budget share per tick.
+pub const BURST_FRACTION: f64 = 1.0 / 12.0;
+
 /// Walking speed, m/s.
 const CROWD_WALK_M_S: f64 = 1.4;
 /// Running speed, m/s.
@@ -71,14 +79,19 @@ pub enum Scenario {
     Cubes,
     /// Players walking continuously.
     Crowd,
+    /// Rigid bodies at rest, then every [`BURST_INTERVAL_S`] a pile of [`BURST_FRACTION`] of
+    /// them (those nearest a random point) thrown up at once: many bodies moving together,
+    /// then rest.
+    Burst,
 }
 
 impl Scenario {
-    /// Parses `cubes` or `crowd` (the load tool's `--scenario` values).
+    /// Parses `cubes`, `crowd` or `burst` (the load tool's `--scenario` values).
     pub fn parse(s: &str) -> Option<Scenario> {
         match s {
             "cubes" => Some(Scenario::Cubes),
             "crowd" => Some(Scenario::Crowd),
+            "burst" => Some(Scenario::Burst),
             _ => None,
         }
     }
@@ -152,7 +165,7 @@ impl MotionGen {
         let mut rng = Rng::new(seed);
         let mut bodies = Vec::with_capacity(entities);
         let half_extent_m = match scenario {
-            Scenario::Cubes => {
+            Scenario::Cubes | Scenario::Burst => {
                 let side = (entities as f64).sqrt().ceil().max(1.0);
                 side * CUBE_SPACING_M / 2.0
             }
@@ -160,7 +173,7 @@ impl MotionGen {
         };
         for i in 0..entities {
             let b = match scenario {
-                Scenario::Cubes => {
+                Scenario::Cubes | Scenario::Burst => {
                     let side = (2.0 * half_extent_m / CUBE_SPACING_M) as usize;
                     let (gx, gz) = (i % side.max(1), i / side.max(1));
                     let yaw = rng.range_f64(0.0, std::f64::consts::TAU);
@@ -221,8 +234,51 @@ impl MotionGen {
         self.time_s += dt_s;
         match self.scenario {
             Scenario::Cubes => self.step_cubes(dt_s),
+            Scenario::Burst => self.step_burst(dt_s),
             Scenario::Crowd => self.step_crowd(dt_s),
         }
+    }
+
+    /// Whether body `i` (entity id `i + 1`) is moving.
+    pub fn is_moving(&self, i: usize) -> bool {
+        self.bodies.get(i).is_some_and(|b| b.awake)
+    }
+
+    /// The bursty scene: at each burst the bodies nearest a random point are thrown up and
+    /// spun, all in the same tick; between bursts the physics of [`Self::step_cubes`] brings
+    /// them back to rest.
+    fn step_burst(&mut self, dt: f64) {
+        if self.time_s >= self.next_impulse_s && !self.bodies.is_empty() {
+            self.next_impulse_s += BURST_INTERVAL_S;
+            let c = self.rng.below(self.bodies.len() as u64) as usize;
+            let centre = self.bodies[c].p;
+            let dist = |b: &Body| {
+                let (dx, dz) = (b.p[0] - centre[0], b.p[2] - centre[2]);
+                dx * dx + dz * dz
+            };
+            let mut order: Vec<usize> = (0..self.bodies.len()).collect();
+            order.sort_by(|&a, &b| dist(&self.bodies[a]).total_cmp(&dist(&self.bodies[b])));
+            let n = ((self.bodies.len() as f64 * BURST_FRACTION).ceil() as usize).max(1);
+            for &i in order.iter().take(n) {
+                let b = &mut self.bodies[i];
+                let (dx, dz) = (b.p[0] - centre[0], b.p[2] - centre[2]);
+                let d = (dx * dx + dz * dz).sqrt();
+                let (ux, uz) = if d > 1e-6 {
+                    (dx / d, dz / d)
+                } else {
+                    (1.0, 0.0)
+                };
+                let push = self.rng.range_f64(1.0, 3.0);
+                b.v[0] += ux * push;
+                b.v[2] += uz * push;
+                b.v[1] += self.rng.range_f64(3.0, 6.0);
+                for a in 0..3 {
+                    b.w[a] += self.rng.range_f64(-6.0, 6.0);
+                }
+                b.awake = true;
+            }
+        }
+        self.integrate_bodies(dt);
     }
 
     fn step_cubes(&mut self, dt: f64) {
@@ -252,6 +308,11 @@ impl MotionGen {
                 b.awake = true;
             }
         }
+        self.integrate_bodies(dt);
+    }
+
+    /// Moves the awake bodies: gravity, tumbling, walls, bounce, friction, sleep.
+    fn integrate_bodies(&mut self, dt: f64) {
         let lim = self.half_extent_m;
         for b in &mut self.bodies {
             if !b.awake {
@@ -407,7 +468,19 @@ pub struct BenchParams {
     pub jitter_ms: u64,
     /// Seed of the motion and the link.
     pub seed: u64,
+    /// Bottleneck capacity of the server → client direction, kbit/s on the wire, shared by
+    /// every client; 0 for none. Its queue holds [`BENCH_QUEUE_MS`] at that rate.
+    pub link_kbps: u64,
+    /// A change of that capacity during the run: (simulated second, new kbit/s).
+    pub link_change: Option<(f64, u64)>,
+    /// The budget's ceiling per client, kbit/s; 0 for the configuration's default
+    /// ([`super::config::BUDGET_BITS_PER_S_DEFAULT`]).
+    pub budget_kbps: u32,
 }
+
+/// The simulated bottleneck's queue, milliseconds at its capacity: a router's usual 100–250 ms
+/// of buffer, at the short end.
+pub const BENCH_QUEUE_MS: u64 = 200;
 
 impl BenchParams {
     /// The cube target run: 901 cubes, 60 Hz, 1 client, 100 ms RTT, no loss, 60 s.
@@ -422,6 +495,18 @@ impl BenchParams {
             rtt_ms: 100,
             jitter_ms: 0,
             seed: 1,
+            link_kbps: 0,
+            link_change: None,
+            budget_kbps: 0,
+        }
+    }
+
+    /// The bursty scene's target run: 900 bodies, 60 Hz, 1 client, 100 ms RTT, no loss, 60 s.
+    pub fn burst() -> BenchParams {
+        BenchParams {
+            scenario: Scenario::Burst,
+            entities: 900,
+            ..BenchParams::cubes()
         }
     }
 
@@ -438,6 +523,9 @@ impl BenchParams {
             rtt_ms: 100,
             jitter_ms: 0,
             seed: 1,
+            link_kbps: 0,
+            link_change: None,
+            budget_kbps: 0,
         }
     }
 }
@@ -449,6 +537,32 @@ pub struct TransformReport {
     pub params: BenchParams,
     /// Mean server → client transform bandwidth per client, kbit/s (datagram payloads).
     pub kbps_per_client: f64,
+    /// The same on the wire: payloads plus [`PACKET_OVERHEAD_BYTES`] per datagram, kbit/s.
+    pub wire_kbps_per_client: f64,
+    /// The transport's per-datagram overhead counted in the wire figures, bytes.
+    pub overhead_bytes_per_datagram: usize,
+    /// Ticks that sent more than one datagram to a client (summed over clients).
+    pub multi_datagram_ticks: u64,
+    /// Position error of moving bodies, 99th percentile, metres: each tick, per client, every
+    /// body moving at the client's newest tick, the client's latest value against the truth at
+    /// that tick (a value not updated since counts with its staleness).
+    pub moving_error_p99_m: f64,
+    /// Largest such error, metres.
+    pub moving_error_max_m: f64,
+    /// Largest rotation error of a moving body measured the same way, degrees.
+    pub moving_rotation_error_max_deg: f64,
+    /// Moving bodies a client had never received when measured (counted, not in the errors).
+    pub moving_unknown: u64,
+    /// Longest time, seconds, from a moment the world came to rest (no body moving) until
+    /// every client held every entity's final value (bursty and cube scenes); 0 if it never
+    /// came to rest. A rest the run ended in before convergence counts up to the end.
+    pub rest_recovery_s_max: f64,
+    /// Smallest budget rate any client's replicator used, kbit/s.
+    pub budget_kbps_min: f64,
+    /// Times a budget went down on congestion, over all clients.
+    pub budget_decreases: u64,
+    /// Datagrams the simulated bottleneck's queue dropped (server → client).
+    pub link_queue_drops: u64,
     /// Mean bytes per entity update (all datagram bytes / updates of changed entities).
     pub bytes_per_entity_update: f64,
     /// Entity updates sent per second per client.
@@ -505,15 +619,9 @@ struct Path {
 impl Path {
     /// A direction with one-way latency `rtt_ms / 2`, uniform jitter up to `jitter_ms`,
     /// independent loss `loss`, and the runner's datagram size as its MTU.
-    fn new(p: &BenchParams, rng: Rng) -> Path {
+    fn new(p: &BenchParams, kbps: u64, rng: Rng) -> Path {
         Path {
-            link: Link::new(LinkConfig {
-                latency: Duration::from_micros(p.rtt_ms * 500),
-                jitter: Duration::from_millis(p.jitter_ms),
-                loss: p.loss,
-                mtu: BENCH_DATAGRAM_BYTES,
-                ..LinkConfig::default()
-            }),
+            link: Link::new(bench_link(p, kbps)),
             rng,
             queue: BinaryHeap::new(),
             order: 0,
@@ -553,6 +661,29 @@ impl Path {
     }
 }
 
+/// The link of one direction: one-way latency `rtt_ms / 2`, uniform jitter up to `jitter_ms`,
+/// independent loss `loss`, the runner's datagram size as its MTU, and a bottleneck of `kbps`
+/// (0: none) with [`BENCH_QUEUE_MS`] of queue.
+fn bench_link(p: &BenchParams, kbps: u64) -> LinkConfig {
+    let rate = kbps * 1000 / 8;
+    LinkConfig {
+        latency: Duration::from_micros(p.rtt_ms * 500),
+        jitter: Duration::from_millis(p.jitter_ms),
+        loss: p.loss,
+        mtu: BENCH_DATAGRAM_BYTES,
+        rate_bytes_per_s: rate,
+        queue_bytes_max: (rate * BENCH_QUEUE_MS / 1000) as usize,
+        ..LinkConfig::default()
+    }
+}
+
+/// One body's truth at one tick: unquantized position and rotation, and whether it moves.
+type TruthSample = ([f32; 3], [f32; 4], bool);
+
+/// Ticks of truth the runner keeps to measure errors at a client's newest tick: 2 s at 60 Hz,
+/// beyond any delay the runs use.
+const TRUTH_TICKS: usize = 128;
+
 /// Largest datagram the runner passes as `max_datagram_size`: quinn's size at connect.
 const BENCH_DATAGRAM_BYTES: usize = 1162;
 
@@ -560,15 +691,26 @@ const BENCH_DATAGRAM_BYTES: usize = 1162;
 pub fn bench_run(p: &BenchParams) -> TransformReport {
     let hz =
         p.hz.clamp(crate::time::TICK_HZ_MIN, crate::time::TICK_HZ_MAX);
-    let config = TransformConfig {
+    let mut config = TransformConfig {
         tick_hz: hz,
         ..TransformConfig::default()
     };
+    if p.budget_kbps > 0 {
+        config.budget_bits_per_s = p
+            .budget_kbps
+            .saturating_mul(1000)
+            .max(super::config::BUDGET_BITS_PER_S_MIN);
+    }
     let qz = Quantizer::new(&config).unwrap_or_else(|_| unreachable_config());
     let mut gen = MotionGen::new(p.scenario, p.entities, p.seed);
     let mut root = Rng::new(p.seed ^ 0x5EED_11AC);
-    let mut down = Path::new(p, root.fork());
-    let mut up = Path::new(p, root.fork());
+    let mut down = Path::new(p, p.link_kbps, root.fork());
+    let mut up = Path::new(p, 0, root.fork());
+    // The truth of the last ticks (unquantized position, rotation, moving) for the errors.
+    let mut truth: Vec<Vec<TruthSample>> = vec![Vec::new(); TRUTH_TICKS];
+    let mut errors: Vec<f32> = Vec::new();
+    let (mut rot_err_max, mut moving_unknown, mut multi_ticks) = (0.0f64, 0u64, 0u64);
+    let mut budget_min = u32::MAX;
     let clients = p.clients.max(1);
     let mut servers: Vec<ClientReplicator> = (0..clients)
         .map(|_| {
@@ -597,9 +739,19 @@ pub fn bench_run(p: &BenchParams) -> TransformReport {
     let mut baseline_bytes = 0u64;
     let mut moving_sum = 0u64;
     let mut undecodable = 0usize;
+    let mut changed = false;
+    // Since when the world is at rest, and whether every client holds every final value yet.
+    let mut rest: Option<(u64, bool)> = None;
+    let mut recovery_ticks_max = 0u64;
     for tick in 0..ticks {
         let now_us = tick * period_us;
         let now = Time(now_us);
+        if let Some((at_s, kbps)) = p.link_change {
+            if !changed && now_us as f64 >= at_s * 1e6 {
+                changed = true;
+                down.link.set_config(bench_link(p, kbps));
+            }
+        }
         while let Some(f) = up.poll(now_us) {
             if let Ok(d) = decode_client_datagram(&qz, &f.bytes) {
                 servers[f.client].handle_ack(&d.ack, now);
@@ -608,15 +760,19 @@ pub fn bench_run(p: &BenchParams) -> TransformReport {
         gen.step(dt);
         moving_sum += gen.moving() as u64;
         samples.clear();
-        samples.extend(
-            gen.transforms()
-                .map(|(id, t)| EntitySample::new(id, &t, &qz)),
-        );
+        let t_now = &mut truth[tick as usize % TRUTH_TICKS];
+        t_now.clear();
+        for (i, (id, t)) in gen.transforms().enumerate() {
+            samples.push(EntitySample::new(id, &t, &qz));
+            t_now.push((t.position.into(), t.rotation.into(), gen.is_moving(i)));
+        }
+        let signals = down.link.path_signals(now);
         for (c, server) in servers.iter_mut().enumerate() {
             let viewer = match p.scenario {
                 Scenario::Crowd => samples.get(c).map(|s| s.position),
-                Scenario::Cubes => Some(Vec3::new(0.0, 1.7, 0.0)),
+                Scenario::Cubes | Scenario::Burst => Some(Vec3::new(0.0, 1.7, 0.0)),
             };
+            server.handle_path_signals(signals);
             out.clear();
             let input = TickInput {
                 tick: Tick(tick),
@@ -629,6 +785,8 @@ pub fn bench_run(p: &BenchParams) -> TransformReport {
             let Ok(s) = server.write_tick(&input, &mut out) else {
                 continue;
             };
+            budget_min = budget_min.min(s.budget_bits_per_s);
+            multi_ticks += (s.datagrams > 1) as u64;
             updates += s.updates as u64;
             absolute += s.absolute as u64;
             datagrams += s.datagrams as u64;
@@ -647,6 +805,55 @@ pub fn bench_run(p: &BenchParams) -> TransformReport {
         while let Some(f) = down.poll(now_us + period_us - 1) {
             if let Ok(r) = receivers[f.client].handle_datagram(&f.bytes, now) {
                 undecodable += r.undecodable;
+            }
+        }
+        for (c, r) in receivers.iter().enumerate() {
+            // The client's view against the truth at its newest tick, staleness included.
+            let Some(newest) = r.newest_tick() else {
+                continue;
+            };
+            if tick.saturating_sub(newest.0) >= TRUTH_TICKS as u64 {
+                continue;
+            }
+            let own = servers[c].own_entity_id();
+            for (i, &(pos, rot, moving)) in
+                truth[newest.0 as usize % TRUTH_TICKS].iter().enumerate()
+            {
+                let id = EntityId(i as u32 + 1);
+                if !moving || Some(id) == own {
+                    continue;
+                }
+                let Some((_, q)) = r.latest_quantized(id) else {
+                    moving_unknown += 1;
+                    continue;
+                };
+                let got = qz.dequantize(&q);
+                let d = (0..3)
+                    .map(|a| (got.position[a] as f64 - pos[a] as f64).powi(2))
+                    .sum::<f64>()
+                    .sqrt();
+                errors.push(d as f32);
+                let dot = (0..4)
+                    .map(|a| got.rotation.to_array()[a] as f64 * rot[a] as f64)
+                    .sum::<f64>()
+                    .abs()
+                    .min(1.0);
+                rot_err_max = rot_err_max.max(2.0 * dot.acos().to_degrees());
+            }
+        }
+        if gen.moving() > 0 || p.scenario == Scenario::Crowd {
+            rest = None;
+        } else {
+            let (since, done) = rest.get_or_insert((tick, false));
+            if !*done {
+                *done = receivers.iter().enumerate().all(|(c, r)| {
+                    samples.iter().all(|s| {
+                        Some(s.id) == servers[c].own_entity_id()
+                            || !servers[c].in_interest(s.id)
+                            || r.latest_quantized(s.id).map(|(_, q)| q) == Some(s.q)
+                    })
+                });
+                recovery_ticks_max = recovery_ticks_max.max(tick - *since);
             }
         }
         for (c, r) in receivers.iter().enumerate() {
@@ -680,9 +887,33 @@ pub fn bench_run(p: &BenchParams) -> TransformReport {
     let per_client = clients as f64;
     let bpu = down_bytes as f64 / (updates.max(1)) as f64;
     let base = baseline_bytes as f64 / (updates.max(1)) as f64;
+    let (err_p99, err_max_moving) = if errors.is_empty() {
+        (0.0, 0.0)
+    } else {
+        let k = ((errors.len() as f64 * 0.99).ceil() as usize).clamp(1, errors.len()) - 1;
+        let (_, p99, _) = errors.select_nth_unstable_by(k, f32::total_cmp);
+        let p99 = *p99 as f64;
+        (p99, errors.iter().copied().fold(0.0f32, f32::max) as f64)
+    };
+    let wire_bytes = down_bytes + datagrams * PACKET_OVERHEAD_BYTES as u64;
     TransformReport {
         params: *p,
         kbps_per_client: down_bytes as f64 * 8.0 / 1000.0 / secs / per_client,
+        wire_kbps_per_client: wire_bytes as f64 * 8.0 / 1000.0 / secs / per_client,
+        overhead_bytes_per_datagram: PACKET_OVERHEAD_BYTES,
+        multi_datagram_ticks: multi_ticks,
+        moving_error_p99_m: err_p99,
+        moving_error_max_m: err_max_moving,
+        moving_rotation_error_max_deg: rot_err_max,
+        moving_unknown,
+        rest_recovery_s_max: recovery_ticks_max as f64 / hz as f64,
+        budget_kbps_min: if budget_min == u32::MAX {
+            0.0
+        } else {
+            budget_min as f64 / 1000.0
+        },
+        budget_decreases: servers.iter().map(|s| s.path_budget().decreases()).sum(),
+        link_queue_drops: down.link.queue_drops(),
         bytes_per_entity_update: bpu,
         updates_per_s: updates as f64 / secs / per_client,
         baseline_bytes_per_entity_update: base,

@@ -13,7 +13,7 @@ use super::msg::{Channel, ClientMsg, ServerMsg};
 pub const FRAME_HEADER_BYTES: usize = 4;
 
 /// Number of `ClientMsg` variants: a tag at or above it is an unknown message.
-pub const CLIENT_MSG_VARIANTS: u32 = 18;
+pub const CLIENT_MSG_VARIANTS: u32 = 20;
 /// Number of `ServerMsg` variants.
 pub const SERVER_MSG_VARIANTS: u32 = 22;
 

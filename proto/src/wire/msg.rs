@@ -194,6 +194,26 @@ pub enum ClientMsg {
     },
     /// The client is leaving; the server closes with `CloseReason::ClientLeft`.
     Goodbye,
+    /// First message of a spectator's connection, instead of `Hello`: the same fields and
+    /// checks, and a camera position for interest. A spectator has no player entity (its
+    /// `Snapshot` names entity 0, which no entity ever has), receives the world and sends no
+    /// player state.
+    Spectate {
+        /// Must equal the server's [`PROTOCOL_VERSION`].
+        protocol_version: u16,
+        /// Display name wanted.
+        name: String,
+        /// An auth token from an earlier snapshot; `None` to be issued a new user.
+        token: Option<String>,
+        /// Where the camera is, metres: entities near it are sent first and within the
+        /// interest radius at all.
+        camera: Vec3,
+    },
+    /// A spectator's camera moved (spectators only).
+    SpectatorCamera {
+        /// Where the camera is now, metres.
+        position: Vec3,
+    },
 }
 
 /// A server → client message.
@@ -445,7 +465,9 @@ impl ClientMsg {
             | ModifyRank { .. }
             | Kick { .. }
             | Mute { .. }
-            | Goodbye => Channel::Control,
+            | Goodbye
+            | Spectate { .. }
+            | SpectatorCamera { .. } => Channel::Control,
             Command { .. } | Chat { .. } => Channel::Chat,
             EntityEvent { .. } => Channel::Events,
             BlueprintAdd { .. }
@@ -482,6 +504,8 @@ impl ClientMsg {
             Kick { .. } => "kick",
             Mute { .. } => "mute",
             Goodbye => "goodbye",
+            Spectate { .. } => "spectate",
+            SpectatorCamera { .. } => "spectator_camera",
         }
     }
 

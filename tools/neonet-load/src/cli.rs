@@ -68,6 +68,15 @@ pub struct ImpairmentArgs {
     /// Probability in [0, 1] that a datagram is swapped with the next one of its direction.
     #[arg(long, value_name = "F", default_value_t = 0.0, value_parser = parse_probability)]
     pub reorder: f64,
+    /// Bandwidth of each client's path, per direction, in kbit/s on the wire (UDP payload plus
+    /// IPv4 and UDP headers); 0 for unlimited. Faster traffic queues, then is dropped.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub rate_kbps: u64,
+    /// The bandwidth limit's queue, in milliseconds at that rate: a datagram that would wait
+    /// longer is dropped, as a router's full queue does.
+    #[arg(long, value_name = "N", default_value_t = neonet_proxy::QUEUE_MS_DEFAULT,
+          value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub queue_ms: u64,
 }
 
 impl ImpairmentArgs {
@@ -78,6 +87,7 @@ impl ImpairmentArgs {
             || self.jitter_ms > 0
             || self.dup > 0.0
             || self.reorder > 0.0
+            || self.rate_kbps > 0
     }
 }
 
@@ -105,6 +115,8 @@ pub enum Scenario {
     Cubes,
     /// Walking avatars.
     Crowd,
+    /// Bodies at rest, then a pile of a twelfth of them thrown at once every 5 s (900 bodies).
+    Burst,
 }
 
 /// `neonet-load sim`.
@@ -142,6 +154,14 @@ pub struct SimArgs {
     /// Seed of the simulation; the same seed gives the same run.
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub seed: u64,
+    /// The transform budget's ceiling per client, in kbit/s on the wire [default: the
+    /// server's, 256].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(8..=1_000_000))]
+    pub budget_kbps: Option<u32>,
+    /// A bottleneck on the server → client path, in kbit/s on the wire, with a router's
+    /// queue of 200 ms that drops when full [default: none].
+    #[arg(long, value_name = "N")]
+    pub link_kbps: Option<u64>,
     /// Print the results as JSON on stdout instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -153,6 +173,7 @@ impl SimArgs {
         self.entities.unwrap_or(match self.scenario {
             Scenario::Cubes => 901,
             Scenario::Crowd => 100,
+            Scenario::Burst => 900,
         })
     }
 
@@ -160,7 +181,7 @@ impl SimArgs {
     /// (the relay's default tick).
     pub fn hz(&self) -> u32 {
         self.hz.unwrap_or(match self.scenario {
-            Scenario::Cubes => 60,
+            Scenario::Cubes | Scenario::Burst => 60,
             Scenario::Crowd => 30,
         })
     }

@@ -23,6 +23,8 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
         jitter_ms: imp.jitter_ms,
         dup: imp.dup,
         reorder: imp.reorder,
+        rate_kbps: imp.rate_kbps,
+        queue_ms: imp.queue_ms,
         seed,
     };
     let proxy =
@@ -35,6 +37,8 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
         jitter_ms = imp.jitter_ms,
         dup = imp.dup,
         reorder = imp.reorder,
+        rate_kbps = imp.rate_kbps,
+        queue_ms = imp.queue_ms,
         seed,
         "proxy running; Ctrl-C to stop"
     );
@@ -71,12 +75,14 @@ fn log_stats(what: &str, s: &ProxyStats) {
         up_dropped = up.dropped,
         up_duplicated = up.duplicated,
         up_overflowed = up.overflowed,
+        up_queue_dropped = up.queue_dropped,
         up_send_failed = up.send_failed,
         down_in = down.packets_in,
         down_out = down.packets_out,
         down_dropped = down.dropped,
         down_duplicated = down.duplicated,
         down_overflowed = down.overflowed,
+        down_queue_dropped = down.queue_dropped,
         down_send_failed = down.send_failed,
         queued_bytes = s.queued_bytes,
         "{what}"

@@ -110,6 +110,10 @@ pub struct P50P99P999 {
     pub p999: Option<f64>,
 }
 
+/// Bytes an IPv4 and a UDP header add to each packet on the wire (20 + 8), which quinn's byte
+/// counts leave out: `wire_kbps_per_client` adds them per packet.
+pub const IP_UDP_HEADER_BYTES: f64 = 28.0;
+
 /// Average traffic per connected client, in kbit/s.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
 pub struct InOut {
@@ -164,8 +168,11 @@ pub struct Report {
     /// this late, so for a relay whose ticks started at 0 (neonet's, unless its tick clock
     /// skipped after a stall) `update_latency_ms` reads low by up to this much.
     pub tick_phase_ms: P50P99,
-    /// Average traffic per connected client, kbit/s.
+    /// Average traffic per connected client, kbit/s: QUIC's UDP payloads (every QUIC header,
+    /// frame and AEAD tag included), as quinn counts them.
     pub kbps_per_client: InOut,
+    /// The same on the wire: plus [`IP_UDP_HEADER_BYTES`] per packet.
+    pub wire_kbps_per_client: InOut,
     /// Average UDP packets per second per connected client, each way: what the kernel and QUIC
     /// pay for per packet. One tick's transforms are one datagram each way, so `--hz` each way
     /// is the ideal; the rest are acknowledgements, clock-sync pings and pongs, and streams.
@@ -328,6 +335,13 @@ impl Report {
                 ),
             ),
             (
+                "wire_kbps_per_client in / out",
+                format!(
+                    "{:.1} / {:.1} (+ {IP_UDP_HEADER_BYTES} bytes per packet)",
+                    self.wire_kbps_per_client.in_, self.wire_kbps_per_client.out
+                ),
+            ),
+            (
                 "packets_per_client_s in / out",
                 format!(
                     "{:.1} / {:.1}",
@@ -359,16 +373,18 @@ impl Report {
         if let Some(p) = &self.proxy {
             writeln!(
                 out,
-                "  proxy: to relay {} in, {} dropped, {} duplicated, {} overflowed; \
-                 to clients {} in, {} dropped, {} duplicated, {} overflowed",
+                "  proxy: to relay {} in, {} dropped, {} duplicated, {} overflowed, {} queue-dropped; \
+                 to clients {} in, {} dropped, {} duplicated, {} overflowed, {} queue-dropped",
                 p.to_upstream.packets_in,
                 p.to_upstream.dropped,
                 p.to_upstream.duplicated,
                 p.to_upstream.overflowed,
+                p.to_upstream.queue_dropped,
                 p.to_client.packets_in,
                 p.to_client.dropped,
                 p.to_client.duplicated,
                 p.to_client.overflowed,
+                p.to_client.queue_dropped,
             )?;
         }
         if let Some(r) = &self.relay {
@@ -564,6 +580,7 @@ mod tests {
             "join_ms",
             "update_latency_ms",
             "kbps_per_client",
+            "wire_kbps_per_client",
             "packets_per_client_s",
             "datagrams_lost",
             "acked_changes_per_s",

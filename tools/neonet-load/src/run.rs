@@ -35,7 +35,7 @@ use crate::cpu::{MachineCpu, ThreadCpu};
 use crate::driver::{client_task, ClientOutcome, ClientPlan};
 use crate::report::{
     CpuFigures, InOut, LatencyRecorder, NotMeasured, RelayFigures, Report, RunSetup,
-    MAX_REPORTED_ERRORS,
+    IP_UDP_HEADER_BYTES, MAX_REPORTED_ERRORS,
 };
 
 /// How long clients get to leave cleanly once told to stop: 5 s. Those still running after it
@@ -499,6 +499,8 @@ fn start_proxy(args: &RunArgs, upstream: SocketAddr, seed: u64) -> anyhow::Resul
         jitter_ms: imp.jitter_ms,
         dup: imp.dup,
         reorder: imp.reorder,
+        rate_kbps: imp.rate_kbps,
+        queue_ms: imp.queue_ms,
         seed,
     };
     let proxy = Proxy::start_on_thread(config, ProxyLimits::default())
@@ -697,6 +699,10 @@ impl Aggregate {
                 in_: per_client(self.pps_in_sum),
                 out: per_client(self.pps_out_sum),
             },
+            wire_kbps_per_client: InOut {
+                in_: per_client(self.kbps_in_sum + self.pps_in_sum * IP_UDP_HEADER_BYTES * 8e-3),
+                out: per_client(self.kbps_out_sum + self.pps_out_sum * IP_UDP_HEADER_BYTES * 8e-3),
+            },
             datagrams_lost: self.datagrams_lost,
             acked_changes_per_s,
             ack_latency_ms,
@@ -751,6 +757,8 @@ mod tests {
         assert!((report.kbps_per_client.out - 10.0).abs() < 1e-9);
         assert!((report.packets_per_client_s.in_ - 60.0).abs() < 1e-9);
         assert!((report.packets_per_client_s.out - 45.0).abs() < 1e-9);
+        // 60 packets/s × 28 bytes is 13.44 kbit/s more on the wire.
+        assert!((report.wire_kbps_per_client.in_ - 113.44).abs() < 1e-9);
         assert!(report.acked_changes_per_s.is_none() && report.ack_latency_ms.is_none());
         assert_eq!(report.not_measured.len(), 2);
         assert!(!report.succeeded());

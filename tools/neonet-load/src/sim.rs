@@ -101,8 +101,18 @@ pub struct SimReport {
     pub seed: u64,
     /// The network used.
     pub network: SimNetwork,
-    /// Mean server → client bandwidth per client, kbit/s.
+    /// Mean server → client bandwidth per client, kbit/s (datagram payloads).
     pub kbps_per_client: f64,
+    /// The same on the wire: payloads plus the transport's per-datagram overhead
+    /// (`overhead_bytes_per_datagram`: IPv4, UDP, QUIC short header, DATAGRAM frame, AEAD tag).
+    pub wire_kbps_per_client: f64,
+    /// Bytes of transport overhead counted per datagram in `wire_kbps_per_client`.
+    pub overhead_bytes_per_datagram: usize,
+    /// Position error of moving bodies, 99th percentile, metres: the client's latest value
+    /// against the truth at the client's newest tick (staleness counted).
+    pub moving_error_p99_m: f64,
+    /// Largest such error, metres.
+    pub moving_error_max_m: f64,
     /// Mean bytes per update of a changed entity (all datagram bytes / updates).
     pub bytes_per_entity_update: f64,
     /// Entity updates sent per second per client.
@@ -141,6 +151,7 @@ pub fn measure(args: &SimArgs) -> anyhow::Result<SimReport> {
     let scenario_kind = match args.scenario {
         Scenario::Cubes => scenario::Scenario::Cubes,
         Scenario::Crowd => scenario::Scenario::Crowd,
+        Scenario::Burst => scenario::Scenario::Burst,
     };
     tracing::info!(
         scenario = ?args.scenario,
@@ -164,10 +175,13 @@ pub fn measure(args: &SimArgs) -> anyhow::Result<SimReport> {
         rtt_ms: args.rtt_ms,
         jitter_ms: args.jitter_ms,
         seed: args.seed,
+        link_kbps: args.link_kbps.unwrap_or(0),
+        link_change: None,
+        budget_kbps: args.budget_kbps.unwrap_or(0),
     });
     let mut jitter_model = vec![JITTER_MODEL_TRANSFORMS];
     let prediction = match args.scenario {
-        Scenario::Cubes => None,
+        Scenario::Cubes | Scenario::Burst => None,
         Scenario::Crowd => {
             jitter_model.push(JITTER_MODEL_PREDICTION);
             let r = predict::bench_run(
@@ -186,6 +200,7 @@ pub fn measure(args: &SimArgs) -> anyhow::Result<SimReport> {
         scenario: match args.scenario {
             Scenario::Cubes => "cubes",
             Scenario::Crowd => "crowd",
+            Scenario::Burst => "burst",
         },
         entities,
         clients: args.clients,
@@ -199,6 +214,10 @@ pub fn measure(args: &SimArgs) -> anyhow::Result<SimReport> {
             jitter_model,
         },
         kbps_per_client: transforms.kbps_per_client,
+        wire_kbps_per_client: transforms.wire_kbps_per_client,
+        overhead_bytes_per_datagram: transforms.overhead_bytes_per_datagram,
+        moving_error_p99_m: transforms.moving_error_p99_m,
+        moving_error_max_m: transforms.moving_error_max_m,
         bytes_per_entity_update: transforms.bytes_per_entity_update,
         updates_per_s: transforms.updates_per_s,
         baseline_bytes_per_entity_update: transforms.baseline_bytes_per_entity_update,
@@ -226,8 +245,15 @@ pub fn write_table(r: &SimReport, out: &mut impl Write) -> std::io::Result<()> {
     let t = &r.transforms;
     let mut rows: Vec<(&str, String)> = vec![
         (
-            "kbps_per_client (mean)",
+            "kbps_per_client (mean, payload)",
             format!("{:.1}", r.kbps_per_client),
+        ),
+        (
+            "wire_kbps_per_client (mean)",
+            format!(
+                "{:.1} (payload + {} bytes per datagram)",
+                r.wire_kbps_per_client, r.overhead_bytes_per_datagram
+            ),
         ),
         (
             "bytes_per_entity_update",
@@ -246,6 +272,25 @@ pub fn write_table(r: &SimReport, out: &mut impl Write) -> std::io::Result<()> {
         ("datagrams_per_s", format!("{:.1}", t.datagrams_per_s)),
         ("absolute_fraction", format!("{:.3}", t.absolute_fraction)),
         ("moving_mean", format!("{:.1}", t.moving_mean)),
+        ("moving_error_p99_m", format!("{:.4}", r.moving_error_p99_m)),
+        (
+            "moving_error_max_m",
+            format!(
+                "{:.4} (rotation max {:.2}°)",
+                r.moving_error_max_m, t.moving_rotation_error_max_deg
+            ),
+        ),
+        (
+            "multi_datagram_ticks",
+            format!("{}", t.multi_datagram_ticks),
+        ),
+        (
+            "budget",
+            format!(
+                "min {:.1} kbit/s, {} decreases, {} bottleneck drops",
+                t.budget_kbps_min, t.budget_decreases, t.link_queue_drops
+            ),
+        ),
         ("final_error_m_max", format!("{:.4}", t.final_error_m_max)),
     ];
     if let Some(p) = &r.prediction {
@@ -304,6 +349,8 @@ mod tests {
             rtt_ms: 100,
             jitter_ms: 0,
             seed: 1,
+            budget_kbps: None,
+            link_kbps: None,
             json: false,
         }
     }

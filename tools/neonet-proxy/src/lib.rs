@@ -21,6 +21,12 @@
 //! 4. with probability `reorder` is held back and swapped with the next datagram of its direction
 //!    (it leaves right after that one), or leaves after [`REORDER_MAX_HOLD`] if none follows.
 //!
+//! With a bandwidth limit (`rate_kbps`), each flow direction is also a bottleneck link, as a
+//! router's: before the delay, a datagram waits its turn to be sent at that rate (its UDP
+//! payload plus [`WIRE_HEADER_BYTES`]), behind a queue of at most `queue_ms` of that rate; a
+//! datagram arriving at a full queue is dropped (tail drop, counted as `queue_dropped`). A
+//! sender faster than the rate sees its delay grow, then its datagrams dropped.
+//!
 //! Every flow direction draws from its own generator forked from `seed` in the order flows open,
 //! so the same seed and the same traffic give the same decisions.
 //!
@@ -75,6 +81,14 @@ pub const MAX_DATAGRAM_BYTES: usize = 9000;
 /// ticks at 30 Hz), so a quiet flow still gets it, late, rather than never.
 pub const REORDER_MAX_HOLD: Duration = Duration::from_millis(100);
 
+/// Bytes the limited link carries per datagram besides its UDP payload: the IPv4 (20) and UDP
+/// (8) headers, which a real link's rate carries too.
+pub const WIRE_HEADER_BYTES: usize = 28;
+
+/// Default queue of a bandwidth-limited direction, milliseconds at its rate: a router's usual
+/// 100–250 ms of buffer, at the short end (a deeper one only adds delay before the drops).
+pub const QUEUE_MS_DEFAULT: u64 = 200;
+
 /// Receive and send buffer requested for the listening socket, in bytes: 4 MiB (this machine's
 /// `net.core.rmem_max`). The default (~208 KiB) overflows under loopback bursts from hundreds of
 /// clients (see `numbers.md`); the kernel silently caps the request at its maximum.
@@ -114,6 +128,12 @@ pub struct ProxyConfig {
     pub dup: f64,
     /// Probability in `[0, 1]` that a datagram is swapped with the next one of its direction.
     pub reorder: f64,
+    /// Bandwidth of each flow direction, kbit/s on the wire (UDP payload plus
+    /// [`WIRE_HEADER_BYTES`]); 0 for unlimited.
+    pub rate_kbps: u64,
+    /// Queue in front of that bandwidth, milliseconds at the rate; a datagram that would wait
+    /// longer is dropped (tail drop). Only with `rate_kbps`; [`QUEUE_MS_DEFAULT`] is usual.
+    pub queue_ms: u64,
     /// Seed of every random decision; the same seed and traffic give the same decisions.
     pub seed: u64,
 }
@@ -129,6 +149,8 @@ impl ProxyConfig {
             jitter_ms: 0,
             dup: 0.0,
             reorder: 0.0,
+            rate_kbps: 0,
+            queue_ms: QUEUE_MS_DEFAULT,
             seed: 0,
         }
     }
@@ -156,6 +178,8 @@ impl ProxyConfig {
             jitter: Duration::from_millis(self.jitter_ms),
             dup: self.dup,
             reorder: self.reorder,
+            rate_bytes_per_s: self.rate_kbps.saturating_mul(1000) / 8,
+            queue_bytes: (self.rate_kbps.saturating_mul(self.queue_ms) / 8) as usize,
         }
     }
 }
@@ -187,8 +211,8 @@ impl Default for ProxyLimits {
 
 /// Counters for one direction of traffic, summed over all flows.
 ///
-/// Once traffic has settled: `packets_out + send_failed = packets_in - dropped - overflowed +
-/// duplicated`.
+/// Once traffic has settled: `packets_out + send_failed = packets_in - dropped - overflowed -
+/// queue_dropped + duplicated`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct DirectionStats {
     /// Datagrams received in this direction.
@@ -201,6 +225,8 @@ pub struct DirectionStats {
     pub duplicated: u64,
     /// Datagrams dropped because a limit was hit: flow cap, queue caps, datagram size.
     pub overflowed: u64,
+    /// Datagrams dropped by the bandwidth limit's full queue (the `rate_kbps` setting).
+    pub queue_dropped: u64,
     /// Sends the operating system refused (for example, nobody listening upstream).
     pub send_failed: u64,
 }
@@ -415,6 +441,7 @@ struct DirectionCounters {
     dropped: AtomicU64,
     duplicated: AtomicU64,
     overflowed: AtomicU64,
+    queue_dropped: AtomicU64,
     send_failed: AtomicU64,
 }
 
@@ -426,6 +453,7 @@ impl DirectionCounters {
             dropped: self.dropped.load(Ordering::Relaxed),
             duplicated: self.duplicated.load(Ordering::Relaxed),
             overflowed: self.overflowed.load(Ordering::Relaxed),
+            queue_dropped: self.queue_dropped.load(Ordering::Relaxed),
             send_failed: self.send_failed.load(Ordering::Relaxed),
         }
     }
@@ -514,6 +542,10 @@ struct Impairment {
     jitter: Duration,
     dup: f64,
     reorder: f64,
+    /// The bottleneck's rate, bytes per second on the wire; 0 for none.
+    rate_bytes_per_s: u64,
+    /// The bottleneck's queue, bytes.
+    queue_bytes: usize,
 }
 
 /// A datagram waiting to leave.
@@ -551,6 +583,8 @@ enum Admit {
     Lost,
     /// The direction's queue is full.
     Overflow,
+    /// The bandwidth limit's queue is full (tail drop).
+    QueueFull,
     /// Scheduled (or held for reordering), with a duplicate if `duplicated`.
     Queued { duplicated: bool },
 }
@@ -566,6 +600,8 @@ struct DirectionQueue {
     held: Option<(Queued, Instant)>,
     /// Departure of the last scheduled datagram: later ones never leave before it.
     last_at: Option<Instant>,
+    /// When the bandwidth limit has sent everything queued so far.
+    link_free_at: Option<Instant>,
     next_seq: u64,
 }
 
@@ -578,6 +614,7 @@ impl DirectionQueue {
             heap: BinaryHeap::new(),
             held: None,
             last_at: None,
+            link_free_at: None,
             next_seq: 0,
         }
     }
@@ -600,7 +637,19 @@ impl DirectionQueue {
             return Admit::Lost;
         }
         let duplicated = self.rng.chance(imp.dup);
-        let mut at = now + imp.delay;
+        // The bottleneck: wait for the bytes ahead, then for this datagram's own bytes.
+        let mut sent = now;
+        if imp.rate_bytes_per_s > 0 {
+            let free = self.link_free_at.unwrap_or(now).max(now);
+            let backlog = (free - now).as_secs_f64() * imp.rate_bytes_per_s as f64;
+            let wire = data.len() + WIRE_HEADER_BYTES;
+            if backlog + wire as f64 > imp.queue_bytes.max(wire) as f64 {
+                return Admit::QueueFull;
+            }
+            sent = free + Duration::from_secs_f64(wire as f64 / imp.rate_bytes_per_s as f64);
+            self.link_free_at = Some(sent);
+        }
+        let mut at = sent + imp.delay;
         if !imp.jitter.is_zero() {
             let jitter_s = imp.jitter.as_secs_f64();
             let offset_s = self.rng.range_f64(-jitter_s, jitter_s);
@@ -608,8 +657,8 @@ impl DirectionQueue {
                 at + Duration::from_secs_f64(offset_s)
             } else {
                 at.checked_sub(Duration::from_secs_f64(-offset_s))
-                    .unwrap_or(now)
-                    .max(now)
+                    .unwrap_or(sent)
+                    .max(sent)
             };
         }
         if let Some(last) = self.last_at {
@@ -946,6 +995,10 @@ fn count_admit(shared: &Shared, counters: &DirectionCounters, admitted: Admit, l
             shared.release(len);
             bump(&counters.overflowed);
         }
+        Admit::QueueFull => {
+            shared.release(len);
+            bump(&counters.queue_dropped);
+        }
         Admit::Queued { duplicated } => {
             if duplicated {
                 bump(&counters.duplicated);
@@ -973,6 +1026,8 @@ mod tests {
             jitter: Duration::ZERO,
             dup: 0.0,
             reorder: 0.0,
+            rate_bytes_per_s: 0,
+            queue_bytes: 0,
         }
     }
 
@@ -1073,6 +1128,39 @@ mod tests {
         q.admit(now, vec![2]);
         assert_eq!(q.admit(now, vec![3]), Admit::Overflow);
         assert_eq!(q.clear(), 2);
+    }
+
+    #[test]
+    fn a_rate_limited_direction_paces_queues_then_drops_at_the_tail() {
+        // 80 kbit/s = 10,000 bytes/s; 100-byte payloads are 128 bytes on the wire, 12.8 ms each;
+        // a 100 ms queue holds 1,000 bytes: 7 datagrams.
+        let imp = Impairment {
+            rate_bytes_per_s: 10_000,
+            queue_bytes: 1_000,
+            ..impairment()
+        };
+        let mut q = DirectionQueue::new(imp, Rng::new(1), 1024);
+        let now = Instant::now();
+        let admitted: Vec<Admit> = (0..10).map(|i| q.admit(now, vec![i; 100])).collect();
+        let queued = admitted
+            .iter()
+            .filter(|a| matches!(a, Admit::Queued { .. }))
+            .count();
+        assert_eq!(queued, 7, "{admitted:?}");
+        assert!(admitted[7..].iter().all(|a| *a == Admit::QueueFull));
+        // They leave one serialization time apart, the first after its own.
+        let step = Duration::from_micros(12_800);
+        assert!(q.pop_due(now + step - Duration::from_micros(10)).is_none());
+        assert_eq!(q.pop_due(now + step).map(|p| p.data[0]), Some(0));
+        assert!(q
+            .pop_due(now + step * 2 - Duration::from_micros(10))
+            .is_none());
+        assert_eq!(q.pop_due(now + step * 2).map(|p| p.data[0]), Some(1));
+        // Once the queue has drained, a datagram is admitted again.
+        assert!(matches!(
+            q.admit(now + step * 8, vec![9; 100]),
+            Admit::Queued { .. }
+        ));
     }
 
     #[test]

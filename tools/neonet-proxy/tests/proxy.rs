@@ -422,3 +422,43 @@ fn a_proxy_on_its_own_thread_serves_blocking_callers() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     echo_thread.join().unwrap();
 }
+
+#[tokio::test]
+async fn a_bandwidth_limit_queues_what_fits_and_drops_the_rest_at_the_tail() {
+    let echo = Echo::start().await;
+    let mut cfg = config(echo.addr);
+    // 8 kbit/s is 1,000 bytes/s on the wire; 472-byte payloads are 500 bytes with their IPv4
+    // and UDP headers; a 1 s queue holds 1,000 bytes: two datagrams, whatever the timing of a
+    // burst sent in much less than the 0.5 s the first one takes to leave.
+    cfg.rate_kbps = 8;
+    cfg.queue_ms = 1_000;
+    let proxy = Proxy::start(cfg).unwrap();
+    let socket = client().await;
+    for i in 0..100u32 {
+        let mut d = vec![0u8; 500 - neonet_proxy::WIRE_HEADER_BYTES];
+        d[..4].copy_from_slice(&payload(i));
+        socket.send_to(&d, proxy.local_addr()).await.unwrap();
+    }
+    let stats = stats_until(&proxy, |s| {
+        let up = &s.to_upstream;
+        up.packets_in == 100 && up.packets_out + up.queue_dropped == 100
+    })
+    .await;
+    let up = stats.to_upstream;
+    assert_eq!(up.packets_out, 2, "{stats:?}");
+    assert_eq!(up.queue_dropped, 98);
+    assert_eq!(up.dropped + up.overflowed, 0);
+    // The first two got through, in order: a router's tail drop.
+    let deadline = Instant::now() + WAIT_LIMIT;
+    while echo.seen().len() < 2 {
+        assert!(Instant::now() < deadline, "the echo never saw both");
+        sleep(Duration::from_millis(5)).await;
+    }
+    let at_echo: Vec<u32> = echo
+        .seen()
+        .iter()
+        .map(|(_, d)| u32::from_be_bytes(d[..4].try_into().unwrap()))
+        .collect();
+    assert_eq!(at_echo, vec![0, 1]);
+    proxy.shutdown().await;
+}

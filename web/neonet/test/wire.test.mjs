@@ -82,6 +82,8 @@ const CLIENT_CASES = [
   [{ type: 'Kick', req: 11, target: 1 }, '03000000 0f0b01'],
   [{ type: 'Mute', req: 12, target: 1, muted: true }, '04000000 100c0101'],
   [{ type: 'Goodbye' }, '01000000 11'],
+  [{ type: 'Spectate', protocol_version: 1, name: 'eve', token: null, camera: [0, 10, -5] }, '13000000 1201036576650000000000000020410000a0c0'],
+  [{ type: 'SpectatorCamera', position: [1.5, 2, -3] }, '0d000000 130000c03f00000040000040c0'],
 ];
 
 const SERVER_CASES = [
@@ -112,7 +114,7 @@ const SERVER_CASES = [
 test('constants', () => {
   assert.equal(PROTOCOL_VERSION, 1);
   assert.deepEqual(CHANNEL, { Control: 0, World: 1, Chat: 2, Events: 3 });
-  assert.equal(CLIENT_MSG_VARIANTS, 18);
+  assert.equal(CLIENT_MSG_VARIANTS, 20);
   assert.equal(SERVER_MSG_VARIANTS, 22);
   assert.equal(FRAME_BYTES_MAX, 1_048_576);
   assert.equal(SMALL_FRAME_BYTES_MAX, 65_536);
@@ -145,7 +147,7 @@ test('every server message decodes from its pinned frame and encodes back', () =
 
 test('channels of every message', () => {
   const { Control: C, World: W, Chat: H, Events: E } = CHANNEL;
-  assert.deepEqual(CLIENT_CASES.map(([m]) => channelOfClientMsg(m)), [C, C, H, H, W, W, W, W, W, E, W, W, W, W, C, C, C, C]);
+  assert.deepEqual(CLIENT_CASES.map(([m]) => channelOfClientMsg(m)), [C, C, H, H, W, W, W, W, W, E, W, W, W, W, C, C, C, C, C, C]);
   assert.deepEqual(SERVER_CASES.map(([m]) => channelOfServerMsg(m)), [W, W, C, C, C, H, H, W, W, W, W, E, W, W, W, W, W, C, C, C, C, C]);
 });
 
@@ -189,7 +191,7 @@ const kindOf = (f) => {
 test('malformed input throws WireError of the Rust codec\'s kind', () => {
   assert.equal(kindOf(() => decodeServerMsg(bytes())), 'Truncated');
   assert.equal(kindOf(() => decodeServerMsg(bytes(22))), 'UnknownMessage');
-  assert.equal(kindOf(() => decodeClientMsg(bytes(18))), 'UnknownMessage');
+  assert.equal(kindOf(() => decodeClientMsg(bytes(20))), 'UnknownMessage');
   assert.equal(kindOf(() => decodeClientMsg(bytes(0x80, 0x01))), 'UnknownMessage');
   assert.equal(kindOf(() => decodeServerMsg(bytes(0xff, 0xff, 0xff, 0xff, 0x0f))), 'UnknownMessage');
   assert.equal(kindOf(() => decodeServerMsg(bytes(0xff, 0xff, 0xff, 0xff, 0x10))), 'Malformed');

@@ -5,6 +5,7 @@
 use super::tracked::{LeftState, PackedSample, Tracked, RECORD_LEFT_NOTICE, TRACKED_LAST_ACKED};
 use super::ClientReplicator;
 use crate::time::{Tick, Time};
+use crate::transform::budget::LOSS_REORDER_TOLERANCE;
 use crate::transform::seq::{AckHeader, Seq, ACK_WINDOW};
 use crate::transform::SENT_HISTORY_LEN;
 use crate::types::EntityId;
@@ -40,6 +41,8 @@ pub(super) struct SentDatagram {
     pub(super) valid: bool,
     pub(super) acked: bool,
     pub(super) sent_at: Time,
+    /// Its size on the wire (payload and per-datagram overhead), for the delivery rate.
+    pub(super) wire_bytes: u32,
     pub(super) records: Vec<SentRecord>,
 }
 
@@ -78,8 +81,10 @@ impl ClientReplicator {
             d.acked = true;
             self.unacked[slot / 64] &= !(1u64 << (slot % 64));
             newly += 1;
+            self.path.on_delivered(d.wire_bytes as u64, now);
             if i == 0 {
                 let sample = now.saturating_since(d.sent_at).as_micros() as u64;
+                self.path.on_rtt_sample(d.sent_at, now);
                 self.srtt_us = Some(match self.srtt_us {
                     None => sample,
                     Some(s) => (s * 7 + sample) / 8,
@@ -117,7 +122,29 @@ impl ClientReplicator {
                 recycle(&mut self.history[slot].records, &mut self.spare_records);
             }
         }
+        self.tell_fates(last_full - behind_latest as u64);
         newly
+    }
+
+    /// Tells the budget the fate of every datagram sent [`LOSS_REORDER_TOLERANCE`] or more
+    /// before `latest` (the newest acknowledged) and not told yet: acknowledged by now, or lost.
+    fn tell_fates(&mut self, latest: u64) {
+        let Some(until) = latest.checked_sub(LOSS_REORDER_TOLERANCE) else {
+            return;
+        };
+        // Older than the history, a datagram's fate is unknown: skip it.
+        let from = self
+            .fate_next_seq
+            .max((until + 1).saturating_sub(SENT_HISTORY_LEN as u64));
+        for full in from..=until {
+            let slot = (full % SENT_HISTORY_LEN as u64) as usize;
+            if self.history[slot].seq_full != full || !self.history[slot].valid {
+                continue;
+            }
+            let lost = self.unacked[slot / 64] >> (slot % 64) & 1 == 1;
+            self.path.on_datagram_fate(lost, self.history[slot].sent_at);
+        }
+        self.fate_next_seq = self.fate_next_seq.max(until + 1);
     }
 }
 

@@ -6,6 +6,7 @@ use super::priority::Coded;
 use super::tracked::{LeftState, PackedSample, Tracked, RECORD_LEFT_NOTICE};
 use super::{ClientReplicator, TickInput, TickSummary, INDEX_EG_K};
 use crate::transform::bits::BitRun;
+use crate::transform::budget::PACKET_OVERHEAD_BYTES;
 use crate::transform::record::{write_absolute_run, write_delta_run, Sample, AGE_EG_K};
 use crate::transform::{
     write_varint, KIND_SERVER_STATE, RECORDS_PER_DATAGRAM_MAX, SENT_HISTORY_LEN,
@@ -57,7 +58,7 @@ impl ClientReplicator {
                 summary,
             );
         }
-        self.finish_datagram(input, seq_full, slot, records);
+        self.finish_datagram(input, seq_full, slot, records, buf.len());
         buf
     }
 
@@ -100,6 +101,7 @@ impl ClientReplicator {
         seq_full: u64,
         slot: usize,
         records: Vec<SentRecord>,
+        len: usize,
     ) {
         self.history[slot] = SentDatagram {
             seq_full,
@@ -107,6 +109,7 @@ impl ClientReplicator {
             valid: true,
             acked: false,
             sent_at: input.now,
+            wire_bytes: (len + PACKET_OVERHEAD_BYTES) as u32,
             records,
         };
         self.unacked[slot / 64] |= 1u64 << (slot % 64);
@@ -167,7 +170,7 @@ impl ClientReplicator {
                 summary,
             );
         }
-        self.finish_datagram(input, seq_full, slot, records);
+        self.finish_datagram(input, seq_full, slot, records, buf.len());
         Some(buf)
     }
 }

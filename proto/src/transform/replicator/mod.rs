@@ -28,8 +28,9 @@ mod tracked;
 use self::ack::{SentDatagram, SentRecord};
 use self::pack::Scratch;
 use self::tracked::Tracked;
+use super::budget::{ByteBucket, PathBudget, PathSignals};
 use super::quant::{QTransform, Quantizer};
-use super::{ConfigError, TransformConfig, DATAGRAM_BYTES_MIN, SENT_HISTORY_LEN};
+use super::{ConfigError, TransformConfig, SENT_HISTORY_LEN};
 use crate::time::{Tick, Time};
 use crate::types::{EntityId, SessionId, Transform, Vec3};
 
@@ -55,6 +56,9 @@ pub struct EntitySample {
     pub weight: f32,
     /// The session that owns it, if any: owners already predict it, so it weighs less for them.
     pub owner: Option<SessionId>,
+    /// Relevant to every client regardless of distance: always in interest, weighted as if
+    /// next to the viewer.
+    pub global: bool,
 }
 
 impl EntitySample {
@@ -66,6 +70,7 @@ impl EntitySample {
             position: t.position,
             weight: 1.0,
             owner: None,
+            global: false,
         }
     }
 }
@@ -108,6 +113,8 @@ pub struct TickSummary {
     pub left_notices: usize,
     /// Candidates left for a later tick by the budget or datagram size.
     pub deferred: usize,
+    /// The budget's rate this tick, bits per second (see [`super::budget`]).
+    pub budget_bits_per_s: u32,
 }
 
 /// The server's transform sender for one client. See the [module docs](super) for the format.
@@ -121,7 +128,15 @@ pub struct ClientReplicator {
     qz: Quantizer,
     session: Option<SessionId>,
     own_entity: Option<EntityId>,
-    budget_bits_per_s: u32,
+    /// The budget's token bucket (bytes on the wire).
+    bucket: ByteBucket,
+    /// The budget's rate, following the path.
+    path: PathBudget,
+    /// Whether the last tick left candidates for later (the budget limited the sender).
+    budget_limited_last: bool,
+    /// Datagrams before this sequence number have had their fate (delivered or lost) told to
+    /// `path`.
+    fate_next_seq: u64,
     tracked: Vec<Tracked>,
     /// The ids of `tracked` in interest or owed a "left interest" notice, ascending: what
     /// [`ClientReplicator::retained`] gives. Rebuilt by every `write_tick`, kept exact by
@@ -142,7 +157,6 @@ pub struct ClientReplicator {
     tick_first_seq: u64,
     next_epoch: u32,
     last_tick: Option<Tick>,
-    carry: i64,
     srtt_us: Option<u64>,
     /// Buffers used only within one `write_tick`: empty between calls, the thread's
     /// [`SCRATCH`](pack::SCRATCH) moved in for the call.
@@ -156,7 +170,10 @@ impl ClientReplicator {
     pub fn new(config: TransformConfig, session: Option<SessionId>) -> Result<Self, ConfigError> {
         let qz = Quantizer::new(&config)?;
         Ok(ClientReplicator {
-            budget_bits_per_s: config.budget_bits_per_s,
+            bucket: ByteBucket::full(config.budget_bits_per_s, config.tick_hz),
+            path: PathBudget::new(config.budget_bits_per_s),
+            budget_limited_last: false,
+            fate_next_seq: 0,
             config,
             qz,
             session,
@@ -170,7 +187,6 @@ impl ClientReplicator {
             tick_first_seq: 0,
             next_epoch: 0,
             last_tick: None,
-            carry: 0,
             srtt_us: None,
             scratch: Scratch::default(),
             single_failed_last: false,
@@ -192,9 +208,27 @@ impl ClientReplicator {
         self.own_entity
     }
 
-    /// Overrides this client's budget, bits per second (clamped to the configured minimum).
+    /// Overrides this client's budget ceiling, bits per second (clamped to the configured
+    /// minimum): the rate adapts to the path below it.
     pub fn set_budget_bits_per_s(&mut self, bits_per_s: u32) {
-        self.budget_bits_per_s = bits_per_s.max(super::config::BUDGET_BITS_PER_S_MIN);
+        self.path.set_ceiling(bits_per_s);
+    }
+
+    /// What the transport reports about this client's path (quinn's path stats: RTT,
+    /// congestion window, congestion events), for the budget to follow. Call it before each
+    /// tick when the transport has them; without it the budget follows the acks alone.
+    pub fn handle_path_signals(&mut self, signals: PathSignals) {
+        self.path.on_path_signals(signals);
+    }
+
+    /// The budget's rate controller (rate, loss and queueing delay it sees).
+    pub fn path_budget(&self) -> &PathBudget {
+        &self.path
+    }
+
+    /// Bytes in the budget's bucket now (wire bytes: payload and per-datagram overhead).
+    pub fn budget_tokens(&self) -> i64 {
+        self.bucket.tokens()
     }
 
     /// Smoothed round-trip estimate from acks, if any ack arrived yet.
@@ -225,17 +259,17 @@ impl ClientReplicator {
         self.retained_ids.iter().copied()
     }
 
-    /// Bytes this client may be sent per tick (budget / tick rate, before carry).
+    /// Wire bytes this client may be sent per tick at the budget's current rate.
     pub fn budget_bytes_per_tick(&self) -> usize {
-        (self.budget_bits_per_s as usize / 8) / self.config.tick_hz.max(1) as usize
+        super::budget::per_tick_bytes(self.path.rate_bits_per_s(), self.config.tick_hz)
     }
 
-    /// Most unused budget carried into later ticks, bytes: half a tick's worth, but at least
-    /// [`DATAGRAM_BYTES_MIN`] so a budget smaller than one datagram per tick still sends one
-    /// datagram every few ticks. Over any run of ticks the bytes sent never exceed
-    /// ticks × [`ClientReplicator::budget_bytes_per_tick`] + this (own blobs aside).
-    pub fn budget_carry_max_bytes(&self) -> usize {
-        (self.budget_bytes_per_tick() / 2).max(DATAGRAM_BYTES_MIN)
+    /// The most the budget's bucket holds, wire bytes: [`super::budget::BUDGET_BURST_S`] at
+    /// the ceiling. Over any run of ticks the wire bytes sent (payload plus
+    /// [`super::budget::PACKET_OVERHEAD_BYTES`] per datagram) never exceed ticks × the
+    /// ceiling's share per tick + this (own blobs aside).
+    pub fn budget_burst_bytes(&self) -> usize {
+        super::budget::capacity_bytes(self.path.ceiling_bits_per_s(), self.config.tick_hz)
     }
 
     /// The entities the last [`ClientReplicator::write_tick`] sent updates for, in datagram
@@ -245,6 +279,19 @@ impl ClientReplicator {
             let d = &self.history[(s % SENT_HISTORY_LEN as u64) as usize];
             d.records.iter().filter(|r| !r.is_left()).map(|r| r.id)
         })
+    }
+
+    /// The full sequence numbers of the datagrams the last [`ClientReplicator::write_tick`]
+    /// wrote (the first carries the own blob, if any).
+    pub fn last_tick_seqs(&self) -> std::ops::Range<u64> {
+        self.tick_first_seq..self.next_seq
+    }
+
+    /// Whether the datagram with full sequence number `seq_full` was acknowledged; `None` once
+    /// it is no longer remembered (or was never sent).
+    pub fn datagram_acked(&self, seq_full: u64) -> Option<bool> {
+        let d = &self.history[(seq_full % SENT_HISTORY_LEN as u64) as usize];
+        (d.valid && d.seq_full == seq_full).then_some(d.acked)
     }
 
     /// Starts sequence numbers further on (tests of wrap-around).

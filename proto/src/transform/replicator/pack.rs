@@ -1,4 +1,5 @@
-//! [`ClientReplicator::write_tick`]: the byte budget (per tick, with carry) and packing the
+//! [`ClientReplicator::write_tick`]: the byte budget (a token bucket, see
+//! [`crate::transform::budget`]) and packing the
 //! tick's candidates into datagrams, through the one-datagram fast path or highest priority
 //! first, with the per-thread scratch buffers the packing uses.
 
@@ -9,6 +10,7 @@ use super::slot_set::SlotSet;
 use super::{ClientReplicator, EntitySample, TickInput, TickSummary, INDEX_EG_K};
 use crate::time::Tick;
 use crate::transform::bits::{bit_width, BitWriter};
+use crate::transform::budget::PACKET_OVERHEAD_BYTES;
 use crate::transform::record::{write_absolute, write_delta, AGE_EG_K};
 use crate::transform::{
     varint_len, TransformError, DATAGRAM_BYTES_MIN, OWN_BLOB_BYTES_MAX, RECORDS_PER_DATAGRAM_MAX,
@@ -77,6 +79,7 @@ impl ClientReplicator {
         if self.last_tick.is_some_and(|t| input.tick <= t) {
             return Err(TransformError::TickNotAfterLast(input.tick));
         }
+        let elapsed_ticks = self.last_tick.map_or(1, |t| input.tick.0 - t.0);
         self.last_tick = Some(input.tick);
         // The last tick's acknowledged datagrams' records are no longer needed either.
         for full in self.tick_first_seq..self.next_seq {
@@ -98,7 +101,7 @@ impl ClientReplicator {
         };
         let lent = swap(&mut self.scratch);
         self.collect_candidates(input);
-        let result = self.pack(input, out);
+        let result = self.pack(input, elapsed_ticks, out);
         if lent {
             swap(&mut self.scratch);
         }
@@ -133,25 +136,36 @@ impl ClientReplicator {
     fn pack(
         &mut self,
         input: &TickInput,
+        elapsed_ticks: u64,
         out: &mut Vec<Vec<u8>>,
     ) -> Result<TickSummary, TransformError> {
         let mut summary = TickSummary::default();
-        let per_tick = self.budget_bytes_per_tick() as i64;
-        let allowance = per_tick + self.carry;
+        let hz = self.config.tick_hz;
+        if self.path.on_tick(input.now, self.budget_limited_last) {
+            // Congested: a burst saved in the bucket must not land on the queue.
+            self.bucket.limit(0);
+        }
+        let rate = self.path.rate_bits_per_s();
+        summary.budget_bits_per_s = rate;
+        // Wire bytes this tick may take: each datagram costs its payload and the transport's
+        // per-packet overhead.
+        let allowance = self.bucket.refill(rate, hz, elapsed_ticks);
         let mut sent: i64 = 0;
         let mut blob = input.own_blob;
         let max_size = input.max_datagram_size.min(DATAGRAM_BYTES_MAX);
         let mut remaining = self.scratch.cands.len();
+        // Payload room left under the budget once a datagram's overhead is paid.
+        let payload_room = |sent: i64| (allowance - sent - PACKET_OVERHEAD_BYTES as i64).max(0);
         // Fast path: everything fits in the first datagram, so priority order does not matter.
         let header =
             HEADER_FIXED_BYTES + varint_len(input.tick.0) + blob.map_or(0, |b| 1 + b.len());
         let room =
-            max_size.min((allowance.max(0) as usize).max(if blob.is_some() { header } else { 0 }));
+            max_size.min((payload_room(0) as usize).max(if blob.is_some() { header } else { 0 }));
         // Candidates in priority order, sorted lazily: the budget usually stops the packer long
         // before the end, so only a prefix is ever ordered (a strict total order, so the prefix
         // is exactly that of a full sort).
         let mut sorted = 0usize;
-        let mut chunk = (allowance.max(0) as usize * 8 / 24 + FIT_ATTEMPTS_MAX).max(32);
+        let mut chunk = (room * 8 / 24 + FIT_ATTEMPTS_MAX).max(32);
         let mut ordered = false;
         if room > header {
             let bits_avail = (room - header) * 8;
@@ -175,11 +189,12 @@ impl ClientReplicator {
                 {
                     debug_assert!(dgram.len() <= room, "{} > {room}", dgram.len());
                     self.single_failed_last = false;
+                    self.budget_limited_last = false;
                     summary.datagrams = 1;
                     summary.bytes = dgram.len();
                     out.push(dgram);
-                    self.carry = (allowance - summary.bytes as i64)
-                        .clamp(-per_tick, self.budget_carry_max_bytes() as i64);
+                    self.bucket
+                        .spend(summary.bytes + PACKET_OVERHEAD_BYTES, rate, hz);
                     return Ok(summary);
                 }
             }
@@ -192,7 +207,7 @@ impl ClientReplicator {
         loop {
             let header =
                 HEADER_FIXED_BYTES + varint_len(input.tick.0) + blob.map_or(0, |b| 1 + b.len());
-            let left_in_budget = (allowance - sent).max(0) as usize;
+            let left_in_budget = payload_room(sent) as usize;
             let room = if blob.is_some() {
                 max_size.min(left_in_budget.max(header))
             } else {
@@ -250,14 +265,22 @@ impl ClientReplicator {
             }
             let dgram = self.write_datagram(input, blob, &mut summary);
             debug_assert!(dgram.len() <= room, "{} > {room}", dgram.len());
-            sent += dgram.len() as i64;
+            sent += (dgram.len() + PACKET_OVERHEAD_BYTES) as i64;
             summary.datagrams += 1;
             summary.bytes += dgram.len();
             out.push(dgram);
             blob = None;
+            // One datagram per tick unless the path's datagram size was what filled it: when
+            // the budget limited this one, a second would carry only the crumbs the budget has
+            // left, paying a header and a packet's overhead again (what waits goes first next
+            // tick instead).
+            if room < max_size {
+                break;
+            }
         }
         summary.deferred = remaining;
-        self.carry = (allowance - sent).clamp(-per_tick, self.budget_carry_max_bytes() as i64);
+        self.budget_limited_last = remaining > 0;
+        self.bucket.spend(sent.max(0) as usize, rate, hz);
         Ok(summary)
     }
 

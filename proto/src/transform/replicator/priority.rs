@@ -112,6 +112,7 @@ impl ClientReplicator {
                 continue;
             }
             let dist = match input.viewer {
+                _ if e.global => 0.0,
                 None => 0.0,
                 Some(v) => {
                     let d2: f32 = (0..3).map(|a| (e.position[a] - v[a]).powi(2)).sum();

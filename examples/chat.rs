@@ -208,6 +208,11 @@ fn main() -> anyhow::Result<()> {
                 ClientEvent::RankModified { user, rank } => {
                     println!("{}", input::rank_changed(client.user(), user, rank));
                 }
+                ClientEvent::CommandReply { text, .. } => {
+                    for line in text.lines() {
+                        println!("* {line}");
+                    }
+                }
                 ClientEvent::Disconnected { reason, detail } => {
                     println!("* disconnected: {reason} ({detail})");
                     return Ok(());

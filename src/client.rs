@@ -573,6 +573,56 @@ impl Client {
         self.send(|c| c.send_command(args))
     }
 
+    // ---- moderation: the typed moderation commands ([`ClientCore::kick`] and the rest). A
+    // user is named by display name or `#ID`; each answers `Acked` or `Refused` (after a
+    // `CommandReply` saying why). ----
+
+    /// `/kick NAME [reason]`: disconnects a player of lower rank; the reason is shown to them.
+    pub fn kick(&self, name: &str, reason: Option<&str>) -> Result<ReqId, ClientError> {
+        self.send(|c| c.kick(name, reason))
+    }
+
+    /// `/mute NAME [duration]` (`"10m"`, `"2h"`, `"7d"`; `None`: until unmuted).
+    pub fn mute(&self, name: &str, duration: Option<&str>) -> Result<ReqId, ClientError> {
+        self.send(|c| c.mute(name, duration))
+    }
+
+    /// `/unmute NAME`.
+    pub fn unmute(&self, name: &str) -> Result<ReqId, ClientError> {
+        self.send(|c| c.unmute(name))
+    }
+
+    /// `/ban NAME [duration] [reason]` (admin): for `duration` or for good; the reason is
+    /// shown to them at every refused join.
+    pub fn ban(
+        &self,
+        name: &str,
+        duration: Option<&str>,
+        reason: Option<&str>,
+    ) -> Result<ReqId, ClientError> {
+        self.send(|c| c.ban(name, duration, reason))
+    }
+
+    /// `/unban NAME` (admin).
+    pub fn unban(&self, name: &str) -> Result<ReqId, ClientError> {
+        self.send(|c| c.unban(name))
+    }
+
+    /// `/rank NAME RANK` (admin).
+    pub fn set_rank(&self, name: &str, rank: Rank) -> Result<ReqId, ClientError> {
+        self.send(|c| c.set_rank(name, rank))
+    }
+
+    /// `/revoke NAME` (admin): invalidates every token of the user and disconnects them.
+    pub fn revoke_tokens(&self, name: &str) -> Result<ReqId, ClientError> {
+        self.send(|c| c.revoke_tokens(name))
+    }
+
+    /// `/help`: answered with a `CommandReply` listing what this user's rank may do.
+    pub fn help(&self) -> Result<ReqId, ClientError> {
+        self.send(|c| c.help())
+    }
+
     /// Adds a blueprint (builder rank).
     pub fn add_blueprint(&self, blueprint: Blueprint) -> Result<ReqId, ClientError> {
         self.send(|c| c.add_blueprint(blueprint))
@@ -906,8 +956,28 @@ fn close_of(e: &ConnectionError) -> (CloseReason, String) {
     match e {
         ConnectionError::ApplicationClosed(c) => {
             let text = String::from_utf8_lossy(&c.reason).into_owned();
-            match quic::close_reason_of(c.error_code.into_inner()) {
-                Some(r) => (r, text),
+            let code = c.error_code.into_inner();
+            match quic::close_reason_of(code) {
+                // The close text is `reason: detail` (`quic::close_text`); the detail alone is
+                // what the `Close` frame carries, so a client sees the same detail whichever
+                // arrives first.
+                Some(r) => {
+                    let detail = text
+                        .strip_prefix(&format!("{r}: "))
+                        .map_or(text.clone(), str::to_string);
+                    (r, detail)
+                }
+                // The transport's own codes are no protocol violation of ours: the server gave
+                // up on a client that read too slowly, or a bridge lost its relay. Both are a
+                // dropped connection, which is what `Timeout` means to a game (reconnect).
+                None if code == u64::from(quic::CLOSE_CODE_OVERFLOW) => (
+                    CloseReason::Timeout,
+                    format!("the server dropped this client, which read too slowly ({text})"),
+                ),
+                None if code == u64::from(quic::CLOSE_CODE_UPSTREAM) => (
+                    CloseReason::Timeout,
+                    format!("the bridge lost its relay ({text})"),
+                ),
                 None => (CloseReason::ProtocolViolation, text),
             }
         }
@@ -1088,6 +1158,36 @@ mod tests {
     fn a_client_can_be_shared_across_threads() {
         fn shareable<T: Send + Sync>() {}
         shareable::<Client>();
+    }
+
+    #[test]
+    fn transport_close_codes_are_no_protocol_violation_and_details_lose_the_reason_prefix() {
+        let closed = |code: u32, text: &str| {
+            close_of(&ConnectionError::ApplicationClosed(
+                quinn::ApplicationClose {
+                    error_code: quinn::VarInt::from_u32(code),
+                    reason: text.as_bytes().to_vec().into(),
+                },
+            ))
+        };
+        assert_eq!(
+            closed(quic::CLOSE_CODE_OVERFLOW, "send queue full").0,
+            CloseReason::Timeout
+        );
+        assert_eq!(
+            closed(quic::CLOSE_CODE_UPSTREAM, "relay unreachable").0,
+            CloseReason::Timeout
+        );
+        assert_eq!(closed(0x7777, "?").0, CloseReason::ProtocolViolation);
+        let text = quic::close_text(CloseReason::AuthFailed, "token expired");
+        assert_eq!(
+            closed(
+                quic::close_code(CloseReason::AuthFailed).into_inner() as u32,
+                &text
+            ),
+            (CloseReason::AuthFailed, "token expired".to_string()),
+            "the same detail as the Close frame carries"
+        );
     }
 
     #[test]

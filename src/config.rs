@@ -15,6 +15,10 @@
 //! persist = true
 //! spawn_at_last_position = true
 //! dirty_flush_interval_ms = 1000
+//! token_ttl_s = 604800               # 7 days
+//! # backend_key_path = "backend.pub" # trust a game backend's tokens
+//! # backend_key_alg = "EdDSA"        # HS256 (a secret file), EdDSA or ES256 (a PEM public key)
+//! # backend_key_id = "game-1"
 //!
 //! [limits]          # every limit and quota: see `crate::limits`
 //! chat_per_s = 2.0
@@ -83,7 +87,7 @@ pub struct RelayConfig {
     /// (`--no-http`). Default `127.0.0.1:4480` ([`DEFAULT_HTTP_PORT`]): loopback only, since the
     /// page is for operators.
     pub http_listen: Option<SocketAddr>,
-    /// Folder for the world's data and the token secret. Default `./data`. Created if absent.
+    /// Folder for the world's data and the token key. Default `./data`. Created if absent.
     pub data_dir: PathBuf,
     /// Folder of the generated development certificate. Default `./certs`. Created if absent.
     /// Ignored when `cert_path` and `key_path` are set.
@@ -126,7 +130,25 @@ pub struct RelayConfig {
     /// Limits and quotas (the `[limits]` table, `--limit NAME=VALUE`): validation, quotas, rate
     /// limits by kind, per-address limits, QUIC handshake defences. See [`crate::limits`].
     pub limits: crate::limits::LimitsSection,
+    // ---- identity and tokens (issue 15: tokens, moderation) ----
+    /// How long tokens the relay hands out stay valid, seconds (60 to
+    /// [`TOKEN_TTL_S_MAX`]). Default [`TOKEN_TTL_S_DEFAULT`] (7 days). A session is sent a fresh
+    /// one half-way through; a copied token works at most this long unless revoked.
+    pub token_ttl_s: u64,
+    /// A game backend's key to trust for players' tokens: a file holding an HS256 secret (at
+    /// least 32 bytes) or a PEM public key (EdDSA, ES256). Default none.
+    pub backend_key_path: Option<PathBuf>,
+    /// The algorithm of `backend_key_path`: `HS256`, `EdDSA` or `ES256`. Default `HS256`.
+    pub backend_key_alg: String,
+    /// The `kid` the backend's tokens carry; default none (its tokens carry no `kid`).
+    pub backend_key_id: Option<String>,
 }
+
+/// Default lifetime of the relay's tokens: 7 days, seconds (see `ServerConfig::token_ttl`).
+pub const TOKEN_TTL_S_DEFAULT: u64 = 7 * 24 * 3600;
+/// Longest token lifetime: 365 days, seconds. A longer-lived token is a password that never
+/// changes.
+pub const TOKEN_TTL_S_MAX: u64 = 365 * 24 * 3600;
 
 impl Default for RelayConfig {
     fn default() -> Self {
@@ -151,6 +173,10 @@ impl Default for RelayConfig {
             admin_code: None,
             browser_origins: Vec::new(),
             limits: crate::limits::LimitsSection::default(),
+            token_ttl_s: TOKEN_TTL_S_DEFAULT,
+            backend_key_path: None,
+            backend_key_alg: "HS256".into(),
+            backend_key_id: None,
         }
     }
 }
@@ -191,6 +217,25 @@ impl RelayConfig {
         Duration::from_millis(self.idle_timeout_ms)
     }
 
+    /// How long the relay's tokens stay valid.
+    pub fn token_ttl(&self) -> Duration {
+        Duration::from_secs(self.token_ttl_s)
+    }
+
+    /// The configured backend key, read from its file.
+    pub fn backend_key(&self) -> Result<Option<crate::auth::BackendKey>, crate::auth::AuthError> {
+        self.backend_key_path
+            .as_deref()
+            .map(|p| {
+                crate::auth::BackendKey::from_file(
+                    self.backend_key_id.clone(),
+                    &self.backend_key_alg,
+                    p,
+                )
+            })
+            .transpose()
+    }
+
     /// Checks ranges and consistency.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if !(TICK_HZ_MIN..=TICK_HZ_MAX).contains(&self.tick_hz) {
@@ -213,6 +258,16 @@ impl RelayConfig {
         if !(1_000..=3_600_000).contains(&self.idle_timeout_ms) {
             return Err(ConfigError::Invalid(
                 "idle_timeout_ms must be 1000 to 3600000".into(),
+            ));
+        }
+        if !(60..=TOKEN_TTL_S_MAX).contains(&self.token_ttl_s) {
+            return Err(ConfigError::Invalid(format!(
+                "token_ttl_s must be 60 to {TOKEN_TTL_S_MAX}"
+            )));
+        }
+        if !matches!(self.backend_key_alg.as_str(), "HS256" | "EdDSA" | "ES256") {
+            return Err(ConfigError::Invalid(
+                "backend_key_alg must be HS256, EdDSA or ES256".into(),
             ));
         }
         if !(1..=DIRTY_FLUSH_INTERVAL_MS_MAX).contains(&self.dirty_flush_interval_ms) {

@@ -141,7 +141,10 @@ fn a_token_brings_back_the_same_user() {
     let relay = TestRelay::start();
     let ada = relay.client("ada");
     let (user, token) = (ada.user(), ada.token());
-    assert!(token.as_deref().is_some_and(|t| t.starts_with("v1.")));
+    // A signed JWT: header.payload.signature.
+    assert!(token
+        .as_deref()
+        .is_some_and(|t| t.starts_with("ey") && t.split('.').count() == 3));
     ada.close();
     let again = Client::connect(
         relay.addr,
@@ -154,8 +157,19 @@ fn a_token_brings_back_the_same_user() {
     assert_eq!(again.user(), user);
     again.close();
 
-    // A forged token is refused with a reason.
-    let forged = token.unwrap().replace("v1.1.", "v1.2.");
+    // A forged token (its payload naming another user, the signature kept) is refused with a
+    // reason.
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let token = token.unwrap();
+    let parts: Vec<&str> = token.split('.').collect();
+    let payload = String::from_utf8(b64.decode(parts[1]).unwrap()).unwrap();
+    let other = payload.replace(
+        &format!("\"sub\":\"{}\"", user.unwrap().0),
+        "\"sub\":\"999\"",
+    );
+    assert_ne!(payload, other);
+    let forged = format!("{}.{}.{}", parts[0], b64.encode(other), parts[2]);
     let err = Client::connect(
         relay.addr,
         ClientOptions {
@@ -169,8 +183,8 @@ fn a_token_brings_back_the_same_user() {
             err,
             ConnectError::Refused {
                 reason: CloseReason::AuthFailed,
-                ..
-            }
+                ref detail,
+            } if detail == "token refused: bad signature"
         ),
         "{err}"
     );

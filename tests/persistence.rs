@@ -9,10 +9,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use neonet::auth::HmacTokens;
+use neonet::auth::JwtTokens;
 use neonet::client::{Client, ClientEvent, ClientOptions};
 use neonet::config::RelayConfig;
-use neonet::proto::server::Authenticator;
+use neonet::proto::server::{Authenticator, TokenGrant};
 use neonet::proto::types::{
     Blueprint, BlueprintId, BlueprintPatch, Bytes, EntityId, EntityKind, Rank, ReqId, Setting,
     Transform, User, UserId, Vec3,
@@ -131,13 +131,16 @@ fn seed(dir: &Path, more: impl FnOnce(&Store)) -> String {
                 muted: false,
                 banned: false,
                 last_position: None,
+                standing: Default::default(),
             }),
             None,
         )
         .unwrap();
     more(&store);
     store.shutdown().expect("seed store closes");
-    HmacTokens::load_or_create(&data).unwrap().issue(ADMIN)
+    JwtTokens::load_or_create(&data)
+        .unwrap()
+        .issue(&TokenGrant::user(ADMIN))
 }
 
 /// Waits for the answer to `req`: `Ok` if acknowledged, `Err(reason)` if refused.

@@ -108,3 +108,48 @@ fn a_second_relay_on_the_same_data_folder_says_why_without_a_backtrace() {
         "ANSI escapes in piped logs:\n{stderr}"
     );
 }
+
+/// `neonet-relay token` mints a token signed with the key in the data folder (made if absent),
+/// carrying what its flags say; a bad rank or ttl is refused with a message.
+#[test]
+fn the_token_subcommand_mints_a_token_the_relay_key_verifies() {
+    use neonet::proto::server::{Authenticator, TokenIssuer};
+    use neonet::proto::types::{Rank, UserId};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let out = Command::new(env!("CARGO_BIN_EXE_neonet-relay"))
+        .args([
+            "token", "--user", "5", "--name", "ann", "--rank", "admin", "--ttl", "2h",
+        ])
+        .arg("--data-dir")
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap();
+    let claims = neonet::auth::JwtTokens::load_or_create(&data)
+        .unwrap()
+        .verify(token.trim())
+        .unwrap();
+    assert_eq!(claims.user, UserId(5));
+    assert_eq!(claims.name.as_deref(), Some("ann"));
+    assert_eq!(claims.rank, Some(Rank::Admin));
+    assert_eq!(claims.issuer, TokenIssuer::Relay);
+    assert_eq!(claims.expires_at_s.unwrap() - claims.issued_at_s, 2 * 3600);
+    for bad in [["--rank", "king"], ["--ttl", "2y"]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_neonet-relay"))
+            .args(["token", "--user", "5", "--name", "ann"])
+            .args(bad)
+            .arg("--data-dir")
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(bad[1]), "{err}");
+    }
+}

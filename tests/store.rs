@@ -52,6 +52,7 @@ fn user(id: u64, last_position: Option<Vec3>) -> User {
         muted: id % 2 == 0,
         banned: false,
         last_position,
+        standing: Default::default(),
     }
 }
 
@@ -1101,4 +1102,87 @@ fn core_effects_in_core_world_out() {
         (world.next_entity_id, world.next_user_id, world.next_chat_id),
         (5, 3, 8)
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Migration from schema version 2 (users without `standing`).
+
+/// A user as schema version 2 stored it (no `standing`).
+#[derive(serde::Serialize)]
+struct UserV2 {
+    id: UserId,
+    name: String,
+    rank: Rank,
+    muted: bool,
+    banned: bool,
+    last_position: Option<[f32; 3]>,
+}
+
+#[test]
+fn migrates_a_version_2_database_giving_every_user_a_clean_standing() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = redb::Database::create(dir.path().join(DB_FILE_NAME)).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut meta = txn.open_table(META).unwrap();
+            meta.insert("schema_version", 2u32.to_le_bytes().as_slice())
+                .unwrap();
+            let put = |meta: &mut redb::Table<&str, &[u8]>, k: &str, v: Vec<u8>| {
+                meta.insert(k, v.as_slice()).unwrap();
+            };
+            put(
+                &mut meta,
+                "settings",
+                postcard::to_allocvec(&Settings::default()).unwrap(),
+            );
+            put(
+                &mut meta,
+                "spawn",
+                postcard::to_allocvec(&Spawn::default()).unwrap(),
+            );
+            let ids = NextIds {
+                entity: 1,
+                user: 10,
+                chat: 1,
+            };
+            put(&mut meta, "next_ids", postcard::to_allocvec(&ids).unwrap());
+        }
+        {
+            let mut users = txn
+                .open_table(redb::TableDefinition::<u64, &[u8]>::new("users"))
+                .unwrap();
+            let u = UserV2 {
+                id: UserId(9),
+                name: "old".into(),
+                rank: Rank::Admin,
+                muted: false,
+                banned: true,
+                last_position: Some([1.0, 2.0, 3.0]),
+            };
+            users
+                .insert(9, postcard::to_allocvec(&u).unwrap().as_slice())
+                .unwrap();
+        }
+        txn.open_table(redb::TableDefinition::<&str, (u32, &[u8])>::new(
+            "blueprints",
+        ))
+        .unwrap();
+        txn.open_table(redb::TableDefinition::<u32, &[u8]>::new("entities"))
+            .unwrap();
+        txn.open_table(redb::TableDefinition::<u64, &[u8]>::new("chat"))
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let (store, world) = open(dir.path());
+    assert_eq!(world.migrated_from, Some(2));
+    let u = &world.users[0];
+    assert_eq!((u.id, u.rank, u.banned), (UserId(9), Rank::Admin, true));
+    assert_eq!(u.last_position, Some(Vec3::new(1.0, 2.0, 3.0)));
+    assert_eq!(
+        u.standing,
+        Default::default(),
+        "no end: a ban from before holds for good"
+    );
+    store.shutdown().unwrap();
 }

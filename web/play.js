@@ -183,6 +183,8 @@ $('chat-form').addEventListener('submit', (ev) => {
   if (!text) return;
   input.value = '';
   const sent = text.startsWith('/') ? client.sendCommand(text.slice(1).split(/\s+/)) : client.sendChat(text);
+  // A command's text answer (/help's list) is shown; a refusal's Error carries it in its message.
+  sent.then((r) => r.text && appendChat(chatLine({ from_name: 'relay', body: r.text }, 'system')), () => {});
   sent.catch((e) => appendChat(chatLine({ from_name: 'not sent', body: `${e.message}` }, 'system')));
   canvas.focus();
 });

@@ -12,7 +12,10 @@ pub const HELP: &str = "\
 *   /admin CODE        become an admin with the relay's admin code (neonet-relay --admin-code)
 *   /chat clear        clear the chat (builders and admins)
 *   /spawn set|clear   put the world's spawn where you stand, or back at the origin (builders and admins)
-*   /help              this list
+*   /kick NAME [reason], /mute NAME [10m|2h|7d], /unmute NAME   (builders, on lower ranks)
+*   /ban NAME [1d] [reason], /unban NAME, /rank NAME RANK, /revoke NAME   (admins)
+*   /help              this list (the relay's own list for your rank: /help relay)
+
 *   /quit              leave
 * any other line is sent as chat";
 
@@ -46,6 +49,7 @@ pub fn parse(line: &str) -> Input {
     let mut words = cmd.split_whitespace();
     match words.next() {
         Some("quit") => Input::Quit,
+        Some("help") if words.next() == Some("relay") => Input::Command(vec!["help".into()]),
         Some("help") | None => Input::Help,
         Some("admin") if words.next().is_none() => Input::Usage("/admin CODE"),
         // A name may hold spaces: everything after `/name` is the new name.

@@ -118,7 +118,7 @@ pub fn join(
             // Forget it either way, like the browser client: a banned user stays out of this
             // run, and a token the relay does not know would fail every run.
             let _ = tokens.set(&name, None);
-            if detail == "banned" {
+            if detail.starts_with("banned") {
                 return Err(ConnectError::Refused {
                     reason: CloseReason::AuthFailed,
                     detail,

@@ -185,6 +185,16 @@ pub enum ClientEvent {
         /// Detail.
         detail: String,
     },
+    /// The server answered a command with text (`/help`, why a moderation command was refused).
+    CommandReply {
+        /// The command.
+        req: ReqId,
+        /// The text; lines separated by `\n`.
+        text: String,
+    },
+    /// The server replaced the auth token before the old one expires: keep this one (it is
+    /// also what [`ClientCore::token`] returns from now on).
+    TokenRefreshed(String),
 }
 
 /// Something to send.
@@ -1010,6 +1020,68 @@ impl ClientCore {
         req
     }
 
+    // ---- moderation: typed forms of the moderation commands (see the server's
+    // `moderation.rs` for who may use which). A user is named by display name or `#ID`. Each
+    // answers `Acked` or `Refused`, a refusal after a `CommandReply` saying why. ----
+
+    /// `/kick NAME [reason]`: disconnects a player; the reason is shown to them.
+    pub fn kick(&mut self, name: &str, reason: Option<&str>) -> ReqId {
+        self.moderate("kick", name, [reason])
+    }
+
+    /// `/mute NAME [duration]`: silences a user, for `duration` (`"10m"`, `"2h"`, `"7d"`) or
+    /// until unmuted.
+    pub fn mute(&mut self, name: &str, duration: Option<&str>) -> ReqId {
+        self.moderate("mute", name, [duration])
+    }
+
+    /// `/unmute NAME`.
+    pub fn unmute(&mut self, name: &str) -> ReqId {
+        self.moderate("unmute", name, [])
+    }
+
+    /// `/ban NAME [duration] [reason]`: keeps a user out, for `duration` or for good; the
+    /// reason is shown to them at every refused join.
+    pub fn ban(&mut self, name: &str, duration: Option<&str>, reason: Option<&str>) -> ReqId {
+        self.moderate("ban", name, [duration, reason])
+    }
+
+    /// `/unban NAME`.
+    pub fn unban(&mut self, name: &str) -> ReqId {
+        self.moderate("unban", name, [])
+    }
+
+    /// `/rank NAME RANK`: sets a user's rank (admin).
+    pub fn set_rank(&mut self, name: &str, rank: Rank) -> ReqId {
+        let rank = match rank {
+            Rank::Visitor => "visitor",
+            Rank::Builder => "builder",
+            Rank::Admin => "admin",
+        };
+        self.moderate("rank", name, [Some(rank)])
+    }
+
+    /// `/revoke NAME`: invalidates every token of a user and disconnects them (admin).
+    pub fn revoke_tokens(&mut self, name: &str) -> ReqId {
+        self.moderate("revoke", name, [])
+    }
+
+    /// `/help`: the server answers with a `CommandReply` listing what this user's rank may do.
+    pub fn help(&mut self) -> ReqId {
+        self.send_command(vec!["help".into()])
+    }
+
+    fn moderate<const N: usize>(
+        &mut self,
+        cmd: &str,
+        name: &str,
+        rest: [Option<&str>; N],
+    ) -> ReqId {
+        let mut args = vec![cmd.to_string(), name.to_string()];
+        args.extend(rest.into_iter().flatten().map(str::to_string));
+        self.send_command(args)
+    }
+
     /// Sends any message (for tools and tests that need one not covered above).
     pub fn send_raw(&mut self, msg: &ClientMsg) {
         self.send(msg);
@@ -1281,6 +1353,13 @@ impl ClientCore {
                 if self.world.blueprints.remove(&id).is_some() {
                     self.events.push_back(ClientEvent::BlueprintRemoved(id));
                 }
+            }
+            ServerMsg::CommandReply { req, text } => self
+                .events
+                .push_back(ClientEvent::CommandReply { req, text }),
+            ServerMsg::AuthToken { token } => {
+                self.token = Some(token.clone());
+                self.events.push_back(ClientEvent::TokenRefreshed(token));
             }
         }
         Ok(())

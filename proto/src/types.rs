@@ -425,6 +425,39 @@ pub struct User {
     pub banned: bool,
     /// Where the user's player was when they last left, if known.
     pub last_position: Option<Vec3>,
+    /// Moderation and token state: how long a ban or mute lasts and why, and the token
+    /// generation revocation bumps.
+    pub standing: Standing,
+}
+
+/// A user's moderation and token state (part of [`User`], persisted with it). Times are Unix
+/// milliseconds, on the server's clock.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Standing {
+    /// While [`User::banned`]: when the ban ends; `None` is for good.
+    pub banned_until_ms: Option<u64>,
+    /// While [`User::banned`]: the reason the moderator gave, shown to the user at every refused
+    /// join.
+    pub ban_reason: Option<String>,
+    /// While [`User::muted`]: when the mute ends; `None` is until unmuted.
+    pub muted_until_ms: Option<u64>,
+    /// Bumped by every revocation: a token carrying an older generation is refused.
+    pub token_generation: u32,
+    /// Unix seconds of the last revocation: a token without a generation (a backend's) issued
+    /// before it is refused.
+    pub tokens_revoked_at_s: u64,
+}
+
+impl User {
+    /// Whether the user is banned at Unix time `now_ms` (a ban past its end is not).
+    pub fn is_banned(&self, now_ms: u64) -> bool {
+        self.banned && self.standing.banned_until_ms.is_none_or(|t| now_ms < t)
+    }
+
+    /// Whether the user is muted at Unix time `now_ms` (a mute past its end is not).
+    pub fn is_muted(&self, now_ms: u64) -> bool {
+        self.muted && self.standing.muted_until_ms.is_none_or(|t| now_ms < t)
+    }
 }
 
 #[cfg(test)]

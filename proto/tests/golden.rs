@@ -235,6 +235,8 @@ fn server_tag(m: &ServerMsg) -> u32 {
         Muted { .. } => 18,
         Close { .. } => 19,
         BlueprintRemoved(_) => 20,
+        CommandReply { .. } => 21,
+        AuthToken { .. } => 22,
     }
 }
 
@@ -501,6 +503,17 @@ pub fn server_cases() -> Vec<(ServerMsg, &'static str)> {
             ServerMsg::BlueprintRemoved(BlueprintId("tree".into())),
             "06000000 140474726565",
         ),
+        (
+            ServerMsg::CommandReply {
+                req: ReqId(7),
+                text: "hi".into(),
+            },
+            "05000000 1507026869",
+        ),
+        (
+            ServerMsg::AuthToken { token: "t".into() },
+            "03000000 160174",
+        ),
     ]
 }
 
@@ -694,6 +707,8 @@ fn channels_of_every_message() {
             Control, // Muted
             Control, // Close
             World,   // BlueprintRemoved
+            Control, // CommandReply
+            Control, // AuthToken
         ]
     );
 }

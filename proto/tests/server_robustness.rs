@@ -43,7 +43,11 @@ fn random_msg(rng: &mut Rng, entities: &[EntityId]) -> ClientMsg {
             req,
             args: (0..rng.below(3))
                 .map(|_| {
-                    ["chat", "clear", "spawn", "set", "name", "zz"][rng.below(6) as usize].into()
+                    [
+                        "chat", "clear", "spawn", "set", "name", "zz", "kick", "mute", "ban",
+                        "unban", "rank", "revoke", "help", "admin", "#1", "1h", "builder",
+                    ][rng.below(17) as usize]
+                        .into()
                 })
                 .collect(),
         },

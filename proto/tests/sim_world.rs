@@ -37,6 +37,7 @@ fn seeded_world() -> World {
                 muted: false,
                 banned: false,
                 last_position: None,
+                standing: Default::default(),
             },
         );
     }

@@ -82,6 +82,29 @@ struct Args {
     /// `--limit chat_per_s=5 --limit world_bytes_max=8388608` (README "Limits and quotas").
     #[arg(long = "limit", value_name = "NAME=VALUE")]
     limits: Vec<String>,
+    // ---- identity and tokens (issue 15: tokens, moderation) ----
+    /// How long the relay's tokens stay valid, e.g. `7d`, `12h` [default: 7d].
+    #[arg(long, value_name = "DURATION", value_parser = parse_ttl)]
+    token_ttl: Option<Duration>,
+    /// Trust players' tokens signed by a game backend: a file with an HS256 secret or a PEM
+    /// public key (see --backend-key-alg).
+    #[arg(long, value_name = "FILE")]
+    backend_key: Option<PathBuf>,
+    /// Algorithm of --backend-key: HS256, EdDSA or ES256 [default: HS256].
+    #[arg(long, value_name = "ALG", requires = "backend_key")]
+    backend_key_alg: Option<String>,
+    /// The `kid` the backend's tokens carry [default: none].
+    #[arg(long, value_name = "KID", requires = "backend_key")]
+    backend_key_id: Option<String>,
+}
+
+/// `7d`, `12h`, `30m`, `90s`, `1w` (at most 365 days).
+fn parse_ttl(s: &str) -> Result<Duration, String> {
+    neonet::proto::server::moderation::parse_duration(
+        s,
+        Duration::from_secs(neonet::config::TOKEN_TTL_S_MAX),
+    )
+    .ok_or_else(|| format!("{s:?}: a whole number and s, m, h, d or w, at most 365d"))
 }
 
 /// The certificate a relay or a bridge presents (the same flags for both).
@@ -104,6 +127,29 @@ enum Command {
     /// Serve browsers (WebTransport, WebSocket, the page) in front of a remote relay, each
     /// session forwarded to it over native QUIC.
     Bridge(BridgeArgs),
+    /// Mint a token signed with this relay's key (created in the data folder if absent) and
+    /// print it: `--rank admin` makes the first admin.
+    Token(TokenArgs),
+}
+
+/// `neonet-relay token`.
+#[derive(Debug, clap::Args)]
+struct TokenArgs {
+    /// The user id the token names (decimal); the user is created at first join if new.
+    #[arg(long, value_name = "ID")]
+    user: u64,
+    /// The display name it vouches for.
+    #[arg(long, value_name = "NAME")]
+    name: String,
+    /// A rank it grants: visitor, builder or admin [default: none, the user's own].
+    #[arg(long, value_name = "RANK")]
+    rank: Option<String>,
+    /// How long it is valid, e.g. 7d, 12h [default: 7d].
+    #[arg(long, value_name = "DURATION", value_parser = parse_ttl)]
+    ttl: Option<Duration>,
+    /// Data folder holding the relay's key [default: ./data].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
 }
 
 /// `neonet-relay bridge`.
@@ -157,8 +203,10 @@ fn main() -> ExitCode {
 
 fn start() -> anyhow::Result<()> {
     let mut args = Args::parse();
-    if let Some(Command::Bridge(bridge)) = args.command.take() {
-        return run_bridge(bridge);
+    match args.command.take() {
+        Some(Command::Bridge(bridge)) => return run_bridge(bridge),
+        Some(Command::Token(token)) => return mint_token(token),
+        None => {}
     }
     let mut config = match &args.config {
         Some(path) => RelayConfig::from_toml_file(path)?,
@@ -201,6 +249,18 @@ fn start() -> anyhow::Result<()> {
             .split_once('=')
             .with_context(|| format!("--limit {l}: expected NAME=VALUE"))?;
         config.limits.set(name.trim(), value)?;
+    }
+    if let Some(v) = args.token_ttl {
+        config.token_ttl_s = v.as_secs();
+    }
+    if let Some(v) = args.backend_key {
+        config.backend_key_path = Some(v);
+    }
+    if let Some(v) = args.backend_key_alg {
+        config.backend_key_alg = v;
+    }
+    if let Some(v) = args.backend_key_id {
+        config.backend_key_id = Some(v);
     }
     let filter = match (&args.log_level, std::env::var("RUST_LOG")) {
         (Some(flag), _) => flag.clone(),
@@ -280,6 +340,43 @@ async fn run(config: RelayConfig) -> anyhow::Result<()> {
         let _ = stop.send(());
         task.await.context("the HTTP task")??;
     }
+    Ok(())
+}
+
+/// `neonet-relay token`: prints a token signed with the relay's key.
+fn mint_token(args: TokenArgs) -> anyhow::Result<()> {
+    use neonet::proto::server::{Authenticator, TokenGrant};
+    let rank = match args.rank.as_deref() {
+        None => None,
+        Some(r) => Some(
+            neonet::auth::parse_rank(r)
+                .with_context(|| format!("--rank {r:?}: visitor, builder or admin"))?,
+        ),
+    };
+    let data_dir = args
+        .data_dir
+        .unwrap_or_else(|| PathBuf::from(neonet::config::DEFAULT_DATA_DIR));
+    let tokens = neonet::auth::JwtTokens::load_or_create(&data_dir)
+        .with_context(|| format!("the relay key in {}", data_dir.display()))?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .context("the system clock is before 1970")?
+        .as_secs();
+    let ttl = args
+        .ttl
+        .unwrap_or(Duration::from_secs(neonet::config::TOKEN_TTL_S_DEFAULT));
+    println!(
+        "{}",
+        tokens.issue(&TokenGrant {
+            user: neonet::proto::types::UserId(args.user),
+            name: Some(args.name),
+            rank,
+            issued_at_s: now,
+            expires_at_s: now + ttl.as_secs(),
+            // Revoked by its issue time (the minting tool does not know the user's generation).
+            generation: None,
+        })
+    );
     Ok(())
 }
 

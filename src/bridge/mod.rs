@@ -79,9 +79,7 @@ pub const HTTP_LISTEN_DEFAULT: &str = "127.0.0.1:4490";
 /// relay's own default connection limit, since every bridged session is one of its connections.
 pub const CONNECTIONS_MAX_DEFAULT: usize = crate::config::CONNECTIONS_MAX_DEFAULT;
 
-/// Application close code of a browser session whose relay could not be reached or vanished
-/// without closing it (a WebSocket sees `4000 +` this).
-pub const CLOSE_CODE_UPSTREAM: u32 = 0x101;
+pub use crate::quic::CLOSE_CODE_UPSTREAM;
 
 /// Application close code of a native QUIC client that reached the bridge: it only serves
 /// browsers (WebTransport).

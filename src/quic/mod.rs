@@ -61,6 +61,9 @@ pub const UNI_STREAMS_MAX: u32 = Channel::ALL.len() as u32;
 pub const CLOSE_TEXT_BYTES_MAX: usize = 512;
 /// Application close code when the local side gave up on a peer that reads too slowly.
 pub const CLOSE_CODE_OVERFLOW: u32 = 0x100;
+/// Application close code of a browser session whose relay could not be reached or vanished
+/// without closing it (the bridge's; a WebSocket sees `4000 +` this).
+pub const CLOSE_CODE_UPSTREAM: u32 = 0x101;
 /// Application close code of a client that closes without a protocol reason (dropped).
 pub const CLOSE_CODE_LOCAL: u32 = 0;
 

@@ -278,7 +278,8 @@ impl CoreTask {
                 transport,
                 link,
             } => {
-                let addr = link.remote_addr();
+                // The source address: per-address limits live in the core.
+                let addr = link.remote_addr().map(|a| a.ip());
                 self.links.insert(
                     conn,
                     LinkEntry {
@@ -287,11 +288,7 @@ impl CoreTask {
                         bytes_out: 0,
                     },
                 );
-                self.core.handle_connect(conn, transport, now);
-                if let Some(addr) = addr {
-                    // Per-address limits in the core (tokenless joins).
-                    self.core.handle_peer_address(conn, addr.ip());
-                }
+                self.core.handle_connect_from(conn, transport, addr, now);
             }
             Inbound::Frame {
                 conn,

@@ -23,7 +23,7 @@ pub trait Link: Send + Sync + 'static {
     fn transmit(&self, transmit: Transmit);
     /// The largest datagram the connection's path carries now, `None` if it has no datagrams.
     fn max_datagram_size(&self) -> Option<usize>;
-    /// The peer's address, for the status page.
+    /// The peer's address, for the status page and the core's per-address limits.
     fn remote_addr(&self) -> Option<SocketAddr> {
         None
     }

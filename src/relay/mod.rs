@@ -109,7 +109,7 @@ use accept::accept_loop;
 use core_task::CoreTask;
 use persist::{commit_forwarder, log_loaded, seed_store, Persist};
 
-use crate::auth::{AuthError, HmacTokens};
+use crate::auth::{AuthError, JwtTokens};
 use crate::config::{ConfigError, RelayConfig};
 use crate::metrics::{EntityBytesBatch, Metrics};
 use crate::quic::{self, TransportError};
@@ -188,7 +188,8 @@ pub struct RelayHooks {
     /// Hold acknowledgements until [`Inbound::Store`] says the change is stored. Implied by
     /// [`RelayConfig::persist`].
     pub durable_acks: bool,
-    /// Token checking; `None` uses [`HmacTokens`] with the secret in the data folder.
+    /// Token checking; `None` uses [`JwtTokens`] with the key in the data folder (and the
+    /// configured backend key).
     pub authenticator: Option<Box<dyn Authenticator>>,
     /// Sees every core event after it is logged (tests, tools); `None` for none.
     pub events: Option<EventSink>,
@@ -303,7 +304,10 @@ impl Relay {
         let identity = &browser_tls.identity;
         let auth: Box<dyn Authenticator> = match hooks.authenticator {
             Some(a) => a,
-            None => Box::new(HmacTokens::load_or_create(&config.data_dir)?),
+            None => {
+                let backend = config.backend_key()?;
+                Box::new(JwtTokens::load_or_create(&config.data_dir)?.with_backend(backend))
+            }
         };
         let (endpoint, buffers) = quic::relay_endpoint(
             config.listen,
@@ -341,6 +345,7 @@ impl Relay {
                 idle_timeout: config.idle_timeout(),
                 admin_code: config.admin_code.clone(),
                 limits: config.limits.core(),
+                token_ttl: config.token_ttl(),
                 ..ServerConfig::default()
             },
             world,

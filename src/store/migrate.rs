@@ -23,7 +23,7 @@ type Step = fn(&Path, &WriteTransaction) -> Result<(), StoreError>;
 
 /// The chain: entry `i` migrates version `i + 1` to `i + 2`. Its length is
 /// `SCHEMA_VERSION - 1` (checked by a test).
-pub(crate) const MIGRATIONS: &[Step] = &[v1_to_v2];
+pub(crate) const MIGRATIONS: &[Step] = &[v1_to_v2, v2_to_v3];
 
 /// Runs every step from `from` up to [`SCHEMA_VERSION`] and records the new version.
 pub(crate) fn migrate(path: &Path, txn: &WriteTransaction, from: u32) -> Result<(), StoreError> {
@@ -95,7 +95,7 @@ fn v1_to_v2(path: &Path, txn: &WriteTransaction) -> Result<(), StoreError> {
         }
         for (key, u) in old {
             ids.user = ids.user.max(u.id.0.saturating_add(1));
-            let user = User {
+            let user = v2::User {
                 id: u.id,
                 name: u.name,
                 rank: u.rank,
@@ -162,6 +162,55 @@ fn v1_to_v2(path: &Path, txn: &WriteTransaction) -> Result<(), StoreError> {
         let mut meta = txn.open_table(META).at(path)?;
         meta.remove(v1::KEY_CHAT).at(path)?;
         meta.insert(KEY_NEXT_IDS, enc("meta", &ids)?.as_slice())
+            .at(path)?;
+    }
+    Ok(())
+}
+
+/// Version 2 frozen types.
+pub(crate) mod v2 {
+    use super::*;
+
+    /// A version 2 user: no `standing`.
+    #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+    pub struct User {
+        /// Stable id.
+        pub id: UserId,
+        /// Display name.
+        pub name: String,
+        /// Stored rank.
+        pub rank: Rank,
+        /// Muted.
+        pub muted: bool,
+        /// Banned.
+        pub banned: bool,
+        /// Last position (postcard encodes it as three f32s).
+        pub last_position: Option<[f32; 3]>,
+    }
+}
+
+/// Version 2 → 3: users gain `standing` (ban and mute ends and reason, token generation):
+/// every user starts with none, generation 0, which every earlier token carries.
+fn v2_to_v3(path: &Path, txn: &WriteTransaction) -> Result<(), StoreError> {
+    let mut users = txn.open_table(USERS).at(path)?;
+    let mut old = Vec::new();
+    for row in users.iter().at(path)? {
+        let (k, v) = row.at(path)?;
+        let u: v2::User = dec(path, "users", k.value(), v.value())?;
+        old.push((k.value(), u));
+    }
+    for (key, u) in old {
+        let user = User {
+            id: u.id,
+            name: u.name,
+            rank: u.rank,
+            muted: u.muted,
+            banned: u.banned,
+            last_position: u.last_position.map(Into::into),
+            standing: Default::default(),
+        };
+        users
+            .insert(key, enc("users", &user)?.as_slice())
             .at(path)?;
     }
     Ok(())

@@ -1,7 +1,7 @@
 //! The current on-disk layout (schema version [`SCHEMA_VERSION`]): table definitions, record
 //! encoding, creating a fresh database, loading the world and applying changes.
 //!
-//! ## Layout, version 2
+//! ## Layout, version 3
 //! | table | key | value |
 //! |---|---|---|
 //! | `meta` | `&str` | bytes: `schema_version` (u32 little-endian), `settings` ([`Settings`]), `spawn` ([`Spawn`]), `next_ids` ([`NextIds`]) |
@@ -34,7 +34,9 @@ use super::{Change, LoadedWorld, NextIds, StoreError, CHAT_HISTORY_MAX};
 ///   its own table, one row per message keyed by id (an append no longer rewrites the history);
 ///   blueprints store their version beside the data; `meta.next_ids` keeps id counters so ids
 ///   are never reused.
-pub const SCHEMA_VERSION: u32 = 2;
+/// - **3**: users gain `standing` (how long a ban or mute lasts and why, the token generation
+///   revocation bumps).
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// Single values: schema version, settings, spawn point, id counters.
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");

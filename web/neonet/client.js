@@ -1297,6 +1297,50 @@ export class NeonetClient {
     return this.request({ type: 'Command', args: args.map(String) });
   }
 
+  // ----- moderation: typed forms of the moderation commands. A user is named by display
+  // name or '#ID'. Each settles on Ack or Refused; a refusal's Error carries `text`, the
+  // server's explanation, and /help resolves with `text`, the list of what your rank may do.
+
+  /** `/kick NAME [reason]` (builder; a lower rank's player). @returns {Promise<{req: number}>} */
+  kick(name, reason) {
+    return this.sendCommand(['kick', name, ...(reason ? [reason] : [])]);
+  }
+
+  /** `/mute NAME [duration]` ('10m', '2h', '7d'; none: until unmuted). @returns {Promise<{req: number}>} */
+  mute(name, duration) {
+    return this.sendCommand(['mute', name, ...(duration ? [duration] : [])]);
+  }
+
+  /** `/unmute NAME`. @returns {Promise<{req: number}>} */
+  unmute(name) {
+    return this.sendCommand(['unmute', name]);
+  }
+
+  /** `/ban NAME [duration] [reason]` (admin; none: for good). @returns {Promise<{req: number}>} */
+  ban(name, duration, reason) {
+    return this.sendCommand(['ban', name, ...(duration ? [duration] : []), ...(reason ? [reason] : [])]);
+  }
+
+  /** `/unban NAME` (admin). @returns {Promise<{req: number}>} */
+  unban(name) {
+    return this.sendCommand(['unban', name]);
+  }
+
+  /** `/rank NAME visitor|builder|admin` (admin). @returns {Promise<{req: number}>} */
+  setRank(name, rank) {
+    return this.sendCommand(['rank', name, String(rank).toLowerCase()]);
+  }
+
+  /** `/revoke NAME`: invalidates every token of the user and disconnects them (admin). */
+  revokeTokens(name) {
+    return this.sendCommand(['revoke', name]);
+  }
+
+  /** `/help`: resolves with `text`, what your rank may do. @returns {Promise<{req: number, text: string}>} */
+  help() {
+    return this.sendCommand(['help']);
+  }
+
   /** Adds a blueprint (builder). @returns {Promise<{req: number}>} */
   addBlueprint(blueprint) {
     return this.request({ type: 'BlueprintAdd', blueprint });
@@ -1400,7 +1444,7 @@ export class NeonetClient {
       case 'Ack': {
         const p = this.pending.get(msg.req);
         this.pending.delete(msg.req);
-        p?.resolve({ req: msg.req });
+        p?.resolve(p.text !== undefined ? { req: msg.req, text: p.text } : { req: msg.req });
         return this.emit('ack', { req: msg.req });
       }
       case 'Refused': {
@@ -1408,12 +1452,24 @@ export class NeonetClient {
         const p = this.pending.get(msg.req);
         this.pending.delete(msg.req);
         if (p) {
-          const err = new Error(`refused: ${reason}`);
+          const err = new Error(p.text !== undefined ? `refused: ${reason}: ${p.text}` : `refused: ${reason}`);
           err.reason = reason;
+          if (p.text !== undefined) err.text = p.text;
           p.reject(err);
         }
         return this.emit('refused', { req: msg.req, reason });
       }
+      case 'CommandReply': {
+        // Text for a command (its Ack or Refused follows): kept for the command's promise.
+        const p = this.pending.get(msg.req);
+        if (p) p.text = p.text === undefined ? msg.text : `${p.text}\n${msg.text}`;
+        return this.emit('commandReply', { req: msg.req, text: msg.text });
+      }
+      case 'AuthToken':
+        // A fresh token before the snapshot's expires: the next join presents it.
+        if (this.explicitToken) this.explicitToken = msg.token;
+        else writeToken(this.name, msg.token);
+        return this.emit('token', { token: msg.token });
       default:
         break;
     }

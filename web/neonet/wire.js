@@ -268,6 +268,8 @@ const SERVER_MSGS = [
   ['Muted', Control, [['player', EntityId], ['muted', T.bool]]],
   ['Close', Control, [['reason', CloseReason], ['detail', T.string]]],
   ['BlueprintRemoved', World, [['id', BlueprintId]]],
+  ['CommandReply', Control, [['req', ReqId], ['text', T.string]]],
+  ['AuthToken', Control, [['token', T.string]]],
 ];
 
 /** Number of `ClientMsg` variants in version 1: tags at or above it are unknown. */

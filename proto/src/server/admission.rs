@@ -58,8 +58,11 @@ impl ServerCore {
                 ),
             );
         }
-        let name = name.trim().to_string();
-        if name.is_empty() || name.len() > NAME_BYTES_MAX || name.chars().any(char::is_control) {
+        let name_ok = |n: &str| {
+            !n.is_empty() && n.len() <= NAME_BYTES_MAX && !n.chars().any(char::is_control)
+        };
+        let mut name = name.trim().to_string();
+        if !name_ok(&name) {
             return self.close_conn(
                 conn,
                 CloseReason::ProtocolViolation,
@@ -71,19 +74,31 @@ impl ServerCore {
         }
         // Player limit: sessions that would be replaced do not count.
         let limit = self.world.settings.player_limit as usize;
-        let user = match &token {
-            Some(t) => match self.auth.verify(t) {
-                Some(u) if self.world.users.contains_key(&u) => Some(u),
-                _ => {
-                    return self.close_conn(
-                        conn,
-                        CloseReason::AuthFailed,
-                        "token not valid for this world".into(),
-                    )
-                }
+        // The signature is the authenticator's to check; time, revocation and the rest the
+        // core's (`moderation.rs`). Each refusal has its own detail.
+        let admitted = match &token {
+            Some(t) => match self.auth.verify(t).and_then(|c| self.admit_token(c)) {
+                Ok(a) => Some(a),
+                Err(e) => return self.close_conn(conn, CloseReason::AuthFailed, e.to_string()),
             },
             None => None,
         };
+        if let Some(n) = admitted.as_ref().and_then(|a| a.name.as_deref()) {
+            if name_ok(n.trim()) {
+                name = n.trim().to_string();
+            }
+        }
+        if admitted
+            .as_ref()
+            .is_some_and(|a| a.create && self.world.users.len() >= USERS_MAX)
+        {
+            return self.close_conn(
+                conn,
+                CloseReason::PlayerLimit,
+                format!("this world knows {USERS_MAX} users"),
+            );
+        }
+        let user = admitted.as_ref().map(|a| a.user);
         let replacing = user.and_then(|u| self.by_user.get(&u).copied());
         if limit > 0 && self.sessions.len() - usize::from(replacing.is_some()) >= limit {
             return self.close_conn(
@@ -92,10 +107,49 @@ impl ServerCore {
                 format!("the world is full ({limit} players)"),
             );
         }
-        let user = match user {
-            Some(u) => {
-                if self.world.users[&u].banned {
-                    return self.close_conn(conn, CloseReason::AuthFailed, "banned".into());
+        let user = match admitted {
+            Some(a) => {
+                let u = a.user;
+                if a.create {
+                    // A user vouched for by a signed token: created with its id.
+                    self.world.next_user_id = self.world.next_user_id.max(u.0.saturating_add(1));
+                    self.reserve_ids();
+                    let rec = User {
+                        id: u,
+                        name: name.clone(),
+                        rank: Rank::Visitor,
+                        muted: false,
+                        banned: false,
+                        last_position: None,
+                        standing: Standing::default(),
+                    };
+                    self.world.users.insert(u, rec.clone());
+                    self.persist(Change::PutUser(rec));
+                }
+                let now_ms = self.unix_ms();
+                let rec = &self.world.users[&u];
+                if rec.is_banned(now_ms) {
+                    let mut detail = match rec.standing.banned_until_ms {
+                        Some(t) => format!(
+                            "banned for another {}",
+                            super::moderation::format_duration(std::time::Duration::from_millis(
+                                t - now_ms
+                            ))
+                        ),
+                        None => "banned".to_string(),
+                    };
+                    if let Some(r) = &rec.standing.ban_reason {
+                        detail = format!("{detail}: {r}");
+                    }
+                    return self.close_conn(conn, CloseReason::AuthFailed, detail);
+                }
+                if let Some(rank) = a.rank {
+                    // The signer's rank claim is the user's rank from this join on.
+                    if let Some(rec) = self.world.users.get_mut(&u).filter(|r| r.rank != rank) {
+                        rec.rank = rank;
+                        let rec = rec.clone();
+                        self.persist(Change::PutUser(rec));
+                    }
                 }
                 u
             }
@@ -118,6 +172,7 @@ impl ServerCore {
                     muted: false,
                     banned: false,
                     last_position: None,
+                    standing: Standing::default(),
                 };
                 self.world.users.insert(u, rec.clone());
                 self.persist(Change::PutUser(rec));
@@ -209,6 +264,7 @@ impl ServerCore {
                 validator,
                 up_seq: None,
                 rate: MessageRate::new(self.config.message_burst, self.now),
+                token_refresh_at: self.token_refresh_due(),
                 own_sent: Default::default(),
                 rates: super::rate::SessionRates::new(&self.config.limits, self.now),
             },
@@ -241,7 +297,7 @@ impl ServerCore {
             chat: self.world.chat.iter().cloned().collect(),
             blueprints: self.world.blueprints.values().cloned().collect(),
             entities: self.world.entities.values().cloned().collect(),
-            auth_token: self.auth.issue(user),
+            auth_token: self.fresh_token(user),
         };
         self.send(conn, &ServerMsg::Snapshot(Box::new(snapshot)));
         self.events.push_back(ServerEvent::Joined {

@@ -215,8 +215,10 @@ impl ServerCore {
                 }
             }
             ClientMsg::SettingsModify { req, setting } => {
+                let default_rank = self.world.settings.default_rank;
                 setting.apply(&mut self.world.settings);
                 self.broadcast(&ServerMsg::SettingsModified(setting), None);
+                self.default_rank_changed(default_rank);
                 let s = self.world.settings.clone();
                 self.commit(sid, conn, Some(req), Change::PutSettings(s));
             }
@@ -224,20 +226,7 @@ impl ServerCore {
                 self.set_spawn(sid, conn, req, set, player);
             }
             ClientMsg::ModifyRank { req, user, rank } => {
-                let Some(u) = self.world.users.get_mut(&user) else {
-                    return;
-                };
-                u.rank = rank;
-                let rec = u.clone();
-                let effective = self.world.effective_rank(user);
-                self.broadcast(
-                    &ServerMsg::RankModified {
-                        user,
-                        rank: effective,
-                    },
-                    None,
-                );
-                self.commit(sid, conn, Some(req), Change::PutUser(rec));
+                self.set_rank(sid, conn, req, user, rank);
             }
             ClientMsg::Kick { req, target } => {
                 if let Some(c) = self.player_session(target).and_then(|s| s.conn) {
@@ -252,6 +241,7 @@ impl ServerCore {
                 let rec = match self.world.users.get_mut(&u) {
                     Some(rec) => {
                         rec.muted = muted;
+                        rec.standing.muted_until_ms = None;
                         rec.clone()
                     }
                     None => return,

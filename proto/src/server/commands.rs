@@ -1,6 +1,7 @@
 //! Slash commands (`Command` messages): `/chat clear`, `/spawn set|clear`, `/name NEW`,
-//! `/admin CODE`, `/delete blueprint ID` (admin: the blueprint and its apps), `/delete entity
-//! ID` (builder: one app). Each checks its own rank rule; unknown commands are refused.
+//! `/admin CODE` (in `admin_code.rs`), the moderation commands (`moderation.rs`), `/delete
+//! blueprint ID` (admin: the blueprint and its apps) and `/delete entity ID` (builder: one app).
+//! Each checks its own rank rule; unknown commands are refused.
 
 use super::{ConnId, ServerCore};
 use crate::persist::Change;
@@ -21,12 +22,12 @@ impl ServerCore {
         let refuse = |core: &mut Self, reason| {
             core.send(conn, &ServerMsg::Refused { req, reason });
         };
-        match args
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>()
-            .as_slice()
-        {
+        let words: Vec<&str> = args.iter().map(String::as_str).collect();
+        // ---- identity and moderation (issue 15) ----
+        if self.moderation_command(sid, conn, req, &words) {
+            return;
+        }
+        match words.as_slice() {
             ["chat", "clear"] => {
                 if rank < Rank::Builder {
                     return refuse(self, Refusal::Rank);
@@ -39,8 +40,11 @@ impl ServerCore {
                 if rank < Rank::Builder {
                     return refuse(self, Refusal::Rank);
                 }
-                if let Some(p) = player {
-                    self.set_spawn(sid, conn, req, *op == "set", p);
+                match player {
+                    Some(p) => self.set_spawn(sid, conn, req, *op == "set", p),
+                    // Answered, never left pending: a session without a player has nowhere
+                    // to set the spawn from.
+                    None => refuse(self, Refusal::NotFound),
                 }
             }
             ["name", new] => {
@@ -72,35 +76,7 @@ impl ServerCore {
                     None => self.ack_now(conn, req),
                 }
             }
-            ["admin", code] => {
-                // Constant-time enough: the code is compared in full either way.
-                let ok = self.config.admin_code.as_deref().is_some_and(|c| {
-                    c.len() == code.len()
-                        && c.bytes()
-                            .zip(code.bytes())
-                            .fold(0u8, |a, (x, y)| a | (x ^ y))
-                            == 0
-                });
-                if !ok {
-                    return refuse(self, Refusal::Rank);
-                }
-                let Some(user) = self.sessions.get(&sid).map(|s| s.user) else {
-                    return;
-                };
-                let Some(u) = self.world.users.get_mut(&user) else {
-                    return;
-                };
-                u.rank = Rank::Admin;
-                let rec = u.clone();
-                self.broadcast(
-                    &ServerMsg::RankModified {
-                        user,
-                        rank: Rank::Admin,
-                    },
-                    None,
-                );
-                self.commit(sid, conn, Some(req), Change::PutUser(rec));
-            }
+            ["admin", code] => self.admin_code_attempt(sid, conn, req, code),
             // ---- limits half (issue 15): deleting what fills the world ----
             ["delete", "blueprint", id] => {
                 if rank < Rank::Admin {

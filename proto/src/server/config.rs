@@ -58,6 +58,11 @@ pub struct ServerConfig {
     pub message_burst: u32,
     /// Validation limits, quotas and rate limits by kind (see [`super::limits`]).
     pub limits: super::limits::LimitsConfig,
+    // ---- identity and tokens (issue 15: tokens, moderation) ----
+    /// How long a token the core hands out (in the snapshot, or `AuthToken` half-way through
+    /// the previous one's life) stays valid. A stolen token works at most this long unless its
+    /// user's tokens are revoked first.
+    pub token_ttl: Duration,
 }
 
 impl Default for ServerConfig {
@@ -76,6 +81,9 @@ impl Default for ServerConfig {
             messages_per_s: 1000,
             message_burst: 2000,
             limits: super::limits::LimitsConfig::default(),
+            // A week: a player who comes back within a week stays the same user without a
+            // backend; a copied token stops working within a week of being copied.
+            token_ttl: Duration::from_secs(7 * 24 * 3600),
             transform: TransformConfig::default(),
             character: CharacterConfig {
                 // Keep players inside what the transform codec can represent.

@@ -15,6 +15,8 @@
 //! - [`rate`]: the per-session message budget;
 //! - `apply`: what an admitted message does to the world, and whom it is relayed to;
 //! - `commands`: slash commands;
+//! - [`moderation`]: what a verified token admits, the tokens handed out, moderation commands;
+//! - [`admin_code`]: `/admin CODE` and the lockout of those guessing it;
 //! - `datagram`: client datagrams (acks, inputs, owned transforms);
 //! - [`inbox`]: datagrams waiting for the core, bounded in all and per connection;
 //! - `tick`: the tick (movement, the world snapshot, every client's transform datagrams);
@@ -54,6 +56,9 @@ pub mod limits;
 pub mod quota;
 pub mod rate;
 
+pub mod admin_code;
+pub mod moderation;
+
 mod admission;
 mod apply;
 mod commands;
@@ -73,7 +78,10 @@ use std::net::IpAddr;
 /// The world a core hosts ([`ServerCore::new`] takes it); defined with the rest of the
 /// persistence vocabulary in [`crate::persist`].
 pub use crate::persist::World;
-pub use auth::{Authenticator, InsecureTokens};
+pub use auth::{
+    Authenticator, InsecureTokens, TokenClaims, TokenError, TokenGrant, TokenIssuer,
+    BACKEND_USER_ID_MAX, BACKEND_USER_ID_MIN, TOKEN_LEEWAY_S,
+};
 pub use config::{ConnId, ServerConfig, TransportKind};
 pub use figures::ConnFigures;
 pub use host::{priority, HostError};
@@ -164,6 +172,8 @@ pub struct ServerCore {
     usage: quota::Usage,
     /// Tokenless joins per source address (at most [`limits::JOIN_ADDRS_MAX`]).
     join_rates: BTreeMap<IpAddr, rate::MessageRate>,
+    /// Wrong admin codes per address and in all, and the lockouts they earned.
+    admin_guard: admin_code::AdminCodeGuard,
 }
 
 impl std::fmt::Debug for ServerCore {
@@ -249,6 +259,7 @@ impl ServerCore {
             tick_job: None,
             usage,
             join_rates: BTreeMap::new(),
+            admin_guard: admin_code::AdminCodeGuard::default(),
         };
         core.reserve_ids();
         core
@@ -329,6 +340,18 @@ impl ServerCore {
 
     /// A transport connection opened. It must send `Hello` first.
     pub fn handle_connect(&mut self, conn: ConnId, transport: TransportKind, now: Time) {
+        self.handle_connect_from(conn, transport, None, now);
+    }
+
+    /// A transport connection opened from source address `addr` (`None`: unknown, as on the
+    /// simulated network). Limits kept per address (the admin code's lockout) count it there.
+    pub fn handle_connect_from(
+        &mut self,
+        conn: ConnId,
+        transport: TransportKind,
+        addr: Option<std::net::IpAddr>,
+        now: Time,
+    ) {
         let now = self.advance(now);
         self.conns.insert(
             conn,
@@ -339,8 +362,8 @@ impl ServerCore {
                 connected_at: now,
                 last_heard: now,
                 max_datagram_size: DATAGRAM_SIZE_INITIAL,
+                addr,
                 figures: ConnFigures::default(),
-                addr: None,
             },
         );
     }

@@ -129,11 +129,17 @@ impl ServerCore {
                     return Err(Refusal::Invalid);
                 }
                 let user = self.sessions.get(&sid).map(|s| s.user);
+                // A mute past its end no longer holds (issue 15: timed mutes).
+                let now_ms = self.unix_ms();
                 if user
                     .and_then(|u| self.world.users.get(&u))
-                    .is_some_and(|u| u.muted)
+                    .is_some_and(|u| u.is_muted(now_ms))
                 {
                     return Err(Refusal::Muted);
+                }
+                // `/admin CODE` typed as chat is never relayed: the code would reach everyone.
+                if super::moderation::chat_carries_secret(body) {
+                    return Err(Refusal::Invalid);
                 }
                 Ok(())
             }

@@ -39,6 +39,8 @@ pub struct Session {
     pub(super) up_seq: Option<Seq>,
     /// Its reliable-message budget.
     pub(super) rate: MessageRate,
+    /// When its client is sent a fresh auth token ([`ServerMsg::AuthToken`]).
+    pub(super) token_refresh_at: Time,
     /// The own-player state last sent: a player standing still is sent nothing.
     pub(super) own_sent: OwnSent,
     /// Its budgets by kind (chat, commands, changes, datagrams, bytes).
@@ -122,10 +124,10 @@ pub(super) struct Conn {
     pub(super) connected_at: Time,
     pub(super) last_heard: Time,
     pub(super) max_datagram_size: usize,
+    /// The peer's address as the driver reported it (per-address limits).
+    pub(super) addr: Option<std::net::IpAddr>,
     /// What it cost so far (see `figures`).
     pub(super) figures: super::ConnFigures,
-    /// The peer's source address, when the driver told (`handle_peer_address`).
-    pub(super) addr: Option<std::net::IpAddr>,
 }
 
 impl ServerCore {

@@ -75,6 +75,7 @@ impl ServerCore {
         }
         self.persist_moved_apps();
         self.close_idle(now);
+        self.refresh_tokens();
         TimeoutProgress::Done
     }
 

@@ -343,6 +343,20 @@ pub enum ServerMsg {
     },
     /// A blueprint was deleted (its apps were removed just before, each with `EntityRemoved`).
     BlueprintRemoved(BlueprintId),
+    /// Text answering a command (`/help`'s list, why a moderation command was refused), sent
+    /// to its sender only, before the command's `Ack` or `Refused`.
+    CommandReply {
+        /// The command's change id.
+        req: ReqId,
+        /// The text; lines separated by `\n`.
+        text: String,
+    },
+    /// A fresh auth token, replacing the one from the snapshot before that one expires (sent
+    /// when half its lifetime has passed). Present it in the next `Hello`.
+    AuthToken {
+        /// The token.
+        token: String,
+    },
 }
 
 /// Everything a newcomer needs, sent once.
@@ -539,7 +553,9 @@ impl ServerMsg {
             | Refused { .. }
             | RankModified { .. }
             | Muted { .. }
-            | Close { .. } => Channel::Control,
+            | Close { .. }
+            | CommandReply { .. }
+            | AuthToken { .. } => Channel::Control,
             ChatAdded(_) | ChatCleared => Channel::Chat,
             EntityEvent { .. } => Channel::Events,
             Welcome { .. }
@@ -582,6 +598,8 @@ impl ServerMsg {
             Muted { .. } => "muted",
             Close { .. } => "close",
             BlueprintRemoved(_) => "blueprint_removed",
+            CommandReply { .. } => "command_reply",
+            AuthToken { .. } => "auth_token",
         }
     }
 }

@@ -23,7 +23,7 @@ use neonet::relay::{Relay, RelayHandle, RelayHooks};
 use neonet::tls::{Fingerprint, Trust};
 use neonet_proto::persist::World;
 use neonet_proto::rng::Rng;
-use neonet_proto::server::{Authenticator, InsecureTokens};
+use neonet_proto::server::{Authenticator, InsecureTokens, TokenGrant};
 use neonet_proto::types::{Rank, User, UserId, Vec3};
 use neonet_proxy::{Proxy, ProxyConfig, ProxyLimits, ProxyThread};
 use tokio::sync::watch;
@@ -320,9 +320,10 @@ async fn spawn_relay(
                 muted: false,
                 banned: false,
                 last_position,
+                standing: Default::default(),
             },
         );
-        plan.token = Some(InsecureTokens.issue(user));
+        plan.token = Some(InsecureTokens.issue(&TokenGrant::user(user)));
     }
     world.next_user_id = plans.len() as u64 + 1;
     let hooks = RelayHooks {

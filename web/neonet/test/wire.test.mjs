@@ -109,13 +109,15 @@ const SERVER_CASES = [
   [{ type: 'Muted', player: 1, muted: false }, '03000000 120100'],
   [{ type: 'Close', reason: 'VersionMismatch', detail: 'v2' }, '05000000 1304027632'],
   [{ type: 'BlueprintRemoved', id: 'tree' }, '06000000 140474726565'],
+  [{ type: 'CommandReply', req: 7, text: 'hi' }, '05000000 1507026869'],
+  [{ type: 'AuthToken', token: 't' }, '03000000 160174'],
 ];
 
 test('constants', () => {
   assert.equal(PROTOCOL_VERSION, 1);
   assert.deepEqual(CHANNEL, { Control: 0, World: 1, Chat: 2, Events: 3 });
   assert.equal(CLIENT_MSG_VARIANTS, 21);
-  assert.equal(SERVER_MSG_VARIANTS, 21);
+  assert.equal(SERVER_MSG_VARIANTS, 23);
   assert.equal(FRAME_BYTES_MAX, 1_048_576);
   assert.equal(SMALL_FRAME_BYTES_MAX, 65_536);
   assert.equal(SNAPSHOT_BYTES_MAX, 67_108_864);
@@ -148,7 +150,7 @@ test('every server message decodes from its pinned frame and encodes back', () =
 test('channels of every message', () => {
   const { Control: C, World: W, Chat: H, Events: E } = CHANNEL;
   assert.deepEqual(CLIENT_CASES.map(([m]) => channelOfClientMsg(m)), [C, C, H, H, W, W, W, W, W, E, W, W, W, W, C, C, C, C, C, C, W]);
-  assert.deepEqual(SERVER_CASES.map(([m]) => channelOfServerMsg(m)), [W, W, C, C, C, H, H, W, W, W, W, E, W, W, W, W, W, C, C, C, W]);
+  assert.deepEqual(SERVER_CASES.map(([m]) => channelOfServerMsg(m)), [W, W, C, C, C, H, H, W, W, W, W, E, W, W, W, W, W, C, C, C, W, C, C]);
 });
 
 test('Welcome configs decode with every field at f32 precision', () => {
@@ -190,7 +192,7 @@ const kindOf = (f) => {
 
 test('malformed input throws WireError of the Rust codec\'s kind', () => {
   assert.equal(kindOf(() => decodeServerMsg(bytes())), 'Truncated');
-  assert.equal(kindOf(() => decodeServerMsg(bytes(21))), 'UnknownMessage');
+  assert.equal(kindOf(() => decodeServerMsg(bytes(23))), 'UnknownMessage');
   assert.equal(kindOf(() => decodeClientMsg(bytes(21))), 'UnknownMessage');
   assert.equal(kindOf(() => decodeClientMsg(bytes(0x80, 0x01))), 'UnknownMessage');
   assert.equal(kindOf(() => decodeServerMsg(bytes(0xff, 0xff, 0xff, 0xff, 0x0f))), 'UnknownMessage');

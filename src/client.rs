@@ -298,7 +298,9 @@ fn join_outcome(state: &ClientState) -> Option<Result<(), ConnectError>> {
             reason: *reason,
             detail: detail.clone(),
         })),
-        ClientState::Joining => None,
+        ClientState::Joining | ClientState::Reconnecting { .. } | ClientState::Offline { .. } => {
+            None
+        }
     }
 }
 

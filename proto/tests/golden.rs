@@ -205,6 +205,7 @@ fn client_tag(m: &ClientMsg) -> u32 {
         Kick { .. } => 15,
         Mute { .. } => 16,
         Goodbye => 17,
+        Resume { .. } => 18,
     }
 }
 
@@ -231,6 +232,7 @@ fn server_tag(m: &ServerMsg) -> u32 {
         RankModified { .. } => 17,
         Muted { .. } => 18,
         Close { .. } => 19,
+        ResumeToken { .. } => 20,
     }
 }
 
@@ -368,6 +370,16 @@ pub fn client_cases() -> Vec<(ClientMsg, &'static str)> {
             "04000000 100c0101",
         ),
         (ClientMsg::Goodbye, "01000000 11"),
+        (
+            ClientMsg::Resume {
+                protocol_version: 1,
+                name: "ana".into(),
+                token: Some("user:7".into()),
+                session: SessionId(2),
+                resume_token: "2.ab".into(),
+            },
+            "14000000 120103616e610106757365723a370204322e6162",
+        ),
     ]
 }
 
@@ -471,6 +483,12 @@ pub fn server_cases() -> Vec<(ServerMsg, &'static str)> {
             },
             "05000000 1304027632",
         ),
+        (
+            ServerMsg::ResumeToken {
+                token: "2.ab".into(),
+            },
+            "06000000 1404322e6162",
+        ),
     ]
 }
 
@@ -555,8 +573,14 @@ fn variant_counts_match_the_enums() {
     let (last_client, _) = client_cases().pop().unwrap();
     assert_eq!(client_tag(&last_client), CLIENT_MSG_VARIANTS - 1);
     assert_eq!(
-        codec::decode_client(&[(CLIENT_MSG_VARIANTS - 1) as u8]),
-        Ok(ClientMsg::Goodbye)
+        codec::decode_client(&[(CLIENT_MSG_VARIANTS - 1) as u8, 1, 0, 0, 0, 0]),
+        Ok(ClientMsg::Resume {
+            protocol_version: 1,
+            name: String::new(),
+            token: None,
+            session: SessionId(0),
+            resume_token: String::new(),
+        })
     );
     let (last_server, _) = server_cases().pop().unwrap();
     assert_eq!(server_tag(&last_server), SERVER_MSG_VARIANTS - 1);
@@ -633,6 +657,7 @@ fn channels_of_every_message() {
             Control, // Kick
             Control, // Mute
             Control, // Goodbye
+            Control, // Resume
         ]
     );
     let server: Vec<Channel> = server_cases().iter().map(|(m, _)| m.channel()).collect();
@@ -659,6 +684,7 @@ fn channels_of_every_message() {
             Control, // RankModified
             Control, // Muted
             Control, // Close
+            World,   // ResumeToken
         ]
     );
 }

@@ -13,6 +13,13 @@ use crate::wire::msg::*;
 impl ServerCore {
     /// A message from joined session `sid`: admitted by policy, then applied.
     pub(super) fn handle_session_msg(&mut self, sid: SessionId, conn: ConnId, msg: ClientMsg) {
+        // A change seen before (resent after a lost connection) gets its original answer and
+        // is not applied again.
+        if let Some(req) = msg.req() {
+            if self.replay_outcome(sid, conn, req) {
+                return;
+            }
+        }
         if !self.admit(sid, conn, &msg) {
             return;
         }
@@ -21,7 +28,7 @@ impl ServerCore {
             None => return,
         };
         match msg {
-            ClientMsg::Hello { .. } => {}
+            ClientMsg::Hello { .. } | ClientMsg::Resume { .. } => {}
             ClientMsg::Ping { client_time_us } => {
                 let pong = ServerMsg::Pong {
                     client_time_us,

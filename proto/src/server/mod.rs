@@ -10,6 +10,8 @@
 //! - [`auth`]: token verification ([`Authenticator`]);
 //! - `admission`: `Hello`, users, the join, `Welcome` and `Snapshot`;
 //! - `session`: connections and sessions and how they end (close, disconnect, timeouts);
+//! - `resume`: sessions that outlive a lost connection (grace period, `Resume`, the lost-player
+//!   mark) and exactly-once changes (the outcome of every change id, replayed to a resend);
 //! - `policy`: the one gate every message of a session passes (rate limit, authorization and
 //!   validation, storage health);
 //! - [`rate`]: the per-session message budget;
@@ -55,6 +57,7 @@ mod commands;
 mod datagram;
 mod output;
 mod policy;
+mod resume;
 mod session;
 mod storage;
 mod tick;
@@ -65,13 +68,14 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 /// persistence vocabulary in [`crate::persist`].
 pub use crate::persist::World;
 pub use auth::{Authenticator, InsecureTokens};
-pub use config::{ConnId, ServerConfig, TransportKind};
+pub use config::{ConnId, ServerConfig, TransportKind, IDLE_TIMEOUT_DEFAULT, RESUME_GRACE_DEFAULT};
 pub use inbox::{
     DatagramInbox, InboxBatch, InboxDatagram, InboxDrop, InboxQuota, DATAGRAM_INBOX_MAX,
     DATAGRAM_INBOX_PER_CONN_MAX,
 };
 pub use output::{ServerEvent, Transmit};
 pub use rate::FLOOD_WINDOW;
+pub use resume::{ENDED_SESSIONS_MAX, LOST_PROP, REQ_OUTCOMES_MAX};
 pub use session::Session;
 pub use tick::{TickStats, TimeoutProgress};
 
@@ -82,7 +86,7 @@ use crate::transform::{EntitySample, InterestGrid, Quantizer, TransformConfig};
 use crate::types::*;
 use crate::wire::codec::{self, DecodeError};
 use crate::wire::limits::DATAGRAM_BYTES_MAX;
-use crate::wire::msg::{Channel, CloseReason};
+use crate::wire::msg::{Channel, ClientMsg, CloseReason};
 
 use datagram::{yaw_from_radians, yaw_of};
 use session::Conn;
@@ -91,8 +95,9 @@ use tick::TickJob;
 /// The app prop naming the session moving it (see `EntityModify`).
 pub const MOVER_PROP: &str = "mover";
 
-/// Player entity fields only the server sets: clients cannot spoof another name or rank.
-pub const PLAYER_RESERVED_PROPS: [&str; 2] = ["name", "rank"];
+/// Player entity fields only the server sets: clients cannot spoof another name or rank, nor
+/// mark a player's connection lost.
+pub const PLAYER_RESERVED_PROPS: [&str; 3] = ["name", "rank", LOST_PROP];
 
 /// Largest datagram assumed for a connection until the driver reports its path's
 /// (`handle_max_datagram_size`): 1,200 bytes, the QUIC minimum every path carries.
@@ -142,6 +147,10 @@ pub struct ServerCore {
     /// The tick whose client datagrams are being written, between two
     /// [`ServerCore::handle_timeout_step`] calls.
     tick_job: Option<TickJob>,
+    /// Recently ended sessions' change outcomes, for a late resume.
+    ended: resume::EndedSessions,
+    /// Where resume tokens come from.
+    resume_tokens: resume::ResumeTokens,
 }
 
 impl std::fmt::Debug for ServerCore {
@@ -196,6 +205,7 @@ impl ServerCore {
             }
         }
         let reserved = world.next_ids();
+        let config_seed = config.resume_seed;
         let mut core = ServerCore {
             clock: TickClock::new(config.tick_hz, now),
             config,
@@ -222,6 +232,8 @@ impl ServerCore {
             tick_updates: Vec::new(),
             stats: TickStats::default(),
             tick_job: None,
+            ended: resume::EndedSessions::default(),
+            resume_tokens: resume::ResumeTokens::new(config_seed),
         };
         core.reserve_ids();
         core
@@ -341,9 +353,28 @@ impl ServerCore {
                 format!("{} sent on the {:?} channel", msg.name(), channel),
             );
         }
-        match session {
-            None => self.handle_hello(conn, msg),
-            Some(sid) => self.handle_session_msg(sid, conn, msg),
+        match (session, msg) {
+            (
+                None,
+                ClientMsg::Resume {
+                    protocol_version,
+                    name,
+                    token,
+                    session,
+                    resume_token,
+                },
+            ) => self.handle_resume(
+                conn,
+                resume::ResumeRequest {
+                    protocol_version,
+                    name,
+                    token,
+                    session,
+                    resume_token,
+                },
+            ),
+            (None, msg) => self.handle_hello(conn, msg),
+            (Some(sid), msg) => self.handle_session_msg(sid, conn, msg),
         }
     }
 
@@ -358,7 +389,9 @@ impl ServerCore {
         self.advance(now);
         if let Some(c) = self.conns.remove(&conn) {
             if let Some(sid) = c.session {
-                self.end_session(sid, CloseReason::ClientLeft);
+                // A transport that closed without a `Close` from either side is a lost
+                // connection: the session waits for a resume.
+                self.lose_connection(sid, CloseReason::ClientLeft);
             }
         }
     }

@@ -42,7 +42,7 @@ impl ServerCore {
             }
         }
         if let Err(reason) = self.authorize(sid, msg) {
-            if matches!(msg, ClientMsg::Hello { .. }) {
+            if matches!(msg, ClientMsg::Hello { .. } | ClientMsg::Resume { .. }) {
                 self.close_conn(
                     conn,
                     CloseReason::ProtocolViolation,
@@ -107,7 +107,7 @@ impl ServerCore {
             }
         };
         match msg {
-            Hello { .. } => Err(Refusal::Invalid),
+            Hello { .. } | Resume { .. } => Err(Refusal::Invalid),
             Ping { .. } | Goodbye => Ok(()),
             Command { args, .. } => {
                 if args.is_empty()

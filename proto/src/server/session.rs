@@ -4,6 +4,7 @@
 //! connection (resume, QUIC migration).
 
 use super::rate::MessageRate;
+use super::resume::Outcomes;
 use super::{ConnId, ServerCore, ServerEvent, Transmit, TransportKind, MOVER_PROP};
 use crate::persist::Change;
 use crate::predict::{MoveValidator, PlayerMotion};
@@ -37,9 +38,20 @@ pub struct Session {
     pub(super) up_seq: Option<Seq>,
     /// Its reliable-message budget.
     pub(super) rate: MessageRate,
+    /// When its connection was lost, while it waits for a resume.
+    pub(super) lost_at: Option<Time>,
+    /// The single-use token its client must present to resume it (empty before the first).
+    pub(super) resume_token: String,
+    /// The outcomes of the change ids it sent, for answering resent ones.
+    pub(super) outcomes: Outcomes,
 }
 
 impl Session {
+    /// Whether its connection is lost and it waits (within the grace period) for a resume.
+    pub fn is_lost(&self) -> bool {
+        self.lost_at.is_some()
+    }
+
     /// The replicator's round-trip estimate, if any acks arrived.
     pub fn rtt_estimate_us(&self) -> Option<u64> {
         self.replicator.rtt_estimate_us()
@@ -96,16 +108,23 @@ impl ServerCore {
             });
         }
         if let Some(sid) = session {
-            self.end_session(sid, reason);
+            if reason == CloseReason::Timeout {
+                // Silence is a lost connection, not a decision: the session may be resumed.
+                self.lose_connection(sid, reason);
+            } else {
+                self.end_session(sid, reason);
+            }
         }
     }
 
     /// Ends a session: its player leaves the world (its last position saved), the apps it was
     /// moving are released where they are (and saved), everyone is told.
     pub(super) fn end_session(&mut self, sid: SessionId, reason: CloseReason) {
-        let Some(s) = self.sessions.remove(&sid) else {
+        let Some(mut s) = self.sessions.remove(&sid) else {
             return;
         };
+        self.ended
+            .insert(sid, s.user, std::mem::take(&mut s.outcomes));
         if self.by_user.get(&s.user) == Some(&sid) {
             self.by_user.remove(&s.user);
         }
@@ -152,7 +171,7 @@ impl ServerCore {
     }
 
     /// Closes connections silent for longer than the idle timeout and those that did not join
-    /// in time.
+    /// in time, and ends the lost sessions whose grace period passed.
     pub(super) fn close_idle(&mut self, now: Time) {
         let (idle, join) = (self.config.idle_timeout, self.config.join_timeout);
         let stale: Vec<(ConnId, &'static str)> = self
@@ -172,6 +191,7 @@ impl ServerCore {
         for (conn, why) in stale {
             self.close_conn(conn, CloseReason::Timeout, why.into());
         }
+        self.end_expired(now);
     }
 
     /// The effective rank of a session's user.

@@ -13,9 +13,9 @@ use super::msg::{Channel, ClientMsg, ServerMsg};
 pub const FRAME_HEADER_BYTES: usize = 4;
 
 /// Number of `ClientMsg` variants: a tag at or above it is an unknown message.
-pub const CLIENT_MSG_VARIANTS: u32 = 18;
+pub const CLIENT_MSG_VARIANTS: u32 = 19;
 /// Number of `ServerMsg` variants.
-pub const SERVER_MSG_VARIANTS: u32 = 20;
+pub const SERVER_MSG_VARIANTS: u32 = 21;
 
 /// Why bytes from a peer could not be decoded. Every variant is the peer's fault.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

@@ -194,6 +194,23 @@ pub enum ClientMsg {
     },
     /// The client is leaving; the server closes with `CloseReason::ClientLeft`.
     Goodbye,
+    /// First message of a connection that comes back after its previous one was lost: resumes
+    /// `session` if the server still keeps it (its grace period) and `resume_token` is the one it
+    /// last issued to that session for the same user as `token`; the server then answers
+    /// `Welcome` with the same session, a fresh `Snapshot` and a new `ResumeToken`. Otherwise it
+    /// is handled exactly as `Hello { protocol_version, name, token }` (a fresh join).
+    Resume {
+        /// Must equal the server's [`PROTOCOL_VERSION`].
+        protocol_version: u16,
+        /// Display name, as in `Hello`.
+        name: String,
+        /// The user's auth token, as in `Hello`: a resume is only granted to the same user.
+        token: Option<String>,
+        /// The session to resume.
+        session: SessionId,
+        /// The single-use token the server last sent this session in `ResumeToken`.
+        resume_token: String,
+    },
 }
 
 /// A server → client message.
@@ -313,6 +330,12 @@ pub enum ServerMsg {
         /// Human-readable detail.
         detail: String,
     },
+    /// The single-use token to resume this session after a lost connection (`ClientMsg::Resume`),
+    /// sent after every `Snapshot`. A resume consumes it; the next one comes with the resume.
+    ResumeToken {
+        /// The token (at most [`crate::wire::limits::TOKEN_BYTES_MAX`] bytes).
+        token: String,
+    },
 }
 
 /// Everything a newcomer needs, sent once.
@@ -431,7 +454,8 @@ impl ClientMsg {
             | ModifyRank { .. }
             | Kick { .. }
             | Mute { .. }
-            | Goodbye => Channel::Control,
+            | Goodbye
+            | Resume { .. } => Channel::Control,
             Command { .. } | Chat { .. } => Channel::Chat,
             EntityEvent { .. } => Channel::Events,
             BlueprintAdd { .. }
@@ -468,6 +492,7 @@ impl ClientMsg {
             Kick { .. } => "kick",
             Mute { .. } => "mute",
             Goodbye => "goodbye",
+            Resume { .. } => "resume",
         }
     }
 
@@ -515,7 +540,8 @@ impl ServerMsg {
             | PlayerTeleport { .. }
             | PlayerPush { .. }
             | SettingsModified(_)
-            | SpawnModified(_) => Channel::World,
+            | SpawnModified(_)
+            | ResumeToken { .. } => Channel::World,
         }
     }
 
@@ -543,6 +569,7 @@ impl ServerMsg {
             RankModified { .. } => "rank_modified",
             Muted { .. } => "muted",
             Close { .. } => "close",
+            ResumeToken { .. } => "resume_token",
         }
     }
 }

@@ -39,9 +39,10 @@ pub const PING_INTERVAL: Duration = Duration::from_millis(1000);
 /// is refused on the spot with [`Refusal::Busy`] and never sent.
 pub const PENDING_REQUESTS_MAX: usize = 1024;
 
-/// Default [`ReconnectConfig::silence_timeout`]: 3 s. The server answers the 5 pings a second
-/// clock sync sends, so 3 s of silence is a dead connection or path, not a slow one.
-pub const SILENCE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(3);
+/// Default [`ReconnectConfig::silence_timeout`]: 2.5 s, the server's idle timeout. The server
+/// answers the 5 pings a second clock sync sends, so 2.5 s of silence is a dead connection or
+/// path, not a slow one.
+pub const SILENCE_TIMEOUT_DEFAULT: Duration = Duration::from_millis(2500);
 
 /// Default [`ReconnectConfig::delay_base`]: 250 ms, the first retry comes quickly (a blip).
 pub const RECONNECT_DELAY_BASE_DEFAULT: Duration = Duration::from_millis(250);

@@ -24,10 +24,10 @@ pub enum TransportKind {
     Sim,
 }
 
-/// Default [`ServerConfig::idle_timeout`]: 3 s. Clients ping at least once a second, so three
-/// missed pings mean a dead peer; players should see a lost connection within seconds, not the
-/// 30 s a ghost used to stand.
-pub const IDLE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(3);
+/// Default [`ServerConfig::idle_timeout`]: 2.5 s, so the others see a dead peer as "connection
+/// lost" within 3 s. Clients ping 5 times a second (clock sync), so a dozen missed pings mean a
+/// dead peer or path; players see a lost connection at once, not a ghost standing for 30 s.
+pub const IDLE_TIMEOUT_DEFAULT: Duration = Duration::from_millis(2500);
 
 /// Default [`ServerConfig::resume_grace`]: 30 s, long enough for a phone changing networks or a
 /// relay restart, short enough that a player who is gone does not stand in the world for long.

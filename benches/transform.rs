@@ -21,6 +21,7 @@ use neonet_proto::transform::{
     AckHeader, ClientReplicator, EntitySample, InterestGrid, ReplicaReceiver, Seq, TickInput,
     TransformConfig,
 };
+use neonet_proto::types::Vec3;
 
 const TICK_US: u64 = 33_333;
 const MAX_DATAGRAM: usize = 1162;
@@ -40,7 +41,7 @@ fn client_tick(
     server: &mut ClientReplicator,
     world: &World,
     tick: u64,
-    viewer: Option<[f32; 3]>,
+    viewer: Option<Vec3>,
     out: &mut Vec<Vec<u8>>,
 ) {
     client_tick_of(server, &world.samples, tick, viewer, out);
@@ -51,7 +52,7 @@ fn client_tick_of(
     server: &mut ClientReplicator,
     entities: &[EntitySample],
     tick: u64,
-    viewer: Option<[f32; 3]>,
+    viewer: Option<Vec3>,
     out: &mut Vec<Vec<u8>>,
 ) {
     out.clear();
@@ -120,7 +121,7 @@ fn bench_client(c: &mut Criterion) {
         let mut tick = 0;
         for _ in 0..30 {
             world.step();
-            client_tick(&mut server, &world, tick, Some([0.0; 3]), &mut out);
+            client_tick(&mut server, &world, tick, Some(Vec3::ZERO), &mut out);
             tick += 1;
         }
         c.bench_function(&format!("client_tick/{n}_moving_entities"), |b| {
@@ -129,7 +130,7 @@ fn bench_client(c: &mut Criterion) {
                 for _ in 0..iters {
                     world.step();
                     let start = Instant::now();
-                    client_tick(&mut server, &world, tick, Some([0.0; 3]), &mut out);
+                    client_tick(&mut server, &world, tick, Some(Vec3::ZERO), &mut out);
                     total += start.elapsed();
                     tick += 1;
                 }
@@ -259,7 +260,7 @@ fn bench_client_receive(c: &mut Criterion) {
     let arrival = |tick: u64| Time(tick * TICK_US + 50_000);
     let mut feed = |client: &mut ClientCore, world: &mut World, tick: &mut u64| {
         world.step();
-        client_tick(&mut server, world, *tick, Some([0.0; 3]), &mut out);
+        client_tick(&mut server, world, *tick, Some(Vec3::ZERO), &mut out);
         let now = arrival(*tick);
         *tick += 1;
         let start = Instant::now();

@@ -21,7 +21,7 @@ use neonet::client::{Client, ClientEvent, ClientOptions};
 use neonet::proto::rng::Rng;
 use neonet::proto::types::{
     Blueprint, BlueprintId, BlueprintPatch, Bytes, EntityKind, Rank, ReqId, Setting, Settings,
-    Transform,
+    Transform, Vec3,
 };
 use neonet::store::{Change, LoadedWorld, Store, StoreConfig, CHAT_HISTORY_MAX};
 use neonet::tls::{Fingerprint, Trust};
@@ -482,7 +482,7 @@ fn client_loop(
                 c.add_entity(
                     BlueprintId(CRATE.into()),
                     Transform {
-                        position: [rng.below(50) as f32, 0.0, 0.0],
+                        position: Vec3::new(rng.below(50) as f32, 0.0, 0.0),
                         ..Transform::default()
                     },
                     vec![("tag".into(), Bytes::from(t.as_str()))],

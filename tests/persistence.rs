@@ -15,7 +15,7 @@ use neonet::config::RelayConfig;
 use neonet::proto::server::Authenticator;
 use neonet::proto::types::{
     Blueprint, BlueprintId, BlueprintPatch, Bytes, EntityId, EntityKind, Rank, ReqId, Setting,
-    Transform, User, UserId,
+    Transform, User, UserId, Vec3,
 };
 use neonet::proto::wire::msg::ClientMsg;
 use neonet::relay::{Relay, RelayError, RelayHandle, RelayHooks};
@@ -192,7 +192,7 @@ fn app_id(c: &Client, t: &str) -> EntityId {
 }
 
 /// Teleports the client's own player and waits until the server moved it.
-fn teleport(c: &Client, position: [f32; 3]) {
+fn teleport(c: &Client, position: Vec3) {
     let player = c.player().expect("joined");
     c.with_core(|core| {
         core.send_raw(&ClientMsg::PlayerTeleport {
@@ -206,12 +206,12 @@ fn teleport(c: &Client, position: [f32; 3]) {
     });
 }
 
-fn own_position(c: &Client) -> [f32; 3] {
+fn own_position(c: &Client) -> Vec3 {
     let player = c.player().expect("joined");
     c.with_world(|w| w.entities[&player].transform.position)
 }
 
-fn near_xz(a: [f32; 3], b: [f32; 3]) -> bool {
+fn near_xz(a: Vec3, b: Vec3) -> bool {
     (a[0] - b[0]).abs() < 0.1 && (a[2] - b[2]).abs() < 0.1
 }
 
@@ -248,7 +248,7 @@ fn a_restart_keeps_everything() {
             .add_entity(
                 BlueprintId("chair".into()),
                 Transform {
-                    position: [x, 0.0, 1.0],
+                    position: Vec3::new(x, 0.0, 1.0),
                     ..Transform::default()
                 },
                 vec![("tag".into(), Bytes::from(t))],
@@ -262,7 +262,7 @@ fn a_restart_keeps_everything() {
     acked(&root, root.remove_entity(gone).unwrap(), "app remove");
     let req = root.with_core(|c| c.modify_setting(Setting::Title("kept world".into())));
     acked(&root, req, "settings");
-    teleport(&root, [5.0, 0.0, 7.0]);
+    teleport(&root, Vec3::new(5.0, 0.0, 7.0));
     let spawn_at = own_position(&root);
     acked(
         &root,
@@ -298,7 +298,10 @@ fn a_restart_keeps_everything() {
         .map(|e| (e.id, tag(e)))
         .collect();
     assert_eq!(apps, BTreeMap::from([(kept, Some("kept".to_string()))]));
-    assert_eq!(w.entities[&kept].transform.position, [3.0, 0.0, 1.0]);
+    assert_eq!(
+        w.entities[&kept].transform.position,
+        Vec3::new(3.0, 0.0, 1.0)
+    );
     assert_eq!(w.settings.title, "kept world");
     assert!(near_xz(w.spawn.position, spawn_at), "spawn {:?}", w.spawn);
     assert!(
@@ -495,7 +498,7 @@ fn a_returning_user_spawns_where_they_left() {
     let admin_token = seed(dir.path(), |_| {});
     let relay = start(dir.path());
     let root = relay.client("root", Some(admin_token.clone()));
-    teleport(&root, [12.0, 0.0, -8.0]);
+    teleport(&root, Vec3::new(12.0, 0.0, -8.0));
     let left_at = own_position(&root);
     root.close();
     relay.shutdown();
@@ -554,7 +557,7 @@ fn a_moving_app_is_saved_where_it_is_while_it_moves_and_released_on_restart() {
     acked(&ada, req, "start moving");
     for step in 1..=20 {
         let t = Transform {
-            position: [step as f32 * 0.5, 1.0, 0.0],
+            position: Vec3::new(step as f32 * 0.5, 1.0, 0.0),
             ..Transform::default()
         };
         ada.with_core(|c| c.set_entity_transform(app, t));

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use neonet::proto::rng::Rng;
 use neonet::proto::types::{
     Blueprint, BlueprintFlags, BlueprintId, Bytes, ChatMessage, Entity, EntityId, EntityKind,
-    MovementAuthority, Rank, ReqId, SessionId, Settings, Spawn, Transform, User, UserId,
+    MovementAuthority, Quat, Rank, ReqId, SessionId, Settings, Spawn, Transform, User, UserId,
+    Vec3,
 };
 use neonet::store::{
     AckToken, Change, Commit, LoadedWorld, NextIds, Store, StoreConfig, StoreError, SubmitError,
@@ -36,14 +37,14 @@ fn app(id: u32, x: f32) -> Entity {
         user: None,
         blueprint: Some(BlueprintId("chair".into())),
         transform: Transform {
-            position: [x, 1.0, -2.0],
+            position: Vec3::new(x, 1.0, -2.0),
             ..Transform::default()
         },
         props: vec![("state".into(), Bytes::from(format!("s{id}").as_str()))],
     }
 }
 
-fn user(id: u64, last_position: Option<[f32; 3]>) -> User {
+fn user(id: u64, last_position: Option<Vec3>) -> User {
     User {
         id: UserId(id),
         name: format!("user{id}"),
@@ -128,8 +129,8 @@ fn restart_keeps_everything() {
         ..Settings::default()
     };
     let spawn = Spawn {
-        position: [1.0, 2.0, 3.0],
-        rotation: [0.0, 1.0, 0.0, 0.0],
+        position: Vec3::new(1.0, 2.0, 3.0),
+        rotation: Quat::from_xyzw(0.0, 1.0, 0.0, 0.0),
     };
     let mut moved = app(2, 0.0);
     moved.owner = Some(SessionId(9));
@@ -137,7 +138,7 @@ fn restart_keeps_everything() {
         Change::PutSettings(settings.clone()),
         Change::PutSpawn(spawn),
         Change::PutUser(user(1, None)),
-        Change::PutUser(user(2, Some([4.0, 5.0, 6.0]))),
+        Change::PutUser(user(2, Some(Vec3::new(4.0, 5.0, 6.0)))),
         Change::PutBlueprint(blueprint("chair", 1)),
         Change::PutBlueprint(blueprint("chair", 2)),
         Change::PutBlueprint(blueprint("table", 1)),
@@ -176,7 +177,7 @@ fn restart_keeps_everything() {
     assert_eq!(world.spawn, spawn);
     assert_eq!(
         world.users,
-        vec![user(1, None), user(2, Some([4.0, 5.0, 6.0]))]
+        vec![user(1, None), user(2, Some(Vec3::new(4.0, 5.0, 6.0)))]
     );
     assert_eq!(
         world.blueprints,
@@ -211,11 +212,17 @@ fn returning_user_spawns_where_they_left() {
     store.submit(Change::PutUser(user(7, None)), None).unwrap();
     // The user leaves: the core stores where their player was.
     store
-        .submit(Change::PutUser(user(7, Some([10.5, 0.0, -3.25]))), None)
+        .submit(
+            Change::PutUser(user(7, Some(Vec3::new(10.5, 0.0, -3.25)))),
+            None,
+        )
         .unwrap();
     drop(store);
     let (_store, world) = open(dir.path());
-    assert_eq!(world.users[0].last_position, Some([10.5, 0.0, -3.25]));
+    assert_eq!(
+        world.users[0].last_position,
+        Some(Vec3::new(10.5, 0.0, -3.25))
+    );
 }
 
 #[test]
@@ -543,7 +550,7 @@ fn write_v1_database(path: &Path, chat_len: u64) {
         )
         .unwrap();
         let spawn = Spawn {
-            position: [0.0, 5.0, 0.0],
+            position: Vec3::new(0.0, 5.0, 0.0),
             ..Spawn::default()
         };
         meta.insert("spawn", postcard::to_allocvec(&spawn).unwrap().as_slice())
@@ -603,7 +610,7 @@ fn migrates_a_version_1_database() {
     assert_eq!(world.migrated_from, Some(1));
     assert!(!world.created);
     assert_eq!(world.settings.title, "old world");
-    assert_eq!(world.spawn.position, [0.0, 5.0, 0.0]);
+    assert_eq!(world.spawn.position, Vec3::new(0.0, 5.0, 0.0));
     assert_eq!(world.users, vec![user(3, None), user(8, None)]);
     assert_eq!(
         world.blueprints,
@@ -622,7 +629,10 @@ fn migrates_a_version_1_database() {
     );
     // The migrated database takes version 2 writes.
     store
-        .submit(Change::PutUser(user(3, Some([1.0, 2.0, 3.0]))), None)
+        .submit(
+            Change::PutUser(user(3, Some(Vec3::new(1.0, 2.0, 3.0)))),
+            None,
+        )
         .unwrap();
     store
         .submit(Change::AppendChat(chat(chat_len + 1)), None)
@@ -645,7 +655,7 @@ fn migrates_a_version_1_database() {
     }
     let (_store, world) = open(dir.path());
     assert_eq!(world.migrated_from, None, "migrates once");
-    assert_eq!(world.users[0].last_position, Some([1.0, 2.0, 3.0]));
+    assert_eq!(world.users[0].last_position, Some(Vec3::new(1.0, 2.0, 3.0)));
     assert_eq!(world.chat.len(), CHAT_HISTORY_MAX);
     assert_eq!(world.chat.last().unwrap().id, chat_len + 1);
 }
@@ -1063,7 +1073,7 @@ fn core_effects_in_core_world_out() {
             ack: Some(tok(1)),
         },
         Effect {
-            change: CoreChange::PutUser(user(2, Some([1.0, 0.0, 1.0]))),
+            change: CoreChange::PutUser(user(2, Some(Vec3::new(1.0, 0.0, 1.0)))),
             ack: None,
         },
         Effect {
@@ -1084,7 +1094,7 @@ fn core_effects_in_core_world_out() {
     assert_eq!(world.entities.get(&EntityId(4)), Some(&app(4, 1.0)));
     assert_eq!(
         world.users.get(&UserId(2)).and_then(|u| u.last_position),
-        Some([1.0, 0.0, 1.0])
+        Some(Vec3::new(1.0, 0.0, 1.0))
     );
     assert_eq!(world.chat.back(), Some(&chat(7)));
     assert_eq!(

@@ -25,7 +25,7 @@ use neonet_proto::transform::{
     ClientReplicator, EntitySample, Freshness, QTransform, Quantizer, ReplicaReceiver, TickInput,
     TransformConfig,
 };
-use neonet_proto::types::{EntityId, Transform};
+use neonet_proto::types::{EntityId, Quat, Transform, Vec3};
 use neonet_proto::Time;
 
 fn hex(bytes: &[u8]) -> String {
@@ -40,8 +40,8 @@ fn bits(v: &[f32]) -> String {
 fn state_json(s: &CharacterState) -> String {
     format!(
         "{{\"position\":{},\"velocity\":{},\"yaw\":{},\"grounded\":{}}}",
-        bits(&s.position),
-        bits(&s.velocity),
+        bits(&s.position.to_array()),
+        bits(&s.velocity.to_array()),
         s.yaw,
         s.grounded
     )
@@ -65,8 +65,8 @@ fn config_json(c: &CharacterConfig) -> String {
         c.gravity_mps2.to_bits(),
         c.fall_speed_max_mps.to_bits(),
         c.ground_y.to_bits(),
-        bits(&c.bounds_min),
-        bits(&c.bounds_max)
+        bits(&c.bounds_min.to_array()),
+        bits(&c.bounds_max.to_array())
     )
 }
 
@@ -91,9 +91,9 @@ fn q_json(q: &QTransform) -> String {
 fn t_json(t: &Transform) -> String {
     format!(
         "{{\"position\":{},\"rotation\":{},\"scale\":{}}}",
-        bits(&t.position),
-        bits(&t.rotation),
-        t.scale.map_or("null".into(), |s| bits(&s))
+        bits(&t.position.to_array()),
+        bits(&t.rotation.to_array()),
+        t.scale.map_or("null".into(), |s| bits(&s.to_array()))
     )
 }
 
@@ -101,8 +101,8 @@ fn tconfig_json(c: &TransformConfig) -> String {
     let w = &c.weights;
     format!(
         "{{\"bounds_min\":{},\"bounds_max\":{},\"position_steps_per_m\":{},\"rotation_bits\":{},\"scale_enabled\":{},\"scale_steps_per_unit\":{},\"tick_hz\":{},\"budget_bits_per_s\":{},\"interest_radius_m\":{},\"interest_hysteresis_m\":{},\"weights\":{{\"base\":{},\"distance_half_m\":{},\"moving\":{},\"owned_by_viewer\":{},\"left_notice\":{}}}}}",
-        bits(&c.bounds_min),
-        bits(&c.bounds_max),
+        bits(&c.bounds_min.to_array()),
+        bits(&c.bounds_max.to_array()),
         c.position_steps_per_m,
         c.rotation_bits,
         c.scale_enabled,
@@ -133,14 +133,14 @@ fn movement() -> String {
     let yq: Vec<String> = (0..=u16::MAX)
         .step_by(251)
         .chain([1, 3, 65535, 32767, 32769])
-        .map(|y| format!("[{y},{}]", bits(&yaw_to_quat(y))))
+        .map(|y| format!("[{y},{}]", bits(&yaw_to_quat(y).to_array())))
         .collect();
     out.push(format!("\"yaw_to_quat\":[{}]", yq.join(",")));
 
     let mut runs = Vec::new();
     // The determinism test's inputs, default config, 30 Hz.
     let m = KinematicCharacter::default();
-    let start = m.spawn([1.0, 0.0, 2.0], 0);
+    let start = m.spawn(Vec3::new(1.0, 0.0, 2.0), 0);
     let inputs: Vec<CharacterInput> = (0..150u32)
         .map(|i| CharacterInput {
             move_x: (i % 255) as u8 as i8,
@@ -161,8 +161,8 @@ fn movement() -> String {
         gravity_mps2: 9.81,
         fall_speed_max_mps: 20.0,
         ground_y: 1.25,
-        bounds_min: [-3.0, -10.0, -2.5],
-        bounds_max: [4.0, 3.0, 5.5],
+        bounds_min: Vec3::new(-3.0, -10.0, -2.5),
+        bounds_max: Vec3::new(4.0, 3.0, 5.5),
     };
     let m2 = KinematicCharacter::new(cfg);
     let mut rng = Rng::new(7);
@@ -175,7 +175,7 @@ fn movement() -> String {
             jump: rng.chance(0.1),
         })
         .collect();
-    let start = m2.spawn([0.3, -5.0, 0.7], 12345);
+    let start = m2.spawn(Vec3::new(0.3, -5.0, 0.7), 12345);
     runs.push(run_json(
         &m2,
         [0.3, -5.0, 0.7],
@@ -186,8 +186,8 @@ fn movement() -> String {
     ));
     // Airborne start (a state that is not grounded), odd dt values.
     let start = m.quantize(&CharacterState {
-        position: [10.123, 40.5, -7.77],
-        velocity: [3.0, 12.0, -1.5],
+        position: Vec3::new(10.123, 40.5, -7.77),
+        velocity: Vec3::new(3.0, 12.0, -1.5),
         yaw: 40000,
         grounded: false,
     });
@@ -212,7 +212,7 @@ fn movement() -> String {
     let transforms: Vec<String> = [0u16, 1, 12345, 65535]
         .iter()
         .map(|&y| {
-            let s = m.spawn([1.5, 0.0, -2.0], y);
+            let s = m.spawn(Vec3::new(1.5, 0.0, -2.0), y);
             format!("{{\"yaw\":{y},\"transform\":{}}}", t_json(&m.transform(&s)))
         })
         .collect();
@@ -248,8 +248,8 @@ fn run_json(
 
 fn custom_config() -> TransformConfig {
     TransformConfig {
-        bounds_min: [-50.0, -5.5, -40.0],
-        bounds_max: [60.0, 30.0, 45.0],
+        bounds_min: Vec3::new(-50.0, -5.5, -40.0),
+        bounds_max: Vec3::new(60.0, 30.0, 45.0),
         position_steps_per_m: 1000,
         rotation_bits: 12,
         scale_enabled: true,
@@ -278,9 +278,9 @@ fn random_transform(rng: &mut Rng, c: &TransformConfig) -> Transform {
         .chance(0.5)
         .then(|| [0, 1, 2].map(|_| rng.range_f64(-1.0, 70.0) as f32));
     Transform {
-        position: p,
-        rotation: r,
-        scale,
+        position: p.into(),
+        rotation: Quat::from_array(r),
+        scale: scale.map(Vec3::from_array),
     }
 }
 
@@ -294,18 +294,18 @@ fn quant() -> String {
         let s = std::f32::consts::FRAC_1_SQRT_2;
         ts.push(Transform {
             position: c.bounds_max,
-            rotation: [0.0, s, 0.0, s],
+            rotation: Quat::from_xyzw(0.0, s, 0.0, s),
             scale: None,
         });
         ts.push(Transform {
             position: c.bounds_min,
-            rotation: [-0.5, 0.5, -0.5, 0.5],
-            scale: Some([64.0; 3]),
+            rotation: Quat::from_xyzw(-0.5, 0.5, -0.5, 0.5),
+            scale: Some(Vec3::splat(64.0)),
         });
         ts.push(Transform {
-            position: [f32::NAN, f32::INFINITY, f32::NEG_INFINITY],
-            rotation: [f32::NAN, 0.0, 0.0, 1.0],
-            scale: Some([f32::NAN, 1.0, 0.5]),
+            position: Vec3::new(f32::NAN, f32::INFINITY, f32::NEG_INFINITY),
+            rotation: Quat::from_xyzw(f32::NAN, 0.0, 0.0, 1.0),
+            scale: Some(Vec3::new(f32::NAN, 1.0, 0.5)),
         });
         for t in &ts {
             let q = qz.quantize(t);
@@ -394,18 +394,18 @@ fn stream(
             yaw[i] += spin[i];
             let h = yaw[i] / 2.0;
             let t = Transform {
-                position: pos[i],
-                rotation: [0.0, h.sin(), 0.0, h.cos()],
+                position: pos[i].into(),
+                rotation: Quat::from_xyzw(0.0, h.sin(), 0.0, h.cos()),
                 scale: config
                     .scale_enabled
-                    .then(|| [1.0 + (i as f32) * 0.25, 1.0, 2.0]),
+                    .then(|| Vec3::new(1.0 + (i as f32) * 0.25, 1.0, 2.0)),
             };
             entities.push(EntitySample::new(EntityId(i as u32 * 3 + 1), &t, &qz));
         }
         let viewer_at = viewer.then(|| {
             let x = config.bounds_min[0]
                 + (config.bounds_max[0] - config.bounds_min[0]) * tick as f32 / ticks as f32;
-            [x, 0.0, (config.bounds_min[2] + config.bounds_max[2]) / 2.0]
+            Vec3::new(x, 0.0, (config.bounds_min[2] + config.bounds_max[2]) / 2.0)
         });
         let blob = own_blob.then(|| {
             encode_own_state(&OwnState {
@@ -413,8 +413,8 @@ fn stream(
                 last_input_tick: tick.checked_sub(2).map(Tick),
                 teleport_seq: (tick / 50) as u8,
                 state: CharacterState {
-                    position: [tick as f32 * 0.125, 0.0, -1.0],
-                    velocity: [0.5, 0.0, 0.0],
+                    position: Vec3::new(tick as f32 * 0.125, 0.0, -1.0),
+                    velocity: Vec3::new(0.5, 0.0, 0.0),
                     yaw: (tick * 100) as u16,
                     grounded: true,
                 },

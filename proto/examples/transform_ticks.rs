@@ -16,6 +16,7 @@ use std::hint::black_box;
 use neonet_proto::time::{Tick, Time};
 use neonet_proto::transform::scenario::CrowdSamples;
 use neonet_proto::transform::{AckHeader, ClientReplicator, Seq, TickInput, TransformConfig};
+use neonet_proto::types::Vec3;
 
 const TICK_US: u64 = 33_333;
 const MAX_DATAGRAM: usize = 1162;
@@ -28,7 +29,7 @@ fn timed(
     servers: &mut [ClientReplicator],
     world: &World,
     tick: u64,
-    viewer: impl Fn(usize) -> Option<[f32; 3]>,
+    viewer: impl Fn(usize) -> Option<Vec3>,
     out: &mut Vec<Vec<u8>>,
 ) -> usize {
     run(servers, world, tick, viewer, out)
@@ -40,7 +41,7 @@ fn warm(
     servers: &mut [ClientReplicator],
     world: &World,
     tick: u64,
-    viewer: impl Fn(usize) -> Option<[f32; 3]>,
+    viewer: impl Fn(usize) -> Option<Vec3>,
     out: &mut Vec<Vec<u8>>,
 ) -> usize {
     run(servers, world, tick, viewer, out)
@@ -51,7 +52,7 @@ fn run(
     servers: &mut [ClientReplicator],
     world: &World,
     tick: u64,
-    viewer: impl Fn(usize) -> Option<[f32; 3]>,
+    viewer: impl Fn(usize) -> Option<Vec3>,
     out: &mut Vec<Vec<u8>>,
 ) -> usize {
     let mut bytes = 0;
@@ -103,7 +104,7 @@ fn main() {
             if server_scene {
                 Some(w.samples[c * 10].position)
             } else {
-                Some([0.0; 3])
+                Some(Vec3::ZERO)
             }
         };
         if tick >= warmup {

@@ -49,17 +49,18 @@ pub struct BlueprintId(pub String);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ReqId(pub u32);
 
-/// A position or vector in metres, world space.
-pub type Vec3 = [f32; 3];
-/// A unit quaternion `[x, y, z, w]`.
-pub type Quat = [f32; 4];
+/// A unit quaternion: glam's. On the wire it is four `f32`s, x, y, z, w.
+pub use glam::Quat;
+/// A position or vector in metres, world space: glam's (the Rust game ecosystem's math type).
+/// On the wire it is three `f32`s, x, y, z.
+pub use glam::Vec3;
 
 /// Where an entity is. Scale is optional because most entities never scale.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Transform {
     /// Position in metres.
     pub position: Vec3,
-    /// Rotation as a unit quaternion `[x, y, z, w]`.
+    /// Rotation as a unit quaternion.
     pub rotation: Quat,
     /// Non-uniform scale, `None` for `[1, 1, 1]`.
     pub scale: Option<Vec3>,
@@ -68,8 +69,8 @@ pub struct Transform {
 impl Default for Transform {
     fn default() -> Self {
         Transform {
-            position: [0.0; 3],
-            rotation: [0.0, 0.0, 0.0, 1.0],
+            position: Vec3::ZERO,
+            rotation: Quat::IDENTITY,
             scale: None,
         }
     }
@@ -403,8 +404,8 @@ pub struct Spawn {
 impl Default for Spawn {
     fn default() -> Self {
         Spawn {
-            position: [0.0, 0.0, 0.0],
-            rotation: [0.0, 0.0, 0.0, 1.0],
+            position: Vec3::ZERO,
+            rotation: Quat::IDENTITY,
         }
     }
 }

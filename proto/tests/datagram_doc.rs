@@ -10,7 +10,7 @@ use neonet_proto::transform::{
     decode_client_datagram, encode_client_datagram, AckHeader, ClientReplicator, EntitySample,
     Freshness, QRot, QTransform, ReplicaReceiver, Seq, TickInput, TransformConfig,
 };
-use neonet_proto::types::{EntityId, Transform};
+use neonet_proto::types::{EntityId, Quat, Transform, Vec3};
 use neonet_proto::Time;
 
 fn hex(bytes: &[u8]) -> String {
@@ -28,8 +28,8 @@ const S: f32 = std::f32::consts::FRAC_1_SQRT_2;
 
 fn t(position: [f32; 3], rotation: [f32; 4]) -> Transform {
     Transform {
-        position,
-        rotation,
+        position: position.into(),
+        rotation: Quat::from_array(rotation),
         scale: None,
     }
 }
@@ -198,8 +198,8 @@ fn own_state_blob_of_the_worked_example() {
         last_input_tick: Some(Tick(101)),
         teleport_seq: 1,
         state: CharacterState {
-            position: [1.5, 0.0, -2.0],
-            velocity: [0.0, -1.0, 4.5],
+            position: Vec3::new(1.5, 0.0, -2.0),
+            velocity: Vec3::new(0.0, -1.0, 4.5),
             yaw: 16_384,
             grounded: true,
         },

@@ -44,9 +44,9 @@ fn frame_hex(frame: &[u8]) -> String {
 
 fn transform() -> Transform {
     Transform {
-        position: [1.5, -2.0, 0.25],
-        rotation: [0.0, 0.0, 0.0, 1.0],
-        scale: Some([2.0, 2.0, 2.0]),
+        position: Vec3::new(1.5, -2.0, 0.25),
+        rotation: Quat::from_xyzw(0.0, 0.0, 0.0, 1.0),
+        scale: Some(Vec3::new(2.0, 2.0, 2.0)),
     }
 }
 
@@ -159,8 +159,8 @@ fn settings() -> Settings {
 
 fn spawn() -> Spawn {
     Spawn {
-        position: [0.0, 1.0, 0.0],
-        rotation: [0.0, 0.0, 0.0, 1.0],
+        position: Vec3::new(0.0, 1.0, 0.0),
+        rotation: Quat::from_xyzw(0.0, 0.0, 0.0, 1.0),
     }
 }
 
@@ -320,7 +320,7 @@ pub fn client_cases() -> Vec<(ClientMsg, &'static str)> {
         (
             ClientMsg::PlayerTeleport {
                 target: EntityId(1),
-                position: [10.0, 0.0, -5.5],
+                position: Vec3::new(10.0, 0.0, -5.5),
                 rotation_y: std::f32::consts::PI,
             },
             "12000000 0a0100002041000000000000b0c0db0f4940",
@@ -328,7 +328,7 @@ pub fn client_cases() -> Vec<(ClientMsg, &'static str)> {
         (
             ClientMsg::PlayerPush {
                 target: EntityId(1),
-                force: [0.0, 9.0, 0.0],
+                force: Vec3::new(0.0, 9.0, 0.0),
             },
             "0e000000 0b01000000000000104100000000",
         ),
@@ -449,14 +449,14 @@ pub fn server_cases() -> Vec<(ServerMsg, &'static str)> {
         (ServerMsg::EntityRemoved(EntityId(300)), "03000000 0cac02"),
         (
             ServerMsg::PlayerTeleport {
-                position: [10.0, 0.0, -5.5],
+                position: Vec3::new(10.0, 0.0, -5.5),
                 rotation_y: std::f32::consts::PI,
             },
             "11000000 0d00002041000000000000b0c0db0f4940",
         ),
         (
             ServerMsg::PlayerPush {
-                force: [0.0, 9.0, 0.0],
+                force: Vec3::new(0.0, 9.0, 0.0),
             },
             "0d000000 0e000000000000104100000000",
         ),
@@ -919,7 +919,7 @@ fn protocol_md_worked_examples_match_the_encoder() {
             "PlayerTeleport".into(),
             codec::encode_frame(&ClientMsg::PlayerTeleport {
                 target: EntityId(1),
-                position: [10.0, 0.0, -5.5],
+                position: Vec3::new(10.0, 0.0, -5.5),
                 rotation_y: std::f32::consts::PI,
             }),
         ),
@@ -1099,7 +1099,7 @@ fn rotation_quantization_constants_and_the_identity_are_pinned() {
         })
         .unwrap();
         assert_eq!(
-            q.quantize_rotation([0.0, 0.0, 0.0, 1.0]),
+            q.quantize_rotation(Quat::from_xyzw(0.0, 0.0, 0.0, 1.0)),
             QRot {
                 largest: 3,
                 comps: [c; 3]
@@ -1114,13 +1114,13 @@ fn rotation_quantization_constants_and_the_identity_are_pinned() {
         comps: [512; 3],
     });
     assert_eq!(
-        back.map(f32::to_bits),
+        back.to_array().map(f32::to_bits),
         [0x3A35_3240, 0x3A35_3240, 0x3A35_3240, 0x3F7F_FFF4]
     );
     // 90° about +y (PROTOCOL.md 12.9, entity 2): y and w tie, the lower index wins.
     let s = std::f32::consts::FRAC_1_SQRT_2;
     assert_eq!(
-        q.quantize_rotation([0.0, s, 0.0, s]),
+        q.quantize_rotation(Quat::from_xyzw(0.0, s, 0.0, s)),
         QRot {
             largest: 1,
             comps: [512, 512, 1023]

@@ -73,7 +73,7 @@ fn random_msg(rng: &mut Rng, entities: &[EntityId]) -> ClientMsg {
             req,
             blueprint: bp,
             transform: Transform {
-                position: [rng.f64() as f32, f32::NAN, 0.0],
+                position: Vec3::new(rng.f64() as f32, f32::NAN, 0.0),
                 ..Default::default()
             },
             props: vec![],
@@ -102,7 +102,7 @@ fn random_msg(rng: &mut Rng, entities: &[EntityId]) -> ClientMsg {
         },
         11 => ClientMsg::PlayerTeleport {
             target: entity,
-            position: [1.0, 2.0, 3.0],
+            position: Vec3::new(1.0, 2.0, 3.0),
             rotation_y: 0.5,
         },
         12 => ClientMsg::SettingsModify {

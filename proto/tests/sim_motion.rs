@@ -157,7 +157,7 @@ fn the_interest_radius_is_respected_and_leaving_it_is_announced() {
     s.with_client(1, |c| {
         c.send_raw(&ClientMsg::PlayerTeleport {
             target: p1,
-            position: [600.0, 0.0, 0.0],
+            position: Vec3::new(600.0, 0.0, 0.0),
             rotation_y: 0.0,
         })
     });
@@ -184,7 +184,7 @@ fn a_teleport_snaps_the_predicted_player() {
     s.with_client(0, |c| {
         c.send_raw(&ClientMsg::PlayerTeleport {
             target: p,
-            position: [50.0, 0.0, 50.0],
+            position: Vec3::new(50.0, 0.0, 50.0),
             rotation_y: 0.0,
         })
     });
@@ -209,7 +209,7 @@ fn client_authoritative_mode_rejects_a_speed_hack() {
     // An honest walk is accepted...
     for step in 1..=20 {
         let t = Transform {
-            position: [0.0, 0.0, step as f32 * 0.1],
+            position: Vec3::new(0.0, 0.0, step as f32 * 0.1),
             ..Default::default()
         };
         s.with_client(0, |c| c.set_player_transform(t));
@@ -223,7 +223,7 @@ fn client_authoritative_mode_rejects_a_speed_hack() {
     // ...a jump of 100 m in 50 ms is not.
     s.with_client(0, |c| {
         c.set_player_transform(Transform {
-            position: [0.0, 0.0, 102.0],
+            position: Vec3::new(0.0, 0.0, 102.0),
             ..Default::default()
         })
     });
@@ -288,7 +288,7 @@ fn a_builder_moves_an_app_through_datagrams_and_others_see_it() {
     s.run_for(Duration::from_millis(300));
     for step in 1..=20 {
         let t = Transform {
-            position: [step as f32 * 0.25, 1.0, 0.0],
+            position: Vec3::new(step as f32 * 0.25, 1.0, 0.0),
             ..Default::default()
         };
         s.with_client(0, |c| c.set_entity_transform(app, t));
@@ -305,7 +305,7 @@ fn a_builder_moves_an_app_through_datagrams_and_others_see_it() {
         c.set_entity_transform(
             app,
             Transform {
-                position: [-50.0, 0.0, 0.0],
+                position: Vec3::new(-50.0, 0.0, 0.0),
                 ..Default::default()
             },
         )

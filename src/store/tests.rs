@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use neonet_proto::types::{
     Blueprint, BlueprintId, Bytes, ChatMessage, Entity, EntityId, EntityKind, Rank, Settings,
-    Spawn, Transform, User, UserId,
+    Spawn, Transform, User, UserId, Vec3,
 };
 
 use super::*;
@@ -230,7 +230,7 @@ fn record_encoding_is_pinned() {
                 rank: Rank::Builder,
                 muted: true,
                 banned: false,
-                last_position: Some([1.0, 2.0, 3.0]),
+                last_position: Some(Vec3::new(1.0, 2.0, 3.0)),
             },
         )
         .unwrap(),

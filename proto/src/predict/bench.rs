@@ -23,7 +23,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use super::client::PredictedClient;
-use super::movement::{distance, CharacterConfig, CharacterInput, KinematicCharacter};
+use super::movement::{CharacterConfig, CharacterInput, KinematicCharacter};
 use super::predictor::Reconciliation;
 use super::server::PlayerMotion;
 use crate::rng::Rng;
@@ -355,7 +355,7 @@ pub fn run_bench(cfg: &BenchConfig) -> PredictionReport {
     let mut server: Vec<PlayerMotion> = (0..players)
         .map(|i| {
             let spawn = model.spawn(
-                [(i % 32) as f32 * 3.0 - 48.0, 0.0, (i / 32) as f32 * 3.0],
+                Vec3::new((i % 32) as f32 * 3.0 - 48.0, 0.0, (i / 32) as f32 * 3.0),
                 0,
             );
             PlayerMotion::new(model, spawn, hz, Tick(0))
@@ -548,12 +548,8 @@ pub fn run_bench(cfg: &BenchConfig) -> PredictionReport {
                     if c.core.interpolation_stats().underruns > before {
                         underruns += 1;
                     }
-                    let t = [
-                        a[q][0] + (b[q][0] - a[q][0]) * frac,
-                        a[q][1] + (b[q][1] - a[q][1]) * frac,
-                        a[q][2] + (b[q][2] - a[q][2]) * frac,
-                    ];
-                    interp_errors.record(distance(s.position, t) as f64);
+                    let t = a[q] + (b[q] - a[q]) * frac;
+                    interp_errors.record(s.position.distance(t) as f64);
                 }
             }
         }

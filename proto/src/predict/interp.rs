@@ -19,7 +19,7 @@ use std::collections::VecDeque;
 
 use crate::idhash::IdMap;
 use crate::time::{Tick, Time};
-use crate::types::{EntityId, Quat, Transform, Vec3};
+use crate::types::{EntityId, Transform};
 
 /// Samples kept per entity. At 60 Hz, 32 samples are half a second: more than the largest useful
 /// delay needs, and a bound on memory per entity.
@@ -68,43 +68,6 @@ pub struct Sampled {
     pub underrun: bool,
 }
 
-fn lerp3(a: Vec3, b: Vec3, t: f32) -> Vec3 {
-    [
-        a[0] + (b[0] - a[0]) * t,
-        a[1] + (b[1] - a[1]) * t,
-        a[2] + (b[2] - a[2]) * t,
-    ]
-}
-
-/// Spherical interpolation of unit quaternions along the shorter arc.
-pub fn slerp(a: Quat, b: Quat, t: f32) -> Quat {
-    let mut dot = a[0] * b[0] + a[1] * b[1] + a[2] * b[2] + a[3] * b[3];
-    let mut b = b;
-    if dot < 0.0 {
-        dot = -dot;
-        b = [-b[0], -b[1], -b[2], -b[3]];
-    }
-    let (wa, wb) = if dot > 0.9995 {
-        (1.0 - t, t)
-    } else {
-        let theta = dot.min(1.0).acos();
-        let s = theta.sin();
-        (((1.0 - t) * theta).sin() / s, (t * theta).sin() / s)
-    };
-    let q = [
-        a[0] * wa + b[0] * wb,
-        a[1] * wa + b[1] * wb,
-        a[2] * wa + b[2] * wb,
-        a[3] * wa + b[3] * wb,
-    ];
-    let n = (q[0] * q[0] + q[1] * q[1] + q[2] * q[2] + q[3] * q[3]).sqrt();
-    if n > 0.0 && n.is_finite() {
-        [q[0] / n, q[1] / n, q[2] / n, q[3] / n]
-    } else {
-        a
-    }
-}
-
 impl Interpolator {
     /// Adds a sample for server tick `tick`. Out-of-order samples are put in place; duplicates
     /// and samples older than everything held once full are dropped.
@@ -124,7 +87,7 @@ impl Interpolator {
         let mut teleport = teleport;
         if let Some(prev) = pos.checked_sub(1).and_then(|i| self.samples.get(i)) {
             let dt = (tick - prev.tick) as f32 * period_s;
-            let d = super::movement::distance(prev.transform.position, transform.position);
+            let d = prev.transform.position.distance(transform.position);
             if d > TELEPORT_SPEED_MPS * dt {
                 teleport = true;
             }
@@ -183,8 +146,8 @@ impl Interpolator {
             let t = ((at - a.tick as f64) / (b.tick - a.tick) as f64) as f32;
             return Some(Sampled {
                 transform: Transform {
-                    position: lerp3(a.transform.position, b.transform.position, t),
-                    rotation: slerp(a.transform.rotation, b.transform.rotation, t),
+                    position: a.transform.position.lerp(b.transform.position, t),
+                    rotation: a.transform.rotation.slerp(b.transform.rotation, t),
                     scale: b.transform.scale,
                 },
                 underrun: false,
@@ -201,9 +164,7 @@ impl Interpolator {
             let ahead_ticks =
                 (at - last.tick as f64).min(EXTRAPOLATION_MAX_MS / 1000.0 / period_s as f64);
             let k = (ahead_ticks / span) as f32;
-            for j in 0..3 {
-                tr.position[j] += (last.transform.position[j] - prev.transform.position[j]) * k;
-            }
+            tr.position += (last.transform.position - prev.transform.position) * k;
         }
         Some(Sampled {
             transform: tr,
@@ -410,11 +371,12 @@ impl Interpolation {
 mod tests {
     use super::*;
     use crate::rng::Rng;
+    use crate::types::{Quat, Vec3};
     use core::time::Duration;
 
     fn at_x(x: f32) -> Transform {
         Transform {
-            position: [x, 0.0, 0.0],
+            position: Vec3::new(x, 0.0, 0.0),
             ..Default::default()
         }
     }
@@ -466,7 +428,7 @@ mod tests {
         let mut teleport = false;
         if let Some(prev) = pos.checked_sub(1).and_then(|i| e.samples.get(i)) {
             let dt = (tick - prev.tick) as f32 * period_s;
-            let d = super::super::movement::distance(prev.transform.position, transform.position);
+            let d = prev.transform.position.distance(transform.position);
             if d > TELEPORT_SPEED_MPS * dt {
                 teleport = true;
             }
@@ -567,9 +529,9 @@ mod tests {
         assert!(s.underrun && s.transform.position[0] <= max + 1e-3, "{s:?}");
         // Rotation: halfway between 0 and 90° about Y is 45°.
         let h = core::f32::consts::FRAC_1_SQRT_2;
-        let q = slerp([0.0, 0.0, 0.0, 1.0], [0.0, h, 0.0, h], 0.5);
+        let q = Quat::IDENTITY.slerp(Quat::from_xyzw(0.0, h, 0.0, h), 0.5);
         let want = (core::f32::consts::PI / 8.0).sin();
-        assert!((q[1] - want).abs() < 1e-5, "{q:?}");
+        assert!((q.y - want).abs() < 1e-5, "{q:?}");
         // Bounded buffer.
         for t in 100..1_000 {
             e.push(Tick(t), at_x(t as f32 * 0.01), false, p);

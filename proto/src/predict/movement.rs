@@ -103,9 +103,9 @@ pub fn yaw_to_quat(yaw: u16) -> Quat {
         let (s2, c2) = sin_cos_u16(yaw / 2 + 1);
         let (sy, cy) = ((s + s2) * 0.5, (c + c2) * 0.5);
         let n = (sy * sy + cy * cy).sqrt();
-        return [0.0, sy / n, 0.0, cy / n];
+        return Quat::from_xyzw(0.0, sy / n, 0.0, cy / n);
     }
-    [0.0, s, 0.0, c]
+    Quat::from_xyzw(0.0, s, 0.0, c)
 }
 
 /// One tick of a player's controls, quantized as the wire carries them.
@@ -175,8 +175,8 @@ impl Default for CharacterConfig {
             fall_speed_max_mps: 50.0,
             ground_y: 0.0,
             // A 2 km square world up to 500 m high: f32 still has sub-millimetre precision there.
-            bounds_min: [-1000.0, -100.0, -1000.0],
-            bounds_max: [1000.0, 500.0, 1000.0],
+            bounds_min: Vec3::new(-1000.0, -100.0, -1000.0),
+            bounds_max: Vec3::new(1000.0, 500.0, 1000.0),
         }
     }
 }
@@ -209,7 +209,7 @@ impl KinematicCharacter {
         p[1] = p[1].max(self.config.ground_y);
         let s = CharacterState {
             position: p,
-            velocity: [0.0; 3],
+            velocity: Vec3::ZERO,
             yaw,
             grounded: p[1] <= self.config.ground_y,
         };
@@ -276,9 +276,7 @@ impl Movement for KinematicCharacter {
             v[1] = (v[1] - c.gravity_mps2 * dt).max(-c.fall_speed_max_mps);
         }
         let mut p = state.position;
-        p[0] += v[0] * dt;
-        p[1] += v[1] * dt;
-        p[2] += v[2] * dt;
+        p += v * dt;
         if p[1] <= c.ground_y {
             p[1] = c.ground_y;
             if v[1] <= 0.0 {
@@ -307,8 +305,8 @@ impl Movement for KinematicCharacter {
         let qp = |m: f32| quantize_position_units(m) as f32 / POSITION_UNITS_PER_M;
         let qv = |m: f32| quantize_velocity_units(m) as f32 / VELOCITY_UNITS_PER_MPS;
         CharacterState {
-            position: [qp(s.position[0]), qp(s.position[1]), qp(s.position[2])],
-            velocity: [qv(s.velocity[0]), qv(s.velocity[1]), qv(s.velocity[2])],
+            position: s.position.map(qp),
+            velocity: s.velocity.map(qv),
             yaw: s.yaw,
             grounded: s.grounded,
         }
@@ -325,12 +323,6 @@ impl Movement for KinematicCharacter {
             scale: None,
         }
     }
-}
-
-/// Euclidean distance between two points, metres.
-pub fn distance(a: Vec3, b: Vec3) -> f32 {
-    let d = [a[0] - b[0], a[1] - b[1], a[2] - b[2]];
-    (d[0] * d[0] + d[1] * d[1] + d[2] * d[2]).sqrt()
 }
 
 #[cfg(test)]
@@ -350,7 +342,7 @@ mod tests {
     #[test]
     fn step_output_is_quantized_and_deterministic() {
         let m = KinematicCharacter::default();
-        let mut a = m.spawn([1.0, 0.0, 2.0], 0);
+        let mut a = m.spawn(Vec3::new(1.0, 0.0, 2.0), 0);
         let mut b = a;
         let dt = 1.0 / 30.0;
         for i in 0..300u32 {
@@ -371,7 +363,7 @@ mod tests {
     #[test]
     fn walking_reaches_walk_speed_and_jump_lands() {
         let m = KinematicCharacter::default();
-        let mut s = m.spawn([0.0; 3], 0);
+        let mut s = m.spawn(Vec3::ZERO, 0);
         let fwd = CharacterInput {
             move_z: AXIS_MAX,
             ..Default::default()
@@ -396,7 +388,7 @@ mod tests {
     #[test]
     fn world_bounds_clamp_position() {
         let m = KinematicCharacter::default();
-        let mut s = m.spawn([999.0, 0.0, 0.0], 0);
+        let mut s = m.spawn(Vec3::new(999.0, 0.0, 0.0), 0);
         let right = CharacterInput {
             move_x: AXIS_MAX,
             run: true,

@@ -14,7 +14,7 @@
 
 use std::collections::VecDeque;
 
-use super::movement::{distance, Movement};
+use super::movement::Movement;
 use super::wire::{OwnState, INPUTS_PER_PACKET_MAX};
 use crate::time::Tick;
 use crate::types::{Transform, Vec3};
@@ -153,7 +153,7 @@ impl<M: Movement> Predictor<M> {
             last_server_tick: None,
             teleport_seq: None,
             last_input: M::Input::default(),
-            visual_offset: [0.0; 3],
+            visual_offset: Vec3::ZERO,
             stats: CorrectionStats::default(),
         }
     }
@@ -256,7 +256,10 @@ impl<M: Movement> Predictor<M> {
         };
         if s > latest {
             // The server is ahead of our prediction: nothing to compare with.
-            let err = distance(self.model.position(&cur), self.model.position(&auth_state));
+            let err = self
+                .model
+                .position(&cur)
+                .distance(self.model.position(&auth_state));
             self.adopt(s, auth_state, teleport || err > self.config.snap_distance_m);
             if teleport {
                 self.stats.teleports += 1;
@@ -279,8 +282,14 @@ impl<M: Movement> Predictor<M> {
         }
         // Restore and replay.
         let err = match &predicted {
-            Some(p) => distance(self.model.position(p), self.model.position(&auth_state)),
-            None => distance(self.model.position(&cur), self.model.position(&auth_state)),
+            Some(p) => self
+                .model
+                .position(p)
+                .distance(self.model.position(&auth_state)),
+            None => self
+                .model
+                .position(&cur)
+                .distance(self.model.position(&auth_state)),
         };
         let shown_before = self.model.position(&cur);
         let mut st = auth_state.clone();
@@ -302,10 +311,8 @@ impl<M: Movement> Predictor<M> {
         self.stats.corrections += 1;
         self.stats.error_max_m = self.stats.error_max_m.max(err);
         self.stats.error_sum_m += err as f64;
-        for i in 0..3 {
-            self.visual_offset[i] += shown_before[i] - shown_after[i];
-        }
-        if distance(self.visual_offset, [0.0; 3]) > self.config.snap_distance_m {
+        self.visual_offset += shown_before - shown_after;
+        if self.visual_offset.length() > self.config.snap_distance_m {
             self.snap();
         }
         Reconciliation::Corrected {
@@ -319,9 +326,7 @@ impl<M: Movement> Predictor<M> {
         self.history.clear();
         if let (Some(b), false) = (before, snap) {
             let a = self.model.position(&state);
-            for i in 0..3 {
-                self.visual_offset[i] += b[i] - a[i];
-            }
+            self.visual_offset += b - a;
         } else if before.is_some() {
             self.snap();
         }
@@ -330,7 +335,7 @@ impl<M: Movement> Predictor<M> {
     }
 
     fn snap(&mut self) {
-        self.visual_offset = [0.0; 3];
+        self.visual_offset = Vec3::ZERO;
         self.stats.snaps += 1;
     }
 
@@ -340,9 +345,7 @@ impl<M: Movement> Predictor<M> {
     pub fn advance_visual(&mut self, dt_s: f32) {
         let tau = self.config.smoothing_time_constant_s.max(1e-3);
         let k = (-dt_s.max(0.0) / tau).exp();
-        for o in self.visual_offset.iter_mut() {
-            *o *= k;
-        }
+        self.visual_offset *= k;
     }
 
     /// The current visual error being smoothed out, metres (add to the prediction to get what is
@@ -385,7 +388,7 @@ mod tests {
         let m = KinematicCharacter::default();
         let dt = 1.0 / 30.0;
         let mut p = Predictor::new(m, dt, PredictorConfig::default());
-        let s0 = m.spawn([0.0; 3], 0);
+        let s0 = m.spawn(Vec3::ZERO, 0);
         assert_eq!(
             p.reconcile(&Authoritative {
                 server_tick: Tick(10),
@@ -433,12 +436,12 @@ mod tests {
         assert_eq!(p.state(), Some(&srv));
         assert_eq!(p.stats().corrections, 1);
         // The rendered position stays continuous and the offset decays.
-        let off0 = distance(p.visual_offset(), [0.0; 3]);
+        let off0 = p.visual_offset().length();
         assert!(off0 > 0.0);
         for _ in 0..30 {
             p.advance_visual(1.0 / 60.0);
         }
-        assert!(distance(p.visual_offset(), [0.0; 3]) < off0 * 0.01);
+        assert!(p.visual_offset().length() < off0 * 0.01);
     }
 
     #[test]
@@ -446,7 +449,7 @@ mod tests {
         let m = KinematicCharacter::default();
         let dt = 1.0 / 30.0;
         let mut p = Predictor::new(m, dt, PredictorConfig::default());
-        let s0 = m.spawn([0.0; 3], 0);
+        let s0 = m.spawn(Vec3::ZERO, 0);
         p.reconcile(&Authoritative {
             server_tick: Tick(0),
             last_input_tick: None,
@@ -457,7 +460,7 @@ mod tests {
             p.step(Tick(t), fwd(0));
         }
         // The server moved us only 1 m away (below the snap distance), as a teleport.
-        let tp = m.spawn([1.0, 0.0, 0.0], 0);
+        let tp = m.spawn(Vec3::new(1.0, 0.0, 0.0), 0);
         let r = p.reconcile(&Authoritative {
             server_tick: Tick(2),
             last_input_tick: Some(Tick(2)),
@@ -465,7 +468,7 @@ mod tests {
             state: tp,
         });
         assert_eq!(r, Reconciliation::Teleported);
-        assert_eq!(p.visual_offset(), [0.0; 3]);
+        assert_eq!(p.visual_offset(), Vec3::ZERO);
         let shown = p.render_transform(1.0).unwrap().position;
         assert_eq!(shown, p.state().unwrap().position);
         assert!(shown[0] == 1.0);
@@ -481,7 +484,7 @@ mod tests {
             server_tick: Tick(0),
             last_input_tick: None,
             teleport_seq: 0,
-            state: m.spawn([0.0; 3], 0),
+            state: m.spawn(Vec3::ZERO, 0),
         });
         for t in 1..10_000 {
             p.step(Tick(t), fwd(0));

@@ -319,12 +319,7 @@ impl MoveValidator {
     }
 
     fn check(&self, t: &Transform, now: Time) -> Result<(f32, f32), MoveRejection> {
-        if !t
-            .position
-            .iter()
-            .chain(t.rotation.iter())
-            .all(|x| x.is_finite())
-        {
+        if !(t.position.is_finite() && t.rotation.is_finite()) {
             return Err(MoveRejection::NotFinite);
         }
         let c = &self.config;
@@ -473,7 +468,7 @@ mod tests {
 
     fn at(x: f32, z: f32) -> Transform {
         Transform {
-            position: [x, 0.0, z],
+            position: Vec3::new(x, 0.0, z),
             ..Default::default()
         }
     }

@@ -198,10 +198,10 @@ pub fn encode_own_state(s: &OwnState) -> Vec<u8> {
     out.extend_from_slice(&s.server_tick.0.to_le_bytes());
     out.extend_from_slice(&s.last_input_tick.map_or(u64::MAX, |t| t.0).to_le_bytes());
     out.push(s.teleport_seq);
-    for p in s.state.position {
+    for p in s.state.position.to_array() {
         out.extend_from_slice(&quantize_position_units(p).to_le_bytes());
     }
-    for v in s.state.velocity {
+    for v in s.state.velocity.to_array() {
         out.extend_from_slice(&quantize_velocity_units(v).to_le_bytes());
     }
     out.extend_from_slice(&s.state.yaw.to_le_bytes());
@@ -247,8 +247,8 @@ pub fn decode_own_state(bytes: &[u8]) -> Result<OwnState, WireError> {
         last_input_tick: (last != u64::MAX).then_some(Tick(last)),
         teleport_seq,
         state: CharacterState {
-            position,
-            velocity,
+            position: position.into(),
+            velocity: velocity.into(),
             yaw,
             grounded: flags & FLAG_GROUNDED != 0,
         },
@@ -266,6 +266,7 @@ mod tests {
     use super::*;
     use crate::predict::movement::{KinematicCharacter, Movement};
     use crate::rng::Rng;
+    use crate::types::Vec3;
 
     fn random_input(r: &mut Rng) -> CharacterInput {
         CharacterInput {
@@ -296,7 +297,7 @@ mod tests {
     fn own_state_round_trips_exactly_for_quantized_states() {
         let m = KinematicCharacter::default();
         let mut r = Rng::new(9);
-        let mut s = m.spawn([10.0, 0.0, -5.0], 0);
+        let mut s = m.spawn(Vec3::new(10.0, 0.0, -5.0), 0);
         for i in 0..500u64 {
             s = m.step(&s, &random_input(&mut r), 1.0 / 60.0);
             let o = OwnState {

@@ -104,7 +104,7 @@ impl ServerCore {
 
 /// The yaw (u16 turns, as the movement model stores it) of a rotation about +Y.
 pub(super) fn yaw_of(q: Quat) -> u16 {
-    let [x, y, z, w] = q;
+    let [x, y, z, w] = q.to_array();
     let siny = 2.0 * (w * y + z * x);
     let cosy = 1.0 - 2.0 * (x * x + y * y);
     yaw_from_radians(siny.atan2(cosy))

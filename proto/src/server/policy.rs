@@ -84,9 +84,10 @@ impl ServerCore {
                 && p.iter()
                     .all(|(k, v)| k.len() <= ID_BYTES_MAX && v.0.len() <= EVENT_DATA_BYTES_MAX)
         };
-        let finite = |v: &[f32]| v.iter().all(|x| x.is_finite());
         let transform_ok = |t: &Transform| {
-            finite(&t.position) && finite(&t.rotation) && t.scale.as_ref().is_none_or(|s| finite(s))
+            t.position.is_finite()
+                && t.rotation.is_finite()
+                && t.scale.is_none_or(|s| s.is_finite())
         };
         let blueprint_ok = |b: &Blueprint| {
             !b.id.0.is_empty()
@@ -234,7 +235,7 @@ impl ServerCore {
                 self.player_session(*target).ok_or(Refusal::NotFound)?;
                 let own = self.sessions.get(&sid).map(|s| s.player) == Some(*target);
                 need(own || builder)?;
-                if !finite(position) || !rotation_y.is_finite() {
+                if !position.is_finite() || !rotation_y.is_finite() {
                     return Err(Refusal::Invalid);
                 }
                 Ok(())
@@ -243,7 +244,7 @@ impl ServerCore {
                 self.player_session(*target).ok_or(Refusal::NotFound)?;
                 let own = self.sessions.get(&sid).map(|s| s.player) == Some(*target);
                 need(own || builder)?;
-                if !finite(force) {
+                if !force.is_finite() {
                     return Err(Refusal::Invalid);
                 }
                 Ok(())

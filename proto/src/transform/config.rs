@@ -8,9 +8,9 @@ use crate::types::Vec3;
 
 /// Default lower world corner, metres: ±1024 m horizontally covers a 2 km map, -64 m leaves room
 /// for basements and water, and the ranges quantize to 20 / 18 / 20 bits at 1/512 m.
-pub const BOUNDS_MIN_DEFAULT_M: Vec3 = [-1024.0, -64.0, -1024.0];
+pub const BOUNDS_MIN_DEFAULT_M: Vec3 = Vec3::new(-1024.0, -64.0, -1024.0);
 /// Default upper world corner, metres (448 m up: towers and flying, 512 m of vertical range).
-pub const BOUNDS_MAX_DEFAULT_M: Vec3 = [1024.0, 448.0, 1024.0];
+pub const BOUNDS_MAX_DEFAULT_M: Vec3 = Vec3::new(1024.0, 448.0, 1024.0);
 /// Default position steps per metre: 512, i.e. 1.95 mm, the precision Fiedler uses for 901
 /// cubes and finer than the 2 mm the issue asks for.
 pub const POSITION_STEPS_PER_M_DEFAULT: u32 = 512;
@@ -258,8 +258,8 @@ mod tests {
         assert!(matches!(c.validate(), Err(ConfigError::Bounds { axis: 1 })));
         let c = TransformConfig {
             position_steps_per_m: 65_536,
-            bounds_min: [-1e5; 3],
-            bounds_max: [1e5; 3],
+            bounds_min: Vec3::splat(-1e5),
+            bounds_max: Vec3::splat(1e5),
             ..Default::default()
         };
         assert!(matches!(

@@ -11,7 +11,7 @@ use super::scenario::{MotionGen, Scenario};
 use super::*;
 use crate::rng::Rng;
 use crate::time::{Tick, Time};
-use crate::types::{EntityId, SessionId, Transform, Vec3};
+use crate::types::{EntityId, Quat, SessionId, Transform, Vec3};
 
 /// FNV-1a, 64 bit: stable everywhere, enough to notice any changed byte. Also counts which
 /// paths the scenario took, so the test can check it covers them.
@@ -75,13 +75,13 @@ impl World {
         let span = if rng.chance(0.05) { 3000 } else { 3 };
         self.next_id += 1 + rng.below(span) as u32;
         let t = Transform {
-            position: [0; 3].map(|_| rng.range_f64(-spread, spread) as f32),
-            rotation: [0; 4].map(|_| rng.range_f64(-1.0, 1.0) as f32),
+            position: Vec3::from_array([0; 3].map(|_| rng.range_f64(-spread, spread) as f32)),
+            rotation: Quat::from_array([0; 4].map(|_| rng.range_f64(-1.0, 1.0) as f32)),
             scale: rng
                 .chance(0.3)
-                .then(|| [0; 3].map(|_| rng.range_f64(0.5, 2.0) as f32)),
+                .then(|| Vec3::from_array([0; 3].map(|_| rng.range_f64(0.5, 2.0) as f32))),
         };
-        let v = [0; 3].map(|_| rng.range_f64(-0.4, 0.4) as f32);
+        let v = Vec3::from_array([0; 3].map(|_| rng.range_f64(-0.4, 0.4) as f32));
         let weight = [1.0, 1.0, 1.0, 0.0, 3.5][rng.below(5) as usize];
         let owner = rng.chance(0.2).then(|| SessionId(rng.below(3)));
         self.ents
@@ -95,25 +95,30 @@ impl World {
             if r < 0.25 {
                 continue;
             } else if r < 0.27 {
-                t.position = [0; 3].map(|_| rng.range_f64(-spread, spread) as f32);
+                t.position =
+                    Vec3::from_array([0; 3].map(|_| rng.range_f64(-spread, spread) as f32));
             } else {
                 for a in 0..3 {
                     t.position[a] += v[a];
                 }
                 if rng.chance(0.1) {
-                    *v = [0; 3].map(|_| rng.range_f64(-0.6, 0.6) as f32);
+                    *v = Vec3::from_array([0; 3].map(|_| rng.range_f64(-0.6, 0.6) as f32));
                 }
             }
             if rng.chance(0.4) {
-                for c in &mut t.rotation {
+                let mut r = t.rotation.to_array();
+                for c in &mut r {
                     *c += rng.range_f64(-0.03, 0.03) as f32;
                 }
+                t.rotation = Quat::from_array(r);
             }
             if rng.chance(0.01) {
-                t.rotation = [0; 4].map(|_| rng.range_f64(-1.0, 1.0) as f32);
+                t.rotation = Quat::from_array([0; 4].map(|_| rng.range_f64(-1.0, 1.0) as f32));
             }
             if rng.chance(0.005) {
-                t.scale = Some([0; 3].map(|_| rng.range_f64(0.5, 2.0) as f32));
+                t.scale = Some(Vec3::from_array(
+                    [0; 3].map(|_| rng.range_f64(0.5, 2.0) as f32),
+                ));
             }
         }
         if churn {
@@ -226,7 +231,7 @@ fn crowd_100(d: &mut Digest, kept: &mut Vec<Vec<u8>>) {
             .transforms()
             .map(|(id, t)| EntitySample::new(id, &t, &qz))
             .collect();
-        link.tick(d, tick, &samples, Some([0.0; 3]), 1162, None, kept);
+        link.tick(d, tick, &samples, Some(Vec3::ZERO), 1162, None, kept);
     }
 }
 
@@ -258,7 +263,7 @@ fn churn(d: &mut Digest, seed: u64, scale_enabled: bool) {
                 link.server.set_own_entity(Some(own));
             }
             let phase = tick as f32 / 40.0 + c as f32;
-            let viewer = (c != 2).then(|| [phase.sin() * 120.0, 0.0, phase.cos() * 90.0]);
+            let viewer = (c != 2).then(|| Vec3::new(phase.sin() * 120.0, 0.0, phase.cos() * 90.0));
             let max = 96 + rng.below(1400) as usize;
             let blob_len = rng.below(OWN_BLOB_BYTES_MAX as u64 + 1) as usize;
             let blob = vec![tick as u8; blob_len];

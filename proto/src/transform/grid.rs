@@ -107,7 +107,7 @@ impl InterestGrid {
             return;
         }
         for (i, s) in samples.iter().enumerate() {
-            let [x, _, z] = s.position;
+            let [x, _, z] = s.position.to_array();
             if x.is_finite() && z.is_finite() {
                 let (cx, cz) = self.cell_of(x, z);
                 self.cells.push(CellEntry {
@@ -142,7 +142,7 @@ impl InterestGrid {
             return;
         }
         self.picked.clear();
-        let [vx, _, vz] = viewer;
+        let [vx, _, vz] = viewer.to_array();
         if vx.is_finite() && vz.is_finite() {
             let r2 = self.cell_m * self.cell_m;
             let (cx, cz) = self.cell_of(vx, vz);
@@ -223,7 +223,7 @@ mod tests {
 
     fn sample(id: u32, x: f32, z: f32, qz: &crate::transform::Quantizer) -> EntitySample {
         let t = Transform {
-            position: [x, 1.0, z],
+            position: Vec3::new(x, 1.0, z),
             ..Transform::default()
         };
         EntitySample::new(EntityId(id), &t, qz)
@@ -247,7 +247,7 @@ mod tests {
         let mut out = Vec::new();
         for v in [[0.0, 0.0, 0.0], [-999.0, 5.0, 999.0], [100.0, 0.0, -100.0]] {
             let retained = [EntityId(3), EntityId(1_999), EntityId(5_000)];
-            grid.query(&samples, v, retained.into_iter(), &mut out);
+            grid.query(&samples, v.into(), retained.into_iter(), &mut out);
             let expected: Vec<EntityId> = samples
                 .iter()
                 .filter(|s| {
@@ -274,7 +274,7 @@ mod tests {
         .into_iter()
         .map(|(id, x, z)| {
             let mut s = sample(id, 0.0, 0.0, &qz);
-            s.position = [x, 0.0, z];
+            s.position = Vec3::new(x, 0.0, z);
             s
         })
         .collect();
@@ -282,7 +282,7 @@ mod tests {
         for radius in [f32::NAN, 0.0, -1.0, f32::INFINITY] {
             let mut grid = InterestGrid::new();
             grid.build(&samples, radius);
-            grid.query(&samples, [0.0; 3], std::iter::empty(), &mut out);
+            grid.query(&samples, Vec3::ZERO, std::iter::empty(), &mut out);
             assert_eq!(
                 out.len(),
                 4,
@@ -292,12 +292,12 @@ mod tests {
         let mut grid = InterestGrid::new();
         grid.build(&samples, 10.0);
         for v in [[f32::NAN; 3], [f32::MAX, 0.0, f32::MIN], [0.0; 3]] {
-            grid.query(&samples, v, [EntityId(1)].into_iter(), &mut out);
+            grid.query(&samples, v.into(), [EntityId(1)].into_iter(), &mut out);
             assert!(out.iter().any(|s| s.id == EntityId(1)), "retained kept");
         }
         grid.query(
             &samples,
-            [f32::MAX, 0.0, f32::MIN],
+            Vec3::new(f32::MAX, 0.0, f32::MIN),
             std::iter::empty(),
             &mut out,
         );
@@ -334,7 +334,7 @@ mod tests {
         let mut gridded = ClientReplicator::new(config.clone(), None).unwrap();
         let mut grid = InterestGrid::new();
         let (mut out_a, mut out_b, mut subset) = (Vec::new(), Vec::new(), Vec::new());
-        let mut viewer = [0.0f32, 1.0, 0.0];
+        let mut viewer = Vec3::new(0.0, 1.0, 0.0);
         let mut compared = 0;
         for tick in 1..600u64 {
             for p in pos.iter_mut() {

@@ -63,7 +63,7 @@ impl Quantizer {
         }
         let scale_max_q = (SCALE_MAX as f64 * config.scale_steps_per_unit as f64) as u16;
         Ok(Quantizer {
-            min: config.bounds_min.map(|v| v as f64),
+            min: config.bounds_min.to_array().map(|v| v as f64),
             steps_per_m: config.position_steps_per_m as f64,
             step_m_exact: config
                 .position_steps_per_m
@@ -151,7 +151,7 @@ impl Quantizer {
 
     /// The position a quantized one stands for.
     pub fn dequantize_position(&self, q: [u32; 3]) -> Vec3 {
-        let mut out = [0.0; 3];
+        let mut out = Vec3::ZERO;
         match self.step_m_exact {
             // Scaling by a power of two is exact, so this is the division below, bit for bit.
             Some(step) => {
@@ -171,7 +171,7 @@ impl Quantizer {
     /// Quantizes a rotation as smallest three. Normalizes first; a zero or non-finite
     /// quaternion becomes the identity.
     pub fn quantize_rotation(&self, q: Quat) -> QRot {
-        let mut v = q.map(|c| c as f64);
+        let mut v = q.to_array().map(|c| c as f64);
         let n2: f64 = v.iter().map(|c| c * c).sum();
         if !n2.is_finite() || n2 < 1e-12 {
             v = [0.0, 0.0, 0.0, 1.0];
@@ -225,12 +225,12 @@ impl Quantizer {
             }
         }
         let n = v.iter().map(|c| c * c).sum::<f64>().sqrt();
-        v.map(|c| (c / n) as f32)
+        Quat::from_array(v.map(|c| (c / n) as f32))
     }
 
     /// Quantizes a scale, clamping each axis into `0..=SCALE_MAX`.
     pub fn quantize_scale(&self, s: Vec3) -> [u16; 3] {
-        s.map(|v| {
+        s.to_array().map(|v| {
             (v as f64 * self.scale_steps)
                 .round()
                 .clamp(0.0, self.scale_max_q as f64) as u16
@@ -239,7 +239,7 @@ impl Quantizer {
 
     /// The scale a quantized one stands for.
     pub fn dequantize_scale(&self, s: [u16; 3]) -> Vec3 {
-        s.map(|v| (v as f64 / self.scale_steps) as f32)
+        Vec3::from_array(s.map(|v| (v as f64 / self.scale_steps) as f32))
     }
 
     /// Whether every field of `q` is inside this quantizer's ranges (for values from a peer).
@@ -282,7 +282,7 @@ mod tests {
                 });
                 let want = [0, 1, 2]
                     .map(|a| (config.bounds_min[a] as f64 + q[a] as f64 / steps as f64) as f32);
-                let got = qz.dequantize_position(q);
+                let got = qz.dequantize_position(q).to_array();
                 assert_eq!(
                     got.map(f32::to_bits),
                     want.map(f32::to_bits),
@@ -293,12 +293,12 @@ mod tests {
     }
 
     fn angle_between(a: Quat, b: Quat) -> f64 {
-        let dot: f64 = (0..4).map(|i| a[i] as f64 * b[i] as f64).sum();
+        let dot = a.as_dquat().dot(b.as_dquat());
         2.0 * dot.abs().min(1.0).acos()
     }
 
     fn random_quat(rng: &mut Rng) -> Quat {
-        [0; 4].map(|_| rng.range_f64(-1.0, 1.0) as f32)
+        Quat::from_array([0; 4].map(|_| rng.range_f64(-1.0, 1.0) as f32))
     }
 
     #[test]
@@ -307,9 +307,9 @@ mod tests {
         let c = TransformConfig::default();
         let mut rng = Rng::new(11);
         for _ in 0..20_000 {
-            let p = [0, 1, 2].map(|a| {
+            let p = Vec3::from_array([0, 1, 2].map(|a| {
                 rng.range_f64(c.bounds_min[a] as f64, c.bounds_max[a] as f64 - 0.01) as f32
-            });
+            }));
             let qp = q.quantize_position(p);
             let back = q.dequantize_position(qp);
             for a in 0..3 {
@@ -326,12 +326,15 @@ mod tests {
     fn positions_outside_bounds_or_not_finite_clamp_instead_of_failing() {
         let q = quantizer();
         let max = q.position_max();
-        assert_eq!(q.quantize_position([-1e9, -1e9, -1e9]), [0, 0, 0]);
-        assert_eq!(q.quantize_position([1e9, 1e9, 1e9]), max);
-        assert_eq!(q.quantize_position([f32::INFINITY; 3]), max);
-        assert_eq!(q.quantize_position([f32::NAN; 3]), [0, 0, 0]);
-        assert_eq!(q.quantize_position([1024.0, 448.0, 1024.0]), max);
-        assert_eq!(q.quantize_position([-1024.0, -64.0, -1024.0]), [0, 0, 0]);
+        assert_eq!(q.quantize_position(Vec3::splat(-1e9)), [0, 0, 0]);
+        assert_eq!(q.quantize_position(Vec3::splat(1e9)), max);
+        assert_eq!(q.quantize_position(Vec3::INFINITY), max);
+        assert_eq!(q.quantize_position(Vec3::NAN), [0, 0, 0]);
+        assert_eq!(q.quantize_position(Vec3::new(1024.0, 448.0, 1024.0)), max);
+        assert_eq!(
+            q.quantize_position(Vec3::new(-1024.0, -64.0, -1024.0)),
+            [0, 0, 0]
+        );
         for a in 0..3 {
             assert!(max[a] < 1 << q.position_bits()[a]);
         }
@@ -344,15 +347,14 @@ mod tests {
         for _ in 0..20_000 {
             let r = random_quat(&mut rng);
             let qr = q.quantize_rotation(r);
-            let neg = q.quantize_rotation(r.map(|c| -c));
+            let neg = q.quantize_rotation(-r);
             assert_eq!(qr, neg, "q and -q must quantize the same");
-            let scaled = q.quantize_rotation(r.map(|c| c * 3.5));
+            let scaled = q.quantize_rotation(r * 3.5);
             assert_eq!(qr, scaled, "normalization");
             let back = q.dequantize_rotation(qr);
-            let n: f32 = back.iter().map(|c| c * c).sum();
+            let n = back.length_squared();
             assert!((n - 1.0).abs() < 1e-5);
-            let n0: f64 = r.iter().map(|&c| (c as f64).powi(2)).sum::<f64>().sqrt();
-            let unit = r.map(|c| (c as f64 / n0) as f32);
+            let unit = r.as_dquat().normalize().as_quat();
             assert!(angle_between(unit, back).to_degrees() < 0.25, "{r:?}");
             let again = q.dequantize_rotation(q.quantize_rotation(back));
             assert!(angle_between(again, back).to_degrees() < 0.25);
@@ -372,23 +374,23 @@ mod tests {
             [-0.5, 0.5, -0.5, 0.5],
             [SQRT1_2 as f32, SQRT1_2 as f32, 0.0, 0.0],
         ] {
-            let qr = q.quantize_rotation(r);
+            let qr = q.quantize_rotation(Quat::from_array(r));
             let t = QTransform {
                 rot: qr,
                 ..Default::default()
             };
             assert!(q.is_valid(&t), "{r:?}");
             let back = q.dequantize_rotation(qr);
-            assert!(back.iter().all(|c| c.is_finite()));
+            assert!(back.is_finite());
         }
-        let id = q.dequantize_rotation(q.quantize_rotation([0.0; 4]));
-        assert!(angle_between(id, [0.0, 0.0, 0.0, 1.0]) < 1e-2);
+        let id = q.dequantize_rotation(q.quantize_rotation(Quat::from_array([0.0; 4])));
+        assert!(angle_between(id, Quat::IDENTITY) < 1e-2);
     }
 
     #[test]
     fn scale_is_dropped_when_disabled_and_round_trips_when_enabled() {
         let t = Transform {
-            scale: Some([2.0, 0.5, 100.0]),
+            scale: Some(Vec3::new(2.0, 0.5, 100.0)),
             ..Default::default()
         };
         assert_eq!(quantizer().quantize(&t).scale, None);
@@ -398,7 +400,7 @@ mod tests {
         };
         let q = Quantizer::new(&c).unwrap();
         let qt = q.quantize(&t);
-        assert_eq!(q.dequantize(&qt).scale, Some([2.0, 0.5, 64.0]));
+        assert_eq!(q.dequantize(&qt).scale, Some(Vec3::new(2.0, 0.5, 64.0)));
         assert!(q.is_valid(&qt));
     }
 }

@@ -29,7 +29,7 @@ use crate::rng::Rng;
 use crate::server::ServerConfig;
 use crate::sim::{Link, LinkConfig};
 use crate::time::{Tick, Time};
-use crate::types::{Entity, EntityId, EntityKind, Transform};
+use crate::types::{Entity, EntityId, EntityKind, Quat, Transform, Vec3};
 
 /// Gravity, m/s².
 const GRAVITY: f64 = 9.81;
@@ -336,8 +336,8 @@ impl MotionGen {
             (
                 EntityId(i as u32 + 1),
                 Transform {
-                    position: b.p.map(|v| v as f32),
-                    rotation: b.q.map(|v| v as f32),
+                    position: b.p.map(|v| v as f32).into(),
+                    rotation: Quat::from_array(b.q.map(|v| v as f32)),
                     scale: None,
                 },
             )
@@ -615,7 +615,7 @@ pub fn bench_run(p: &BenchParams) -> TransformReport {
         for (c, server) in servers.iter_mut().enumerate() {
             let viewer = match p.scenario {
                 Scenario::Crowd => samples.get(c).map(|s| s.position),
-                Scenario::Cubes => Some([0.0, 1.7, 0.0]),
+                Scenario::Cubes => Some(Vec3::new(0.0, 1.7, 0.0)),
             };
             out.clear();
             let input = TickInput {

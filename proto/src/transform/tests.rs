@@ -11,7 +11,7 @@ use super::scenario::{bench_run, BenchParams};
 use super::*;
 use crate::rng::Rng;
 use crate::time::{Tick, Time};
-use crate::types::{EntityId, Transform, Vec3};
+use crate::types::{EntityId, Quat, Transform, Vec3};
 
 const TICK_US: u64 = 33_333;
 
@@ -35,11 +35,15 @@ impl World {
             next_id += 1 + rng.below(span) as u32;
             ids.push(EntityId(next_id));
             t.push(Transform {
-                position: [0; 3].map(|_| rng.range_f64(-spread_m, spread_m) as f32),
-                rotation: [0; 4].map(|_| rng.range_f64(-1.0, 1.0) as f32),
+                position: Vec3::from_array(
+                    [0; 3].map(|_| rng.range_f64(-spread_m, spread_m) as f32),
+                ),
+                rotation: Quat::from_array([0; 4].map(|_| rng.range_f64(-1.0, 1.0) as f32)),
                 scale: None,
             });
-            vel.push([0; 3].map(|_| rng.range_f64(-0.3, 0.3) as f32));
+            vel.push(Vec3::from_array(
+                [0; 3].map(|_| rng.range_f64(-0.3, 0.3) as f32),
+            ));
         }
         World { rng, t, vel, ids }
     }
@@ -54,22 +58,26 @@ impl World {
             if r < 0.3 {
                 continue; // at rest this tick
             } else if r < 0.32 {
-                t.position = [0; 3].map(|_| self.rng.range_f64(-1100.0, 1100.0) as f32);
+                t.position =
+                    Vec3::from_array([0; 3].map(|_| self.rng.range_f64(-1100.0, 1100.0) as f32));
             } else {
                 for a in 0..3 {
                     t.position[a] += self.vel[i][a];
                 }
                 if self.rng.chance(0.2) {
-                    self.vel[i] = [0; 3].map(|_| self.rng.range_f64(-0.5, 0.5) as f32);
+                    self.vel[i] =
+                        Vec3::from_array([0; 3].map(|_| self.rng.range_f64(-0.5, 0.5) as f32));
                 }
             }
             if self.rng.chance(0.3) {
-                for c in &mut t.rotation {
+                let mut r = t.rotation.to_array();
+                for c in &mut r {
                     *c += self.rng.range_f64(-0.05, 0.05) as f32;
                 }
+                t.rotation = Quat::from_array(r);
             }
             if self.rng.chance(0.01) {
-                t.rotation = [0; 4].map(|_| self.rng.range_f64(-1.0, 1.0) as f32);
+                t.rotation = Quat::from_array([0; 4].map(|_| self.rng.range_f64(-1.0, 1.0) as f32));
             }
         }
     }
@@ -325,7 +333,7 @@ fn stale_and_duplicate_datagrams_are_ignored() {
     let mut sent = Vec::new();
     for tick in 0..3u64 {
         let t = Transform {
-            position: [tick as f32, 0.0, 0.0],
+            position: Vec3::new(tick as f32, 0.0, 0.0),
             ..Default::default()
         };
         let samples = [EntitySample::new(id, &t, &qz)];
@@ -454,7 +462,7 @@ fn interest_radius_is_respected_and_leaving_is_notified() {
     let qz = pair.qz.clone();
     // Entities on a line x = 0..100 m; the viewer walks from x = -50 to 150 and back.
     let ids: Vec<EntityId> = (1..=50).map(EntityId).collect();
-    let pos = |i: usize| [i as f32 * 2.0, 0.0, 0.0];
+    let pos = |i: usize| Vec3::new(i as f32 * 2.0, 0.0, 0.0);
     let mut lefts = 0;
     let mut tick = 0u64;
     for leg in 0..2 {
@@ -464,14 +472,14 @@ fn interest_radius_is_respected_and_leaving_is_notified() {
             } else {
                 150.0 - step as f32 * 0.5
             };
-            let viewer = [x, 0.0, 0.0];
+            let viewer = Vec3::new(x, 0.0, 0.0);
             let samples: Vec<EntitySample> = ids
                 .iter()
                 .enumerate()
                 .map(|(i, id)| {
                     let t = Transform {
                         position: pos(i),
-                        rotation: [0.0, 0.0, (tick as f32 * 0.01).sin(), 1.0],
+                        rotation: Quat::from_xyzw(0.0, 0.0, (tick as f32 * 0.01).sin(), 1.0),
                         scale: None,
                     };
                     EntitySample::new(*id, &t, &qz)
@@ -507,7 +515,7 @@ fn interest_radius_is_respected_and_leaving_is_notified() {
                     )
                 })
                 .collect();
-            pair.tick(tick, &samples, Some([x, 0.0, 0.0]), 1200);
+            pair.tick(tick, &samples, Some(Vec3::new(x, 0.0, 0.0)), 1200);
             tick += 1;
         }
         for (i, id) in ids.iter().enumerate() {
@@ -537,7 +545,7 @@ fn left_notice_then_reentry_restores_the_entity() {
         let s = [EntitySample::new(
             id,
             &Transform {
-                position: [x, 0.0, 0.0],
+                position: Vec3::new(x, 0.0, 0.0),
                 ..Default::default()
             },
             &qz,
@@ -546,7 +554,7 @@ fn left_notice_then_reentry_restores_the_entity() {
         let input = TickInput {
             tick: Tick(tick),
             now: Time(tick * TICK_US),
-            viewer: Some([0.0; 3]),
+            viewer: Some(Vec3::ZERO),
             entities: &s,
             max_datagram_size: 1200,
             own_blob: None,
@@ -637,8 +645,8 @@ fn garbage_datagrams_give_errors_never_panics() {
 #[test]
 fn client_datagram_round_trips_and_out_of_bounds_transforms_are_refused() {
     let config = TransformConfig {
-        bounds_min: [-1000.0, -64.0, -1000.0],
-        bounds_max: [1000.0, 448.0, 1000.0],
+        bounds_min: Vec3::new(-1000.0, -64.0, -1000.0),
+        bounds_max: Vec3::new(1000.0, 448.0, 1000.0),
         ..Default::default()
     };
     let qz = Quantizer::new(&config).unwrap();
@@ -648,8 +656,10 @@ fn client_datagram_round_trips_and_out_of_bounds_transforms_are_refused() {
         let owned: Vec<(EntityId, QTransform)> = (0..n)
             .map(|_| {
                 let t = Transform {
-                    position: [0; 3].map(|_| rng.range_f64(-2000.0, 2000.0) as f32),
-                    rotation: [0; 4].map(|_| rng.range_f64(-1.0, 1.0) as f32),
+                    position: Vec3::from_array(
+                        [0; 3].map(|_| rng.range_f64(-2000.0, 2000.0) as f32),
+                    ),
+                    rotation: Quat::from_array([0; 4].map(|_| rng.range_f64(-1.0, 1.0) as f32)),
                     scale: None,
                 };
                 (EntityId(rng.next_u64() as u32), qz.quantize(&t))
@@ -671,13 +681,13 @@ fn client_datagram_round_trips_and_out_of_bounds_transforms_are_refused() {
     }
     // A client using wider bounds (same bit widths) sends a position past this server's bounds.
     let wide = Quantizer::new(&TransformConfig {
-        bounds_min: [-1024.0, -64.0, -1024.0],
-        bounds_max: [1024.0, 448.0, 1024.0],
+        bounds_min: Vec3::new(-1024.0, -64.0, -1024.0),
+        bounds_max: Vec3::new(1024.0, 448.0, 1024.0),
         ..Default::default()
     })
     .unwrap();
     let far = wide.quantize(&Transform {
-        position: [1020.0, 0.0, 0.0],
+        position: Vec3::new(1020.0, 0.0, 0.0),
         ..Default::default()
     });
     let mut buf = Vec::new();
@@ -728,8 +738,8 @@ fn msgpack_baseline_size_matches_rmp_serde() {
         let t = Transform::default();
         let r = Ref {
             id,
-            position: t.position.map(|v| v as f64),
-            quaternion: t.rotation.map(|v| v as f64),
+            position: t.position.as_dvec3().to_array(),
+            quaternion: t.rotation.as_dquat().to_array(),
         };
         let bytes = rmp_serde::to_vec_named(&r).unwrap();
         assert_eq!(
@@ -786,7 +796,7 @@ fn entity_removed_and_re_added_never_deltas_against_what_the_client_forgot() {
         EntitySample::new(
             id,
             &Transform {
-                position: [x, 0.0, 0.0],
+                position: Vec3::new(x, 0.0, 0.0),
                 ..Default::default()
             },
             &qz,

@@ -24,7 +24,7 @@ use neonet::tls::{Fingerprint, Trust};
 use neonet_proto::persist::World;
 use neonet_proto::rng::Rng;
 use neonet_proto::server::{Authenticator, InsecureTokens};
-use neonet_proto::types::{Rank, User, UserId};
+use neonet_proto::types::{Rank, User, UserId, Vec3};
 use neonet_proxy::{Proxy, ProxyConfig, ProxyLimits, ProxyThread};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -307,7 +307,7 @@ async fn spawn_relay(
         let last_position = plan
             .script()
             .start_position()
-            .map(|[x, z]| [x as f32, world.spawn.position[1], z as f32]);
+            .map(|[x, z]| Vec3::new(x as f32, world.spawn.position.y, z as f32));
         world.users.insert(
             user,
             User {

@@ -240,6 +240,7 @@ const CLIENT_MSGS = [
   ['Kick', Control, [['req', ReqId], ['target', EntityId]]],
   ['Mute', Control, [['req', ReqId], ['target', EntityId], ['muted', T.bool]]],
   ['Goodbye', Control, []],
+  ['Resume', Control, [['protocol_version', T.u16], ['name', T.string], ['token', opt(T.string)], ['session', SessionId], ['resume_token', T.string]]],
 ];
 
 // [name, channel, fields] in tag order (PROTOCOL.md section 6).
@@ -264,6 +265,7 @@ const SERVER_MSGS = [
   ['RankModified', Control, [['user', UserId], ['rank', Rank]]],
   ['Muted', Control, [['player', EntityId], ['muted', T.bool]]],
   ['Close', Control, [['reason', CloseReason], ['detail', T.string]]],
+  ['ResumeToken', World, [['token', T.string]]],
 ];
 
 /** Number of `ClientMsg` variants in version 1: tags at or above it are unknown. */

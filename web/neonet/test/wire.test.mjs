@@ -82,6 +82,7 @@ const CLIENT_CASES = [
   [{ type: 'Kick', req: 11, target: 1 }, '03000000 0f0b01'],
   [{ type: 'Mute', req: 12, target: 1, muted: true }, '04000000 100c0101'],
   [{ type: 'Goodbye' }, '01000000 11'],
+  [{ type: 'Resume', protocol_version: 1, name: 'ana', token: 'user:7', session: 2, resume_token: '2.ab' }, '14000000 120103616e610106757365723a370204322e6162'],
 ];
 
 const SERVER_CASES = [
@@ -105,13 +106,14 @@ const SERVER_CASES = [
   [{ type: 'RankModified', user: 5, rank: 'Builder' }, '03000000 110501'],
   [{ type: 'Muted', player: 1, muted: false }, '03000000 120100'],
   [{ type: 'Close', reason: 'VersionMismatch', detail: 'v2' }, '05000000 1304027632'],
+  [{ type: 'ResumeToken', token: '2.ab' }, '06000000 1404322e6162'],
 ];
 
 test('constants', () => {
   assert.equal(PROTOCOL_VERSION, 1);
   assert.deepEqual(CHANNEL, { Control: 0, World: 1, Chat: 2, Events: 3 });
-  assert.equal(CLIENT_MSG_VARIANTS, 18);
-  assert.equal(SERVER_MSG_VARIANTS, 20);
+  assert.equal(CLIENT_MSG_VARIANTS, 19);
+  assert.equal(SERVER_MSG_VARIANTS, 21);
   assert.equal(FRAME_BYTES_MAX, 1_048_576);
   assert.equal(SMALL_FRAME_BYTES_MAX, 65_536);
   assert.equal(SNAPSHOT_BYTES_MAX, 67_108_864);
@@ -143,8 +145,8 @@ test('every server message decodes from its pinned frame and encodes back', () =
 
 test('channels of every message', () => {
   const { Control: C, World: W, Chat: H, Events: E } = CHANNEL;
-  assert.deepEqual(CLIENT_CASES.map(([m]) => channelOfClientMsg(m)), [C, C, H, H, W, W, W, W, W, E, W, W, W, W, C, C, C, C]);
-  assert.deepEqual(SERVER_CASES.map(([m]) => channelOfServerMsg(m)), [W, W, C, C, C, H, H, W, W, W, W, E, W, W, W, W, W, C, C, C]);
+  assert.deepEqual(CLIENT_CASES.map(([m]) => channelOfClientMsg(m)), [C, C, H, H, W, W, W, W, W, E, W, W, W, W, C, C, C, C, C]);
+  assert.deepEqual(SERVER_CASES.map(([m]) => channelOfServerMsg(m)), [W, W, C, C, C, H, H, W, W, W, W, E, W, W, W, W, W, C, C, C, W]);
 });
 
 test('Welcome configs decode with every field at f32 precision', () => {
@@ -186,8 +188,8 @@ const kindOf = (f) => {
 
 test('malformed input throws WireError of the Rust codec\'s kind', () => {
   assert.equal(kindOf(() => decodeServerMsg(bytes())), 'Truncated');
-  assert.equal(kindOf(() => decodeServerMsg(bytes(20))), 'UnknownMessage');
-  assert.equal(kindOf(() => decodeClientMsg(bytes(18))), 'UnknownMessage');
+  assert.equal(kindOf(() => decodeServerMsg(bytes(21))), 'UnknownMessage');
+  assert.equal(kindOf(() => decodeClientMsg(bytes(19))), 'UnknownMessage');
   assert.equal(kindOf(() => decodeClientMsg(bytes(0x80, 0x01))), 'UnknownMessage');
   assert.equal(kindOf(() => decodeServerMsg(bytes(0xff, 0xff, 0xff, 0xff, 0x0f))), 'UnknownMessage');
   assert.equal(kindOf(() => decodeServerMsg(bytes(0xff, 0xff, 0xff, 0xff, 0x10))), 'Malformed');

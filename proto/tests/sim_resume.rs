@@ -524,3 +524,49 @@ fn sweep_over_loss_duplication_reordering_and_partitions_keeps_every_invariant()
     let ticks = env_or("NEONET_SWEEP_TICKS", 300);
     run_seeds(0..seeds, |seed| sweep_one(seed, ticks));
 }
+
+#[test]
+fn a_player_kicked_while_its_connection_is_lost_cannot_resume() {
+    let mut world = World::default();
+    world.users.insert(
+        UserId(1),
+        User {
+            id: UserId(1),
+            name: "admin".into(),
+            rank: Rank::Admin,
+            muted: false,
+            banned: false,
+            last_position: None,
+        },
+    );
+    let mut s =
+        Sim::new(4, ServerConfig::default(), world, Box::new(InsecureTokens)).with_effects();
+    let admin = s.add_client(
+        ClientConfig {
+            name: "admin".into(),
+            token: Some("user:1".into()),
+        },
+        LinkConfig::default(),
+        LinkConfig::default(),
+    );
+    let c = add(&mut s, "c", LinkConfig::default());
+    assert!(s.run_until_true(Duration::from_secs(5), all_joined));
+    let player = s.clients[c].core.player().unwrap();
+    s.partition(c, Duration::from_secs(6));
+    s.run_for(Duration::from_secs(3));
+    assert!(s
+        .server
+        .sessions()
+        .any(|x| x.player == player && x.is_lost()));
+    s.with_client(admin, |x| {
+        x.send_raw(&ClientMsg::Kick {
+            req: ReqId(500),
+            target: player,
+        })
+    });
+    s.run_for(Duration::from_secs(10));
+    assert!(!s.server.world().entities.contains_key(&player), "kicked");
+    // Its resume fails and it joins afresh: kicks of a lost player are not a ban.
+    assert!(s.run_until_true(Duration::from_secs(20), |s| joined(s, c)));
+    assert_ne!(s.clients[c].core.player(), Some(player));
+}

@@ -227,8 +227,15 @@ impl ServerCore {
                 self.commit(sid, conn, Some(req), Change::PutUser(rec));
             }
             ClientMsg::Kick { req, target } => {
-                if let Some(c) = self.player_session(target).and_then(|s| s.conn) {
-                    self.close_conn(c, CloseReason::Moderation, format!("kicked by {name}"));
+                match self.player_session(target).map(|s| (s.id, s.conn)) {
+                    Some((_, Some(c))) => {
+                        self.close_conn(c, CloseReason::Moderation, format!("kicked by {name}"))
+                    }
+                    // Its connection is lost: the session waiting for a resume ends now.
+                    Some((target_sid, None)) => {
+                        self.end_session(target_sid, CloseReason::Moderation)
+                    }
+                    None => {}
                 }
                 self.ack_now(conn, req);
             }

@@ -815,6 +815,18 @@ impl ClientCore {
                 );
             }
         }
+        if self.state == ClientState::Joining && self.session.is_some() {
+            // Welcomed, the snapshot still on its way (a big world on a slow link): a ping a
+            // second tells the server this connection is alive, so its idle timeout does not
+            // take the join for a dead peer.
+            if now >= self.next_ping {
+                self.next_ping = now + PING_INTERVAL;
+                self.push_frame(&ClientMsg::Ping {
+                    client_time_us: now.as_micros(),
+                });
+            }
+            return;
+        }
         if self.state != ClientState::Joined {
             return;
         }
@@ -1015,6 +1027,9 @@ impl ClientCore {
             return (next_try != Time(u64::MAX)).then_some(next_try);
         }
         let silence = self.silence_deadline();
+        if self.state == ClientState::Joining && self.session.is_some() {
+            return Some(silence.map_or(self.next_ping, |s| s.min(self.next_ping)));
+        }
         if self.state != ClientState::Joined {
             return silence;
         }
@@ -1261,6 +1276,7 @@ impl ClientCore {
                     self.resume_token = None;
                 }
                 self.session = Some(session);
+                self.next_ping = now + PING_INTERVAL;
                 self.tick_hz = tick_hz;
                 let period = Duration::from_micros(1_000_000 / u64::from(tick_hz.max(1)));
                 self.stream = Some(Box::new(Stream {

@@ -4,8 +4,8 @@
 //! with its original outcome, and a sweep over loss, duplication, reordering and partitions
 //! keeps every invariant after every step.
 //!
-//! The sweep's size: `NEONET_SWEEP_SEEDS` seeds (default 200) of `NEONET_SWEEP_TICKS` server
-//! ticks each (default 300); the long run is
+//! The sweep's size: `NEONET_SWEEP_SEEDS` seeds (default 200, from `NEONET_SWEEP_FIRST`,
+//! default 0) of `NEONET_SWEEP_TICKS` server ticks each (default 300); the long run is
 //! `NEONET_SWEEP_SEEDS=10000 NEONET_SWEEP_TICKS=1000 cargo test --release -p neonet-proto
 //! --features sim --test sim_resume sweep`.
 
@@ -520,9 +520,10 @@ fn sweep_one(seed: u64, ticks: u64) {
 
 #[test]
 fn sweep_over_loss_duplication_reordering_and_partitions_keeps_every_invariant() {
+    let first = env_or("NEONET_SWEEP_FIRST", 0);
     let seeds = env_or("NEONET_SWEEP_SEEDS", 200);
     let ticks = env_or("NEONET_SWEEP_TICKS", 300);
-    run_seeds(0..seeds, |seed| sweep_one(seed, ticks));
+    run_seeds(first..first + seeds, |seed| sweep_one(seed, ticks));
 }
 
 #[test]

@@ -321,8 +321,7 @@ fn a_killed_client_is_marked_lost_at_once_and_leaves_after_the_grace_period() {
     let lost = |s: &Sim| {
         s.clients[a]
             .events
-            .iter()
-            .any(|e| *e == ClientEvent::EntityModified(player))
+            .contains(&ClientEvent::EntityModified(player))
     };
     assert!(s.run_until_step(s.now() + Duration::from_secs(10), lost));
     let after = s.now().saturating_since(killed_at);
@@ -470,10 +469,7 @@ fn sweep_one(seed: u64, ticks: u64) {
     // Every change was answered; every acknowledged one applied exactly once.
     let applied = applied_chat(&s);
     for ((idx, req), body) in &sent {
-        let acked = s.clients[*idx]
-            .events
-            .iter()
-            .any(|e| *e == ClientEvent::Acked(*req));
+        let acked = s.clients[*idx].events.contains(&ClientEvent::Acked(*req));
         let refused = s.clients[*idx]
             .events
             .iter()

@@ -221,6 +221,10 @@ fn endpoint_with(
         .map_err(|e| TransportError::Tls(TlsError::Quic(e.to_string())))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     server.transport_config(Arc::new(transport));
+    // A client whose address changes (a phone changing networks, a NAT rebinding, a rebound
+    // socket: `Client::rebind`) keeps its connection and session: no reconnection at all.
+    // quinn's default, said here because sessions rely on it (tests/reconnect.rs).
+    server.migration(true);
     let (socket, buffers) = bind_udp(addr, SOCKET_BUFFER_BYTES)?;
     let endpoint = Endpoint::new(
         EndpointConfig::default(),

@@ -299,3 +299,55 @@ fn clients_come_back_by_themselves_after_the_relay_is_killed_and_restarted() {
     let _ = relay.kill();
     let _ = relay.wait();
 }
+
+#[test]
+fn a_client_cut_off_for_seconds_resumes_its_session_and_delivers_what_it_said_once() {
+    let relay = TestRelay::start();
+    let watcher = relay.client("watcher");
+    let cable = Cable::to(relay.addr);
+    let ada = Client::connect(cable.addr, relay.options("ada")).unwrap();
+    let (session, player) = (ada.with_core(|c| c.session()), ada.player().unwrap());
+    watcher
+        .wait_for(WAIT, |e| *e == ClientEvent::EntityAdded(player))
+        .unwrap();
+    cable.cut.store(true, Ordering::Relaxed);
+    let said = ada.send_chat("said while cut off").unwrap();
+    // Past the idle timeout: the relay marks ada lost, ada starts reconnecting.
+    watcher
+        .wait_for(WAIT, |e| *e == ClientEvent::EntityModified(player))
+        .unwrap();
+    wait_until("ada reconnecting", || {
+        matches!(ada.state(), ClientState::Reconnecting { .. })
+    });
+    cable.cut.store(false, Ordering::Relaxed);
+    ada.wait_for(WAIT, |e| matches!(e, ClientEvent::Resumed { .. }))
+        .unwrap();
+    ada.wait_for(WAIT, |e| *e == ClientEvent::Acked(said))
+        .unwrap();
+    assert_eq!(ada.with_core(|c| c.session()), session, "the same session");
+    assert_eq!(ada.player(), Some(player), "the same player");
+    wait_until("the watcher sees the message", || {
+        chat_bodies(&watcher)
+            .iter()
+            .any(|b| b == "said while cut off")
+    });
+    assert_eq!(
+        chat_bodies(&watcher)
+            .iter()
+            .filter(|b| *b == "said while cut off")
+            .count(),
+        1
+    );
+    wait_until("ada no longer marked lost", || {
+        watcher
+            .world()
+            .entities
+            .get(&player)
+            .is_some_and(|e| !e.props.iter().any(|(k, _)| k == LOST_PROP))
+    });
+    let mut churn = false;
+    while let Some(e) = watcher.poll_event() {
+        churn |= matches!(e, ClientEvent::EntityRemoved(id) | ClientEvent::EntityAdded(id) if id == player);
+    }
+    assert!(!churn, "the watcher saw no leave and no join");
+}

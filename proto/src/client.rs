@@ -736,7 +736,9 @@ impl ClientCore {
         self.transmits.clear();
         let name = self.config.name.clone();
         let token = self.token.clone();
-        let msg = match (self.session, self.resume_token.take()) {
+        // The token is kept until a `Welcome` answers: a resume that never reached the server
+        // (the connection died first) may be tried again with it.
+        let msg = match (self.session, self.resume_token.clone()) {
             (Some(session), Some(resume_token)) => ClientMsg::Resume {
                 protocol_version: PROTOCOL_VERSION,
                 name,

@@ -1172,10 +1172,10 @@ export class NeonetClient {
     const token = this.explicitToken ?? readToken(this.name);
     this.resuming = this.session !== null && this.resumeToken !== null;
     if (this.resuming) {
-      // Single-use: a failed resume is answered as a Hello (a fresh join), and the next
-      // Snapshot brings a new token either way.
+      // Single-use on the server: a refused resume is answered as a Hello (a fresh join), and
+      // the next Snapshot brings a new token either way. Kept until a Welcome answers, so a
+      // Resume that never reached the server is tried again.
       const resume_token = this.resumeToken;
-      this.resumeToken = null;
       this.send({ type: 'Resume', protocol_version: PROTOCOL_VERSION, name: this.name, token, session: this.session, resume_token });
     } else {
       this.send({ type: 'Hello', protocol_version: PROTOCOL_VERSION, name: this.name, token });

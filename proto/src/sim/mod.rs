@@ -322,6 +322,8 @@ impl Sim {
         let c = &mut self.clients[idx];
         c.conn = conn;
         c.connected = true;
+        c.up.new_streams();
+        c.down.new_streams();
         c.inbox_quota = InboxQuota::default();
         c.core.handle_connected(now);
         self.note(format!("c{idx} reconnect as {}", conn.0));

@@ -418,9 +418,18 @@ fn sweep_one(seed: u64, ticks: u64) {
         let link = random_link(&mut rng);
         add(&mut s, &format!("p{i}"), link);
     }
+    let everyone = s.run_until_true(Duration::from_secs(20), all_joined);
+    if !everyone && std::env::var("NEONET_SWEEP_TRACE").is_ok() {
+        for l in &s.trace().lines {
+            eprintln!("{l}");
+        }
+    }
     assert!(
-        s.run_until_true(Duration::from_secs(20), all_joined),
-        "seed {seed}: not everyone joined"
+        everyone,
+        "seed {seed}: not everyone joined: {:?}",
+        (0..n)
+            .map(|i| s.clients[i].core.state().clone())
+            .collect::<Vec<_>>()
     );
     let tick = Duration::from_micros(1_000_000 / u64::from(SWEEP_TICK_HZ));
     let mut sent: BTreeMap<(usize, ReqId), String> = BTreeMap::new();

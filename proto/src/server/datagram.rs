@@ -19,6 +19,7 @@ impl ServerCore {
             return;
         };
         c.last_heard = now;
+        c.heard_since_join |= c.session.is_some();
         if data.len() > DATAGRAM_BYTES_MAX {
             self.close_conn(
                 conn,

@@ -318,6 +318,7 @@ impl ServerCore {
                 closed: false,
                 connected_at: now,
                 last_heard: now,
+                heard_since_join: false,
                 max_datagram_size: DATAGRAM_SIZE_INITIAL,
             },
         );
@@ -341,6 +342,7 @@ impl ServerCore {
             return;
         }
         c.last_heard = now;
+        c.heard_since_join |= c.session.is_some();
         let session = c.session;
         let msg = match codec::decode_client(body) {
             Ok(m) => m,

@@ -67,6 +67,10 @@ pub(super) struct Conn {
     pub(super) closed: bool,
     pub(super) connected_at: Time,
     pub(super) last_heard: Time,
+    /// Something arrived after its join (a `Ping`, a datagram): the client has its `Welcome`,
+    /// so silence from now on is a dead peer. Until then only the join timeout applies: the
+    /// client cannot speak before its `Welcome` arrives, however slow the link.
+    pub(super) heard_since_join: bool,
     pub(super) max_datagram_size: usize,
 }
 
@@ -179,10 +183,14 @@ impl ServerCore {
             .iter()
             .filter(|(_, c)| !c.closed)
             .filter_map(|(id, c)| {
-                if now.saturating_since(c.last_heard) > idle {
+                // Until the client is heard after its join only the join timeout applies: a
+                // `Hello` or a `Welcome` held up by a lossy link is not a dead peer (the idle
+                // timeout is much shorter).
+                if c.session.is_none() || !c.heard_since_join {
+                    (now.saturating_since(c.connected_at) > join)
+                        .then_some((*id, "did not join in time"))
+                } else if now.saturating_since(c.last_heard) > idle {
                     Some((*id, "no traffic"))
-                } else if c.session.is_none() && now.saturating_since(c.connected_at) > join {
-                    Some((*id, "did not join in time"))
                 } else {
                     None
                 }

@@ -366,11 +366,13 @@ fn check_step(s: &mut Sim, sent: &BTreeMap<(usize, ReqId), String>, seed: u64) {
     let applied = applied_chat(s);
     let mut bodies = BTreeSet::new();
     for m in &applied {
-        assert!(
-            bodies.insert(m.body.clone()),
-            "seed {seed}: {} applied twice",
-            m.body
-        );
+        let once = bodies.insert(m.body.clone());
+        if !once && std::env::var("NEONET_SWEEP_TRACE").is_ok() {
+            for l in &s.trace().lines {
+                eprintln!("{l}");
+            }
+        }
+        assert!(once, "seed {seed}: {} applied twice", m.body);
     }
     let by_id: BTreeMap<u64, &ChatMessage> = applied.iter().map(|m| (m.id, m)).collect();
     for idx in 0..s.clients.len() {

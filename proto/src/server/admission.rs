@@ -188,6 +188,7 @@ impl ServerCore {
                 lost_at: None,
                 resume_token: String::new(),
                 outcomes: Outcomes::default(),
+                continues: Vec::new(),
             },
         );
         self.by_user.insert(user, sid);

@@ -72,18 +72,57 @@ impl Outcomes {
     }
 }
 
-/// Sessions ended recently, with their user and change outcomes.
+/// Earlier sessions a session continues remembered per session (see [`EndedSession`]): 8. Each
+/// is a resume that came too late and became a fresh join; more than 8 in a row is a client
+/// that keeps losing its connection before its `Welcome`, and its oldest ids are forgotten.
+pub const CONTINUES_MAX: usize = 8;
+
+/// A session ended recently: its user, its change outcomes, and the earlier sessions of the same
+/// client it continued (fresh joins from a late `Resume`), whose ids a client that never got
+/// this session's `Welcome` still names.
+#[derive(Clone, Debug)]
+pub(super) struct EndedSession {
+    user: UserId,
+    outcomes: Outcomes,
+    continues: Vec<SessionId>,
+}
+
+/// Sessions ended recently, at most [`ENDED_SESSIONS_MAX`].
 #[derive(Debug, Default)]
 pub(super) struct EndedSessions {
-    map: BTreeMap<SessionId, (UserId, Outcomes)>,
+    map: BTreeMap<SessionId, EndedSession>,
 }
 
 impl EndedSessions {
-    pub(super) fn insert(&mut self, sid: SessionId, user: UserId, outcomes: Outcomes) {
-        self.map.insert(sid, (user, outcomes));
+    pub(super) fn insert(
+        &mut self,
+        sid: SessionId,
+        user: UserId,
+        outcomes: Outcomes,
+        continues: Vec<SessionId>,
+    ) {
+        self.map.insert(
+            sid,
+            EndedSession {
+                user,
+                outcomes,
+                continues,
+            },
+        );
         while self.map.len() > ENDED_SESSIONS_MAX {
             self.map.pop_first();
         }
+    }
+
+    /// Takes the newest ended session of `user` that is `named` or continued it.
+    fn take(&mut self, named: SessionId, user: UserId) -> Option<(SessionId, EndedSession)> {
+        let sid = self
+            .map
+            .iter()
+            .rev()
+            .find(|(sid, e)| e.user == user && (**sid == named || e.continues.contains(&named)))
+            .map(|(sid, _)| *sid)?;
+        self.map.remove(&sid).map(|e| (sid, e))
     }
 }
 
@@ -154,21 +193,23 @@ impl ServerCore {
                 token: r.token,
             },
         );
-        // A fresh join as the same user inherits the outcomes of the session it replaces, so
-        // the changes its client resends are still applied once.
-        let Some(new) = self.conns.get(&conn).and_then(|c| c.session) else {
+        // A fresh join as the same user inherits the outcomes of the session its client last
+        // knew (or of a later one that continued it, whose `Welcome` the client never got), so
+        // the changes it resends are still applied once.
+        let (Some(new), Some(user)) = (self.conns.get(&conn).and_then(|c| c.session), user) else {
             return;
         };
-        let inherited = match self.ended.map.remove(&r.session) {
-            Some((u, outcomes)) if Some(u) == user => Some(outcomes),
-            Some(kept) => {
-                self.ended.map.insert(r.session, kept);
-                None
-            }
-            None => None,
+        let Some((sid, ended)) = self.ended.take(r.session, user) else {
+            return;
         };
-        if let (Some(outcomes), Some(s)) = (inherited, self.sessions.get_mut(&new)) {
-            s.outcomes = outcomes;
+        if let Some(s) = self.sessions.get_mut(&new) {
+            s.outcomes = ended.outcomes;
+            let mut continues = ended.continues;
+            continues.push(sid);
+            if continues.len() > CONTINUES_MAX {
+                continues.drain(..continues.len() - CONTINUES_MAX);
+            }
+            s.continues = continues;
         }
     }
 
@@ -292,8 +333,8 @@ impl ServerCore {
     pub(super) fn record_outcome(&mut self, sid: SessionId, req: ReqId, outcome: Outcome) {
         if let Some(s) = self.sessions.get_mut(&sid) {
             s.outcomes.record(req, outcome);
-        } else if let Some((_, o)) = self.ended.map.get_mut(&sid) {
-            o.record(req, outcome);
+        } else if let Some(e) = self.ended.map.get_mut(&sid) {
+            e.outcomes.record(req, outcome);
         }
     }
 

@@ -44,6 +44,9 @@ pub struct Session {
     pub(super) resume_token: String,
     /// The outcomes of the change ids it sent, for answering resent ones.
     pub(super) outcomes: Outcomes,
+    /// The earlier sessions of its client it continues (fresh joins from a late `Resume`),
+    /// oldest first, at most [`super::resume::CONTINUES_MAX`].
+    pub(super) continues: Vec<SessionId>,
 }
 
 impl Session {
@@ -127,8 +130,12 @@ impl ServerCore {
         let Some(mut s) = self.sessions.remove(&sid) else {
             return;
         };
-        self.ended
-            .insert(sid, s.user, std::mem::take(&mut s.outcomes));
+        self.ended.insert(
+            sid,
+            s.user,
+            std::mem::take(&mut s.outcomes),
+            std::mem::take(&mut s.continues),
+        );
         if self.by_user.get(&s.user) == Some(&sid) {
             self.by_user.remove(&s.user);
         }

@@ -15,8 +15,14 @@
 //! certificate it trusts (`certs/chat-tokens` by default, `--token-file` to choose), so the next
 //! run with the same name is the same user, with the rank it was given. A token the relay
 //! refuses (another world, a user it forgot) is dropped and the run joins as a new user.
+//!
+//! It shows the connection's state: a player whose connection was lost ("ada lost connection",
+//! then "ada is back" or "ada left"), and its own: "connection lost … reconnecting, attempt N in
+//! X s" (what you type meanwhile is sent once back), "reconnected: same session", "offline"
+//! after giving up (type anything to try again), or "closed: kicked by moderator" (a kick, a ban
+//! or a refusal is never retried).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::sync::mpsc;
@@ -25,7 +31,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Parser;
 
-use neonet::client::{Client, ClientEvent, ClientOptions};
+use neonet::client::{Client, ClientEvent, ClientOptions, ClientState};
 use neonet::proto::types::{EntityId, EntityKind, ReqId};
 use neonet::tls::{Fingerprint, Trust};
 
@@ -172,11 +178,33 @@ fn main() -> anyhow::Result<()> {
 
     // Requests not answered yet: the command's words, or `None` for a chat message.
     let mut pending: HashMap<ReqId, Option<Vec<String>>> = HashMap::new();
+    // Players shown as having lost their connection (their `lost` field is set).
+    let mut lost: HashSet<EntityId> = HashSet::new();
     let mut eof_at: Option<Instant> = None;
     loop {
         while let Some(ev) = client.poll_event() {
             match ev {
-                ClientEvent::Joined { .. } => {}
+                ClientEvent::Joined { .. } => {
+                    // Only after a reconnection: the first join was reported above.
+                    println!("* reconnected as a new session (the old one had expired)");
+                    names = client.world().player_names().into_iter().collect();
+                }
+                ClientEvent::Reconnecting {
+                    attempt,
+                    next_try,
+                    reason,
+                    detail,
+                } => {
+                    let wait = next_try.saturating_since(client.core_now());
+                    println!(
+                        "* connection lost ({reason}: {detail}); reconnecting, attempt {attempt} in {:.1} s (what you type is sent once back)",
+                        wait.as_secs_f64()
+                    );
+                }
+                ClientEvent::Resumed { .. } => println!("* reconnected: same session, nothing lost"),
+                ClientEvent::Offline { reason, detail } => println!(
+                    "* offline: gave up reconnecting ({reason}: {detail}); type anything to try again"
+                ),
                 ClientEvent::Chat(m) => println!("<{}> {}", m.from_name, m.body),
                 ClientEvent::ChatCleared => println!("* chat cleared"),
                 ClientEvent::EntityAdded(id) => {
@@ -186,6 +214,19 @@ fn main() -> anyhow::Result<()> {
                     }
                 }
                 ClientEvent::EntityModified(id) => {
+                    let is_lost = client.world().entities.get(&id).is_some_and(|e| {
+                        e.props.iter().any(|(k, _)| k == neonet::proto::server::LOST_PROP)
+                    });
+                    if is_lost != lost.contains(&id) {
+                        let n = names.get(&id).cloned().unwrap_or_else(|| "?".into());
+                        if is_lost {
+                            lost.insert(id);
+                            println!("* {n} lost connection");
+                        } else {
+                            lost.remove(&id);
+                            println!("* {n} is back");
+                        }
+                    }
                     if let Some(n) = player_name(&client, id) {
                         if names.get(&id) != Some(&n) {
                             println!("* {} is now {n}", names.get(&id).map_or("?", |s| s));
@@ -214,7 +255,7 @@ fn main() -> anyhow::Result<()> {
                     }
                 }
                 ClientEvent::Disconnected { reason, detail } => {
-                    println!("* disconnected: {reason} ({detail})");
+                    println!("* closed: {reason} ({detail})");
                     return Ok(());
                 }
                 _ => {}
@@ -224,6 +265,9 @@ fn main() -> anyhow::Result<()> {
         loop {
             match lines_rx.try_recv() {
                 Ok(line) => {
+                    if matches!(client.state(), ClientState::Offline { .. }) {
+                        client.reconnect_now();
+                    }
                     let (req, command) = match input::parse(&line) {
                         Input::Empty => continue,
                         Input::Quit => {

@@ -66,7 +66,9 @@ use neonet_proto::Time;
 use crate::quic::{self, ChannelWriters, StreamEvent, TransportError};
 use crate::tls::Trust;
 
-pub use neonet_proto::client::{ClientCore, ClientEvent, ClientState, ClientWorld};
+pub use neonet_proto::client::{
+    ClientCore, ClientEvent, ClientState, ClientWorld, ReconnectConfig, PENDING_REQUESTS_MAX,
+};
 pub use neonet_proto::predict::{CharacterInput, CorrectionStats};
 
 /// Reads queued from the stream readers to the client's task (each holds every complete frame
@@ -97,8 +99,13 @@ pub struct ClientOptions {
     pub server_name: String,
     /// Bound on the QUIC handshake plus the join. Default 10 s.
     pub connect_timeout: Duration,
-    /// QUIC idle timeout. Default [`crate::quic::IDLE_TIMEOUT_MS_DEFAULT`].
+    /// QUIC idle timeout: a peer silent this long is dead. Default
+    /// [`crate::quic::IDLE_TIMEOUT_MS_DEFAULT`] (3 s).
     pub idle_timeout: Duration,
+    /// How to come back after a lost connection (see the module documentation); `None`: a lost
+    /// connection ends the session. Default: on, with [`ReconnectConfig::default`] and a seed
+    /// from the clock.
+    pub reconnect: Option<ReconnectConfig>,
 }
 
 impl Default for ClientOptions {
@@ -110,6 +117,13 @@ impl Default for ClientOptions {
             server_name: crate::tls::DEFAULT_SERVER_NAME.into(),
             connect_timeout: CONNECT_TIMEOUT_DEFAULT,
             idle_timeout: Duration::from_millis(crate::quic::IDLE_TIMEOUT_MS_DEFAULT),
+            reconnect: Some(ReconnectConfig {
+                // Jitter only: any varying seed will do.
+                seed: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos() as u64),
+                ..ReconnectConfig::default()
+            }),
         }
     }
 }
@@ -224,6 +238,12 @@ struct Inner {
     start: Instant,
     /// Arrivals of server datagrams, kept only once [`Client::log_datagrams`] asked for them.
     datagram_log: Mutex<DatagramLog>,
+    /// The current connection (replaced on every reconnection).
+    conn: Mutex<Option<Connection>>,
+    /// The endpoint and the runtime it runs on, for [`Client::rebind`].
+    endpoint: Mutex<Option<(quinn::Endpoint, tokio::runtime::Handle)>>,
+    /// The relay's address.
+    remote: SocketAddr,
 }
 
 /// A bounded record of server datagrams as they arrived (off unless asked for).
@@ -255,6 +275,14 @@ impl Inner {
         Time(self.start.elapsed().as_micros() as u64)
     }
 
+    fn conn(&self) -> Option<Connection> {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set_conn(&self, conn: Connection) {
+        *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn);
+    }
+
     fn notify_changed(&self) {
         self.changed.notify_all();
         self.changes.fetch_add(1, Ordering::Release);
@@ -265,7 +293,6 @@ impl Inner {
 /// A connection to a relay. See the module documentation.
 pub struct Client {
     inner: Arc<Inner>,
-    conn: Connection,
     background: Background,
     /// The change count [`Client::changed`] last returned at.
     seen_changes: AtomicU64,
@@ -274,7 +301,7 @@ pub struct Client {
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
-            .field("remote", &self.conn.remote_address())
+            .field("remote", &self.inner.remote)
             .field("state", self.inner.lock().state())
             .finish()
     }
@@ -298,7 +325,9 @@ fn join_outcome(state: &ClientState) -> Option<Result<(), ConnectError>> {
             reason: *reason,
             detail: detail.clone(),
         })),
-        ClientState::Joining => None,
+        ClientState::Joining | ClientState::Reconnecting { .. } | ClientState::Offline { .. } => {
+            None
+        }
     }
 }
 
@@ -332,17 +361,17 @@ fn prepare(
         .next()
         .ok_or_else(|| ConnectError::NoAddress(shown()))?;
     let quinn_config = quic::client_config(&options.trust, options.idle_timeout)?;
+    let config = ClientConfig {
+        name: options.name.clone(),
+        token: options.token.clone(),
+    };
+    let mut core = match camera {
+        None => ClientCore::new(config, Time::ZERO),
+        Some(camera) => ClientCore::new_spectator(config, camera, Time::ZERO),
+    };
+    core.set_reconnect(options.reconnect.clone());
     let inner = Arc::new(Inner {
-        core: Mutex::new({
-            let config = ClientConfig {
-                name: options.name.clone(),
-                token: options.token.clone(),
-            };
-            match camera {
-                None => ClientCore::new(config, Time::ZERO),
-                Some(camera) => ClientCore::new_spectator(config, camera, Time::ZERO),
-            }
-        }),
+        core: Mutex::new(core),
         changed: Condvar::new(),
         changed_async: Notify::new(),
         changes: AtomicU64::new(0),
@@ -351,6 +380,9 @@ fn prepare(
         closing: AtomicBool::new(false),
         start: Instant::now(),
         datagram_log: Mutex::new(DatagramLog::default()),
+        conn: Mutex::new(None),
+        endpoint: Mutex::new(None),
+        remote,
     });
     Ok(Prepared {
         remote,
@@ -362,20 +394,113 @@ fn prepare(
 }
 
 /// The QUIC handshake, on the current tokio runtime.
-async fn handshake(p: &Prepared) -> Result<(quinn::Endpoint, Connection), ConnectError> {
+async fn handshake(p: &Prepared) -> Result<(Dialer, Connection), ConnectError> {
     let endpoint = quic::client_endpoint(p.remote)?;
-    let connecting = endpoint.connect_with(p.quinn_config.clone(), p.remote, &p.server_name)?;
-    match tokio::time::timeout(p.timeout, connecting).await {
-        Ok(Ok(conn)) => Ok((endpoint, conn)),
-        Ok(Err(e)) => Err(e.into()),
-        Err(_) => Err(ConnectError::Timeout(p.timeout)),
+    *p.inner.endpoint.lock().unwrap_or_else(|e| e.into_inner()) =
+        Some((endpoint.clone(), tokio::runtime::Handle::current()));
+    let dialer = Dialer {
+        endpoint,
+        config: p.quinn_config.clone(),
+        remote: p.remote,
+        server_name: p.server_name.clone(),
+        timeout: p.timeout,
+    };
+    let conn = dialer.dial().await?;
+    p.inner.set_conn(conn.clone());
+    Ok((dialer, conn))
+}
+
+/// What opening a connection to the relay takes, kept for reconnections (on the same endpoint,
+/// so a rebound socket stays in use).
+struct Dialer {
+    endpoint: quinn::Endpoint,
+    config: quinn::ClientConfig,
+    remote: SocketAddr,
+    server_name: String,
+    timeout: Duration,
+}
+
+impl Dialer {
+    async fn dial(&self) -> Result<Connection, ConnectError> {
+        let connecting =
+            self.endpoint
+                .connect_with(self.config.clone(), self.remote, &self.server_name)?;
+        match tokio::time::timeout(self.timeout, connecting).await {
+            Ok(Ok(conn)) => Ok(conn),
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => Err(ConnectError::Timeout(self.timeout)),
+        }
     }
 }
 
-/// The session until it ends, then a bounded wait for the endpoint to finish closing.
-async fn run_to_end(inner: Arc<Inner>, endpoint: quinn::Endpoint, conn: Connection) {
-    run(inner, conn).await;
-    let _ = tokio::time::timeout(quic::CLOSE_FLUSH_TIMEOUT, endpoint.wait_idle()).await;
+/// The session until it ends: each connection until it is lost, then, while the core asks for
+/// it ([`ClientCore::poll_connect`]), a new one on the same endpoint; finally a bounded wait for
+/// the endpoint to finish closing.
+async fn run_to_end(inner: Arc<Inner>, dialer: Dialer, conn: Connection) {
+    let mut conn = Some(conn);
+    loop {
+        if let Some(c) = conn.take() {
+            inner.set_conn(c.clone());
+            run(inner.clone(), c).await;
+        }
+        if !wait_for_redial(&inner).await {
+            break;
+        }
+        match dialer.dial().await {
+            Ok(c) => {
+                let now = inner.now();
+                inner.lock().handle_connected(now);
+                conn = Some(c);
+            }
+            Err(e) => {
+                let now = inner.now();
+                inner
+                    .lock()
+                    .handle_transport_lost(CloseReason::Timeout, e.to_string(), now);
+                inner.notify_changed();
+            }
+        }
+    }
+    inner.notify_changed();
+    let _ = tokio::time::timeout(quic::CLOSE_FLUSH_TIMEOUT, dialer.endpoint.wait_idle()).await;
+}
+
+/// Between connections: runs the core's timers until it asks for a new connection (`true`) or
+/// the session is over, closed or left (`false`).
+async fn wait_for_redial(inner: &Inner) -> bool {
+    loop {
+        let timeout = {
+            let mut core = inner.lock();
+            if inner.closing.load(Ordering::Acquire)
+                && !matches!(core.state(), ClientState::Closed { .. })
+            {
+                core.handle_disconnect(CloseReason::ClientLeft, "left".into());
+            }
+            let now = inner.now();
+            if core.poll_timeout().is_some_and(|t| t <= now) {
+                core.handle_timeout(now);
+            }
+            if matches!(core.state(), ClientState::Closed { .. }) {
+                return false;
+            }
+            if core.poll_connect() {
+                return true;
+            }
+            let t = core.poll_timeout();
+            inner
+                .sleeping_until_us
+                .store(t.map_or(u64::MAX, |t| t.0), Ordering::Relaxed);
+            t
+        };
+        inner.notify_changed();
+        let deadline = timeout
+            .map(|t| inner.start + Duration::from_micros(t.0))
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+        tokio::select! {
+            _ = inner.wake.notified() => {}
+            _ = tokio::time::sleep_until(deadline.into()) => {}
+        }
+    }
 }
 
 impl Client {
@@ -425,13 +550,13 @@ impl Client {
                 };
                 rt.block_on(async move {
                     match handshake(&p).await {
-                        Ok((endpoint, conn)) => {
+                        Ok((dialer, conn)) => {
                             if setup_tx.send(Ok(conn.clone())).is_err() {
                                 // `connect` gave up waiting: nobody will use this connection.
                                 conn.close(quic::close_code(CloseReason::ClientLeft), b"");
                                 return;
                             }
-                            run_to_end(bg, endpoint, conn).await;
+                            run_to_end(bg, dialer, conn).await;
                         }
                         Err(e) => {
                             let _ = setup_tx.send(Err(e));
@@ -440,8 +565,8 @@ impl Client {
                 });
             })
             .map_err(ConnectError::Runtime)?;
-        let conn = match setup_rx.recv_timeout(timeout + Duration::from_secs(1)) {
-            Ok(Ok(conn)) => conn,
+        match setup_rx.recv_timeout(timeout + Duration::from_secs(1)) {
+            Ok(Ok(_)) => {}
             Ok(Err(e)) => {
                 let _ = thread.join();
                 return Err(e);
@@ -450,7 +575,6 @@ impl Client {
         };
         let client = Client {
             inner,
-            conn,
             background: Background::Thread(Some(thread)),
             seen_changes: AtomicU64::new(0),
         };
@@ -485,12 +609,11 @@ impl Client {
         options: ClientOptions,
     ) -> Result<Client, ConnectError> {
         let p = prepare(addr, &options, None)?;
-        let (endpoint, conn) = handshake(&p).await?;
+        let (dialer, conn) = handshake(&p).await?;
         let inner = p.inner.clone();
-        let task = tokio::spawn(run_to_end(inner.clone(), endpoint, conn.clone()));
+        let task = tokio::spawn(run_to_end(inner.clone(), dialer, conn));
         let client = Client {
             inner,
-            conn,
             background: Background::Task(Some(task)),
             seen_changes: AtomicU64::new(0),
         };
@@ -678,10 +801,13 @@ impl Client {
         }
         let data = data.into();
         let len = data.len();
-        self.conn.send_datagram(data).map_err(|e| match e {
+        let Some(conn) = self.inner.conn() else {
+            return Err(ClientError::DatagramsUnsupported);
+        };
+        conn.send_datagram(data).map_err(|e| match e {
             quinn::SendDatagramError::TooLarge => ClientError::DatagramTooLarge {
                 len,
-                max: self.conn.max_datagram_size().unwrap_or(0),
+                max: conn.max_datagram_size().unwrap_or(0),
             },
             quinn::SendDatagramError::UnsupportedByPeer | quinn::SendDatagramError::Disabled => {
                 ClientError::DatagramsUnsupported
@@ -695,7 +821,7 @@ impl Client {
 
     /// The largest datagram the path carries now, `None` if datagrams are unsupported.
     pub fn max_datagram_size(&self) -> Option<usize> {
-        self.conn.max_datagram_size()
+        self.inner.conn()?.max_datagram_size()
     }
 
     // ---- state ----
@@ -804,7 +930,53 @@ impl Client {
 
     /// The relay's address.
     pub fn remote_addr(&self) -> SocketAddr {
-        self.conn.remote_address()
+        self.inner.remote
+    }
+
+    /// The local address the client's UDP socket is bound to.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        match &*self
+            .inner
+            .endpoint
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+        {
+            Some((endpoint, _)) => endpoint.local_addr(),
+            None => Err(std::io::Error::other("not connected")),
+        }
+    }
+
+    /// Moves the client onto a new UDP socket (a new local port), as when a phone changes
+    /// networks: QUIC migrates the connection to the new address and the session goes on, with
+    /// no reconnection. Returns the new local address.
+    pub fn rebind(&self) -> Result<SocketAddr, TransportError> {
+        let (endpoint, handle) = self
+            .inner
+            .endpoint
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or_else(|| TransportError::Socket {
+                addr: self.inner.remote,
+                source: std::io::Error::other("no endpoint"),
+            })?;
+        let bind: SocketAddr = if self.inner.remote.is_ipv6() {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        } else {
+            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+        };
+        let (socket, _) = quic::bind_udp(bind, quic::CLIENT_SOCKET_BUFFER_BYTES)?;
+        let _runtime = handle.enter();
+        let err = |source| TransportError::Socket { addr: bind, source };
+        endpoint.rebind(socket).map_err(err)?;
+        endpoint.local_addr().map_err(err)
+    }
+
+    /// Tries to reconnect at once: from [`ClientState::Offline`], or cutting a backoff short.
+    pub fn reconnect_now(&self) {
+        let now = self.inner.now();
+        self.inner.lock().reconnect_now(now);
+        self.inner.wake.notify_one();
     }
 
     /// Moves a spectator's camera (metres). No-op for a player.
@@ -827,7 +999,9 @@ impl Client {
     /// The QUIC connection's counters: UDP bytes and datagrams each way, packets lost, RTT and
     /// congestion window (for tools measuring traffic; games rarely need them).
     pub fn connection_stats(&self) -> quinn::ConnectionStats {
-        self.conn.stats()
+        self.inner
+            .conn()
+            .map_or_else(quinn::ConnectionStats::default, |c| c.stats())
     }
 
     /// Starts (or, with 0, stops) keeping the server datagrams that arrive, with their arrival
@@ -1051,9 +1225,10 @@ async fn run(inner: Arc<Inner>, conn: Connection) {
     let mut streams_done = false;
     loop {
         if let Err(e) = flush(&inner, &conn, &writers, &mut transmits) {
+            let now = inner.now();
             inner
                 .lock()
-                .handle_disconnect(CloseReason::Timeout, e.to_string());
+                .handle_transport_lost(CloseReason::Timeout, e.to_string(), now);
             conn.close(
                 quinn::VarInt::from_u32(quic::CLOSE_CODE_OVERFLOW),
                 b"send queue full",
@@ -1065,7 +1240,8 @@ async fn run(inner: Arc<Inner>, conn: Connection) {
             inner
                 .sleeping_until_us
                 .store(timeout.map_or(u64::MAX, |t| t.0), Ordering::Relaxed);
-            (matches!(core.state(), ClientState::Closed { .. }), timeout)
+            let live = matches!(core.state(), ClientState::Joining | ClientState::Joined);
+            (!live, timeout)
         };
         inner.notify_changed();
         if closed {
@@ -1125,13 +1301,21 @@ async fn run(inner: Arc<Inner>, conn: Connection) {
             }
             why = conn.closed() => {
                 let (reason, detail) = close_of(&why);
-                inner.lock().handle_disconnect(reason, detail);
+                let now = inner.now();
+                inner.lock().handle_transport_lost(reason, detail, now);
                 connection_gone = true;
             }
         }
     }
     inner.notify_changed();
-    if !connection_gone {
+    let closed = matches!(inner.lock().state(), ClientState::Closed { .. });
+    if !connection_gone && !closed {
+        // Given up as lost (silence): nothing to flush, and the peer may be gone.
+        conn.close(
+            quic::close_code(CloseReason::Timeout),
+            b"connection lost: reconnecting",
+        );
+    } else if !connection_gone {
         // The server usually closes right after its Close message; close ourselves if not.
         let (code, text) = match inner.lock().state() {
             ClientState::Closed { reason, detail } => {

@@ -42,6 +42,11 @@ pub const DEFAULT_DATA_DIR: &str = "data";
 /// Default most simultaneous transport connections (joined or not). Each costs a few tasks and
 /// buffers; a player limit is a separate, world-level setting.
 pub const CONNECTIONS_MAX_DEFAULT: usize = 4096;
+/// Default resume grace period, ms: the core's [`neonet_proto::server::RESUME_GRACE_DEFAULT`].
+pub const RESUME_GRACE_MS_DEFAULT: u64 =
+    neonet_proto::server::RESUME_GRACE_DEFAULT.as_millis() as u64;
+/// Longest resume grace period, ms: an hour. A lost player stands in the world for all of it.
+pub const RESUME_GRACE_MS_MAX: u64 = 3_600_000;
 /// Default QUIC idle timeout, ms: defined with the transport, which the client shares.
 pub use crate::quic::IDLE_TIMEOUT_MS_DEFAULT;
 /// Default interval between writes of fast-changing state (moving apps), ms: the store's
@@ -103,8 +108,13 @@ pub struct RelayConfig {
     pub player_limit: u32,
     /// Most simultaneous QUIC connections, joined or not. Default [`CONNECTIONS_MAX_DEFAULT`].
     pub connections_max: usize,
-    /// QUIC idle timeout, milliseconds. Default [`IDLE_TIMEOUT_MS_DEFAULT`].
+    /// QUIC idle timeout, milliseconds: a peer silent this long is dead (on both sides, and in
+    /// the core for transports without one). Default [`IDLE_TIMEOUT_MS_DEFAULT`] (3 s).
     pub idle_timeout_ms: u64,
+    /// How long a player whose connection was lost is kept (marked `lost`) for its client to
+    /// resume the session, milliseconds; 0: no resume, a lost connection is a leave. Default
+    /// [`RESUME_GRACE_MS_DEFAULT`] (30 s).
+    pub resume_grace_ms: u64,
     /// Log filter: a level, or `target=level` pairs (`info`, `neonet=debug,warn`; tracing's
     /// `Targets` syntax). Default `info`;
     /// `RUST_LOG` wins when set and no flag is given.
@@ -166,6 +176,7 @@ impl Default for RelayConfig {
             player_limit: 0,
             connections_max: CONNECTIONS_MAX_DEFAULT,
             idle_timeout_ms: IDLE_TIMEOUT_MS_DEFAULT,
+            resume_grace_ms: RESUME_GRACE_MS_DEFAULT,
             log_level: "info".into(),
             persist: true,
             spawn_at_last_position: true,
@@ -236,6 +247,11 @@ impl RelayConfig {
             .transpose()
     }
 
+    /// How long a lost session waits for a resume.
+    pub fn resume_grace(&self) -> Duration {
+        Duration::from_millis(self.resume_grace_ms)
+    }
+
     /// Checks ranges and consistency.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if !(TICK_HZ_MIN..=TICK_HZ_MAX).contains(&self.tick_hz) {
@@ -269,6 +285,11 @@ impl RelayConfig {
             return Err(ConfigError::Invalid(
                 "backend_key_alg must be HS256, EdDSA or ES256".into(),
             ));
+        }
+        if self.resume_grace_ms > RESUME_GRACE_MS_MAX {
+            return Err(ConfigError::Invalid(format!(
+                "resume_grace_ms must be 0 to {RESUME_GRACE_MS_MAX}"
+            )));
         }
         if !(1..=DIRTY_FLUSH_INTERVAL_MS_MAX).contains(&self.dirty_flush_interval_ms) {
             return Err(ConfigError::Invalid(format!(

@@ -225,13 +225,19 @@ fn shutdown_tells_clients_why() {
     let relay = TestRelay::start();
     let ada = relay.client("ada");
     relay.shutdown();
+    // The client says why, and (reconnection being on) starts coming back.
     let ev = ada
-        .wait_for(WAIT, |e| matches!(e, ClientEvent::Disconnected { .. }))
+        .wait_for(WAIT, |e| {
+            matches!(
+                e,
+                ClientEvent::Disconnected { .. } | ClientEvent::Reconnecting { .. }
+            )
+        })
         .unwrap();
     assert!(
         matches!(
             ev,
-            ClientEvent::Disconnected {
+            ClientEvent::Reconnecting {
                 reason: CloseReason::ServerShutdown,
                 ..
             }
@@ -404,13 +410,19 @@ fn the_relay_binary_starts_with_no_configuration_and_stops_on_sigterm() {
         .status()
         .unwrap();
     assert!(status.success());
+    // The client says why, and (reconnection being on) starts coming back.
     let ev = client
-        .wait_for(WAIT, |e| matches!(e, ClientEvent::Disconnected { .. }))
+        .wait_for(WAIT, |e| {
+            matches!(
+                e,
+                ClientEvent::Disconnected { .. } | ClientEvent::Reconnecting { .. }
+            )
+        })
         .unwrap();
     assert!(
         matches!(
             ev,
-            ClientEvent::Disconnected {
+            ClientEvent::Reconnecting {
                 reason: CloseReason::ServerShutdown,
                 ..
             }

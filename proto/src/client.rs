@@ -34,6 +34,64 @@ use crate::wire::msg::*;
 /// How often the client pings for RTT and clock offset.
 pub const PING_INTERVAL: Duration = Duration::from_millis(1000);
 
+/// Changes (messages with a change id) a client holds until the server answers them: 1,024.
+/// They are resent after a lost connection and answered once (the server remembers
+/// [`crate::server::REQ_OUTCOMES_MAX`] per session, more than this). Past the bound a new change
+/// is refused on the spot with [`Refusal::Busy`] and never sent.
+pub const PENDING_REQUESTS_MAX: usize = 1024;
+
+/// Default [`ReconnectConfig::silence_timeout`]: 2.5 s, the server's idle timeout. The server
+/// answers the 5 pings a second clock sync sends, so 2.5 s of silence is a dead connection or
+/// path, not a slow one.
+pub const SILENCE_TIMEOUT_DEFAULT: Duration = Duration::from_millis(2500);
+
+/// Default [`ReconnectConfig::delay_base`]: 250 ms, the first retry comes quickly (a blip).
+pub const RECONNECT_DELAY_BASE_DEFAULT: Duration = Duration::from_millis(250);
+
+/// Default [`ReconnectConfig::delay_max`]: 10 s, so a relay back after a restart is found
+/// within seconds while thousands of clients do not hammer one that is down.
+pub const RECONNECT_DELAY_MAX_DEFAULT: Duration = Duration::from_secs(10);
+
+/// Default [`ReconnectConfig::attempts_max`]: 40 attempts (about 6 minutes at the longest
+/// delay) before the client goes [`ClientState::Offline`].
+pub const RECONNECT_ATTEMPTS_MAX_DEFAULT: u32 = 40;
+
+/// How a client comes back after a lost connection ([`ClientCore::set_reconnect`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReconnectConfig {
+    /// Delay before the first attempt; each further one doubles it, up to `delay_max`. Each
+    /// delay is then drawn uniformly from its upper half (jitter), so clients that lost one relay
+    /// together do not come back together.
+    pub delay_base: Duration,
+    /// Longest delay between attempts.
+    pub delay_max: Duration,
+    /// Attempts before giving up ([`ClientState::Offline`]); 0: never give up.
+    pub attempts_max: u32,
+    /// A joined connection that hears nothing from the server this long is lost.
+    pub silence_timeout: Duration,
+    /// Seeds the jitter (a driver takes it from the clock or the OS; tests fix it).
+    pub seed: u64,
+}
+
+impl Default for ReconnectConfig {
+    fn default() -> Self {
+        ReconnectConfig {
+            delay_base: RECONNECT_DELAY_BASE_DEFAULT,
+            delay_max: RECONNECT_DELAY_MAX_DEFAULT,
+            attempts_max: RECONNECT_ATTEMPTS_MAX_DEFAULT,
+            silence_timeout: SILENCE_TIMEOUT_DEFAULT,
+            seed: 0,
+        }
+    }
+}
+
+/// Whether a client comes back by itself after its connection ended for `reason`: after a lost
+/// connection (`Timeout`) or a relay going down (`ServerShutdown`), never after a decision (a
+/// kick, a ban, a refusal, a protocol error, another session of the same user, a goodbye).
+pub fn reconnects_after(reason: CloseReason) -> bool {
+    matches!(reason, CloseReason::Timeout | CloseReason::ServerShutdown)
+}
+
 /// Messages from other channels a joining client holds until the snapshot arrives.
 pub const EARLY_MESSAGES_MAX: usize = 4096;
 
@@ -83,6 +141,23 @@ pub enum ClientState {
     Joining,
     /// In the world.
     Joined,
+    /// The connection was lost; attempt `attempt` to come back starts at `next_try` (the driver
+    /// opens a new connection when [`ClientCore::poll_connect`] says so). Changes made now are
+    /// held and sent once back.
+    Reconnecting {
+        /// The attempt number, from 1.
+        attempt: u32,
+        /// When it starts, on the core's clock.
+        next_try: Time,
+    },
+    /// Gave up reconnecting after [`ReconnectConfig::attempts_max`] attempts. Changes are still
+    /// held; [`ClientCore::reconnect_now`] tries again.
+    Offline {
+        /// Why the last connection ended.
+        reason: CloseReason,
+        /// Detail.
+        detail: String,
+    },
     /// Closed; no more input is taken.
     Closed {
         /// Why.
@@ -178,7 +253,35 @@ pub enum ClientEvent {
     /// An entity left this client's area of interest: it still exists, but no more updates
     /// come until it re-enters.
     LeftInterest(EntityId),
-    /// The session ended.
+    /// The connection was lost and the client will try to come back (see
+    /// [`ClientState::Reconnecting`]); emitted once per attempt scheduled.
+    Reconnecting {
+        /// The attempt number, from 1.
+        attempt: u32,
+        /// When it starts, on the core's clock.
+        next_try: Time,
+        /// Why the connection ended.
+        reason: CloseReason,
+        /// Detail.
+        detail: String,
+    },
+    /// The client gave up reconnecting ([`ClientState::Offline`]).
+    Offline {
+        /// Why the last connection ended.
+        reason: CloseReason,
+        /// Detail.
+        detail: String,
+    },
+    /// The session came back on a new connection: same session, player and id. The world
+    /// mirror was replaced by the server's snapshot; the entities, blueprints and chat messages
+    /// that changed while away were reported as events just before this one (settings, spawn
+    /// and rank are in [`ClientCore::world`]). Unanswered changes were resent.
+    Resumed {
+        /// The session.
+        session: SessionId,
+    },
+    /// The session ended for good (closed by the server with a reason, left, or a lost
+    /// connection without reconnection).
     Disconnected {
         /// Why.
         reason: CloseReason,
@@ -376,6 +479,24 @@ pub struct ClientCore {
     down_seq: Option<(Seq, u64)>,
     /// Joins (joined) with `Spectate`: no player.
     spectator: bool,
+    /// A spectator's camera, as last set: where it comes back after a lost connection.
+    camera: Vec3,
+    /// How to come back after a lost connection; `None`: the session ends with it.
+    reconnect: Option<ReconnectConfig>,
+    /// Jitter of reconnection delays.
+    rng: crate::rng::Rng,
+    /// Attempts since the last join.
+    attempt: u32,
+    /// The driver should open a new connection ([`ClientCore::poll_connect`]).
+    connect_due: bool,
+    /// The single-use token to resume the session with.
+    resume_token: Option<String>,
+    /// Changes not yet answered, oldest first, at most [`PENDING_REQUESTS_MAX`].
+    pending: VecDeque<(ReqId, ClientMsg)>,
+    /// When the server was last heard (a frame or datagram), or the connection opened.
+    last_heard: Time,
+    /// The current connection is a reconnection (`Resume` or a second `Hello`).
+    rejoining: bool,
 }
 
 impl ClientCore {
@@ -397,6 +518,7 @@ impl ClientCore {
     pub fn new_spectator(config: ClientConfig, camera: Vec3, now: Time) -> ClientCore {
         let mut c = Self::unjoined(config, now);
         c.spectator = true;
+        c.camera = camera;
         let spectate = ClientMsg::Spectate {
             protocol_version: PROTOCOL_VERSION,
             name: c.config.name.clone(),
@@ -415,6 +537,7 @@ impl ClientCore {
     /// Moves a spectator's camera (its viewpoint for interest). No-op for a player.
     pub fn set_camera(&mut self, position: Vec3) {
         if self.spectator {
+            self.camera = position;
             self.send(&ClientMsg::SpectatorCamera { position });
         }
     }
@@ -444,6 +567,15 @@ impl ClientCore {
             figures: ClientFigures::default(),
             down_seq: None,
             spectator: false,
+            camera: Vec3::ZERO,
+            reconnect: None,
+            rng: crate::rng::Rng::new(0),
+            attempt: 0,
+            connect_due: false,
+            resume_token: None,
+            pending: VecDeque::new(),
+            last_heard: now,
+            rejoining: false,
         }
     }
 
@@ -535,11 +667,12 @@ impl ClientCore {
         body: &[u8],
         now: Time,
     ) -> Result<(), ClientError> {
-        if matches!(self.state, ClientState::Closed { .. }) {
+        if !self.connected() {
             return Ok(());
         }
         self.figures.frames_down += 1;
         self.figures.bytes_down += (body.len() + codec::FRAME_HEADER_BYTES) as u64;
+        self.last_heard = self.last_heard.max(now);
         let msg = match codec::decode_server(body) {
             Ok(m) => m,
             Err(e) => {
@@ -581,6 +714,7 @@ impl ClientCore {
         self.figures.datagrams_down += 1;
         self.figures.bytes_down += data.len() as u64;
         self.figures.datagram_bytes_down += data.len() as u64;
+        self.last_heard = self.last_heard.max(now);
         let Some(st) = self.stream.as_deref_mut() else {
             return;
         };
@@ -650,9 +784,190 @@ impl ClientCore {
         self.close(reason, detail);
     }
 
+    /// The transport ended (or a new connection could not be opened) for `reason`: with
+    /// reconnection on ([`ClientCore::set_reconnect`]), a session that had joined and a reason
+    /// [`reconnects_after`] allows schedules the next attempt (exponential backoff with
+    /// jitter) or, past the attempts allowed, goes [`ClientState::Offline`]; otherwise the
+    /// session ends as with [`ClientCore::handle_disconnect`]. No-op once closed.
+    pub fn handle_transport_lost(&mut self, reason: CloseReason, detail: String, now: Time) {
+        if matches!(self.state, ClientState::Closed { .. }) {
+            return;
+        }
+        let Some(cfg) = self.reconnect.clone() else {
+            return self.close(reason, detail);
+        };
+        if !reconnects_after(reason) || self.session.is_none() || self.user.is_none() {
+            return self.close(reason, detail);
+        }
+        let attempt_in_flight = self.connect_due
+            || matches!(self.state, ClientState::Reconnecting { next_try, .. } if next_try == Time(u64::MAX));
+        if matches!(
+            self.state,
+            ClientState::Reconnecting { .. } | ClientState::Offline { .. }
+        ) && !self.rejoining
+            && !attempt_in_flight
+        {
+            // Already waiting: a second report of the same loss.
+            return;
+        }
+        self.transmits.clear();
+        self.early.clear();
+        self.stream = None;
+        self.rejoining = false;
+        self.connect_due = false;
+        self.attempt += 1;
+        if cfg.attempts_max > 0 && self.attempt > cfg.attempts_max {
+            self.state = ClientState::Offline {
+                reason,
+                detail: detail.clone(),
+            };
+            self.events
+                .push_back(ClientEvent::Offline { reason, detail });
+            return;
+        }
+        let shift = (self.attempt - 1).min(20);
+        let ceiling = cfg
+            .delay_base
+            .saturating_mul(1 << shift)
+            .min(cfg.delay_max)
+            .as_micros() as u64;
+        let delay = ceiling / 2 + self.rng.below(ceiling / 2 + 1);
+        let next_try = now + Duration::from_micros(delay);
+        self.state = ClientState::Reconnecting {
+            attempt: self.attempt,
+            next_try,
+        };
+        self.events.push_back(ClientEvent::Reconnecting {
+            attempt: self.attempt,
+            next_try,
+            reason,
+            detail,
+        });
+    }
+
+    /// Whether the driver should open a new connection now (once per attempt). When it opened
+    /// it, it calls [`ClientCore::handle_connected`]; if it could not,
+    /// [`ClientCore::handle_transport_lost`].
+    pub fn poll_connect(&mut self) -> bool {
+        std::mem::take(&mut self.connect_due)
+    }
+
+    /// A new connection is open (after [`ClientCore::poll_connect`]): asks the server to resume
+    /// the session (or, without a resume token, to join again as the same user).
+    pub fn handle_connected(&mut self, now: Time) {
+        if !matches!(
+            self.state,
+            ClientState::Reconnecting { .. } | ClientState::Offline { .. }
+        ) {
+            return;
+        }
+        self.state = ClientState::Joining;
+        self.rejoining = true;
+        self.last_heard = now;
+        self.transmits.clear();
+        let name = self.config.name.clone();
+        let token = self.token.clone();
+        // The token is kept until a `Welcome` answers: a resume that never reached the server
+        // (the connection died first) may be tried again with it.
+        // A spectator comes back as a spectator (a resume that fell back to a fresh join would
+        // make it a player), at its camera's last position.
+        let msg = match (self.session, self.resume_token.clone()) {
+            _ if self.spectator => ClientMsg::Spectate {
+                protocol_version: PROTOCOL_VERSION,
+                name,
+                token,
+                camera: self.camera,
+            },
+            (Some(session), Some(resume_token)) => ClientMsg::Resume {
+                protocol_version: PROTOCOL_VERSION,
+                name,
+                token,
+                session,
+                resume_token,
+            },
+            _ => ClientMsg::Hello {
+                protocol_version: PROTOCOL_VERSION,
+                name,
+                token,
+            },
+        };
+        self.push_frame(&msg);
+    }
+
+    /// Tries to reconnect at once (from [`ClientState::Offline`], or cutting a backoff short),
+    /// with a fresh count of attempts.
+    pub fn reconnect_now(&mut self, now: Time) {
+        if matches!(
+            self.state,
+            ClientState::Reconnecting { .. } | ClientState::Offline { .. }
+        ) {
+            self.attempt = 1;
+            self.state = ClientState::Reconnecting {
+                attempt: 1,
+                next_try: now,
+            };
+            self.connect_due = true;
+        }
+    }
+
+    /// Turns reconnection on (with `Some`) or off (the default: a lost connection ends the
+    /// session). The native client and the simulated network's tests turn it on.
+    pub fn set_reconnect(&mut self, config: Option<ReconnectConfig>) {
+        if let Some(c) = &config {
+            self.rng = crate::rng::Rng::new(c.seed);
+        }
+        self.reconnect = config;
+    }
+
+    /// Changes made and not yet answered (held while offline), oldest first.
+    pub fn pending_requests(&self) -> impl Iterator<Item = ReqId> + '_ {
+        self.pending.iter().map(|(r, _)| *r)
+    }
+
+    /// Whether frames of the current connection are taken (joining or joined).
+    fn connected(&self) -> bool {
+        matches!(self.state, ClientState::Joining | ClientState::Joined)
+    }
+
     /// Runs what is due at `now`: pings (clock sync), prediction ticks with their input
     /// datagrams, and acknowledgements of received transform datagrams.
     pub fn handle_timeout(&mut self, now: Time) {
+        if let ClientState::Reconnecting { next_try, .. } = self.state {
+            if now >= next_try && !self.connect_due {
+                self.connect_due = true;
+                // Due now: `poll_timeout` stays quiet until the driver reports the outcome.
+                self.state = ClientState::Reconnecting {
+                    attempt: self.attempt,
+                    next_try: Time(u64::MAX),
+                };
+            }
+            return;
+        }
+        if let Some(silence) = self.silence_deadline() {
+            if now >= silence {
+                let secs = self
+                    .reconnect
+                    .as_ref()
+                    .map_or(0.0, |c| c.silence_timeout.as_secs_f64());
+                return self.handle_transport_lost(
+                    CloseReason::Timeout,
+                    format!("nothing heard from the server for {secs} s"),
+                    now,
+                );
+            }
+        }
+        if self.state == ClientState::Joining && self.session.is_some() {
+            // Welcomed, the snapshot still on its way (a big world on a slow link): a ping a
+            // second tells the server this connection is alive, so its idle timeout does not
+            // take the join for a dead peer.
+            if now >= self.next_ping {
+                self.next_ping = now + PING_INTERVAL;
+                self.push_frame(&ClientMsg::Ping {
+                    client_time_us: now.as_micros(),
+                });
+            }
+            return;
+        }
         if self.state != ClientState::Joined {
             return;
         }
@@ -880,20 +1195,37 @@ impl ClientCore {
 
     /// When `handle_timeout` must be called next.
     pub fn poll_timeout(&self) -> Option<Time> {
-        if self.state != ClientState::Joined {
-            return None;
+        if let ClientState::Reconnecting { next_try, .. } = self.state {
+            return (next_try != Time(u64::MAX)).then_some(next_try);
         }
-        match &self.stream {
-            None => Some(self.next_ping),
+        let silence = self.silence_deadline();
+        if self.state == ClientState::Joining && self.session.is_some() {
+            return Some(silence.map_or(self.next_ping, |s| s.min(self.next_ping)));
+        }
+        if self.state != ClientState::Joined {
+            return silence;
+        }
+        let t = match &self.stream {
+            None => self.next_ping,
             Some(st) => {
                 let t = st.predicted.poll_timeout();
-                Some(if st.ack_due {
+                if st.ack_due {
                     t.min(st.last_up + st.period)
                 } else {
                     t
-                })
+                }
             }
-        }
+        };
+        Some(silence.map_or(t, |s| s.min(t)))
+    }
+
+    /// When the current connection counts as lost if nothing is heard (reconnection on, and
+    /// joined or rejoining).
+    fn silence_deadline(&self) -> Option<Time> {
+        let cfg = self.reconnect.as_ref()?;
+        let watched = self.state == ClientState::Joined
+            || (self.state == ClientState::Joining && self.rejoining);
+        watched.then(|| self.last_heard + cfg.silence_timeout)
     }
 
     // ---- commands ----
@@ -1082,9 +1414,13 @@ impl ClientCore {
         self.send_command(args)
     }
 
-    /// Sends any message (for tools and tests that need one not covered above).
+    /// Sends any message as it is, at once if connected (for tools and tests that need one not
+    /// covered above, or a peer that misbehaves): a change sent this way is not held for its
+    /// answer nor resent after a lost connection, and its id is the caller's to choose.
     pub fn send_raw(&mut self, msg: &ClientMsg) {
-        self.send(msg);
+        if self.connected() {
+            self.push_frame(msg);
+        }
     }
 
     /// Says goodbye; the server closes the session.
@@ -1094,10 +1430,31 @@ impl ClientCore {
 
     // ---- internals ----
 
+    /// Sends `msg`: a change is held until answered (and sent only while joined: held ones go
+    /// out on the join); anything else goes now on a live connection or is dropped.
     fn send(&mut self, msg: &ClientMsg) {
         if matches!(self.state, ClientState::Closed { .. }) {
             return;
         }
+        if let Some(req) = msg.req() {
+            if self.pending.len() >= PENDING_REQUESTS_MAX {
+                self.events.push_back(ClientEvent::Refused {
+                    req,
+                    reason: Refusal::Busy,
+                });
+                return;
+            }
+            self.pending.push_back((req, msg.clone()));
+            if self.state != ClientState::Joined {
+                return;
+            }
+        } else if !self.connected() {
+            return;
+        }
+        self.push_frame(msg);
+    }
+
+    fn push_frame(&mut self, msg: &ClientMsg) {
         let frame = codec::encode_frame(msg);
         self.figures.frames_up += 1;
         self.figures.bytes_up += frame.len() as u64;
@@ -1118,6 +1475,15 @@ impl ClientCore {
         f
     }
 
+    /// An answer to change `req` arrived: it is no longer held. (Each change is answered once
+    /// on the connection the client reads: a change is resent only on a new connection, after
+    /// the old one, which never answered it, was given up.)
+    fn answered(&mut self, req: ReqId) {
+        if let Some(i) = self.pending.iter().position(|(r, _)| *r == req) {
+            self.pending.remove(i);
+        }
+    }
+
     fn close(&mut self, reason: CloseReason, detail: String) {
         if matches!(self.state, ClientState::Closed { .. }) {
             return;
@@ -1127,6 +1493,8 @@ impl ClientCore {
             detail: detail.clone(),
         };
         self.transmits.clear();
+        self.pending.clear();
+        self.connect_due = false;
         self.events
             .push_back(ClientEvent::Disconnected { reason, detail });
     }
@@ -1158,7 +1526,12 @@ impl ClientCore {
                         (Ok(r), Ok(q)) => (r, q),
                         _ => return self.protocol("invalid transform configuration in welcome"),
                     };
+                if self.session != Some(session) {
+                    // A different session: nothing of the old one can be resumed.
+                    self.resume_token = None;
+                }
                 self.session = Some(session);
+                self.next_ping = now + PING_INTERVAL;
                 self.tick_hz = tick_hz;
                 let period = Duration::from_micros(1_000_000 / u64::from(tick_hz.max(1)));
                 self.stream = Some(Box::new(Stream {
@@ -1185,6 +1558,9 @@ impl ClientCore {
                     return self.protocol("snapshot out of order");
                 }
                 let s = *s;
+                let resumed = self.rejoining && self.player == Some(s.player);
+                let old = std::mem::take(&mut self.world);
+                let old_rank = self.rank;
                 // A spectator's snapshot names entity 0: it has no player.
                 self.player = (s.player != crate::server::NO_PLAYER).then_some(s.player);
                 self.user = Some(s.user);
@@ -1203,12 +1579,32 @@ impl ClientCore {
                 };
                 self.state = ClientState::Joined;
                 self.next_ping = now;
-                self.events.push_back(ClientEvent::Joined {
-                    player: s.player,
-                    user: s.user,
-                });
+                self.attempt = 0;
+                self.rejoining = false;
+                if resumed {
+                    self.report_changes(&old, old_rank);
+                    let session = self.session.unwrap_or(SessionId(0));
+                    self.events.push_back(ClientEvent::Resumed { session });
+                } else {
+                    self.held.clear();
+                    self.events.push_back(ClientEvent::Joined {
+                        player: s.player,
+                        user: s.user,
+                    });
+                }
+                // Every change not yet answered goes (again) now, in the order it was made: the
+                // server answers one it already has with its original outcome.
+                let held: Vec<ClientMsg> = self.pending.iter().map(|(_, m)| m.clone()).collect();
+                for m in &held {
+                    self.push_frame(m);
+                }
             }
-            ServerMsg::Close { reason, detail } => self.close(reason, detail),
+            ServerMsg::Close { reason, detail } => self.handle_transport_lost(reason, detail, now),
+            ServerMsg::ResumeToken { token } => {
+                if token.len() <= TOKEN_BYTES_MAX {
+                    self.resume_token = Some(token);
+                }
+            }
             ServerMsg::Pong {
                 client_time_us,
                 server_time_us,
@@ -1222,9 +1618,13 @@ impl ClientCore {
                 self.rtt = Some(rtt);
                 self.events.push_back(ClientEvent::Rtt(rtt));
             }
-            ServerMsg::Ack { req } => self.events.push_back(ClientEvent::Acked(req)),
+            ServerMsg::Ack { req } => {
+                self.answered(req);
+                self.events.push_back(ClientEvent::Acked(req));
+            }
             ServerMsg::Refused { req, reason } => {
-                self.events.push_back(ClientEvent::Refused { req, reason })
+                self.answered(req);
+                self.events.push_back(ClientEvent::Refused { req, reason });
             }
             other if !joined => {
                 return self.protocol(&format!("{} before the snapshot", other.name()));
@@ -1363,6 +1763,65 @@ impl ClientCore {
             }
         }
         Ok(())
+    }
+
+    /// After a resume, reports what differs between the mirror before (`old`) and the new
+    /// snapshot as the events the game would have seen: chat messages newer than the last one
+    /// seen, entities and blueprints added, changed or removed, spawn and own rank.
+    fn report_changes(&mut self, old: &ClientWorld, old_rank: Rank) {
+        let last_chat = old.chat.back().map(|m| m.id);
+        let new_chat: Vec<ChatMessage> = self
+            .world
+            .chat
+            .iter()
+            .filter(|m| last_chat.is_none_or(|l| m.id > l))
+            .cloned()
+            .collect();
+        for m in new_chat {
+            self.events.push_back(ClientEvent::Chat(m));
+        }
+        for (id, b) in &self.world.blueprints {
+            match old.blueprints.get(id) {
+                None => self
+                    .events
+                    .push_back(ClientEvent::BlueprintAdded(id.clone())),
+                Some(o) if o != b => self.events.push_back(ClientEvent::BlueprintModified {
+                    id: id.clone(),
+                    version: b.version,
+                }),
+                Some(_) => {}
+            }
+        }
+        let same = |a: &Entity, b: &Entity| {
+            a.props == b.props && a.owner == b.owner && a.blueprint == b.blueprint
+        };
+        for (id, e) in &self.world.entities {
+            match old.entities.get(id) {
+                None => self.events.push_back(ClientEvent::EntityAdded(*id)),
+                Some(o) if !same(o, e) => self.events.push_back(ClientEvent::EntityModified(*id)),
+                Some(_) => {}
+            }
+        }
+        for id in old.entities.keys() {
+            if !self.world.entities.contains_key(id) {
+                self.events.push_back(ClientEvent::EntityRemoved(*id));
+            }
+        }
+        if old.spawn != self.world.spawn {
+            self.events
+                .push_back(ClientEvent::SpawnModified(self.world.spawn));
+        }
+        if old_rank != self.rank {
+            if let Some(user) = self.user {
+                self.events.push_back(ClientEvent::RankModified {
+                    user,
+                    rank: self.rank,
+                });
+            }
+        }
+        let world = &self.world;
+        self.held.retain(|h| world.entities.contains_key(&h.entity));
+        self.release_held();
     }
 
     fn event_ready(&self, ev: &HeldEvent) -> bool {

@@ -208,6 +208,7 @@ fn client_tag(m: &ClientMsg) -> u32 {
         Spectate { .. } => 18,
         SpectatorCamera { .. } => 19,
         BlueprintRemove { .. } => 20,
+        Resume { .. } => 21,
     }
 }
 
@@ -237,6 +238,7 @@ fn server_tag(m: &ServerMsg) -> u32 {
         BlueprintRemoved(_) => 20,
         CommandReply { .. } => 21,
         AuthToken { .. } => 22,
+        ResumeToken { .. } => 23,
     }
 }
 
@@ -396,6 +398,16 @@ pub fn client_cases() -> Vec<(ClientMsg, &'static str)> {
             },
             "07000000 140d0474726565",
         ),
+        (
+            ClientMsg::Resume {
+                protocol_version: 1,
+                name: "ana".into(),
+                token: Some("user:7".into()),
+                session: SessionId(2),
+                resume_token: "2.ab".into(),
+            },
+            "14000000 150103616e610106757365723a370204322e6162",
+        ),
     ]
 }
 
@@ -514,6 +526,12 @@ pub fn server_cases() -> Vec<(ServerMsg, &'static str)> {
             ServerMsg::AuthToken { token: "t".into() },
             "03000000 160174",
         ),
+        (
+            ServerMsg::ResumeToken {
+                token: "2.ab".into(),
+            },
+            "06000000 1704322e6162",
+        ),
     ]
 }
 
@@ -598,10 +616,13 @@ fn variant_counts_match_the_enums() {
     let (last_client, _) = client_cases().pop().unwrap();
     assert_eq!(client_tag(&last_client), CLIENT_MSG_VARIANTS - 1);
     assert_eq!(
-        codec::decode_client(&[(CLIENT_MSG_VARIANTS - 1) as u8, 1, 1, b'x']),
-        Ok(ClientMsg::BlueprintRemove {
-            req: ReqId(1),
-            id: BlueprintId("x".into())
+        codec::decode_client(&[(CLIENT_MSG_VARIANTS - 1) as u8, 1, 0, 0, 0, 0]),
+        Ok(ClientMsg::Resume {
+            protocol_version: 1,
+            name: String::new(),
+            token: None,
+            session: SessionId(0),
+            resume_token: String::new(),
         })
     );
     assert_eq!(codec::decode_client(&[17]), Ok(ClientMsg::Goodbye));
@@ -680,6 +701,7 @@ fn channels_of_every_message() {
             Control, // Spectate
             Control, // SpectatorCamera
             World,   // BlueprintRemove
+            Control, // Resume
         ]
     );
     let server: Vec<Channel> = server_cases().iter().map(|(m, _)| m.channel()).collect();
@@ -709,6 +731,7 @@ fn channels_of_every_message() {
             World,   // BlueprintRemoved
             Control, // CommandReply
             Control, // AuthToken
+            World,   // ResumeToken
         ]
     );
 }

@@ -278,8 +278,13 @@ fn drive_randomly(seed: u64, mut on_transmit: impl FnMut(Transmit)) {
 #[test]
 fn a_connection_that_never_joins_is_closed_after_the_join_timeout_and_a_joined_one_is_not() {
     use neonet_proto::wire::msg::CloseReason;
-    let config = ServerConfig::default();
+    // An idle timeout longer than the join timeout, so the join timeout is what closes.
+    let config = ServerConfig {
+        idle_timeout: std::time::Duration::from_secs(30),
+        ..ServerConfig::default()
+    };
     let join_timeout = config.join_timeout;
+    let idle_timeout = config.idle_timeout;
     let mut core = ServerCore::new(
         config,
         World::default(),
@@ -327,7 +332,7 @@ fn a_connection_that_never_joins_is_closed_after_the_join_timeout_and_a_joined_o
         "not before the timeout"
     );
     assert!(
-        at.as_micros() < ServerConfig::default().idle_timeout.as_micros() as u64,
+        at.as_micros() < idle_timeout.as_micros() as u64,
         "by the join timeout, not the idle timeout"
     );
 }

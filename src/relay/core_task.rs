@@ -465,6 +465,12 @@ fn log_event(e: &ServerEvent) {
         ServerEvent::Left { session, reason } => {
             tracing::info!(session = session.0, %reason, "left")
         }
+        ServerEvent::ConnectionLost { session } => {
+            tracing::info!(session = session.0, "connection lost; kept for a resume")
+        }
+        ServerEvent::Resumed { session, conn } => {
+            tracing::info!(session = session.0, conn = conn.0, "resumed")
+        }
         ServerEvent::PeerError {
             conn,
             reason,

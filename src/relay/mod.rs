@@ -343,6 +343,8 @@ impl Relay {
                 durable_acks: hooks.durable_acks,
                 spawn_at_last_position: config.spawn_at_last_position,
                 idle_timeout: config.idle_timeout(),
+                resume_grace: config.resume_grace(),
+                resume_seed: resume_seed(),
                 admin_code: config.admin_code.clone(),
                 limits: config.limits.core(),
                 token_ttl: config.token_ttl(),
@@ -543,4 +545,18 @@ impl RelayHandle {
         tracing::info!("relay stopped");
         Ok(())
     }
+}
+
+/// A seed for the core's resume tokens from the OS random source (ring's), so no two relay runs
+/// issue the same tokens.
+fn resume_seed() -> u64 {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 8];
+    if ring::rand::SystemRandom::new().fill(&mut b).is_err() {
+        tracing::warn!("no OS randomness for resume tokens: seeding them from the clock");
+        return SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+    }
+    u64::from_le_bytes(b)
 }

@@ -69,8 +69,10 @@ export const WEBTRANSPORT_CONNECT_TIMEOUT_MS = 4000;
 export const WEBSOCKET_CONNECT_TIMEOUT_MS = 8000;
 /** From transport open to snapshot, ms: the server's join timeout is 10 s. */
 export const JOIN_TIMEOUT_MS = 12_000;
-/** Silence after which a joined connection counts as lost, ms (the server pings back 5×/s). */
-export const SILENCE_TIMEOUT_MS = 8000;
+/** Silence after which a joined connection counts as lost, ms (the server answers 5 pings a
+ * second; the relay itself gives up on a silent peer after 2.5 s and keeps its session for a
+ * resume). */
+export const SILENCE_TIMEOUT_MS = 3000;
 /** How long /connect.json may take, ms. */
 const CONNECT_JSON_TIMEOUT_MS = 5000;
 
@@ -980,6 +982,10 @@ export class NeonetClient {
     this.player = null;
     this.user = null;
     this.session = null;
+    /** The single-use token to resume the session after a lost connection (ServerMsg ResumeToken). */
+    this.resumeToken = null;
+    /** The current link asked to resume `session` (ClientMsg Resume). */
+    this.resuming = false;
     this.rank = 'Visitor';
     this.tickHz = 30;
 
@@ -989,7 +995,9 @@ export class NeonetClient {
     this.timer = null;
     this.reconnectTimer = null;
     this.nextReq = 1;
-    /** req -> {resolve, reject}, bounded by PENDING_REQUESTS_MAX. */
+    /** req -> {resolve, reject, msg}: changes not answered yet, in the order made, bounded by
+     * PENDING_REQUESTS_MAX. Kept across lost connections and resent once back, with the same
+     * req: the relay answers one it already applied with its original outcome. */
     this.pending = new Map();
     this.input = { move_x: 0, move_z: 0, yaw: 0, run: false, jump: false };
     this.stats = { framesIn: 0, datagramsIn: 0, datagramsRejected: 0, datagramsOut: 0, reconnects: 0 };
@@ -1006,7 +1014,8 @@ export class NeonetClient {
 
   /**
    * Adds a listener; returns a function that removes it. Events: 'state' {state, ...},
-   * 'joined' {player, user}, 'chat' ChatMessage, 'chatCleared', 'entity' {op, id, entity},
+   * 'joined' {player, user} (first join, or a fresh one after a resume was refused), 'resumed'
+   * {session, player} (the same session back on a new connection), 'chat' ChatMessage, 'chatCleared', 'entity' {op, id, entity},
    * 'blueprint' {op, id, blueprint}, 'settings' Setting, 'spawn' Spawn, 'rank' {user, rank},
    * 'muted' {player, muted}, 'event' {entity, name, data, from}, 'teleported', 'pushed',
    * 'ack' {req}, 'refused' {req, reason}, 'rtt' ms, 'correction' {result, errorM},
@@ -1057,6 +1066,7 @@ export class NeonetClient {
     this.stillInput = null;
     this.stillSince = 0;
     this.serverInputTick = -1;
+    this.resumed = false;
     this.early = [];
     this.heldEvents = [];
     this.receiver = null;
@@ -1175,8 +1185,15 @@ export class NeonetClient {
     link.onClose = (detail) => this.handleLinkClosed(link, detail);
     this.setState('joining', { attempt: this.attempt });
     const token = this.explicitToken ?? readToken(this.name);
+    this.resuming = !this.camera && this.session !== null && this.resumeToken !== null;
     if (this.camera) {
       this.send({ type: 'Spectate', protocol_version: PROTOCOL_VERSION, name: this.name, token, camera: this.camera });
+    } else if (this.resuming) {
+      // Single-use on the server: a refused resume is answered as a Hello (a fresh join), and
+      // the next Snapshot brings a new token either way. Kept until a Welcome answers, so a
+      // Resume that never reached the server is tried again.
+      const resume_token = this.resumeToken;
+      this.send({ type: 'Resume', protocol_version: PROTOCOL_VERSION, name: this.name, token, session: this.session, resume_token });
     } else {
       this.send({ type: 'Hello', protocol_version: PROTOCOL_VERSION, name: this.name, token });
     }
@@ -1189,8 +1206,7 @@ export class NeonetClient {
     this.link = null;
     clearTimeout(this.timer);
     this.timer = null;
-    for (const { reject } of this.pending.values()) reject(new Error('connection lost'));
-    this.pending.clear();
+    // Unanswered changes stay pending: they are resent once back.
     if (this.state === 'closed') return;
     const close = this.serverClose;
     const reason = close?.reason ?? 'Timeout';
@@ -1213,6 +1229,8 @@ export class NeonetClient {
 
   finishClosed(reason, detail) {
     this.closeReason = { reason, detail };
+    for (const { reject } of this.pending.values()) reject(new Error(`closed: ${reason}`));
+    this.pending.clear();
     clearTimeout(this.timer);
     clearTimeout(this.reconnectTimer);
     this.timer = null;
@@ -1246,11 +1264,15 @@ export class NeonetClient {
     this.link.sendFrame(channel, body);
   }
 
-  /** Sends a message that carries a req; the promise settles on Ack / Refused / connection loss. */
+  /**
+   * Sends a message that carries a req; the promise settles on Ack / Refused, or rejects when the
+   * client closes for good. While not joined (connecting, reconnecting) the change is held and
+   * sent once joined.
+   */
   request(msg) {
     const p = new Promise((resolve, reject) => {
-      if (!this.joined || !this.link) {
-        reject(new Error(`not joined (${this.state})`));
+      if (this.state === 'closed') {
+        reject(new Error(`closed (${this.closeReason?.reason})`));
         return;
       }
       if (this.pending.size >= PENDING_REQUESTS_MAX) {
@@ -1259,12 +1281,18 @@ export class NeonetClient {
       }
       const req = this.nextReq;
       this.nextReq = this.nextReq >= 0xffffffff ? 1 : this.nextReq + 1;
-      this.pending.set(req, { resolve, reject });
+      const full = { ...msg, req };
+      if (encodeClientMsg(full).length > outboundFrameMax(channelOfClientMsg(full))) {
+        reject(new Error(`${msg.type} is over the channel's limit`));
+        return;
+      }
+      this.pending.set(req, { resolve, reject, msg: full });
+      if (!this.joined || !this.link) return;
       try {
-        this.send({ ...msg, req });
+        this.send(full);
       } catch (e) {
-        this.pending.delete(req);
-        reject(e);
+        // The link failed under us: the change stays pending and goes on the next one.
+        this.emit('warning', { message: errText(e) });
       }
     });
     // Callers that ignore the outcome must not cause "unhandled rejection" noise.
@@ -1441,6 +1469,9 @@ export class NeonetClient {
         this.serverClose = { reason: enumName(msg.reason, CLOSE_REASONS), detail: msg.detail };
         return undefined;
       case 'Pong': return this.onPong(msg);
+      case 'ResumeToken':
+        this.resumeToken = msg.token;
+        return undefined;
       case 'Ack': {
         const p = this.pending.get(msg.req);
         this.pending.delete(msg.req);
@@ -1569,6 +1600,8 @@ export class NeonetClient {
     } catch (e) {
       return this.protocolError(`invalid transform configuration in Welcome: ${errText(e)}`);
     }
+    this.resumed = this.resuming && num(msg.session) === num(this.session);
+    if (!this.resumed) this.resumeToken = null;
     this.session = msg.session;
     this.tickHz = Math.min(120, Math.max(10, num(msg.tick_hz)));
     this.model = new KinematicCharacter({ ...CHARACTER_DEFAULTS, ...msg.character });
@@ -1587,6 +1620,7 @@ export class NeonetClient {
     this.receiver.ownEntityId = s.player; // never sent as a record: ignore any that is
     this.user = s.user;
     this.rank = enumName(s.rank, RANKS);
+    const lastChat = this.world.chat.length ? num(this.world.chat[this.world.chat.length - 1].id) : null;
     this.world = {
       settings: s.settings,
       spawn: s.spawn,
@@ -1603,8 +1637,25 @@ export class NeonetClient {
     this.mark('joined');
     this.attempt = 0;
     this.joinDeadline = null;
-    this.setState('connected', { transport: this.transport });
-    this.emit('joined', { player: this.player, user: this.user });
+    this.setState('connected', { transport: this.transport, resumed: this.resumed });
+    if (this.resumed) {
+      // Same session and player: report the chat missed while away, then the resume. The
+      // page re-reads `world` for the rest (its entities, blueprints and settings are the
+      // server's again).
+      for (const m of this.world.chat) if (lastChat === null || num(m.id) > lastChat) this.emit('chat', m);
+      this.emit('resumed', { session: this.session, player: this.player });
+    } else {
+      this.emit('joined', { player: this.player, user: this.user });
+    }
+    // Every change not answered yet goes (again) now, in order, with its req.
+    for (const { msg } of this.pending.values()) {
+      try {
+        this.send(msg);
+      } catch (e) {
+        this.emit('warning', { message: errText(e) });
+        break;
+      }
+    }
     return undefined;
   }
 

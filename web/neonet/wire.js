@@ -243,6 +243,7 @@ const CLIENT_MSGS = [
   ['Spectate', Control, [['protocol_version', T.u16], ['name', T.string], ['token', opt(T.string)], ['camera', Vec3]]],
   ['SpectatorCamera', Control, [['position', Vec3]]],
   ['BlueprintRemove', World, [['req', ReqId], ['id', BlueprintId]]],
+  ['Resume', Control, [['protocol_version', T.u16], ['name', T.string], ['token', opt(T.string)], ['session', SessionId], ['resume_token', T.string]]],
 ];
 
 // [name, channel, fields] in tag order (PROTOCOL.md section 6).
@@ -270,6 +271,7 @@ const SERVER_MSGS = [
   ['BlueprintRemoved', World, [['id', BlueprintId]]],
   ['CommandReply', Control, [['req', ReqId], ['text', T.string]]],
   ['AuthToken', Control, [['token', T.string]]],
+  ['ResumeToken', World, [['token', T.string]]],
 ];
 
 /** Number of `ClientMsg` variants in version 1: tags at or above it are unknown. */

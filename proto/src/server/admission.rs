@@ -8,6 +8,7 @@
 //! out until the idle timeout.
 
 use super::rate::MessageRate;
+use super::resume::Outcomes;
 use super::session::Session;
 use super::{yaw_of, ConnId, ServerCore, ServerEvent, NO_PLAYER};
 use crate::persist::Change;
@@ -267,6 +268,10 @@ impl ServerCore {
                 token_refresh_at: self.token_refresh_due(),
                 own_sent: Default::default(),
                 rates: super::rate::SessionRates::new(&self.config.limits, self.now),
+                lost_at: None,
+                resume_token: String::new(),
+                outcomes: Outcomes::default(),
+                continues: Vec::new(),
             },
         );
         self.by_user.insert(user, sid);
@@ -276,6 +281,25 @@ impl ServerCore {
         if camera.is_none() {
             self.broadcast(&ServerMsg::EntityAdded(entity), Some(sid));
         }
+        self.send_welcome(conn, sid);
+        self.events.push_back(ServerEvent::Joined {
+            session: sid,
+            conn,
+            user,
+            player,
+            name,
+        });
+    }
+
+    /// Sends session `sid`'s client, on `conn`, everything it needs to be in the world:
+    /// `Welcome`, the world's `Snapshot`, and a new single-use resume token (which replaces the
+    /// session's previous one). A join and a resume both end here.
+    pub(super) fn send_welcome(&mut self, conn: ConnId, sid: SessionId) {
+        let Some(s) = self.sessions.get(&sid) else {
+            return;
+        };
+        let (player, user) = (s.player, s.user);
+        let rank = self.world.effective_rank(user);
         self.send(
             conn,
             &ServerMsg::Welcome {
@@ -300,12 +324,10 @@ impl ServerCore {
             auth_token: self.fresh_token(user),
         };
         self.send(conn, &ServerMsg::Snapshot(Box::new(snapshot)));
-        self.events.push_back(ServerEvent::Joined {
-            session: sid,
-            conn,
-            user,
-            player,
-            name,
-        });
+        let token = self.resume_tokens.issue(sid);
+        if let Some(s) = self.sessions.get_mut(&sid) {
+            s.resume_token = token.clone();
+        }
+        self.send(conn, &ServerMsg::ResumeToken { token });
     }
 }

@@ -13,6 +13,13 @@ use crate::wire::msg::*;
 impl ServerCore {
     /// A message from joined session `sid`: admitted by policy, then applied.
     pub(super) fn handle_session_msg(&mut self, sid: SessionId, conn: ConnId, msg: ClientMsg) {
+        // A change seen before (resent after a lost connection) gets its original answer and
+        // is not applied again.
+        if let Some(req) = msg.req() {
+            if self.replay_outcome(sid, conn, req) {
+                return;
+            }
+        }
         let mut msg = msg;
         super::guard::normalize_msg(&mut msg);
         if !self.admit(sid, conn, &msg) {
@@ -23,7 +30,7 @@ impl ServerCore {
             None => return,
         };
         match msg {
-            ClientMsg::Hello { .. } | ClientMsg::Spectate { .. } => {}
+            ClientMsg::Hello { .. } | ClientMsg::Spectate { .. } | ClientMsg::Resume { .. } => {}
             ClientMsg::SpectatorCamera { position } => {
                 if let Some(s) = self.sessions.get_mut(&sid) {
                     s.camera = Some(position);
@@ -229,8 +236,15 @@ impl ServerCore {
                 self.set_rank(sid, conn, req, user, rank);
             }
             ClientMsg::Kick { req, target } => {
-                if let Some(c) = self.player_session(target).and_then(|s| s.conn) {
-                    self.close_conn(c, CloseReason::Moderation, format!("kicked by {name}"));
+                match self.player_session(target).map(|s| (s.id, s.conn)) {
+                    Some((_, Some(c))) => {
+                        self.close_conn(c, CloseReason::Moderation, format!("kicked by {name}"))
+                    }
+                    // Its connection is lost: the session waiting for a resume ends now.
+                    Some((target_sid, None)) => {
+                        self.end_session(target_sid, CloseReason::Moderation)
+                    }
+                    None => {}
                 }
                 self.ack_now(conn, req);
             }

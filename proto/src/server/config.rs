@@ -24,6 +24,15 @@ pub enum TransportKind {
     Sim,
 }
 
+/// Default [`ServerConfig::idle_timeout`]: 2.5 s, so the others see a dead peer as "connection
+/// lost" within 3 s. Clients ping 5 times a second (clock sync), so a dozen missed pings mean a
+/// dead peer or path; players see a lost connection at once, not a ghost standing for 30 s.
+pub const IDLE_TIMEOUT_DEFAULT: Duration = Duration::from_millis(2500);
+
+/// Default [`ServerConfig::resume_grace`]: 30 s, long enough for a phone changing networks or a
+/// relay restart, short enough that a player who is gone does not stand in the world for long.
+pub const RESUME_GRACE_DEFAULT: Duration = Duration::from_secs(30);
+
 /// Server configuration. Defaults are the relay's.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
@@ -37,8 +46,19 @@ pub struct ServerConfig {
     /// A returning user spawns where they left instead of at the spawn point.
     pub spawn_at_last_position: bool,
     /// A connection silent for this long is closed with `Timeout` (the transport's own idle
-    /// timeout usually fires first; this one covers transports without one).
+    /// timeout usually fires first; this one covers transports without one). Default
+    /// [`IDLE_TIMEOUT_DEFAULT`]. Its session is kept for [`ServerConfig::resume_grace`].
     pub idle_timeout: Duration,
+    /// How long a session whose connection was lost (a transport disconnect or the idle timeout,
+    /// not a close for a reason) is kept, its player in the world marked
+    /// [`super::LOST_PROP`], for its client to resume it (`ClientMsg::Resume`). Past it the
+    /// session ends as an ordinary leave. Zero: no resume, a lost connection ends its session
+    /// at once. Default [`RESUME_GRACE_DEFAULT`].
+    pub resume_grace: Duration,
+    /// Seeds the generator of resume tokens. A driver sets it from the OS random source (the
+    /// core never reads it); a resume also needs the user's auth token, so a guessed resume
+    /// token alone resumes nothing.
+    pub resume_seed: u64,
     /// A connection that has not joined (sent a valid `Hello`) this long after connecting is
     /// closed with `Timeout`, so that peers which never join cannot hold connection slots.
     pub join_timeout: Duration,
@@ -72,7 +92,9 @@ impl Default for ServerConfig {
             unix_ms_at_zero: 0,
             durable_acks: false,
             spawn_at_last_position: true,
-            idle_timeout: Duration::from_secs(30),
+            idle_timeout: IDLE_TIMEOUT_DEFAULT,
+            resume_grace: RESUME_GRACE_DEFAULT,
+            resume_seed: 0,
             // A handshake takes milliseconds and the client sends `Hello` right after it; 10 s
             // leaves room for a slow link and a loaded server.
             join_timeout: Duration::from_secs(10),

@@ -22,6 +22,7 @@ impl ServerCore {
         c.figures.datagrams_up += 1;
         c.figures.bytes_up += data.len() as u64;
         c.figures.datagram_bytes_up += data.len() as u64;
+        c.heard_since_join |= c.session.is_some();
         if data.len() > DATAGRAM_BYTES_MAX {
             self.close_conn(
                 conn,

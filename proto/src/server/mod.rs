@@ -10,6 +10,8 @@
 //! - [`auth`]: token verification ([`Authenticator`]);
 //! - `admission`: `Hello`, users, the join, `Welcome` and `Snapshot`;
 //! - `session`: connections and sessions and how they end (close, disconnect, timeouts);
+//! - `resume`: sessions that outlive a lost connection (grace period, `Resume`, the lost-player
+//!   mark) and exactly-once changes (the outcome of every change id, replayed to a resend);
 //! - `policy`: the one gate every message of a session passes (rate limit, authorization and
 //!   validation, storage health);
 //! - [`rate`]: the per-session message budget;
@@ -64,10 +66,11 @@ mod apply;
 mod commands;
 mod datagram;
 mod figures;
-mod host;
 mod guard;
+mod host;
 mod output;
 mod policy;
+mod resume;
 mod session;
 mod storage;
 mod tick;
@@ -82,10 +85,10 @@ pub use auth::{
     Authenticator, InsecureTokens, TokenClaims, TokenError, TokenGrant, TokenIssuer,
     BACKEND_USER_ID_MAX, BACKEND_USER_ID_MIN, TOKEN_LEEWAY_S,
 };
-pub use config::{ConnId, ServerConfig, TransportKind};
+pub use config::{ConnId, ServerConfig, TransportKind, IDLE_TIMEOUT_DEFAULT, RESUME_GRACE_DEFAULT};
 pub use figures::ConnFigures;
-pub use host::{priority, HostError};
 pub use guard::normalized;
+pub use host::{priority, HostError};
 pub use inbox::{
     DatagramInbox, InboxBatch, InboxDatagram, InboxDrop, InboxQuota, DATAGRAM_INBOX_MAX,
     DATAGRAM_INBOX_PER_CONN_MAX,
@@ -93,6 +96,7 @@ pub use inbox::{
 pub use limits::{LimitsConfig, RateSpec};
 pub use output::{ServerEvent, Transmit};
 pub use rate::FLOOD_WINDOW;
+pub use resume::{ENDED_SESSIONS_MAX, LOST_PROP, REQ_OUTCOMES_MAX};
 pub use session::{Session, NO_PLAYER};
 pub use tick::{TickStats, TimeoutProgress};
 
@@ -103,7 +107,7 @@ use crate::transform::{EntitySample, InterestGrid, Quantizer, TransformConfig};
 use crate::types::*;
 use crate::wire::codec::{self, DecodeError};
 use crate::wire::limits::DATAGRAM_BYTES_MAX;
-use crate::wire::msg::{Channel, CloseReason};
+use crate::wire::msg::{Channel, ClientMsg, CloseReason};
 
 use datagram::{yaw_from_radians, yaw_of};
 use session::Conn;
@@ -112,8 +116,9 @@ use tick::TickJob;
 /// The app prop naming the session moving it (see `EntityModify`).
 pub const MOVER_PROP: &str = "mover";
 
-/// Player entity fields only the server sets: clients cannot spoof another name or rank.
-pub const PLAYER_RESERVED_PROPS: [&str; 2] = ["name", "rank"];
+/// Player entity fields only the server sets: clients cannot spoof another name or rank, nor
+/// mark a player's connection lost.
+pub const PLAYER_RESERVED_PROPS: [&str; 3] = ["name", "rank", LOST_PROP];
 
 /// Largest datagram assumed for a connection until the driver reports its path's
 /// (`handle_max_datagram_size`): 1,200 bytes, the QUIC minimum every path carries.
@@ -174,6 +179,10 @@ pub struct ServerCore {
     join_rates: BTreeMap<IpAddr, rate::MessageRate>,
     /// Wrong admin codes per address and in all, and the lockouts they earned.
     admin_guard: admin_code::AdminCodeGuard,
+    /// Recently ended sessions' change outcomes, for a late resume.
+    ended: resume::EndedSessions,
+    /// Where resume tokens come from.
+    resume_tokens: resume::ResumeTokens,
 }
 
 impl std::fmt::Debug for ServerCore {
@@ -229,6 +238,7 @@ impl ServerCore {
         }
         let reserved = world.next_ids();
         let usage = quota::Usage::of_world(&world);
+        let config_seed = config.resume_seed;
         let mut core = ServerCore {
             clock: TickClock::new(config.tick_hz, now),
             config,
@@ -260,6 +270,8 @@ impl ServerCore {
             usage,
             join_rates: BTreeMap::new(),
             admin_guard: admin_code::AdminCodeGuard::default(),
+            ended: resume::EndedSessions::default(),
+            resume_tokens: resume::ResumeTokens::new(config_seed),
         };
         core.reserve_ids();
         core
@@ -361,6 +373,7 @@ impl ServerCore {
                 closed: false,
                 connected_at: now,
                 last_heard: now,
+                heard_since_join: false,
                 max_datagram_size: DATAGRAM_SIZE_INITIAL,
                 addr,
                 figures: ConnFigures::default(),
@@ -401,6 +414,7 @@ impl ServerCore {
         c.figures.frames_up += 1;
         // The body and its length prefix, as it came off the stream.
         c.figures.bytes_up += (body.len() + codec::FRAME_HEADER_BYTES) as u64;
+        c.heard_since_join |= c.session.is_some();
         let session = c.session;
         let msg = match codec::decode_client(body) {
             Ok(m) => m,
@@ -413,9 +427,28 @@ impl ServerCore {
                 format!("{} sent on the {:?} channel", msg.name(), channel),
             );
         }
-        match session {
-            None => self.handle_hello(conn, msg),
-            Some(sid) => {
+        match (session, msg) {
+            (
+                None,
+                ClientMsg::Resume {
+                    protocol_version,
+                    name,
+                    token,
+                    session,
+                    resume_token,
+                },
+            ) => self.handle_resume(
+                conn,
+                resume::ResumeRequest {
+                    protocol_version,
+                    name,
+                    token,
+                    session,
+                    resume_token,
+                },
+            ),
+            (None, msg) => self.handle_hello(conn, msg),
+            (Some(sid), msg) => {
                 if self.admit_bytes(sid, conn, &msg, body.len()) {
                     self.handle_session_msg(sid, conn, msg)
                 }
@@ -435,7 +468,9 @@ impl ServerCore {
         self.retire_figures(conn);
         if let Some(c) = self.conns.remove(&conn) {
             if let Some(sid) = c.session {
-                self.end_session(sid, CloseReason::ClientLeft);
+                // A transport that closed without a `Close` from either side is a lost
+                // connection: the session waits for a resume.
+                self.lose_connection(sid, CloseReason::ClientLeft);
             }
         }
     }

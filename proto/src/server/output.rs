@@ -7,6 +7,7 @@
 
 use std::sync::Arc;
 
+use super::resume::Outcome;
 use super::{ConnId, ServerCore};
 use crate::persist::{AckToken, Change, Effect};
 use crate::time::Tick;
@@ -77,6 +78,19 @@ pub enum ServerEvent {
         player: EntityId,
         /// Display name.
         name: String,
+    },
+    /// A session's connection was lost (a transport disconnect, the idle timeout): its player
+    /// stays, marked [`super::LOST_PROP`], for the grace period.
+    ConnectionLost {
+        /// The session.
+        session: SessionId,
+    },
+    /// A lost session was resumed on a new connection.
+    Resumed {
+        /// The session.
+        session: SessionId,
+        /// Its new connection.
+        conn: ConnId,
     },
     /// A session ended.
     Left {
@@ -196,6 +210,7 @@ impl ServerCore {
         reason: Refusal,
     ) {
         if let Some(req) = req {
+            self.record_outcome(sid, req, Outcome::Refused(reason));
             self.send(conn, &ServerMsg::Refused { req, reason });
         }
         self.events.push_back(ServerEvent::Refused {
@@ -219,6 +234,7 @@ impl ServerCore {
         } else {
             self.effects.push_back(Effect { change, ack: None });
             if let Some(req) = req {
+                self.record_outcome(sid, req, Outcome::Acked);
                 self.send(conn, &ServerMsg::Ack { req });
             }
         }
@@ -231,6 +247,9 @@ impl ServerCore {
 
     /// Acknowledges a change that needs no storage.
     pub(super) fn ack_now(&mut self, conn: ConnId, req: ReqId) {
+        if let Some(sid) = self.session_of_conn(conn) {
+            self.record_outcome(sid, req, Outcome::Acked);
+        }
         self.send(conn, &ServerMsg::Ack { req });
     }
 }

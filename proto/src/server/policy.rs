@@ -46,7 +46,7 @@ impl ServerCore {
             }
         }
         if let Err(reason) = self.authorize(sid, msg) {
-            if matches!(msg, ClientMsg::Hello { .. }) {
+            if matches!(msg, ClientMsg::Hello { .. } | ClientMsg::Resume { .. }) {
                 self.close_conn(
                     conn,
                     CloseReason::ProtocolViolation,
@@ -112,7 +112,9 @@ impl ServerCore {
             }
         };
         match msg {
-            Hello { .. } | Spectate { .. } | SpectatorCamera { .. } => Err(Refusal::Invalid),
+            Hello { .. } | Spectate { .. } | SpectatorCamera { .. } | Resume { .. } => {
+                Err(Refusal::Invalid)
+            }
             Ping { .. } | Goodbye => Ok(()),
             Command { args, .. } => {
                 if args.is_empty()

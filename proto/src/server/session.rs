@@ -4,6 +4,7 @@
 //! connection (resume, QUIC migration).
 
 use super::rate::MessageRate;
+use super::resume::Outcomes;
 use super::{ConnId, ServerCore, ServerEvent, Transmit, TransportKind, MOVER_PROP};
 use crate::persist::Change;
 use crate::predict::{MoveValidator, PlayerMotion};
@@ -45,6 +46,15 @@ pub struct Session {
     pub(super) own_sent: OwnSent,
     /// Its budgets by kind (chat, commands, changes, datagrams, bytes).
     pub(super) rates: super::rate::SessionRates,
+    /// When its connection was lost, while it waits for a resume.
+    pub(super) lost_at: Option<Time>,
+    /// The single-use token its client must present to resume it (empty before the first).
+    pub(super) resume_token: String,
+    /// The outcomes of the change ids it sent, for answering resent ones.
+    pub(super) outcomes: Outcomes,
+    /// The earlier sessions of its client it continues (fresh joins from a late `Resume`),
+    /// oldest first, at most [`super::resume::CONTINUES_MAX`].
+    pub(super) continues: Vec<SessionId>,
 }
 
 /// Datagrams remembered as carrying the current own-player state: more than a round trip's
@@ -108,6 +118,11 @@ impl Session {
         self.camera.is_some()
     }
 
+    /// Whether its connection is lost and it waits (within the grace period) for a resume.
+    pub fn is_lost(&self) -> bool {
+        self.lost_at.is_some()
+    }
+
     /// The replicator's round-trip estimate, if any acks arrived.
     pub fn rtt_estimate_us(&self) -> Option<u64> {
         self.replicator.rtt_estimate_us()
@@ -123,6 +138,10 @@ pub(super) struct Conn {
     pub(super) closed: bool,
     pub(super) connected_at: Time,
     pub(super) last_heard: Time,
+    /// Something arrived after its join (a `Ping`, a datagram): the client has its `Welcome`,
+    /// so silence from now on is a dead peer. Until then only the join timeout applies: the
+    /// client cannot speak before its `Welcome` arrives, however slow the link.
+    pub(super) heard_since_join: bool,
     pub(super) max_datagram_size: usize,
     /// The peer's address as the driver reported it (per-address limits).
     pub(super) addr: Option<std::net::IpAddr>,
@@ -168,16 +187,27 @@ impl ServerCore {
             });
         }
         if let Some(sid) = session {
-            self.end_session(sid, reason);
+            if reason == CloseReason::Timeout {
+                // Silence is a lost connection, not a decision: the session may be resumed.
+                self.lose_connection(sid, reason);
+            } else {
+                self.end_session(sid, reason);
+            }
         }
     }
 
     /// Ends a session: its player leaves the world (its last position saved), the apps it was
     /// moving are released where they are (and saved), everyone is told.
     pub(super) fn end_session(&mut self, sid: SessionId, reason: CloseReason) {
-        let Some(s) = self.sessions.remove(&sid) else {
+        let Some(mut s) = self.sessions.remove(&sid) else {
             return;
         };
+        self.ended.insert(
+            sid,
+            s.user,
+            std::mem::take(&mut s.outcomes),
+            std::mem::take(&mut s.continues),
+        );
         if self.by_user.get(&s.user) == Some(&sid) {
             self.by_user.remove(&s.user);
         }
@@ -224,7 +254,7 @@ impl ServerCore {
     }
 
     /// Closes connections silent for longer than the idle timeout and those that did not join
-    /// in time.
+    /// in time, and ends the lost sessions whose grace period passed.
     pub(super) fn close_idle(&mut self, now: Time) {
         let (idle, join) = (self.config.idle_timeout, self.config.join_timeout);
         let stale: Vec<(ConnId, &'static str)> = self
@@ -232,10 +262,14 @@ impl ServerCore {
             .iter()
             .filter(|(_, c)| !c.closed)
             .filter_map(|(id, c)| {
-                if now.saturating_since(c.last_heard) > idle {
+                // Until the client is heard after its join only the join timeout applies: a
+                // `Hello` or a `Welcome` held up by a lossy link is not a dead peer (the idle
+                // timeout is much shorter).
+                if c.session.is_none() || !c.heard_since_join {
+                    (now.saturating_since(c.connected_at) > join)
+                        .then_some((*id, "did not join in time"))
+                } else if now.saturating_since(c.last_heard) > idle {
                     Some((*id, "no traffic"))
-                } else if c.session.is_none() && now.saturating_since(c.connected_at) > join {
-                    Some((*id, "did not join in time"))
                 } else {
                     None
                 }
@@ -244,6 +278,7 @@ impl ServerCore {
         for (conn, why) in stale {
             self.close_conn(conn, CloseReason::Timeout, why.into());
         }
+        self.end_expired(now);
     }
 
     /// The effective rank of a session's user.

@@ -2,6 +2,7 @@
 //! the storage health that decides whether changes are accepted, and ids handed out under a
 //! durable reservation (see [`crate::persist`]).
 
+use super::resume::Outcome;
 use super::ServerCore;
 use crate::persist::{AckToken, Change, NextIds, StoreReport, ID_RESERVE_BLOCK};
 use crate::types::{EntityId, UserId};
@@ -30,6 +31,13 @@ impl ServerCore {
 
     /// Acknowledges (`None`) or refuses the change `t` names, if its session is still here.
     fn answer(&mut self, t: &AckToken, refusal: Option<Refusal>) {
+        let outcome = match refusal {
+            None => Outcome::Acked,
+            Some(r) => Outcome::Refused(r),
+        };
+        // Remembered even while the session's connection is lost: a resend after the resume
+        // gets this answer.
+        self.record_outcome(t.session, t.req, outcome);
         let Some(conn) = self.sessions.get(&t.session).and_then(|s| s.conn) else {
             return;
         };

@@ -196,6 +196,13 @@ impl Link {
         self.config.latency + Duration::from_micros(extra)
     }
 
+    /// A new connection opened over this link: its streams are new, so its frames never wait
+    /// behind the old connection's (head-of-line order is per stream, and a stream per
+    /// connection).
+    pub fn new_streams(&mut self) {
+        self.last_reliable = [Time::ZERO; 4];
+    }
+
     /// When a reliable frame sent at `now` on `channel` arrives.
     pub fn reliable_arrival(&mut self, channel: Channel, now: Time, rng: &mut Rng) -> Time {
         let rto = (self.config.latency * 2 + self.config.jitter) * 3 / 2;

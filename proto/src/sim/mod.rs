@@ -49,17 +49,23 @@ pub const IN_FLIGHT_MAX: usize = 10_000_000;
 /// Most steps the simulation takes without virtual time moving before it declares a spin.
 pub const SAME_TIME_STEPS_MAX: u32 = 1_000_000;
 
-/// Something in flight, named by its destination.
+/// Connection ids of reconnections start here, far above the first connections' (one per
+/// client, numbered from 1), so the two never meet.
+const RECONNECT_CONN_IDS_FROM: u64 = 1 << 32;
+
+/// Something in flight, named by its destination and the connection it travels on: whatever
+/// arrives for a connection its client has since replaced is dropped, as a closed QUIC
+/// connection's packets are.
 #[derive(Clone, Debug)]
 enum Delivery {
-    ServerFrame(usize, Channel, Vec<u8>),
-    ServerDatagram(usize, Vec<u8>),
-    ClientFrame(usize, Channel, Vec<u8>),
-    ClientDatagram(usize, Vec<u8>),
+    ServerFrame(ConnId, Channel, Vec<u8>),
+    ServerDatagram(usize, ConnId, Vec<u8>),
+    ClientFrame(usize, ConnId, Channel, Vec<u8>),
+    ClientDatagram(usize, ConnId, Vec<u8>),
     /// The transport closes with the server's reason and detail (as QUIC's application close
     /// carries them).
-    ClientClose(usize, CloseReason, String),
-    ServerDisconnect(usize),
+    ClientClose(usize, ConnId, CloseReason, String),
+    ServerDisconnect(ConnId),
 }
 
 /// A simulated client: its core, its links and what it has seen.
@@ -75,6 +81,8 @@ pub struct SimClient {
     pub events: Vec<ClientEvent>,
     /// Whether the transport is still up.
     pub connected: bool,
+    /// Its process died ([`Sim::kill`]): nothing drives its core any more.
+    pub killed: bool,
     /// Its share of the server's datagram inbox (as its reader keeps it in the relay).
     inbox_quota: InboxQuota,
 }
@@ -140,6 +148,8 @@ pub struct Sim {
     payloads: BTreeMap<usize, Delivery>,
     next_slot: usize,
     conn_to_client: BTreeMap<ConnId, usize>,
+    /// The id the next reconnection's connection gets (above every first connection's).
+    next_conn: u64,
     trace: Trace,
     record_trace: bool,
 }
@@ -173,6 +183,7 @@ impl Sim {
             payloads: BTreeMap::new(),
             next_slot: 0,
             conn_to_client: BTreeMap::new(),
+            next_conn: RECONNECT_CONN_IDS_FROM,
             trace: Trace::default(),
             record_trace: true,
         }
@@ -193,11 +204,12 @@ impl Sim {
     fn send_up_datagram(&mut self, idx: usize, data: Vec<u8>) {
         self.stats.datagrams_sent += 1;
         self.stats.datagram_bytes_up += data.len() as u64;
+        let conn = self.clients[idx].conn;
         let arrivals = self.clients[idx]
             .up
             .datagram_arrivals(data.len(), self.now, &mut self.rng);
         for at in arrivals {
-            self.schedule(at, Delivery::ServerDatagram(idx, data.clone()));
+            self.schedule(at, Delivery::ServerDatagram(idx, conn, data.clone()));
         }
     }
 
@@ -257,6 +269,7 @@ impl Sim {
             down: Link::new(down),
             events: Vec::new(),
             connected: true,
+            killed: false,
             inbox_quota: InboxQuota::default(),
         });
         self.conn_to_client.insert(conn, idx);
@@ -287,8 +300,69 @@ impl Sim {
         }
         self.clients[idx].connected = false;
         let at = self.now + self.clients[idx].up.config.latency;
-        self.schedule(at, Delivery::ServerDisconnect(idx));
+        let conn = self.clients[idx].conn;
+        self.schedule(at, Delivery::ServerDisconnect(conn));
         self.note(format!("c{idx} disconnect"));
+    }
+
+    /// The client's process dies without a word: nothing more is sent or received on its
+    /// connection, and the server is never told (it notices by its idle timeout). The client's
+    /// core stays as it was; nothing drives it any more.
+    pub fn kill(&mut self, idx: usize) {
+        self.clients[idx].connected = false;
+        self.clients[idx].killed = true;
+        self.note(format!("c{idx} killed"));
+    }
+
+    /// Opens a new connection for client `idx` (its core asked, [`ClientCore::poll_connect`]):
+    /// refused at once while its link is partitioned (no handshake gets through), else
+    /// connected with a new [`ConnId`] and handed to the core.
+    fn reconnect(&mut self, idx: usize) {
+        let now = self.now;
+        if self.clients[idx].up.partitioned_until(now).is_some()
+            || self.clients[idx].down.partitioned_until(now).is_some()
+        {
+            self.note(format!("c{idx} reconnect failed"));
+            self.clients[idx].core.handle_transport_lost(
+                CloseReason::Timeout,
+                "handshake timed out".into(),
+                now,
+            );
+            self.flush_client(idx);
+            return;
+        }
+        let conn = ConnId(self.next_conn);
+        self.next_conn += 1;
+        let mtu = self.clients[idx].down.config.mtu;
+        self.take_inbox();
+        self.server
+            .handle_connect(conn, crate::server::TransportKind::Sim, now);
+        self.server.handle_max_datagram_size(conn, mtu);
+        self.conn_to_client.insert(conn, idx);
+        let c = &mut self.clients[idx];
+        c.conn = conn;
+        c.connected = true;
+        c.up.new_streams();
+        c.down.new_streams();
+        c.inbox_quota = InboxQuota::default();
+        c.core.handle_connected(now);
+        self.note(format!("c{idx} reconnect as {}", conn.0));
+        self.flush_client(idx);
+    }
+
+    /// After client `idx` acted: a core that gave up its connection (silence, a lost-connection
+    /// close) drops it without telling the server, and one that wants a new one gets it.
+    fn check_connection(&mut self, idx: usize) {
+        let c = &mut self.clients[idx];
+        if c.killed {
+            return;
+        }
+        if c.connected && !matches!(c.core.state(), ClientState::Joining | ClientState::Joined) {
+            c.connected = false;
+        }
+        if c.core.poll_connect() {
+            self.reconnect(idx);
+        }
     }
 
     /// Lets client `idx` act (call its commands), then sends what it queued.
@@ -324,7 +398,7 @@ impl Sim {
             let next_delivery = self.queue.peek().map(|Reverse((t, _, _))| *t);
             let mut next_timer = self.server.poll_timeout();
             for c in &self.clients {
-                if c.connected {
+                if !c.killed {
                     if let Some(t) = c.core.poll_timeout() {
                         next_timer = Some(next_timer.map_or(t, |n: Time| n.min(t)));
                     }
@@ -366,7 +440,7 @@ impl Sim {
                 self.server.handle_timeout(self.now);
                 self.flush_server();
                 for idx in 0..self.clients.len() {
-                    if self.clients[idx].connected
+                    if !self.clients[idx].killed
                         && self.clients[idx]
                             .core
                             .poll_timeout()
@@ -374,6 +448,7 @@ impl Sim {
                     {
                         self.clients[idx].core.handle_timeout(self.now);
                         self.flush_client(idx);
+                        self.check_connection(idx);
                     }
                 }
             }
@@ -413,46 +488,51 @@ impl Sim {
     fn deliver(&mut self, d: Delivery) {
         let now = self.now;
         match d {
-            Delivery::ServerFrame(idx, ch, frame) => {
-                let conn = self.clients[idx].conn;
+            Delivery::ServerFrame(conn, ch, frame) => {
                 self.take_inbox();
                 // Frames carry their 4-byte prefix; the core takes the body.
                 self.server.handle_frame(conn, ch, &frame[4..], now);
                 self.flush_server();
             }
-            Delivery::ServerDatagram(idx, data) => {
+            Delivery::ServerDatagram(idx, conn, data) => {
                 self.stats.datagrams_delivered += 1;
-                let conn = self.clients[idx].conn;
+                if conn != self.clients[idx].conn {
+                    // The relay's reader of that connection is gone with it.
+                    return;
+                }
                 let quota = &mut self.clients[idx].inbox_quota;
                 // Dropped past the inbox's bounds, as the relay drops them: counted by the core.
                 let _ = self.inbox.push(conn, data, now, quota);
             }
-            Delivery::ServerDisconnect(idx) => {
-                let conn = self.clients[idx].conn;
+            Delivery::ServerDisconnect(conn) => {
                 self.take_inbox();
                 self.server.handle_disconnect(conn, now);
                 self.flush_server();
             }
-            Delivery::ClientFrame(idx, ch, frame) => {
-                if !self.clients[idx].connected {
+            Delivery::ClientFrame(idx, conn, ch, frame) => {
+                if !self.clients[idx].connected || conn != self.clients[idx].conn {
                     return;
                 }
                 let _ = self.clients[idx].core.handle_frame(ch, &frame[4..], now);
                 self.flush_client(idx);
+                self.check_connection(idx);
             }
-            Delivery::ClientDatagram(idx, data) => {
-                if !self.clients[idx].connected {
+            Delivery::ClientDatagram(idx, conn, data) => {
+                if !self.clients[idx].connected || conn != self.clients[idx].conn {
                     return;
                 }
                 self.stats.datagrams_delivered += 1;
                 self.clients[idx].core.handle_datagram(&data, now);
                 self.flush_client(idx);
             }
-            Delivery::ClientClose(idx, reason, detail) => {
-                if self.clients[idx].connected {
+            Delivery::ClientClose(idx, conn, reason, detail) => {
+                if self.clients[idx].connected && conn == self.clients[idx].conn {
                     self.clients[idx].connected = false;
-                    self.clients[idx].core.handle_disconnect(reason, detail);
+                    self.clients[idx]
+                        .core
+                        .handle_transport_lost(reason, detail, now);
                     self.flush_client(idx);
+                    self.check_connection(idx);
                 }
             }
         }
@@ -478,7 +558,7 @@ impl Sim {
                     let Some(&idx) = self.conn_to_client.get(&conn) else {
                         continue;
                     };
-                    if !self.clients[idx].connected {
+                    if !self.clients[idx].connected || conn != self.clients[idx].conn {
                         continue;
                     }
                     self.stats.frames_sent += 1;
@@ -487,7 +567,10 @@ impl Sim {
                         self.clients[idx]
                             .down
                             .reliable_arrival(channel, self.now, &mut self.rng);
-                    self.schedule(at, Delivery::ClientFrame(idx, channel, frame.to_vec()));
+                    self.schedule(
+                        at,
+                        Delivery::ClientFrame(idx, conn, channel, frame.to_vec()),
+                    );
                 }
                 Transmit::Datagram { conn, data, .. } => {
                     let Some(&idx) = self.conn_to_client.get(&conn) else {
@@ -501,7 +584,7 @@ impl Sim {
                         &mut self.rng,
                     );
                     for at in arrivals {
-                        self.schedule(at, Delivery::ClientDatagram(idx, data.clone()));
+                        self.schedule(at, Delivery::ClientDatagram(idx, conn, data.clone()));
                     }
                 }
                 Transmit::Close {
@@ -516,9 +599,11 @@ impl Sim {
                     let at = self.clients[idx].down.last_reliable[Channel::Control as usize]
                         .max(self.now)
                         + Duration::from_micros(1);
-                    self.schedule(at, Delivery::ClientClose(idx, reason, detail));
+                    if conn == self.clients[idx].conn {
+                        self.schedule(at, Delivery::ClientClose(idx, conn, reason, detail));
+                    }
                     let up_at = at + self.clients[idx].up.config.latency;
-                    self.schedule(up_at, Delivery::ServerDisconnect(idx));
+                    self.schedule(up_at, Delivery::ServerDisconnect(conn));
                 }
             }
         }
@@ -535,11 +620,12 @@ impl Sim {
             }
             match t {
                 ClientTransmit::Frame { channel, frame } => {
+                    let conn = self.clients[idx].conn;
                     let at =
                         self.clients[idx]
                             .up
                             .reliable_arrival(channel, self.now, &mut self.rng);
-                    self.schedule(at, Delivery::ServerFrame(idx, channel, frame));
+                    self.schedule(at, Delivery::ServerFrame(conn, channel, frame));
                 }
                 ClientTransmit::Datagram(data) => self.send_up_datagram(idx, data),
             }

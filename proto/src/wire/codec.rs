@@ -13,9 +13,9 @@ use super::msg::{Channel, ClientMsg, ServerMsg};
 pub const FRAME_HEADER_BYTES: usize = 4;
 
 /// Number of `ClientMsg` variants: a tag at or above it is an unknown message.
-pub const CLIENT_MSG_VARIANTS: u32 = 21;
+pub const CLIENT_MSG_VARIANTS: u32 = 22;
 /// Number of `ServerMsg` variants.
-pub const SERVER_MSG_VARIANTS: u32 = 23;
+pub const SERVER_MSG_VARIANTS: u32 = 24;
 
 /// Why bytes from a peer could not be decoded. Every variant is the peer's fault.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

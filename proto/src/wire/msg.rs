@@ -222,6 +222,23 @@ pub enum ClientMsg {
         /// Which blueprint.
         id: BlueprintId,
     },
+    /// First message of a connection that comes back after its previous one was lost: resumes
+    /// `session` if the server still keeps it (its grace period) and `resume_token` is the one it
+    /// last issued to that session for the same user as `token`; the server then answers
+    /// `Welcome` with the same session, a fresh `Snapshot` and a new `ResumeToken`. Otherwise it
+    /// is handled exactly as `Hello { protocol_version, name, token }` (a fresh join).
+    Resume {
+        /// Must equal the server's [`PROTOCOL_VERSION`].
+        protocol_version: u16,
+        /// Display name, as in `Hello`.
+        name: String,
+        /// The user's auth token, as in `Hello`: a resume is only granted to the same user.
+        token: Option<String>,
+        /// The session to resume.
+        session: SessionId,
+        /// The single-use token the server last sent this session in `ResumeToken`.
+        resume_token: String,
+    },
 }
 
 /// A server → client message.
@@ -357,6 +374,12 @@ pub enum ServerMsg {
         /// The token.
         token: String,
     },
+    /// The single-use token to resume this session after a lost connection (`ClientMsg::Resume`),
+    /// sent after every `Snapshot`. A resume consumes it; the next one comes with the resume.
+    ResumeToken {
+        /// The token (at most [`crate::wire::limits::TOKEN_BYTES_MAX`] bytes).
+        token: String,
+    },
 }
 
 /// Everything a newcomer needs, sent once.
@@ -477,7 +500,8 @@ impl ClientMsg {
             | Mute { .. }
             | Goodbye
             | Spectate { .. }
-            | SpectatorCamera { .. } => Channel::Control,
+            | SpectatorCamera { .. }
+            | Resume { .. } => Channel::Control,
             Command { .. } | Chat { .. } => Channel::Chat,
             EntityEvent { .. } => Channel::Events,
             BlueprintAdd { .. }
@@ -518,6 +542,7 @@ impl ClientMsg {
             Spectate { .. } => "spectate",
             SpectatorCamera { .. } => "spectator_camera",
             BlueprintRemove { .. } => "blueprint_remove",
+            Resume { .. } => "resume",
         }
     }
 
@@ -569,7 +594,8 @@ impl ServerMsg {
             | PlayerPush { .. }
             | SettingsModified(_)
             | SpawnModified(_)
-            | BlueprintRemoved(_) => Channel::World,
+            | BlueprintRemoved(_)
+            | ResumeToken { .. } => Channel::World,
         }
     }
 
@@ -600,6 +626,7 @@ impl ServerMsg {
             BlueprintRemoved(_) => "blueprint_removed",
             CommandReply { .. } => "command_reply",
             AuthToken { .. } => "auth_token",
+            ResumeToken { .. } => "resume_token",
         }
     }
 }

@@ -85,6 +85,7 @@ const CLIENT_CASES = [
   [{ type: 'Spectate', protocol_version: 1, name: 'eve', token: null, camera: [0, 10, -5] }, '13000000 1201036576650000000000000020410000a0c0'],
   [{ type: 'SpectatorCamera', position: [1.5, 2, -3] }, '0d000000 130000c03f00000040000040c0'],
   [{ type: 'BlueprintRemove', req: 13, id: 'tree' }, '07000000 140d0474726565'],
+  [{ type: 'Resume', protocol_version: 1, name: 'ana', token: 'user:7', session: 2, resume_token: '2.ab' }, '14000000 150103616e610106757365723a370204322e6162'],
 ];
 
 const SERVER_CASES = [
@@ -111,13 +112,14 @@ const SERVER_CASES = [
   [{ type: 'BlueprintRemoved', id: 'tree' }, '06000000 140474726565'],
   [{ type: 'CommandReply', req: 7, text: 'hi' }, '05000000 1507026869'],
   [{ type: 'AuthToken', token: 't' }, '03000000 160174'],
+  [{ type: 'ResumeToken', token: '2.ab' }, '06000000 1704322e6162'],
 ];
 
 test('constants', () => {
   assert.equal(PROTOCOL_VERSION, 1);
   assert.deepEqual(CHANNEL, { Control: 0, World: 1, Chat: 2, Events: 3 });
-  assert.equal(CLIENT_MSG_VARIANTS, 21);
-  assert.equal(SERVER_MSG_VARIANTS, 23);
+  assert.equal(CLIENT_MSG_VARIANTS, 22);
+  assert.equal(SERVER_MSG_VARIANTS, 24);
   assert.equal(FRAME_BYTES_MAX, 1_048_576);
   assert.equal(SMALL_FRAME_BYTES_MAX, 65_536);
   assert.equal(SNAPSHOT_BYTES_MAX, 67_108_864);
@@ -149,8 +151,8 @@ test('every server message decodes from its pinned frame and encodes back', () =
 
 test('channels of every message', () => {
   const { Control: C, World: W, Chat: H, Events: E } = CHANNEL;
-  assert.deepEqual(CLIENT_CASES.map(([m]) => channelOfClientMsg(m)), [C, C, H, H, W, W, W, W, W, E, W, W, W, W, C, C, C, C, C, C, W]);
-  assert.deepEqual(SERVER_CASES.map(([m]) => channelOfServerMsg(m)), [W, W, C, C, C, H, H, W, W, W, W, E, W, W, W, W, W, C, C, C, W, C, C]);
+  assert.deepEqual(CLIENT_CASES.map(([m]) => channelOfClientMsg(m)), [C, C, H, H, W, W, W, W, W, E, W, W, W, W, C, C, C, C, C, C, W, C]);
+  assert.deepEqual(SERVER_CASES.map(([m]) => channelOfServerMsg(m)), [W, W, C, C, C, H, H, W, W, W, W, E, W, W, W, W, W, C, C, C, W, C, C, W]);
 });
 
 test('Welcome configs decode with every field at f32 precision', () => {
@@ -192,8 +194,8 @@ const kindOf = (f) => {
 
 test('malformed input throws WireError of the Rust codec\'s kind', () => {
   assert.equal(kindOf(() => decodeServerMsg(bytes())), 'Truncated');
-  assert.equal(kindOf(() => decodeServerMsg(bytes(23))), 'UnknownMessage');
-  assert.equal(kindOf(() => decodeClientMsg(bytes(21))), 'UnknownMessage');
+  assert.equal(kindOf(() => decodeServerMsg(bytes(24))), 'UnknownMessage');
+  assert.equal(kindOf(() => decodeClientMsg(bytes(22))), 'UnknownMessage');
   assert.equal(kindOf(() => decodeClientMsg(bytes(0x80, 0x01))), 'UnknownMessage');
   assert.equal(kindOf(() => decodeServerMsg(bytes(0xff, 0xff, 0xff, 0xff, 0x0f))), 'UnknownMessage');
   assert.equal(kindOf(() => decodeServerMsg(bytes(0xff, 0xff, 0xff, 0xff, 0x10))), 'Malformed');

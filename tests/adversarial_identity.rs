@@ -151,6 +151,7 @@ fn every_bad_token_kind_is_refused_with_its_own_reason() {
             c.backend_key_path = Some(secret_file.clone());
             c.backend_key_alg = "HS256".into();
             c.backend_key_id = Some("game-backend".into());
+            c.limits = neonet::limits::LimitsSection::for_load();
         },
         RelayHooks::default(),
     );
@@ -301,7 +302,12 @@ impl Honest {
 fn admin_code_guessing_is_locked_out_while_honest_clients_keep_chatting_and_moving() {
     capture_logs();
     let relay = TestRelay::start_config(
-        |c| c.admin_code = Some(ADMIN_CODE.into()),
+        |c| {
+            c.admin_code = Some(ADMIN_CODE.into());
+            // Honest clients here talk faster than people; tests/adversarial_limits.rs proves
+            // the rate limits by kind. The admin code's lockout is its own and stays.
+            c.limits = neonet::limits::LimitsSection::for_load();
+        },
         RelayHooks::default(),
     );
     let mut ada = Honest::new(&relay, "ada");
@@ -403,6 +409,7 @@ fn persistent(dir: &Path) -> TestRelay {
             c.persist = true;
             c.data_dir = data;
             c.cert_dir = certs;
+            c.limits = neonet::limits::LimitsSection::for_load();
         },
         RelayHooks::default(),
     )

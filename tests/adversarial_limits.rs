@@ -399,6 +399,11 @@ fn tokenless_joins_from_one_address_are_capped_and_joins_with_a_token_are_not() 
         )
         .expect("a join with a token is never held back"),
     ));
+    // The new connection is a new client: it walks on as the old one did.
+    honest.a.set_input(CharacterInput {
+        move_z: 127,
+        ..CharacterInput::default()
+    });
     honest.round();
     honest.check_moved();
 }

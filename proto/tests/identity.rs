@@ -42,6 +42,10 @@ impl Harness {
             admin_code: Some("open-sesame".into()),
             // These tests jump hours ahead: connections stay up without pings.
             idle_timeout: Duration::from_secs(30 * 24 * 3600),
+            join_timeout: Duration::from_secs(30 * 24 * 3600),
+            // Commands here come faster than a person's; the rate limits by kind are proved in
+            // tests/adversarial_limits.rs (the admin code's lockout is its own and stays).
+            limits: neonet_proto::server::LimitsConfig::unlimited_rates(),
             ..config
         };
         Harness {

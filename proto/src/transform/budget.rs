@@ -112,6 +112,11 @@ pub const RECOVERY_GAIN_PER_RTT: f64 = 0.5;
 /// 256 kbit/s ceiling is 2.6 kbit/s per round trip, so an overshoot past a bottleneck is
 /// small and one cut answers it.
 pub const INCREASE_FRACTION_PER_RTT: f64 = 0.01;
+/// Once a cut measured the path's capacity, the most a tick may draw from the bucket, as a
+/// factor of that capacity (or of the rate, if higher): BBR's probing gain. A bucket saved
+/// during rest then drains at 1.25× what the bottleneck carries instead of all at once into
+/// its queue, so a burst after rest no longer overflows the queue and triggers a cut.
+pub const PACING_GAIN: f64 = 1.25;
 /// Round trip assumed before any ack, microseconds (a typical internet RTT).
 const RTT_INITIAL_US: u64 = 200_000;
 
@@ -222,6 +227,9 @@ pub struct PathBudget {
     delivery_bps: Option<f64>,
     /// The rate just before the last cut, bits per second: growth returns to it fast.
     last_good_bps: Option<f64>,
+    /// The delivery rate acks measured when the last cut came, bits per second: the path's
+    /// capacity as far as it is known, which paces bursts.
+    bottleneck_bps: Option<f64>,
     decreases: u64,
 }
 
@@ -252,6 +260,7 @@ impl PathBudget {
             delivered_since: None,
             delivery_bps: None,
             last_good_bps: None,
+            bottleneck_bps: None,
             decreases: 0,
         }
     }
@@ -264,6 +273,15 @@ impl PathBudget {
             r = r.min(cap);
         }
         (r as u32).clamp(BUDGET_BITS_PER_S_MIN, self.ceiling_bps)
+    }
+
+    /// The most one tick may draw from the bucket, wire bytes, once a cut measured the path's
+    /// capacity ([`PACING_GAIN`] × the larger of that capacity and the rate); `None` (no limit
+    /// but the bucket) on a path that never showed congestion.
+    pub fn pace_bytes_per_tick(&self, tick_hz: u16) -> Option<usize> {
+        let cap = self.bottleneck_bps?;
+        let bps = cap.max(self.rate_bits_per_s() as f64) * PACING_GAIN;
+        Some((bps / 8.0 / tick_hz.max(1) as f64) as usize)
     }
 
     /// The ceiling, bits per second.
@@ -406,6 +424,9 @@ impl PathBudget {
                     )
                 });
                 self.last_good_bps = Some(now_rate);
+                if let Some(d) = self.delivery_bps {
+                    self.bottleneck_bps = Some(d);
+                }
                 self.rate_bps = target.max(BUDGET_BITS_PER_S_MIN as f64);
                 self.last_decrease = Some(now);
                 let queued = std::time::Duration::from_micros(self.queue_delay_us().unwrap_or(0));

@@ -2,7 +2,7 @@
 //! (quinn's path stats) reaches the client's transform budget.
 
 use neonet_proto::server::{ConnId, InsecureTokens, ServerConfig, ServerCore, TransportKind, World};
-use neonet_proto::time::Time;
+use neonet_proto::time::{Time, TICK_HZ_DEFAULT};
 use neonet_proto::transform::PathSignals;
 use neonet_proto::wire::codec;
 use neonet_proto::wire::msg::{ClientMsg, PROTOCOL_VERSION};
@@ -82,7 +82,8 @@ fn a_small_congestion_window_caps_the_clients_budget_and_an_unknown_connection_i
     );
     let capped = budget(&core, conn);
     assert!(capped < open, "budget {open} -> {capped}");
-    assert!(capped <= 80_000 / 8 / 60 + 1, "{capped} bytes per tick");
+    let per_tick = 80_000 / 8 / u64::from(TICK_HZ_DEFAULT);
+    assert_eq!(capped, per_tick, "{capped} bytes per tick");
     // Signals for a connection the core does not know change nothing and do not panic.
     core.handle_path_signals(ConnId(99), PathSignals::default());
     assert_eq!(budget(&core, conn), capped);

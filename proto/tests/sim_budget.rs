@@ -304,9 +304,10 @@ fn under_a_capped_link_near_bodies_are_more_correct_than_far_ones() {
         ..BenchParams::burst()
     });
     let (near, far) = r.moving_samples_near_far;
-    assert!(near > 1_000 && far > 1_000, "{r:#?}");
+    assert!(near > 500 && far > 10_000, "{r:#?}");
+    // Not merely smaller: at most half the far bodies' error.
     assert!(
-        r.moving_error_near_p99_m < r.moving_error_far_p99_m,
+        r.moving_error_near_p99_m * 2.0 < r.moving_error_far_p99_m,
         "{r:#?}"
     );
 }

@@ -1,7 +1,9 @@
 //! The path-signal hook at the core's level: what a driver hands `ServerCore::handle_path_signals`
 //! (quinn's path stats) reaches the client's transform budget.
 
-use neonet_proto::server::{ConnId, InsecureTokens, ServerConfig, ServerCore, TransportKind, World};
+use neonet_proto::server::{
+    ConnId, InsecureTokens, ServerConfig, ServerCore, TransportKind, World,
+};
 use neonet_proto::time::{Time, TICK_HZ_DEFAULT};
 use neonet_proto::transform::PathSignals;
 use neonet_proto::wire::codec;

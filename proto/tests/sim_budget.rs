@@ -283,10 +283,7 @@ fn the_budget_settles_near_a_limited_links_capacity() {
             ..BenchParams::crowd()
         };
         let r = bench_run(&p);
-        assert!(
-            r.wire_kbps_per_client >= 0.6 * 128.0,
-            "seed {seed}: {r:#?}"
-        );
+        assert!(r.wire_kbps_per_client >= 0.6 * 128.0, "seed {seed}: {r:#?}");
         assert!(r.wire_kbps_per_client <= 128.0, "seed {seed}: {r:#?}");
         // Drops only while the first, full bucket meets the queue (bounded, not sustained).
         assert!(r.link_queue_drops <= 30, "seed {seed}: {r:#?}");

@@ -35,12 +35,16 @@
 //!
 //! On congestion the rate goes down to [`DELIVERY_SHARE`] of the rate the acks show the path
 //! delivering (bytes acknowledged over the last round trip: while a queue stands, that is the
-//! bottleneck's capacity), but by at least [`DECREASE_FACTOR`] and at most half; without a
+//! bottleneck's capacity), shedding at least 1 − [`DELIVERY_CUT_CEIL`] and at most
+//! 1 − [`DELIVERY_CUT_FLOOR`] of the rate; that delivery figure is then the path's known
+//! capacity, and a tick draws at most [`PACING_GAIN`] times it (or the rate, if higher) from the
+//! bucket ([`PathBudget::pace_bytes_per_tick`]), so a burst saved during rest is paced; without a
 //! delivery figure it is multiplied by [`DECREASE_FACTOR`] (at most once per recent RTT, so one
 //! episode is not counted many times) and the bucket is emptied down to one tick's share, so
 //! a saved burst does not land on a queue already full. While the path shows no congestion for
 //! a round trip and the budget was what limited the sender (the bucket ran low), the rate grows
-//! by [`INCREASE_FRACTION_PER_RTT`] of the ceiling per round trip. An idle sender does not grow
+//! back by [`RECOVERY_GAIN_PER_RTT`] of its gap to the rate before the last cut per round trip,
+//! and above that probes by [`INCREASE_FRACTION_PER_RTT`] of the ceiling per round trip. An idle sender does not grow
 //! its rate: there is nothing to learn about room it does not use.
 
 use crate::time::Time;
@@ -418,10 +422,8 @@ impl PathBudget {
             if due {
                 let now_rate = self.rate_bits_per_s() as f64;
                 let target = self.delivery_bps.map_or(now_rate * DECREASE_FACTOR, |d| {
-                    (d * DELIVERY_SHARE).clamp(
-                        now_rate * DELIVERY_CUT_FLOOR,
-                        now_rate * DELIVERY_CUT_CEIL,
-                    )
+                    (d * DELIVERY_SHARE)
+                        .clamp(now_rate * DELIVERY_CUT_FLOOR, now_rate * DELIVERY_CUT_CEIL)
                 });
                 self.last_good_bps = Some(now_rate);
                 if let Some(d) = self.delivery_bps {

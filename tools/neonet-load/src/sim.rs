@@ -291,7 +291,10 @@ pub fn write_table(r: &SimReport, out: &mut impl Write) -> std::io::Result<()> {
                 t.moving_samples_near_far.1
             ),
         ),
-        ("rest_recovery_s_max", format!("{:.2}", t.rest_recovery_s_max)),
+        (
+            "rest_recovery_s_max",
+            format!("{:.2}", t.rest_recovery_s_max),
+        ),
         (
             "multi_datagram_ticks",
             format!("{}", t.multi_datagram_ticks),

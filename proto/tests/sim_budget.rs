@@ -267,3 +267,44 @@ fn a_path_whose_capacity_drops_makes_the_budget_shrink_before_loss() {
         assert_eq!(steady.budget_kbps_min, 256.0);
     }
 }
+
+#[test]
+fn the_budget_settles_near_a_limited_links_capacity() {
+    for seed in 1..=2 {
+        // A crowd wanting more than the 256 kbit/s ceiling behind a 128 kbit/s bottleneck with
+        // 200 ms of queue: the budget must use most of the link, not back off far below it.
+        let p = BenchParams {
+            scenario: Scenario::Crowd,
+            entities: 400,
+            hz: HZ,
+            seconds: 20.0,
+            seed,
+            link_kbps: 128,
+            ..BenchParams::crowd()
+        };
+        let r = bench_run(&p);
+        assert!(r.wire_kbps_per_client >= 0.6 * 128.0, "seed {seed}: {r:#?}");
+        assert!(r.wire_kbps_per_client <= 128.0, "seed {seed}: {r:#?}");
+        // Drops only while the first, full bucket meets the queue (bounded, not sustained).
+        assert!(r.link_queue_drops <= 30, "seed {seed}: {r:#?}");
+        assert_eq!(r.undecodable, 0);
+    }
+}
+
+#[test]
+fn under_a_capped_link_near_bodies_are_more_correct_than_far_ones() {
+    // The bursty scene of 900 bodies behind a 128 kbit/s bottleneck: the budget is short during
+    // bursts, and priority serves the viewer's surroundings first.
+    let r = bench_run(&BenchParams {
+        link_kbps: 128,
+        seconds: 20.0,
+        ..BenchParams::burst()
+    });
+    let (near, far) = r.moving_samples_near_far;
+    assert!(near > 500 && far > 10_000, "{r:#?}");
+    // Not merely smaller: at most half the far bodies' error.
+    assert!(
+        r.moving_error_near_p99_m * 2.0 < r.moving_error_far_p99_m,
+        "{r:#?}"
+    );
+}

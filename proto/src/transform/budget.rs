@@ -35,12 +35,16 @@
 //!
 //! On congestion the rate goes down to [`DELIVERY_SHARE`] of the rate the acks show the path
 //! delivering (bytes acknowledged over the last round trip: while a queue stands, that is the
-//! bottleneck's capacity), but by at least [`DECREASE_FACTOR`] and at most half; without a
+//! bottleneck's capacity), shedding at least 1 − [`DELIVERY_CUT_CEIL`] and at most
+//! 1 − [`DELIVERY_CUT_FLOOR`] of the rate; that delivery figure is then the path's known
+//! capacity, and a tick draws at most [`PACING_GAIN`] times it (or the rate, if higher) from the
+//! bucket ([`PathBudget::pace_bytes_per_tick`]), so a burst saved during rest is paced; without a
 //! delivery figure it is multiplied by [`DECREASE_FACTOR`] (at most once per recent RTT, so one
 //! episode is not counted many times) and the bucket is emptied down to one tick's share, so
 //! a saved burst does not land on a queue already full. While the path shows no congestion for
 //! a round trip and the budget was what limited the sender (the bucket ran low), the rate grows
-//! by [`INCREASE_FRACTION_PER_RTT`] of the ceiling per round trip. An idle sender does not grow
+//! back by [`RECOVERY_GAIN_PER_RTT`] of its gap to the rate before the last cut per round trip,
+//! and above that probes by [`INCREASE_FRACTION_PER_RTT`] of the ceiling per round trip. An idle sender does not grow
 //! its rate: there is nothing to learn about room it does not use.
 
 use crate::time::Time;
@@ -93,12 +97,30 @@ pub const LOSS_REORDER_TOLERANCE: u64 = 3;
 pub const CWND_SHARE: f64 = 0.5;
 /// Factor the rate is multiplied by on congestion (TCP Cubic's β): two cuts halve it.
 pub const DECREASE_FACTOR: f64 = 0.7;
-/// Share of the delivery rate measured by acks the rate is set to on congestion: 15% under
-/// the bottleneck's capacity drains a standing queue within a few round trips.
-pub const DELIVERY_SHARE: f64 = 0.85;
-/// Growth per round trip without congestion while the budget limits the sender, as a fraction
-/// of the ceiling: from the floor back to the ceiling in about 20 round trips (2 s at 100 ms).
-pub const INCREASE_FRACTION_PER_RTT: f64 = 0.05;
+/// Share of the delivery rate measured by acks the rate is set to on congestion: 10% under
+/// the bottleneck's capacity drains a standing queue within a few round trips while the
+/// budget stays near what the path carries (a deeper cut wastes the link for seconds).
+pub const DELIVERY_SHARE: f64 = 0.9;
+/// Deepest a cut guided by a delivery figure goes, as a factor of the rate before it: one
+/// queue episode never more than halves the rate, however low one round trip's acks read.
+pub const DELIVERY_CUT_FLOOR: f64 = 0.5;
+/// Shallowest a cut goes, as a factor of the rate before it: a cut always sheds at least 10%,
+/// so a rate already under the measured delivery still drains the queue that signalled.
+pub const DELIVERY_CUT_CEIL: f64 = 0.9;
+/// Share of the gap to the last rate before a cut that growth recovers per round trip, while
+/// the rate is under it (a Cubic-like fast return to the last good rate, slow probing above):
+/// half the gap per round trip is back within a few round trips of a cut.
+pub const RECOVERY_GAIN_PER_RTT: f64 = 0.5;
+/// Growth per round trip without congestion while the budget limits the sender, above the
+/// last rate before a cut (probing for new room), as a fraction of the ceiling: 1% of a
+/// 256 kbit/s ceiling is 2.6 kbit/s per round trip, so an overshoot past a bottleneck is
+/// small and one cut answers it.
+pub const INCREASE_FRACTION_PER_RTT: f64 = 0.01;
+/// Once a cut measured the path's capacity, the most a tick may draw from the bucket, as a
+/// factor of that capacity (or of the rate, if higher): BBR's probing gain. A bucket saved
+/// during rest then drains at 1.25× what the bottleneck carries instead of all at once into
+/// its queue, so a burst after rest no longer overflows the queue and triggers a cut.
+pub const PACING_GAIN: f64 = 1.25;
 /// Round trip assumed before any ack, microseconds (a typical internet RTT).
 const RTT_INITIAL_US: u64 = 200_000;
 
@@ -207,6 +229,11 @@ pub struct PathBudget {
     delivered_since: Option<Time>,
     /// The last delivery rate measured over a round trip, bits per second.
     delivery_bps: Option<f64>,
+    /// The rate just before the last cut, bits per second: growth returns to it fast.
+    last_good_bps: Option<f64>,
+    /// The delivery rate acks measured when the last cut came, bits per second: the path's
+    /// capacity as far as it is known, which paces bursts.
+    bottleneck_bps: Option<f64>,
     decreases: u64,
 }
 
@@ -236,6 +263,8 @@ impl PathBudget {
             limited_in_window: false,
             delivered_since: None,
             delivery_bps: None,
+            last_good_bps: None,
+            bottleneck_bps: None,
             decreases: 0,
         }
     }
@@ -248,6 +277,15 @@ impl PathBudget {
             r = r.min(cap);
         }
         (r as u32).clamp(BUDGET_BITS_PER_S_MIN, self.ceiling_bps)
+    }
+
+    /// The most one tick may draw from the bucket, wire bytes, once a cut measured the path's
+    /// capacity ([`PACING_GAIN`] × the larger of that capacity and the rate); `None` (no limit
+    /// but the bucket) on a path that never showed congestion.
+    pub fn pace_bytes_per_tick(&self, tick_hz: u16) -> Option<usize> {
+        let cap = self.bottleneck_bps?;
+        let bps = cap.max(self.rate_bits_per_s() as f64) * PACING_GAIN;
+        Some((bps / 8.0 / tick_hz.max(1) as f64) as usize)
     }
 
     /// The ceiling, bits per second.
@@ -384,8 +422,13 @@ impl PathBudget {
             if due {
                 let now_rate = self.rate_bits_per_s() as f64;
                 let target = self.delivery_bps.map_or(now_rate * DECREASE_FACTOR, |d| {
-                    (d * DELIVERY_SHARE).clamp(now_rate * 0.5, now_rate * DECREASE_FACTOR)
+                    (d * DELIVERY_SHARE)
+                        .clamp(now_rate * DELIVERY_CUT_FLOOR, now_rate * DELIVERY_CUT_CEIL)
                 });
+                self.last_good_bps = Some(now_rate);
+                if let Some(d) = self.delivery_bps {
+                    self.bottleneck_bps = Some(d);
+                }
                 self.rate_bps = target.max(BUDGET_BITS_PER_S_MIN as f64);
                 self.last_decrease = Some(now);
                 let queued = std::time::Duration::from_micros(self.queue_delay_us().unwrap_or(0));
@@ -397,7 +440,9 @@ impl PathBudget {
         }
         if now.saturating_since(self.last_probe).as_micros() as u64 >= rtt {
             if !self.congested_since_probe && self.limited_since_probe {
-                let step = self.ceiling_bps as f64 * INCREASE_FRACTION_PER_RTT;
+                let probe = self.ceiling_bps as f64 * INCREASE_FRACTION_PER_RTT;
+                let gap = self.last_good_bps.map_or(0.0, |g| g - self.rate_bps);
+                let step = probe.max(gap * RECOVERY_GAIN_PER_RTT);
                 self.rate_bps = (self.rate_bps + step).min(self.ceiling_bps as f64);
             }
             self.last_probe = now;

@@ -549,6 +549,13 @@ pub struct TransformReport {
     pub moving_error_p99_m: f64,
     /// Largest such error, metres.
     pub moving_error_max_m: f64,
+    /// The same 99th percentile over moving bodies within [`NEAR_RADIUS_M`] of the client's
+    /// viewer (its own surroundings, which priority serves first), metres.
+    pub moving_error_near_p99_m: f64,
+    /// The 99th percentile over moving bodies farther than [`NEAR_RADIUS_M`], metres.
+    pub moving_error_far_p99_m: f64,
+    /// Error samples (body × tick × client) counted near and far.
+    pub moving_samples_near_far: (u64, u64),
     /// Largest rotation error of a moving body measured the same way, degrees.
     pub moving_rotation_error_max_deg: f64,
     /// Moving bodies a client had never received when measured (counted, not in the errors).
@@ -687,6 +694,20 @@ const TRUTH_TICKS: usize = 128;
 /// Largest datagram the runner passes as `max_datagram_size`: quinn's size at connect.
 const BENCH_DATAGRAM_BYTES: usize = 1162;
 
+/// Distance from a client's viewer within which a moving body counts as near in the report's
+/// error split, metres: a player's own surroundings (a room, a few strides).
+pub const NEAR_RADIUS_M: f32 = 10.0;
+
+/// The 99th percentile of `v` (0 if empty).
+fn p99(v: &mut [f32]) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    let k = ((v.len() as f64 * 0.99).ceil() as usize).clamp(1, v.len()) - 1;
+    let (_, x, _) = v.select_nth_unstable_by(k, f32::total_cmp);
+    *x as f64
+}
+
 /// Runs a scenario in process and measures it. Deterministic for given parameters.
 pub fn bench_run(p: &BenchParams) -> TransformReport {
     let hz =
@@ -709,6 +730,7 @@ pub fn bench_run(p: &BenchParams) -> TransformReport {
     // The truth of the last ticks (unquantized position, rotation, moving) for the errors.
     let mut truth: Vec<Vec<TruthSample>> = vec![Vec::new(); TRUTH_TICKS];
     let mut errors: Vec<f32> = Vec::new();
+    let (mut errors_near, mut errors_far): (Vec<f32>, Vec<f32>) = (Vec::new(), Vec::new());
     let (mut rot_err_max, mut moving_unknown, mut multi_ticks) = (0.0f64, 0u64, 0u64);
     let mut budget_min = u32::MAX;
     let clients = p.clients.max(1);
@@ -816,6 +838,10 @@ pub fn bench_run(p: &BenchParams) -> TransformReport {
                 continue;
             }
             let own = servers[c].own_entity_id();
+            let viewer = match p.scenario {
+                Scenario::Crowd => samples.get(c).map(|s| qz.dequantize(&s.q).position),
+                Scenario::Cubes | Scenario::Burst => Some(Vec3::new(0.0, 1.7, 0.0)),
+            };
             for (i, &(pos, rot, moving)) in
                 truth[newest.0 as usize % TRUTH_TICKS].iter().enumerate()
             {
@@ -833,6 +859,12 @@ pub fn bench_run(p: &BenchParams) -> TransformReport {
                     .sum::<f64>()
                     .sqrt();
                 errors.push(d as f32);
+                let near = viewer.is_some_and(|v| v.distance(Vec3::from(pos)) <= NEAR_RADIUS_M);
+                if near {
+                    errors_near.push(d as f32);
+                } else {
+                    errors_far.push(d as f32);
+                }
                 let dot = (0..4)
                     .map(|a| got.rotation.to_array()[a] as f64 * rot[a] as f64)
                     .sum::<f64>()
@@ -904,6 +936,9 @@ pub fn bench_run(p: &BenchParams) -> TransformReport {
         multi_datagram_ticks: multi_ticks,
         moving_error_p99_m: err_p99,
         moving_error_max_m: err_max_moving,
+        moving_samples_near_far: (errors_near.len() as u64, errors_far.len() as u64),
+        moving_error_near_p99_m: p99(&mut errors_near),
+        moving_error_far_p99_m: p99(&mut errors_far),
         moving_rotation_error_max_deg: rot_err_max,
         moving_unknown,
         rest_recovery_s_max: recovery_ticks_max as f64 / hz as f64,

@@ -281,6 +281,21 @@ pub fn write_table(r: &SimReport, out: &mut impl Write) -> std::io::Result<()> {
             ),
         ),
         (
+            "moving_error_near/far_p99_m",
+            format!(
+                "{:.4} / {:.4} (within / beyond {} m of the viewer; {} / {} samples)",
+                t.moving_error_near_p99_m,
+                t.moving_error_far_p99_m,
+                neonet_proto::transform::scenario::NEAR_RADIUS_M,
+                t.moving_samples_near_far.0,
+                t.moving_samples_near_far.1
+            ),
+        ),
+        (
+            "rest_recovery_s_max",
+            format!("{:.2}", t.rest_recovery_s_max),
+        ),
+        (
             "multi_datagram_ticks",
             format!("{}", t.multi_datagram_ticks),
         ),

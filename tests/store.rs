@@ -26,6 +26,7 @@ fn tok(n: u64) -> AckToken {
     AckToken {
         session: SessionId(n),
         req: ReqId(0),
+        user: UserId(n),
     }
 }
 
@@ -727,6 +728,7 @@ fn crash_child() {
                         let token = AckToken {
                             session: SessionId(old as u64),
                             req: DELETE_REQ,
+                            user: UserId(old as u64),
                         };
                         let _ = store.submit(Change::DeleteEntity(EntityId(old)), Some(token));
                     }
@@ -1185,4 +1187,30 @@ fn migrates_a_version_2_database_giving_every_user_a_clean_standing() {
         "no end: a ban from before holds for good"
     );
     store.shutdown().unwrap();
+}
+
+#[test]
+fn an_acknowledged_change_is_remembered_across_a_restart_with_its_session_and_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, world, rx) = open_with_commits(dir.path(), StoreConfig::default());
+    assert!(world.acked.is_empty());
+    let token = AckToken {
+        session: SessionId(3),
+        req: ReqId(9),
+        user: UserId(7),
+    };
+    store
+        .submit(Change::PutEntity(app(1, 0.0)), Some(token))
+        .unwrap();
+    // Not superseded, not acknowledged: nothing to remember.
+    store.submit(Change::PutEntity(app(2, 0.0)), None).unwrap();
+    let mut acked = Vec::new();
+    while acked.is_empty() {
+        acked = rx.recv().unwrap().acks;
+    }
+    assert_eq!(acked, vec![token]);
+    store.shutdown().unwrap();
+    let (_store, again) = open(dir.path());
+    assert_eq!(again.acked, vec![token]);
+    assert_eq!(again.entities.len(), 2);
 }

@@ -47,6 +47,11 @@ pub struct World {
     pub next_user_id: u64,
     /// Next chat message id.
     pub next_chat_id: u64,
+    /// Changes the store made durable with an acknowledgement token, oldest first (a store
+    /// keeps a bounded window of the newest). A restarted core answers a resend of one of them
+    /// (a client whose `Ack` was lost in the crash, resuming the session it names) with `Ack`
+    /// instead of applying it again. Written by the store atomically with the change itself.
+    pub acked: Vec<AckToken>,
 }
 
 impl World {
@@ -121,6 +126,10 @@ pub struct AckToken {
     pub session: SessionId,
     /// The change's id.
     pub req: ReqId,
+    /// The user whose session made the change. A store that keeps the outcomes of
+    /// acknowledged changes ([`World::acked`]) keeps it beside them, so a client that comes
+    /// back after a restart as the same user (see [`crate::server`]'s resume) finds them.
+    pub user: UserId,
 }
 
 /// A persistence effect: a change and, if its sender is waiting, the token to acknowledge.

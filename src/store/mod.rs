@@ -74,7 +74,7 @@ pub use error::{StoreError, SubmitError};
 /// ([`neonet_proto::persist::AckToken`], the session and its request id), handed back in
 /// [`Commit::acks`] so the driver can pass them straight to `ServerCore::handle_store` (as a `StoreReport`).
 pub use neonet_proto::persist::AckToken;
-pub use schema::SCHEMA_VERSION;
+pub use schema::{ACKED_MAX, SCHEMA_VERSION};
 
 use error::AtPath;
 use writer::{OnCommit, Opener, Shared};
@@ -149,6 +149,9 @@ pub struct LoadedWorld {
     pub chat: Vec<ChatMessage>,
     /// Id counters: the stored ones, raised to one past the largest id present.
     pub next_ids: NextIds,
+    /// Acknowledged changes remembered for deduplication after a restart, by (session, req),
+    /// at most [`ACKED_MAX`].
+    pub acked: Vec<AckToken>,
     /// Whether the database was created by this open (first start).
     pub created: bool,
     /// The schema version the database was migrated from by this open, if it was.
@@ -172,6 +175,7 @@ impl From<LoadedWorld> for neonet_proto::persist::World {
             next_entity_id: w.next_ids.entity,
             next_user_id: w.next_ids.user,
             next_chat_id: w.next_ids.chat,
+            acked: w.acked,
         }
     }
 }

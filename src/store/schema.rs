@@ -18,13 +18,15 @@
 
 use std::path::Path;
 
-use neonet_proto::types::{Blueprint, ChatMessage, Entity, Settings, Spawn, User};
+use neonet_proto::types::{
+    Blueprint, ChatMessage, Entity, ReqId, SessionId, Settings, Spawn, User, UserId,
+};
 use redb::{ReadableTable, ReadableTableMetadata, Table, TableDefinition, WriteTransaction};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::error::AtPath;
-use super::{Change, LoadedWorld, NextIds, StoreError, CHAT_HISTORY_MAX};
+use super::{AckToken, Change, LoadedWorld, NextIds, StoreError, CHAT_HISTORY_MAX};
 
 /// The schema version this build writes. Version history:
 /// - **1**: `meta` (schema_version, settings, spawn, and the whole chat history as one
@@ -49,6 +51,17 @@ pub(crate) const BLUEPRINTS: TableDefinition<&str, (u32, &[u8])> =
 pub(crate) const ENTITIES: TableDefinition<u32, &[u8]> = TableDefinition::new("entities");
 /// Chat history by message id.
 pub(crate) const CHAT: TableDefinition<u64, &[u8]> = TableDefinition::new("chat");
+/// Acknowledged changes: (session, req) → user, written in the transaction that makes the
+/// change durable, at most [`ACKED_MAX`] rows (the lowest session ids dropped first). Added in
+/// version 3 without a bump: a new table changes no stored type, and a version-3 file without
+/// it (written before) simply has no acknowledged changes to remember; it is created on open.
+pub(crate) const ACKED: TableDefinition<(u64, u32), u64> = TableDefinition::new("acked");
+
+/// Acknowledged changes kept for deduplication across a restart: 262,144 rows (~20 bytes each,
+/// ~5 MiB), as many as the core remembers for ended sessions
+/// (`ENDED_SESSIONS_MAX` 256 × `REQ_OUTCOMES_MAX` 1,024). Session ids grow across restarts, so
+/// the rows dropped first belong to the oldest sessions.
+pub const ACKED_MAX: u64 = 262_144;
 
 /// `meta` key of the schema version (u32 little-endian).
 pub(crate) const KEY_SCHEMA_VERSION: &str = "schema_version";
@@ -135,6 +148,7 @@ pub(crate) fn init(path: &Path, txn: &WriteTransaction) -> Result<(), StoreError
     txn.open_table(BLUEPRINTS).at(path)?;
     txn.open_table(ENTITIES).at(path)?;
     txn.open_table(CHAT).at(path)?;
+    txn.open_table(ACKED).at(path)?;
     write_version(path, txn, SCHEMA_VERSION)
 }
 
@@ -218,7 +232,19 @@ pub(crate) fn load(path: &Path, txn: &WriteTransaction) -> Result<LoadedWorld, S
         chat.push(msg);
     }
 
+    let mut acked = Vec::new();
+    for row in txn.open_table(ACKED).at(path)?.iter().at(path)? {
+        let (k, v) = row.at(path)?;
+        let (session, req) = k.value();
+        acked.push(AckToken {
+            session: SessionId(session),
+            req: ReqId(req),
+            user: UserId(v.value()),
+        });
+    }
+
     Ok(LoadedWorld {
+        acked,
         settings,
         spawn,
         users,
@@ -238,6 +264,7 @@ pub(crate) struct Tables<'txn> {
     blueprints: Table<'txn, &'static str, (u32, &'static [u8])>,
     entities: Table<'txn, u32, &'static [u8]>,
     chat: Table<'txn, u64, &'static [u8]>,
+    acked: Table<'txn, (u64, u32), u64>,
 }
 
 impl<'txn> Tables<'txn> {
@@ -249,6 +276,7 @@ impl<'txn> Tables<'txn> {
             blueprints: txn.open_table(BLUEPRINTS).at(path)?,
             entities: txn.open_table(ENTITIES).at(path)?,
             chat: txn.open_table(CHAT).at(path)?,
+            acked: txn.open_table(ACKED).at(path)?,
         })
     }
 
@@ -257,6 +285,18 @@ impl<'txn> Tables<'txn> {
         self.entities
             .insert(e.id.0, enc("entities", e)?.as_slice())
             .at(path)?;
+        Ok(())
+    }
+
+    /// Remembers that the change `ack` names is durable (see [`ACKED`]), dropping the oldest
+    /// rows beyond [`ACKED_MAX`].
+    pub(crate) fn put_acked(&mut self, path: &Path, ack: &AckToken) -> Result<(), StoreError> {
+        self.acked
+            .insert((ack.session.0, ack.req.0), ack.user.0)
+            .at(path)?;
+        while self.acked.len().at(path)? > ACKED_MAX {
+            self.acked.pop_first().at(path)?;
+        }
         Ok(())
     }
 

@@ -80,6 +80,7 @@ fn tok(n: u64) -> AckToken {
     AckToken {
         session: neonet_proto::types::SessionId(n),
         req: neonet_proto::types::ReqId(0),
+        user: neonet_proto::types::UserId(n),
     }
 }
 

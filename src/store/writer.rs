@@ -480,6 +480,9 @@ impl Writer<'_> {
                         tables.apply(path, &p.change)?;
                     }
                     raise_ids(&mut ids, &p.change);
+                    if let Some(ack) = &p.ack {
+                        tables.put_acked(path, ack)?;
+                    }
                 }
                 for e in dirty.values() {
                     tables.put_entity(path, e)?;

@@ -236,6 +236,12 @@ impl ServerCore {
                 e.props.retain(|(k, _)| k != MOVER_PROP);
             }
         }
+        // Changes acknowledged before a restart: remembered as ended sessions, so a client that
+        // resumes one of them finds its acknowledged changes (see `resume`). New sessions are
+        // numbered past them so that no new session is taken for an old one.
+        let acked = std::mem::take(&mut world.acked);
+        let next_session = acked.iter().map(|a| a.session.0).max().unwrap_or(0) + 1;
+        let ended = resume::EndedSessions::from_acked(&acked);
         let reserved = world.next_ids();
         let usage = quota::Usage::of_world(&world);
         let config_seed = config.resume_seed;
@@ -248,7 +254,7 @@ impl ServerCore {
             conns: BTreeMap::new(),
             sessions: BTreeMap::new(),
             by_user: BTreeMap::new(),
-            next_session: 1,
+            next_session,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             effects: VecDeque::new(),
@@ -270,7 +276,7 @@ impl ServerCore {
             usage,
             join_rates: BTreeMap::new(),
             admin_guard: admin_code::AdminCodeGuard::default(),
-            ended: resume::EndedSessions::default(),
+            ended,
             resume_tokens: resume::ResumeTokens::new(config_seed),
         };
         core.reserve_ids();

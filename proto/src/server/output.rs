@@ -228,7 +228,12 @@ impl ServerCore {
         req: Option<ReqId>,
         change: Change,
     ) {
-        let ack = req.map(|req| AckToken { session: sid, req });
+        let user = self.sessions.get(&sid).map_or(UserId(0), |s| s.user);
+        let ack = req.map(|req| AckToken {
+            session: sid,
+            req,
+            user,
+        });
         if self.config.durable_acks {
             self.effects.push_back(Effect { change, ack });
         } else {

@@ -11,11 +11,19 @@
 //! lost connection is answered with its original `Ack` or `Refused` and applied once. The
 //! outcomes of an ended session are kept (at most [`ENDED_SESSIONS_MAX`] sessions) for a client
 //! whose resume came too late: its fresh join as the same user inherits them.
+//!
+//! Across a restart: with durable acknowledgements the store keeps every acknowledged change's
+//! (session, req, user) in the transaction that made the change durable
+//! ([`crate::persist::World::acked`]); a new core loads them as ended sessions (all `Acked`)
+//! and numbers its sessions past them, so a client resuming after the restart, whose `Ack` was
+//! lost in the crash, finds its change answered instead of applied again. Refusals are not
+//! persisted: a refused change resent after a restart is judged again.
 
 use std::collections::{BTreeMap, VecDeque};
 
 use super::session::Conn;
 use super::{ConnId, ServerCore, ServerEvent};
+use crate::persist::AckToken;
 use crate::rng::Rng;
 use crate::time::Time;
 use crate::transform::ClientReplicator;
@@ -112,6 +120,24 @@ impl EndedSessions {
         while self.map.len() > ENDED_SESSIONS_MAX {
             self.map.pop_first();
         }
+    }
+
+    /// The sessions of changes a store made durable before a restart (see
+    /// [`crate::persist::World::acked`]), each with its changes `Acked`: the newest
+    /// [`ENDED_SESSIONS_MAX`] sessions, the newest [`REQ_OUTCOMES_MAX`] changes of each.
+    pub(super) fn from_acked(acked: &[AckToken]) -> EndedSessions {
+        let mut by_session: BTreeMap<SessionId, (UserId, Outcomes)> = BTreeMap::new();
+        for a in acked {
+            let (_, outcomes) = by_session
+                .entry(a.session)
+                .or_insert_with(|| (a.user, Outcomes::default()));
+            outcomes.record(a.req, Outcome::Acked);
+        }
+        let mut ended = EndedSessions::default();
+        for (sid, (user, outcomes)) in by_session {
+            ended.insert(sid, user, outcomes, Vec::new());
+        }
+        ended
     }
 
     /// Takes the newest ended session of `user` that is `named` or continued it.

@@ -19,6 +19,22 @@ use crate::wire::limits::*;
 use crate::wire::msg::*;
 
 impl ServerCore {
+    /// A new visitor `u` named `name`, stored: a tokenless join's or one a signed token
+    /// vouches for.
+    fn create_user(&mut self, u: UserId, name: &str) {
+        let rec = User {
+            id: u,
+            name: name.to_string(),
+            rank: Rank::Visitor,
+            muted: false,
+            banned: false,
+            last_position: None,
+            standing: Standing::default(),
+        };
+        self.world.users.insert(u, rec.clone());
+        self.persist(Change::PutUser(rec));
+    }
+
     /// The first message of connection `conn`, which must be `Hello`.
     pub(super) fn handle_hello(&mut self, conn: ConnId, msg: ClientMsg) {
         // Modifications the world already holds reach the joiner in its snapshot, not before.
@@ -115,17 +131,7 @@ impl ServerCore {
                     // A user vouched for by a signed token: created with its id.
                     self.world.next_user_id = self.world.next_user_id.max(u.0.saturating_add(1));
                     self.reserve_ids();
-                    let rec = User {
-                        id: u,
-                        name: name.clone(),
-                        rank: Rank::Visitor,
-                        muted: false,
-                        banned: false,
-                        last_position: None,
-                        standing: Standing::default(),
-                    };
-                    self.world.users.insert(u, rec.clone());
-                    self.persist(Change::PutUser(rec));
+                    self.create_user(u, &name);
                 }
                 let now_ms = self.unix_ms();
                 let rec = &self.world.users[&u];
@@ -166,17 +172,7 @@ impl ServerCore {
                     );
                 }
                 let u = self.alloc_user_id();
-                let rec = User {
-                    id: u,
-                    name: name.clone(),
-                    rank: Rank::Visitor,
-                    muted: false,
-                    banned: false,
-                    last_position: None,
-                    standing: Standing::default(),
-                };
-                self.world.users.insert(u, rec.clone());
-                self.persist(Change::PutUser(rec));
+                self.create_user(u, &name);
                 u
             }
         };

@@ -13,7 +13,9 @@ use common::{expect, TestRelay, WAIT};
 use neonet::client::{Client, ClientEvent, ConnectError};
 use neonet::config::RelayConfig;
 use neonet::proto::predict::CharacterInput;
+use neonet::proto::server::limits::WORLD_BYTES_MAX_DEFAULT;
 use neonet::proto::types::*;
+use neonet::proto::wire::limits::SNAPSHOT_PIECE_BYTES_MAX;
 use neonet::proto::wire::msg::{CloseReason, Refusal};
 use neonet::relay::{Relay, RelayHooks};
 
@@ -585,6 +587,13 @@ fn a_world_at_every_cap_still_admits_a_newcomer_also_after_a_restart() {
     let newcomer =
         Client::connect(relay.local_addr(), opts("newcomer")).expect("joins a full world");
     assert!(newcomer.with_world(|w| w.blueprints.len()) >= n - 1);
+    // The world's 3 MiB came in pieces of at most 64 KiB (the client refuses any other size).
+    let pieces = newcomer.figures().snapshot_pieces;
+    eprintln!("the newcomer's snapshot came in {pieces} pieces");
+    assert!(
+        pieces as usize >= WORLD_BYTES_MAX_DEFAULT / SNAPSHOT_PIECE_BYTES_MAX,
+        "the snapshot came in pieces ({pieces})"
+    );
     drop(newcomer);
     drop(x);
     rt.block_on(relay.shutdown()).unwrap();
@@ -595,6 +604,7 @@ fn a_world_at_every_cap_still_admits_a_newcomer_also_after_a_restart() {
     let again = Client::connect(relay.local_addr(), opts("after-restart"))
         .expect("joins the full world after a restart");
     assert!(again.with_world(|w| w.blueprints.len()) >= n - 1);
+    assert!(again.figures().snapshot_pieces > 1, "in pieces after a restart too");
     drop(again);
     rt.block_on(relay.shutdown()).unwrap();
 }

@@ -347,6 +347,8 @@ pub struct ClientFigures {
     pub rtt_us: u64,
     /// Mispredictions of its own player corrected (server-authoritative movement).
     pub corrections: u64,
+    /// Snapshot pieces received (`SnapshotPiece`; 0 for snapshots that came whole).
+    pub snapshot_pieces: u64,
 }
 
 /// Datagrams that carry an unchanged own transform (client-authoritative movement) after it
@@ -465,6 +467,8 @@ pub struct ClientCore {
     rtt: Option<Duration>,
     held: VecDeque<HeldEvent>,
     early: VecDeque<ServerMsg>,
+    /// A snapshot arriving in pieces (bounded, see [`crate::wire::pieces`]).
+    pieces: crate::wire::pieces::Reassembly,
     stream: Option<Box<Stream>>,
     input: CharacterInput,
     /// Whether remote entities are buffered for interpolation ([`ClientCore::set_interpolation`]).
@@ -558,6 +562,7 @@ impl ClientCore {
             rtt: None,
             held: VecDeque::new(),
             early: VecDeque::new(),
+            pieces: Default::default(),
             stream: None,
             input: CharacterInput::default(),
             interpolate: true,
@@ -812,6 +817,7 @@ impl ClientCore {
         }
         self.transmits.clear();
         self.early.clear();
+        self.pieces = Default::default();
         self.stream = None;
         self.rejoining = false;
         self.connect_due = false;
@@ -1553,9 +1559,23 @@ impl ClientCore {
                     own_sent: (None, 0),
                 }));
             }
+            ServerMsg::SnapshotPiece { index, count, data } => {
+                if self.session.is_none() || joined {
+                    return self.protocol("snapshot piece out of order");
+                }
+                self.figures.snapshot_pieces += 1;
+                match self.pieces.push(index, count, &data.0) {
+                    Ok(None) => {}
+                    Ok(Some(s)) => return self.handle_msg(ServerMsg::Snapshot(s), now),
+                    Err(e) => return self.protocol(&e.to_string()),
+                }
+            }
             ServerMsg::Snapshot(s) => {
                 if self.session.is_none() || joined {
                     return self.protocol("snapshot out of order");
+                }
+                if self.pieces.in_progress() {
+                    return self.protocol("snapshot while its pieces were arriving");
                 }
                 let s = *s;
                 let resumed = self.rejoining && self.player == Some(s.player);

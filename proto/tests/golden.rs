@@ -239,6 +239,7 @@ fn server_tag(m: &ServerMsg) -> u32 {
         CommandReply { .. } => 21,
         AuthToken { .. } => 22,
         ResumeToken { .. } => 23,
+        SnapshotPiece { .. } => 24,
     }
 }
 
@@ -532,6 +533,14 @@ pub fn server_cases() -> Vec<(ServerMsg, &'static str)> {
             },
             "06000000 1704322e6162",
         ),
+        (
+            ServerMsg::SnapshotPiece {
+                index: 1,
+                count: 3,
+                data: Bytes(vec![0xab, 0xcd]),
+            },
+            "06000000 18010302abcd",
+        ),
     ]
 }
 
@@ -732,6 +741,7 @@ fn channels_of_every_message() {
             Control, // CommandReply
             Control, // AuthToken
             World,   // ResumeToken
+            World,   // SnapshotPiece
         ]
     );
 }
@@ -1087,6 +1097,8 @@ fn protocol_md_limits_match_limits_rs() {
     for (name, value) in [
         ("FRAME_BYTES_MAX", FRAME_BYTES_MAX),
         ("SNAPSHOT_BYTES_MAX", SNAPSHOT_BYTES_MAX),
+        ("SNAPSHOT_PIECE_BYTES_MAX", SNAPSHOT_PIECE_BYTES_MAX),
+        ("SNAPSHOT_PIECES_MAX", SNAPSHOT_PIECES_MAX),
         ("NAME_BYTES_MAX", NAME_BYTES_MAX),
         ("ID_BYTES_MAX", ID_BYTES_MAX),
         ("CHAT_BYTES_MAX", CHAT_BYTES_MAX),

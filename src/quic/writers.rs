@@ -166,6 +166,15 @@ impl ChannelWriters {
         }
     }
 
+    /// Bytes waiting in the fullest channel's queue (not yet taken by its writer).
+    pub fn queued_bytes(&self) -> usize {
+        self.queues
+            .iter()
+            .map(|q| q.lock().buf.len())
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Finishes every stream after what is queued, and waits (at most [`CLOSE_FLUSH_TIMEOUT`]
     /// plus a little) for the peer to acknowledge it all.
     pub async fn finish(&self) {

@@ -500,4 +500,8 @@ impl<C: PeerConn> Link for StreamLink<C> {
     fn path_signals(&self) -> Option<PathSignals> {
         Some(self.conn.path_signals())
     }
+
+    fn queued_bytes(&self) -> Option<usize> {
+        Some(self.writers.queued_bytes())
+    }
 }

@@ -169,6 +169,9 @@ impl CoreTask {
             if let Some(signals) = entry.link.path_signals() {
                 self.core.handle_path_signals(*conn, signals);
             }
+            if let Some(bytes) = entry.link.queued_bytes() {
+                self.core.handle_send_queue(*conn, bytes);
+            }
         }
         let tick = self.core.tick();
         let started = Instant::now();
@@ -280,6 +283,7 @@ impl CoreTask {
             } => {
                 // The source address: per-address limits live in the core.
                 let addr = link.remote_addr().map(|a| a.ip());
+                let queued = link.queued_bytes();
                 self.links.insert(
                     conn,
                     LinkEntry {
@@ -289,6 +293,10 @@ impl CoreTask {
                     },
                 );
                 self.core.handle_connect_from(conn, transport, addr, now);
+                // A transport that can tell its send queue has a big snapshot paced to it.
+                if let Some(bytes) = queued {
+                    self.core.handle_send_queue(conn, bytes);
+                }
             }
             Inbound::Frame {
                 conn,

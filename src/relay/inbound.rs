@@ -37,6 +37,13 @@ pub trait Link: Send + Sync + 'static {
     fn path_signals(&self) -> Option<neonet_proto::transform::PathSignals> {
         None
     }
+    /// Reliable bytes waiting in this connection's send queue (the fullest channel's, not yet
+    /// handed to the transport), for the core to pace a big snapshot's pieces
+    /// (`ServerCore::handle_send_queue`); `None` where the transport cannot tell, and the core
+    /// then sends every piece at once.
+    fn queued_bytes(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// Input to the core task, from any transport or the persistence layer.

@@ -365,6 +365,11 @@ impl WsOut {
         true
     }
 
+    /// Reliable bytes waiting to be written.
+    pub(crate) fn reliable_bytes(&self) -> usize {
+        self.lock().reliable_bytes
+    }
+
     /// Queues a datagram, latest-wins: with its `tick`, a newer tick replaces what an older one
     /// left unsent (and an older tick's is dropped); without one, only the newest
     /// [`WS_DATAGRAMS_WAITING_MAX`] wait.
@@ -476,6 +481,10 @@ impl Link for WsLink {
 
     fn remote_addr(&self) -> Option<SocketAddr> {
         self.peer
+    }
+
+    fn queued_bytes(&self) -> Option<usize> {
+        Some(self.out.reliable_bytes())
     }
 }
 

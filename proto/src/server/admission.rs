@@ -288,7 +288,7 @@ impl ServerCore {
     }
 
     /// Sends session `sid`'s client, on `conn`, everything it needs to be in the world:
-    /// `Welcome`, the world's `Snapshot`, and a new single-use resume token (which replaces the
+    /// `Welcome`, the world's `Snapshot` (in pieces if it is big, see `snapshot.rs`), and a new single-use resume token (which replaces the
     /// session's previous one). A join and a resume both end here.
     pub(super) fn send_welcome(&mut self, conn: ConnId, sid: SessionId) {
         let Some(s) = self.sessions.get(&sid) else {
@@ -319,7 +319,7 @@ impl ServerCore {
             entities: self.world.entities.values().cloned().collect(),
             auth_token: self.fresh_token(user),
         };
-        self.send(conn, &ServerMsg::Snapshot(Box::new(snapshot)));
+        self.send_snapshot(conn, snapshot);
         let token = self.resume_tokens.issue(sid);
         if let Some(s) = self.sessions.get_mut(&sid) {
             s.resume_token = token.clone();

@@ -44,6 +44,8 @@ pub struct ConnFigures {
     /// Moves of its player the server refused (client-authoritative movement): each one a
     /// correction the client had to take.
     pub corrections: u64,
+    /// Snapshot pieces sent to it (`SnapshotPiece`; 0 for a snapshot sent whole).
+    pub snapshot_pieces: u64,
 }
 
 impl ConnFigures {
@@ -73,6 +75,7 @@ impl ConnFigures {
         self.datagrams_unacked += o.datagrams_unacked;
         self.last_tick_bytes += o.last_tick_bytes;
         self.corrections += o.corrections;
+        self.snapshot_pieces += o.snapshot_pieces;
     }
 }
 

@@ -9,6 +9,8 @@
 //! - [`config`]: configuration, connection ids, transports;
 //! - [`auth`]: token verification ([`Authenticator`]);
 //! - `admission`: `Hello`, users, the join, `Welcome` and `Snapshot`;
+//! - `snapshot`: a big snapshot in pieces, paced to the connection's send queue, and what
+//!   waits behind it;
 //! - `session`: connections and sessions and how they end (close, disconnect, timeouts);
 //! - `resume`: sessions that outlive a lost connection (grace period, `Resume`, the lost-player
 //!   mark) and exactly-once changes (the outcome of every change id, replayed to a resend);
@@ -72,6 +74,7 @@ mod output;
 mod policy;
 mod resume;
 mod session;
+mod snapshot;
 mod storage;
 mod tick;
 
@@ -98,6 +101,7 @@ pub use output::{ServerEvent, Transmit};
 pub use rate::FLOOD_WINDOW;
 pub use resume::{ENDED_SESSIONS_MAX, LOST_PROP, REQ_OUTCOMES_MAX};
 pub use session::{Session, NO_PLAYER};
+pub use snapshot::{SNAPSHOT_HELD_BYTES_MAX, SNAPSHOT_QUEUE_BUDGET_BYTES};
 pub use tick::{TickStats, TimeoutProgress};
 
 use crate::persist::{Effect, NextIds};
@@ -183,6 +187,8 @@ pub struct ServerCore {
     ended: resume::EndedSessions,
     /// Where resume tokens come from.
     resume_tokens: resume::ResumeTokens,
+    /// Connections that held too much behind their snapshot, to be closed (see `snapshot`).
+    snapshot_overflows: Vec<ConnId>,
 }
 
 impl std::fmt::Debug for ServerCore {
@@ -278,6 +284,7 @@ impl ServerCore {
             admin_guard: admin_code::AdminCodeGuard::default(),
             ended,
             resume_tokens: resume::ResumeTokens::new(config_seed),
+            snapshot_overflows: Vec::new(),
         };
         core.reserve_ids();
         core
@@ -383,6 +390,8 @@ impl ServerCore {
                 max_datagram_size: DATAGRAM_SIZE_INITIAL,
                 addr,
                 figures: ConnFigures::default(),
+                queued: None,
+                snapshot: None,
             },
         );
     }

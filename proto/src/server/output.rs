@@ -148,15 +148,7 @@ impl ServerCore {
             self.flush_blueprints();
         }
         let frame: Arc<[u8]> = codec::encode_frame(msg).into();
-        if let Some(c) = self.conns.get_mut(&conn) {
-            c.figures.frames_down += 1;
-            c.figures.bytes_down += frame.len() as u64;
-        }
-        self.transmits.push_back(Transmit::Frame {
-            conn,
-            channel: msg.channel(),
-            frame,
-        });
+        self.push_frame(conn, msg.channel(), frame);
     }
 
     /// Sends `msg` to every joined session except `except`, encoding it once.
@@ -171,21 +163,14 @@ impl ServerCore {
     pub(super) fn broadcast_now(&mut self, msg: &ServerMsg, except: Option<SessionId>) {
         let frame: Arc<[u8]> = codec::encode_frame(msg).into();
         let channel = msg.channel();
-        for s in self.sessions.values() {
-            if Some(s.id) == except {
-                continue;
-            }
-            if let Some(conn) = s.conn {
-                if let Some(c) = self.conns.get_mut(&conn) {
-                    c.figures.frames_down += 1;
-                    c.figures.bytes_down += frame.len() as u64;
-                }
-                self.transmits.push_back(Transmit::Frame {
-                    conn,
-                    channel,
-                    frame: frame.clone(),
-                });
-            }
+        let conns: Vec<ConnId> = self
+            .sessions
+            .values()
+            .filter(|s| Some(s.id) != except)
+            .filter_map(|s| s.conn)
+            .collect();
+        for conn in conns {
+            self.push_frame(conn, channel, frame.clone());
         }
     }
 

@@ -147,6 +147,11 @@ pub(super) struct Conn {
     pub(super) addr: Option<std::net::IpAddr>,
     /// What it cost so far (see `figures`).
     pub(super) figures: super::ConnFigures,
+    /// Bytes waiting in its send queue: the driver's last report plus what was sent since;
+    /// `None` while the driver never reported (see `snapshot.rs`).
+    pub(super) queued: Option<usize>,
+    /// Its snapshot, while its pieces are on their way.
+    pub(super) snapshot: Option<Box<super::snapshot::SnapshotStream>>,
 }
 
 impl ServerCore {
@@ -161,6 +166,8 @@ impl ServerCore {
         }
         c.closed = true;
         let session = c.session.take();
+        // The close goes now, not behind a snapshot still on its way.
+        self.drop_snapshot(conn);
         self.send(
             conn,
             &ServerMsg::Close {

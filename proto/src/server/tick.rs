@@ -61,6 +61,7 @@ impl ServerCore {
     /// handled in between is applied as if it arrived before the tick's remaining clients.
     pub fn handle_timeout_step(&mut self, now: Time, clients_max: usize) -> TimeoutProgress {
         let now = self.advance(now);
+        self.close_snapshot_overflows();
         let mut budget = clients_max.max(1);
         loop {
             if self.tick_job.is_none() {

@@ -39,6 +39,12 @@ pub struct LinkConfig {
     /// The bottleneck's queue, bytes: a datagram that would take it past this is dropped
     /// (tail drop). Only with `rate_bytes_per_s`.
     pub queue_bytes_max: usize,
+    /// Capacity for reliable frames, bytes per second of frame bytes; 0 for none (a frame
+    /// leaves at once). Frames wait in the sender's send queue (never dropped, as a QUIC
+    /// stream's bytes wait for its congestion window) and leave one after another at this
+    /// rate; [`Link::stream_queue_bytes`] is how many bytes wait, what a driver reports as its
+    /// send queue. Apart from the datagrams' bottleneck: the two do not share capacity.
+    pub stream_rate_bytes_per_s: u64,
 }
 
 impl Default for LinkConfig {
@@ -55,6 +61,7 @@ impl Default for LinkConfig {
             mtu: 1200,
             rate_bytes_per_s: 0,
             queue_bytes_max: 0,
+            stream_rate_bytes_per_s: 0,
         }
     }
 }
@@ -103,6 +110,8 @@ pub struct Link {
     queue_free_at: Time,
     /// Datagrams the bottleneck's full queue dropped.
     queue_drops: u64,
+    /// When every reliable frame sent so far has left the send queue (with a stream capacity).
+    stream_free_at: Time,
 }
 
 impl Link {
@@ -115,12 +124,20 @@ impl Link {
             last_reliable: [Time::ZERO; 4],
             queue_free_at: Time::ZERO,
             queue_drops: 0,
+            stream_free_at: Time::ZERO,
         }
     }
 
     /// Datagrams the bottleneck's full queue dropped so far.
     pub fn queue_drops(&self) -> u64 {
         self.queue_drops
+    }
+
+    /// Reliable frame bytes waiting in the send queue at `now` (with a stream capacity; else
+    /// 0).
+    pub fn stream_queue_bytes(&self, now: Time) -> u64 {
+        let wait = self.stream_free_at.saturating_since(now).as_micros() as u64;
+        wait * self.config.stream_rate_bytes_per_s / 1_000_000
     }
 
     /// Bytes waiting in the bottleneck's queue at `now`.
@@ -201,12 +218,25 @@ impl Link {
     /// connection).
     pub fn new_streams(&mut self) {
         self.last_reliable = [Time::ZERO; 4];
+        self.stream_free_at = Time::ZERO;
     }
 
-    /// When a reliable frame sent at `now` on `channel` arrives.
-    pub fn reliable_arrival(&mut self, channel: Channel, now: Time, rng: &mut Rng) -> Time {
+    /// When a reliable frame of `len` bytes sent at `now` on `channel` arrives: after the
+    /// frames queued before it have left (with a stream capacity), its losses and partitions.
+    pub fn reliable_arrival(
+        &mut self,
+        channel: Channel,
+        len: usize,
+        now: Time,
+        rng: &mut Rng,
+    ) -> Time {
         let rto = (self.config.latency * 2 + self.config.jitter) * 3 / 2;
         let mut send = now;
+        if let Some(us) = (len as u64 * 1_000_000).checked_div(self.config.stream_rate_bytes_per_s)
+        {
+            self.stream_free_at = self.stream_free_at.max(now) + Duration::from_micros(us);
+            send = self.stream_free_at;
+        }
         // Bounded: after 64 losses in a row the frame goes through (the link is ~dead anyway).
         for _ in 0..64 {
             if let Some(end) = self.partitioned_until(send) {
@@ -305,6 +335,6 @@ mod tests {
             .datagram_arrivals(100, Time(1_500), &mut rng)
             .is_empty());
         assert_eq!(peek(&rng), before);
-        assert!(link.reliable_arrival(Channel::World, Time(1_500), &mut rng) >= Time(2_000));
+        assert!(link.reliable_arrival(Channel::World, 10, Time(1_500), &mut rng) >= Time(2_000));
     }
 }

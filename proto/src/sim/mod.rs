@@ -15,6 +15,9 @@
 //!   Before each tick the server is told each client's downstream path signals
 //!   ([`Link::path_signals`]), as the relay tells it quinn's path stats; a link with a capacity
 //!   (`rate_bytes_per_s`) queues datagrams behind its bottleneck and drops them at the tail.
+//!   A link with a stream capacity (`stream_rate_bytes_per_s`) sends reliable frames one after
+//!   another at that rate; the server is told, before each tick and at connect, how many bytes
+//!   wait ([`ServerCore::handle_send_queue`]), as the relay reports its send queues.
 //! - **Persistence effects** are dropped unless [`Sim::with_effects`] keeps them in
 //!   [`Sim::server_effects`] for a test to answer as a store would.
 //! - A `Transmit::Close` from the server disconnects that client after the frames queued before
@@ -85,6 +88,9 @@ pub struct SimClient {
     pub killed: bool,
     /// Its share of the server's datagram inbox (as its reader keeps it in the relay).
     inbox_quota: InboxQuota,
+    /// The most reliable frame bytes ever waiting in the server's send queue to it (with a
+    /// stream capacity, [`LinkConfig::stream_rate_bytes_per_s`]), over all its connections.
+    pub stream_queue_peak: u64,
 }
 
 /// What happened during a run, in order: the determinism witness.
@@ -262,6 +268,7 @@ impl Sim {
         self.server
             .handle_connect(conn, crate::server::TransportKind::Sim, self.now);
         self.server.handle_max_datagram_size(conn, mtu);
+        self.server.handle_send_queue(conn, 0);
         self.clients.push(SimClient {
             core,
             conn,
@@ -271,6 +278,7 @@ impl Sim {
             connected: true,
             killed: false,
             inbox_quota: InboxQuota::default(),
+            stream_queue_peak: 0,
         });
         self.conn_to_client.insert(conn, idx);
         self.note(format!("c{idx} connect"));
@@ -338,6 +346,7 @@ impl Sim {
         self.server
             .handle_connect(conn, crate::server::TransportKind::Sim, now);
         self.server.handle_max_datagram_size(conn, mtu);
+        self.server.handle_send_queue(conn, 0);
         self.conn_to_client.insert(conn, idx);
         let c = &mut self.clients[idx];
         c.conn = conn;
@@ -436,6 +445,9 @@ impl Sim {
                 for c in self.clients.iter().filter(|c| c.connected) {
                     let signals = c.down.path_signals(self.now);
                     self.server.handle_path_signals(c.conn, signals);
+                    // And, as the relay reports its send queues, the frames still waiting.
+                    let queued = c.down.stream_queue_bytes(self.now) as usize;
+                    self.server.handle_send_queue(c.conn, queued);
                 }
                 self.server.handle_timeout(self.now);
                 self.flush_server();
@@ -563,10 +575,12 @@ impl Sim {
                     }
                     self.stats.frames_sent += 1;
                     self.stats.frame_bytes_down += frame.len() as u64;
-                    let at =
-                        self.clients[idx]
-                            .down
-                            .reliable_arrival(channel, self.now, &mut self.rng);
+                    let c = &mut self.clients[idx];
+                    let at = c
+                        .down
+                        .reliable_arrival(channel, frame.len(), self.now, &mut self.rng);
+                    c.stream_queue_peak =
+                        c.stream_queue_peak.max(c.down.stream_queue_bytes(self.now));
                     self.schedule(
                         at,
                         Delivery::ClientFrame(idx, conn, channel, frame.to_vec()),
@@ -621,10 +635,12 @@ impl Sim {
             match t {
                 ClientTransmit::Frame { channel, frame } => {
                     let conn = self.clients[idx].conn;
-                    let at =
-                        self.clients[idx]
-                            .up
-                            .reliable_arrival(channel, self.now, &mut self.rng);
+                    let at = self.clients[idx].up.reliable_arrival(
+                        channel,
+                        frame.len(),
+                        self.now,
+                        &mut self.rng,
+                    );
                     self.schedule(at, Delivery::ServerFrame(conn, channel, frame));
                 }
                 ClientTransmit::Datagram(data) => self.send_up_datagram(idx, data),

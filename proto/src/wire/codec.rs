@@ -15,7 +15,7 @@ pub const FRAME_HEADER_BYTES: usize = 4;
 /// Number of `ClientMsg` variants: a tag at or above it is an unknown message.
 pub const CLIENT_MSG_VARIANTS: u32 = 22;
 /// Number of `ServerMsg` variants.
-pub const SERVER_MSG_VARIANTS: u32 = 24;
+pub const SERVER_MSG_VARIANTS: u32 = 25;
 
 /// Why bytes from a peer could not be decoded. Every variant is the peer's fault.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

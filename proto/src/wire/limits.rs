@@ -29,9 +29,21 @@ pub fn server_frame_bytes_max(channel: crate::wire::msg::Channel) -> usize {
     }
 }
 
-/// Largest snapshot frame, in bytes (server to client only): a world of thousands of entities
-/// and blueprints. Clients accept up to this on the world stream for the `Snapshot` message.
+/// Largest snapshot, in bytes (server to client only): a world of thousands of entities
+/// and blueprints. Clients accept up to this on the world stream for the `Snapshot` message,
+/// and reassemble at most this many bytes from `SnapshotPiece`s.
 pub const SNAPSHOT_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// Largest piece of a snapshot, bytes of the encoded `Snapshot` message per `SnapshotPiece`:
+/// 64 KiB. A snapshot up to this size goes as one `Snapshot` message; a larger one in pieces
+/// of exactly this size (the last one shorter). Small enough that a piece is a small part of a
+/// connection's send queue (4 MiB in the relay) and of a slow path's second (64 KiB is half a
+/// second at 1 Mbit/s), large enough that framing costs nothing (12 bytes a piece).
+pub const SNAPSHOT_PIECE_BYTES_MAX: usize = 64 * 1024;
+
+/// Most pieces one snapshot may come in: [`SNAPSHOT_BYTES_MAX`] / [`SNAPSHOT_PIECE_BYTES_MAX`],
+/// 1,024. A client refuses a larger `count` before keeping any piece.
+pub const SNAPSHOT_PIECES_MAX: usize = SNAPSHOT_BYTES_MAX / SNAPSHOT_PIECE_BYTES_MAX;
 
 /// Longest display name, in bytes (UTF-8).
 pub const NAME_BYTES_MAX: usize = 64;

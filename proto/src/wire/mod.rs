@@ -8,3 +8,4 @@
 pub mod codec;
 pub mod limits;
 pub mod msg;
+pub mod pieces;

@@ -380,6 +380,22 @@ pub enum ServerMsg {
         /// The token (at most [`crate::wire::limits::TOKEN_BYTES_MAX`] bytes).
         token: String,
     },
+    /// One piece of a snapshot whose encoding is larger than
+    /// [`crate::wire::limits::SNAPSHOT_PIECE_BYTES_MAX`], sent in its place: the encoded
+    /// `Snapshot` message (tag included), cut into pieces of that size, in order, each sent
+    /// only while the connection's send queue has room. The client joins once the last piece
+    /// has arrived and the whole decodes as a `Snapshot`. Nothing else reaches the joiner on a
+    /// reliable channel between the first piece and the last.
+    SnapshotPiece {
+        /// The piece's place, from 0.
+        index: u32,
+        /// How many pieces the snapshot has (at most
+        /// [`crate::wire::limits::SNAPSHOT_PIECES_MAX`]); the same in every piece.
+        count: u32,
+        /// The piece: [`crate::wire::limits::SNAPSHOT_PIECE_BYTES_MAX`] bytes, the last one
+        /// 1 to that many.
+        data: Bytes,
+    },
 }
 
 /// Everything a newcomer needs, sent once.
@@ -595,7 +611,8 @@ impl ServerMsg {
             | SettingsModified(_)
             | SpawnModified(_)
             | BlueprintRemoved(_)
-            | ResumeToken { .. } => Channel::World,
+            | ResumeToken { .. }
+            | SnapshotPiece { .. } => Channel::World,
         }
     }
 
@@ -627,6 +644,7 @@ impl ServerMsg {
             CommandReply { .. } => "command_reply",
             AuthToken { .. } => "auth_token",
             ResumeToken { .. } => "resume_token",
+            SnapshotPiece { .. } => "snapshot_piece",
         }
     }
 }

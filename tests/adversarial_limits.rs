@@ -2,7 +2,8 @@
 //! floods of chat and commands, tokenless joins and connections from one address, and a
 //! handshake flood, each expecting a specific refusal or drop, while two honest clients keep
 //! chatting and moving and lose nothing that was acknowledged to them. The relay's memory
-//! after the floods is checked against its baseline (a generous bound).
+//! after the handshake flood is checked against its baseline: right after it (a generous
+//! bound), and after a bounded recovery wait (within [`RECOVERED_MARGIN`]).
 
 mod common;
 
@@ -13,7 +14,6 @@ use common::{expect, TestRelay, WAIT};
 use neonet::client::{Client, ClientEvent, ConnectError};
 use neonet::config::RelayConfig;
 use neonet::proto::predict::CharacterInput;
-use neonet::proto::server::limits::WORLD_BYTES_MAX_DEFAULT;
 use neonet::proto::types::*;
 use neonet::proto::wire::limits::SNAPSHOT_PIECE_BYTES_MAX;
 use neonet::proto::wire::msg::{CloseReason, Refusal};
@@ -487,8 +487,11 @@ fn a_handshake_flood_gets_retries_holds_no_join_slots_and_an_honest_newcomer_get
         c.connections_max = 6
     });
     let mut honest = Honest::join(&relay);
-    let baseline = rss_bytes();
+    // The attacker's tooling (a quinn client endpoint making 300 attempts) runs in this
+    // process too and costs ~10 MiB that glibc keeps after it is freed: the baseline is taken
+    // after it, so what is measured is the relay's answer to the flood.
     let initials = capture_initials(&relay, 300);
+    let baseline = rss_bytes();
     let flood = UdpSocket::bind("127.0.0.1:0").unwrap();
     for i in &initials {
         flood.send_to(i, relay.addr).unwrap();
@@ -518,18 +521,54 @@ fn a_handshake_flood_gets_retries_holds_no_join_slots_and_an_honest_newcomer_get
     honest.round();
     honest.check_moved();
     drop(flood);
-    // Memory: the process (relay and test) stays near its baseline.
+    drop(newcomer);
+    // Memory: the process (relay and test) stays near its baseline right after the flood...
     let after = rss_bytes();
-    eprintln!(
-        "rss baseline {:.1} MiB, after a 300-handshake flood {:.1} MiB ({retries} retries)",
-        baseline as f64 / 1048576.0,
-        after as f64 / 1048576.0
-    );
     assert!(
         after < baseline + 128 * 1024 * 1024,
         "memory after the flood {after} B, baseline {baseline} B"
     );
+    // ...and returns to within RECOVERED_MARGIN of it once the flood's connection state is
+    // gone (half-open handshakes time out; their buffers are freed).
+    let mut polls = 0;
+    let recovered = loop {
+        let now = rss_bytes();
+        if now <= baseline + RECOVERED_MARGIN || polls >= RECOVERY_POLLS_MAX {
+            break now;
+        }
+        polls += 1;
+        honest.round();
+        std::thread::sleep(RECOVERY_POLL);
+    };
+    let mib = |b: u64| b as f64 / 1048576.0;
+    eprintln!(
+        "rss baseline {:.1} MiB, after a 300-handshake flood {:.1} MiB ({retries} retries), \
+         {:.1} MiB after {polls} polls",
+        mib(baseline),
+        mib(after),
+        mib(recovered),
+    );
+    assert!(
+        recovered <= baseline + RECOVERED_MARGIN,
+        "memory {recovered} B did not come back within {RECOVERED_MARGIN} B of the baseline \
+         {baseline} B"
+    );
 }
+
+/// How near its baseline the process's resident memory must come back after a flood: 8 MiB.
+/// Measured (2 cores, glibc): baseline 29.4 MiB, 31.1 MiB right after the 300-handshake
+/// flood, 31.5 MiB after the newcomer came and went, then flat over 30 polls (15 s): ~2 MiB
+/// stays. glibc keeps freed small chunks in its per-thread arenas rather than returning them
+/// to the system (std has no `malloc_trim`), and the honest clients keep running meanwhile;
+/// this test does not tell that apart from state the flood left, but the margin is four times
+/// what stays, so a leak per handshake or per-connection buffers kept after close would pass
+/// it.
+const RECOVERED_MARGIN: u64 = 8 * 1024 * 1024;
+/// Polls of the resident memory after a flood, [`RECOVERY_POLL`] apart: 20, ten seconds at
+/// most, never an assertion on time.
+const RECOVERY_POLLS_MAX: u32 = 20;
+/// Between two polls of the resident memory.
+const RECOVERY_POLL: Duration = Duration::from_millis(500);
 
 #[test]
 fn a_world_at_every_cap_still_admits_a_newcomer_also_after_a_restart() {
@@ -591,7 +630,7 @@ fn a_world_at_every_cap_still_admits_a_newcomer_also_after_a_restart() {
     let pieces = newcomer.figures().snapshot_pieces;
     eprintln!("the newcomer's snapshot came in {pieces} pieces");
     assert!(
-        pieces as usize >= WORLD_BYTES_MAX_DEFAULT / SNAPSHOT_PIECE_BYTES_MAX,
+        pieces as usize >= (n - 1) * 400 * 1024 / SNAPSHOT_PIECE_BYTES_MAX,
         "the snapshot came in pieces ({pieces})"
     );
     drop(newcomer);
@@ -604,7 +643,10 @@ fn a_world_at_every_cap_still_admits_a_newcomer_also_after_a_restart() {
     let again = Client::connect(relay.local_addr(), opts("after-restart"))
         .expect("joins the full world after a restart");
     assert!(again.with_world(|w| w.blueprints.len()) >= n - 1);
-    assert!(again.figures().snapshot_pieces > 1, "in pieces after a restart too");
+    assert!(
+        again.figures().snapshot_pieces > 1,
+        "in pieces after a restart too"
+    );
     drop(again);
     rt.block_on(relay.shutdown()).unwrap();
 }

@@ -1,7 +1,8 @@
 //! The core's identity and moderation rules, driven directly (no network): token time and
 //! revocation checks with their distinct details, the admin code's lockout per address,
 //! moderation commands and their rank rules, bans enforced at join, `/help`, the DefaultRank
-//! announcement, and the token refresh before expiry.
+//! announcement, the token refresh before expiry, and `USERS_MAX` for users a backend's token
+//! creates as for tokenless ones.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -519,4 +520,90 @@ fn spawn_commands_are_always_answered() {
     let (c, _) = h.join("v", None, [10, 0, 0, 1]);
     assert_eq!(h.command(c, &["spawn", "set"]).1, Err(Refusal::Rank));
     assert_eq!(h.command(c, &["spawn"]).1, Err(Refusal::UnknownCommand));
+}
+
+/// A backend's tokens, as the relay's JWT verifier reports them: `backend:N` vouches for user
+/// N named `player N`; anything else as [`InsecureTokens`].
+struct BackendTokens;
+
+impl neonet_proto::server::Authenticator for BackendTokens {
+    fn verify(
+        &self,
+        token: &str,
+    ) -> Result<neonet_proto::server::TokenClaims, neonet_proto::server::TokenError> {
+        use neonet_proto::server::{TokenClaims, TokenIssuer};
+        match token.strip_prefix("backend:").and_then(|n| n.parse().ok()) {
+            Some(n) => Ok(TokenClaims {
+                user: UserId(n),
+                name: Some(format!("player {n}")),
+                rank: None,
+                issued_at_s: EPOCH_MS / 1000,
+                not_before_s: None,
+                expires_at_s: Some(EPOCH_MS / 1000 + 3600),
+                generation: None,
+                issuer: TokenIssuer::Backend,
+            }),
+            None => InsecureTokens.verify(token),
+        }
+    }
+
+    fn issue(&self, grant: &neonet_proto::server::TokenGrant) -> String {
+        InsecureTokens.issue(grant)
+    }
+}
+
+#[test]
+fn users_a_backend_token_creates_count_against_users_max() {
+    use neonet_proto::server::BACKEND_USER_ID_MIN;
+    use neonet_proto::wire::limits::USERS_MAX;
+    // A world one user short of its limit.
+    let mut world = World::default();
+    for id in 1..USERS_MAX as u64 {
+        world.users.insert(UserId(id), user(id, "u", Rank::Visitor));
+    }
+    let config = ServerConfig::default();
+    let mut h = Harness {
+        core: ServerCore::new(
+            ServerConfig {
+                unix_ms_at_zero: EPOCH_MS,
+                limits: neonet_proto::server::LimitsConfig::unlimited_rates(),
+                ..config
+            },
+            world,
+            Box::new(BackendTokens),
+            Time::ZERO,
+        ),
+        now: Time::ZERO,
+        next_conn: 1,
+        next_req: 1,
+        inboxes: Default::default(),
+    };
+    // The backend's first new player is the world's last user.
+    let first = BACKEND_USER_ID_MIN;
+    let (c, inbox) = h.join("x", Some(format!("backend:{first}")), [10, 0, 0, 1]);
+    assert!(inbox.closed.is_none(), "{inbox:?}");
+    assert_eq!(h.core.world().users.len(), USERS_MAX);
+    h.send(c, &ClientMsg::Goodbye);
+    h.drop_outputs();
+    // Its next one is refused like a tokenless join, and neither is stored.
+    let limit = (
+        CloseReason::PlayerLimit,
+        format!("this world knows {USERS_MAX} users"),
+    );
+    let (_, inbox) = h.join("x", Some(format!("backend:{}", first + 1)), [10, 0, 0, 2]);
+    assert_eq!(closed_with(&inbox), limit);
+    let (_, inbox) = h.join("y", None, [10, 0, 0, 3]);
+    assert_eq!(
+        closed_with(&inbox),
+        (
+            CloseReason::PlayerLimit,
+            format!("this world knows {USERS_MAX} users: join with your token"),
+        )
+    );
+    assert_eq!(h.core.world().users.len(), USERS_MAX);
+    // Users the world knows still join with their tokens, the backend's included.
+    let (_, inbox) = h.join("x", Some(format!("backend:{first}")), [10, 0, 0, 1]);
+    assert!(inbox.closed.is_none(), "{inbox:?}");
+    let (_, inbox) = h.join("z", token(7), [10, 0, 0, 4]);
+    assert!(inbox.closed.is_none(), "{inbox:?}");
 }

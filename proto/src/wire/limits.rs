@@ -74,8 +74,10 @@ pub const TEXT_BYTES_MAX: usize = 4096;
 pub const DATAGRAM_BYTES_MAX: usize = 1500;
 /// Entities a world may hold: bounds memory and the snapshot.
 pub const ENTITIES_MAX: usize = 100_000;
-/// Users a world may know. Every join without a token creates one (and stores it), so this
-/// bounds what reconnecting peers can add to memory and the database (~100 bytes each).
+/// Users a world may know. Every join without a token creates one (and stores it), and so does
+/// a signed token vouching for a user the world does not know yet (a backend's new player), so
+/// this bounds what reconnecting peers, or a backend minting ids, can add to memory and the
+/// database (~100 bytes each). Past it only users the world knows may join.
 pub const USERS_MAX: usize = 1_000_000;
 /// Blueprints a world may hold.
 pub const BLUEPRINTS_MAX: usize = 10_000;

@@ -31,6 +31,7 @@ import {
   CHAT_HISTORY_LEN,
   HELD_EVENTS_MAX,
   EARLY_MESSAGES_MAX,
+  SnapshotReassembly,
   encodeClientMsg,
   channelOfClientMsg,
   channelOfServerMsg,
@@ -1000,7 +1001,7 @@ export class NeonetClient {
      * req: the relay answers one it already applied with its original outcome. */
     this.pending = new Map();
     this.input = { move_x: 0, move_z: 0, yaw: 0, run: false, jump: false };
-    this.stats = { framesIn: 0, datagramsIn: 0, datagramsRejected: 0, datagramsOut: 0, reconnects: 0 };
+    this.stats = { framesIn: 0, datagramsIn: 0, datagramsRejected: 0, datagramsOut: 0, reconnects: 0, snapshotPieces: 0 };
     this.correctionTimes = [];
     /** First time each step happened, performance.now() ms (see {@link NeonetClient#mark}). */
     this.marks = {};
@@ -1068,6 +1069,7 @@ export class NeonetClient {
     this.serverInputTick = -1;
     this.resumed = false;
     this.early = [];
+    this.pieces = new SnapshotReassembly();
     this.heldEvents = [];
     this.receiver = null;
     this.quantizer = null;
@@ -1464,7 +1466,23 @@ export class NeonetClient {
   handleMsg(msg) {
     switch (msg.type) {
       case 'Welcome': return this.onWelcome(msg);
-      case 'Snapshot': return this.onSnapshot(msg.snapshot);
+      case 'Snapshot':
+        if (this.pieces.inProgress) return this.protocolError('Snapshot while its pieces were arriving');
+        return this.onSnapshot(msg.snapshot);
+      case 'SnapshotPiece': {
+        // A big world's snapshot, in pieces paced to the path (PROTOCOL.md section 7).
+        if (!this.receiver || this.joined) return this.protocolError('SnapshotPiece out of order');
+        this.stats.snapshotPieces++;
+        // Progress: a slow path taking a big world is not a join that stalled.
+        this.joinDeadline = nowMs() + JOIN_TIMEOUT_MS;
+        let s;
+        try {
+          s = this.pieces.push(msg.index, msg.count, msg.data);
+        } catch (e) {
+          return this.protocolError(errText(e));
+        }
+        return s ? this.onSnapshot(s) : undefined;
+      }
       case 'Close':
         this.serverClose = { reason: enumName(msg.reason, CLOSE_REASONS), detail: msg.detail };
         return undefined;

@@ -44,6 +44,11 @@ export const SMALL_FRAME_BYTES_MAX = 64 * 1024;
 /** Largest frame body a client accepts on the server → client World stream, where the
  * snapshot of a large world travels (64 MiB). */
 export const SNAPSHOT_BYTES_MAX = 64 * 1024 * 1024;
+/** Largest piece of a snapshot, bytes of the encoded `Snapshot` message per `SnapshotPiece`
+ * (64 KiB): a larger snapshot comes in pieces of exactly this size, the last one shorter. */
+export const SNAPSHOT_PIECE_BYTES_MAX = 64 * 1024;
+/** Most pieces one snapshot may come in (1024 = SNAPSHOT_BYTES_MAX / SNAPSHOT_PIECE_BYTES_MAX). */
+export const SNAPSHOT_PIECES_MAX = SNAPSHOT_BYTES_MAX / SNAPSHOT_PIECE_BYTES_MAX;
 /** Largest datagram in either direction (section 12.1). */
 export const DATAGRAM_BYTES_MAX = 1500;
 /** Largest `Hello.name` and `/name` in UTF-8 bytes, after trimming. */
@@ -272,6 +277,7 @@ const SERVER_MSGS = [
   ['CommandReply', Control, [['req', ReqId], ['text', T.string]]],
   ['AuthToken', Control, [['token', T.string]]],
   ['ResumeToken', World, [['token', T.string]]],
+  ['SnapshotPiece', World, [['index', T.u32], ['count', T.u32], ['data', T.bytes]]],
 ];
 
 /** Number of `ClientMsg` variants in version 1: tags at or above it are unknown. */
@@ -639,6 +645,74 @@ function decodeMsg(bytes, byTag) {
  */
 export function decodeServerMsg(bytes) {
   return decodeMsg(bytes, SERVER_BY_TAG);
+}
+
+/**
+ * A snapshot arriving in `SnapshotPiece`s (PROTOCOL.md section 7, A big snapshot in pieces):
+ * feed each piece to `push` in order; the last one returns the decoded snapshot. Holds at most
+ * SNAPSHOT_BYTES_MAX bytes; any malformed sequence (out of order, a count out of range or that
+ * changes, a piece of the wrong size, a whole that is not a `Snapshot`) throws a WireError of
+ * kind 'Snapshot', which a client answers by closing with ProtocolViolation.
+ */
+export class SnapshotReassembly {
+  constructor() {
+    /** The first piece's count; 0 before it. */
+    this.count = 0;
+    /** Pieces taken so far. */
+    this.next = 0;
+    /** @type {Uint8Array[]} their bytes, in order */
+    this.parts = [];
+    this.bytes = 0;
+  }
+
+  /** Whether pieces have started to arrive and the last has not. */
+  get inProgress() {
+    return this.next > 0;
+  }
+
+  /**
+   * Takes piece `index` of `count`.
+   * @param {number} index
+   * @param {number} count
+   * @param {Uint8Array} data
+   * @returns {object|null} the snapshot after the last piece, else null
+   * @throws {WireError}
+   */
+  push(index, count, data) {
+    const fail = (m) => { throw new WireError('Snapshot', m); };
+    if (this.next === 0) {
+      if (count < 2 || count > SNAPSHOT_PIECES_MAX) fail(`snapshot of ${count} pieces: 2 to ${SNAPSHOT_PIECES_MAX} allowed`);
+      this.count = count;
+    } else if (count !== this.count) {
+      fail(`snapshot piece says ${count} pieces, the first said ${this.count}`);
+    }
+    if (index !== this.next) fail(`snapshot piece ${index} where ${this.next} was due`);
+    const last = index + 1 === count;
+    const sizeOk = last ? data.length >= 1 && data.length <= SNAPSHOT_PIECE_BYTES_MAX : data.length === SNAPSHOT_PIECE_BYTES_MAX;
+    if (!sizeOk || this.bytes + data.length > SNAPSHOT_BYTES_MAX) fail(`snapshot piece ${index} of ${data.length} bytes`);
+    this.parts.push(data);
+    this.bytes += data.length;
+    this.next++;
+    if (!last) return null;
+    const whole = new Uint8Array(this.bytes);
+    let at = 0;
+    for (const p of this.parts) {
+      whole.set(p, at);
+      at += p.length;
+    }
+    this.count = 0;
+    this.next = 0;
+    this.parts = [];
+    this.bytes = 0;
+    let msg;
+    try {
+      msg = decodeServerMsg(whole);
+    } catch (e) {
+      fail(`reassembled snapshot: ${e.message}`);
+    }
+    if (msg.type !== 'Snapshot') fail(`reassembled snapshot: a ${msg.type} message`);
+    return msg.snapshot;
+  }
 }
 
 /**

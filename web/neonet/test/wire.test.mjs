@@ -3,7 +3,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
   CHANNEL, CLIENT_MSG_VARIANTS, FRAME_BYTES_MAX, FrameDecoder, PROTOCOL_VERSION,
-  SERVER_MSG_VARIANTS, SMALL_FRAME_BYTES_MAX, SNAPSHOT_BYTES_MAX, WireError, channelOfClientMsg,
+  SERVER_MSG_VARIANTS, SMALL_FRAME_BYTES_MAX, SNAPSHOT_BYTES_MAX, SNAPSHOT_PIECES_MAX,
+  SNAPSHOT_PIECE_BYTES_MAX, SnapshotReassembly, WireError, channelOfClientMsg,
   channelOfServerMsg, decodeClientMsg, decodeServerMsg, encodeClientMsg, encodeFrame,
   encodeServerMsg, serverFrameBytesMax,
 } from '../wire.js';
@@ -113,13 +114,16 @@ const SERVER_CASES = [
   [{ type: 'CommandReply', req: 7, text: 'hi' }, '05000000 1507026869'],
   [{ type: 'AuthToken', token: 't' }, '03000000 160174'],
   [{ type: 'ResumeToken', token: '2.ab' }, '06000000 1704322e6162'],
+  [{ type: 'SnapshotPiece', index: 1, count: 3, data: bytes(0xab, 0xcd) }, '06000000 18010302abcd'],
 ];
 
 test('constants', () => {
   assert.equal(PROTOCOL_VERSION, 1);
   assert.deepEqual(CHANNEL, { Control: 0, World: 1, Chat: 2, Events: 3 });
   assert.equal(CLIENT_MSG_VARIANTS, 22);
-  assert.equal(SERVER_MSG_VARIANTS, 24);
+  assert.equal(SERVER_MSG_VARIANTS, 25);
+  assert.equal(SNAPSHOT_PIECE_BYTES_MAX, 65_536);
+  assert.equal(SNAPSHOT_PIECES_MAX, 1024);
   assert.equal(FRAME_BYTES_MAX, 1_048_576);
   assert.equal(SMALL_FRAME_BYTES_MAX, 65_536);
   assert.equal(SNAPSHOT_BYTES_MAX, 67_108_864);
@@ -152,7 +156,7 @@ test('every server message decodes from its pinned frame and encodes back', () =
 test('channels of every message', () => {
   const { Control: C, World: W, Chat: H, Events: E } = CHANNEL;
   assert.deepEqual(CLIENT_CASES.map(([m]) => channelOfClientMsg(m)), [C, C, H, H, W, W, W, W, W, E, W, W, W, W, C, C, C, C, C, C, W, C]);
-  assert.deepEqual(SERVER_CASES.map(([m]) => channelOfServerMsg(m)), [W, W, C, C, C, H, H, W, W, W, W, E, W, W, W, W, W, C, C, C, W, C, C, W]);
+  assert.deepEqual(SERVER_CASES.map(([m]) => channelOfServerMsg(m)), [W, W, C, C, C, H, H, W, W, W, W, E, W, W, W, W, W, C, C, C, W, C, C, W, W]);
 });
 
 test('Welcome configs decode with every field at f32 precision', () => {
@@ -194,7 +198,7 @@ const kindOf = (f) => {
 
 test('malformed input throws WireError of the Rust codec\'s kind', () => {
   assert.equal(kindOf(() => decodeServerMsg(bytes())), 'Truncated');
-  assert.equal(kindOf(() => decodeServerMsg(bytes(24))), 'UnknownMessage');
+  assert.equal(kindOf(() => decodeServerMsg(bytes(25))), 'UnknownMessage');
   assert.equal(kindOf(() => decodeClientMsg(bytes(22))), 'UnknownMessage');
   assert.equal(kindOf(() => decodeClientMsg(bytes(0x80, 0x01))), 'UnknownMessage');
   assert.equal(kindOf(() => decodeServerMsg(bytes(0xff, 0xff, 0xff, 0xff, 0x0f))), 'UnknownMessage');
@@ -295,4 +299,50 @@ test('FrameDecoder splits, joins and limits frames', () => {
   assert.equal(exact.next(), null);
   assert.equal(exact.buffered, 6);
   assert.throws(() => exact.finish(), (e) => e.kind === 'Truncated');
+});
+
+// A snapshot's pieces, as the server cuts them: the encoded Snapshot message in pieces of
+// SNAPSHOT_PIECE_BYTES_MAX (the Rust side's proto/src/wire/pieces.rs).
+const snapshotPieces = (bodyBytes) => {
+  const base = SERVER_CASES.find(([m]) => m.type === 'Snapshot')[0];
+  const snap = { type: 'Snapshot', snapshot: { ...base.snapshot, auth_token: 'x'.repeat(bodyBytes) } };
+  const whole = encodeServerMsg(snap);
+  const pieces = [];
+  for (let at = 0; at < whole.length; at += SNAPSHOT_PIECE_BYTES_MAX) pieces.push(whole.subarray(at, at + SNAPSHOT_PIECE_BYTES_MAX));
+  return { snap, pieces };
+};
+
+test('a snapshot in pieces is reassembled', () => {
+  const { snap, pieces } = snapshotPieces(150_000);
+  assert.equal(pieces.length, 3);
+  const r = new SnapshotReassembly();
+  assert.equal(r.push(0, 3, pieces[0]), null);
+  assert.ok(r.inProgress);
+  assert.equal(r.push(1, 3, pieces[1]), null);
+  const got = r.push(2, 3, pieces[2]);
+  assert.deepEqual(got, decodeServerMsg(encodeServerMsg(snap)).snapshot);
+  assert.ok(!r.inProgress);
+});
+
+test('malformed snapshot piece sequences are refused', () => {
+  const { pieces } = snapshotPieces(150_000);
+  const refused = (steps) => {
+    const r = new SnapshotReassembly();
+    try {
+      for (const [i, c, d] of steps) r.push(i, c, d);
+    } catch (e) {
+      assert.ok(e instanceof WireError);
+      return e.message;
+    }
+    return null;
+  };
+  assert.match(refused([[0, 1, pieces[0]]]), /of 1 pieces/);
+  assert.match(refused([[0, SNAPSHOT_PIECES_MAX + 1, pieces[0]]]), /of 1025 pieces/);
+  assert.match(refused([[1, 3, pieces[1]]]), /piece 1 where 0 was due/);
+  assert.match(refused([[0, 3, pieces[0]], [0, 3, pieces[0]]]), /piece 0 where 1 was due/);
+  assert.match(refused([[0, 3, pieces[0]], [1, 4, pieces[1]]]), /says 4 pieces, the first said 3/);
+  assert.match(refused([[0, 3, pieces[0].subarray(0, 10)]]), /piece 0 of 10 bytes/);
+  assert.match(refused([[0, 2, pieces[0]], [1, 2, new Uint8Array(0)]]), /piece 1 of 0 bytes/);
+  assert.match(refused([[0, 2, new Uint8Array(SNAPSHOT_PIECE_BYTES_MAX + 1)]]), /piece 0 of 65537 bytes/);
+  assert.match(refused([[0, 2, pieces[0]], [1, 2, pieces[1]]]), /reassembled snapshot/);
 });

@@ -190,17 +190,16 @@ impl ClientOutcome {
 /// The phase of the relay's tick clock on its own clock, estimated from pongs.
 ///
 /// A pong says the server time `s` at which it was answered and the number `n` of the next tick
-/// to run, so tick `n − 1` had started by `s`: its start `(n − 1)·period + phase ≤ s`, i.e.
+/// to run (a clock echo the same, on the server's tick timeline: `s = n × period + phase_us`,
+/// `n` = its tick + 1), so tick `n − 1` had started by `s`: its start `(n − 1)·period + phase ≤ s`, i.e.
 /// `phase ≤ s − (n − 1)·period`. Each pong bounds the phase from above, robustly (a late tick
 /// only loosens the bound); the estimate is the tightest bound in a window of recent pongs.
 /// Pongs answered at random points of the tick converge on the true phase plus the shortest
 /// time from a tick's start to the relay answering a ping, so the latency read may be low by
 /// about that much (the tick's own run time, ≈ 1 ms at most when the relay keeps up).
 ///
-/// [`ClockSync`](neonet_proto::predict::ClockSync) exposes the newest pong only through
-/// `server_tick_f64(now) = n + 0.5 + (server_time(now) − s) / period`, so
-/// `n − s / period = server_tick_f64(now) − 0.5 − server_time(now) / period`, whatever the
-/// clock offset.
+/// [`ClockSync::newest_sample`](neonet_proto::predict::ClockSync::newest_sample) gives `s` and
+/// `n` of the newest sample.
 #[derive(Debug, Default)]
 pub struct TickPhase {
     /// The last `n − s / period` seen, to notice a new pong.
@@ -234,7 +233,8 @@ impl TickPhase {
 
 /// The start of a server datagram: its sequence number, server tick and entity record count,
 /// read as `neonet_proto::transform` lays it out (`kind u8 | seq u16 LE | tick varint | flags u8
-/// | [blob len u8, blob] | common age varint | record count varint | ...`).
+/// | [blob len u8, blob] | [echo, hold, phase varints] | common age varint | record count varint
+/// | ...`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DatagramHeader {
     /// Wrapping datagram sequence number.
@@ -258,6 +258,12 @@ pub fn parse_header(d: &[u8]) -> Option<DatagramHeader> {
     if flags & 1 == 1 {
         let len = usize::from(*d.get(pos)?);
         pos += 1 + len;
+    }
+    if flags & 2 == 2 {
+        // A clock echo: echoed client time, hold and phase (PROTOCOL.md 12.4).
+        for _ in 0..3 {
+            read_varint(d, &mut pos)?;
+        }
     }
     let _common_age = read_varint(d, &mut pos)?;
     let records = read_varint(d, &mut pos)?;
@@ -333,6 +339,9 @@ struct SyncedClock {
     period_us: f64,
     /// Server clock minus client clock, µs.
     offset_us: f64,
+    /// The clock sync runs on clock echoes (the server's tick timeline) rather than pongs (its
+    /// clock): the phase bounds of one do not apply to the other.
+    echo: bool,
 }
 
 /// A connected client's measurement state.
@@ -340,6 +349,8 @@ struct Session {
     client: Client,
     outcome: ClientOutcome,
     phase: TickPhase,
+    /// `phase` holds bounds from clock echoes (see [`SyncedClock::echo`]).
+    phase_on_echoes: bool,
     gaps: GapCounter,
     arrivals: Vec<DatagramArrival>,
     pending: HashMap<ReqId, Instant>,
@@ -386,6 +397,7 @@ pub async fn client_task(
             ..ClientOutcome::default()
         },
         phase: TickPhase::default(),
+        phase_on_echoes: false,
         gaps: GapCounter::default(),
         arrivals: Vec::new(),
         pending: HashMap::new(),
@@ -469,12 +481,13 @@ impl Session {
             }
             core.predicted().and_then(|p| {
                 let c = p.clock();
-                let tick_now = c.server_tick_f64(now)?;
+                let (server_us, next_tick) = c.newest_sample()?;
                 let period_us = c.period_us();
                 Some(SyncedClock {
-                    anchor: tick_now - 0.5 - c.server_time_us(now) / period_us,
+                    anchor: next_tick as f64 - server_us / period_us,
                     period_us,
                     offset_us: c.offset_us(),
+                    echo: c.is_exact(),
                 })
             })
         });
@@ -570,10 +583,16 @@ impl Session {
             anchor,
             period_us,
             offset_us,
+            echo,
         }) = clock
         else {
             return;
         };
+        if echo && !self.phase_on_echoes {
+            // The clock sync started afresh on clock echoes: so do the phase bounds.
+            self.phase_on_echoes = true;
+            self.phase = TickPhase::default();
+        }
         self.phase.observe(anchor, period_us);
         let Some(phase_us) = self.phase.phase_us() else {
             return;

@@ -114,6 +114,8 @@ test('a lossy, reordered, duplicated stream decodes exactly as the Rust receiver
       assert.equal(r.freshness, d.freshness, where);
       assert.equal(r.acked, d.acked, where);
       assert.equal(r.ownState === null ? null : hex(r.ownState), d.own_blob, where);
+      const echo = r.echo && { client_time_us: r.echo.clientTimeUs, hold_us: r.echo.holdUs, phase_us: r.echo.phaseUs };
+      assert.deepEqual(echo, d.echo, where);
       assert.deepEqual(r.updates.map((u) => u.id), d.updated.map((u) => u.id), where);
       for (const u of d.updated) assert.deepEqual(rx.latestQuantized(u.id), { tick: u.tick, q: u.q }, where);
       assert.deepEqual(r.left, d.left, where);
@@ -126,6 +128,7 @@ test('a lossy, reordered, duplicated stream decodes exactly as the Rust receiver
   }
   assert.ok(vectors.streams.some((s) => s.deliveries.some((d) => d.left.length)), 'left-interest records exercised');
   assert.ok(vectors.streams.some((s) => s.deliveries.some((d) => d.freshness === 'Duplicate')), 'duplicates exercised');
+  assert.ok(vectors.streams.some((s) => s.deliveries.some((d) => d.echo !== null)), 'clock echoes exercised');
 });
 
 test('deltas against a missing baseline are not acknowledged; forgotten entities stay gone', () => {

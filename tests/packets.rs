@@ -8,7 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{TestRelay, WAIT};
-use neonet::client::{CharacterInput, Client, ClientState};
+use neonet::client::{CharacterInput, Client, ClientEvent, ClientState};
 use neonet::proto::types::Vec3;
 
 /// Clients walking at once.
@@ -22,6 +22,8 @@ const COUNTED_TICKS: u64 = 150;
 /// the rare acknowledgement-only packet a loaded machine's late timers cause. Before clock sync
 /// rode in the datagrams and acknowledgements on them this run measured 1.31 to 1.52.
 const PACKETS_PER_TICK_MAX: f64 = 1.2;
+/// Chat lines each walking client sends after the count, one at a time.
+const CHATS_EACH: usize = 10;
 /// How long the still clients of the liveness test stay quiet: past the server's idle timeout
 /// (2.5 s) and the client's silence timeout (2.5 s).
 const STILL_FOR: Duration = Duration::from_secs(4);
@@ -97,6 +99,31 @@ fn a_walking_client_costs_about_one_packet_per_tick_each_way() {
         // Clock sync rides in the datagrams: a moving client pings no more.
         assert_eq!(stream_up, 0, "client {i} sent stream frames while moving");
     }
+    // Reliable traffic still flows while acknowledgements are delayed: every chat line reaches
+    // everyone, each sender's acknowledged, and QUIC lost nothing (loopback loses nothing; a
+    // late acknowledgement mistaken for a loss would count here).
+    for (i, c) in clients.iter().enumerate() {
+        for k in 0..CHATS_EACH {
+            c.send_chat(format!("walker{i} line {k}"))
+                .expect("chat sent");
+        }
+    }
+    for (i, c) in clients.iter().enumerate() {
+        let (mut acked, mut heard) = (0, 0);
+        while acked < CHATS_EACH || heard < CHATS_EACH * CLIENTS {
+            match c.wait_for(WAIT, |e| {
+                matches!(e, ClientEvent::Acked(_) | ClientEvent::Chat(_))
+            }) {
+                Ok(ClientEvent::Acked(_)) => acked += 1,
+                Ok(_) => heard += 1,
+                Err(e) => {
+                    panic!("client {i}: {acked} chat lines acknowledged, {heard} heard: {e:?}")
+                }
+            }
+        }
+        let lost = c.connection_stats().path.lost_packets;
+        assert_eq!(lost, 0, "client {i}: QUIC declared {lost} packets lost");
+    }
     for c in clients {
         c.close();
     }
@@ -119,9 +146,8 @@ fn a_still_player_and_a_spectator_stay_connected_in_a_world_at_rest() {
     let spectator =
         Client::connect_spectator(relay.addr, options, Vec3::ZERO).expect("spectator joins");
     // Both get their clock from echoes once their first datagrams are answered.
-    let exact = |c: &Client| {
-        c.with_core(|core| core.predicted().is_some_and(|p| p.clock().is_exact()))
-    };
+    let exact =
+        |c: &Client| c.with_core(|core| core.predicted().is_some_and(|p| p.clock().is_exact()));
     let end = Instant::now() + WAIT;
     while !(exact(&player) && exact(&spectator)) && Instant::now() < end {
         std::thread::sleep(Duration::from_millis(20));
@@ -132,15 +158,25 @@ fn a_still_player_and_a_spectator_stay_connected_in_a_world_at_rest() {
     let started = Instant::now();
     std::thread::sleep(STILL_FOR);
     let secs = started.elapsed().as_secs_f64();
-    for (c, b, who) in [(&player, &before[0], "player"), (&spectator, &before[1], "spectator")] {
-        assert_eq!(c.state(), ClientState::Joined, "the {who} lost its connection");
+    for (c, b, who) in [
+        (&player, &before[0], "player"),
+        (&spectator, &before[1], "spectator"),
+    ] {
+        assert_eq!(
+            c.state(),
+            ClientState::Joined,
+            "the {who} lost its connection"
+        );
         let s = c.connection_stats();
         let up = (s.udp_tx.datagrams - b.udp_tx.datagrams) as f64 / secs;
         let down = (s.udp_rx.datagrams - b.udp_rx.datagrams) as f64 / secs;
         let stream_up = s.frame_tx.stream - b.frame_tx.stream;
         println!("{who}: {up:.1} packets/s up, {down:.1} down, {stream_up} stream frames up");
         // What kept it alive: its liveness pings, about one a second.
-        assert!(stream_up >= 2, "the {who} sent {stream_up} stream frames in {secs:.1} s");
+        assert!(
+            stream_up >= 2,
+            "the {who} sent {stream_up} stream frames in {secs:.1} s"
+        );
         assert!(
             up <= STILL_PACKETS_PER_S_MAX && down <= STILL_PACKETS_PER_S_MAX,
             "the {who} costs {up:.1} packets/s up, {down:.1} down"

@@ -514,7 +514,16 @@ fn stream(
 }
 
 fn main() {
-    let default_stream = stream(11, TransformConfig::default(), 32, 60, 300, false, false, false);
+    let default_stream = stream(
+        11,
+        TransformConfig::default(),
+        32,
+        60,
+        300,
+        false,
+        false,
+        false,
+    );
     let mut viewer_config = custom_config();
     viewer_config.budget_bits_per_s = 64_000;
     let custom_stream = stream(12, viewer_config, 30, 160, 1200, true, true, true);

@@ -285,7 +285,10 @@ fn clock_echo_of_the_worked_example() {
     assert_eq!((d.seq, d.owned.len()), (Seq(5), 1));
     // Kind 0x02 carries no clock.
     encode_client_datagram(&qz, &ack, Seq(5), &inputs, &[], &mut out).unwrap();
-    assert_eq!(decode_client_datagram(&qz, &out).unwrap().client_time_us, None);
+    assert_eq!(
+        decode_client_datagram(&qz, &out).unwrap().client_time_us,
+        None
+    );
 }
 
 #[test]

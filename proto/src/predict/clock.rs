@@ -158,7 +158,10 @@ impl ClockSync {
     /// Whether a ping should be sent at `now`: never once clock echoes arrive (a driver may still
     /// ping for liveness). Call [`ClockSync::on_ping_sent`] when it is.
     pub fn ping_due(&self, now: Time) -> bool {
-        !self.exact && self.last_ping.is_none_or(|t| now >= t + self.ping_interval())
+        !self.exact
+            && self
+                .last_ping
+                .is_none_or(|t| now >= t + self.ping_interval())
     }
 
     /// Whether a datagram sent at `now` should ask for a clock echo (kind `0x03`), at the same
@@ -219,7 +222,13 @@ impl ClockSync {
         let mid = s.client_send.as_micros() as f64 + rtt_us as f64 / 2.0;
         // A pong does not say where in its tick it was answered: the middle.
         let position = s.server_tick.0 as f64 + 0.5;
-        self.add_sample(rtt_us, mid, s.server_time_us as f64, position, s.server_tick.0);
+        self.add_sample(
+            rtt_us,
+            mid,
+            s.server_time_us as f64,
+            position,
+            s.server_tick.0,
+        );
         Some(rtt_us)
     }
 
@@ -260,14 +269,7 @@ impl ClockSync {
 
     /// One sample: the round trip, the client time the server's clock read `server_us`, and
     /// the server's tick position then.
-    fn add_sample(
-        &mut self,
-        rtt_us: u64,
-        mid: f64,
-        server_us: f64,
-        position: f64,
-        next_tick: u64,
-    ) {
+    fn add_sample(&mut self, rtt_us: u64, mid: f64, server_us: f64, position: f64, next_tick: u64) {
         let offset_us = server_us - mid;
         if self.window.len() == CLOCK_WINDOW_SAMPLES {
             self.window.pop_front();
@@ -609,7 +611,10 @@ mod tests {
         assert!(sync.is_exact());
         assert!(!sync.ping_due(Time(10_000_000)));
         assert_eq!(sync.next_ping_at(), Time(u64::MAX));
-        assert_eq!(sync.rtt_min_us().map(|r| r.abs_diff(60_000) <= 1), Some(true));
+        assert_eq!(
+            sync.rtt_min_us().map(|r| r.abs_diff(60_000) <= 1),
+            Some(true)
+        );
         // The estimate is the next tick to run plus the fraction elapsed, exactly: at client
         // time t the server time is t + 5 s, and tick k ran at k × period.
         let now = Time(7_777_777);
@@ -652,7 +657,10 @@ mod tests {
         });
         let mut clock = ClientTickClock::new(hz);
         for ms in 0..100 {
-            while clock.poll_tick(Time::from_millis(9_000 + ms), &sync).is_some() {}
+            while clock
+                .poll_tick(Time::from_millis(9_000 + ms), &sync)
+                .is_some()
+            {}
         }
     }
 

@@ -85,8 +85,7 @@ pub use receiver::{Freshness, ReceivedTick, ReplicaReceiver, FORGOTTEN_MAX};
 pub use replicator::{ClientReplicator, EntitySample, TickInput, TickSummary};
 pub use seq::{AckHeader, AckTracker, Arrival, Seq};
 pub use upstream::{
-    decode_client_datagram, encode_client_datagram, encode_client_datagram_clocked,
-    ClientDatagram,
+    decode_client_datagram, encode_client_datagram, encode_client_datagram_clocked, ClientDatagram,
 };
 
 /// Kind tag of a server → client transform datagram (first byte), for the driver's multiplexer.

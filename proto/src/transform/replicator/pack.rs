@@ -9,10 +9,10 @@ use super::priority::{Cand, Coded};
 use super::slot_set::SlotSet;
 use super::{ClientReplicator, EntitySample, TickInput, TickSummary, INDEX_EG_K};
 use crate::time::Tick;
-use crate::transform::ClockEcho;
 use crate::transform::bits::{bit_width, BitWriter};
 use crate::transform::budget::PACKET_OVERHEAD_BYTES;
 use crate::transform::record::{write_absolute, write_delta, AGE_EG_K};
+use crate::transform::ClockEcho;
 use crate::transform::{
     varint_len, TransformError, DATAGRAM_BYTES_MIN, OWN_BLOB_BYTES_MAX, RECORDS_PER_DATAGRAM_MAX,
     SENT_HISTORY_LEN,
@@ -171,11 +171,8 @@ impl ClientReplicator {
         let payload_room = |sent: i64| (allowance - sent - PACKET_OVERHEAD_BYTES as i64).max(0);
         // Fast path: everything fits in the first datagram, so priority order does not matter.
         let header = HEADER_FIXED_BYTES + varint_len(input.tick.0) + extras.len();
-        let room = max_size.min((payload_room(0) as usize).max(if extras.forced() {
-            header
-        } else {
-            0
-        }));
+        let room =
+            max_size.min((payload_room(0) as usize).max(if extras.forced() { header } else { 0 }));
         // Candidates in priority order, sorted lazily: the budget usually stops the packer long
         // before the end, so only a prefix is ever ordered (a strict total order, so the prefix
         // is exactly that of a full sort).

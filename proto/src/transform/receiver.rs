@@ -436,7 +436,12 @@ impl ReplicaReceiver {
         _now: Time,
         rt: &mut ReceivedTick,
     ) -> Result<(), TransformError> {
-        let (seq, tick, blob, echo) = self.parse(bytes)?;
+        let Header {
+            seq,
+            tick,
+            blob,
+            echo,
+        } = self.parse(bytes)?;
         let mut blob_buf = rt.own_blob.take().unwrap_or_default();
         rt.seq = seq;
         rt.tick = tick;
@@ -560,10 +565,7 @@ impl ReplicaReceiver {
     }
 
     /// Parses the whole datagram into `self.parsed` before anything is applied.
-    fn parse<'a>(
-        &mut self,
-        bytes: &'a [u8],
-    ) -> Result<(Seq, Tick, Option<&'a [u8]>, Option<ClockEcho>), TransformError> {
+    fn parse<'a>(&mut self, bytes: &'a [u8]) -> Result<Header<'a>, TransformError> {
         self.parsed.clear();
         let kind = *bytes.first().ok_or(TransformError::Empty)?;
         if kind != KIND_SERVER_STATE {
@@ -642,8 +644,21 @@ impl ReplicaReceiver {
         if r.remaining_bits() >= 8 {
             return Err(TransformError::Malformed("trailing bytes"));
         }
-        Ok((seq, tick, blob, echo))
+        Ok(Header {
+            seq,
+            tick,
+            blob,
+            echo,
+        })
     }
+}
+
+/// A server datagram's byte-aligned header, as parsed.
+struct Header<'a> {
+    seq: Seq,
+    tick: Tick,
+    blob: Option<&'a [u8]>,
+    echo: Option<ClockEcho>,
 }
 
 trait TickBefore {

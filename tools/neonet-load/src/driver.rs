@@ -34,7 +34,6 @@ use neonet_proto::predict::CharacterInput;
 use neonet_proto::transform::KIND_SERVER_STATE;
 use neonet_proto::types::{Blueprint, BlueprintId, BlueprintPatch, ReqId};
 use neonet_proto::wire::msg::Refusal;
-use neonet_proto::Time;
 use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior};
 
@@ -468,7 +467,6 @@ impl Session {
         let actions = script.frame(self.joined_at.elapsed().as_secs_f64());
         // One lock (and one wake of the client's network task) per frame: steer, and read the
         // clock sync for the datagram measurement.
-        let now: Time = self.client.core_now();
         let clock = self.client.with_core(|core| {
             if let Some(motion) = &actions.motion {
                 let at = core
@@ -692,6 +690,18 @@ mod tests {
         );
         assert_eq!(parse_header(&d[..4]), None);
         assert_eq!(parse_header(&[0x02, 0, 0, 0, 0, 0, 0]), None);
+        // A clock echo (flags bit 1, PROTOCOL.md 12.9's worked example) is skipped.
+        let echo = [
+            0x01, 0x03, 0x00, 0x67, 0x02, 0x80, 0x89, 0x7a, 0xa0, 0x9c, 0x01, 0xdc, 0x0b, 0, 0,
+        ];
+        assert_eq!(
+            parse_header(&echo),
+            Some(DatagramHeader {
+                seq: 3,
+                tick: 103,
+                records: 0
+            })
+        );
     }
 
     #[test]

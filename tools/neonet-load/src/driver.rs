@@ -350,6 +350,9 @@ struct Session {
     phase: TickPhase,
     /// `phase` holds bounds from clock echoes (see [`SyncedClock::echo`]).
     phase_on_echoes: bool,
+    /// Where the tick timeline's phase 0 is, µs: 0 for pongs (the relay's clock), one period
+    /// for echoes (tick `n` starts at `(n + 1) × period` on their timeline).
+    phase_origin_us: f64,
     gaps: GapCounter,
     arrivals: Vec<DatagramArrival>,
     pending: HashMap<ReqId, Instant>,
@@ -397,6 +400,7 @@ pub async fn client_task(
         },
         phase: TickPhase::default(),
         phase_on_echoes: false,
+        phase_origin_us: 0.0,
         gaps: GapCounter::default(),
         arrivals: Vec::new(),
         pending: HashMap::new(),
@@ -589,6 +593,7 @@ impl Session {
         if echo && !self.phase_on_echoes {
             // The clock sync started afresh on clock echoes: so do the phase bounds.
             self.phase_on_echoes = true;
+            self.phase_origin_us = period_us;
             self.phase = TickPhase::default();
         }
         self.phase.observe(anchor, period_us);
@@ -613,10 +618,13 @@ impl Session {
     /// Leaves and returns the outcome.
     async fn finish(mut self, live: &LiveCounters) -> anyhow::Result<ClientOutcome> {
         self.outcome.connected_for = self.joined_at.elapsed();
+        // On the echoes' tick timeline tick `n` starts at `(n + 1) × period`: what the latency
+        // can read low by is the phase beyond that period.
+        let origin_us = self.phase_origin_us;
         self.outcome.tick_phase = self
             .phase
             .phase_us()
-            .map(|us| Duration::from_micros(us.max(0.0) as u64));
+            .map(|us| Duration::from_micros((us - origin_us).max(0.0) as u64));
         let clock = self.client.with_core(|core| {
             core.predicted().map(|p| {
                 let c = p.clock();

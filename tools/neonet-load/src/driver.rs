@@ -8,8 +8,8 @@
 //!   ([`neonet_proto::predict::ClockSync`]). Arrival times come from the facade's datagram log
 //!   ([`Client::log_datagrams`]), taken the moment quinn hands the datagram over, not at the next
 //!   client frame. The tick's start on the server's clock is its number times the period plus a
-//!   phase the relay's tick clock started at; that phase is estimated from the pongs
-//!   ([`TickPhase`]). Each datagram's latency is recorded once per entity record it carries, so
+//!   phase the relay's tick clock started at; that phase is estimated from the clock samples
+//!   (clock echoes, or pongs before the first echo: [`TickPhase`]). Each datagram's latency is recorded once per entity record it carries, so
 //!   the percentiles are per entity update.
 //! - **datagrams lost**: gaps in the server datagrams' wrapping sequence numbers (a late datagram
 //!   that fills a gap takes one back).
@@ -18,8 +18,9 @@
 //! - **bytes in/out**: the QUIC connection's UDP byte counters
 //!   ([`Client::connection_stats`]), everything included (headers, acks, streams, datagrams).
 //! - **packets in/out**: the same connection's UDP packet counters. A tick's transforms are one
-//!   datagram each way per client, so at `--hz` 30 the ideal is 30 a second each way; the rest
-//!   are QUIC's acknowledgements, the clock sync's pings and pongs, and the reliable streams.
+//!   datagram each way per client, so at `--hz` 30 the ideal is 30 a second each way; clock sync
+//!   and QUIC's acknowledgements ride on those datagrams, so the rest is the join, the reliable
+//!   streams and the rare acknowledgement on its own.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;

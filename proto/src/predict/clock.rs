@@ -36,16 +36,18 @@ use std::collections::VecDeque;
 
 use crate::time::{Tick, Time};
 
-/// Samples in the clock window. 16 pongs at the steady [`PING_INTERVAL_MS`] is 3.2 s: long
+/// Samples in the clock window. 16 samples at the steady [`PING_INTERVAL_MS`] is 3.2 s: long
 /// enough that the window minimum is a genuinely quiet exchange, short enough to follow a route
 /// change within a couple of seconds.
 pub const CLOCK_WINDOW_SAMPLES: usize = 16;
 /// Samples taken at the fast interval after (re)start: enough for the window statistics to mean
 /// something within half a second.
 pub const CLOCK_FAST_SAMPLES: usize = 8;
-/// Interval between pings while converging, milliseconds (the first [`CLOCK_FAST_SAMPLES`]).
+/// Interval between clock samples (pings, or datagrams asking for a clock echo) while
+/// converging, milliseconds (the first [`CLOCK_FAST_SAMPLES`]).
 pub const PING_INTERVAL_FAST_MS: u64 = 50;
-/// Interval between pings once converged, milliseconds (5 pings/s of ~20 bytes: negligible).
+/// Interval between clock samples once converged, milliseconds (5 a second: a ping of ~20 bytes
+/// each way, or 3 bytes in a client datagram and about 9 in the server's next one).
 pub const PING_INTERVAL_MS: u64 = 200;
 /// A difference between the smoothed and the measured offset above this jumps rather than
 /// slews, microseconds (50 ms: only a restart or a clock step is this far off).

@@ -55,11 +55,24 @@ pub const OFFSET_JUMP_US: f64 = 50_000.0;
 /// Ticks added to the lead on top of the transit estimate with pong samples: covers the unknown
 /// phase of the server's tick within a pong (±½ tick) and the driver's timer lateness.
 pub const LEAD_MARGIN_TICKS: f64 = 1.0;
-/// Ticks added to the lead with clock echoes, whose tick phase is exact: timer lateness only.
-/// Half a tick also puts the client's sends half a tick from the server's ticks on a symmetric
-/// path, so each side's QUIC acknowledgement waits about half a tick for its next datagram to
-/// ride on, well within the delayed-ack limit (`src/quic`), instead of a packet of its own.
+/// Ticks added to the lead with clock echoes, whose tick phase is exact, until their round trips
+/// place the client's sends ([`ClockSync::lead_ticks`]): half a tick from the server's ticks.
 pub const LEAD_MARGIN_ECHO_TICKS: f64 = 0.5;
+/// With clock echoes the margin is chosen in `0..`[`ECHO_MARGIN_MAX_TICKS`] ticks (see
+/// [`ClockSync::lead_ticks`]): below 1.5, so that of the two margins a tick apart that place
+/// the sends alike, the one nearer the margin in use is kept and a round-trip estimate hovering
+/// near a tick boundary does not swing the lead by a whole tick.
+pub const ECHO_MARGIN_MAX_TICKS: f64 = 1.5;
+/// The two acknowledgement waits of a tick (QUIC's, each side's, until its next datagram) add
+/// up to `S = −(round trip + the server's write phase) mod period`, or to `S + period`. Split
+/// evenly, `S` gives waits of `S / 2`, too short to absorb jitter when `S` is small; then
+/// `S + period` is split instead (waits of half a period or more). Below this fraction of a
+/// period the wide split is taken...
+pub const ECHO_SPLIT_WIDE_BELOW: f64 = 0.25;
+/// ...and above this one the narrow split again: every wait stays between 1/8 and 17/24 of a
+/// period (4 and 24 ms at 30 Hz), under the 25 ms a QUIC peer may delay an acknowledgement on a
+/// short path, and the gap between the two keeps a jittery estimate from toggling.
+pub const ECHO_SPLIT_NARROW_ABOVE: f64 = 5.0 / 12.0;
 /// Largest change of the client's tick period while converging, as a fraction (10%: invisible in
 /// motion, yet closes a 3-tick error in about a second).
 pub const TICK_RATE_ADJUST_MAX: f64 = 0.10;
@@ -113,6 +126,9 @@ struct Sample {
     rtt_us: u64,
     /// server clock − client clock, microseconds.
     offset_us: f64,
+    /// A clock echo's phase: from its tick's start to the writing of its datagram, µs (0 for
+    /// pongs).
+    write_us: u64,
 }
 
 /// The client's estimate of the server's clock and tick. Pure: it is told the time.
@@ -132,6 +148,10 @@ pub struct ClockSync {
     last_stamp: Option<Time>,
     /// Samples come from clock echoes (see the module documentation).
     exact: bool,
+    /// With echoes, the lead margin in use, ticks ([`ClockSync::lead_ticks`]).
+    echo_margin: Option<f64>,
+    /// With echoes, the two acknowledgement waits share `S + period` rather than `S`.
+    echo_split_wide: bool,
     rejected: u64,
 }
 
@@ -148,6 +168,8 @@ impl ClockSync {
             last_ping: None,
             last_stamp: None,
             exact: false,
+            echo_margin: None,
+            echo_split_wide: false,
             rejected: 0,
         }
     }
@@ -230,6 +252,7 @@ impl ClockSync {
             s.server_time_us as f64,
             position,
             s.server_tick.0,
+            0,
         );
         Some(rtt_us)
     }
@@ -251,6 +274,7 @@ impl ClockSync {
         };
         if !self.exact {
             self.exact = true;
+            self.echo_margin = None;
             self.window.clear();
             self.rtt_sorted.clear();
             self.samples_total = 0;
@@ -265,18 +289,76 @@ impl ClockSync {
             position * self.period_us,
             position,
             next_tick,
+            s.phase_us,
         );
+        self.update_echo_margin();
         Some(rtt_us)
+    }
+
+    /// With clock echoes, chooses the lead margin that puts the client's sends where both sides'
+    /// QUIC acknowledgements wait least for a datagram to ride on. The client's datagram for
+    /// tick `c` reaches the server `margin × period + (transit − uplink)` before the server runs
+    /// tick `c − 1` (the uplink taken as half the shortest round trip), and waits there for that
+    /// tick's datagram; the server's datagram then waits at the client for its next send. The
+    /// two waits add up to `S = −(round trip + write phase) mod period` or to `S + period`;
+    /// the margin in `0..1` that splits them evenly is taken, or the one a tick above it when
+    /// that is nearer the margin in use (below [`ECHO_MARGIN_MAX_TICKS`]). Any margin of at
+    /// least 0 leaves an input a whole tick beyond its transit estimate to arrive in time.
+    fn update_echo_margin(&mut self) {
+        let (Some(lo), Some(hi)) = (self.rtt_min_us(), self.rtt_high_us()) else {
+            return;
+        };
+        let p = self.period_us;
+        let write_us = self.window.iter().map(|x| x.write_us).min().unwrap_or(0) as f64;
+        let s = (-(lo as f64 + write_us)).rem_euclid(p);
+        if s < p * ECHO_SPLIT_WIDE_BELOW {
+            self.echo_split_wide = true;
+        } else if s > p * ECHO_SPLIT_NARROW_ABOVE {
+            self.echo_split_wide = false;
+        }
+        let server_wait = if self.echo_split_wide {
+            (s + p) / 2.0
+        } else {
+            s / 2.0
+        };
+        let transit = hi as f64 / 2.0 + (hi - lo) as f64 / 2.0;
+        let margin = ((server_wait - transit + lo as f64 / 2.0) / p).rem_euclid(1.0);
+        if !margin.is_finite() {
+            return;
+        }
+        let next = match self.echo_margin {
+            Some(prev) if margin + 1.0 < ECHO_MARGIN_MAX_TICKS => {
+                if (margin + 1.0 - prev).abs() < (margin - prev).abs() {
+                    margin + 1.0
+                } else {
+                    margin
+                }
+            }
+            _ => margin,
+        };
+        self.echo_margin = Some(next);
     }
 
     /// One sample: the round trip, the client time the server's clock read `server_us`, and
     /// the server's tick position then.
-    fn add_sample(&mut self, rtt_us: u64, mid: f64, server_us: f64, position: f64, next_tick: u64) {
+    fn add_sample(
+        &mut self,
+        rtt_us: u64,
+        mid: f64,
+        server_us: f64,
+        position: f64,
+        next_tick: u64,
+        write_us: u64,
+    ) {
         let offset_us = server_us - mid;
         if self.window.len() == CLOCK_WINDOW_SAMPLES {
             self.window.pop_front();
         }
-        self.window.push_back(Sample { rtt_us, offset_us });
+        self.window.push_back(Sample {
+            rtt_us,
+            offset_us,
+            write_us,
+        });
         self.rtt_sorted.clear();
         self.rtt_sorted.extend(self.window.iter().map(|x| x.rtt_us));
         self.rtt_sorted.sort_unstable();
@@ -357,10 +439,13 @@ impl ClockSync {
         self.anchor.map(|(at, _, next)| (at, next))
     }
 
-    /// How far ahead of the server the client's prediction should run, ticks.
+    /// How far ahead of the server the client's prediction should run, ticks: the transit
+    /// estimate plus a margin, [`LEAD_MARGIN_TICKS`] with pongs, and with clock echoes the one
+    /// that puts the client's sends where acknowledgements ride on datagrams both ways (see
+    /// `update_echo_margin`, [`ECHO_SPLIT_WIDE_BELOW`]).
     pub fn lead_ticks(&self) -> f64 {
         let margin = if self.exact {
-            LEAD_MARGIN_ECHO_TICKS
+            self.echo_margin.unwrap_or(LEAD_MARGIN_ECHO_TICKS)
         } else {
             LEAD_MARGIN_TICKS
         };
@@ -623,8 +708,20 @@ mod tests {
         let truth = (7_777_777.0 + 5_000_000.0) / period + 1.0;
         let est = sync.server_tick_f64(now).unwrap();
         assert!((est - truth).abs() < 0.001, "est {est} truth {truth}");
-        // Half a tick of margin: 30 ms transit + 0.5 tick.
-        assert!((sync.lead_ticks() - (30_000.0 / period + LEAD_MARGIN_ECHO_TICKS)).abs() < 0.001);
+        // The margin places the sends: the client's datagram reaches the server `margin × period`
+        // before a tick (transit estimate = uplink here), and the server's datagram, written 2 ms
+        // into the tick, reaches the client 32 ms later, before its next send. Both wait for a
+        // datagram to ride on well under QUIC's 25 ms.
+        let margin = sync.lead_ticks() - 30_000.0 / period;
+        assert!((0.0..ECHO_MARGIN_MAX_TICKS).contains(&margin), "{margin}");
+        let server_wait = (margin * period).rem_euclid(period);
+        let client_wait = (-(margin * period) - 2_000.0 - 60_000.0).rem_euclid(period);
+        for w in [server_wait, client_wait] {
+            assert!(
+                (4_000.0..24_000.0).contains(&w),
+                "waits {server_wait} {client_wait}"
+            );
+        }
         // Pongs no longer move anything.
         assert_eq!(
             sync.handle_sample(PingSample {

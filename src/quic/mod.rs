@@ -19,10 +19,10 @@
 //! quinn implements and every quinn peer supports: it always offers `min_ack_delay`), to delay
 //! its acknowledgements up to [`ACK_DELAY_MAX_REQUESTED`] and to acknowledge at once only after
 //! more than [`ACK_ELICITING_THRESHOLD`] unacknowledged packets, so an acknowledgement waits for
-//! the next datagram to ride on instead of taking a packet of its own. The client's tick runs
-//! half a tick off the server's (`LEAD_MARGIN_ECHO_TICKS` in `neonet_proto::predict::clock`),
-//! so each side's next datagram is about half a tick away. quinn caps the delay it requests at
-//! the larger of the path's RTT and 25 ms. A peer that does not support the extension (a
+//! the next datagram to ride on instead of taking a packet of its own. quinn caps the delay it
+//! requests at the larger of the path's RTT and 25 ms, so on short paths it is the client's
+//! clock sync that makes this work: it places the client's sends so that each side's next
+//! datagram comes well within 25 ms (`ClockSync::lead_ticks` in `neonet_proto::predict`). A peer that does not support the extension (a
 //! browser's WebTransport) acknowledges as QUIC does by default.
 //!
 //! ## Closing

@@ -105,6 +105,9 @@ const PING_INTERVAL_MS = 200;
 const OFFSET_JUMP_US = 50_000;
 const LEAD_MARGIN_TICKS = 1.0;
 const LEAD_MARGIN_ECHO_TICKS = 0.5;
+const ECHO_MARGIN_MAX_TICKS = 1.5;
+const ECHO_SPLIT_WIDE_BELOW = 0.25;
+const ECHO_SPLIT_NARROW_ABOVE = 5 / 12;
 /** With clock echoes, a stream ping goes only after this long without an upstream datagram
  * (proto/src/client.rs PING_FALLBACK_SILENCE): the server's idle timeout is 2.5 s. */
 const PING_FALLBACK_SILENCE_MS = 1000;
@@ -501,6 +504,10 @@ class ClockSync {
     this.lastStampUs = null;
     /** Samples come from clock echoes (exact tick phase); pongs are then ignored. */
     this.exact = false;
+    /** With echoes, the lead margin in use, ticks (see updateEchoMargin), and whether the two
+     * acknowledgement waits share S + period rather than S. */
+    this.echoMargin = null;
+    this.echoSplitWide = false;
     this.rejected = 0;
   }
 
@@ -531,7 +538,7 @@ class ClockSync {
       this.rejected++;
       return null;
     }
-    this.addSample(rttUs, sendUs + rttUs / 2, serverTimeUs, serverTick + 0.5);
+    this.addSample(rttUs, sendUs + rttUs / 2, serverTimeUs, serverTick + 0.5, 0);
     return rttUs;
   }
 
@@ -552,16 +559,41 @@ class ClockSync {
       this.rttSorted = [];
       this.samplesTotal = 0;
       this.anchor = null;
+      this.echoMargin = null;
     }
     const position = tick + 1 + echo.phaseUs / this.periodUs;
-    this.addSample(rttUs, recvUs - rttUs / 2, position * this.periodUs, position);
+    this.addSample(rttUs, recvUs - rttUs / 2, position * this.periodUs, position, echo.phaseUs);
+    this.updateEchoMargin();
     return rttUs;
   }
 
-  addSample(rttUs, midUs, serverTimeUs, position) {
+  /**
+   * With clock echoes, the lead margin that puts this client's sends where both sides' QUIC
+   * acknowledgements ride on a datagram (PROTOCOL.md 12.7.2; clock.rs `update_echo_margin`).
+   */
+  updateEchoMargin() {
+    const lo = this.rttQuantileUs(0, 1);
+    const hi = this.rttQuantileUs(7, 8);
+    if (lo === null) return;
+    const p = this.periodUs;
+    const writeUs = Math.min(...this.window.map((x) => x.writeUs));
+    const mod = (a, b) => ((a % b) + b) % b;
+    const s = mod(-(lo + writeUs), p);
+    if (s < p * ECHO_SPLIT_WIDE_BELOW) this.echoSplitWide = true;
+    else if (s > p * ECHO_SPLIT_NARROW_ABOVE) this.echoSplitWide = false;
+    const serverWait = this.echoSplitWide ? (s + p) / 2 : s / 2;
+    const transit = hi / 2 + (hi - lo) / 2;
+    const margin = mod((serverWait - transit + lo / 2) / p, 1);
+    if (!Number.isFinite(margin)) return;
+    const prev = this.echoMargin;
+    this.echoMargin = prev !== null && margin + 1 < ECHO_MARGIN_MAX_TICKS
+      && Math.abs(margin + 1 - prev) < Math.abs(margin - prev) ? margin + 1 : margin;
+  }
+
+  addSample(rttUs, midUs, serverTimeUs, position, writeUs) {
     const offsetUs = serverTimeUs - midUs;
     if (this.window.length === CLOCK_WINDOW_SAMPLES) this.window.shift();
-    this.window.push({ rttUs, offsetUs });
+    this.window.push({ rttUs, offsetUs, writeUs });
     this.rttSorted = this.window.map((s) => s.rttUs).sort((a, b) => a - b);
     this.samplesTotal++;
     if (this.anchor === null || serverTimeUs >= this.anchor[0]) this.anchor = [serverTimeUs, position];
@@ -591,7 +623,7 @@ class ClockSync {
   }
 
   leadTicks() {
-    const margin = this.exact ? LEAD_MARGIN_ECHO_TICKS : LEAD_MARGIN_TICKS;
+    const margin = this.exact ? (this.echoMargin ?? LEAD_MARGIN_ECHO_TICKS) : LEAD_MARGIN_TICKS;
     const lo = this.rttQuantileUs(0, 1);
     const hi = this.rttQuantileUs(7, 8);
     if (lo === null) return margin;

@@ -255,7 +255,7 @@ pub enum ClientEvent {
         /// Why.
         reason: Refusal,
     },
-    /// A pong: round-trip time measured.
+    /// A round trip measured: a clock echo (without the server's hold) or a pong.
     Rtt(Duration),
     /// An entity left this client's area of interest: it still exists, but no more updates
     /// come until it re-enters.
@@ -350,7 +350,7 @@ pub struct ClientFigures {
     /// Server datagrams missing from the sequence received so far (lost, or still to come out
     /// of order).
     pub datagrams_lost: u64,
-    /// Round-trip time from pings, microseconds (0 before the first pong).
+    /// Round-trip time from clock echoes or pongs, microseconds (0 before the first).
     pub rtt_us: u64,
     /// Mispredictions of its own player corrected (server-authoritative movement).
     pub corrections: u64,

@@ -22,8 +22,8 @@ use neonet_proto::predict::{
 use neonet_proto::rng::Rng;
 use neonet_proto::time::Tick;
 use neonet_proto::transform::{
-    ClientReplicator, EntitySample, Freshness, QTransform, Quantizer, ReplicaReceiver, TickInput,
-    TransformConfig,
+    ClientReplicator, ClockEcho, EntitySample, Freshness, QTransform, Quantizer, ReplicaReceiver,
+    TickInput, TransformConfig,
 };
 use neonet_proto::types::{EntityId, Quat, Transform, Vec3};
 use neonet_proto::Time;
@@ -330,6 +330,8 @@ fn quant() -> String {
 
 /// A lossy, reordering, duplicating transform stream from a real `ClientReplicator` to a real
 /// `ReplicaReceiver`, recording every delivery and what the receiver made of it.
+// One vector generator's knobs, each a plain value: a struct would only rename them.
+#[allow(clippy::too_many_arguments)]
 fn stream(
     seed: u64,
     config: TransformConfig,
@@ -338,6 +340,7 @@ fn stream(
     max_size: usize,
     viewer: bool,
     own_blob: bool,
+    echoes: bool,
 ) -> String {
     let mut rng = Rng::new(seed);
     let mut tx = ClientReplicator::new(config.clone(), None).unwrap();
@@ -428,6 +431,14 @@ fn stream(
             max_datagram_size: max_size,
             own_blob: blob.as_deref(),
         };
+        if echoes && tick % 4 == 0 {
+            // A clock echo every fourth tick (PROTOCOL.md 12.4), values of every varint width.
+            tx.set_clock_echo(ClockEcho {
+                client_time_us: 990_000 + tick * 33_000,
+                hold_us: 7_000 + tick * 11,
+                phase_us: tick * 97,
+            });
+        }
         let mut out = Vec::new();
         tx.write_tick(&input, &mut out).unwrap();
         for d in out {
@@ -463,12 +474,16 @@ fn stream(
             let left: Vec<String> = rt.left.iter().map(|id| id.0.to_string()).collect();
             let ack = rx.ack_header();
             deliveries.push(format!(
-                "{{\"bytes\":\"{}\",\"seq\":{},\"tick\":{},\"freshness\":\"{fresh}\",\"acked\":{},\"own_blob\":{},\"updated\":[{}],\"left\":[{}],\"ack\":{{\"latest\":{},\"received\":\"{}\"}}}}",
+                "{{\"bytes\":\"{}\",\"seq\":{},\"tick\":{},\"freshness\":\"{fresh}\",\"acked\":{},\"own_blob\":{},\"echo\":{},\"updated\":[{}],\"left\":[{}],\"ack\":{{\"latest\":{},\"received\":\"{}\"}}}}",
                 hex(&d),
                 rt.seq.0,
                 rt.tick.0,
                 rt.acked,
                 rt.own_blob.as_ref().map_or("null".into(), |b| format!("\"{}\"", hex(b))),
+                rt.echo.map_or("null".into(), |e| format!(
+                    "{{\"client_time_us\":{},\"hold_us\":{},\"phase_us\":{}}}",
+                    e.client_time_us, e.hold_us, e.phase_us
+                )),
                 updated.join(","),
                 left.join(","),
                 ack.latest.0,
@@ -499,10 +514,19 @@ fn stream(
 }
 
 fn main() {
-    let default_stream = stream(11, TransformConfig::default(), 32, 60, 300, false, false);
+    let default_stream = stream(
+        11,
+        TransformConfig::default(),
+        32,
+        60,
+        300,
+        false,
+        false,
+        false,
+    );
     let mut viewer_config = custom_config();
     viewer_config.budget_bits_per_s = 64_000;
-    let custom_stream = stream(12, viewer_config, 30, 160, 1200, true, true);
+    let custom_stream = stream(12, viewer_config, 30, 160, 1200, true, true, true);
     println!(
         "{{\"movement\":{},\"quant\":{},\"streams\":[{},{}]}}",
         movement(),

@@ -23,16 +23,23 @@ use crate::predict::wire::decode_own_state;
 use crate::predict::{CharacterInput, CorrectionStats, PredictedClient};
 use crate::time::{Tick, Time};
 use crate::transform::{
-    encode_client_datagram, Freshness, QTransform, Quantizer, ReceivedTick, ReplicaReceiver, Seq,
-    KIND_SERVER_STATE, OWNED_PER_DATAGRAM_MAX,
+    encode_client_datagram_clocked, Freshness, QTransform, Quantizer, ReceivedTick,
+    ReplicaReceiver, Seq, KIND_SERVER_STATE, OWNED_PER_DATAGRAM_MAX,
 };
 use crate::types::*;
 use crate::wire::codec::{self, DecodeError};
 use crate::wire::limits::*;
 use crate::wire::msg::*;
 
-/// How often the client pings for RTT and clock offset.
+/// How often the client pings for RTT and liveness without the datagram stream.
 pub const PING_INTERVAL: Duration = Duration::from_millis(1000);
+
+/// With clock echoes in the datagrams (PROTOCOL.md 12.4), a stream `Ping` goes only after this
+/// long without an upstream datagram (and then at most this often): a player standing still in
+/// a world at rest sends nothing else, and the server closes a connection it has not heard for
+/// its idle timeout (2.5 s by default), so 1 s leaves room for one lost ping. The pong also
+/// feeds this client's own silence timeout when the server has nothing to send.
+pub const PING_FALLBACK_SILENCE: Duration = Duration::from_millis(1000);
 
 /// Changes (messages with a change id) a client holds until the server answers them: 1,024.
 /// They are resent after a lost connection and answered once (the server remembers
@@ -40,9 +47,9 @@ pub const PING_INTERVAL: Duration = Duration::from_millis(1000);
 /// is refused on the spot with [`Refusal::Busy`] and never sent.
 pub const PENDING_REQUESTS_MAX: usize = 1024;
 
-/// Default [`ReconnectConfig::silence_timeout`]: 2.5 s, the server's idle timeout. The server
-/// answers the 5 pings a second clock sync sends, so 2.5 s of silence is a dead connection or
-/// path, not a slow one.
+/// Default [`ReconnectConfig::silence_timeout`]: 2.5 s, the server's idle timeout. The client
+/// hears the server at least once a second (a pong to its fallback ping, or the datagrams that
+/// carry its clock echoes), so 2.5 s of silence is a dead connection or path, not a slow one.
 pub const SILENCE_TIMEOUT_DEFAULT: Duration = Duration::from_millis(2500);
 
 /// Default [`ReconnectConfig::delay_base`]: 250 ms, the first retry comes quickly (a blip).
@@ -248,7 +255,7 @@ pub enum ClientEvent {
         /// Why.
         reason: Refusal,
     },
-    /// A pong: round-trip time measured.
+    /// A round trip measured: a clock echo (without the server's hold) or a pong.
     Rtt(Duration),
     /// An entity left this client's area of interest: it still exists, but no more updates
     /// come until it re-enters.
@@ -343,7 +350,7 @@ pub struct ClientFigures {
     /// Server datagrams missing from the sequence received so far (lost, or still to come out
     /// of order).
     pub datagrams_lost: u64,
-    /// Round-trip time from pings, microseconds (0 before the first pong).
+    /// Round-trip time from clock echoes or pongs, microseconds (0 before the first).
     pub rtt_us: u64,
     /// Mispredictions of its own player corrected (server-authoritative movement).
     pub corrections: u64,
@@ -732,7 +739,10 @@ impl ClientCore {
             st.rejected += 1;
             return;
         }
-        st.ack_due = true;
+        // Acknowledged soon if it carried something the server waits on (records, an own blob);
+        // a datagram with only a clock echo is acknowledged by the next datagram sent anyway
+        // (PROTOCOL.md 12.5), or a world at rest would echo acknowledgements back and forth.
+        st.ack_due |= rt.records > 0 || rt.own_blob.is_some() || rt.freshness != Freshness::Applied;
         // Sequence numbers wrap: count the span newest-first from the first one seen.
         self.down_seq = Some(match self.down_seq {
             None => (rt.seq, 1),
@@ -752,6 +762,13 @@ impl ClientCore {
         });
         if rt.freshness != Freshness::Applied {
             return;
+        }
+        if let Some(echo) = rt.echo {
+            if let Some(us) = st.predicted.handle_echo(&echo, rt.tick, now) {
+                let rtt = Duration::from_micros(us);
+                self.rtt = Some(rtt);
+                self.events.push_back(ClientEvent::Rtt(rtt));
+            }
         }
         if let Some(blob) = &rt.own_blob {
             self.figures.own_state_bytes_down += blob.len() as u64;
@@ -988,6 +1005,12 @@ impl ClientCore {
         };
         if let Some(t) = st.predicted.poll_ping(now) {
             self.send(&ClientMsg::Ping { client_time_us: t });
+        } else if st.predicted.clock().is_exact() && now >= self.fallback_ping_at(&st) {
+            // Clock sync rides in the datagrams; this ping is for liveness only.
+            self.next_ping = now + PING_FALLBACK_SILENCE;
+            self.send(&ClientMsg::Ping {
+                client_time_us: now.as_micros(),
+            });
         }
         let client_auth = self.world.settings.movement == MovementAuthority::Client;
         while let Some(tick) = st.predicted.poll_tick(now) {
@@ -996,6 +1019,11 @@ impl ClientCore {
             } else {
                 st.predicted.apply_input(tick, self.input)
             };
+            if !client_auth && inputs.is_none() && st.moving.is_empty() {
+                // Nothing of its own to send (a spectator, or a player before its first
+                // own-player state): acknowledgements go out below when something arrived.
+                continue;
+            }
             // Standing still with the same input since `still_since`: once the server says it
             // applied an input of this stillness, it repeats that input by itself for every
             // tick without one, so nothing more is sent for it (acknowledgements and moved apps
@@ -1018,6 +1046,12 @@ impl ClientCore {
             self.send_upstream(&mut st, &[], now, Tick::default());
         }
         self.stream = Some(st);
+    }
+
+    /// With clock echoes, when the liveness ping is due: [`PING_FALLBACK_SILENCE`] after the
+    /// last upstream datagram and the last ping.
+    fn fallback_ping_at(&self, st: &Stream) -> Time {
+        (st.last_up + PING_FALLBACK_SILENCE).max(self.next_ping)
     }
 
     fn send_upstream(&mut self, st: &mut Stream, inputs: &[u8], now: Time, _tick: Tick) {
@@ -1043,8 +1077,18 @@ impl ClientCore {
         }
         st.up_seq = Seq(st.up_seq.0.wrapping_add(1));
         let ack = st.receiver.ack_header();
-        if encode_client_datagram(&st.quantizer, &ack, st.up_seq, inputs, &owned, &mut st.buf)
-            .is_ok()
+        // A clock sample is due: this datagram asks the server for an echo (kind 0x03).
+        let stamp = st.predicted.poll_stamp(now);
+        if encode_client_datagram_clocked(
+            &st.quantizer,
+            &ack,
+            st.up_seq,
+            stamp,
+            inputs,
+            &owned,
+            &mut st.buf,
+        )
+        .is_ok()
         {
             self.figures.datagrams_up += 1;
             self.figures.bytes_up += st.buf.len() as u64;
@@ -1214,7 +1258,10 @@ impl ClientCore {
         let t = match &self.stream {
             None => self.next_ping,
             Some(st) => {
-                let t = st.predicted.poll_timeout();
+                let mut t = st.predicted.poll_timeout();
+                if st.predicted.clock().is_exact() {
+                    t = t.min(self.fallback_ping_at(st));
+                }
                 if st.ack_due {
                     t.min(st.last_up + st.period)
                 } else {

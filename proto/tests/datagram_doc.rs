@@ -189,6 +189,108 @@ fn client_datagram_of_the_worked_example() {
     assert_eq!(batch.inputs, vec![walk, run]);
 }
 
+/// Tick 103, seq 3: entity 1 stopped where it was at tick 102 and entity 2 is unchanged, both
+/// acknowledged: nothing to send but the clock echo of a client datagram stamped 2 s on the
+/// client's clock, held 20 ms, written 1.5 ms into tick 103.
+const DGRAM_TICK_103_ECHO: &str = "01 0300 67 02 80897a a09c01 dc0b 00 00";
+/// `CLIENT_DGRAM` as kind 0x03, stamped 2 s (2 000 000 µs) on the client's clock.
+const CLIENT_DGRAM_CLOCK: &str = "03 0100 0300000000000000 0500 80897a 14 01 6700000000000000 02 \
+                                  007f000000 007f000001 01 0500d60f401040140c4000ff07";
+
+#[test]
+fn clock_echo_of_the_worked_example() {
+    use neonet_proto::transform::{encode_client_datagram_clocked, ClockEcho};
+    let config = TransformConfig::default();
+    let mut tx = ClientReplicator::new(config.clone(), None).unwrap();
+    let mut rx = ReplicaReceiver::new(&config).unwrap();
+    let qz = rx.quantizer().clone();
+    let print = std::env::var_os("NEONET_PRINT_GOLDEN").is_some();
+    let echo = ClockEcho {
+        client_time_us: 2_000_000,
+        hold_us: 20_000,
+        phase_us: 1_500,
+    };
+    for (i, tick) in [100u64, 101, 102, 103].into_iter().enumerate() {
+        let now = Time::from_millis(1000 + 33 * i as u64);
+        let entities = [
+            EntitySample::new(EntityId(1), &e1(tick.min(102)), &qz),
+            EntitySample::new(EntityId(2), &e2(), &qz),
+        ];
+        let input = TickInput {
+            tick: Tick(tick),
+            now,
+            viewer: None,
+            entities: &entities,
+            max_datagram_size: 1200,
+            own_blob: None,
+        };
+        if tick == 103 {
+            tx.set_clock_echo(echo);
+        }
+        let mut out = Vec::new();
+        tx.write_tick(&input, &mut out).unwrap();
+        assert_eq!(out.len(), 1, "tick {tick}");
+        let rt = rx.handle_datagram(&out[0], now).unwrap();
+        tx.handle_ack(&rx.ack_header(), now);
+        if tick < 103 {
+            assert_eq!(rt.echo, None);
+            continue;
+        }
+        if print {
+            println!("tick 103 with an echo: {}", hex(&out[0]));
+        } else {
+            assert_eq!(hex(&out[0]), hex(&unhex(DGRAM_TICK_103_ECHO)));
+        }
+        assert_eq!(rt.echo, Some(echo));
+        assert!(rt.updated.is_empty() && rt.acked);
+        // The echo goes once: the next tick, with nothing to send, sends nothing.
+        let input = TickInput {
+            tick: Tick(104),
+            ..input
+        };
+        out.clear();
+        tx.write_tick(&input, &mut out).unwrap();
+        assert!(out.is_empty());
+    }
+    // The client datagram that asked for it.
+    let ack = AckHeader {
+        latest: Seq(1),
+        received: 0b11,
+    };
+    let walk = neonet_proto::predict::CharacterInput {
+        move_z: 127,
+        ..Default::default()
+    };
+    let run = neonet_proto::predict::CharacterInput { run: true, ..walk };
+    let inputs = neonet_proto::predict::wire::encode_inputs(Tick(103), &[walk, run]);
+    let moved = qz.quantize(&t([-10.5, 1.0, 20.25], [0.0, S, 0.0, S]));
+    let mut out = Vec::new();
+    encode_client_datagram_clocked(
+        &qz,
+        &ack,
+        Seq(5),
+        Some(2_000_000),
+        &inputs,
+        &[(EntityId(2), moved)],
+        &mut out,
+    )
+    .unwrap();
+    if print {
+        println!("client datagram with its clock: {}", hex(&out));
+    } else {
+        assert_eq!(hex(&out), hex(&unhex(CLIENT_DGRAM_CLOCK)));
+    }
+    let d = decode_client_datagram(&qz, &out).unwrap();
+    assert_eq!(d.client_time_us, Some(2_000_000));
+    assert_eq!((d.seq, d.owned.len()), (Seq(5), 1));
+    // Kind 0x02 carries no clock.
+    encode_client_datagram(&qz, &ack, Seq(5), &inputs, &[], &mut out).unwrap();
+    assert_eq!(
+        decode_client_datagram(&qz, &out).unwrap().client_time_us,
+        None
+    );
+}
+
 #[test]
 fn own_state_blob_of_the_worked_example() {
     use neonet_proto::predict::wire::{decode_own_state, encode_own_state, OwnState};
@@ -226,6 +328,8 @@ fn protocol_md_shows_the_pinned_bytes_and_values() {
         DGRAM_TICK_102,
         CLIENT_DGRAM,
         OWN_STATE,
+        DGRAM_TICK_103_ECHO,
+        CLIENT_DGRAM_CLOCK,
     ] {
         let h: String = h.chars().filter(|c| !c.is_whitespace()).collect();
         assert!(doc.contains(&h), "PROTOCOL.md section 12.9 lacks {h}");

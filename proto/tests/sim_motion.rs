@@ -318,3 +318,93 @@ fn a_builder_moves_an_app_through_datagrams_and_others_see_it() {
     assert_eq!(e.owner, None);
     assert!((e.transform.position[0] - 5.0).abs() < 0.01);
 }
+
+#[test]
+fn clock_sync_rides_in_the_datagrams_and_a_still_client_stays_alive_on_fallback_pings() {
+    run_seeds(0..3, |seed| {
+        let link = LinkConfig::with_latency(Duration::from_millis(50));
+        let mut s = sim_with(seed, World::default(), 2, link);
+        for i in 0..2 {
+            s.with_client(i, |c| c.set_input(walk(i as u16 * 20_000)));
+        }
+        s.run_for(Duration::from_secs(2));
+        let frames_before: Vec<u64> = (0..2)
+            .map(|i| s.clients[i].core.figures().frames_up)
+            .collect();
+        s.run_for(Duration::from_secs(3));
+        let now = s.now();
+        // The server's tick k ran at k × period from time 0, and the client's clock is the
+        // simulation's: the estimate (next tick to run + fraction) is exact up to the link's
+        // asymmetry, which is none here. A pong would leave up to half a tick unknown.
+        let period_us = 1_000_000 / 30;
+        let truth = now.as_micros() as f64 / period_us as f64 + 1.0;
+        for (i, frames_before) in frames_before.iter().enumerate() {
+            let core = &s.clients[i].core;
+            let clock = core.predicted().unwrap().clock();
+            assert!(
+                clock.is_exact(),
+                "seed {seed}: client {i} got no clock echo"
+            );
+            let est = clock.server_tick_f64(now).unwrap();
+            assert!(
+                (est - truth).abs() < 0.05,
+                "seed {seed}: client {i} estimates tick {est}, truth {truth}"
+            );
+            // The round trip without the server's hold: the link's 100 ms.
+            let rtt = clock.rtt_min_us().unwrap();
+            assert!(
+                (100_000..=101_000).contains(&rtt),
+                "seed {seed}: client {i}: rtt {rtt}"
+            );
+            // Walking: every tick sends a datagram, so no stream frame (no ping) went up.
+            assert_eq!(
+                core.figures().frames_up,
+                *frames_before,
+                "seed {seed}: client {i} sent frames while walking"
+            );
+            assert_eq!(core.correction_stats().unwrap().corrections, 0);
+        }
+        // Standing still in a world at rest, past the server's idle timeout: the fallback
+        // ping (about one a second) keeps both ends hearing each other.
+        for i in 0..2 {
+            s.with_client(i, |c| c.set_input(CharacterInput::default()));
+        }
+        s.run_for(Duration::from_secs(1));
+        let before: Vec<(SessionId, u64, u64)> = (0..2)
+            .map(|i| {
+                let c = &s.clients[i].core;
+                (
+                    c.session().unwrap(),
+                    c.figures().frames_up,
+                    c.figures().datagrams_up,
+                )
+            })
+            .collect();
+        s.run_for(Duration::from_secs(6));
+        for (i, (session, frames, datagrams)) in before.into_iter().enumerate() {
+            let c = &s.clients[i].core;
+            assert_eq!(
+                c.session(),
+                Some(session),
+                "seed {seed}: client {i} rejoined"
+            );
+            let pings = c.figures().frames_up - frames;
+            assert!(
+                (4..=7).contains(&pings),
+                "seed {seed}: client {i} sent {pings} frames in 6 s"
+            );
+            assert_eq!(
+                c.figures().datagrams_up,
+                datagrams,
+                "seed {seed}: client {i}"
+            );
+        }
+        assert!(
+            !s.server_events.iter().any(|e| matches!(
+                e,
+                ServerEvent::Left { .. } | ServerEvent::ConnectionLost { .. }
+            )),
+            "seed {seed}: someone was disconnected"
+        );
+    });
+}

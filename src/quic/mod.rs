@@ -13,6 +13,18 @@
 //! Unreliable messages travel as QUIC datagrams, sized by the connection's current
 //! `max_datagram_size()`.
 //!
+//! ## Acknowledgements ride on the datagrams
+//! A player moving at 30 Hz sends a datagram every tick and receives one every tick. Each side
+//! asks the other, with QUIC's ACK-frequency extension (draft-ietf-quic-ack-frequency, which
+//! quinn implements and every quinn peer supports: it always offers `min_ack_delay`), to delay
+//! its acknowledgements up to [`ACK_DELAY_MAX_REQUESTED`] and to acknowledge at once only after
+//! more than [`ACK_ELICITING_THRESHOLD`] unacknowledged packets, so an acknowledgement waits for
+//! the next datagram to ride on instead of taking a packet of its own. quinn caps the delay it
+//! requests at the larger of the path's RTT and 25 ms, so on short paths it is the client's
+//! clock sync that makes this work: it places the client's sends so that each side's next
+//! datagram comes well within 25 ms (`ClockSync::lead_ticks` in `neonet_proto::predict`). A peer that does not support the extension (a
+//! browser's WebTransport) acknowledges as QUIC does by default.
+//!
 //! ## Closing
 //! A close flushes first: every stream is finished and, for at most [`CLOSE_FLUSH_TIMEOUT`], the
 //! peer's acknowledgement of all stream data is awaited; then the connection is closed with the
@@ -25,7 +37,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
-use quinn::{Endpoint, EndpointConfig, TransportConfig, VarInt};
+use quinn::{AckFrequencyConfig, Endpoint, EndpointConfig, TransportConfig, VarInt};
 
 use neonet_proto::wire::msg::{Channel, CloseReason};
 
@@ -50,6 +62,18 @@ pub const SOCKET_BUFFER_BYTES: usize = 8 * 1024 * 1024;
 /// Requested socket buffers of a client, bytes: one connection, but a snapshot arrives as a
 /// burst of packets.
 pub const CLIENT_SOCKET_BUFFER_BYTES: usize = 2 * 1024 * 1024;
+/// The longest a peer is asked to delay an acknowledgement (ACK-frequency extension): just above
+/// one tick period at the default 30 Hz (33.3 ms), so the acknowledgement of a datagram waits
+/// for the peer's next tick's datagram. quinn requests at most the larger of the path's RTT and
+/// 25 ms. Loss recovery of reliable streams allows for it: the probe timeout adds the peer's
+/// delay, 15 ms more than QUIC's default 25 ms at most, and a gap in the packet numbers is still
+/// acknowledged at once (the reordering threshold, quinn's default 2).
+pub const ACK_DELAY_MAX_REQUESTED: Duration = Duration::from_millis(40);
+/// Ack-eliciting packets a peer may receive before it must acknowledge at once (ACK-frequency
+/// extension): 3, so a tick of up to two datagrams plus a reliable frame waits for the next
+/// datagram, where QUIC's default (1) acknowledges every second packet; a bulk transfer (a
+/// snapshot) still sees an acknowledgement every 4 packets.
+pub const ACK_ELICITING_THRESHOLD: u32 = 3;
 /// Datagrams buffered for the application per connection, bytes (quinn drops the oldest beyond).
 pub const DATAGRAM_RECEIVE_BUFFER_BYTES: usize = 1024 * 1024;
 /// Datagrams queued for sending per connection, bytes (quinn drops the oldest beyond).
@@ -169,9 +193,14 @@ pub fn bind_udp(
 }
 
 /// The transport parameters both sides use: keep-alive, idle timeout, one uni stream per
-/// channel, no bidirectional streams, datagram buffers.
+/// channel, no bidirectional streams, datagram buffers, and delayed acknowledgements that ride
+/// on the datagrams (see the module documentation).
 pub fn transport_config(idle_timeout: Duration) -> TransportConfig {
     let mut t = TransportConfig::default();
+    let mut ack = AckFrequencyConfig::default();
+    ack.ack_eliciting_threshold(VarInt::from_u32(ACK_ELICITING_THRESHOLD))
+        .max_ack_delay(Some(ACK_DELAY_MAX_REQUESTED));
+    t.ack_frequency_config(Some(ack));
     t.keep_alive_interval(Some(KEEP_ALIVE_INTERVAL));
     t.max_idle_timeout(quinn::IdleTimeout::try_from(idle_timeout).ok());
     t.max_concurrent_uni_streams(VarInt::from_u32(UNI_STREAMS_MAX));

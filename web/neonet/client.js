@@ -105,6 +105,13 @@ const PING_INTERVAL_FAST_MS = 50;
 const PING_INTERVAL_MS = 200;
 const OFFSET_JUMP_US = 50_000;
 const LEAD_MARGIN_TICKS = 1.0;
+const LEAD_MARGIN_ECHO_TICKS = 0.5;
+const ECHO_MARGIN_MAX_TICKS = 1.5;
+const ECHO_SPLIT_WIDE_BELOW = 0.25;
+const ECHO_SPLIT_NARROW_ABOVE = 5 / 12;
+/** With clock echoes, a stream ping goes only after this long without an upstream datagram
+ * (proto/src/client.rs PING_FALLBACK_SILENCE): the server's idle timeout is 2.5 s. */
+const PING_FALLBACK_SILENCE_MS = 1000;
 const TICK_RATE_ADJUST_MAX = 0.1;
 const TICK_RATE_GAIN_PER_TICK = 0.05;
 const TICK_JUMP_AHEAD_TICKS = 3.0;
@@ -491,9 +498,17 @@ class ClockSync {
     this.rttSorted = [];
     this.samplesTotal = 0;
     this.offsetUs = 0;
-    /** [server time us, tick] of the newest pong. */
+    /** [server time us, tick position] of the newest sample. */
     this.anchor = null;
     this.lastPingUs = null;
+    /** When the last datagram asking for a clock echo (kind 0x03) went out. */
+    this.lastStampUs = null;
+    /** Samples come from clock echoes (exact tick phase); pongs are then ignored. */
+    this.exact = false;
+    /** With echoes, the lead margin in use, ticks (see updateEchoMargin), and whether the two
+     * acknowledgement waits share S + period rather than S. */
+    this.echoMargin = null;
+    this.echoSplitWide = false;
     this.rejected = 0;
   }
 
@@ -501,26 +516,88 @@ class ClockSync {
     return (this.window.length < CLOCK_FAST_SAMPLES ? PING_INTERVAL_FAST_MS : PING_INTERVAL_MS) * 1000;
   }
 
+  /** Whether a stream ping is due: only until the first clock echo (then see pump's fallback). */
   pingDue(nowUs) {
-    return this.lastPingUs === null || nowUs >= this.lastPingUs + this.pingIntervalUs();
+    return !this.exact && (this.lastPingUs === null || nowUs >= this.lastPingUs + this.pingIntervalUs());
   }
 
   nextPingUs() {
+    if (this.exact) return Infinity;
     return this.lastPingUs === null ? 0 : this.lastPingUs + this.pingIntervalUs();
   }
 
+  /** Whether the next upstream datagram should ask for a clock echo (kind 0x03). */
+  stampDue(nowUs) {
+    return this.lastStampUs === null || nowUs >= this.lastStampUs + this.pingIntervalUs();
+  }
+
+  /** A pong: ignored once clock echoes arrive (their phase is exact, a pong's is not). */
   handleSample(sendUs, serverTimeUs, serverTick, recvUs) {
+    if (this.exact) return null;
     const rttUs = recvUs - sendUs;
     if (!(rttUs >= 0) || rttUs > RTT_SAMPLE_MAX_US) {
       this.rejected++;
-      return;
+      return null;
     }
-    const offsetUs = serverTimeUs - (sendUs + rttUs / 2);
+    this.addSample(rttUs, sendUs + rttUs / 2, serverTimeUs, serverTick + 0.5, 0);
+    return rttUs;
+  }
+
+  /**
+   * A clock echo (PROTOCOL.md 12.4) in the datagram of server tick `tick`, received at `recvUs`.
+   * The first one starts the window afresh: echo samples are on the server's tick timeline, pong
+   * samples on its clock. Returns the round trip, µs, or null for an impossible sample.
+   */
+  handleEcho(echo, tick, recvUs) {
+    const rttUs = recvUs - echo.clientTimeUs - echo.holdUs;
+    if (!(rttUs >= 0) || rttUs > RTT_SAMPLE_MAX_US) {
+      this.rejected++;
+      return null;
+    }
+    if (!this.exact) {
+      this.exact = true;
+      this.window = [];
+      this.rttSorted = [];
+      this.samplesTotal = 0;
+      this.anchor = null;
+      this.echoMargin = null;
+    }
+    const position = tick + 1 + echo.phaseUs / this.periodUs;
+    this.addSample(rttUs, recvUs - rttUs / 2, position * this.periodUs, position, echo.phaseUs);
+    this.updateEchoMargin();
+    return rttUs;
+  }
+
+  /**
+   * With clock echoes, the lead margin that puts this client's sends where both sides' QUIC
+   * acknowledgements ride on a datagram (PROTOCOL.md 12.7.2; clock.rs `update_echo_margin`).
+   */
+  updateEchoMargin() {
+    const lo = this.rttQuantileUs(0, 1);
+    const hi = this.rttQuantileUs(7, 8);
+    if (lo === null) return;
+    const p = this.periodUs;
+    const writeUs = Math.min(...this.window.map((x) => x.writeUs));
+    const mod = (a, b) => ((a % b) + b) % b;
+    const s = mod(-(lo + writeUs), p);
+    if (s < p * ECHO_SPLIT_WIDE_BELOW) this.echoSplitWide = true;
+    else if (s > p * ECHO_SPLIT_NARROW_ABOVE) this.echoSplitWide = false;
+    const serverWait = this.echoSplitWide ? (s + p) / 2 : s / 2;
+    const transit = hi / 2 + (hi - lo) / 2;
+    const margin = mod((serverWait - transit + lo / 2) / p, 1);
+    if (!Number.isFinite(margin)) return;
+    const prev = this.echoMargin;
+    this.echoMargin = prev !== null && margin + 1 < ECHO_MARGIN_MAX_TICKS
+      && Math.abs(margin + 1 - prev) < Math.abs(margin - prev) ? margin + 1 : margin;
+  }
+
+  addSample(rttUs, midUs, serverTimeUs, position, writeUs) {
+    const offsetUs = serverTimeUs - midUs;
     if (this.window.length === CLOCK_WINDOW_SAMPLES) this.window.shift();
-    this.window.push({ rttUs, offsetUs });
+    this.window.push({ rttUs, offsetUs, writeUs });
     this.rttSorted = this.window.map((s) => s.rttUs).sort((a, b) => a - b);
     this.samplesTotal++;
-    if (this.anchor === null || serverTimeUs >= this.anchor[0]) this.anchor = [serverTimeUs, serverTick];
+    if (this.anchor === null || serverTimeUs >= this.anchor[0]) this.anchor = [serverTimeUs, position];
     let best = this.window[0];
     for (const s of this.window) if (s.rttUs < best.rttUs) best = s;
     if (this.samplesTotal === 1 || Math.abs(best.offsetUs - this.offsetUs) > OFFSET_JUMP_US) {
@@ -542,15 +619,16 @@ class ClockSync {
 
   serverTick(nowUs) {
     if (this.anchor === null) return null;
-    const [at, tick] = this.anchor;
-    return tick + 0.5 + (nowUs + this.offsetUs - at) / this.periodUs;
+    const [at, position] = this.anchor;
+    return position + (nowUs + this.offsetUs - at) / this.periodUs;
   }
 
   leadTicks() {
+    const margin = this.exact ? (this.echoMargin ?? LEAD_MARGIN_ECHO_TICKS) : LEAD_MARGIN_TICKS;
     const lo = this.rttQuantileUs(0, 1);
     const hi = this.rttQuantileUs(7, 8);
-    if (lo === null) return LEAD_MARGIN_TICKS;
-    return (hi / 2 + (hi - lo) / 2) / this.periodUs + LEAD_MARGIN_TICKS;
+    if (lo === null) return margin;
+    return (hi / 2 + (hi - lo) / 2) / this.periodUs + margin;
   }
 
   targetTick(nowUs) {
@@ -1681,8 +1759,21 @@ export class NeonetClient {
     const recvUs = nowMs() * 1000;
     const sendUs = num(msg.client_time_us);
     this.sync?.handleSample(sendUs, num(msg.server_time_us), num(msg.server_tick), recvUs);
-    if (this.sync) this.latencyLog?.onPong(num(msg.server_time_us), num(msg.server_tick), this.sync.periodUs);
+    if (this.sync && !this.sync.exact) this.latencyLog?.onPong(num(msg.server_time_us), num(msg.server_tick), this.sync.periodUs);
     this.rttMs = (recvUs - sendUs) / 1000;
+    this.emit('rtt', this.rttMs);
+  }
+
+  /** A clock echo in a fresh server datagram of tick `tick` (PROTOCOL.md 12.4). */
+  onEcho(echo, tick, recvUs) {
+    const wasExact = this.sync.exact;
+    const rttUs = this.sync.handleEcho(echo, tick, recvUs);
+    if (rttUs === null) return;
+    // The latency log's tick phase follows the clock sync onto the echoes' tick timeline: the
+    // datagram was written phaseUs after its tick began, at server time (tick + 1) × period + phaseUs.
+    if (!wasExact) this.latencyLog?.resetPhase();
+    this.latencyLog?.onPong((tick + 1) * this.sync.periodUs + echo.phaseUs, tick + 1, this.sync.periodUs);
+    this.rttMs = rttUs / 1000;
     this.emit('rtt', this.rttMs);
   }
 
@@ -1715,8 +1806,11 @@ export class NeonetClient {
       this.stats.datagramsRejected++;
       return;
     }
-    this.ackDue = true;
+    // Acknowledged soon if it carried something the server waits on; one with only a clock echo
+    // rides on the next datagram sent anyway (PROTOCOL.md 12.5).
+    if (r.records > 0 || r.ownState || r.freshness !== 'Applied') this.ackDue = true;
     this.mark('firstDatagram');
+    if (r.echo && r.freshness === 'Applied') this.onEcho(r.echo, num(r.tick), nowUs);
     this.latencyLog?.onDatagram(nowUs + this.sync.offsetUs, num(r.tick), this.sync.periodUs,
       r.updates.length + r.left.length + r.stale + r.undecodable);
     if (r.freshness !== 'Applied') return; // duplicate or too old: ignored whole
@@ -1778,7 +1872,7 @@ export class NeonetClient {
     }
     const nowUs = now * 1000;
     try {
-      if (this.sync.pingDue(nowUs)) {
+      if (this.sync.pingDue(nowUs) || this.fallbackPingDue(nowUs)) {
         this.sync.lastPingUs = nowUs;
         this.send({ type: 'Ping', client_time_us: Math.round(nowUs) });
       }
@@ -1804,6 +1898,9 @@ export class NeonetClient {
           const un = this.predictor.unackedInputs();
           if (un) inputs = encodeInputBlob(un[0], un[1]);
         }
+        // Nothing of its own to send (before the first own-player state): acknowledgements go
+        // out below when something arrived.
+        if (!clientAuth && inputs === null) continue;
         this.sendUpstream(inputs, nowUs);
       }
       if (this.ackDue && nowUs >= this.lastUpUs + this.clock.periodUs) this.sendUpstream(null, nowUs);
@@ -1812,20 +1909,35 @@ export class NeonetClient {
       this.emit('warning', { message: `send failed: ${errText(e)}` });
     }
     const nextUs = Math.min(this.sync.nextPingUs(), this.clock.nextTick === null ? Infinity : this.clock.nextAtUs,
-      this.ackDue ? this.lastUpUs + this.clock.periodUs : Infinity);
+      this.ackDue ? this.lastUpUs + this.clock.periodUs : Infinity, this.fallbackPingAtUs());
     this.schedule(Math.min(50, Math.max(1, (nextUs - nowUs) / 1000)));
+  }
+
+  /** With clock echoes, when the liveness ping is due: PING_FALLBACK_SILENCE_MS after both the
+   * last upstream datagram and the last ping (Infinity before the first echo). */
+  fallbackPingAtUs() {
+    if (!this.sync.exact) return Infinity;
+    return Math.max(this.lastUpUs, this.sync.lastPingUs ?? 0) + PING_FALLBACK_SILENCE_MS * 1000;
+  }
+
+  fallbackPingDue(nowUs) {
+    return nowUs >= this.fallbackPingAtUs();
   }
 
   sendUpstream(inputs, nowUs) {
     const owned = [];
     if (this.localState && this.player !== null) owned.push({ id: this.player, transform: this.model.transform(this.localState) });
     this.upSeq = (this.upSeq + 1) & 0xffff;
+    // A clock sample is due: this datagram asks for an echo (kind 0x03, PROTOCOL.md 12.7).
+    const stamp = this.sync.stampDue(nowUs);
+    if (stamp) this.sync.lastStampUs = nowUs;
     const bytes = encodeClientDatagram({
       seq: this.upSeq,
       ack: this.receiver.ackState(),
       inputBlob: inputs ?? undefined,
       owned,
       quantizer: this.quantizer,
+      clientTimeUs: stamp ? Math.round(nowUs) : null,
     });
     if (this.link.sendDatagram(bytes)) this.stats.datagramsOut++;
     this.ackDue = false;
@@ -2006,6 +2118,11 @@ class UpdateLatencyLog {
   /** Forgets the latencies logged so far (keeps the phase bounds): a measuring window starts. */
   reset() {
     this.count = 0;
+  }
+
+  /** Forgets the phase bounds: the clock sync moved from pongs to clock echoes. */
+  resetPhase() {
+    this.bounds = [];
   }
 
   /** @returns {{count: number, phaseMs: number|null, ms: number[], weights: number[]}} the kept ones, oldest first */

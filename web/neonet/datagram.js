@@ -23,6 +23,12 @@ import { DATAGRAM_BYTES_MAX, ENTITIES_MAX, WireError } from './wire.js';
 export const KIND_SERVER_STATE = 0x01;
 /** Kind byte of a client → server datagram. */
 export const KIND_CLIENT_STATE = 0x02;
+/** Kind byte of a client → server datagram carrying the client's clock for an echo (12.7). */
+export const KIND_CLIENT_STATE_CLOCK = 0x03;
+/** Server datagram flag: an own-player blob follows. */
+export const FLAG_OWN_BLOB = 0x01;
+/** Server datagram flag: a clock echo follows (12.4). */
+export const FLAG_CLOCK_ECHO = 0x02;
 /** Largest own-player blob in a server datagram. */
 export const OWN_BLOB_BYTES_MAX = 64;
 /** Largest input blob in a client datagram. */
@@ -495,21 +501,25 @@ export class TransformReceiver {
    * @param {Uint8Array} bytes the whole datagram, kind byte included
    * @param {number} [_nowMs] unused, as in the Rust receiver (kept for a future RTT estimate)
    * @returns {{seq: number, tick: number, freshness: 'Applied'|'Duplicate'|'TooOld',
-   *   acked: boolean, updates: {id: number, tick: number, position: number[], rotation: number[], scale: number[]|null}[],
-   *   left: number[], ownState: Uint8Array|null, stale: number, undecodable: number}}
+   *   acked: boolean, records: number, updates: {id: number, tick: number, position: number[], rotation: number[], scale: number[]|null}[],
+   *   left: number[], ownState: Uint8Array|null, echo: {clientTimeUs: number, holdUs: number, phaseUs: number}|null,
+   *   stale: number, undecodable: number}}
    *   `updates`: entities whose latest value changed; `left`: entities that left interest;
-   *   `ownState`: the own-player blob (decode with {@link decodeOwnState}).
+   *   `ownState`: the own-player blob (decode with {@link decodeOwnState}); `echo`: the clock
+   *   echo of a kind 0x03 datagram this client sent (12.4), for the clock sync; `records`: how
+   *   many records it carried, whatever became of each.
    * @throws {WireError} if the datagram is malformed: nothing was applied, nothing is acked
    */
   handleDatagram(bytes, _nowMs) {
-    const { seq, tick, blob, records } = parseServerDatagram(bytes, this.quantizer);
-    const out = { seq, tick, freshness: 'Applied', acked: false, updates: [], left: [], ownState: null, stale: 0, undecodable: 0 };
+    const { seq, tick, blob, echo, records } = parseServerDatagram(bytes, this.quantizer);
+    const out = { seq, tick, freshness: 'Applied', acked: false, records: records.length, updates: [], left: [], ownState: null, echo: null, stale: 0, undecodable: 0 };
     const arrival = this.#classify(seq);
     if (arrival !== 'New') {
       out.freshness = arrival;
       return out;
     }
     out.ownState = blob;
+    out.echo = echo;
     out.acked = true;
     if (this.#newestTick === null || tick > this.#newestTick) this.#newestTick = tick;
     for (const rec of records) this.#apply(rec, tick, out);
@@ -646,15 +656,22 @@ function parseServerDatagram(bytes, qz) {
   if (tick > Number.MAX_SAFE_INTEGER) throw malformed('tick beyond 2^53');
   if (at.pos >= bytes.length) throw truncated();
   const flags = bytes[at.pos++];
-  if (flags & ~1) throw malformed('unknown flags');
+  if (flags & ~(FLAG_OWN_BLOB | FLAG_CLOCK_ECHO)) throw malformed('unknown flags');
   let blob = null;
-  if (flags & 1) {
+  if (flags & FLAG_OWN_BLOB) {
     if (at.pos >= bytes.length) throw truncated();
     const len = bytes[at.pos++];
     if (len > OWN_BLOB_BYTES_MAX) throw new WireError('BlobTooLarge', `blob of ${len} bytes exceeds the ${OWN_BLOB_BYTES_MAX}-byte limit`);
     if (at.pos + len > bytes.length) throw truncated();
     blob = bytes.slice(at.pos, at.pos + len);
     at.pos += len;
+  }
+  // Clock echo: numbers up to 2^64 lose precision as Numbers; only this client's own clock
+  // (performance.now() µs, far below 2^53) is ever echoed to it, so a larger one is a bad sample
+  // the clock sync rejects, never an error.
+  let echo = null;
+  if (flags & FLAG_CLOCK_ECHO) {
+    echo = { clientTimeUs: readVarint(bytes, at), holdUs: readVarint(bytes, at), phaseUs: readVarint(bytes, at) };
   }
   const common = readVarint(bytes, at);
   if (common > BASELINE_AGE_MAX_TICKS) throw malformed('baseline age too large');
@@ -679,7 +696,7 @@ function parseServerDatagram(bytes, qz) {
     }
   }
   if (r.remaining >= 8) throw malformed('trailing bytes');
-  return { seq, tick, blob, records };
+  return { seq, tick, blob, echo, records };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -705,19 +722,22 @@ function u64ToBig(v, what) {
  * @param {{id: number, transform: object}[]} [d.owned] transforms of entities this client
  *   owns (its player in client-authoritative worlds, apps it is moving), sent absolute
  * @param {Quantizer} [d.quantizer] the session's quantizer, required when `owned` is not empty
+ * @param {number|null} [d.clientTimeUs] the client's clock, µs (a safe integer): sends kind
+ *   0x03, which the server echoes in its next datagram for clock sync (12.4); null: kind 0x02
  * @returns {Uint8Array}
  */
-export function encodeClientDatagram({ seq, ack, inputBlob = new Uint8Array(0), owned = [], quantizer }) {
+export function encodeClientDatagram({ seq, ack, inputBlob = new Uint8Array(0), owned = [], quantizer, clientTimeUs = null }) {
   if (inputBlob.length > INPUT_BLOB_BYTES_MAX) throw new RangeError(`input blob of ${inputBlob.length} bytes exceeds ${INPUT_BLOB_BYTES_MAX}`);
   if (owned.length > OWNED_PER_DATAGRAM_MAX) throw new RangeError(`${owned.length} owned transforms exceed ${OWNED_PER_DATAGRAM_MAX}`);
   if (owned.length && !quantizer) throw new TypeError('owned transforms need the quantizer');
-  const out = [KIND_CLIENT_STATE];
+  const out = [clientTimeUs === null ? KIND_CLIENT_STATE : KIND_CLIENT_STATE_CLOCK];
   const latest = checkInt(ack.latest, 0, 0xffff, 'ack.latest');
   const received = u64ToBig(ack.received, 'ack.received');
   out.push(latest & 0xff, latest >> 8);
   for (let i = 0n; i < 64n; i += 8n) out.push(Number((received >> i) & 0xffn));
   checkInt(seq, 0, 0xffff, 'seq');
   out.push(seq & 0xff, seq >> 8);
+  if (clientTimeUs !== null) writeVarint(out, checkInt(clientTimeUs, 0, Number.MAX_SAFE_INTEGER, 'clientTimeUs'));
   writeVarint(out, inputBlob.length);
   out.push(...inputBlob);
   out.push(owned.length);
@@ -735,18 +755,19 @@ export function encodeClientDatagram({ seq, ack, inputBlob = new Uint8Array(0), 
  * Decodes a client → server datagram (as the server does; for tests and mock servers).
  * @param {Uint8Array} bytes
  * @param {Quantizer} quantizer
- * @returns {{ack: {latest: number, received: bigint}, seq: number, inputBlob: Uint8Array, owned: {id: number, q: object}[]}}
+ * @returns {{ack: {latest: number, received: bigint}, seq: number, clientTimeUs: number|null, inputBlob: Uint8Array, owned: {id: number, q: object}[]}}
  * @throws {WireError}
  */
 export function decodeClientDatagram(bytes, quantizer) {
   if (bytes.length === 0) throw new WireError('Empty', 'empty datagram');
-  if (bytes[0] !== KIND_CLIENT_STATE) throw new WireError('UnknownKind', `unknown datagram kind ${bytes[0]}`);
+  if (bytes[0] !== KIND_CLIENT_STATE && bytes[0] !== KIND_CLIENT_STATE_CLOCK) throw new WireError('UnknownKind', `unknown datagram kind ${bytes[0]}`);
   if (bytes.length > DATAGRAM_BYTES_MAX) throw new WireError('Oversize', `datagram of ${bytes.length} bytes exceeds the limit`);
   if (bytes.length < 1 + ACK_HEADER_BYTES + 2) throw truncated();
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const ack = { latest: view.getUint16(1, true), received: view.getBigUint64(3, true) };
   const seq = view.getUint16(11, true);
   const at = { pos: 13 };
+  const clientTimeUs = bytes[0] === KIND_CLIENT_STATE_CLOCK ? readVarint(bytes, at) : null;
   const len = readVarint(bytes, at);
   if (len > INPUT_BLOB_BYTES_MAX) throw new WireError('BlobTooLarge', `blob of ${len} bytes exceeds the ${INPUT_BLOB_BYTES_MAX}-byte limit`);
   if (at.pos + len > bytes.length) throw truncated();
@@ -763,7 +784,7 @@ export function decodeClientDatagram(bytes, quantizer) {
     owned.push({ id, q: readAbsolute(r, quantizer) });
   }
   if (r.remaining >= 8) throw malformed('trailing bytes');
-  return { ack, seq, inputBlob, owned };
+  return { ack, seq, clientTimeUs, inputBlob, owned };
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -5,18 +5,20 @@
 //! that depends on time takes `now` (the client's own clock, any epoch).
 //!
 //! ## Driving it, per client frame
-//! 1. **Receive**: for every datagram, `handle_pong` (from `ServerMsg::Pong`), `handle_own_state`
+//! 1. **Receive**: for every datagram, `handle_echo` (its clock echo, if any), `handle_own_state`
 //!    (the own-player blob), and for transform datagrams `handle_transforms_datagram` once then
-//!    `handle_entity_transform` per entity.
+//!    `handle_entity_transform` per entity; `handle_pong` for `ServerMsg::Pong`.
 //! 2. **Tick**: `while let Some(tick) = poll_tick(now)`: sample the game's input and call
-//!    `apply_input(tick, input)`; send the returned payload as an input datagram.
-//! 3. **Ping**: if `poll_ping(now)` returns a time, send `ClientMsg::Ping` with it.
+//!    `apply_input(tick, input)`; send the returned payload as an input datagram, with the
+//!    client's clock (kind `0x03`) when `poll_stamp(now)` says so.
+//! 3. **Ping**: if `poll_ping(now)` returns a time, send `ClientMsg::Ping` with it (only until
+//!    the first clock echo arrives).
 //! 4. **Render**: `begin_frame(now, frame_dt_s)` gives the render tick for remote entities; draw
 //!    the local player at `player_transform(now)` and others at `entity_transform(id, at)`.
 //!
 //! Call again no later than `poll_timeout()`.
 
-use super::clock::{ClientTickClock, ClockSync, PingSample};
+use super::clock::{ClientTickClock, ClockSync, EchoSample, PingSample};
 use super::interp::{Interpolation, InterpolationStats};
 use super::movement::{CharacterConfig, CharacterInput, CharacterState, KinematicCharacter};
 use super::predictor::{
@@ -24,6 +26,7 @@ use super::predictor::{
 };
 use super::wire::{decode_own_state, encode_inputs, WireError};
 use crate::time::{Tick, Time};
+use crate::transform::ClockEcho;
 use crate::types::{EntityId, Transform};
 
 /// The client side of movement: prediction of the local player, clock sync, interpolation of
@@ -53,7 +56,7 @@ impl PredictedClient {
         }
     }
 
-    /// Handles a `Pong` received at `now`.
+    /// Handles a `Pong` received at `now` (ignored by the clock sync once clock echoes arrive).
     pub fn handle_pong(
         &mut self,
         client_time_us: u64,
@@ -67,6 +70,28 @@ impl PredictedClient {
             server_tick: Tick(server_tick),
             client_recv: now,
         });
+    }
+
+    /// Handles the clock echo of a fresh server datagram of tick `server_tick` received at
+    /// `now`. Returns the round trip it measured (without the server's hold), µs, if plausible.
+    pub fn handle_echo(&mut self, echo: &ClockEcho, server_tick: Tick, now: Time) -> Option<u64> {
+        self.sync.handle_echo(EchoSample {
+            client_send: Time(echo.client_time_us),
+            hold_us: echo.hold_us,
+            server_tick,
+            phase_us: echo.phase_us,
+            client_recv: now,
+        })
+    }
+
+    /// If the datagram sent at `now` should ask for a clock echo, the client time to put in it
+    /// (kind `0x03`, [`crate::transform::encode_client_datagram_clocked`]).
+    pub fn poll_stamp(&mut self, now: Time) -> Option<u64> {
+        if !self.sync.stamp_due(now) {
+            return None;
+        }
+        self.sync.on_stamp_sent(now);
+        Some(now.as_micros())
     }
 
     /// Handles the own-player blob: compare, and restore and replay on a misprediction.
@@ -103,7 +128,8 @@ impl PredictedClient {
         self.interp.clear();
     }
 
-    /// If a ping is due at `now`, the client time to put in it (then send it).
+    /// If a ping is due at `now`, the client time to put in it (then send it). None once clock
+    /// echoes arrive: a driver pings only for liveness then.
     pub fn poll_ping(&mut self, now: Time) -> Option<u64> {
         if !self.sync.ping_due(now) {
             return None;
@@ -178,7 +204,8 @@ impl PredictedClient {
         &self.sync
     }
 
-    /// The latest time to call back: the next tick or ping, whichever is sooner.
+    /// The latest time to call back: the next tick or ping, whichever is sooner (no ping once
+    /// clock echoes arrive).
     pub fn poll_timeout(&self) -> Time {
         let ping = self.sync.next_ping_at();
         if self.clock.next_tick().is_some() {

@@ -1,9 +1,20 @@
-//! Clock sync: estimating the server's clock and tick from ping/pong, and running the client's
-//! prediction tick just far enough ahead of the server.
+//! Clock sync: estimating the server's clock and tick from clock echoes in the datagrams (or
+//! ping/pong), and running the client's prediction tick just far enough ahead of the server.
 //!
 //! Each pong gives a sample: the client's send time `t0`, the server's time `ts` and tick when it
 //! answered, and the client's receive time `t1`. The round trip is `t1 - t0` and, assuming the two
 //! directions are equally long, the server's clock reads `ts` at client time `(t0 + t1) / 2`.
+//! A pong does not say how far into its tick the server was: its tick position is taken as the
+//! middle.
+//!
+//! A clock echo ([`EchoSample`], PROTOCOL.md 12.4) rides in a server datagram: the client time
+//! `t0` of a client datagram that asked for it, the server's hold time `h` (from receiving that
+//! datagram to writing this one), the datagram's tick `T` and the phase `p` of the writing
+//! within that tick. The round trip is `t1 - t0 - h`, the server wrote at client time
+//! `t1 - rtt / 2`, and its tick position then was exactly `T + 1 + p / period` (counted like a
+//! pong's: `T + 1` is the next tick to run). Echo samples live on the server's tick timeline
+//! (server time `position × period`), pongs on its clock, so the two never share a window: the
+//! first echo starts the window afresh and later pongs are ignored ([`ClockSync::is_exact`]).
 //!
 //! Robustness: [`ClockSync`] keeps the last [`CLOCK_WINDOW_SAMPLES`] samples. The offset comes
 //! from the sample with the smallest round trip in the window (queueing only ever adds delay, so
@@ -25,23 +36,43 @@ use std::collections::VecDeque;
 
 use crate::time::{Tick, Time};
 
-/// Samples in the clock window. 16 pongs at the steady [`PING_INTERVAL_MS`] is 3.2 s: long
+/// Samples in the clock window. 16 samples at the steady [`PING_INTERVAL_MS`] is 3.2 s: long
 /// enough that the window minimum is a genuinely quiet exchange, short enough to follow a route
 /// change within a couple of seconds.
 pub const CLOCK_WINDOW_SAMPLES: usize = 16;
 /// Samples taken at the fast interval after (re)start: enough for the window statistics to mean
 /// something within half a second.
 pub const CLOCK_FAST_SAMPLES: usize = 8;
-/// Interval between pings while converging, milliseconds (the first [`CLOCK_FAST_SAMPLES`]).
+/// Interval between clock samples (pings, or datagrams asking for a clock echo) while
+/// converging, milliseconds (the first [`CLOCK_FAST_SAMPLES`]).
 pub const PING_INTERVAL_FAST_MS: u64 = 50;
-/// Interval between pings once converged, milliseconds (5 pings/s of ~20 bytes: negligible).
+/// Interval between clock samples once converged, milliseconds (5 a second: a ping of ~20 bytes
+/// each way, or 3 bytes in a client datagram and about 9 in the server's next one).
 pub const PING_INTERVAL_MS: u64 = 200;
 /// A difference between the smoothed and the measured offset above this jumps rather than
 /// slews, microseconds (50 ms: only a restart or a clock step is this far off).
 pub const OFFSET_JUMP_US: f64 = 50_000.0;
-/// Ticks added to the lead on top of the transit estimate: covers the unknown phase of the
-/// server's tick within a pong (±½ tick) and the driver's timer lateness.
+/// Ticks added to the lead on top of the transit estimate with pong samples: covers the unknown
+/// phase of the server's tick within a pong (±½ tick) and the driver's timer lateness.
 pub const LEAD_MARGIN_TICKS: f64 = 1.0;
+/// Ticks added to the lead with clock echoes, whose tick phase is exact, until their round trips
+/// place the client's sends ([`ClockSync::lead_ticks`]): half a tick from the server's ticks.
+pub const LEAD_MARGIN_ECHO_TICKS: f64 = 0.5;
+/// With clock echoes the margin is chosen in `0..`[`ECHO_MARGIN_MAX_TICKS`] ticks (see
+/// [`ClockSync::lead_ticks`]): below 1.5, so that of the two margins a tick apart that place
+/// the sends alike, the one nearer the margin in use is kept and a round-trip estimate hovering
+/// near a tick boundary does not swing the lead by a whole tick.
+pub const ECHO_MARGIN_MAX_TICKS: f64 = 1.5;
+/// The two acknowledgement waits of a tick (QUIC's, each side's, until its next datagram) add
+/// up to `S = −(round trip + the server's write phase) mod period`, or to `S + period`. Split
+/// evenly, `S` gives waits of `S / 2`, too short to absorb jitter when `S` is small; then
+/// `S + period` is split instead (waits of half a period or more). Below this fraction of a
+/// period the wide split is taken...
+pub const ECHO_SPLIT_WIDE_BELOW: f64 = 0.25;
+/// ...and above this one the narrow split again: every wait stays between 1/8 and 17/24 of a
+/// period (4 and 24 ms at 30 Hz), under the 25 ms a QUIC peer may delay an acknowledgement on a
+/// short path, and the gap between the two keeps a jittery estimate from toggling.
+pub const ECHO_SPLIT_NARROW_ABOVE: f64 = 5.0 / 12.0;
 /// Largest change of the client's tick period while converging, as a fraction (10%: invisible in
 /// motion, yet closes a 3-tick error in about a second).
 pub const TICK_RATE_ADJUST_MAX: f64 = 0.10;
@@ -62,6 +93,21 @@ pub const TICK_TARGET_MAX: f64 = (1u64 << 52) as f64;
 /// hostile echo) are discarded.
 pub const RTT_SAMPLE_MAX_US: u64 = 5_000_000;
 
+/// One clock echo (PROTOCOL.md 12.4), as the client received it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EchoSample {
+    /// Client time the echoed datagram was sent (its `client_time_us`).
+    pub client_send: Time,
+    /// Microseconds the server held it: from receiving that datagram to writing this one.
+    pub hold_us: u64,
+    /// The server tick of the datagram carrying the echo.
+    pub server_tick: Tick,
+    /// Microseconds from the scheduled start of `server_tick` to the writing of the datagram.
+    pub phase_us: u64,
+    /// Client time the datagram carrying the echo arrived.
+    pub client_recv: Time,
+}
+
 /// One ping/pong exchange, all times as the respective side measured them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PingSample {
@@ -80,6 +126,9 @@ struct Sample {
     rtt_us: u64,
     /// server clock − client clock, microseconds.
     offset_us: f64,
+    /// A clock echo's phase: from its tick's start to the writing of its datagram, µs (0 for
+    /// pongs).
+    write_us: u64,
 }
 
 /// The client's estimate of the server's clock and tick. Pure: it is told the time.
@@ -91,9 +140,18 @@ pub struct ClockSync {
     rtt_sorted: Vec<u64>,
     samples_total: u64,
     offset_us: f64,
-    /// A server time and the tick that was running then (the latest pong's).
-    anchor: Option<(u64, Tick)>,
+    /// The newest sample's server time and tick position then (fractional, counted like a
+    /// pong's `server_tick`), and that position's whole next tick.
+    anchor: Option<(f64, f64, u64)>,
     last_ping: Option<Time>,
+    /// When the last datagram asking for a clock echo went out.
+    last_stamp: Option<Time>,
+    /// Samples come from clock echoes (see the module documentation).
+    exact: bool,
+    /// With echoes, the lead margin in use, ticks ([`ClockSync::lead_ticks`]).
+    echo_margin: Option<f64>,
+    /// With echoes, the two acknowledgement waits share `S + period` rather than `S`.
+    echo_split_wide: bool,
     rejected: u64,
 }
 
@@ -108,6 +166,10 @@ impl ClockSync {
             offset_us: 0.0,
             anchor: None,
             last_ping: None,
+            last_stamp: None,
+            exact: false,
+            echo_margin: None,
+            echo_split_wide: false,
             rejected: 0,
         }
     }
@@ -117,12 +179,31 @@ impl ClockSync {
         self.period_us
     }
 
-    /// Whether a ping should be sent at `now`. Call [`ClockSync::on_ping_sent`] when it is.
+    /// Whether a ping should be sent at `now`: never once clock echoes arrive (a driver may still
+    /// ping for liveness). Call [`ClockSync::on_ping_sent`] when it is.
     pub fn ping_due(&self, now: Time) -> bool {
-        match self.last_ping {
-            None => true,
-            Some(t) => now >= t + self.ping_interval(),
-        }
+        !self.exact
+            && self
+                .last_ping
+                .is_none_or(|t| now >= t + self.ping_interval())
+    }
+
+    /// Whether a datagram sent at `now` should ask for a clock echo (kind `0x03`), at the same
+    /// pace as pings. Call [`ClockSync::on_stamp_sent`] when it does.
+    pub fn stamp_due(&self, now: Time) -> bool {
+        self.last_stamp
+            .is_none_or(|t| now >= t + self.ping_interval())
+    }
+
+    /// Records that a datagram asking for a clock echo went out at `now`.
+    pub fn on_stamp_sent(&mut self, now: Time) {
+        self.last_stamp = Some(now);
+    }
+
+    /// Whether the samples come from clock echoes (exact tick phase): from the first echo on,
+    /// pongs are ignored and no ping is due.
+    pub fn is_exact(&self) -> bool {
+        self.exact
     }
 
     /// The interval between pings now: fast while converging, then steady.
@@ -134,8 +215,12 @@ impl ClockSync {
         }
     }
 
-    /// When the next ping is due (client time): now if none was sent yet.
+    /// When the next ping is due (client time): now if none was sent yet, never once clock
+    /// echoes arrive.
     pub fn next_ping_at(&self) -> Time {
+        if self.exact {
+            return Time(u64::MAX);
+        }
         self.last_ping
             .map_or(Time::ZERO, |t| t + self.ping_interval())
     }
@@ -145,28 +230,142 @@ impl ClockSync {
         self.last_ping = Some(now);
     }
 
-    /// Feeds one pong. Samples with a negative or absurd round trip are counted and ignored.
-    pub fn handle_sample(&mut self, s: PingSample) {
+    /// Feeds one pong; returns its round trip, µs. Samples with a negative or absurd round trip
+    /// are counted and ignored, and so is every pong once clock echoes arrive.
+    pub fn handle_sample(&mut self, s: PingSample) -> Option<u64> {
+        if self.exact {
+            return None;
+        }
         if s.client_recv < s.client_send
             || (s.client_recv - s.client_send).as_micros() as u64 > RTT_SAMPLE_MAX_US
         {
             self.rejected += 1;
-            return;
+            return None;
         }
         let rtt_us = (s.client_recv - s.client_send).as_micros() as u64;
         let mid = s.client_send.as_micros() as f64 + rtt_us as f64 / 2.0;
-        let offset_us = s.server_time_us as f64 - mid;
+        // A pong does not say where in its tick it was answered: the middle.
+        let position = s.server_tick.0 as f64 + 0.5;
+        self.add_sample(
+            rtt_us,
+            mid,
+            s.server_time_us as f64,
+            position,
+            s.server_tick.0,
+            0,
+        );
+        Some(rtt_us)
+    }
+
+    /// Feeds one clock echo; returns its round trip (net of the server's hold), µs. The first
+    /// echo starts the window afresh. Samples with a negative or absurd round trip are counted
+    /// and ignored.
+    pub fn handle_echo(&mut self, s: EchoSample) -> Option<u64> {
+        let send_us = s.client_send.as_micros();
+        let rtt_us = s
+            .client_recv
+            .as_micros()
+            .checked_sub(send_us)
+            .and_then(|d| d.checked_sub(s.hold_us))
+            .filter(|&r| r <= RTT_SAMPLE_MAX_US);
+        let Some(rtt_us) = rtt_us else {
+            self.rejected += 1;
+            return None;
+        };
+        if !self.exact {
+            self.exact = true;
+            self.echo_margin = None;
+            self.window.clear();
+            self.rtt_sorted.clear();
+            self.samples_total = 0;
+            self.anchor = None;
+        }
+        let next_tick = s.server_tick.0.saturating_add(1);
+        let position = next_tick as f64 + s.phase_us as f64 / self.period_us;
+        let written_at = s.client_recv.as_micros() as f64 - rtt_us as f64 / 2.0;
+        self.add_sample(
+            rtt_us,
+            written_at,
+            position * self.period_us,
+            position,
+            next_tick,
+            s.phase_us,
+        );
+        self.update_echo_margin();
+        Some(rtt_us)
+    }
+
+    /// With clock echoes, chooses the lead margin that puts the client's sends where both sides'
+    /// QUIC acknowledgements wait least for a datagram to ride on. The client's datagram for
+    /// tick `c` reaches the server `margin × period + (transit − uplink)` before the server runs
+    /// tick `c − 1` (the uplink taken as half the shortest round trip), and waits there for that
+    /// tick's datagram; the server's datagram then waits at the client for its next send. The
+    /// two waits add up to `S = −(round trip + write phase) mod period` or to `S + period`;
+    /// the margin in `0..1` that splits them evenly is taken, or the one a tick above it when
+    /// that is nearer the margin in use (below [`ECHO_MARGIN_MAX_TICKS`]). Any margin of at
+    /// least 0 leaves an input a whole tick beyond its transit estimate to arrive in time.
+    fn update_echo_margin(&mut self) {
+        let (Some(lo), Some(hi)) = (self.rtt_min_us(), self.rtt_high_us()) else {
+            return;
+        };
+        let p = self.period_us;
+        let write_us = self.window.iter().map(|x| x.write_us).min().unwrap_or(0) as f64;
+        let s = (-(lo as f64 + write_us)).rem_euclid(p);
+        if s < p * ECHO_SPLIT_WIDE_BELOW {
+            self.echo_split_wide = true;
+        } else if s > p * ECHO_SPLIT_NARROW_ABOVE {
+            self.echo_split_wide = false;
+        }
+        let server_wait = if self.echo_split_wide {
+            (s + p) / 2.0
+        } else {
+            s / 2.0
+        };
+        let transit = hi as f64 / 2.0 + (hi - lo) as f64 / 2.0;
+        let margin = ((server_wait - transit + lo as f64 / 2.0) / p).rem_euclid(1.0);
+        if !margin.is_finite() {
+            return;
+        }
+        let next = match self.echo_margin {
+            Some(prev) if margin + 1.0 < ECHO_MARGIN_MAX_TICKS => {
+                if (margin + 1.0 - prev).abs() < (margin - prev).abs() {
+                    margin + 1.0
+                } else {
+                    margin
+                }
+            }
+            _ => margin,
+        };
+        self.echo_margin = Some(next);
+    }
+
+    /// One sample: the round trip, the client time the server's clock read `server_us`, and
+    /// the server's tick position then.
+    fn add_sample(
+        &mut self,
+        rtt_us: u64,
+        mid: f64,
+        server_us: f64,
+        position: f64,
+        next_tick: u64,
+        write_us: u64,
+    ) {
+        let offset_us = server_us - mid;
         if self.window.len() == CLOCK_WINDOW_SAMPLES {
             self.window.pop_front();
         }
-        self.window.push_back(Sample { rtt_us, offset_us });
+        self.window.push_back(Sample {
+            rtt_us,
+            offset_us,
+            write_us,
+        });
         self.rtt_sorted.clear();
         self.rtt_sorted.extend(self.window.iter().map(|x| x.rtt_us));
         self.rtt_sorted.sort_unstable();
         self.samples_total += 1;
         // Keep the newest anchor: the server's tick timeline is exact on the server's clock.
-        if self.anchor.is_none_or(|(t, _)| s.server_time_us >= t) {
-            self.anchor = Some((s.server_time_us, s.server_tick));
+        if self.anchor.is_none_or(|(t, _, _)| server_us >= t) {
+            self.anchor = Some((server_us, position, next_tick));
         }
         let best = self
             .window
@@ -225,21 +424,36 @@ impl ClockSync {
         now.as_micros() as f64 + self.offset_us
     }
 
-    /// The estimated server tick at client time `now`, fractional (the tick running, plus the
-    /// fraction of it elapsed). `None` before the first sample.
+    /// The estimated server tick at client time `now`, fractional, counted like a pong's
+    /// `server_tick` (the next tick to run, plus the fraction of the period elapsed since the
+    /// last one began). `None` before the first sample.
     pub fn server_tick_f64(&self, now: Time) -> Option<f64> {
-        let (at, tick) = self.anchor?;
-        // The pong does not say how far into its tick it was: assume the middle.
-        Some(tick.0 as f64 + 0.5 + (self.server_time_us(now) - at as f64) / self.period_us)
+        let (at, position, _) = self.anchor?;
+        Some(position + (self.server_time_us(now) - at) / self.period_us)
     }
 
-    /// How far ahead of the server the client's prediction should run, ticks.
+    /// The newest sample's server time, µs (on the server's clock for pongs, on its tick
+    /// timeline for echoes: see the module documentation), and the next tick the server would
+    /// run then: tick `next − 1` had begun by that time. `None` before the first sample.
+    pub fn newest_sample(&self) -> Option<(f64, u64)> {
+        self.anchor.map(|(at, _, next)| (at, next))
+    }
+
+    /// How far ahead of the server the client's prediction should run, ticks: the transit
+    /// estimate plus a margin, [`LEAD_MARGIN_TICKS`] with pongs, and with clock echoes the one
+    /// that puts the client's sends where acknowledgements ride on datagrams both ways (see
+    /// `update_echo_margin`, [`ECHO_SPLIT_WIDE_BELOW`]).
     pub fn lead_ticks(&self) -> f64 {
+        let margin = if self.exact {
+            self.echo_margin.unwrap_or(LEAD_MARGIN_ECHO_TICKS)
+        } else {
+            LEAD_MARGIN_TICKS
+        };
         let (Some(lo), Some(hi)) = (self.rtt_min_us(), self.rtt_high_us()) else {
-            return LEAD_MARGIN_TICKS;
+            return margin;
         };
         let transit_us = hi as f64 / 2.0 + (hi - lo) as f64 / 2.0;
-        transit_us / self.period_us + LEAD_MARGIN_TICKS
+        transit_us / self.period_us + margin
     }
 
     /// The tick the client should be predicting at `now`, fractional.
@@ -444,6 +658,118 @@ mod tests {
             while clock.poll_tick(Time::from_millis(ms), &sync).is_some() {}
         }
         assert!(clock.next_tick().unwrap().0 <= TICK_TARGET_MAX as u64 + 10);
+    }
+
+    #[test]
+    fn clock_echoes_place_the_tick_timeline_exactly_and_replace_pongs() {
+        let hz = 30;
+        let period = 1e6 / hz as f64;
+        let mut sync = ClockSync::new(hz);
+        // A pong first: its phase is unknown.
+        assert_eq!(
+            sync.handle_sample(PingSample {
+                client_send: Time(0),
+                server_time_us: 10_000_000,
+                server_tick: Tick(300),
+                client_recv: Time(80_000),
+            }),
+            Some(80_000)
+        );
+        assert!(!sync.is_exact() && sync.ping_due(Time(1_000_000)));
+        // The server's clock is 5 s ahead of the client's; ticks start every `period` from server
+        // time 0 (tick k runs at k × period). Each client datagram takes 30 ms up, 30 ms down,
+        // and is held until the next tick's write, 2 ms after its start.
+        for i in 0..20u64 {
+            let send = 1_000_000 + i * 200_000;
+            let server_arrival = (send + 30_000 + 5_000_000) as f64;
+            let tick = (server_arrival / period).floor() as u64 + 1;
+            let written = tick as f64 * period + 2_000.0;
+            let hold = (written - server_arrival) as u64;
+            let recv = (written - 5_000_000.0) as u64 + 30_000;
+            let rtt = sync.handle_echo(EchoSample {
+                client_send: Time(send),
+                hold_us: hold,
+                server_tick: Tick(tick),
+                phase_us: 2_000,
+                client_recv: Time(recv),
+            });
+            assert!(rtt.is_some_and(|r| r.abs_diff(60_000) <= 1), "{rtt:?}");
+        }
+        assert!(sync.is_exact());
+        assert!(!sync.ping_due(Time(10_000_000)));
+        assert_eq!(sync.next_ping_at(), Time(u64::MAX));
+        assert_eq!(
+            sync.rtt_min_us().map(|r| r.abs_diff(60_000) <= 1),
+            Some(true)
+        );
+        // The estimate is the next tick to run plus the fraction elapsed, exactly: at client
+        // time t the server time is t + 5 s, and tick k ran at k × period.
+        let now = Time(7_777_777);
+        let truth = (7_777_777.0 + 5_000_000.0) / period + 1.0;
+        let est = sync.server_tick_f64(now).unwrap();
+        assert!((est - truth).abs() < 0.001, "est {est} truth {truth}");
+        // The margin places the sends: the client's datagram reaches the server `margin × period`
+        // before a tick (transit estimate = uplink here), and the server's datagram, written 2 ms
+        // into the tick, reaches the client 32 ms later, before its next send. Both wait for a
+        // datagram to ride on well under QUIC's 25 ms.
+        let margin = sync.lead_ticks() - 30_000.0 / period;
+        assert!((0.0..ECHO_MARGIN_MAX_TICKS).contains(&margin), "{margin}");
+        let server_wait = (margin * period).rem_euclid(period);
+        let client_wait = (-(margin * period) - 2_000.0 - 60_000.0).rem_euclid(period);
+        for w in [server_wait, client_wait] {
+            assert!(
+                (4_000.0..24_000.0).contains(&w),
+                "waits {server_wait} {client_wait}"
+            );
+        }
+        // Pongs no longer move anything.
+        assert_eq!(
+            sync.handle_sample(PingSample {
+                client_send: Time(7_000_000),
+                server_time_us: 0,
+                server_tick: Tick(1),
+                client_recv: Time(7_000_010),
+            }),
+            None
+        );
+        assert!((sync.server_tick_f64(now).unwrap() - est).abs() < 1e-9);
+        // An echo claiming a hold longer than the round trip is impossible: ignored.
+        let rejected = sync.rejected();
+        assert_eq!(
+            sync.handle_echo(EchoSample {
+                client_send: Time(9_000_000),
+                hold_us: 50_000,
+                server_tick: Tick(u64::MAX),
+                phase_us: u64::MAX,
+                client_recv: Time(9_040_000),
+            }),
+            None
+        );
+        assert_eq!(sync.rejected(), rejected + 1);
+        // A wild but possible one does not panic anything.
+        sync.handle_echo(EchoSample {
+            client_send: Time(9_000_000),
+            hold_us: 0,
+            server_tick: Tick(u64::MAX),
+            phase_us: u64::MAX,
+            client_recv: Time(9_040_000),
+        });
+        let mut clock = ClientTickClock::new(hz);
+        for ms in 0..100 {
+            while clock
+                .poll_tick(Time::from_millis(9_000 + ms), &sync)
+                .is_some()
+            {}
+        }
+    }
+
+    #[test]
+    fn stamps_are_due_at_the_ping_pace() {
+        let mut sync = ClockSync::new(30);
+        assert!(sync.stamp_due(Time(0)));
+        sync.on_stamp_sent(Time(0));
+        assert!(!sync.stamp_due(Time::from_millis(PING_INTERVAL_FAST_MS - 1)));
+        assert!(sync.stamp_due(Time::from_millis(PING_INTERVAL_FAST_MS)));
     }
 
     #[test]

@@ -30,10 +30,11 @@
 //! player's transform datagram and `transform()` in everyone else's. To place a player,
 //! `teleport(state)`.
 //!
-//! Client ([`client::PredictedClient`]): receive (`handle_pong`, `handle_own_state`,
-//! `handle_transforms_datagram` + `handle_entity_transform`); `while let Some(t) =
-//! poll_tick(now)`, sample input and send `apply_input(t, input)`; send a ping when
-//! `poll_ping(now)` says; render with `begin_frame`, `player_transform`, `entity_transform`.
+//! Client ([`client::PredictedClient`]): receive (`handle_echo` for a datagram's clock echo,
+//! `handle_pong`, `handle_own_state`, `handle_transforms_datagram` + `handle_entity_transform`);
+//! `while let Some(t) = poll_tick(now)`, sample input and send `apply_input(t, input)`, with the
+//! client's clock when `poll_stamp(now)` says; send a ping when `poll_ping(now)` says (only until
+//! the first clock echo); render with `begin_frame`, `player_transform`, `entity_transform`.
 //!
 //! ## Client-authoritative mode
 //! The client sends its own transform; the server passes each to its player's
@@ -59,7 +60,7 @@ pub mod wire;
 #[cfg(feature = "sim")]
 pub use bench::{bench_run, PredictionReport};
 pub use client::PredictedClient;
-pub use clock::{ClientTickClock, ClockSync, PingSample};
+pub use clock::{ClientTickClock, ClockSync, EchoSample, PingSample};
 pub use interp::{Interpolation, Interpolator};
 pub use movement::{CharacterConfig, CharacterInput, CharacterState, KinematicCharacter, Movement};
 pub use predictor::{Authoritative, CorrectionStats, Predictor, PredictorConfig, Reconciliation};

@@ -260,6 +260,7 @@ impl ServerCore {
                 motion,
                 validator,
                 up_seq: None,
+                clock_stamp: None,
                 rate: MessageRate::new(self.config.message_burst, self.now),
                 token_refresh_at: self.token_refresh_due(),
                 own_sent: Default::default(),

@@ -14,7 +14,11 @@ use crate::wire::msg::*;
 impl ServerCore {
     /// An unreliable datagram arrived.
     pub fn handle_datagram(&mut self, conn: ConnId, data: &[u8], now: Time) {
+        // The arrival as the driver saw it, for the hold time of a clock echo; the core's own
+        // clock never goes back, so a datagram handed over late is held as of then.
+        let arrived = now;
         let now = self.advance(now);
+        let arrived = arrived.min(now);
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
@@ -49,6 +53,10 @@ impl ServerCore {
         let Some(s) = self.sessions.get_mut(&sid) else {
             return;
         };
+        if let Some(t) = d.client_time_us {
+            // Echoed in the next transform datagram; a later stamp replaces an earlier one.
+            s.clock_stamp = Some((t, arrived));
+        }
         let acked = s.replicator.handle_ack(&d.ack, now) as u64;
         if s.camera.is_some() {
             // A spectator has no player state to send: only its acknowledgements count.

@@ -257,6 +257,7 @@ impl ServerCore {
         let old = s.conn.replace(conn);
         s.lost_at = None;
         s.up_seq = None;
+        s.clock_stamp = None;
         let mut replicator = ClientReplicator::new(self.config.transform.clone(), Some(sid))
             .expect("validated transform config");
         replicator.set_own_entity(Some(s.player));

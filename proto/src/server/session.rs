@@ -38,6 +38,9 @@ pub struct Session {
     pub(super) validator: MoveValidator,
     /// Newest upstream datagram sequence applied (older owned transforms are ignored).
     pub(super) up_seq: Option<Seq>,
+    /// The clock to echo in its next transform datagram (PROTOCOL.md 12.4): the newest
+    /// `client_time_us` received and when it arrived.
+    pub(super) clock_stamp: Option<(u64, Time)>,
     /// Its reliable-message budget.
     pub(super) rate: MessageRate,
     /// When its client is sent a fresh auth token ([`ServerMsg::AuthToken`]).

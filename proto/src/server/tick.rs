@@ -8,7 +8,7 @@
 use super::{ServerCore, ServerEvent, Transmit};
 use crate::persist::Change;
 use crate::time::{Tick, Time};
-use crate::transform::{EntitySample, TickInput};
+use crate::transform::{ClockEcho, EntitySample, TickInput};
 use crate::types::*;
 
 /// A tick under way: its world snapshot (`samples`, `grid`) is taken; clients from `next` on
@@ -20,6 +20,9 @@ pub(super) struct TickJob {
     next: Option<SessionId>,
     /// Whether players move server-side (their own-state blob rides in the datagram).
     server_auth: bool,
+    /// When the tick was scheduled to start (the tick clock's, not when it ran): clock echoes
+    /// give their phase from it.
+    scheduled_at: Time,
     /// What the tick wrote so far.
     stats: TickStats,
 }
@@ -114,9 +117,12 @@ impl ServerCore {
         self.grid
             .build(&self.samples, t.interest_radius_m + t.interest_hysteresis_m);
         self.tick_updates.clear();
+        // The clock already moved on to the next tick: this one was due a period earlier.
+        let scheduled_at = self.clock.next_at() - self.clock.period();
         self.tick_job = Some(TickJob {
             next: Some(SessionId(0)),
             server_auth,
+            scheduled_at,
             stats: TickStats {
                 tick,
                 ..TickStats::default()
@@ -190,6 +196,13 @@ impl ServerCore {
                 max_datagram_size: c.max_datagram_size,
                 own_blob: blob.as_deref(),
             };
+            if let Some((client_time_us, arrived)) = s.clock_stamp.take() {
+                s.replicator.set_clock_echo(ClockEcho {
+                    client_time_us,
+                    hold_us: now.saturating_since(arrived).as_micros() as u64,
+                    phase_us: now.saturating_since(job.scheduled_at).as_micros() as u64,
+                });
+            }
             match s.replicator.write_tick(&input, &mut self.datagrams) {
                 Ok(sum) => {
                     job.stats.updates += sum.updates;

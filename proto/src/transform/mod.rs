@@ -84,12 +84,57 @@ pub use quant::{QRot, QTransform, Quantizer};
 pub use receiver::{Freshness, ReceivedTick, ReplicaReceiver, FORGOTTEN_MAX};
 pub use replicator::{ClientReplicator, EntitySample, TickInput, TickSummary};
 pub use seq::{AckHeader, AckTracker, Arrival, Seq};
-pub use upstream::{decode_client_datagram, encode_client_datagram, ClientDatagram};
+pub use upstream::{
+    decode_client_datagram, encode_client_datagram, encode_client_datagram_clocked, ClientDatagram,
+};
 
 /// Kind tag of a server → client transform datagram (first byte), for the driver's multiplexer.
 pub const KIND_SERVER_STATE: u8 = 0x01;
 /// Kind tag of a client → server datagram (acks, inputs, owned transforms).
 pub const KIND_CLIENT_STATE: u8 = 0x02;
+/// Kind tag of a client → server datagram that also carries the client's clock, for the server
+/// to echo in its next datagram (PROTOCOL.md 12.7). Otherwise the same as [`KIND_CLIENT_STATE`],
+/// which stays valid: a client that does no clock sync over datagrams never sends this one.
+pub const KIND_CLIENT_STATE_CLOCK: u8 = 0x03;
+/// Server datagram flag: an own-player blob follows (PROTOCOL.md 12.4).
+pub const FLAG_OWN_BLOB: u8 = 0x01;
+/// Server datagram flag: a clock echo ([`ClockEcho`]) follows (PROTOCOL.md 12.4).
+pub const FLAG_CLOCK_ECHO: u8 = 0x02;
+
+/// A clock echo in a server datagram (PROTOCOL.md 12.4): what the client needs to measure the
+/// round trip without the server's hold and to place the server's tick timeline exactly.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClockEcho {
+    /// The `client_time_us` of the client datagram (kind [`KIND_CLIENT_STATE_CLOCK`]) echoed.
+    pub client_time_us: u64,
+    /// Microseconds from the server receiving that client datagram to writing this one.
+    pub hold_us: u64,
+    /// Microseconds from the scheduled start of the datagram's tick to its writing.
+    pub phase_us: u64,
+}
+
+impl ClockEcho {
+    /// Appends the echo's three varints.
+    pub(crate) fn encode(&self, out: &mut Vec<u8>) {
+        write_varint(out, self.client_time_us);
+        write_varint(out, self.hold_us);
+        write_varint(out, self.phase_us);
+    }
+
+    /// Its encoded length, bytes.
+    pub(crate) fn encoded_len(&self) -> usize {
+        varint_len(self.client_time_us) + varint_len(self.hold_us) + varint_len(self.phase_us)
+    }
+
+    /// Reads the three varints at `pos`.
+    pub(crate) fn decode(bytes: &[u8], pos: &mut usize) -> Result<ClockEcho, TransformError> {
+        Ok(ClockEcho {
+            client_time_us: read_varint(bytes, pos)?,
+            hold_us: read_varint(bytes, pos)?,
+            phase_us: read_varint(bytes, pos)?,
+        })
+    }
+}
 /// Largest own-player blob in a server datagram, bytes: the prediction module's authoritative
 /// player state is a few dozen bytes; 64 bounds what a peer can make us copy.
 pub const OWN_BLOB_BYTES_MAX: usize = 64;

@@ -15,8 +15,9 @@ use super::record::{read_absolute, read_delta, DeltaBody, Motion, Sample, AGE_EG
 use super::replicator::INDEX_EG_K;
 use super::seq::{AckHeader, AckTracker, Arrival, Seq};
 use super::{
-    read_varint, ConfigError, TransformConfig, TransformError, BASELINE_AGE_MAX_TICKS,
-    KIND_SERVER_STATE, OWN_BLOB_BYTES_MAX, RECEIVER_BASELINES_PER_ENTITY, RECORDS_PER_DATAGRAM_MAX,
+    read_varint, ClockEcho, ConfigError, TransformConfig, TransformError, BASELINE_AGE_MAX_TICKS,
+    FLAG_CLOCK_ECHO, FLAG_OWN_BLOB, KIND_SERVER_STATE, OWN_BLOB_BYTES_MAX,
+    RECEIVER_BASELINES_PER_ENTITY, RECORDS_PER_DATAGRAM_MAX,
 };
 use crate::idhash::IdMap;
 use crate::time::{Tick, Time};
@@ -45,6 +46,10 @@ pub struct ReceivedTick {
     pub freshness: Freshness,
     /// The own-player blob it carried (only for [`Freshness::Applied`]).
     pub own_blob: Option<Vec<u8>>,
+    /// The clock echo it carried (only for [`Freshness::Applied`]), for the clock sync.
+    pub echo: Option<ClockEcho>,
+    /// Records it carried, whatever became of each.
+    pub records: usize,
     /// Entities whose latest transform it advanced, ascending.
     pub updated: Vec<EntityId>,
     /// Entities it said left this client's interest (not removed from the world), ascending.
@@ -69,6 +74,8 @@ impl ReceivedTick {
             tick: Tick(0),
             freshness: Freshness::Applied,
             own_blob: None,
+            echo: None,
+            records: 0,
             updated: Vec::new(),
             left: Vec::new(),
             stale: 0,
@@ -429,10 +436,17 @@ impl ReplicaReceiver {
         _now: Time,
         rt: &mut ReceivedTick,
     ) -> Result<(), TransformError> {
-        let (seq, tick, blob) = self.parse(bytes)?;
+        let Header {
+            seq,
+            tick,
+            blob,
+            echo,
+        } = self.parse(bytes)?;
         let mut blob_buf = rt.own_blob.take().unwrap_or_default();
         rt.seq = seq;
         rt.tick = tick;
+        rt.echo = None;
+        rt.records = self.parsed.len();
         rt.freshness = Freshness::Applied;
         rt.updated.clear();
         rt.left.clear();
@@ -455,6 +469,7 @@ impl ReplicaReceiver {
             blob_buf.extend_from_slice(b);
             blob_buf
         });
+        rt.echo = echo;
         rt.acked = true;
         rt.updated.reserve(self.parsed.len());
         self.newest_tick = self.newest_tick.max(Some(tick));
@@ -550,10 +565,7 @@ impl ReplicaReceiver {
     }
 
     /// Parses the whole datagram into `self.parsed` before anything is applied.
-    fn parse<'a>(
-        &mut self,
-        bytes: &'a [u8],
-    ) -> Result<(Seq, Tick, Option<&'a [u8]>), TransformError> {
+    fn parse<'a>(&mut self, bytes: &'a [u8]) -> Result<Header<'a>, TransformError> {
         self.parsed.clear();
         let kind = *bytes.first().ok_or(TransformError::Empty)?;
         if kind != KIND_SERVER_STATE {
@@ -568,10 +580,10 @@ impl ReplicaReceiver {
         let tick = Tick(read_varint(bytes, &mut pos)?);
         let flags = *bytes.get(pos).ok_or(TransformError::Truncated)?;
         pos += 1;
-        if flags & !1 != 0 {
+        if flags & !(FLAG_OWN_BLOB | FLAG_CLOCK_ECHO) != 0 {
             return Err(TransformError::Malformed("unknown flags"));
         }
-        let blob = if flags & 1 == 1 {
+        let blob = if flags & FLAG_OWN_BLOB != 0 {
             let len = *bytes.get(pos).ok_or(TransformError::Truncated)? as usize;
             pos += 1;
             if len > OWN_BLOB_BYTES_MAX {
@@ -583,6 +595,11 @@ impl ReplicaReceiver {
             let b = bytes.get(pos..pos + len).ok_or(TransformError::Truncated)?;
             pos += len;
             Some(b)
+        } else {
+            None
+        };
+        let echo = if flags & FLAG_CLOCK_ECHO != 0 {
+            Some(ClockEcho::decode(bytes, &mut pos)?)
         } else {
             None
         };
@@ -627,8 +644,21 @@ impl ReplicaReceiver {
         if r.remaining_bits() >= 8 {
             return Err(TransformError::Malformed("trailing bytes"));
         }
-        Ok((seq, tick, blob))
+        Ok(Header {
+            seq,
+            tick,
+            blob,
+            echo,
+        })
     }
+}
+
+/// A server datagram's byte-aligned header, as parsed.
+struct Header<'a> {
+    seq: Seq,
+    tick: Tick,
+    blob: Option<&'a [u8]>,
+    echo: Option<ClockEcho>,
 }
 
 trait TickBefore {

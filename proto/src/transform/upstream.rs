@@ -4,6 +4,10 @@
 //! quantized transform; absolute because a client owns a handful of entities and its datagram
 //! must stand alone, with no upstream baseline state on the server).
 //!
+//! Kind [`KIND_CLIENT_STATE_CLOCK`] is the same with the client's clock (`client_time_us`
+//! varint) after `seq`: the server echoes it in its next datagram for clock sync
+//! (PROTOCOL.md 12.4 and 12.7).
+//!
 //! The server validates bounds here (every value must be inside the quantization ranges);
 //! ownership is the server core's check.
 
@@ -13,7 +17,7 @@ use super::record::{read_absolute, write_absolute};
 use super::seq::{AckHeader, Seq, ACK_HEADER_BYTES};
 use super::{
     read_varint, write_varint, TransformError, INPUT_BLOB_BYTES_MAX, KIND_CLIENT_STATE,
-    OWNED_PER_DATAGRAM_MAX,
+    KIND_CLIENT_STATE_CLOCK, OWNED_PER_DATAGRAM_MAX,
 };
 use crate::types::EntityId;
 use crate::wire::limits::DATAGRAM_BYTES_MAX;
@@ -28,6 +32,8 @@ pub struct ClientDatagram {
     pub ack: AckHeader,
     /// The client's own sequence number for this datagram (the server keeps the newest).
     pub seq: Seq,
+    /// The client's clock, µs, for the server to echo (kind [`KIND_CLIENT_STATE_CLOCK`]).
+    pub client_time_us: Option<u64>,
     /// The prediction module's opaque input bytes.
     pub input_blob: Vec<u8>,
     /// Transforms of entities the client says it owns, quantized.
@@ -44,6 +50,21 @@ pub fn encode_client_datagram(
     owned: &[(EntityId, QTransform)],
     out: &mut Vec<u8>,
 ) -> Result<(), TransformError> {
+    encode_client_datagram_clocked(qz, ack, seq, None, input_blob, owned, out)
+}
+
+/// [`encode_client_datagram`] with the client's clock: with `Some(client_time_us)` the datagram
+/// is of kind [`KIND_CLIENT_STATE_CLOCK`] and the server echoes the time in its next datagram
+/// (PROTOCOL.md 12.4); with `None` it is the plain kind [`KIND_CLIENT_STATE`].
+pub fn encode_client_datagram_clocked(
+    qz: &Quantizer,
+    ack: &AckHeader,
+    seq: Seq,
+    client_time_us: Option<u64>,
+    input_blob: &[u8],
+    owned: &[(EntityId, QTransform)],
+    out: &mut Vec<u8>,
+) -> Result<(), TransformError> {
     if input_blob.len() > INPUT_BLOB_BYTES_MAX {
         return Err(TransformError::BlobTooLarge {
             len: input_blob.len(),
@@ -54,9 +75,15 @@ pub fn encode_client_datagram(
         return Err(TransformError::TooManyRecords(owned.len()));
     }
     out.clear();
-    out.push(KIND_CLIENT_STATE);
+    out.push(match client_time_us {
+        Some(_) => KIND_CLIENT_STATE_CLOCK,
+        None => KIND_CLIENT_STATE,
+    });
     ack.encode(out);
     out.extend_from_slice(&seq.0.to_le_bytes());
+    if let Some(t) = client_time_us {
+        write_varint(out, t);
+    }
     write_varint(out, input_blob.len() as u64);
     out.extend_from_slice(input_blob);
     out.push(owned.len() as u8);
@@ -75,7 +102,7 @@ pub fn decode_client_datagram(
     bytes: &[u8],
 ) -> Result<ClientDatagram, TransformError> {
     let kind = *bytes.first().ok_or(TransformError::Empty)?;
-    if kind != KIND_CLIENT_STATE {
+    if kind != KIND_CLIENT_STATE && kind != KIND_CLIENT_STATE_CLOCK {
         return Err(TransformError::UnknownKind(kind));
     }
     if bytes.len() > DATAGRAM_BYTES_MAX {
@@ -86,6 +113,11 @@ pub fn decode_client_datagram(
     let s = bytes.get(pos..pos + 2).ok_or(TransformError::Truncated)?;
     let seq = Seq(u16::from_le_bytes([s[0], s[1]]));
     pos += 2;
+    let client_time_us = if kind == KIND_CLIENT_STATE_CLOCK {
+        Some(read_varint(bytes, &mut pos)?)
+    } else {
+        None
+    };
     let len = read_varint(bytes, &mut pos)?;
     if len > INPUT_BLOB_BYTES_MAX as u64 {
         return Err(TransformError::BlobTooLarge {
@@ -119,6 +151,7 @@ pub fn decode_client_datagram(
     Ok(ClientDatagram {
         ack,
         seq,
+        client_time_us,
         input_blob,
         owned,
     })

@@ -8,8 +8,8 @@
 //!   ([`neonet_proto::predict::ClockSync`]). Arrival times come from the facade's datagram log
 //!   ([`Client::log_datagrams`]), taken the moment quinn hands the datagram over, not at the next
 //!   client frame. The tick's start on the server's clock is its number times the period plus a
-//!   phase the relay's tick clock started at; that phase is estimated from the pongs
-//!   ([`TickPhase`]). Each datagram's latency is recorded once per entity record it carries, so
+//!   phase the relay's tick clock started at; that phase is estimated from the clock samples
+//!   (clock echoes, or pongs before the first echo: [`TickPhase`]). Each datagram's latency is recorded once per entity record it carries, so
 //!   the percentiles are per entity update.
 //! - **datagrams lost**: gaps in the server datagrams' wrapping sequence numbers (a late datagram
 //!   that fills a gap takes one back).
@@ -18,8 +18,9 @@
 //! - **bytes in/out**: the QUIC connection's UDP byte counters
 //!   ([`Client::connection_stats`]), everything included (headers, acks, streams, datagrams).
 //! - **packets in/out**: the same connection's UDP packet counters. A tick's transforms are one
-//!   datagram each way per client, so at `--hz` 30 the ideal is 30 a second each way; the rest
-//!   are QUIC's acknowledgements, the clock sync's pings and pongs, and the reliable streams.
+//!   datagram each way per client, so at `--hz` 30 the ideal is 30 a second each way; clock sync
+//!   and QUIC's acknowledgements ride on those datagrams, so the rest is the join, the reliable
+//!   streams and the rare acknowledgement on its own.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -34,7 +35,6 @@ use neonet_proto::predict::CharacterInput;
 use neonet_proto::transform::KIND_SERVER_STATE;
 use neonet_proto::types::{Blueprint, BlueprintId, BlueprintPatch, ReqId};
 use neonet_proto::wire::msg::Refusal;
-use neonet_proto::Time;
 use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior};
 
@@ -190,17 +190,16 @@ impl ClientOutcome {
 /// The phase of the relay's tick clock on its own clock, estimated from pongs.
 ///
 /// A pong says the server time `s` at which it was answered and the number `n` of the next tick
-/// to run, so tick `n − 1` had started by `s`: its start `(n − 1)·period + phase ≤ s`, i.e.
+/// to run (a clock echo the same, on the server's tick timeline: `s = n × period + phase_us`,
+/// `n` = its tick + 1), so tick `n − 1` had started by `s`: its start `(n − 1)·period + phase ≤ s`, i.e.
 /// `phase ≤ s − (n − 1)·period`. Each pong bounds the phase from above, robustly (a late tick
 /// only loosens the bound); the estimate is the tightest bound in a window of recent pongs.
 /// Pongs answered at random points of the tick converge on the true phase plus the shortest
 /// time from a tick's start to the relay answering a ping, so the latency read may be low by
 /// about that much (the tick's own run time, ≈ 1 ms at most when the relay keeps up).
 ///
-/// [`ClockSync`](neonet_proto::predict::ClockSync) exposes the newest pong only through
-/// `server_tick_f64(now) = n + 0.5 + (server_time(now) − s) / period`, so
-/// `n − s / period = server_tick_f64(now) − 0.5 − server_time(now) / period`, whatever the
-/// clock offset.
+/// [`ClockSync::newest_sample`](neonet_proto::predict::ClockSync::newest_sample) gives `s` and
+/// `n` of the newest sample.
 #[derive(Debug, Default)]
 pub struct TickPhase {
     /// The last `n − s / period` seen, to notice a new pong.
@@ -234,7 +233,8 @@ impl TickPhase {
 
 /// The start of a server datagram: its sequence number, server tick and entity record count,
 /// read as `neonet_proto::transform` lays it out (`kind u8 | seq u16 LE | tick varint | flags u8
-/// | [blob len u8, blob] | common age varint | record count varint | ...`).
+/// | [blob len u8, blob] | [echo, hold, phase varints] | common age varint | record count varint
+/// | ...`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DatagramHeader {
     /// Wrapping datagram sequence number.
@@ -258,6 +258,12 @@ pub fn parse_header(d: &[u8]) -> Option<DatagramHeader> {
     if flags & 1 == 1 {
         let len = usize::from(*d.get(pos)?);
         pos += 1 + len;
+    }
+    if flags & 2 == 2 {
+        // A clock echo: echoed client time, hold and phase (PROTOCOL.md 12.4).
+        for _ in 0..3 {
+            read_varint(d, &mut pos)?;
+        }
     }
     let _common_age = read_varint(d, &mut pos)?;
     let records = read_varint(d, &mut pos)?;
@@ -333,6 +339,9 @@ struct SyncedClock {
     period_us: f64,
     /// Server clock minus client clock, µs.
     offset_us: f64,
+    /// The clock sync runs on clock echoes (the server's tick timeline) rather than pongs (its
+    /// clock): the phase bounds of one do not apply to the other.
+    echo: bool,
 }
 
 /// A connected client's measurement state.
@@ -340,6 +349,11 @@ struct Session {
     client: Client,
     outcome: ClientOutcome,
     phase: TickPhase,
+    /// `phase` holds bounds from clock echoes (see [`SyncedClock::echo`]).
+    phase_on_echoes: bool,
+    /// Where the tick timeline's phase 0 is, µs: 0 for pongs (the relay's clock), one period
+    /// for echoes (tick `n` starts at `(n + 1) × period` on their timeline).
+    phase_origin_us: f64,
     gaps: GapCounter,
     arrivals: Vec<DatagramArrival>,
     pending: HashMap<ReqId, Instant>,
@@ -386,6 +400,8 @@ pub async fn client_task(
             ..ClientOutcome::default()
         },
         phase: TickPhase::default(),
+        phase_on_echoes: false,
+        phase_origin_us: 0.0,
         gaps: GapCounter::default(),
         arrivals: Vec::new(),
         pending: HashMap::new(),
@@ -456,7 +472,6 @@ impl Session {
         let actions = script.frame(self.joined_at.elapsed().as_secs_f64());
         // One lock (and one wake of the client's network task) per frame: steer, and read the
         // clock sync for the datagram measurement.
-        let now: Time = self.client.core_now();
         let clock = self.client.with_core(|core| {
             if let Some(motion) = &actions.motion {
                 let at = core
@@ -469,12 +484,13 @@ impl Session {
             }
             core.predicted().and_then(|p| {
                 let c = p.clock();
-                let tick_now = c.server_tick_f64(now)?;
+                let (server_us, next_tick) = c.newest_sample()?;
                 let period_us = c.period_us();
                 Some(SyncedClock {
-                    anchor: tick_now - 0.5 - c.server_time_us(now) / period_us,
+                    anchor: next_tick as f64 - server_us / period_us,
                     period_us,
                     offset_us: c.offset_us(),
+                    echo: c.is_exact(),
                 })
             })
         });
@@ -570,10 +586,17 @@ impl Session {
             anchor,
             period_us,
             offset_us,
+            echo,
         }) = clock
         else {
             return;
         };
+        if echo && !self.phase_on_echoes {
+            // The clock sync started afresh on clock echoes: so do the phase bounds.
+            self.phase_on_echoes = true;
+            self.phase_origin_us = period_us;
+            self.phase = TickPhase::default();
+        }
         self.phase.observe(anchor, period_us);
         let Some(phase_us) = self.phase.phase_us() else {
             return;
@@ -596,10 +619,13 @@ impl Session {
     /// Leaves and returns the outcome.
     async fn finish(mut self, live: &LiveCounters) -> anyhow::Result<ClientOutcome> {
         self.outcome.connected_for = self.joined_at.elapsed();
+        // On the echoes' tick timeline tick `n` starts at `(n + 1) × period`: what the latency
+        // can read low by is the phase beyond that period.
+        let origin_us = self.phase_origin_us;
         self.outcome.tick_phase = self
             .phase
             .phase_us()
-            .map(|us| Duration::from_micros(us.max(0.0) as u64));
+            .map(|us| Duration::from_micros((us - origin_us).max(0.0) as u64));
         let clock = self.client.with_core(|core| {
             core.predicted().map(|p| {
                 let c = p.clock();
@@ -673,6 +699,18 @@ mod tests {
         );
         assert_eq!(parse_header(&d[..4]), None);
         assert_eq!(parse_header(&[0x02, 0, 0, 0, 0, 0, 0]), None);
+        // A clock echo (flags bit 1, PROTOCOL.md 12.9's worked example) is skipped.
+        let echo = [
+            0x01, 0x03, 0x00, 0x67, 0x02, 0x80, 0x89, 0x7a, 0xa0, 0x9c, 0x01, 0xdc, 0x0b, 0, 0,
+        ];
+        assert_eq!(
+            parse_header(&echo),
+            Some(DatagramHeader {
+                seq: 3,
+                tick: 103,
+                records: 0
+            })
+        );
     }
 
     #[test]

@@ -71,6 +71,25 @@ test('the worked client datagram of PROTOCOL.md 12.9', () => {
   assert.deepEqual(decodeInputBlob(back.inputBlob), { first_tick: 103, inputs: [walk, run] });
 });
 
+test('the worked clock echo and clocked client datagram of PROTOCOL.md 12.9', () => {
+  const qz = new Quantizer(DEFAULT_CONFIG);
+  const walk = { move_x: 0, move_z: 127, yaw: 0, run: false, jump: false };
+  const inputBlob = encodeInputBlob(103, [walk, { ...walk, run: true }]);
+  const owned = [{ id: 2, transform: { position: [-10.5, 1, 20.25], rotation: [0, S, 0, S], scale: null } }];
+  const d = encodeClientDatagram({ seq: 5, ack: { latest: 1, received: 0b11n }, inputBlob, owned, quantizer: qz, clientTimeUs: 2_000_000 });
+  assert.equal(hex(d), hex(unhex('03 0100 0300000000000000 0500 80897a 14 01 6700000000000000 02 007f000000 007f000001 01 0500d60f401040140c4000ff07')));
+  const back = decodeClientDatagram(d, qz);
+  assert.equal(back.clientTimeUs, 2_000_000);
+  assert.equal(back.seq, 5);
+  assert.equal(decodeClientDatagram(encodeClientDatagram({ seq: 1, ack: { latest: 0, received: 0n } }), qz).clientTimeUs, null);
+  // The server's echo of it, alone in tick 103's datagram.
+  const rx = new TransformReceiver(DEFAULT_CONFIG);
+  const r = rx.handleDatagram(unhex('01 0300 67 02 80897a a09c01 dc0b 00 00'), 0);
+  assert.deepEqual(r.echo, { clientTimeUs: 2_000_000, holdUs: 20_000, phaseUs: 1_500 });
+  assert.equal(r.records, 0);
+  assert.equal(r.tick, 103);
+});
+
 test('the worked own-state blob of PROTOCOL.md 12.9', () => {
   const blob = unhex('01 6600000000000000 6500000000000000 01 00060000 00000000 00f8ffff 0000 00ff 8004 0040 01');
   assert.deepEqual(decodeOwnState(blob), {
@@ -114,6 +133,8 @@ test('a lossy, reordered, duplicated stream decodes exactly as the Rust receiver
       assert.equal(r.freshness, d.freshness, where);
       assert.equal(r.acked, d.acked, where);
       assert.equal(r.ownState === null ? null : hex(r.ownState), d.own_blob, where);
+      const echo = r.echo && { client_time_us: r.echo.clientTimeUs, hold_us: r.echo.holdUs, phase_us: r.echo.phaseUs };
+      assert.deepEqual(echo, d.echo, where);
       assert.deepEqual(r.updates.map((u) => u.id), d.updated.map((u) => u.id), where);
       for (const u of d.updated) assert.deepEqual(rx.latestQuantized(u.id), { tick: u.tick, q: u.q }, where);
       assert.deepEqual(r.left, d.left, where);
@@ -126,6 +147,7 @@ test('a lossy, reordered, duplicated stream decodes exactly as the Rust receiver
   }
   assert.ok(vectors.streams.some((s) => s.deliveries.some((d) => d.left.length)), 'left-interest records exercised');
   assert.ok(vectors.streams.some((s) => s.deliveries.some((d) => d.freshness === 'Duplicate')), 'duplicates exercised');
+  assert.ok(vectors.streams.some((s) => s.deliveries.some((d) => d.echo !== null)), 'clock echoes exercised');
 });
 
 test('deltas against a missing baseline are not acknowledged; forgotten entities stay gone', () => {
@@ -165,7 +187,9 @@ test('malformed server datagrams throw WireError and change nothing', () => {
   assert.equal(kind(new Uint8Array(1501).fill(1)), 'Oversize');
   for (let n = 1; n < good.length; n++) assert.equal(kind(good.subarray(0, n)), 'Truncated', `prefix ${n}`);
   assert.equal(kind(Uint8Array.from([...good, 0])), 'Malformed'); // trailing byte
-  assert.equal(kind(unhex('01 0000 64 02 00 00')), 'Malformed'); // unknown flag
+  assert.equal(kind(unhex('01 0000 64 04 00 00')), 'Malformed'); // unknown flag
+  assert.equal(kind(unhex('01 0000 64 02 00 00 00 00 00')), 'ok'); // a clock echo, no records
+  assert.equal(kind(unhex('01 0000 64 02 00 00 00 00')), 'Truncated'); // an echo lacking a field
   assert.equal(kind(unhex('01 0000 64 01 41')), 'BlobTooLarge');
   assert.equal(kind(unhex('01 0000 64 00 808001 00')), 'Malformed'); // common age above 16 383
   assert.equal(kind(unhex('01 0000 64 00 00 8108')), 'TooManyRecords');

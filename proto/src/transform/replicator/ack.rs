@@ -43,6 +43,9 @@ pub(super) struct SentDatagram {
     pub(super) sent_at: Time,
     /// Its size on the wire (payload and per-datagram overhead), for the delivery rate.
     pub(super) wire_bytes: u32,
+    /// It carried records or an own blob, which clients acknowledge at once: its ack is a round
+    /// trip sample. One with only a clock echo is acknowledged whenever the client next sends.
+    pub(super) prompt_ack: bool,
     pub(super) records: Vec<SentRecord>,
 }
 
@@ -82,7 +85,7 @@ impl ClientReplicator {
             self.unacked[slot / 64] &= !(1u64 << (slot % 64));
             newly += 1;
             self.path.on_delivered(d.wire_bytes as u64, now);
-            if i == 0 {
+            if i == 0 && d.prompt_ack {
                 let sample = now.saturating_since(d.sent_at).as_micros() as u64;
                 self.path.on_rtt_sample(d.sent_at, now);
                 self.srtt_us = Some(match self.srtt_us {

@@ -9,10 +9,32 @@ use crate::transform::bits::BitRun;
 use crate::transform::budget::PACKET_OVERHEAD_BYTES;
 use crate::transform::record::{write_absolute_run, write_delta_run, Sample, AGE_EG_K};
 use crate::transform::{
-    write_varint, KIND_SERVER_STATE, RECORDS_PER_DATAGRAM_MAX, SENT_HISTORY_LEN,
+    write_varint, ClockEcho, FLAG_CLOCK_ECHO, FLAG_OWN_BLOB, KIND_SERVER_STATE,
+    RECORDS_PER_DATAGRAM_MAX, SENT_HISTORY_LEN,
 };
 use crate::types::EntityId;
 use crate::wire::limits::DATAGRAM_BYTES_MAX;
+
+/// What a tick's first datagram carries besides records, in its byte-aligned header.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Extras<'a> {
+    /// The own-player state blob (flags bit 0).
+    pub(super) blob: Option<&'a [u8]>,
+    /// The clock echo (flags bit 1).
+    pub(super) echo: Option<ClockEcho>,
+}
+
+impl Extras<'_> {
+    /// Header bytes they take.
+    pub(super) fn len(&self) -> usize {
+        self.blob.map_or(0, |b| 1 + b.len()) + self.echo.map_or(0, |e| e.encoded_len())
+    }
+
+    /// Whether the datagram carrying them is sent even without records or over budget.
+    pub(super) fn forced(&self) -> bool {
+        self.blob.is_some() || self.echo.is_some()
+    }
+}
 
 /// Ages below this may become a datagram's common age: round trips of up to 4 s at 60 Hz.
 const COMMON_AGE_CANDIDATES_MAX: usize = 256;
@@ -21,7 +43,7 @@ impl ClientReplicator {
     pub(super) fn write_datagram(
         &mut self,
         input: &TickInput,
-        blob: Option<&[u8]>,
+        extras: Extras,
         summary: &mut TickSummary,
     ) -> Vec<u8> {
         let common = common_age(self.scratch.chosen.iter().map(|&(_, ci)| {
@@ -45,8 +67,9 @@ impl ClientReplicator {
             w.append_bits(&self.scratch.body, start as usize, len as usize);
         }
         w.finish();
+        let prompt_ack = !self.scratch.chosen.is_empty() || extras.blob.is_some();
         let (seq_full, buf, slot, mut records) =
-            self.begin_datagram(input, blob, common, self.scratch.chosen.len());
+            self.begin_datagram(input, extras, common, self.scratch.chosen.len());
         for &(_, ci) in &self.scratch.chosen {
             let c = self.scratch.cands[ci];
             commit_record(
@@ -58,7 +81,7 @@ impl ClientReplicator {
                 summary,
             );
         }
-        self.finish_datagram(input, seq_full, slot, records, buf.len());
+        self.finish_datagram(input, seq_full, slot, records, buf.len(), prompt_ack);
         buf
     }
 
@@ -67,7 +90,7 @@ impl ClientReplicator {
     fn begin_datagram(
         &mut self,
         input: &TickInput,
-        blob: Option<&[u8]>,
+        extras: Extras,
         common: u64,
         count: usize,
     ) -> (u64, Vec<u8>, usize, Vec<SentRecord>) {
@@ -77,10 +100,20 @@ impl ClientReplicator {
         buf.push(KIND_SERVER_STATE);
         buf.extend_from_slice(&(seq_full as u16).to_le_bytes());
         write_varint(&mut buf, input.tick.0);
-        buf.push(blob.is_some() as u8);
-        if let Some(b) = blob {
+        let mut flags = 0;
+        if extras.blob.is_some() {
+            flags |= FLAG_OWN_BLOB;
+        }
+        if extras.echo.is_some() {
+            flags |= FLAG_CLOCK_ECHO;
+        }
+        buf.push(flags);
+        if let Some(b) = extras.blob {
             buf.push(b.len() as u8);
             buf.extend_from_slice(b);
+        }
+        if let Some(e) = extras.echo {
+            e.encode(&mut buf);
         }
         write_varint(&mut buf, common);
         write_varint(&mut buf, count as u64);
@@ -102,6 +135,7 @@ impl ClientReplicator {
         slot: usize,
         records: Vec<SentRecord>,
         len: usize,
+        prompt_ack: bool,
     ) {
         self.history[slot] = SentDatagram {
             seq_full,
@@ -110,6 +144,7 @@ impl ClientReplicator {
             acked: false,
             sent_at: input.now,
             wire_bytes: (len + PACKET_OVERHEAD_BYTES) as u32,
+            prompt_ack,
             records,
         };
         self.unacked[slot / 64] |= 1u64 << (slot % 64);
@@ -120,7 +155,7 @@ impl ClientReplicator {
     pub(super) fn try_single_datagram(
         &mut self,
         input: &TickInput,
-        blob: Option<&[u8]>,
+        extras: Extras,
         bits_avail: usize,
         summary: &mut TickSummary,
     ) -> Option<Vec<u8>> {
@@ -158,7 +193,7 @@ impl ClientReplicator {
         }
         w.finish();
         std::mem::swap(&mut self.scratch.body, &mut self.scratch.out_bits);
-        let (seq_full, buf, slot, mut records) = self.begin_datagram(input, blob, common, n);
+        let (seq_full, buf, slot, mut records) = self.begin_datagram(input, extras, common, n);
         for c in self.scratch.cands.iter_mut() {
             c.placed = true;
             commit_record(
@@ -170,7 +205,8 @@ impl ClientReplicator {
                 summary,
             );
         }
-        self.finish_datagram(input, seq_full, slot, records, buf.len());
+        // Never empty: the fast path has at least one candidate.
+        self.finish_datagram(input, seq_full, slot, records, buf.len(), true);
         Some(buf)
     }
 }

@@ -30,7 +30,7 @@ use self::pack::Scratch;
 use self::tracked::Tracked;
 use super::budget::{ByteBucket, PathBudget, PathSignals};
 use super::quant::{QTransform, Quantizer};
-use super::{ConfigError, TransformConfig, SENT_HISTORY_LEN};
+use super::{ClockEcho, ConfigError, TransformConfig, SENT_HISTORY_LEN};
 use crate::time::{Tick, Time};
 use crate::types::{EntityId, SessionId, Transform, Vec3};
 
@@ -163,6 +163,8 @@ pub struct ClientReplicator {
     scratch: Scratch,
     /// Whether the last tick's candidates did not fit in one datagram.
     single_failed_last: bool,
+    /// The clock echo the next `write_tick` carries ([`ClientReplicator::set_clock_echo`]).
+    echo: Option<ClockEcho>,
 }
 
 impl ClientReplicator {
@@ -190,7 +192,16 @@ impl ClientReplicator {
             srtt_us: None,
             scratch: Scratch::default(),
             single_failed_last: false,
+            echo: None,
         })
+    }
+
+    /// Has the next [`ClientReplicator::write_tick`] carry `echo` in its first datagram (flags
+    /// bit 1, PROTOCOL.md 12.4), writing a datagram without records for it if the tick has
+    /// nothing else to send. Set it just before that call: its hold and phase are as of then.
+    /// The next call consumes it whatever it writes.
+    pub fn set_clock_echo(&mut self, echo: ClockEcho) {
+        self.echo = Some(echo);
     }
 
     /// The quantizer (same config as the client's receiver).

@@ -4,7 +4,7 @@
 //! first, with the per-thread scratch buffers the packing uses.
 
 use super::ack::recycle;
-use super::datagram::{common_age, gap};
+use super::datagram::{common_age, gap, Extras};
 use super::priority::{Cand, Coded};
 use super::slot_set::SlotSet;
 use super::{ClientReplicator, EntitySample, TickInput, TickSummary, INDEX_EG_K};
@@ -12,6 +12,7 @@ use crate::time::Tick;
 use crate::transform::bits::{bit_width, BitWriter};
 use crate::transform::budget::PACKET_OVERHEAD_BYTES;
 use crate::transform::record::{write_absolute, write_delta, AGE_EG_K};
+use crate::transform::ClockEcho;
 use crate::transform::{
     varint_len, TransformError, DATAGRAM_BYTES_MIN, OWN_BLOB_BYTES_MAX, RECORDS_PER_DATAGRAM_MAX,
     SENT_HISTORY_LEN,
@@ -62,6 +63,8 @@ impl ClientReplicator {
         input: &TickInput,
         out: &mut Vec<Vec<u8>>,
     ) -> Result<TickSummary, TransformError> {
+        // Consumed by this call whatever happens: its hold and phase are as of this tick.
+        let echo = self.echo.take();
         if input.max_datagram_size < DATAGRAM_BYTES_MIN {
             return Err(TransformError::DatagramTooSmall(input.max_datagram_size));
         }
@@ -101,7 +104,7 @@ impl ClientReplicator {
         };
         let lent = swap(&mut self.scratch);
         self.collect_candidates(input);
-        let result = self.pack(input, elapsed_ticks, out);
+        let result = self.pack(input, echo, elapsed_ticks, out);
         if lent {
             swap(&mut self.scratch);
         }
@@ -136,6 +139,7 @@ impl ClientReplicator {
     fn pack(
         &mut self,
         input: &TickInput,
+        echo: Option<ClockEcho>,
         elapsed_ticks: u64,
         out: &mut Vec<Vec<u8>>,
     ) -> Result<TickSummary, TransformError> {
@@ -155,16 +159,20 @@ impl ClientReplicator {
             allowance = allowance.min(pace as i64);
         }
         let mut sent: i64 = 0;
-        let mut blob = input.own_blob;
+        // The first datagram's extras: the own blob and the clock echo. A tick with either
+        // always sends that first datagram, even over budget or without records.
+        let mut extras = Extras {
+            blob: input.own_blob,
+            echo,
+        };
         let max_size = input.max_datagram_size.min(DATAGRAM_BYTES_MAX);
         let mut remaining = self.scratch.cands.len();
         // Payload room left under the budget once a datagram's overhead is paid.
         let payload_room = |sent: i64| (allowance - sent - PACKET_OVERHEAD_BYTES as i64).max(0);
         // Fast path: everything fits in the first datagram, so priority order does not matter.
-        let header =
-            HEADER_FIXED_BYTES + varint_len(input.tick.0) + blob.map_or(0, |b| 1 + b.len());
+        let header = HEADER_FIXED_BYTES + varint_len(input.tick.0) + extras.len();
         let room =
-            max_size.min((payload_room(0) as usize).max(if blob.is_some() { header } else { 0 }));
+            max_size.min((payload_room(0) as usize).max(if extras.forced() { header } else { 0 }));
         // Candidates in priority order, sorted lazily: the budget usually stops the packer long
         // before the end, so only a prefix is ever ordered (a strict total order, so the prefix
         // is exactly that of a full sort).
@@ -189,7 +197,8 @@ impl ClientReplicator {
                         c.body = None;
                     }
                 }
-                if let Some(dgram) = self.try_single_datagram(input, blob, bits_avail, &mut summary)
+                if let Some(dgram) =
+                    self.try_single_datagram(input, extras, bits_avail, &mut summary)
                 {
                     debug_assert!(dgram.len() <= room, "{} > {room}", dgram.len());
                     self.single_failed_last = false;
@@ -209,15 +218,14 @@ impl ClientReplicator {
             self.fill_order();
         }
         loop {
-            let header =
-                HEADER_FIXED_BYTES + varint_len(input.tick.0) + blob.map_or(0, |b| 1 + b.len());
+            let header = HEADER_FIXED_BYTES + varint_len(input.tick.0) + extras.len();
             let left_in_budget = payload_room(sent) as usize;
-            let room = if blob.is_some() {
+            let room = if extras.forced() {
                 max_size.min(left_in_budget.max(header))
             } else {
                 max_size.min(left_in_budget)
             };
-            if blob.is_none() && (remaining == 0 || room <= header) {
+            if !extras.forced() && (remaining == 0 || room <= header) {
                 break;
             }
             let bits_avail = room.saturating_sub(header) * 8;
@@ -258,7 +266,7 @@ impl ClientReplicator {
                 self.scratch.cands[ci].placed = true;
                 remaining -= 1;
             }
-            if self.scratch.picked.len == 0 && blob.is_none() {
+            if self.scratch.picked.len == 0 && !extras.forced() {
                 break;
             }
             self.scratch.chosen.clear();
@@ -267,13 +275,13 @@ impl ClientReplicator {
                     .chosen
                     .push((self.tracked[slot].id, self.scratch.slot_cand[slot] as usize));
             }
-            let dgram = self.write_datagram(input, blob, &mut summary);
+            let dgram = self.write_datagram(input, extras, &mut summary);
             debug_assert!(dgram.len() <= room, "{} > {room}", dgram.len());
             sent += (dgram.len() + PACKET_OVERHEAD_BYTES) as i64;
             summary.datagrams += 1;
             summary.bytes += dgram.len();
             out.push(dgram);
-            blob = None;
+            extras = Extras::default();
             // One datagram per tick unless the path's datagram size was what filled it: when
             // the budget limited this one, a second would carry only the crumbs the budget has
             // left, paying a header and a packet's overhead again (what waits goes first next

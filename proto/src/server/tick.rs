@@ -211,8 +211,12 @@ impl ServerCore {
                         s.own_sent.carried_by(seqs.start);
                     }
                     let each = (sum.bytes / sum.updates.max(1)) as u32;
-                    self.tick_updates
-                        .extend(s.replicator.last_tick_updates().map(|id| (sid, id, each)));
+                    // Reserved first: `extend` on the chained iterator (no size hint) checked
+                    // the capacity at every element.
+                    self.tick_updates.reserve(sum.updates);
+                    for id in s.replicator.last_tick_updates() {
+                        self.tick_updates.push((sid, id, each));
+                    }
                 }
                 Err(error) => self
                     .events

@@ -245,6 +245,34 @@ impl<'a> BitRun<'a> {
         self.w.words.len() * 64 + self.n as usize
     }
 
+    /// The bits written since bit `start` of the writer (at most 128 of them), least
+    /// significant bit first: what a caller wrote, read back to be remembered.
+    #[inline]
+    pub(crate) fn bits_since(&self, start: usize) -> u128 {
+        let len = self.len_bits() - start;
+        debug_assert!(len <= 128);
+        let full = self.w.words.len();
+        // Word `k` of the writer with this run's partial word last; bits past the end are 0
+        // (the partial word keeps its unwritten bits clear).
+        let word = |k: usize| -> u128 {
+            match self.w.words.get(k) {
+                Some(&v) => u128::from(v),
+                None if k == full => u128::from(self.acc),
+                None => 0,
+            }
+        };
+        let k = start / 64;
+        let off = (start % 64) as u32;
+        let mut v = (word(k) | word(k + 1) << 64) >> off;
+        if off != 0 {
+            v |= word(k + 2) << (128 - off);
+        }
+        if len < 128 {
+            v &= (1u128 << len) - 1;
+        }
+        v
+    }
+
     /// Stores the partial word back into the writer.
     #[inline(always)]
     pub(crate) fn finish(self) {

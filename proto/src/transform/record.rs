@@ -342,6 +342,7 @@ pub(crate) fn read_absolute(
 
 /// Writes a delta body of `cur` at `tick` against `base`, choosing plain or predicted residuals,
 /// whichever is shorter.
+#[cfg(test)]
 pub(crate) fn write_delta(
     w: &mut BitWriter,
     qz: &Quantizer,

@@ -1001,3 +1001,192 @@ pub fn joined_client(config: &TransformConfig, crowd: &[EntitySample]) -> Client
     };
     crate::sim::joined_client(server, world, client)
 }
+
+/// Distance between neighbouring players of a [`CoreCrowd`], metres.
+const CORE_CROWD_SPACING_M: f32 = 10.0;
+/// Ticks between a [`CoreCrowd`] datagram's sending and its ack's arrival (≈ 66 ms round trip
+/// at 30 Hz).
+const CORE_CROWD_ACK_DELAY_TICKS: usize = 2;
+
+/// One simulated client of a [`CoreCrowd`].
+#[derive(Debug)]
+struct CrowdClient {
+    conn: crate::server::ConnId,
+    player: EntityId,
+    /// The player's lattice spot.
+    home: Vec3,
+    acks: super::AckTracker,
+    seq: Seq,
+}
+
+/// A [`ServerCore`](crate::server::ServerCore) with many joined clients, each within interest
+/// of about 100 moving players, and the clients' acks coming back as real clients' would (one
+/// datagram per client per tick through `handle_datagram`, acknowledging what arrived
+/// [`CORE_CROWD_ACK_DELAY_TICKS`] ticks before): the relay core's per-client tick work,
+/// deterministic, for benchmarks and instruction counts (`proto/examples/server_ticks.rs`,
+/// `benches/server_core.rs`).
+///
+/// The players stand on a square lattice 10 m apart (100 m² each), each walking a 2 m circle
+/// (every player moves every tick); the interest radius is 56 m (≈ 100 players in it, fewer at
+/// the world's edge). Movement is client-authoritative and set through
+/// [`host_set_transform`](crate::server::ServerCore::host_set_transform), so no movement model
+/// runs.
+#[derive(Debug)]
+pub struct CoreCrowd {
+    /// The server core.
+    pub core: crate::server::ServerCore,
+    clients: Vec<CrowdClient>,
+    /// Per tick still to be acknowledged: (client index, sequence) of each datagram sent.
+    pending: std::collections::VecDeque<Vec<(usize, u16)>>,
+    tick_us: u64,
+    tick: u64,
+    digest: u64,
+    updates: usize,
+    scratch: Vec<u8>,
+}
+
+impl CoreCrowd {
+    /// A core with `clients` joined clients (connections 1..=clients), no tick run yet.
+    pub fn new(clients: usize) -> CoreCrowd {
+        use crate::server::{ConnId, InsecureTokens, LimitsConfig, ServerCore, TransportKind};
+        use crate::wire::codec;
+        use crate::wire::msg::{ClientMsg, PROTOCOL_VERSION};
+        let config = ServerConfig {
+            transform: TransformConfig {
+                interest_radius_m: 56.0,
+                interest_hysteresis_m: 4.0,
+                ..TransformConfig::default()
+            },
+            limits: LimitsConfig::unlimited_rates(),
+            ..ServerConfig::default()
+        };
+        let tick_us = 1_000_000 / u64::from(config.tick_hz);
+        let mut world = World::default();
+        world.settings.movement = crate::types::MovementAuthority::Client;
+        let mut core = ServerCore::new(config, world, Box::new(InsecureTokens), Time::ZERO);
+        let side = (clients as f64).sqrt().ceil() as usize;
+        let mut out = Vec::with_capacity(clients);
+        for i in 0..clients {
+            let conn = ConnId(i as u64 + 1);
+            core.handle_connect(conn, TransportKind::Sim, Time::ZERO);
+            let hello = ClientMsg::Hello {
+                protocol_version: PROTOCOL_VERSION,
+                name: format!("p{i}"),
+                token: None,
+            };
+            core.handle_frame(conn, hello.channel(), &codec::encode(&hello), Time::ZERO);
+            let player = core.session_of(conn).map_or(EntityId(0), |s| s.player);
+            let home = Vec3::new(
+                (i % side) as f32 * CORE_CROWD_SPACING_M - 400.0,
+                1.0,
+                (i / side) as f32 * CORE_CROWD_SPACING_M - 400.0,
+            );
+            out.push(CrowdClient {
+                conn,
+                player,
+                home,
+                acks: super::AckTracker::new(),
+                seq: Seq(0),
+            });
+        }
+        while core.poll_transmit().is_some() {}
+        while core.poll_event().is_some() {}
+        CoreCrowd {
+            core,
+            clients: out,
+            pending: std::collections::VecDeque::new(),
+            tick_us,
+            tick: 0,
+            digest: 0xcbf2_9ce4_8422_2325,
+            updates: 0,
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Clients joined.
+    pub fn clients(&self) -> usize {
+        self.clients.len()
+    }
+
+    /// FNV-1a of every transform datagram's bytes so far, in order: it changes only if what
+    /// goes on the wire does.
+    pub fn digest(&self) -> u64 {
+        self.digest
+    }
+
+    /// Entity updates written since the last [`CoreCrowd::reset_updates`], summed over clients.
+    pub fn updates(&self) -> usize {
+        self.updates
+    }
+
+    /// Restarts the count of [`CoreCrowd::updates`].
+    pub fn reset_updates(&mut self) {
+        self.updates = 0;
+    }
+
+    /// One tick with the core's calls made directly.
+    pub fn tick(&mut self) {
+        self.tick_via(
+            |core, conn, data, now| core.handle_datagram(conn, data, now),
+            |core, now| core.handle_timeout(now),
+        );
+    }
+
+    /// One tick: every player steps along its circle, each client's datagram arrives (through
+    /// `datagram`, once acks are due), the tick runs (through `timeout`) and its datagrams are
+    /// collected for the acks to come. A profiler or bench passes wrappers of the core's calls
+    /// to measure them alone.
+    pub fn tick_via(
+        &mut self,
+        mut datagram: impl FnMut(&mut crate::server::ServerCore, crate::server::ConnId, &[u8], Time),
+        mut timeout: impl FnMut(&mut crate::server::ServerCore, Time),
+    ) {
+        use crate::server::Transmit;
+        let now = Time(self.tick * self.tick_us);
+        for (i, c) in self.clients.iter().enumerate() {
+            // Circles of 2 m at a few speeds (≈ 1.3–2.5 m/s), each at its own phase.
+            let phase = i as f32 * 0.7 + self.tick as f32 * (0.02 + (i % 5) as f32 * 0.01);
+            let t = Transform {
+                position: c.home + Vec3::new(2.0 * phase.cos(), 0.0, 2.0 * phase.sin()),
+                rotation: Quat::from_rotation_y(phase),
+                scale: None,
+            };
+            // Only a player gone (never, here) refuses.
+            let _ = self.core.host_set_transform(c.player, t);
+        }
+        if self.pending.len() >= CORE_CROWD_ACK_DELAY_TICKS {
+            for (ci, seq) in self.pending.pop_front().unwrap_or_default() {
+                self.clients[ci].acks.record(Seq(seq));
+            }
+            for c in &mut self.clients {
+                c.seq = c.seq.next();
+                let encoded = encode_client_datagram(
+                    self.core.quantizer(),
+                    &c.acks.header(),
+                    c.seq,
+                    &[],
+                    &[],
+                    &mut self.scratch,
+                );
+                if encoded.is_ok() {
+                    datagram(&mut self.core, c.conn, &self.scratch, now);
+                }
+            }
+        }
+        timeout(&mut self.core, now);
+        let mut sent = Vec::new();
+        while let Some(t) = self.core.poll_transmit() {
+            if let Transmit::Datagram { conn, data, .. } = t {
+                for b in &data {
+                    self.digest = (self.digest ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
+                }
+                sent.push((conn.0 as usize - 1, u16::from_le_bytes([data[1], data[2]])));
+            }
+        }
+        while self.core.poll_event().is_some() {}
+        while self.core.poll_effect().is_some() {}
+        self.updates += self.core.last_tick_stats().updates;
+        self.pending.push_back(sent);
+        self.tick += 1;
+    }
+}

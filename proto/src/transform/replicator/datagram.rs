@@ -7,7 +7,7 @@ use super::tracked::{LeftState, PackedSample, Tracked, RECORD_LEFT_NOTICE};
 use super::{ClientReplicator, TickInput, TickSummary, INDEX_EG_K};
 use crate::transform::bits::BitRun;
 use crate::transform::budget::PACKET_OVERHEAD_BYTES;
-use crate::transform::record::{write_absolute_run, write_delta_run, Sample, AGE_EG_K};
+use crate::transform::record::{write_absolute_run, Sample, AGE_EG_K};
 use crate::transform::{
     write_varint, ClockEcho, FLAG_CLOCK_ECHO, FLAG_OWN_BLOB, KIND_SERVER_STATE,
     RECORDS_PER_DATAGRAM_MAX, SENT_HISTORY_LEN,
@@ -177,10 +177,11 @@ impl ClientReplicator {
             write_index_kind(&mut w, gap(prev, t.id), coded, common);
             prev = Some(t.id);
             let start = w.len_bits();
-            match (coded, &t.baseline()) {
-                (Coded::Delta { .. }, Some(b)) => {
-                    write_delta_run(&mut w, &self.qz, q, input.tick, b)
-                }
+            match (coded, t.baseline_tick()) {
+                (Coded::Delta { .. }, Some(base_tick)) => self
+                    .scratch
+                    .memo
+                    .write_delta(&mut w, &self.qz, t.id, q, input.tick, base_tick, &t.base),
                 (Coded::Absolute, _) => write_absolute_run(&mut w, &self.qz, q),
                 _ => {}
             }

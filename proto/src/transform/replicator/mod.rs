@@ -14,10 +14,13 @@
 //!   datagrams;
 //! - [`datagram`]: encoding one datagram and recording what it carried;
 //! - [`ack`]: the sent-datagram history and [`ClientReplicator::handle_ack`] (baselines, RTT);
+//! - [`memo`]: delta bodies encoded once per thread and tick, shared by every client coding
+//!   the same value against the same baseline;
 //! - [`slot_set`]: the bitset of slots chosen for the datagram being filled.
 
 mod ack;
 mod datagram;
+mod memo;
 mod pack;
 mod priority;
 mod slot_set;

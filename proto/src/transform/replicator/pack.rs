@@ -5,13 +5,14 @@
 
 use super::ack::recycle;
 use super::datagram::{common_age, gap, Extras};
+use super::memo::BodyMemo;
 use super::priority::{Cand, Coded};
 use super::slot_set::SlotSet;
 use super::{ClientReplicator, EntitySample, TickInput, TickSummary, INDEX_EG_K};
 use crate::time::Tick;
-use crate::transform::bits::{bit_width, BitWriter};
+use crate::transform::bits::{bit_width, BitRun, BitWriter};
 use crate::transform::budget::PACKET_OVERHEAD_BYTES;
-use crate::transform::record::{write_absolute, write_delta, AGE_EG_K};
+use crate::transform::record::{write_absolute_run, AGE_EG_K};
 use crate::transform::ClockEcho;
 use crate::transform::{
     varint_len, TransformError, DATAGRAM_BYTES_MIN, OWN_BLOB_BYTES_MAX, RECORDS_PER_DATAGRAM_MAX,
@@ -44,6 +45,8 @@ pub(super) struct Scratch {
     pub(super) picked: SlotSet,
     /// Per slot: its candidate's index, valid where `picked` holds the slot.
     pub(super) slot_cand: Vec<u32>,
+    /// Delta bodies shared by the replicators writing on this thread.
+    pub(super) memo: BodyMemo,
 }
 
 thread_local! {
@@ -103,6 +106,7 @@ impl ClientReplicator {
                 .is_ok()
         };
         let lent = swap(&mut self.scratch);
+        self.scratch.memo.use_quantizer(&self.qz);
         self.collect_candidates(input);
         let result = self.pack(input, echo, elapsed_ticks, out);
         if lent {
@@ -119,19 +123,25 @@ impl ClientReplicator {
         if let Some((_, len)) = c.body {
             return (record_bits(len as usize, coded), coded);
         }
-        let start = self.scratch.body.len_bits();
         let slot = c.slot as usize;
         let t = &self.tracked[slot];
-        match (coded, &t.baseline()) {
-            (Coded::Delta { .. }, Some(b)) => {
-                write_delta(&mut self.scratch.body, &self.qz, &entities[slot].q, tick, b)
-            }
-            (Coded::Absolute, _) => {
-                write_absolute(&mut self.scratch.body, &self.qz, &entities[slot].q)
-            }
+        let mut w = BitRun::new(&mut self.scratch.body);
+        let start = w.len_bits();
+        match (coded, t.baseline_tick()) {
+            (Coded::Delta { .. }, Some(base_tick)) => self.scratch.memo.write_delta(
+                &mut w,
+                &self.qz,
+                t.id,
+                &entities[slot].q,
+                tick,
+                base_tick,
+                &t.base,
+            ),
+            (Coded::Absolute, _) => write_absolute_run(&mut w, &self.qz, &entities[slot].q),
             _ => {}
         }
-        let len = self.scratch.body.len_bits() - start;
+        let len = w.len_bits() - start;
+        w.finish();
         self.scratch.cands[ci].body = Some((start as u32, len as u32));
         (record_bits(len, coded), coded)
     }

@@ -217,7 +217,7 @@ impl Tracked {
 /// where it is needed: once per datagram for sent records), rotation and scale unpacked so that
 /// nothing pads, and the motion's interval in 16 bits (a delta's baseline is at most
 /// [`BASELINE_AGE_MAX_TICKS`] old; an absolute value has no motion).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct PackedSample {
     pub(super) pos: [u32; 3],
     pub(super) dpos: [i32; 3],

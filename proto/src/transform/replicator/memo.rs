@@ -1,0 +1,225 @@
+//! [`BodyMemo`]: delta bodies encoded once per thread and reused by every client that codes the
+//! same value against the same baseline.
+//!
+//! A delta body is a pure function of the quantizer, the entity's current value, the tick and
+//! the baseline (its tick, value and motion). Clients whose acks arrive alike hold the same
+//! baseline of an entity, so a server writing a 1,000-client tick encodes the same body for an
+//! entity many times over (residuals, prediction, the choice between them: ≈ 380 instructions a
+//! record). The memo remembers each body by that whole key, so a hit writes the very bits an
+//! encoding would: the wire does not change, only who computes it. Nothing else is keyed
+//! (no world, no client), so replicators of unrelated worlds sharing a thread cannot see each
+//! other's bodies unless those are the same bits.
+//!
+//! It is direct-mapped (one slot per hash of entity and baseline tick, a colliding body
+//! replaces the older one) and lives in the thread's [`Scratch`](super::pack::Scratch), so one
+//! table, warm in the cache, serves every replicator writing on the thread. It grows (up to
+//! [`MEMO_SLOTS_MAX`]) when a tick replaces many bodies of the same tick: too small a table for
+//! the world's entities and baselines.
+
+use super::tracked::PackedSample;
+use crate::time::Tick;
+use crate::transform::bits::BitRun;
+use crate::transform::quant::{QTransform, Quantizer};
+use crate::transform::record::write_delta_run;
+use crate::types::EntityId;
+
+/// Slots of a new table.
+const MEMO_SLOTS_MIN: usize = 1 << 10;
+/// Most slots a table grows to (≈ 15 MiB at 120 bytes a slot).
+const MEMO_SLOTS_MAX: usize = 1 << 17;
+/// Longest body remembered, bits: walking and running bodies take 20–60, a body longer than
+/// this (a teleport, a wide residual) is simply encoded each time.
+const MEMO_BODY_BITS_MAX: usize = 128;
+
+/// One remembered body and its key.
+#[derive(Clone, Copy, Debug)]
+struct MemoEntry {
+    id: EntityId,
+    /// Body length in bits; 0 for an empty slot (a delta body is at least 3 bits).
+    len: u32,
+    tick: Tick,
+    base_tick: Tick,
+    cur: QTransform,
+    base: PackedSample,
+    /// The body, least significant bit first.
+    bits: u128,
+}
+
+const EMPTY: MemoEntry = MemoEntry {
+    id: EntityId(0),
+    len: 0,
+    tick: Tick(0),
+    base_tick: Tick(0),
+    cur: QTransform {
+        pos: [0; 3],
+        rot: crate::transform::quant::QRot {
+            largest: 0,
+            comps: [0; 3],
+        },
+        scale: None,
+    },
+    base: PackedSample::ZERO,
+    bits: 0,
+};
+
+/// Delta bodies by their whole key, see the module documentation.
+#[derive(Clone, Debug, Default)]
+pub(super) struct BodyMemo {
+    slots: Vec<MemoEntry>,
+    /// The quantizer every remembered body was encoded with.
+    qz: Option<Quantizer>,
+    /// The newest tick a body was stored for, and how many bodies of that tick replaced
+    /// another body of that tick (a sign the table is too small).
+    tick: Tick,
+    clashes: usize,
+}
+
+impl BodyMemo {
+    /// Readies the memo for a replicator using `qz`: bodies of another quantizer are
+    /// forgotten (they are other bits).
+    #[inline]
+    pub(super) fn use_quantizer(&mut self, qz: &Quantizer) {
+        if self.qz.as_ref() != Some(qz) {
+            self.qz = Some(qz.clone());
+            self.slots.clear();
+            self.slots.resize(MEMO_SLOTS_MIN, EMPTY);
+            self.clashes = 0;
+        }
+    }
+
+    #[inline]
+    fn slot(&self, id: EntityId, base_tick: Tick) -> usize {
+        let h = (u64::from(id.0).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+            ^ base_tick.0.wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
+        (h >> 32) as usize & (self.slots.len() - 1)
+    }
+
+    /// Writes the delta body of `cur` at `tick` against the baseline `base` of `base_tick`,
+    /// exactly as [`write_delta_run`] writes it, from the memo when it holds it. `qz` must be
+    /// the quantizer given to [`BodyMemo::use_quantizer`].
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn write_delta(
+        &mut self,
+        w: &mut BitRun,
+        qz: &Quantizer,
+        id: EntityId,
+        cur: &QTransform,
+        tick: Tick,
+        base_tick: Tick,
+        base: &PackedSample,
+    ) {
+        debug_assert!(self.qz.as_ref() == Some(qz));
+        let i = self.slot(id, base_tick);
+        let e = &self.slots[i];
+        if e.len != 0
+            && e.id == id
+            && e.tick == tick
+            && e.base_tick == base_tick
+            && e.cur == *cur
+            && e.base == *base
+        {
+            let len = e.len;
+            let bits = e.bits;
+            if len <= 64 {
+                w.write_fitting(bits as u64, len);
+            } else {
+                w.write_fitting(bits as u64, 64);
+                w.write_fitting((bits >> 64) as u64, len - 64);
+            }
+            return;
+        }
+        let start = w.len_bits();
+        write_delta_run(w, qz, cur, tick, &base.unpack(base_tick));
+        let len = w.len_bits() - start;
+        if len > MEMO_BODY_BITS_MAX {
+            return;
+        }
+        if tick > self.tick {
+            self.grow_if_crowded();
+            self.tick = tick;
+        }
+        let i = self.slot(id, base_tick);
+        let old = &self.slots[i];
+        if old.len != 0 && old.tick == tick {
+            self.clashes += 1;
+        }
+        self.slots[i] = MemoEntry {
+            id,
+            len: len as u32,
+            tick,
+            base_tick,
+            cur: *cur,
+            base: *base,
+            bits: w.bits_since(start),
+        };
+    }
+
+    /// At a new tick: doubles the table when the last tick's bodies often replaced each other.
+    fn grow_if_crowded(&mut self) {
+        let n = self.slots.len();
+        if self.clashes > n / 8 && n < MEMO_SLOTS_MAX {
+            self.slots.clear();
+            self.slots.resize(n * 2, EMPTY);
+        }
+        self.clashes = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+    use crate::transform::bits::BitWriter;
+    use crate::transform::quant::QRot;
+    use crate::transform::TransformConfig;
+
+    fn q(rng: &mut Rng, spread: u32) -> QTransform {
+        let mut v = |m: u32| 500_000 + (rng.f64() * f64::from(m)) as u32;
+        QTransform {
+            pos: [v(spread), v(spread), v(spread)],
+            rot: QRot {
+                largest: 3,
+                comps: [100, 200, 300].map(|c: u16| c + (rng.f64() * 9.0) as u16),
+            },
+            scale: None,
+        }
+    }
+
+    /// Bodies from the memo (hits and misses, short and over 64 bits, at every offset in a
+    /// word) are the bits the encoder writes.
+    #[test]
+    fn memo_writes_exactly_what_the_encoder_writes() {
+        let qz = Quantizer::new(&TransformConfig::default()).unwrap();
+        let mut memo = BodyMemo::default();
+        memo.use_quantizer(&qz);
+        let mut rng = Rng::new(5);
+        let (mut a, mut b) = (BitWriter::new(), BitWriter::new());
+        for round in 0..3u64 {
+            for i in 0..400u32 {
+                let mut r = Rng::new(u64::from(i));
+                let base_q = q(&mut r, 1 << 4);
+                let spread = if i % 3 == 0 { 1 << 30 } else { 1 << 6 };
+                let cur = q(&mut r, spread);
+                let older = q(&mut r, 1 << 4);
+                let base = PackedSample::from_base(&base_q, 2, &PackedSample::absolute(&older));
+                let (tick, base_tick) = (Tick(40 + round), Tick(37));
+                // Something before the body, so bodies start anywhere in a word.
+                let pad = (rng.f64() * 64.0) as u32;
+                let mut wa = BitRun::new(&mut a);
+                wa.write_fitting(0, pad);
+                write_delta_run(&mut wa, &qz, &cur, tick, &base.unpack(base_tick));
+                wa.finish();
+                let mut wb = BitRun::new(&mut b);
+                wb.write_fitting(0, pad);
+                memo.write_delta(&mut wb, &qz, EntityId(i), &cur, tick, base_tick, &base);
+                wb.finish();
+            }
+        }
+        let (mut ba, mut bb) = (Vec::new(), Vec::new());
+        a.copy_to(&mut ba);
+        b.copy_to(&mut bb);
+        assert_eq!(a.len_bits(), b.len_bits());
+        assert_eq!(ba, bb);
+    }
+}

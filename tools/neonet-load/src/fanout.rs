@@ -739,7 +739,17 @@ fn relay_bin(args: &FanoutArgs) -> anyhow::Result<PathBuf> {
 async fn measure_relay(args: &FanoutArgs) -> anyhow::Result<Measurement> {
     let bin = relay_bin(args)?;
     let tmp = TempDir::new()?;
+    // Every client joins from one address at many times a person's pace: the per-address and
+    // rate limits are lifted as for any load test.
+    let config = tmp.0.join("relay.toml");
+    std::fs::write(
+        &config,
+        neonet::limits::LimitsSection::for_load().config_toml()?,
+    )
+    .with_context(|| format!("writing {}", config.display()))?;
     let child = Command::new(&bin)
+        .arg("--config")
+        .arg(&config)
         .args(["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
         .arg("--data-dir")
         .arg(tmp.0.join("data"))

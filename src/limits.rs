@@ -149,9 +149,21 @@ impl LimitsSection {
             connections_per_addr_max: u32::MAX,
             connection_attempts_per_addr_per_s: lots,
             connection_attempts_per_addr_burst: burst,
-            handshakes_before_retry: usize::MAX,
+            // Unreachable yet representable in TOML (an i64), so `config_toml` can write it.
+            handshakes_before_retry: u32::MAX as usize,
             ..LimitsSection::default()
         }
+    }
+
+    /// These limits as a relay configuration file (a `[limits]` table), for tools that start
+    /// `neonet-relay` as a child process with `--config`.
+    pub fn config_toml(&self) -> Result<String, ConfigError> {
+        #[derive(Serialize)]
+        struct File<'a> {
+            limits: &'a LimitsSection,
+        }
+        toml::to_string(&File { limits: self })
+            .map_err(|e| ConfigError::Invalid(format!("limits as TOML: {e}")))
     }
 
     /// The core's share: validation, quotas and rates by kind.
@@ -273,5 +285,17 @@ mod tests {
         l.set("chat_burst", "0").unwrap();
         assert!(l.validate().is_err());
         assert_eq!(LimitsSection::default().core(), LimitsConfig::default());
+    }
+}
+#[cfg(test)]
+mod config_toml_tests {
+    use super::LimitsSection;
+
+    #[test]
+    fn load_test_limits_survive_a_trip_through_a_relay_config_file() {
+        let limits = LimitsSection::for_load();
+        let text = limits.config_toml().expect("serializes");
+        let config: crate::config::RelayConfig = toml::from_str(&text).expect("parses");
+        assert_eq!(config.limits, limits);
     }
 }

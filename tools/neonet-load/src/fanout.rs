@@ -79,6 +79,11 @@ pub enum Target {
     /// Bare, then the relay, then bare matched to the relay's datagram rate and size; prints
     /// the ratios.
     Both,
+    /// The bare fan-out served by quinn-proto from one event loop (`fanout_proto.rs`): what
+    /// QUIC costs without quinn's per-connection tasks.
+    Proto,
+    /// Everything: bare, the relay, then bare and proto matched to the relay's datagrams.
+    All,
 }
 
 /// Internal roles of a re-executed `neonet-load fanout`.
@@ -86,6 +91,8 @@ pub enum Target {
 pub enum Role {
     /// The bare quinn fan-out server (see the module documentation for its protocol).
     Server,
+    /// The same server on quinn-proto, one thread, one event loop (`fanout_proto.rs`).
+    ProtoServer,
 }
 
 /// `neonet-load fanout`.
@@ -194,6 +201,9 @@ pub struct Report {
     pub ratio_relay_to_bare: Option<f64>,
     /// Relay µs per datagram ÷ bare-matched µs per datagram, when that ran.
     pub ratio_relay_to_bare_matched: Option<f64>,
+    /// Relay µs per datagram ÷ the quinn-proto loop's, matched to the relay's datagrams
+    /// (`--target all`).
+    pub ratio_relay_to_proto_matched: Option<f64>,
     /// Cores on this machine, shared by the clients and the server.
     pub cores: usize,
 }
@@ -204,20 +214,30 @@ pub fn main(args: FanoutArgs) -> anyhow::Result<ExitCode> {
         runtime()?.block_on(serve_bare(args))?;
         return Ok(ExitCode::SUCCESS);
     }
+    if args.role == Some(Role::ProtoServer) {
+        crate::fanout_proto::serve(args)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let rt = runtime()?;
     let mut runs = Vec::new();
-    if matches!(args.target, Target::Bare | Target::Both) {
+    if matches!(args.target, Target::Bare | Target::Both | Target::All) {
         runs.push(rt.block_on(measure_bare(&args, "bare", args.bytes, args.per_tick))?);
     }
-    if matches!(args.target, Target::Relay | Target::Both) {
+    if args.target == Target::Proto {
+        runs.push(rt.block_on(measure_bare(&args, "proto", args.bytes, args.per_tick))?);
+    }
+    if matches!(args.target, Target::Relay | Target::Both | Target::All) {
         runs.push(rt.block_on(measure_relay(&args))?);
     }
-    if args.target == Target::Both {
+    if matches!(args.target, Target::Both | Target::All) {
         let relay = &runs[1];
         let per_tick = (relay.datagrams_per_client_tick.round() as u32).clamp(1, MAX_PER_TICK);
         let bytes = (relay.mean_datagram_bytes.round() as u32).clamp(1, MAX_DATAGRAM_BYTES);
-        if (per_tick, bytes) != (args.per_tick, args.bytes) {
+        if (per_tick, bytes) != (args.per_tick, args.bytes) || args.target == Target::All {
             runs.push(rt.block_on(measure_bare(&args, "bare-matched", bytes, per_tick))?);
+        }
+        if args.target == Target::All {
+            runs.push(rt.block_on(measure_bare(&args, "proto-matched", bytes, per_tick))?);
         }
     }
     let us = |t: &str| {
@@ -229,6 +249,7 @@ pub fn main(args: FanoutArgs) -> anyhow::Result<ExitCode> {
     let report = Report {
         ratio_relay_to_bare: ratio(us("relay"), us("bare")),
         ratio_relay_to_bare_matched: ratio(us("relay"), us("bare-matched")),
+        ratio_relay_to_proto_matched: ratio(us("relay"), us("proto-matched")),
         cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
         runs,
     };
@@ -289,6 +310,9 @@ fn print_table(r: &Report) {
     }
     if let Some(x) = r.ratio_relay_to_bare_matched {
         println!("ratio relay/bare-matched (µs per datagram): {x:.2}");
+    }
+    if let Some(x) = r.ratio_relay_to_proto_matched {
+        println!("ratio relay/proto-matched (µs per datagram): {x:.2}");
     }
     println!(
         "clients = server connections at the window's end / connected at its start / asked; \
@@ -440,8 +464,13 @@ async fn measure_bare(
     per_tick: u32,
 ) -> anyhow::Result<Measurement> {
     let exe = std::env::current_exe().context("finding this executable")?;
+    let role = if target.starts_with("proto") {
+        "proto-server"
+    } else {
+        "server"
+    };
     let child = Command::new(&exe)
-        .args(["fanout", "--role", "server"])
+        .args(["fanout", "--role", role])
         .args(["--hz", &args.hz.to_string()])
         .args(["--bytes", &bytes.to_string()])
         .args(["--per-tick", &per_tick.to_string()])
@@ -579,13 +608,13 @@ fn ramp_start(args: &FanoutArgs, i: u32) -> Duration {
     Duration::from_secs(args.ramp) * i / args.clients.max(1)
 }
 
-fn idle_timeout() -> Duration {
+pub(crate) fn idle_timeout() -> Duration {
     Duration::from_millis(neonet::config::IDLE_TIMEOUT_MS_DEFAULT)
 }
 
 /// A self-signed identity for `localhost`, made with rcgen (as the relay's development
 /// certificate is).
-fn self_signed() -> anyhow::Result<ServerIdentity> {
+pub(crate) fn self_signed() -> anyhow::Result<ServerIdentity> {
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let names: Vec<String> = neonet::tls::DEV_CERT_NAMES
         .iter()
@@ -739,7 +768,17 @@ fn relay_bin(args: &FanoutArgs) -> anyhow::Result<PathBuf> {
 async fn measure_relay(args: &FanoutArgs) -> anyhow::Result<Measurement> {
     let bin = relay_bin(args)?;
     let tmp = TempDir::new()?;
+    // Every client joins from one address at many times a person's pace: the per-address and
+    // rate limits are lifted as for any load test.
+    let config = tmp.0.join("relay.toml");
+    std::fs::write(
+        &config,
+        neonet::limits::LimitsSection::for_load().config_toml()?,
+    )
+    .with_context(|| format!("writing {}", config.display()))?;
     let child = Command::new(&bin)
+        .arg("--config")
+        .arg(&config)
         .args(["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
         .arg("--data-dir")
         .arg(tmp.0.join("data"))

@@ -15,6 +15,7 @@ mod cli;
 mod cpu;
 mod driver;
 mod fanout;
+mod fanout_proto;
 mod proxy_cmd;
 mod report;
 mod run;

@@ -153,6 +153,14 @@ fn parse_vm_rss(text: &str) -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// Cores the machine has online (`sysconf(_SC_NPROCESSORS_ONLN)`): unlike
+/// `std::thread::available_parallelism`, not narrowed by this process's own pinning.
+pub fn online_cores() -> usize {
+    // SAFETY: sysconf only reads a system value.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    usize::try_from(n).ok().filter(|&n| n > 0).unwrap_or(1)
+}
+
 /// A CPU set holding only `cpu`.
 fn cpu_set(cpu: usize) -> std::io::Result<libc::cpu_set_t> {
     if cpu >= libc::CPU_SETSIZE as usize {

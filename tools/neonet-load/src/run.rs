@@ -157,6 +157,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
     let measure_from = start + args.ramp;
     let mut cpu_start: Option<CpuSnapshot> = None;
     let mut rss = RssWatch::default();
+    let mut light_endpoints = SharedEndpoints::new(args.light_share);
     let mut rss_sample = tokio::time::interval(args.rss_interval);
     loop {
         if next_client == args.clients && tasks.is_empty() {
@@ -176,7 +177,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
                 plan.trust = trust.clone();
                 match args.client {
                     ClientKind::Full => tasks.spawn(client_task(plan, live.clone(), stop_rx.clone())),
-                    ClientKind::Light => tasks.spawn(light_client_task(plan, live.clone(), stop_rx.clone())),
+                    ClientKind::Light => {
+                        let endpoint = light_endpoints.for_client(next_client, target)?;
+                        tasks.spawn(light_client_task(plan, endpoint, live.clone(), stop_rx.clone()))
+                    }
                 };
                 next_client += 1;
             }
@@ -436,6 +440,36 @@ impl SpawnedRelay {
     }
 }
 
+/// Light clients' shared QUIC endpoints (`--light-share N`): client `i` uses endpoint `i / N`,
+/// each endpoint one UDP socket and one quinn endpoint driver for its N connections.
+struct SharedEndpoints {
+    share: u32,
+    endpoints: std::collections::HashMap<u32, quinn::Endpoint>,
+}
+
+impl SharedEndpoints {
+    fn new(share: u32) -> SharedEndpoints {
+        SharedEndpoints {
+            share,
+            endpoints: Default::default(),
+        }
+    }
+
+    /// The endpoint client `i` shares; `None` with a share of 1 (each its own, as full clients).
+    fn for_client(&mut self, i: u32, server: SocketAddr) -> anyhow::Result<Option<quinn::Endpoint>> {
+        if self.share <= 1 {
+            return Ok(None);
+        }
+        let group = i / self.share;
+        if let Some(e) = self.endpoints.get(&group) {
+            return Ok(Some(e.clone()));
+        }
+        let e = neonet::quic::client_endpoint(server).context("a shared client endpoint")?;
+        self.endpoints.insert(group, e.clone());
+        Ok(Some(e))
+    }
+}
+
 /// The relay a run loads and started itself (`--spawn-relay`).
 enum RelayUnderTest {
     /// On runtimes of this process.
@@ -567,7 +601,7 @@ impl CpuSnapshot {
             })
         };
         let machine_busy_cores = self.machine.busy_cores_until(&later.machine, wall);
-        let machine_cores = std::thread::available_parallelism().map_or(1, usize::from);
+        let machine_cores = crate::cpu::online_cores();
         let relay_cpu = match (self.relay, later.relay) {
             (Some((cpu0, ticks0)), Some((cpu1, ticks1))) => {
                 let used = cpu1.saturating_sub(cpu0);

@@ -41,16 +41,17 @@ const STREAM_EVENTS_QUEUE: usize = 64;
 /// How often the live byte counters are refreshed from the connection, per client: 1 s.
 const LIVE_BYTES_INTERVAL: Duration = Duration::from_secs(1);
 
-/// One light client, from connect until `stop` turns true. Fails (an unexpected failure) when
+/// One light client, from connect until `stop` turns true, on `endpoint` when given (shared). Fails (an unexpected failure) when
 /// it cannot join; a session that ends early is returned with `disconnected`.
 pub async fn light_client_task(
     plan: ClientPlan,
+    endpoint: Option<quinn::Endpoint>,
     live: Arc<LiveCounters>,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<ClientOutcome> {
     let started = Instant::now();
     let conn = tokio::select! {
-        r = connect(plan.addr, &plan) => r.with_context(|| format!("client {} connecting to {}", plan.id, plan.addr))?,
+        r = connect(plan.addr, &plan, endpoint) => r.with_context(|| format!("client {} connecting to {}", plan.id, plan.addr))?,
         _ = stop.wait_for(|s| *s) => anyhow::bail!("client {}: the run ended before it joined", plan.id),
     };
     let now_of = |at: Instant| Time(at.saturating_duration_since(started).as_micros() as u64);
@@ -125,13 +126,20 @@ pub async fn light_client_task(
     }
     let conn = s.conn.clone();
     let frame_period = Duration::from_secs_f64(1.0 / f64::from(plan.hz));
+    let frame_slack = frame_period / 2;
     let mut next_frame = Instant::now();
     let mut last_live = Instant::now();
     loop {
+        // One wake-up per tick where possible: a script frame due within half a frame of the
+        // core's next wake-up (its client tick, at the same rate) runs then.
         let core_at = core
             .poll_timeout()
             .map(|t| started + Duration::from_micros(t.0));
-        let wake = core_at.map_or(next_frame, |t| t.min(next_frame));
+        let wake = match core_at {
+            Some(t) if t <= next_frame + frame_slack => t,
+            Some(t) => t.min(next_frame),
+            None => next_frame,
+        };
         tokio::select! {
             d = conn.read_datagram() => match d {
                 Ok(d) => s.datagram(&mut core, &d, now_of(Instant::now())),
@@ -144,9 +152,9 @@ pub async fn light_client_task(
             _ = tokio::time::sleep_until(wake) => {
                 let at = Instant::now();
                 core.handle_timeout(now_of(at));
-                if at >= next_frame {
+                if at + frame_slack >= next_frame {
                     // Skip missed frames, as a full client's interval does.
-                    while next_frame <= at {
+                    while next_frame <= at + frame_slack {
                         next_frame += frame_period;
                     }
                     s.frame(&mut core, &mut script, &plan, &live, joined_at, now_of(at));
@@ -194,13 +202,21 @@ pub async fn light_client_task(
     Ok(s.outcome)
 }
 
-/// The QUIC handshake on an endpoint (and UDP socket) of the client's own, as a full client's.
-async fn connect(addr: SocketAddr, plan: &ClientPlan) -> anyhow::Result<quinn::Connection> {
+/// The QUIC handshake, on `endpoint` (shared with other light clients: `--light-share`) or on an
+/// endpoint (and UDP socket) of the client's own, as a full client's.
+async fn connect(
+    addr: SocketAddr,
+    plan: &ClientPlan,
+    endpoint: Option<quinn::Endpoint>,
+) -> anyhow::Result<quinn::Connection> {
     let config = quic::client_config(
         &plan.trust,
         Duration::from_millis(quic::IDLE_TIMEOUT_MS_DEFAULT),
     )?;
-    let endpoint = quic::client_endpoint(addr)?;
+    let endpoint = match endpoint {
+        Some(e) => e,
+        None => quic::client_endpoint(addr)?,
+    };
     let connecting = endpoint.connect_with(config, addr, neonet::tls::DEFAULT_SERVER_NAME)?;
     Ok(tokio::time::timeout(CONNECT_TIMEOUT, connecting)
         .await

@@ -456,7 +456,11 @@ impl SharedEndpoints {
     }
 
     /// The endpoint client `i` shares; `None` with a share of 1 (each its own, as full clients).
-    fn for_client(&mut self, i: u32, server: SocketAddr) -> anyhow::Result<Option<quinn::Endpoint>> {
+    fn for_client(
+        &mut self,
+        i: u32,
+        server: SocketAddr,
+    ) -> anyhow::Result<Option<quinn::Endpoint>> {
         if self.share <= 1 {
             return Ok(None);
         }

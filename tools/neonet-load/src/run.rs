@@ -111,7 +111,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
     } else if args.spawn_relay {
         let relay = spawn_relay(args.hz, seed, &mut plans).await?;
         let trust = Trust::Sha256(relay.fingerprint);
-        (relay.addr, Some(RelayUnderTest::InProcess(relay)), trust)
+        (
+            relay.addr,
+            Some(RelayUnderTest::InProcess(Box::new(relay))),
+            trust,
+        )
     } else {
         let addr = args
             .addr
@@ -476,8 +480,9 @@ impl SharedEndpoints {
 
 /// The relay a run loads and started itself (`--spawn-relay`).
 enum RelayUnderTest {
-    /// On runtimes of this process.
-    InProcess(SpawnedRelay),
+    /// On runtimes of this process (boxed: a runtime and a handle are large, and there is
+    /// one relay).
+    InProcess(Box<SpawnedRelay>),
     /// A process of its own (`--relay-process`).
     Process(RelayProcess),
 }
@@ -508,7 +513,7 @@ impl RelayUnderTest {
     /// Shuts it down cleanly.
     async fn shutdown(self) -> anyhow::Result<()> {
         match self {
-            RelayUnderTest::InProcess(r) => r.shutdown().await,
+            RelayUnderTest::InProcess(r) => (*r).shutdown().await,
             RelayUnderTest::Process(p) => {
                 tokio::task::spawn_blocking(move || p.shutdown(RELAY_PROCESS_STOP_GRACE))
                     .await
@@ -1063,6 +1068,60 @@ mod tests {
         let report = agg.report(RunSetup::default(), 1);
         assert_eq!((report.errors, report.refusals_unexpected), (2, 2));
         assert!(!report.succeeded(), "a rank refusal fails the run");
+    }
+
+    #[test]
+    fn relay_cpu_is_divided_by_clients_and_ticks() {
+        let cpu = RelayCpu {
+            used: Duration::from_millis(900),
+            ticks: 300,
+            cores: 0.09,
+        };
+        // 900 ms over 100 clients × 300 ticks: 30 µs each.
+        assert!((cpu.us_per_client_tick(100).unwrap() - 30.0).abs() < 1e-9);
+        assert_eq!(cpu.us_per_client_tick(0), None);
+        assert_eq!(RelayCpu { ticks: 0, ..cpu }.us_per_client_tick(100), None);
+    }
+
+    #[test]
+    fn memory_growth_is_taken_from_a_minute_past_the_ramp() {
+        let mib = 1024 * 1024;
+        let mut w = RssWatch::default();
+        // A 10 s ramp, samples every 10 s: 100 MiB until 70 s, then 103, then 102.
+        for (t, m) in [
+            (0, 50),
+            (10, 90),
+            (40, 100),
+            (70, 100),
+            (80, 103),
+            (90, 102),
+        ] {
+            w.samples.push((f64::from(t), m * mib));
+        }
+        let f = w.figures(Duration::from_secs(10)).unwrap();
+        assert_eq!(f.baseline_at_s, Some(70.0));
+        assert_eq!(f.baseline_bytes, Some(100 * mib));
+        assert!((f.growth_pct.unwrap() - 2.0).abs() < 1e-9);
+        assert!((f.max_growth_pct.unwrap() - 3.0).abs() < 1e-9);
+        assert_eq!((f.last_bytes, f.max_bytes), (102 * mib, 103 * mib));
+        // A run that ends before the baseline: no growth, never a zero.
+        let short = w.figures(Duration::from_secs(60)).unwrap();
+        assert_eq!((short.baseline_at_s, short.growth_pct), (None, None));
+        assert!(RssWatch::default().figures(Duration::ZERO).is_none());
+    }
+
+    #[test]
+    fn the_walk_area_is_sized_for_the_visible_count() {
+        let r = f64::from(neonet_proto::transform::config::INTEREST_RADIUS_DEFAULT_M);
+        let half = walk_area_half_m(10_000, 100);
+        let density = 10_000.0 / (4.0 * half * half);
+        // Others within one interest disc.
+        assert!((density * std::f64::consts::PI * r * r - 100.0).abs() < 1e-6);
+        assert!(
+            walk_area_half_m(10_000, 50) > half,
+            "fewer visible: a wider area"
+        );
+        assert_eq!(walk_area_half_m(2, 100), crate::behaviour::WALK_AREA_HALF_M);
     }
 
     #[test]

@@ -218,6 +218,11 @@ pub struct Report {
     /// The relay's CPU per client per tick over the measured window, µs: its CPU time divided by
     /// (clients connected at the window's end × ticks it ran in the window).
     pub relay_us_per_client_tick: Option<f64>,
+    /// The load tool's CPU per client per client frame over the measured window, µs: its cores
+    /// (`cpu.load_tool_cores`) ÷ (clients connected at the window's end × `--hz`). What one
+    /// simulated client costs, full or light; meaningful only while the load tool got all the
+    /// CPU it asked for (not `saturated`).
+    pub load_tool_us_per_client_tick: Option<f64>,
     /// A relay process's resident memory over the run (`--relay-process`).
     pub relay_rss: Option<RssFigures>,
     /// Where the CPU went over the measured window; `None` where `/proc` is not readable.
@@ -424,6 +429,12 @@ impl Report {
             ("errors", self.errors.to_string()),
             ("refusals_unexpected", self.refusals_unexpected.to_string()),
             ("disconnects", self.disconnects.to_string()),
+            (
+                "load_tool_us_per_client_tick",
+                self.load_tool_us_per_client_tick
+                    .map(|v| format!("{v:.2}"))
+                    .unwrap_or_else(|| "not measured".into()),
+            ),
             (
                 "relay_us_per_client_tick",
                 self.relay_us_per_client_tick

@@ -268,6 +268,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
     };
     let mut report = aggregate.report(setup, args.clients);
     report.proxy = proxy_stats;
+    report.load_tool_us_per_client_tick = cpu
+        .as_ref()
+        .filter(|_| connected_at_end > 0)
+        .map(|c| c.load_tool_cores * 1e6 / (connected_at_end as f64 * f64::from(args.hz)));
     report.cpu = cpu;
     if let Some(rc) = relay_cpu {
         report.relay_cpu_cores = Some(rc.cores);
@@ -993,6 +997,7 @@ impl Aggregate {
             relay: None,
             relay_cpu_cores: None,
             relay_us_per_client_tick: None,
+            load_tool_us_per_client_tick: None,
             relay_rss: None,
             cpu: None,
             not_measured,

@@ -7,10 +7,13 @@
 //!   wire codec ([`codec::decode_server`]); frames out are encoded with [`codec::encode_frame`];
 //! - clock sync: pings while joined, [`ClockSync`] fed by the pongs, and the prediction tick
 //!   clock [`ClientTickClock`] deciding when a client tick (an input datagram) is due;
-//! - inputs: the same bookkeeping of unacknowledged inputs as the full client, by running the
-//!   protocol's own [`Predictor`] over a movement model that does not simulate
-//!   ([`NoSimulation`]): the history, the gap filling and what an own-state blob acknowledges
-//!   are the predictor's, so the input blobs ([`encode_inputs`]) are the same bytes;
+//! - inputs and its own player: the protocol's own [`Predictor`] over the relay's movement model
+//!   ([`KinematicCharacter`], configured by `Welcome`), as the full client runs it: the history of
+//!   unacknowledged inputs, the gap filling and what an own-state blob acknowledges are the
+//!   predictor's, so the input blobs ([`encode_inputs`]) are the same bytes; and the predicted
+//!   position is what the walker steers from, as a full client's (steering from the position
+//!   the server last sent instead lags a round trip and more behind: the players then swerve
+//!   differently, and the relay sent a third of the bytes it sends full clients' players);
 //! - the upstream datagram ([`encode_client_datagram`]) with the ack header of an
 //!   [`AckTracker`], the receiver's own record of arrivals; the "standing still" rule (no datagram
 //!   once the server applied an input of the same stillness) and the acknowledgement-only
@@ -19,9 +22,9 @@
 //!   acknowledge, the tick to time, the record count to weigh the latency with, and the own-state
 //!   blob ([`decode_own_state`]) for what the server applied and where the player is.
 //!
-//! What it leaves out: decoding entity records, the world mirror, prediction of the own player
-//! (its steering reads the server's own-state position instead), interpolation, reconnection,
-//! events beyond the answers to its own changes. One difference on the wire can follow: a full
+//! What it leaves out: decoding entity records (the bulk of a full client's receive work: one
+//! cache miss per entity per datagram), the world mirror, interpolation, the visual smoothing
+//! of corrections, reconnection, events beyond the answers to its own changes. One difference on the wire can follow: a full
 //! client does not acknowledge a datagram one of whose records it could not decode (a delta
 //! against a baseline it lacks, which happens only when a datagram races the removal of its
 //! entity); the light client acknowledges every datagram whose header reads.
@@ -30,19 +33,16 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use neonet_proto::client::ClientTransmit;
-use neonet_proto::predict::movement::Movement;
 use neonet_proto::predict::wire::{decode_own_state, encode_inputs};
 use neonet_proto::predict::{
-    Authoritative, CharacterInput, ClientTickClock, ClockSync, PingSample, Predictor,
-    PredictorConfig,
+    Authoritative, CharacterInput, ClientTickClock, ClockSync, KinematicCharacter, PingSample,
+    Predictor, PredictorConfig,
 };
 use neonet_proto::time::{Tick, Time};
 use neonet_proto::transform::{
     decode_server_header, encode_client_datagram, AckTracker, Arrival, Quantizer, Seq,
 };
-use neonet_proto::types::{
-    Blueprint, BlueprintId, BlueprintPatch, MovementAuthority, ReqId, Transform, Vec3,
-};
+use neonet_proto::types::{Blueprint, BlueprintId, BlueprintPatch, MovementAuthority, ReqId};
 use neonet_proto::wire::codec;
 use neonet_proto::wire::msg::{
     Channel, ClientMsg, CloseReason, Refusal, ServerMsg, PROTOCOL_VERSION,
@@ -56,30 +56,6 @@ const JOINING_PING_INTERVAL: Duration = neonet_proto::client::PING_INTERVAL;
 /// Events a light client keeps for its driver: 4,096. The driver takes them every frame; a
 /// driver that stops taking them loses the oldest (counted in [`LightCore::events_dropped`]).
 pub const LIGHT_EVENTS_MAX: usize = 4_096;
-
-/// A movement model that does not move: the light client runs the protocol's own
-/// [`Predictor`] for its bookkeeping of unacknowledged inputs (what every input datagram
-/// carries) without simulating the character. Its state is nothing, so every authoritative
-/// state "matches" and nothing is replayed.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct NoSimulation;
-
-impl Movement for NoSimulation {
-    type State = ();
-    type Input = CharacterInput;
-
-    fn step(&self, _state: &(), _input: &CharacterInput, _dt: f32) {}
-
-    fn quantize(&self, _state: &()) {}
-
-    fn position(&self, _state: &()) -> Vec3 {
-        Vec3::ZERO
-    }
-
-    fn transform(&self, _state: &()) -> Transform {
-        Transform::default()
-    }
-}
 
 /// Where a light client is in its life.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -136,7 +112,7 @@ struct Stream {
     quantizer: Quantizer,
     sync: ClockSync,
     clock: ClientTickClock,
-    inputs: Predictor<NoSimulation>,
+    inputs: Predictor<KinematicCharacter>,
     acks: AckTracker,
     up_seq: Seq,
     ack_due: bool,
@@ -158,8 +134,6 @@ pub struct LightCore {
     input: CharacterInput,
     next_req: u32,
     next_ping: Time,
-    /// The newest own-state position the server sent (x, z), m.
-    own_position: Option<[f64; 2]>,
     transmits: VecDeque<ClientTransmit>,
     events: VecDeque<LightEvent>,
     events_dropped: u64,
@@ -186,7 +160,6 @@ impl LightCore {
             input: CharacterInput::default(),
             next_req: 1,
             next_ping: now,
-            own_position: None,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             events_dropped: 0,
@@ -210,10 +183,11 @@ impl LightCore {
         self.stream.as_ref().map(|s| &s.sync)
     }
 
-    /// Where the server last said the player is, m (x, z): what the light client steers from
-    /// (the full client steers from its prediction, a round trip ahead of this).
+    /// Where the player is predicted to be, m (x, z): what the walker steers from, as a full
+    /// client's; `None` before the first own-state blob.
     pub fn own_position(&self) -> Option<[f64; 2]> {
-        self.own_position
+        let p = self.stream.as_ref()?.inputs.state()?.position;
+        Some([f64::from(p.x), f64::from(p.z)])
     }
 
     /// Events lost because the driver did not take them ([`LIGHT_EVENTS_MAX`]).
@@ -288,6 +262,7 @@ impl LightCore {
                 protocol_version,
                 tick_hz,
                 transform,
+                character,
                 ..
             } => {
                 if protocol_version != PROTOCOL_VERSION {
@@ -312,7 +287,7 @@ impl LightCore {
                     sync: ClockSync::new(hz),
                     clock: ClientTickClock::new(hz),
                     inputs: Predictor::new(
-                        NoSimulation,
+                        KinematicCharacter::new(character),
                         1.0 / f32::from(hz),
                         PredictorConfig::default(),
                     ),
@@ -386,14 +361,7 @@ impl LightCore {
         st.acks.record(h.seq);
         if let Some(own) = h.own_blob.and_then(|b| decode_own_state(b).ok()) {
             st.server_input_tick = st.server_input_tick.max(own.last_input_tick);
-            let p = own.state.position;
-            self.own_position = Some([f64::from(p.x), f64::from(p.z)]);
-            st.inputs.reconcile(&Authoritative {
-                server_tick: own.server_tick,
-                last_input_tick: own.last_input_tick,
-                teleport_seq: own.teleport_seq,
-                state: (),
-            });
+            st.inputs.reconcile(&Authoritative::from(own));
         }
         Some(seen)
     }

@@ -5,8 +5,7 @@
 //! The task wakes for a datagram, a frame, or its one timer: the sooner of the core's next
 //! client tick (or ping, or due acknowledgement) and the script's next frame. It does the same
 //! script as a full client ([`crate::behaviour::ClientScript`]): it walks the same walker, chats
-//! and edits at the same rates, and steers towards the walker from the position the server last
-//! sent (a full client steers from its prediction).
+//! and edits at the same rates, and steers towards the walker from its predicted position.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

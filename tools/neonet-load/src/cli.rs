@@ -202,9 +202,9 @@ pub enum ClientKind {
     /// The client library as a game uses it (`neonet::client::Client`): decodes every entity
     /// record, predicts its player, syncs its clock.
     Full,
-    /// The protocol exactly (join, inputs, acknowledgements, clock sync, update latency) without
-    /// decoding entity records, predicting or interpolating (`light::LightCore`): the relay does
-    /// the same work for it, at a fraction of the load tool's CPU.
+    /// The protocol exactly (join, clock sync, inputs steered from the same prediction of its
+    /// own player, acknowledgements, update latency) without decoding other entities' records
+    /// or interpolating (`light::core::LightCore`): the relay does the same work for it.
     Light,
 }
 

@@ -654,9 +654,21 @@ struct RssWatch {
 const RSS_BASELINE_AFTER_RAMP: Duration = Duration::from_secs(60);
 
 impl RssWatch {
+    /// Samples closer together than this are one (the last interval's tick and the closing
+    /// sample can coincide): 0.5 s.
+    const SAME_SAMPLE_S: f64 = 0.5;
+
     fn sample(&mut self, since_start: Duration, pid: u32) {
+        let t_s = since_start.as_secs_f64();
+        if self
+            .samples
+            .last()
+            .is_some_and(|&(last, _)| t_s - last < Self::SAME_SAMPLE_S)
+        {
+            return;
+        }
         match crate::cpu::process_rss_bytes(pid) {
-            Ok(bytes) => self.samples.push((since_start.as_secs_f64(), bytes)),
+            Ok(bytes) => self.samples.push((t_s, bytes)),
             Err(e) => tracing::warn!("reading the relay's memory: {e:#}"),
         }
     }

@@ -81,7 +81,10 @@ pub use budget::{PathBudget, PathSignals, PACKET_OVERHEAD_BYTES};
 pub use config::{ConfigError, PriorityWeights, TransformConfig};
 pub use grid::InterestGrid;
 pub use quant::{QRot, QTransform, Quantizer};
-pub use receiver::{Freshness, ReceivedTick, ReplicaReceiver, FORGOTTEN_MAX};
+pub use receiver::{
+    decode_server_header, Freshness, ReceivedTick, ReplicaReceiver, ServerDatagramHeader,
+    FORGOTTEN_MAX,
+};
 pub use replicator::{ClientReplicator, EntitySample, TickInput, TickSummary};
 pub use seq::{AckHeader, AckTracker, Arrival, Seq};
 pub use upstream::{

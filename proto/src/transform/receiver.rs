@@ -24,6 +24,86 @@ use crate::time::{Tick, Time};
 use crate::types::{EntityId, Transform};
 use crate::wire::limits::{DATAGRAM_BYTES_MAX, ENTITIES_MAX};
 
+/// The header of a server datagram ([`KIND_SERVER_STATE`]), everything before its records:
+/// what a receiver that does not decode records (the load tool's light clients) needs to
+/// acknowledge the datagram and time it. [`ReplicaReceiver`] reads its datagrams with
+/// [`decode_server_header`] too, so the two always agree on the layout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServerDatagramHeader<'a> {
+    /// The datagram's wrapping sequence number.
+    pub seq: Seq,
+    /// The server tick whose state it carries.
+    pub tick: Tick,
+    /// The own-player blob, when the datagram carries one.
+    pub own_blob: Option<&'a [u8]>,
+    /// The clock echo, when the datagram carries one (flags bit 1, PROTOCOL.md 12.4).
+    pub echo: Option<ClockEcho>,
+    /// The baseline age the records' "common age" flag stands for, ticks.
+    pub common_age: u64,
+    /// Entity records that follow.
+    pub records: u64,
+    /// Offset of the first record's bits in the datagram.
+    pub records_at: usize,
+}
+
+/// Reads a server datagram's header, checking its kind, size, flags and bounds; the records
+/// that follow are not read (a datagram whose header reads may still have malformed records).
+pub fn decode_server_header(bytes: &[u8]) -> Result<ServerDatagramHeader<'_>, TransformError> {
+    let kind = *bytes.first().ok_or(TransformError::Empty)?;
+    if kind != KIND_SERVER_STATE {
+        return Err(TransformError::UnknownKind(kind));
+    }
+    if bytes.len() > DATAGRAM_BYTES_MAX {
+        return Err(TransformError::Oversize(bytes.len()));
+    }
+    let seq_bytes = bytes.get(1..3).ok_or(TransformError::Truncated)?;
+    let seq = Seq(u16::from_le_bytes([seq_bytes[0], seq_bytes[1]]));
+    let mut pos = 3;
+    let tick = Tick(read_varint(bytes, &mut pos)?);
+    let flags = *bytes.get(pos).ok_or(TransformError::Truncated)?;
+    pos += 1;
+    if flags & !(FLAG_OWN_BLOB | FLAG_CLOCK_ECHO) != 0 {
+        return Err(TransformError::Malformed("unknown flags"));
+    }
+    let own_blob = if flags & FLAG_OWN_BLOB != 0 {
+        let len = *bytes.get(pos).ok_or(TransformError::Truncated)? as usize;
+        pos += 1;
+        if len > OWN_BLOB_BYTES_MAX {
+            return Err(TransformError::BlobTooLarge {
+                len,
+                max: OWN_BLOB_BYTES_MAX,
+            });
+        }
+        let b = bytes.get(pos..pos + len).ok_or(TransformError::Truncated)?;
+        pos += len;
+        Some(b)
+    } else {
+        None
+    };
+    let echo = if flags & FLAG_CLOCK_ECHO != 0 {
+        Some(ClockEcho::decode(bytes, &mut pos)?)
+    } else {
+        None
+    };
+    let common_age = read_varint(bytes, &mut pos)?;
+    if common_age > BASELINE_AGE_MAX_TICKS {
+        return Err(TransformError::Malformed("baseline age too large"));
+    }
+    let records = read_varint(bytes, &mut pos)?;
+    if records > RECORDS_PER_DATAGRAM_MAX as u64 {
+        return Err(TransformError::TooManyRecords(records as usize));
+    }
+    Ok(ServerDatagramHeader {
+        seq,
+        tick,
+        own_blob,
+        echo,
+        common_age,
+        records,
+        records_at: pos,
+    })
+}
+
 /// Whether a datagram was new.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Freshness {
@@ -567,50 +647,9 @@ impl ReplicaReceiver {
     /// Parses the whole datagram into `self.parsed` before anything is applied.
     fn parse<'a>(&mut self, bytes: &'a [u8]) -> Result<Header<'a>, TransformError> {
         self.parsed.clear();
-        let kind = *bytes.first().ok_or(TransformError::Empty)?;
-        if kind != KIND_SERVER_STATE {
-            return Err(TransformError::UnknownKind(kind));
-        }
-        if bytes.len() > DATAGRAM_BYTES_MAX {
-            return Err(TransformError::Oversize(bytes.len()));
-        }
-        let seq_bytes = bytes.get(1..3).ok_or(TransformError::Truncated)?;
-        let seq = Seq(u16::from_le_bytes([seq_bytes[0], seq_bytes[1]]));
-        let mut pos = 3;
-        let tick = Tick(read_varint(bytes, &mut pos)?);
-        let flags = *bytes.get(pos).ok_or(TransformError::Truncated)?;
-        pos += 1;
-        if flags & !(FLAG_OWN_BLOB | FLAG_CLOCK_ECHO) != 0 {
-            return Err(TransformError::Malformed("unknown flags"));
-        }
-        let blob = if flags & FLAG_OWN_BLOB != 0 {
-            let len = *bytes.get(pos).ok_or(TransformError::Truncated)? as usize;
-            pos += 1;
-            if len > OWN_BLOB_BYTES_MAX {
-                return Err(TransformError::BlobTooLarge {
-                    len,
-                    max: OWN_BLOB_BYTES_MAX,
-                });
-            }
-            let b = bytes.get(pos..pos + len).ok_or(TransformError::Truncated)?;
-            pos += len;
-            Some(b)
-        } else {
-            None
-        };
-        let echo = if flags & FLAG_CLOCK_ECHO != 0 {
-            Some(ClockEcho::decode(bytes, &mut pos)?)
-        } else {
-            None
-        };
-        let common = read_varint(bytes, &mut pos)?;
-        if common > BASELINE_AGE_MAX_TICKS {
-            return Err(TransformError::Malformed("baseline age too large"));
-        }
-        let count = read_varint(bytes, &mut pos)?;
-        if count > RECORDS_PER_DATAGRAM_MAX as u64 {
-            return Err(TransformError::TooManyRecords(count as usize));
-        }
+        let header = decode_server_header(bytes)?;
+        let (tick, common, count) = (header.tick, header.common_age, header.records);
+        let pos = header.records_at;
         let mut r = BitReader::new(&bytes[pos..]);
         let mut prev: Option<u64> = None;
         for _ in 0..count {
@@ -645,10 +684,10 @@ impl ReplicaReceiver {
             return Err(TransformError::Malformed("trailing bytes"));
         }
         Ok(Header {
-            seq,
+            seq: header.seq,
             tick,
-            blob,
-            echo,
+            blob: header.own_blob,
+            echo: header.echo,
         })
     }
 }

@@ -196,6 +196,30 @@ pub enum MoveMode {
     Still,
 }
 
+/// Which client each simulated client of `run` is.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientKind {
+    /// The client library as a game uses it (`neonet::client::Client`): decodes every entity
+    /// record, predicts its player, syncs its clock.
+    Full,
+    /// The protocol exactly (join, clock sync, inputs steered from the same prediction of its
+    /// own player, acknowledgements, update latency) without decoding other entities' records
+    /// or interpolating (`light::core::LightCore`): the relay does the same work for it.
+    Light,
+}
+
+/// Most light clients sharing one QUIC endpoint (`--light-share`): 64. One socket's receive
+/// buffer (2 MiB, `neonet::quic::CLIENT_SOCKET_BUFFER_BYTES`) then holds about a tick of their
+/// datagrams (64 × ≈ 1 KB) 30 times over; numbers.md saw one socket for 1,000 clients overflow.
+pub const LIGHT_SHARE_MAX: i64 = 64;
+
+/// Default interval between samples of a relay process's resident memory: 10 s.
+pub const RSS_INTERVAL_DEFAULT: &str = "10s";
+
+/// Default entities each client sees within its interest (`--visible`): 100, the issue's
+/// target load.
+pub const VISIBLE_DEFAULT: u32 = 100;
+
 /// `neonet-load run`.
 #[derive(Args, Debug, Clone)]
 pub struct RunArgs {
@@ -206,9 +230,45 @@ pub struct RunArgs {
         required_unless_present = "spawn_relay"
     )]
     pub addr: Option<String>,
-    /// Start a relay in this process on a free loopback port and load it.
+    /// Start a relay on a free loopback port and load it: in this process, or with
+    /// --relay-process as a process of its own.
     #[arg(long, conflicts_with = "addr")]
     pub spawn_relay: bool,
+    /// With --spawn-relay: start the relay as a separate process (the `neonet-relay` binary, in
+    /// a fresh temporary folder), so its CPU and memory are read from /proc for it alone
+    /// (`relay_us_per_client_tick`, `relay_rss`).
+    #[arg(long, requires = "spawn_relay")]
+    pub relay_process: bool,
+    /// The relay executable for --relay-process [default: `neonet-relay` next to this
+    /// executable].
+    #[arg(long, value_name = "PATH", requires = "relay_process")]
+    pub relay_bin: Option<PathBuf>,
+    /// Pin the relay process to this CPU (sched_setaffinity before it starts; all its threads).
+    #[arg(long, value_name = "N", requires = "relay_process")]
+    pub relay_cpu: Option<usize>,
+    /// Pin this process, the load tool, to this CPU (all its threads).
+    #[arg(long, value_name = "N")]
+    pub load_cpu: Option<usize>,
+    /// Which client each simulated client is.
+    #[arg(long, value_name = "KIND", value_enum, default_value_t = ClientKind::Full)]
+    pub client: ClientKind,
+    /// Light clients per QUIC endpoint (one UDP socket and one quinn endpoint driver): 1 gives
+    /// each its own, as full clients have; more share, with fewer sockets and wake-ups.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=LIGHT_SHARE_MAX))]
+    pub light_share: u32,
+    /// Entities each client should see within its interest: a spawned relay's clients walk in
+    /// an area sized so that about this many others are within each one's interest radius.
+    #[arg(long, value_name = "N", default_value_t = VISIBLE_DEFAULT,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub visible: u32,
+    /// A soak: print the relay process's resident memory over time (sampled every
+    /// --rss-interval; the JSON always has the samples) and its growth after the first minute.
+    #[arg(long, requires = "relay_process")]
+    pub soak: bool,
+    /// How often a relay process's resident memory is sampled.
+    #[arg(long, value_name = "DURATION", default_value = RSS_INTERVAL_DEFAULT, value_parser = humantime::parse_duration)]
+    pub rss_interval: Duration,
     /// Simulated clients, each on its own UDP socket.
     #[arg(long, value_name = "N", default_value_t = 100,
           value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_CLIENTS)))]
@@ -377,6 +437,32 @@ mod tests {
             Cli::try_parse_from(["neonet-load", "run", "--addr", "a:1", "--spawn-relay"]).is_err()
         );
         assert!(Cli::try_parse_from(["neonet-load", "run", "--spawn-relay"]).is_ok());
+        let cli = Cli::try_parse_from([
+            "neonet-load",
+            "run",
+            "--spawn-relay",
+            "--relay-process",
+            "--relay-cpu",
+            "0",
+            "--load-cpu",
+            "1",
+            "--client",
+            "light",
+            "--soak",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(args.client, ClientKind::Light);
+        assert_eq!((args.relay_cpu, args.load_cpu), (Some(0), Some(1)));
+        assert_eq!(args.rss_interval, Duration::from_secs(10));
+        assert_eq!(args.visible, VISIBLE_DEFAULT);
+        // Pinning a relay needs it in a process of its own.
+        assert!(
+            Cli::try_parse_from(["neonet-load", "run", "--spawn-relay", "--relay-cpu", "0"])
+                .is_err()
+        );
     }
 
     #[test]

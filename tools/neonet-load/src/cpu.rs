@@ -139,6 +139,65 @@ impl ThreadCpu {
     }
 }
 
+/// Resident memory of process `pid`, bytes: `VmRSS` of `/proc/<pid>/status` (which the kernel
+/// gives in kB, 1024 bytes).
+pub fn process_rss_bytes(pid: u32) -> anyhow::Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    parse_vm_rss(&text).with_context(|| format!("no VmRSS in {path}"))
+}
+
+fn parse_vm_rss(text: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Cores the machine has online (`sysconf(_SC_NPROCESSORS_ONLN)`): unlike
+/// `std::thread::available_parallelism`, not narrowed by this process's own pinning.
+pub fn online_cores() -> usize {
+    // SAFETY: sysconf only reads a system value.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    usize::try_from(n).ok().filter(|&n| n > 0).unwrap_or(1)
+}
+
+/// A CPU set holding only `cpu`.
+fn cpu_set(cpu: usize) -> std::io::Result<libc::cpu_set_t> {
+    if cpu >= libc::CPU_SETSIZE as usize {
+        return Err(std::io::Error::other(format!("CPU {cpu} is out of range")));
+    }
+    // SAFETY: cpu_set_t is plain bits; all zeroes is the empty set, and `cpu` was checked to be
+    // inside it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    Ok(set)
+}
+
+/// Pins the calling thread to `cpu` (`sched_setaffinity`); threads it starts afterwards inherit
+/// the pin, so calling it on the main thread before any runtime starts pins the whole process.
+pub fn pin_current_thread(cpu: usize) -> std::io::Result<()> {
+    let set = cpu_set(cpu)?;
+    // SAFETY: pid 0 is the calling thread; `set` is a valid cpu_set_t of the size passed.
+    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Makes the process `cmd` starts run on `cpu` only: the child pins itself between fork and
+/// exec, so every thread it ever starts inherits the pin (no window where a thread runs
+/// elsewhere, as pinning it after the start would leave).
+pub fn pin_before_exec(cmd: &mut std::process::Command, cpu: usize) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the forked child before exec and only makes one system call
+    // (sched_setaffinity) on memory of its own: async-signal-safe, no allocation, no locks.
+    unsafe {
+        cmd.pre_exec(move || pin_current_thread(cpu));
+    }
+}
+
 fn ticks_to_duration(ticks: u64) -> Duration {
     Duration::from_micros(ticks * (1_000_000 / USER_HZ))
 }
@@ -156,6 +215,14 @@ mod tests {
             Duration::from_millis(3250)
         );
         assert!(parse_process_stat("1234 (x) S 1").is_err());
+    }
+
+    #[test]
+    fn reads_resident_memory() {
+        let text = "Name:\tx\nVmPeak:\t  9000 kB\nVmRSS:\t    1234 kB\nThreads:\t4\n";
+        assert_eq!(parse_vm_rss(text), Some(1234 * 1024));
+        assert_eq!(parse_vm_rss("Name: x\n"), None);
+        assert!(process_rss_bytes(std::process::id()).unwrap() > 0);
     }
 
     #[test]

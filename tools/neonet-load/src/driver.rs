@@ -31,10 +31,10 @@ use std::time::Duration;
 use anyhow::Context;
 use neonet::client::{Client, ClientEvent, ClientOptions, DatagramArrival};
 use neonet::tls::Trust;
-use neonet_proto::predict::CharacterInput;
-use neonet_proto::transform::KIND_SERVER_STATE;
+use neonet_proto::predict::{CharacterInput, ClockSync};
 use neonet_proto::types::{Blueprint, BlueprintId, BlueprintPatch, ReqId};
 use neonet_proto::wire::msg::Refusal;
+use neonet_proto::Time;
 use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior};
 
@@ -128,7 +128,7 @@ pub fn refusal_expected(reason: Refusal) -> bool {
 
 /// The error a refused change is reported as; a rank refusal says how to get a relay that
 /// allows the change, since that is what a relay started with defaults answers to edits.
-fn refusal_error(reason: Refusal) -> String {
+pub(crate) fn refusal_error(reason: Refusal) -> String {
     match reason {
         Refusal::Rank => format!(
             "change refused: {reason} ({reason:?}): edits need builder rank; --spawn-relay \
@@ -165,6 +165,10 @@ pub struct ClientOutcome {
     pub packets_out: u64,
     /// Server datagrams detected as lost (sequence gaps).
     pub datagrams_lost: u64,
+    /// Server datagrams whose update latency was measured.
+    pub datagrams_measured: u64,
+    /// Entity records those datagrams carried.
+    pub records_seen: u64,
     /// Errors the client survived (refusals, send failures).
     pub errors: u64,
     /// Refusals for reasons a run does not expect ([`refusal_expected`]), also in `errors`.
@@ -176,7 +180,8 @@ pub struct ClientOutcome {
 }
 
 impl ClientOutcome {
-    fn error(&mut self, live: &LiveCounters, message: String) {
+    /// Counts an error the client survived and keeps its message (the first few distinct).
+    pub(crate) fn error(&mut self, live: &LiveCounters, message: String) {
         self.errors += 1;
         live.errors.fetch_add(1, Ordering::Relaxed);
         if self.error_messages.len() < MAX_REPORTED_ERRORS
@@ -231,10 +236,7 @@ impl TickPhase {
     }
 }
 
-/// The start of a server datagram: its sequence number, server tick and entity record count,
-/// read as `neonet_proto::transform` lays it out (`kind u8 | seq u16 LE | tick varint | flags u8
-/// | [blob len u8, blob] | [echo, hold, phase varints] | common age varint | record count varint
-/// | ...`).
+/// The start of a server datagram: its sequence number, server tick and entity record count.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DatagramHeader {
     /// Wrapping datagram sequence number.
@@ -245,43 +247,16 @@ pub struct DatagramHeader {
     pub records: u64,
 }
 
-/// Reads a server datagram's header; `None` for anything else or anything malformed.
+/// Reads a server datagram's header with the protocol's own reader
+/// ([`neonet_proto::transform::decode_server_header`]); `None` for anything else or a malformed
+/// header.
 pub fn parse_header(d: &[u8]) -> Option<DatagramHeader> {
-    if *d.first()? != KIND_SERVER_STATE {
-        return None;
-    }
-    let seq = u16::from_le_bytes([*d.get(1)?, *d.get(2)?]);
-    let mut pos = 3;
-    let tick = read_varint(d, &mut pos)?;
-    let flags = *d.get(pos)?;
-    pos += 1;
-    if flags & 1 == 1 {
-        let len = usize::from(*d.get(pos)?);
-        pos += 1 + len;
-    }
-    if flags & 2 == 2 {
-        // A clock echo: echoed client time, hold and phase (PROTOCOL.md 12.4).
-        for _ in 0..3 {
-            read_varint(d, &mut pos)?;
-        }
-    }
-    let _common_age = read_varint(d, &mut pos)?;
-    let records = read_varint(d, &mut pos)?;
-    Some(DatagramHeader { seq, tick, records })
-}
-
-/// LEB128, at most 10 bytes.
-fn read_varint(d: &[u8], pos: &mut usize) -> Option<u64> {
-    let mut v = 0u64;
-    for i in 0..10 {
-        let b = *d.get(*pos)?;
-        *pos += 1;
-        v |= u64::from(b & 0x7F) << (7 * i);
-        if b & 0x80 == 0 {
-            return Some(v);
-        }
-    }
-    None
+    let h = neonet_proto::transform::decode_server_header(d).ok()?;
+    Some(DatagramHeader {
+        seq: h.seq.0,
+        tick: h.tick.0,
+        records: h.records,
+    })
 }
 
 /// Counts gaps in wrapping sequence numbers.
@@ -330,18 +305,42 @@ pub fn steer(at: [f64; 2], motion: &Motion) -> CharacterInput {
     }
 }
 
-/// The clock sync's view at one frame.
+/// The clock sync's view at one moment: what the update latency is read with.
 #[derive(Clone, Copy, Debug)]
-struct SyncedClock {
+pub(crate) struct SyncedClock {
     /// `n − s / period` of the newest pong (see [`TickPhase`]).
-    anchor: f64,
+    pub anchor: f64,
     /// The server's tick period, µs.
-    period_us: f64,
+    pub period_us: f64,
     /// Server clock minus client clock, µs.
-    offset_us: f64,
+    pub offset_us: f64,
     /// The clock sync runs on clock echoes (the server's tick timeline) rather than pongs (its
     /// clock): the phase bounds of one do not apply to the other.
-    echo: bool,
+    pub echo: bool,
+}
+
+/// The clock sync's view, once it has a sample (a clock echo or a pong); the one definition
+/// full and light clients measure update latency with.
+pub(crate) fn synced_clock(c: &ClockSync) -> Option<SyncedClock> {
+    let (server_us, next_tick) = c.newest_sample()?;
+    let period_us = c.period_us();
+    Some(SyncedClock {
+        anchor: next_tick as f64 - server_us / period_us,
+        period_us,
+        offset_us: c.offset_us(),
+        echo: c.is_exact(),
+    })
+}
+
+impl SyncedClock {
+    /// Update latency of a datagram of server tick `tick` that arrived at `arrival` (client
+    /// clock): from the tick's start on the server's clock (`tick × period + phase`) to the
+    /// arrival on the same clock; never negative.
+    pub(crate) fn update_latency(&self, arrival: Time, tick: u64, phase_us: f64) -> Duration {
+        let arrival_server_us = arrival.as_micros() as f64 + self.offset_us;
+        let tick_start_us = tick as f64 * self.period_us + phase_us;
+        Duration::from_micros((arrival_server_us - tick_start_us).max(0.0) as u64)
+    }
 }
 
 /// A connected client's measurement state.
@@ -482,17 +481,7 @@ impl Session {
                     core.set_input(steer(at, motion));
                 }
             }
-            core.predicted().and_then(|p| {
-                let c = p.clock();
-                let (server_us, next_tick) = c.newest_sample()?;
-                let period_us = c.period_us();
-                Some(SyncedClock {
-                    anchor: next_tick as f64 - server_us / period_us,
-                    period_us,
-                    offset_us: c.offset_us(),
-                    echo: c.is_exact(),
-                })
-            })
+            core.predicted().and_then(|p| synced_clock(p.clock()))
         });
         self.measure_datagrams(clock);
         for _ in 0..actions.chats {
@@ -582,22 +571,16 @@ impl Session {
     fn measure_datagrams(&mut self, clock: Option<SyncedClock>) {
         self.arrivals.clear();
         self.client.take_datagram_arrivals(&mut self.arrivals);
-        let Some(SyncedClock {
-            anchor,
-            period_us,
-            offset_us,
-            echo,
-        }) = clock
-        else {
+        let Some(clock) = clock else {
             return;
         };
-        if echo && !self.phase_on_echoes {
+        if clock.echo && !self.phase_on_echoes {
             // The clock sync started afresh on clock echoes: so do the phase bounds.
             self.phase_on_echoes = true;
-            self.phase_origin_us = period_us;
+            self.phase_origin_us = clock.period_us;
             self.phase = TickPhase::default();
         }
-        self.phase.observe(anchor, period_us);
+        self.phase.observe(clock.anchor, clock.period_us);
         let Some(phase_us) = self.phase.phase_us() else {
             return;
         };
@@ -606,12 +589,12 @@ impl Session {
                 continue;
             };
             self.gaps.see(h.seq);
-            let arrival_server_us = a.at.as_micros() as f64 + offset_us;
-            let tick_start_us = h.tick as f64 * period_us + phase_us;
-            let latency_us = (arrival_server_us - tick_start_us).max(0.0);
-            self.outcome
-                .update_latency
-                .record_n(Duration::from_micros(latency_us as u64), h.records.max(1));
+            self.outcome.datagrams_measured += 1;
+            self.outcome.records_seen += h.records;
+            self.outcome.update_latency.record_n(
+                clock.update_latency(a.at, h.tick, phase_us),
+                h.records.max(1),
+            );
         }
         self.outcome.datagrams_lost = self.gaps.lost;
     }
@@ -662,6 +645,7 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use neonet_proto::transform::KIND_SERVER_STATE;
 
     #[test]
     fn a_rank_refusal_says_how_to_get_a_relay_that_allows_edits() {

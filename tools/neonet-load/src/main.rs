@@ -16,7 +16,9 @@ mod cpu;
 mod driver;
 mod fanout;
 mod fanout_proto;
+mod light;
 mod proxy_cmd;
+mod relay_proc;
 mod report;
 mod run;
 mod sim;
@@ -65,6 +67,11 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(args) => {
+            if let Some(cpu) = args.load_cpu {
+                // Before the runtime starts: its threads inherit the pin.
+                cpu::pin_current_thread(cpu)
+                    .with_context(|| format!("pinning the load tool to CPU {cpu}"))?;
+            }
             let report = runtime()?.block_on(run::run(args))?;
             if report.refusals_unexpected > 0 {
                 eprintln!(

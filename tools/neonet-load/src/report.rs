@@ -145,6 +145,17 @@ pub struct RunSetup {
     pub via_proxy: bool,
     /// Seed of client behaviour and of the proxy.
     pub seed: u64,
+    /// Which client the simulated clients were: `full` or `light` (`--client`).
+    pub client: String,
+    /// Entities each client was meant to see within its interest (`--visible`; a spawned
+    /// relay's walk area is sized for it).
+    pub visible_target: u32,
+    /// Whether the spawned relay ran as a process of its own (`--relay-process`).
+    pub relay_process: bool,
+    /// The CPU the relay process was pinned to (`--relay-cpu`).
+    pub relay_cpu: Option<usize>,
+    /// The CPU the load tool was pinned to (`--load-cpu`).
+    pub load_cpu: Option<usize>,
 }
 
 /// The result of `neonet-load run`: every figure the load issue asks for.
@@ -164,6 +175,10 @@ pub struct Report {
     pub update_latency_ms: P50P99P999,
     /// Entity updates received (the samples behind `update_latency_ms`), all clients together.
     pub updates_received: u64,
+    /// Entity records per measured server datagram, on average: about how many moving
+    /// entities each client had within its interest (each datagram carries the ones that
+    /// changed); `None` without datagrams.
+    pub records_per_datagram: Option<f64>,
     /// The clients' estimates of the relay's tick phase, p50/p99, ms: the tick starts are placed
     /// this late, so for a relay whose ticks started at 0 (neonet's, unless its tick clock
     /// skipped after a stall) `update_latency_ms` reads low by up to this much.
@@ -195,8 +210,21 @@ pub struct Report {
     pub first_errors: Vec<String>,
     /// The impairment proxy's counters, when clients went through it.
     pub proxy: Option<neonet_proxy::ProxyStats>,
-    /// The relay's own figures, when it ran in this process (`--spawn-relay`).
+    /// The relay's own figures, when the run started it (`--spawn-relay`).
     pub relay: Option<RelayFigures>,
+    /// The relay's CPU over the measured window, in cores (all its threads: in-process, the
+    /// relay's named threads; as a process, `/proc/<pid>/stat` utime + stime).
+    pub relay_cpu_cores: Option<f64>,
+    /// The relay's CPU per client per tick over the measured window, µs: its CPU time divided by
+    /// (clients connected at the window's end × ticks it ran in the window).
+    pub relay_us_per_client_tick: Option<f64>,
+    /// The load tool's CPU per client per client frame over the measured window, µs: its cores
+    /// (`cpu.load_tool_cores`) ÷ (clients connected at the window's end × `--hz`). What one
+    /// simulated client costs, full or light; meaningful only while the load tool got all the
+    /// CPU it asked for (not `saturated`).
+    pub load_tool_us_per_client_tick: Option<f64>,
+    /// A relay process's resident memory over the run (`--relay-process`).
+    pub relay_rss: Option<RssFigures>,
     /// Where the CPU went over the measured window; `None` where `/proc` is not readable.
     pub cpu: Option<CpuFigures>,
     /// Fields left empty on purpose, with why: a missing figure is never shown as a zero.
@@ -273,6 +301,35 @@ pub struct RelayFigures {
     pub persist_commit_max_ms: f64,
 }
 
+/// One sample of a relay process's resident memory.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct RssSample {
+    /// Seconds since the run started (ramp included).
+    pub t_s: f64,
+    /// Resident memory (`VmRSS`), bytes.
+    pub bytes: u64,
+}
+
+/// A relay process's resident memory over the run, sampled every `--rss-interval`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct RssFigures {
+    /// The last sample, bytes (taken as the measured window closed).
+    pub last_bytes: u64,
+    /// The largest sample, bytes.
+    pub max_bytes: u64,
+    /// When the baseline was taken, seconds since the start: the first sample a minute or
+    /// more after the ramp; `None` for a run shorter than that.
+    pub baseline_at_s: Option<f64>,
+    /// The baseline, bytes.
+    pub baseline_bytes: Option<u64>,
+    /// The last sample against the baseline, percent (a soak's "flat within 5%").
+    pub growth_pct: Option<f64>,
+    /// The largest sample from the baseline on against it, percent.
+    pub max_growth_pct: Option<f64>,
+    /// Every sample, oldest first.
+    pub samples: Vec<RssSample>,
+}
+
 /// A report field that this run could not measure.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct NotMeasured {
@@ -296,9 +353,10 @@ impl Report {
         let s = &self.setup;
         writeln!(
             out,
-            "neonet-load run: {} · {} clients · {:.0}s (+{:.0}s ramp) · {} Hz · move {} · seed {}{}",
+            "neonet-load run: {} · {} {} clients · {:.0}s (+{:.0}s ramp) · {} Hz · move {} · seed {}{}",
             s.addr,
             self.clients_target,
+            s.client,
             s.duration_s,
             s.ramp_s,
             s.hz,
@@ -323,6 +381,12 @@ impl Report {
                 ]),
             ),
             ("updates_received", self.updates_received.to_string()),
+            (
+                "records_per_datagram",
+                self.records_per_datagram
+                    .map(|v| format!("{v:.1}"))
+                    .unwrap_or_else(|| "–".into()),
+            ),
             (
                 "tick_phase_ms p50 / p99",
                 fmt_ms(&[self.tick_phase_ms.p50, self.tick_phase_ms.p99]),
@@ -365,6 +429,18 @@ impl Report {
             ("errors", self.errors.to_string()),
             ("refusals_unexpected", self.refusals_unexpected.to_string()),
             ("disconnects", self.disconnects.to_string()),
+            (
+                "load_tool_us_per_client_tick",
+                self.load_tool_us_per_client_tick
+                    .map(|v| format!("{v:.2}"))
+                    .unwrap_or_else(|| "not measured".into()),
+            ),
+            (
+                "relay_us_per_client_tick",
+                self.relay_us_per_client_tick
+                    .map(|v| format!("{v:.2}"))
+                    .unwrap_or_else(|| "not measured".into()),
+            ),
         ];
         let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
         for (key, value) in rows {
@@ -412,12 +488,32 @@ impl Report {
                 )?;
             }
         }
+        if let Some(m) = &self.relay_rss {
+            let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+            let growth = match (m.baseline_at_s, m.growth_pct, m.max_growth_pct) {
+                (Some(at), Some(g), Some(max)) => {
+                    format!(" · growth since {at:.0} s: {g:+.1}% (largest {max:+.1}%)")
+                }
+                _ => " · growth: not measured (a minute past the ramp not reached)".into(),
+            };
+            writeln!(
+                out,
+                "  relay memory (RSS): last {:.1} MiB · max {:.1} MiB{growth}",
+                mib(m.last_bytes),
+                mib(m.max_bytes),
+            )?;
+        }
         if let Some(c) = &self.cpu {
             let mut line = format!(
                 "  cpu (cores, measured window): machine {:.2} of {} busy · load tool {:.2}",
                 c.machine_busy_cores, c.machine_cores, c.load_tool_cores
             );
             for (name, v) in [
+                (
+                    "relay process",
+                    self.relay_cpu_cores
+                        .filter(|_| c.relay_core_cores.is_none()),
+                ),
                 ("relay core", c.relay_core_cores),
                 ("relay I/O", c.relay_io_cores),
                 ("relay store", c.relay_store_cores),
@@ -445,6 +541,23 @@ impl Report {
             for e in &self.first_errors {
                 writeln!(out, "    {e}")?;
             }
+        }
+        Ok(())
+    }
+
+    /// Writes the relay's memory samples, one line each (`--soak`).
+    pub fn write_rss_series(&self, out: &mut impl Write) -> std::io::Result<()> {
+        let Some(m) = &self.relay_rss else {
+            return Ok(());
+        };
+        writeln!(out, "relay RSS over time (s, MiB):")?;
+        for s in &m.samples {
+            writeln!(
+                out,
+                "  {:>7.1}  {:>8.1}",
+                s.t_s,
+                s.bytes as f64 / (1024.0 * 1024.0)
+            )?;
         }
         Ok(())
     }

@@ -18,7 +18,7 @@ use std::time::Duration;
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use neonet::config::RelayConfig;
-use neonet::metrics::{Metrics, MetricsConfig};
+use neonet::metrics::{Metrics, MetricsConfig, Status};
 use neonet::relay::{Relay, RelayHandle, RelayHooks};
 use neonet::tls::{Fingerprint, Trust};
 use neonet_proto::persist::World;
@@ -30,12 +30,14 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::cli::{clock_seed, RunArgs};
+use crate::cli::{clock_seed, ClientKind, RunArgs};
 use crate::cpu::{MachineCpu, ThreadCpu};
 use crate::driver::{client_task, ClientOutcome, ClientPlan};
+use crate::light::light_client_task;
+use crate::relay_proc::{self, RelayProcess, RelayProcessConfig};
 use crate::report::{
-    CpuFigures, InOut, LatencyRecorder, NotMeasured, RelayFigures, Report, RunSetup,
-    IP_UDP_HEADER_BYTES, MAX_REPORTED_ERRORS,
+    CpuFigures, InOut, LatencyRecorder, NotMeasured, RelayFigures, Report, RssFigures, RssSample,
+    RunSetup, IP_UDP_HEADER_BYTES, MAX_REPORTED_ERRORS,
 };
 
 /// How long clients get to leave cleanly once told to stop: 5 s. Those still running after it
@@ -76,7 +78,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
 
     // Every client's plan is fixed before anything starts, so a spawned relay can know where
     // each one starts.
-    let area_half_m = walk_area_half_m(args.clients);
+    let area_half_m = walk_area_half_m(args.clients, args.visible);
     let mut seeds = Rng::new(seed);
     let mut plans: Vec<ClientPlan> = (0..args.clients)
         .map(|id| ClientPlan {
@@ -94,10 +96,26 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
             token: None,
         })
         .collect();
-    let (relay_addr, relay, trust) = if args.spawn_relay {
+    let (relay_addr, relay, trust) = if args.spawn_relay && args.relay_process {
+        let config = RelayProcessConfig {
+            bin: relay_proc::relay_bin(args.relay_bin.as_deref())?,
+            tick_hz: args.hz.clamp(
+                u32::from(neonet_proto::time::TICK_HZ_MIN),
+                u32::from(neonet_proto::time::TICK_HZ_MAX),
+            ),
+            cpu: args.relay_cpu,
+        };
+        let relay = tokio::task::block_in_place(|| relay_proc::start(&config, seed, &mut plans))?;
+        let trust = Trust::Sha256(relay.fingerprint);
+        (relay.addr, Some(RelayUnderTest::Process(relay)), trust)
+    } else if args.spawn_relay {
         let relay = spawn_relay(args.hz, seed, &mut plans).await?;
         let trust = Trust::Sha256(relay.fingerprint);
-        (relay.addr, Some(relay), trust)
+        (
+            relay.addr,
+            Some(RelayUnderTest::InProcess(Box::new(relay))),
+            trust,
+        )
     } else {
         let addr = args
             .addr
@@ -122,6 +140,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
         duration = %humantime::format_duration(args.duration),
         ramp = %humantime::format_duration(args.ramp),
         hz = args.hz,
+        client = ?args.client,
         seed,
         "starting load"
     );
@@ -141,6 +160,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
     let mut next_client = 0u32;
     let measure_from = start + args.ramp;
     let mut cpu_start: Option<CpuSnapshot> = None;
+    let mut rss = RssWatch::default();
+    let mut light_endpoints = SharedEndpoints::new(args.light_share);
+    let mut rss_sample = tokio::time::interval(args.rss_interval);
     loop {
         if next_client == args.clients && tasks.is_empty() {
             // Every client has already ended (they all failed): nothing left to measure.
@@ -157,11 +179,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
                 let mut plan = plans[next_client as usize].clone();
                 plan.addr = target;
                 plan.trust = trust.clone();
-                tasks.spawn(client_task(plan, live.clone(), stop_rx.clone()));
+                match args.client {
+                    ClientKind::Full => tasks.spawn(client_task(plan, live.clone(), stop_rx.clone())),
+                    ClientKind::Light => {
+                        let endpoint = light_endpoints.for_client(next_client, target)?;
+                        tasks.spawn(light_client_task(plan, endpoint, live.clone(), stop_rx.clone()))
+                    }
+                };
                 next_client += 1;
             }
             _ = tokio::time::sleep_until(measure_from), if cpu_start.is_none() => {
-                cpu_start = CpuSnapshot::take();
+                cpu_start = CpuSnapshot::take(relay.as_ref());
             }
             _ = tokio::time::sleep_until(end) => break,
             signal = &mut ctrl_c => {
@@ -174,14 +202,26 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
             }
             _ = refresh.tick() => update_progress(&progress, start, &args, &live),
             _ = relay_sample.tick(), if relay.is_some() => {
-                if let Some(r) = &relay {
-                    relay_watch.sample(&r.metrics);
+                if let Some(status) = relay.as_ref().and_then(RelayUnderTest::status) {
+                    relay_watch.sample(&status);
+                }
+            }
+            _ = rss_sample.tick(), if relay.as_ref().is_some_and(|r| r.pid().is_some()) => {
+                if let Some(pid) = relay.as_ref().and_then(RelayUnderTest::pid) {
+                    rss.sample(start.elapsed(), pid);
                 }
             }
         }
     }
     let measured_for = start.elapsed().saturating_sub(args.ramp);
-    let cpu = cpu_start.and_then(|s| s.figures_until_now(relay.is_some()));
+    let connected_at_end = live.connected.load(Ordering::Relaxed);
+    let (cpu, relay_cpu) = match cpu_start {
+        Some(s) => s.figures_until_now(relay.as_ref()),
+        None => (None, None),
+    };
+    if let Some(pid) = relay.as_ref().and_then(RelayUnderTest::pid) {
+        rss.sample(start.elapsed(), pid);
+    }
 
     // Stop: clients see the signal, leave and return what they measured.
     let _ = stop_tx.send(true);
@@ -220,13 +260,48 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
         edits_per_s: args.edits_per_s,
         via_proxy: args.via_proxy,
         seed,
+        client: format!("{:?}", args.client).to_lowercase(),
+        visible_target: args.visible,
+        relay_process: args.relay_process,
+        relay_cpu: args.relay_cpu,
+        load_cpu: args.load_cpu,
     };
     let mut report = aggregate.report(setup, args.clients);
     report.proxy = proxy_stats;
+    report.load_tool_us_per_client_tick = cpu
+        .as_ref()
+        .filter(|_| connected_at_end > 0)
+        .map(|c| c.load_tool_cores * 1e6 / (connected_at_end as f64 * f64::from(args.hz)));
     report.cpu = cpu;
+    if let Some(rc) = relay_cpu {
+        report.relay_cpu_cores = Some(rc.cores);
+        report.relay_us_per_client_tick = rc.us_per_client_tick(connected_at_end);
+    } else if relay.is_some() {
+        report.not_measured.push(NotMeasured {
+            field: "relay_us_per_client_tick",
+            reason: "the measured window never opened, or /proc was not readable",
+        });
+    }
     if let Some(relay) = relay {
-        report.relay = Some(relay_watch.figures(&relay.metrics));
+        if let Some(status) = relay.status() {
+            report.relay = Some(relay_watch.figures(&status));
+        }
+        match &relay {
+            RelayUnderTest::Process(_) => {
+                report.relay_rss = rss.figures(args.ramp);
+            }
+            RelayUnderTest::InProcess(_) => report.not_measured.push(NotMeasured {
+                field: "relay_rss",
+                reason:
+                    "the relay ran in this process: its memory is not told apart (--relay-process)",
+            }),
+        }
         relay.shutdown().await?;
+    } else {
+        report.not_measured.push(NotMeasured {
+            field: "relay_us_per_client_tick",
+            reason: "the relay is not this run's (--spawn-relay)",
+        });
     }
     let json_to_stdout = args.json.as_deref() == Some(std::path::Path::new("-"));
     if json_to_stdout {
@@ -236,6 +311,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
         report.write_table(&mut std::io::stdout().lock())
     }
     .context("printing the report")?;
+    if args.soak {
+        report.write_rss_series(&mut std::io::stderr().lock())?;
+    }
     if let Some(path) = &args.json {
         report.write_json(path)?;
     }
@@ -259,15 +337,13 @@ struct SpawnedRelay {
 /// cores.
 const RELAY_WORKER_THREADS: usize = 1;
 
-/// Entities each client should see, the load: 100 within its area of interest.
-const VISIBLE_TARGET: f64 = 100.0;
-
 /// Half the side of the square `clients` walk in, m: wide enough that a client's area of
-/// interest (the relay's default radius) holds about [`VISIBLE_TARGET`] others, and never
-/// smaller than the default 100 m plaza.
-fn walk_area_half_m(clients: u32) -> f64 {
+/// interest (the relay's default radius) holds about `visible` others (`--visible`, by default
+/// the load of 100), and never smaller than the default 100 m plaza.
+fn walk_area_half_m(clients: u32, visible: u32) -> f64 {
     let radius = f64::from(neonet_proto::transform::config::INTEREST_RADIUS_DEFAULT_M);
-    let area_m2 = f64::from(clients) * std::f64::consts::PI * radius * radius / VISIBLE_TARGET;
+    let area_m2 =
+        f64::from(clients) * std::f64::consts::PI * radius * radius / f64::from(visible.max(1));
     (area_m2.sqrt() / 2.0).max(crate::behaviour::WALK_AREA_HALF_M)
 }
 
@@ -372,11 +448,96 @@ impl SpawnedRelay {
     }
 }
 
+/// Light clients' shared QUIC endpoints (`--light-share N`): client `i` uses endpoint `i / N`,
+/// each endpoint one UDP socket and one quinn endpoint driver for its N connections.
+struct SharedEndpoints {
+    share: u32,
+    endpoints: std::collections::HashMap<u32, quinn::Endpoint>,
+}
+
+impl SharedEndpoints {
+    fn new(share: u32) -> SharedEndpoints {
+        SharedEndpoints {
+            share,
+            endpoints: Default::default(),
+        }
+    }
+
+    /// The endpoint client `i` shares; `None` with a share of 1 (each its own, as full clients).
+    fn for_client(
+        &mut self,
+        i: u32,
+        server: SocketAddr,
+    ) -> anyhow::Result<Option<quinn::Endpoint>> {
+        if self.share <= 1 {
+            return Ok(None);
+        }
+        let group = i / self.share;
+        if let Some(e) = self.endpoints.get(&group) {
+            return Ok(Some(e.clone()));
+        }
+        let e = neonet::quic::client_endpoint(server).context("a shared client endpoint")?;
+        self.endpoints.insert(group, e.clone());
+        Ok(Some(e))
+    }
+}
+
+/// The relay a run loads and started itself (`--spawn-relay`).
+enum RelayUnderTest {
+    /// On runtimes of this process (boxed: a runtime and a handle are large, and there is
+    /// one relay).
+    InProcess(Box<SpawnedRelay>),
+    /// A process of its own (`--relay-process`).
+    Process(RelayProcess),
+}
+
+impl RelayUnderTest {
+    /// Its process id when it is a process of its own.
+    fn pid(&self) -> Option<u32> {
+        match self {
+            RelayUnderTest::InProcess(_) => None,
+            RelayUnderTest::Process(p) => Some(p.pid()),
+        }
+    }
+
+    /// Its status now; `None` (logged) when a relay process does not answer.
+    fn status(&self) -> Option<Status> {
+        match self {
+            RelayUnderTest::InProcess(r) => Some(r.metrics.status()),
+            RelayUnderTest::Process(p) => match p.status() {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!("reading the relay process's status: {e:#}");
+                    None
+                }
+            },
+        }
+    }
+
+    /// Shuts it down cleanly.
+    async fn shutdown(self) -> anyhow::Result<()> {
+        match self {
+            RelayUnderTest::InProcess(r) => (*r).shutdown().await,
+            RelayUnderTest::Process(p) => {
+                tokio::task::spawn_blocking(move || p.shutdown(RELAY_PROCESS_STOP_GRACE))
+                    .await
+                    .context("stopping the relay process")
+            }
+        }
+    }
+}
+
+/// How long a relay process gets to close its sessions and commit after SIGTERM: 10 s, then
+/// it is killed.
+const RELAY_PROCESS_STOP_GRACE: Duration = Duration::from_secs(10);
+
 /// CPU counters at the start of the measured window.
 struct CpuSnapshot {
     at: Instant,
     machine: MachineCpu,
     threads: ThreadCpu,
+    /// The relay's CPU time so far and ticks run so far, when the run started it.
+    relay: Option<(Duration, u64)>,
 }
 
 /// The thread an in-process relay runs its core on (named in `neonet::relay`).
@@ -385,21 +546,66 @@ const RELAY_CORE_THREAD: &str = "neonet-core";
 const RELAY_IO_THREAD: &str = "neonet-relay";
 /// The thread an in-process relay's store commits on (named in `neonet::store`).
 const RELAY_STORE_THREAD: &str = "neonet-store";
+/// Every thread of an in-process relay.
+const RELAY_THREADS: [&str; 3] = [RELAY_CORE_THREAD, RELAY_IO_THREAD, RELAY_STORE_THREAD];
+
+/// The relay's CPU over the measured window.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct RelayCpu {
+    /// CPU time used, all its threads.
+    used: Duration,
+    /// Ticks it ran in the window.
+    ticks: u64,
+    /// `used` in cores over the window.
+    cores: f64,
+}
+
+impl RelayCpu {
+    /// Relay CPU per client per tick, µs, for `clients` connected through the window; `None`
+    /// without clients or ticks.
+    fn us_per_client_tick(&self, clients: u64) -> Option<f64> {
+        (clients > 0 && self.ticks > 0)
+            .then(|| self.used.as_secs_f64() * 1e6 / (clients as f64 * self.ticks as f64))
+    }
+}
+
+/// The relay's CPU time so far (all its threads) and the ticks it has run.
+fn relay_counters(relay: &RelayUnderTest, threads: &ThreadCpu) -> Option<(Duration, u64)> {
+    let ticks = relay.status()?.tick.ticks;
+    let cpu = match relay {
+        RelayUnderTest::InProcess(_) => threads
+            .0
+            .iter()
+            .filter(|(name, _)| RELAY_THREADS.contains(&name.as_str()))
+            .map(|(_, &t)| t)
+            .sum(),
+        RelayUnderTest::Process(p) => crate::cpu::process_cpu(p.pid()).ok()?,
+    };
+    Some((cpu, ticks))
+}
 
 impl CpuSnapshot {
     /// `None` where `/proc` cannot be read (the figures are then left out, not zeroed).
-    fn take() -> Option<CpuSnapshot> {
+    fn take(relay: Option<&RelayUnderTest>) -> Option<CpuSnapshot> {
+        let threads = ThreadCpu::now().ok()?;
         Some(CpuSnapshot {
             at: Instant::now(),
             machine: MachineCpu::now().ok()?,
-            threads: ThreadCpu::now().ok()?,
+            relay: relay.and_then(|r| relay_counters(r, &threads)),
+            threads,
         })
     }
 
-    fn figures_until_now(self, relay_in_process: bool) -> Option<CpuFigures> {
-        let later = CpuSnapshot::take()?;
+    /// The window's CPU figures, and the relay's CPU when the run started it.
+    fn figures_until_now(
+        self,
+        relay: Option<&RelayUnderTest>,
+    ) -> (Option<CpuFigures>, Option<RelayCpu>) {
+        let Some(later) = CpuSnapshot::take(relay) else {
+            return (None, None);
+        };
+        let relay_in_process = matches!(relay, Some(RelayUnderTest::InProcess(_)));
         let wall = later.at.saturating_duration_since(self.at);
-        let relay_threads = [RELAY_CORE_THREAD, RELAY_IO_THREAD, RELAY_STORE_THREAD];
         let part = |name: &str| {
             relay_in_process.then(|| {
                 later
@@ -408,17 +614,99 @@ impl CpuSnapshot {
             })
         };
         let machine_busy_cores = self.machine.busy_cores_until(&later.machine, wall);
-        let machine_cores = std::thread::available_parallelism().map_or(1, usize::from);
-        Some(CpuFigures {
+        let machine_cores = crate::cpu::online_cores();
+        let relay_cpu = match (self.relay, later.relay) {
+            (Some((cpu0, ticks0)), Some((cpu1, ticks1))) => {
+                let used = cpu1.saturating_sub(cpu0);
+                Some(RelayCpu {
+                    used,
+                    ticks: ticks1.saturating_sub(ticks0),
+                    cores: used.as_secs_f64() / wall.as_secs_f64().max(f64::MIN_POSITIVE),
+                })
+            }
+            _ => None,
+        };
+        let figures = CpuFigures {
             machine_busy_cores,
             machine_cores,
             saturated: CpuFigures::is_saturated(machine_busy_cores, machine_cores),
             load_tool_cores: later.threads.cores_since(&self.threads, wall, |n| {
-                !relay_in_process || !relay_threads.contains(&n)
+                !relay_in_process || !RELAY_THREADS.contains(&n)
             }),
             relay_core_cores: part(RELAY_CORE_THREAD),
             relay_io_cores: part(RELAY_IO_THREAD),
             relay_store_cores: part(RELAY_STORE_THREAD),
+        };
+        (Some(figures), relay_cpu)
+    }
+}
+
+/// A relay process's resident memory over the run.
+#[derive(Debug, Default)]
+struct RssWatch {
+    /// (seconds since the run started, bytes).
+    samples: Vec<(f64, u64)>,
+}
+
+/// How long after the ramp the memory baseline of a soak is taken: 60 s. Joins, the first
+/// snapshots and the allocator's first growth are over by then; growth after it is what a
+/// leak would show.
+const RSS_BASELINE_AFTER_RAMP: Duration = Duration::from_secs(60);
+
+impl RssWatch {
+    /// Samples closer together than this are one (the last interval's tick and the closing
+    /// sample can coincide): 0.5 s.
+    const SAME_SAMPLE_S: f64 = 0.5;
+
+    fn sample(&mut self, since_start: Duration, pid: u32) {
+        let t_s = since_start.as_secs_f64();
+        if self
+            .samples
+            .last()
+            .is_some_and(|&(last, _)| t_s - last < Self::SAME_SAMPLE_S)
+        {
+            return;
+        }
+        match crate::cpu::process_rss_bytes(pid) {
+            Ok(bytes) => self.samples.push((t_s, bytes)),
+            Err(e) => tracing::warn!("reading the relay's memory: {e:#}"),
+        }
+    }
+
+    fn figures(&self, ramp: Duration) -> Option<RssFigures> {
+        let last = *self.samples.last()?;
+        let baseline_at = (ramp + RSS_BASELINE_AFTER_RAMP).as_secs_f64();
+        let baseline = self
+            .samples
+            .iter()
+            .find(|(t, _)| *t >= baseline_at)
+            .copied();
+        let growth = |to: u64, from: u64| (to as f64 - from as f64) * 100.0 / from.max(1) as f64;
+        let (growth_pct, max_growth_pct) = match baseline {
+            Some((t0, b)) if last.0 > t0 => {
+                let max = self
+                    .samples
+                    .iter()
+                    .filter(|(t, _)| *t >= t0)
+                    .map(|&(_, v)| v)
+                    .max()
+                    .unwrap_or(b);
+                (Some(growth(last.1, b)), Some(growth(max, b)))
+            }
+            _ => (None, None),
+        };
+        Some(RssFigures {
+            last_bytes: last.1,
+            max_bytes: self.samples.iter().map(|s| s.1).max().unwrap_or(0),
+            baseline_at_s: baseline.map(|b| b.0),
+            baseline_bytes: baseline.map(|b| b.1),
+            growth_pct,
+            max_growth_pct,
+            samples: self
+                .samples
+                .iter()
+                .map(|&(t_s, bytes)| RssSample { t_s, bytes })
+                .collect(),
         })
     }
 }
@@ -436,8 +724,7 @@ struct RelayWatch {
 }
 
 impl RelayWatch {
-    fn sample(&mut self, metrics: &Metrics) {
-        let status = metrics.status();
+    fn sample(&mut self, status: &Status) {
         if status.tick.ticks == 0 {
             return;
         }
@@ -449,9 +736,8 @@ impl RelayWatch {
         self.commit_max_ms = self.commit_max_ms.max(max);
     }
 
-    fn figures(mut self, metrics: &Metrics) -> RelayFigures {
-        self.sample(metrics);
-        let status = metrics.status();
+    fn figures(mut self, status: &Status) -> RelayFigures {
+        self.sample(status);
         self.tick_p50_ms.sort_by(f64::total_cmp);
         RelayFigures {
             tick_period_ms: status.tick.period_ms,
@@ -585,6 +871,8 @@ struct Aggregate {
     pps_in_sum: f64,
     pps_out_sum: f64,
     datagrams_lost: u64,
+    datagrams_measured: u64,
+    records_seen: u64,
     errors: u64,
     refusals_unexpected: u64,
     disconnects: u64,
@@ -635,6 +923,8 @@ impl Aggregate {
             }
         }
         self.datagrams_lost += outcome.datagrams_lost;
+        self.datagrams_measured += outcome.datagrams_measured;
+        self.records_seen += outcome.records_seen;
         self.errors += outcome.errors;
         self.refusals_unexpected += outcome.refusals_unexpected;
         for e in outcome.error_messages {
@@ -693,6 +983,8 @@ impl Aggregate {
             join_ms: self.join.p50_p99(),
             update_latency_ms: self.update_latency.p50_p99_p999(),
             updates_received: self.update_latency.count(),
+            records_per_datagram: (self.datagrams_measured > 0)
+                .then(|| self.records_seen as f64 / self.datagrams_measured as f64),
             tick_phase_ms: self.tick_phase.p50_p99(),
             kbps_per_client: InOut {
                 in_: per_client(self.kbps_in_sum),
@@ -715,6 +1007,10 @@ impl Aggregate {
             first_errors: self.first_errors,
             proxy: None,
             relay: None,
+            relay_cpu_cores: None,
+            relay_us_per_client_tick: None,
+            load_tool_us_per_client_tick: None,
+            relay_rss: None,
             cpu: None,
             not_measured,
         }
@@ -789,6 +1085,60 @@ mod tests {
         let report = agg.report(RunSetup::default(), 1);
         assert_eq!((report.errors, report.refusals_unexpected), (2, 2));
         assert!(!report.succeeded(), "a rank refusal fails the run");
+    }
+
+    #[test]
+    fn relay_cpu_is_divided_by_clients_and_ticks() {
+        let cpu = RelayCpu {
+            used: Duration::from_millis(900),
+            ticks: 300,
+            cores: 0.09,
+        };
+        // 900 ms over 100 clients × 300 ticks: 30 µs each.
+        assert!((cpu.us_per_client_tick(100).unwrap() - 30.0).abs() < 1e-9);
+        assert_eq!(cpu.us_per_client_tick(0), None);
+        assert_eq!(RelayCpu { ticks: 0, ..cpu }.us_per_client_tick(100), None);
+    }
+
+    #[test]
+    fn memory_growth_is_taken_from_a_minute_past_the_ramp() {
+        let mib = 1024 * 1024;
+        let mut w = RssWatch::default();
+        // A 10 s ramp, samples every 10 s: 100 MiB until 70 s, then 103, then 102.
+        for (t, m) in [
+            (0, 50),
+            (10, 90),
+            (40, 100),
+            (70, 100),
+            (80, 103),
+            (90, 102),
+        ] {
+            w.samples.push((f64::from(t), m * mib));
+        }
+        let f = w.figures(Duration::from_secs(10)).unwrap();
+        assert_eq!(f.baseline_at_s, Some(70.0));
+        assert_eq!(f.baseline_bytes, Some(100 * mib));
+        assert!((f.growth_pct.unwrap() - 2.0).abs() < 1e-9);
+        assert!((f.max_growth_pct.unwrap() - 3.0).abs() < 1e-9);
+        assert_eq!((f.last_bytes, f.max_bytes), (102 * mib, 103 * mib));
+        // A run that ends before the baseline: no growth, never a zero.
+        let short = w.figures(Duration::from_secs(60)).unwrap();
+        assert_eq!((short.baseline_at_s, short.growth_pct), (None, None));
+        assert!(RssWatch::default().figures(Duration::ZERO).is_none());
+    }
+
+    #[test]
+    fn the_walk_area_is_sized_for_the_visible_count() {
+        let r = f64::from(neonet_proto::transform::config::INTEREST_RADIUS_DEFAULT_M);
+        let half = walk_area_half_m(10_000, 100);
+        let density = 10_000.0 / (4.0 * half * half);
+        // Others within one interest disc.
+        assert!((density * std::f64::consts::PI * r * r - 100.0).abs() < 1e-6);
+        assert!(
+            walk_area_half_m(10_000, 50) > half,
+            "fewer visible: a wider area"
+        );
+        assert_eq!(walk_area_half_m(2, 100), crate::behaviour::WALK_AREA_HALF_M);
     }
 
     #[test]

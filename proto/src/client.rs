@@ -92,6 +92,95 @@ impl Default for ReconnectConfig {
     }
 }
 
+/// When a joined client whose clock sync runs on clock echoes sends its liveness `Ping`
+/// (PROTOCOL.md 1): [`PING_FALLBACK_SILENCE`] after its last upstream datagram (`last_up`), and
+/// not before `next_ping` (the last such ping plus [`PING_FALLBACK_SILENCE`]). Shared with other
+/// clients of the protocol (the load tool's light clients), so they ping as [`ClientCore`] does.
+pub fn fallback_ping_at(last_up: Time, next_ping: Time) -> Time {
+    (last_up + PING_FALLBACK_SILENCE).max(next_ping)
+}
+
+/// Whether a server datagram makes an acknowledgement due soon (PROTOCOL.md 12.5): one that
+/// carried something the server waits on (entity records, an own-state blob) or was not fresh (a
+/// duplicate or one too old: the ack header repeats what it said). A datagram with only a clock
+/// echo is acknowledged by the next datagram sent anyway, or a world at rest would echo
+/// acknowledgements back and forth. [`ClientCore`]'s rule, shared with other clients.
+pub fn datagram_wants_ack(has_records: bool, has_own_blob: bool, fresh: bool) -> bool {
+    has_records || has_own_blob || !fresh
+}
+
+/// What a client tick sends upstream ([`UpstreamRule::on_tick`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TickSend {
+    /// No datagram for this tick.
+    Nothing,
+    /// A datagram without the tick's inputs (its owned transforms, acknowledgements).
+    WithoutInputs,
+    /// A datagram with the tick's input payload.
+    Inputs,
+}
+
+/// [`ClientCore`]'s decision of what each client tick sends upstream (PROTOCOL.md 12.7), shared
+/// with other clients of the protocol (the load tool's light clients) so that they send the
+/// same datagrams:
+/// - a client with nothing of its own to send (no input payload yet, not client-authoritative,
+///   moving no apps) sends no datagram: acknowledgements go out a period after a receipt;
+/// - a player standing still with the same input since some tick sends nothing for it once the
+///   server said it applied an input of that stillness (the server repeats it by itself), but
+///   for the apps it moves.
+#[derive(Clone, Debug, Default)]
+pub struct UpstreamRule {
+    /// The input of a player standing still, and the tick it began at.
+    still_input: Option<CharacterInput>,
+    still_since: Tick,
+    /// The newest input tick the server said it applied (own-state blobs).
+    server_input_tick: Option<Tick>,
+}
+
+impl UpstreamRule {
+    /// The server said (an own-state blob's `last_input_tick`) it applied inputs up to `tick`.
+    pub fn server_applied(&mut self, tick: Option<Tick>) {
+        self.server_input_tick = self.server_input_tick.max(tick);
+    }
+
+    /// Client tick `tick` with `input`: `has_inputs` when the predictor gave an input payload
+    /// for it, `client_authority` in client-authoritative mode, `moving` when the client moves
+    /// apps. Returns what the tick sends.
+    pub fn on_tick(
+        &mut self,
+        tick: Tick,
+        input: CharacterInput,
+        has_inputs: bool,
+        client_authority: bool,
+        moving: bool,
+    ) -> TickSend {
+        if !client_authority && !has_inputs && !moving {
+            return TickSend::Nothing;
+        }
+        let still = input.move_x == 0 && input.move_z == 0 && !input.jump;
+        if has_inputs && still && self.still_input == Some(input) {
+            if self
+                .server_input_tick
+                .is_some_and(|t| t >= self.still_since)
+            {
+                return if moving {
+                    TickSend::WithoutInputs
+                } else {
+                    TickSend::Nothing
+                };
+            }
+        } else {
+            self.still_input = still.then_some(input);
+            self.still_since = tick;
+        }
+        if has_inputs {
+            TickSend::Inputs
+        } else {
+            TickSend::WithoutInputs
+        }
+    }
+}
+
 /// Whether a client comes back by itself after its connection ended for `reason`: after a lost
 /// connection (`Timeout`) or a relay going down (`ServerShutdown`), never after a decision (a
 /// kick, a ban, a refusal, a protocol error, another session of the same user, a goodbye).
@@ -439,11 +528,8 @@ struct Stream {
     received: ReceivedTick,
     /// Datagrams dropped as undecodable.
     rejected: u64,
-    /// The input of a player standing still, and the tick it began at.
-    still_input: Option<CharacterInput>,
-    still_since: Tick,
-    /// The newest input tick the server said it applied (own-state blobs).
-    server_input_tick: Option<Tick>,
+    /// What each client tick sends upstream.
+    upstream: UpstreamRule,
     /// Client-authoritative mode: the own transform last sent and how many datagrams carried it.
     own_sent: (Option<QTransform>, u8),
 }
@@ -742,7 +828,11 @@ impl ClientCore {
         // Acknowledged soon if it carried something the server waits on (records, an own blob);
         // a datagram with only a clock echo is acknowledged by the next datagram sent anyway
         // (PROTOCOL.md 12.5), or a world at rest would echo acknowledgements back and forth.
-        st.ack_due |= rt.records > 0 || rt.own_blob.is_some() || rt.freshness != Freshness::Applied;
+        st.ack_due |= datagram_wants_ack(
+            rt.records > 0,
+            rt.own_blob.is_some(),
+            rt.freshness == Freshness::Applied,
+        );
         // Sequence numbers wrap: count the span newest-first from the first one seen.
         self.down_seq = Some(match self.down_seq {
             None => (rt.seq, 1),
@@ -773,7 +863,7 @@ impl ClientCore {
         if let Some(blob) = &rt.own_blob {
             self.figures.own_state_bytes_down += blob.len() as u64;
             if let Ok(o) = decode_own_state(blob) {
-                st.server_input_tick = st.server_input_tick.max(o.last_input_tick);
+                st.upstream.server_applied(o.last_input_tick);
             }
             if st.predicted.handle_own_state(blob).is_err() {
                 st.rejected += 1;
@@ -1019,28 +1109,23 @@ impl ClientCore {
             } else {
                 st.predicted.apply_input(tick, self.input)
             };
-            if !client_auth && inputs.is_none() && st.moving.is_empty() {
-                // Nothing of its own to send (a spectator, or a player before its first
-                // own-player state): acknowledgements go out below when something arrived.
-                continue;
-            }
-            // Standing still with the same input since `still_since`: once the server says it
-            // applied an input of this stillness, it repeats that input by itself for every
-            // tick without one, so nothing more is sent for it (acknowledgements and moved apps
-            // still go out).
-            let still = self.input.move_x == 0 && self.input.move_z == 0 && !self.input.jump;
-            if inputs.is_some() && still && st.still_input == Some(self.input) {
-                if st.server_input_tick.is_some_and(|t| t >= st.still_since) {
-                    if !st.moving.is_empty() {
-                        self.send_upstream(&mut st, &[], now, tick);
-                    }
-                    continue;
+            // Nothing of its own to send (a spectator, a player before its first own-player
+            // state, one standing still the server repeats the input of): acknowledgements
+            // go out below when something arrived (`UpstreamRule`).
+            let send = st.upstream.on_tick(
+                tick,
+                self.input,
+                inputs.is_some(),
+                client_auth,
+                !st.moving.is_empty(),
+            );
+            match send {
+                TickSend::Nothing => {}
+                TickSend::WithoutInputs => self.send_upstream(&mut st, &[], now, tick),
+                TickSend::Inputs => {
+                    self.send_upstream(&mut st, inputs.as_deref().unwrap_or(&[]), now, tick)
                 }
-            } else {
-                st.still_input = still.then_some(self.input);
-                st.still_since = tick;
             }
-            self.send_upstream(&mut st, inputs.as_deref().unwrap_or(&[]), now, tick);
         }
         if st.ack_due && now >= st.last_up + st.period {
             self.send_upstream(&mut st, &[], now, Tick::default());
@@ -1051,7 +1136,7 @@ impl ClientCore {
     /// With clock echoes, when the liveness ping is due: [`PING_FALLBACK_SILENCE`] after the
     /// last upstream datagram and the last ping.
     fn fallback_ping_at(&self, st: &Stream) -> Time {
-        (st.last_up + PING_FALLBACK_SILENCE).max(self.next_ping)
+        fallback_ping_at(st.last_up, self.next_ping)
     }
 
     fn send_upstream(&mut self, st: &mut Stream, inputs: &[u8], now: Time, _tick: Tick) {
@@ -1600,9 +1685,7 @@ impl ClientCore {
                     buf: Vec::new(),
                     received: ReceivedTick::empty(),
                     rejected: 0,
-                    still_input: None,
-                    still_since: Tick::default(),
-                    server_input_tick: None,
+                    upstream: UpstreamRule::default(),
                     own_sent: (None, 0),
                 }));
             }

@@ -75,23 +75,14 @@ impl PredictedClient {
     /// Handles the clock echo of a fresh server datagram of tick `server_tick` received at
     /// `now`. Returns the round trip it measured (without the server's hold), µs, if plausible.
     pub fn handle_echo(&mut self, echo: &ClockEcho, server_tick: Tick, now: Time) -> Option<u64> {
-        self.sync.handle_echo(EchoSample {
-            client_send: Time(echo.client_time_us),
-            hold_us: echo.hold_us,
-            server_tick,
-            phase_us: echo.phase_us,
-            client_recv: now,
-        })
+        self.sync
+            .handle_echo(EchoSample::from_echo(echo, server_tick, now))
     }
 
     /// If the datagram sent at `now` should ask for a clock echo, the client time to put in it
     /// (kind `0x03`, [`crate::transform::encode_client_datagram_clocked`]).
     pub fn poll_stamp(&mut self, now: Time) -> Option<u64> {
-        if !self.sync.stamp_due(now) {
-            return None;
-        }
-        self.sync.on_stamp_sent(now);
-        Some(now.as_micros())
+        self.sync.poll_stamp(now)
     }
 
     /// Handles the own-player blob: compare, and restore and replay on a misprediction.

@@ -35,6 +35,7 @@ use core::time::Duration;
 use std::collections::VecDeque;
 
 use crate::time::{Tick, Time};
+use crate::transform::ClockEcho;
 
 /// Samples in the clock window. 16 samples at the steady [`PING_INTERVAL_MS`] is 3.2 s: long
 /// enough that the window minimum is a genuinely quiet exchange, short enough to follow a route
@@ -106,6 +107,20 @@ pub struct EchoSample {
     pub phase_us: u64,
     /// Client time the datagram carrying the echo arrived.
     pub client_recv: Time,
+}
+
+impl EchoSample {
+    /// The sample of `echo`, read from a fresh server datagram of tick `server_tick` that
+    /// arrived at `client_recv` (what [`ClockSync::handle_echo`] takes).
+    pub fn from_echo(echo: &ClockEcho, server_tick: Tick, client_recv: Time) -> Self {
+        EchoSample {
+            client_send: Time(echo.client_time_us),
+            hold_us: echo.hold_us,
+            server_tick,
+            phase_us: echo.phase_us,
+            client_recv,
+        }
+    }
 }
 
 /// One ping/pong exchange, all times as the respective side measured them.
@@ -198,6 +213,17 @@ impl ClockSync {
     /// Records that a datagram asking for a clock echo went out at `now`.
     pub fn on_stamp_sent(&mut self, now: Time) {
         self.last_stamp = Some(now);
+    }
+
+    /// For a datagram sent at `now`: the client time to stamp it with (kind `0x03`,
+    /// [`crate::transform::encode_client_datagram_clocked`]) when a stamp is due
+    /// ([`ClockSync::stamp_due`], then recorded as sent), `None` otherwise.
+    pub fn poll_stamp(&mut self, now: Time) -> Option<u64> {
+        if !self.stamp_due(now) {
+            return None;
+        }
+        self.on_stamp_sent(now);
+        Some(now.as_micros())
     }
 
     /// Whether the samples come from clock echoes (exact tick phase): from the first echo on,

@@ -5,8 +5,13 @@
 //! What it does as [`neonet_proto::client::ClientCore`] does, with the protocol's own code:
 //! - the handshake: `Hello` (or nothing more), then `Welcome` and `Snapshot` decoded with the
 //!   wire codec ([`codec::decode_server`]); frames out are encoded with [`codec::encode_frame`];
-//! - clock sync: pings while joined, [`ClockSync`] fed by the pongs, and the prediction tick
-//!   clock [`ClientTickClock`] deciding when a client tick (an input datagram) is due;
+//! - clock sync (PROTOCOL.md 12.4): [`ClockSync`], bootstrapped by pings and their pongs, then
+//!   fed by the clock echoes of the server datagrams (read by [`decode_server_header`]) that
+//!   answer the upstream datagrams it stamps ([`ClockSync::poll_stamp`], kind `0x03`); from the
+//!   first echo on, pings go only for liveness after [`PING_FALLBACK_SILENCE`] without an
+//!   upstream datagram ([`fallback_ping_at`]); the prediction tick clock [`ClientTickClock`]
+//!   decides when a client tick is due, with the sync's lead (the send placement that lets
+//!   acknowledgements ride on datagrams);
 //! - inputs and its own player: the protocol's own [`Predictor`] over the relay's movement model
 //!   ([`KinematicCharacter`], configured by `Welcome`), as the full client runs it: the history of
 //!   unacknowledged inputs, the gap filling and what an own-state blob acknowledges are the
@@ -14,13 +19,16 @@
 //!   position is what the walker steers from, as a full client's (steering from the position
 //!   the server last sent instead lags a round trip and more behind: the players then swerve
 //!   differently, and the relay sent a third of the bytes it sends full clients' players);
-//! - the upstream datagram ([`encode_client_datagram`]) with the ack header of an
-//!   [`AckTracker`], the receiver's own record of arrivals; the "standing still" rule (no datagram
-//!   once the server applied an input of the same stillness) and the acknowledgement-only
-//!   datagram a period after a receipt are the full client's;
+//! - the upstream datagram ([`encode_client_datagram_clocked`]) with the ack header of an
+//!   [`AckTracker`], the receiver's own record of arrivals; what a client tick sends is the full
+//!   client's [`UpstreamRule`] (no empty datagram from a client with nothing of its own to send,
+//!   nothing for a player standing still once the server applied an input of that stillness),
+//!   and which datagrams make an acknowledgement due ([`datagram_wants_ack`]) and the
+//!   acknowledgement-only datagram a period after them are the full client's;
 //! - server datagrams: only their header ([`decode_server_header`]), for the sequence number to
-//!   acknowledge, the tick to time, the record count to weigh the latency with, and the own-state
-//!   blob ([`decode_own_state`]) for what the server applied and where the player is.
+//!   acknowledge, the tick to time, the record count to weigh the latency with, the clock echo,
+//!   and the own-state blob ([`decode_own_state`]) for what the server applied and where the
+//!   player is.
 //!
 //! What it leaves out: decoding entity records (the bulk of a full client's receive work: one
 //! cache miss per entity per datagram), the world mirror, interpolation, the visual smoothing
@@ -32,15 +40,18 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use neonet_proto::client::ClientTransmit;
+use neonet_proto::client::{
+    datagram_wants_ack, fallback_ping_at, ClientTransmit, TickSend, UpstreamRule,
+    PING_FALLBACK_SILENCE,
+};
 use neonet_proto::predict::wire::{decode_own_state, encode_inputs};
 use neonet_proto::predict::{
-    Authoritative, CharacterInput, ClientTickClock, ClockSync, KinematicCharacter, PingSample,
-    Predictor, PredictorConfig,
+    Authoritative, CharacterInput, ClientTickClock, ClockSync, EchoSample, KinematicCharacter,
+    PingSample, Predictor, PredictorConfig,
 };
 use neonet_proto::time::{Tick, Time};
 use neonet_proto::transform::{
-    decode_server_header, encode_client_datagram, AckTracker, Arrival, Quantizer, Seq,
+    decode_server_header, encode_client_datagram_clocked, AckTracker, Arrival, Quantizer, Seq,
 };
 use neonet_proto::types::{Blueprint, BlueprintId, BlueprintPatch, MovementAuthority, ReqId};
 use neonet_proto::wire::codec;
@@ -119,9 +130,7 @@ struct Stream {
     last_up: Time,
     period: Duration,
     buf: Vec<u8>,
-    still_input: Option<CharacterInput>,
-    still_since: Tick,
-    server_input_tick: Option<Tick>,
+    upstream: UpstreamRule,
 }
 
 /// One light client's protocol state. See the module documentation.
@@ -297,9 +306,7 @@ impl LightCore {
                     last_up: now,
                     period: Duration::from_micros(1_000_000 / u64::from(tick_hz.max(1))),
                     buf: Vec::new(),
-                    still_input: None,
-                    still_since: Tick::default(),
-                    server_input_tick: None,
+                    upstream: UpstreamRule::default(),
                 }));
             }
             ServerMsg::Snapshot(s) => {
@@ -338,10 +345,10 @@ impl LightCore {
         }
     }
 
-    /// A server datagram arrived: acknowledged (when new), its own-state blob read; returns its
-    /// header for the driver's measurements, `None` before the join or for anything that is
-    /// not a server datagram.
-    pub fn handle_datagram(&mut self, data: &[u8], _now: Time) -> Option<DatagramSeen> {
+    /// A server datagram arrived: acknowledged (when new), its clock echo and own-state blob
+    /// read; returns its header for the driver's measurements, `None` before the join or for
+    /// anything that is not a server datagram.
+    pub fn handle_datagram(&mut self, data: &[u8], now: Time) -> Option<DatagramSeen> {
         if self.state != LightState::Joined {
             return None;
         }
@@ -352,15 +359,21 @@ impl LightCore {
             tick: h.tick,
             records: h.records,
         };
-        // As the full client: any datagram that reads makes an acknowledgement due, a
-        // duplicate or one too old included (the ack header then repeats what it said).
-        st.ack_due = true;
-        if st.acks.classify(h.seq) != Arrival::New {
+        // As the full client: records, an own-state blob, or a duplicate or one too old (the
+        // ack header then repeats what it said) make an acknowledgement due; a clock echo alone
+        // does not.
+        let fresh = st.acks.classify(h.seq) == Arrival::New;
+        st.ack_due |= datagram_wants_ack(h.records > 0, h.own_blob.is_some(), fresh);
+        if !fresh {
             return Some(seen);
         }
         st.acks.record(h.seq);
+        if let Some(echo) = &h.echo {
+            st.sync
+                .handle_echo(EchoSample::from_echo(echo, h.tick, now));
+        }
         if let Some(own) = h.own_blob.and_then(|b| decode_own_state(b).ok()) {
-            st.server_input_tick = st.server_input_tick.max(own.last_input_tick);
+            st.upstream.server_applied(own.last_input_tick);
             st.inputs.reconcile(&Authoritative::from(own));
         }
         Some(seen)
@@ -389,8 +402,15 @@ impl LightCore {
             self.push_frame(&ClientMsg::Ping {
                 client_time_us: now.as_micros(),
             });
+        } else if st.sync.is_exact() && now >= fallback_ping_at(st.last_up, self.next_ping) {
+            // Clock sync rides in the datagrams; this ping is for liveness only.
+            self.next_ping = now + PING_FALLBACK_SILENCE;
+            self.push_frame(&ClientMsg::Ping {
+                client_time_us: now.as_micros(),
+            });
         }
         while let Some(tick) = st.clock.poll_tick(now, &st.sync) {
+            // As the full client's `PredictedClient::apply_input`.
             let inputs = if self.client_authority || !st.inputs.step(tick, self.input) {
                 None
             } else {
@@ -398,18 +418,21 @@ impl LightCore {
                     .unacked_inputs()
                     .map(|(first, inputs)| encode_inputs(first, &inputs))
             };
-            // The full client's rule: standing still with the same input since `still_since`,
-            // once the server applied an input of this stillness, sends nothing for it.
-            let still = self.input.move_x == 0 && self.input.move_z == 0 && !self.input.jump;
-            if inputs.is_some() && still && st.still_input == Some(self.input) {
-                if st.server_input_tick.is_some_and(|t| t >= st.still_since) {
-                    continue;
+            // A light client moves no apps.
+            let send = st.upstream.on_tick(
+                tick,
+                self.input,
+                inputs.is_some(),
+                self.client_authority,
+                false,
+            );
+            match send {
+                TickSend::Nothing => {}
+                TickSend::WithoutInputs => self.send_upstream(&mut st, &[], now),
+                TickSend::Inputs => {
+                    self.send_upstream(&mut st, inputs.as_deref().unwrap_or(&[]), now)
                 }
-            } else {
-                st.still_input = still.then_some(self.input);
-                st.still_since = tick;
             }
-            self.send_upstream(&mut st, inputs.as_deref().unwrap_or(&[]), now);
         }
         if st.ack_due && now >= st.last_up + st.period {
             self.send_upstream(&mut st, &[], now);
@@ -425,6 +448,9 @@ impl LightCore {
                 let mut t = st.sync.next_ping_at();
                 if st.clock.next_tick().is_some() {
                     t = t.min(st.clock.next_at());
+                }
+                if st.sync.is_exact() {
+                    t = t.min(fallback_ping_at(st.last_up, self.next_ping));
                 }
                 if st.ack_due {
                     t = t.min(st.last_up + st.period);
@@ -448,7 +474,18 @@ impl LightCore {
     fn send_upstream(&mut self, st: &mut Stream, inputs: &[u8], now: Time) {
         st.up_seq = st.up_seq.next();
         let ack = st.acks.header();
-        if encode_client_datagram(&st.quantizer, &ack, st.up_seq, inputs, &[], &mut st.buf).is_ok()
+        // A clock sample is due: this datagram asks the server for an echo (kind 0x03).
+        let stamp = st.sync.poll_stamp(now);
+        if encode_client_datagram_clocked(
+            &st.quantizer,
+            &ack,
+            st.up_seq,
+            stamp,
+            inputs,
+            &[],
+            &mut st.buf,
+        )
+        .is_ok()
         {
             self.transmits
                 .push_back(ClientTransmit::Datagram(st.buf.clone()));

@@ -72,6 +72,8 @@ pub async fn light_client_task(
         writers,
         outcome: ClientOutcome::default(),
         phase: TickPhase::default(),
+        phase_on_echoes: false,
+        phase_origin_us: 0.0,
         gaps: GapCounter::default(),
         pending: HashMap::new(),
         blueprint: None,
@@ -171,10 +173,13 @@ pub async fn light_client_task(
         s.flush(&mut core);
     }
     s.outcome.connected_for = joined_at.elapsed();
+    // On the echoes' tick timeline tick `n` starts at `(n + 1) × period`: what the latency can
+    // read low by is the phase beyond that period.
+    let origin_us = s.phase_origin_us;
     s.outcome.tick_phase = s
         .phase
         .phase_us()
-        .map(|us| Duration::from_micros(us.max(0.0) as u64));
+        .map(|us| Duration::from_micros((us - origin_us).max(0.0) as u64));
     s.outcome.datagrams_lost = s.gaps.lost;
     let stats = s.conn.stats();
     s.outcome.bytes_in = stats.udp_rx.bytes;
@@ -228,6 +233,12 @@ struct Session {
     writers: ChannelWriters,
     outcome: ClientOutcome,
     phase: TickPhase,
+    /// `phase` holds bounds from clock echoes (see [`crate::driver::SyncedClock::echo`]).
+    phase_on_echoes: bool,
+    /// Where the tick timeline's phase 0 is, µs: 0 for pongs (the relay's clock), one period
+    /// for echoes (tick `n` starts at `(n + 1) × period` on their timeline). As the full
+    /// client's driver, so both report the same definitions.
+    phase_origin_us: f64,
     gaps: GapCounter,
     pending: HashMap<ReqId, Instant>,
     blueprint: Option<(BlueprintId, u32)>,
@@ -275,6 +286,12 @@ impl Session {
         let Some(clock) = core.clock().and_then(synced_clock) else {
             return;
         };
+        if clock.echo && !self.phase_on_echoes {
+            // The clock sync started afresh on clock echoes: so do the phase bounds.
+            self.phase_on_echoes = true;
+            self.phase_origin_us = clock.period_us;
+            self.phase = TickPhase::default();
+        }
         self.phase.observe(clock.anchor, clock.period_us);
         let Some(phase_us) = self.phase.phase_us() else {
             return;

@@ -25,6 +25,7 @@ use neonet_proto::rng::Rng;
 use neonet_proto::server::{ConnId, InsecureTokens, ServerConfig, ServerCore, Transmit};
 use neonet_proto::sim::{Link, LinkConfig};
 use neonet_proto::time::Time;
+use neonet_proto::transform::{decode_server_header, KIND_CLIENT_STATE_CLOCK};
 use neonet_proto::wire::msg::Channel;
 
 use super::core::{LightCore, LightState};
@@ -313,6 +314,20 @@ fn the_relay_sends_a_light_client_the_same_datagrams_as_a_full_one() {
             full.down.len()
         );
         assert!(full.up.len() > 200, "seed {seed}: {} up", full.up.len());
+        // The clock sync rides in the datagrams (PROTOCOL.md 12.4): stamped ones go up, and
+        // the server echoes them (its flag bit 1).
+        assert!(
+            full.up
+                .iter()
+                .any(|d| d.first() == Some(&KIND_CLIENT_STATE_CLOCK)),
+            "seed {seed}: no stamped datagram"
+        );
+        assert!(
+            full.down
+                .iter()
+                .any(|d| decode_server_header(d).is_ok_and(|h| h.echo.is_some())),
+            "seed {seed}: no clock echo"
+        );
         for (i, (f, l)) in full.up.iter().zip(&light.up).enumerate() {
             assert_eq!(f, l, "seed {seed}: upstream datagram {i} differs");
         }

@@ -35,6 +35,9 @@ pub struct InterestGrid {
     /// Scratch: one bit per sample, all clear between queries; orders a query's picks by
     /// index (so by id) when that is cheaper than sorting them.
     marks: Vec<u64>,
+    /// How many samples the last query found nearby: whether the next one marks its finds
+    /// straight in `marks` is decided from it (either way gives the same answer).
+    last_nearby: usize,
 }
 
 /// One sample in the grid.
@@ -142,6 +145,12 @@ impl InterestGrid {
             return;
         }
         self.picked.clear();
+        // Ordered by id: through the bitset when scanning its words costs less than sorting
+        // (a word covers 64 samples, a sort costs a few steps per pick), else by a sort. When
+        // the last query found enough for the bitset, finds are marked in it at once (a list
+        // of picks first, then marking them, cost ≈ 20 instructions a find more).
+        let direct = self.marks.len() <= self.last_nearby * MARK_WORDS_PER_PICK_MAX
+            && self.marks.len() * 64 >= samples.len();
         let [vx, _, vz] = viewer.to_array();
         if vx.is_finite() && vz.is_finite() {
             let r2 = self.cell_m * self.cell_m;
@@ -163,15 +172,19 @@ impl InterestGrid {
                     }
                     let (dx, dz) = (c.x - vx, c.z - vz);
                     if dx * dx + dz * dz <= r2 {
-                        self.picked.push(picked(c.id, c.index as usize));
+                        if direct {
+                            let i = c.index as usize;
+                            self.marks[i / 64] |= 1 << (i % 64);
+                        } else {
+                            self.picked.push(picked(c.id, c.index as usize));
+                        }
                     }
                 }
             }
         }
-        // Ordered by id: through the bitset when scanning its words costs less than sorting
-        // (a word covers 64 samples, a sort costs a few steps per pick), else by a sort.
-        if self.marks.len() <= self.picked.len() * MARK_WORDS_PER_PICK_MAX
-            && self.marks.len() * 64 >= samples.len()
+        if direct
+            || (self.marks.len() <= self.picked.len() * MARK_WORDS_PER_PICK_MAX
+                && self.marks.len() * 64 >= samples.len())
         {
             for &p in &self.picked {
                 let i = p as u32 as usize;
@@ -192,6 +205,7 @@ impl InterestGrid {
         // The retained come sorted by id and are mostly nearby already: walk them along the
         // picked ones and look up (binary search) only those beyond the radius.
         let nearby = self.picked.len();
+        self.last_nearby = nearby;
         let mut j = 0;
         for id in retained {
             let key = u64::from(id.0) << 32;

@@ -29,8 +29,10 @@ pub struct InterestGrid {
     /// positions are never within any radius). Positions are copied in so that a query reads
     /// this one sequential array, not the samples.
     cells: Vec<CellEntry>,
-    /// Scratch: the samples gathered by a query, each as its id (high half) and index (low
-    /// half), so that ordering them orders by id without reading the samples.
+    /// Scratch: the samples a query finds within the radius when not marked in `marks`
+    /// straight away, each as its id (high half) and index (low half), so that ordering them
+    /// orders by id without reading the samples; then the indices of retained samples beyond
+    /// the radius.
     picked: Vec<u64>,
     /// Scratch: one bit per sample, all clear between queries; orders a query's picks by
     /// index (so by id) when that is cheaper than sorting them.
@@ -182,6 +184,7 @@ impl InterestGrid {
                 }
             }
         }
+        // The samples nearby, in id order, straight into `out`.
         if direct
             || (self.marks.len() <= self.picked.len() * MARK_WORDS_PER_PICK_MAX
                 && self.marks.len() * 64 >= samples.len())
@@ -190,40 +193,40 @@ impl InterestGrid {
                 let i = p as u32 as usize;
                 self.marks[i / 64] |= 1 << (i % 64);
             }
-            self.picked.clear();
             for (w, word) in self.marks.iter_mut().enumerate() {
                 let mut bits = std::mem::take(word);
                 while bits != 0 {
                     let i = w * 64 + bits.trailing_zeros() as usize;
                     bits &= bits - 1;
-                    self.picked.push(picked(samples[i].id, i));
+                    out.push(samples[i]);
                 }
             }
         } else {
             self.picked.sort_unstable();
+            out.extend(self.picked.iter().map(|&p| samples[p as u32 as usize]));
         }
         // The retained come sorted by id and are mostly nearby already: walk them along the
-        // picked ones and look up (binary search) only those beyond the radius.
-        let nearby = self.picked.len();
+        // samples nearby and look up (binary search) only those beyond the radius.
+        let nearby = out.len();
         self.last_nearby = nearby;
+        self.picked.clear();
         let mut j = 0;
         for id in retained {
-            let key = u64::from(id.0) << 32;
-            while j < nearby && self.picked[j] < key {
+            while j < nearby && out[j].id < id {
                 j += 1;
             }
-            if j < nearby && self.picked[j] >> 32 == u64::from(id.0) {
+            if j < nearby && out[j].id == id {
                 continue;
             }
             if let Ok(i) = samples.binary_search_by_key(&id, |s| s.id) {
-                self.picked.push(picked(id, i));
+                self.picked.push(i as u64);
             }
         }
-        if self.picked.len() > nearby {
-            self.picked.sort_unstable();
-            self.picked.dedup();
+        if !self.picked.is_empty() {
+            out.extend(self.picked.iter().map(|&i| samples[i as usize]));
+            out.sort_unstable_by_key(|s| s.id);
+            out.dedup_by_key(|s| s.id);
         }
-        out.extend(self.picked.iter().map(|&p| samples[p as u32 as usize]));
     }
 }
 

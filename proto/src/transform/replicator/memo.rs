@@ -39,8 +39,8 @@ struct MemoEntry {
     len: u32,
     tick: Tick,
     base_tick: Tick,
-    cur: QTransform,
-    base: PackedSample,
+    /// The current value and the baseline as [`value_words`].
+    key: [u64; 9],
     /// The body, least significant bit first.
     bits: u128,
 }
@@ -50,15 +50,7 @@ const EMPTY: MemoEntry = MemoEntry {
     len: 0,
     tick: Tick(0),
     base_tick: Tick(0),
-    cur: QTransform {
-        pos: [0; 3],
-        rot: crate::transform::quant::QRot {
-            largest: 0,
-            comps: [0; 3],
-        },
-        scale: None,
-    },
-    base: PackedSample::ZERO,
+    key: [0; 9],
     bits: 0,
 };
 
@@ -97,7 +89,10 @@ impl BodyMemo {
     /// Writes the delta body of `cur` at `tick` against the baseline `base` of `base_tick`,
     /// exactly as [`write_delta_run`] writes it, from the memo when it holds it. `qz` must be
     /// the quantizer given to [`BodyMemo::use_quantizer`].
-    #[inline]
+    ///
+    /// The hit path is small and inlined into the record writers (most records are hits); an
+    /// encoding and storing it is [`BodyMemo::encode_and_store`], kept out of line.
+    #[inline(always)]
     #[allow(clippy::too_many_arguments)]
     pub(super) fn write_delta(
         &mut self,
@@ -110,17 +105,16 @@ impl BodyMemo {
         base: &PackedSample,
     ) {
         debug_assert!(self.qz.as_ref() == Some(qz));
-        let i = self.slot(id, base_tick);
-        let e = &self.slots[i];
-        if e.len != 0
-            && e.id == id
-            && e.tick == tick
-            && e.base_tick == base_tick
-            && e.cur == *cur
-            && e.base == *base
+        let e = &self.slots[self.slot(id, base_tick)];
+        // One branch for the whole key: `&` rather than `&&`, and the values compared as
+        // whole words (`same_words`), since a hit, the common case, compares everything anyway.
+        if (e.len != 0)
+            & (e.id == id)
+            & (e.tick == tick)
+            & (e.base_tick == base_tick)
+            & same_words(&e.key, &value_words(cur, base))
         {
-            let len = e.len;
-            let bits = e.bits;
+            let (len, bits) = (e.len, e.bits);
             if len <= 64 {
                 w.write_fitting(bits as u64, len);
             } else {
@@ -129,6 +123,22 @@ impl BodyMemo {
             }
             return;
         }
+        self.encode_and_store(w, qz, id, cur, tick, base_tick, base);
+    }
+
+    /// A memo miss: encodes the body and remembers it (unless too long).
+    #[inline(never)]
+    #[allow(clippy::too_many_arguments)]
+    fn encode_and_store(
+        &mut self,
+        w: &mut BitRun,
+        qz: &Quantizer,
+        id: EntityId,
+        cur: &QTransform,
+        tick: Tick,
+        base_tick: Tick,
+        base: &PackedSample,
+    ) {
         let start = w.len_bits();
         write_delta_run(w, qz, cur, tick, &base.unpack(base_tick));
         let len = w.len_bits() - start;
@@ -149,8 +159,7 @@ impl BodyMemo {
             len: len as u32,
             tick,
             base_tick,
-            cur: *cur,
-            base: *base,
+            key: value_words(cur, base),
             bits: w.bits_since(start),
         };
     }
@@ -164,6 +173,58 @@ impl BodyMemo {
         }
         self.clashes = 0;
     }
+}
+
+/// Whether two [`value_words`] are equal, with no early exit: a hit, the common case, compares
+/// every word anyway (a field-by-field `==` of the values cost ≈ 50 instructions a record).
+#[inline(always)]
+fn same_words(a: &[u64; 9], b: &[u64; 9]) -> bool {
+    a.iter().zip(b).fold(0, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Every field of a (current value, baseline) pair, packed into words: equal words iff equal
+/// fields, so comparing them keeps the memo exact. An entry stores its key so; a lookup packs
+/// only the value looked up.
+#[inline(always)]
+fn value_words(cur: &QTransform, base: &PackedSample) -> [u64; 9] {
+    let w32 = |lo: u32, hi: u32| u64::from(lo) | u64::from(hi) << 32;
+    let w16 = |v: [u16; 4]| {
+        u64::from(v[0]) | u64::from(v[1]) << 16 | u64::from(v[2]) << 32 | u64::from(v[3]) << 48
+    };
+    let (scale, has_scale) = match cur.scale {
+        Some(s) => (s, 1),
+        None => ([0; 3], 0),
+    };
+    [
+        w32(cur.pos[0], cur.pos[1]),
+        w32(
+            cur.pos[2],
+            u32::from(cur.rot.largest)
+                | has_scale << 8
+                | u32::from(base.largest) << 16
+                | u32::from(base.flags) << 24,
+        ),
+        w16([
+            cur.rot.comps[0],
+            cur.rot.comps[1],
+            cur.rot.comps[2],
+            scale[0],
+        ]),
+        w32(u32::from(scale[1]) | u32::from(scale[2]) << 16, base.pos[0]),
+        w32(base.pos[1], base.pos[2]),
+        w32(base.dpos[0] as u32, base.dpos[1] as u32),
+        w32(
+            base.dpos[2] as u32,
+            u32::from(base.comps[0]) | u32::from(base.comps[1]) << 16,
+        ),
+        w16([
+            base.comps[2],
+            base.drot[0] as u16,
+            base.drot[1] as u16,
+            base.drot[2] as u16,
+        ]),
+        w16([base.scale[0], base.scale[1], base.scale[2], base.dt]),
+    ]
 }
 
 #[cfg(test)]

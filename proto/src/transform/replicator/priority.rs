@@ -53,9 +53,9 @@ impl ClientReplicator {
     /// gone from the list are dropped in one forward pass, new ones are placed in one backward
     /// pass. Each tick a few entities cross the interest edge, so a copy into a second buffer
     /// (the old way) wrote a whole cold per-entity array per client per tick.
-    pub(super) fn merge(&mut self, entities: &[EntitySample]) {
-        let same = self.tracked.len() == entities.len()
-            && self.tracked.iter().zip(entities).all(|(t, e)| t.id == e.id);
+    /// `same` is [`Self::same_entities`] of `entities`.
+    pub(super) fn merge(&mut self, entities: &[EntitySample], same: bool) {
+        debug_assert!(self.tracked.windows(2).all(|w| w[0].id < w[1].id));
         if same {
             return;
         }
@@ -93,6 +93,14 @@ impl ClientReplicator {
             }
         }
         debug_assert_eq!(new_left, 0);
+    }
+
+    /// Whether `entities` are those `tracked` holds, in order: then they are sorted and there
+    /// is nothing to merge.
+    #[inline]
+    pub(super) fn same_entities(&self, entities: &[EntitySample]) -> bool {
+        self.tracked.len() == entities.len()
+            && self.tracked.iter().zip(entities).all(|(t, e)| t.id == e.id)
     }
 
     pub(super) fn collect_candidates(&mut self, input: &TickInput) {

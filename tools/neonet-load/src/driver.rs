@@ -190,6 +190,43 @@ impl ClientOutcome {
             self.error_messages.push(message);
         }
     }
+
+    /// A change of this client was acknowledged: its ack latency, if it was waiting in
+    /// `pending`. The one definition full and light clients count with.
+    pub(crate) fn acked(&mut self, pending: &mut HashMap<ReqId, Instant>, req: ReqId) {
+        if let Some(sent) = pending.remove(&req) {
+            self.ack_latency
+                .get_or_insert_with(LatencyRecorder::new)
+                .record(sent.elapsed());
+            self.acked_changes += 1;
+        }
+    }
+
+    /// A change of this client was refused: an error, and unexpected unless it is load shedding.
+    pub(crate) fn refused(
+        &mut self,
+        live: &LiveCounters,
+        pending: &mut HashMap<ReqId, Instant>,
+        req: ReqId,
+        reason: Refusal,
+    ) {
+        pending.remove(&req);
+        if !refusal_expected(reason) {
+            self.refusals_unexpected += 1;
+        }
+        self.error(live, refusal_error(reason));
+    }
+
+    /// The session ended.
+    pub(crate) fn disconnected(
+        &mut self,
+        live: &LiveCounters,
+        reason: impl std::fmt::Display,
+        detail: &str,
+    ) {
+        self.disconnected = true;
+        self.error(live, format!("disconnected: {reason} ({detail})"));
+    }
 }
 
 /// The phase of the relay's tick clock on its own clock, estimated from pongs.
@@ -513,26 +550,12 @@ impl Session {
     fn take_events(&mut self, live: &LiveCounters) -> bool {
         while let Some(event) = self.client.poll_event() {
             match event {
-                ClientEvent::Acked(req) => {
-                    if let Some(sent) = self.pending.remove(&req) {
-                        self.outcome
-                            .ack_latency
-                            .get_or_insert_with(LatencyRecorder::new)
-                            .record(sent.elapsed());
-                        self.outcome.acked_changes += 1;
-                    }
-                }
+                ClientEvent::Acked(req) => self.outcome.acked(&mut self.pending, req),
                 ClientEvent::Refused { req, reason } => {
-                    self.pending.remove(&req);
-                    if !refusal_expected(reason) {
-                        self.outcome.refusals_unexpected += 1;
-                    }
-                    self.outcome.error(live, refusal_error(reason));
+                    self.outcome.refused(live, &mut self.pending, req, reason)
                 }
                 ClientEvent::Disconnected { reason, detail } => {
-                    self.outcome.disconnected = true;
-                    self.outcome
-                        .error(live, format!("disconnected: {reason} ({detail})"));
+                    self.outcome.disconnected(live, reason, &detail);
                     return false;
                 }
                 _ => {}

@@ -39,7 +39,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context};
+use anyhow::{ensure, Context};
 use bytes::Bytes;
 use clap::{Args, ValueEnum};
 use serde::Serialize;
@@ -64,8 +64,6 @@ pub const CONNECT_CONCURRENCY: usize = 64;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 /// Bound on a child printing its address lines: 30 s (a debug relay on a busy machine).
 pub const CHILD_START_TIMEOUT: Duration = Duration::from_secs(30);
-/// Bound on one `/metrics` scrape: 5 s.
-pub const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest measurement window accepted, seconds: 600. A CPU figure needs seconds, not hours.
 pub const MAX_SECONDS: u64 = 600;
 
@@ -749,24 +747,9 @@ impl Drop for TempDir {
     }
 }
 
-/// The relay executable: `--relay-bin`, else `neonet-relay` next to this executable.
-fn relay_bin(args: &FanoutArgs) -> anyhow::Result<PathBuf> {
-    if let Some(p) = &args.relay_bin {
-        return Ok(p.clone());
-    }
-    let exe = std::env::current_exe().context("finding this executable")?;
-    let p = exe.with_file_name(format!("neonet-relay{}", std::env::consts::EXE_SUFFIX));
-    ensure!(
-        p.is_file(),
-        "{} not found: build it (cargo build --release --bin neonet-relay) or pass --relay-bin",
-        p.display()
-    );
-    Ok(p)
-}
-
 /// Measures `neonet-relay` as a child with `args.clients` walking players.
 async fn measure_relay(args: &FanoutArgs) -> anyhow::Result<Measurement> {
-    let bin = relay_bin(args)?;
+    let bin = crate::relay_proc::relay_bin(args.relay_bin.as_deref())?;
     let tmp = TempDir::new()?;
     // Every client joins from one address at many times a person's pace: the per-address and
     // rate limits are lifted as for any load test.
@@ -794,8 +777,8 @@ async fn measure_relay(args: &FanoutArgs) -> anyhow::Result<Measurement> {
         .with_context(|| format!("starting {}", bin.display()))?;
     let mut child = ChildGuard(child);
     let pid = child.0.id();
-    let lines = stdout_lines(child.0.stdout.take().context("relay stdout")?);
-    let (addr, http, fingerprint) = relay_banner(&lines)?;
+    let (addr, http, fingerprint) =
+        crate::relay_proc::read_banner(child.0.stdout.take().context("relay stdout")?)?;
     tracing::info!(%addr, %http, clients = args.clients, "relay up");
 
     let clients = connect_relay(addr, fingerprint, args).await?;
@@ -814,28 +797,6 @@ async fn measure_relay(args: &FanoutArgs) -> anyhow::Result<Measurement> {
     drop(child);
     drop(tmp);
     Ok(measurement("relay", args, connected, &a, &b, false))
-}
-
-/// Parses the relay's stdout banner: UDP address, HTTP address, certificate fingerprint.
-fn relay_banner(
-    lines: &std::sync::mpsc::Receiver<String>,
-) -> anyhow::Result<(SocketAddr, SocketAddr, Fingerprint)> {
-    let deadline = Instant::now() + CHILD_START_TIMEOUT;
-    let (mut addr, mut http, mut fp) = (None, None, None);
-    while addr.is_none() || http.is_none() || fp.is_none() {
-        let line = next_line(lines, deadline, "neonet-relay")?;
-        if let Some(v) = line.strip_prefix("status and metrics on http://") {
-            http = Some(v.trim().parse::<SocketAddr>()?);
-        } else if let Some(v) = line.strip_prefix("neonet-relay listening on udp ") {
-            addr = Some(v.trim().parse::<SocketAddr>()?);
-        } else if let Some(v) = line.strip_prefix("certificate sha-256: ") {
-            fp = Some(v.trim().parse::<Fingerprint>()?);
-        }
-    }
-    match (addr, http, fp) {
-        (Some(a), Some(h), Some(f)) => Ok((a, h, f)),
-        _ => bail!("incomplete relay banner"),
-    }
 }
 
 /// Connects and joins `n` clients (each its own UDP socket), all walking forward.
@@ -897,24 +858,7 @@ struct RelayCounters {
 
 /// GETs `/metrics` from `http` (plain HTTP/1.1, `Connection: close`) and parses the counters.
 fn scrape(http: SocketAddr) -> anyhow::Result<RelayCounters> {
-    use std::io::Read;
-    let mut s = std::net::TcpStream::connect_timeout(&http, SCRAPE_TIMEOUT)
-        .with_context(|| format!("connecting to {http}"))?;
-    s.set_read_timeout(Some(SCRAPE_TIMEOUT))?;
-    s.set_write_timeout(Some(SCRAPE_TIMEOUT))?;
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: {http}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut text = String::new();
-    s.read_to_string(&mut text)
-        .with_context(|| format!("reading http://{http}/metrics"))?;
-    ensure!(
-        text.starts_with("HTTP/1.1 200"),
-        "http://{http}/metrics: {}",
-        text.lines().next().unwrap_or("")
-    );
-    parse_metrics(&text)
+    parse_metrics(&crate::relay_proc::http_get(http, "/metrics")?)
 }
 
 /// Parses the counters out of Prometheus text.

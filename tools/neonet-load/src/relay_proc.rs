@@ -254,7 +254,9 @@ fn write_world(data: &Path, plans: &mut [ClientPlan]) -> anyhow::Result<()> {
 
 /// Reads the relay's stdout banner: UDP address, HTTP address, certificate fingerprint; then
 /// keeps draining its stdout on a thread so it never blocks on a full pipe.
-fn read_banner(stdout: ChildStdout) -> anyhow::Result<(SocketAddr, SocketAddr, Fingerprint)> {
+pub(crate) fn read_banner(
+    stdout: ChildStdout,
+) -> anyhow::Result<(SocketAddr, SocketAddr, Fingerprint)> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines() {
@@ -284,7 +286,7 @@ fn read_banner(stdout: ChildStdout) -> anyhow::Result<(SocketAddr, SocketAddr, F
 }
 
 /// GETs `path` from `http` (plain HTTP/1.1, `Connection: close`) and returns the body.
-fn http_get(http: SocketAddr, path: &str) -> anyhow::Result<String> {
+pub(crate) fn http_get(http: SocketAddr, path: &str) -> anyhow::Result<String> {
     let mut s = std::net::TcpStream::connect_timeout(&http, HTTP_TIMEOUT)
         .with_context(|| format!("connecting to {http}"))?;
     s.set_read_timeout(Some(HTTP_TIMEOUT))?;

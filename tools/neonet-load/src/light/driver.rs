@@ -26,10 +26,9 @@ use tokio::time::Instant;
 
 use super::core::{LightCore, LightEvent, LightState};
 use crate::driver::{
-    refusal_error, refusal_expected, steer, synced_clock, ClientOutcome, ClientPlan, GapCounter,
-    TickPhase, CONNECT_TIMEOUT, PENDING_CHANGES_MAX,
+    steer, synced_clock, ClientOutcome, ClientPlan, GapCounter, TickPhase, CONNECT_TIMEOUT,
+    PENDING_CHANGES_MAX,
 };
-use crate::report::LatencyRecorder;
 use crate::run::LiveCounters;
 
 /// Stream events queued between neonet's stream readers and the light client's task: 64.
@@ -373,26 +372,12 @@ impl Session {
     fn take_events(&mut self, core: &mut LightCore, live: &LiveCounters) -> bool {
         while let Some(event) = core.poll_event() {
             match event {
-                LightEvent::Acked(req) => {
-                    if let Some(sent) = self.pending.remove(&req) {
-                        self.outcome
-                            .ack_latency
-                            .get_or_insert_with(LatencyRecorder::new)
-                            .record(sent.elapsed());
-                        self.outcome.acked_changes += 1;
-                    }
-                }
+                LightEvent::Acked(req) => self.outcome.acked(&mut self.pending, req),
                 LightEvent::Refused { req, reason } => {
-                    self.pending.remove(&req);
-                    if !refusal_expected(reason) {
-                        self.outcome.refusals_unexpected += 1;
-                    }
-                    self.outcome.error(live, refusal_error(reason));
+                    self.outcome.refused(live, &mut self.pending, req, reason)
                 }
                 LightEvent::Disconnected { reason, detail } => {
-                    self.outcome.disconnected = true;
-                    self.outcome
-                        .error(live, format!("disconnected: {reason} ({detail})"));
+                    self.outcome.disconnected(live, reason, &detail);
                     return false;
                 }
                 LightEvent::Joined => {}

@@ -751,14 +751,7 @@ impl Drop for TempDir {
 async fn measure_relay(args: &FanoutArgs) -> anyhow::Result<Measurement> {
     let bin = crate::relay_proc::relay_bin(args.relay_bin.as_deref())?;
     let tmp = TempDir::new()?;
-    // Every client joins from one address at many times a person's pace: the per-address and
-    // rate limits are lifted as for any load test.
-    let config = tmp.0.join("relay.toml");
-    std::fs::write(
-        &config,
-        neonet::limits::LimitsSection::for_load().config_toml()?,
-    )
-    .with_context(|| format!("writing {}", config.display()))?;
+    let config = crate::relay_proc::write_load_config(&tmp.0)?;
     let child = Command::new(&bin)
         .arg("--config")
         .arg(&config)

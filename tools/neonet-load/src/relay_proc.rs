@@ -9,8 +9,8 @@
 //! client's walker starts. Each client's token is signed with the relay's own key
 //! ([`neonet::auth::JwtTokens`], created in the same folder), so the relay verifies real
 //! signed tokens. Rate and per-address limits are lifted as in-process
-//! ([`neonet::limits::LimitsSection::for_load`]), passed as the binary's `--limit NAME=VALUE`
-//! flags.
+//! ([`neonet::limits::LimitsSection::for_load`]), written as the relay's `--config` file
+//! ([`write_load_config`], shared with `fanout`).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
@@ -142,9 +142,7 @@ pub fn start(
         .arg(dir.join("certs"))
         .args(["--tick-hz", &config.tick_hz.to_string()])
         .args(["--log-level", "warn"]);
-    for limit in load_limits()? {
-        cmd.arg("--limit").arg(limit);
-    }
+    cmd.arg("--config").arg(write_load_config(&dir)?);
     cmd.current_dir(&dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -187,17 +185,19 @@ impl Drop for RemoveOnError {
     }
 }
 
-/// `--limit NAME=VALUE` for every limit [`LimitsSection::for_load`] sets, so the relay process
-/// runs with the in-process relay's limits.
+/// Writes `dir/relay.toml`, a relay configuration whose `[limits]` are
+/// [`LimitsSection::for_load`] (every client joins from one address at many times a person's
+/// pace), and returns its path for the relay's `--config`.
 ///
 /// [`LimitsSection::for_load`]: neonet::limits::LimitsSection::for_load
-fn load_limits() -> anyhow::Result<Vec<String>> {
-    let v = serde_json::to_value(neonet::limits::LimitsSection::for_load())?;
-    let obj = v.as_object().context("limits are a table")?;
-    Ok(obj
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>())
+pub fn write_load_config(dir: &Path) -> anyhow::Result<PathBuf> {
+    let path = dir.join("relay.toml");
+    std::fs::write(
+        &path,
+        neonet::limits::LimitsSection::for_load().config_toml()?,
+    )
+    .with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
 }
 
 /// The in-process relay's world, written with the relay's own store and key: default rank
@@ -307,20 +307,4 @@ pub(crate) fn http_get(http: SocketAddr, path: &str) -> anyhow::Result<String> {
         .split_once("\r\n\r\n")
         .context("an HTTP response without a body")?;
     Ok(body.to_string())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_load_limits_are_flags_the_relay_takes() {
-        let flags = load_limits().unwrap();
-        let mut limits = neonet::limits::LimitsSection::default();
-        for f in &flags {
-            let (k, v) = f.split_once('=').unwrap();
-            limits.set(k, v).unwrap();
-        }
-        assert_eq!(limits, neonet::limits::LimitsSection::for_load());
-    }
 }

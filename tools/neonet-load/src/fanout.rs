@@ -138,6 +138,14 @@ pub struct FanoutArgs {
     /// The relay executable [default: `neonet-relay` next to this executable].
     #[arg(long, value_name = "FILE")]
     pub relay_bin: Option<PathBuf>,
+    /// Pin every measured server (the bare quinn child, the quinn-proto child, the relay) to this
+    /// CPU (sched_setaffinity before it starts; all its threads), so its figure is one core's.
+    #[arg(long, value_name = "N")]
+    pub server_cpu: Option<usize>,
+    /// Pin this process, the clients, to this CPU (all its threads). Needs `--server-cpu`:
+    /// a server started without a pin of its own would inherit this one.
+    #[arg(long, value_name = "N", requires = "server_cpu")]
+    pub load_cpu: Option<usize>,
     /// Print the results as JSON on stdout instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -204,6 +212,10 @@ pub struct Report {
     pub ratio_relay_to_proto_matched: Option<f64>,
     /// Cores on this machine, shared by the clients and the server.
     pub cores: usize,
+    /// The CPU every server was pinned to (`--server-cpu`), if any.
+    pub server_cpu: Option<usize>,
+    /// The CPU the clients were pinned to (`--load-cpu`), if any.
+    pub load_cpu: Option<usize>,
 }
 
 /// Runs `fanout` (or, with `--role`, a child role).
@@ -215,6 +227,11 @@ pub fn main(args: FanoutArgs) -> anyhow::Result<ExitCode> {
     if args.role == Some(Role::ProtoServer) {
         crate::fanout_proto::serve(args)?;
         return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(cpu) = args.load_cpu {
+        // Before the runtime starts: its threads inherit the pin.
+        cpu::pin_current_thread(cpu)
+            .with_context(|| format!("pinning the clients to CPU {cpu}"))?;
     }
     let rt = runtime()?;
     let mut runs = Vec::new();
@@ -249,6 +266,8 @@ pub fn main(args: FanoutArgs) -> anyhow::Result<ExitCode> {
         ratio_relay_to_bare_matched: ratio(us("relay"), us("bare-matched")),
         ratio_relay_to_proto_matched: ratio(us("relay"), us("proto-matched")),
         cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        server_cpu: args.server_cpu,
+        load_cpu: args.load_cpu,
         runs,
     };
     if args.json {
@@ -257,6 +276,13 @@ pub fn main(args: FanoutArgs) -> anyhow::Result<ExitCode> {
         print_table(&report);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Pins a server child to `--server-cpu`, when given.
+fn pin_server(cmd: &mut Command, args: &FanoutArgs) {
+    if let Some(cpu) = args.server_cpu {
+        cpu::pin_before_exec(cmd, cpu);
+    }
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -316,11 +342,15 @@ fn print_table(r: &Report) {
         "clients = server connections at the window's end / connected at its start / asked; \
          dg/cl/tk = datagrams per client per tick"
     );
+    let sharing = match (r.server_cpu, r.load_cpu) {
+        (Some(s), Some(l)) => format!("servers pinned to CPU {s}, clients to CPU {l}"),
+        (Some(s), None) => format!("servers pinned to CPU {s}, clients unpinned"),
+        _ => format!("clients and server share this machine's {} cores", r.cores),
+    };
     println!(
-        "note: clients and server share this machine's {} cores (machine = busy cores in the \
-         window); the relay also receives client inputs (dgrams_in) and runs its world; bare \
-         clients send datagrams (dgrams_in) only with --up-bytes.",
-        r.cores
+        "note: {sharing} (machine = busy cores in the window); the relay also receives client \
+         inputs (dgrams_in) and runs its world; bare clients send datagrams (dgrams_in) only \
+         with --up-bytes."
     );
 }
 
@@ -467,14 +497,16 @@ async fn measure_bare(
     } else {
         "server"
     };
-    let child = Command::new(&exe)
-        .args(["fanout", "--role", role])
+    let mut cmd = Command::new(&exe);
+    cmd.args(["fanout", "--role", role])
         .args(["--hz", &args.hz.to_string()])
         .args(["--bytes", &bytes.to_string()])
         .args(["--per-tick", &per_tick.to_string()])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::inherit());
+    pin_server(&mut cmd, args);
+    let child = cmd
         .spawn()
         .with_context(|| format!("starting {}", exe.display()))?;
     let mut child = ChildGuard(child);
@@ -752,8 +784,8 @@ async fn measure_relay(args: &FanoutArgs) -> anyhow::Result<Measurement> {
     let bin = crate::relay_proc::relay_bin(args.relay_bin.as_deref())?;
     let tmp = TempDir::new()?;
     let config = crate::relay_proc::write_load_config(&tmp.0)?;
-    let child = Command::new(&bin)
-        .arg("--config")
+    let mut cmd = Command::new(&bin);
+    cmd.arg("--config")
         .arg(&config)
         .args(["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
         .arg("--data-dir")
@@ -765,7 +797,9 @@ async fn measure_relay(args: &FanoutArgs) -> anyhow::Result<Measurement> {
         .current_dir(&tmp.0)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::inherit());
+    pin_server(&mut cmd, args);
+    let child = cmd
         .spawn()
         .with_context(|| format!("starting {}", bin.display()))?;
     let mut child = ChildGuard(child);

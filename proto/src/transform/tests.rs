@@ -309,6 +309,36 @@ fn client_behind_a_two_second_partition_recovers() {
     }
 }
 
+/// Acks held up for two seconds (a stalled server, client or path) leave two seconds of
+/// datagrams in flight, each with its record list; once the acks arrive, the lists beyond a
+/// few spare ones are freed, not kept for the connection's lifetime.
+#[test]
+fn a_stall_of_acks_leaves_no_record_lists_behind() {
+    let config = TransformConfig::default();
+    let mut pair = Pair::new(&config, 31, 0.0);
+    let mut world = World::new(31, 40, 30.0);
+    let mut before = (0, 0);
+    let mut stalled = (0, 0);
+    for tick in 0..500u64 {
+        world.step(true);
+        // Acks sent during ticks 200..260 arrive 60 ticks late, all of them.
+        pair.up.delay_ticks = if (200..260).contains(&tick) { 60 } else { 2 };
+        let samples = world.samples(&pair.qz);
+        pair.tick(tick, &samples, None, 1200);
+        match tick {
+            199 => before = pair.server.record_lists_held(),
+            259 => stalled = pair.server.record_lists_held(),
+            _ => {}
+        }
+    }
+    let after = pair.server.record_lists_held();
+    assert!(stalled.0 >= before.0 + 50, "{before:?} then {stalled:?}");
+    assert!(
+        after.0 <= before.0 + replicator::SPARE_RECORD_LISTS_MAX,
+        "lists (count, bytes): {before:?} before the stall, {stalled:?} in it, {after:?} after"
+    );
+}
+
 #[test]
 fn unchanged_entities_cost_nothing_once_acknowledged() {
     let config = TransformConfig::default();

@@ -151,13 +151,26 @@ impl ClientReplicator {
     }
 }
 
-/// Moves an acknowledged datagram's record list, emptied, to the spare lists.
+/// Emptied record lists a replicator keeps for its next datagrams: 4. With prompt acks a
+/// client needs about as many as it is sent datagrams a tick (one at the default budget and
+/// 30 Hz), since each tick's acks free about as many lists as the next tick fills. A backlog of
+/// acks (after a stall of the server, the client or the path) frees all the lists in flight
+/// at once: keeping them all left every client holding its worst stall's worth of lists for
+/// the connection's lifetime (≈ 5 KiB each; 150 KiB a client after a few minutes of a soak,
+/// up to [`SENT_HISTORY_LEN`] lists). A client sent more datagrams a tick than this allocates
+/// the others each tick, as before lists were reused.
+pub(crate) const SPARE_RECORD_LISTS_MAX: usize = 4;
+
+/// Moves an acknowledged datagram's record list, emptied, to the spare lists, or frees it when
+/// [`SPARE_RECORD_LISTS_MAX`] are spare already.
 #[inline]
 pub(super) fn recycle(records: &mut Vec<SentRecord>, spare: &mut Vec<Vec<SentRecord>>) {
     if records.capacity() != 0 {
         let mut r = std::mem::take(records);
-        r.clear();
-        spare.push(r);
+        if spare.len() < SPARE_RECORD_LISTS_MAX {
+            r.clear();
+            spare.push(r);
+        }
     }
 }
 

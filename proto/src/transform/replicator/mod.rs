@@ -28,6 +28,8 @@ mod slot_set;
 mod tests;
 mod tracked;
 
+#[cfg(test)]
+pub(crate) use self::ack::SPARE_RECORD_LISTS_MAX;
 use self::ack::{SentDatagram, SentRecord};
 use self::pack::Scratch;
 use self::tracked::Tracked;
@@ -148,7 +150,8 @@ pub struct ClientReplicator {
     history: Vec<SentDatagram>,
     /// Emptied record lists of acknowledged datagrams, reused by the next datagrams: with
     /// prompt acks a few lists, warm in the cache, serve every datagram instead of one per
-    /// history slot. At most [`SENT_HISTORY_LEN`] lists exist in `history` and here together.
+    /// history slot. At most [`SPARE_RECORD_LISTS_MAX`](ack::SPARE_RECORD_LISTS_MAX) here, and
+    /// at most [`SENT_HISTORY_LEN`] lists in `history` and here together.
     spare_records: Vec<Vec<SentRecord>>,
     /// One bit per `history` slot: set while it holds a datagram sent and not yet acknowledged
     /// (`valid && !acked`), so an ack looks at [`SENT_HISTORY_LEN`] / 8 bytes, not at every
@@ -312,6 +315,20 @@ impl ClientReplicator {
     #[cfg(test)]
     pub(crate) fn skip_seqs(&mut self, n: u64) {
         self.next_seq += n;
+    }
+
+    /// The record lists it holds (remembered datagrams' and spare ones): how many, and their
+    /// bytes by capacity (tests of what a stall leaves behind).
+    #[cfg(test)]
+    pub(crate) fn record_lists_held(&self) -> (usize, usize) {
+        let lists = self
+            .history
+            .iter()
+            .map(|d| &d.records)
+            .chain(&self.spare_records)
+            .filter(|r| r.capacity() != 0);
+        let (n, cap) = lists.fold((0, 0), |(n, cap), r| (n + 1, cap + r.capacity()));
+        (n, cap * std::mem::size_of::<SentRecord>())
     }
 
     fn find(&self, id: EntityId) -> Option<usize> {

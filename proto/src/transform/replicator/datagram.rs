@@ -70,17 +70,12 @@ impl ClientReplicator {
         let prompt_ack = !self.scratch.chosen.is_empty() || extras.blob.is_some();
         let (seq_full, buf, slot, mut records) =
             self.begin_datagram(input, extras, common, self.scratch.chosen.len());
-        for &(_, ci) in &self.scratch.chosen {
-            let c = self.scratch.cands[ci];
-            commit_record(
-                &mut self.tracked[c.slot as usize],
-                c.slot as usize,
-                c.coded(),
-                input,
-                &mut records,
-                summary,
-            );
-        }
+        let tracked = &mut self.tracked;
+        let cands = &self.scratch.cands;
+        records.extend(self.scratch.chosen.iter().map(|&(_, ci)| {
+            let c = cands[ci];
+            commit_record(tracked, c.slot as usize, c.coded(), input, summary)
+        }));
         self.finish_datagram(input, seq_full, slot, records, buf.len(), prompt_ack);
         buf
     }
@@ -195,17 +190,12 @@ impl ClientReplicator {
         w.finish();
         std::mem::swap(&mut self.scratch.body, &mut self.scratch.out_bits);
         let (seq_full, buf, slot, mut records) = self.begin_datagram(input, extras, common, n);
-        for c in self.scratch.cands.iter_mut() {
+        let tracked = &mut self.tracked;
+        // `extend` over a slice's `map` writes each record in place, with one capacity check.
+        records.extend(self.scratch.cands.iter_mut().map(|c| {
             c.placed = true;
-            commit_record(
-                &mut self.tracked[c.slot as usize],
-                c.slot as usize,
-                c.coded(),
-                input,
-                &mut records,
-                summary,
-            );
-        }
+            commit_record(tracked, c.slot as usize, c.coded(), input, summary)
+        }));
         // Never empty: the fast path has at least one candidate.
         self.finish_datagram(input, seq_full, slot, records, buf.len(), true);
         Some(buf)
@@ -278,61 +268,64 @@ const LEFT_NOTICE_SAMPLE: PackedSample = PackedSample {
     ..PackedSample::ZERO
 };
 
-/// Updates an entity's state for a record just written and remembers it for acks. A delta was
-/// coded against `t`'s current baseline.
-#[inline]
+/// Updates the state of the entity in `tracked[slot]` for a record just written and returns
+/// what acks need of it. A delta was coded against the entity's current baseline.
+///
+/// Inlined into the loops over a datagram's records: as a call it saved and restored six
+/// registers and spilled its locals for each record.
+#[inline(always)]
 fn commit_record(
-    t: &mut Tracked,
+    tracked: &mut [Tracked],
     slot: usize,
     coded: Coded,
     input: &TickInput,
-    records: &mut Vec<SentRecord>,
     summary: &mut TickSummary,
-) {
+) -> SentRecord {
+    let t = &mut tracked[slot];
     t.priority = 0.0;
-    let id = t.id;
+    let (id, epoch) = (t.id, t.epoch);
     match coded {
         Coded::Left => {
             t.set_left(LeftState::sent_at(input.now));
-            records.push(SentRecord {
+            summary.left_notices += 1;
+            SentRecord {
                 id,
                 slot: slot as u32,
-                epoch: t.epoch,
+                epoch,
                 send_index: 0,
                 sample: LEFT_NOTICE_SAMPLE,
-            });
-            summary.left_notices += 1;
+            }
         }
         Coded::Delta { .. } | Coded::Absolute => {
-            let q = input.entities[slot].q;
+            let q = &input.entities[slot].q;
             // Packed straight from the stored baseline: unpacking it into a `Sample`, deriving
             // the new one and packing that again touched three copies per record.
             let sample = match coded {
                 Coded::Delta { age } if t.has_baseline() => {
-                    PackedSample::from_base(&q, age as u16, &t.base)
+                    PackedSample::from_base(q, age as u16, &t.base)
                 }
-                _ => PackedSample::absolute(&q),
+                _ => PackedSample::absolute(q),
             };
             debug_assert_eq!(
                 sample.unpack(input.tick),
                 match (coded, &t.baseline()) {
-                    (Coded::Delta { .. }, Some(b)) => Sample::from_base(input.tick, q, b),
-                    _ => Sample::absolute(input.tick, q),
+                    (Coded::Delta { .. }, Some(b)) => Sample::from_base(input.tick, *q, b),
+                    _ => Sample::absolute(input.tick, *q),
                 }
             );
             let send_index = t.sends;
             t.sends = t.sends.wrapping_add(1);
-            t.set_last_sent(&q, send_index, input.now);
-            records.push(SentRecord {
-                id,
-                slot: slot as u32,
-                epoch: t.epoch,
-                send_index,
-                sample,
-            });
+            t.set_last_sent(q, send_index, input.now);
             summary.updates += 1;
             if matches!(coded, Coded::Absolute) {
                 summary.absolute += 1;
+            }
+            SentRecord {
+                id,
+                slot: slot as u32,
+                epoch,
+                send_index,
+                sample,
             }
         }
     }

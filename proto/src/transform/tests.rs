@@ -608,6 +608,64 @@ fn left_notice_then_reentry_restores_the_entity() {
     assert_eq!(client.latest(id).unwrap().1.position[0], 1.0);
 }
 
+/// Acks of updates are applied when the next tick starts, but an ack of a left notice changes
+/// what `retained` gives at once: a caller building the next tick's input from it (an
+/// `InterestGrid` query) must no longer keep the entity.
+#[test]
+fn an_acknowledged_left_notice_ends_retention_before_the_next_tick() {
+    let config = TransformConfig {
+        interest_radius_m: 10.0,
+        interest_hysteresis_m: 0.0,
+        ..Default::default()
+    };
+    let mut server = ClientReplicator::new(config.clone(), None).unwrap();
+    let mut client = ReplicaReceiver::new(&config).unwrap();
+    let qz = server.quantizer().clone();
+    let (near, far) = (EntityId(7), EntityId(9));
+    let at = |id, x: f32| {
+        EntitySample::new(
+            id,
+            &Transform {
+                position: Vec3::new(x, 0.0, 0.0),
+                ..Default::default()
+            },
+            &qz,
+        )
+    };
+    let mut left_acked = false;
+    for tick in 0..12u64 {
+        // `far` leaves interest at tick 4.
+        let x = if tick < 4 { 2.0 } else { 50.0 };
+        let s = [at(near, 1.0), at(far, x)];
+        let mut out = Vec::new();
+        let input = TickInput {
+            tick: Tick(tick),
+            now: Time(tick * TICK_US),
+            viewer: Some(Vec3::ZERO),
+            entities: &s,
+            max_datagram_size: 1200,
+            own_blob: None,
+        };
+        server.write_tick(&input, &mut out).unwrap();
+        let mut left_now = false;
+        for d in out {
+            left_now |= !client.handle_datagram(&d, Time(0)).unwrap().left.is_empty();
+        }
+        let retained_before: Vec<EntityId> = server.retained().collect();
+        server.handle_ack(&client.ack_header(), Time(tick * TICK_US));
+        let retained: Vec<EntityId> = server.retained().collect();
+        if left_now {
+            assert_eq!(retained_before, vec![near, far]);
+            assert_eq!(retained, vec![near], "at tick {tick}");
+            left_acked = true;
+        }
+        if left_acked {
+            assert_eq!(retained, vec![near]);
+        }
+    }
+    assert!(left_acked);
+}
+
 #[test]
 fn garbage_datagrams_give_errors_never_panics() {
     let config = TransformConfig {

@@ -68,27 +68,29 @@ impl ClientReplicator {
         }
         w.finish();
         let prompt_ack = !self.scratch.chosen.is_empty() || extras.blob.is_some();
-        let (seq_full, buf, slot, mut records) =
+        let (seq_full, buf, mut records) =
             self.begin_datagram(input, extras, common, self.scratch.chosen.len());
         let tracked = &mut self.tracked;
         let cands = &self.scratch.cands;
+        let left_before = summary.left_notices;
         records.extend(self.scratch.chosen.iter().map(|&(_, ci)| {
             let c = cands[ci];
             commit_record(tracked, c.slot as usize, c.coded(), input, summary)
         }));
-        self.finish_datagram(input, seq_full, slot, records, buf.len(), prompt_ack);
+        let left = summary.left_notices != left_before;
+        self.finish_datagram(input, seq_full, records, buf.len(), prompt_ack, left);
         buf
     }
 
-    /// Writes the header and the packed records; returns the sequence, the buffer, the history
-    /// slot and its (cleared) record list.
+    /// Writes the header and the packed records; returns the sequence, the buffer and the
+    /// (cleared) record list of its history slot.
     fn begin_datagram(
         &mut self,
         input: &TickInput,
         extras: Extras,
         common: u64,
         count: usize,
-    ) -> (u64, Vec<u8>, usize, Vec<SentRecord>) {
+    ) -> (u64, Vec<u8>, Vec<SentRecord>) {
         let seq_full = self.next_seq;
         self.next_seq += 1;
         let mut buf = Vec::with_capacity(input.max_datagram_size.min(DATAGRAM_BYTES_MAX));
@@ -120,18 +122,19 @@ impl ClientReplicator {
         }
         records.clear();
         records.reserve(count);
-        (seq_full, buf, slot, records)
+        (seq_full, buf, records)
     }
 
     fn finish_datagram(
         &mut self,
         input: &TickInput,
         seq_full: u64,
-        slot: usize,
         records: Vec<SentRecord>,
         len: usize,
         prompt_ack: bool,
+        left_notices: bool,
     ) {
+        let slot = (seq_full % SENT_HISTORY_LEN as u64) as usize;
         self.history[slot] = SentDatagram {
             seq_full,
             tick: input.tick,
@@ -140,6 +143,7 @@ impl ClientReplicator {
             sent_at: input.now,
             wire_bytes: (len + PACKET_OVERHEAD_BYTES) as u32,
             prompt_ack,
+            left_notices,
             records,
         };
         self.unacked[slot / 64] |= 1u64 << (slot % 64);
@@ -189,15 +193,17 @@ impl ClientReplicator {
         }
         w.finish();
         std::mem::swap(&mut self.scratch.body, &mut self.scratch.out_bits);
-        let (seq_full, buf, slot, mut records) = self.begin_datagram(input, extras, common, n);
+        let (seq_full, buf, mut records) = self.begin_datagram(input, extras, common, n);
         let tracked = &mut self.tracked;
+        let left_before = summary.left_notices;
         // `extend` over a slice's `map` writes each record in place, with one capacity check.
         records.extend(self.scratch.cands.iter_mut().map(|c| {
             c.placed = true;
             commit_record(tracked, c.slot as usize, c.coded(), input, summary)
         }));
+        let left = summary.left_notices != left_before;
         // Never empty: the fast path has at least one candidate.
-        self.finish_datagram(input, seq_full, slot, records, buf.len(), true);
+        self.finish_datagram(input, seq_full, records, buf.len(), true, left);
         Some(buf)
     }
 }

@@ -13,7 +13,8 @@
 //! - [`pack`]: [`ClientReplicator::write_tick`], the byte budget and packing candidates into
 //!   datagrams;
 //! - [`datagram`]: encoding one datagram and recording what it carried;
-//! - [`ack`]: the sent-datagram history and [`ClientReplicator::handle_ack`] (baselines, RTT);
+//! - [`ack`]: the sent-datagram history, [`ClientReplicator::handle_ack`] (RTT, budget) and the
+//!   acknowledged values becoming baselines as the next tick starts;
 //! - [`memo`]: delta bodies encoded once per thread and tick, shared by every client coding
 //!   the same value against the same baseline;
 //! - [`slot_set`]: the bitset of slots chosen for the datagram being filled.
@@ -153,6 +154,10 @@ pub struct ClientReplicator {
     /// history slot. At most [`SPARE_RECORD_LISTS_MAX`](ack::SPARE_RECORD_LISTS_MAX) here, and
     /// at most [`SENT_HISTORY_LEN`] lists in `history` and here together.
     spare_records: Vec<Vec<SentRecord>>,
+    /// The `history` slots of datagrams acknowledged whose records are not yet applied to
+    /// `tracked` (see [`ClientReplicator::apply_acked`]): at most [`SENT_HISTORY_LEN`], each
+    /// slot acknowledged at most once between two `write_tick`s.
+    acked_unapplied: Vec<u16>,
     /// One bit per `history` slot: set while it holds a datagram sent and not yet acknowledged
     /// (`valid && !acked`), so an ack looks at [`SENT_HISTORY_LEN`] / 8 bytes, not at every
     /// remembered datagram its window covers.
@@ -191,6 +196,7 @@ impl ClientReplicator {
             history: vec![SentDatagram::default(); SENT_HISTORY_LEN],
             unacked: [0; SENT_HISTORY_LEN / 64],
             spare_records: Vec::new(),
+            acked_unapplied: Vec::new(),
             next_seq: 0,
             tick_first_seq: 0,
             next_epoch: 0,

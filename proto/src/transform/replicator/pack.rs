@@ -90,6 +90,7 @@ impl ClientReplicator {
         }
         let elapsed_ticks = self.last_tick.map_or(1, |t| input.tick.0 - t.0);
         self.last_tick = Some(input.tick);
+        self.apply_acked();
         // The last tick's acknowledged datagrams' records are no longer needed either.
         for full in self.tick_first_seq..self.next_seq {
             let slot = (full % SENT_HISTORY_LEN as u64) as usize;

@@ -212,11 +212,13 @@ impl ServerCore {
                     }
                     let each = (sum.bytes / sum.updates.max(1)) as u32;
                     // Reserved first: `extend` on the chained iterator (no size hint) checked
-                    // the capacity at every element.
+                    // the capacity at every element. `for_each` walks each datagram's records
+                    // as one slice loop, where a `for` loop went through the chain's `next`.
                     self.tick_updates.reserve(sum.updates);
-                    for id in s.replicator.last_tick_updates() {
-                        self.tick_updates.push((sid, id, each));
-                    }
+                    let updates = &mut self.tick_updates;
+                    s.replicator
+                        .last_tick_updates()
+                        .for_each(|id| updates.push((sid, id, each)));
                 }
                 Err(error) => self
                     .events

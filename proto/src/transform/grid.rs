@@ -19,12 +19,17 @@ use crate::types::{EntityId, Vec3};
 
 /// Interest cells of one tick: each entity's horizontal (x, z) cell, sorted by cell.
 ///
-/// Cells are squares whose side is the query radius, so the 3 × 3 cells around the viewer's
-/// cell hold every entity within that radius.
+/// Cells are squares whose side is the query radius divided by [`CELLS_PER_RADIUS`] (or the
+/// radius itself where that division is not exact), so the (2k + 1)² cells around the viewer's
+/// cell, k cells per radius, hold every entity within that radius.
 #[derive(Clone, Debug, Default)]
 pub struct InterestGrid {
-    /// Side of a cell, metres (the radius the grid was built for).
+    /// The radius the grid was built for, metres.
+    radius_m: f32,
+    /// Side of a cell, metres: `radius_m` / `cells_per_radius`, exactly.
     cell_m: f32,
+    /// Cells per radius: [`CELLS_PER_RADIUS`], or 1 where the radius does not divide exactly.
+    cells_per_radius: i32,
     /// One entry per sample at a finite position, sorted by cell (entities at non-finite
     /// positions are never within any radius). Positions are copied in so that a query reads
     /// this one sequential array, not the samples.
@@ -69,6 +74,14 @@ fn key(cx: i32, cz: i32) -> u64 {
     (ordered(cz) << 32) | ordered(cx)
 }
 
+/// Cells per query radius (a power of two, so that a cell's side is the radius divided
+/// exactly): a query scans (2k + 1)² cells of side r / k, less the four corner cells no point
+/// within r of the viewer's cell reaches when k = 4: (81 − 4) / 16 ≈ 4.8 r² for the π r² it
+/// needs, where cells of side r (k = 1) scanned 9 r². In `server_ticks` (1,000 clients seeing
+/// about 94 entities each) that is about 180 entities looked at per query instead of 324,
+/// for six more binary searches of the cell list.
+const CELLS_PER_RADIUS: i32 = 4;
+
 /// Most bitset words scanned per pick to order a query's picks through the bitset rather than
 /// by sorting them.
 const MARK_WORDS_PER_PICK_MAX: usize = 1;
@@ -107,10 +120,19 @@ impl InterestGrid {
     /// [`ClientReplicator::retained`](super::ClientReplicator::retained) gives them).
     pub fn build(&mut self, samples: &[EntitySample], radius_m: f32) {
         self.cells.clear();
-        self.cell_m = radius_m;
+        self.radius_m = radius_m;
         if !Self::usable(radius_m) {
             return;
         }
+        // A query's reach in cells is exact only if the cell divides the radius exactly (not
+        // so for a subnormal quotient).
+        let cell_m = radius_m / CELLS_PER_RADIUS as f32;
+        (self.cell_m, self.cells_per_radius) =
+            if cell_m.is_normal() && cell_m * CELLS_PER_RADIUS as f32 == radius_m {
+                (cell_m, CELLS_PER_RADIUS)
+            } else {
+                (radius_m, 1)
+            };
         for (i, s) in samples.iter().enumerate() {
             let [x, _, z] = s.position.to_array();
             if x.is_finite() && z.is_finite() {
@@ -142,7 +164,7 @@ impl InterestGrid {
         out: &mut Vec<EntitySample>,
     ) {
         out.clear();
-        if !Self::usable(self.cell_m) {
+        if !Self::usable(self.radius_m) {
             out.extend_from_slice(samples);
             return;
         }
@@ -155,19 +177,32 @@ impl InterestGrid {
             && self.marks.len() * 64 >= samples.len();
         let [vx, _, vz] = viewer.to_array();
         if vx.is_finite() && vz.is_finite() {
-            let r2 = self.cell_m * self.cell_m;
+            let r2 = self.radius_m * self.radius_m;
             let (cx, cz) = self.cell_of(vx, vz);
-            let mut rows = [cz.saturating_sub(1), cz, cz.saturating_add(1)];
-            rows.sort_unstable();
+            let k = self.cells_per_radius;
+            // A point in cell (i, j) from the viewer's is more than (|i| − 1, |j| − 1) cells
+            // away on each axis: for k = 4 the corner cells (±4, ±4) are over √18 cells, so
+            // beyond r = 4 cells. Not where rows saturate (a row may then stand for several).
+            let clip_corners = k == 4 && cz.checked_sub(k).is_some() && cz.checked_add(k).is_some();
             let mut last_row = None;
-            for row in rows {
+            // Rows ascend (saturating at the edge of the coordinate range), so the next row's
+            // entries are found after the last one's.
+            let mut from = 0;
+            for j in -k..=k {
+                let row = cz.saturating_add(j);
                 if last_row == Some(row) {
                     continue; // saturated at the edge of the coordinate range
                 }
                 last_row = Some(row);
-                let lo = key(cx.saturating_sub(1), row);
-                let hi = key(cx.saturating_add(1), row);
-                let start = self.cells.partition_point(|c| c.key < lo);
+                let reach = if clip_corners && j.abs() == k {
+                    k - 1
+                } else {
+                    k
+                };
+                let lo = key(cx.saturating_sub(reach), row);
+                let hi = key(cx.saturating_add(reach), row);
+                let start = from + self.cells[from..].partition_point(|c| c.key < lo);
+                from = start;
                 for c in &self.cells[start..] {
                     if c.key > hi {
                         break;
@@ -275,6 +310,74 @@ mod tests {
                 .collect();
             let got: Vec<EntityId> = out.iter().map(|s| s.id).collect();
             assert_eq!(got, expected, "viewer at {v:?}");
+        }
+    }
+
+    /// Cells are a fraction of the radius: entities at exactly the radius (along the axes, on
+    /// the diagonals), viewers on cell corners, radii that divide exactly and ones that do
+    /// not, near the origin and far from it, are found exactly as a brute-force filter finds
+    /// them.
+    #[test]
+    fn fine_cells_find_exactly_what_a_brute_force_filter_finds() {
+        let config = TransformConfig::default();
+        let qz = crate::transform::Quantizer::new(&config).unwrap();
+        let mut rng = Rng::new(11);
+        for radius in [64.0f32, 60.0, 7.77, 0.3, 1e-3] {
+            for centre in [0.0f32, 1_000.0, -3.0e6, 1.0e9] {
+                let mut samples = Vec::new();
+                let mut id = 1;
+                let mut push = |x: f32, z: f32| {
+                    samples.push(sample(id, x, z, &qz));
+                    id += 1;
+                };
+                for _ in 0..600 {
+                    let a = rng.f64() * std::f64::consts::TAU;
+                    // Mostly near the rim, some well inside and outside.
+                    let d = radius as f64
+                        * (0.9 + 0.2 * rng.f64())
+                        * if rng.f64() < 0.2 {
+                            2.0 * rng.f64()
+                        } else {
+                            1.0
+                        };
+                    push(
+                        (centre as f64 + d * a.cos()) as f32,
+                        (centre as f64 + d * a.sin()) as f32,
+                    );
+                }
+                for (dx, dz) in [(1.0f32, 0.0f32), (0.0, 1.0), (-1.0, 0.0), (0.0, -1.0)] {
+                    push(centre + dx * radius, centre + dz * radius);
+                    let h = radius * std::f32::consts::FRAC_1_SQRT_2;
+                    push(centre + (dx + dz) * h, centre + (dz - dx) * h);
+                }
+                samples.sort_by_key(|s| s.id);
+                let mut grid = InterestGrid::new();
+                grid.build(&samples, radius);
+                let mut out = Vec::new();
+                let quarter = radius / 4.0;
+                for (vx, vz) in [
+                    (centre, centre),
+                    (centre + quarter, centre - quarter),
+                    (centre + 0.37 * radius, centre + 0.91 * radius),
+                ] {
+                    grid.query(
+                        &samples,
+                        Vec3::new(vx, 0.0, vz),
+                        std::iter::empty(),
+                        &mut out,
+                    );
+                    let expected: Vec<EntityId> = samples
+                        .iter()
+                        .filter(|s| {
+                            let (dx, dz) = (s.position[0] - vx, s.position[2] - vz);
+                            dx * dx + dz * dz <= radius * radius
+                        })
+                        .map(|s| s.id)
+                        .collect();
+                    let got: Vec<EntityId> = out.iter().map(|s| s.id).collect();
+                    assert_eq!(got, expected, "radius {radius}, viewer ({vx}, {vz})");
+                }
+            }
         }
     }
 

@@ -313,9 +313,11 @@ pub fn path_signals(conn: &quinn::Connection) -> neonet_proto::transform::PathSi
     }
 }
 
-pub use streams::{accept_streams, ReadFailure, StreamEvent, UniRecv, UniSend, UniStreams};
-pub(crate) use writers::priority;
-pub use writers::{ChannelWriters, QueueFull, CHANNEL_QUEUE_BYTES_MAX};
+pub use streams::{
+    accept_streams, ChannelStream, ChannelsSeen, ReadFailure, StreamEvent, UniRecv, UniSend,
+    UniStreams,
+};
+pub use writers::{priority, ChannelWriters, QueueFull, CHANNEL_QUEUE_BYTES_MAX};
 
 #[cfg(test)]
 mod tests {

@@ -125,13 +125,83 @@ impl UniRecv for quinn::RecvStream {
     }
 }
 
+/// The channels a connection's peer has opened a stream for: each may have one, a second is a
+/// stream error. Shared by the readers of one connection's streams.
+#[derive(Debug, Default)]
+pub struct ChannelsSeen(AtomicU8);
+
+impl ChannelsSeen {
+    /// Claims `channel` for a new stream; `false` if a stream of it was seen before.
+    fn claim(&self, channel: Channel) -> bool {
+        let bit = 1u8 << (channel as u8);
+        self.0.fetch_or(bit, Ordering::Relaxed) & bit == 0
+    }
+}
+
+/// One incoming unidirectional stream's framing, sans-IO: the first byte names the channel,
+/// then come length-prefixed frames within the limit of the channel's decoder. The async reader
+/// ([`accept_streams`]) and a driver that reads quinn-proto's streams itself (the load tool's
+/// single-loop light clients) both read streams with it, so both apply the same rules.
+#[derive(Debug, Default)]
+pub struct ChannelStream {
+    channel: Option<Channel>,
+    decoder: Option<FrameDecoder>,
+}
+
+impl ChannelStream {
+    /// The stream's channel, once its first byte arrived.
+    pub fn channel(&self) -> Option<Channel> {
+        self.channel
+    }
+
+    /// Takes the next bytes read from the stream, in order: appends every complete frame (each
+    /// with its length prefix) to `frames`. An unknown channel id, a second stream for a channel
+    /// (`seen`), or an oversize frame is an error, after which the stream must not be read any
+    /// more; `frames` then holds the complete frames that preceded it, to be delivered first.
+    pub fn push(
+        &mut self,
+        mut bytes: &[u8],
+        seen: &ChannelsSeen,
+        decoder_for: fn(Channel) -> FrameDecoder,
+        frames: &mut Vec<u8>,
+    ) -> Result<(), DecodeError> {
+        if self.channel.is_none() {
+            let Some((&first, rest)) = bytes.split_first() else {
+                return Ok(());
+            };
+            bytes = rest;
+            let Some(ch) = Channel::from_u8(first) else {
+                return Err(DecodeError::Malformed(format!(
+                    "unknown channel id {first}"
+                )));
+            };
+            if !seen.claim(ch) {
+                return Err(DecodeError::Malformed(format!(
+                    "a second stream for the {ch:?} channel"
+                )));
+            }
+            self.channel = Some(ch);
+            self.decoder = Some(decoder_for(ch));
+        }
+        match self.decoder.as_mut() {
+            Some(d) => d.push_and_take(bytes, frames).map(|_| ()),
+            None => Ok(()),
+        }
+    }
+
+    /// The stream ended: an error if it ended inside a frame.
+    pub fn finish(&self) -> Result<(), DecodeError> {
+        self.decoder.as_ref().map_or(Ok(()), FrameDecoder::finish)
+    }
+}
+
 /// Accepts the peer's unidirectional streams until the connection ends, reading each in its own
 /// task: first byte the channel, then frames within the limit of the decoder `decoder_for(channel)`
 /// gives (the protocol crate's per-channel decoders: `FrameDecoder::for_client_channel` on a
-/// server, `FrameDecoder::for_server_channel` on a client). The complete
-/// frames of each read go to `tx` together as one `map(StreamEvent::Frames)` (one message per
-/// read, not per frame), errors as `map(StreamEvent::Error)`; a full `tx` holds the reader
-/// back (and QUIC flow control holds the peer back).
+/// server, `FrameDecoder::for_server_channel` on a client), by [`ChannelStream`]'s rules. The
+/// complete frames of each read go to `tx` together as one `map(StreamEvent::Frames)` (one
+/// message per read, not per frame), errors as `map(StreamEvent::Error)`; a full `tx` holds the
+/// reader back (and QUIC flow control holds the peer back).
 pub async fn accept_streams<C, T, F>(
     conn: C,
     decoder_for: fn(Channel) -> FrameDecoder,
@@ -142,7 +212,7 @@ pub async fn accept_streams<C, T, F>(
     T: Send + 'static,
     F: Fn(StreamEvent) -> T + Clone + Send + Sync + 'static,
 {
-    let seen = Arc::new(AtomicU8::new(0));
+    let seen = Arc::new(ChannelsSeen::default());
     while let Some(recv) = conn.accept_uni().await {
         tokio::spawn(read_stream(
             recv,
@@ -156,65 +226,34 @@ pub async fn accept_streams<C, T, F>(
 
 async fn read_stream<R: UniRecv, T, F>(
     mut recv: R,
-    seen: Arc<AtomicU8>,
+    seen: Arc<ChannelsSeen>,
     decoder_for: fn(Channel) -> FrameDecoder,
     tx: mpsc::Sender<T>,
     map: F,
 ) where
     F: Fn(StreamEvent) -> T,
 {
-    let mut channel: Option<Channel> = None;
-    let mut decoder: Option<FrameDecoder> = None;
+    let mut stream = ChannelStream::default();
     let error = loop {
         let chunk = match recv.read_chunk(STREAM_READ_CHUNK_BYTES).await {
             Ok(Some(chunk)) => chunk,
-            Ok(None) => {
-                match &decoder {
-                    Some(d) => match d.finish() {
-                        Ok(()) => return,
-                        Err(e) => break e,
-                    },
-                    None => return,
-                };
-            }
+            Ok(None) => match stream.finish() {
+                Ok(()) => return,
+                Err(e) => break e,
+            },
             Err(ReadFailure::Reset) => break DecodeError::Truncated,
             Err(ReadFailure::Gone) => return, // its end is reported elsewhere
         };
-        let mut bytes = &chunk[..];
-        let ch = match channel {
-            Some(ch) => ch,
-            None => {
-                let Some((&first, rest)) = bytes.split_first() else {
-                    continue;
-                };
-                bytes = rest;
-                let Some(ch) = Channel::from_u8(first) else {
-                    break DecodeError::Malformed(format!("unknown channel id {first}"));
-                };
-                let bit = 1u8 << (ch as u8);
-                if seen.fetch_or(bit, Ordering::Relaxed) & bit != 0 {
-                    break DecodeError::Malformed(format!(
-                        "a second stream for the {ch:?} channel"
-                    ));
-                }
-                channel = Some(ch);
-                decoder = Some(decoder_for(ch));
-                ch
-            }
-        };
-        let Some(d) = decoder.as_mut() else { return };
         let mut frames = Vec::new();
-        let taken = d.push_and_take(bytes, &mut frames);
-        if !frames.is_empty()
-            && tx
-                .send(map(StreamEvent::Frames {
-                    channel: ch,
-                    frames,
-                }))
+        let taken = stream.push(&chunk, &seen, decoder_for, &mut frames);
+        if let (false, Some(channel)) = (frames.is_empty(), stream.channel()) {
+            if tx
+                .send(map(StreamEvent::Frames { channel, frames }))
                 .await
                 .is_err()
-        {
-            return;
+            {
+                return;
+            }
         }
         if let Err(e) = taken {
             break e;
@@ -222,4 +261,80 @@ async fn read_stream<R: UniRecv, T, F>(
     };
     recv.stop();
     let _ = tx.send(map(StreamEvent::Error(error))).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use neonet_proto::wire::codec::encode_frame;
+    use neonet_proto::wire::msg::ClientMsg;
+
+    fn frame() -> Vec<u8> {
+        encode_frame(&ClientMsg::Goodbye)
+    }
+
+    #[test]
+    fn a_channel_stream_names_its_channel_then_yields_whole_frames_across_reads() {
+        let seen = ChannelsSeen::default();
+        let mut s = ChannelStream::default();
+        let mut out = Vec::new();
+        let f = frame();
+        s.push(&[], &seen, FrameDecoder::for_client_channel, &mut out)
+            .unwrap();
+        assert_eq!(s.channel(), None, "no byte yet");
+        let mut bytes = vec![Channel::Control as u8];
+        bytes.extend_from_slice(&f);
+        bytes.extend_from_slice(&f[..2]);
+        s.push(&bytes, &seen, FrameDecoder::for_client_channel, &mut out)
+            .unwrap();
+        assert_eq!(s.channel(), Some(Channel::Control));
+        assert_eq!(out, f, "one whole frame, the partial one held");
+        assert_eq!(
+            s.finish(),
+            Err(DecodeError::Truncated),
+            "ends inside a frame"
+        );
+        out.clear();
+        s.push(&f[2..], &seen, FrameDecoder::for_client_channel, &mut out)
+            .unwrap();
+        assert_eq!(out, f);
+        assert_eq!(s.finish(), Ok(()));
+    }
+
+    #[test]
+    fn a_second_stream_for_a_channel_or_an_unknown_channel_is_an_error() {
+        let seen = ChannelsSeen::default();
+        let mut out = Vec::new();
+        let mut first = ChannelStream::default();
+        first
+            .push(
+                &[Channel::Chat as u8],
+                &seen,
+                FrameDecoder::for_client_channel,
+                &mut out,
+            )
+            .unwrap();
+        let mut second = ChannelStream::default();
+        assert!(second
+            .push(
+                &[Channel::Chat as u8],
+                &seen,
+                FrameDecoder::for_client_channel,
+                &mut out
+            )
+            .is_err());
+        let mut unknown = ChannelStream::default();
+        assert!(unknown
+            .push(&[200], &seen, FrameDecoder::for_client_channel, &mut out)
+            .is_err());
+        let mut other = ChannelStream::default();
+        other
+            .push(
+                &[Channel::World as u8],
+                &seen,
+                FrameDecoder::for_client_channel,
+                &mut out,
+            )
+            .unwrap();
+    }
 }

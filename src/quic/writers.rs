@@ -130,8 +130,9 @@ pub struct ChannelWriters {
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
-/// A channel's send priority: Control above Chat above Events above World.
-pub(crate) fn priority(channel: Channel) -> i32 {
+/// A channel's send priority (quinn's stream priority, higher first): Control above Chat above
+/// Events above World, so a big blueprint or snapshot never holds up chat.
+pub fn priority(channel: Channel) -> i32 {
     match channel {
         Channel::Control => 3,
         Channel::Chat => 2,

@@ -11,7 +11,7 @@
 //!   `Endpoint::handle` and its `Connection`, no channel, no wake-up;
 //! - **timers**: one heap of connection deadlines, stale entries skipped;
 //! - **send**: at a tick every connection queues its datagrams, then every connection is
-//!   polled for packets, and the packets go out in batches of up to [`SEND_BATCH`] per
+//!   polled for packets, and the packets go out in batches of up to [`crate::udp_batch::SEND_BATCH`] per
 //!   `sendmmsg` system call across connections (`libc`, since quinn-udp sends one destination
 //!   per call).
 //!
@@ -20,9 +20,9 @@
 //! nothing else. It is a measurement instrument for issue 19, not a server: no streams are
 //! read, nothing is authenticated beyond TLS.
 
-use std::collections::{BinaryHeap, HashMap};
-use std::io::{BufRead, IoSliceMut, Write};
-use std::net::{SocketAddr, UdpSocket};
+use std::collections::HashMap;
+use std::io::{BufRead, Write};
+use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -35,17 +35,7 @@ use quinn_proto::{
 };
 
 use crate::fanout::FanoutArgs;
-
-/// Packets per `sendmmsg` call: 64. Enough to amortize the system call (about 1 µs here)
-/// over many packets; more only grows the stack arrays.
-pub const SEND_BATCH: usize = 64;
-
-/// Bytes of one outgoing packet slot: 1500, the largest datagram quinn sends on this path
-/// (GSO is not used: one slot, one packet, so batches can mix destinations).
-const PACKET_SLOT_BYTES: usize = 1500;
-
-/// Bytes of one receive buffer: 64 KiB, what one GRO-coalesced read can deliver.
-const RECV_BUF_BYTES: usize = 64 * 1024;
+use crate::udp_batch::{Deadlines, RecvBatch, SendQueue, PACKET_SLOT_BYTES};
 
 /// Shortest interval between two waits for packets: 1 ms. Waking for every packet costs
 /// a `poll` and a `recvmmsg` each; waiting a millisecond gathers the packets of that
@@ -64,91 +54,6 @@ struct Counters {
     failed: AtomicU64,
     connections: AtomicU64,
     datagrams_in: AtomicU64,
-}
-
-/// Packets waiting for the next `sendmmsg`.
-struct SendQueue {
-    bufs: Vec<Vec<u8>>,
-    dests: Vec<SocketAddr>,
-    len: usize,
-    /// Packets the kernel refused (a full socket buffer): counted, never retried (QUIC
-    /// recovers lost packets itself).
-    dropped: u64,
-}
-
-impl SendQueue {
-    fn new() -> SendQueue {
-        SendQueue {
-            bufs: (0..SEND_BATCH)
-                .map(|_| Vec::with_capacity(PACKET_SLOT_BYTES))
-                .collect(),
-            dests: vec![SocketAddr::from(([0, 0, 0, 0], 0)); SEND_BATCH],
-            len: 0,
-            dropped: 0,
-        }
-    }
-
-    /// The next free slot, flushing first when full.
-    fn slot(&mut self, socket: &UdpSocket) -> &mut Vec<u8> {
-        if self.len == SEND_BATCH {
-            self.flush(socket);
-        }
-        let b = &mut self.bufs[self.len];
-        b.clear();
-        b
-    }
-
-    fn push(&mut self, dest: SocketAddr) {
-        self.dests[self.len] = dest;
-        self.len += 1;
-    }
-
-    /// Sends everything queued with as few `sendmmsg` calls as the kernel allows.
-    fn flush(&mut self, socket: &UdpSocket) {
-        let mut done = 0;
-        while done < self.len {
-            match sendmmsg(
-                socket,
-                &self.bufs[done..self.len],
-                &self.dests[done..self.len],
-            ) {
-                Ok(0) | Err(_) => {
-                    self.dropped += (self.len - done) as u64;
-                    break;
-                }
-                Ok(n) => done += n,
-            }
-        }
-        self.len = 0;
-    }
-}
-
-/// `sendmmsg(2)` of `bufs[i]` to `dests[i]` (IPv4 or IPv6). Returns how many the kernel took.
-fn sendmmsg(socket: &UdpSocket, bufs: &[Vec<u8>], dests: &[SocketAddr]) -> std::io::Result<usize> {
-    let n = bufs.len().min(SEND_BATCH);
-    let addrs: [socket2::SockAddr; SEND_BATCH] =
-        std::array::from_fn(|i| socket2::SockAddr::from(dests.get(i).copied().unwrap_or(dests[0])));
-    let mut iovs: [libc::iovec; SEND_BATCH] = std::array::from_fn(|i| libc::iovec {
-        iov_base: bufs
-            .get(i)
-            .map_or(std::ptr::null_mut(), |b| b.as_ptr() as *mut _),
-        iov_len: bufs.get(i).map_or(0, Vec::len),
-    });
-    // SAFETY: mmsghdr is plain old data; zeroed is a valid "no name, no control" header.
-    let mut hdrs: [libc::mmsghdr; SEND_BATCH] = unsafe { std::mem::zeroed() };
-    for i in 0..n {
-        hdrs[i].msg_hdr.msg_name = addrs[i].as_ptr() as *mut _;
-        hdrs[i].msg_hdr.msg_namelen = addrs[i].len();
-        hdrs[i].msg_hdr.msg_iov = &mut iovs[i];
-        hdrs[i].msg_hdr.msg_iovlen = 1;
-    }
-    // SAFETY: every header points at live buffers (`bufs`, `iovs`, `addrs`) for the call.
-    let r = unsafe { libc::sendmmsg(socket.as_raw_fd(), hdrs.as_mut_ptr(), n as libc::c_uint, 0) };
-    if r < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(r as usize)
-    }
 }
 
 /// One connection and the deadline last entered in the timer heap for it.
@@ -213,14 +118,11 @@ pub fn serve(args: FanoutArgs) -> anyhow::Result<()> {
         None,
     );
     let mut conns: HashMap<ConnectionHandle, Conn> = HashMap::new();
-    let mut timers: BinaryHeap<std::cmp::Reverse<(Instant, usize)>> = BinaryHeap::new();
+    let mut timers = Deadlines::default();
     let mut dirty: Vec<ConnectionHandle> = Vec::new();
     let mut out = SendQueue::new();
     let mut scratch = Vec::with_capacity(PACKET_SLOT_BYTES);
-    let mut recv_bufs: Vec<Vec<u8>> = (0..quinn_udp::BATCH_SIZE)
-        .map(|_| vec![0u8; RECV_BUF_BYTES])
-        .collect();
-    let mut metas = vec![quinn_udp::RecvMeta::default(); quinn_udp::BATCH_SIZE];
+    let mut recv = RecvBatch::new();
     let payload = Bytes::from(vec![0xA5u8; args.bytes as usize]);
     let period = Duration::from_secs(1) / args.hz;
     let mut next_tick = Instant::now() + period;
@@ -248,26 +150,20 @@ pub fn serve(args: FanoutArgs) -> anyhow::Result<()> {
             }
         }
         // Timers due.
-        while let Some(std::cmp::Reverse((t, idx))) = timers.peek().copied() {
-            if t > now {
-                break;
-            }
-            timers.pop();
+        while let Some((t, idx)) = timers.pop_due(now) {
             let ch = ConnectionHandle(idx);
-            if let Some(c) = conns.get_mut(&ch) {
-                if c.deadline == Some(t) {
-                    c.deadline = None;
-                    match c.conn.poll_timeout() {
-                        // The entry is older than the connection's timers: re-filed.
-                        Some(later) if later > now => {
-                            c.deadline = Some(later);
-                            timers.push(std::cmp::Reverse((later, idx)));
-                        }
-                        _ => {
-                            c.conn.handle_timeout(now);
-                            dirty.push(ch);
-                        }
-                    }
+            let Some(c) = conns.get_mut(&ch) else {
+                continue;
+            };
+            if !Deadlines::popped(t, &mut c.deadline) {
+                continue;
+            }
+            match c.conn.poll_timeout() {
+                // The entry is older than the connection's timers: re-filed.
+                Some(later) if later > now => timers.file(idx, Some(later), &mut c.deadline),
+                _ => {
+                    c.conn.handle_timeout(now);
+                    dirty.push(ch);
                 }
             }
         }
@@ -294,13 +190,7 @@ pub fn serve(args: FanoutArgs) -> anyhow::Result<()> {
             // One heap entry per connection: a new one only when the connection's next
             // deadline comes before the filed one; a later deadline is re-filed when the
             // earlier entry pops.
-            let deadline = c.conn.poll_timeout();
-            if let Some(t) = deadline {
-                if c.deadline.is_none_or(|filed| t < filed) {
-                    c.deadline = Some(t);
-                    timers.push(std::cmp::Reverse((t, ch.0)));
-                }
-            }
+            timers.file(ch.0, c.conn.poll_timeout(), &mut c.deadline);
         }
         out.flush(&socket);
         counters.failed.store(out.dropped, Relaxed);
@@ -308,9 +198,8 @@ pub fn serve(args: FanoutArgs) -> anyhow::Result<()> {
         // Wait for packets until the next deadline, but wake at most once per
         // `COALESCE`: packets that arrive meanwhile are read in one `recvmmsg` batch.
         let wake = timers
-            .peek()
-            .map_or(next_tick, |r| r.0 .0)
-            .min(next_tick)
+            .next()
+            .map_or(next_tick, |t| t.min(next_tick))
             .min(now + IDLE_WAIT);
         let since = last_wake.elapsed();
         if since < COALESCE {
@@ -328,64 +217,52 @@ pub fn serve(args: FanoutArgs) -> anyhow::Result<()> {
             unsafe { libc::poll(&mut pfd, 1, ms) };
         }
         last_wake = Instant::now();
-        let n = {
-            let mut iovs: Vec<IoSliceMut<'_>> =
-                recv_bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
-            match state.recv((&socket).into(), &mut iovs, &mut metas) {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
-                Err(e) => return Err(e).context("receiving"),
-            }
-        };
+        recv.recv(&socket, &state).context("receiving")?;
         let now = Instant::now();
-        for (meta, buf) in metas.iter().zip(recv_bufs.iter()).take(n) {
-            let stride = meta.stride.max(1);
-            for seg in buf[..meta.len].chunks(stride) {
-                let data = BytesMut::from(seg);
-                scratch.clear();
-                match endpoint.handle(
-                    now,
-                    meta.addr,
-                    meta.dst_ip,
-                    meta.ecn
-                        .and_then(|e| quinn_proto::EcnCodepoint::from_bits(e as u8)),
-                    data,
-                    &mut scratch,
-                ) {
-                    Some(DatagramEvent::ConnectionEvent(ch, ev)) => {
-                        if let Some(c) = conns.get_mut(&ch) {
-                            c.conn.handle_event(ev);
+        for (meta, seg) in recv.packets() {
+            let data = BytesMut::from(seg);
+            scratch.clear();
+            match endpoint.handle(
+                now,
+                meta.addr,
+                meta.dst_ip,
+                crate::udp_batch::ecn(meta),
+                data,
+                &mut scratch,
+            ) {
+                Some(DatagramEvent::ConnectionEvent(ch, ev)) => {
+                    if let Some(c) = conns.get_mut(&ch) {
+                        c.conn.handle_event(ev);
+                        dirty.push(ch);
+                    }
+                }
+                Some(DatagramEvent::NewConnection(incoming)) => {
+                    let mut resp = Vec::new();
+                    match endpoint.accept(incoming, now, &mut resp, None) {
+                        Ok((ch, conn)) => {
+                            conns.insert(
+                                ch,
+                                Conn {
+                                    conn,
+                                    deadline: None,
+                                },
+                            );
+                            counters.connections.store(conns.len() as u64, Relaxed);
                             dirty.push(ch);
                         }
-                    }
-                    Some(DatagramEvent::NewConnection(incoming)) => {
-                        let mut resp = Vec::new();
-                        match endpoint.accept(incoming, now, &mut resp, None) {
-                            Ok((ch, conn)) => {
-                                conns.insert(
-                                    ch,
-                                    Conn {
-                                        conn,
-                                        deadline: None,
-                                    },
-                                );
-                                counters.connections.store(conns.len() as u64, Relaxed);
-                                dirty.push(ch);
-                            }
-                            Err(e) => {
-                                if let Some(t) = e.response {
-                                    out.slot(&socket).extend_from_slice(&resp[..t.size]);
-                                    out.push(t.destination);
-                                }
+                        Err(e) => {
+                            if let Some(t) = e.response {
+                                out.slot(&socket).extend_from_slice(&resp[..t.size]);
+                                out.push(t.destination);
                             }
                         }
                     }
-                    Some(DatagramEvent::Response(t)) => {
-                        out.slot(&socket).extend_from_slice(&scratch[..t.size]);
-                        out.push(t.destination);
-                    }
-                    None => {}
                 }
+                Some(DatagramEvent::Response(t)) => {
+                    out.slot(&socket).extend_from_slice(&scratch[..t.size]);
+                    out.push(t.destination);
+                }
+                None => {}
             }
         }
     }

@@ -22,6 +22,7 @@ mod relay_proc;
 mod report;
 mod run;
 mod sim;
+mod udp_batch;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;

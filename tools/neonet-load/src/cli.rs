@@ -209,9 +209,21 @@ pub enum ClientKind {
 }
 
 /// Most light clients sharing one QUIC endpoint (`--light-share`): 64. One socket's receive
-/// buffer (2 MiB, `neonet::quic::CLIENT_SOCKET_BUFFER_BYTES`) then holds about a tick of their
-/// datagrams (64 × ≈ 1 KB) 30 times over; numbers.md saw one socket for 1,000 clients overflow.
+/// buffer (2 MiB, `neonet::quic::CLIENT_SOCKET_BUFFER_BYTES`, for the task driver's shared
+/// endpoints) then holds about a tick of their datagrams (64 × ≈ 1 KB) 30 times over;
+/// numbers.md saw one socket for 1,000 clients overflow.
 pub const LIGHT_SHARE_MAX: i64 = 64;
+
+/// How light clients are driven (`--light-driver`).
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LightDriver {
+    /// Every light client from one event loop on one thread, over quinn-proto
+    /// (`light::single_loop`): the cheap one.
+    Loop,
+    /// One tokio task per light client over quinn's own driver and neonet's stream tasks
+    /// (`light::tasks`): the transport a real client has.
+    Tasks,
+}
 
 /// Default interval between samples of a relay process's resident memory: 10 s.
 pub const RSS_INTERVAL_DEFAULT: &str = "10s";
@@ -252,11 +264,16 @@ pub struct RunArgs {
     /// Which client each simulated client is.
     #[arg(long, value_name = "KIND", value_enum, default_value_t = ClientKind::Full)]
     pub client: ClientKind,
-    /// Light clients per QUIC endpoint (one UDP socket and one quinn endpoint driver): 1 gives
-    /// each its own, as full clients have; more share, with fewer sockets and wake-ups.
-    #[arg(long, value_name = "N", default_value_t = 1,
+    /// How light clients are driven: `loop` (every client from one event loop on one thread,
+    /// over quinn-proto) or `tasks` (a tokio task per client over quinn's own driver).
+    #[arg(long, value_name = "DRIVER", value_enum, default_value_t = LightDriver::Loop)]
+    pub light_driver: LightDriver,
+    /// Light clients per QUIC endpoint (one UDP socket and one endpoint). With `tasks` the
+    /// default 1 gives each its own, as full clients have; more share, with fewer sockets and
+    /// wake-ups. With `loop` the default is 64 (`light::LOOP_SHARE_DEFAULT`).
+    #[arg(long, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=LIGHT_SHARE_MAX))]
-    pub light_share: u32,
+    pub light_share: Option<u32>,
     /// Entities each client should see within its interest: a spawned relay's clients walk in
     /// an area sized so that about this many others are within each one's interest radius.
     #[arg(long, value_name = "N", default_value_t = VISIBLE_DEFAULT,

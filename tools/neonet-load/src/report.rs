@@ -147,6 +147,10 @@ pub struct RunSetup {
     pub seed: u64,
     /// Which client the simulated clients were: `full` or `light` (`--client`).
     pub client: String,
+    /// How light clients were driven: `loop` or `tasks` (`--light-driver`); absent for full
+    /// clients.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub light_driver: Option<String>,
     /// Entities each client was meant to see within its interest (`--visible`; a spawned
     /// relay's walk area is sized for it).
     pub visible_target: u32,

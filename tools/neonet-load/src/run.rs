@@ -30,10 +30,10 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::cli::{clock_seed, ClientKind, RunArgs};
+use crate::cli::{clock_seed, ClientKind, LightDriver, RunArgs};
 use crate::cpu::{MachineCpu, ThreadCpu};
 use crate::driver::{client_task, ClientOutcome, ClientPlan};
-use crate::light::light_client_task;
+use crate::light::{light_client_task, LightLoop, LOOP_SHARE_DEFAULT};
 use crate::relay_proc::{self, RelayProcess, RelayProcessConfig};
 use crate::report::{
     CpuFigures, InOut, LatencyRecorder, NotMeasured, RelayFigures, Report, RssFigures, RssSample,
@@ -161,7 +161,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
     let measure_from = start + args.ramp;
     let mut cpu_start: Option<CpuSnapshot> = None;
     let mut rss = RssWatch::default();
-    let mut light_endpoints = SharedEndpoints::new(args.light_share);
+    let mut light_endpoints = SharedEndpoints::new(args.light_share.unwrap_or(1));
+    let light_loop = match (args.client, args.light_driver) {
+        (ClientKind::Light, LightDriver::Loop) => Some(LightLoop::start(
+            target,
+            args.light_share.unwrap_or(LOOP_SHARE_DEFAULT),
+            live.clone(),
+        )?),
+        _ => None,
+    };
     let mut rss_sample = tokio::time::interval(args.rss_interval);
     loop {
         if next_client == args.clients && tasks.is_empty() {
@@ -181,10 +189,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
                 plan.trust = trust.clone();
                 match args.client {
                     ClientKind::Full => tasks.spawn(client_task(plan, live.clone(), stop_rx.clone())),
-                    ClientKind::Light => {
-                        let endpoint = light_endpoints.for_client(next_client, target)?;
-                        tasks.spawn(light_client_task(plan, endpoint, live.clone(), stop_rx.clone()))
-                    }
+                    ClientKind::Light => match &light_loop {
+                        Some(l) => tasks.spawn(l.client(plan)),
+                        None => {
+                            let endpoint = light_endpoints.for_client(next_client, target)?;
+                            tasks.spawn(light_client_task(plan, endpoint, live.clone(), stop_rx.clone()))
+                        }
+                    },
                 };
                 next_client += 1;
             }
@@ -225,6 +236,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
 
     // Stop: clients see the signal, leave and return what they measured.
     let _ = stop_tx.send(true);
+    if let Some(l) = &light_loop {
+        l.stop();
+    }
     let grace_end = Instant::now() + STOP_GRACE;
     while !tasks.is_empty() {
         match tokio::time::timeout_at(grace_end, tasks.join_next()).await {
@@ -239,6 +253,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
         }
     }
     progress.finish_and_clear();
+    drop(light_loop);
     let proxy_stats = match proxy {
         Some(proxy) => {
             let stats = proxy.stats();
@@ -261,6 +276,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
         via_proxy: args.via_proxy,
         seed,
         client: format!("{:?}", args.client).to_lowercase(),
+        light_driver: (args.client == ClientKind::Light)
+            .then(|| format!("{:?}", args.light_driver).to_lowercase()),
         visible_target: args.visible,
         relay_process: args.relay_process,
         relay_cpu: args.relay_cpu,
@@ -322,10 +339,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
 
 /// A relay started by `--spawn-relay`: on a runtime of its own (one worker thread), so that the
 /// client tasks filling this process's runtime do not delay its ticks, with its metrics at hand.
-struct SpawnedRelay {
-    addr: SocketAddr,
-    fingerprint: Fingerprint,
-    metrics: Arc<Metrics>,
+pub(crate) struct SpawnedRelay {
+    /// Its QUIC address.
+    pub(crate) addr: SocketAddr,
+    /// Its certificate's fingerprint.
+    pub(crate) fingerprint: Fingerprint,
+    /// Its metrics.
+    pub(crate) metrics: Arc<Metrics>,
     runtime: tokio::runtime::Runtime,
     handle: RelayHandle,
     /// The relay's certificate and data folder, removed at the end.
@@ -352,7 +372,7 @@ fn walk_area_half_m(clients: u32, visible: u32) -> f64 {
 /// client's user, with its last position where its walker starts, so each player spawns in its
 /// own part of the area instead of everyone at the spawn point. Gives each plan its token (the
 /// spawned relay takes plain-text tokens: it lives only in this process, on loopback).
-async fn spawn_relay(
+pub(crate) async fn spawn_relay(
     tick_hz: u32,
     seed: u64,
     plans: &mut [ClientPlan],
@@ -432,7 +452,7 @@ async fn spawn_relay(
 
 impl SpawnedRelay {
     /// Shuts the relay down cleanly and removes its folder.
-    async fn shutdown(self) -> anyhow::Result<()> {
+    pub(crate) async fn shutdown(self) -> anyhow::Result<()> {
         let SpawnedRelay {
             runtime,
             handle,

@@ -1,9 +1,14 @@
 //! Light clients for `neonet-load run --client light`: the protocol exactly, without the work a
 //! player's machine does for its display.
 //!
-//! - [`core`]: the protocol, sans-IO ([`core::LightCore`]), driven over real QUIC by [`driver`] and
+//! - [`core`]: the protocol, sans-IO ([`core::LightCore`]), driven over real QUIC by a driver and
 //!   over the simulated network by the test in this module.
-//! - [`driver`]: one task per client around a `LightCore` and its QUIC connection.
+//! - [`session`]: what a joined client does and measures (its script, update latency, answers
+//!   to its changes, its outcome), the same under either driver.
+//! - [`single_loop`] (`--light-driver loop`, the default): every client's core and quinn-proto
+//!   connection driven from one event loop on one thread.
+//! - [`tasks`] (`--light-driver tasks`): one tokio task per client over quinn's own driver and
+//!   neonet's stream tasks, the transport a real client has.
 //!
 //! Where the wire format lives, so the light client follows it: the upstream datagram
 //! ([`neonet_proto::transform::encode_client_datagram_clocked`], stamped when
@@ -21,9 +26,15 @@
 //! datagram, say) is added in [`core::LightCore`]'s `send_upstream` beside the full client's.
 
 pub mod core;
-pub mod driver;
+pub mod session;
+pub mod single_loop;
+pub mod tasks;
 
-pub use self::driver::light_client_task;
+pub use self::single_loop::{LightLoop, LOOP_SHARE_DEFAULT};
+pub use self::tasks::light_client_task;
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod loopback_tests;

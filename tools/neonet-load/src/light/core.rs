@@ -3,7 +3,8 @@
 //! below, which checks that a relay sees it exactly as it sees a full client).
 //!
 //! What it does as [`neonet_proto::client::ClientCore`] does, with the protocol's own code:
-//! - the handshake: `Hello` (or nothing more), then `Welcome` and `Snapshot` decoded with the
+//! - the handshake: `Hello` (or nothing more), then `Welcome` and `Snapshot` (whole, or its
+//!   `SnapshotPiece`s reassembled as the full client does: a world past 64 KiB) decoded with the
 //!   wire codec ([`codec::decode_server`]); frames out are encoded with [`codec::encode_frame`];
 //! - clock sync (PROTOCOL.md 12.4): [`ClockSync`], bootstrapped by pings and their pongs, then
 //!   fed by the clock echoes of the server datagrams (read by [`decode_server_header`]) that
@@ -58,6 +59,7 @@ use neonet_proto::wire::codec;
 use neonet_proto::wire::msg::{
     Channel, ClientMsg, CloseReason, Refusal, ServerMsg, PROTOCOL_VERSION,
 };
+use neonet_proto::wire::pieces::Reassembly;
 
 /// How often a welcomed client whose snapshot is still on its way pings, as the full client
 /// does ([`neonet_proto::client::PING_INTERVAL`], 1 s), so the relay's idle timeout does not
@@ -143,6 +145,9 @@ pub struct LightCore {
     input: CharacterInput,
     next_req: u32,
     next_ping: Time,
+    /// A snapshot larger than one frame arriving in pieces (`SnapshotPiece`), as the full
+    /// client reassembles it: a world past 64 KiB (many players, blueprints) comes so.
+    pieces: Reassembly,
     transmits: VecDeque<ClientTransmit>,
     events: VecDeque<LightEvent>,
     events_dropped: u64,
@@ -169,6 +174,7 @@ impl LightCore {
             input: CharacterInput::default(),
             next_req: 1,
             next_ping: now,
+            pieces: Reassembly::default(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             events_dropped: 0,
@@ -309,6 +315,19 @@ impl LightCore {
                     upstream: UpstreamRule::default(),
                 }));
             }
+            ServerMsg::SnapshotPiece { index, count, data } => {
+                if self.stream.is_none() || self.state != LightState::Joining {
+                    return self.close(
+                        CloseReason::ProtocolViolation,
+                        "snapshot piece out of order".into(),
+                    );
+                }
+                match self.pieces.push(index, count, &data.0) {
+                    Ok(None) => {}
+                    Ok(Some(whole)) => self.joined(whole.settings.movement, now),
+                    Err(e) => self.close(CloseReason::ProtocolViolation, e.to_string()),
+                }
+            }
             ServerMsg::Snapshot(s) => {
                 if self.stream.is_none() || self.state != LightState::Joining {
                     return self.close(
@@ -316,10 +335,13 @@ impl LightCore {
                         "snapshot out of order".into(),
                     );
                 }
-                self.client_authority = s.settings.movement == MovementAuthority::Client;
-                self.state = LightState::Joined;
-                self.next_ping = now;
-                self.push_event(LightEvent::Joined);
+                if self.pieces.in_progress() {
+                    return self.close(
+                        CloseReason::ProtocolViolation,
+                        "snapshot while its pieces were arriving".into(),
+                    );
+                }
+                self.joined(s.settings.movement, now);
             }
             ServerMsg::Pong {
                 client_time_us,
@@ -343,6 +365,14 @@ impl LightCore {
             // The world's changes, chat, moderation: a light client keeps no world.
             _ => {}
         }
+    }
+
+    /// The snapshot arrived, whole or as its last piece: joined.
+    fn joined(&mut self, movement: MovementAuthority, now: Time) {
+        self.client_authority = movement == MovementAuthority::Client;
+        self.state = LightState::Joined;
+        self.next_ping = now;
+        self.push_event(LightEvent::Joined);
     }
 
     /// A server datagram arrived: acknowledged (when new), its clock echo and own-state blob

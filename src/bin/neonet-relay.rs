@@ -272,7 +272,10 @@ fn start() -> anyhow::Result<()> {
     init_logging(&filter)?;
     config.validate()?;
 
+    // Its I/O threads are named, as the core (`neonet-core`) and store (`neonet-store`) threads
+    // are, so `top -H` and the load tool's `/proc/<pid>/task` reading tell them apart.
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("neonet-relay")
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;

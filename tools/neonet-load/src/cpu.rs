@@ -94,18 +94,28 @@ fn parse_machine_stat(text: &str) -> anyhow::Result<MachineCpu> {
     })
 }
 
-/// CPU time used so far by this process's threads, summed by thread name
-/// (`/proc/self/task/*/comm` and `stat`). Threads that already exited are not counted.
+/// CPU time used so far by a process's threads, summed by thread name
+/// (`/proc/<pid>/task/*/comm` and `stat`). Threads that already exited are not counted.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ThreadCpu(pub std::collections::BTreeMap<String, Duration>);
 
 impl ThreadCpu {
     /// Reads every live thread of this process.
     pub fn now() -> anyhow::Result<ThreadCpu> {
+        ThreadCpu::read("/proc/self/task")
+    }
+
+    /// Reads every live thread of process `pid` (a relay process: its core, I/O and store
+    /// threads told apart by name).
+    pub fn of_process(pid: u32) -> anyhow::Result<ThreadCpu> {
+        ThreadCpu::read(&format!("/proc/{pid}/task"))
+    }
+
+    fn read(task_dir: &str) -> anyhow::Result<ThreadCpu> {
         let mut by_name = std::collections::BTreeMap::new();
-        let tasks = std::fs::read_dir("/proc/self/task").context("listing /proc/self/task")?;
+        let tasks = std::fs::read_dir(task_dir).with_context(|| format!("listing {task_dir}"))?;
         for task in tasks {
-            let dir = task.context("listing /proc/self/task")?.path();
+            let dir = task.with_context(|| format!("listing {task_dir}"))?.path();
             // A thread may end between listing and reading: skip it.
             let (Ok(name), Ok(stat)) = (
                 std::fs::read_to_string(dir.join("comm")),

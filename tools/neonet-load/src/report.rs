@@ -222,6 +222,12 @@ pub struct Report {
     /// The relay's CPU per client per tick over the measured window, µs: its CPU time divided by
     /// (clients connected at the window's end × ticks it ran in the window).
     pub relay_us_per_client_tick: Option<f64>,
+    /// The part of `relay_us_per_client_tick` spent on the relay's core thread (`neonet-core`:
+    /// ticks, replication, every decision), µs.
+    pub relay_core_us_per_client_tick: Option<f64>,
+    /// The part of `relay_us_per_client_tick` spent on the relay's I/O runtime (`neonet-relay`:
+    /// QUIC, TLS, sockets, the stream and datagram tasks), µs.
+    pub relay_io_us_per_client_tick: Option<f64>,
     /// The load tool's CPU per client per client frame over the measured window, µs: its cores
     /// (`cpu.load_tool_cores`) ÷ (clients connected at the window's end × `--hz`). What one
     /// simulated client costs, full or light; meaningful only while the load tool got all the
@@ -441,9 +447,17 @@ impl Report {
             ),
             (
                 "relay_us_per_client_tick",
-                self.relay_us_per_client_tick
-                    .map(|v| format!("{v:.2}"))
-                    .unwrap_or_else(|| "not measured".into()),
+                match (
+                    self.relay_us_per_client_tick,
+                    self.relay_core_us_per_client_tick,
+                    self.relay_io_us_per_client_tick,
+                ) {
+                    (Some(v), Some(core), Some(io)) => {
+                        format!("{v:.2} (core {core:.2} · I/O {io:.2})")
+                    }
+                    (Some(v), _, _) => format!("{v:.2}"),
+                    _ => "not measured".into(),
+                },
             ),
         ];
         let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
@@ -512,19 +526,22 @@ impl Report {
                 "  cpu (cores, measured window): machine {:.2} of {} busy · load tool {:.2}",
                 c.machine_busy_cores, c.machine_cores, c.load_tool_cores
             );
-            for (name, v) in [
-                (
-                    "relay process",
-                    self.relay_cpu_cores
-                        .filter(|_| c.relay_core_cores.is_none()),
-                ),
-                ("relay core", c.relay_core_cores),
-                ("relay I/O", c.relay_io_cores),
-                ("relay store", c.relay_store_cores),
-            ] {
-                if let Some(v) = v {
-                    line.push_str(&format!(" · {name} {v:.2}"));
-                }
+            let parts: Vec<String> = [
+                ("core", c.relay_core_cores),
+                ("I/O", c.relay_io_cores),
+                ("store", c.relay_store_cores),
+            ]
+            .into_iter()
+            .filter_map(|(name, v)| Some(format!("{name} {:.2}", v?)))
+            .collect();
+            if self.relay_cpu_cores.is_some() || !parts.is_empty() {
+                line.push_str(" · relay");
+            }
+            if let Some(v) = self.relay_cpu_cores {
+                line.push_str(&format!(" {v:.2}"));
+            }
+            if !parts.is_empty() {
+                line.push_str(&format!(" ({})", parts.join(" · ")));
             }
             writeln!(out, "{line}")?;
             if c.saturated {
@@ -630,7 +647,12 @@ mod tests {
         let mut table = Vec::new();
         report.write_table(&mut table).unwrap();
         let table = String::from_utf8(table).unwrap();
-        assert!(table.contains("machine 1.60 of 2 busy · load tool 0.97 · relay core 0.31"));
+        assert!(
+            table.contains(
+                "machine 1.60 of 2 busy · load tool 0.97 · relay (core 0.31 · I/O 0.37 · store 0.00)"
+            ),
+            "{table}"
+        );
         assert!(
             !table.contains("saturated"),
             "1.6 of 2 cores is not saturated"
@@ -643,7 +665,23 @@ mod tests {
         }
         let mut table = Vec::new();
         report.write_table(&mut table).unwrap();
-        assert!(!String::from_utf8(table).unwrap().contains("relay core"));
+        assert!(!String::from_utf8(table).unwrap().contains("(core"));
+    }
+
+    #[test]
+    fn the_relays_cost_per_client_tick_is_split_into_core_and_io() {
+        let report = Report {
+            relay_us_per_client_tick: Some(62.78),
+            relay_core_us_per_client_tick: Some(27.9),
+            relay_io_us_per_client_tick: Some(34.4),
+            ..Report::default()
+        };
+        let mut table = Vec::new();
+        report.write_table(&mut table).unwrap();
+        let table = String::from_utf8(table).unwrap();
+        assert!(table.contains("62.78 (core 27.90 · I/O 34.40)"), "{table}");
+        let v: serde_json::Value = serde_json::to_value(&report).unwrap();
+        assert_eq!(v["relay_core_us_per_client_tick"], 27.9);
     }
 
     #[test]

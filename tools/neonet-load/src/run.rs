@@ -293,6 +293,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
     if let Some(rc) = relay_cpu {
         report.relay_cpu_cores = Some(rc.cores);
         report.relay_us_per_client_tick = rc.us_per_client_tick(connected_at_end);
+        // The whole's split by thread, in the threads' share of the relay's CPU.
+        let share = |part: Option<f64>| {
+            let total = report.relay_us_per_client_tick?;
+            let part = part?;
+            (rc.cores > 0.0).then(|| total * part / rc.cores)
+        };
+        let c = report.cpu.as_ref();
+        report.relay_core_us_per_client_tick = share(c.and_then(|c| c.relay_core_cores));
+        report.relay_io_us_per_client_tick = share(c.and_then(|c| c.relay_io_cores));
     } else if relay.is_some() {
         report.not_measured.push(NotMeasured {
             field: "relay_us_per_client_tick",
@@ -556,13 +565,17 @@ struct CpuSnapshot {
     at: Instant,
     machine: MachineCpu,
     threads: ThreadCpu,
+    /// The relay's threads by name: this process's for an in-process relay, the relay
+    /// process's (`/proc/<pid>/task`) for `--relay-process`.
+    relay_threads: Option<ThreadCpu>,
     /// The relay's CPU time so far and ticks run so far, when the run started it.
     relay: Option<(Duration, u64)>,
 }
 
-/// The thread an in-process relay runs its core on (named in `neonet::relay`).
+/// The thread a relay runs its core on (named in `neonet::relay`).
 const RELAY_CORE_THREAD: &str = "neonet-core";
-/// The threads of an in-process relay's I/O runtime (named in [`spawn_relay`]).
+/// The threads of a relay's I/O runtime (named in [`spawn_relay`] and by the `neonet-relay`
+/// binary, whose main thread, waiting for signals, has the same name).
 const RELAY_IO_THREAD: &str = "neonet-relay";
 /// The thread an in-process relay's store commits on (named in `neonet::store`).
 const RELAY_STORE_THREAD: &str = "neonet-store";
@@ -608,11 +621,17 @@ impl CpuSnapshot {
     /// `None` where `/proc` cannot be read (the figures are then left out, not zeroed).
     fn take(relay: Option<&RelayUnderTest>) -> Option<CpuSnapshot> {
         let threads = ThreadCpu::now().ok()?;
+        let relay_threads = match relay {
+            Some(RelayUnderTest::InProcess(_)) => Some(threads.clone()),
+            Some(RelayUnderTest::Process(p)) => ThreadCpu::of_process(p.pid()).ok(),
+            None => None,
+        };
         Some(CpuSnapshot {
             at: Instant::now(),
             machine: MachineCpu::now().ok()?,
             relay: relay.and_then(|r| relay_counters(r, &threads)),
             threads,
+            relay_threads,
         })
     }
 
@@ -626,12 +645,9 @@ impl CpuSnapshot {
         };
         let relay_in_process = matches!(relay, Some(RelayUnderTest::InProcess(_)));
         let wall = later.at.saturating_duration_since(self.at);
-        let part = |name: &str| {
-            relay_in_process.then(|| {
-                later
-                    .threads
-                    .cores_since(&self.threads, wall, |n| n == name)
-            })
+        let part = |name: &str| match (&self.relay_threads, &later.relay_threads) {
+            (Some(earlier), Some(now)) => Some(now.cores_since(earlier, wall, |n| n == name)),
+            _ => None,
         };
         let machine_busy_cores = self.machine.busy_cores_until(&later.machine, wall);
         let machine_cores = crate::cpu::online_cores();
@@ -1029,6 +1045,8 @@ impl Aggregate {
             relay: None,
             relay_cpu_cores: None,
             relay_us_per_client_tick: None,
+            relay_core_us_per_client_tick: None,
+            relay_io_us_per_client_tick: None,
             load_tool_us_per_client_tick: None,
             relay_rss: None,
             cpu: None,

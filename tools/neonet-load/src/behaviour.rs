@@ -78,14 +78,62 @@ impl Walker {
         Walker::in_area(rng, WALK_AREA_HALF_M)
     }
 
-    /// A walker at a random spot in the square of half side `half_m` around the origin, going
-    /// to random spots in it.
+    /// A walker in the square of half side `half_m` around the origin, going to random spots in
+    /// it, started where the random-waypoint walk would be after a long time ([`Walker::stationary`]),
+    /// so a crowd of them is as dense at the start of a run as after ten minutes.
     pub fn in_area(rng: &mut Rng, half_m: f64) -> Walker {
+        Walker::stationary(rng, half_m)
+    }
+
+    /// A walker at a uniformly random spot going to another: the random-waypoint walk's usual
+    /// start, which is not its long-run state. Walkers between uniform waypoints crowd the middle
+    /// of the square (legs cross it more often than they pass its edges), so a crowd started
+    /// uniformly drifts inward for minutes: each player then sees more others, and a soak saw
+    /// the relay's CPU and memory grow with that drift, not with anything it kept.
+    #[cfg(test)]
+    fn uniform(rng: &mut Rng, half_m: f64) -> Walker {
         Walker {
             position: random_point(rng, half_m),
             target: random_point(rng, half_m),
             pause_left_s: 0.0,
             half_m,
+        }
+    }
+
+    /// A walker drawn from the random-waypoint walk's stationary distribution (Navidi and Camp,
+    /// "Stationary distributions for the random waypoint mobility model", 2004): paused with the
+    /// share of time walkers spend paused, at a waypoint (uniform) with the rest of a pause
+    /// (the residual of a uniform one); otherwise on a leg picked with probability in proportion
+    /// to its length (a walker spends time on a leg in proportion to it), at a uniform point
+    /// along it, going to its end.
+    pub fn stationary(rng: &mut Rng, half_m: f64) -> Walker {
+        // Mean leg between two uniform points of a square of side a: 0.5214 a (Ghosh, 1951).
+        let mean_leg_s = 0.5214 * 2.0 * half_m / WALK_SPEED_M_PER_S;
+        let mean_pause_s = WALK_PAUSE_MAX_S / 2.0;
+        if rng.f64() < mean_pause_s / (mean_pause_s + mean_leg_s) {
+            return Walker {
+                position: random_point(rng, half_m),
+                target: random_point(rng, half_m),
+                // The residual of a U(0, max) pause has density ∝ (1 − t/max): its inverse CDF.
+                pause_left_s: WALK_PAUSE_MAX_S * (1.0 - rng.f64().sqrt()),
+                half_m,
+            };
+        }
+        // Rejection: a uniform leg kept with probability length / longest (the diagonal).
+        let longest = 2.0 * half_m * std::f64::consts::SQRT_2;
+        loop {
+            let a = random_point(rng, half_m);
+            let b = random_point(rng, half_m);
+            let len = (b[0] - a[0]).hypot(b[1] - a[1]);
+            if rng.f64() * longest < len {
+                let u = rng.f64();
+                return Walker {
+                    position: [a[0] + u * (b[0] - a[0]), a[1] + u * (b[1] - a[1])],
+                    target: b,
+                    pause_left_s: 0.0,
+                    half_m,
+                };
+            }
         }
     }
 
@@ -237,6 +285,57 @@ mod tests {
                 chats: 0,
                 edits: 0
             }
+        );
+    }
+
+    /// The share of a crowd in the middle quarter of the square (the inner square of half the
+    /// side), now and after `after_s` seconds of walking.
+    fn middle_share(walkers: &mut [Walker], rng: &mut Rng, after_s: f64) -> (f64, f64) {
+        let share = |ws: &[Walker]| {
+            let inner = ws
+                .iter()
+                .filter(|w| {
+                    w.position()
+                        .iter()
+                        .all(|c| c.abs() <= WALK_AREA_HALF_M / 2.0)
+                })
+                .count();
+            inner as f64 / ws.len() as f64
+        };
+        let start = share(walkers);
+        let dt = 0.5;
+        for _ in 0..(after_s / dt) as usize {
+            for w in walkers.iter_mut() {
+                w.step(dt, rng);
+            }
+        }
+        (start, share(walkers))
+    }
+
+    #[test]
+    fn a_crowd_started_stationary_is_as_dense_in_the_middle_as_five_minutes_on() {
+        let mut rng = Rng::new(21);
+        let n = 10_000;
+        // Five minutes: about six legs across the 100 m plaza each (a uniform start has settled
+        // after about three).
+        let mut stationary: Vec<Walker> = (0..n)
+            .map(|_| Walker::stationary(&mut rng, WALK_AREA_HALF_M))
+            .collect();
+        let (start, later) = middle_share(&mut stationary, &mut rng, 300.0);
+        assert!(
+            (start - later).abs() < 0.025,
+            "stationary start: {start:.3} of the crowd in the middle, {later:.3} five minutes on"
+        );
+        // The uniform start is a quarter in the middle and drifts inward: what the stationary
+        // start avoids (and what makes this test able to fail).
+        let mut uniform: Vec<Walker> = (0..n)
+            .map(|_| Walker::uniform(&mut rng, WALK_AREA_HALF_M))
+            .collect();
+        let (start, later) = middle_share(&mut uniform, &mut rng, 300.0);
+        assert!((start - 0.25).abs() < 0.025, "{start}");
+        assert!(
+            later > start + 0.15,
+            "uniform start: {start:.3} then {later:.3}"
         );
     }
 

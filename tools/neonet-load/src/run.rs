@@ -366,13 +366,21 @@ pub(crate) struct SpawnedRelay {
 /// cores.
 const RELAY_WORKER_THREADS: usize = 1;
 
+/// How much wider the walk area is than a uniform crowd would need, in area: 1.2. Random-waypoint
+/// walkers crowd the middle (a stationary crowd has 45% of itself in the middle quarter, not
+/// 25%), which raises the mean count within interest, while the square's edges cut the discs of
+/// those near them, which lowers it; with this gain a stationary crowd of 300 or 1,000 sees
+/// about the `visible` count (`the_walk_area_is_sized_for_the_visible_count` counts them).
+const WALK_AREA_GAIN: f64 = 1.2;
+
 /// Half the side of the square `clients` walk in, m: wide enough that a client's area of
 /// interest (the relay's default radius) holds about `visible` others (`--visible`, by default
-/// the load of 100), and never smaller than the default 100 m plaza.
+/// the load of 100) once the walkers are in their long-run spread, which they start in
+/// ([`crate::behaviour::Walker::stationary`]), and never smaller than the default 100 m plaza.
 fn walk_area_half_m(clients: u32, visible: u32) -> f64 {
     let radius = f64::from(neonet_proto::transform::config::INTEREST_RADIUS_DEFAULT_M);
-    let area_m2 =
-        f64::from(clients) * std::f64::consts::PI * radius * radius / f64::from(visible.max(1));
+    let area_m2 = WALK_AREA_GAIN * f64::from(clients) * std::f64::consts::PI * radius * radius
+        / f64::from(visible.max(1));
     (area_m2.sqrt() / 2.0).max(crate::behaviour::WALK_AREA_HALF_M)
 }
 
@@ -1170,8 +1178,31 @@ mod tests {
         let r = f64::from(neonet_proto::transform::config::INTEREST_RADIUS_DEFAULT_M);
         let half = walk_area_half_m(10_000, 100);
         let density = 10_000.0 / (4.0 * half * half);
-        // Others within one interest disc.
-        assert!((density * std::f64::consts::PI * r * r - 100.0).abs() < 1e-6);
+        // Others within one interest disc, were the crowd uniform and the square endless.
+        assert!((density * std::f64::consts::PI * r * r * WALK_AREA_GAIN - 100.0).abs() < 1e-6);
+        // A stationary random-waypoint crowd in it, with the square's edges: about 100.
+        for clients in [300u32, 1_000] {
+            let half = walk_area_half_m(clients, 100);
+            let mut rng = neonet_proto::rng::Rng::new(u64::from(clients));
+            let crowd: Vec<[f64; 2]> = (0..clients)
+                .map(|_| crate::behaviour::Walker::stationary(&mut rng, half).position())
+                .collect();
+            let seen: usize = crowd
+                .iter()
+                .map(|p| {
+                    crowd
+                        .iter()
+                        .filter(|q| (p[0] - q[0]).hypot(p[1] - q[1]) <= r)
+                        .count()
+                        - 1
+                })
+                .sum();
+            let mean = seen as f64 / f64::from(clients);
+            assert!(
+                (85.0..=115.0).contains(&mean),
+                "{clients} clients see {mean:.1} each"
+            );
+        }
         assert!(
             walk_area_half_m(10_000, 50) > half,
             "fewer visible: a wider area"

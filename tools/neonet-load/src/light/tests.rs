@@ -402,7 +402,7 @@ fn a_light_client_joins_a_world_whose_snapshot_comes_in_pieces() {
         if *light.state() == LightState::Joined {
             break;
         }
-        now = now + Duration::from_millis(10);
+        now += Duration::from_millis(10);
         server.handle_timeout(now);
         light.handle_timeout(now);
     }

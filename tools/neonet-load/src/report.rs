@@ -242,9 +242,9 @@ pub struct Report {
 }
 
 /// Where the CPU went over the measured window (after the ramp), in cores: 1.0 is one core
-/// busy for the whole window. With the relay in this process (`--spawn-relay`) its threads are
-/// told apart from the simulated clients, so a run shows whether the relay or the load tool
-/// ran out of CPU first.
+/// busy for the whole window. With a relay this run started (`--spawn-relay`, in this process or
+/// its own) its threads are told apart from each other and from the simulated clients, so a run
+/// shows whether the relay or the load tool ran out of CPU first, and which half of the relay.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct CpuFigures {
     /// Busy time of the whole machine (every process), cores, from `/proc/stat`, which the kernel
@@ -254,11 +254,12 @@ pub struct CpuFigures {
     pub machine_cores: usize,
     /// The simulated clients: this process's threads other than an in-process relay's, cores.
     pub load_tool_cores: f64,
-    /// An in-process relay's core thread (`neonet-core`: ticks, replication), cores.
+    /// The relay's core thread (`neonet-core`: ticks, replication), cores; in this process
+    /// or a relay process's (`/proc/<pid>/task`).
     pub relay_core_cores: Option<f64>,
-    /// An in-process relay's I/O runtime (`neonet-relay`: QUIC, TLS, sockets), cores.
+    /// The relay's I/O runtime (`neonet-relay`: QUIC, TLS, sockets), cores.
     pub relay_io_cores: Option<f64>,
-    /// An in-process relay's store thread (`neonet-store`: redb commits), cores.
+    /// The relay's store thread (`neonet-store`: redb commits), cores.
     pub relay_store_cores: Option<f64>,
     /// Whether the machine was saturated ([`CpuFigures::is_saturated`]); the table then warns
     /// that latencies include waiting for a core.

@@ -341,6 +341,45 @@ pub fn steer(at: [f64; 2], motion: &Motion) -> CharacterInput {
         jump: false,
     }
 }
+/// A client's tick-phase bounds on the timeline its clock sync is on (pongs first, then clock
+/// echoes), which the update latency is measured against: the full and light drivers share it,
+/// so both report the same definitions.
+#[derive(Debug, Default)]
+pub(crate) struct PhaseMeter {
+    phase: TickPhase,
+    /// `phase` holds bounds from clock echoes (see [`SyncedClock::echo`]).
+    on_echoes: bool,
+    /// Where the tick timeline's phase 0 is, µs: 0 for pongs (the relay's clock), one period
+    /// for echoes (tick `n` starts at `(n + 1) × period` on their timeline).
+    origin_us: f64,
+}
+
+impl PhaseMeter {
+    /// Takes the clock's newest sample; returns the tick phase, µs, once it is bounded.
+    pub(crate) fn observe(&mut self, clock: &SyncedClock) -> Option<f64> {
+        if clock.echo && !self.on_echoes {
+            // The clock sync started afresh on clock echoes: so do the phase bounds.
+            self.on_echoes = true;
+            self.origin_us = clock.period_us;
+            self.phase = TickPhase::default();
+        }
+        self.phase.observe(clock.anchor, clock.period_us);
+        self.phase.phase_us()
+    }
+
+    /// The phase bound now, µs.
+    pub(crate) fn phase_us(&self) -> Option<f64> {
+        self.phase.phase_us()
+    }
+
+    /// What the update latency can read low by: on the echoes' tick timeline tick `n` starts at
+    /// `(n + 1) × period`, so the phase beyond that origin.
+    pub(crate) fn tick_phase(&self) -> Option<Duration> {
+        self.phase
+            .phase_us()
+            .map(|us| Duration::from_micros((us - self.origin_us).max(0.0) as u64))
+    }
+}
 
 /// The clock sync's view at one moment: what the update latency is read with.
 #[derive(Clone, Copy, Debug)]
@@ -384,12 +423,7 @@ impl SyncedClock {
 struct Session {
     client: Client,
     outcome: ClientOutcome,
-    phase: TickPhase,
-    /// `phase` holds bounds from clock echoes (see [`SyncedClock::echo`]).
-    phase_on_echoes: bool,
-    /// Where the tick timeline's phase 0 is, µs: 0 for pongs (the relay's clock), one period
-    /// for echoes (tick `n` starts at `(n + 1) × period` on their timeline).
-    phase_origin_us: f64,
+    phase: PhaseMeter,
     gaps: GapCounter,
     arrivals: Vec<DatagramArrival>,
     pending: HashMap<ReqId, Instant>,
@@ -435,9 +469,7 @@ pub async fn client_task(
             joined_after: Some(now - started),
             ..ClientOutcome::default()
         },
-        phase: TickPhase::default(),
-        phase_on_echoes: false,
-        phase_origin_us: 0.0,
+        phase: PhaseMeter::default(),
         gaps: GapCounter::default(),
         arrivals: Vec::new(),
         pending: HashMap::new(),
@@ -597,14 +629,7 @@ impl Session {
         let Some(clock) = clock else {
             return;
         };
-        if clock.echo && !self.phase_on_echoes {
-            // The clock sync started afresh on clock echoes: so do the phase bounds.
-            self.phase_on_echoes = true;
-            self.phase_origin_us = clock.period_us;
-            self.phase = TickPhase::default();
-        }
-        self.phase.observe(clock.anchor, clock.period_us);
-        let Some(phase_us) = self.phase.phase_us() else {
+        let Some(phase_us) = self.phase.observe(&clock) else {
             return;
         };
         for a in &self.arrivals {
@@ -625,13 +650,7 @@ impl Session {
     /// Leaves and returns the outcome.
     async fn finish(mut self, live: &LiveCounters) -> anyhow::Result<ClientOutcome> {
         self.outcome.connected_for = self.joined_at.elapsed();
-        // On the echoes' tick timeline tick `n` starts at `(n + 1) × period`: what the latency
-        // can read low by is the phase beyond that period.
-        let origin_us = self.phase_origin_us;
-        self.outcome.tick_phase = self
-            .phase
-            .phase_us()
-            .map(|us| Duration::from_micros((us - origin_us).max(0.0) as u64));
+        self.outcome.tick_phase = self.phase.tick_phase();
         let clock = self.client.with_core(|core| {
             core.predicted().map(|p| {
                 let c = p.clock();

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use super::core::{LightCore, LightEvent};
 use crate::behaviour::ClientScript;
 use crate::driver::{
-    steer, synced_clock, ClientOutcome, ClientPlan, GapCounter, TickPhase, PENDING_CHANGES_MAX,
+    steer, synced_clock, ClientOutcome, ClientPlan, GapCounter, PhaseMeter, PENDING_CHANGES_MAX,
 };
 use crate::run::LiveCounters;
 
@@ -27,13 +27,8 @@ const LIVE_BYTES_INTERVAL: Duration = Duration::from_secs(1);
 pub(crate) struct LightSession {
     /// What it measured so far.
     pub outcome: ClientOutcome,
-    phase: TickPhase,
-    /// `phase` holds bounds from clock echoes (see [`crate::driver::SyncedClock::echo`]).
-    phase_on_echoes: bool,
-    /// Where the tick timeline's phase 0 is, µs: 0 for pongs (the relay's clock), one period
-    /// for echoes (tick `n` starts at `(n + 1) × period` on their timeline). As the full
-    /// client's driver, so both report the same definitions.
-    phase_origin_us: f64,
+    /// The tick phase the update latency rests on, as the full client's driver measures it.
+    phase: PhaseMeter,
     gaps: GapCounter,
     pending: HashMap<ReqId, Instant>,
     blueprint: Option<(BlueprintId, u32)>,
@@ -70,9 +65,7 @@ impl LightSession {
                 joined_after: Some(joined_at - started),
                 ..ClientOutcome::default()
             },
-            phase: TickPhase::default(),
-            phase_on_echoes: false,
-            phase_origin_us: 0.0,
+            phase: PhaseMeter::default(),
             gaps: GapCounter::default(),
             pending: HashMap::new(),
             blueprint: None,
@@ -146,14 +139,7 @@ impl LightSession {
         let Some(clock) = core.clock().and_then(synced_clock) else {
             return;
         };
-        if clock.echo && !self.phase_on_echoes {
-            // The clock sync started afresh on clock echoes: so do the phase bounds.
-            self.phase_on_echoes = true;
-            self.phase_origin_us = clock.period_us;
-            self.phase = TickPhase::default();
-        }
-        self.phase.observe(clock.anchor, clock.period_us);
-        let Some(phase_us) = self.phase.phase_us() else {
+        let Some(phase_us) = self.phase.observe(&clock) else {
             return;
         };
         self.gaps.see(seen.seq.0);
@@ -259,13 +245,7 @@ impl LightSession {
         stats: &quinn_proto::ConnectionStats,
     ) -> ClientOutcome {
         self.outcome.connected_for = self.joined_at.elapsed();
-        // On the echoes' tick timeline tick `n` starts at `(n + 1) × period`: what the latency
-        // can read low by is the phase beyond that period.
-        let origin_us = self.phase_origin_us;
-        self.outcome.tick_phase = self
-            .phase
-            .phase_us()
-            .map(|us| Duration::from_micros((us - origin_us).max(0.0) as u64));
+        self.outcome.tick_phase = self.phase.tick_phase();
         self.outcome.datagrams_lost = self.gaps.lost;
         self.outcome.bytes_in = stats.udp_rx.bytes;
         self.outcome.bytes_out = stats.udp_tx.bytes;

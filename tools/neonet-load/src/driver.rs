@@ -419,6 +419,33 @@ impl SyncedClock {
     }
 }
 
+/// The next edit of a client's blueprint (full or light): its id, the version it claims and the
+/// patch; `None` without a blueprint, or with [`PENDING_CHANGES_MAX`] changes unacknowledged
+/// (counted as an error). Versions come from the client's own count, not from a mirror: several
+/// edits are in flight before the first echo arrives, and each must claim a version above the
+/// last.
+pub(crate) fn next_edit(
+    blueprint: &mut Option<(BlueprintId, u32)>,
+    pending: usize,
+    outcome: &mut ClientOutcome,
+    live: &LiveCounters,
+) -> Option<(BlueprintId, u32, BlueprintPatch)> {
+    let (id, version) = blueprint.as_mut()?;
+    if pending >= PENDING_CHANGES_MAX {
+        outcome.error(
+            live,
+            format!("more than {PENDING_CHANGES_MAX} changes unacknowledged: not sending more"),
+        );
+        return None;
+    }
+    *version += 1;
+    let patch = BlueprintPatch {
+        desc: Some(format!("edit {version}")),
+        ..BlueprintPatch::default()
+    };
+    Some((id.clone(), *version, patch))
+}
+
 /// A connected client's measurement state.
 struct Session {
     client: Client,
@@ -596,25 +623,15 @@ impl Session {
         true
     }
 
-    /// Modifies this client's blueprint at the next version. Versions come from the client's
-    /// own count, not from the mirror: several edits are in flight before the first echo
-    /// arrives, and each must claim a version above the last.
+    /// Modifies this client's blueprint at the next version ([`next_edit`]).
     fn edit(&mut self, live: &LiveCounters) {
-        let Some((id, version)) = &mut self.blueprint else {
+        let Some((id, v, patch)) = next_edit(
+            &mut self.blueprint,
+            self.pending.len(),
+            &mut self.outcome,
+            live,
+        ) else {
             return;
-        };
-        if self.pending.len() >= PENDING_CHANGES_MAX {
-            self.outcome.error(
-                live,
-                format!("more than {PENDING_CHANGES_MAX} changes unacknowledged: not sending more"),
-            );
-            return;
-        }
-        *version += 1;
-        let (id, v) = (id.clone(), *version);
-        let patch = BlueprintPatch {
-            desc: Some(format!("edit {v}")),
-            ..BlueprintPatch::default()
         };
         let req = self
             .client

@@ -1,6 +1,6 @@
 //! [`LightCore`]: the light client's protocol, sans-IO (time is an argument, no sockets), so the
-//! same code runs over real QUIC ([`super::driver`]) and over a simulated network (the test
-//! below, which checks that a relay sees it exactly as it sees a full client).
+//! same code runs over real QUIC ([`super::single_loop`], [`super::tasks`]) and over a simulated
+//! network (the test below, which checks that a relay sees it exactly as it sees a full client).
 //!
 //! What it does as [`neonet_proto::client::ClientCore`] does, with the protocol's own code:
 //! - the handshake: `Hello` (or nothing more), then `Welcome` and `Snapshot` (whole, or its

@@ -9,14 +9,14 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use neonet_proto::types::{Blueprint, BlueprintId, BlueprintPatch, ReqId};
+use neonet_proto::types::{Blueprint, BlueprintId, ReqId};
 use neonet_proto::Time;
 use tokio::time::Instant;
 
 use super::core::{LightCore, LightEvent};
 use crate::behaviour::ClientScript;
 use crate::driver::{
-    steer, synced_clock, ClientOutcome, ClientPlan, GapCounter, PhaseMeter, PENDING_CHANGES_MAX,
+    next_edit, steer, synced_clock, ClientOutcome, ClientPlan, GapCounter, PhaseMeter,
 };
 use crate::run::LiveCounters;
 
@@ -183,27 +183,18 @@ impl LightSession {
         self.blueprint = Some((id, 0));
     }
 
-    /// Modifies this client's blueprint at the next version (the full client's rule).
+    /// Modifies this client's blueprint at the next version (the full client's rule,
+    /// [`next_edit`]).
     fn edit(&mut self, core: &mut LightCore, live: &LiveCounters) {
-        let Some((id, version)) = &mut self.blueprint else {
+        let Some((id, v, patch)) = next_edit(
+            &mut self.blueprint,
+            self.pending.len(),
+            &mut self.outcome,
+            live,
+        ) else {
             return;
         };
-        if self.pending.len() >= PENDING_CHANGES_MAX {
-            self.outcome.error(
-                live,
-                format!("more than {PENDING_CHANGES_MAX} changes unacknowledged: not sending more"),
-            );
-            return;
-        }
-        *version += 1;
-        let req = core.modify_blueprint_at(
-            id.clone(),
-            *version,
-            BlueprintPatch {
-                desc: Some(format!("edit {version}")),
-                ..BlueprintPatch::default()
-            },
-        );
+        let req = core.modify_blueprint_at(id, v, patch);
         self.pending.insert(req, Instant::now());
     }
 

@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 
+use super::budget::LOSS_REORDER_TOLERANCE;
 use super::scenario::{bench_run, BenchParams};
 use super::*;
 use crate::rng::Rng;
@@ -337,6 +338,34 @@ fn a_stall_of_acks_leaves_no_record_lists_behind() {
         after.0 <= before.0 + replicator::SPARE_RECORD_LISTS_MAX,
         "lists (count, bytes): {before:?} before the stall, {stalled:?} in it, {after:?} after"
     );
+}
+
+/// A datagram lost on the way (or whose acks are) keeps no record list once its fate is told:
+/// under steady loss a client holds the lists of the datagrams in flight and a few spare ones,
+/// not one per lost datagram of the whole sent history ([`SENT_HISTORY_LEN`] of them).
+#[test]
+fn lost_datagrams_leave_no_record_lists_behind() {
+    let config = TransformConfig::default();
+    for (seed, loss) in [(41, 0.05), (42, 0.2)] {
+        let mut pair = Pair::new(&config, seed, loss);
+        let mut world = World::new(seed, 60, 30.0);
+        let mut most = 0;
+        for tick in 0..1500u64 {
+            world.step(true);
+            let samples = world.samples(&pair.qz);
+            pair.tick(tick, &samples, None, 1200);
+            if tick >= 500 {
+                most = most.max(pair.server.record_lists_held().0);
+            }
+        }
+        // In flight: acks come back 4–10 ticks after a send (2–5 ticks each way), and a
+        // datagram's fate is told [`LOSS_REORDER_TOLERANCE`] datagrams after it.
+        let in_flight = 10 + LOSS_REORDER_TOLERANCE as usize;
+        assert!(
+            most <= in_flight + replicator::SPARE_RECORD_LISTS_MAX,
+            "seed {seed} loss {loss}: {most} record lists held"
+        );
+    }
 }
 
 #[test]

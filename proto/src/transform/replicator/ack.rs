@@ -153,6 +153,17 @@ impl ClientReplicator {
 
     /// Tells the budget the fate of every datagram sent [`LOSS_REORDER_TOLERANCE`] or more
     /// before `latest` (the newest acknowledged) and not told yet: acknowledged by now, or lost.
+    ///
+    /// A datagram told lost gives up its record list (to the spare lists, or freed), except
+    /// one of the last tick's, which `last_tick_updates` still reads (the next `write_tick`
+    /// frees it). Kept until its history slot came round again, as before, every lost datagram
+    /// held one: at 5% loss a client held ≈ 28 lists where acks need ≈ 10, and a relay soak
+    /// read it as memory creeping for minutes. Should its ack arrive after all (reordered by
+    /// more than the tolerance), it promotes nothing: the entities keep an older baseline,
+    /// which the client still holds (it keeps [`RECEIVER_BASELINES_PER_ENTITY`] values and the
+    /// server deltas only against one fewer sends old), or they are sent absolute.
+    ///
+    /// [`RECEIVER_BASELINES_PER_ENTITY`]: crate::transform::RECEIVER_BASELINES_PER_ENTITY
     fn tell_fates(&mut self, latest: u64) {
         let Some(until) = latest.checked_sub(LOSS_REORDER_TOLERANCE) else {
             return;
@@ -168,6 +179,9 @@ impl ClientReplicator {
             }
             let lost = self.unacked[slot / 64] >> (slot % 64) & 1 == 1;
             self.path.on_datagram_fate(lost, self.history[slot].sent_at);
+            if lost && full < self.tick_first_seq {
+                recycle(&mut self.history[slot].records, &mut self.spare_records);
+            }
         }
         self.fate_next_seq = self.fate_next_seq.max(until + 1);
     }

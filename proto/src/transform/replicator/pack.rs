@@ -91,11 +91,12 @@ impl ClientReplicator {
         let elapsed_ticks = self.last_tick.map_or(1, |t| input.tick.0 - t.0);
         self.last_tick = Some(input.tick);
         self.apply_acked();
-        // The last tick's acknowledged datagrams' records are no longer needed either.
+        // The last tick's acknowledged datagrams' records are no longer needed either, nor
+        // those of its datagrams told lost (see `tell_fates`).
         for full in self.tick_first_seq..self.next_seq {
             let slot = (full % SENT_HISTORY_LEN as u64) as usize;
             // Written last tick, so `valid`: acknowledged iff its `unacked` bit is clear.
-            if self.unacked[slot / 64] >> (slot % 64) & 1 == 0 {
+            if self.unacked[slot / 64] >> (slot % 64) & 1 == 0 || full < self.fate_next_seq {
                 recycle(&mut self.history[slot].records, &mut self.spare_records);
             }
         }

@@ -368,6 +368,45 @@ fn lost_datagrams_leave_no_record_lists_behind() {
     }
 }
 
+/// A client's per-entity state and record lists follow what it is sent now: they grow by an
+/// eighth past the need, not by doubling, and a crowd that leaves gives its memory back.
+#[test]
+fn per_client_memory_follows_the_crowd_it_sees() {
+    let config = TransformConfig::default();
+    let mut pair = Pair::new(&config, 51, 0.0);
+    let mut world = World::new(51, 400, 30.0);
+    // The crowd grows from 10 to 400 moving entities one tick at a time, then all but 20
+    // leave.
+    let mut most_lists = (0, 0);
+    let mut most_records = 0;
+    for tick in 0..700u64 {
+        world.step(true);
+        let all = world.samples(&pair.qz);
+        let n = if tick < 390 { 10 + tick as usize } else { 20 };
+        let summary = pair.tick(tick, &all[..n], None, 1200);
+        // At least the most records one datagram carried.
+        most_records = most_records.max(summary.updates + summary.left_notices);
+        let cap = pair.server.tracked_capacity();
+        assert!(
+            cap <= n + n / 8 + 1 || tick >= 390,
+            "tick {tick}: {cap} tracked for a crowd of {n}"
+        );
+        if tick > 100 {
+            most_lists = most_lists.max(pair.server.record_lists_held());
+        }
+    }
+    let cap = pair.server.tracked_capacity();
+    assert!(cap <= 2 * 22 + 16, "{cap} tracked for a crowd of 20");
+    // Each list holds at most the most records a datagram carried, and an eighth more.
+    let (lists, bytes) = most_lists;
+    // 64 bytes a record (`SentRecord`, whose size a unit test holds).
+    let each = (most_records + most_records / 8) * 64;
+    assert!(
+        bytes <= lists * each,
+        "{lists} lists took {bytes} bytes, {each} each at most"
+    );
+}
+
 #[test]
 fn unchanged_entities_cost_nothing_once_acknowledged() {
     let config = TransformConfig::default();

@@ -121,7 +121,7 @@ impl ClientReplicator {
             records = self.spare_records.pop().unwrap_or_default();
         }
         records.clear();
-        records.reserve(count);
+        super::fit_capacity(&mut records, count, false);
         (seq_full, buf, records)
     }
 

@@ -69,6 +69,7 @@ impl ClientReplicator {
         });
         let kept = self.tracked.len();
         let added = entities.len() - kept;
+        super::fit_capacity(&mut self.tracked, entities.len(), true);
         if added == 0 {
             return;
         }

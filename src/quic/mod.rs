@@ -74,10 +74,18 @@ pub const ACK_DELAY_MAX_REQUESTED: Duration = Duration::from_millis(40);
 /// datagram, where QUIC's default (1) acknowledges every second packet; a bulk transfer (a
 /// snapshot) still sees an acknowledgement every 4 packets.
 pub const ACK_ELICITING_THRESHOLD: u32 = 3;
-/// Datagrams buffered for the application per connection, bytes (quinn drops the oldest beyond).
-pub const DATAGRAM_RECEIVE_BUFFER_BYTES: usize = 1024 * 1024;
-/// Datagrams queued for sending per connection, bytes (quinn drops the oldest beyond).
-pub const DATAGRAM_SEND_BUFFER_BYTES: usize = 1024 * 1024;
+/// Datagrams buffered for the application per connection, bytes (quinn drops the oldest
+/// beyond): 64 KiB, ≈ 700 of a client's input datagrams (≈ 90 bytes each, 30 a second: 20 s
+/// of them), where the relay reads them as they come. quinn's default, 1 MiB, let a peer
+/// flooding a relay that fell behind hold a MiB of it per connection (a GiB at 1,000).
+pub const DATAGRAM_RECEIVE_BUFFER_BYTES: usize = 64 * 1024;
+/// Datagrams queued for sending per connection, bytes (quinn drops the oldest beyond): 64 KiB,
+/// 2 s of transforms at the default budget (256 kbit/s), 250 ms at 2 Mbit/s. A transform
+/// datagram queued longer than that is stale (the next tick's supersedes it, and an unacked
+/// value is resent), so the oldest go first. quinn's default, 1 MiB, held up to 33 s of stale
+/// state per connection behind a slow path or a relay I/O thread that fell behind, and a relay
+/// soak read the largest such backlog so far as memory creeping.
+pub const DATAGRAM_SEND_BUFFER_BYTES: usize = 64 * 1024;
 /// Largest chunk read from a stream at once, bytes: bounds a decoder's buffer to the frame limit
 /// plus this.
 pub const STREAM_READ_CHUNK_BYTES: usize = 64 * 1024;

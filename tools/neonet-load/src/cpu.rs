@@ -47,6 +47,14 @@ fn parse_process_stat(text: &str) -> anyhow::Result<Duration> {
     Ok(ticks_to_duration(ticks))
 }
 
+/// The process group (field 5) of a `/proc/<pid>/stat` line, `None` if it does not parse.
+pub fn process_group_of_stat(text: &str) -> Option<u32> {
+    // As in `parse_process_stat`: after the last ')', fields start at 3 (state), so the
+    // group is the third.
+    let close = text.rfind(')')?;
+    text[close + 1..].split_whitespace().nth(2)?.parse().ok()
+}
+
 /// Whole-machine CPU counters from the first line of `/proc/stat`, in clock ticks summed over
 /// every core.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -215,6 +223,13 @@ fn ticks_to_duration(ticks: u64) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_the_process_group_of_a_stat_line() {
+        let line = "1234 (a b) c) S 1 777 1234 0 -1 4194304 500 0 0 0 250 75";
+        assert_eq!(process_group_of_stat(line), Some(777));
+        assert_eq!(process_group_of_stat("1234 (x"), None);
+    }
 
     #[test]
     fn parses_a_process_stat_line_with_a_nasty_name() {

@@ -49,9 +49,17 @@ pub struct RelayProcessConfig {
     pub cpu: Option<usize>,
 }
 
-/// A running relay process, killed (by its own id) and its folder removed when dropped.
+/// A running relay process, killed and its folder removed when dropped.
+///
+/// The child leads a process group of its own, and every signal goes to the group: a
+/// `--relay-bin` wrapper (a script that runs the relay under `heaptrack` or `perf`) is the
+/// child, and the relay its descendant. Signalled by the child's id alone, such a relay
+/// outlived the run, still pinned to the relay's CPU, and skewed every run after it.
 pub struct RelayProcess {
     child: Child,
+    /// The relay's own process id: the child's, or that of the `neonet-relay` process in the
+    /// child's group when the child is a wrapper.
+    relay_pid: u32,
     /// Its QUIC address.
     pub addr: SocketAddr,
     /// Its status and metrics HTTP address.
@@ -62,9 +70,18 @@ pub struct RelayProcess {
 }
 
 impl RelayProcess {
-    /// The process id.
+    /// The relay's process id (whose CPU time and memory are read), behind any wrapper.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.relay_pid
+    }
+
+    /// Sends `signal` to the child's process group (the relay and any wrapper around it).
+    fn signal_group(&self, signal: libc::c_int) {
+        // SAFETY: `kill` with the group our child leads (it is not yet reaped, so its id is not
+        // reused) and a valid signal.
+        unsafe {
+            libc::kill(-(self.child.id() as libc::pid_t), signal);
+        }
     }
 
     /// The relay's `/status`, without its chart history and trails.
@@ -79,10 +96,7 @@ impl RelayProcess {
     /// Stops the relay: SIGTERM (it closes sessions and makes every change durable), then a
     /// kill after `grace`.
     pub fn shutdown(mut self, grace: Duration) {
-        // SAFETY: `kill` with a pid we own (our child, not yet reaped) and a valid signal.
-        unsafe {
-            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
-        }
+        self.signal_group(libc::SIGTERM);
         let end = Instant::now() + grace;
         while Instant::now() < end {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -95,7 +109,8 @@ impl RelayProcess {
 
 impl Drop for RelayProcess {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        // Even when the child ended (`shutdown` saw it): what a wrapper started may not have.
+        self.signal_group(libc::SIGKILL);
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
@@ -150,6 +165,9 @@ pub fn start(
     if let Some(cpu) = config.cpu {
         crate::cpu::pin_before_exec(&mut cmd, cpu);
     }
+    // A group of its own, so that stopping it stops what a wrapper started (see
+    // `RelayProcess`).
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     let mut child = cmd
         .spawn()
         .with_context(|| format!("starting {}", config.bin.display()))?;
@@ -164,14 +182,37 @@ pub fn start(
         }
     };
     std::mem::forget(guard);
-    tracing::info!(%addr, %http, pid = child.id(), cpu = ?config.cpu, "spawned a relay process");
+    let relay_pid = relay_in_group(child.id()).unwrap_or(child.id());
+    tracing::info!(%addr, %http, pid = relay_pid, cpu = ?config.cpu, "spawned a relay process");
     Ok(RelayProcess {
         child,
+        relay_pid,
         addr,
         http,
         fingerprint,
         dir,
     })
+}
+
+/// The `neonet-relay` process in process group `group`: the group's leader itself unless it
+/// is a wrapper. `None` if `/proc` shows none (the caller then reads the leader).
+fn relay_in_group(group: u32) -> Option<u32> {
+    let is_relay = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .is_ok_and(|c| c.trim_end().starts_with("neonet-relay"))
+    };
+    if is_relay(group) {
+        return Some(group);
+    }
+    std::fs::read_dir("/proc")
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .find(|&pid| {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                return false;
+            };
+            crate::cpu::process_group_of_stat(&stat) == Some(group) && is_relay(pid)
+        })
 }
 
 /// Removes a folder when dropped (on an error path before the relay owns it).

@@ -350,8 +350,17 @@ impl Drop for Store {
 /// Opens the existing database file. Never creates one: a missing file while running (deleted
 /// behind our back) is an error, not a silently empty world.
 pub(crate) fn open_db(path: &Path) -> Result<redb::Database, StoreError> {
-    redb::Builder::new().open(path).at(path)
+    redb::Builder::new()
+        .set_cache_size(DB_CACHE_BYTES)
+        .open(path)
+        .at(path)
 }
+
+/// Memory redb may use to cache the database's pages, bytes: 32 MiB. A world is at most a few
+/// MiB (`WORLD_BYTES_MAX_DEFAULT` of blueprints and apps, plus its users and chat), so this
+/// caches all of it; redb's own default, 1 GiB, let the cache grow with every page a long run
+/// of commits touched.
+pub const DB_CACHE_BYTES: usize = 32 * 1024 * 1024;
 
 /// Prefix of the temporary file a new database is built in, followed by the creating process id.
 const CREATING_PREFIX: &str = "world.redb.creating-";

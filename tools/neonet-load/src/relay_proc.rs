@@ -77,8 +77,9 @@ impl RelayProcess {
 
     /// Sends `signal` to the child's process group (the relay and any wrapper around it).
     fn signal_group(&self, signal: libc::c_int) {
-        // SAFETY: `kill` with the group our child leads (it is not yet reaped, so its id is not
-        // reused) and a valid signal.
+        // SAFETY: `kill` with the group our child leads and a valid signal. A group's id is
+        // only reused once none of its processes is left (then this fails with ESRCH, unless
+        // a new group took the id in between: the pid space would have to wrap meanwhile).
         unsafe {
             libc::kill(-(self.child.id() as libc::pid_t), signal);
         }

@@ -75,14 +75,7 @@ impl Walker {
     /// A walker at a random spot in the default area.
     #[cfg(test)]
     pub fn new(rng: &mut Rng) -> Walker {
-        Walker::in_area(rng, WALK_AREA_HALF_M)
-    }
-
-    /// A walker in the square of half side `half_m` around the origin, going to random spots in
-    /// it, started where the random-waypoint walk would be after a long time ([`Walker::stationary`]),
-    /// so a crowd of them is as dense at the start of a run as after ten minutes.
-    pub fn in_area(rng: &mut Rng, half_m: f64) -> Walker {
-        Walker::stationary(rng, half_m)
+        Walker::stationary(rng, WALK_AREA_HALF_M)
     }
 
     /// A walker at a uniformly random spot going to another: the random-waypoint walk's usual
@@ -100,7 +93,11 @@ impl Walker {
         }
     }
 
-    /// A walker drawn from the random-waypoint walk's stationary distribution (Navidi and Camp,
+    /// A walker in the square of half side `half_m` around the origin, going to random spots in
+    /// it, started where the random-waypoint walk would be after a long time, so a crowd of them
+    /// is as dense at the start of a run as after ten minutes.
+    ///
+    /// It is drawn from the random-waypoint walk's stationary distribution (Navidi and Camp,
     /// "Stationary distributions for the random waypoint mobility model", 2004): paused with the
     /// share of time walkers spend paused, at a waypoint (uniform) with the rest of a pause
     /// (the residual of a uniform one); otherwise on a leg picked with probability in proportion
@@ -216,7 +213,7 @@ impl ClientScript {
         half_m: f64,
     ) -> ClientScript {
         let mut rng = Rng::new(seed);
-        let walker = walk.then(|| Walker::in_area(&mut rng, half_m));
+        let walker = walk.then(|| Walker::stationary(&mut rng, half_m));
         let chat = PoissonTimer::new(chat_per_s, &mut rng);
         let edit = PoissonTimer::new(edits_per_s, &mut rng);
         ClientScript {

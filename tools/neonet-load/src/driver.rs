@@ -341,6 +341,7 @@ pub fn steer(at: [f64; 2], motion: &Motion) -> CharacterInput {
         jump: false,
     }
 }
+
 /// A client's tick-phase bounds on the timeline its clock sync is on (pongs first, then clock
 /// echoes), which the update latency is measured against: the full and light drivers share it,
 /// so both report the same definitions.

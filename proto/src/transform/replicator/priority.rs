@@ -69,7 +69,7 @@ impl ClientReplicator {
         });
         let kept = self.tracked.len();
         let added = entities.len() - kept;
-        super::fit_capacity(&mut self.tracked, entities.len(), true);
+        super::fit_capacity(&mut self.tracked, entities.len());
         if added == 0 {
             return;
         }

@@ -60,8 +60,9 @@ const LIST_SHRINK_SLACK: usize = 16;
 /// better in a soak: each client's list rose to the largest crowd it had met, and with players
 /// walking that largest crowd only grows (300 clients: capacity +18% in 4 minutes for +4% of
 /// entities tracked). Now the capacity stays within a quarter and the slack of the need of
-/// the moment; it is reallocated when the crowd grows by an eighth or shrinks by about a
-/// third. Record lists follow their need in fixed steps instead (`fit_record_list`).
+/// the moment; it is reallocated when the crowd grows by an eighth, or shrinks by an eighth
+/// and a dozen entities more. Record lists follow their need in fixed steps instead
+/// (`fit_record_list`).
 #[inline]
 fn fit_capacity<T>(v: &mut Vec<T>, needed: usize) {
     let target = needed + needed / LIST_HEADROOM_DIV;

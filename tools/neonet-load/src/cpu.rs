@@ -28,15 +28,20 @@ pub fn own_cpu() -> anyhow::Result<Duration> {
     process_cpu(std::process::id())
 }
 
+/// The fields of a `/proc/<pid>/stat` line after the command name, from field 3 (state) on;
+/// `None` without the name's closing ')'. The name (field 2) is in parentheses and may hold
+/// spaces or ')': the split is after the last ')'.
+fn fields_after_name(text: &str) -> Option<std::str::SplitWhitespace<'_>> {
+    Some(text[text.rfind(')')? + 1..].split_whitespace())
+}
+
 /// Parses the CPU time out of a `/proc/<pid>/stat` line.
 fn parse_process_stat(text: &str) -> anyhow::Result<Duration> {
-    // The command name (field 2) is in parentheses and may hold spaces or ')': split after the
-    // last ')'. What follows starts at field 3 (state), so utime (14) and stime (15) are the
-    // 12th and 13th fields after it.
-    let Some(close) = text.rfind(')') else {
+    // utime (14) and stime (15) are the 12th and 13th fields after the name.
+    let Some(fields) = fields_after_name(text) else {
         bail!("no ')' after the command name");
     };
-    let rest: Vec<&str> = text[close + 1..].split_whitespace().collect();
+    let rest: Vec<&str> = fields.collect();
     let field = |i: usize| -> anyhow::Result<u64> {
         rest.get(i)
             .with_context(|| format!("only {} fields after the name", rest.len()))?
@@ -49,10 +54,8 @@ fn parse_process_stat(text: &str) -> anyhow::Result<Duration> {
 
 /// The process group (field 5) of a `/proc/<pid>/stat` line, `None` if it does not parse.
 pub fn process_group_of_stat(text: &str) -> Option<u32> {
-    // As in `parse_process_stat`: after the last ')', fields start at 3 (state), so the
-    // group is the third.
-    let close = text.rfind(')')?;
-    text[close + 1..].split_whitespace().nth(2)?.parse().ok()
+    // The third field after the name.
+    fields_after_name(text)?.nth(2)?.parse().ok()
 }
 
 /// Whole-machine CPU counters from the first line of `/proc/stat`, in clock ticks summed over

@@ -81,6 +81,20 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// Which driver serves the relay's native QUIC connections (`quic_driver` in the
+/// configuration, `--quic-driver`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum QuicDriver {
+    /// quinn's tokio driver: a task per connection and per stream. Native clients and browsers'
+    /// WebTransport share one UDP port. The default.
+    #[default]
+    Tasks,
+    /// One loop on one thread over quinn-proto (`relay::quic_loop`): less CPU per client,
+    /// Linux only; WebTransport moves to a port of its own (`listen`'s port + 1).
+    Loop,
+}
+
 /// The relay's configuration. See the module documentation for precedence.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -137,6 +151,12 @@ pub struct RelayConfig {
     /// (`https://game.example`, exactly as a browser sends `Origin`). Default none: only pages
     /// the relay serves itself.
     pub browser_origins: Vec<String>,
+    /// Which driver serves native QUIC connections: `"tasks"` (quinn's, the default: native
+    /// clients and browsers' WebTransport on one UDP port) or `"loop"` (one loop on one thread
+    /// over quinn-proto, less CPU per client, Linux only; WebTransport then listens on
+    /// `listen`'s port + 1, or a free port when `listen`'s port is 0, and `/connect.json` says
+    /// which). `--quic-driver`.
+    pub quic_driver: QuicDriver,
     /// Limits and quotas (the `[limits]` table, `--limit NAME=VALUE`): validation, quotas, rate
     /// limits by kind, per-address limits, QUIC handshake defences. See [`crate::limits`].
     pub limits: crate::limits::LimitsSection,
@@ -183,6 +203,7 @@ impl Default for RelayConfig {
             dirty_flush_interval_ms: DIRTY_FLUSH_INTERVAL_MS_DEFAULT,
             admin_code: None,
             browser_origins: Vec::new(),
+            quic_driver: QuicDriver::Tasks,
             limits: crate::limits::LimitsSection::default(),
             token_ttl_s: TOKEN_TTL_S_DEFAULT,
             backend_key_path: None,
@@ -268,6 +289,11 @@ impl RelayConfig {
         if self.connections_max == 0 {
             return Err(ConfigError::Invalid(
                 "connections_max must be at least 1".into(),
+            ));
+        }
+        if self.quic_driver == QuicDriver::Loop && !cfg!(target_os = "linux") {
+            return Err(ConfigError::Invalid(
+                "quic_driver = \"loop\" needs Linux (sendmmsg, eventfd); use \"tasks\"".into(),
             ));
         }
         // Quinn encodes the idle timeout as a QUIC varint of milliseconds; keep it sane.

@@ -67,6 +67,11 @@ struct Args {
     /// Keep the world in memory only: no database, lost on exit.
     #[arg(long)]
     no_persist: bool,
+    /// Native QUIC driver: `tasks` (quinn's; WebTransport on the same port) or `loop` (one
+    /// loop over quinn-proto, less CPU per client, Linux; WebTransport on the port + 1)
+    /// [default: tasks].
+    #[arg(long, value_name = "DRIVER", value_enum)]
+    quic_driver: Option<neonet::config::QuicDriver>,
     /// Secret a user types as `/admin CODE` in chat to become admin [default: none].
     #[arg(
         long,
@@ -243,6 +248,9 @@ fn start() -> anyhow::Result<()> {
     }
     if args.no_persist {
         config.persist = false;
+    }
+    if let Some(v) = args.quic_driver {
+        config.quic_driver = v;
     }
     for l in &args.limits {
         let (name, value) = l

@@ -308,6 +308,8 @@ pub fn client_endpoint(server: SocketAddr) -> Result<Endpoint, TransportError> {
 }
 
 mod streams;
+#[cfg(target_os = "linux")]
+pub mod udp_batch;
 mod writers;
 
 /// What quinn reports about a connection's path, as the transform budget reads it

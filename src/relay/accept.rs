@@ -189,50 +189,84 @@ impl Defences {
     /// Screens one attempt: `Some` admits it (holding its address's slot and a handshake
     /// count until dropped), `None` means it was retried, refused or dropped here.
     fn screen(self: &Arc<Self>, incoming: quinn::Incoming) -> Option<(quinn::Incoming, Admitted)> {
-        let peer = incoming.remote_address();
+        match self.screen_attempt(
+            incoming.remote_address(),
+            incoming.remote_address_validated(),
+            incoming.may_retry(),
+        ) {
+            Screened::Retry => {
+                let _ = incoming.retry();
+                None
+            }
+            Screened::Ignore => {
+                incoming.ignore();
+                None
+            }
+            Screened::Refuse => {
+                incoming.refuse();
+                None
+            }
+            Screened::Admit(admitted) => Some((incoming, admitted)),
+        }
+    }
+
+    /// The verdict on one attempt from `peer` (whether its address is validated, whether a
+    /// Retry may be sent), whatever drives the endpoint: quinn's accept loop here, the
+    /// single-loop driver ([`super::quic_loop`]) over quinn-proto.
+    pub(super) fn screen_attempt(
+        self: &Arc<Self>,
+        peer: SocketAddr,
+        validated: bool,
+        may_retry: bool,
+    ) -> Screened {
         let busy = self.handshaking.load(Ordering::Relaxed);
-        if busy >= self.retry_above && !incoming.remote_address_validated() && incoming.may_retry()
-        {
+        if busy >= self.retry_above && !validated && may_retry {
             tracing::debug!(%peer, busy, "handshakes piling up: address validation (Retry)");
-            let _ = incoming.retry();
-            return None;
+            return Screened::Retry;
         }
         if busy >= self.handshakes_max {
             tracing::debug!(%peer, busy, "too many handshakes in progress: attempt dropped");
-            incoming.ignore();
-            return None;
+            return Screened::Ignore;
         }
         let now = Time(self.start.elapsed().as_micros() as u64);
         match self.gate().attempt(peer.ip(), now) {
             AddrVerdict::Admit => {}
             verdict => {
                 tracing::info!(%peer, ?verdict, "per-address limit: refusing");
-                incoming.refuse();
-                return None;
+                return Screened::Refuse;
             }
         }
         self.handshaking.fetch_add(1, Ordering::Relaxed);
-        Some((
-            incoming,
-            Admitted {
-                defences: self.clone(),
-                addr: peer.ip(),
-                handshaking: true,
-            },
-        ))
+        Screened::Admit(Admitted {
+            defences: self.clone(),
+            addr: peer.ip(),
+            handshaking: true,
+        })
     }
+}
+
+/// What [`Defences::screen_attempt`] decided.
+pub(super) enum Screened {
+    /// Answer with a QUIC Retry (address validation).
+    Retry,
+    /// Drop the attempt without an answer.
+    Ignore,
+    /// Refuse it (a connection refused error).
+    Refuse,
+    /// Go on with the handshake.
+    Admit(Admitted),
 }
 
 /// An admitted attempt: holds its address's slot (and, until [`Admitted::handshake_done`], a
 /// handshake count) until dropped.
-struct Admitted {
+pub(super) struct Admitted {
     defences: Arc<Defences>,
     addr: std::net::IpAddr,
     handshaking: bool,
 }
 
 impl Admitted {
-    fn handshake_done(&mut self) {
+    pub(super) fn handshake_done(&mut self) {
         if std::mem::take(&mut self.handshaking) {
             self.defences.handshaking.fetch_sub(1, Ordering::Relaxed);
         }

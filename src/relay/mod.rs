@@ -80,6 +80,8 @@ mod browser;
 mod core_task;
 mod inbound;
 mod persist;
+#[cfg(target_os = "linux")]
+mod quic_loop;
 pub mod websocket;
 mod webtransport;
 
@@ -110,7 +112,7 @@ use core_task::CoreTask;
 use persist::{commit_forwarder, log_loaded, seed_store, Persist};
 
 use crate::auth::{AuthError, JwtTokens};
-use crate::config::{ConfigError, RelayConfig};
+use crate::config::{ConfigError, QuicDriver, RelayConfig};
 use crate::metrics::{EntityBytesBatch, Metrics};
 use crate::quic::{self, TransportError};
 use crate::store::{Store, StoreConfig, StoreError};
@@ -309,17 +311,42 @@ impl Relay {
                 Box::new(JwtTokens::load_or_create(&config.data_dir)?.with_backend(backend))
             }
         };
+        // The native port: quinn's endpoint (`Tasks`: browsers' WebTransport on it too), or the
+        // single loop's socket (`Loop`: WebTransport on quinn, on a port of its own).
+        #[cfg(target_os = "linux")]
+        let native_loop = match config.quic_driver {
+            QuicDriver::Loop => Some(quic_loop::bind(
+                config.listen,
+                browser_tls.resolver.clone(),
+                config.idle_timeout(),
+            )?),
+            QuicDriver::Tasks => None,
+        };
+        #[cfg(target_os = "linux")]
+        let quinn_listen = match &native_loop {
+            Some(bound) => webtransport_addr(bound.local),
+            None => config.listen,
+        };
+        #[cfg(not(target_os = "linux"))]
+        let quinn_listen = config.listen;
         let (endpoint, buffers) = quic::relay_endpoint(
-            config.listen,
+            quinn_listen,
             browser_tls.resolver.clone(),
             config.idle_timeout(),
         )?;
-        let local_addr = endpoint
+        let quinn_addr = endpoint
             .local_addr()
             .map_err(|source| TransportError::Socket {
-                addr: config.listen,
+                addr: quinn_listen,
                 source,
             })?;
+        #[cfg(target_os = "linux")]
+        let (local_addr, buffers) = match &native_loop {
+            Some(bound) => (bound.local, bound.buffers),
+            None => (quinn_addr, buffers),
+        };
+        #[cfg(not(target_os = "linux"))]
+        let local_addr = quinn_addr;
         if buffers.recv_bytes < quic::SOCKET_BUFFER_BYTES {
             tracing::warn!(
                 granted = buffers.recv_bytes,
@@ -327,7 +354,12 @@ impl Relay {
                 "the kernel capped the UDP receive buffer (raise net.core.rmem_max for many clients)"
             );
         }
-        tracing::info!(addr = %local_addr, fingerprint = %identity.fingerprint, "listening for QUIC and WebTransport");
+        if local_addr == quinn_addr {
+            tracing::info!(addr = %local_addr, fingerprint = %identity.fingerprint, "listening for QUIC and WebTransport");
+        } else {
+            tracing::info!(addr = %local_addr, fingerprint = %identity.fingerprint, driver = "loop", "listening for QUIC");
+            tracing::info!(addr = %quinn_addr, "listening for WebTransport");
+        }
 
         let mut world = hooks.world;
         if config.player_limit > 0 {
@@ -403,13 +435,27 @@ impl Relay {
                 inbox: inbox.clone(),
             }),
             config.browser_origins.clone(),
-            local_addr.port(),
+            quinn_addr.port(),
         );
         let rotation = tokio::spawn(browser.clone().rotate_every());
+        let permits = Arc::new(Semaphore::new(config.connections_max));
+        let defences = accept::Defences::new(&config.limits, start);
+        #[cfg(target_os = "linux")]
+        let native_loop = match native_loop {
+            Some(bound) => Some(bound.spawn(quic_loop::Ctx {
+                permits: permits.clone(),
+                defences: defences.clone(),
+                conn_ids: conn_ids.clone(),
+                inbound: inbound_tx.clone(),
+                inbox: inbox.clone(),
+                metrics: hooks.metrics.clone(),
+            })?),
+            None => None,
+        };
         let accept_task = tokio::spawn(accept_loop(
             endpoint.clone(),
-            Arc::new(Semaphore::new(config.connections_max)),
-            accept::Defences::new(&config.limits, start),
+            permits,
+            defences,
             conn_ids.clone(),
             inbound_tx.clone(),
             inbox,
@@ -425,10 +471,25 @@ impl Relay {
             shutdown: shutdown_tx,
             core_task,
             accept_task,
+            #[cfg(target_os = "linux")]
+            native_loop,
             browser,
             rotation,
         })
     }
+}
+
+/// Where WebTransport listens when the single loop has the native port: the same address, the
+/// next port (a firewall opens two neighbours), or a free port when the native one was picked
+/// by the OS (port 0).
+#[cfg(target_os = "linux")]
+fn webtransport_addr(native: SocketAddr) -> SocketAddr {
+    let mut addr = native;
+    addr.set_port(match native.port() {
+        0 | u16::MAX => 0,
+        p => p + 1,
+    });
+    addr
 }
 
 /// A running relay.
@@ -442,6 +503,9 @@ pub struct RelayHandle {
     shutdown: watch::Sender<bool>,
     core_task: oneshot::Receiver<Option<Arc<Store>>>,
     accept_task: JoinHandle<()>,
+    /// The single-loop driver of the native port ([`QuicDriver::Loop`]).
+    #[cfg(target_os = "linux")]
+    native_loop: Option<quic_loop::LoopHandle>,
     browser: Arc<BrowserAccess>,
     rotation: JoinHandle<()>,
 }
@@ -507,8 +571,18 @@ impl RelayHandle {
         let _ = self.shutdown.send(true);
         self.rotation.abort();
         self.endpoint.set_server_config(None);
+        #[cfg(target_os = "linux")]
+        if let Some(l) = &self.native_loop {
+            l.stop_accepting();
+        }
         let _ = self.accept_task.await;
         let core = self.core_task.await;
+        // The loop flushes and closes its connections (the sessions' closes are queued) on its
+        // own thread meanwhile, bounded by the same timeout.
+        #[cfg(target_os = "linux")]
+        let native_loop = self
+            .native_loop
+            .map(|l| tokio::task::spawn_blocking(move || l.finish(SHUTDOWN_TIMEOUT)));
         let idle = tokio::time::timeout(SHUTDOWN_TIMEOUT, self.endpoint.wait_idle()).await;
         if idle.is_err() {
             tracing::warn!("connections did not close in time; closing the endpoint");
@@ -517,6 +591,10 @@ impl RelayHandle {
                 b"server shutting down",
             );
             let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+        }
+        #[cfg(target_os = "linux")]
+        if let Some(l) = native_loop {
+            let _ = l.await;
         }
         let store = core.map_err(|_| RelayError::CoreTask("the core thread panicked".into()))?;
         if let Some(store) = store {

@@ -26,6 +26,16 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
+/// The native QUIC driver the tests' relays use: `NEONET_TEST_QUIC_DRIVER=loop` runs a test
+/// file against the single-loop driver (`.ci/run` runs the relay's real-socket files under
+/// both); quinn's task driver otherwise.
+pub fn quic_driver() -> neonet::config::QuicDriver {
+    match std::env::var("NEONET_TEST_QUIC_DRIVER").as_deref() {
+        Ok("loop") => neonet::config::QuicDriver::Loop,
+        _ => neonet::config::QuicDriver::Tasks,
+    }
+}
+
 /// A relay running in a temporary folder.
 pub struct TestRelay {
     rt: tokio::runtime::Runtime,
@@ -66,6 +76,7 @@ impl TestRelay {
         let dir = tempfile::tempdir().expect("temp dir");
         let rt = runtime();
         let mut config = RelayConfig::for_tests(dir.path());
+        config.quic_driver = quic_driver();
         configure(&mut config);
         let handle = rt
             .block_on(Relay::start_with(config, hooks))

@@ -11,7 +11,7 @@
 //!   `Endpoint::handle` and its `Connection`, no channel, no wake-up;
 //! - **timers**: one heap of connection deadlines, stale entries skipped;
 //! - **send**: at a tick every connection queues its datagrams, then every connection is
-//!   polled for packets, and the packets go out in batches of up to [`crate::udp_batch::SEND_BATCH`] per
+//!   polled for packets, and the packets go out in batches of up to [`neonet::quic::udp_batch::SEND_BATCH`] per
 //!   `sendmmsg` system call across connections (`libc`, since quinn-udp sends one destination
 //!   per call).
 //!
@@ -35,7 +35,7 @@ use quinn_proto::{
 };
 
 use crate::fanout::FanoutArgs;
-use crate::udp_batch::{Deadlines, RecvBatch, SendQueue, PACKET_SLOT_BYTES};
+use neonet::quic::udp_batch::{Deadlines, RecvBatch, SendQueue, PACKET_SLOT_BYTES};
 
 /// Shortest interval between two waits for packets: 1 ms. Waking for every packet costs
 /// a `poll` and a `recvmmsg` each; waiting a millisecond gathers the packets of that
@@ -226,7 +226,7 @@ pub fn serve(args: FanoutArgs) -> anyhow::Result<()> {
                 now,
                 meta.addr,
                 meta.dst_ip,
-                crate::udp_batch::ecn(meta),
+                neonet::quic::udp_batch::ecn(meta),
                 data,
                 &mut scratch,
             ) {

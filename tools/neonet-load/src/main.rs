@@ -22,7 +22,6 @@ mod relay_proc;
 mod report;
 mod run;
 mod sim;
-mod udp_batch;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;

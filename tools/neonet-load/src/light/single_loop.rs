@@ -62,7 +62,7 @@ use super::core::{LightCore, LightState};
 use super::session::LightSession;
 use crate::driver::{ClientOutcome, ClientPlan, CONNECT_TIMEOUT};
 use crate::run::LiveCounters;
-use crate::udp_batch::{Deadlines, RecvBatch, SendQueue, PACKET_SLOT_BYTES};
+use neonet::quic::udp_batch::{Deadlines, RecvBatch, SendQueue, PACKET_SLOT_BYTES};
 
 use quinn_proto::Connection;
 
@@ -378,7 +378,7 @@ impl Loop {
                         now,
                         meta.addr,
                         meta.dst_ip,
-                        crate::udp_batch::ecn(meta),
+                        neonet::quic::udp_batch::ecn(meta),
                         BytesMut::from(seg),
                         &mut self.scratch,
                     ) {

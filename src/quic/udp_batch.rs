@@ -1,6 +1,6 @@
 //! What drives quinn-proto from one event loop on one thread needs around a UDP socket, shared
-//! by the server of `fanout --target proto` ([`crate::fanout_proto`]) and the light clients'
-//! single loop ([`crate::light::single_loop`]):
+//! by the relay's single-loop QUIC driver (`relay::quic_loop`), and the load tool's light
+//! clients and its `fanout --target proto` server (Linux only: `sendmmsg`):
 //!
 //! - [`SendQueue`]: packets of many connections sent in batches of up to [`SEND_BATCH`] per
 //!   `sendmmsg` system call (`libc`, since quinn-udp sends one destination per call);
@@ -33,6 +33,12 @@ pub struct SendQueue {
     /// Packets the kernel refused (a full socket buffer): counted, never retried (QUIC
     /// recovers lost packets itself).
     pub dropped: u64,
+}
+
+impl Default for SendQueue {
+    fn default() -> Self {
+        SendQueue::new()
+    }
 }
 
 impl SendQueue {
@@ -119,6 +125,12 @@ pub struct RecvBatch {
     bufs: Vec<Vec<u8>>,
     metas: Vec<quinn_udp::RecvMeta>,
     len: usize,
+}
+
+impl Default for RecvBatch {
+    fn default() -> Self {
+        RecvBatch::new()
+    }
 }
 
 impl RecvBatch {

@@ -324,7 +324,7 @@ impl Relay {
         };
         #[cfg(target_os = "linux")]
         let quinn_listen = match &native_loop {
-            Some(bound) => webtransport_addr(bound.local),
+            Some(_) => webtransport_addr(config.listen),
             None => config.listen,
         };
         #[cfg(not(target_os = "linux"))]
@@ -479,13 +479,13 @@ impl Relay {
     }
 }
 
-/// Where WebTransport listens when the single loop has the native port: the same address, the
-/// next port (a firewall opens two neighbours), or a free port when the native one was picked
-/// by the OS (port 0).
+/// Where WebTransport listens when the single loop has the native port (`listen`): the same
+/// address, the next port (a firewall opens two neighbours), or a free port when the native one
+/// is left to the OS (port 0).
 #[cfg(target_os = "linux")]
-fn webtransport_addr(native: SocketAddr) -> SocketAddr {
-    let mut addr = native;
-    addr.set_port(match native.port() {
+fn webtransport_addr(listen: SocketAddr) -> SocketAddr {
+    let mut addr = listen;
+    addr.set_port(match listen.port() {
         0 | u16::MAX => 0,
         p => p + 1,
     });

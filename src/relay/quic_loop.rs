@@ -41,8 +41,8 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use quinn_proto::{
-    ConnectionHandle, DatagramEvent, Dir, Endpoint, EndpointConfig, Event, ReadError,
-    ServerConfig, StreamEvent, StreamId, VarInt, WriteError,
+    ConnectionHandle, DatagramEvent, Dir, Endpoint, EndpointConfig, Event, ReadError, ServerConfig,
+    StreamEvent, StreamId, VarInt, WriteError,
 };
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
@@ -55,8 +55,8 @@ use super::accept::{Admitted, Defences, Screened, SharedInbox};
 use super::{ConnIds, Inbound, Link, HANDSHAKE_TIMEOUT};
 use crate::metrics::Metrics;
 use crate::quic::udp_batch::{self, Deadlines, RecvBatch, SendQueue};
-use crate::quic::{self, ChannelStream, ChannelsSeen, CHANNEL_QUEUE_BYTES_MAX};
 use crate::quic::TransportError;
+use crate::quic::{self, ChannelStream, ChannelsSeen, CHANNEL_QUEUE_BYTES_MAX};
 use crate::tls;
 
 /// Shortest interval between two waits for packets, 1 ms: waking for every packet costs a
@@ -554,7 +554,8 @@ impl Loop {
                 );
                 let code = quic::close_code(CloseReason::ServerShutdown);
                 for (&key, c) in self.conns.iter_mut() {
-                    c.conn.close(now, code, Bytes::from_static(b"server shutting down"));
+                    c.conn
+                        .close(now, code, Bytes::from_static(b"server shutting down"));
                     self.touched.push(key);
                 }
                 self.drive_touched(now);
@@ -765,13 +766,16 @@ impl Loop {
             if c.conn.poll_timeout().is_some_and(|at| at <= now) {
                 c.conn.handle_timeout(now);
             }
-            if c
-                .handshake_until
+            if c.handshake_until
                 .is_some_and(|at| at <= now && c.conn.is_handshaking())
             {
                 tracing::info!(peer = %c.remote, "handshake timed out");
                 c.handshake_until = None;
-                c.conn.close(now, VarInt::from_u32(0), Bytes::from_static(b"handshake timed out"));
+                c.conn.close(
+                    now,
+                    VarInt::from_u32(0),
+                    Bytes::from_static(b"handshake timed out"),
+                );
             }
             self.touched.push(key);
         }
@@ -854,10 +858,14 @@ impl Loop {
                 }
                 continue;
             }
-            let next = [c.conn.poll_timeout(), c.handshake_until, c.closing.as_ref().map(|x| x.until)]
-                .into_iter()
-                .flatten()
-                .min();
+            let next = [
+                c.conn.poll_timeout(),
+                c.handshake_until,
+                c.closing.as_ref().map(|x| x.until),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             self.timers.file(key, next, &mut c.filed);
         }
         let mut touched = touched;

@@ -258,6 +258,10 @@ pub struct RunArgs {
     /// Pin the relay process to this CPU (sched_setaffinity before it starts; all its threads).
     #[arg(long, value_name = "N", requires = "relay_process")]
     pub relay_cpu: Option<usize>,
+    /// The relay process's native QUIC driver (its `--quic-driver`): `tasks` (quinn's) or
+    /// `loop` (one loop over quinn-proto) [default: the relay's, tasks].
+    #[arg(long, value_name = "DRIVER", value_enum, requires = "relay_process")]
+    pub relay_quic_driver: Option<neonet::config::QuicDriver>,
     /// Pin this process, the load tool, to this CPU (all its threads).
     #[arg(long, value_name = "N")]
     pub load_cpu: Option<usize>,

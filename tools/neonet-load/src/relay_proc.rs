@@ -47,6 +47,8 @@ pub struct RelayProcessConfig {
     pub tick_hz: u32,
     /// Pin the process (all its threads) to this CPU before it starts.
     pub cpu: Option<usize>,
+    /// Its native QUIC driver (`--quic-driver`); `None` leaves the relay's default.
+    pub quic_driver: Option<neonet::config::QuicDriver>,
 }
 
 /// A running relay process, killed and its folder removed when dropped.
@@ -159,6 +161,10 @@ pub fn start(
         .args(["--tick-hz", &config.tick_hz.to_string()])
         .args(["--log-level", "warn"]);
     cmd.arg("--config").arg(write_load_config(&dir)?);
+    if let Some(d) = config.quic_driver {
+        let name = format!("{d:?}").to_lowercase();
+        cmd.args(["--quic-driver", &name]);
+    }
     cmd.current_dir(&dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -158,6 +158,9 @@ pub struct RunSetup {
     pub relay_process: bool,
     /// The CPU the relay process was pinned to (`--relay-cpu`).
     pub relay_cpu: Option<usize>,
+    /// The relay process's native QUIC driver when chosen (`--relay-quic-driver`): `tasks` or
+    /// `loop`; `None` for the relay's default.
+    pub relay_quic_driver: Option<String>,
     /// The CPU the load tool was pinned to (`--load-cpu`).
     pub load_cpu: Option<usize>,
 }

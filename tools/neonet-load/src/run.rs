@@ -104,6 +104,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
                 u32::from(neonet_proto::time::TICK_HZ_MAX),
             ),
             cpu: args.relay_cpu,
+            quic_driver: args.relay_quic_driver,
         };
         let relay = tokio::task::block_in_place(|| relay_proc::start(&config, seed, &mut plans))?;
         let trust = Trust::Sha256(relay.fingerprint);
@@ -281,6 +282,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
         visible_target: args.visible,
         relay_process: args.relay_process,
         relay_cpu: args.relay_cpu,
+        relay_quic_driver: args
+            .relay_quic_driver
+            .map(|d| format!("{d:?}").to_lowercase()),
         load_cpu: args.load_cpu,
     };
     let mut report = aggregate.report(setup, args.clients);
@@ -585,10 +589,18 @@ const RELAY_CORE_THREAD: &str = "neonet-core";
 /// The threads of a relay's I/O runtime (named in [`spawn_relay`] and by the `neonet-relay`
 /// binary, whose main thread, waiting for signals, has the same name).
 const RELAY_IO_THREAD: &str = "neonet-relay";
+/// The thread of the relay's single-loop QUIC driver (`--quic-driver loop`, named in
+/// `neonet::relay`): I/O too.
+const RELAY_QUIC_THREAD: &str = "neonet-quic";
 /// The thread an in-process relay's store commits on (named in `neonet::store`).
 const RELAY_STORE_THREAD: &str = "neonet-store";
 /// Every thread of an in-process relay.
-const RELAY_THREADS: [&str; 3] = [RELAY_CORE_THREAD, RELAY_IO_THREAD, RELAY_STORE_THREAD];
+const RELAY_THREADS: [&str; 4] = [
+    RELAY_CORE_THREAD,
+    RELAY_IO_THREAD,
+    RELAY_QUIC_THREAD,
+    RELAY_STORE_THREAD,
+];
 
 /// The relay's CPU over the measured window.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -653,8 +665,10 @@ impl CpuSnapshot {
         };
         let relay_in_process = matches!(relay, Some(RelayUnderTest::InProcess(_)));
         let wall = later.at.saturating_duration_since(self.at);
-        let part = |name: &str| match (&self.relay_threads, &later.relay_threads) {
-            (Some(earlier), Some(now)) => Some(now.cores_since(earlier, wall, |n| n == name)),
+        let part = |names: &[&str]| match (&self.relay_threads, &later.relay_threads) {
+            (Some(earlier), Some(now)) => {
+                Some(now.cores_since(earlier, wall, |n| names.contains(&n)))
+            }
             _ => None,
         };
         let machine_busy_cores = self.machine.busy_cores_until(&later.machine, wall);
@@ -677,9 +691,9 @@ impl CpuSnapshot {
             load_tool_cores: later.threads.cores_since(&self.threads, wall, |n| {
                 !relay_in_process || !RELAY_THREADS.contains(&n)
             }),
-            relay_core_cores: part(RELAY_CORE_THREAD),
-            relay_io_cores: part(RELAY_IO_THREAD),
-            relay_store_cores: part(RELAY_STORE_THREAD),
+            relay_core_cores: part(&[RELAY_CORE_THREAD]),
+            relay_io_cores: part(&[RELAY_IO_THREAD, RELAY_QUIC_THREAD]),
+            relay_store_cores: part(&[RELAY_STORE_THREAD]),
         };
         (Some(figures), relay_cpu)
     }

@@ -12,6 +12,13 @@ fi
 # Two test threads: the machine has two cores and the real-socket tests start relays.
 # Benches are compiled by clippy --all-targets in CI and run by hand (see README).
 cargo test --workspace -- --test-threads=2
+# The relay's real-socket tests again, their relays serving native QUIC with the single-loop
+# driver (`quic_driver = "loop"`, quinn-proto from one thread) instead of quinn's tasks: the same
+# test binaries, already built; WebTransport then on a port of its own.
+NEONET_TEST_QUIC_DRIVER=loop cargo test -p neonet --test loopback --test packets \
+  --test reconnect --test bad_input --test adversarial_identity --test adversarial_limits \
+  --test chat_commands --test chat_tokens --test host --test motion --test browser_transports \
+  -- --test-threads=2
 # The browser client library's own tests (the message and datagram codecs and the movement model
 # against the Rust crate's golden vectors): Node's built-in runner, no packages.
 node --test web/neonet/test/

@@ -1220,3 +1220,128 @@ impl LoopConn {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use neonet_proto::wire::msg::CloseReason;
+
+    fn outbox(key: usize) -> (Arc<Shared>, Arc<Outbox>) {
+        let shared = Arc::new(Shared {
+            dirty: Mutex::new(Vec::new()),
+            wake: EventFd::new().expect("eventfd"),
+            accepting: AtomicBool::new(true),
+            drain_until: Mutex::new(None),
+        });
+        let outbox = Arc::new(Outbox {
+            key,
+            shared: shared.clone(),
+            queue: Mutex::new(OutboxQueue::default()),
+            unsent: Default::default(),
+            max_datagram: AtomicUsize::new(0),
+            rtt_us: AtomicU64::new(0),
+            cwnd: AtomicU64::new(0),
+            congestion_events: AtomicU64::new(0),
+            remote: Mutex::new(SocketAddr::from(([127, 0, 0, 1], 9))),
+        });
+        (shared, outbox)
+    }
+
+    fn frame(channel: Channel, bytes: usize) -> Transmit {
+        Transmit::Frame {
+            conn: ConnId(1),
+            channel,
+            frame: vec![0; bytes].into(),
+        }
+    }
+
+    fn dirty(shared: &Shared) -> Vec<usize> {
+        shared.dirty.lock().unwrap().clone()
+    }
+
+    #[test]
+    fn an_outbox_lists_its_connection_once_per_take_and_wakes_the_loop_once() {
+        let (shared, o) = outbox(7);
+        let link = LoopLink(o.clone());
+        link.transmit(frame(Channel::Chat, 10));
+        link.transmit(Transmit::Datagram {
+            conn: ConnId(1),
+            tick: neonet_proto::time::Tick(1),
+            data: vec![1, 2, 3],
+        });
+        link.transmit(frame(Channel::Chat, 5));
+        assert_eq!(dirty(&shared), [7], "listed once until the loop takes it");
+        let mut n = 0u64;
+        // SAFETY: reads 8 bytes into a live u64.
+        let r = unsafe { libc::read(shared.wake.0.as_raw_fd(), (&mut n as *mut u64).cast(), 8) };
+        assert_eq!((r, n), (8, 1), "one wake-up for the whole burst");
+        assert_eq!(link.queued_bytes(), Some(15));
+        // The loop takes it: the next transmit lists it again.
+        o.lock().listed = false;
+        shared.dirty.lock().unwrap().clear();
+        link.transmit(frame(Channel::World, 1));
+        assert_eq!(dirty(&shared), [7]);
+    }
+
+    #[test]
+    fn a_channel_past_its_bound_closes_the_slow_peer_and_later_transmits_are_dropped() {
+        let (_shared, o) = outbox(1);
+        let link = LoopLink(o.clone());
+        // A frame bigger than the bound (a snapshot) goes through an empty queue.
+        link.transmit(frame(Channel::World, CHANNEL_QUEUE_BYTES_MAX + 10));
+        assert!(o.lock().close.is_none());
+        o.lock().frames[Channel::World as usize].clear();
+        // Bytes the loop holds unsent (flow control) count against the bound.
+        o.unsent[Channel::World as usize].store(CHANNEL_QUEUE_BYTES_MAX - 4, Relaxed);
+        link.transmit(frame(Channel::World, 4));
+        assert!(o.lock().close.is_none(), "exactly at the bound");
+        link.transmit(frame(Channel::Chat, 100));
+        assert!(
+            o.lock().close.is_none(),
+            "another channel has its own bound"
+        );
+        link.transmit(frame(Channel::World, 1));
+        assert!(matches!(o.lock().close, Some(CloseAsk::Overflow)));
+        link.transmit(frame(Channel::Chat, 100));
+        link.transmit(Transmit::Close {
+            conn: ConnId(1),
+            reason: CloseReason::Moderation,
+            detail: String::new(),
+        });
+        let q = o.lock();
+        assert_eq!(
+            q.frames[Channel::Chat as usize].len(),
+            100,
+            "dropped after the close"
+        );
+        assert!(
+            matches!(q.close, Some(CloseAsk::Overflow)),
+            "the first close stands"
+        );
+    }
+
+    #[test]
+    fn the_link_reports_the_figures_the_loop_publishes() {
+        let (_shared, o) = outbox(1);
+        let link = LoopLink(o.clone());
+        assert_eq!(link.max_datagram_size(), None, "no datagrams yet");
+        o.max_datagram.store(1200, Relaxed);
+        o.rtt_us.store(25_000, Relaxed);
+        o.cwnd.store(64_000, Relaxed);
+        o.congestion_events.store(2, Relaxed);
+        assert_eq!(link.max_datagram_size(), Some(1200));
+        assert_eq!(link.rtt(), Some(Duration::from_millis(25)));
+        assert_eq!(
+            link.path_signals(),
+            Some(PathSignals {
+                rtt_us: 25_000,
+                cwnd_bytes: 64_000,
+                congestion_events: 2
+            })
+        );
+        assert_eq!(
+            link.remote_addr(),
+            Some(SocketAddr::from(([127, 0, 0, 1], 9)))
+        );
+    }
+}

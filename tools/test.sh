@@ -14,8 +14,9 @@ fi
 cargo test --workspace -- --test-threads=2
 # The relay's real-socket tests again, their relays serving native QUIC with the single-loop
 # driver (`quic_driver = "loop"`, quinn-proto from one thread) instead of quinn's tasks: the same
-# test binaries, already built; WebTransport then on a port of its own.
-NEONET_TEST_QUIC_DRIVER=loop cargo test -p neonet --test loopback --test packets \
+# test binaries, already built (`--workspace`, as above, so nothing is rebuilt); WebTransport then
+# on a port of its own.
+NEONET_TEST_QUIC_DRIVER=loop cargo test --workspace --test loopback --test packets \
   --test reconnect --test bad_input --test adversarial_identity --test adversarial_limits \
   --test chat_commands --test chat_tokens --test host --test motion --test browser_transports \
   -- --test-threads=2

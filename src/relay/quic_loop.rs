@@ -709,6 +709,12 @@ impl Loop {
                         continue;
                     }
                     let s = &mut c.send[ch];
+                    if s.done {
+                        // The peer stopped the stream (or it failed): dropped, as the task
+                        // driver's stopped writer drops what is queued after.
+                        frames.clear();
+                        continue;
+                    }
                     wrote[ch] = true;
                     if s.unsent() == 0 {
                         // The common case: the whole take becomes the pending bytes, no copy.
@@ -1140,6 +1146,7 @@ impl LoopConn {
         }
         while s.sent < s.pending.len() {
             match stream.write(&s.pending[s.sent..]) {
+                Ok(0) => break,
                 Ok(n) => s.sent += n,
                 Err(WriteError::Blocked) => break,
                 Err(_) => {

@@ -19,6 +19,7 @@ cargo test --workspace -- --test-threads=2
 NEONET_TEST_QUIC_DRIVER=loop cargo test --workspace --test loopback --test packets \
   --test reconnect --test bad_input --test adversarial_identity --test adversarial_limits \
   --test chat_commands --test chat_tokens --test host --test motion --test browser_transports \
+  --test browser_play \
   -- --test-threads=2
 # The browser client library's own tests (the message and datagram codecs and the movement model
 # against the Rust crate's golden vectors): Node's built-in runner, no packages.

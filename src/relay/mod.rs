@@ -22,6 +22,12 @@
 //!   outputs: transmits to each connection's [`Link`] (which never blocks), events to the log,
 //!   effects to the optional effect sink.
 //!
+//! - With `quic_driver = "loop"` ([`QuicDriver::Loop`], Linux) the native port has no accept
+//!   loop or connection tasks: one thread (`neonet-quic`, `quic_loop`) drives every native
+//!   connection over quinn-proto, with the same defences, limits and [`Inbound`] messages, and
+//!   its links queue the core's transmits for it. The accept loop then serves browsers'
+//!   WebTransport alone, on the next port.
+//!
 //! [`Inbound`] and [`Link`] know nothing of QUIC: a WebSocket bridge feeds the same queue
 //! ([`RelayHandle::inbound`]) with its own links and connection ids ([`RelayHandle::conn_ids`]).
 //! A foreign persistence layer plugs in through [`RelayHooks::effects`] (changes to store) and

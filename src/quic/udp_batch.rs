@@ -80,11 +80,22 @@ impl SendQueue {
                 &self.bufs[done..self.len],
                 &self.dests[done..self.len],
             ) {
-                Ok(0) | Err(_) => {
+                Ok(n) if n > 0 => done += n,
+                // The kernel's buffer is full: the rest is dropped (QUIC resends).
+                Ok(_) => {
                     self.dropped += (self.len - done) as u64;
                     break;
                 }
-                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    self.dropped += (self.len - done) as u64;
+                    break;
+                }
+                // This one packet failed (a destination the kernel refuses, such as port 0, or
+                // a packet over the interface's MTU): only it is dropped, the batch goes on.
+                Err(_) => {
+                    self.dropped += 1;
+                    done += 1;
+                }
             }
         }
         self.len = 0;
@@ -231,5 +242,38 @@ impl Deadlines {
     /// The earliest entry (possibly stale: waking for it costs one skipped pop).
     pub fn next(&self) -> Option<Instant> {
         self.heap.peek().map(|r| r.0 .0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_packet_the_kernel_refuses_drops_alone_and_the_batch_goes_on() {
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        rx.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let to = rx.local_addr().unwrap();
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut q = SendQueue::new();
+        // Port 0: Linux refuses the destination (EINVAL) for this one message only.
+        for (byte, dest) in [
+            (1u8, to),
+            (2, SocketAddr::from(([127, 0, 0, 1], 0))),
+            (3, to),
+        ] {
+            q.slot(&tx).push(byte);
+            q.push(dest);
+        }
+        q.flush(&tx);
+        assert_eq!(q.dropped, 1);
+        let mut got = Vec::new();
+        let mut buf = [0u8; 16];
+        for _ in 0..2 {
+            let (n, _) = rx.recv_from(&mut buf).expect("the good packets arrive");
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(got, [1, 3], "the packet after the refused one went too");
     }
 }

@@ -378,6 +378,7 @@ impl Bound {
             timers: Deadlines::default(),
             touched: Vec::new(),
             held: Vec::new(),
+            orphans: Vec::new(),
             out: SendQueue::new(),
             recv: RecvBatch::new(),
             scratch: Vec::new(),
@@ -465,6 +466,9 @@ struct Loop {
     touched: Vec<usize>,
     /// Connections holding messages the full queue did not take.
     held: Vec<usize>,
+    /// Messages of connections already removed (drained) that the full queue did not take
+    /// yet, each connection's in order: its last frames and its `Disconnect`.
+    orphans: Vec<VecDeque<Inbound>>,
     out: SendQueue,
     recv: RecvBatch,
     scratch: Vec<u8>,
@@ -501,7 +505,7 @@ impl Loop {
             // `COALESCE`.
             let mut wake = self.timers.next().unwrap_or(now + IDLE_WAIT);
             wake = wake.min(now + IDLE_WAIT);
-            if !self.held.is_empty() {
+            if !self.held.is_empty() || !self.orphans.is_empty() {
                 wake = wake.min(now + HELD_RETRY);
             }
             let since = last_wake.elapsed();
@@ -775,16 +779,16 @@ impl Loop {
             if c.conn.poll_timeout().is_some_and(|at| at <= now) {
                 c.conn.handle_timeout(now);
             }
-            if c.handshake_until
-                .is_some_and(|at| at <= now && c.conn.is_handshaking())
-            {
-                tracing::info!(peer = %c.remote, "handshake timed out");
+            if c.handshake_until.is_some_and(|at| at <= now) {
                 c.handshake_until = None;
-                c.conn.close(
-                    now,
-                    VarInt::from_u32(0),
-                    Bytes::from_static(b"handshake timed out"),
-                );
+                if c.conn.is_handshaking() && !c.conn.is_closed() {
+                    tracing::info!(peer = %c.remote, "handshake timed out");
+                    c.conn.close(
+                        now,
+                        VarInt::from_u32(0),
+                        Bytes::from_static(b"handshake timed out"),
+                    );
+                }
             }
             self.touched.push(key);
         }
@@ -792,6 +796,10 @@ impl Loop {
 
     /// Offers held messages to the core's queue again.
     fn retry_held(&mut self) {
+        self.orphans.retain_mut(|held| {
+            flush_held(held, &self.ctx.inbound);
+            !held.is_empty()
+        });
         if self.held.is_empty() {
             return;
         }
@@ -849,6 +857,12 @@ impl Loop {
                 }
             }
             c.progress_close(now);
+            if c.conn.is_closed() {
+                // Closed by either side (quinn-proto reports no `ConnectionLost` for a local
+                // close): the core hears it now, and the slot and address are free now, as
+                // with the task driver; the connection itself lingers while it drains.
+                c.lost(&self.ctx);
+            }
             loop {
                 let slot = self.out.slot(&self.socket);
                 match c.conn.poll_transmit(now, 1, slot) {
@@ -861,9 +875,13 @@ impl Loop {
                 self.held.push(key);
             }
             if c.conn.is_drained() {
+                // The endpoint has freed the handle (a new connection may get it): what the core
+                // has not taken yet waits on its own, in order.
                 c.lost(&self.ctx);
-                if c.held.is_empty() {
-                    self.conns.remove(&key);
+                let held = std::mem::take(&mut c.held);
+                self.conns.remove(&key);
+                if !held.is_empty() {
+                    self.orphans.push(held);
                 }
                 continue;
             }
@@ -906,11 +924,17 @@ impl LoopConn {
                     self.write(ch);
                 }
             }
-            Event::Stream(StreamEvent::Finished { id } | StreamEvent::Stopped { id, .. }) => {
-                if let Some(s) = self.send.iter_mut().find(|s| s.id == Some(id)) {
-                    s.done = true;
-                    s.pending = Vec::new();
-                    s.sent = 0;
+            Event::Stream(StreamEvent::Finished { id }) => {
+                if let Some(ch) = self.send.iter().position(|s| s.id == Some(id)) {
+                    self.send_done(ch);
+                }
+            }
+            Event::Stream(StreamEvent::Stopped { id, .. }) => {
+                if let Some(ch) = self.send.iter().position(|s| s.id == Some(id)) {
+                    // The peer refuses the rest: nothing of it is sent or resent (quinn's
+                    // `SendStream` resets on drop likewise).
+                    let _ = self.conn.send_stream(id).reset(VarInt::from_u32(0));
+                    self.send_done(ch);
                 }
             }
             Event::Stream(StreamEvent::Available { dir: Dir::Uni }) => {
@@ -985,6 +1009,10 @@ impl LoopConn {
             return;
         }
         self.gone = true;
+        // Nothing more is read: the `Disconnect` is the connection's last message.
+        self.unread.clear();
+        self.permit = None;
+        self.admitted = None;
         if let Some(o) = &self.outbox {
             // Nothing the core queues from now on can be sent.
             o.lock().shut = true;
@@ -1014,19 +1042,8 @@ impl LoopConn {
 
     /// Offers the held messages to the core's queue, in order.
     fn flush_held(&mut self, ctx: &Ctx) {
-        while let Some(m) = self.held.pop_front() {
-            let connect = matches!(m, Inbound::Connect { .. });
-            match ctx.inbound.try_send(m) {
-                Ok(()) => self.announced |= connect,
-                Err(mpsc::error::TrySendError::Full(m)) => {
-                    self.held.push_front(m);
-                    return;
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => {
-                    self.held.clear();
-                    return;
-                }
-            }
+        if flush_held(&mut self.held, &ctx.inbound) {
+            self.announced = true;
         }
     }
 
@@ -1036,6 +1053,9 @@ impl LoopConn {
         let Some(conn_id) = self.id else {
             return;
         };
+        if self.gone {
+            return;
+        }
         if !self.held.is_empty() {
             if !self.unread.contains(&id) {
                 self.unread.push(id);
@@ -1136,12 +1156,7 @@ impl LoopConn {
             match stream.write(&[Channel::ALL[ch] as u8]) {
                 Ok(1) => s.header_sent = true,
                 Ok(_) | Err(WriteError::Blocked) => return,
-                Err(_) => {
-                    s.done = true;
-                    s.pending = Vec::new();
-                    s.sent = 0;
-                    return;
-                }
+                Err(_) => return self.send_done(ch),
             }
         }
         while s.sent < s.pending.len() {
@@ -1149,12 +1164,7 @@ impl LoopConn {
                 Ok(0) => break,
                 Ok(n) => s.sent += n,
                 Err(WriteError::Blocked) => break,
-                Err(_) => {
-                    s.done = true;
-                    s.pending = Vec::new();
-                    s.sent = 0;
-                    break;
-                }
+                Err(_) => return self.send_done(ch),
             }
         }
         if s.sent == s.pending.len() && !s.pending.is_empty() {
@@ -1164,6 +1174,18 @@ impl LoopConn {
         }
         if let Some(o) = &self.outbox {
             o.unsent[ch].store(s.unsent(), Relaxed);
+        }
+    }
+
+    /// Channel `ch`'s stream is over (the peer has everything, stopped it, or it failed):
+    /// nothing more is written to it, and its bytes no longer count as queued.
+    fn send_done(&mut self, ch: usize) {
+        let s = &mut self.send[ch];
+        s.done = true;
+        s.pending = Vec::new();
+        s.sent = 0;
+        if let Some(o) = &self.outbox {
+            o.unsent[ch].store(0, Relaxed);
         }
     }
 
@@ -1226,6 +1248,28 @@ impl LoopConn {
             *o.remote.lock().unwrap_or_else(|e| e.into_inner()) = remote;
         }
     }
+}
+
+/// Offers `held` to the core's queue, in order, until it is full; whether an
+/// `Inbound::Connect` went through.
+fn flush_held(held: &mut VecDeque<Inbound>, inbound: &mpsc::Sender<Inbound>) -> bool {
+    let mut connect = false;
+    while let Some(m) = held.pop_front() {
+        let is_connect = matches!(m, Inbound::Connect { .. });
+        match inbound.try_send(m) {
+            Ok(()) => connect |= is_connect,
+            Err(mpsc::error::TrySendError::Full(m)) => {
+                held.push_front(m);
+                break;
+            }
+            // The core is gone (shutdown): nobody to tell.
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                held.clear();
+                break;
+            }
+        }
+    }
+    connect
 }
 
 #[cfg(test)]

@@ -324,8 +324,8 @@ pub fn path_signals(conn: &quinn::Connection) -> neonet_proto::transform::PathSi
 }
 
 pub use streams::{
-    accept_streams, ChannelStream, ChannelsSeen, ReadFailure, StreamEvent, UniRecv, UniSend,
-    UniStreams,
+    accept_streams, ChannelStream, ChannelsSeen, ProtoRead, ReadFailure, StreamEvent, UniRecv,
+    UniSend, UniStreams,
 };
 pub use writers::{priority, ChannelWriters, QueueFull, CHANNEL_QUEUE_BYTES_MAX};
 

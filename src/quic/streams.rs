@@ -140,8 +140,9 @@ impl ChannelsSeen {
 
 /// One incoming unidirectional stream's framing, sans-IO: the first byte names the channel,
 /// then come length-prefixed frames within the limit of the channel's decoder. The async reader
-/// ([`accept_streams`]) and a driver that reads quinn-proto's streams itself (the load tool's
-/// single-loop light clients) both read streams with it, so both apply the same rules.
+/// ([`accept_streams`]) and the drivers that read quinn-proto's streams themselves (the relay's
+/// single loop and the load tool's light clients, through [`ChannelStream::read_proto`]) all read
+/// streams with it, so all apply the same rules.
 #[derive(Debug, Default)]
 pub struct ChannelStream {
     channel: Option<Channel>,
@@ -193,6 +194,61 @@ impl ChannelStream {
     pub fn finish(&self) -> Result<(), DecodeError> {
         self.decoder.as_ref().map_or(Ok(()), FrameDecoder::finish)
     }
+
+    /// Reads everything quinn-proto has of stream `id` of `conn` (a driver that drives
+    /// quinn-proto itself: the relay's single loop, the load tool's light clients), by
+    /// [`ChannelStream::push`]'s rules: complete frames are appended to `frames` (deliver them
+    /// first, whatever the outcome). A stream that broke the rules or was reset is stopped.
+    pub fn read_proto(
+        &mut self,
+        conn: &mut quinn_proto::Connection,
+        id: quinn_proto::StreamId,
+        seen: &ChannelsSeen,
+        decoder_for: fn(Channel) -> FrameDecoder,
+        frames: &mut Vec<u8>,
+    ) -> ProtoRead {
+        let mut stream = conn.recv_stream(id);
+        let Ok(mut chunks) = stream.read(true) else {
+            return ProtoRead::Gone;
+        };
+        let outcome = loop {
+            match chunks.next(STREAM_READ_CHUNK_BYTES) {
+                Ok(Some(chunk)) => {
+                    if let Err(e) = self.push(&chunk.bytes, seen, decoder_for, frames) {
+                        break ProtoRead::Failed(e);
+                    }
+                }
+                Ok(None) => match self.finish() {
+                    Ok(()) => break ProtoRead::Ended,
+                    Err(e) => break ProtoRead::Failed(e),
+                },
+                Err(quinn_proto::ReadError::Blocked) => break ProtoRead::Blocked,
+                Err(quinn_proto::ReadError::Reset(_)) => {
+                    break ProtoRead::Failed(DecodeError::Truncated)
+                }
+            }
+        };
+        // Flow-control credit for what was read goes out with the connection's next packets.
+        let _ = chunks.finalize();
+        if let ProtoRead::Failed(_) = outcome {
+            let _ = conn.recv_stream(id).stop(quinn_proto::VarInt::from_u32(0));
+        }
+        outcome
+    }
+}
+
+/// How [`ChannelStream::read_proto`] left a stream.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ProtoRead {
+    /// Everything that had arrived was read; more may come.
+    Blocked,
+    /// The stream ended cleanly: forget it.
+    Ended,
+    /// The stream broke the framing rules or was reset (as [`DecodeError::Truncated`]): it was
+    /// stopped, forget it and report the error.
+    Failed(DecodeError),
+    /// quinn-proto no longer has the stream: forget it.
+    Gone,
 }
 
 /// Accepts the peer's unidirectional streams until the connection ends, reading each in its own

@@ -41,14 +41,14 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use quinn_proto::{
-    ConnectionHandle, DatagramEvent, Dir, Endpoint, EndpointConfig, Event, ReadError, ServerConfig,
+    ConnectionHandle, DatagramEvent, Dir, Endpoint, EndpointConfig, Event, ServerConfig,
     StreamEvent, StreamId, VarInt, WriteError,
 };
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use neonet_proto::server::{ConnId, InboxQuota, Transmit, TransportKind};
 use neonet_proto::transform::PathSignals;
-use neonet_proto::wire::codec::{DecodeError, FrameDecoder};
+use neonet_proto::wire::codec::FrameDecoder;
 use neonet_proto::wire::msg::{Channel, CloseReason};
 
 use super::accept::{Admitted, Defences, Screened, SharedInbox};
@@ -56,7 +56,7 @@ use super::{ConnIds, Inbound, Link, HANDSHAKE_TIMEOUT};
 use crate::metrics::Metrics;
 use crate::quic::udp_batch::{self, Deadlines, RecvBatch, SendQueue};
 use crate::quic::TransportError;
-use crate::quic::{self, ChannelStream, ChannelsSeen, CHANNEL_QUEUE_BYTES_MAX};
+use crate::quic::{self, ChannelStream, ChannelsSeen, ProtoRead, CHANNEL_QUEUE_BYTES_MAX};
 use crate::tls;
 
 /// Shortest interval between two waits for packets, 1 ms: waking for every packet costs a
@@ -82,9 +82,6 @@ const CLOSE_ALL_GRACE: Duration = Duration::from_secs(1);
 /// 7 handshakes failed), where quinn's driver dropped none. Still bounded, so a flood cannot
 /// keep the loop from its timers for ever.
 const RECV_BATCHES_PER_WAKE: usize = 64;
-
-/// The largest chunk read from a stream at once: the task driver's read size.
-const READ_CHUNK_BYTES: usize = quic::STREAM_READ_CHUNK_BYTES;
 
 /// A Linux `eventfd`: how the core's thread (and shutdown) wakes the loop out of `poll`.
 struct EventFd(OwnedFd);
@@ -127,6 +124,15 @@ struct Shared {
 }
 
 impl Shared {
+    fn new() -> std::io::Result<Shared> {
+        Ok(Shared {
+            dirty: Mutex::new(Vec::new()),
+            wake: EventFd::new()?,
+            accepting: AtomicBool::new(true),
+            drain_until: Mutex::new(None),
+        })
+    }
+
     fn mark(&self, key: usize) {
         let mut d = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
         let was_empty = d.is_empty();
@@ -176,6 +182,21 @@ struct Outbox {
 }
 
 impl Outbox {
+    /// An empty outbox for connection `key` at `remote`, its figures not yet published.
+    fn new(key: usize, shared: Arc<Shared>, remote: SocketAddr) -> Outbox {
+        Outbox {
+            key,
+            shared,
+            queue: Mutex::new(OutboxQueue::default()),
+            unsent: Default::default(),
+            max_datagram: AtomicUsize::new(0),
+            rtt_us: AtomicU64::new(0),
+            cwnd: AtomicU64::new(0),
+            congestion_events: AtomicU64::new(0),
+            remote: Mutex::new(remote),
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, OutboxQueue> {
         // Every update is one append or swap: a panic cannot leave it half done.
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
@@ -363,12 +384,7 @@ impl Bound {
     pub(super) fn spawn(self, ctx: Ctx) -> Result<LoopHandle, TransportError> {
         let addr = self.local;
         let err = |source| TransportError::Socket { addr, source };
-        let shared = Arc::new(Shared {
-            dirty: Mutex::new(Vec::new()),
-            wake: EventFd::new().map_err(err)?,
-            accepting: AtomicBool::new(true),
-            drain_until: Mutex::new(None),
-        });
+        let shared = Arc::new(Shared::new().map_err(err)?);
         let mut lp = Loop {
             socket: self.socket,
             state: self.state,
@@ -976,17 +992,7 @@ impl LoopConn {
         self.permit = Some(permit);
         let id = ctx.conn_ids.next();
         self.id = Some(id);
-        let outbox = Arc::new(Outbox {
-            key,
-            shared: shared.clone(),
-            queue: Mutex::new(OutboxQueue::default()),
-            unsent: Default::default(),
-            max_datagram: AtomicUsize::new(0),
-            rtt_us: AtomicU64::new(0),
-            cwnd: AtomicU64::new(0),
-            congestion_events: AtomicU64::new(0),
-            remote: Mutex::new(self.remote),
-        });
+        let outbox = Arc::new(Outbox::new(key, shared.clone(), self.remote));
         self.outbox = Some(outbox.clone());
         self.publish_figures();
         if let Some(m) = &ctx.metrics {
@@ -1066,41 +1072,13 @@ impl LoopConn {
             return;
         };
         let mut frames = Vec::new();
-        let mut error = None;
-        let mut ended = false;
-        {
-            let mut stream = self.conn.recv_stream(id);
-            let Ok(mut chunks) = stream.read(true) else {
-                self.recv.remove(&id);
-                return;
-            };
-            loop {
-                match chunks.next(READ_CHUNK_BYTES) {
-                    Ok(Some(chunk)) => {
-                        if let Err(e) = reader.push(
-                            &chunk.bytes,
-                            &self.seen,
-                            FrameDecoder::for_client_channel,
-                            &mut frames,
-                        ) {
-                            error = Some(e);
-                            break;
-                        }
-                    }
-                    Ok(None) => {
-                        ended = true;
-                        error = reader.finish().err();
-                        break;
-                    }
-                    Err(ReadError::Blocked) => break,
-                    Err(ReadError::Reset(_)) => {
-                        error = Some(DecodeError::Truncated);
-                        break;
-                    }
-                }
-            }
-            let _ = chunks.finalize();
-        }
+        let read = reader.read_proto(
+            &mut self.conn,
+            id,
+            &self.seen,
+            FrameDecoder::for_client_channel,
+            &mut frames,
+        );
         if let (false, Some(channel)) = (frames.is_empty(), reader.channel()) {
             self.send_inbound(
                 ctx,
@@ -1111,18 +1089,21 @@ impl LoopConn {
                 },
             );
         }
-        if let Some(error) = error {
-            let _ = self.conn.recv_stream(id).stop(VarInt::from_u32(0));
-            self.recv.remove(&id);
-            self.send_inbound(
-                ctx,
-                Inbound::StreamError {
-                    conn: conn_id,
-                    error,
-                },
-            );
-        } else if ended {
-            self.recv.remove(&id);
+        match read {
+            ProtoRead::Blocked => {}
+            ProtoRead::Ended | ProtoRead::Gone => {
+                self.recv.remove(&id);
+            }
+            ProtoRead::Failed(error) => {
+                self.recv.remove(&id);
+                self.send_inbound(
+                    ctx,
+                    Inbound::StreamError {
+                        conn: conn_id,
+                        error,
+                    },
+                );
+            }
         }
     }
 
@@ -1278,23 +1259,12 @@ mod tests {
     use neonet_proto::wire::msg::CloseReason;
 
     fn outbox(key: usize) -> (Arc<Shared>, Arc<Outbox>) {
-        let shared = Arc::new(Shared {
-            dirty: Mutex::new(Vec::new()),
-            wake: EventFd::new().expect("eventfd"),
-            accepting: AtomicBool::new(true),
-            drain_until: Mutex::new(None),
-        });
-        let outbox = Arc::new(Outbox {
+        let shared = Arc::new(Shared::new().expect("eventfd"));
+        let outbox = Arc::new(Outbox::new(
             key,
-            shared: shared.clone(),
-            queue: Mutex::new(OutboxQueue::default()),
-            unsent: Default::default(),
-            max_datagram: AtomicUsize::new(0),
-            rtt_us: AtomicU64::new(0),
-            cwnd: AtomicU64::new(0),
-            congestion_events: AtomicU64::new(0),
-            remote: Mutex::new(SocketAddr::from(([127, 0, 0, 1], 9))),
-        });
+            shared.clone(),
+            SocketAddr::from(([127, 0, 0, 1], 9)),
+        ));
         (shared, outbox)
     }
 

@@ -48,13 +48,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bytes::{Bytes, BytesMut};
-use neonet::quic::{self, ChannelStream, ChannelsSeen, QueueFull, CHANNEL_QUEUE_BYTES_MAX};
+use neonet::quic::{
+    self, ChannelStream, ChannelsSeen, ProtoRead, QueueFull, CHANNEL_QUEUE_BYTES_MAX,
+};
 use neonet_proto::client::ClientTransmit;
-use neonet_proto::wire::codec::{self, DecodeError, FrameDecoder};
+use neonet_proto::wire::codec::{self, FrameDecoder};
 use neonet_proto::wire::msg::{Channel, CloseReason};
 use quinn_proto::{
-    ConnectionHandle, DatagramEvent, Dir, Endpoint, EndpointConfig, Event, ReadError, StreamEvent,
-    StreamId, VarInt, WriteError,
+    ConnectionHandle, DatagramEvent, Dir, Endpoint, EndpointConfig, Event, StreamEvent, StreamId,
+    VarInt, WriteError,
 };
 use tokio::sync::oneshot;
 
@@ -98,9 +100,6 @@ fn on_timer_grid(t: Instant, epoch: Instant) -> Instant {
 /// What the task driver's `ChannelWriters::finish` allows beyond [`CLOSE_FLUSH_TIMEOUT`] for its
 /// writers to end: 200 ms; the loop waits as long for its streams' acknowledgement on leave.
 const WRITERS_FINISH_SLACK: Duration = Duration::from_millis(200);
-
-/// Bytes read from a stream at once: `neonet::quic::STREAM_READ_CHUNK_BYTES`, as quinn's driver.
-const READ_CHUNK_BYTES: usize = quic::STREAM_READ_CHUNK_BYTES;
 
 use quic::CLOSE_FLUSH_TIMEOUT;
 
@@ -674,41 +673,13 @@ impl Client {
             return;
         };
         let mut frames = Vec::new();
-        let mut error = None;
-        let mut ended = false;
-        {
-            let mut stream = self.conn.recv_stream(id);
-            let Ok(mut chunks) = stream.read(true) else {
-                self.recv.remove(&id);
-                return;
-            };
-            loop {
-                match chunks.next(READ_CHUNK_BYTES) {
-                    Ok(Some(chunk)) => {
-                        if let Err(e) = reader.push(
-                            &chunk.bytes,
-                            &self.seen,
-                            FrameDecoder::for_server_channel,
-                            &mut frames,
-                        ) {
-                            error = Some(e);
-                            break;
-                        }
-                    }
-                    Ok(None) => {
-                        ended = true;
-                        error = reader.finish().err();
-                        break;
-                    }
-                    Err(ReadError::Blocked) => break,
-                    Err(ReadError::Reset(_)) => {
-                        error = Some(DecodeError::Truncated);
-                        break;
-                    }
-                }
-            }
-            let _ = chunks.finalize();
-        }
+        let read = reader.read_proto(
+            &mut self.conn,
+            id,
+            &self.seen,
+            FrameDecoder::for_server_channel,
+            &mut frames,
+        );
         let channel = reader.channel();
         let t = self.time(now);
         if let (Some(channel), Some(core)) = (channel, self.core.as_mut()) {
@@ -716,17 +687,20 @@ impl Client {
                 core.handle_frame(channel, body, t);
             }
         }
-        if let Some(e) = error {
-            let _ = self.conn.recv_stream(id).stop(VarInt::from_u32(0));
-            self.recv.remove(&id);
-            if let Some(core) = self.core.as_mut() {
-                core.handle_disconnect(
-                    CloseReason::ProtocolViolation,
-                    format!("server stream: {e}"),
-                );
+        match read {
+            ProtoRead::Blocked => {}
+            ProtoRead::Ended | ProtoRead::Gone => {
+                self.recv.remove(&id);
             }
-        } else if ended {
-            self.recv.remove(&id);
+            ProtoRead::Failed(e) => {
+                self.recv.remove(&id);
+                if let Some(core) = self.core.as_mut() {
+                    core.handle_disconnect(
+                        CloseReason::ProtocolViolation,
+                        format!("server stream: {e}"),
+                    );
+                }
+            }
         }
     }
 
